@@ -1,0 +1,1 @@
+"""corral.master: the prefork arbiter and the `serve` command."""

@@ -1,0 +1,1 @@
+"""corral.shared: code used by both the master and the workers (bridging layer, settings)."""
