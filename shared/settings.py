@@ -1,0 +1,324 @@
+"""One declarative registry of settings: each is declared once, with its type, default, validation and help.
+
+The CLI flags, the config-file keys and the `CORRAL_*` environment variables are all generated from these
+declarations (the master builds its click options from `REGISTRY`). Where gunicorn has the same setting, the
+name and flag are gunicorn's, so a gunicorn command line or config file carries over.
+
+Precedence, resolved in one place (`resolve`): command line > environment > config file > default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+__all__ = [
+    "Setting",
+    "SettingError",
+    "Settings",
+    "REGISTRY",
+    "resolve",
+    "env_var_name",
+]
+
+
+class SettingError(ValueError):
+    """A bad setting name or value; `str()` is the one line a user sees."""
+
+
+# ---------------------------------------------------------------------------- converters
+# Each takes a value from the CLI/env (a string) or from a config file (any Python value) and returns the
+# typed value, raising ValueError with a message that says what is expected.
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true/false (or 1/0, yes/no, on/off)")
+
+
+def _number(kind: type, minimum: float | None) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got a boolean")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        if minimum is not None and number < minimum:
+            raise ValueError(f"must be >= {minimum:g}, got {value!r}")
+        return number
+
+    convert.__name__ = f"{kind.__name__}>={minimum}"
+    return convert
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+non_negative_float = _number(float, 0)
+positive_float = _number(float, 1e-9)
+
+
+def to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return to_str(value) or None
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return text
+
+    return convert
+
+
+def str_list(value: Any) -> tuple[str, ...]:
+    """A comma-separated string, or a list/tuple of strings."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = [to_str(v) for v in value]
+    else:
+        raise ValueError(f"expected a comma-separated string or a list, got {type(value).__name__}")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def size(value: Any) -> int:
+    """Bytes, with an optional K/M/G suffix (powers of 1024); 0 means off."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size in bytes (e.g. 1048576, 512K, 10M), got a boolean")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        factor = 1
+        if text and text[-1] in "KMG":
+            factor = 1024 ** ("KMG".index(text[-1]) + 1)
+            text = text[:-1]
+        try:
+            number = int(float(text) * factor)
+        except ValueError:
+            raise ValueError(f"expected a size in bytes (e.g. 1048576, 512K, 10M), got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return number
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: the single place its name, type, default, flags and help are declared."""
+
+    name: str
+    section: str
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    multiple: bool = False  # a repeatable CLI flag collecting a list (e.g. --bind)
+    is_flag: bool = False  # a CLI switch taking no value
+
+    @property
+    def env(self) -> str:
+        return env_var_name(self.name)
+
+    def parse(self, value: Any, source: str = "") -> Any:
+        """Convert and validate; raises SettingError naming the setting and the source."""
+        try:
+            if self.multiple:
+                values = value if isinstance(value, (list, tuple)) else str_list(value)
+                return tuple(self.convert(v) for v in values)
+            return self.convert(value)
+        except ValueError as exc:
+            where = f" (from {source})" if source else ""
+            raise SettingError(f"invalid value for {self.cli_name}{where}: {exc}") from None
+
+    @property
+    def cli_name(self) -> str:
+        long_flags = [f for f in self.flags if f.startswith("--")]
+        return long_flags[0] if long_flags else self.name
+
+
+REGISTRY: dict[str, Setting] = {}
+
+
+def env_var_name(name: str) -> str:
+    return "CORRAL_" + name.upper()
+
+
+def _declare(
+    name: str,
+    section: str,
+    convert: Callable[[Any], Any],
+    default: Any,
+    help: str,
+    flags: Iterable[str] = (),
+    **extra: Any,
+) -> None:
+    if name in REGISTRY:
+        raise RuntimeError(f"setting {name!r} declared twice")
+    flags = tuple(flags) or ("--" + name.replace("_", "-"),)
+    REGISTRY[name] = Setting(name, section, convert, default, help, flags, **extra)
+
+
+# -- server sockets (read by the master)
+_declare("bind", "server", to_str, ("127.0.0.1:8000",),
+         "Address to listen on: HOST:PORT, [::1]:PORT, unix:PATH or fd://N; repeat for several.",
+         ("-b", "--bind"), metavar="ADDRESS", multiple=True)
+_declare("backlog", "server", positive_int, 2048, "Maximum number of pending connections per socket.")
+_declare("reuse_port", "server", to_bool, False,
+         "Each worker binds its own SO_REUSEPORT socket instead of sharing the master's.", is_flag=True)
+
+# -- workers and the pool
+_declare("workers", "worker", positive_int, 1, "Number of worker processes.", ("-w", "--workers"))
+_declare("threads", "worker", positive_int, 10,
+         "Threads in each worker's pool (WSGI requests and sync_to_async(thread_sensitive=False)).")
+_declare("max_applications", "worker", positive_int, 1000,
+         "Total application instances (requests + WebSockets) across all workers; each worker gets its share.")
+_declare("pool_full", "worker", choice("wait", "503"), "wait",
+         "When a worker's pool is full: 'wait' stops accepting and reading until a slot frees "
+         "(backpressure); '503' answers new requests with 503 at once.")
+_declare("interface", "worker", choice("auto", "asgi3", "asgi2", "wsgi"), "auto",
+         "Application interface; auto detects ASGI 3, ASGI 2 (double callable) and WSGI.")
+_declare("lifespan", "worker", choice("auto", "on", "off"), "auto",
+         "ASGI lifespan protocol: auto runs it if the app supports it, on requires it, off skips it.")
+_declare("root_path", "worker", to_str, "", "ASGI root_path (WSGI SCRIPT_NAME) when mounted below a prefix.")
+_declare("graceful_timeout", "worker", non_negative_float, 30.0,
+         "Seconds a stopping worker lets in-flight requests finish before it closes them.")
+
+# -- HTTP limits and timeouts (the worker's defence against bad or slow clients)
+_declare("keepalive", "http", non_negative_float, 5.0,
+         "Seconds an idle keep-alive connection is kept open; 0 closes after each response.",
+         ("--keep-alive",))
+_declare("header_timeout", "http", positive_float, 10.0,
+         "Seconds a client gets to send a complete request head (slowloris guard): 408 then close.")
+_declare("limit_request_line", "http", positive_int, 8190,
+         "Maximum size of the request line in bytes (414 when exceeded).")
+_declare("limit_request_fields", "http", positive_int, 100, "Maximum number of request header fields (431).")
+_declare("limit_request_field_size", "http", positive_int, 8190,
+         "Maximum size of the request head's header block in bytes (431 when exceeded).")
+_declare("limit_request_body", "http", size, 0,
+         "Maximum request body size in bytes (K/M/G suffixes allowed); 413 when exceeded; 0 is off.")
+_declare("max_requests_per_connection", "http", non_negative_int, 1000,
+         "Requests served on one keep-alive connection before it is closed; 0 is unlimited.")
+_declare("server_header", "http", to_bool, True, "Send a 'server: corral' header.")
+_declare("date_header", "http", to_bool, True, "Send a 'date' header.")
+_declare("forwarded_allow_ips", "http", str_list, ("127.0.0.1", "::1"),
+         "Peers whose X-Forwarded-* and Forwarded headers are trusted: IPs or networks, 'unix' for "
+         "unix-socket peers, '*' for all.")
+
+# -- logging
+_declare("accesslog", "logging", optional_str, None,
+         "Access log file ('-' is stderr); no access log when unset.", ("--access-logfile",))
+_declare("access_log_format", "logging", to_str,
+         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+         "Access log format with gunicorn's atoms.", ("--access-logformat",))
+
+
+# ---------------------------------------------------------------------------- resolved settings
+
+
+class Settings:
+    """The effective value of every setting; attribute access by setting name."""
+
+    def __init__(self, **values: Any) -> None:
+        for name, value in values.items():
+            if name not in REGISTRY:
+                raise SettingError(unknown_setting_message(name))
+        for name, declared in REGISTRY.items():
+            value = values.get(name, declared.default)
+            if name in values:
+                value = declared.parse(value)
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in REGISTRY:
+            raise SettingError(unknown_setting_message(name))
+        object.__setattr__(self, name, REGISTRY[name].parse(value))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated)."""
+        values = self.as_dict()
+        values.update(changes)
+        return Settings(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in REGISTRY}
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.as_dict().items())
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self if v != REGISTRY[k].default}
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+def unknown_setting_message(name: str, source: str = "") -> str:
+    where = f" in {source}" if source else ""
+    message = f"unknown setting {name!r}{where}"
+    close = difflib.get_close_matches(name.replace("-", "_"), list(REGISTRY), n=1, cutoff=0.6)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    return message
+
+
+def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Settings given as CORRAL_* environment variables (unknown CORRAL_* names are errors)."""
+    found: dict[str, Any] = {}
+    known = {declared.env: declared for declared in REGISTRY.values()}
+    for key, raw in environ.items():
+        if not key.startswith("CORRAL_"):
+            continue
+        declared = known.get(key)
+        if declared is None:
+            raise SettingError(unknown_setting_message(key[len("CORRAL_"):].lower(), f"environment variable {key}"))
+        found[declared.name] = declared.parse(raw, f"environment variable {key}")
+    return found
+
+
+def from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Settings from a config file's keys, validated, naming the file in errors."""
+    found: dict[str, Any] = {}
+    for key, raw in values.items():
+        name = key.replace("-", "_")
+        declared = REGISTRY.get(name)
+        if declared is None:
+            raise SettingError(unknown_setting_message(key, source))
+        found[name] = declared.parse(raw, source)
+    return found
+
+
+@dataclass
+class Sources:
+    """Where each layer of settings came from, lowest precedence first."""
+
+    file: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    cli: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(sources: Sources) -> Settings:
+    """The one precedence rule: command line > environment > config file > default."""
+    merged: dict[str, Any] = {}
+    for layer in (sources.file, sources.env, sources.cli):
+        merged.update(layer)
+    return Settings(**merged)

@@ -1,0 +1,90 @@
+"""The settings registry: one declaration per setting, validated, with one precedence rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.shared import settings as registry
+from corral.shared.settings import REGISTRY, Settings, SettingError, Sources, resolve
+
+
+def test_defaults_come_from_the_declarations():
+    settings = Settings()
+    for name, declared in REGISTRY.items():
+        assert getattr(settings, name) == declared.default
+
+
+def test_gunicorn_spellings_are_kept():
+    flags = {flag for declared in REGISTRY.values() for flag in declared.flags}
+    for flag in ("-w", "--workers", "-b", "--bind", "--keep-alive", "--backlog", "--threads",
+                 "--graceful-timeout", "--limit-request-line", "--limit-request-fields",
+                 "--limit-request-field-size", "--forwarded-allow-ips", "--access-logfile",
+                 "--access-logformat", "--reuse-port"):
+        assert flag in flags
+
+
+def test_values_are_converted_from_strings():
+    settings = Settings(workers="4", keepalive="2.5", limit_request_body="10M", reuse_port="yes",
+                        forwarded_allow_ips="10.0.0.1, unix", bind="127.0.0.1:1,unix:/tmp/s")
+    assert settings.workers == 4
+    assert settings.keepalive == 2.5
+    assert settings.limit_request_body == 10 * 1024 * 1024
+    assert settings.reuse_port is True
+    assert settings.forwarded_allow_ips == ("10.0.0.1", "unix")
+    assert settings.bind == ("127.0.0.1:1", "unix:/tmp/s")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"workers": "many"}, "invalid value for --workers: expected an integer, got 'many'"),
+        ({"workers": 0}, "invalid value for --workers: must be >= 1, got 0"),
+        ({"keepalive": -1}, "invalid value for --keep-alive: must be >= 0"),
+        ({"lifespan": "maybe"}, "expected one of auto, on, off"),
+        ({"limit_request_body": "lots"}, "expected a size in bytes"),
+        ({"reuse_port": "perhaps"}, "expected true/false"),
+    ],
+)
+def test_bad_values_name_the_setting_in_one_line(values, message):
+    with pytest.raises(SettingError) as info:
+        Settings(**values)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_names_suggest_the_closest_setting():
+    with pytest.raises(SettingError, match="unknown setting 'worker'; did you mean 'workers'"):
+        Settings(worker=2)
+    with pytest.raises(SettingError, match="did you mean 'keepalive'"):
+        registry.from_mapping({"keepalvie": 3}, "corral.conf.py")
+    with pytest.raises(SettingError, match="CORRAL_TREADS; did you mean 'threads'"):
+        registry.from_env({"CORRAL_TREADS": "3"})
+
+
+def test_environment_variables_are_generated_from_names():
+    assert REGISTRY["max_applications"].env == "CORRAL_MAX_APPLICATIONS"
+    found = registry.from_env({"CORRAL_WORKERS": "3", "CORRAL_KEEPALIVE": "7", "HOME": "/root"})
+    assert found == {"workers": 3, "keepalive": 7.0}
+
+
+def test_precedence_is_cli_then_env_then_file_then_default():
+    sources = Sources(
+        file={"workers": 2, "threads": 3, "backlog": 10},
+        env={"workers": 4, "threads": 5},
+        cli={"workers": 6},
+    )
+    settings = resolve(sources)
+    assert (settings.workers, settings.threads, settings.backlog) == (6, 5, 10)
+    assert settings.keepalive == REGISTRY["keepalive"].default
+
+
+def test_assignment_is_validated_and_replace_copies():
+    settings = Settings()
+    settings.workers = "3"
+    assert settings.workers == 3
+    with pytest.raises(SettingError):
+        settings.workers = "x"
+    with pytest.raises(SettingError):
+        settings.wokers = 3
+    other = settings.replace(threads=2)
+    assert other.threads == 2 and settings.threads == REGISTRY["threads"].default
