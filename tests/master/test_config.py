@@ -1,0 +1,106 @@
+"""Settings from the command line, CORRAL_* variables, a Python config file and pyproject.toml."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from corral.master.config import collect, load_pyproject, load_python_config, settings_options
+from corral.shared.settings import SettingError
+
+
+@click.command()
+@click.option("-c", "--config", "config_path", default=None)
+@settings_options
+def show(config_path, **params):
+    try:
+        settings = collect(params, config_path, environ=click.get_current_context().obj or {})
+    except SettingError as exc:
+        raise click.UsageError(str(exc))
+    for name in ("workers", "threads", "keepalive", "bind", "reuse_port", "server_header", "backlog"):
+        click.echo(f"{name}={getattr(settings, name)!r}")
+
+
+def run(args, env=None):
+    return CliRunner().invoke(show, args, obj=env or {})
+
+
+@pytest.fixture(autouse=True)
+def empty_folder(tmp_path, monkeypatch):
+    """Run where no pyproject.toml is: the repository's own must not leak into these tests."""
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+
+
+def test_every_setting_is_a_flag_and_values_convert():
+    result = run(["-w", "3", "--threads", "4", "--keep-alive", "1.5", "-b", "127.0.0.1:1", "-b", "unix:/tmp/x",
+                  "--reuse-port", "--no-server-header"])
+    assert result.exit_code == 0, result.output
+    assert "workers=3" in result.output
+    assert "threads=4" in result.output
+    assert "keepalive=1.5" in result.output
+    assert "bind=('127.0.0.1:1', 'unix:/tmp/x')" in result.output
+    assert "reuse_port=True" in result.output
+    assert "server_header=False" in result.output
+
+
+def test_bad_flag_value_is_one_line_naming_the_setting():
+    result = run(["-w", "lots"])
+    assert result.exit_code == 2
+    assert "invalid value for --workers (from command line): expected an integer, got 'lots'" in result.output
+
+
+def test_precedence_cli_env_file_default(tmp_path):
+    conf = tmp_path / "corral.conf.py"
+    conf.write_text("import os\nworkers = 2\nthreads = 3\nbacklog = 64\n\ndef helper():\n    return 1\n")
+    env = {"CORRAL_WORKERS": "4", "CORRAL_THREADS": "5"}
+    result = run(["-c", str(conf), "-w", "6"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "workers=6" in result.output  # cli beats env and file
+    assert "threads=5" in result.output  # env beats file
+    assert "backlog=64" in result.output  # file beats default
+    assert "keepalive=5.0" in result.output  # default
+
+
+def test_unknown_config_key_suggests_the_right_one(tmp_path):
+    conf = tmp_path / "corral.conf.py"
+    conf.write_text("wokers = 2\n")
+    with pytest.raises(SettingError, match=r"unknown setting 'wokers' in config file .*; did you mean 'workers'\?"):
+        load_python_config(str(conf))
+
+
+def test_gunicorn_config_file_carries_over(tmp_path, capsys):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "import multiprocessing\n"
+        "bind = ['127.0.0.1:9000', 'unix:/tmp/app.sock']\n"
+        "workers = 3\nbacklog = 100\nkeepalive = 4\ngraceful_timeout = 20\n"
+        "limit_request_line = 4094\nlimit_request_fields = 50\nforwarded_allow_ips = '10.0.0.1,127.0.0.1'\n"
+        "accesslog = '-'\naccess_log_format = '%(h)s %(r)s %(s)s'\n"
+        "def post_fork(server, worker):\n    pass\n"
+    )
+    values = load_python_config(str(conf))
+    assert values["bind"] == ("127.0.0.1:9000", "unix:/tmp/app.sock")
+    assert values["workers"] == 3 and values["keepalive"] == 4.0
+    assert values["forwarded_allow_ips"] == ("10.0.0.1", "127.0.0.1")
+    assert "post_fork" in capsys.readouterr().err
+
+
+def test_pyproject_table(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.corral]\nworkers = 5\nkeep-alive = 2\n')
+    with pytest.raises(SettingError, match="unknown setting 'keep-alive'.*did you mean 'keepalive'"):
+        load_pyproject(str(tmp_path))
+    (tmp_path / "pyproject.toml").write_text('[tool.corral]\nworkers = 5\nkeepalive = 2\n')
+    assert load_pyproject(str(tmp_path)) == {"workers": 5, "keepalive": 2.0}
+    assert load_pyproject(str(tmp_path / "nowhere")) == {}
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+    with pytest.raises(SettingError, match="not found"):
+        load_python_config(str(tmp_path / "missing.py"))
+    broken = tmp_path / "broken.py"
+    broken.write_text("workers = 1 / 0\n")
+    with pytest.raises(SettingError, match="failed to run: ZeroDivisionError"):
+        load_python_config(str(broken))
