@@ -199,6 +199,9 @@ _declare("pool_full", "worker", choice("wait", "503"), "wait",
          "(backpressure); '503' answers new requests with 503 at once.")
 _declare("interface", "worker", choice("auto", "asgi3", "asgi2", "wsgi"), "auto",
          "Application interface; auto detects ASGI 3, ASGI 2 (double callable) and WSGI.")
+_declare("factory", "worker", to_bool, False,
+         "Treat the application attribute as a factory: call it with no arguments to get the app "
+         "(uvicorn's --factory; 'module:create_app()' does the same).", is_flag=True)
 _declare("lifespan", "worker", choice("auto", "on", "off"), "auto",
          "ASGI lifespan protocol: auto runs it if the app supports it, on requires it, off skips it.")
 _declare("root_path", "worker", to_str, "", "ASGI root_path (WSGI SCRIPT_NAME) when mounted below a prefix.")
@@ -225,6 +228,10 @@ _declare("date_header", "http", to_bool, True, "Send a 'date' header.")
 _declare("forwarded_allow_ips", "http", str_list, ("127.0.0.1", "::1"),
          "Peers whose X-Forwarded-* and Forwarded headers are trusted: IPs or networks, 'unix' for "
          "unix-socket peers, '*' for all.")
+
+_declare("forwarded_headers", "http", choice("auto", "forwarded", "x-forwarded"), "auto",
+         "Which proxy headers a trusted peer may use: 'forwarded' (RFC 7239 only), 'x-forwarded' "
+         "(X-Forwarded-For/-Proto/-Host only) or 'auto' (X-Forwarded-* when present, else Forwarded).")
 
 # -- logging
 _declare("accesslog", "logging", optional_str, None,

@@ -1,0 +1,231 @@
+"""gunicorn-style access log, compiled once from the format string.
+
+The format uses gunicorn's atoms (`%(h)s`, `%(r)s`, `%({user-agent}i)s`, ...). At construction the format is
+scanned for the atoms it names and a list of extractor functions is built, so each request computes only
+those atoms. When access logging is off the server holds `access_log=None` and does nothing at all.
+
+Differences from gunicorn, on purpose:
+* `%({VAR}e)s` reads the process environment (`os.environ`); there is no WSGI environ for ASGI requests.
+* `%(b)s` is '-' when no body bytes were sent (Apache's CLF rule); `%(B)s` is always the number.
+* an unknown atom renders as '-' (as gunicorn's SafeAtoms does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Optional
+
+__all__ = ["AccessLog", "make_access_log", "ReopenableFileHandler", "ACCESS_LOGGER_NAME"]
+
+ACCESS_LOGGER_NAME = "corral.access"
+
+Headers = list[tuple[bytes, bytes]]
+# (scope, status, response_bytes, duration_s, response_headers) -> the atom's value
+Extractor = Callable[[dict, int, int, float, Headers], Any]
+
+_ATOM = re.compile(r"%%|%\(([^)]*)\)")
+
+
+class _SafeAtoms(dict):
+    """Atoms for `format % atoms`; anything not computed renders as '-'."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> str:
+        return "-"
+
+
+class _Probe(dict):
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+def _header(headers: Any, name: bytes) -> str:
+    """A header's value (several joined with ', '), or '-'."""
+    found = None
+    for key, value in headers or ():
+        if key.lower() == name:
+            text = value.decode("latin-1")
+            found = text if found is None else found + ", " + text
+    return "-" if found is None else found
+
+
+def _remote(scope: dict, *_: Any) -> str:
+    client = scope.get("client")
+    return client[0] if client else "-"
+
+
+def _method(scope: dict, *_: Any) -> str:
+    # WebSocket scopes have no method; their handshake is a GET.
+    return scope.get("method", "GET")
+
+
+def _protocol(scope: dict, *_: Any) -> str:
+    return "HTTP/" + scope.get("http_version", "1.1")
+
+
+def _query(scope: dict, *_: Any) -> str:
+    return scope.get("query_string", b"").decode("latin-1")
+
+
+def _target(scope: dict) -> str:
+    """The request target as sent: raw_path (still percent-encoded) plus the query string."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope.get("path", "/")
+    query = scope.get("query_string")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _request_line(scope: dict, *_: Any) -> str:
+    return f"{_method(scope)} {_target(scope)} {_protocol(scope)}"
+
+
+# (second, formatted) swapped as one tuple, so a thread never pairs one second with another's text.
+_stamp: tuple[int, str] = (-1, "")
+
+
+def _now(*_: Any) -> str:
+    """`[10/Oct/2000:13:55:36 -0700]` in local time, formatted at most once a second."""
+    global _stamp
+    second = int(time.time())
+    cached = _stamp
+    if cached[0] == second:
+        return cached[1]
+    text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(second))
+    _stamp = (second, text)
+    return text
+
+
+def _micros(duration: float) -> int:
+    return int(duration * 1_000_000)
+
+
+_SIMPLE: dict[str, Extractor] = {
+    "h": _remote,
+    "l": lambda *_: "-",
+    "u": lambda *_: "-",  # no authenticated user at the server level
+    "t": _now,
+    "r": _request_line,
+    "m": _method,
+    "U": lambda scope, *_: scope.get("path", "-"),
+    "q": _query,
+    "H": _protocol,
+    "s": lambda scope, status, *_: status,
+    "B": lambda scope, status, sent, *_: sent,
+    "b": lambda scope, status, sent, *_: str(sent) if sent else "-",
+    "f": lambda scope, *_: _header(scope.get("headers"), b"referer"),
+    "a": lambda scope, *_: _header(scope.get("headers"), b"user-agent"),
+    "T": lambda scope, status, sent, duration, *_: _micros(duration) // 1_000_000,
+    "M": lambda scope, status, sent, duration, *_: _micros(duration) // 1_000,
+    "D": lambda scope, status, sent, duration, *_: _micros(duration),
+    "L": lambda scope, status, sent, duration, *_: "%d.%06d" % divmod(_micros(duration), 1_000_000),
+    "p": lambda *_: f"<{os.getpid()}>",  # gunicorn's rendering
+}
+
+
+def _extractor(atom: str) -> Optional[Extractor]:
+    if atom in _SIMPLE:
+        return _SIMPLE[atom]
+    if len(atom) >= 3 and atom[0] == "{" and atom[-2] == "}":
+        name, kind = atom[1:-2], atom[-1]
+        if kind == "i":
+            wanted = name.lower().encode("latin-1")
+            return lambda scope, *_: _header(scope.get("headers"), wanted)
+        if kind == "o":
+            wanted = name.lower().encode("latin-1")
+            return lambda scope, status, sent, duration, headers: _header(headers, wanted)
+        if kind == "e":
+            return lambda *_: os.environ.get(name, os.environ.get(name.upper(), "-"))
+    return None
+
+
+class AccessLog:
+    """One access-log line per response, rendered from a gunicorn format string."""
+
+    __slots__ = ("format", "logger", "_extractors")
+
+    def __init__(self, format: str, logger: logging.Logger) -> None:
+        self.format = format
+        self.logger = logger
+        extractors: dict[str, Extractor] = {}
+        for match in _ATOM.finditer(format):
+            atom = match.group(1)
+            if atom is None or atom in extractors:
+                continue
+            extractor = _extractor(atom)
+            if extractor is not None:  # unknown atoms are left to _SafeAtoms ('-')
+                extractors[atom] = extractor
+        self._extractors = tuple(extractors.items())
+        # Fail at startup, not on the first request, if the format itself is broken (0 suits %s and %d).
+        format % _Probe()
+
+    def render(self, scope: dict, status: int, response_bytes: int, duration_s: float,
+               response_headers: Headers) -> str:
+        """The log line for one response."""
+        atoms = _SafeAtoms()
+        for atom, extract in self._extractors:
+            atoms[atom] = extract(scope, status, response_bytes, duration_s, response_headers)
+        return self.format % atoms
+
+    def __call__(self, scope: dict, status: int, response_bytes: int, duration_s: float,
+                 response_headers: Headers) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        try:
+            line = self.render(scope, status, response_bytes, duration_s, response_headers)
+        except Exception:  # a log line must never break a response
+            logging.getLogger(__name__).exception("failed to render the access log line")
+            return
+        self.logger.info(line)
+
+    def reopen(self) -> None:
+        """Reopen log files (after logrotate moved them; the worker calls this on SIGUSR1)."""
+        for handler in self.logger.handlers:
+            reopen = getattr(handler, "reopen", None)
+            if reopen is not None:
+                reopen()
+
+
+class ReopenableFileHandler(logging.FileHandler):
+    """An append-mode file handler that can reopen its file in place (for log rotation)."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(filename, mode="a", encoding="utf-8", delay=False)
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+def make_access_log(settings: Any) -> Optional[AccessLog]:
+    """The access log configured by `settings.accesslog` / `settings.access_log_format`, or None when off."""
+    target = settings.accesslog
+    if not target:
+        return None
+    logger = logging.getLogger(ACCESS_LOGGER_NAME)
+    for handler in list(logger.handlers):  # rebuilding (config reload): drop the handler we installed before
+        if getattr(handler, "_corral_access", False):
+            logger.removeHandler(handler)
+            handler.close()
+    handler: logging.Handler
+    if target == "-":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = ReopenableFileHandler(target)
+    handler._corral_access = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # access lines go only where --access-logfile says
+    return AccessLog(settings.access_log_format, logger)
