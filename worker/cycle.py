@@ -1,0 +1,255 @@
+"""One HTTP request/response exchange: the application's `receive` and `send`.
+
+A `RequestCycle` is the request object `HTTP11Connection` feeds body bytes to, and the object whose bound
+`receive` / `send` the application instance gets. It holds no closures: one slotted object per request.
+
+The response head is not written at `http.response.start`: it waits for the first `http.response.body`,
+so a small response goes out in a single `transport.write`, and a body given in one message is framed
+with Content-Length instead of chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from corral.worker.flow import BODY
+from corral.worker.http11 import (
+    CHUNKED,
+    CLOSE_DELIMITED,
+    CONTINUE_RESPONSE,
+    ERROR_RESPONSES,
+    NO_BODY,
+    response_head,
+)
+
+__all__ = ["RequestCycle", "BODY_HIGH_WATER"]
+
+error_logger = logging.getLogger("corral.error")
+
+#: Unconsumed request body above which the connection stops reading until the application receives.
+BODY_HIGH_WATER = 65536
+#: Bodies up to this size are joined with the head into one write; bigger ones are written after it.
+_JOIN_LIMIT = 16384
+
+# Response states.
+_IDLE, _STARTED, _HEAD_SENT, _COMPLETE = 0, 1, 2, 3
+
+
+class RequestCycle:
+    __slots__ = (
+        "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body", "body_complete",
+        "delivered", "disconnected", "waiter", "state", "status", "headers", "mode", "remaining", "t0",
+        "nbytes",
+    )
+
+    def __init__(
+        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, has_body: bool,
+        is_head: bool, http11: bool, timed: bool,
+    ) -> None:
+        self.protocol = protocol
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.is_head = is_head
+        self.http11 = http11
+        self.body = b""
+        self.body_complete = False
+        self.delivered = False  # the last http.request (more_body False) was handed over
+        self.disconnected = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.state = _IDLE
+        self.status = 0
+        self.headers: Any = ()
+        self.mode = NO_BODY
+        self.remaining = 0
+        self.nbytes = 0
+        # The access log's clock runs only when there is an access log.
+        self.t0 = time.perf_counter() if timed else None
+
+    # ------------------------------------------------------------------ fed by the parser / protocol
+
+    def on_body(self, chunk: bytes) -> None:
+        body = self.body = self.body + chunk if self.body else chunk
+        if len(body) > BODY_HIGH_WATER and self.protocol.state.active is self:
+            self.protocol.flow.pause_reading(BODY)
+        self._wake()
+
+    def on_body_complete(self) -> None:
+        self.body_complete = True
+        self._wake()
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------------ ASGI receive
+
+    async def receive(self) -> dict:
+        if self.expect_continue:
+            # RFC 9110 §10.1.1: the client waits for 100 before sending the body; send it only now that
+            # the application asks for the body (never when it answers without reading).
+            self.expect_continue = False
+            if self.state < _HEAD_SENT and not self.disconnected:
+                self.protocol.transport.write(CONTINUE_RESPONSE)
+        while True:
+            if self.disconnected or self.state == _COMPLETE:
+                return {"type": "http.disconnect"}
+            body = self.body
+            if body or (self.body_complete and not self.delivered):
+                break
+            # Nothing to hand over: wait for body bytes, or (body all delivered) for the disconnect or
+            # the end of the response.
+            if not self.body_complete:
+                self.protocol.flow.resume_reading(BODY)
+            waiter = self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        self.body = b""
+        more_body = not self.body_complete
+        if not more_body:
+            self.delivered = True
+        if self.protocol.flow.read_paused & BODY:
+            # Consumed: read on (the rest of the body, or - once it is complete - the next request).
+            self.protocol.flow.resume_reading(BODY)
+        return {"type": "http.request", "body": body, "more_body": more_body}
+
+    # ------------------------------------------------------------------ ASGI send
+
+    async def send(self, message: dict) -> None:
+        state = self.state
+        mtype = message["type"]
+        if state == _IDLE:
+            if mtype != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got {mtype!r}")
+            self.status = message["status"]
+            self.headers = message.get("headers", ())
+            self.state = _STARTED
+            return
+        if state == _COMPLETE:
+            raise RuntimeError(f"Unexpected ASGI message {mtype!r} sent, after response already completed")
+        if mtype != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got {mtype!r}")
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        protocol = self.protocol
+        if self.disconnected:
+            # The client is gone; let the application finish quietly (as uvicorn does).
+            if not more_body:
+                self.state = _COMPLETE
+            return
+        flow = protocol.flow
+        if flow.write_paused:
+            await flow.drain()
+            if self.disconnected:
+                if not more_body:
+                    self.state = _COMPLETE
+                return
+        write = protocol.transport.write
+        if state == _STARTED:
+            server = protocol.server
+            head, mode, self.keep_alive = response_head(
+                self.status, self.headers, server.default_headers.headers,
+                self.keep_alive and not server.stopping, self.http11, self.is_head,
+                None if more_body else len(body),
+            )
+            self.state = _HEAD_SENT
+            self.mode = mode
+            if mode >= 0:
+                if len(body) > mode:
+                    self.keep_alive = False
+                    write(head)
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.remaining = mode - len(body)
+                if len(body) <= _JOIN_LIMIT:
+                    write(head + body)
+                else:
+                    write(head)
+                    write(body)
+            elif mode == CHUNKED:
+                if body:
+                    chunk = b"%x\r\n" % len(body)
+                    if len(body) <= _JOIN_LIMIT:
+                        write(b"%s%s%s\r\n%s" % (head, chunk, body, b"" if more_body else b"0\r\n\r\n"))
+                    else:
+                        write(head + chunk)
+                        write(body)
+                        write(b"\r\n" if more_body else b"\r\n0\r\n\r\n")
+                else:
+                    write(head if more_body else head + b"0\r\n\r\n")
+            elif mode == NO_BODY:
+                write(head)
+            else:  # CLOSE_DELIMITED
+                write(head + body if len(body) <= _JOIN_LIMIT else head)
+                if len(body) > _JOIN_LIMIT:
+                    write(body)
+        else:
+            mode = self.mode
+            if mode >= 0:
+                if len(body) > self.remaining:
+                    self.keep_alive = False
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.remaining -= len(body)
+                if body:
+                    write(body)
+            elif mode == CHUNKED:
+                if body:
+                    if len(body) <= _JOIN_LIMIT:
+                        write(b"%x\r\n%s\r\n%s" % (len(body), body, b"" if more_body else b"0\r\n\r\n"))
+                    else:
+                        write(b"%x\r\n" % len(body))
+                        write(body)
+                        write(b"\r\n" if more_body else b"\r\n0\r\n\r\n")
+                elif not more_body:
+                    write(b"0\r\n\r\n")
+            elif mode == CLOSE_DELIMITED and body:
+                write(body)
+        if self.t0 is not None:
+            self.nbytes += len(body)
+        if not more_body:
+            if self.mode >= 0 and self.remaining:
+                self.keep_alive = False
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.state = _COMPLETE
+            self._wake()  # a receive() waiting for the disconnect returns now
+            protocol.response_complete(self)
+
+    # ------------------------------------------------------------------ the application finished
+
+    def app_finished(self, task: asyncio.Future) -> None:
+        """The application instance ended (called from the pool's done-callback or the 503 task's)."""
+        state = self.state
+        if state == _COMPLETE:
+            return
+        failed = task.cancelled() or task.exception() is not None  # exceptions are logged by the pool
+        protocol = self.protocol
+        if state < _HEAD_SENT:
+            if not failed:
+                error_logger.error(
+                    "ASGI callable returned without %s response",
+                    "starting" if state == _IDLE else "completing",
+                )
+            self.state = _COMPLETE
+            if not self.disconnected:
+                self.status = 500
+                protocol.transport.write(ERROR_RESPONSES[500])
+                if self.t0 is not None:
+                    self.nbytes = 0
+                    self.headers = ()
+                protocol.log_access(self)
+            protocol.close()
+        else:
+            # The head is out: the only way to tell the client the body is incomplete is to close.
+            if not failed:
+                error_logger.error("ASGI callable returned without completing response")
+            self.state = _COMPLETE
+            protocol.close()

@@ -1,0 +1,389 @@
+"""HTTP/1.1 connection state, apart from I/O (the h11 idea): bytes in, request events and response bytes out.
+
+`HTTP11Connection` is fed the bytes a connection reads; it drives httptools (llhttp), enforces the limits
+and the request-smuggling guards, decides keep-alive, and keeps the pipelining queue. It calls a *handler*
+(the asyncio protocol) to make a request object for each request head and to start the next request;
+request objects receive their body through `on_body(chunk)` / `on_body_complete()`. Nothing here touches a
+transport, a timer or the event loop.
+
+Pipelining (RFC 9112 §9.3.2): requests are parsed ahead and queued; the next request's application starts
+only after the previous response finished, so responses go out strictly in order. The asyncio side pauses
+reading while a request waits in the queue, which bounds what is buffered.
+
+`response_head()` decides the framing of a response (RFC 9112 §6.3 / §7.1) and encodes its head.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+import httptools
+
+__all__ = [
+    "HTTP11Connection",
+    "ProtocolError",
+    "RequestHandler",
+    "ERROR_RESPONSES",
+    "CONTINUE_RESPONSE",
+    "STATUS_LINES",
+    "response_head",
+    "NO_BODY",
+    "CHUNKED",
+    "CLOSE_DELIMITED",
+]
+
+logger = logging.getLogger("corral.error")
+
+# ---------------------------------------------------------------------------- pre-encoded bytes
+
+#: "HTTP/1.1 200 OK\r\n" and friends, encoded once. HTTP/1.0 clients get HTTP/1.1 status lines too:
+#: RFC 9110 §6.2 - a server sends its own highest version it is conformant to.
+STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii")) for status in http.HTTPStatus
+}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 999:
+            raise RuntimeError(f"invalid HTTP status code {status!r}")
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+def _error_response(status: int) -> bytes:
+    phrase = http.HTTPStatus(status).phrase.encode("ascii")
+    return (
+        STATUS_LINES[status]
+        + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (len(phrase), phrase)
+    )
+
+
+#: Small complete responses for the errors the server answers itself; each closes the connection.
+ERROR_RESPONSES: dict[int, bytes] = {
+    status: _error_response(status) for status in (400, 408, 413, 414, 431, 500, 501, 503)
+}
+
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+#: Response framing modes (`response_head` returns one, or the declared Content-Length when >= 0).
+NO_BODY = -1
+CHUNKED = -2
+CLOSE_DELIMITED = -3
+
+
+class ProtocolError(Exception):
+    """The client broke HTTP/1.1 or a limit: answer `status` (a pre-built response) and close."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(f"{status} {detail}".strip())
+        self.status = status
+        self.detail = detail
+
+    @property
+    def response(self) -> bytes:
+        return ERROR_RESPONSES[self.status]
+
+
+class RequestHandler(Protocol):
+    """What `HTTP11Connection` needs from its owner (the asyncio protocol)."""
+
+    def on_request(
+        self, method: bytes, http_version: str, target: bytes, headers: list[tuple[bytes, bytes]],
+        keep_alive: bool, expect_continue: bool, has_body: bool,
+    ) -> Any:
+        """Make the request object for a complete request head (it gets on_body / on_body_complete)."""
+
+    def start_request(self, request: Any) -> None:
+        """Start the application for `request`: it is now the active one."""
+
+
+_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+
+
+class HTTP11Connection:
+    """Per-connection request parsing, limits, keep-alive and pipelining; no I/O."""
+
+    __slots__ = (
+        "handler", "parser", "limit_line", "limit_fields", "limit_head", "limit_body", "max_requests",
+        "head_cap", "url", "headers", "header_size", "content_length", "te", "expect", "in_head",
+        "head_bytes", "messages", "completed", "request", "last", "body_size", "requests", "must_close", "upgraded", "active",
+        "pipeline", "error",
+    )
+
+    def __init__(self, handler: RequestHandler, settings: Any) -> None:
+        self.handler = handler
+        self.parser = httptools.HttpRequestParser(self)
+        self.limit_line: int = settings.limit_request_line
+        self.limit_fields: int = settings.limit_request_fields
+        self.limit_head: int = settings.limit_request_field_size
+        self.limit_body: int = settings.limit_request_body
+        self.max_requests: int = settings.max_requests_per_connection
+        # What one head may take in all: a bound on bytes buffered by the parser for a head that never
+        # completes (a single endless header line never reaches on_header).
+        self.head_cap = self.limit_line + self.limit_head + 1024
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_size = 0
+        self.content_length = -1
+        self.te: bytes | None = None
+        self.expect = False
+        self.in_head = True  # between requests or inside a head: the header timer's concern
+        self.head_bytes = 0
+        self.messages = 0  # messages begun
+        self.completed = 0  # messages complete
+        self.request: Any = None  # the request whose body is being parsed
+        self.last: Any = None  # the request made last
+        self.body_size = 0
+        self.requests = 0
+        self.must_close = False  # no further request is served on this connection
+        self.upgraded = False
+        self.active: Any = None  # the request whose response is in progress
+        self.pipeline: deque[Any] = deque()
+        self.error: ProtocolError | None = None
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes read from the client; raises ProtocolError for anything the client got wrong."""
+        if self.upgraded:
+            return  # bytes after an Upgrade request belong to a protocol this server does not speak
+        started_in_head = self.in_head
+        messages = self.messages
+        at_boundary = messages == self.completed  # no message begun: the data starts a new one
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # RFC 9110 §7.8: a server may ignore Upgrade. The request was dispatched as plain HTTP; what
+            # follows it is not HTTP/1.1, so the connection closes after the response.
+            self.upgraded = True
+            self.must_close = True
+            if self.last is not None:
+                self.last.keep_alive = False
+            return
+        except httptools.HttpParserError as exc:
+            error = self.error
+            if error is None:
+                if self.must_close and self.request is None:
+                    # llhttp refuses data after a `Connection: close` request: nothing more is served
+                    # on this connection anyway, so the bytes are ignored rather than answered.
+                    self.upgraded = True
+                    return
+                if isinstance(exc, httptools.HttpParserCallbackError):
+                    # A bug of ours, not the client's: httptools keeps only the repr of the exception.
+                    logger.error("Error in a request parser callback: %s", exc)
+                error = ProtocolError(400, str(exc))
+            self.error = None
+            raise error from None
+        if self.in_head and self.messages > self.completed:
+            # A head is incomplete: count its bytes. When this read also finished an earlier message, the
+            # split point is unknown and the count restarts at 0 (an undercount bounded by one read).
+            begun = self.messages - messages
+            if begun == 0 and started_in_head:
+                self.head_bytes += len(data)
+            elif begun == 1 and at_boundary:
+                self.head_bytes = len(data)
+            if self.head_bytes > self.head_cap:
+                # The parser reports the target as it goes: if it is most of the head, it is the culprit.
+                too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
+                raise ProtocolError(too_long, "request head too large")
+
+    def fail(self, status: int, detail: str) -> ProtocolError:
+        # Raised inside a parser callback: httptools wraps it, so feed() re-raises the one kept here.
+        self.error = error = ProtocolError(status, detail)
+        return error
+
+    # ------------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+        self.head_bytes = 0
+        self.url = b""
+        self.headers = []
+        self.header_size = 0
+        self.content_length = -1
+        self.te = None
+        self.expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limit_line:
+            raise self.fail(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_size += len(name) + len(value) + 4
+        if len(self.headers) >= self.limit_fields:
+            raise self.fail(431, "too many header fields")
+        if self.header_size > self.limit_head:
+            raise self.fail(431, "header block too large")
+        name = name.lower()
+        if name in _REQUEST_FRAMING:
+            if name == b"content-length":
+                # RFC 9112 §6.3 item 5: differing or repeated lengths make the framing unreliable.
+                if self.content_length >= 0 or not value.isdigit():
+                    raise self.fail(400, "invalid or repeated Content-Length")
+                self.content_length = int(value)
+            elif name == b"transfer-encoding":
+                self.te = value if self.te is None else self.te + b"," + value
+            else:
+                self.expect = value.lower() == b"100-continue"
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        method = parser.get_method()
+        if len(method) + len(self.url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
+            raise self.fail(414, "request line too long")
+        http_version = parser.get_http_version()
+        if self.te is not None:
+            # RFC 9112 §6.1: a request with both is an attack or an error (llhttp refuses it too).
+            if self.content_length >= 0:
+                raise self.fail(400, "both Content-Length and Transfer-Encoding")
+            codings = [coding.strip().lower() for coding in self.te.split(b",")]
+            # RFC 9112 §6.3 item 4: chunked must be the final coding, else the length is unknowable.
+            if codings[-1] != b"chunked":
+                raise self.fail(400, "chunked is not the final transfer coding")
+            if len(codings) > 1:
+                raise self.fail(501, "unsupported transfer coding")  # RFC 9112 §6.1
+            if http_version == "1.0":
+                raise self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 §6.1
+        if self.limit_body and self.content_length > self.limit_body:
+            raise self.fail(413, "request body too large")  # known before the application runs
+        if self.must_close:
+            self.request = None  # the connection closes after what is queued: ignore this one
+            return
+        keep_alive = parser.should_keep_alive()  # RFC 9112 §9.3: version default + Connection header
+        self.requests += 1
+        if self.max_requests and self.requests >= self.max_requests:
+            keep_alive = False
+        if not keep_alive:
+            self.must_close = True
+        has_body = self.te is not None or self.content_length > 0
+        # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
+        expect_continue = self.expect and has_body and http_version != "1.0"
+        request = self.handler.on_request(
+            method, http_version, self.url, self.headers, keep_alive, expect_continue, has_body
+        )
+        self.request = self.last = request
+        self.body_size = 0
+        if self.active is None:
+            self.active = request
+            self.handler.start_request(request)
+        else:
+            self.pipeline.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.request
+        if request is None:
+            return
+        if self.limit_body:
+            self.body_size += len(body)
+            if self.body_size > self.limit_body:
+                raise self.fail(413, "request body too large")  # chunked: as soon as it is exceeded
+        request.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.completed += 1
+        request = self.request
+        self.request = None
+        self.in_head = True
+        if request is not None:
+            request.on_body_complete()
+
+    # ------------------------------------------------------------------ responses
+
+    def response_done(self) -> Any:
+        """The active response finished: return the next queued request (now active) or None."""
+        pipeline = self.pipeline
+        self.active = request = pipeline.popleft() if pipeline else None
+        return request
+
+    def drop(self, request: Any) -> None:
+        """Forget a queued request that will never run (its body broke the protocol)."""
+        try:
+            self.pipeline.remove(request)
+        except ValueError:
+            pass
+
+
+_RESPONSE_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+
+def response_head(
+    status: int,
+    headers: Any,
+    default_headers: bytes,
+    keep_alive: bool,
+    http11: bool,
+    head_request: bool,
+    body_length: int | None,
+) -> tuple[bytes, int, bool]:
+    """Encode a response head and decide its framing.
+
+    `body_length` is the size of the whole body when the application gave it in one message (the head is
+    written with the first body message, so a one-message body gets a Content-Length instead of chunks).
+    Returns (head bytes, mode, keep_alive) where mode is the declared Content-Length (>= 0), NO_BODY,
+    CHUNKED or CLOSE_DELIMITED. Raises RuntimeError for headers that would corrupt the framing.
+    """
+    line = STATUS_LINES.get(status) or status_line(status)
+    content_length: int | None = None
+    te: bytes | None = None
+    app_close = False
+    parts = []
+    append = parts.append
+    try:
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _RESPONSE_FRAMING:
+                if lname == b"content-length":
+                    if content_length is not None or not value.strip().isdigit():
+                        raise RuntimeError(f"invalid or repeated content-length header {value!r}")
+                    content_length = int(value)
+                elif lname == b"connection":
+                    if b"close" in value.lower():
+                        keep_alive = False
+                        app_close = True
+                else:
+                    te = value.lower()
+            append(b"%s: %s\r\n" % (name, value))
+    except (TypeError, ValueError, AttributeError):
+        raise RuntimeError(f"response headers must be an iterable of (bytes, bytes) pairs, got {headers!r}") from None
+    block = b"".join(parts)
+    # Header injection: a CR or LF inside a name or value would start a new header or the body.
+    count = len(parts)
+    if block.count(b"\n") != count or block.count(b"\r") != count:
+        raise RuntimeError("response header names and values must not contain CR or LF")
+    extra = b""
+    # RFC 9112 §6.3 item 1: 1xx, 204 and 304 responses, and responses to HEAD, end at the head.
+    if status < 200 or status == 204 or status == 304:
+        mode = NO_BODY
+    elif head_request:
+        mode = NO_BODY
+        if content_length is None and te is None and body_length is not None:
+            extra = b"content-length: %d\r\n" % body_length  # what the GET would have declared
+    elif content_length is not None:
+        mode = content_length
+    elif te is not None:
+        mode = CHUNKED if te.rstrip().endswith(b"chunked") else CLOSE_DELIMITED
+    elif body_length is not None:
+        mode = body_length
+        extra = b"content-length: %d\r\n" % body_length
+    elif http11:
+        mode = CHUNKED  # RFC 9112 §7.1
+        extra = b"transfer-encoding: chunked\r\n"
+    else:
+        mode = CLOSE_DELIMITED  # RFC 9112 §6.3 item 8: an HTTP/1.0 client reads until the close
+    if mode == CLOSE_DELIMITED:
+        keep_alive = False
+    if not keep_alive:
+        if not app_close:
+            extra += b"connection: close\r\n"
+    elif not http11:
+        extra += b"connection: keep-alive\r\n"  # RFC 9112 §9.3: HTTP/1.0 persistence is opt-in
+    return b"%s%s%s%s\r\n" % (line, default_headers, block, extra), mode, keep_alive

@@ -1,0 +1,293 @@
+"""The asyncio Protocol of one HTTP/1.1 connection: thin glue between a transport and `HTTP11Connection`.
+
+Timers: there are none per connection or per request. Each connection records which phase it is in and
+the server tick at which that phase began; the server's tick sweeps the connections (see
+`WorkerServer._tick`). The keep-alive phase starts when a response completes with nothing pending and
+ends at the first byte of the next request (not reset per byte: a client trickling bytes does not keep an
+idle connection alive - uvicorn's slowloris hole); the head phase runs from that first byte (or the
+connection's opening) until the head is complete, then 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from corral.worker.cycle import RequestCycle
+from corral.worker.flow import BODY, CLOSING, PARKED, PIPELINE, FlowControl
+from corral.worker.http11 import ERROR_RESPONSES, HTTP11Connection, ProtocolError
+from corral.worker.stateless import PoolFull
+
+__all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "service_unavailable"]
+
+logger = logging.getLogger("corral.error")
+
+# Connection phases (what the server's tick checks).
+IDLE = 0  # keep-alive: waiting for the first byte of a request
+HEAD = 1  # reading a request head
+BUSY = 2  # a request is in progress or queued: no timer
+CLOSED = 3
+
+_ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
+_METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
+def decode_path(raw_path: bytes) -> str:
+    """ASGI `path`: percent-decoded, as UTF-8 (latin-1 when the bytes are not UTF-8)."""
+    if b"%" not in raw_path and raw_path.isascii():
+        return raw_path.decode("ascii")
+    raw = unquote_to_bytes(raw_path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
+    """The tiny application that answers a request finding the pool full when pool_full is '503'."""
+    await send({
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
+    })
+    await send({"type": "http.response.body", "body": b"Service Unavailable"})
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
+        "pending_error", "__weakref__",
+    )
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.transport: Any = None
+        self.flow: Any = None
+        self.state: Any = None
+        self.client: tuple | None = None
+        self.sockname: tuple | None = None
+        self.scheme = "http"
+        self.phase = HEAD
+        self.since = 0
+        self.pending_error: bytes | None = None
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        self.transport = transport
+        self.flow = FlowControl(transport)  # type: ignore[arg-type]
+        self.state = HTTP11Connection(self, server.settings)
+        sockname = transport.get_extra_info("sockname")
+        peername = transport.get_extra_info("peername")
+        if isinstance(sockname, (tuple, list)):
+            self.sockname = (sockname[0], sockname[1])
+            self.client = (peername[0], peername[1]) if isinstance(peername, (tuple, list)) else None
+        else:  # unix socket: ASGI says (path, None) for the server and no client address
+            self.sockname = (sockname or "", None)
+            self.client = None
+        self.since = server.tick
+        server.connections.add(self)
+        if server.stopping:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase != BUSY:
+            if phase == IDLE:
+                self.phase = HEAD  # the first byte of a request: the header timer starts, once
+                self.since = self.server.tick
+            elif phase == CLOSED:
+                return
+        state = self.state
+        try:
+            state.feed(data)
+        except ProtocolError as error:
+            self.protocol_error(error)
+            return
+        except Exception:  # nothing a client sends may raise out of the protocol
+            logger.exception("Error while handling request bytes")
+            self.protocol_error(ProtocolError(400, "internal error"))
+            return
+        if state.pipeline:
+            # A request waits behind the active one: read no further until its turn comes.
+            self.flow.pause_reading(PIPELINE)
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.phase = CLOSED
+        self._disconnect_all()
+        if self.flow is not None:
+            self.flow.connection_lost()
+        self.server.connection_closed(self)
+
+    # ------------------------------------------------------------------ HTTP11Connection's handler
+
+    def on_request(
+        self, method: bytes, http_version: str, target: bytes, headers: list, keep_alive: bool,
+        expect_continue: bool, has_body: bool,
+    ) -> RequestCycle:
+        server = self.server
+        if target[:1] == b"/":
+            raw_path, _, query = target.partition(b"?")
+        elif target == b"*":  # OPTIONS * (RFC 9112 §3.2.4)
+            raw_path, query = target, b""
+        else:  # absolute-form (RFC 9112 §3.2.2)
+            url = httptools.parse_url(target)
+            raw_path, query = url.path or b"/", url.query or b""
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": http_version,
+            "server": self.sockname,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": _METHODS.get(method) or method.decode("ascii"),
+            "root_path": server.root_path,
+            "path": decode_path(raw_path),
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": server.lifespan_state.copy(),
+            "extensions": {},
+        }
+        if server.proxy is not None:
+            try:
+                server.proxy.apply(scope)
+            except Exception:
+                logger.exception("Could not apply proxy headers")
+                raise self.state.fail(400, "bad proxy headers") from None
+        self.phase = BUSY
+        return RequestCycle(
+            self, scope, keep_alive and server.keepalive_enabled, expect_continue, has_body,
+            method == b"HEAD", http_version == "1.1", server.access_log is not None,
+        )
+
+    def start_request(self, cycle: RequestCycle) -> None:
+        """Run the application for `cycle`, or park it (FIFO) when the pool is full."""
+        server = self.server
+        if server.parked and not server.reject_when_full:
+            self.park(cycle)  # requests parked earlier go first
+            return
+        self.launch(cycle)
+
+    def launch(self, cycle: RequestCycle) -> None:
+        server = self.server
+        try:
+            server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+        except PoolFull:
+            if server.reject_when_full:
+                # An application like any other, outside the pool: it takes no slot.
+                task = asyncio.get_running_loop().create_task(
+                    service_unavailable(cycle.scope, cycle.receive, cycle.send)
+                )
+                task.add_done_callback(cycle.app_finished)
+            else:
+                self.park(cycle)
+
+    def park(self, cycle: RequestCycle) -> None:
+        self.flow.pause_reading(PARKED)
+        self.server.park(self, cycle)
+
+    def unpark(self, cycle: RequestCycle) -> None:
+        """A slot is free for the parked `cycle` (called by the server, in FIFO order)."""
+        self.flow.resume_reading(PARKED)
+        self.launch(cycle)
+
+    # ------------------------------------------------------------------ responses
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        server = self.server
+        server.requests_served += 1
+        if cycle.t0 is not None:
+            self.log_access(cycle)
+        if not cycle.keep_alive or server.stopping or not cycle.body_complete:
+            # An unread request body would have to be read and discarded to find the next request:
+            # closing is cheaper and allowed (RFC 9112 §9.6).
+            self.close()
+            return
+        state = self.state
+        following = state.response_done()
+        if following is not None:
+            if not state.pipeline:
+                self.flow.resume_reading(PIPELINE)
+            self.start_request(following)
+            return
+        if self.pending_error is not None:
+            self.transport.write(self.pending_error)
+            self.close()
+            return
+        self.flow.resume_reading(PIPELINE | BODY)
+        # Part of the next head may be here already: then its timer runs, else the keep-alive one.
+        self.phase = HEAD if state.messages > state.completed else IDLE
+        self.since = server.tick
+
+    def log_access(self, cycle: RequestCycle) -> None:
+        access_log = self.server.access_log
+        if access_log is None:
+            return
+        duration = time.perf_counter() - cycle.t0 if cycle.t0 is not None else 0.0
+        try:
+            access_log(cycle.scope, cycle.status, cycle.nbytes, duration, cycle.headers)
+        except Exception:
+            logger.exception("Access log failed")
+
+    # ------------------------------------------------------------------ errors, timeouts, closing
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        """Answer a broken request with its error response and close, keeping earlier responses in order."""
+        state = self.state
+        broken = state.request  # the request whose body broke the protocol, if any
+        state.request = None
+        state.upgraded = True  # feed() ignores everything from now on: the connection is closing
+        active = state.active
+        if broken is not None and broken is not active:
+            state.drop(broken)
+            broken.disconnect()
+        if active is None or (broken is active and active.state < 2):
+            if active is not None:
+                active.disconnect()
+            self.transport.write(error.response)
+            self.close()
+        elif broken is active:
+            self.close()  # its response has begun: closing is all that is left
+        else:
+            # A later request is broken: the responses queued before it go out first.
+            self.pending_error = error.response
+            self.flow.pause_reading(CLOSING)
+            state.must_close = True
+
+    def header_timeout(self) -> None:
+        if self.phase == HEAD:
+            self.transport.write(ERROR_RESPONSES[408])
+            self.close()
+
+    def close(self) -> None:
+        if self.phase != CLOSED:
+            self.phase = CLOSED
+            self._disconnect_all()
+            self.transport.close()
+
+    def _disconnect_all(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        if state.active is not None:
+            state.active.disconnect()
+        for cycle in state.pipeline:
+            cycle.disconnect()
+        if state.request is not None:
+            state.request.disconnect()

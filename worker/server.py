@@ -1,0 +1,274 @@
+"""`WorkerServer`: the HTTP/1.1 server of one worker process, on already-bound listening sockets.
+
+It is a `StatelessServer` that backpressures (`evict_when_full = False`): every request is an application
+instance in the pool. When the pool is full a request whose head is complete is *parked* (its connection
+stops reading, the request is kept) in a FIFO, and the server stops accepting; `slot_freed()` starts the
+parked requests in order and, when room remains, accepts again. Nothing is dropped. With
+`pool_full = '503'` a request finding the pool full is answered by a tiny 503 application instead (outside
+the pool: it takes no slot).
+
+Accepting is paused by closing the asyncio servers, which run on `dup()`s of the caller's sockets: the
+kernel keeps queueing connections on the shared listening socket, and accepting resumes on a fresh dup.
+
+One tick coroutine (no per-request timers) refreshes the Date header and sweeps the connections for the
+keep-alive and header timeouts; a heartbeat coroutine calls `notify()` so the master can tell the event
+loop is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+from collections import deque
+from typing import Any, Callable
+
+from corral.shared.settings import Settings
+from corral.worker.cycle import RequestCycle
+from corral.worker.dates import DefaultHeaders
+from corral.worker.protocol import BUSY, HEAD, IDLE, HttpProtocol
+from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
+
+__all__ = ["WorkerServer"]
+
+logger = logging.getLogger("corral.worker.server")
+error_logger = logging.getLogger("corral.error")
+
+AccessLog = Callable[[dict, int, int, float, Any], None]
+
+
+class WorkerServer(StatelessServer):
+    evict_when_full = False
+
+    #: Seconds between two `notify()` calls of the heartbeat.
+    heartbeat_interval: float = 1.0
+
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings | None = None,
+        access_log: AccessLog | None = None,
+        proxy: Any = None,
+        lifespan_state: dict | None = None,
+        notify: Callable[[], None] | None = None,
+    ) -> None:
+        settings = settings if settings is not None else Settings()
+        super().__init__(app, max_applications=settings.max_applications)
+        self.settings = settings
+        self.access_log = access_log
+        self.proxy = proxy
+        self.lifespan_state: dict = lifespan_state if lifespan_state is not None else {}
+        self.notify = notify
+        self.root_path: str = settings.root_path
+        self.keepalive_enabled = settings.keepalive > 0
+        self.reject_when_full = settings.pool_full == "503"
+        self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)
+        self.connections: set[HttpProtocol] = set()
+        self.parked: deque[tuple[HttpProtocol, RequestCycle]] = deque()
+        self.stopping = False
+        self.requests_served = 0
+        # The sweep must be fine enough for the shortest timeout it enforces.
+        timeouts = [settings.header_timeout] + ([settings.keepalive] if settings.keepalive > 0 else [])
+        self.tick_interval = min(1.0, *(t / 4 for t in timeouts))
+        self.tick = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._sockets: list[socket.socket] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._want_accept = False
+        self._accept_task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._stop_requested = False
+        self._graceful = True
+        self._force: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ the seam
+
+    async def serve(self, sockets: list[socket.socket]) -> None:
+        """Serve HTTP on already-bound listening sockets until `request_stop()`; the sockets stay open."""
+        loop = self.loop = asyncio.get_running_loop()
+        self._sockets = list(sockets)
+        self._stop = loop.create_future()
+        self._force = loop.create_future()
+        if self._stop_requested:
+            self._stop.set_result(None)
+        self._set_accepting(True)
+        tasks = [loop.create_task(self._ticker()), loop.create_task(self._heartbeat())]
+        try:
+            await self._stop
+        finally:
+            try:
+                await self._shutdown()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def handle(self) -> None:
+        """StatelessServer's entry point (`run()` / `arun()`): serve the sockets given to `serve` earlier."""
+        await self.serve(self._sockets)
+
+    def request_stop(self, graceful: bool = True) -> None:
+        """Stop serving (call it on the server's loop, e.g. through `loop.call_soon_threadsafe`).
+
+        Graceful: stop accepting, close idle connections at once, let in-flight requests finish within
+        `settings.graceful_timeout`, then close the rest. A later non-graceful call cuts the wait short.
+        """
+        if not graceful:
+            self._graceful = False
+            if self._force is not None and not self._force.done():
+                self._force.set_result(None)
+        if self._stop is None:
+            self._stop_requested = True
+        elif not self._stop.done():
+            self._stop.set_result(None)
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        self._set_accepting(False)
+        for protocol in list(self.connections):
+            if protocol.phase != BUSY:
+                protocol.close()
+        if self._graceful and self.connections:
+            self._drained = self.loop.create_future()  # type: ignore[union-attr]
+            await asyncio.wait(
+                [self._drained, self._force], timeout=self.settings.graceful_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        for protocol in list(self.connections):
+            protocol.close()
+            protocol.transport.abort()
+        self.parked.clear()
+        await self.shutdown_instances(self.instance_shutdown_timeout)
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+
+    # ------------------------------------------------------------------ accepting
+
+    def _protocol_factory(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    def _set_accepting(self, want: bool) -> None:
+        self._want_accept = want = want and not self.stopping
+        if not want:
+            servers, self._servers = self._servers, []
+            for server in servers:
+                server.close()  # closes our dup only; the caller's socket keeps listening
+            return
+        if not self._servers and self._accept_task is None and self.loop is not None:
+            self._accept_task = self.loop.create_task(self._open_servers())
+
+    async def _open_servers(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            for sock in self._sockets:
+                if not self._want_accept:
+                    break
+                dup = sock.dup()
+                try:
+                    if sock.family == socket.AF_UNIX:
+                        server = await loop.create_unix_server(
+                            self._protocol_factory, sock=dup, backlog=self.settings.backlog)
+                    else:
+                        server = await loop.create_server(
+                            self._protocol_factory, sock=dup, backlog=self.settings.backlog)
+                except BaseException:
+                    dup.close()
+                    raise
+                servers.append(server)
+        except Exception:
+            logger.exception("Could not start accepting")
+        except BaseException:  # cancelled by the shutdown
+            for server in servers:
+                server.close()
+            raise
+        finally:
+            self._accept_task = None
+        if self._want_accept:
+            self._servers = servers
+        else:
+            for server in servers:
+                server.close()
+
+    # ------------------------------------------------------------------ the pool and backpressure
+
+    def park(self, protocol: HttpProtocol, cycle: RequestCycle) -> None:
+        self.parked.append((protocol, cycle))
+        self._set_accepting(False)
+
+    def slot_freed(self) -> None:
+        parked = self.parked
+        while parked and not self.pool_full:
+            protocol, cycle = parked.popleft()
+            if not cycle.disconnected:
+                protocol.unpark(cycle)
+        if not parked and not self.pool_full:
+            self._set_accepting(True)
+
+    def _instance_done(self, instance: ApplicationInstance, future: asyncio.Future[Any]) -> None:
+        super()._instance_done(instance, future)
+        cycle = instance.scope_id
+        if type(cycle) is RequestCycle:
+            cycle.app_finished(future)
+
+    @staticmethod
+    def _log_failure(exception: BaseException, instance: Any) -> None:
+        scope = instance["scope"] if instance is not None else {}
+        error_logger.error(
+            "Exception in ASGI application (%s)",
+            describe_scope(scope),
+            exc_info=(type(exception), exception, exception.__traceback__),
+        )
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def connection_closed(self, protocol: HttpProtocol) -> None:
+        self.connections.discard(protocol)
+        drained = self._drained
+        if drained is not None and not self.connections and not drained.done():
+            drained.set_result(None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests_served,
+            "connections": len(self.connections),
+            "instances": len(self.application_instances),
+            "max_applications": self.max_applications,
+            "parked": len(self.parked),
+            "accepting": bool(self._servers),
+            "stopping": self.stopping,
+        }
+
+    async def _ticker(self) -> None:
+        settings = self.settings
+        interval = self.tick_interval
+        # A phase stamped at tick n began no later than tick n's time: waiting timeout/interval + 1 ticks
+        # guarantees the full timeout (and at most one interval more).
+        head_ticks = math.ceil(settings.header_timeout / interval) + 1
+        idle_ticks = math.ceil(settings.keepalive / interval) + 1
+        refresh = self.default_headers.refresh
+        while True:
+            await asyncio.sleep(interval)
+            self.tick = tick = self.tick + 1
+            refresh()
+            for protocol in tuple(self.connections):
+                phase = protocol.phase
+                if phase == HEAD:
+                    if tick - protocol.since >= head_ticks:
+                        protocol.header_timeout()
+                elif phase == IDLE:
+                    if tick - protocol.since >= idle_ticks:
+                        protocol.close()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            notify = self.notify
+            if notify is not None:
+                try:
+                    notify()
+                except Exception:
+                    logger.exception("Heartbeat notify() failed")
+            await asyncio.sleep(self.heartbeat_interval)
