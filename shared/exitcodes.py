@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ExitCode", "OK", "CONFIG_ERROR", "WORKER_BOOT_ERROR", "APP_IMPORT_ERROR", "HALT_CRASH_LOOP"]
+__all__ = ["ExitCode", "OK", "CONFIG_ERROR", "WORKER_BOOT_ERROR", "APP_IMPORT_ERROR", "HALT_CRASH_LOOP", "BIND_ERROR"]
 
 
 class ExitCode(enum.IntEnum):
@@ -30,9 +30,13 @@ class ExitCode(enum.IntEnum):
     HALT_CRASH_LOOP = 5
     """The master gave up after workers repeatedly failed to boot."""
 
+    BIND_ERROR = 6
+    """The master could not listen: address in use, permission denied, bad or unusable address."""
+
 
 OK = ExitCode.OK
 CONFIG_ERROR = ExitCode.CONFIG_ERROR
 WORKER_BOOT_ERROR = ExitCode.WORKER_BOOT_ERROR
 APP_IMPORT_ERROR = ExitCode.APP_IMPORT_ERROR
 HALT_CRASH_LOOP = ExitCode.HALT_CRASH_LOOP
+BIND_ERROR = ExitCode.BIND_ERROR

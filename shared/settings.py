@@ -120,6 +120,51 @@ def size(value: Any) -> int:
     return number
 
 
+def umask(value: Any) -> int:
+    """A file-mode creation mask: an int, or an octal string ('022', '0o22', '0022')."""
+    if isinstance(value, bool):
+        raise ValueError("expected an octal umask such as 022 or 0o22, got a boolean")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        try:
+            number = int(text, 8)
+        except ValueError:
+            raise ValueError(f"expected an octal umask such as 022 or 0o22, got {value!r}") from None
+    if not 0 <= number <= 0o777:
+        raise ValueError(f"must be between 0 and 0o777, got {value!r}")
+    return number
+
+
+def user_id(value: Any) -> int | None:
+    """A user name or numeric uid; None (unset) keeps the current user."""
+    if value is None or value == "":
+        return None
+    import pwd
+
+    if isinstance(value, int) and not isinstance(value, bool) or str(value).isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(str(value)).pw_uid
+    except KeyError:
+        raise ValueError(f"no such user {value!r}") from None
+
+
+def group_id(value: Any) -> int | None:
+    """A group name or numeric gid; None (unset) keeps the current group."""
+    if value is None or value == "":
+        return None
+    import grp
+
+    if isinstance(value, int) and not isinstance(value, bool) or str(value).isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(str(value)).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group {value!r}") from None
+
+
 # ---------------------------------------------------------------------------- the registry
 
 
@@ -208,6 +253,39 @@ _declare("root_path", "worker", to_str, "", "ASGI root_path (WSGI SCRIPT_NAME) w
 _declare("graceful_timeout", "worker", non_negative_float, 30.0,
          "Seconds a stopping worker lets in-flight requests finish before it closes them.")
 
+_declare("max_requests", "worker", non_negative_int, 0,
+         "Requests a worker serves before the master replaces it (new worker first); 0 is off.")
+_declare("max_requests_jitter", "worker", non_negative_int, 0,
+         "Random 0..N added to --max-requests per worker, so workers do not all restart at once.")
+_declare("max_worker_memory", "worker", size, 0,
+         "Worker resident memory (K/M/G suffixes allowed) above which the master replaces it (new worker "
+         "first); checked every few seconds; 0 is off.")
+_declare("timeout", "worker", non_negative_float, 30.0,
+         "Seconds a worker's event loop may go without a heartbeat before the master dumps its stack and "
+         "kills it; 0 disables the watchdog.", ("-t", "--timeout"))
+_declare("preload_app", "worker", to_bool, False,
+         "Import the application in the master before forking: workers start in milliseconds and share "
+         "memory; HUP then reloads settings but not the code (use USR2).", ("--preload",), is_flag=True)
+_declare("worker_boot_retries", "worker", positive_int, 3,
+         "Consecutive worker boot failures (app import error, lifespan startup failed), with no worker "
+         "serving, after which the master stops with exit code 5 instead of forking again.")
+
+# -- the master process
+_declare("pidfile", "master", optional_str, None,
+         "Write the master's pid to this file (refused while a live process owns it); removed at exit. "
+         "`serve status --pid FILE` reads it.", ("-p", "--pid"), metavar="FILE")
+_declare("proc_name", "master", optional_str, None,
+         "Name shown in process titles (`corral: master [NAME]`); defaults to the application spec.",
+         ("-n", "--name"), metavar="NAME")
+_declare("user", "master", user_id, None, "Workers switch to this user (name or uid) after binding.",
+         ("-u", "--user"), metavar="USER")
+_declare("group", "master", group_id, None, "Workers switch to this group (name or gid) after binding.",
+         ("-g", "--group"), metavar="GROUP")
+_declare("umask", "master", umask, 0o22, "File mode creation mask of the master and workers (octal).",
+         ("-m", "--umask"), metavar="UMASK")
+_declare("chdir", "master", optional_str, None,
+         "Change to this folder before loading the application.", ("--chdir",), metavar="DIR")
+
 # -- HTTP limits and timeouts (the worker's defence against bad or slow clients)
 _declare("keepalive", "http", non_negative_float, 5.0,
          "Seconds an idle keep-alive connection is kept open; 0 closes after each response.",
@@ -234,6 +312,13 @@ _declare("forwarded_headers", "http", choice("auto", "forwarded", "x-forwarded")
          "(X-Forwarded-For/-Proto/-Host only) or 'auto' (X-Forwarded-* when present, else Forwarded).")
 
 # -- logging
+_declare("loglevel", "logging", choice("debug", "info", "warning", "error", "critical"), "info",
+         "The error log's level.", ("--log-level",))
+_declare("errorlog", "logging", to_str, "-", "Error log file; '-' is stderr.", ("--error-logfile", "--log-file"),
+         metavar="FILE")
+_declare("logconfig", "logging", optional_str, None,
+         "A logging.config.dictConfig file: JSON, or Python defining a dict named LOGGING (replaces the "
+         "error log setup).", ("--log-config",), metavar="FILE")
 _declare("accesslog", "logging", optional_str, None,
          "Access log file ('-' is stderr); no access log when unset.", ("--access-logfile",))
 _declare("access_log_format", "logging", to_str,

@@ -1,0 +1,83 @@
+"""Check that the application imports, in a short-lived child, before any worker is forked.
+
+Without --preload the master must not import the app itself: its modules would be inherited by every
+worker (no fresh import) and a HUP could never load new code. A forked child imports it and reports the
+error (message and traceback) through a pipe, so a bad app path fails at start with exit code 4 and its
+traceback printed once, and a HUP with a broken app keeps the running workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+
+from corral.master.workerproc import reset_signals
+from corral.shared.exitcodes import APP_IMPORT_ERROR
+from corral.shared.settings import Settings
+from corral.worker.application import AppImportError, import_app
+
+__all__ = ["AppCheckError", "check_app", "describe_exit"]
+
+
+class AppCheckError(Exception):
+    """The application failed to import; `str()` is the message and traceback, to print once."""
+
+
+def check_app(spec: str, settings: Settings) -> None:
+    """Import the app in a short-lived child, so a bad app fails at once with its traceback, and the
+    master stays free of the app's modules (workers, forked later, then import it fresh)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_end)
+            reset_signals()
+            try:
+                import_app(spec, factory=settings.factory)
+            except AppImportError as exc:
+                code = APP_IMPORT_ERROR
+                text = str(exc)
+                if exc.__cause__ is not None:
+                    text += "\n" + "".join(traceback.format_exception(exc.__cause__)).rstrip()
+                data = text.encode(errors="replace")
+                while data:
+                    data = data[os.write(write_end, data):]
+        except BaseException:
+            code = APP_IMPORT_ERROR
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(read_end, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_end)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            status = 0
+            break
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        text = b"".join(chunks).decode(errors="replace") or f"importing {spec!r} crashed ({describe_exit(code)})"
+        raise AppCheckError(text)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,591 @@
+"""The arbiter: one master loop that keeps the right number of healthy workers serving.
+
+gunicorn's shape, smaller. Signal handlers do no work: they `put_nowait` the signal on a queue, and
+`signal.set_wakeup_fd` on a self-pipe wakes the loop's `select`. The loop then runs the verb-named
+`handle_<sig>` methods, `murder_workers()` (heartbeat watchdog, kill deadlines, memory) and
+`manage_workers()` (spawn, retire, replace new-first, spread the instance limits) once per pass.
+
+Each worker has a SOCK_SEQPACKET control channel (see channel.py): heartbeats and `ready` come up, limit
+changes and stop requests go down. Errors that prevent a start are raised as typed exceptions; the CLI
+turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import selectors
+import signal
+import socket
+import time
+from typing import Any, Callable
+
+import psutil
+
+from corral.master import workerproc
+from corral.master.appcheck import AppCheckError, check_app, describe_exit
+from corral.master.channel import pair
+from corral.master.control import ControlServer
+from corral.master.logs import describe_listener, reopen_logs, setup_logging
+from corral.master.pidfile import Pidfile, pid_alive
+from corral.master.proctitle import set_title
+from corral.master.sockets import bind_all, close_all, parse_address, systemd_sockets
+from corral.master.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
+from corral.master.workerinfo import Worker, split_limit, status_document
+from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
+from corral.shared.settings import Settings, SettingError
+from corral.worker.application import AppImportError, import_app
+
+__all__ = ["Arbiter", "CrashLoop", "AppCheckError", "split_limit"]
+
+logger = logging.getLogger("corral.master")
+
+MAX_BACKOFF = 10.0  # seconds between respawns when workers keep dying
+DIED_YOUNG = 1.0  # seconds: a worker dying younger than this grows the respawn backoff
+DUMP_GRACE = 0.3  # seconds between the stack-dump signal and SIGKILL for a timed-out worker
+MIN_BOOT_TIMEOUT = 60.0  # a booting worker (importing the app, lifespan startup) gets at least this
+QUICK_STOP = 5.0  # INT/QUIT: seconds before stragglers are killed
+KILL_MARGIN = 5.0  # TERM: seconds past graceful_timeout before stragglers are killed
+MEMORY_CHECK = 3.0  # seconds between RSS checks
+TICK = 0.5  # longest select() wait
+
+
+class CrashLoop(Exception):
+    """Workers keep failing to boot; the master stopped everything. `str()` is the one-line reason."""
+
+
+class Arbiter:
+    def __init__(
+        self,
+        spec: str,
+        settings: Settings,
+        reload: Callable[[], Settings] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.reload = reload
+        self.name = settings.proc_name or spec
+        self.num_workers = settings.workers
+        self.app: Any = spec  # the preloaded application object with --preload
+        self.listeners: list[socket.socket] = []
+        self.owned_paths: list[str] = []  # unix socket files we bound (and so remove)
+        self.reuse_port_addresses: list[str] = []
+        self.workers: dict[int, Worker] = {}
+        self.worker_number = 0
+        self.generation = 0
+        self.pidfile: Pidfile | None = None
+        self.control: ControlServer | None = None
+        self.selector: selectors.BaseSelector | None = None
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.pipe: tuple[int, int] | None = None
+        self.stopping = False
+        self.failures = 0  # unexpected deaths in a row (backoff)
+        self.boot_failures = 0  # boot errors in a row with no worker becoming ready
+        self.spawn_after = 0.0
+        self.next_memory_check = 0.0
+        self.reexec_pid = 0  # the new master after USR2
+        self.rollback: tuple[Settings, int] | None = None  # what a HUP replaced, until a new worker is ready
+        self.old_master = int(os.environ.pop(OLD_MASTER_ENV, "0") or 0)  # we are that new master
+        self.start_cwd = os.getcwd()
+        self.started = time.time()
+        self.all_ready_once = False
+
+    # ------------------------------------------------------------------ start and the loop
+
+    def run(self) -> int:
+        """Start, serve until stopped; returns 0, raises CrashLoop (and the start errors of `start`)."""
+        try:
+            self.start()
+            try:
+                self.loop()
+            except CrashLoop as exc:
+                logger.error("Stopping: %s", exc)
+                self.stop(graceful=False)
+                raise
+            return 0
+        finally:
+            self.cleanup()
+
+    def start(self) -> None:
+        """Pid file, app check or preload, sockets, control socket, signals. Raises the typed errors."""
+        settings = self.settings
+        os.umask(settings.umask)
+        pid = os.getpid()
+        set_title("master", self.name)
+        if settings.pidfile:
+            pidfile = Pidfile(settings.pidfile)
+            pidfile.create(pid)  # PidfileError: refused while a live process owns it
+            self.pidfile = pidfile
+        self.load_app(settings)
+        self.listeners = self.open_sockets()
+        if settings.user is not None or settings.group is not None:
+            for path in self.owned_paths:
+                os.chown(path, settings.user if settings.user is not None else -1,
+                         settings.group if settings.group is not None else -1)
+        if self.pidfile is not None:
+            self.control = ControlServer(self.pidfile.path, pid)
+        self.pipe = os.pipe()
+        for fd in self.pipe:
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.pipe[0], selectors.EVENT_READ, self._drain_pipe)
+        if self.control is not None and self.control.sock is not None:
+            self.selector.register(self.control.fileno(), selectors.EVENT_READ, self._answer_status)
+        signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
+        for sig in workerproc.MASTER_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        where = ", ".join(describe_listener(s) for s in self.listeners) or ", ".join(self.reuse_port_addresses)
+        logger.info("corral master %d serving %s on %s with %d worker(s)", pid, self.spec, where, self.num_workers)
+
+    def load_app(self, settings: Settings) -> None:
+        if settings.preload_app:
+            self.app = import_app(self.spec, factory=settings.factory)  # AppImportError
+        else:
+            check_app(self.spec, settings)  # AppCheckError
+            self.app = self.spec
+
+    def open_sockets(self) -> list[socket.socket]:
+        settings = self.settings
+        inherited = os.environ.pop(INHERIT_FDS_ENV, "")
+        if inherited:  # USR2: the old master's listeners, same kernel sockets
+            sockets = []
+            for fd in (int(x) for x in inherited.split(",") if x):
+                sock = socket.socket(fileno=fd)
+                os.set_inheritable(fd, False)
+                sock.setblocking(False)
+                sockets.append(sock)
+            self.owned_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
+            return sockets
+        activated = systemd_sockets()
+        if activated:
+            return activated
+        sockets = bind_all(list(settings.bind), settings.backlog, settings.reuse_port)  # BindError
+        if settings.reuse_port:
+            # Each worker binds its own SO_REUSEPORT socket; the master's were only the fail-fast check
+            # (a listening socket nobody accepts on would get its share of the connections).
+            keep = []
+            for sock, address in zip(sockets, settings.bind):
+                if sock.family == socket.AF_UNIX or address.startswith("fd://"):
+                    keep.append(sock)
+                else:
+                    self.reuse_port_addresses.append(str(parse_address(address)))
+                    sock.close()
+            sockets = keep
+        self.owned_paths = [s.getsockname() for s in sockets
+                            if s.family == socket.AF_UNIX and not any(a.startswith("fd://") for a in settings.bind)]
+        return sockets
+
+    def loop(self) -> None:
+        while not self.stopping:
+            self.sleep()
+            handled = False
+            while not self.stopping:
+                try:
+                    sig = self.signals.get_nowait()
+                except queue.Empty:
+                    break
+                handled = True
+                name = signal.Signals(sig).name[3:].lower()
+                getattr(self, f"handle_{name}")()
+            if self.stopping:
+                return
+            if handled:
+                self.sleep(0)  # heartbeats that queued while a handler ran (HUP's app check) count
+            self.murder_workers()
+            self.manage_workers()
+
+    def _on_signal(self, sig: int, frame: Any) -> None:
+        # No work in a signal handler: the loop picks it up (set_wakeup_fd has already woken select).
+        self.signals.put_nowait(sig)
+
+    def sleep(self, timeout: float = TICK) -> None:
+        assert self.selector is not None
+        now = time.monotonic()
+        if self.spawn_after > now:
+            timeout = min(timeout, self.spawn_after - now)
+        for worker in self.workers.values():
+            if worker.kill_at is not None:
+                timeout = min(timeout, max(0.0, worker.kill_at - now))
+        if not self.signals.empty():
+            timeout = 0
+        for key, _ in self.selector.select(timeout):
+            key.data(key)
+
+    def _drain_pipe(self, key: Any) -> None:
+        try:
+            while os.read(self.pipe[0], 4096):  # type: ignore[index]
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # ------------------------------------------------------------------ signals
+
+    def handle_chld(self) -> None:
+        self.reap_workers()
+
+    def handle_hup(self) -> None:
+        """Reload the settings and the application; new workers replace the old ones, new first."""
+        logger.info("Reloading (HUP)")
+        try:
+            settings = self.reload() if self.reload is not None else self.settings
+            if settings.bind != self.settings.bind:
+                logger.warning("Reload: bind changes need a restart or an upgrade (USR2); keeping %s",
+                               ", ".join(self.settings.bind))
+                settings = settings.replace(bind=self.settings.bind)
+            if not settings.preload_app:
+                check_app(self.spec, settings)
+            setup_logging(settings)
+        except (SettingError, AppCheckError, AppImportError) as exc:
+            logger.error("Reload failed, keeping the running workers: %s", exc)
+            return
+        self.rollback = (self.settings, self.num_workers)
+        self.settings = settings
+        self.num_workers = settings.workers
+        self.generation += 1
+        for worker in self.workers.values():
+            worker.outdated = True
+
+    def handle_term(self) -> None:
+        self.stop(graceful=True)
+
+    def handle_int(self) -> None:
+        self.stop(graceful=False)
+
+    handle_quit = handle_int
+
+    def handle_ttin(self) -> None:
+        self.num_workers += 1
+        logger.info("TTIN: %d worker(s)", self.num_workers)
+
+    def handle_ttou(self) -> None:
+        if self.num_workers > 1:
+            self.num_workers -= 1
+        logger.info("TTOU: %d worker(s)", self.num_workers)
+
+    def handle_usr1(self) -> None:
+        reopen_logs()
+        logger.info("Reopened the log files (USR1)")
+        for worker in self.workers.values():
+            worker.channel.send("reopen")
+
+    def handle_usr2(self) -> None:
+        self.reexec()
+
+    def handle_winch(self) -> None:
+        pass  # gunicorn stops the workers of a daemonized master here; corral does not daemonize
+
+    # ------------------------------------------------------------------ workers
+
+    def manage_workers(self) -> None:
+        """Spawn what is missing, retire what is too many, replace outdated workers new-first."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        live = [w for w in self.workers.values() if not w.retiring]
+        fresh = [w for w in live if not w.outdated]
+        missing = self.num_workers - len(fresh)
+        if missing > 0 and now >= self.spawn_after:
+            if self.failures > 1:
+                missing = 1  # backing off: one at a time
+            layout = split_limit(self.settings.max_applications, len(live) + missing)
+            for index in range(missing):
+                self.spawn_worker(layout[len(live) + index])
+            live = [w for w in self.workers.values() if not w.retiring]
+            fresh = [w for w in live if not w.outdated]
+        extra = len(fresh) - self.num_workers
+        if extra > 0:  # TTOU: booting ones first, then the oldest
+            for worker in sorted(fresh, key=lambda w: (w.ready, w.number))[:extra]:
+                self.retire(worker, "fewer workers wanted")
+        ready_fresh = sum(1 for w in fresh if w.ready and not w.retiring)
+        outdated = sorted((w for w in live if w.outdated), key=lambda w: w.number)
+        # Stop an old worker only once enough new ones serve: capacity never drops below the target.
+        while outdated and ready_fresh + len(outdated) > self.num_workers:
+            self.retire(outdated.pop(0), "replaced")
+        self.spread_limits()
+        if self.old_master and not self.all_ready_once and ready_fresh >= self.num_workers:
+            self.all_ready_once = True
+            old, self.old_master = self.old_master, 0
+            retire_old_master(old)
+
+    def spread_limits(self) -> None:
+        """Every counted worker gets its share of --max-applications; changed shares are sent live."""
+        live = sorted((w for w in self.workers.values() if not w.retiring), key=lambda w: w.number)
+        for worker, share in zip(live, split_limit(self.settings.max_applications, len(live))):
+            if worker.share != share:
+                worker.share = share
+                worker.channel.send("limit", max_applications=share)
+
+    def spawn_worker(self, share: int) -> None:
+        self.worker_number += 1
+        number = self.worker_number
+        settings = self.settings
+        if settings.max_applications != share:
+            settings = settings.replace(max_applications=share)
+        master_end, worker_end = pair()
+        # Blocked across fork: a signal the child got before dropping the master's handlers would only
+        # feed the child's copy of the queue (a TERM lost until the SIGKILL deadline).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, workerproc.MASTER_SIGNALS)
+        pid = os.fork()
+        if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        else:
+            master_end.close()
+            workerproc.run_child(self.app, settings, self.listeners, worker_end, number=number, name=self.name,
+                                 reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child)
+        worker_end.close()
+        jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
+        max_requests = settings.max_requests + jitter if settings.max_requests else 0
+        worker = Worker(pid, number, master_end, self.generation, share, max_requests)
+        try:
+            worker.process = psutil.Process(pid)
+            worker.process.cpu_percent(None)  # prime: later calls measure from here
+        except psutil.Error:
+            pass
+        self.workers[pid] = worker
+        assert self.selector is not None
+        self.selector.register(master_end.fileno(), selectors.EVENT_READ, self._worker_readable)
+        logger.info("Booting worker %d (pid %d)", number, pid)
+
+    def _close_in_child(self) -> None:
+        # The child must not hold the master's ends of other channels (their workers would never see EOF
+        # when the master dies) nor the self-pipe or the status socket.
+        for worker in self.workers.values():
+            worker.channel.close()
+        if self.selector is not None:
+            self.selector.close()
+        if self.pipe is not None:
+            for fd in self.pipe:
+                os.close(fd)
+        if self.control is not None and self.control.sock is not None:
+            self.control.sock.close()
+
+    def _worker_readable(self, key: Any) -> None:
+        worker = next((w for w in self.workers.values() if w.channel.fileno() == key.fd), None)
+        if worker is None:
+            return
+        messages, eof = worker.channel.receive()
+        now = time.monotonic()
+        for message in messages:
+            worker.last_beat = now
+            kind = message.get("t")
+            if kind == "ready" and not worker.ready:
+                worker.ready = True
+                self.boot_failures = 0
+                if not worker.outdated and worker.generation == self.generation:
+                    self.rollback = None  # the reloaded app boots: no going back
+                logger.info("Worker %d (pid %d) ready", worker.number, worker.pid)
+            elif kind == "hb":
+                worker.stats = message
+                if (worker.max_requests and not worker.outdated and not worker.retiring
+                        and message.get("requests", 0) >= worker.max_requests):
+                    logger.info("Worker %d (pid %d) served %d requests: replacing it", worker.number,
+                                worker.pid, message["requests"])
+                    worker.outdated = True
+        if eof:
+            self.selector.unregister(key.fd)  # type: ignore[union-attr]
+            worker.channel.close()
+
+    def retire(self, worker: Worker, why: str, graceful: bool = True) -> None:
+        """Tell a worker to stop (it finishes in-flight requests); SIGKILL if it overstays."""
+        if worker.retiring:
+            return
+        worker.retiring = True
+        logger.info("Stopping worker %d (pid %d): %s", worker.number, worker.pid, why)
+        worker.kill_at = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
+        self._signal_worker(worker, signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    def _signal_worker(self, worker: Worker, sig: int) -> None:
+        try:
+            os.kill(worker.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            if pid == self.reexec_pid:
+                self.reexec_pid = 0
+                logger.error("The new master (pid %d) exited with %s; this master carries on", pid, describe_exit(code))
+                if self.pidfile is not None and self.settings.pidfile:
+                    self.pidfile.rename(self.settings.pidfile)
+                continue
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            if not worker.channel.closed:
+                try:
+                    self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
+                except (KeyError, ValueError):
+                    pass
+                worker.channel.close()
+            self.worker_exited(worker, code)
+
+    def worker_exited(self, worker: Worker, code: int) -> None:
+        if worker.retiring or self.stopping:
+            logger.info("Worker %d (pid %d) exited with %s", worker.number, worker.pid, describe_exit(code))
+            return
+        logger.warning("Worker %d (pid %d) died with %s", worker.number, worker.pid, describe_exit(code))
+        now = time.monotonic()
+        # Only workers that die young are a loop to slow down; one that had been running is replaced at once.
+        self.failures = self.failures + 1 if now - worker.born < DIED_YOUNG else 0
+        if self.failures > 1:
+            delay = min(MAX_BACKOFF, 0.1 * 2 ** (self.failures - 2))
+            self.spawn_after = now + delay
+            logger.warning("Workers keep dying: next start in %.1fs", delay)
+        if code in (WORKER_BOOT_ERROR, APP_IMPORT_ERROR) and not worker.ready:
+            self.boot_failures += 1
+            serving = any(w.ready for w in self.workers.values())
+            if self.boot_failures < self.settings.worker_boot_retries:
+                return
+            what = "lifespan startup failed" if code == WORKER_BOOT_ERROR else "the application failed to import"
+            if not serving:
+                raise CrashLoop(f"{self.boot_failures} workers in a row failed to boot ({what}) and none "
+                                "is serving; see the log above")
+            if self.rollback is not None:  # a reload whose new workers cannot boot: keep the old ones
+                logger.error("Reload abandoned: %d new workers in a row failed to boot (%s); the previous "
+                             "workers keep serving", self.boot_failures, what)
+                self.settings, self.num_workers = self.rollback
+                self.rollback = None
+                self.boot_failures = self.failures = 0
+                self.spawn_after = 0.0
+                for other in self.workers.values():
+                    if other.ready and other.outdated and not other.retiring:
+                        other.outdated = False
+                for other in list(self.workers.values()):
+                    if not other.ready:
+                        self.retire(other, "reload abandoned")
+
+    def murder_workers(self) -> None:
+        """Kill overdue workers: no heartbeat for --timeout, past a stop or dump deadline; check memory."""
+        now = time.monotonic()
+        timeout = self.settings.timeout
+        for worker in list(self.workers.values()):
+            if worker.kill_at is not None:
+                if now >= worker.kill_at:
+                    logger.warning("Killing worker %d (pid %d)", worker.number, worker.pid)
+                    worker.kill_at = None
+                    self._signal_worker(worker, signal.SIGKILL)
+                continue
+            if timeout <= 0 or worker.retiring:
+                continue
+            limit = timeout if worker.ready else max(timeout, MIN_BOOT_TIMEOUT)
+            silent = now - worker.last_beat
+            if silent > limit:
+                logger.error("Worker %d (pid %d) timed out: no heartbeat for %.1fs (--timeout %g); its stack "
+                             "follows, then it is killed", worker.number, worker.pid, silent, timeout)
+                for handler in logging.getLogger("corral").handlers:
+                    handler.flush()
+                worker.retiring = True  # counted out: its replacement starts now
+                worker.kill_at = now + DUMP_GRACE
+                self._signal_worker(worker, workerproc.DUMP_SIGNAL)
+        if self.settings.max_worker_memory and now >= self.next_memory_check:
+            self.next_memory_check = now + MEMORY_CHECK
+            for worker in self.workers.values():
+                if worker.retiring or worker.outdated or not worker.ready or worker.process is None:
+                    continue
+                try:
+                    rss = worker.process.memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > self.settings.max_worker_memory:
+                    logger.warning("Worker %d (pid %d) uses %d MiB (limit %d MiB): replacing it", worker.number,
+                                   worker.pid, rss >> 20, self.settings.max_worker_memory >> 20)
+                    worker.outdated = True
+
+    # ------------------------------------------------------------------ status
+
+    def _answer_status(self, key: Any) -> None:
+        assert self.control is not None
+        self.control.answer(status_document(self))
+
+    # ------------------------------------------------------------------ upgrade (USR2)
+
+    def reexec(self) -> None:
+        """Start a new master (same command line) that inherits the listening sockets."""
+        if self.reexec_pid:
+            logger.warning("USR2 ignored: an upgrade (pid %d) is already running", self.reexec_pid)
+            return
+        if self.old_master and pid_alive(self.old_master) and os.getppid() == self.old_master:
+            logger.warning("USR2 ignored: the previous master (pid %d) has not retired yet", self.old_master)
+            return
+        if self.reuse_port_addresses:
+            logger.warning("USR2 with --reuse-port: the new master's workers bind their own sockets")
+        if self.pidfile is not None:
+            self.pidfile.rename(self.pidfile.path + ".oldbin")
+        pid = start_new_master(self.listeners, self.start_cwd)
+        self.reexec_pid = pid
+        logger.info("Upgrading: new master pid %d", pid)
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop every worker (TERM: graceful, INT/QUIT: quick), SIGKILL what overstays; bounded."""
+        if self.stopping:
+            return
+        self.stopping = True
+        logger.info("Stopping (%s)", "graceful" if graceful else "quick")
+        self.close_listeners()
+        for worker in list(self.workers.values()):
+            worker.retiring = False
+            self.retire(worker, "master stopping", graceful)
+            worker.kill_at = None  # this loop's own deadline applies
+        deadline = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
+        while self.workers and time.monotonic() < deadline:
+            self.sleep()
+            while True:
+                try:
+                    sig = self.signals.get_nowait()
+                except queue.Empty:
+                    break
+                if sig in (signal.SIGINT, signal.SIGQUIT) and graceful:
+                    graceful = False  # a second, impatient signal: cut the graceful wait short
+                    deadline = min(deadline, time.monotonic() + QUICK_STOP)
+                    for worker in self.workers.values():
+                        self._signal_worker(worker, signal.SIGQUIT)
+            self.reap_workers()
+        for worker in list(self.workers.values()):
+            self._signal_worker(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while self.workers and time.monotonic() < deadline:
+            self.reap_workers()
+            if self.workers:
+                time.sleep(0.02)
+
+    def close_listeners(self) -> None:
+        upgraded = bool(self.reexec_pid) and pid_alive(self.reexec_pid)
+        close_all(self.listeners, unlink=False)
+        self.listeners = []
+        if not upgraded:  # the new master (USR2) holds the same sockets: leave their files for it
+            for path in self.owned_paths:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        self.owned_paths = []
+
+    def cleanup(self) -> None:
+        if not self.stopping and self.workers:
+            self.stop(graceful=False)
+        self.close_listeners()
+        if self.control is not None:
+            self.control.close()
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+        signal.set_wakeup_fd(-1)
+        if self.selector is not None:
+            self.selector.close()
+        if self.pipe is not None:
+            for fd in self.pipe:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

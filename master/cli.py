@@ -1,0 +1,161 @@
+"""`serve [OPTIONS] APP` and `serve status --pid FILE`: the command line, and the one place exit codes are decided.
+
+Errors are raised as typed exceptions wherever they are found (settings, pid file, app import, bind,
+crash loop) and turned into one line and an exit code here:
+
+    0  clean stop                    2  bad flag, value, config file or pid file (CONFIG_ERROR)
+    4  the app does not import       5  workers kept failing to boot (HALT_CRASH_LOOP)
+    6  cannot bind an address (BIND_ERROR)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn, Sequence
+
+import click
+
+from corral.master.config import collect, settings_options
+from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
+from corral.shared.settings import REGISTRY, Settings, SettingError
+
+__all__ = ["main", "serve", "status"]
+
+PROG = "serve"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("corral")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"{PROG}: error: {message}", err=True)
+    return code
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return ""
+    return str(value)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("app", required=False, metavar="APP")
+@click.option("-c", "--config", "config_path", default=None, metavar="FILE",
+              help="A Python config file (gunicorn's format: module-level names are settings).")
+@click.option("--check-config", is_flag=True, help="Print the effective settings (name = value) and exit.")
+@click.version_option(_version(), "--version", prog_name="corral", message="%(prog)s %(version)s")
+@settings_options
+def serve(app: str | None, config_path: str | None, check_config: bool, **params: Any) -> int:
+    """Serve APP (module:attribute, or module:factory() with --factory) with a master and forked workers.
+
+    Signals to the master: TERM graceful stop, INT/QUIT quick stop, HUP reload settings and app (new
+    workers before old ones stop), TTIN/TTOU one worker more/less, USR1 reopen log files, USR2 upgrade
+    to a new master on the same sockets.
+    """
+    environ = dict(os.environ)
+    if config_path:
+        config_path = os.path.abspath(config_path)
+    start_cwd = os.getcwd()
+
+    def load() -> Settings:
+        return collect(params, config_path, environ=os.environ, folder=start_cwd)
+
+    try:
+        settings = collect(params, config_path, environ=environ, folder=start_cwd)
+    except SettingError as exc:
+        return _fail(str(exc), CONFIG_ERROR)
+    if check_config:
+        for name in REGISTRY:
+            click.echo(f"{name} = {_format_value(getattr(settings, name))}")
+        return OK
+    if not app:
+        return _fail("missing the application: serve [OPTIONS] APP (e.g. myproject.asgi:application)", CONFIG_ERROR)
+    return run(app, settings, load)
+
+
+def run(app: str, settings: Settings, load: Any) -> int:
+    # Imported here: `serve --help` and `--check-config` need none of this.
+    from corral.master.arbiter import AppCheckError, Arbiter, CrashLoop
+    from corral.master.logs import setup_logging
+    from corral.master.pidfile import PidfileError
+    from corral.master.sockets import BindError
+    from corral.worker.application import AppImportError
+
+    if settings.chdir:
+        try:
+            os.chdir(settings.chdir)
+        except OSError as exc:
+            return _fail(f"invalid value for --chdir: {settings.chdir!r}: {exc.strerror or exc}", CONFIG_ERROR)
+    try:
+        setup_logging(settings)
+        return Arbiter(app, settings, reload=load).run()
+    except (SettingError, PidfileError) as exc:
+        return _fail(str(exc), CONFIG_ERROR)
+    except AppCheckError as exc:
+        return _fail(str(exc), APP_IMPORT_ERROR)
+    except AppImportError as exc:  # --preload: imported in the master itself
+        import traceback
+
+        text = str(exc)
+        if exc.__cause__ is not None:
+            text += "\n" + "".join(traceback.format_exception(exc.__cause__)).rstrip()
+        return _fail(text, APP_IMPORT_ERROR)
+    except BindError as exc:
+        return _fail(str(exc), BIND_ERROR)
+    except CrashLoop as exc:
+        return _fail(str(exc), HALT_CRASH_LOOP)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-p", "--pid", "pidfile", required=True, metavar="FILE", help="The master's pid file (its --pid).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
+def status(pidfile: str, as_json: bool) -> int:
+    """Show the master's workers: pid, age, requests served, live instances / limit, RSS and CPU%."""
+    import json
+
+    from corral.master.control import ControlError, format_table, query
+
+    try:
+        document = query(pidfile)
+    except ControlError as exc:
+        return _fail(str(exc), 1)
+    click.echo(json.dumps(document, indent=2) if as_json else format_table(document))
+    return OK
+
+
+def _invoke(command: click.Command, args: Sequence[str], prog: str) -> int:
+    try:
+        result = command.main(list(args), prog_name=prog, standalone_mode=False)
+    except click.exceptions.NoSuchOption as exc:
+        message = f"no such option {exc.option_name}"
+        if exc.possibilities:
+            import difflib
+
+            best = difflib.get_close_matches(exc.option_name, list(exc.possibilities), n=1, cutoff=0)
+            message += f"; did you mean {best[0]}?"
+        return _fail(message, CONFIG_ERROR)
+    except click.UsageError as exc:
+        return _fail(exc.format_message().replace("\n", " "), CONFIG_ERROR)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        return 1
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    return result if isinstance(result, int) else OK
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "status":
+        sys.exit(_invoke(status, args[1:], f"{PROG} status"))
+    sys.exit(_invoke(serve, args, PROG))

@@ -1,0 +1,110 @@
+"""The error log: `--log-level`, `--error-logfile`, `--log-config` (dictConfig), reopened on USR1.
+
+Every corral logger is below "corral" ("corral.error", "corral.worker.server", ...), so the handler goes
+on "corral"; the access log ("corral.access") keeps its own handler (see worker/accesslog.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import os
+import runpy
+import socket
+import sys
+from typing import Any
+
+from corral.shared.settings import Settings, SettingError
+from corral.worker.accesslog import ReopenableFileHandler
+
+__all__ = ["setup_logging", "reopen_logs", "error_stream", "describe_listener"]
+
+FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+DATEFMT = "%Y-%m-%d %H:%M:%S %z"
+_OURS = "_corral_error"
+
+
+def setup_logging(settings: Settings) -> None:
+    """(Re)configure the error log from settings; raises SettingError for a bad --log-config file."""
+    root = logging.getLogger("corral")
+    for handler in list(root.handlers):
+        if getattr(handler, _OURS, False):
+            root.removeHandler(handler)
+            handler.close()
+    if settings.logconfig:
+        logging.config.dictConfig(_load_dict_config(settings.logconfig))
+        return
+    handler: logging.Handler
+    if settings.errorlog in ("-", ""):
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            handler = ReopenableFileHandler(settings.errorlog)
+        except OSError as exc:
+            raise SettingError(f"invalid value for --error-logfile: cannot open {settings.errorlog!r}: "
+                               f"{exc.strerror or exc}") from None
+    setattr(handler, _OURS, True)
+    handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
+    root.addHandler(handler)
+    root.setLevel(settings.loglevel.upper())
+    root.propagate = False
+
+
+def _load_dict_config(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise SettingError(f"invalid value for --log-config: {path!r} not found")
+    try:
+        if path.endswith(".json"):
+            with open(path) as fh:
+                config = json.load(fh)
+        else:
+            config = runpy.run_path(path).get("LOGGING")
+    except Exception as exc:
+        raise SettingError(f"invalid value for --log-config: {path!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(config, dict):
+        raise SettingError(f"invalid value for --log-config: {path!r} must hold a dictConfig dict "
+                           "(a JSON object, or LOGGING = {...} in a .py file)")
+    config.setdefault("version", 1)
+    config.setdefault("disable_existing_loggers", False)
+    return config
+
+
+def reopen_logs() -> None:
+    """Reopen every file handler in this process (after logrotate moved the files)."""
+    for logger in [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]:
+        for handler in getattr(logger, "handlers", ()):
+            reopen = getattr(handler, "reopen", None)
+            if reopen is not None:
+                reopen()
+            elif isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    if handler.stream is not None:
+                        handler.stream.close()
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()
+
+
+def error_stream(settings: Settings) -> Any:
+    """The file faulthandler writes stacks to: stderr, or the error log file (opened for appending)."""
+    if settings.errorlog in ("-", "") or settings.logconfig:
+        return sys.stderr
+    try:
+        return open(settings.errorlog, "a", buffering=1)
+    except OSError:
+        return sys.stderr
+
+
+def describe_listener(sock: socket.socket) -> str:
+    """A listening socket as a log shows it: http://host:port, unix:path or fd N."""
+    try:
+        name = sock.getsockname()
+    except OSError as exc:
+        return f"fd {sock.fileno()} ({exc.strerror or exc})"
+    if isinstance(name, str):
+        return f"unix:{name}"
+    if sock.family == socket.AF_INET6:
+        return f"http://[{name[0]}]:{name[1]}"
+    return f"http://{name[0]}:{name[1]}"

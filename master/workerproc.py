@@ -1,0 +1,154 @@
+"""The child side of a fork: turn a copy of the master into one worker, run it, and `_exit`.
+
+Everything here runs in the forked child, before and around `run_worker`. The child must never return
+into the master's stack (its finally blocks would remove the pid file, close the sockets, ...), so
+`run_child` always ends in `os._exit`.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any, Callable, NoReturn, Sequence
+
+from corral.master.channel import Channel
+from corral.master.logs import error_stream, reopen_logs
+from corral.master.proctitle import set_title
+from corral.master.sockets import bind, parse_address
+from corral.shared.settings import Settings
+from corral.worker.boot import run_worker
+
+__all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
+
+logger = logging.getLogger("corral.error")
+
+#: The master sends this to a worker whose loop stopped beating; faulthandler (C level, so it works while
+#: the loop is blocked in `time.sleep` or a tight loop) writes every thread's stack to the error log.
+DUMP_SIGNAL = signal.SIGUSR2
+
+# Signals the master handles; a child must not inherit its handlers (they feed the master's queue).
+MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
+                  signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH)
+
+
+def reset_signals() -> None:
+    """Back to default dispositions, and no wakeup fd (it is the master's self-pipe)."""
+    signal.set_wakeup_fd(-1)
+    for sig in MASTER_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    # The master blocks its signals around fork (see Arbiter.spawn_worker); what arrived meanwhile is
+    # delivered now, to the default dispositions.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
+
+
+class _Link:
+    """The worker's end of the control channel, driven by the worker's event loop."""
+
+    def __init__(self, channel: Channel, heartbeat: float, settings: Settings) -> None:
+        self.channel = channel
+        self.heartbeat = heartbeat
+        self.settings = settings
+        self.server: Any = None
+        self.ready_sent = False
+
+    def on_ready(self, server: Any) -> None:
+        import asyncio
+
+        self.server = server
+        server.heartbeat_interval = self.heartbeat
+        asyncio.get_running_loop().add_reader(self.channel.fileno(), self.on_readable)
+
+    def notify(self) -> None:
+        # Called by WorkerServer's heartbeat coroutine, on the loop: the first call means the loop serves.
+        server = self.server
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.channel.send("ready")
+        stats = server.stats() if server is not None else {}
+        self.channel.send("hb", requests=stats.get("requests", 0), instances=stats.get("instances", 0),
+                          max_applications=stats.get("max_applications", 0),
+                          connections=stats.get("connections", 0))
+
+    def on_readable(self) -> None:
+        messages, eof = self.channel.receive()
+        server = self.server
+        for message in messages:
+            kind = message.get("t")
+            if kind == "limit":
+                server.max_applications = int(message["max_applications"])
+            elif kind == "stop":
+                server.request_stop(bool(message.get("graceful", True)))
+            elif kind == "reopen":
+                reopen_logs()
+                faulthandler.register(DUMP_SIGNAL, file=error_stream(self.settings), all_threads=True, chain=False)
+                if server.access_log is not None:
+                    server.access_log.reopen()
+        if eof:
+            # The master is gone (killed -9?): nobody would stop or replace us; finish what we have.
+            import asyncio
+
+            asyncio.get_running_loop().remove_reader(self.channel.fileno())
+            self.channel.close()
+            logger.warning("Master went away; worker %d stopping", os.getpid())
+            server.request_stop(True)
+
+
+def _drop_privileges(settings: Settings) -> None:
+    if settings.group is not None and os.getgid() != settings.group:
+        os.setgid(settings.group)
+    if settings.user is not None and os.getuid() != settings.user:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(settings.user).pw_name
+            os.initgroups(name, settings.group if settings.group is not None else os.getgid())
+        except (KeyError, PermissionError):
+            pass
+        os.setuid(settings.user)
+
+
+def run_child(
+    app: Any,
+    settings: Settings,
+    sockets: list[socket.socket],
+    channel: Channel,
+    *,
+    number: int,
+    name: str,
+    reuse_port: Sequence[str] = (),
+    cleanup: Callable[[], None] | None = None,
+) -> NoReturn:
+    """Run one worker in this (forked) process and exit with its code; never returns."""
+    code = 1
+    try:
+        reset_signals()
+        # Job-control and reload signals are the master's business; a worker that got them (a signal to the
+        # whole process group) must neither stop (TTIN/TTOU default) nor die (HUP default).
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+        if cleanup is not None:
+            cleanup()  # close the master's fds: other workers' channels, self-pipe, control socket
+        set_title(f"worker {number}", name)
+        faulthandler.register(DUMP_SIGNAL, file=error_stream(settings), all_threads=True, chain=False)
+        own = [bind(parse_address(address), settings.backlog, reuse_port=True) for address in reuse_port]
+        _drop_privileges(settings)
+        heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
+        link = _Link(channel, heartbeat, settings)
+        code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)

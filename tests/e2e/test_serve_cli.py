@@ -1,0 +1,139 @@
+"""`serve` start-up errors: one line, the right exit code, before any worker exists; and --check-config."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_harness import WAIT, Master, clean_env, free_port, write_apps  # noqa: E402
+
+from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, OK  # noqa: E402
+
+
+@pytest.fixture
+def apps(tmp_path):
+    return write_apps(tmp_path)
+
+
+def serve(args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "corral.master", *args], cwd=str(cwd), env=clean_env(env),
+                          capture_output=True, text=True, timeout=WAIT)
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("serve: error: "), result.stderr
+    assert "Traceback" not in result.stderr and "Usage" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--wokers", "2", "apps:app"], "no such option --wokers; did you mean --workers?"),
+    (["-w", "lots", "apps:app"], "invalid value for --workers (from command line): expected an integer, got 'lots'"),
+    (["--umask", "999", "apps:app"], "invalid value for --umask (from command line)"),
+    (["--max-worker-memory", "lots", "apps:app"], "invalid value for --max-worker-memory"),
+    (["--log-level", "loud", "apps:app"], "invalid value for --log-level (from command line): expected one of"),
+    ([], "missing the application"),
+])
+def test_bad_flags_are_one_line_and_exit_2(apps, args, expected):
+    result = serve(args, apps)
+    assert result.returncode == CONFIG_ERROR
+    assert expected in one_error_line(result)
+
+
+def test_unknown_config_key_names_the_file_and_suggests(apps):
+    (apps / "corral.conf.py").write_text("wokers = 2\n")
+    result = serve(["-c", "corral.conf.py", "apps:app"], apps)
+    assert result.returncode == CONFIG_ERROR
+    line = one_error_line(result)
+    assert "unknown setting 'wokers' in config file" in line and "did you mean 'workers'?" in line
+
+
+def test_unknown_environment_variable(apps):
+    result = serve(["apps:app"], apps, env={"CORRAL_TIMEOUTT": "3"})
+    assert result.returncode == CONFIG_ERROR
+    assert "did you mean 'timeout'?" in one_error_line(result)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_missing_module_fails_fast_with_exit_4(apps, preload):
+    result = serve(["-b", f"127.0.0.1:{free_port()}", "nope:app"] + (["--preload"] if preload else []), apps)
+    assert result.returncode == APP_IMPORT_ERROR
+    assert "module 'nope' not found" in one_error_line(result)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_app_import_error_prints_the_traceback_once(apps, preload):
+    result = serve(["-b", f"127.0.0.1:{free_port()}", "broken:app"] + (["--preload"] if preload else []), apps)
+    assert result.returncode == APP_IMPORT_ERROR, result.stderr
+    assert result.stderr.count("Traceback (most recent call last)") == 1, result.stderr
+    assert "no_such_module_anywhere" in result.stderr
+    assert "Booting worker" not in result.stderr
+
+
+def test_missing_attribute_suggests(apps):
+    result = serve(["-b", f"127.0.0.1:{free_port()}", "apps:ap"], apps)
+    assert result.returncode == APP_IMPORT_ERROR
+    assert "attribute 'ap' not found in 'apps'; did you mean 'app'?" in one_error_line(result)
+
+
+def test_address_in_use_is_one_line_and_exit_6(apps):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = serve(["-b", f"127.0.0.1:{port}", "apps:app"], apps)
+    assert result.returncode == BIND_ERROR
+    assert f"cannot bind 127.0.0.1:{port}: address already in use" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_prints_effective_settings(apps):
+    (apps / "pyproject.toml").write_text("[tool.corral]\nthreads = 3\n")
+    result = serve(["--check-config", "-w", "3", "--umask", "027", "--max-worker-memory", "1G", "apps:app"], apps,
+                   env={"CORRAL_TIMEOUT": "7"})
+    assert result.returncode == OK, result.stderr
+    lines = result.stdout.splitlines()
+    for expected in ("workers = 3", "threads = 3", "timeout = 7.0", "umask = 23", "max_worker_memory = 1073741824",
+                     "bind = 127.0.0.1:8000"):
+        assert expected in lines
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "corral.master", "--version"], capture_output=True, text=True,
+                            timeout=WAIT)
+    assert result.returncode == OK and result.stdout.startswith("corral ")
+
+
+def test_pid_file_of_a_live_process_is_refused(apps, tmp_path):
+    pidfile = tmp_path / "serve.pid"
+    pidfile.write_text(f"{os.getpid()}\n")  # this test process is alive
+    result = serve(["-b", f"127.0.0.1:{free_port()}", "--pid", str(pidfile), "apps:app"], apps)
+    assert result.returncode == CONFIG_ERROR
+    assert "belongs to running process" in one_error_line(result)
+    assert pidfile.read_text() == f"{os.getpid()}\n"
+
+
+def test_status_without_a_master(tmp_path):
+    result = serve(["status", "--pid", str(tmp_path / "none.pid")], tmp_path)
+    assert result.returncode == 1
+    assert "no pid in" in one_error_line(result)
+
+
+def test_stale_pid_file_is_replaced_and_removed_at_exit(apps, tmp_path):
+    pidfile = tmp_path / "serve.pid"
+    pidfile.write_text("999999999\n")
+    port = free_port()
+    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "apps:app"], apps, port, pidfile)
+    try:
+        master.wait_workers(1)
+        assert pidfile.read_text() == f"{master.pid}\n"
+    finally:
+        assert master.stop() == OK
+    assert not pidfile.exists()
