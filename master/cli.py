@@ -39,14 +39,6 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    if value is None:
-        return ""
-    return str(value)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("app", required=False, metavar="APP")
 @click.option("-c", "--config", "config_path", default=None, metavar="FILE",
@@ -74,8 +66,8 @@ def serve(app: str | None, config_path: str | None, check_config: bool, **params
     except SettingError as exc:
         return _fail(str(exc), CONFIG_ERROR)
     if check_config:
-        for name in REGISTRY:
-            click.echo(f"{name} = {_format_value(getattr(settings, name))}")
+        for name, declared in REGISTRY.items():
+            click.echo(f"{name} = {declared.show(getattr(settings, name))}")
         return OK
     if not app:
         return _fail("missing the application: serve [OPTIONS] APP (e.g. myproject.asgi:application)", CONFIG_ERROR)

@@ -61,12 +61,7 @@ def _option(declared: Setting) -> Callable[[Callable[..., Any]], Callable[..., A
 
 
 def _default_text(declared: Setting) -> str:
-    default = declared.default
-    if isinstance(default, tuple):
-        return ",".join(default) or "none"
-    if default is None:
-        return "unset"
-    return str(default)
+    return declared.show(declared.default) or "unset"
 
 
 def cli_values(params: Mapping[str, Any]) -> dict[str, Any]:

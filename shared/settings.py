@@ -181,6 +181,17 @@ class Setting:
     metavar: str | None = None
     multiple: bool = False  # a repeatable CLI flag collecting a list (e.g. --bind)
     is_flag: bool = False  # a CLI switch taking no value
+    render: Callable[[Any], str] | None = None  # how a value is written back (e.g. a umask in octal)
+
+    def show(self, value: Any) -> str:
+        """`value` as a user would write it on the command line or in CORRAL_* (it parses back)."""
+        if self.render is not None and value is not None:
+            return self.render(value)
+        if isinstance(value, tuple):
+            return ",".join(str(v) for v in value)
+        if value is None:
+            return ""
+        return str(value)
 
     @property
     def env(self) -> str:
@@ -282,7 +293,7 @@ _declare("user", "master", user_id, None, "Workers switch to this user (name or 
 _declare("group", "master", group_id, None, "Workers switch to this group (name or gid) after binding.",
          ("-g", "--group"), metavar="GROUP")
 _declare("umask", "master", umask, 0o22, "File mode creation mask of the master and workers (octal).",
-         ("-m", "--umask"), metavar="UMASK")
+         ("-m", "--umask"), metavar="UMASK", render=lambda mask: f"0o{mask:03o}")
 _declare("chdir", "master", optional_str, None,
          "Change to this folder before loading the application.", ("--chdir",), metavar="DIR")
 

@@ -100,7 +100,7 @@ def test_check_config_prints_effective_settings(apps):
                    env={"CORRAL_TIMEOUT": "7"})
     assert result.returncode == OK, result.stderr
     lines = result.stdout.splitlines()
-    for expected in ("workers = 3", "threads = 3", "timeout = 7.0", "umask = 23", "max_worker_memory = 1073741824",
+    for expected in ("workers = 3", "threads = 3", "timeout = 7.0", "umask = 0o027", "max_worker_memory = 1073741824",
                      "bind = 127.0.0.1:8000"):
         assert expected in lines
 
