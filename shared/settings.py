@@ -322,6 +322,25 @@ _declare("forwarded_headers", "http", choice("auto", "forwarded", "x-forwarded")
          "Which proxy headers a trusted peer may use: 'forwarded' (RFC 7239 only), 'x-forwarded' "
          "(X-Forwarded-For/-Proto/-Host only) or 'auto' (X-Forwarded-* when present, else Forwarded).")
 
+# -- WebSocket (RFC 6455): safe defaults - every limit is on, and every open socket is pinged
+_declare("ws_max_size", "websocket", size, 16 * 1024 * 1024,
+         "Largest incoming WebSocket message in bytes (K/M/G suffixes allowed), after decompression; a "
+         "bigger one closes the socket with 1009. Memory per socket stays bounded: reading stops while the "
+         "queued messages pass this size (or --ws-max-queue messages).")
+_declare("ws_ping_interval", "websocket", non_negative_float, 20.0,
+         "Seconds between the keepalive pings the server sends on each open WebSocket; 0 sends none.")
+_declare("ws_ping_timeout", "websocket", non_negative_float, 20.0,
+         "Seconds a peer gets to answer a ping (and to answer a close frame) before the socket is closed "
+         "(1011); 0 waits forever for pongs (a close is still given up on after 10 s).")
+_declare("ws_per_message_deflate", "websocket", to_bool, True,
+         "Offer permessage-deflate compression (RFC 7692) to WebSocket clients that ask for it.")
+_declare("ws_max_queue", "websocket", positive_int, 32,
+         "Incoming WebSocket messages queued for an application that lags; at this many the server stops "
+         "reading the socket until the application catches up (backpressure).")
+_declare("ws_write_limit", "websocket", size, 64 * 1024,
+         "Per-socket write buffer high-water mark in bytes: a `websocket.send` above it waits until the "
+         "peer has read enough (backpressure).")
+
 # -- logging
 _declare("loglevel", "logging", choice("debug", "info", "warning", "error", "critical"), "info",
          "The error log's level.", ("--log-level",))

@@ -46,8 +46,8 @@ class RequestCycle:
     )
 
     def __init__(
-        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, has_body: bool,
-        is_head: bool, http11: bool, timed: bool,
+        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, is_head: bool,
+        http11: bool, timed: bool,
     ) -> None:
         self.protocol = protocol
         self.scope = scope
@@ -61,13 +61,14 @@ class RequestCycle:
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
         self.state = _IDLE
-        self.status = 0
-        self.headers: Any = ()
-        self.mode = NO_BODY
-        self.remaining = 0
-        self.nbytes = 0
-        # The access log's clock runs only when there is an access log.
-        self.t0 = time.perf_counter() if timed else None
+        # status, headers: set by http.response.start; mode, remaining: when the head is written.
+        if timed:  # the access log's clock and byte count run only when there is an access log
+            self.t0 = time.perf_counter()
+            self.status = 0
+            self.headers: Any = ()
+            self.nbytes = 0
+        else:
+            self.t0 = None
 
     # ------------------------------------------------------------------ fed by the parser / protocol
 
@@ -75,11 +76,13 @@ class RequestCycle:
         body = self.body = self.body + chunk if self.body else chunk
         if len(body) > BODY_HIGH_WATER and self.protocol.state.active is self:
             self.protocol.flow.pause_reading(BODY)
-        self._wake()
+        if self.waiter is not None:
+            self._wake()
 
     def on_body_complete(self) -> None:
         self.body_complete = True
-        self._wake()
+        if self.waiter is not None:  # once per request: skip the call when nobody waits
+            self._wake()
 
     def disconnect(self) -> None:
         self.disconnected = True
@@ -158,7 +161,7 @@ class RequestCycle:
         if state == _STARTED:
             server = protocol.server
             head, mode, self.keep_alive = response_head(
-                self.status, self.headers, server.default_headers.headers,
+                self.status, self.headers, server.default_header_bytes,
                 self.keep_alive and not server.stopping, self.http11, self.is_head,
                 None if more_body else len(body),
             )
@@ -220,7 +223,8 @@ class RequestCycle:
                 self.keep_alive = False
                 raise RuntimeError("Response content shorter than Content-Length")
             self.state = _COMPLETE
-            self._wake()  # a receive() waiting for the disconnect returns now
+            if self.waiter is not None:
+                self._wake()  # a receive() waiting for the disconnect returns now
             protocol.response_complete(self)
 
     # ------------------------------------------------------------------ the application finished
@@ -230,26 +234,27 @@ class RequestCycle:
         state = self.state
         if state == _COMPLETE:
             return
-        failed = task.cancelled() or task.exception() is not None  # exceptions are logged by the pool
+        self.state = _COMPLETE
         protocol = self.protocol
+        if self.disconnected:
+            # The client is gone (or the server closed the connection): returning without a response is
+            # what a well-behaved application does after http.disconnect. Nothing to send or report.
+            protocol.close()
+            return
+        failed = task.cancelled() or task.exception() is not None  # exceptions are logged by the pool
         if state < _HEAD_SENT:
             if not failed:
                 error_logger.error(
                     "ASGI callable returned without %s response",
                     "starting" if state == _IDLE else "completing",
                 )
-            self.state = _COMPLETE
-            if not self.disconnected:
-                self.status = 500
-                protocol.transport.write(ERROR_RESPONSES[500])
-                if self.t0 is not None:
-                    self.nbytes = 0
-                    self.headers = ()
+            self.status = 500
+            protocol.transport.write(ERROR_RESPONSES[500])
+            if self.t0 is not None:
+                self.nbytes = 0
+                self.headers = ()
                 protocol.log_access(self)
-            protocol.close()
-        else:
+        elif not failed:
             # The head is out: the only way to tell the client the body is incomplete is to close.
-            if not failed:
-                error_logger.error("ASGI callable returned without completing response")
-            self.state = _COMPLETE
-            protocol.close()
+            error_logger.error("ASGI callable returned without completing response")
+        protocol.close()

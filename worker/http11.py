@@ -30,6 +30,7 @@ __all__ = [
     "CONTINUE_RESPONSE",
     "STATUS_LINES",
     "response_head",
+    "encode_headers",
     "NO_BODY",
     "CHUNKED",
     "CLOSE_DELIMITED",
@@ -112,8 +113,8 @@ class HTTP11Connection:
     __slots__ = (
         "handler", "parser", "limit_line", "limit_fields", "limit_head", "limit_body", "max_requests",
         "head_cap", "url", "headers", "header_size", "content_length", "te", "expect", "in_head",
-        "head_bytes", "messages", "completed", "request", "last", "body_size", "requests", "must_close", "upgraded", "active",
-        "pipeline", "error",
+        "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
+        "upgraded", "active", "pipeline", "error",
     )
 
     def __init__(self, handler: RequestHandler, settings: Any) -> None:
@@ -135,7 +136,6 @@ class HTTP11Connection:
         self.expect = False
         self.in_head = True  # between requests or inside a head: the header timer's concern
         self.head_bytes = 0
-        self.messages = 0  # messages begun
         self.completed = 0  # messages complete
         self.request: Any = None  # the request whose body is being parsed
         self.last: Any = None  # the request made last
@@ -154,17 +154,22 @@ class HTTP11Connection:
         if self.upgraded:
             return  # bytes after an Upgrade request belong to a protocol this server does not speak
         started_in_head = self.in_head
-        messages = self.messages
-        at_boundary = messages == self.completed  # no message begun: the data starts a new one
+        head_begun = started_in_head and bool(self.url)  # the url is reset when a head completes
+        completed = self.completed
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             # RFC 9110 §7.8: a server may ignore Upgrade. The request was dispatched as plain HTTP; what
             # follows it is not HTTP/1.1, so the connection closes after the response.
             self.upgraded = True
             self.must_close = True
             if self.last is not None:
                 self.last.keep_alive = False
+                # WebSocket hook (corral.worker.wsprotocol): bytes sent right behind a WebSocket handshake
+                # belong to the WebSocket.
+                upgrade_tail = getattr(self.last, "upgrade_tail", None)
+                if upgrade_tail is not None and exc.args and exc.args[0] < len(data):
+                    upgrade_tail(data[exc.args[0]:])
             return
         except httptools.HttpParserError as exc:
             error = self.error
@@ -180,14 +185,15 @@ class HTTP11Connection:
                 error = ProtocolError(400, str(exc))
             self.error = None
             raise error from None
-        if self.in_head and self.messages > self.completed:
+        if self.in_head and self.url:
             # A head is incomplete: count its bytes. When this read also finished an earlier message, the
             # split point is unknown and the count restarts at 0 (an undercount bounded by one read).
-            begun = self.messages - messages
-            if begun == 0 and started_in_head:
+            if completed != self.completed:
+                self.head_bytes = 0
+            elif head_begun:
                 self.head_bytes += len(data)
-            elif begun == 1 and at_boundary:
-                self.head_bytes = len(data)
+            else:
+                self.head_bytes = len(data)  # the head began in this read
             if self.head_bytes > self.head_cap:
                 # The parser reports the target as it goes: if it is most of the head, it is the culprit.
                 too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
@@ -199,16 +205,6 @@ class HTTP11Connection:
         return error
 
     # ------------------------------------------------------------------ httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self.messages += 1
-        self.head_bytes = 0
-        self.url = b""
-        self.headers = []
-        self.header_size = 0
-        self.content_length = -1
-        self.te = None
-        self.expect = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -236,16 +232,29 @@ class HTTP11Connection:
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        url = self.url
+        headers = self.headers
+        te = self.te
+        content_length = self.content_length
+        expect = self.expect
+        # Reset for the next head here rather than in an on_message_begin callback (one call less per
+        # request): parse state of one head is only read until this point.
+        self.url = b""
+        self.headers = []
+        self.header_size = 0
+        self.content_length = -1
+        self.te = None
+        self.expect = False
         parser = self.parser
         method = parser.get_method()
-        if len(method) + len(self.url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
+        if len(method) + len(url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
             raise self.fail(414, "request line too long")
         http_version = parser.get_http_version()
-        if self.te is not None:
+        if te is not None:
             # RFC 9112 §6.1: a request with both is an attack or an error (llhttp refuses it too).
-            if self.content_length >= 0:
+            if content_length >= 0:
                 raise self.fail(400, "both Content-Length and Transfer-Encoding")
-            codings = [coding.strip().lower() for coding in self.te.split(b",")]
+            codings = [coding.strip().lower() for coding in te.split(b",")]
             # RFC 9112 §6.3 item 4: chunked must be the final coding, else the length is unknowable.
             if codings[-1] != b"chunked":
                 raise self.fail(400, "chunked is not the final transfer coding")
@@ -253,24 +262,27 @@ class HTTP11Connection:
                 raise self.fail(501, "unsupported transfer coding")  # RFC 9112 §6.1
             if http_version == "1.0":
                 raise self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 §6.1
-        if self.limit_body and self.content_length > self.limit_body:
-            raise self.fail(413, "request body too large")  # known before the application runs
+            has_body = True
+        elif content_length > 0:
+            if self.limit_body and content_length > self.limit_body:
+                raise self.fail(413, "request body too large")  # known before the application runs
+            has_body = True
+        else:
+            has_body = False
         if self.must_close:
             self.request = None  # the connection closes after what is queued: ignore this one
             return
         keep_alive = parser.should_keep_alive()  # RFC 9112 §9.3: version default + Connection header
-        self.requests += 1
-        if self.max_requests and self.requests >= self.max_requests:
+        self.requests = requests = self.requests + 1
+        if self.max_requests and requests >= self.max_requests:
             keep_alive = False
         if not keep_alive:
             self.must_close = True
-        has_body = self.te is not None or self.content_length > 0
         # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
-        expect_continue = self.expect and has_body and http_version != "1.0"
-        request = self.handler.on_request(
-            method, http_version, self.url, self.headers, keep_alive, expect_continue, has_body
+        expect_continue = expect and has_body and http_version != "1.0"
+        self.request = self.last = request = self.handler.on_request(
+            method, http_version, url, headers, keep_alive, expect_continue, has_body
         )
-        self.request = self.last = request
         self.body_size = 0
         if self.active is None:
             self.active = request
@@ -315,6 +327,48 @@ class HTTP11Connection:
 _RESPONSE_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
+def encode_headers(headers: Any) -> tuple[bytes, int | None, bytes | None, bool]:
+    """Validate and encode an application's response headers.
+
+    Returns (header block, declared Content-Length or None, lower-cased Transfer-Encoding or None,
+    whether the application asked for `connection: close`). Raises RuntimeError for headers that would
+    corrupt the framing.
+    """
+    content_length: int | None = None
+    te: bytes | None = None
+    app_close = False
+    parts = []
+    append = parts.append
+    try:
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _RESPONSE_FRAMING:
+                if lname == b"content-length":
+                    if content_length is not None or not value.strip().isdigit():
+                        raise RuntimeError(f"invalid or repeated content-length header {value!r}")
+                    content_length = int(value)
+                elif lname == b"connection":
+                    app_close = b"close" in value.lower()
+                else:
+                    te = value.lower()
+            append(b"%s: %s\r\n" % (name, value))
+    except (TypeError, ValueError, AttributeError):
+        raise RuntimeError(f"response headers must be an iterable of (bytes, bytes) pairs, got {headers!r}") from None
+    block = b"".join(parts)
+    # Header injection: a CR or LF inside a name or value would start a new header or the body.
+    count = len(parts)
+    if block.count(b"\n") != count or block.count(b"\r") != count:
+        raise RuntimeError("response header names and values must not contain CR or LF")
+    return block, content_length, te, app_close
+
+
+# Applications mostly send the same few header lists: their validated encoding is kept, keyed by the
+# headers as a tuple (bounded; cleared when full, so varying headers such as cookies only cost a miss).
+_ENCODED: dict[tuple, tuple[bytes, int | None, bytes | None, bool]] = {}
+_ENCODED_MAX = 512
+_ENCODED_BLOCK_MAX = 1024
+
+
 def response_head(
     status: int,
     headers: Any,
@@ -332,33 +386,21 @@ def response_head(
     CHUNKED or CLOSE_DELIMITED. Raises RuntimeError for headers that would corrupt the framing.
     """
     line = STATUS_LINES.get(status) or status_line(status)
-    content_length: int | None = None
-    te: bytes | None = None
-    app_close = False
-    parts = []
-    append = parts.append
     try:
-        for name, value in headers:
-            lname = name.lower()
-            if lname in _RESPONSE_FRAMING:
-                if lname == b"content-length":
-                    if content_length is not None or not value.strip().isdigit():
-                        raise RuntimeError(f"invalid or repeated content-length header {value!r}")
-                    content_length = int(value)
-                elif lname == b"connection":
-                    if b"close" in value.lower():
-                        keep_alive = False
-                        app_close = True
-                else:
-                    te = value.lower()
-            append(b"%s: %s\r\n" % (name, value))
-    except (TypeError, ValueError, AttributeError):
-        raise RuntimeError(f"response headers must be an iterable of (bytes, bytes) pairs, got {headers!r}") from None
-    block = b"".join(parts)
-    # Header injection: a CR or LF inside a name or value would start a new header or the body.
-    count = len(parts)
-    if block.count(b"\n") != count or block.count(b"\r") != count:
-        raise RuntimeError("response header names and values must not contain CR or LF")
+        key = tuple(headers)
+        encoded = _ENCODED.get(key)
+    except TypeError:  # not iterable, or unhashable items (lists): the slow path says what is wrong
+        encoded = encode_headers(headers)
+    else:
+        if encoded is None:
+            encoded = encode_headers(key)
+            if len(encoded[0]) <= _ENCODED_BLOCK_MAX:  # big blocks (cookies, CSPs) are rarely repeated
+                if len(_ENCODED) >= _ENCODED_MAX:
+                    _ENCODED.clear()
+                _ENCODED[key] = encoded
+    block, content_length, te, app_close = encoded
+    if app_close:
+        keep_alive = False
     extra = b""
     # RFC 9112 §6.3 item 1: 1xx, 204 and 304 responses, and responses to HEAD, end at the head.
     if status < 200 or status == 204 or status == 304:

@@ -22,6 +22,7 @@ from corral.worker.cycle import RequestCycle
 from corral.worker.flow import BODY, CLOSING, PARKED, PIPELINE, FlowControl
 from corral.worker.http11 import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.stateless import PoolFull
+from corral.worker.wsprotocol import websocket_request
 
 __all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "service_unavailable"]
 
@@ -61,7 +62,7 @@ async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
-        "pending_error", "__weakref__",
+        "pending_error", "trusted", "__weakref__",
     )
 
     def __init__(self, server: Any) -> None:
@@ -75,6 +76,7 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = HEAD
         self.since = 0
         self.pending_error: bytes | None = None
+        self.trusted: bool | None = None  # the proxy's trust in this peer, when it can tell per connection
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -91,6 +93,12 @@ class HttpProtocol(asyncio.Protocol):
         else:  # unix socket: ASGI says (path, None) for the server and no client address
             self.sockname = (sockname or "", None)
             self.client = None
+        proxy = server.proxy
+        trusts = getattr(proxy, "trusts", None) if proxy is not None else None
+        if trusts is not None:
+            # A proxy that can decide trust per peer (corral's ProxyHeaders) decides it once here;
+            # untrusted peers then cost nothing per request.
+            self.trusted = bool(trusts(self.client[0] if self.client else None, self.sockname[1] is None))
         self.since = server.tick
         server.connections.add(self)
         if server.stopping:
@@ -157,22 +165,34 @@ class HttpProtocol(asyncio.Protocol):
             "scheme": self.scheme,
             "method": _METHODS.get(method) or method.decode("ascii"),
             "root_path": server.root_path,
-            "path": decode_path(raw_path),
+            "path": (
+                raw_path.decode("ascii") if b"%" not in raw_path and raw_path.isascii() else decode_path(raw_path)
+            ),
             "raw_path": raw_path,
             "query_string": query,
             "headers": headers,
             "state": server.lifespan_state.copy(),
             "extensions": {},
         }
-        if server.proxy is not None:
+        proxy = server.proxy
+        if proxy is not None and self.trusted is not False:
             try:
-                server.proxy.apply(scope)
+                if self.trusted is None:
+                    proxy.apply(scope)
+                else:
+                    proxy.apply(scope, True)  # trust decided once for the connection
             except Exception:
                 logger.exception("Could not apply proxy headers")
                 raise self.state.fail(400, "bad proxy headers") from None
         self.phase = BUSY
+        if self.state.parser.should_upgrade():
+            # WebSocket hook (corral.worker.wsprotocol): `Upgrade: websocket` becomes a WebSocketCycle that
+            # is queued, parked and started like a request; other upgrades stay plain HTTP.
+            websocket = websocket_request(self, scope, method, http_version, headers)
+            if websocket is not None:
+                return websocket  # type: ignore[return-value]
         return RequestCycle(
-            self, scope, keep_alive and server.keepalive_enabled, expect_continue, has_body,
+            self, scope, keep_alive and server.keepalive_enabled, expect_continue,
             method == b"HEAD", http_version == "1.1", server.access_log is not None,
         )
 
@@ -182,21 +202,27 @@ class HttpProtocol(asyncio.Protocol):
         if server.parked and not server.reject_when_full:
             self.park(cycle)  # requests parked earlier go first
             return
-        self.launch(cycle)
-
-    def launch(self, cycle: RequestCycle) -> None:
-        server = self.server
         try:
             server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
         except PoolFull:
-            if server.reject_when_full:
-                # An application like any other, outside the pool: it takes no slot.
-                task = asyncio.get_running_loop().create_task(
-                    service_unavailable(cycle.scope, cycle.receive, cycle.send)
-                )
-                task.add_done_callback(cycle.app_finished)
-            else:
-                self.park(cycle)
+            self.pool_full(cycle)
+
+    def launch(self, cycle: RequestCycle) -> None:
+        try:
+            self.server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+        except PoolFull:
+            self.pool_full(cycle)
+
+    def pool_full(self, cycle: RequestCycle) -> None:
+        """`start_instance` raised PoolFull: answer 503 (pool_full = '503') or park the request."""
+        if self.server.reject_when_full:
+            # An application like any other, outside the pool: it takes no slot.
+            task = asyncio.get_running_loop().create_task(
+                service_unavailable(cycle.scope, cycle.receive, cycle.send)
+            )
+            task.add_done_callback(cycle.app_finished)
+        else:
+            self.park(cycle)
 
     def park(self, cycle: RequestCycle) -> None:
         self.flow.pause_reading(PARKED)
@@ -230,9 +256,10 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(self.pending_error)
             self.close()
             return
-        self.flow.resume_reading(PIPELINE | BODY)
+        if self.flow.read_paused:
+            self.flow.resume_reading(PIPELINE | BODY)
         # Part of the next head may be here already: then its timer runs, else the keep-alive one.
-        self.phase = HEAD if state.messages > state.completed else IDLE
+        self.phase = HEAD if state.url else IDLE
         self.since = server.tick
 
     def log_access(self, cycle: RequestCycle) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import math
 import socket
+import time
 from collections import deque
 from typing import Any, Callable
 
@@ -28,7 +29,8 @@ from corral.shared.settings import Settings
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
 from corral.worker.protocol import BUSY, HEAD, IDLE, HttpProtocol
-from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
+from corral.worker.stateless import ApplicationInstance, PoolFull, StatelessServer, describe_scope
+from corral.worker.wsprotocol import WebSocketCycle
 
 __all__ = ["WorkerServer"]
 
@@ -64,10 +66,12 @@ class WorkerServer(StatelessServer):
         self.keepalive_enabled = settings.keepalive > 0
         self.reject_when_full = settings.pool_full == "503"
         self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)
+        self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
         self.connections: set[HttpProtocol] = set()
         self.parked: deque[tuple[HttpProtocol, RequestCycle]] = deque()
         self.stopping = False
         self.requests_served = 0
+        self.websockets: Any = None  # WebSocket hook: corral.worker.wsprotocol.WebSocketHub, made on first use
         # The sweep must be fine enough for the shortest timeout it enforces.
         timeouts = [settings.header_timeout] + ([settings.keepalive] if settings.keepalive > 0 else [])
         self.tick_interval = min(1.0, *(t / 4 for t in timeouts))
@@ -208,10 +212,40 @@ class WorkerServer(StatelessServer):
         if not parked and not self.pool_full:
             self._set_accepting(True)
 
+    def start_instance(self, scope_id: Any, scope: dict, receive: Any, send: Any) -> asyncio.Task[Any]:
+        """StatelessServer.start_instance with its checks inlined (this runs once per request).
+
+        Same contract: raises PoolFull at the limit, registers an ApplicationInstance whose done-callback
+        frees the slot. The duplicate-id check is left out: scope ids here are fresh RequestCycle objects.
+        """
+        instances = self.application_instances
+        if len(instances) >= self._max_applications:
+            self._full = True
+            raise PoolFull(f"{len(instances)} application instances running, the limit is {self._max_applications}")
+        app = self._single_callable
+        if app is None:
+            app = self._application_callable()
+        task = self.loop.create_task(app(scope, receive, send))  # type: ignore[union-attr]
+        instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
+        instances[scope_id] = instance
+        if len(instances) >= self._max_applications:
+            self._full = True
+        task.add_done_callback(instance._done)
+        return task
+
     def _instance_done(self, instance: ApplicationInstance, future: asyncio.Future[Any]) -> None:
-        super()._instance_done(instance, future)
         cycle = instance.scope_id
-        if type(cycle) is RequestCycle:
+        instances = self.application_instances
+        if (
+            self._full or self._slot_waiters or future.cancelled() or future.exception() is not None
+            or instances.get(cycle) is not instance
+        ):
+            super()._instance_done(instance, future)  # slots to hand over, failures to report
+        else:
+            del instances[cycle]  # the common case, as the base class would do it, in one step
+        if type(cycle) is RequestCycle and cycle.state != 3:  # 3: the response is complete (common case)
+            cycle.app_finished(future)
+        elif type(cycle) is WebSocketCycle:  # WebSocket hook: close the socket (or answer) for the app
             cycle.app_finished(future)
 
     @staticmethod
@@ -240,6 +274,7 @@ class WorkerServer(StatelessServer):
             "parked": len(self.parked),
             "accepting": bool(self._servers),
             "stopping": self.stopping,
+            "websockets": len(self.websockets.sockets) if self.websockets is not None else 0,  # WebSocket hook
         }
 
     async def _ticker(self) -> None:
@@ -253,7 +288,7 @@ class WorkerServer(StatelessServer):
         while True:
             await asyncio.sleep(interval)
             self.tick = tick = self.tick + 1
-            refresh()
+            self.default_header_bytes = refresh()
             for protocol in tuple(self.connections):
                 phase = protocol.phase
                 if phase == HEAD:

@@ -411,7 +411,8 @@ def test_ipv6_scope(events):
 
 def test_upgrade_request_is_served_as_plain_http_then_closed():
     with run_server(ok_app) as (host, port, _), Client(host, port) as client:
-        client.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80")
+        # (Upgrade: websocket is a WebSocket handshake now: tests/worker/test_websocket.py)
+        client.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x81\x80")
         response = client.response()
         assert response.body == b"/ws"
         assert response.header("connection") == "close"
@@ -428,3 +429,18 @@ def test_failing_proxy_hook_is_400_and_logged(caplog):
         assert client.get().status == 400
         assert client.closed()
     assert any("proxy" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("allow, expected", [("127.0.0.1", "203.0.113.7"), ("10.1.2.3", "127.0.0.1")])
+def test_real_proxy_headers_trust_decided_per_connection(events, allow, expected):
+    from corral.worker.proxy import make_proxy_headers
+
+    async def app(scope, receive, send):
+        events.put(scope["client"][0])
+        await ok_app(scope, receive, send)
+
+    proxy = make_proxy_headers(settings(forwarded_allow_ips=allow))
+    with run_server(app, proxy=proxy) as (host, port, _), Client(host, port) as client:
+        for _ in range(2):
+            client.get(headers="X-Forwarded-For: 203.0.113.7\r\n")
+            assert events.get(timeout=WAIT) == expected

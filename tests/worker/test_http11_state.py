@@ -155,3 +155,20 @@ def test_unknown_status_code():
     assert response_head(299, [], b"", True, True, False, 0)[0].startswith(b"HTTP/1.1 299 \r\n")
     with pytest.raises(RuntimeError):
         response_head(99, [], b"", True, True, False, 0)
+
+
+def test_encoded_headers_are_reused_but_framing_is_per_response():
+    headers = [(b"content-type", b"text/plain")]
+    first = response_head(200, headers, b"", True, True, False, 5)
+    second = response_head(200, list(headers), b"", True, True, False, 7)
+    assert b"content-length: 5\r\n" in first[0] and b"content-length: 7\r\n" in second[0]
+    assert response_head(200, headers, b"", True, True, False, None)[1] == CHUNKED
+    # A bad list is refused every time (never cached), also when given as a tuple or a generator.
+    bad = [(b"x", b"a\nb")]
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            response_head(200, bad, b"", True, True, False, 1)
+    with pytest.raises(RuntimeError):
+        response_head(200, (pair for pair in bad), b"", True, True, False, 1)
+    head, _, _ = response_head(200, [[b"x-list", b"pairs"]], b"", True, True, False, 0)
+    assert b"x-list: pairs\r\n" in head  # lists as pairs work (unhashable: not cached)
