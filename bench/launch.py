@@ -6,8 +6,8 @@ Binds HOST:PORT itself (port 0: any free port), prints `listening on PORT` once 
 serves with `corral.worker.boot.run_worker` until SIGTERM (graceful) or SIGINT/SIGQUIT (at once), and exits
 with the worker's exit code. Settings come from CORRAL_* environment variables, as with `serve`.
 
-This stands in for `serve -w 1` until that command exists; `bench/http_load.py` builds its command line in one
-function (`corral_command`) so the switch is a one-line change there.
+A worker without a master, for profiling one worker (--cprofile). The load tool, `python -m bench`, runs the
+real command, `python -m corral.master APP -w N` (bench/servers.py).
 """
 
 from __future__ import annotations

@@ -325,8 +325,8 @@ _declare("forwarded_headers", "http", choice("auto", "forwarded", "x-forwarded")
 # -- WebSocket (RFC 6455): safe defaults - every limit is on, and every open socket is pinged
 _declare("ws_max_size", "websocket", size, 16 * 1024 * 1024,
          "Largest incoming WebSocket message in bytes (K/M/G suffixes allowed), after decompression; a "
-         "bigger one closes the socket with 1009. Memory per socket stays bounded: reading stops while the "
-         "queued messages pass this size (or --ws-max-queue messages).")
+         "bigger one closes the socket with 1009 (0: no limit, not advised). Memory per socket stays bounded: "
+         "reading stops while the queued messages pass this size (or --ws-max-queue messages).")
 _declare("ws_ping_interval", "websocket", non_negative_float, 20.0,
          "Seconds between the keepalive pings the server sends on each open WebSocket; 0 sends none.")
 _declare("ws_ping_timeout", "websocket", non_negative_float, 20.0,

@@ -28,7 +28,8 @@ import io
 import logging
 import sys
 import threading
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import thread as _cf_thread
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from corral.shared.runtime import get_runtime
@@ -60,6 +61,67 @@ def _notify(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future) -> None:
         loop.call_soon_threadsafe(_wake, waiter)
     except RuntimeError:
         pass  # the loop is closed: nobody waits any more
+
+
+class _Job:
+    """A request's run of the application, queued straight into a ThreadPoolExecutor's work queue.
+
+    What `executor.submit(...)` queues is a work item holding a Future; nobody waits on that Future here
+    (the instance publishes its own results), and making, running and completing it (locks, a condition,
+    callbacks) is a large part of a small request's hop. A `_Job` is a work item without it: the pool's
+    threads call `run()`; a pool shut down with cancel_futures=True (or broken) reaches the instance
+    through `future.cancel()` / `future.set_exception()`, which end the request like a cancelled job.
+    """
+
+    __slots__ = ("instance", "context", "environ")
+
+    def __init__(self, instance: WsgiToAsgiInstance, environ: dict) -> None:
+        self.instance = instance
+        self.context = contextvars.copy_context()
+        self.environ = environ
+
+    @property
+    def future(self) -> _Job:
+        return self
+
+    def run(self) -> None:
+        try:
+            self.context.run(self.instance._run_wsgi_app, self.environ)
+        except BaseException:  # _run_wsgi_app reports the application's errors; this is a bug of ours
+            logger.exception("WSGI job failed")
+
+    def cancel(self) -> bool:
+        self.instance._finish(RuntimeError("the executor was shut down before the WSGI application ran"))
+        return True
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.instance._finish(exc)
+
+
+def _queue_job(executor: ThreadPoolExecutor, job: _Job) -> bool:
+    """`executor.submit` for a `_Job` (see there); False when the pool takes no more work (submit raises)."""
+    with executor._shutdown_lock, _cf_thread._global_shutdown_lock:  # type: ignore[attr-defined]
+        if executor._broken or executor._shutdown or _cf_thread._shutdown:  # type: ignore[attr-defined]
+            return False
+        executor._work_queue.put(job)  # type: ignore[attr-defined]
+        executor._adjust_thread_count()  # type: ignore[attr-defined]
+    return True
+
+
+_fast_pools: list[bool] = []  # [whether ThreadPoolExecutor has what `_queue_job` needs], checked once
+
+
+def _fast_pool(executor: Any) -> bool:
+    """Whether `executor` is a plain ThreadPoolExecutor with the internals `_queue_job` relies on."""
+    if type(executor) is not ThreadPoolExecutor:
+        return False  # a subclass may change submit(): only the plain pool takes the shortcut
+    if not _fast_pools:
+        _fast_pools.append(
+            all(hasattr(executor, name) for name in ("_shutdown_lock", "_broken", "_shutdown", "_work_queue",
+                                                     "_adjust_thread_count"))
+            and hasattr(_cf_thread, "_global_shutdown_lock") and hasattr(_cf_thread, "_shutdown")
+        )
+    return _fast_pools[0]
 
 
 def _as_bytes(data: Any) -> bytes:
@@ -302,8 +364,9 @@ class WsgiToAsgiInstance:
             await send({"type": "http.response.body", "body": b"Bad Request: Too many duplicate headers"})
             return
         executor = self.executor if self.executor is not None else get_runtime().pool
-        job = executor.submit(contextvars.copy_context().run, self._run_wsgi_app, environ)
-        job.add_done_callback(self._job_done)
+        if not (_fast_pool(executor) and _queue_job(executor, _Job(self, environ))):
+            job = executor.submit(contextvars.copy_context().run, self._run_wsgi_app, environ)
+            job.add_done_callback(self._job_done)
         if self._stream is not None:
             self._receiver = loop.create_task(self._receive_loop(receive))
         try:

@@ -24,7 +24,7 @@ from corral.worker.http11 import ERROR_RESPONSES, HTTP11Connection, ProtocolErro
 from corral.worker.stateless import PoolFull
 from corral.worker.wsprotocol import websocket_request
 
-__all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "service_unavailable"]
+__all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "FRESH", "service_unavailable"]
 
 logger = logging.getLogger("corral.error")
 
@@ -33,6 +33,8 @@ IDLE = 0  # keep-alive: waiting for the first byte of a request
 HEAD = 1  # reading a request head
 BUSY = 2  # a request is in progress or queued: no timer
 CLOSED = 3
+# (4 is corral.worker.wsprotocol's WEBSOCKET.)
+FRESH = 5  # accepted, nothing read yet: the header timer runs (like HEAD), but a stopping server may close it
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -65,15 +67,17 @@ class HttpProtocol(asyncio.Protocol):
         "pending_error", "trusted", "__weakref__",
     )
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
         self.server = server
         self.transport: Any = None
         self.flow: Any = None
         self.state: Any = None
         self.client: tuple | None = None
-        self.sockname: tuple | None = None
+        # The ASGI `server` address: given by the server when the listening socket tells it (bound to one
+        # address), else asked of the transport in connection_made.
+        self.sockname = sockname
         self.scheme = "http"
-        self.phase = HEAD
+        self.phase = FRESH
         self.since = 0
         self.pending_error: bytes | None = None
         self.trusted: bool | None = None  # the proxy's trust in this peer, when it can tell per connection
@@ -85,14 +89,25 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         self.flow = FlowControl(transport)  # type: ignore[arg-type]
         self.state = HTTP11Connection(self, server.settings)
-        sockname = transport.get_extra_info("sockname")
-        peername = transport.get_extra_info("peername")
-        if isinstance(sockname, (tuple, list)):
-            self.sockname = (sockname[0], sockname[1])
-            self.client = (peername[0], peername[1]) if isinstance(peername, (tuple, list)) else None
-        else:  # unix socket: ASGI says (path, None) for the server and no client address
-            self.sockname = (sockname or "", None)
-            self.client = None
+        sockname = self.sockname
+        if sockname is None:
+            raw = transport.get_extra_info("sockname")
+            # One tuple per local address, shared by its connections (a wildcard bind has a few).
+            sockname = server.socknames.get(raw) if type(raw) is tuple or type(raw) is str else None
+            if sockname is None:
+                if isinstance(raw, (tuple, list)):
+                    sockname = (raw[0], raw[1])
+                else:  # unix socket: ASGI says (path, None) for the server and no client address
+                    sockname = (raw or "", None)
+                if (type(raw) is tuple or type(raw) is str) and len(server.socknames) < 64:
+                    server.socknames[raw] = sockname
+            self.sockname = sockname
+        if sockname[1] is not None:
+            peername = transport.get_extra_info("peername")
+            if type(peername) is tuple:
+                self.client = peername if len(peername) == 2 else peername[:2]
+            elif isinstance(peername, list):
+                self.client = (peername[0], peername[1])
         proxy = server.proxy
         trusts = getattr(proxy, "trusts", None) if proxy is not None else None
         if trusts is not None:
@@ -102,7 +117,7 @@ class HttpProtocol(asyncio.Protocol):
         self.since = server.tick
         server.connections.add(self)
         if server.stopping:
-            self.close()
+            server.connection_while_stopping(self)
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
@@ -110,6 +125,8 @@ class HttpProtocol(asyncio.Protocol):
             if phase == IDLE:
                 self.phase = HEAD  # the first byte of a request: the header timer starts, once
                 self.since = self.server.tick
+            elif phase == FRESH:
+                self.phase = HEAD  # its header timer runs since the connection opened
             elif phase == CLOSED:
                 return
         state = self.state
@@ -136,10 +153,12 @@ class HttpProtocol(asyncio.Protocol):
         return None  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.phase = CLOSED
-        self._disconnect_all()
-        if self.flow is not None:
-            self.flow.connection_lost()
+        if self.phase != CLOSED:  # close() has disconnected the requests already
+            self.phase = CLOSED
+            self._disconnect_all()
+        flow = self.flow
+        if flow is not None and flow.write_paused:
+            flow.connection_lost()  # release the senders waiting in drain()
         self.server.connection_closed(self)
 
     # ------------------------------------------------------------------ HTTP11Connection's handler
@@ -240,9 +259,11 @@ class HttpProtocol(asyncio.Protocol):
         server.requests_served += 1
         if cycle.t0 is not None:
             self.log_access(cycle)
-        if not cycle.keep_alive or server.stopping or not cycle.body_complete:
+        if not cycle.keep_alive or not cycle.body_complete:
             # An unread request body would have to be read and discarded to find the next request:
-            # closing is cheaper and allowed (RFC 9112 §9.6).
+            # closing is cheaper and allowed (RFC 9112 §9.6). A response whose head went out while the
+            # server stops said `connection: close` (cycle.keep_alive is False); one that promised
+            # keep-alive before the stop goes on below: its connection is idle, the stop's grace decides.
             self.close()
             return
         state = self.state
@@ -298,7 +319,7 @@ class HttpProtocol(asyncio.Protocol):
             state.must_close = True
 
     def header_timeout(self) -> None:
-        if self.phase == HEAD:
+        if self.phase == HEAD or self.phase == FRESH:
             self.transport.write(ERROR_RESPONSES[408])
             self.close()
 

@@ -10,6 +10,15 @@ the pool: it takes no slot).
 Accepting is paused by closing the asyncio servers, which run on `dup()`s of the caller's sockets: the
 kernel keeps queueing connections on the shared listening socket, and accepting resumes on a fresh dup.
 
+Graceful stop (`request_stop(True)`) loses nothing a careful server can save, within `graceful_timeout`:
+it stops accepting; a connection with a request in progress, a head begun or bytes unread in its socket
+buffer is served, its response saying `connection: close`; an idle keep-alive connection (or one just
+accepted, nothing read yet) is kept for a short grace (`stop_grace`, at most `graceful_timeout`) during
+which a request that arrives on it is still served with `connection: close`, and is closed once the grace
+has passed with no byte waiting in its socket buffer - what nginx and gunicorn do. Closing at once would
+reset a client (nginx) that sends on it at that moment: nginx retries a GET, but a POST becomes a 502.
+WebSocket connections are closed at once (going away).
+
 One tick coroutine (no per-request timers) refreshes the Date header and sweeps the connections for the
 keep-alive and header timeouts; a heartbeat coroutine calls `notify()` so the master can tell the event
 loop is alive.
@@ -18,17 +27,21 @@ loop is alive.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import math
 import socket
+import struct
+import termios
 import time
 from collections import deque
+from functools import partial
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
-from corral.worker.protocol import BUSY, HEAD, IDLE, HttpProtocol
+from corral.worker.protocol import BUSY, FRESH, HEAD, IDLE, HttpProtocol
 from corral.worker.stateless import ApplicationInstance, PoolFull, StatelessServer, describe_scope
 from corral.worker.wsprotocol import WebSocketCycle
 
@@ -36,6 +49,20 @@ __all__ = ["WorkerServer"]
 
 logger = logging.getLogger("corral.worker.server")
 error_logger = logging.getLogger("corral.error")
+
+_INT = struct.Struct("i")
+_ZERO = bytes(_INT.size)
+
+
+def unread_bytes(transport: Any) -> int:
+    """Bytes waiting in the socket's receive buffer, not read by the loop yet (FIONREAD); 0 when unknown."""
+    try:
+        fd = transport.get_extra_info("socket").fileno()
+        if fd < 0:
+            return 0
+        return _INT.unpack(fcntl.ioctl(fd, termios.FIONREAD, _ZERO))[0]
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 AccessLog = Callable[[dict, int, int, float, Any], None]
 
@@ -45,6 +72,10 @@ class WorkerServer(StatelessServer):
 
     #: Seconds between two `notify()` calls of the heartbeat.
     heartbeat_interval: float = 1.0
+
+    #: Seconds a graceful stop keeps an idle keep-alive connection (at most `graceful_timeout`): a
+    #: request that arrives meanwhile is served with `connection: close`.
+    stop_grace: float = 1.0
 
     def __init__(
         self,
@@ -68,6 +99,7 @@ class WorkerServer(StatelessServer):
         self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
         self.connections: set[HttpProtocol] = set()
+        self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
         self.parked: deque[tuple[HttpProtocol, RequestCycle]] = deque()
         self.stopping = False
         self.requests_served = 0
@@ -86,6 +118,7 @@ class WorkerServer(StatelessServer):
         self._graceful = True
         self._force: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._closing_all = False  # the stop is past its graceful part: close what is left at once
 
     # ------------------------------------------------------------------ the seam
 
@@ -116,8 +149,9 @@ class WorkerServer(StatelessServer):
     def request_stop(self, graceful: bool = True) -> None:
         """Stop serving (call it on the server's loop, e.g. through `loop.call_soon_threadsafe`).
 
-        Graceful: stop accepting, close idle connections at once, let in-flight requests finish within
-        `settings.graceful_timeout`, then close the rest. A later non-graceful call cuts the wait short.
+        Graceful: stop accepting, serve the requests in progress or already sent (`connection: close`),
+        keep idle keep-alive connections for `stop_grace` and then close them, all within
+        `settings.graceful_timeout`; then close the rest. A later non-graceful call cuts the wait short.
         """
         if not graceful:
             self._graceful = False
@@ -131,16 +165,15 @@ class WorkerServer(StatelessServer):
     async def _shutdown(self) -> None:
         self.stopping = True
         self._set_accepting(False)
-        for protocol in list(self.connections):
-            if protocol.phase != BUSY:
-                protocol.close()
-        if self._graceful and self.connections:
-            self._drained = self.loop.create_future()  # type: ignore[union-attr]
-            await asyncio.wait(
-                [self._drained, self._force], timeout=self.settings.graceful_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        for protocol in list(self.connections):
+        connections = self.connections
+        for protocol in list(connections):
+            phase = protocol.phase
+            if phase != BUSY and phase != HEAD and phase != IDLE and phase != FRESH:
+                protocol.close()  # a WebSocket: going away at once
+        if self._graceful and connections:
+            await self._drain_gracefully()
+        self._closing_all = True
+        for protocol in list(connections):
             protocol.close()
             protocol.transport.abort()
         self.parked.clear()
@@ -148,10 +181,60 @@ class WorkerServer(StatelessServer):
         if self._accept_task is not None:
             self._accept_task.cancel()
 
+    async def _drain_gracefully(self) -> None:
+        """Serve what is in progress or already sent; close idle connections after the grace (see above)."""
+        loop = self.loop
+        assert loop is not None and self._force is not None
+        connections = self.connections
+        timeout = self.settings.graceful_timeout
+        deadline = loop.time() + timeout
+        grace = max(0.0, min(self.stop_grace, timeout))
+        step = max(grace / 4, 0.01)
+        idle_since: dict[HttpProtocol, float] = {}  # when each idle connection was first seen idle
+        drained = self._drained = loop.create_future()
+        waiting = [drained, self._force]
+        while connections and not self._force.done():
+            now = loop.time()
+            if now >= deadline:
+                break
+            for protocol in tuple(connections):
+                phase = protocol.phase
+                if phase != IDLE and phase != FRESH:
+                    continue  # served (BUSY, HEAD), or a WebSocket (it goes away by itself when stopping)
+                if unread_bytes(protocol.transport):
+                    # A request is in the socket buffer: the loop reads it next, and serves it.
+                    idle_since.pop(protocol, None)
+                elif now - idle_since.setdefault(protocol, now) >= grace:
+                    protocol.close()
+            if not connections:
+                break
+            await asyncio.wait(waiting, timeout=min(step, deadline - now), return_when=asyncio.FIRST_COMPLETED)
+
+    def connection_while_stopping(self, protocol: HttpProtocol) -> None:
+        """A connection accepted after the stop began (the accept was under way): the graceful stop serves
+        its request or closes it after the grace, like an idle one; past that, it is closed at once."""
+        if self._closing_all or not self._graceful:
+            protocol.close()
+
     # ------------------------------------------------------------------ accepting
 
-    def _protocol_factory(self) -> HttpProtocol:
-        return HttpProtocol(self)
+    def _protocol_factory(self, sockname: tuple | None = None) -> HttpProtocol:
+        return HttpProtocol(self, sockname)
+
+    @staticmethod
+    def _listener_sockname(sock: socket.socket) -> tuple | None:
+        """The ASGI `server` of every connection accepted on `sock` when that is known in advance: a TCP
+        socket bound to one address (not a wildcard: its connections' local address varies)."""
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        try:
+            address = sock.getsockname()
+        except OSError:
+            return None
+        host = address[0]
+        if host in ("0.0.0.0", "::") or host.startswith("::ffff:0.0.0.0"):
+            return None
+        return (host, address[1])
 
     def _set_accepting(self, want: bool) -> None:
         self._want_accept = want = want and not self.stopping
@@ -172,13 +255,13 @@ class WorkerServer(StatelessServer):
                 if not self._want_accept:
                     break
                 dup = sock.dup()
+                sockname = self._listener_sockname(sock)
+                factory = self._protocol_factory if sockname is None else partial(self._protocol_factory, sockname)
                 try:
                     if sock.family == socket.AF_UNIX:
-                        server = await loop.create_unix_server(
-                            self._protocol_factory, sock=dup, backlog=self.settings.backlog)
+                        server = await loop.create_unix_server(factory, sock=dup, backlog=self.settings.backlog)
                     else:
-                        server = await loop.create_server(
-                            self._protocol_factory, sock=dup, backlog=self.settings.backlog)
+                        server = await loop.create_server(factory, sock=dup, backlog=self.settings.backlog)
                 except BaseException:
                     dup.close()
                     raise
@@ -291,7 +374,7 @@ class WorkerServer(StatelessServer):
             self.default_header_bytes = refresh()
             for protocol in tuple(self.connections):
                 phase = protocol.phase
-                if phase == HEAD:
+                if phase == HEAD or phase == FRESH:
                     if tick - protocol.since >= head_ticks:
                         protocol.header_timeout()
                 elif phase == IDLE:

@@ -200,7 +200,7 @@ class WebSocketCycle(asyncio.Protocol):
         "server", "accept", "extension_header", "extensions", "tail", "response",
         # the open socket
         "transport", "flow", "conn", "phase", "queue", "queued", "max_queue", "max_bytes", "waiter",
-        "ended", "deadline", "ping", "hub",
+        "ended", "deadline", "ping", "hub", "app_done",
     )
 
     def __init__(self, protocol: Any, scope: dict, accept: bytes, extension_header: bytes, extensions: list) -> None:
@@ -234,6 +234,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.deadline = _INF
         self.ping: bytes | None = None
         self.hub: WebSocketHub | None = None
+        self.app_done = False
 
     def __repr__(self) -> str:
         return f"<WebSocketCycle {self.scope.get('path')!r} state={self.state}>"
@@ -440,8 +441,15 @@ class WebSocketCycle(asyncio.Protocol):
 
     def app_finished(self, task: asyncio.Future) -> None:
         """The application instance ended (the pool's done-callback, or the 503 task's)."""
+        self.app_done = True
         failed = task.cancelled() or task.exception() is not None  # exceptions are logged by the pool
         state = self.state
+        if self.conn is not None and self.phase == CLOSED:
+            # The socket closed first (a graceful stop: the app had its disconnect and has now finished
+            # with it): only now is the connection done, as far as the server's drain is concerned.
+            self.state = DONE
+            self.server.connection_closed(self)
+            return
         if state == CONNECTED:
             # Returned (1000) or raised (1011) without closing: close for it.
             self._close_from_app(1011 if failed else 1000, "")
@@ -516,7 +524,10 @@ class WebSocketCycle(asyncio.Protocol):
             self.flow.connection_lost()
         if self.hub is not None:
             self.hub.remove(self)
-        self.server.connection_closed(self)
+        if self.app_done:
+            self.server.connection_closed(self)
+        # else: the server keeps counting this connection until its application returns, so that a
+        # graceful stop waits (within the graceful timeout) for apps handling their websocket.disconnect.
 
     # ------------------------------------------------------------------ closing
 

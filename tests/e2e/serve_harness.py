@@ -223,11 +223,12 @@ class Load:
 
     A GET that the server closed without sending a single byte back (`RemoteDisconnected`, reset, broken
     pipe) is retried on a new connection and counted in `retried`; RFC 9112 section 9.3.1 allows it for
-    idempotent requests, and urllib3 and browsers do it. Two cases reach it: a reused keep-alive connection
-    that a stopping worker closed as idle as the client sent on it (`retried_reused`), and a connection a
-    stopping worker had just accepted but not yet read (`retried_fresh`; see the report: worker/server.py's
-    graceful stop closes such connections at once). Anything else (a refused connection, a timeout, an
-    error after the response began, a non-200 answer) is a failure.
+    idempotent requests, and urllib3 and browsers do it. Two cases could reach it: a reused keep-alive
+    connection that a stopping worker closed as idle as the client sent on it (`retried_reused`), and a
+    connection a stopping worker had just accepted but not yet read (`retried_fresh`). A graceful stop
+    serves both (worker/server.py: the request is answered with `connection: close`; an idle connection is
+    closed only after a grace with nothing sent), so the reload tests assert both stay 0. Anything else (a
+    refused connection, a timeout, an error after the response began, a non-200 answer) is a failure.
     """
 
     def __init__(self, port: int, threads: int = 3) -> None:

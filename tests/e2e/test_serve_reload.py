@@ -58,6 +58,8 @@ def test_hup_replaces_every_worker_without_a_failed_request(apps, tmp_path):
         assert not before & after  # every worker replaced
         print(f"load: {load.ok} ok, retried {load.retried_reused} reused / {load.retried_fresh} fresh")
         assert load.failures == [], load.failures
+        # A graceful stop serves what reaches a stopping worker: no connection is closed under a request.
+        assert (load.retried_reused, load.retried_fresh) == (0, 0)
         assert load.ok > 0 and {str(p) for p in after} & load.pids  # the new workers served some of it
         assert "Reloading (HUP)" in master.output
     finally:
@@ -106,6 +108,8 @@ def test_usr2_upgrades_to_a_new_master_without_a_failed_request(apps, tmp_path):
         assert not pids(after) & before
         print(f"load: {load.ok} ok, retried {load.retried_reused} reused / {load.retried_fresh} fresh")
         assert load.failures == [], load.failures
+        # A graceful stop serves what reaches a stopping worker: no connection is closed under a request.
+        assert (load.retried_reused, load.retried_fresh) == (0, 0)
         assert "telling the old master" in old.output  # the new master logs to the same stderr
         os.kill(new_pid, signal.SIGTERM)
         assert _reap(new_pid) == OK

@@ -648,6 +648,22 @@ def test_executor_argument_and_context_are_respected():
     assert seen["thread"].startswith("custom-wsgi")
 
 
+def test_executor_subclass_gets_submit_calls():
+    """A plain ThreadPoolExecutor takes a request without a Future (see _Job); a subclass, which may have
+    its own submit(), is always called through submit()."""
+    submitted = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    with Counting(1) as executor:
+        client = call(WsgiToAsgi(hello, executor=executor))
+    assert client.body == b"Hello, world!"
+    assert len(submitted) == 1
+
+
 def test_default_executor_is_the_runtime_pool():
     seen = []
 

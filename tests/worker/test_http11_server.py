@@ -225,7 +225,7 @@ def test_graceful_stop_lets_in_flight_requests_finish():
             busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
             assert gate.entered.wait(WAIT)
             call_in_loop(server, server.request_stop)
-            assert idle.closed()  # idle keep-alive connections are closed at once
+            assert idle.closed()  # idle keep-alive connections are closed after a short grace
             gate.open(server)
             response = busy.response()
             assert response.body == b"/slow"
@@ -242,6 +242,129 @@ def test_graceful_timeout_closes_what_is_left():
             assert gate.entered.wait(WAIT)
             call_in_loop(server, server.request_stop)
             assert busy.read_to_eof() == b""  # never answered: closed after the graceful timeout
+
+
+class StopHold:
+    """Hold a graceful stop at its first step (it stops accepting), the server's loop blocked there (bounded):
+    a test puts bytes in a socket buffer meanwhile, so the stop decides about a connection whose bytes the
+    loop has not read yet. The order is fixed by events, not by sleeps."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.held = threading.Event()
+        self.release = threading.Event()
+        original = server._set_accepting
+
+        def hold(want: bool) -> None:
+            if server.stopping and not self.held.is_set():
+                self.held.set()
+                self.release.wait(WAIT)
+            original(want)
+
+        server._set_accepting = hold
+
+    def __enter__(self) -> "StopHold":
+        self.server.loop.call_soon_threadsafe(self.server.request_stop, True)
+        assert self.held.wait(WAIT)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+
+
+POST = b"POST /post HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def stopping(server) -> bool:
+    return call_in_loop(server, lambda: server.stopping)
+
+
+def test_graceful_stop_serves_a_request_already_in_an_idle_connections_buffer():
+    """An idle keep-alive connection whose next request is in the socket buffer when the stop begins."""
+    with run_server(ok_app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
+        assert client.get("/first").header("connection") is None  # keep-alive: now idle
+        with StopHold(server):
+            client.send(POST)
+        response = client.response()
+        assert (response.status, response.body) == (200, b"/post")
+        assert response.header("connection") == "close"
+        assert client.closed()
+
+
+def test_graceful_stop_serves_a_just_accepted_connection():
+    """A connection accepted before the stop, its request still unread in the socket buffer."""
+    with run_server(ok_app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
+        wait_until(lambda: call_in_loop(server, lambda: len(server.connections)) == 1, what="the accept")
+        with StopHold(server):
+            client.send(POST)
+        response = client.response()
+        assert (response.status, response.body) == (200, b"/post")
+        assert response.header("connection") == "close"
+        assert client.closed()
+
+
+def test_graceful_stop_serves_a_request_head_in_progress():
+    with run_server(ok_app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
+        client.send(b"POST /post HTTP/1.1\r\nHost: t\r\n")
+        wait_until(lambda: call_in_loop(server, lambda: any(p.state.url for p in server.connections)),
+                   what="the head to begin")
+        call_in_loop(server, server.request_stop)
+        wait_until(lambda: stopping(server), what="the stop")
+        client.send(b"Content-Length: 5\r\n\r\nhello")
+        response = client.response()
+        assert (response.status, response.body) == (200, b"/post")
+        assert response.header("connection") == "close"
+        assert client.closed()
+
+
+def test_keepalive_request_during_the_stop_grace_is_served_with_connection_close():
+    with run_server(ok_app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
+        server.stop_grace = WAIT  # the idle connection is kept this long: plenty for the test to send
+        client.send(POST)
+        assert client.response().header("connection") is None
+        call_in_loop(server, server.request_stop)
+        wait_until(lambda: stopping(server), what="the stop")
+        client.send(POST)  # the second POST on the idle connection, during the grace
+        response = client.response()
+        assert (response.status, response.body) == (200, b"/post")
+        assert response.header("connection") == "close"
+        assert client.closed()
+
+
+def test_idle_connections_are_closed_after_the_stop_grace():
+    with run_server(ok_app, settings(graceful_timeout=60), graceful_exit=True) as (host, port, server):
+        with Client(host, port) as idle, Client(host, port) as fresh:
+            assert idle.get().status == 200
+            wait_until(lambda: call_in_loop(server, lambda: len(server.connections)) == 2, what="the accepts")
+            server.stop_grace = 0.05
+            call_in_loop(server, server.request_stop)
+            assert idle.closed() and fresh.closed()  # long before the graceful timeout (60 s)
+            wait_until(lambda: server.loop.is_closed(), what="the server to stop")
+
+
+def test_response_begun_with_keepalive_before_the_stop_keeps_the_connection_for_the_grace():
+    gate = Gate()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"o", "more_body": True})
+        if scope["path"] == "/slow":
+            await gate.wait()
+        await send({"type": "http.response.body", "body": b"k"})
+
+    with run_server(app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
+        server.stop_grace = WAIT
+        client.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert gate.entered.wait(WAIT)
+        call_in_loop(server, server.request_stop)
+        wait_until(lambda: stopping(server), what="the stop")
+        gate.open(server)
+        response = client.response()
+        assert response.body == b"ok" and response.header("connection") is None  # said before the stop
+        client.send(POST)  # so the client may send again: it is served, and told to close
+        response = client.response()
+        assert (response.status, response.header("connection")) == (200, "close")
+        assert client.closed()
 
 
 # ---------------------------------------------------------------------------- flow control
@@ -407,6 +530,29 @@ def test_ipv6_scope(events):
             assert raw.recv(100).startswith(b"HTTP/1.1 200")
             client_port = raw.getsockname()[1]
         assert events.get(timeout=WAIT) == (("::1", client_port), ("::1", port))
+
+
+def test_wildcard_bind_scope_has_the_connections_local_address(events):
+    """On a wildcard bind the local address is per connection (asked of the transport, not the listener)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+
+    async def app(scope, receive, send):
+        events.put((scope["client"], scope["server"]))
+        await ok_app(scope, receive, send)
+
+    with run_server(app, sock=sock):
+        for _ in range(2):  # the second connection reuses the first one's `server` tuple
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+                raw.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                assert raw.recv(100).startswith(b"HTTP/1.1 200")
+                client_port = raw.getsockname()[1]
+            assert events.get(timeout=WAIT) == (("127.0.0.1", client_port), ("127.0.0.1", port))
 
 
 def test_upgrade_request_is_served_as_plain_http_then_closed():

@@ -664,7 +664,7 @@ def test_app_that_ignores_the_disconnect_is_cancelled_at_the_graceful_timeout():
 
     with run_server(app, Settings(graceful_timeout=0.5), graceful_exit=True, stop_timeout=WAIT) as (host, port, _):
         with connect(url(host, port)) as ws:
-            pass
+            ws.ping().wait(WAIT)  # open and answering; the stop must still end (run_server bounds it)
 
 
 # ---------------------------------------------------------------------------- Starlette
@@ -714,3 +714,80 @@ def test_starlette_websocket_route():
             connect(url(host, port, "/nope"))
         assert denied.value.response.status_code == 403
         assert http_exchange(host, port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(b"home")
+
+
+def test_upgrade_pipelined_behind_a_request_waits_its_turn():
+    with run_server(echo_app()) as (host, port, _):
+        sock = socket.create_connection((host, port), timeout=WAIT)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + HANDSHAKE + b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        while b"HTTP/1.1 101 " not in data or not data.endswith(b"\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and data.index(b"http") < data.index(b"HTTP/1.1 101 ")
+        sock.sendall(masked(0x1, b"after"))
+        assert sock.recv(100) == b"\x81\x05after"
+        sock.close()
+
+
+def test_access_log_gets_the_handshake():
+    entries: "queue.Queue[tuple]" = queue.Queue()
+
+    def access_log(scope, status, nbytes, duration, headers):
+        entries.put((scope["type"], scope["path"], status))
+
+    with run_server(echo_app(), access_log=access_log) as (host, port, _):
+        with connect(url(host, port)) as ws:
+            ws.send("x")
+            ws.recv(WAIT)
+        assert entries.get(timeout=WAIT) == ("websocket", "/ws", 101)
+
+
+def test_graceful_stop_lets_the_app_finish_handling_its_disconnect():
+    done: "queue.Queue[str]" = queue.Queue()
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        assert message["type"] == "websocket.disconnect" and message["code"] == 1001
+        await asyncio.sleep(0.3)  # cleanup after the disconnect (a database write, a group leave...)
+        done.put("cleaned up")
+
+    with run_server(app, Settings(graceful_timeout=10), graceful_exit=True, stop_timeout=WAIT) as (host, port, _):
+        ws = RawClient(host, port)
+        stopping = threading.Thread(target=lambda: (ws.close_code(), ws.send(masked(0x8, struct.pack("!H", 1001)))))
+        stopping.start()
+    stopping.join(WAIT)
+    assert done.get_nowait() == "cleaned up"  # before the server had stopped
+    ws.close()
+
+
+def test_app_slower_than_the_graceful_timeout_after_its_disconnect_is_cancelled():
+    cancelled: "queue.Queue[str]" = queue.Queue()
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()  # the disconnect
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.put("cancelled")
+            raise
+
+    with run_server(app, Settings(graceful_timeout=0.3), graceful_exit=True, stop_timeout=WAIT) as (host, port, _):
+        with connect(url(host, port)):
+            pass
+    assert cancelled.get(timeout=WAIT) == "cancelled"
+
+
+def test_per_message_deflate_can_be_turned_off_and_stats_count_open_sockets():
+    with run_server(echo_app(), Settings(ws_per_message_deflate=False)) as (host, port, server):
+        with connect(url(host, port), compression="deflate") as ws:
+            assert "sec-websocket-extensions" not in ws.response.headers
+            ws.send(b"plain")
+            assert ws.recv(WAIT) == b"plain"
+            stats = call_in_loop(server, server.stats)
+            assert stats["websockets"] == 1 and stats["instances"] == 1

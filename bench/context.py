@@ -1,0 +1,96 @@
+"""What every scenario gets: the settings of the run, the pinning, the notes, and the progress line."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import procs, servers
+
+
+class Progress:
+    """One line on a terminal (rewritten in place), one line per step otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.monotonic()
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        self.show(message)
+
+    def show(self, message: str) -> None:
+        line = f"[{time.monotonic() - self.t0:5.0f}s {self.done}/{self.total}] {message}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:200])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+@dataclass
+class Ctx:
+    asgi: list[str]  # servers to compare on ASGI apps (installed, selected)
+    wsgi: list[str]  # servers to compare on the WSGI app
+    workers: int
+    process_workers: int
+    rounds: int
+    duration: float
+    connections: int
+    idle_connections: int
+    server_cpus: set[int] | None
+    load_cpus: set[int] | None
+    tool: str  # "wrk" or "builtin"
+    logdir: str
+    quick: bool = False
+    process: list[str] = field(default_factory=list)  # servers in coldstart/fairness/crash/hup
+    notes: dict[str, str] = field(default_factory=dict)
+    progress: Progress = field(default_factory=lambda: Progress(1))
+
+    def server(self, name: str, app: str, workers: int | None = None, label: str = "", **options: Any,
+               ) -> servers.Server:
+        spec = servers.SPECS[name]
+        env = {}
+        if "count_dir" in options:
+            env["BENCH_COUNT_DIR"] = options.pop("count_dir")
+        return servers.Server(spec, app, workers or self.workers, self.server_cpus, self.logdir, options, env,
+                              label)
+
+    def note(self, key: str, text: str) -> None:
+        self.notes[key] = text
+        self.progress.show(f"note: {key}: {text.splitlines()[0][:120] if text else ''}")
+
+
+def med(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # no NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def start_each(ctx: Ctx, made: list[servers.Server], wait_workers: bool = False) -> list[servers.Server]:
+    """Start the servers one by one; one that fails is noted and left out (the others go on)."""
+    running = []
+    for server in made:
+        procs.check_signalled()
+        try:
+            server.start(wait_workers)
+            running.append(server)
+        except Exception as exc:
+            server.stop()
+            ctx.note(f"{server.name} did not start", str(exc)[-1500:])
+    return running
+
+
+def stop_each(ctx: Ctx, running: list[servers.Server]) -> None:
+    for server in running:
+        if server.proc is not None and server.proc.poll() is not None:
+            ctx.notes[f"{server.name}: exited by itself"] = f"code {server.proc.returncode}\n{server.log_tail()}"
+        server.stop()

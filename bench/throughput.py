@@ -1,0 +1,142 @@
+"""Throughput scenarios: every server on the same app, loaded in interleaved rounds (A B C A B C ...).
+
+plaintext  hello-world, 13 bytes text/plain (ASGI)        json    a 1 KiB JSON response (ASGI)
+echo       a 1 MiB request body echoed back (ASGI)        stream  a 10 MiB response in 64 KiB messages (ASGI)
+wsgi       hello-world on the WSGI servers                websocket  16-byte WebSocket echo, one message in flight
+websocket-1mib  1 MiB WebSocket echo (bench/websocket.py's client)
+loadgen    the built-in generator next to wrk on corral's plaintext (how close it gets to wrk)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bench import load, procs
+from bench.context import Ctx, start_each, stop_each
+
+MIB = 1024 * 1024
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "plaintext": {"app": "bench.apps:hello", "iface": "asgi", "title": "Hello-world plaintext (ASGI)"},
+    "json": {"app": "bench.apps:json_1k", "iface": "asgi", "title": "1 KiB JSON response (ASGI)"},
+    "echo": {"app": "bench.apps:echo", "iface": "asgi", "body": MIB, "conns": 8,
+             "title": "1 MiB request body echoed (ASGI)"},
+    "stream": {"app": "bench.apps:stream", "iface": "asgi", "conns": 8, "title": "10 MiB streamed response (ASGI)"},
+    "wsgi": {"app": "bench.apps:hello_wsgi", "iface": "wsgi", "title": "Hello-world WSGI"},
+    "websocket": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws": True,
+                  "title": "WebSocket echo, 16-byte messages (messages/s)"},
+    "websocket-1mib": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws_big": True, "conns": 4,
+                       "title": "WebSocket echo, 1 MiB binary messages (messages/s; client: bench/websocket.py)"},
+}
+
+
+def _websocket_runner(big: bool) -> Any:
+    """Small messages: the built-in generator's WebSocket mode (latency histogram). 1 MiB messages:
+    bench/websocket.py's frame-level client (`measure(port, clients, payload, seconds)`), when it exists."""
+    if not big:
+        return lambda url, duration, connections, cpus: load.run_builtin(url, duration, connections, cpus, ws=True)
+    try:
+        module = importlib.import_module("bench.websocket")
+        measure, payload = module.measure, module.BIG
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(f"bench/websocket.py has no usable measure(): {exc}") from None
+
+    def run(url: str, duration: float, connections: int, cpus: Any) -> dict[str, Any]:
+        import uvloop
+
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        rate = uvloop.run(measure(port, connections, payload, duration))
+        return {"tool": "bench.websocket", "rps": rate, "mib_s": rate * len(payload) / MIB, "errors": 0,
+                "error_detail": {}, "requests": int(rate * duration)}
+
+    return run
+
+
+def steps(ctx: Ctx, name: str) -> int:
+    if name == "loadgen":
+        return 2 * ctx.rounds if load.has_wrk() else 0
+    return len(ctx.wsgi if SCENARIOS[name]["iface"] == "wsgi" else ctx.asgi) * ctx.rounds
+
+
+def run(ctx: Ctx, name: str) -> dict[str, Any]:
+    if name == "loadgen":
+        return run_loadgen(ctx)
+    sc = SCENARIOS[name]
+    names = ctx.wsgi if sc["iface"] == "wsgi" else ctx.asgi
+    conns = min(ctx.connections, sc.get("conns", ctx.connections))
+    try:
+        ws_runner = _websocket_runner(bool(sc.get("ws_big"))) if sc.get("ws") or sc.get("ws_big") else None
+    except RuntimeError as exc:
+        ctx.note(name, f"skipped: {exc}")
+        return {"title": sc["title"], "kind": "throughput", "runs": {}}
+    options = {"threads": 4} if sc["iface"] == "wsgi" else {}
+    made = [ctx.server(n, sc["app"], **options) for n in names]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    running = start_each(ctx, made, wait_workers=True)
+
+    def once(server: Any, duration: float) -> dict[str, Any]:
+        procs.check_signalled()
+        cpu, other = procs.CpuMeter(server.pid), procs.OtherLoad()
+        if ws_runner is not None:
+            result = dict(ws_runner(f"ws://{load.HOST}:{server.port}/", duration, conns, ctx.load_cpus))
+        else:
+            result = load.run_load(ctx.tool, server.url, duration, conns, ctx.load_cpus,
+                                   body=sc.get("body", 0))
+        result["cpu_cores"] = cpu.stop()
+        result["other_cores"] = other.stop()
+        result["rss_mib"] = procs.rss_per_worker(server.pid) / MIB
+        if not server.alive():
+            raise RuntimeError(f"{server.name} died during the run:\n{server.log_tail()}")
+        return result
+
+    try:
+        for server in running:
+            ctx.progress.show(f"{name}: warming up {server.name}")
+            try:
+                once(server, 0.5 if ctx.quick else max(1.0, ctx.duration / 3))
+            except RuntimeError as exc:
+                ctx.note(f"{name}: {server.name} failed its warm-up", str(exc)[-1500:])
+        for rnd in range(1, ctx.rounds + 1):
+            for server in list(running):
+                try:
+                    result = once(server, ctx.duration)
+                except RuntimeError as exc:
+                    ctx.note(f"{name}: {server.name} failed in round {rnd}", str(exc)[-1500:])
+                    running.remove(server)
+                    server.stop()
+                    continue
+                runs.setdefault(server.name, []).append(result)
+                ctx.progress.step(f"{name} round {rnd}/{ctx.rounds} {server.name}: {result['rps']:,.0f}/s, "
+                                  f"p99 {result.get('p99_ms', float('nan')):.2f} ms, {result['errors']} errors")
+    finally:
+        stop_each(ctx, made)
+    return {"title": sc["title"], "kind": "throughput", "connections": conns, "app": sc["app"],
+            "generator": ("bench/websocket.py" if sc.get("ws_big") else "builtin (WebSocket)") if ws_runner
+            else ctx.tool, "runs": runs}
+
+
+def run_loadgen(ctx: Ctx) -> dict[str, Any]:
+    """wrk and the built-in generator on the same corral plaintext server, interleaved."""
+    if not load.has_wrk():
+        ctx.note("loadgen", "skipped: wrk is not installed")
+        return {"title": "Built-in generator vs wrk", "kind": "loadgen", "runs": {}}
+    server = ctx.server("corral", "bench.apps:hello")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    running = start_each(ctx, [server], wait_workers=True)
+    try:
+        if running:
+            load.run_wrk(server.url, 1, ctx.connections, ctx.load_cpus)
+            for rnd in range(1, ctx.rounds + 1):
+                for tool in ("wrk", "builtin"):
+                    procs.check_signalled()
+                    other = procs.OtherLoad()
+                    result = load.run_load(tool, server.url, ctx.duration, ctx.connections, ctx.load_cpus)
+                    result["other_cores"] = other.stop()
+                    runs.setdefault(tool, []).append(result)
+                    ctx.progress.step(f"loadgen round {rnd}/{ctx.rounds} {tool}: {result['rps']:,.0f}/s, "
+                                      f"generator {result['gen_cores']:.2f} cores")
+    finally:
+        stop_each(ctx, [server])
+    return {"title": "Built-in generator vs wrk (corral plaintext, same server)", "kind": "loadgen",
+            "connections": ctx.connections, "runs": runs}
