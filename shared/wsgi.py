@@ -84,7 +84,7 @@ class _Job:
     def future(self) -> _Job:
         return self
 
-    def run(self) -> None:
+    def run(self, *_: Any) -> None:  # (Python 3.14's pool threads pass a context argument)
         try:
             self.context.run(self.instance._run_wsgi_app, self.environ)
         except BaseException:  # _run_wsgi_app reports the application's errors; this is a bug of ours
@@ -104,7 +104,10 @@ def _queue_job(executor: ThreadPoolExecutor, job: _Job) -> bool:
         if executor._broken or executor._shutdown or _cf_thread._shutdown:  # type: ignore[attr-defined]
             return False
         executor._work_queue.put(job)  # type: ignore[attr-defined]
-        executor._adjust_thread_count()  # type: ignore[attr-defined]
+        if len(executor._threads) < executor._max_workers:  # type: ignore[attr-defined]
+            # Starts a thread unless one is idle. With every thread started it would only take a count
+            # off the idle semaphore (the threads add one per job; its sole reader is this method).
+            executor._adjust_thread_count()  # type: ignore[attr-defined]
     return True
 
 
@@ -118,7 +121,7 @@ def _fast_pool(executor: Any) -> bool:
     if not _fast_pools:
         _fast_pools.append(
             all(hasattr(executor, name) for name in ("_shutdown_lock", "_broken", "_shutdown", "_work_queue",
-                                                     "_adjust_thread_count"))
+                                                     "_adjust_thread_count", "_threads", "_max_workers"))
             and hasattr(_cf_thread, "_global_shutdown_lock") and hasattr(_cf_thread, "_shutdown")
         )
     return _fast_pools[0]
