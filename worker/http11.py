@@ -114,7 +114,7 @@ class HTTP11Connection:
         "handler", "parser", "limit_line", "limit_fields", "limit_head", "limit_body", "max_requests",
         "head_cap", "url", "headers", "header_size", "content_length", "te", "expect", "in_head",
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
-        "upgraded", "active", "pipeline", "error",
+        "upgraded", "active", "pipeline", "error", "client_close",
     )
 
     def __init__(self, handler: RequestHandler, settings: Any) -> None:
@@ -142,6 +142,9 @@ class HTTP11Connection:
         self.body_size = 0
         self.requests = 0
         self.must_close = False  # no further request is served on this connection
+        # The client said its last request has come (`Connection: close`, or HTTP/1.0 without keep-alive):
+        # it sends nothing after it.
+        self.client_close = False
         self.upgraded = False
         self.active: Any = None  # the request whose response is in progress
         # Requests queued behind the active one: an empty tuple until a client pipelines (a deque costs
@@ -275,6 +278,8 @@ class HTTP11Connection:
             self.request = None  # the connection closes after what is queued: ignore this one
             return
         keep_alive = parser.should_keep_alive()  # RFC 9112 §9.3: version default + Connection header
+        if not keep_alive:
+            self.client_close = True
         self.requests = requests = self.requests + 1
         if self.max_requests and requests >= self.max_requests:
             keep_alive = False
@@ -322,6 +327,18 @@ class HTTP11Connection:
         pipeline = self.pipeline
         self.active = request = pipeline.popleft() if pipeline else None  # type: ignore[union-attr]
         return request
+
+    def release(self) -> None:
+        """The connection is gone: drop the references that close cycles (the parser's callbacks bound to
+        this object, the handler that owns it, the requests that point back at the handler), so that
+        reference counting frees a closed connection at once instead of leaving ~20 objects per connection
+        to the cyclic garbage collector (measured: ~5 us of collections per `Connection: close` request).
+        Nothing is parsed afterwards (`feed` ignores data)."""
+        self.upgraded = True
+        self.parser = None
+        self.handler = None
+        self.request = self.last = self.active = None
+        self.pipeline = ()
 
     def drop(self, request: Any) -> None:
         """Forget a queued request that will never run (its body broke the protocol)."""

@@ -160,6 +160,9 @@ class HttpProtocol(asyncio.Protocol):
         if flow is not None and flow.write_paused:
             flow.connection_lost()  # release the senders waiting in drain()
         self.server.connection_closed(self)
+        state = self.state
+        if state is not None:
+            state.release()  # no reference cycles left: refcounting frees the connection, not the GC
 
     # ------------------------------------------------------------------ HTTP11Connection's handler
 
