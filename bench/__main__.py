@@ -79,6 +79,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline", default="uvicorn", help="the ratio column's reference (default uvicorn)")
     p.add_argument("--wsgi-baseline", default="gunicorn-gthread", help="the WSGI table's (default gunicorn-gthread)")
     p.add_argument("--out", default="bench-results", help="folder for results.md/.json and the plots")
+    p.add_argument("--disturbed", type=float, default=0.5, metavar="CORES",
+                   help="a throughput run during which other processes used more than CORES cores is run again "
+                        "(up to --retries times; the least disturbed is kept) (default 0.5)")
+    p.add_argument("--retries", type=int, help="see --disturbed (default 2; quick 0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = p.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",")] if args.scenarios else (
@@ -91,6 +95,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (1.0 if q else 2.0)
     args.idle_connections = args.idle_connections or (300 if q else 2000)
     args.process_workers = args.process_workers or (2 if q else 4)
+    args.retries = args.retries if args.retries is not None else (0 if q else 2)
     available = sorted(os.sched_getaffinity(0))
     half = max(1, len(available) // 2)
     try:
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               duration=args.duration, connections=args.connections, idle_connections=args.idle_connections,
               server_cpus=args.server_cpus, load_cpus=args.load_cpus_set, tool=args.tool, logdir=logdir,
               quick=args.quick)
+    ctx.disturbed, ctx.retries = args.disturbed, args.retries
     ctx.process = [s for s in asgi if args.process_servers == "all" or s in args.process_servers.split(",")]
     ctx.progress = Progress(sum(FAMILIES[s].steps(ctx, s) for s in args.scenarios))
     if args.load_cpus_set:
@@ -151,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             if (not wsgi if name == "wsgi" else not ctx.process if FAMILIES[name] is process else not asgi):
                 skipped[name] = "no server selected for it"
                 continue
-            scenarios[name] = FAMILIES[name].run(ctx, name)
+            try:
+                scenarios[name] = FAMILIES[name].run(ctx, name)
+            except Exception as exc:  # one scenario's failure must not lose the others' results
+                import traceback
+
+                ctx.note(f"{name} failed", traceback.format_exc()[-2000:])
+                scenarios[name] = {"title": f"failed: {type(exc).__name__}: {exc}", "kind": "failed", "runs": {}}
     except procs.Interrupted as exc:
         code = int(exc.code or 1)
         print("\ninterrupted: stopping every server started; partial results follow", file=sys.stderr)

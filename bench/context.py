@@ -53,6 +53,8 @@ class Ctx:
     logdir: str
     quick: bool = False
     process: list[str] = field(default_factory=list)  # servers in coldstart/fairness/crash/hup
+    disturbed: float = 0.5  # a run during which other processes used more cores than this is run again
+    retries: int = 2
     notes: dict[str, str] = field(default_factory=dict)
     progress: Progress = field(default_factory=lambda: Progress(1))
 

@@ -2,7 +2,8 @@
 
 Fresh servers every round (A B C, then A B C again), each warmed up, measured idle, then holding
 `--idle-connections` connections (one request each, then silent; keep-alive timeouts raised to 60 s
-everywhere), measured again. KiB per idle connection = (total worker RSS with - without) / connections.
+everywhere), measured again. KiB per idle connection = (total worker RSS with - without) / connections the
+server's workers hold (counted from their sockets; it is all of them unless a server caps its connections).
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
                 result.update(rss_idle=idle, workers=nworkers, connections=count,
                               rss_mib=idle / max(nworkers, 1) / MIB,
                               rss_with_mib=result["rss_with"] / max(nworkers, 1) / MIB,
-                              kib_per_conn=(result["rss_with"] - idle) / count / 1024,
+                              # per connection the server holds (granian caps them: --backpressure)
+                              kib_per_conn=(result["rss_with"] - idle) / max(result["held"] or count, 1) / 1024,
                               errors=result["client_errors"])
                 runs.setdefault(server.name, []).append(result)
                 ctx.progress.step(f"idle round {rnd}/{ctx.rounds} {server.name}: {result['kib_per_conn']:.2f} "

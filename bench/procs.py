@@ -186,19 +186,18 @@ def workers(pid: int) -> list[psutil.Process]:
             pass
     if found:
         # A worker is a process without children of its own (granian/hypercorn may nest a level).
-        leaves = [p for p in found if not any(q.ppid() == p.pid for q in found if _alive(q))]
+        parents = set()
+        for q in found:
+            try:
+                parents.add(q.ppid())
+            except psutil.Error:  # exited meanwhile (a reload, a crash)
+                pass
+        leaves = [p for p in found if p.pid not in parents]
         return leaves or found
     try:
         return [psutil.Process(pid)]
     except psutil.Error:
         return []
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running()
-    except psutil.Error:
-        return False
 
 
 def tree_cpu(pid: int) -> float:
@@ -270,3 +269,32 @@ class OtherLoad:
     def stop(self) -> float:
         wall = max(time.monotonic() - self.t0, 1e-6)
         return max(0.0, (_machine_cpu() - self.busy0 - (_own_cpu() - self.own0)) / wall)
+
+
+def _cores_busy(cpus: set[int]) -> float:
+    """CPU seconds (user + nice + system) spent on `cpus` since boot."""
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, _, rest = line.partition(" ")
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                fields = [int(x) for x in rest.split()]
+                total += fields[0] + fields[1] + fields[2]
+    return total / _TICK
+
+
+class CoreLoad:
+    """Cores that processes other than server `pid` kept busy on the server's own `cpus` (pinned runs): what
+    steals from the server directly. None when the servers are not pinned."""
+
+    def __init__(self, cpus: set[int] | None, pid: int) -> None:
+        self.cpus, self.pid = cpus, pid
+        self.t0 = time.monotonic()
+        if cpus:
+            self.busy0, self.own0 = _cores_busy(cpus), tree_cpu(pid)
+
+    def stop(self) -> float | None:
+        if not self.cpus:
+            return None
+        wall = max(time.monotonic() - self.t0, 1e-6)
+        return max(0.0, (_cores_busy(self.cpus) - self.busy0 - (tree_cpu(self.pid) - self.own0)) / wall)

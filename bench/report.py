@@ -71,7 +71,13 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
                          spread(_vals(rs, "p999_ms"), ".2f"), _errors(rs), spread(_vals(rs, "rss_mib"), ".1f"),
                          spread(_vals(rs, "cpu_cores"), ".2f")] + ([spread(_vals(rs, "mib_s"), ",.0f")] if mib else []))
         lines += _table(head, rows)
-        lines.append(f"\n{sc.get('connections')} connections, generator: {sc.get('generator')}.")
+        retried = sum(r.get("retried", 0) for rs in runs.values() for r in rs)
+        other = [r["other_cores"] for rs in runs.values() for r in rs if "other_cores" in r]
+        core = [r["other_on_server_cpus"] for rs in runs.values() for r in rs if r.get("other_on_server_cpus") is not None]
+        lines.append(f"\n{sc.get('connections')} connections, generator: {sc.get('generator')}; other processes "
+                     f"used {med(other):.2f} cores (median), {max(other):.2f} (max) during the runs kept"
+                     + (f", {med(core):.2f} (max {max(core):.2f}) on the servers' cores" if core else "")
+                     + (f"; {retried} run(s) repeated because they were busier than that" if retried else "") + ".")
     elif kind == "loadgen":
         rows = [[tool, spread(_vals(rs, "rps"), ",.0f"), _ratio(runs, tool, "wrk", "rps"),
                  spread(_vals(rs, "p99_ms"), ".2f"), spread(_vals(rs, "gen_cores"), ".2f"),

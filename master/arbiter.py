@@ -179,6 +179,7 @@ class Arbiter:
         return sockets
 
     def loop(self) -> None:
+        self.manage_workers()  # boot the first workers now, not one tick later (cold start)
         while not self.stopping:
             self.sleep()
             handled = False
