@@ -6,9 +6,12 @@ interleaved rounds (A B C A B C ...), and writes results.md (tables: medians, mi
 --baseline), results.json and throughput.png / latency.png into --out. Every server it starts is stopped,
 whatever happens. Scenarios:
 
-  plaintext json echo stream wsgi websocket websocket-1mib   throughput (bench/throughput.py)
+  plaintext close json echo stream wsgi websocket websocket-1mib   throughput (bench/throughput.py);
+                                              close: the hello-world with `Connection: close` on every request
   loadgen                                     the built-in load generator next to wrk on the same server
   idle                                        RSS with many idle keep-alive connections (bench/memory.py)
+  latency                                     p50/p99/mean of sequential requests on one keep-alive
+                                              connection (bench/latency.py)
   coldstart fairness crash hup                the process model (bench/process.py)
 
 Load comes from wrk when installed (apt-get install wrk), else from the built-in generator (bench/load.py).
@@ -25,13 +28,14 @@ import tempfile
 import time
 from typing import Any
 
-from bench import load, memory, process, procs, report, servers, throughput
+from bench import latency, load, memory, process, procs, report, servers, throughput
 from bench.context import Ctx, Progress, med
 
 FAMILIES = {**{n: throughput for n in throughput.SCENARIOS}, "loadgen": throughput, "idle": memory,
+            "latency": latency,
             **{n: process for n in ("coldstart", "fairness", "crash", "hup")}}
-DEFAULT = ["plaintext", "json", "echo", "stream", "wsgi", "websocket", "websocket-1mib", "idle", "loadgen", "coldstart",
-           "fairness", "crash", "hup"]
+DEFAULT = ["plaintext", "close", "json", "echo", "stream", "wsgi", "websocket", "websocket-1mib", "idle", "latency",
+           "loadgen", "coldstart", "fairness", "crash", "hup"]
 QUICK = ["plaintext", "wsgi", "idle", "coldstart"]
 
 

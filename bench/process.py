@@ -5,7 +5,8 @@ fairness   how evenly the workers share accepted connections: `Connection: close
            request), requests per worker counted by the app; max/min and the smallest share.
            corral runs twice: the shared socket and `--reuse-port`
 crash      kill -9 a serving worker a third into a load run: time until a replacement answers its first
-           request (counted by the app), requests lost (the generator's errors)
+           request (counted by the app), requests lost (the generator's errors). corral runs twice: as is
+           and with `--preload` (the app imported in the master: a replacement needs no import)
 hup        SIGHUP to the server a third into a load run: failed requests, p99/p99.9/max over the run, time
            until new workers serve and until the old ones are gone
 crash and hup load with `Connection: close` (a new connection per request), as fairness does: with
@@ -52,6 +53,8 @@ def _servers(ctx: Ctx, name: str) -> list[tuple[str, dict[str, Any]]]:
         out.append((server, {}))
         if server == "corral" and name == "fairness":
             out.append((server, {"reuse_port": True, "label": "corral --reuse-port"}))
+        if server == "corral" and name == "crash":
+            out.append((server, {"preload": True, "label": "corral --preload"}))
     return out
 
 

@@ -93,6 +93,16 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
                  spread(_vals(rs, "held"), ",.0f"), str(sum(r["errors"] for r in rs))] for server, rs in runs.items()]
         lines += _table(["server", "RSS/worker idle MiB", f"RSS/worker with {sc['connections']:,} conns MiB",
                          "KiB per idle conn", f"vs {baseline or '-'}", "conns held", "client errors"], rows)
+    elif kind == "latency":
+        rows = [[server, spread(_vals(rs, "p50_us"), ",.0f"), _ratio(runs, server, baseline, "p50_us"),
+                 spread(_vals(rs, "p99_us"), ",.0f"), spread(_vals(rs, "mean_us"), ",.0f"),
+                 spread(_vals(rs, "max_us"), ",.0f"), spread(_vals(rs, "reconnects"), ",.0f"), _errors(rs)]
+                for server, rs in runs.items()]
+        lines += _table(["server", "p50 µs median (min-max)", f"p50 vs {baseline or '-'}", "p99 µs", "mean µs",
+                         "max µs", "reconnects", "errors"], rows)
+        lines.append("\nOne connection, one request in flight: the client (a raw socket, on the load cores) sends "
+                     "the next request once the response is read; lower is better. Reconnects: the server closed "
+                     "the connection (a cap on requests per connection); the client reconnected, outside the timing.")
     elif kind == "coldstart":
         counts = sorted({r["workers"] for rs in runs.values() for r in rs})
         servers = list(dict.fromkeys(k.rsplit(" -w ", 1)[0] for k in runs))

@@ -39,6 +39,8 @@ def _corral(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]
         argv += ["--threads", str(opt["threads"])]
     if opt.get("reuse_port"):
         argv.append("--reuse-port")
+    if opt.get("preload"):
+        argv.append("--preload")
     if opt.get("keepalive"):
         argv += ["--keep-alive", str(opt["keepalive"])]
     return argv

@@ -1,6 +1,7 @@
 """Throughput scenarios: every server on the same app, loaded in interleaved rounds (A B C A B C ...).
 
 plaintext  hello-world, 13 bytes text/plain (ASGI)        json    a 1 KiB JSON response (ASGI)
+close      the hello-world with `Connection: close` on every request: a new connection per request (ASGI)
 echo       a 1 MiB request body echoed back (ASGI)        stream  a 10 MiB response in 64 KiB messages (ASGI)
 wsgi       hello-world on the WSGI servers                websocket  16-byte WebSocket echo, one message in flight
 websocket-1mib  1 MiB WebSocket echo (bench/websocket.py's client)
@@ -19,6 +20,8 @@ MIB = 1024 * 1024
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "plaintext": {"app": "bench.apps:hello", "iface": "asgi", "title": "Hello-world plaintext (ASGI)"},
+    "close": {"app": "bench.apps:hello", "iface": "asgi", "close": True,
+              "title": "Hello-world plaintext, Connection: close on every request (ASGI)"},
     "json": {"app": "bench.apps:json_1k", "iface": "asgi", "title": "1 KiB JSON response (ASGI)"},
     "echo": {"app": "bench.apps:echo", "iface": "asgi", "body": MIB, "conns": 8,
              "title": "1 MiB request body echoed (ASGI)"},
@@ -92,7 +95,7 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
             result = dict(ws_runner(f"ws://{load.HOST}:{server.port}/", duration, conns, ctx.load_cpus, **extra))
         else:
             result = load.run_load(ctx.tool, server.url, duration, conns, ctx.load_cpus,
-                                   body=sc.get("body", 0))
+                                   body=sc.get("body", 0), close=bool(sc.get("close")))
         result["cpu_cores"] = cpu.stop()
         result["other_cores"] = other.stop()
         result["other_on_server_cpus"] = core.stop()

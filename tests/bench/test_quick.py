@@ -90,3 +90,16 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.timeout(120)
+def test_quick_close_and_latency(tmp_path: Path) -> None:
+    """`close` (Connection: close on every request) and `latency` (sequential requests, one connection)."""
+    text, data = run_bench(tmp_path / "c", "--servers", "corral", "--scenarios", "close,latency")
+    close = data["scenarios"]["close"]["runs"]["corral"][0]
+    assert close["rps"] > 0 and close["errors"] == 0
+    lat = data["scenarios"]["latency"]["runs"]["corral"][0]
+    assert lat["errors"] == 0 and lat["requests"] == 1000 and lat["reconnects"] == 1  # the 1,000-request cap
+    assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["max_us"]
+    assert list(table_rows(text, "close")) == list(table_rows(text, "latency")) == ["corral"]
+    assert_all_gone(data)
