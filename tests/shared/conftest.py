@@ -1,0 +1,8 @@
+"""Shared tests: make the helper modules next to them (sync_helpers.py, wsgi_helpers.py) importable."""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
