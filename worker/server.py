@@ -33,7 +33,6 @@ import math
 import socket
 import struct
 import termios
-import time
 from collections import deque
 from functools import partial
 from typing import Any, Callable
@@ -42,7 +41,7 @@ from corral.shared.settings import Settings
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
 from corral.worker.protocol import BUSY, FRESH, HEAD, IDLE, HttpProtocol
-from corral.worker.stateless import ApplicationInstance, PoolFull, StatelessServer, describe_scope
+from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.wsprotocol import WebSocketCycle
 
 __all__ = ["WorkerServer"]
@@ -295,39 +294,12 @@ class WorkerServer(StatelessServer):
         if not parked and not self.pool_full:
             self._set_accepting(True)
 
-    def start_instance(self, scope_id: Any, scope: dict, receive: Any, send: Any) -> asyncio.Task[Any]:
-        """StatelessServer.start_instance with its checks inlined (this runs once per request).
-
-        Same contract: raises PoolFull at the limit, registers an ApplicationInstance whose done-callback
-        frees the slot. The duplicate-id check is left out: scope ids here are fresh RequestCycle objects.
-        """
-        instances = self.application_instances
-        if len(instances) >= self._max_applications:
-            self._full = True
-            raise PoolFull(f"{len(instances)} application instances running, the limit is {self._max_applications}")
-        app = self._single_callable
-        if app is None:
-            app = self._application_callable()
-        task = self.loop.create_task(app(scope, receive, send))  # type: ignore[union-attr]
-        instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
-        instances[scope_id] = instance
-        if len(instances) >= self._max_applications:
-            self._full = True
-        task.add_done_callback(instance._done)
-        return task
-
     def _instance_done(self, instance: ApplicationInstance, future: asyncio.Future[Any]) -> None:
+        super()._instance_done(instance, future)  # frees the slot, reports a failure
         cycle = instance.scope_id
-        instances = self.application_instances
-        if (
-            self._full or self._slot_waiters or future.cancelled() or future.exception() is not None
-            or instances.get(cycle) is not instance
-        ):
-            super()._instance_done(instance, future)  # slots to hand over, failures to report
-        else:
-            del instances[cycle]  # the common case, as the base class would do it, in one step
-        if type(cycle) is RequestCycle and cycle.state != 3:  # 3: the response is complete (common case)
-            cycle.app_finished(future)
+        if type(cycle) is RequestCycle:
+            if cycle.state != 3:  # 3: the response is complete (the common case: nothing left to do)
+                cycle.app_finished(future)
         elif type(cycle) is WebSocketCycle:  # WebSocket hook: close the socket (or answer) for the app
             cycle.app_finished(future)
 

@@ -218,12 +218,22 @@ class StatelessServer:
         return input_queue
 
     def start_instance(self, scope_id: Hashable, scope: Scope, receive: Receive, send: Send) -> asyncio.Task[Any]:
-        """Run `application(scope, receive, send)` as a task in the pool (the protocol servers' path)."""
-        if scope_id in self.application_instances:
+        """Run `application(scope, receive, send)` as a task in the pool (the protocol servers' path).
+
+        It runs once per HTTP request, so it is written flat: one size check, the callable cached.
+        """
+        instances = self.application_instances
+        if scope_id in instances:
             raise KeyError(f"an application instance with scope_id {scope_id!r} is already running")
-        self._make_room()
-        task = asyncio.get_running_loop().create_task(self._application_callable()(scope, receive, send))
-        self._register(scope_id, scope, None, task)
+        if len(instances) >= self._max_applications:
+            self._make_room()
+        app = self._single_callable or self._application_callable()
+        task = asyncio.get_running_loop().create_task(app(scope, receive, send))
+        instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
+        instances[scope_id] = instance
+        if len(instances) >= self._max_applications:
+            self._full = True
+        task.add_done_callback(instance._done)
         return task
 
     def _make_room(self) -> None:
@@ -267,7 +277,8 @@ class StatelessServer:
         instances = self.application_instances
         if instances.get(instance.scope_id) is instance:
             del instances[instance.scope_id]
-            self._slot_released()
+            if self._full or self._slot_waiters:
+                self._slot_released()
         if future.cancelled():
             return
         exception = future.exception()
