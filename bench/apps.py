@@ -14,16 +14,20 @@ START = {"type": "http.response.start", "status": 200, "headers": HEADERS}
 BODY_MESSAGE = {"type": "http.response.body", "body": BODY}
 
 
+async def _lifespan(receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def hello(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
     """ASGI 3 hello-world: 200, 13 bytes of text/plain."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await _lifespan(receive, send)
     await send(START)
     await send(BODY_MESSAGE)
 
@@ -43,16 +47,6 @@ JSON_START = {"type": "http.response.start", "status": 200,
 JSON_MESSAGE = {"type": "http.response.body", "body": JSON_BODY}
 STREAM_TOTAL = 10 * 1024 * 1024
 STREAM_CHUNK = b"x" * (64 * 1024)
-
-
-async def _lifespan(receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def json_1k(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:

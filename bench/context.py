@@ -6,7 +6,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from bench import procs, servers
 
@@ -96,3 +96,44 @@ def stop_each(ctx: Ctx, running: list[servers.Server]) -> None:
         if server.proc is not None and server.proc.poll() is not None:
             ctx.notes[f"{server.name}: exited by itself"] = f"code {server.proc.returncode}\n{server.log_tail()}"
         server.stop()
+
+
+def least_disturbed(ctx: Ctx, label: str, server: servers.Server,
+                    measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`measure()` once, again (up to ctx.retries times) while other processes were busy; the least
+    disturbed result wins. `measure` must fill `other_cores` and `other_on_server_cpus`."""
+    def disturbance(r: dict[str, Any]) -> float:
+        on_server = r["other_on_server_cpus"]
+        return max(r["other_cores"] - ctx.disturbed, 0) + (on_server if on_server is not None else 0)
+
+    tries = []
+    for _ in range(ctx.retries + 1):
+        procs.check_signalled()
+        tries.append(measure())
+        on_server = tries[-1]["other_on_server_cpus"]
+        if tries[-1]["other_cores"] <= ctx.disturbed and (on_server is None or on_server <= 0.1):
+            break
+        ctx.progress.show(f"{label} {server.name}: other processes used {tries[-1]['other_cores']:.2f} cores "
+                          f"({on_server or 0:.2f} on the servers' cores), running it again")
+    best = min(tries, key=disturbance)
+    best["retried"] = len(tries) - 1
+    return best
+
+
+def interleave(ctx: Ctx, label: str, running: list[servers.Server],
+               one_round: Callable[[servers.Server], dict[str, Any]],
+               describe: Callable[[dict[str, Any]], str]) -> dict[str, list[dict[str, Any]]]:
+    """Rounds of A B C A B C ...: a server that fails is noted, stopped and left out of later rounds."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rnd in range(1, ctx.rounds + 1):
+        for server in list(running):
+            try:
+                result = one_round(server)
+            except Exception as exc:
+                ctx.note(f"{label}: {server.name} failed in round {rnd}", f"{type(exc).__name__}: {exc}"[-1500:])
+                running.remove(server)
+                server.stop()
+                continue
+            runs.setdefault(server.name, []).append(result)
+            ctx.progress.step(f"{label} round {rnd}/{ctx.rounds} {server.name}: {describe(result)}")
+    return runs

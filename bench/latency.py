@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from bench import load, procs
-from bench.context import Ctx, start_each, stop_each
+from bench.context import Ctx, interleave, least_disturbed, start_each, stop_each
 
 APP = "bench.apps:hello"
 REQUESTS = 5000
@@ -100,37 +100,18 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
     running = start_each(ctx, made, wait_workers=True)
 
-    def steady(server: Any) -> dict[str, Any]:
-        """One round; again (up to ctx.retries times) while other processes were busy: the least disturbed."""
-        tries = []
-        for _ in range(ctx.retries + 1):
-            procs.check_signalled()
+    def one_round(server: Any) -> dict[str, Any]:
+        def measured() -> dict[str, Any]:
             other, core = procs.OtherLoad(), procs.CoreLoad(ctx.server_cpus, server.pid)
             result = measure(server.port, requests)
             result["other_cores"], result["other_on_server_cpus"] = other.stop(), core.stop()
-            tries.append(result)
-            on_server = result["other_on_server_cpus"]
-            if result["other_cores"] <= ctx.disturbed and (on_server is None or on_server <= 0.1):
-                break
-            ctx.progress.show(f"latency {server.name}: other processes used {result['other_cores']:.2f} cores, "
-                              "running it again")
-        best = min(tries, key=lambda r: max(r["other_cores"] - ctx.disturbed, 0) + (r["other_on_server_cpus"] or 0))
-        best["retried"] = len(tries) - 1
-        return best
+            return result
+
+        return least_disturbed(ctx, "latency", server, measured)
 
     try:
-        for rnd in range(1, ctx.rounds + 1):
-            for server in list(running):
-                try:
-                    result = steady(server)
-                except Exception as exc:
-                    ctx.note(f"latency: {server.name} failed in round {rnd}", f"{type(exc).__name__}: {exc}"[-1500:])
-                    running.remove(server)
-                    server.stop()
-                    continue
-                runs.setdefault(server.name, []).append(result)
-                ctx.progress.step(f"latency round {rnd}/{ctx.rounds} {server.name}: p50 {result['p50_us']:.0f} µs, "
-                                  f"p99 {result['p99_us']:.0f} µs, mean {result['mean_us']:.0f} µs")
+        runs = interleave(ctx, "latency", running, one_round,
+                          lambda r: f"p50 {r['p50_us']:.0f} µs, p99 {r['p99_us']:.0f} µs, mean {r['mean_us']:.0f} µs")
     finally:
         stop_each(ctx, made)
     return {"title": f"Sequential requests on one keep-alive connection ({requests:,} per round after "

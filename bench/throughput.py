@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from bench import load, procs
-from bench.context import Ctx, start_each, stop_each
+from bench.context import Ctx, interleave, least_disturbed, start_each, stop_each
 
 MIB = 1024 * 1024
 
@@ -104,24 +104,6 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
             raise RuntimeError(f"{server.name} died during the run:\n{server.log_tail()}")
         return result
 
-    def steady(server: Any) -> dict[str, Any]:
-        """One run; again (up to ctx.retries times) while other processes were busy: the least disturbed."""
-        def disturbance(r: dict[str, Any]) -> float:
-            on_server = r["other_on_server_cpus"]
-            return max(r["other_cores"] - ctx.disturbed, 0) + (on_server if on_server is not None else 0)
-
-        tries = []
-        for attempt in range(ctx.retries + 1):
-            tries.append(once(server, ctx.duration))
-            on_server = tries[-1]["other_on_server_cpus"]
-            if tries[-1]["other_cores"] <= ctx.disturbed and (on_server is None or on_server <= 0.1):
-                break
-            ctx.progress.show(f"{name} {server.name}: other processes used {tries[-1]['other_cores']:.2f} cores "
-                              f"({on_server or 0:.2f} on the servers' cores), running it again")
-        best = min(tries, key=disturbance)
-        best["retried"] = len(tries) - 1
-        return best
-
     try:
         for server in running:
             ctx.progress.show(f"{name}: warming up {server.name}")
@@ -129,18 +111,10 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
                 once(server, 0.5 if ctx.quick else max(1.0, ctx.duration / 3))
             except Exception as exc:
                 ctx.note(f"{name}: {server.name} failed its warm-up", f"{type(exc).__name__}: {exc}"[-1500:])
-        for rnd in range(1, ctx.rounds + 1):
-            for server in list(running):
-                try:
-                    result = steady(server)
-                except Exception as exc:
-                    ctx.note(f"{name}: {server.name} failed in round {rnd}", f"{type(exc).__name__}: {exc}"[-1500:])
-                    running.remove(server)
-                    server.stop()
-                    continue
-                runs.setdefault(server.name, []).append(result)
-                ctx.progress.step(f"{name} round {rnd}/{ctx.rounds} {server.name}: {result['rps']:,.0f}/s, "
-                                  f"p99 {result.get('p99_ms', float('nan')):.2f} ms, {result['errors']} errors")
+        runs = interleave(
+            ctx, name, running, lambda server: least_disturbed(ctx, name, server, lambda: once(server, ctx.duration)),
+            lambda r: f"{r['rps']:,.0f}/s, p99 {r.get('p99_ms', float('nan')):.2f} ms, {r['errors']} errors",
+        )
     finally:
         stop_each(ctx, made)
     return {"title": sc["title"], "kind": "throughput", "connections": conns, "app": sc["app"],
