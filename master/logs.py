@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from corral.shared.settings import Settings, SettingError
-from corral.worker.accesslog import ReopenableFileHandler
+from corral.worker.accesslog import ReopenableFileHandler, reopen_file
 
 __all__ = ["setup_logging", "reopen_logs", "error_stream", "describe_listener"]
 
@@ -77,14 +77,8 @@ def reopen_logs() -> None:
             reopen = getattr(handler, "reopen", None)
             if reopen is not None:
                 reopen()
-            elif isinstance(handler, logging.FileHandler):
-                handler.acquire()
-                try:
-                    if handler.stream is not None:
-                        handler.stream.close()
-                    handler.stream = handler._open()
-                finally:
-                    handler.release()
+            elif isinstance(handler, logging.FileHandler):  # one made by --log-config
+                reopen_file(handler)
 
 
 def error_stream(settings: Settings) -> Any:

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["AccessLog", "make_access_log", "ReopenableFileHandler", "ACCESS_LOGGER_NAME"]
+__all__ = ["AccessLog", "make_access_log", "ReopenableFileHandler", "reopen_file", "ACCESS_LOGGER_NAME"]
 
 ACCESS_LOGGER_NAME = "corral.access"
 
@@ -192,6 +192,17 @@ class AccessLog:
                 reopen()
 
 
+def reopen_file(handler: logging.FileHandler) -> None:
+    """Reopen a file handler's file in place (after log rotation moved it)."""
+    handler.acquire()
+    try:
+        if handler.stream is not None:
+            handler.stream.close()
+        handler.stream = handler._open()
+    finally:
+        handler.release()
+
+
 class ReopenableFileHandler(logging.FileHandler):
     """An append-mode file handler that can reopen its file in place (for log rotation)."""
 
@@ -199,13 +210,7 @@ class ReopenableFileHandler(logging.FileHandler):
         super().__init__(filename, mode="a", encoding="utf-8", delay=False)
 
     def reopen(self) -> None:
-        self.acquire()
-        try:
-            if self.stream is not None:
-                self.stream.close()
-            self.stream = self._open()
-        finally:
-            self.release()
+        reopen_file(self)
 
 
 def make_access_log(settings: Any) -> Optional[AccessLog]:
