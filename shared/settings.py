@@ -310,6 +310,20 @@ _declare("limit_request_field_size", "http", positive_int, 8190,
          "Maximum size of the request head's header block in bytes (431 when exceeded).")
 _declare("limit_request_body", "http", size, 0,
          "Maximum request body size in bytes (K/M/G suffixes allowed); 413 when exceeded; 0 is off.")
+_declare("body_timeout", "http", positive_float, 30.0,
+         "Seconds a request body may go without a byte while the server is reading it (a client that "
+         "stalls in its upload holds an application slot): 408 then close. Time the application spends "
+         "not reading does not count.")
+_declare("min_chunk_size", "http", non_negative_int, 64,
+         "Smallest average chunk size in bytes a chunked request body must keep once past its first 1024 "
+         "chunks (each chunk costs CPU whatever its size): 400 then close; 0 is off.")
+_declare("max_pipelined_requests", "http", positive_int, 16,
+         "Requests parsed ahead of the one being answered on a connection (HTTP/1.1 pipelining); beyond "
+         "it the connection's further bytes wait unparsed and it stops reading until answers go out.")
+_declare("write_buffer_limit", "http", size, 64 * 1024,
+         "Per-connection write buffer high-water mark in bytes: a response `send` above it waits until the "
+         "client reads (backpressure). A worker buffers at most its share of --max-applications times this, "
+         "plus what single messages exceed it by.")
 _declare("max_requests_per_connection", "http", non_negative_int, 1000,
          "Requests served on one keep-alive connection before it is closed; 0 is unlimited.")
 _declare("server_header", "http", to_bool, True, "Send a 'server: corral' header.")

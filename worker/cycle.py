@@ -98,7 +98,15 @@ class RequestCycle:
     # ------------------------------------------------------------------ fed by the parser / protocol
 
     def on_body(self, chunk: bytes) -> None:
-        body = self.body = self.body + chunk if self.body else chunk
+        body = self.body
+        if not body:
+            self.body = body = chunk
+        else:
+            # Appended in place (amortised O(1)): concatenating bytes copies what is held at every chunk,
+            # quadratic for a body sent as many small chunks.
+            if type(body) is bytes:
+                self.body = body = bytearray(body)
+            body += chunk
         if len(body) > BODY_HIGH_WATER and self.protocol.state.active is self:
             self.protocol.flow.pause_reading(BODY)
         if self.waiter is not None:
@@ -149,7 +157,7 @@ class RequestCycle:
         if self.protocol.flow.read_paused & BODY:
             # Consumed: read on (the rest of the body, or - once it is complete - the next request).
             self.protocol.flow.resume_reading(BODY)
-        return {"type": "http.request", "body": body, "more_body": more_body}
+        return {"type": "http.request", "body": body if type(body) is bytes else bytes(body), "more_body": more_body}
 
     # ------------------------------------------------------------------ ASGI send
 

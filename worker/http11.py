@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http
 import logging
+import re
 from collections import deque
 from typing import Any, Protocol
 
@@ -67,7 +68,7 @@ def _error_response(status: int) -> bytes:
 
 #: Small complete responses for the errors the server answers itself; each closes the connection.
 ERROR_RESPONSES: dict[int, bytes] = {
-    status: _error_response(status) for status in (400, 408, 413, 414, 431, 500, 501, 503)
+    status: _error_response(status) for status in (400, 408, 413, 414, 431, 500, 501, 503, 505)
 }
 
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -104,7 +105,22 @@ class RequestHandler(Protocol):
         """Start the application for `request`: it is now the active one."""
 
 
-_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+# Header names whose value decides framing or routing: looked at one by one (a set lookup per field).
+_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host"))
+
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets or a
+# reg-name / IPv4 address (unreserved, pct-encoded and sub-delims characters). An empty value is allowed.
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
+                         rb"|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
+#: Bytes parsed in one go when a read may hold several requests (it begins between requests or inside a
+#: head): parsing stops at the next slice boundary once `max_pipeline` requests wait, so that a client that
+#: pipelines thousands of requests without reading the answers costs at most this many parsed requests
+#: plus one read of raw bytes (see `feed`). A real request head is a few hundred bytes: one or two a slice.
+PARSE_SLICE = 1024
+
+#: Chunks a chunked body may use before the size of its chunks is checked (`min_chunk_size`).
+FREE_CHUNKS = 1024
 
 
 class HTTP11Connection:
@@ -114,7 +130,8 @@ class HTTP11Connection:
         "handler", "parser", "limit_line", "limit_fields", "limit_head", "limit_body", "max_requests",
         "head_cap", "url", "headers", "header_size", "content_length", "te", "expect", "in_head",
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
-        "upgraded", "active", "pipeline", "error", "client_close",
+        "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
+        "backlog", "min_chunk", "chunks", "body_left",
     )
 
     def __init__(self, handler: RequestHandler, settings: Any) -> None:
@@ -125,6 +142,8 @@ class HTTP11Connection:
         self.limit_head: int = settings.limit_request_field_size
         self.limit_body: int = settings.limit_request_body
         self.max_requests: int = settings.max_requests_per_connection
+        self.max_pipeline: int = settings.max_pipelined_requests
+        self.min_chunk: int = settings.min_chunk_size
         # What one head may take in all: a bound on bytes buffered by the parser for a head that never
         # completes (a single endless header line never reaches on_header).
         self.head_cap = self.limit_line + self.limit_head + 1024
@@ -134,6 +153,10 @@ class HTTP11Connection:
         self.content_length = -1
         self.te: bytes | None = None
         self.expect = False
+        self.host: bytes | None = None  # the Host field of the head being parsed
+        self.last_host = b""  # the last Host value found valid: clients repeat theirs, checked once
+        self.chunks = 0  # chunks of the body being parsed
+        self.body_left = 0  # bytes of a Content-Length body still to come
         self.in_head = True  # between requests or inside a head: the header timer's concern
         self.head_bytes = 0
         self.completed = 0  # messages complete
@@ -151,13 +174,51 @@ class HTTP11Connection:
         # ~0.7 KiB, and most connections never need one).
         self.pipeline: deque[Any] | tuple = ()
         self.error: ProtocolError | None = None
+        # Bytes read but not parsed yet: parsing stopped because `max_pipeline` requests wait (see feed).
+        self.backlog = b""
 
     # ------------------------------------------------------------------ input
 
     def feed(self, data: bytes) -> None:
-        """Parse bytes read from the client; raises ProtocolError for anything the client got wrong."""
+        """Parse bytes read from the client; raises ProtocolError for anything the client got wrong.
+
+        A read that may hold several requests is parsed a slice at a time, and parsing stops at a slice
+        boundary once `max_pipeline` requests wait behind the active one: the rest is kept unparsed in
+        `backlog` (the protocol stops reading meanwhile) and parsed by `feed(b"")` when the queue shrinks.
+        Parsed requests cost ~1 KiB each (scope, headers, cycle), raw bytes ~30: so a client pipelining
+        without reading answers holds a bounded number of parsed requests and at most one read of bytes.
+        """
         if self.upgraded:
             return  # bytes after an Upgrade request belong to a protocol this server does not speak
+        if self.backlog:
+            pipeline = self.pipeline
+            if pipeline and len(pipeline) >= self.max_pipeline:
+                self.backlog += data  # still at the bound (bytes that were under way when reading paused)
+                return
+            data = self.backlog + data
+            self.backlog = b""
+        n = len(data)
+        if n <= PARSE_SLICE or not self.in_head:
+            self._parse(data, data, 0)  # the common case: one request head, or body bytes
+            return
+        view = memoryview(data)
+        start = 0
+        while start < n:
+            if not self.in_head and self.body_left > 0:
+                end = start + self.body_left  # the rest of a body of known length: in one piece
+            else:
+                end = start + PARSE_SLICE
+            self._parse(view[start:end], data, start)
+            if self.upgraded:
+                return
+            pipeline = self.pipeline
+            if end < n and pipeline and len(pipeline) >= self.max_pipeline:
+                self.backlog = data[end:]
+                return
+            start = end
+
+    def _parse(self, data: bytes | memoryview, whole: bytes, offset: int) -> None:
+        """Feed `data` (which starts at `offset` in the read `whole`) to the parser."""
         started_in_head = self.in_head
         head_begun = started_in_head and bool(self.url)  # the url is reset when a head completes
         completed = self.completed
@@ -173,8 +234,8 @@ class HTTP11Connection:
                 # WebSocket hook (corral.worker.wsprotocol): bytes sent right behind a WebSocket handshake
                 # belong to the WebSocket.
                 upgrade_tail = getattr(self.last, "upgrade_tail", None)
-                if upgrade_tail is not None and exc.args and exc.args[0] < len(data):
-                    upgrade_tail(data[exc.args[0]:])
+                if upgrade_tail is not None and exc.args and offset + exc.args[0] < len(whole):
+                    upgrade_tail(whole[offset + exc.args[0]:])
             return
         except httptools.HttpParserError as exc:
             error = self.error
@@ -218,10 +279,21 @@ class HTTP11Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_size += len(name) + len(value) + 4
+        if not self.in_head:
+            # A trailer section (RFC 9112 §7.1.2), after a chunked body: the application started with the
+            # head and its scope cannot carry fields that come later, so they are dropped - never kept for
+            # the next request, whose head starts a new header list. Bounded like a head.
+            if self.header_size > self.limit_head:
+                raise self.fail(431, "trailer section too large")
+            return
         if len(self.headers) >= self.limit_fields:
             raise self.fail(431, "too many header fields")
         if self.header_size > self.limit_head:
             raise self.fail(431, "header block too large")
+        if value and (value[-1] == 32 or value[-1] == 9):
+            # RFC 9112 §5: optional whitespace around a field value is not part of it (llhttp strips the
+            # leading OWS only).
+            value = value.rstrip(b" \t")
         name = name.lower()
         if name in _REQUEST_FRAMING:
             if name == b"content-length":
@@ -231,9 +303,26 @@ class HTTP11Connection:
                 self.content_length = int(value)
             elif name == b"transfer-encoding":
                 self.te = value if self.te is None else self.te + b"," + value
+            elif name == b"host":
+                # RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
+                if self.host is not None:
+                    raise self.fail(400, "more than one Host header field")
+                if value != self.last_host:
+                    if _VALID_HOST.fullmatch(value) is None:
+                        raise self.fail(400, "invalid Host header field")
+                    self.last_host = value
+                self.host = value
             else:
                 self.expect = value.lower() == b"100-continue"
         self.headers.append((name, value))
+
+    def on_chunk_header(self) -> None:
+        # CPU guard: each chunk costs the parser and a callback whatever its size, so a body framed in
+        # tiny chunks (a 5 MB body as 1-byte chunks is 30 MB on the wire) must keep an average chunk
+        # size once past the free allowance.
+        self.chunks = chunks = self.chunks + 1
+        if chunks > FREE_CHUNKS and self.min_chunk and (chunks - FREE_CHUNKS) * self.min_chunk > self.body_size:
+            raise self.fail(400, "chunked body framed in too many small chunks")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -242,6 +331,7 @@ class HTTP11Connection:
         te = self.te
         content_length = self.content_length
         expect = self.expect
+        host = self.host
         # Reset for the next head here rather than in an on_message_begin callback (one call less per
         # request): parse state of one head is only read until this point.
         self.url = b""
@@ -250,11 +340,23 @@ class HTTP11Connection:
         self.content_length = -1
         self.te = None
         self.expect = False
+        self.host = None
         parser = self.parser
         method = parser.get_method()
         if len(method) + len(url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
             raise self.fail(414, "request line too long")
         http_version = parser.get_http_version()
+        if http_version != "1.1":
+            if http_version != "1.0":
+                # An HTTP/0.9 line (no version) is not HTTP/1.x; a 2.x or later major version is one this
+                # server does not speak over HTTP/1.1 framing (RFC 9110 §15.6.6).
+                if http_version[0] in "23456789":
+                    raise self.fail(505, "HTTP version not supported")
+                raise self.fail(400, "not an HTTP/1.x request")
+        elif host is None:
+            raise self.fail(400, "missing Host header field")  # RFC 9112 §3.2
+        if url == b"*" and method != b"OPTIONS":
+            raise self.fail(400, "asterisk-form is only for OPTIONS")  # RFC 9112 §3.2.4
         if te is not None:
             # RFC 9112 §6.1: a request with both is an attack or an error (llhttp refuses it too).
             if content_length >= 0:
@@ -268,12 +370,15 @@ class HTTP11Connection:
             if http_version == "1.0":
                 raise self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 §6.1
             has_body = True
+            self.chunks = 0
         elif content_length > 0:
             if self.limit_body and content_length > self.limit_body:
                 raise self.fail(413, "request body too large")  # known before the application runs
             has_body = True
+            self.body_left = content_length
         else:
             has_body = False
+        self.body_size = 0
         if self.must_close:
             self.request = None  # the connection closes after what is queued: ignore this one
             return
@@ -290,7 +395,6 @@ class HTTP11Connection:
         self.request = self.last = request = self.handler.on_request(
             method, http_version, url, headers, keep_alive, expect_continue, has_body
         )
-        self.body_size = 0
         if self.active is None:
             self.active = request
             self.handler.start_request(request)
@@ -301,17 +405,20 @@ class HTTP11Connection:
             pipeline.append(request)
 
     def on_body(self, body: bytes) -> None:
+        size = len(body)
+        self.body_left -= size
+        self.body_size += size
         request = self.request
         if request is None:
             return
-        if self.limit_body:
-            self.body_size += len(body)
-            if self.body_size > self.limit_body:
-                raise self.fail(413, "request body too large")  # chunked: as soon as it is exceeded
+        if self.limit_body and self.body_size > self.limit_body:
+            raise self.fail(413, "request body too large")  # chunked: as soon as it is exceeded
         request.on_body(body)
 
     def on_message_complete(self) -> None:
         self.completed += 1
+        self.header_size = 0  # a trailer section counted here; the next head starts from 0
+        self.body_left = 0
         request = self.request
         self.request = None
         self.in_head = True
@@ -339,6 +446,7 @@ class HTTP11Connection:
         self.handler = None
         self.request = self.last = self.active = None
         self.pipeline = ()
+        self.backlog = b""
 
     def drop(self, request: Any) -> None:
         """Forget a queued request that will never run (its body broke the protocol)."""

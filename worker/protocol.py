@@ -89,6 +89,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         self.flow = FlowControl(transport)  # type: ignore[arg-type]
         self.state = HTTP11Connection(self, server.settings)
+        if server.write_limit:
+            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]
         sockname = self.sockname
         if sockname is None:
             raw = transport.get_extra_info("sockname")
@@ -129,6 +131,11 @@ class HttpProtocol(asyncio.Protocol):
                 self.phase = HEAD  # its header timer runs since the connection opened
             elif phase == CLOSED:
                 return
+        else:
+            self.since = self.server.tick  # body bytes (or a pipelined head): the body timer restarts
+        self.parse(data)
+
+    def parse(self, data: bytes) -> None:
         state = self.state
         try:
             state.feed(data)
@@ -139,7 +146,7 @@ class HttpProtocol(asyncio.Protocol):
             logger.exception("Error while handling request bytes")
             self.protocol_error(ProtocolError(400, "internal error"))
             return
-        if state.pipeline:
+        if state.pipeline or state.backlog:
             # A request waits behind the active one: read no further until its turn comes.
             self.flow.pause_reading(PIPELINE)
 
@@ -207,6 +214,7 @@ class HttpProtocol(asyncio.Protocol):
                 logger.exception("Could not apply proxy headers")
                 raise self.state.fail(400, "bad proxy headers") from None
         self.phase = BUSY
+        self.since = server.tick  # the body timer's start (see WorkerServer._ticker)
         if self.state.parser.should_upgrade():
             # WebSocket hook (corral.worker.wsprotocol): `Upgrade: websocket` becomes a WebSocketCycle that
             # is queued, parked and started like a request; other upgrades stay plain HTTP.
@@ -272,9 +280,17 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         following = state.response_done()
         if following is not None:
-            if not state.pipeline:
-                self.flow.resume_reading(PIPELINE)
             self.start_request(following)
+        if state.backlog and len(state.pipeline) < state.max_pipeline and self.phase != CLOSED:
+            # Parsing stopped at the pipelining bound: go on with the bytes already read (this may start
+            # the next request, or queue more behind the one just started).
+            self.parse(b"")
+            following = following or state.active
+        if following is not None:
+            if not state.pipeline and not state.backlog:
+                self.flow.resume_reading(PIPELINE)
+            return
+        if self.phase == CLOSED:
             return
         if self.pending_error is not None:
             self.transport.write(self.pending_error)
@@ -320,6 +336,12 @@ class HttpProtocol(asyncio.Protocol):
             self.pending_error = error.response
             self.flow.pause_reading(CLOSING)
             state.must_close = True
+
+    def body_timeout(self) -> None:
+        """The request body stalled for `body_timeout` while the server was reading it: 408 (or, once the
+        response has begun, just the close) - the application gets `http.disconnect`."""
+        if self.phase == BUSY and self.state.request is not None:
+            self.protocol_error(ProtocolError(408, "request body timeout"))
 
     def header_timeout(self) -> None:
         if self.phase == HEAD or self.phase == FRESH:

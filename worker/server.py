@@ -95,6 +95,8 @@ class WorkerServer(StatelessServer):
         self.root_path: str = settings.root_path
         self.keepalive_enabled = settings.keepalive > 0
         self.reject_when_full = settings.pool_full == "503"
+        # Set on each connection only when it differs from the event loop's default high-water mark.
+        self.write_limit: int = settings.write_buffer_limit if settings.write_buffer_limit != 65536 else 0
         self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
         self.connections: set[HttpProtocol] = set()
@@ -104,7 +106,9 @@ class WorkerServer(StatelessServer):
         self.requests_served = 0
         self.websockets: Any = None  # WebSocket hook: corral.worker.wsprotocol.WebSocketHub, made on first use
         # The sweep must be fine enough for the shortest timeout it enforces.
-        timeouts = [settings.header_timeout] + ([settings.keepalive] if settings.keepalive > 0 else [])
+        timeouts = [settings.header_timeout, settings.body_timeout] + (
+            [settings.keepalive] if settings.keepalive > 0 else []
+        )
         self.tick_interval = min(1.0, *(t / 4 for t in timeouts))
         self.tick = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -339,6 +343,7 @@ class WorkerServer(StatelessServer):
         # guarantees the full timeout (and at most one interval more).
         head_ticks = math.ceil(settings.header_timeout / interval) + 1
         idle_ticks = math.ceil(settings.keepalive / interval) + 1
+        body_ticks = math.ceil(settings.body_timeout / interval) + 1
         refresh = self.default_headers.refresh
         while True:
             await asyncio.sleep(interval)
@@ -352,6 +357,16 @@ class WorkerServer(StatelessServer):
                 elif phase == IDLE:
                     if tick - protocol.since >= idle_ticks:
                         protocol.close()
+                elif phase == BUSY:
+                    request = protocol.state.request
+                    if request is None:
+                        continue  # no body being read: the application's time, not the client's
+                    if protocol.flow.read_paused or getattr(request, "expect_continue", False):
+                        # Not reading (the application lags, or a pipelined request waits), or the client
+                        # waits for its 100 Continue: the client is not stalling, the timer restarts.
+                        protocol.since = tick
+                    elif tick - protocol.since >= body_ticks:
+                        protocol.body_timeout()
 
     async def _heartbeat(self) -> None:
         while True:

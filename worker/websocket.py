@@ -329,6 +329,13 @@ class WebSocketConnection:
     def _slow(self, frame_bytes: bytes, events: list[tuple]) -> None:
         """Whole frames (or a head websockets will refuse) through websockets' parser."""
         proto = self.proto
+        if self.fragments is not None and frame_bytes and frame_bytes[0] & 0x0F == 0x8:
+            # RFC 6455 §5.4: control frames may come between the fragments of a message, a close too.
+            # websockets fails the connection (1002) for a close that interrupts a message; here the
+            # close is answered with the normal closing handshake and the unfinished message is dropped
+            # (§1.4: after a close, a peer discards any further data).
+            proto.current_size = None
+            self.fragments = None
         proto.receive_data(frame_bytes)
         for frame in proto.events_received():
             opcode = frame.opcode
