@@ -61,6 +61,13 @@ CLOSE_EVENT = 2  # (CLOSE_EVENT, code, reason): the peer closed, or the connecti
 
 _TEXT_FIN_MASKED = 0x81
 _BINARY_FIN_MASKED = 0x82
+#: Fragments a message may use before the size of its fragments is checked: past them, the fragments must
+#: average MIN_FRAGMENT bytes. Each fragment costs a trip through the frame parser and ~40 bytes of list
+#: and object overhead whatever its size, so a 16 MiB message sent as 1-byte fragments would otherwise
+#: cost seconds of CPU and ~700 MiB.
+FREE_FRAGMENTS = 1024
+MIN_FRAGMENT = 64
+
 # Payloads up to this size are joined with their frame head into one bytes object; bigger ones are
 # returned as (head, payload) so the payload is not copied.
 _JOIN_LIMIT = 16384
@@ -218,7 +225,10 @@ class WebSocketConnection:
     closing handshake is over, or the connection failed); `failed` when it ended on an error.
     """
 
-    __slots__ = ("proto", "limit", "max_size", "buffer", "need", "fast", "fragments", "fragment_text", "eof")
+    __slots__ = (
+        "proto", "limit", "max_size", "buffer", "need", "fast", "fragments", "fragment_text", "fragment_bytes",
+        "eof", "controls",
+    )
 
     def __init__(self, max_size: int, extensions: list[Any] | None = None) -> None:
         self.limit = limit = max_size or (1 << 62)  # the largest message, decompressed
@@ -237,7 +247,9 @@ class WebSocketConnection:
         self.fast = not extensions  # the fast paths run only without extensions
         self.fragments: list[bytes] | None = None  # a fragmented message being assembled
         self.fragment_text = False
+        self.fragment_bytes = 0
         self.eof = False
+        self.controls = 0  # ping and pong frames received (the I/O layer bounds their rate)
 
     # ------------------------------------------------------------------ state
 
@@ -345,21 +357,32 @@ class WebSocketConnection:
                 else:
                     self.fragments = [frame.data]
                     self.fragment_text = opcode is TEXT
+                    self.fragment_bytes = len(frame.data)
             elif opcode is CONT:
                 fragments = self.fragments
                 if fragments is None:  # websockets refuses this before; kept as a guard
                     continue
                 fragments.append(frame.data)
+                self.fragment_bytes += len(frame.data)
+                if len(fragments) > FREE_FRAGMENTS and \
+                        (len(fragments) - FREE_FRAGMENTS) * MIN_FRAGMENT > self.fragment_bytes:
+                    self.fragments = None
+                    reason = "message split in too many small fragments"
+                    self._fail(1008, reason)
+                    events.append((CLOSE_EVENT, 1008, reason))
+                    break
                 if frame.fin:
                     self.fragments = None
                     self._message(self.fragment_text, b"".join(fragments), events)
             elif opcode is PONG:
+                self.controls += 1
                 events.append((PONG_EVENT, bytes(frame.data)))
             elif opcode is CLOSE:
                 close = proto.close_rcvd
                 if close is not None:
                     events.append((CLOSE_EVENT, close.code, close.reason))
-            # PING: websockets has queued the pong already.
+            else:  # PING: websockets has queued the pong already
+                self.controls += 1
             if self.eof:
                 break
         if proto.parser_exc is not None and proto.close_sent is not None and not self._closed_reported(events):

@@ -62,6 +62,13 @@ logger = logging.getLogger("corral.error")
 #: application lags behind the incoming messages.
 HANDSHAKE_PAUSE = 16
 QUEUE_PAUSE = 32
+#: The peer does not read what is written (pongs, close replies, the application's messages): reading
+#: stops too, so a peer that floods pings without reading the pongs cannot grow the write buffer.
+WRITE_PAUSE = 64
+
+#: Control frames (ping, pong) a peer may send in one second after a burst of this many: each costs a trip
+#: through the frame parser (and a pong); a faster peer is closed with 1008.
+CONTROL_BURST = 100
 
 #: Seconds the peer gets to answer a close frame when pings are off (ws_ping_timeout = 0).
 DEFAULT_CLOSE_TIMEOUT = 10.0
@@ -200,7 +207,7 @@ class WebSocketCycle(asyncio.Protocol):
         "server", "accept", "extension_header", "extensions", "tail", "response",
         # the open socket
         "transport", "flow", "conn", "phase", "queue", "queued", "max_queue", "max_bytes", "waiter",
-        "ended", "deadline", "ping", "hub", "app_done",
+        "ended", "deadline", "ping", "hub", "app_done", "controls_since",
     )
 
     def __init__(self, protocol: Any, scope: dict, accept: bytes, extension_header: bytes, extensions: list) -> None:
@@ -235,6 +242,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.ping: bytes | None = None
         self.hub: WebSocketHub | None = None
         self.app_done = False
+        self.controls_since = 0.0  # when the control-frame count last restarted
 
     def __repr__(self) -> str:
         return f"<WebSocketCycle {self.scope.get('path')!r} state={self.state}>"
@@ -473,6 +481,8 @@ class WebSocketCycle(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         events = conn.receive_data(data)  # type: ignore[union-attr]
+        if conn.controls > CONTROL_BURST:  # type: ignore[union-attr]
+            self._count_controls(conn, events)
         if conn.proto.writes:  # type: ignore[union-attr]
             self.transport.write(conn.data_to_send())  # type: ignore[union-attr]
         if events:
@@ -509,11 +519,24 @@ class WebSocketCycle(asyncio.Protocol):
             self.conn.receive_eof()
         return None  # close the transport; connection_lost follows
 
+    def _count_controls(self, conn: WebSocketConnection, events: list) -> None:
+        """More than CONTROL_BURST control frames since the count restarted: a flood if within a second."""
+        now = asyncio.get_running_loop().time()
+        if now - self.controls_since >= 1.0:
+            conn.controls = 0
+            self.controls_since = now
+        elif not conn.eof:
+            reason = "too many control frames"
+            self.transport.write(conn.fail(1008, reason))  # type: ignore[union-attr]
+            events.append((CLOSE_EVENT, 1008, reason))
+
     def pause_writing(self) -> None:
         self.flow.pause_writing()
+        self.flow.pause_reading(WRITE_PAUSE)
 
     def resume_writing(self) -> None:
         self.flow.resume_writing()
+        self.flow.resume_reading(WRITE_PAUSE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = CLOSED
