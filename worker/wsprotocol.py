@@ -66,8 +66,8 @@ QUEUE_PAUSE = 32
 #: stops too, so a peer that floods pings without reading the pongs cannot grow the write buffer.
 WRITE_PAUSE = 64
 
-#: Control frames (ping, pong) a peer may send in one second after a burst of this many: each costs a trip
-#: through the frame parser (and a pong); a faster peer is closed with 1008.
+#: Control frames (ping, pong) a peer may send at once, and then per second: each costs a trip through the
+#: frame parser (and a pong); a faster peer is closed with 1008.
 CONTROL_BURST = 100
 
 #: Seconds the peer gets to answer a close frame when pings are off (ws_ping_timeout = 0).
@@ -242,7 +242,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.ping: bytes | None = None
         self.hub: WebSocketHub | None = None
         self.app_done = False
-        self.controls_since = 0.0  # when the control-frame count last restarted
+        self.controls_since = time.monotonic()  # when the control-frame count last restarted
 
     def __repr__(self) -> str:
         return f"<WebSocketCycle {self.scope.get('path')!r} state={self.state}>"
@@ -520,11 +520,14 @@ class WebSocketCycle(asyncio.Protocol):
         return None  # close the transport; connection_lost follows
 
     def _count_controls(self, conn: WebSocketConnection, events: list) -> None:
-        """More than CONTROL_BURST control frames since the count restarted: a flood if within a second."""
-        now = asyncio.get_running_loop().time()
-        if now - self.controls_since >= 1.0:
-            conn.controls = 0
-            self.controls_since = now
+        """More than CONTROL_BURST control frames since the count restarted: a flood when that is more than
+        the burst plus CONTROL_BURST a second."""
+        now = time.monotonic()
+        elapsed = now - self.controls_since
+        if conn.controls <= CONTROL_BURST * (1.0 + elapsed):
+            if elapsed >= 1.0:
+                conn.controls = 0
+                self.controls_since = now
         elif not conn.eof:
             reason = "too many control frames"
             self.transport.write(conn.fail(1008, reason))  # type: ignore[union-attr]
