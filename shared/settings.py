@@ -332,6 +332,13 @@ _declare("forwarded_allow_ips", "http", str_list, ("127.0.0.1", "::1"),
          "Peers whose X-Forwarded-* and Forwarded headers are trusted: IPs or networks, 'unix' for "
          "unix-socket peers, '*' for all.")
 
+_declare("proxy_protocol", "http", to_bool, False,
+         "Read a PROXY protocol header (v1 or v2, HAProxy's send-proxy / send-proxy-v2, AWS NLB) at the start "
+         "of connections from --proxy-allow-ips peers: the client address (and TLS details) come from it.",
+         is_flag=True)
+_declare("proxy_allow_ips", "http", str_list, ("127.0.0.1", "::1"),
+         "Peers that may send a PROXY protocol header: IPs or networks, 'unix', '*'. A header from any other "
+         "peer closes the connection.", ("--proxy-allow-from", "--proxy-allow-ips"))
 _declare("forwarded_headers", "http", choice("auto", "forwarded", "x-forwarded"), "auto",
          "Which proxy headers a trusted peer may use: 'forwarded' (RFC 7239 only), 'x-forwarded' "
          "(X-Forwarded-For/-Proto/-Host only) or 'auto' (X-Forwarded-* when present, else Forwarded).")

@@ -41,6 +41,8 @@ from corral.shared.settings import Settings
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
 from corral.worker.protocol import BUSY, FRESH, HEAD, IDLE, HttpProtocol
+from corral.worker.proxied import ProxiedHttpProtocol
+from corral.worker.proxy import ProxyHeaders
 from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.wsprotocol import WebSocketCycle
 
@@ -90,6 +92,8 @@ class WorkerServer(StatelessServer):
         self.settings = settings
         self.access_log = access_log
         self.proxy = proxy
+        # PROXY protocol (--proxy-protocol): whose headers are believed; None when off.
+        self.proxy_trust: Any = ProxyHeaders(settings.proxy_allow_ips) if settings.proxy_protocol else None
         self.lifespan_state: dict = lifespan_state if lifespan_state is not None else {}
         self.notify = notify
         self.root_path: str = settings.root_path
@@ -222,6 +226,8 @@ class WorkerServer(StatelessServer):
     # ------------------------------------------------------------------ accepting
 
     def _protocol_factory(self, sockname: tuple | None = None) -> HttpProtocol:
+        if self.proxy_trust is not None:
+            return ProxiedHttpProtocol(self, sockname)
         return HttpProtocol(self, sockname)
 
     @staticmethod
