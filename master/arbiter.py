@@ -528,12 +528,40 @@ class Arbiter:
 
     # ------------------------------------------------------------------ stopping
 
+    def drain(self, seconds: float) -> bool:
+        """The first part of a graceful stop (TERM) with --drain-delay: every worker keeps serving and accepting
+        while its health path answers 503, so that load balancers take this host out of rotation before it
+        stops accepting. Returns False when an INT/QUIT asked for a quick stop meanwhile (a second TERM ends
+        the drain early and goes on gracefully)."""
+        logger.info("Draining for %g s: the health path fails while every request is still served", seconds)
+        for worker in self.workers.values():
+            worker.channel.send("drain")
+        deadline = time.monotonic() + seconds
+        while self.workers and time.monotonic() < deadline:
+            self.sleep(min(TICK, max(0.0, deadline - time.monotonic())))
+            while True:
+                try:
+                    sig = self.signals.get_nowait()
+                except queue.Empty:
+                    break
+                if sig in (signal.SIGINT, signal.SIGQUIT):
+                    logger.info("Drain cut short: quick stop")
+                    return False
+                if sig == signal.SIGTERM:
+                    logger.info("Drain cut short: a second TERM")
+                    return True
+            self.reap_workers()
+        logger.info("Drain over: stopping accepting, finishing what is in flight")
+        return True
+
     def stop(self, graceful: bool = True) -> None:
         """Stop every worker (TERM: graceful, INT/QUIT: quick), SIGKILL what overstays; bounded."""
         if self.stopping:
             return
         self.stopping = True
         logger.info("Stopping (%s)", "graceful" if graceful else "quick")
+        if graceful and self.settings.drain_delay > 0:
+            graceful = self.drain(self.settings.drain_delay)
         self.close_listeners()
         for worker in list(self.workers.values()):
             worker.retiring = False

@@ -6,7 +6,7 @@ from an empty read.
 
 Up (worker -> master): ``{"t": "ready"}`` once it serves, ``{"t": "hb", ...counters}`` every heartbeat.
 Down (master -> worker): ``{"t": "limit", "max_applications": N}``, ``{"t": "stop", "graceful": bool}``,
-``{"t": "reopen"}`` (log files).
+``{"t": "reopen"}`` (log files), ``{"t": "drain"}`` (the health path fails from now on; a stop follows).
 """
 
 from __future__ import annotations

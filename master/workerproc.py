@@ -83,6 +83,8 @@ class _Link:
                 server.max_applications = int(message["max_applications"])
             elif kind == "stop":
                 server.request_stop(bool(message.get("graceful", True)))
+            elif kind == "drain":
+                server.drain()
             elif kind == "reopen":
                 reopen_logs()
                 faulthandler.register(DUMP_SIGNAL, file=error_stream(self.settings), all_threads=True, chain=False)

@@ -264,6 +264,11 @@ _declare("root_path", "worker", to_str, "", "ASGI root_path (WSGI SCRIPT_NAME) w
 _declare("graceful_timeout", "worker", non_negative_float, 30.0,
          "Seconds a stopping worker lets in-flight requests finish before it closes them.")
 
+_declare("drain_delay", "worker", non_negative_float, 0.0,
+         "Seconds a stopping server (TERM) keeps serving and accepting while its health path (--health-path) "
+         "answers 503, before it stops accepting: load balancers take the host out of rotation first (the "
+         "Kubernetes preStop pattern, inside the server); 0 is off. HUP does not drain: new workers take "
+         "new connections at once.")
 _declare("max_requests", "worker", non_negative_int, 0,
          "Requests a worker serves before the master replaces it (new worker first); 0 is off.")
 _declare("max_requests_jitter", "worker", non_negative_int, 0,

@@ -107,6 +107,9 @@ class WorkerServer(StatelessServer):
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
         self.parked: deque[tuple[HttpProtocol, RequestCycle]] = deque()
         self.stopping = False
+        # Draining (the first part of a host's stop, --drain-delay): everything is served as usual, only the
+        # health path answers 503 so that load balancers stop sending.
+        self.draining = False
         self.requests_served = 0
         self.websockets: Any = None  # WebSocket hook: corral.worker.wsprotocol.WebSocketHub, made on first use
         # The sweep must be fine enough for the shortest timeout it enforces.
@@ -169,9 +172,18 @@ class WorkerServer(StatelessServer):
         elif not self._stop.done():
             self._stop.set_result(None)
 
+    def drain(self) -> None:
+        """Fail the health path from now on; serve and accept as before (the master stops us later)."""
+        if not self.draining:
+            self.draining = True
+            logger.info("Draining: the health path answers 503; still serving")
+
     async def _shutdown(self) -> None:
         self.stopping = True
         self._set_accepting(False)
+        if self._graceful and self.connections:
+            logger.info("Stopping: no longer accepting; finishing what %d open connection(s) have in flight, "
+                        "keep-alive ones closed with their next response", len(self.connections))
         connections = self.connections
         for protocol in list(connections):
             phase = protocol.phase
@@ -339,6 +351,7 @@ class WorkerServer(StatelessServer):
             "parked": len(self.parked),
             "accepting": bool(self._servers),
             "stopping": self.stopping,
+            "draining": self.draining,
             "websockets": len(self.websockets.sockets) if self.websockets is not None else 0,  # WebSocket hook
         }
 
