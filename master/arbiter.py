@@ -25,6 +25,7 @@ from typing import Any, Callable
 import psutil
 
 from corral.master import workerproc
+from corral.master.tls import server_context
 from corral.master.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.channel import pair
 from corral.master.control import ControlServer
@@ -86,7 +87,7 @@ class Arbiter:
         self.spawn_after = 0.0
         self.next_memory_check = 0.0
         self.reexec_pid = 0  # the new master after USR2
-        self.rollback: tuple[Settings, int] | None = None  # what a HUP replaced, until a new worker is ready
+        self.rollback: tuple[Settings, int, Any] | None = None  # what a HUP replaced, until a new worker is ready
         self.old_master = int(os.environ.pop(OLD_MASTER_ENV, "0") or 0)  # we are that new master
         self.start_cwd = os.getcwd()
         self.started = time.time()
@@ -119,6 +120,7 @@ class Arbiter:
             pidfile.create(pid)  # PidfileError: refused while a live process owns it
             self.pidfile = pidfile
         self.load_app(settings)
+        self.ssl_context = server_context(settings)  # SettingError: one line, exit 2, before binding
         self.listeners = self.open_sockets()
         if settings.user is not None or settings.group is not None:
             for path in self.owned_paths:
@@ -238,12 +240,14 @@ class Arbiter:
                 settings = settings.replace(bind=self.settings.bind)
             if not settings.preload_app:
                 check_app(self.spec, settings)
+            ssl_context = server_context(settings)  # a renewed certificate: the new workers serve it
             setup_logging(settings)
         except (SettingError, AppCheckError, AppImportError) as exc:
             logger.error("Reload failed, keeping the running workers: %s", exc)
             return
-        self.rollback = (self.settings, self.num_workers)
+        self.rollback = (self.settings, self.num_workers, self.ssl_context)
         self.settings = settings
+        self.ssl_context = ssl_context
         self.num_workers = settings.workers
         self.generation += 1
         for worker in self.workers.values():
@@ -335,7 +339,8 @@ class Arbiter:
         else:
             master_end.close()
             workerproc.run_child(self.app, settings, self.listeners, worker_end, number=number, name=self.name,
-                                 reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child)
+                                 reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child,
+                                 ssl_context=self.ssl_context)
         worker_end.close()
         jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
         max_requests = settings.max_requests + jitter if settings.max_requests else 0
@@ -454,7 +459,7 @@ class Arbiter:
             if self.rollback is not None:  # a reload whose new workers cannot boot: keep the old ones
                 logger.error("Reload abandoned: %d new workers in a row failed to boot (%s); the previous "
                              "workers keep serving", self.boot_failures, what)
-                self.settings, self.num_workers = self.rollback
+                self.settings, self.num_workers, self.ssl_context = self.rollback
                 self.rollback = None
                 self.boot_failures = self.failures = 0
                 self.spawn_after = 0.0

@@ -124,6 +124,7 @@ def run_child(
     name: str,
     reuse_port: Sequence[str] = (),
     cleanup: Callable[[], None] | None = None,
+    ssl_context: Any = None,
 ) -> NoReturn:
     """Run one worker in this (forked) process and exit with its code; never returns."""
     code = 1
@@ -141,7 +142,8 @@ def run_child(
         _drop_privileges(settings)
         heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
         link = _Link(channel, heartbeat, settings)
-        code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready)
+        code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready,
+                          ssl_context=ssl_context)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -88,6 +88,32 @@ def choice(*options: str) -> Callable[[Any], str]:
     return convert
 
 
+def cert_reqs(value: Any) -> int:
+    """gunicorn's --cert-reqs: 0/none, 1/optional, 2/required (ssl.CERT_NONE/OPTIONAL/REQUIRED)."""
+    names = {"none": 0, "optional": 1, "required": 2, "cert_none": 0, "cert_optional": 1, "cert_required": 2}
+    if isinstance(value, bool):
+        raise ValueError("expected 0, 1, 2 (or none, optional, required), got a boolean")
+    text = str(value).strip().lower()
+    if text in names:
+        return names[text]
+    if text in ("0", "1", "2"):
+        return int(text)
+    raise ValueError(f"expected 0, 1, 2 (or none, optional, required), got {value!r}")
+
+
+def tls_version(value: Any) -> str:
+    """The lowest TLS version accepted: TLSv1.2 or TLSv1.3. gunicorn's --ssl-version values that mean
+    "negotiate the best" (2, 16, 17: PROTOCOL_TLS, _CLIENT, _SERVER, and their names) mean TLSv1.2 here."""
+    text = str(value).strip().upper().replace("_", ".").replace("PROTOCOL.", "")
+    if text in ("TLSV1.2", "TLS1.2", "1.2"):
+        return "TLSv1.2"
+    if text in ("TLSV1.3", "TLS1.3", "1.3"):
+        return "TLSv1.3"
+    if text in ("2", "16", "17", "TLS", "TLS.SERVER", "TLS.CLIENT", "SSLV23"):
+        return "TLSv1.2"
+    raise ValueError(f"expected TLSv1.2 or TLSv1.3 (the lowest version accepted), got {value!r}")
+
+
 def str_list(value: Any) -> tuple[str, ...]:
     """A comma-separated string, or a list/tuple of strings."""
     if isinstance(value, str):
@@ -366,6 +392,30 @@ _declare("ws_max_queue", "websocket", positive_int, 32,
 _declare("ws_write_limit", "websocket", size, 64 * 1024,
          "Per-socket write buffer high-water mark in bytes: a `websocket.send` above it waits until the "
          "peer has read enough (backpressure).")
+
+# -- TLS (gunicorn's names): the context is built in the master, once, and again on HUP (rotation)
+_declare("certfile", "tls", optional_str, None, "TLS certificate file (PEM, the chain after the certificate): "
+         "serve HTTPS (and WSS) on every bind.", ("--certfile",), metavar="FILE")
+_declare("keyfile", "tls", optional_str, None, "TLS private key file (PEM); may be the certfile itself.",
+         ("--keyfile",), metavar="FILE")
+_declare("keyfile_password", "tls", optional_str, None,
+         "Password of an encrypted --keyfile; give it as CORRAL_KEYFILE_PASSWORD rather than on the command "
+         "line (other users can read command lines).", ("--keyfile-password",), metavar="PASSWORD",
+         render=lambda value: "***")
+_declare("ca_certs", "tls", optional_str, None, "CA certificates (PEM) that client certificates are checked "
+         "against (with --cert-reqs 1 or 2).", ("--ca-certs",), metavar="FILE")
+_declare("cert_reqs", "tls", cert_reqs, 0, "Client certificates: 0 not asked for, 1 optional (checked when "
+         "given), 2 required.", ("--cert-reqs",))
+_declare("ciphers", "tls", optional_str, None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are "
+         "OpenSSL's); default: Python's secure defaults.", ("--ciphers",), metavar="CIPHERS")
+_declare("ssl_version", "tls", tls_version, "TLSv1.2", "Lowest TLS version accepted: TLSv1.2 or TLSv1.3.",
+         ("--ssl-version", "--ssl-min-version"))
+_declare("do_handshake_on_connect", "tls", to_bool, False,
+         "Accepted for gunicorn configs; the handshake always completes before the first request is read "
+         "(asyncio), bounded by --ssl-handshake-timeout.", is_flag=True)
+_declare("ssl_handshake_timeout", "tls", positive_float, 10.0,
+         "Seconds a client gets to complete the TLS handshake before the connection is closed (a slow client "
+         "holds no application slot meanwhile).")
 
 # -- logging
 _declare("loglevel", "logging", choice("debug", "info", "warning", "error", "critical"), "info",

@@ -41,6 +41,7 @@ async def serve_application(
     *,
     notify: Callable[[], None] | None = None,
     on_ready: Callable[[WorkerServer], None] | None = None,
+    ssl_context: Any = None,
 ) -> int:
     """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code."""
     asgi_app = wrap_application(app, settings.interface, executor=runtime.get_runtime().pool)
@@ -57,6 +58,7 @@ async def serve_application(
         proxy=make_proxy_headers(settings),
         lifespan_state=lifespan.state,
         notify=notify,
+        ssl_context=ssl_context,
     )
     if on_ready is not None:
         on_ready(server)
@@ -75,6 +77,7 @@ def run_worker(
     notify: Callable[[], None] | None = None,
     on_ready: Callable[[WorkerServer], None] | None = None,
     handle_signals: bool = True,
+    ssl_context: Any = None,
 ) -> int:
     """Run a worker to completion on a new uvloop loop; `app` may be an object or a spec string.
 
@@ -107,7 +110,8 @@ def run_worker(
             on_ready(server)
 
     try:
-        return loop.run_until_complete(serve_application(app, settings, sockets, notify=notify, on_ready=ready))
+        return loop.run_until_complete(serve_application(app, settings, sockets, notify=notify, on_ready=ready,
+                                                         ssl_context=ssl_context))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())

@@ -22,6 +22,7 @@ from corral.worker.cycle import RequestCycle
 from corral.worker.flow import BODY, CLOSING, PARKED, PIPELINE, FlowControl
 from corral.worker.http11 import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.stateless import PoolFull
+from corral.worker.tlsinfo import tls_extension
 from corral.worker.wsprotocol import websocket_request
 
 __all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "FRESH", "service_unavailable"]
@@ -64,7 +65,7 @@ async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
-        "pending_error", "trusted", "__weakref__",
+        "pending_error", "trusted", "extensions", "__weakref__",
     )
 
     def __init__(self, server: Any, sockname: tuple | None = None) -> None:
@@ -81,6 +82,8 @@ class HttpProtocol(asyncio.Protocol):
         self.since = 0
         self.pending_error: bytes | None = None
         self.trusted: bool | None = None  # the proxy's trust in this peer, when it can tell per connection
+        # What every request of this connection gets in scope["extensions"] (TLS, PROXY protocol); None: nothing.
+        self.extensions: dict | None = None
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -116,6 +119,9 @@ class HttpProtocol(asyncio.Protocol):
             # A proxy that can decide trust per peer (corral's ProxyHeaders) decides it once here;
             # untrusted peers then cost nothing per request.
             self.trusted = bool(trusts(self.client[0] if self.client else None, self.sockname[1] is None))
+        if server.ssl_context is not None:
+            self.scheme = "https"
+            self.extensions = {"tls": tls_extension(transport, server)}
         self.since = server.tick
         server.connections.add(self)
         if server.stopping:
@@ -201,7 +207,7 @@ class HttpProtocol(asyncio.Protocol):
             "query_string": query,
             "headers": headers,
             "state": server.lifespan_state.copy(),
-            "extensions": {},
+            "extensions": {} if self.extensions is None else self.extensions.copy(),
         }
         proxy = server.proxy
         if proxy is not None and self.trusted is not False:

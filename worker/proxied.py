@@ -37,13 +37,12 @@ logger = logging.getLogger("corral.error")
 
 
 class ProxiedHttpProtocol(HttpProtocol):
-    __slots__ = ("preamble", "header_trusted", "extensions")
+    __slots__ = ("preamble", "header_trusted")
 
     def __init__(self, server: Any, sockname: tuple | None = None) -> None:
         super().__init__(server, sockname)
         self.preamble: bytes | None = b""  # bytes read before the header is decided; None once it is
         self.header_trusted = False
-        self.extensions: dict | None = None  # added to every request's scope["extensions"]
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -94,18 +93,13 @@ class ProxiedHttpProtocol(HttpProtocol):
             self.client = header.source
         if header.tls:
             self.scheme = "https"
-        extensions: dict[str, Any] = {"proxy_protocol": header.describe()}
+        extensions: dict[str, Any] = dict(self.extensions or {})
+        extensions["proxy_protocol"] = header.describe()
         tls = tls_extension(header)
         if tls is not None:
             extensions["tls"] = tls
-        self.extensions = extensions
+        self.extensions = extensions  # every request of the connection gets them
         trusts = getattr(server.proxy, "trusts", None) if server.proxy is not None else None
         if trusts is not None:  # X-Forwarded-* trust follows the client the header named
             local_unix = self.sockname[1] is None and header.local
             self.trusted = bool(trusts(self.client[0] if self.client else None, local_unix))
-
-    def on_request(self, *args: Any) -> Any:
-        cycle = super().on_request(*args)
-        if self.extensions is not None:
-            cycle.scope["extensions"].update(self.extensions)
-        return cycle

@@ -86,6 +86,7 @@ class WorkerServer(StatelessServer):
         proxy: Any = None,
         lifespan_state: dict | None = None,
         notify: Callable[[], None] | None = None,
+        ssl_context: Any = None,
     ) -> None:
         settings = settings if settings is not None else Settings()
         super().__init__(app, max_applications=settings.max_applications)
@@ -96,6 +97,9 @@ class WorkerServer(StatelessServer):
         self.proxy_trust: Any = ProxyHeaders(settings.proxy_allow_ips) if settings.proxy_protocol else None
         self.lifespan_state: dict = lifespan_state if lifespan_state is not None else {}
         self.notify = notify
+        # TLS (built by the master from --certfile and friends): every listener serves HTTPS.
+        self.ssl_context = ssl_context
+        self.server_cert_pem: str | None = None  # for ASGI's TLS extension, made on first use
         self.root_path: str = settings.root_path
         self.keepalive_enabled = settings.keepalive > 0
         self.reject_when_full = settings.pool_full == "503"
@@ -278,11 +282,14 @@ class WorkerServer(StatelessServer):
                 dup = sock.dup()
                 sockname = self._listener_sockname(sock)
                 factory = self._protocol_factory if sockname is None else partial(self._protocol_factory, sockname)
+                tls: dict[str, Any] = {}
+                if self.ssl_context is not None:
+                    tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.ssl_handshake_timeout}
                 try:
                     if sock.family == socket.AF_UNIX:
-                        server = await loop.create_unix_server(factory, sock=dup, backlog=self.settings.backlog)
+                        server = await loop.create_unix_server(factory, sock=dup, backlog=self.settings.backlog, **tls)
                     else:
-                        server = await loop.create_server(factory, sock=dup, backlog=self.settings.backlog)
+                        server = await loop.create_server(factory, sock=dup, backlog=self.settings.backlog, **tls)
                 except BaseException:
                     dup.close()
                     raise

@@ -146,7 +146,7 @@ def websocket_request(
     del scope["method"]
     scope["scheme"] = "wss" if scope["scheme"] in ("https", "wss") else "ws"
     scope["subprotocols"] = subprotocols
-    scope["extensions"] = {"websocket.http.response": {}}
+    scope["extensions"]["websocket.http.response"] = {}  # with the connection's own (TLS, PROXY protocol)
     # Nothing after the handshake is read until the application has answered it.
     protocol.flow.pause_reading(HANDSHAKE_PAUSE)
     return WebSocketCycle(protocol, scope, accept, extension_header, extensions)
