@@ -30,8 +30,13 @@ def test_streamed_generator_response_arrives_chunk_by_chunk():
 
     client = call(WsgiToAsgi(app), client=Recording())
     assert client.start["status"] == 200
-    assert [m["body"] for m in client.bodies if m["body"]] == [b"one", b"two", b"three"]
-    assert all(m["more_body"] for m in client.bodies[:-1])
+    # asgiref's message shape: one message per chunk with more_body, then a closing empty one.
+    assert client.bodies == [
+        {"type": "http.response.body", "body": b"one", "more_body": True},
+        {"type": "http.response.body", "body": b"two", "more_body": True},
+        {"type": "http.response.body", "body": b"three", "more_body": True},
+        {"type": "http.response.body"},
+    ]
     assert client.complete
 
 
