@@ -614,6 +614,9 @@ class WsgiToAsgiInstance:
             if not started:
                 started = True
                 await send(self.response_start)
+            if not done and self._receiver is None:
+                # The response streams: watch for the client leaving so that the application stops.
+                self._receiver = self._loop.create_task(self._receive_loop(receive))
             if self.coalesce:
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 if done:
@@ -623,19 +626,18 @@ class WsgiToAsgiInstance:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             else:
                 # asgiref's shape: one message per chunk, then a closing one.
-                for chunk in chunks:
-                    if self._aborted:
-                        break
+                last = len(chunks) - 1
+                for i, chunk in enumerate(chunks):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if i != last and not done:
+                        # A batch of many chunks and a send() that does not suspend would never let the
+                        # receiver see a disconnect (asgiref waits a thread round trip per message).
+                        await asyncio.sleep(0)
+                        if self._aborted:
+                            break
                 if done:
                     await send({"type": "http.response.body"})
                     return
-                # A batch of many small chunks can keep this loop from ever waiting (a send() that does
-                # not suspend, an application that keeps up): let the receiver see a disconnect.
-                await asyncio.sleep(0)
-            if self._receiver is None:
-                # The response streams: watch for the client leaving so that the application stops.
-                self._receiver = self._loop.create_task(self._receive_loop(receive))
 
     async def _receive_loop(self, receive: Callable) -> None:
         """Pump the rest of the request body into wsgi.input, then watch for http.disconnect."""
