@@ -29,7 +29,9 @@ class timeout:
     def __init__(self, delay: float | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         # Deprecated as in asgiref 3.13 (same message, so that code filtering asgiref's warning works here).
         warnings.warn(
-            "corral.shared.timeout.timeout is deprecated. Use asyncio.timeout() instead.", DeprecationWarning, stacklevel=2
+            "corral.shared.timeout.timeout is deprecated. Use asyncio.timeout() instead.",
+            DeprecationWarning,
+            stacklevel=2,
         )
         if loop is not None:
             warnings.warn("The loop argument to timeout() is deprecated.", DeprecationWarning, stacklevel=2)
