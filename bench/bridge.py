@@ -7,7 +7,9 @@ Cases (all on uvloop, the process pinned to one core):
   s2a          `await sync_to_async(f)()`, thread-sensitive (the default)
   s2a-pool     `await sync_to_async(f, thread_sensitive=False)()`
   a2s          `async_to_sync(coro_fn)()` called from a plain thread with no event loop
-  wsgi         a hello-world WSGI request through `WsgiToAsgi`, in-process
+  wsgi         a hello-world WSGI request through `WsgiToAsgi`, in-process (asgiref's message shape: the
+               body, then a closing message)
+  wsgi-coalesce  the same with `WsgiToAsgi(app, coalesce=True)`, the worker's shape (one body message)
 
 Rounds are interleaved (every case once per round, in turn), and the table gives the median per-call cost
 in microseconds with the min-max over rounds, and the ratios the targets are stated in. asgiref comes from
@@ -131,8 +133,8 @@ def case_a2s(module: Any, calls: int) -> float:
     return result[0]
 
 
-def case_wsgi(cls: Any, calls: int) -> float:
-    app = cls(hello_wsgi)
+def case_wsgi(cls: Any, calls: int, **options: Any) -> float:
+    app = cls(hello_wsgi, **options)
     return run_async(calls, lambda: (lambda: app(dict(SCOPE), receive, send)))
 
 
@@ -146,6 +148,7 @@ def cases(calls: int) -> dict[tuple[str, str], Callable[[], float]]:
         ("s2a-pool", "corral"): lambda: case_s2a(corral_sync, calls, False),
         ("a2s", "corral"): lambda: case_a2s(corral_sync, calls // 3),
         ("wsgi", "corral"): lambda: case_wsgi(CorralWsgiToAsgi, calls),
+        ("wsgi-coalesce", "corral"): lambda: case_wsgi(CorralWsgiToAsgi, calls, coalesce=True),
     }
     if asgiref is not None:
         table.update({
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} rounds x {args.calls} calls (a2s: {args.calls // 3})\n")
     print("| case | corral µs (min-max) | asgiref µs (min-max) | corral / hop | asgiref / hop | corral / asgiref |")
     print("|---|---|---|---|---|---|")
-    for case in ("hop", "s2a", "s2a-pool", "a2s", "wsgi"):
+    for case in ("hop", "s2a", "s2a-pool", "a2s", "wsgi", "wsgi-coalesce"):
         mine = ("bare" if case == "hop" else "corral", "asgiref")
         cells = []
         for who in mine:

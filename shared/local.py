@@ -35,7 +35,8 @@ _HOME: ContextVar[int] = ContextVar("corral.local.home")
 #: Name of the per-thread context variables of thread-critical locals; the bridges never copy these back.
 CRITICAL_VAR_NAME = "corral.local.critical"
 
-_RESERVED = frozenset({"_corral_var", "_corral_tl"})
+# "_data" is the name asgiref reserves: code that runs here must run on asgiref too.
+_RESERVED = frozenset({"_corral_var", "_corral_tl", "_data"})
 
 
 class _Storage:
@@ -63,7 +64,11 @@ class Local:
     __slots__ = ("_corral_var", "_corral_tl")
 
     def __new__(cls, thread_critical: bool = False) -> Local:
-        if cls is Local and thread_critical:
+        if cls is not Local:
+            # As asgiref: the storage is the class's own business (and a subclass's attributes would
+            # bypass it); wrap a Local instead.
+            raise TypeError("corral.shared.local.Local cannot be subclassed")
+        if thread_critical:
             return object.__new__(_ThreadCriticalLocal)
         return object.__new__(cls)
 

@@ -6,6 +6,12 @@ sync -> async -> sync chains keep their thread; context variables (and `Local`) 
 keep their type and traceback; `async_to_sync` called inside a `sync_to_async` function runs the coroutine on
 the outer event loop; a thread-sensitive call that would wait on its own blocked thread raises RuntimeError.
 
+Cancellation is asgiref's: a cancelled `sync_to_async` whose function has not started does not run it; one
+whose function has started passes the cancellation to the coroutine of an `async_to_sync` the function is
+blocked in, and waits for the function only if that coroutine absorbs it (the function's result is then
+returned); otherwise it raises CancelledError at once and the function runs on in its thread (a thread
+cannot be interrupted; waiting for it would let a blocked function make `asyncio.timeout` never fire).
+
 Executors belong to the process's `corral.shared.runtime.BridgeRuntime` and are made after fork, on use.
 
 Where corral differs from asgiref (deliberately):
@@ -18,13 +24,8 @@ Where corral differs from asgiref (deliberately):
   returns but keep running on that loop (they are cancelled when the loop stops), and a thread-sensitive
   `sync_to_async` made by such a task after its call returned raises RuntimeError, as asgiref does for an
   executor that has quit. ``force_new_loop=True`` still gets a fresh loop, in a fresh thread, per call.
-* A cancelled `sync_to_async` awaits the end of the sync function that has started, whatever it is doing,
-  then raises CancelledError (asgiref stops waiting unless the function is blocked in `async_to_sync`).
-  As in asgiref, the cancellation is passed on to the coroutine of an `async_to_sync` the function is
-  blocked in; if that coroutine absorbs it, the sync function's result is returned.
 * ``executor=`` with ``thread_sensitive=True`` raises an error that is both a TypeError (as asgiref) and
-  a ValueError. `async_to_sync` raises TypeError for an object that is not callable at all (asgiref warns,
-  then fails at call time); other callables not marked async get asgiref's UserWarning.
+  a ValueError.
 * ``thread_sensitive=False`` without an executor runs on the runtime's pool, not the loop's default executor.
 * Context variables of thread-critical `Local` objects are not copied back across a bridge.
 """
@@ -249,7 +250,7 @@ class _S2ACall:
 
     __slots__ = (
         "loop", "future", "func", "args", "kwargs", "exc", "pid", "thread", "deadlock",
-        "task", "cancelled", "inner_cancelled",
+        "task", "box", "cancelled", "inner_cancelled",
     )  # fmt: skip
 
     def __init__(
@@ -265,6 +266,7 @@ class _S2ACall:
         self.thread = 0
         self.deadlock = False
         self.task: asyncio.Task[Any] | None = None  # the latest async_to_sync task it started on `loop`
+        self.box: _A2SCall | None = None  # and that call's outcome
         self.cancelled = False
         self.inner_cancelled = False
 
@@ -317,26 +319,33 @@ def _s2a_invoke(call: _S2ACall) -> Any:
 
 
 async def _wait_after_cancel(call: _S2ACall, done: Future[Any]) -> bool:
-    """After the awaiting task was cancelled: pass the cancellation on, wait for the function to end.
+    """After the awaiting task was cancelled, as asgiref: pass the cancellation on, and wait or not.
 
-    True when a nested async_to_sync coroutine was cancelled and the function returned or raised on its
-    own: its outcome is then the call's outcome, as in asgiref.
+    If the function is blocked in an async_to_sync whose coroutine runs on our loop, that coroutine is
+    cancelled and awaited; if it absorbs the cancellation, the function is waited for and True returned
+    (its outcome is the call's). Otherwise False: the caller stops waiting at once and the function, which
+    cannot be interrupted, runs on in its thread (its outcome is dropped).
     """
     call.cancelled = True
     task = call.task
-    if task is not None and task.cancel():
-        call.inner_cancelled = True
+    box = call.box
+    if task is None or box is None or task.done() or not task.cancel():
+        return False
+    call.inner_cancelled = True
+    await asyncio.wait((task,))  # _a2s_main never raises: the coroutine's outcome is in the box
+    if isinstance(box.exc, _CancelledError):
+        return False
     waiter = asyncio.wrap_future(done)
     while not waiter.done():
         try:
             await asyncio.shield(waiter)
         except _CancelledError:
-            pass  # cancelled again: the thread still has to finish first
+            pass  # cancelled again: the coroutine chose to finish, so its function's outcome is awaited
         except BaseException:
             break
     if not waiter.cancelled():
         waiter.exception()  # retrieved (the outcome is read from `done`): no "never retrieved" log
-    return call.inner_cancelled
+    return True
 
 
 class SyncToAsync(Generic[_P, _R]):
@@ -482,6 +491,7 @@ def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
     task.add_done_callback(box.task_done)
     if call is not None:
         call.task = task
+        call.box = box
         if call.cancelled:  # the awaiting task was cancelled before this started
             task.cancel()
             call.inner_cancelled = True
@@ -510,12 +520,13 @@ class AsyncToSync(Generic[_P, _R]):
     """Sync wrapper running an async callable to completion (see `async_to_sync`)."""
 
     def __init__(self, awaitable: Callable[_P, Awaitable[_R]], force_new_loop: bool = False) -> None:
-        if not callable(awaitable):
-            raise TypeError(f"async_to_sync needs an async callable, not {type(awaitable).__name__}")
         if not iscoroutinefunction(awaitable) and (
-            type(awaitable) is types.FunctionType or not iscoroutinefunction(awaitable.__call__)
+            type(awaitable) is types.FunctionType
+            or not callable(awaitable)
+            or not iscoroutinefunction(awaitable.__call__)
         ):
-            # Detection has false negatives (callables returning awaitables), hence a warning as asgiref.
+            # Detection has false negatives (callables returning awaitables), hence a warning as asgiref;
+            # something not callable at all fails when called (TypeError), as in asgiref.
             warnings.warn("async_to_sync was passed a non-async-marked callable", stacklevel=2)
         functools.update_wrapper(self, awaitable)
         # This wrapper is sync: do not inherit the wrapped function's coroutine markers.

@@ -5,11 +5,14 @@ On expiry the enclosing task is cancelled and the resulting CancelledError is tu
 (`Task.cancelling()` / `Task.uncancel()`, as `asyncio.timeout` does) so that a cancellation coming from
 outside the block while it runs, even one that races with the expiry, propagates as CancelledError instead
 of being swallowed into a TimeoutError.
+
+Deprecated, as asgiref 3.13 deprecates its own: use `asyncio.timeout()` (Python 3.11+).
 """
 
 from __future__ import annotations
 
 import asyncio
+import warnings
 from types import TracebackType
 
 __all__ = ["timeout"]
@@ -24,6 +27,24 @@ class timeout:
     __slots__ = ("_delay", "_loop", "_task", "_handle", "_deadline", "_expired", "_cancelling")
 
     def __init__(self, delay: float | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # Deprecated as in asgiref 3.13 (same message, so that code filtering asgiref's warning works here).
+        warnings.warn(
+            "corral.shared.timeout.timeout is deprecated. Use asyncio.timeout() instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if loop is not None:
+            warnings.warn("The loop argument to timeout() is deprecated.", DeprecationWarning, stacklevel=2)
+        self._setup(delay, loop)
+
+    @classmethod
+    def _quiet(cls, delay: float | None) -> timeout:
+        """A timeout without the deprecation warning (ApplicationCommunicator on Python 3.10)."""
+        self = cls.__new__(cls)
+        self._setup(delay, None)
+        return self
+
+    def _setup(self, delay: float | None, loop: asyncio.AbstractEventLoop | None) -> None:
         self._delay = delay
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._task: asyncio.Task | None = None

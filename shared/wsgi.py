@@ -8,6 +8,13 @@ each chunk to the loop as it is produced (`call_soon_threadsafe`, coalesced whil
 blocks when more than OUTPUT_WINDOW bytes wait to be sent. A body sent in several messages is streamed to
 the application too: a receive() pump on the loop fills a bounded buffer that `wsgi.input` reads from.
 
+Messages are asgiref's by default: one `http.response.body` per chunk the application produces (empty ones
+included) with ``more_body=True``, then a closing ``{"type": "http.response.body"}``, so code and tests written
+against asgiref see the same messages. ``coalesce=True`` (what corral's worker uses) sends corral's faster
+shape instead: chunks produced while a send was in flight go out joined in one message, empty chunks are
+dropped, and the last chunk carries ``more_body=False`` (a list response is a single message, so the server
+can frame it with a Content-Length in one write).
+
 Differences from asgiref, all deliberate:
 * `wsgi.input` reads block until data arrives; if the client disconnects before the body is complete they
   raise `ClientDisconnected` (an OSError), so a truncated body is never mistaken for a whole one.
@@ -292,16 +299,19 @@ class WsgiToAsgi:
         duplicate_header_limit: int = 100,
         *,
         executor: Executor | None = None,
+        coalesce: bool = False,
     ) -> None:
         self.wsgi_application = wsgi_application
         self.duplicate_header_limit = duplicate_header_limit
         # None: the pool of the process's bridging runtime, looked up per request (it is made after fork).
         self.executor = executor
+        #: corral's message shape (see the module docstring) instead of asgiref's.
+        self.coalesce = coalesce
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        await WsgiToAsgiInstance(self.wsgi_application, self.duplicate_header_limit, executor=self.executor)(
-            scope, receive, send
-        )
+        await WsgiToAsgiInstance(
+            self.wsgi_application, self.duplicate_header_limit, executor=self.executor, coalesce=self.coalesce
+        )(scope, receive, send)
 
 
 class WsgiToAsgiInstance:
@@ -313,7 +323,7 @@ class WsgiToAsgiInstance:
     """
 
     __slots__ = (
-        "wsgi_application", "duplicate_header_limit", "executor", "scope", "response_started",
+        "wsgi_application", "duplicate_header_limit", "executor", "coalesce", "scope", "response_started",
         "response_start", "response_content_length", "_remaining", "_loop", "_lock", "_cond", "_chunks",
         "_pending", "_done", "_error", "_aborted", "_waiter", "_stream", "_receiver",
     )  # fmt: skip
@@ -324,10 +334,12 @@ class WsgiToAsgiInstance:
         duplicate_header_limit: int = 100,
         *,
         executor: Executor | None = None,
+        coalesce: bool = False,
     ) -> None:
         self.wsgi_application = wsgi_application
         self.duplicate_header_limit = duplicate_header_limit
         self.executor = executor
+        self.coalesce = coalesce
         self.scope: dict | None = None
         self.response_started = False
         self.response_start: dict | None = None
@@ -479,8 +491,9 @@ class WsgiToAsgiInstance:
                 # Already materialised: publish it in one go with the end of the response (one wake-up).
                 tail = self._collect(result)
             else:
+                keep_empty = not self.coalesce  # asgiref sends every chunk, empty ones too
                 for chunk in result:
-                    if chunk and self._put(chunk):
+                    if (chunk or keep_empty) and self._put(chunk):
                         break  # Content-Length reached: stop iterating (PEP 3333)
             if self.response_start is None:
                 raise RuntimeError("WSGI application returned without calling start_response")
@@ -502,8 +515,9 @@ class WsgiToAsgiInstance:
 
     def _collect(self, chunks: list | tuple) -> list[bytes]:
         out = []
+        keep_empty = not self.coalesce
         for chunk in chunks:
-            if not chunk:
+            if not chunk and not keep_empty:
                 continue
             if type(chunk) is not bytes:
                 chunk = _as_bytes(chunk)
@@ -600,15 +614,30 @@ class WsgiToAsgiInstance:
             if not started:
                 started = True
                 await send(self.response_start)
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if done:
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-                return
-            if body:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            if self._receiver is None:
+            if not done and self._receiver is None:
                 # The response streams: watch for the client leaving so that the application stops.
                 self._receiver = self._loop.create_task(self._receive_loop(receive))
+            if self.coalesce:
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if done:
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    return
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            else:
+                # asgiref's shape: one message per chunk, then a closing one.
+                last = len(chunks) - 1
+                for i, chunk in enumerate(chunks):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if i != last and not done:
+                        # A batch of many chunks and a send() that does not suspend would never let the
+                        # receiver see a disconnect (asgiref waits a thread round trip per message).
+                        await asyncio.sleep(0)
+                        if self._aborted:
+                            break
+                if done:
+                    await send({"type": "http.response.body"})
+                    return
 
     async def _receive_loop(self, receive: Callable) -> None:
         """Pump the rest of the request body into wsgi.input, then watch for http.disconnect."""

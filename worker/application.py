@@ -196,5 +196,6 @@ def wrap_application(app: Any, interface: str = "auto", *, executor: Optional[Ex
         # Imported here: only WSGI applications pay for the bridge.
         from corral.shared.wsgi import WsgiToAsgi
 
-        return WsgiToAsgi(app, executor=executor)
+        # coalesce: corral's message shape (a list response in one message: one write, Content-Length).
+        return WsgiToAsgi(app, executor=executor, coalesce=True)
     raise ValueError(f"interface must be one of auto, {', '.join(INTERFACES)}; got {interface!r}")

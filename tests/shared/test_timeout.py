@@ -1,8 +1,21 @@
 import asyncio
+import warnings
 
 import pytest
 
-from corral.shared.timeout import timeout
+from corral.shared.timeout import timeout as _deprecated_timeout
+
+
+def timeout(*args, **kwargs):
+    """The deprecated `timeout` (as asgiref 3.13's): checks the warning, then returns the timeout."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        made = _deprecated_timeout(*args, **kwargs)
+    messages = [str(w.message) for w in caught if w.category is DeprecationWarning]
+    assert any("Use asyncio.timeout() instead" in m for m in messages), messages
+    if "loop" in kwargs:
+        assert any("loop argument" in m for m in messages), messages
+    return made
 
 
 def test_expiry_raises_timeout_error():

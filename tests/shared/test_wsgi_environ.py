@@ -8,12 +8,13 @@ import uvloop
 from corral.shared.wsgi import WsgiToAsgi
 from wsgi_helpers import Client, body_messages, call, hello, make_scope
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["asgiref-shape", "coalesced"])
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_hello_world(loop):
+def test_hello_world(loop, coalesce):
     client = Client()
 
     async def main():
-        await WsgiToAsgi(hello)(make_scope(), client.receive, client.send)
+        await WsgiToAsgi(hello, coalesce=coalesce)(make_scope(), client.receive, client.send)
 
     if loop == "uvloop":
         ev_loop = uvloop.new_event_loop()
@@ -23,11 +24,17 @@ def test_hello_world(loop):
             ev_loop.close()
     else:
         asyncio.run(main())
-    # A single-chunk response: the start and one final body message.
-    assert client.sent == [
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]},
-        {"type": "http.response.body", "body": b"Hello, world!", "more_body": False},
-    ]
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+    if coalesce:
+        # corral's shape (the worker's): a single-chunk response is one final body message.
+        assert client.sent == [start, {"type": "http.response.body", "body": b"Hello, world!", "more_body": False}]
+    else:
+        # asgiref's shape: the chunk with more_body, then a closing empty message.
+        assert client.sent == [
+            start,
+            {"type": "http.response.body", "body": b"Hello, world!", "more_body": True},
+            {"type": "http.response.body"},
+        ]
 
 
 def capture_environ(store):

@@ -10,7 +10,15 @@ import pytest
 from corral.shared.wsgi import WsgiToAsgi
 from wsgi_helpers import Client, WAIT, call
 
-def test_streamed_generator_response_arrives_chunk_by_chunk():
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["asgiref-shape", "coalesced"])
+def coalesce(request, monkeypatch):
+    """Every test here runs with both message shapes: asgiref's (the default) and the worker's."""
+    monkeypatch.setattr(WsgiToAsgi.__init__, "__kwdefaults__", {"executor": None, "coalesce": request.param})
+    return request.param
+
+
+def test_streamed_generator_response_arrives_chunk_by_chunk(coalesce):
     """Each chunk is produced only after the previous one was sent: the response is not collected."""
     sent_events = {b"one": threading.Event(), b"two": threading.Event()}
 
@@ -30,8 +38,18 @@ def test_streamed_generator_response_arrives_chunk_by_chunk():
 
     client = call(WsgiToAsgi(app), client=Recording())
     assert client.start["status"] == 200
-    assert [m["body"] for m in client.bodies if m["body"]] == [b"one", b"two", b"three"]
-    assert all(m["more_body"] for m in client.bodies[:-1])
+    if coalesce:
+        # corral's shape: the last chunk closes the response (it came with the end of the iterable).
+        assert [m["body"] for m in client.bodies if m["body"]] == [b"one", b"two", b"three"]
+        assert all(m["more_body"] for m in client.bodies[:-1])
+    else:
+        # asgiref's message shape: one message per chunk with more_body, then a closing empty one.
+        assert client.bodies == [
+            {"type": "http.response.body", "body": b"one", "more_body": True},
+            {"type": "http.response.body", "body": b"two", "more_body": True},
+            {"type": "http.response.body", "body": b"three", "more_body": True},
+            {"type": "http.response.body"},
+        ]
     assert client.complete
 
 
@@ -146,7 +164,8 @@ def test_close_called_and_app_stopped_on_client_disconnect_mid_stream():
     class Leaving(Client):
         async def send(self, message):
             await super().send(message)
-            if message["type"] == "http.response.body" and len(self.bodies) == 1:
+            if message["type"] == "http.response.body" and not self.inbox.qsize() and not hasattr(self, "left"):
+                self.left = True  # once, after the first body message (counting self.bodies is quadratic)
                 await self.inbox.put({"type": "http.disconnect"})
 
     client = call(WsgiToAsgi(app), client=Leaving())
