@@ -87,6 +87,7 @@ class Arbiter:
         self.spawn_after = 0.0
         self.next_memory_check = 0.0
         self.reexec_pid = 0  # the new master after USR2
+        self.ssl_context: Any = None  # --certfile: built at setup and on HUP (corral.master.tls)
         self.rollback: tuple[Settings, int, Any] | None = None  # what a HUP replaced, until a new worker is ready
         self.old_master = int(os.environ.pop(OLD_MASTER_ENV, "0") or 0)  # we are that new master
         self.start_cwd = os.getcwd()

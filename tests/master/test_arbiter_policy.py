@@ -122,7 +122,7 @@ def test_boot_failures_after_a_reload_roll_back_to_the_serving_workers():
     arbiter.manage_workers()
     arbiter.ready_all()
     (old,) = arbiter.workers.values()
-    arbiter.rollback = (arbiter.settings, arbiter.num_workers)
+    arbiter.rollback = (arbiter.settings, arbiter.num_workers, arbiter.ssl_context)
     arbiter.settings = arbiter.settings.replace(workers=3)
     arbiter.num_workers = 3
     old.outdated = True
