@@ -17,7 +17,7 @@ from typing import Iterable
 
 from corral.master.config import suggest
 from corral.master.peer_names import PEER_FLAGS, gunicorn_flags
-from corral.shared.settings import Settings
+from corral.shared.settings import REGISTRY, Settings
 from corral.shared.settings_compat import WSGI_CLASSES
 
 __all__ = ["apply_environment", "effective", "scan_flags"]
@@ -66,6 +66,9 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
             kept.append(arg)  # -w4: a short option with its value attached
             continue
         found = gunicorn.get(flag)
+        if found is not None and found[1].kind == "alias":
+            kept.append(REGISTRY[found[1].corral].cli_name + equals + arg[len(flag) + len(equals):])
+            continue
         if found is not None and found[1].kind == "noop":
             name, entry = found
             if entry.takes_value and not equals and index < len(args):

@@ -134,6 +134,8 @@ def load_python_config(path: str, warn: Callable[[str], None] | None = None) -> 
             continue
         if callable(value) and key not in REGISTRY and key not in GUNICORN:
             continue  # helper functions defined in the file
+        if key.isupper():
+            continue  # a constant of the file's own (every setting's name is lower case)
         values[key] = value
     return from_mapping(values, f"config file {path}", warn)
 
