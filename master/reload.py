@@ -42,7 +42,11 @@ class Reloader:
 
     @classmethod
     def start(cls, settings: Settings, cwd: str) -> Reloader:
-        if importlib.util.find_spec("watchfiles") is None:
+        try:
+            missing = importlib.util.find_spec("watchfiles") is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
             raise SettingError("--reload needs watchfiles: pip install 'corral[reload]' (or pip install watchfiles)")
         dirs = [os.path.abspath(os.path.join(cwd, d)) for d in (settings.reload_dirs or (cwd,))]
         for folder in dirs:
