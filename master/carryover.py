@@ -66,9 +66,12 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
             kept.append(arg)  # -w4: a short option with its value attached
             continue
         found = gunicorn.get(flag)
-        if found is not None and found[1].kind == "alias":
-            kept.append(REGISTRY[found[1].corral].cli_name + equals + arg[len(flag) + len(equals):])
-            continue
+        if found is not None and found[1].kind in ("alias", "same"):
+            # Another spelling of a corral setting (--log-config-json, --limit-request-field_size).
+            target = REGISTRY.get(found[1].corral if found[1].kind == "alias" else found[0])
+            if target is not None:
+                kept.append(target.cli_name + equals + arg[len(flag) + len(equals):])
+                continue
         if found is not None and found[1].kind == "noop":
             name, entry = found
             if entry.takes_value and not equals and index < len(args):

@@ -256,3 +256,23 @@ def gunicorn_flags() -> dict[str, tuple[str, Entry]]:
         for flag in entry.flags:
             flags[flag] = (name, entry)
     return flags
+
+
+def readme_table() -> list[str]:
+    """The README's table of every gunicorn setting (markdown rows), generated from `GUNICORN`."""
+    rows = ["| gunicorn setting | gunicorn flags | corral | |", "|---|---|---|---|"]
+    for name in sorted(GUNICORN):
+        entry = GUNICORN[name]
+        flags = ", ".join(f"`{flag}`" for flag in entry.flags) or "config file"
+        if entry.kind == "same":
+            corral, note = f"`{entry.corral or name}`", entry.note
+        elif entry.kind == "alias":
+            corral, note = f"`{entry.corral}` (carried over)", entry.note
+        elif entry.kind == "noop":
+            corral = "not applicable (accepted, warns)"
+            note = entry.note + (f"; see `{entry.corral}`" if entry.corral else "")
+        else:
+            corral = "not applicable (refused)" + (" unless at gunicorn's default" if entry.kind == "refuse" else "")
+            note = entry.note + (f"; use {entry.corral}" if entry.corral else "")
+        rows.append(f"| `{name}` | {flags} | {corral} | {note.replace('|', '/')} |")
+    return rows

@@ -110,11 +110,11 @@ class HookRequest:
 class HookResponse:
     """What post_request learns of the response; its `send` records it on the way to the real one."""
 
-    __slots__ = ("status_code", "headers", "sent", "_send")
+    __slots__ = ("status_code", "raw_headers", "sent", "_send")
 
     def __init__(self, send: Callable[[dict], Any]) -> None:
         self.status_code = 0
-        self.headers: list[tuple[str, str]] = []
+        self.raw_headers: Any = ()
         self.sent = 0
         self._send = send
 
@@ -122,11 +122,15 @@ class HookResponse:
     def status(self) -> str:
         return _status_text(self.status_code) if self.status_code else ""
 
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers]
+
     async def send(self, message: dict) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.status_code = message["status"]
-            self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())]
+            self.raw_headers = message.get("headers", ())
         elif kind == "http.response.body":
             self.sent += len(message.get("body", b""))
         await self._send(message)
