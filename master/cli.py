@@ -123,7 +123,8 @@ def _cmd_args(environ: dict[str, str]) -> dict[str, Any]:
 
 
 def _known_options() -> set[str]:
-    return {opt for param in serve.params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")}
+    options = {opt for param in serve.params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")}
+    return options | {"-h", "--help"}  # click adds the help option itself
 
 
 def _chdir(settings: Settings) -> None:

@@ -184,3 +184,12 @@ def test_reload_without_watchfiles_is_one_line(apps, tmp_path):
     result = serve(["--reload", "-b", f"127.0.0.1:{port}", "apps:app"], apps, env={"PYTHONPATH": str(shadow)})
     assert result.returncode == CONFIG_ERROR
     assert "--reload needs watchfiles: pip install 'corral[reload]'" in one_error_line(result)
+
+
+def test_help_lists_the_carried_over_flags(apps):
+    result = serve(["--help"], apps)
+    assert result.returncode == OK, result.stderr
+    for flag in ("--reload", "--reload-dir", "--request-timeout", "--capture-output", "-k, --worker-class",
+                 "-e, --env", "--pythonpath", "--check-config", "--print-config"):
+        assert flag in result.stdout, flag
+    assert "--post-fork" not in result.stdout  # hooks: config file only
