@@ -297,7 +297,8 @@ LOGGING_JSON = {
 }
 
 
-def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path):
+@pytest.mark.parametrize("access", [[], ["--access-logfile", "-"]], ids=["no-access-logfile", "access-logfile-dash"])
+def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, access):
     apps = write_apps(tmp_path)
     config = json.loads(json.dumps(LOGGING_JSON).replace("ACCESS", str(tmp_path / "access.log"))
                         .replace("ERROR", str(tmp_path / "error.log")))
@@ -312,9 +313,10 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path):
     '''))
     port = free_port()
     pidfile = tmp_path / "serve.pid"
-    # No --access-logfile: as in gunicorn, a log config that configures the access logger turns it on.
+    # Without --access-logfile, as in gunicorn, a log config that configures the access logger turns it on;
+    # with `--access-logfile -` the config still decides where the lines go (it is not bypassed).
     master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "--log-config-json", str(tmp_path / "logging.json"),
-                     "printer:app"], apps, port, pidfile)
+                     *access, "printer:app"], apps, port, pidfile)
     try:
         master.wait_workers(1)
         assert get(port, "/logged") == (200, "ok")
@@ -324,6 +326,7 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path):
         assert name == "corral.access" and '"GET /logged HTTP/1.1" 200' in message
         errors = [line.split("|", 1) for line in (tmp_path / "error.log").read_text().splitlines()]
         assert any(name.startswith("corral") and "ready" in message for name, message in errors), errors
+        assert "GET /logged" not in master.output
     finally:
         master.stop()
 
