@@ -11,8 +11,8 @@ gunicorn hooks are written against gunicorn's objects; these give them the attri
   `remote_addr`, and `scope` (the ASGI scope). Not there: `body` (the app reads the body).
 - `HookResponse` (`resp` of post_request): `status` ("200 OK"-style str), `status_code`, `headers` (list of
   (name, value) str pairs), `sent` (body bytes sent). `environ` (third argument) is a CGI-style dict built
-  from the scope (REQUEST_METHOD, PATH_INFO, QUERY_STRING, SERVER_PROTOCOL, REMOTE_ADDR, HTTP_*), for ASGI and
-  WSGI apps alike: not the dict a WSGI app itself got.
+  from the scope (REQUEST_METHOD, PATH_INFO, QUERY_STRING, SERVER_PROTOCOL, REMOTE_ADDR, HTTP_*) on first
+  use, for ASGI and WSGI apps alike: not the dict a WSGI app itself got.
 
 The hooks run on the worker's event loop (gunicorn runs them in the worker's thread): they must not block.
 `RequestHooks` wraps the app only when one of the two is set, so an unset hook costs nothing per request.
@@ -157,6 +157,36 @@ def cgi_environ(scope: dict) -> dict[str, Any]:
     return environ
 
 
+def _materialized(name: str) -> Callable:
+    method = getattr(dict, name)
+
+    def call(self: "LazyEnviron", *args: Any, **kwargs: Any) -> Any:
+        if self._scope is not None:
+            scope, self._scope = self._scope, None
+            dict.update(self, cgi_environ(scope))
+        return method(self, *args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+class LazyEnviron(dict):
+    """post_request's `environ`: a dict filled from the scope on first use (most hooks never read it)."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: dict) -> None:
+        super().__init__()
+        self._scope: dict | None = scope
+
+    for _name in ("__getitem__", "__contains__", "__iter__", "__len__", "__repr__", "__eq__", "__setitem__",
+                  "__delitem__", "get", "keys", "items", "values", "copy", "pop", "popitem", "setdefault",
+                  "update", "clear"):
+        locals()[_name] = _materialized(_name)
+    del _name
+    __hash__ = None  # type: ignore[assignment]
+
+
 class RequestHooks:
     """ASGI middleware calling pre_request before the app and post_request after it, for HTTP requests."""
 
@@ -190,9 +220,9 @@ class RequestHooks:
             try:
                 arity = self.post_arity
                 if arity >= 4:
-                    self.post(self.worker, request, cgi_environ(scope), response)
+                    self.post(self.worker, request, LazyEnviron(scope), response)
                 elif arity == 3:
-                    self.post(self.worker, request, cgi_environ(scope))
+                    self.post(self.worker, request, LazyEnviron(scope))
                 else:
                     self.post(self.worker, request)
             except Exception:
