@@ -414,7 +414,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     found: dict[str, Any] = {}
     known = {declared.env: declared for declared in REGISTRY.values()}
     for key, raw in environ.items():
-        if not key.startswith("CORRAL_"):
+        if not key.startswith("CORRAL_") or key == "CORRAL_CMD_ARGS":  # a command line, read by the CLI
             continue
         declared = known.get(key)
         if declared is None:

@@ -193,3 +193,29 @@ def test_help_lists_the_carried_over_flags(apps):
                  "-e, --env", "--pythonpath", "--check-config", "--print-config"):
         assert flag in result.stdout, flag
     assert "--post-fork" not in result.stdout  # hooks: config file only
+
+
+def test_pythonpath_and_wsgi_app_from_the_config_file(apps):
+    lib = apps / "lib"
+    lib.mkdir()
+    (lib / "libapp.py").write_text("def app(environ, start_response):\n    return []\n")
+    assert serve(["--check-config", "libapp:app"], apps).returncode == APP_IMPORT_ERROR
+    assert serve(["--check-config", "--pythonpath", "lib", "libapp:app"], apps).returncode == OK
+    (apps / "gunicorn.conf.py").write_text("wsgi_app = 'libapp:app'\npythonpath = 'lib'\n")
+    result = serve(["--check-config"], apps)  # no APP on the command line: the file's wsgi_app
+    assert result.returncode == OK, result.stderr
+    assert "'libapp:app' are good" in result.stderr
+
+
+def test_cmd_args_precedence(apps):
+    (apps / "corral.conf.py").write_text("workers = 2\nthreads = 2\nbacklog = 10\n")
+    (apps / "gunicorn.conf.py").write_text("workers = 9\n")  # corral.conf.py wins when both exist
+    result = serve(["--print-config", "--backlog", "30", "apps:app"], apps,
+                   env={"GUNICORN_CMD_ARGS": "--threads 3 --backlog 20 -w 4", "CORRAL_CMD_ARGS": "-w 5"})
+    assert result.returncode == OK, result.stderr
+    lines = result.stdout.splitlines()
+    # command line > CORRAL_CMD_ARGS > GUNICORN_CMD_ARGS > config file
+    assert "backlog = 30" in lines and "workers = 5" in lines and "threads = 3" in lines
+    bad = serve(["apps:app"], apps, env={"GUNICORN_CMD_ARGS": "--certfile x.pem"})
+    assert bad.returncode == CONFIG_ERROR
+    assert "GUNICORN_CMD_ARGS: gunicorn's --certfile is not supported" in one_error_line(bad)
