@@ -481,7 +481,7 @@ class Arbiter:
             serving = any(w.ready for w in self.workers.values())
             if self.boot_failures < self.settings.worker_boot_retries:
                 return
-            what = "lifespan startup failed" if code == WORKER_BOOT_ERROR else "the application failed to import"
+            what = "lifespan startup or post_fork failed" if code == WORKER_BOOT_ERROR else "the application failed to import"
             if not serving:
                 raise CrashLoop(f"{self.boot_failures} workers in a row failed to boot ({what}) and none "
                                 "is serving; see the log above")

@@ -345,3 +345,28 @@ def test_capture_output_sends_prints_to_the_error_log(tmp_path):
         assert "slow request started" not in master.output
     finally:
         master.stop()
+
+
+def test_raising_hooks_are_logged_and_post_fork_fails_the_boot(tmp_path):
+    """A master hook that raises is logged and the master goes on; a post_fork that raises fails the worker's
+    boot (exit 3), so the boot retries, the backoff and the crash-loop halt apply."""
+    import subprocess
+
+    from corral.shared.exitcodes import HALT_CRASH_LOOP
+
+    apps = write_apps(tmp_path)
+    (apps / "gunicorn.conf.py").write_text(textwrap.dedent('''
+        def when_ready(server):
+            raise RuntimeError("when_ready bug")
+
+        def post_fork(server, worker):
+            raise RuntimeError(f"no database for worker {worker.age}")
+    '''))
+    port = free_port()
+    result = subprocess.run([sys.executable, "-m", "corral.master", "-b", f"127.0.0.1:{port}", "apps:app"],
+                            cwd=apps, capture_output=True, text=True, timeout=120)
+    assert result.returncode == HALT_CRASH_LOOP, result.stderr
+    assert "Server hook when_ready raised" in result.stderr and "RuntimeError: when_ready bug" in result.stderr
+    assert result.stderr.count("Server hook post_fork raised") == 3  # --worker-boot-retries 3
+    assert "its post_fork hook raised" in result.stderr and "no database for worker 1" in result.stderr
+    assert "3 workers in a row failed to boot" in result.stderr
