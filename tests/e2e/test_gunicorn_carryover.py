@@ -153,7 +153,6 @@ def test_gunicorn_conf_in_the_working_folder_runs_every_hook(tmp_path):
         assert marks(tmp_path, "on_reload") == {master.pid: [""]}
         assert marks(tmp_path, "nworkers_changed")[master.pid] == ["3 2", "2 3"]
         wait_until(lambda: set(marks(tmp_path, "worker_exit")) >= first, "the replaced workers' worker_exit")
-        exited = {int(line) for line in marks(tmp_path, "child_exit").get(master.pid, [])}
         wait_until(lambda: {int(x) for x in marks(tmp_path, "child_exit").get(master.pid, [])} >= first,
                    "child_exit for the replaced workers")
         last = {w["pid"] for w in master.wait_workers(2)}
