@@ -36,8 +36,11 @@ def setup_logging(settings: Settings) -> None:
         if getattr(handler, _OURS, False):
             root.removeHandler(handler)
             handler.close()
-    if settings.logconfig:
-        logging.config.dictConfig(_load_dict_config(settings.logconfig))
+    if settings.logconfig_dict or settings.logconfig:
+        config = dict(settings.logconfig_dict) if settings.logconfig_dict else _load_dict_config(settings.logconfig)
+        config.setdefault("version", 1)
+        config.setdefault("disable_existing_loggers", False)
+        logging.config.dictConfig(config)
         _adopt_gunicorn_loggers()
         _capture_output(settings)
         return
@@ -129,7 +132,7 @@ def reopen_logs() -> None:
 
 def error_stream(settings: Settings) -> Any:
     """The file faulthandler writes stacks to: stderr, or the error log file (opened for appending)."""
-    if settings.errorlog in ("-", "") or settings.logconfig:
+    if settings.errorlog in ("-", "") or settings.logconfig or settings.logconfig_dict:
         return sys.stderr
     try:
         return open(settings.errorlog, "a", buffering=1)

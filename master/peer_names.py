@@ -89,8 +89,7 @@ GUNICORN: dict[str, Entry] = {
     "errorlog": _same("", ("--error-logfile", "--log-file"), "--error-logfile"),
     "logconfig": _same("a dictConfig file (JSON, or Python defining LOGGING), not fileConfig's INI format",
                        ("--log-config",), "--log-config"),
-    "logconfig_dict": Entry("refuse", "--log-config FILE", "put the dict in a file: LOGGING = {...} in a .py "
-                            "file, or JSON", (), {}),
+    "logconfig_dict": _same("config file only; a dictConfig dict, wins over --log-config", (), "logconfig_dict"),
     "logconfig_json": Entry("alias", "logconfig", "--log-config reads JSON files too", ("--log-config-json",)),
     "logger_class": Entry("refuse", "--log-config", "configure the gunicorn.error/gunicorn.access (or "
                           "corral.error/corral.access) loggers with a dictConfig instead", ("--logger-class",),

@@ -188,6 +188,17 @@ _declare("request_timeout", "timeouts", non_negative_float, 0.0,
          ("--request-timeout",), metavar="SECONDS")
 
 # ---------------------------------------------------------------------------- logging (gunicorn's)
+def dict_config(value: Any) -> dict | None:
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a logging.config.dictConfig dict, got {type(value).__name__}")
+    return value
+
+
+_declare("logconfig_dict", "logging", dict_config, None,
+         "A logging.config.dictConfig dict given in the config file (gunicorn's key); wins over --log-config.",
+         cli=False, render=lambda value: f"<dictConfig: {', '.join(sorted(value.get('loggers', {})))}>")
 _declare("capture_output", "logging", to_bool, False,
          "Send the stdout and stderr of the master and workers (print(), C extensions) to --error-logfile.",
          ("--capture-output",), is_flag=True)

@@ -222,7 +222,7 @@ def make_access_log(settings: Any) -> Optional[AccessLog]:
     target = settings.accesslog
     logger = logging.getLogger(ACCESS_LOGGER_NAME)
     configured = [h for h in logger.handlers if not getattr(h, "_corral_access", False)]
-    if getattr(settings, "logconfig", None) and configured:
+    if (getattr(settings, "logconfig", None) or getattr(settings, "logconfig_dict", None)) and configured:
         # The dictConfig decides where access lines go (its handlers and formatter, for '-' too).
         return AccessLog(settings.access_log_format, logger)
     if not target:

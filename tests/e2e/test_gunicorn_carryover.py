@@ -296,12 +296,18 @@ LOGGING_JSON = {
 }
 
 
-@pytest.mark.parametrize("access", [[], ["--access-logfile", "-"]], ids=["no-access-logfile", "access-logfile-dash"])
-def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, access):
+@pytest.mark.parametrize("how", ["log-config-json", "log-config-json and access-logfile -", "logconfig_dict"])
+def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, how):
     apps = write_apps(tmp_path)
     config = json.loads(json.dumps(LOGGING_JSON).replace("ACCESS", str(tmp_path / "access.log"))
                         .replace("ERROR", str(tmp_path / "error.log")))
     (tmp_path / "logging.json").write_text(json.dumps(config))
+    flags = ["--log-config-json", str(tmp_path / "logging.json")]
+    if how == "log-config-json and access-logfile -":
+        flags += ["--access-logfile", "-"]
+    elif how == "logconfig_dict":
+        (apps / "gunicorn.conf.py").write_text(f"logconfig_dict = {config!r}\n")
+        flags = []
     (apps / "printer.py").write_text(textwrap.dedent('''
         async def app(scope, receive, send):
             if scope["type"] != "http":
@@ -314,8 +320,7 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, access):
     pidfile = tmp_path / "serve.pid"
     # Without --access-logfile, as in gunicorn, a log config that configures the access logger turns it on;
     # with `--access-logfile -` the config still decides where the lines go (it is not bypassed).
-    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "--log-config-json", str(tmp_path / "logging.json"),
-                     *access, "printer:app"], apps, port, pidfile)
+    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *flags, "printer:app"], apps, port, pidfile)
     try:
         master.wait_workers(1)
         assert get(port, "/logged") == (200, "ok")
