@@ -35,10 +35,18 @@ def apply_environment(settings: Settings) -> None:
 
 
 def effective(settings: Settings) -> Settings:
-    """Settings with the carried-over meanings resolved (worker_class sync/gthread: WSGI)."""
-    if settings.worker_class in WSGI_CLASSES and settings.interface == "auto":
-        return settings.replace(interface="wsgi")
-    return settings
+    """Settings with the carried-over meanings resolved.
+
+    worker_class sync/gthread: the app is WSGI, and gunicorn's `timeout` bounded each request there (a
+    request outliving it killed the worker), so it becomes the request deadline unless --request-timeout is
+    set: a late request gets its 504 and the others in the worker carry on."""
+    changes: dict[str, object] = {}
+    if settings.worker_class in WSGI_CLASSES:
+        if settings.interface == "auto":
+            changes["interface"] = "wsgi"
+        if not settings.request_timeout and settings.timeout:
+            changes["request_timeout"] = settings.timeout
+    return settings.replace(**changes) if changes else settings
 
 
 def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[str], list[str]]:

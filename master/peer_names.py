@@ -184,7 +184,8 @@ GUNICORN: dict[str, Entry] = {
                      "-t/--timeout"),
     "websocket_max_message_size": Entry("alias", "ws_max_size", "same meaning (bytes)",
                                         ("--websocket-max-message-size",)),
-    "worker_class": _same("uvicorn workers = ASGI, sync/gthread = WSGI; gevent/eventlet/tornado refused",
+    "worker_class": _same("uvicorn workers = ASGI, sync/gthread = WSGI (and `timeout` bounds each request); "
+                          "gevent/eventlet/tornado refused",
                           ("-k", "--worker-class"), "-k/--worker-class"),
     "worker_connections": Entry("refuse", "--max-applications", "corral's limit counts requests and WebSockets "
                                 "of all workers together: set --max-applications to workers x this",

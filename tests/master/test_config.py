@@ -149,3 +149,16 @@ def test_hook_settings_check_arity_and_import_dotted_paths():
     with pytest.raises(SettingError, match="cannot import"):
         REGISTRY["when_ready"].parse("no_such_module_here.hook")
     assert not REGISTRY["post_fork"].cli  # config file only, as in gunicorn
+
+
+def test_worker_class_carries_gunicorns_meaning():
+    from corral.master.carryover import effective
+    from corral.shared.settings import Settings
+
+    gthread = effective(Settings(worker_class="gthread", timeout=2))
+    assert gthread.interface == "wsgi" and gthread.request_timeout == 2.0  # gunicorn's timeout bounded requests
+    assert effective(Settings(worker_class="sync", request_timeout=9)).request_timeout == 9.0
+    uvicorn = effective(Settings(worker_class="uvicorn.workers.UvicornWorker", timeout=2))
+    assert uvicorn.interface == "auto" and uvicorn.request_timeout == 0.0  # an event loop: the watchdog only
+    with pytest.raises(SettingError, match="cannot run worker class 'eventlet'"):
+        Settings(worker_class="eventlet")
