@@ -121,7 +121,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def select_servers(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]]:
-    wanted = list(servers.SPECS)
+    wanted = [name for name in servers.SPECS if name not in servers.OPT_IN]
     if args.servers:
         wanted = []
         for name in (s.strip() for s in args.servers.split(",")):

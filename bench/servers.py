@@ -46,6 +46,14 @@ def _corral(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]
     return argv
 
 
+HOOKS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks_conf.py")
+
+
+def _corral_hooks(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
+    """corral with gunicorn's pre_request/post_request hooks set (no-ops): what the hooks cost per request."""
+    return _corral(app, port, workers, opt) + ["-c", HOOKS_CONF]
+
+
 def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
     argv = [PY, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--workers", str(workers), "--loop",
             "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -97,11 +105,14 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("hypercorn", "asgi", "hypercorn", _hypercorn, note="-k uvloop"),
     Spec("granian", "asgi", "granian", _granian("asgi"), note="--interface asgi --loop uvloop"),
     Spec("corral-wsgi", "wsgi", "corral.master", _corral, websocket=False),
+    Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
     Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
     Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
     Spec("granian-wsgi", "wsgi", "granian", _granian("wsgi"), websocket=False, note="--interface wsgi"),
 )}
 # `corral-wsgi` is corral on the WSGI app: its row keeps the WSGI table apart from the ASGI ones.
+# `corral-hooks` runs only when named (--servers corral,corral-hooks): it measures the hooks' cost.
+OPT_IN = ("corral-hooks",)
 
 
 def available(name: str) -> str | None:

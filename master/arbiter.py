@@ -29,6 +29,7 @@ from corral.master.tls import server_context
 from corral.master.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.channel import pair
 from corral.master.control import ControlServer
+from corral.master.hooks import ServerView, run_hook, unborn_worker, worker_view
 from corral.master.logs import describe_listener, reopen_logs, setup_logging
 from corral.master.pidfile import Pidfile, pid_alive
 from corral.master.proctitle import set_title
@@ -93,6 +94,8 @@ class Arbiter:
         self.start_cwd = os.getcwd()
         self.started = time.time()
         self.all_ready_once = False
+        self.server = ServerView(self)  # what gunicorn's server hooks get
+        self.reloader: Any = None  # --reload's watcher (corral.master.reload)
 
     # ------------------------------------------------------------------ start and the loop
 
@@ -109,12 +112,14 @@ class Arbiter:
             return 0
         finally:
             self.cleanup()
+            run_hook(self.settings, "on_exit", self.server)
 
     def start(self) -> None:
         """Pid file, app check or preload, sockets, control socket, signals. Raises the typed errors."""
         settings = self.settings
         os.umask(settings.umask)
         pid = os.getpid()
+        run_hook(settings, "on_starting", self.server)
         set_title("master", self.name)
         if settings.pidfile:
             pidfile = Pidfile(settings.pidfile)
@@ -140,8 +145,14 @@ class Arbiter:
         signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
         for sig in workerproc.MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
+        if settings.reload:
+            from corral.master.reload import Reloader
+
+            self.reloader = Reloader.start(settings, self.start_cwd)  # SettingError without watchfiles
+            self.selector.register(self.reloader.fileno(), selectors.EVENT_READ, self._files_changed)
         where = ", ".join(describe_listener(s) for s in self.listeners) or ", ".join(self.reuse_port_addresses)
         logger.info("corral master %d serving %s on %s with %d worker(s)", pid, self.spec, where, self.num_workers)
+        run_hook(settings, "when_ready", self.server)
 
     def load_app(self, settings: Settings) -> None:
         if settings.preload_app:
@@ -247,12 +258,23 @@ class Arbiter:
             logger.error("Reload failed, keeping the running workers: %s", exc)
             return
         self.rollback = (self.settings, self.num_workers, self.ssl_context)
+        old_workers = self.num_workers
         self.settings = settings
         self.ssl_context = ssl_context
         self.num_workers = settings.workers
         self.generation += 1
         for worker in self.workers.values():
             worker.outdated = True
+        run_hook(settings, "on_reload", self.server)
+        if self.num_workers != old_workers:
+            run_hook(settings, "nworkers_changed", self.server, self.num_workers, old_workers)
+
+    def _files_changed(self, key: Any) -> None:
+        """--reload: a watched file changed; the reload is HUP's (queued like a signal, for the loop)."""
+        changes = self.reloader.read()
+        if changes:
+            logger.info("Reloading: %s changed", changes)
+            self.signals.put_nowait(signal.SIGHUP)
 
     def handle_term(self) -> None:
         self.stop(graceful=True)
@@ -265,10 +287,12 @@ class Arbiter:
     def handle_ttin(self) -> None:
         self.num_workers += 1
         logger.info("TTIN: %d worker(s)", self.num_workers)
+        run_hook(self.settings, "nworkers_changed", self.server, self.num_workers, self.num_workers - 1)
 
     def handle_ttou(self) -> None:
         if self.num_workers > 1:
             self.num_workers -= 1
+            run_hook(self.settings, "nworkers_changed", self.server, self.num_workers, self.num_workers + 1)
         logger.info("TTOU: %d worker(s)", self.num_workers)
 
     def handle_usr1(self) -> None:
@@ -331,6 +355,8 @@ class Arbiter:
         if settings.max_applications != share:
             settings = settings.replace(max_applications=share)
         master_end, worker_end = pair()
+        if settings.pre_fork is not None:
+            run_hook(settings, "pre_fork", self.server, unborn_worker(number, settings))
         # Blocked across fork: a signal the child got before dropping the master's handlers would only
         # feed the child's copy of the queue (a TERM lost until the SIGKILL deadline).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, workerproc.MASTER_SIGNALS)
@@ -341,7 +367,7 @@ class Arbiter:
             master_end.close()
             workerproc.run_child(self.app, settings, self.listeners, worker_end, number=number, name=self.name,
                                  reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child,
-                                 ssl_context=self.ssl_context)
+                                 server=self.server, ssl_context=self.ssl_context)
         worker_end.close()
         jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
         max_requests = settings.max_requests + jitter if settings.max_requests else 0
@@ -366,6 +392,8 @@ class Arbiter:
         if self.pipe is not None:
             for fd in self.pipe:
                 os.close(fd)
+        if self.reloader is not None:
+            self.reloader.close_in_child()
         if self.control is not None and self.control.sock is not None:
             self.control.sock.close()
 
@@ -384,6 +412,9 @@ class Arbiter:
                 if not worker.outdated and worker.generation == self.generation:
                     self.rollback = None  # the reloaded app boots: no going back
                 logger.info("Worker %d (pid %d) ready", worker.number, worker.pid)
+            elif kind == "recycle" and not worker.outdated:
+                logger.warning("Worker %d (pid %d) asks to be replaced (stuck requests)", worker.number, worker.pid)
+                worker.outdated = True
             elif kind == "hb":
                 worker.stats = message
                 if (worker.max_requests and not worker.outdated and not worker.retiring
@@ -437,6 +468,8 @@ class Arbiter:
             self.worker_exited(worker, code)
 
     def worker_exited(self, worker: Worker, code: int) -> None:
+        if self.settings.child_exit is not None:
+            run_hook(self.settings, "child_exit", self.server, worker_view(worker, self.settings))
         if worker.retiring or self.stopping:
             logger.info("Worker %d (pid %d) exited with %s", worker.number, worker.pid, describe_exit(code))
             return
@@ -453,7 +486,7 @@ class Arbiter:
             serving = any(w.ready for w in self.workers.values())
             if self.boot_failures < self.settings.worker_boot_retries:
                 return
-            what = "lifespan startup failed" if code == WORKER_BOOT_ERROR else "the application failed to import"
+            what = "lifespan startup or post_fork failed" if code == WORKER_BOOT_ERROR else "the application failed to import"
             if not serving:
                 raise CrashLoop(f"{self.boot_failures} workers in a row failed to boot ({what}) and none "
                                 "is serving; see the log above")
@@ -528,6 +561,7 @@ class Arbiter:
             logger.warning("USR2 with --reuse-port: the new master's workers bind their own sockets")
         if self.pidfile is not None:
             self.pidfile.rename(self.pidfile.path + ".oldbin")
+        run_hook(self.settings, "pre_exec", self.server)
         pid = start_new_master(self.listeners, self.start_cwd)
         self.reexec_pid = pid
         logger.info("Upgrading: new master pid %d", pid)
@@ -613,6 +647,8 @@ class Arbiter:
         self.close_listeners()
         if self.control is not None:
             self.control.close()
+        if self.reloader is not None:
+            self.reloader.stop()
         if self.pidfile is not None:
             self.pidfile.unlink()
         signal.set_wakeup_fd(-1)

@@ -10,13 +10,15 @@ crash loop) and turned into one line and an exit code here:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, NoReturn, Sequence
 
 import click
 
-from corral.master.config import collect, settings_options
+from corral.master.carryover import apply_environment, effective, scan_flags
+from corral.master.config import ConfigProblems, collect, find_config, load_python_config, settings_options
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
 from corral.shared.settings import REGISTRY, Settings, SettingError
 
@@ -35,18 +37,28 @@ def _version() -> str:
 
 
 def _fail(message: str, code: int) -> int:
-    click.echo(f"{PROG}: error: {message}", err=True)
+    """One `serve: error:` line per problem (a config file may have several, all reported in one run)."""
+    lines = message.split("\n") if isinstance(message, str) else [str(message)]
+    if not lines[0].startswith("Traceback") and len(lines) > 1 and not any(l.startswith("  ") for l in lines):
+        for line in lines:
+            click.echo(f"{PROG}: error: {line}", err=True)
+    else:
+        click.echo(f"{PROG}: error: {message}", err=True)
     return code
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("app", required=False, metavar="APP")
 @click.option("-c", "--config", "config_path", default=None, metavar="FILE",
-              help="A Python config file (gunicorn's format: module-level names are settings).")
-@click.option("--check-config", is_flag=True, help="Print the effective settings (name = value) and exit.")
+              help="A Python config file (gunicorn's format: module-level names are settings). Without it, "
+                   "./corral.conf.py, else ./gunicorn.conf.py, is loaded when present.")
+@click.option("--check-config", is_flag=True,
+              help="Check the settings and import the app (in a short-lived child), then exit: 0 when both "
+                   "are good, 2 for a bad setting, 4 when the app does not import.")
+@click.option("--print-config", is_flag=True, help="Print the effective settings (name = value) and exit.")
 @click.version_option(_version(), "--version", prog_name="corral", message="%(prog)s %(version)s")
 @settings_options
-def serve(app: str | None, config_path: str | None, check_config: bool, **params: Any) -> int:
+def serve(app: str | None, config_path: str | None, check_config: bool, print_config: bool, **params: Any) -> int:
     """Serve APP (module:attribute, or module:factory() with --factory) with a master and forked workers.
 
     Signals to the master: TERM graceful stop, INT/QUIT quick stop, HUP reload settings and app (new
@@ -54,41 +66,106 @@ def serve(app: str | None, config_path: str | None, check_config: bool, **params
     to a new master on the same sockets.
     """
     environ = dict(os.environ)
-    if config_path:
-        config_path = os.path.abspath(config_path)
     start_cwd = os.getcwd()
+    config_path = os.path.abspath(config_path) if config_path else find_config(start_cwd)
 
     def load() -> Settings:
-        return collect(params, config_path, environ=os.environ, folder=start_cwd)
+        settings = effective(collect(params, config_path, environ=os.environ, folder=start_cwd, cmd_args=cmd_args))
+        apply_environment(settings)
+        return settings
 
     try:
-        settings = collect(params, config_path, environ=environ, folder=start_cwd)
+        cmd_args = _cmd_args(environ)
+        settings = effective(collect(params, config_path, environ=environ, folder=start_cwd, cmd_args=cmd_args))
     except SettingError as exc:
         return _fail(str(exc), CONFIG_ERROR)
-    if check_config:
+    apply_environment(settings)
+    app = app or settings.wsgi_app
+    if print_config:
         for name, declared in REGISTRY.items():
             click.echo(f"{name} = {declared.show(getattr(settings, name))}")
         return OK
     if not app:
         return _fail("missing the application: serve [OPTIONS] APP (e.g. myproject.asgi:application)", CONFIG_ERROR)
-    return run(app, settings, load)
+    if settings.reload and settings.preload_app:
+        return _fail("--reload cannot work with --preload: the app is imported once in the master, so new code "
+                     "needs a new master (USR2); drop --preload while developing", CONFIG_ERROR)
+    if check_config:
+        return _check(app, settings)
+    return run(app, settings, load, config_path)
 
 
-def run(app: str, settings: Settings, load: Any) -> int:
-    # Imported here: `serve --help` and `--check-config` need none of this.
+def _cmd_args(environ: dict[str, str]) -> dict[str, Any]:
+    """GUNICORN_CMD_ARGS then CORRAL_CMD_ARGS (which wins), parsed as command lines (gunicorn's order:
+    above the config file, below the real command line)."""
+    import shlex
+
+    given: dict[str, Any] = {}
+    for variable in ("GUNICORN_CMD_ARGS", "CORRAL_CMD_ARGS"):
+        text = environ.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            args = shlex.split(text)
+        except ValueError as exc:
+            raise SettingError(f"{variable}: {exc}") from None
+        args, problems, warnings = scan_flags(args, _known_options())
+        for warning in warnings:
+            click.echo(f"{PROG}: warning: {variable}: {warning}", err=True)
+        if problems:
+            raise ConfigProblems([f"{variable}: {problem}" for problem in problems])
+        try:
+            context = serve.make_context(PROG, args, resilient_parsing=False)
+        except click.UsageError as exc:
+            raise SettingError(f"{variable}: {exc.format_message()}") from None
+        given.update({k: v for k, v in context.params.items() if v is not None and v != ()})
+    return given
+
+
+def _known_options() -> set[str]:
+    options = {opt for param in serve.params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")}
+    return options | {"-h", "--help"}  # click adds the help option itself
+
+
+def _chdir(settings: Settings) -> None:
+    if settings.chdir:
+        try:
+            os.chdir(settings.chdir)
+        except OSError as exc:
+            raise SettingError(f"invalid value for --chdir: {settings.chdir!r}: {exc.strerror or exc}") from None
+
+
+def _check(app: str, settings: Settings) -> int:
+    """--check-config: gunicorn's meaning, the app must import (in a child: the check leaves no trace)."""
+    from corral.master.appcheck import AppCheckError, check_app
+
+    try:
+        _chdir(settings)
+        check_app(app, settings)
+    except SettingError as exc:
+        return _fail(str(exc), CONFIG_ERROR)
+    except AppCheckError as exc:
+        return _fail(str(exc), APP_IMPORT_ERROR)
+    click.echo(f"{PROG}: settings and application {app!r} are good", err=True)
+    return OK
+
+
+def run(app: str, settings: Settings, load: Any, config_path: str | None = None) -> int:
+    # Imported here: `serve --help` and `--print-config` need none of this.
     from corral.master.arbiter import AppCheckError, Arbiter, CrashLoop
     from corral.master.logs import setup_logging
     from corral.master.pidfile import PidfileError
     from corral.master.sockets import BindError
     from corral.worker.application import AppImportError
 
-    if settings.chdir:
-        try:
-            os.chdir(settings.chdir)
-        except OSError as exc:
-            return _fail(f"invalid value for --chdir: {settings.chdir!r}: {exc.strerror or exc}", CONFIG_ERROR)
+    try:
+        _chdir(settings)
+    except SettingError as exc:
+        return _fail(str(exc), CONFIG_ERROR)
     try:
         setup_logging(settings)
+        if config_path:
+            logging.getLogger("corral.master").info("Loaded config file %s", config_path)
         return Arbiter(app, settings, reload=load).run()
     except (SettingError, PidfileError) as exc:
         return _fail(str(exc), CONFIG_ERROR)
@@ -146,8 +223,30 @@ def _invoke(command: click.Command, args: Sequence[str], prog: str) -> int:
     return result if isinstance(result, int) else OK
 
 
+def _scan(args: list[str]) -> tuple[list[str], int | None]:
+    """Every unknown or unsupported flag, and the config file's problems, reported in one run."""
+    args, problems, warnings = scan_flags(args, _known_options())
+    for warning in warnings:
+        click.echo(f"{PROG}: warning: {warning}", err=True)
+    if not problems:
+        return args, None
+    config = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config")), None)
+    config = config or find_config(os.getcwd())
+    if config:
+        try:
+            load_python_config(config, warn=lambda _: None)
+        except ConfigProblems as exc:
+            problems += exc.problems
+        except SettingError as exc:
+            problems.append(str(exc))
+    return args, _fail("\n".join(problems), CONFIG_ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "status":
         sys.exit(_invoke(status, args[1:], f"{PROG} status"))
+    args, failed = _scan(args)
+    if failed is not None:
+        sys.exit(failed)
     sys.exit(_invoke(serve, args, PROG))

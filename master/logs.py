@@ -2,6 +2,10 @@
 
 Every corral logger is below "corral" ("corral.error", "corral.worker.server", ...), so the handler goes
 on "corral"; the access log ("corral.access") keeps its own handler (see worker/accesslog.py).
+
+gunicorn's logger names work too, both ways: a --log-config dictConfig that configures "gunicorn.error" or
+"gunicorn.access" (a JSON formatter, say) applies to corral's error and access logs, and an app that hands
+"gunicorn.error"'s handlers to its own logger (a common Flask recipe) gets corral's error log.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ def setup_logging(settings: Settings) -> None:
         if getattr(handler, _OURS, False):
             root.removeHandler(handler)
             handler.close()
-    if settings.logconfig:
-        logging.config.dictConfig(_load_dict_config(settings.logconfig))
+    if settings.logconfig_dict or settings.logconfig:
+        config = dict(settings.logconfig_dict) if settings.logconfig_dict else _load_dict_config(settings.logconfig)
+        config.setdefault("version", 1)
+        config.setdefault("disable_existing_loggers", False)
+        logging.config.dictConfig(config)
+        _adopt_gunicorn_loggers()
+        _capture_output(settings)
         return
     handler: logging.Handler
     if settings.errorlog in ("-", ""):
@@ -49,6 +58,46 @@ def setup_logging(settings: Settings) -> None:
     root.addHandler(handler)
     root.setLevel(settings.loglevel.upper())
     root.propagate = False
+    gunicorn = logging.getLogger("gunicorn.error")
+    for old in [h for h in gunicorn.handlers if getattr(h, _OURS, False)]:
+        gunicorn.removeHandler(old)
+    gunicorn.addHandler(handler)
+    gunicorn.setLevel(settings.loglevel.upper())
+    gunicorn.propagate = False
+    _capture_output(settings)
+
+
+#: gunicorn's logger -> the corral logger that does its job.
+GUNICORN_LOGGERS = (("gunicorn.error", "corral"), ("gunicorn.access", "corral.access"))
+
+
+def _adopt_gunicorn_loggers() -> None:
+    """A dictConfig written for gunicorn configures gunicorn.error/gunicorn.access: corral's loggers take
+    their handlers and level (a config that names corral's loggers itself is left as it is)."""
+    for theirs, ours in GUNICORN_LOGGERS:
+        source, target = logging.getLogger(theirs), logging.getLogger(ours)
+        if source.handlers and not target.handlers:
+            for handler in source.handlers:
+                target.addHandler(handler)
+            if source.level:
+                target.setLevel(source.level)
+            target.propagate = False
+
+
+def _capture_output(settings: Settings) -> None:
+    """--capture-output: fds 1 and 2 of the master (and so of every worker) go to the error log file."""
+    if not settings.capture_output or settings.errorlog in ("-", ""):
+        return
+    try:
+        fd = os.open(settings.errorlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SettingError(f"invalid value for --error-logfile: cannot open {settings.errorlog!r}: "
+                           f"{exc.strerror or exc}") from None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _load_dict_config(path: str) -> dict[str, Any]:
@@ -83,7 +132,7 @@ def reopen_logs() -> None:
 
 def error_stream(settings: Settings) -> Any:
     """The file faulthandler writes stacks to: stderr, or the error log file (opened for appending)."""
-    if settings.errorlog in ("-", "") or settings.logconfig:
+    if settings.errorlog in ("-", "") or settings.logconfig or settings.logconfig_dict:
         return sys.stderr
     try:
         return open(settings.errorlog, "a", buffering=1)

@@ -20,8 +20,11 @@ from corral.master.channel import Channel
 from corral.master.logs import error_stream, reopen_logs
 from corral.master.proctitle import set_title
 from corral.master.sockets import bind, parse_address
+from corral.master.hooks import run_hook
+from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.boot import run_worker
+from corral.worker.hookapi import WorkerView
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 
@@ -49,19 +52,35 @@ def reset_signals() -> None:
 class _Link:
     """The worker's end of the control channel, driven by the worker's event loop."""
 
-    def __init__(self, channel: Channel, heartbeat: float, settings: Settings) -> None:
+    def __init__(self, channel: Channel, heartbeat: float, settings: Settings, worker: WorkerView) -> None:
         self.channel = channel
         self.heartbeat = heartbeat
         self.settings = settings
+        self.worker = worker
         self.server: Any = None
         self.ready_sent = False
+        worker.recycle = self.recycle
 
     def on_ready(self, server: Any) -> None:
         import asyncio
 
         self.server = server
         server.heartbeat_interval = self.heartbeat
-        asyncio.get_running_loop().add_reader(self.channel.fileno(), self.on_readable)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.channel.fileno(), self.on_readable)
+        if self.settings.worker_int is not None:  # replaces boot's INT/QUIT handlers: the hook, then the same stop
+            for sig in (signal.SIGINT, signal.SIGQUIT):
+                loop.add_signal_handler(sig, self.interrupted)
+        self.worker.booted = True
+        run_hook(self.settings, "post_worker_init", self.worker)
+
+    def interrupted(self) -> None:
+        run_hook(self.settings, "worker_int", self.worker)
+        self.server.request_stop(False)
+
+    def recycle(self) -> None:
+        """Ask the master for a replacement (new worker first, then this one stops gracefully)."""
+        self.channel.send("recycle")
 
     def notify(self) -> None:
         # Called by WorkerServer's heartbeat coroutine, on the loop: the first call means the loop serves.
@@ -87,7 +106,8 @@ class _Link:
                 server.drain()
             elif kind == "reopen":
                 reopen_logs()
-                faulthandler.register(DUMP_SIGNAL, file=error_stream(self.settings), all_threads=True, chain=False)
+                faulthandler.register(DUMP_SIGNAL, file=error_stream(self.settings), all_threads=True,
+                                      chain=self.settings.worker_abort is not None)
                 if server.access_log is not None:
                     server.access_log.reopen()
         if eof:
@@ -124,10 +144,12 @@ def run_child(
     name: str,
     reuse_port: Sequence[str] = (),
     cleanup: Callable[[], None] | None = None,
+    server: Any = None,
     ssl_context: Any = None,
 ) -> NoReturn:
     """Run one worker in this (forked) process and exit with its code; never returns."""
     code = 1
+    worker = WorkerView(number, settings)
     try:
         reset_signals()
         # Job-control and reload signals are the master's business; a worker that got them (a signal to the
@@ -137,12 +159,21 @@ def run_child(
         if cleanup is not None:
             cleanup()  # close the master's fds: other workers' channels, self-pipe, control socket
         set_title(f"worker {number}", name)
-        faulthandler.register(DUMP_SIGNAL, file=error_stream(settings), all_threads=True, chain=False)
+        if settings.worker_abort is not None:
+            # Chained after faulthandler's C-level stack dump: runs when the main thread next gets the GIL
+            # (a blocked time.sleep is interrupted), before the SIGKILL that follows DUMP_GRACE later.
+            signal.signal(DUMP_SIGNAL, lambda *_: run_hook(settings, "worker_abort", worker))
+        faulthandler.register(DUMP_SIGNAL, file=error_stream(settings), all_threads=True,
+                              chain=settings.worker_abort is not None)
+        if not run_hook(settings, "post_fork", server, worker):
+            logger.error("Worker %d failed to boot: its post_fork hook raised", number)
+            code = WORKER_BOOT_ERROR
+            return  # type: ignore[misc]  # the finally below exits
         own = [bind(parse_address(address), settings.backlog, reuse_port=True) for address in reuse_port]
         _drop_privileges(settings)
         heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
-        link = _Link(channel, heartbeat, settings)
-        code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready,
+        link = _Link(channel, heartbeat, settings, worker)
+        code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready, worker=worker,
                           ssl_context=ssl_context)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -151,6 +182,8 @@ def run_child(
         code = 1
     finally:
         try:
+            worker.alive = False
+            run_hook(settings, "worker_exit", server, worker)
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()

@@ -208,6 +208,7 @@ class Setting:
     multiple: bool = False  # a repeatable CLI flag collecting a list (e.g. --bind)
     is_flag: bool = False  # a CLI switch taking no value
     render: Callable[[Any], str] | None = None  # how a value is written back (e.g. a umask in octal)
+    cli: bool = True  # False: config file and environment only (gunicorn's server hooks have no flag)
 
     def show(self, value: Any) -> str:
         """`value` as a user would write it on the command line or in CORRAL_* (it parses back)."""
@@ -426,10 +427,15 @@ _declare("logconfig", "logging", optional_str, None,
          "A logging.config.dictConfig file: JSON, or Python defining a dict named LOGGING (replaces the "
          "error log setup).", ("--log-config",), metavar="FILE")
 _declare("accesslog", "logging", optional_str, None,
-         "Access log file ('-' is stderr); no access log when unset.", ("--access-logfile",))
+         "Access log file ('-' is stdout, as in gunicorn); no access log when unset (unless --log-config "
+         "configures the access logger).", ("--access-logfile",))
 _declare("access_log_format", "logging", to_str,
-         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
-         "Access log format with gunicorn's atoms.", ("--access-logformat",))
+         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms',
+         "Access log format with gunicorn's atoms (%(M)s: duration in ms, %(D)s: in microseconds); the "
+         "default is gunicorn's with the duration added.", ("--access-logformat",))
+
+# Hooks, gunicorn carry-over, request deadlines and --reload: declared in their own module (same registry).
+from corral.shared import settings_compat  # noqa: E402,F401  (registers its settings)
 
 
 # ---------------------------------------------------------------------------- resolved settings
@@ -484,7 +490,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     found: dict[str, Any] = {}
     known = {declared.env: declared for declared in REGISTRY.values()}
     for key, raw in environ.items():
-        if not key.startswith("CORRAL_"):
+        if not key.startswith("CORRAL_") or key == "CORRAL_CMD_ARGS":  # a command line, read by the CLI
             continue
         declared = known.get(key)
         if declared is None:

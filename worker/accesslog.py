@@ -214,18 +214,26 @@ class ReopenableFileHandler(logging.FileHandler):
 
 
 def make_access_log(settings: Any) -> Optional[AccessLog]:
-    """The access log configured by `settings.accesslog` / `settings.access_log_format`, or None when off."""
+    """The access log configured by `settings.accesslog` / `settings.access_log_format`, or None when off.
+
+    '-' is stdout (gunicorn's). With --log-config and no --access-logfile, the log is on when the dictConfig
+    gave the access logger ("corral.access", or gunicorn's "gunicorn.access") a handler, as in gunicorn; such a
+    config's handlers are then the only ones (`-` does not bypass it)."""
     target = settings.accesslog
+    logger = logging.getLogger(ACCESS_LOGGER_NAME)
+    configured = [h for h in logger.handlers if not getattr(h, "_corral_access", False)]
+    if (getattr(settings, "logconfig", None) or getattr(settings, "logconfig_dict", None)) and configured:
+        # The dictConfig decides where access lines go (its handlers and formatter, for '-' too).
+        return AccessLog(settings.access_log_format, logger)
     if not target:
         return None
-    logger = logging.getLogger(ACCESS_LOGGER_NAME)
     for handler in list(logger.handlers):  # rebuilding (config reload): drop the handler we installed before
         if getattr(handler, "_corral_access", False):
             logger.removeHandler(handler)
             handler.close()
     handler: logging.Handler
     if target == "-":
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(sys.stdout)
     else:
         handler = ReopenableFileHandler(target)
     handler._corral_access = True  # type: ignore[attr-defined]

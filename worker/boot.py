@@ -19,6 +19,8 @@ from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.accesslog import make_access_log
 from corral.worker.application import AppImportError, import_app, wrap_application
+from corral.worker.deadline import wrap_deadline
+from corral.worker.hookapi import WorkerView, wrap_request_hooks
 from corral.worker.lifespan import Lifespan, LifespanFailure
 from corral.worker.proxy import make_proxy_headers
 from corral.worker.server import WorkerServer
@@ -41,10 +43,17 @@ async def serve_application(
     *,
     notify: Callable[[], None] | None = None,
     on_ready: Callable[[WorkerServer], None] | None = None,
+    worker: WorkerView | None = None,
     ssl_context: Any = None,
 ) -> int:
     """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code."""
     asgi_app = wrap_application(app, settings.interface, executor=runtime.get_runtime().pool)
+    # --request-timeout and the pre_request/post_request hooks: each a layer only when set.
+    worker = worker if worker is not None else WorkerView(0, settings)
+    servers: list[WorkerServer] = []
+    asgi_app = wrap_deadline(asgi_app, app, settings.request_timeout, settings.threads,
+                             lambda: worker.recycle() if worker.recycle else servers[0].request_stop(True))
+    asgi_app = wrap_request_hooks(asgi_app, worker, settings.pre_request, settings.post_request)
     lifespan = Lifespan(asgi_app, settings.lifespan)
     try:
         await lifespan.startup()
@@ -60,6 +69,7 @@ async def serve_application(
         notify=notify,
         ssl_context=ssl_context,
     )
+    servers.append(server)
     if on_ready is not None:
         on_ready(server)
     try:
@@ -77,6 +87,7 @@ def run_worker(
     notify: Callable[[], None] | None = None,
     on_ready: Callable[[WorkerServer], None] | None = None,
     handle_signals: bool = True,
+    worker: WorkerView | None = None,
     ssl_context: Any = None,
 ) -> int:
     """Run a worker to completion on a new uvloop loop; `app` may be an object or a spec string.
@@ -111,7 +122,7 @@ def run_worker(
 
     try:
         return loop.run_until_complete(serve_application(app, settings, sockets, notify=notify, on_ready=ready,
-                                                         ssl_context=ssl_context))
+                                                         worker=worker, ssl_context=ssl_context))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())

@@ -94,9 +94,9 @@ def test_address_in_use_is_one_line_and_exit_6(apps):
     assert "Traceback" not in result.stderr
 
 
-def test_check_config_prints_effective_settings(apps):
+def test_print_config_prints_effective_settings(apps):
     (apps / "pyproject.toml").write_text("[tool.corral]\nthreads = 3\n")
-    result = serve(["--check-config", "-w", "3", "--umask", "027", "--max-worker-memory", "1G", "apps:app"], apps,
+    result = serve(["--print-config", "-w", "3", "--umask", "027", "--max-worker-memory", "1G", "apps:app"], apps,
                    env={"CORRAL_TIMEOUT": "7"})
     assert result.returncode == OK, result.stderr
     lines = result.stdout.splitlines()
@@ -137,3 +137,85 @@ def test_stale_pid_file_is_replaced_and_removed_at_exit(apps, tmp_path):
     finally:
         assert master.stop() == OK
     assert not pidfile.exists()
+
+
+def test_check_config_imports_the_app_as_gunicorn_does(apps):
+    good = serve(["--check-config", "apps:app"], apps)
+    assert good.returncode == OK, good.stderr
+    assert "Booting worker" not in good.stderr
+    broken = serve(["--check-config", "broken:app"], apps)  # imports a module that does not exist
+    assert broken.returncode == APP_IMPORT_ERROR
+    assert "no_such_module_anywhere" in broken.stderr and broken.stderr.count("Traceback") == 1
+    missing = serve(["--check-config", "apps:nothing"], apps)
+    assert missing.returncode == APP_IMPORT_ERROR and "attribute 'nothing' not found" in missing.stderr
+
+
+def test_every_unknown_flag_and_key_in_one_run(apps):
+    (apps / "gunicorn.conf.py").write_text("wokers = 2\nkeyfile = '/etc/ssl/k.pem'\nthreads = 2\n")
+    result = serve(["--certfile", "c.pem", "--reload-engine", "auto", "--port", "8000", "--timout", "3",
+                    "apps:app"], apps)
+    assert result.returncode == CONFIG_ERROR
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("serve: error: ")]
+    assert len(errors) == 5, result.stderr
+    text = "\n".join(errors)
+    assert "--certfile is not supported; corral has no equivalent (corral does not terminate TLS" in text
+    assert "no such option --port; corral's equivalent is -b/--bind HOST:PORT" in text
+    assert "no such option --timout; did you mean --timeout?" in text
+    assert "unknown setting 'wokers'" in text and "did you mean 'workers'?" in text
+    assert "gunicorn's 'keyfile' is not supported" in text
+    assert [line for line in lines if "warning" in line and "--reload-engine" in line]  # dropped, not an error
+    assert "preload" not in result.stderr and "error-logfile" not in result.stderr
+
+
+def test_worker_class_gevent_is_one_line(apps):
+    result = serve(["-k", "gevent", "apps:app"], apps)
+    assert result.returncode == CONFIG_ERROR
+    line = one_error_line(result)
+    assert "cannot run worker class 'gevent' (monkey-patched greenlets)" in line and "gthread (WSGI)" in line
+
+
+def test_reload_without_watchfiles_is_one_line(apps, tmp_path):
+    # sitecustomize hides watchfiles from this process (a None in sys.modules: "not importable").
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sitecustomize.py").write_text("import sys\nsys.modules['watchfiles'] = None\n")
+    port = free_port()
+    result = serve(["--reload", "-b", f"127.0.0.1:{port}", "apps:app"], apps, env={"PYTHONPATH": str(shadow)})
+    assert result.returncode == CONFIG_ERROR
+    assert "--reload needs watchfiles: pip install 'corral[reload]'" in one_error_line(result)
+
+
+def test_help_lists_the_carried_over_flags(apps):
+    result = serve(["--help"], apps)
+    assert result.returncode == OK, result.stderr
+    for flag in ("--reload", "--reload-dir", "--request-timeout", "--capture-output", "-k, --worker-class",
+                 "-e, --env", "--pythonpath", "--check-config", "--print-config"):
+        assert flag in result.stdout, flag
+    assert "--post-fork" not in result.stdout  # hooks: config file only
+
+
+def test_pythonpath_and_wsgi_app_from_the_config_file(apps):
+    lib = apps / "lib"
+    lib.mkdir()
+    (lib / "libapp.py").write_text("def app(environ, start_response):\n    return []\n")
+    assert serve(["--check-config", "libapp:app"], apps).returncode == APP_IMPORT_ERROR
+    assert serve(["--check-config", "--pythonpath", "lib", "libapp:app"], apps).returncode == OK
+    (apps / "gunicorn.conf.py").write_text("wsgi_app = 'libapp:app'\npythonpath = 'lib'\n")
+    result = serve(["--check-config"], apps)  # no APP on the command line: the file's wsgi_app
+    assert result.returncode == OK, result.stderr
+    assert "'libapp:app' are good" in result.stderr
+
+
+def test_cmd_args_precedence(apps):
+    (apps / "corral.conf.py").write_text("workers = 2\nthreads = 2\nbacklog = 10\n")
+    (apps / "gunicorn.conf.py").write_text("workers = 9\n")  # corral.conf.py wins when both exist
+    result = serve(["--print-config", "--backlog", "30", "apps:app"], apps,
+                   env={"GUNICORN_CMD_ARGS": "--threads 3 --backlog 20 -w 4", "CORRAL_CMD_ARGS": "-w 5"})
+    assert result.returncode == OK, result.stderr
+    lines = result.stdout.splitlines()
+    # command line > CORRAL_CMD_ARGS > GUNICORN_CMD_ARGS > config file
+    assert "backlog = 30" in lines and "workers = 5" in lines and "threads = 3" in lines
+    bad = serve(["apps:app"], apps, env={"GUNICORN_CMD_ARGS": "--certfile x.pem"})
+    assert bad.returncode == CONFIG_ERROR
+    assert "GUNICORN_CMD_ARGS: gunicorn's --certfile is not supported" in one_error_line(bad)

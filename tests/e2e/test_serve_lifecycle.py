@@ -72,7 +72,7 @@ def test_repeated_boot_failure_backs_off_then_halts(start):
     assert output.count("lifespan startup failed: database unreachable") >= 3
     assert "Workers keep dying: next start in" in output
     last = output.strip().splitlines()[-1]
-    assert last.startswith("serve: error: 3 workers in a row failed to boot (lifespan startup failed)")
+    assert last.startswith("serve: error: 3 workers in a row failed to boot (lifespan startup or post_fork failed)")
     assert not master.pidfile.exists()
 
 

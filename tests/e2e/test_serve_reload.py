@@ -86,6 +86,9 @@ def test_usr2_upgrades_to_a_new_master_without_a_failed_request(apps, tmp_path):
     port = free_port()
     pidfile = tmp_path / "serve.pid"
     set_subreaper(True)  # the new master outlives its parent: it becomes our child, so we can reap it
+    # gunicorn's pre_exec hook, from the config file found in the folder: runs in the old master before the new.
+    (apps / "corral.conf.py").write_text(
+        "import os\ndef pre_exec(server):\n    open(f'pre_exec.{os.getpid()}', 'w').close()\n")
     old = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "-w", "2", "--preload", "apps:app"],
                  apps, port, pidfile)
     new_pid = 0
@@ -111,6 +114,7 @@ def test_usr2_upgrades_to_a_new_master_without_a_failed_request(apps, tmp_path):
         # A graceful stop serves what reaches a stopping worker: no connection is closed under a request.
         assert (load.retried_reused, load.retried_fresh) == (0, 0)
         assert "telling the old master" in old.output  # the new master logs to the same stderr
+        assert [p.name for p in apps.glob("pre_exec.*")] == [f"pre_exec.{old.pid}"]
         os.kill(new_pid, signal.SIGTERM)
         assert _reap(new_pid) == OK
         assert not pidfile.exists()

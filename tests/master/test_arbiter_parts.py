@@ -135,11 +135,11 @@ def test_cli_unknown_option_is_one_line(capsys):
     assert err == "serve: error: no such option --timout; did you mean --timeout?\n"
 
 
-def test_cli_check_config_lists_every_setting(capsys, tmp_path, monkeypatch):
+def test_cli_print_config_lists_every_setting(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CORRAL_WORKERS", raising=False)
     with pytest.raises(SystemExit) as exit:
-        main(["--check-config", "-w", "4", "-t", "0", "--preload"])
+        main(["--print-config", "-w", "4", "-t", "0", "--preload"])
     assert exit.value.code == 0
     out = capsys.readouterr().out.splitlines()
     assert "workers = 4" in out and "timeout = 0.0" in out and "preload_app = True" in out

@@ -108,7 +108,7 @@ def test_young_deaths_back_off_and_an_old_one_is_replaced_at_once():
 def test_boot_failures_with_nobody_serving_halt():
     arbiter = Harness(workers=1, worker_boot_retries=3)
     arbiter.manage_workers()
-    with pytest.raises(CrashLoop, match="3 workers in a row failed to boot \\(lifespan startup failed\\)"):
+    with pytest.raises(CrashLoop, match="3 workers in a row failed to boot \\(lifespan startup or post_fork failed\\)"):
         for _ in range(3):
             worker = next(iter(arbiter.workers.values()))
             del arbiter.workers[worker.pid]

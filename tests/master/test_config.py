@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from corral.master.config import collect, load_pyproject, load_python_config, settings_options
+from corral.master.config import ConfigProblems, suggest, collect, load_pyproject, load_python_config, settings_options
 from corral.shared.settings import SettingError
 
 
@@ -85,7 +85,7 @@ def test_gunicorn_config_file_carries_over(tmp_path, capsys):
     assert values["bind"] == ("127.0.0.1:9000", "unix:/tmp/app.sock")
     assert values["workers"] == 3 and values["keepalive"] == 4.0
     assert values["forwarded_allow_ips"] == ("10.0.0.1", "127.0.0.1")
-    assert "post_fork" in capsys.readouterr().err
+    assert callable(values["post_fork"])  # a server hook: carried over, not ignored
 
 
 def test_pyproject_table(tmp_path):
@@ -104,3 +104,61 @@ def test_config_file_errors_are_one_line(tmp_path):
     broken.write_text("workers = 1 / 0\n")
     with pytest.raises(SettingError, match="failed to run: ZeroDivisionError"):
         load_python_config(str(broken))
+
+
+def test_gunicorn_keys_all_reported_in_one_pass(tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("wokers = 2\ncertfile = '/etc/ssl/x.pem'\nworker_tmp_dir = '/dev/shm'\ndaemon = False\n"
+                    "reload = True\nasgi_lifespan = 'off'\n")
+    warnings = []
+    with pytest.raises(ConfigProblems) as raised:
+        load_python_config(str(conf), warn=warnings.append)
+    problems = raised.value.problems
+    assert len(problems) == 2, problems  # wokers and certfile; daemon = False is gunicorn's default
+    assert "'wokers'" in problems[0] and "did you mean 'workers'?" in problems[0]
+    assert "'certfile' is not supported; corral has no equivalent" in problems[1] and "nginx" in problems[1]
+    assert len(warnings) == 1 and "worker_tmp_dir" in warnings[0]
+
+
+def test_gunicorn_aliases_carry_the_value(tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("asgi_lifespan = 'off'\nwebsocket_max_message_size = 1024\nreload = True\n")
+    assert load_python_config(str(conf)) == {"lifespan": "off", "ws_max_size": 1024, "reload": True}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("reload", ""),  # a corral setting now: never "preload"
+    ("certfile", "corral has no equivalent"),
+    ("--port", "-b/--bind HOST:PORT"),
+    ("--limit-max-requests", "--max-requests"),
+    ("wokers", "did you mean 'workers'?"),
+    ("worker_connections", "--max-applications"),
+])
+def test_suggestions_only_propose_the_same_meaning(name, expected):
+    text = suggest(name)
+    assert expected in text
+    assert "preload" not in text and "error_logfile" not in text and "errorlog" not in text
+
+
+def test_hook_settings_check_arity_and_import_dotted_paths():
+    from corral.shared.settings import REGISTRY
+
+    assert REGISTRY["child_exit"].parse("os.path.join") is __import__("os").path.join  # any arity (*paths)
+    with pytest.raises(SettingError, match="takes 1 positional argument"):
+        REGISTRY["post_fork"].parse(lambda server: None)
+    with pytest.raises(SettingError, match="cannot import"):
+        REGISTRY["when_ready"].parse("no_such_module_here.hook")
+    assert not REGISTRY["post_fork"].cli  # config file only, as in gunicorn
+
+
+def test_worker_class_carries_gunicorns_meaning():
+    from corral.master.carryover import effective
+    from corral.shared.settings import Settings
+
+    gthread = effective(Settings(worker_class="gthread", timeout=2))
+    assert gthread.interface == "wsgi" and gthread.request_timeout == 2.0  # gunicorn's timeout bounded requests
+    assert effective(Settings(worker_class="sync", request_timeout=9)).request_timeout == 9.0
+    uvicorn = effective(Settings(worker_class="uvicorn.workers.UvicornWorker", timeout=2))
+    assert uvicorn.interface == "auto" and uvicorn.request_timeout == 0.0  # an event loop: the watchdog only
+    with pytest.raises(SettingError, match="cannot run worker class 'eventlet'"):
+        Settings(worker_class="eventlet")

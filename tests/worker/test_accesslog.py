@@ -102,7 +102,8 @@ def test_websocket_scope_has_get():
 def test_default_gunicorn_format():
     line = render(Settings().access_log_format, status=404, sent=0)
     assert re.fullmatch(
-        r'203\.0\.113\.9 - - \[[^\]]+\] "POST /a%20b/c\?x=1&y=2 HTTP/1\.1" 404 - "http://ref\.example/" "curl/8\.0"', line
+        r'203\.0\.113\.9 - - \[[^\]]+\] "POST /a%20b/c\?x=1&y=2 HTTP/1\.1" 404 - "http://ref\.example/" "curl/8\.0" '
+        r'\d+ms', line
     )
 
 
@@ -173,10 +174,22 @@ def test_make_access_log_file_and_reopen(tmp_path):
         _cleanup_access_logger()
 
 
-def test_make_access_log_stderr(capsys):
+def test_make_access_log_dash_is_stdout_as_in_gunicorn(capsys):
     try:
         log = make_access_log(Settings(accesslog="-", access_log_format="%(s)s %(h)s"))
         log(make_scope(), 500, 0, 0.0, [])
-        assert capsys.readouterr().err == "500 203.0.113.9\n"
+        captured = capsys.readouterr()
+        assert captured.out == "500 203.0.113.9\n" and captured.err == ""
+    finally:
+        _cleanup_access_logger()
+
+
+def test_default_format_shows_the_duration(capsys):
+    try:
+        log = make_access_log(Settings(accesslog="-"))
+        log(make_scope(), 200, 13, 0.0421, [])
+        line = capsys.readouterr().out.rstrip("\n")
+        assert line.endswith('" 42ms'), line
+        assert ' 200 13 "' in line
     finally:
         _cleanup_access_logger()

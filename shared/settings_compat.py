@@ -1,0 +1,218 @@
+"""Settings for gunicorn users: server hooks, carried-over options, request deadlines, --reload.
+
+Declared in the same registry as `corral.shared.settings` (imported from there, so `REGISTRY` holds them
+all); kept apart because they are one concern: what a gunicorn user's config file and command line need.
+
+Server hooks are typed callable settings with gunicorn's names and arities: a config file sets them to a
+function, or to a dotted path ("mypkg.hooks.post_fork" or "mypkg.hooks:post_fork") that is imported when
+the settings are read. They have no command-line flag (gunicorn has none either).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+from corral.shared.settings import (
+    _declare,
+    non_negative_float,
+    optional_str,
+    str_list,
+    to_bool,
+    to_str,
+)
+
+__all__ = ["HOOK_ARITY", "WSGI_CLASSES", "ASGI_CLASSES", "worker_class", "describe_callable"]
+
+# gunicorn's hook names, in the order they run in a server's life, with the arguments they are called with.
+HOOK_ARITY: dict[str, tuple[int, ...]] = {
+    "on_starting": (1,),  # (server)
+    "when_ready": (1,),  # (server)
+    "pre_fork": (2,),  # (server, worker)
+    "post_fork": (2,),  # (server, worker)
+    "post_worker_init": (1,),  # (worker)
+    "pre_request": (2,),  # (worker, req)
+    "post_request": (2, 3, 4),  # (worker, req[, environ[, resp]]): gunicorn accepts all three
+    "worker_int": (1,),  # (worker)
+    "worker_abort": (1,),  # (worker)
+    "worker_exit": (2,),  # (server, worker)
+    "child_exit": (2,),  # (server, worker)
+    "on_reload": (1,),  # (server)
+    "nworkers_changed": (3,),  # (server, new_value, old_value)
+    "pre_exec": (1,),  # (server)
+    "on_exit": (1,),  # (server)
+}
+
+_HOOK_HELP = {
+    "on_starting": "Called in the master just before it starts (before the app check and the sockets).",
+    "when_ready": "Called in the master once the sockets are bound, just before the first workers start.",
+    "pre_fork": "Called in the master just before a worker is forked.",
+    "post_fork": "Called in the worker just after the fork, before it loads the app; if it raises, the worker "
+                 "fails to boot (exit 3) and the master's boot retries and backoff apply.",
+    "post_worker_init": "Called in the worker once the app is loaded and lifespan startup is done, before it "
+                        "accepts connections.",
+    "pre_request": "Called in the worker, on its event loop, before each HTTP request reaches the app.",
+    "post_request": "Called in the worker, on its event loop, after each HTTP response is complete.",
+    "worker_int": "Called in the worker when it gets SIGINT or SIGQUIT (quick stop).",
+    "worker_abort": "Called in the worker when the master's --timeout watchdog aborts it (it is killed right "
+                    "after: keep it short).",
+    "worker_exit": "Called in the worker just before its process exits.",
+    "child_exit": "Called in the master after a worker exited (prometheus_client's mark_process_dead goes "
+                  "here).",
+    "on_reload": "Called in the master on a reload (HUP, or a --reload change).",
+    "nworkers_changed": "Called in the master when the number of workers changes (TTIN, TTOU, reload), with "
+                        "the new and the old number.",
+    "pre_exec": "Called in the master just before a new master is started (USR2).",
+    "on_exit": "Called in the master just before it exits.",
+}
+
+
+def describe_callable(func: Callable[..., Any]) -> str:
+    """`module.qualname`: how a hook is shown (and how it can be given back as a dotted path)."""
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _import_dotted(path: str) -> Any:
+    module_name, colon, attribute = path.partition(":")
+    if not colon:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise ValueError(f"expected a callable or a dotted path such as 'mypkg.hooks.post_fork', got {path!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for {path!r}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{path!r}: {part!r} not found") from None
+    return obj
+
+
+def _arity(func: Callable[..., Any]) -> int | None:
+    """Positional parameters the callable takes, None when it takes any number (*args) or cannot tell."""
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return None
+    return sum(1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def hook(name: str) -> Callable[[Any], Any]:
+    accepted = HOOK_ARITY[name]
+
+    def convert(value: Any) -> Callable[..., Any] | None:
+        if value is None or value == "":
+            return None
+        func = _import_dotted(value.strip()) if isinstance(value, str) else value
+        if not callable(func):
+            raise ValueError(f"expected a callable, got {type(func).__name__}")
+        arity = _arity(func)
+        if arity is not None and arity not in accepted:
+            wanted = " or ".join(str(n) for n in accepted)
+            raise ValueError(f"{describe_callable(func)} takes {arity} positional argument(s); {name} is called "
+                             f"with {wanted}")
+        return func
+
+    convert.__name__ = f"hook:{name}"
+    return convert
+
+
+# ---------------------------------------------------------------------------- worker classes
+# gunicorn's -k/--worker-class names corral can honour: the uvicorn workers mean "ASGI", sync and gthread mean
+# "WSGI on a thread pool" (--threads). The rest need a different concurrency model (greenlets, tornado's loop).
+ASGI_CLASSES = frozenset((
+    "uvicorn.workers.UvicornWorker", "uvicorn_worker.UvicornWorker", "uvicorn.workers.UvicornH11Worker",
+    "uvicorn_worker.UvicornH11Worker", "asgi",
+))
+WSGI_CLASSES = frozenset(("sync", "gthread", "gunicorn.workers.sync.SyncWorker",
+                          "gunicorn.workers.gthread.ThreadWorker"))
+_OTHER_CLASSES = {
+    "gevent": "monkey-patched greenlets", "eventlet": "monkey-patched green threads",
+    "tornado": "tornado's own IOLoop and WSGI container",
+}
+
+
+def worker_class(value: Any) -> str | None:
+    """gunicorn's worker class, kept as given; only those corral can run are accepted."""
+    if value is None or value == "":
+        return None
+    text = to_str(value).strip()
+    if text in ASGI_CLASSES or text in WSGI_CLASSES:
+        return text
+    base = text.split(".")[0].removeprefix("gunicorn").strip(".") or text
+    key = next((k for k in _OTHER_CLASSES if k in text.lower()), base)
+    why = _OTHER_CLASSES.get(key, "a gunicorn worker class corral does not know")
+    raise ValueError(f"corral cannot run worker class {text!r} ({why}); corral workers are one uvloop event "
+                     "loop serving ASGI, and WSGI on --threads threads: drop -k, or use "
+                     "uvicorn.workers.UvicornWorker (ASGI) or gthread (WSGI)")
+
+
+def env_pair(value: Any) -> str:
+    text = to_str(value)
+    key, equals, _ = text.partition("=")
+    if not equals or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+# ---------------------------------------------------------------------------- server hooks
+for _name, _help in _HOOK_HELP.items():
+    _declare(_name, "hooks", hook(_name), None, _help + " gunicorn's hook, same name and arguments.",
+             cli=False, render=describe_callable)
+
+# ---------------------------------------------------------------------------- gunicorn carry-over
+_declare("raw_env", "compat", env_pair, (),
+         "Set an environment variable (KEY=VALUE) in the master and so in every worker; repeat for several.",
+         ("-e", "--env"), metavar="KEY=VALUE", multiple=True)
+_declare("pythonpath", "compat", str_list, (),
+         "Folders (comma-separated) put at the front of sys.path before the app is imported.",
+         ("--pythonpath",), metavar="DIRS")
+_declare("worker_class", "compat", worker_class, None,
+         "gunicorn's worker class: uvicorn.workers.UvicornWorker (and uvicorn_worker's, UvicornH11Worker) mean "
+         "ASGI, sync and gthread mean WSGI (--interface wsgi); others are refused.",
+         ("-k", "--worker-class"), metavar="CLASS")
+_declare("wsgi_app", "compat", optional_str, None,
+         "The application (module:attribute) when none is given on the command line (gunicorn's config-file "
+         "key).", cli=False)
+
+# ---------------------------------------------------------------------------- request deadline
+_declare("request_timeout", "timeouts", non_negative_float, 0.0,
+         "Seconds an HTTP request may run; past that the client gets 504 at once. ASGI: the task is cancelled "
+         "(the app's receive() gives http.disconnect). WSGI: the thread cannot be stopped; its response is "
+         "dropped, and once stuck threads fill --threads the worker is replaced gracefully. 0 is off.",
+         ("--request-timeout",), metavar="SECONDS")
+
+# ---------------------------------------------------------------------------- logging (gunicorn's)
+def dict_config(value: Any) -> dict | None:
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a logging.config.dictConfig dict, got {type(value).__name__}")
+    return value
+
+
+_declare("logconfig_dict", "logging", dict_config, None,
+         "A logging.config.dictConfig dict given in the config file (gunicorn's key); wins over --log-config.",
+         cli=False, render=lambda value: f"<dictConfig: {', '.join(sorted(value.get('loggers', {})))}>")
+_declare("capture_output", "logging", to_bool, False,
+         "Send the stdout and stderr of the master and workers (print(), C extensions) to --error-logfile.",
+         ("--capture-output",), is_flag=True)
+
+# ---------------------------------------------------------------------------- development reload
+_declare("reload", "reload", to_bool, False,
+         "Development: restart the workers (new before old, as HUP) when a watched file changes; needs the "
+         "'reload' extra (pip install 'corral[reload]', watchfiles).", ("--reload",), is_flag=True)
+_declare("reload_dirs", "reload", to_str, (),
+         "Folder to watch with --reload (default: the working folder); repeat for several.", ("--reload-dir",),
+         metavar="DIR", multiple=True)
+_declare("reload_includes", "reload", to_str, ("*.py",),
+         "Glob of the file names that trigger a reload (default *.py); repeat for several.",
+         ("--reload-include",), metavar="GLOB", multiple=True)
+_declare("reload_excludes", "reload", to_str, (".*", "*~", "__pycache__", "*.pyc", ".venv", "venv", "node_modules"),
+         "Glob of file or folder names that never trigger a reload; repeat for several (replaces the default).",
+         ("--reload-exclude",), metavar="GLOB", multiple=True)
