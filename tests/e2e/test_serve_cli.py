@@ -151,19 +151,19 @@ def test_check_config_imports_the_app_as_gunicorn_does(apps):
 
 
 def test_every_unknown_flag_and_key_in_one_run(apps):
-    (apps / "gunicorn.conf.py").write_text("wokers = 2\nkeyfile = '/etc/ssl/k.pem'\nthreads = 2\n")
-    result = serve(["--certfile", "c.pem", "--reload-engine", "auto", "--port", "8000", "--timout", "3",
+    (apps / "gunicorn.conf.py").write_text("wokers = 2\ndaemon = True\nthreads = 2\n")
+    result = serve(["--http2-cleartext", "--reload-engine", "auto", "--port", "8000", "--timout", "3",
                     "apps:app"], apps)
     assert result.returncode == CONFIG_ERROR
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("serve: error: ")]
     assert len(errors) == 5, result.stderr
     text = "\n".join(errors)
-    assert "--certfile is not supported; corral has no equivalent (corral does not terminate TLS" in text
+    assert "--http2-cleartext is not supported; corral has no equivalent (corral speaks HTTP/1.1" in text
     assert "no such option --port; corral's equivalent is -b/--bind HOST:PORT" in text
     assert "no such option --timout; did you mean --timeout?" in text
     assert "unknown setting 'wokers'" in text and "did you mean 'workers'?" in text
-    assert "gunicorn's 'keyfile' is not supported" in text
+    assert "gunicorn's 'daemon' is not supported" in text
     assert [line for line in lines if "warning" in line and "--reload-engine" in line]  # dropped, not an error
     assert "preload" not in result.stderr and "error-logfile" not in result.stderr
 
@@ -216,6 +216,6 @@ def test_cmd_args_precedence(apps):
     lines = result.stdout.splitlines()
     # command line > CORRAL_CMD_ARGS > GUNICORN_CMD_ARGS > config file
     assert "backlog = 30" in lines and "workers = 5" in lines and "threads = 3" in lines
-    bad = serve(["apps:app"], apps, env={"GUNICORN_CMD_ARGS": "--certfile x.pem"})
+    bad = serve(["apps:app"], apps, env={"GUNICORN_CMD_ARGS": "--http2-cleartext"})
     assert bad.returncode == CONFIG_ERROR
-    assert "GUNICORN_CMD_ARGS: gunicorn's --certfile is not supported" in one_error_line(bad)
+    assert "GUNICORN_CMD_ARGS: gunicorn's --http2-cleartext is not supported" in one_error_line(bad)

@@ -108,15 +108,15 @@ def test_config_file_errors_are_one_line(tmp_path):
 
 def test_gunicorn_keys_all_reported_in_one_pass(tmp_path):
     conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text("wokers = 2\ncertfile = '/etc/ssl/x.pem'\nworker_tmp_dir = '/dev/shm'\ndaemon = False\n"
+    conf.write_text("wokers = 2\nhttp_protocols = 'h2,h1'\nworker_tmp_dir = '/dev/shm'\ndaemon = False\n"
                     "reload = True\nasgi_lifespan = 'off'\n")
     warnings = []
     with pytest.raises(ConfigProblems) as raised:
         load_python_config(str(conf), warn=warnings.append)
     problems = raised.value.problems
-    assert len(problems) == 2, problems  # wokers and certfile; daemon = False is gunicorn's default
+    assert len(problems) == 2, problems  # wokers and http_protocols; daemon = False is gunicorn's default
     assert "'wokers'" in problems[0] and "did you mean 'workers'?" in problems[0]
-    assert "'certfile' is not supported; corral has no equivalent" in problems[1] and "nginx" in problems[1]
+    assert "'http_protocols' is not supported; corral has no equivalent" in problems[1] and "HTTP/2" in problems[1]
     assert len(warnings) == 1 and "worker_tmp_dir" in warnings[0]
 
 
@@ -128,7 +128,8 @@ def test_gunicorn_aliases_carry_the_value(tmp_path):
 
 @pytest.mark.parametrize("name, expected", [
     ("reload", ""),  # a corral setting now: never "preload"
-    ("certfile", "corral has no equivalent"),
+    ("certfile", ""),  # a corral setting now: never "error_logfile"
+    ("http2_cleartext", "corral has no equivalent"),
     ("--port", "-b/--bind HOST:PORT"),
     ("--limit-max-requests", "--max-requests"),
     ("wokers", "did you mean 'workers'?"),
