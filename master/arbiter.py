@@ -29,11 +29,12 @@ from corral.master.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.channel import pair
 from corral.master.control import ControlServer
 from corral.master.logs import describe_listener, reopen_logs, setup_logging
+from corral.master.observe import Observer
 from corral.master.pidfile import Pidfile, pid_alive
 from corral.master.proctitle import set_title
 from corral.master.sockets import bind_all, close_all, parse_address, systemd_sockets
 from corral.master.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
-from corral.master.workerinfo import Worker, split_limit, status_document
+from corral.master.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings, SettingError
 from corral.worker.application import AppImportError, import_app
@@ -91,6 +92,7 @@ class Arbiter:
         self.start_cwd = os.getcwd()
         self.started = time.time()
         self.all_ready_once = False
+        self.observer = Observer(self, settings)  # metrics, statsd, systemd notify, status figures
 
     # ------------------------------------------------------------------ start and the loop
 
@@ -132,6 +134,7 @@ class Arbiter:
             os.set_inheritable(fd, False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.pipe[0], selectors.EVENT_READ, self._drain_pipe)
+        self.observer.start(self.selector)  # BindError for --metrics-bind
         if self.control is not None and self.control.sock is not None:
             self.selector.register(self.control.fileno(), selectors.EVENT_READ, self._answer_status)
         signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
@@ -197,6 +200,7 @@ class Arbiter:
                 self.sleep(0)  # heartbeats that queued while a handler ran (HUP's app check) count
             self.murder_workers()
             self.manage_workers()
+            self.observer.tick()
 
     def _on_signal(self, sig: int, frame: Any) -> None:
         # No work in a signal handler: the loop picks it up (set_wakeup_fd has already woken select).
@@ -241,13 +245,16 @@ class Arbiter:
             setup_logging(settings)
         except (SettingError, AppCheckError, AppImportError) as exc:
             logger.error("Reload failed, keeping the running workers: %s", exc)
+            self.observer.reload_failed()
             return
+        self.observer.reload_begun()
         self.rollback = (self.settings, self.num_workers)
         self.settings = settings
         self.num_workers = settings.workers
         self.generation += 1
         for worker in self.workers.values():
             worker.outdated = True
+            worker.cause = worker.cause or "reload"
 
     def handle_term(self) -> None:
         self.stop(graceful=True)
@@ -348,6 +355,7 @@ class Arbiter:
         self.workers[pid] = worker
         assert self.selector is not None
         self.selector.register(master_end.fileno(), selectors.EVENT_READ, self._worker_readable)
+        self.observer.worker_started()
         logger.info("Booting worker %d (pid %d)", number, pid)
 
     def _close_in_child(self) -> None:
@@ -362,11 +370,14 @@ class Arbiter:
                 os.close(fd)
         if self.control is not None and self.control.sock is not None:
             self.control.sock.close()
+        self.observer.close_in_child()
 
     def _worker_readable(self, key: Any) -> None:
         worker = next((w for w in self.workers.values() if w.channel.fileno() == key.fd), None)
-        if worker is None:
-            return
+        if worker is not None:
+            self.read_worker(worker)
+
+    def read_worker(self, worker: Worker) -> None:
         messages, eof = worker.channel.receive()
         now = time.monotonic()
         for message in messages:
@@ -385,8 +396,9 @@ class Arbiter:
                     logger.info("Worker %d (pid %d) served %d requests: replacing it", worker.number,
                                 worker.pid, message["requests"])
                     worker.outdated = True
+                    worker.cause = "max-requests"
         if eof:
-            self.selector.unregister(key.fd)  # type: ignore[union-attr]
+            self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
             worker.channel.close()
 
     def retire(self, worker: Worker, why: str, graceful: bool = True) -> None:
@@ -394,6 +406,7 @@ class Arbiter:
         if worker.retiring:
             return
         worker.retiring = True
+        worker.cause = worker.cause or RETIRE_CAUSES.get(why, "stop")
         logger.info("Stopping worker %d (pid %d): %s", worker.number, worker.pid, why)
         worker.kill_at = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
         self._signal_worker(worker, signal.SIGTERM if graceful else signal.SIGQUIT)
@@ -423,11 +436,14 @@ class Arbiter:
             if worker is None:
                 continue
             if not worker.channel.closed:
+                self.read_worker(worker)  # its last heartbeat (final counts) may still be in the channel
+            if not worker.channel.closed:
                 try:
                     self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
                 except (KeyError, ValueError):
                     pass
                 worker.channel.close()
+            self.observer.worker_gone(worker, exit_cause(worker, code, self.stopping))
             self.worker_exited(worker, code)
 
     def worker_exited(self, worker: Worker, code: int) -> None:
@@ -486,6 +502,7 @@ class Arbiter:
                 for handler in logging.getLogger("corral").handlers:
                     handler.flush()
                 worker.retiring = True  # counted out: its replacement starts now
+                worker.cause = "timeout"
                 worker.kill_at = now + DUMP_GRACE
                 self._signal_worker(worker, workerproc.DUMP_SIGNAL)
         if self.settings.max_worker_memory and now >= self.next_memory_check:
@@ -501,6 +518,7 @@ class Arbiter:
                     logger.warning("Worker %d (pid %d) uses %d MiB (limit %d MiB): replacing it", worker.number,
                                    worker.pid, rss >> 20, self.settings.max_worker_memory >> 20)
                     worker.outdated = True
+                    worker.cause = "memory"
 
     # ------------------------------------------------------------------ status
 
@@ -533,10 +551,12 @@ class Arbiter:
         if self.stopping:
             return
         self.stopping = True
+        self.observer.stopping()
         logger.info("Stopping (%s)", "graceful" if graceful else "quick")
         self.close_listeners()
         for worker in list(self.workers.values()):
             worker.retiring = False
+            worker.cause = "stop"
             self.retire(worker, "master stopping", graceful)
             worker.kill_at = None  # this loop's own deadline applies
         deadline = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
@@ -579,6 +599,7 @@ class Arbiter:
         self.close_listeners()
         if self.control is not None:
             self.control.close()
+        self.observer.close()
         if self.pidfile is not None:
             self.pidfile.unlink()
         signal.set_wakeup_fd(-1)

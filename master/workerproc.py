@@ -22,6 +22,7 @@ from corral.master.proctitle import set_title
 from corral.master.sockets import bind, parse_address
 from corral.shared.settings import Settings
 from corral.worker.boot import run_worker
+from corral.worker.counters import collecting
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 
@@ -55,6 +56,7 @@ class _Link:
         self.settings = settings
         self.server: Any = None
         self.ready_sent = False
+        self.metrics = collecting(settings)
 
     def on_ready(self, server: Any) -> None:
         import asyncio
@@ -69,10 +71,12 @@ class _Link:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send("ready")
-        stats = server.stats() if server is not None else {}
-        self.channel.send("hb", requests=stats.get("requests", 0), instances=stats.get("instances", 0),
-                          max_applications=stats.get("max_applications", 0),
-                          connections=stats.get("connections", 0))
+        self.channel.send("hb", **heartbeat(server, self.metrics))
+
+    def final(self) -> None:
+        """The worker has stopped: its last counts go up, so a replaced worker's totals are exact."""
+        if self.server is not None and self.metrics:
+            self.channel.send("hb", **heartbeat(self.server, True))
 
     def on_readable(self) -> None:
         messages, eof = self.channel.receive()
@@ -96,6 +100,19 @@ class _Link:
             self.channel.close()
             logger.warning("Master went away; worker %d stopping", os.getpid())
             server.request_stop(True)
+
+
+def heartbeat(server: Any, metrics: bool) -> dict[str, Any]:
+    """The heartbeat's fields: the pool, and the cumulative counts when metrics are collected."""
+    if server is None:
+        return {}
+    stats = server.stats()
+    fields = {key: stats.get(key, 0) for key in (
+        "requests", "instances", "max_applications", "connections", "parked", "websockets", "lag")}
+    fields["stopping"] = bool(stats.get("stopping"))
+    if metrics:
+        fields["m"] = server.counters.snapshot()
+    return fields
 
 
 def _drop_privileges(settings: Settings) -> None:
@@ -140,6 +157,7 @@ def run_child(
         heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
         link = _Link(channel, heartbeat, settings)
         code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready)
+        link.final()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -38,8 +38,10 @@ from functools import partial
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
+from corral.worker.counters import Counters
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
+from corral.worker.health import health_protocol
 from corral.worker.protocol import BUSY, FRESH, HEAD, IDLE, HttpProtocol
 from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.wsprotocol import WebSocketCycle
@@ -99,7 +101,12 @@ class WorkerServer(StatelessServer):
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
         self.connections: set[HttpProtocol] = set()
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
-        self.parked: deque[tuple[HttpProtocol, RequestCycle]] = deque()
+        self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
+        self.counters = Counters()
+        self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
+        # --health-path: connections get a protocol that answers it without the application.
+        self.protocol_class: type[HttpProtocol] = (
+            health_protocol(settings.health_path) if settings.health_path else HttpProtocol)
         self.stopping = False
         self.requests_served = 0
         self.websockets: Any = None  # WebSocket hook: corral.worker.wsprotocol.WebSocketHub, made on first use
@@ -218,7 +225,7 @@ class WorkerServer(StatelessServer):
     # ------------------------------------------------------------------ accepting
 
     def _protocol_factory(self, sockname: tuple | None = None) -> HttpProtocol:
-        return HttpProtocol(self, sockname)
+        return self.protocol_class(self, sockname)
 
     @staticmethod
     def _listener_sockname(sock: socket.socket) -> tuple | None:
@@ -282,14 +289,15 @@ class WorkerServer(StatelessServer):
     # ------------------------------------------------------------------ the pool and backpressure
 
     def park(self, protocol: HttpProtocol, cycle: RequestCycle) -> None:
-        self.parked.append((protocol, cycle))
+        self.parked.append((protocol, cycle, self.loop.time()))  # type: ignore[union-attr]
         self._set_accepting(False)
 
     def slot_freed(self) -> None:
         parked = self.parked
         while parked and not self.pool_full:
-            protocol, cycle = parked.popleft()
+            protocol, cycle, since = parked.popleft()
             if not cycle.disconnected:
+                self.counters.parked_for(self.loop.time() - since)  # type: ignore[union-attr]
                 protocol.unpark(cycle)
         if not parked and not self.pool_full:
             self._set_accepting(True)
@@ -330,6 +338,7 @@ class WorkerServer(StatelessServer):
             "accepting": bool(self._servers),
             "stopping": self.stopping,
             "websockets": len(self.websockets.sockets) if self.websockets is not None else 0,  # WebSocket hook
+            "lag": self.loop_lag,
         }
 
     async def _ticker(self) -> None:
@@ -354,6 +363,7 @@ class WorkerServer(StatelessServer):
                         protocol.close()
 
     async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             notify = self.notify
             if notify is not None:
@@ -361,4 +371,7 @@ class WorkerServer(StatelessServer):
                     notify()
                 except Exception:
                     logger.exception("Heartbeat notify() failed")
-            await asyncio.sleep(self.heartbeat_interval)
+            interval = self.heartbeat_interval
+            before = loop.time()
+            await asyncio.sleep(interval)
+            self.loop_lag = max(0.0, loop.time() - before - interval)
