@@ -122,7 +122,7 @@ class Meter:
 
     def __call__(self, scope: dict, status: int, nbytes: int, duration: float, headers: Any) -> None:
         counters = self.counters
-        method = METHOD_INDEX.get(scope.get("method"), _OTHER)  # type: ignore[arg-type]
+        method = METHOD_INDEX.get(scope.get("method", "GET"), _OTHER)  # a WebSocket scope: its handshake GET
         self.requests[method * STATUS_SLOTS + (status if 100 <= status < STATUS_SLOTS else 0)] += 1
         self.durations[bisect_left(DURATION_BOUNDS, duration)] += 1
         counters.duration_sum += duration
