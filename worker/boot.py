@@ -17,7 +17,7 @@ from typing import Any, Callable
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.counters import Counters, Meter, collecting
+from corral.worker.counters import Counters, collecting, meter
 from corral.worker.application import AppImportError, import_app, wrap_application
 from corral.worker.lifespan import Lifespan, LifespanFailure
 from corral.worker.proxy import make_proxy_headers
@@ -54,7 +54,7 @@ async def serve_application(
     access_log = make_request_log(settings)
     counters = Counters()
     if collecting(settings):
-        access_log = Meter(counters, access_log)  # counts each response, then logs it (when logging)
+        access_log = meter(counters, access_log)  # counts each response, then logs it (when logging)
     server = WorkerServer(
         asgi_app,
         settings,

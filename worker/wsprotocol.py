@@ -553,7 +553,7 @@ class WebSocketCycle(asyncio.Protocol):
         """An accepted WebSocket's TCP connection is gone: count its close code, log the session."""
         server = self.server
         code = self.ended["code"] if self.ended is not None else 1006  # type: ignore[index]
-        server.counters.websocket_closed(code)
+        server.counters.count_close(code)
         closed = getattr(server.access_log, "websocket_closed", None)  # the access log's line at close
         if closed is not None and self.t0 is not None:
             try:

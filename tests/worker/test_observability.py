@@ -11,7 +11,7 @@ import logging
 from websockets.sync.client import connect
 
 from corral.shared.settings import Settings
-from corral.worker.counters import METHOD_INDEX, STATUS_SLOTS, Counters, Meter
+from corral.worker.counters import METHOD_INDEX, STATUS_SLOTS, Counters, meter
 from corral.worker.sessionlog import JsonAccessLog, SessionLog
 from corral.worker.accesslog import AccessLog
 from corral.worker.testing import call_in_loop, run_server
@@ -62,7 +62,7 @@ def counting_app(calls: list[str], gate: Gate | None = None):
 
 def metered(server) -> Counters:
     counters = server.counters
-    server.access_log = Meter(counters)
+    server.access_log = meter(counters)
     return counters
 
 
@@ -131,7 +131,7 @@ def test_websocket_counted_and_logged_once_at_close_with_code_duration_and_bytes
     with run_server(echo_app()) as (host, port, server):
         log = SessionLog(AccessLog('%(r)s %(s)s %(b)s', logger))
         counters = call_in_loop(server, lambda: server.counters)
-        server.access_log = Meter(counters, log)
+        server.access_log = meter(counters, log)
         with connect(url(host, port)) as ws:
             ws.send("hello")
             assert ws.recv(WAIT) == "hello"
