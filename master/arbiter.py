@@ -28,6 +28,7 @@ from corral.master import workerproc
 from corral.master.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.channel import pair
 from corral.master.control import ControlServer
+from corral.master.discover import register
 from corral.master.logs import describe_listener, reopen_logs, setup_logging
 from corral.master.observe import Observer
 from corral.master.pidfile import Pidfile, pid_alive
@@ -120,6 +121,8 @@ class Arbiter:
             pidfile = Pidfile(settings.pidfile)
             pidfile.create(pid)  # PidfileError: refused while a live process owns it
             self.pidfile = pidfile
+        else:
+            self.pidfile = register(pid)  # `serve status` with no --pid finds it
         self.load_app(settings)
         self.listeners = self.open_sockets()
         if settings.user is not None or settings.group is not None:
@@ -429,8 +432,8 @@ class Arbiter:
             if pid == self.reexec_pid:
                 self.reexec_pid = 0
                 logger.error("The new master (pid %d) exited with %s; this master carries on", pid, describe_exit(code))
-                if self.pidfile is not None and self.settings.pidfile:
-                    self.pidfile.rename(self.settings.pidfile)
+                if self.pidfile is not None:
+                    self.pidfile.rename(self.pidfile.path.removesuffix(".oldbin"))
                 continue
             worker = self.workers.pop(pid, None)
             if worker is None:

@@ -38,10 +38,10 @@ def health_app(server: Any) -> Any:
     return health
 
 
-def health_protocol(path: str) -> type[HttpProtocol]:
+def health_protocol(path: str, base: type[HttpProtocol] = HttpProtocol) -> type[HttpProtocol]:
     """An HttpProtocol subclass that answers `path` itself (any method; HEAD gets no body)."""
 
-    class HealthProtocol(HttpProtocol):
+    class HealthProtocol(base):  # type: ignore[valid-type, misc]
         __slots__ = ()
 
         def start_request(self, cycle: RequestCycle) -> None:
@@ -50,7 +50,7 @@ def health_protocol(path: str) -> type[HttpProtocol]:
                 task = asyncio.get_running_loop().create_task(app(cycle.scope, cycle.receive, cycle.send))
                 task.add_done_callback(cycle.app_finished)
                 return
-            HttpProtocol.start_request(self, cycle)
+            base.start_request(self, cycle)
 
     HealthProtocol.__name__ = HealthProtocol.__qualname__ = "HealthProtocol"
     return HealthProtocol

@@ -38,10 +38,11 @@ from functools import partial
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
-from corral.worker.counters import Counters
+from corral.worker.counters import Counters, collecting
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
 from corral.worker.health import health_protocol
+from corral.worker.metered import metered_protocol
 from corral.worker.protocol import BUSY, FRESH, HEAD, IDLE, HttpProtocol
 from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.wsprotocol import WebSocketCycle
@@ -104,9 +105,11 @@ class WorkerServer(StatelessServer):
         self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
-        # --health-path: connections get a protocol that answers it without the application.
-        self.protocol_class: type[HttpProtocol] = (
-            health_protocol(settings.health_path) if settings.health_path else HttpProtocol)
+        # Metrics count in the protocol, --health-path is answered by it: chosen once, here.
+        protocol_class = metered_protocol() if collecting(settings) else HttpProtocol
+        if settings.health_path:
+            protocol_class = health_protocol(settings.health_path, protocol_class)
+        self.protocol_class: type[HttpProtocol] = protocol_class
         self.stopping = False
         self.requests_served = 0
         self.websockets: Any = None  # WebSocket hook: corral.worker.wsprotocol.WebSocketHub, made on first use

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from websockets.sync.client import connect
 
 from corral.shared.settings import Settings
@@ -66,9 +68,14 @@ def metered(server) -> Counters:
     return counters
 
 
-def test_counts_requests_by_method_and_status_with_durations_and_bytes():
+@pytest.mark.parametrize("where", ["hook", "protocol"])
+def test_counts_requests_by_method_and_status_with_durations_and_bytes(where):
     calls: list[str] = []
-    with run_server(counting_app(calls)) as (host, port, server):
+    # hook: Counters as the access-log hook of a plain HttpProtocol; protocol: what `serve --metrics-bind`
+    # runs (worker/metered.py counts inline).
+    config = Settings(metrics_bind="127.0.0.1:9") if where == "protocol" else Settings()
+    with run_server(counting_app(calls), config) as (host, port, server):
+        assert server.protocol_class.__name__ == ("MeteredHttpProtocol" if where == "protocol" else "HttpProtocol")
         counters = call_in_loop(server, lambda: metered(server))
         with Client(host, port) as client:
             for _ in range(3):
