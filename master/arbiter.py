@@ -565,6 +565,7 @@ class Arbiter:
         deadline = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
         while self.workers and time.monotonic() < deadline:
             self.sleep()
+            self.observer.tick()  # /metrics keeps answering; the watchdog is petted while the loop runs
             while True:
                 try:
                     sig = self.signals.get_nowait()

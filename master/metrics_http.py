@@ -49,7 +49,9 @@ class MetricsServer:
         self.address = address
         self.render = render
         self.content_type = content_type
-        self.sock = bind(parse_address(address), backlog)  # BindError: the CLI's exit 6
+        # SO_REUSEPORT on TCP: after USR2 the new master binds the same address while the old one still
+        # serves it (either answers a scrape during the overlap). BindError: the CLI's exit 6.
+        self.sock = bind(parse_address(address), backlog, reuse_port=True)
         self.sock.setblocking(False)
         self.selector: selectors.BaseSelector | None = None
         self.conns: dict[int, _Conn] = {}
