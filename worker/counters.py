@@ -6,9 +6,10 @@ master. The master takes the difference from the previous heartbeat itself, so a
 channel loses nothing, and when a worker is replaced its last totals are kept by the master (counters
 never go backwards; see corral.master.metrics).
 
-The request metrics are recorded at the point where the access log is written (`Counters` is the
-server's `access_log` hook, see `meter`, chaining to the real access log when there is one): the response is complete
-there, its status, size and duration are known, and nothing is added to the path when metrics are off.
+The request metrics are recorded where the access log is written: the response is complete there, and its
+status, size and duration are known. `Counters` is the server's `access_log` hook (see `meter`; it chains
+to the real access log when there is one), and worker/metered.py's protocol does the same inline. With
+metrics off neither is installed and a request pays nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ __all__ = [
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 METHOD_INDEX = {name: index for index, name in enumerate(METHODS[:-1])}
 
+
 def collecting(settings: Any) -> bool:
     """Whether the worker records per-request metrics: only when something consumes them."""
     return bool(settings.metrics_bind or settings.statsd_host)
 
 
-#: Request counts are kept per (method class, exact status): `requests[method * STATUS_SLOTS + status]`. Exact codes feed statsd's `request.status.<code>` (gunicorn's
-#: names); Prometheus gets status classes (bounded label cardinality).
+#: Request counts are kept per (method class, exact status): `requests[method * STATUS_SLOTS + status]`.
+#: Exact codes feed statsd's `request.status.<code>` (gunicorn's names); Prometheus gets status classes
+#: (bounded label cardinality).
 STATUS_SLOTS = 1000
 METHOD_OFFSET = {name: index * STATUS_SLOTS for name, index in METHOD_INDEX.items()}
 OTHER_OFFSET = (len(METHODS) - 1) * STATUS_SLOTS
