@@ -250,7 +250,7 @@ class Arbiter:
             logger.error("Reload failed, keeping the running workers: %s", exc)
             self.observer.reload_failed()
             return
-        self.observer.reload_begun()
+        settings = self.observer.reload_begun(settings)
         self.rollback = (self.settings, self.num_workers)
         self.settings = settings
         self.num_workers = settings.workers

@@ -28,6 +28,7 @@ WINDOW = 10.0  # seconds of history behind requests/s and p50/p99
 SAMPLE_EVERY = 1.0
 STATUS_EVERY = 5.0  # systemd STATUS= lines
 STATSD_EVERY = 1.0
+RESTART_ONLY = ("metrics_bind", "statsd_host", "statsd_prefix", "dogstatsd_tags")
 
 
 class ArbiterView(Protocol):
@@ -99,10 +100,19 @@ class Observer:
     def worker_gone(self, worker: Any, cause: str) -> None:
         self.counts.worker_gone(worker.stats, cause)
 
-    def reload_begun(self) -> None:
+    def reload_begun(self, settings: Any) -> Any:
+        """A HUP with good settings: returns them with the metrics settings the master started with (its
+        sockets are bound; the workers must go on collecting for them)."""
+        changed = {name: getattr(self.settings, name) for name in RESTART_ONLY
+                   if getattr(settings, name) != getattr(self.settings, name)}
+        if changed:
+            logger.warning("Reload: %s changes need a restart; keeping the current values",
+                           ", ".join("--" + name.replace("_", "-") for name in changed))
+            settings = settings.replace(**changed)
         self.counts.reloads += 1
         self.reloading = True
         self.notifier.reloading()
+        return settings
 
     def reload_failed(self) -> None:
         """A HUP whose settings or app failed: the running workers carry on (still ready)."""

@@ -204,3 +204,21 @@ def test_metrics_server_answers_in_the_selector_loop():
     finally:
         server.close()
         selector.close()
+
+
+def test_a_reload_keeps_the_metrics_settings_the_master_started_with(caplog):
+    from corral.master.observe import Observer
+    from corral.shared.settings import Settings
+
+    class Arbiter:
+        workers: dict = {}
+        num_workers = 1
+        spawn_after = 0.0
+        started = 0.0
+
+    observer = Observer(Arbiter(), Settings(statsd_host="127.0.0.1:8125"))
+    kept = observer.reload_begun(Settings(statsd_host="127.0.0.1:9999", workers=3))
+    assert kept.statsd_host == "127.0.0.1:8125" and kept.workers == 3
+    assert "--statsd-host changes need a restart" in caplog.text
+    assert observer.counts.reloads == 1
+    observer.close()

@@ -107,6 +107,24 @@ def test_pool_full_503_is_counted_as_rejected():
     assert snapshot["req"][str(slot("GET", 503))] == 1
 
 
+def test_parked_requests_and_their_wait_are_counted():
+    gate = Gate()
+    calls: list[str] = []
+    with run_server(counting_app(calls, gate), Settings(max_applications=1)) as (host, port, server):
+        counters = call_in_loop(server, lambda: metered(server))
+        with Client(host, port) as busy, Client(host, port) as parked:
+            busy.send(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert gate.entered.wait(WAIT)
+            parked.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            wait_until(lambda: call_in_loop(server, lambda: len(server.parked)) == 1, what="the parked request")
+            assert call_in_loop(server, lambda: server.stats()["parked"]) == 1
+            gate.open(server)
+            assert busy.response().status == 200
+            assert parked.response().status == 200
+        snapshot = call_in_loop(server, counters.snapshot)
+    assert snapshot["park"] == 1 and sum(snapshot["wait"]) == 1 and snapshot["wsum"] > 0
+
+
 def test_health_path_is_answered_without_the_app_even_with_the_pool_full_and_503_when_draining():
     gate = Gate()
     calls: list[str] = []
