@@ -35,6 +35,7 @@ import struct
 import termios
 from collections import deque
 from functools import partial
+from time import perf_counter
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
@@ -292,7 +293,7 @@ class WorkerServer(StatelessServer):
     # ------------------------------------------------------------------ the pool and backpressure
 
     def park(self, protocol: HttpProtocol, cycle: RequestCycle) -> None:
-        self.parked.append((protocol, cycle, self.loop.time()))  # type: ignore[union-attr]
+        self.parked.append((protocol, cycle, perf_counter()))  # (the loop's clock is ms-coarse in uvloop)
         self._set_accepting(False)
 
     def slot_freed(self) -> None:
@@ -300,7 +301,7 @@ class WorkerServer(StatelessServer):
         while parked and not self.pool_full:
             protocol, cycle, since = parked.popleft()
             if not cycle.disconnected:
-                self.counters.parked_for(self.loop.time() - since)  # type: ignore[union-attr]
+                self.counters.parked_for(perf_counter() - since)
                 protocol.unpark(cycle)
         if not parked and not self.pool_full:
             self._set_accepting(True)
