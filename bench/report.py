@@ -78,6 +78,12 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
                      f"used {med(other):.2f} cores (median), {max(other):.2f} (max) during the runs kept"
                      + (f", {med(core):.2f} (max {max(core):.2f}) on the servers' cores" if core else "")
                      + (f"; {retried} run(s) repeated because they were busier than that" if retried else "") + ".")
+        if name == "metrics":
+            # Throughput ratios swing with whatever else shares the machine; server CPU per request less.
+            cost = {server: med([r["cpu_cores"] / r["rps"] * 1e6 for r in rs if r.get("rps")])
+                    for server, rs in runs.items()}
+            lines.append("\nServer CPU per request (median of rounds): " + ", ".join(
+                f"{server} {us:.2f} µs" for server, us in cost.items()) + ".")
     elif kind == "loadgen":
         rows = [[tool, spread(_vals(rs, "rps"), ",.0f"), _ratio(runs, tool, "wrk", "rps"),
                  spread(_vals(rs, "p99_ms"), ".2f"), spread(_vals(rs, "gen_cores"), ".2f"),
