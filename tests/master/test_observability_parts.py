@@ -10,6 +10,7 @@ import selectors
 import socket
 import time
 
+import psutil
 import pytest
 
 from corral.master.metrics import MasterCounts, Totals, quantile, render_prometheus
@@ -28,7 +29,7 @@ class FakeWorker:
         self.born = time.monotonic()
         self.ready = True
         self.stats = {"m": snapshot, "requests": requests, "instances": 2, "max_applications": 10}
-        self.process = None
+        self.process = psutil.Process()  # this test process stands in for a worker (RSS, CPU)
 
 
 def snapshot(get200: int, post500: int, fast: int) -> dict:
@@ -222,3 +223,17 @@ def test_a_reload_keeps_the_metrics_settings_the_master_started_with(caplog):
     assert "--statsd-host changes need a restart" in caplog.text
     assert observer.counts.reloads == 1
     observer.close()
+
+
+def test_the_sample_grafana_dashboard_uses_only_metrics_corral_exports():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bcorral_[a-z_]+", expr)}
+    text = render_prometheus(MasterCounts(), [FakeWorker(1, snapshot(1, 1, 1), 2)], target=1, backoff=0.0,
+                             started=1.0, collecting=True)
+    exported = {s.name for family in prometheus_parser.text_string_to_metric_families(text) for s in family.samples}
+    assert used and used <= exported, used - exported
