@@ -41,7 +41,7 @@ OTHER_OFFSET = (len(METHODS) - 1) * STATUS_SLOTS
 
 #: Histogram bucket upper bounds in seconds (Prometheus' `le`), +Inf implied. Request durations: a
 #: plaintext response takes ~0.1 ms, a database page 5-50 ms; 10 s and beyond is a stuck request.
-DURATION_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Time a request waited for a pool slot (parked), in seconds.
 WAIT_BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 

@@ -72,7 +72,7 @@ def test_totals_survive_a_worker_exit_and_render_as_valid_exposition_format():
 
 def test_quantile_interpolates_inside_the_bucket():
     counts = [0] * (len(DURATION_BOUNDS) + 1)
-    counts[1] = 100  # all between 0.5 ms and 1 ms
+    counts[DURATION_BOUNDS.index(0.001)] = 100  # all between 0.5 ms and 1 ms
     assert quantile(0.5, counts, DURATION_BOUNDS) == pytest.approx(0.00075)
     assert quantile(0.99, counts, DURATION_BOUNDS) == pytest.approx(0.000995)
     assert quantile(0.5, [0] * len(counts), DURATION_BOUNDS) is None
