@@ -71,7 +71,11 @@ class _Link:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send("ready")
-        self.channel.send("hb", **heartbeat(server, self.metrics))
+        fields = heartbeat(server, self.metrics)
+        if not self.channel.send("hb", **fields) and "m" in fields:
+            # Too big for one message (thousands of distinct statuses?) or a full buffer: liveness first.
+            del fields["m"]
+            self.channel.send("hb", **fields)
 
     def final(self) -> None:
         """The worker has stopped: its last counts go up, so a replaced worker's totals are exact."""
