@@ -27,7 +27,7 @@ from typing import Any, Iterable, Protocol
 
 import psutil
 
-from corral.worker.counters import DURATION_BOUNDS, METHODS, STATUS_SLOTS, WAIT_BOUNDS, histogram
+from corral.worker.counters import DURATION_BOUNDS, LOG_LEVELS, METHODS, STATUS_SLOTS, WAIT_BOUNDS, histogram
 
 __all__ = ["Totals", "MasterCounts", "render_prometheus", "quantile", "CONTENT_TYPE", "EXIT_CAUSES"]
 
@@ -42,7 +42,7 @@ _SCALARS = ("bin", "bout", "rej", "park", "wso", "wmi", "wmo", "wbi", "wbo", "ds
 class Totals:
     """Counts added up from heartbeat snapshots (corral.worker.counters.Counters.snapshot)."""
 
-    __slots__ = ("requests", "durations", "waits", "closed", "scalars")
+    __slots__ = ("requests", "durations", "waits", "closed", "scalars", "logs")
 
     def __init__(self) -> None:
         self.requests: dict[int, int] = {}
@@ -50,6 +50,7 @@ class Totals:
         self.waits = [0] * (len(WAIT_BOUNDS) + 1)
         self.closed: dict[int, int] = {}
         self.scalars: dict[str, float] = dict.fromkeys(_SCALARS, 0)
+        self.logs: dict[str, int] = dict.fromkeys(LOG_LEVELS, 0)
 
     def add(self, snapshot: dict[str, Any] | None) -> None:
         if not snapshot:
@@ -66,6 +67,9 @@ class Totals:
         scalars = self.scalars
         for key in _SCALARS:
             scalars[key] += snapshot.get(key, 0)
+        for level, count in snapshot.get("logs", {}).items():
+            if level in self.logs:
+                self.logs[level] += count
 
     def copy(self) -> Totals:
         other = Totals()
@@ -74,6 +78,7 @@ class Totals:
         other.waits = list(self.waits)
         other.closed = dict(self.closed)
         other.scalars = dict(self.scalars)
+        other.logs = dict(self.logs)
         return other
 
     @property
@@ -101,7 +106,8 @@ class Totals:
 class MasterCounts:
     """What only the master knows: worker starts and exits, boot failures, reloads."""
 
-    __slots__ = ("starts", "exits", "boot_failures", "reloads", "reload_failures", "served_retired", "retired")
+    __slots__ = ("starts", "exits", "boot_failures", "reloads", "reload_failures", "served_retired", "retired",
+                 "logs")
 
     def __init__(self) -> None:
         self.starts = 0
@@ -111,6 +117,7 @@ class MasterCounts:
         self.reload_failures = 0
         self.served_retired = 0  # requests served by workers that are gone (the heartbeats' `requests`)
         self.retired = Totals()  # metrics counts of workers that are gone
+        self.logs: dict[str, int] = dict.fromkeys(LOG_LEVELS, 0)  # the master's own error-log records
 
     def worker_gone(self, stats: dict[str, Any], cause: str) -> None:
         self.exits[cause] = self.exits.get(cause, 0) + 1
@@ -217,7 +224,7 @@ def render_prometheus(counts: MasterCounts, workers: list[Any], *, target: int, 
         s = totals.scalars
         w.family("corral_http_request_bytes", "counter", "Bytes read from HTTP connections (heads and bodies).",
                  [({}, s["bin"])], "_total")
-        w.family("corral_http_response_bytes", "counter", "Response body bytes sent.", [({}, s["bout"])], "_total")
+        w.family("corral_http_response_bytes", "counter", "Response body bytes the application sent.", [({}, s["bout"])], "_total")
         w.family("corral_pool_rejected", "counter", "Requests answered 503 because the pool was full "
                  "(--pool-full 503).", [({}, s["rej"])], "_total")
         w.histogram("corral_pool_wait_seconds", "Time a request was parked waiting for a pool slot "
@@ -228,6 +235,9 @@ def render_prometheus(counts: MasterCounts, workers: list[Any], *, target: int, 
         w.family("corral_websocket_messages_received", "counter", "WebSocket messages received.",
                  [({}, s["wmi"])], "_total")
         w.family("corral_websocket_messages_sent", "counter", "WebSocket messages sent.", [({}, s["wmo"])], "_total")
+        logs = {level: totals.logs[level] + counts.logs[level] for level in LOG_LEVELS}
+        w.family("corral_log_messages", "counter", "Error-log records of the master and the workers, by level "
+                 "(exception: an error with a traceback).", [({"level": k}, n) for k, n in logs.items()], "_total")
     live = [x for x in workers if x.ready]
     w.family("corral_http_requests_in_flight", "gauge", "Application instances running (HTTP and WebSocket).",
              [({}, sum(x.stats.get("instances", 0) for x in live))])
@@ -235,8 +245,8 @@ def render_prometheus(counts: MasterCounts, workers: list[Any], *, target: int, 
              [({}, sum(x.stats.get("parked", 0) for x in live))])
     w.family("corral_websocket_open", "gauge", "Open WebSocket connections.",
              [({}, sum(x.stats.get("websockets", 0) for x in live))])
-    w.family("corral_requests_served", "counter", "HTTP responses completed, all workers since the master "
-             "started.", [({}, counts.served_retired + sum(x.stats.get("requests", 0) for x in workers))], "_total")
+    w.family("corral_requests_served", "counter", "HTTP responses the application completed, all workers since "
+             "the master started (counted with metrics off too).", [({}, counts.served_retired + sum(x.stats.get("requests", 0) for x in workers))], "_total")
     # per worker
     now = time.monotonic()
     rows = sorted(workers, key=lambda x: x.number)

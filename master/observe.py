@@ -18,7 +18,7 @@ from corral.master.metrics import CONTENT_TYPE, MasterCounts, Totals, live_total
 from corral.master.metrics_http import MetricsServer
 from corral.master.sdnotify import Notifier
 from corral.master.statsd import StatsdClient, master_counters, statsd_lines
-from corral.worker.counters import DURATION_BOUNDS, collecting
+from corral.worker.counters import DURATION_BOUNDS, LogCounter, collecting
 
 __all__ = ["Observer", "WINDOW"]
 
@@ -56,6 +56,7 @@ class Observer:
         self.ready_sent = False
         self.reloading = False
         self.settings = settings
+        self.log_counter: LogCounter | None = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -66,6 +67,9 @@ class Observer:
             self.metrics_server = MetricsServer(settings.metrics_bind, self.render, CONTENT_TYPE)
             self.metrics_server.register(selector)
             logger.info("Metrics on http://%s/metrics", settings.metrics_bind)
+        if self.collecting:
+            self.log_counter = LogCounter(self.counts.logs)
+            self.log_counter.install()
         if settings.statsd_host:
             try:
                 self.statsd = StatsdClient(settings.statsd_host, settings.dogstatsd_tags)
@@ -83,6 +87,8 @@ class Observer:
         self.notifier.close()
 
     def close(self) -> None:
+        if self.log_counter is not None:
+            logging.getLogger("corral").removeHandler(self.log_counter)
         if self.statsd is not None:
             self.flush_statsd()
             self.statsd.close()
@@ -110,6 +116,8 @@ class Observer:
                            ", ".join("--" + name.replace("_", "-") for name in changed))
             settings = settings.replace(**changed)
         self.counts.reloads += 1
+        if self.log_counter is not None:
+            self.log_counter.install()  # a --log-config reload (dictConfig) may have dropped it
         self.reloading = True
         self.notifier.reloading()
         return settings

@@ -12,6 +12,8 @@ prefix (`--statsd-prefix`, default `corral`; `--statsd-prefix gunicorn` gives gu
                                        duration), so statsd's counts are exact and its percentiles are
                                        the bucket's midpoint
     workers                   gauge    worker processes
+    log.<level>               counter  the workers' error-log records: critical, error, warning, exception
+                                       (an error with a traceback); the master's as master.log.<level>
   corral's own:
     worker.starts, worker.exits.<cause>, reloads       counters
     pool.in_use, pool.parked, websocket.open           gauges
@@ -84,6 +86,10 @@ def statsd_lines(prefix: str, now: Totals, before: Totals, counts: MasterCounts,
         delta = n - before.closed.get(code, 0)
         if delta > 0:
             lines.append(f"{p}websocket.closed.{code}:{delta}|c")
+    for level, n in now.logs.items():  # gunicorn's log.<level> (the master's own are in master_counters)
+        delta = n - before.logs.get(level, 0)
+        if delta > 0:
+            lines.append(f"{p}log.{level}:{delta}|c")
     master_now = master_counters(counts)
     for name, value in master_now.items():
         delta = value - counts_before.get(name, 0)
@@ -97,6 +103,7 @@ def statsd_lines(prefix: str, now: Totals, before: Totals, counts: MasterCounts,
 def master_counters(counts: MasterCounts) -> dict[str, int]:
     out = {"worker.starts": counts.starts, "reloads": counts.reloads}
     out.update({f"worker.exits.{cause}": n for cause, n in counts.exits.items()})
+    out.update({f"master.log.{level}": n for level, n in counts.logs.items()})
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.counters import Counters, collecting, meter
+from corral.worker.counters import Counters, LogCounter, collecting, meter
 from corral.worker.application import AppImportError, import_app, wrap_application
 from corral.worker.lifespan import Lifespan, LifespanFailure
 from corral.worker.proxy import make_proxy_headers
@@ -55,6 +55,7 @@ async def serve_application(
     counters = Counters()
     if collecting(settings):
         access_log = meter(counters, access_log)  # counts each response, then logs it (when logging)
+        LogCounter(counters.logs).install()  # the error log's records by level (statsd log.error, ...)
     server = WorkerServer(
         asgi_app,
         settings,

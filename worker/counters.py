@@ -14,12 +14,13 @@ metrics off neither is installed and a request pays nothing.
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from typing import Any, Callable
 
 __all__ = [
     "Counters", "meter", "METHODS", "METHOD_INDEX", "DURATION_BOUNDS", "WAIT_BOUNDS", "STATUS_SLOTS",
-    "histogram", "collecting", "METHOD_OFFSET", "OTHER_OFFSET",
+    "histogram", "collecting", "METHOD_OFFSET", "OTHER_OFFSET", "LogCounter", "LOG_LEVELS",
 ]
 
 #: Method classes (label values); any other method counts as "other".
@@ -51,7 +52,7 @@ class Counters:
 
     __slots__ = (
         "requests", "durations", "duration_sum", "bytes_in", "bytes_out", "rejected",
-        "parked", "waits", "wait_sum", "log",
+        "parked", "waits", "wait_sum", "log", "logs",
         "ws_opened", "ws_closed", "ws_messages_in", "ws_messages_out", "ws_bytes_in", "ws_bytes_out",
     )
 
@@ -72,6 +73,7 @@ class Counters:
         self.ws_bytes_in = 0
         self.ws_bytes_out = 0
         self.log: AccessHook | None = None  # the access log to chain to, when Counters is the hook
+        self.logs: dict[str, int] = dict.fromkeys(LOG_LEVELS, 0)  # error-log records (LogCounter)
 
     def __call__(self, scope: dict, status: int, nbytes: int, duration: float, headers: Any) -> None:
         """The access-log hook (see `meter`): one response is complete. (worker/metered.py's protocol
@@ -115,8 +117,44 @@ class Counters:
             "park": self.parked, "wait": list(self.waits), "wsum": self.wait_sum,
             "wso": self.ws_opened, "wsc": {str(k): v for k, v in self.ws_closed.items()},
             "wmi": self.ws_messages_in, "wmo": self.ws_messages_out,
-            "wbi": self.ws_bytes_in, "wbo": self.ws_bytes_out,
+            "wbi": self.ws_bytes_in, "wbo": self.ws_bytes_out, "logs": dict(self.logs),
         }
+
+
+#: gunicorn's statsd `log.<level>` counters: an error logged with a traceback counts as "exception".
+LOG_LEVELS = ("critical", "error", "warning", "exception")
+
+
+class LogCounter(logging.Handler):
+    """Counts the error log's records by level (gunicorn's `log.critical` ... `log.exception`), into
+    `counts`; installed on the "corral" logger of each process (`install`), never writes anything."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        super().__init__(logging.WARNING)
+        self.counts = counts
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no lock, no formatting: one dict add
+        if record.levelno >= logging.CRITICAL:
+            level = "critical"
+        elif record.levelno >= logging.ERROR:
+            level = "exception" if record.exc_info else "error"
+        elif record.levelno >= logging.WARNING:
+            level = "warning"
+        else:
+            return False
+        self.counts[level] += 1
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does the work
+        pass
+
+    def install(self, logger_name: str = "corral") -> None:
+        """Replace any LogCounter on the logger (a forked worker inherits its master's) with this one."""
+        logger = logging.getLogger(logger_name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, LogCounter):
+                logger.removeHandler(handler)
+        logger.addHandler(self)
 
 
 def histogram(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[float, int]]:

@@ -52,6 +52,8 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    if scope["path"] == "/boom":
+        raise RuntimeError("boom")  # a 500, and a traceback in the error log (log.exception)
     status = 404 if scope["path"] == "/missing" else 200
     answer = body if scope["method"] == "POST" else str(os.getpid()).encode()
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
@@ -200,6 +202,12 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         client = Client(port)
         client.run(150)
         assert not client.failures
+        boom = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        boom.request("GET", "/boom")
+        assert boom.getresponse().status == 500
+        boom.close()
+        client.sent[("GET", "5xx")] += 1
+        # (the server's own 500 page is not a response body of the application's: not in the bytes)
         expected = client.total
 
         def settled() -> dict | None:
@@ -210,11 +218,13 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         assert samples[("corral_http_request_duration_seconds_count", ())] == expected
         assert samples[("corral_http_request_duration_seconds_bucket", (("le", "+Inf"),))] == expected
         assert samples[("corral_http_response_bytes_total", ())] == client.body_bytes
-        assert samples[("corral_requests_served_total", ())] == expected
+        # (the heartbeat's served count, kept without metrics: responses the application completed)
+        assert samples[("corral_requests_served_total", ())] == expected - 1
         assert samples[("corral_worker_starts_total", ())] == 4
         assert samples[("corral_workers", ())] == 4
         pool = [v for (name, _), v in samples.items() if name == "corral_worker_pool_size"]
         assert sorted(pool) == [250, 250, 250, 250]  # --max-applications 1000 over 4 workers
+        assert samples[("corral_log_messages_total", (("level", "exception"),))] == 1  # /boom's traceback
 
         # kill -9 a worker: its totals stay (kept by the master), the replacement starts from zero.
         victim = sorted(before)[0]
@@ -262,13 +272,15 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         assert statsd.counter("corral.request.status.404") == sum(
             n for (m, s), n in client.sent.items() if s == "4xx")
         assert statsd.counter("corral.worker.exits.crash") == 1
+        assert statsd.counter("corral.log.exception") == 1  # gunicorn's log.<level>, from the workers
+        assert statsd.counter("corral.master.log.warning") >= 1  # "Worker ... died with signal 9"
         assert all(line.endswith("|#env:test") for line in statsd.lines), statsd.lines[:5]
         assert any(line.startswith("corral.request.duration:") and "|ms" in line for line in statsd.lines)
         assert any(line.startswith("corral.workers:") and "|g" in line for line in statsd.lines)
 
         # serve status shows the same figures.
         document = master.status()
-        assert document["metrics"]["requests"] == client.total
+        assert document["metrics"]["requests"] == client.total - 1  # /boom's 500 was the server's
         assert document["metrics"]["exits"] == {"crash": 1, "reload": 4}
         assert document["metrics"]["p99_ms"] is not None
     finally:
