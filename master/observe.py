@@ -161,8 +161,11 @@ class Observer:
                 self.notifier.ready(self.summary())
 
     def sample(self, now: float) -> None:
-        served = self.served()
-        durations = self.totals().durations if self.collecting else []
+        if self.collecting:
+            totals = self.totals()
+            served, durations = totals.request_count, totals.durations
+        else:
+            served, durations = self.served(), []
         samples = self.samples
         samples.append((now, served, durations))
         while len(samples) > 2 and now - samples[1][0] >= WINDOW:
@@ -210,7 +213,8 @@ class Observer:
         workers = self.arbiter.workers.values()
         live = [w for w in workers if w.ready]
         figures: dict[str, Any] = {
-            "requests": self.served(),
+            # with metrics: every response (the server's own 500s and WebSocket handshakes too), as in /metrics
+            "requests": self.totals().request_count if self.collecting else self.served(),
             "requests_per_second": round(self.rate(), 1),
             "window": round(self.samples[-1][0] - self.samples[0][0], 1) if len(self.samples) > 1 else 0.0,
             "in_flight": sum(w.stats.get("instances", 0) for w in live),

@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
@@ -226,6 +228,26 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         assert sorted(pool) == [250, 250, 250, 250]  # --max-applications 1000 over 4 workers
         assert samples[("corral_log_messages_total", (("level", "exception"),))] == 1  # /boom's traceback
 
+        # WebSockets: the handshake is a request (GET 1xx); opened, closed by code, messages both ways.
+        for index in range(3):
+            with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=WAIT) as ws:
+                for n in range(4):
+                    ws.send(f"m{n}")
+                    assert ws.recv(WAIT) == f"m{n}"
+                if index == 0:
+                    ws.send("bye")  # the application closes with 4001
+                    with pytest.raises(ConnectionClosed):
+                        ws.recv(WAIT)
+            client.sent[("GET", "1xx")] += 1
+        samples = wait_until(settled, "the WebSocket handshakes to be counted")
+        samples = wait_until(lambda: (s := monotonic.check(scrape(metrics_port)))[
+            ("corral_websocket_closed_total", (("code", "1000"),))] == 2 and s, "the WebSocket closes")
+        assert samples[("corral_websocket_opened_total", ())] == 3
+        assert samples[("corral_websocket_closed_total", (("code", "4001"),))] == 1
+        assert samples[("corral_websocket_messages_received_total", ())] == 13
+        assert samples[("corral_websocket_messages_sent_total", ())] == 12
+        expected = client.total
+
         # kill -9 a worker: its totals stay (kept by the master), the replacement starts from zero.
         victim = sorted(before)[0]
         os.kill(victim, signal.SIGKILL)
@@ -280,7 +302,7 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
 
         # serve status shows the same figures.
         document = master.status()
-        assert document["metrics"]["requests"] == client.total - 1  # /boom's 500 was the server's
+        assert document["metrics"]["requests"] == client.total
         assert document["metrics"]["exits"] == {"crash": 1, "reload": 4}
         assert document["metrics"]["p99_ms"] is not None
     finally:
