@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -122,7 +121,7 @@ def test_metrics_bind_in_use_is_a_bind_error(tmp_path):
 
     from corral.shared.exitcodes import BIND_ERROR
 
-    apps = write_apps(tmp_path)
+    write_apps(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
