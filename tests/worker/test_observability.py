@@ -9,13 +9,12 @@ import json
 import logging
 
 import pytest
-
 from websockets.sync.client import connect
 
 from corral.shared.settings import Settings
+from corral.worker.accesslog import AccessLog
 from corral.worker.counters import METHOD_INDEX, STATUS_SLOTS, Counters, meter
 from corral.worker.sessionlog import JsonAccessLog, SessionLog
-from corral.worker.accesslog import AccessLog
 from corral.worker.testing import call_in_loop, run_server
 from websocket_helpers import echo_app, url
 from worker_http_helpers import WAIT, Client, Gate, wait_until
