@@ -84,6 +84,11 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
                     for server, rs in runs.items()}
             lines.append("\nServer CPU per request (median of rounds): " + ", ".join(
                 f"{server} {us:.2f} µs" for server, us in cost.items()) + ".")
+            own = sc.get("inprocess")
+            if own:
+                lines.append(f"In-process, the worker's Python path alone (bench/metrics_cost.py, {own['rounds']} "
+                             f"interleaved rounds): {own['off_us']:.2f} µs per request off, {own['on_us']:.2f} µs on: "
+                             f"**{own['ratio']:.3f}** ({own['ratio_min']:.3f}-{own['ratio_max']:.3f}).")
     elif kind == "loadgen":
         rows = [[tool, spread(_vals(rs, "rps"), ",.0f"), _ratio(runs, tool, "wrk", "rps"),
                  spread(_vals(rs, "p99_ms"), ".2f"), spread(_vals(rs, "gen_cores"), ".2f"),

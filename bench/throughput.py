@@ -125,7 +125,14 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
         )
     finally:
         stop_each(ctx, made)
+    inprocess = None
+    if sc.get("metrics"):
+        from bench import metrics_cost
+
+        ctx.progress.show("metrics: the in-process Python cost per request")
+        inprocess = metrics_cost.measure(rounds=max(5, ctx.rounds * 2), requests=5000 if ctx.quick else 20000)
     return {"title": sc["title"], "kind": "throughput", "connections": conns, "app": sc["app"],
+            **({"inprocess": inprocess} if inprocess else {}),
             **({"baseline": "corral"} if sc.get("metrics") else {}),
             "generator": ("bench/websocket.py" if sc.get("ws_big") else "builtin (WebSocket)") if ws_runner
             else ctx.tool, "runs": runs}

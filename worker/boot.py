@@ -17,7 +17,7 @@ from typing import Any, Callable
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.counters import Counters, LogCounter, collecting, meter
+from corral.worker.counters import LogCounter, collecting, meter
 from corral.worker.application import AppImportError, import_app, wrap_application
 from corral.worker.lifespan import Lifespan, LifespanFailure
 from corral.worker.proxy import make_proxy_headers
@@ -52,10 +52,6 @@ async def serve_application(
         logger.error("Worker failed to boot: lifespan startup failed: %s", exc)
         return WORKER_BOOT_ERROR
     access_log = make_request_log(settings)
-    counters = Counters()
-    if collecting(settings):
-        access_log = meter(counters, access_log)  # counts each response, then logs it (when logging)
-        LogCounter(counters.logs).install()  # the error log's records by level (statsd log.error, ...)
     server = WorkerServer(
         asgi_app,
         settings,
@@ -64,7 +60,10 @@ async def serve_application(
         lifespan_state=lifespan.state,
         notify=notify,
     )
-    server.counters = counters
+    if collecting(settings):
+        counters = server.counters
+        server.access_log = meter(counters, access_log)  # counts each response, then logs it (when logging)
+        LogCounter(counters.logs).install()  # the error log's records by level (statsd log.error, ...)
     if on_ready is not None:
         on_ready(server)
     try:

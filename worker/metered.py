@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from time import perf_counter
+from typing import Any
 
-from corral.worker.counters import DURATION_BOUNDS, METHOD_OFFSET, OTHER_OFFSET
+from corral.worker.counters import DURATION_BOUNDS, METHOD_OFFSET, OTHER_OFFSET, Counters
 from corral.worker.protocol import HttpProtocol
 
 __all__ = ["metered_protocol"]
@@ -21,28 +22,37 @@ __all__ = ["metered_protocol"]
 logger = logging.getLogger("corral.error")
 
 
-def metered_protocol(base: type[HttpProtocol] = HttpProtocol) -> type[HttpProtocol]:
+def metered_protocol(counters: Counters, base: type[HttpProtocol] = HttpProtocol) -> type[HttpProtocol]:
+    """A protocol class counting into `counters` (one class per server: the lists are bound here, so a
+    response costs no attribute lookups to find them)."""
+    requests = counters.requests
+    durations = counters.durations
+    offsets = METHOD_OFFSET
+    bounds = DURATION_BOUNDS
+    first = bounds[0]
+
     class MeteredProtocol(base):  # type: ignore[valid-type, misc]
         __slots__ = ()
 
-        def log_access(self, cycle: object) -> None:
-            t0 = cycle.t0  # type: ignore[attr-defined]
+        def log_access(self, cycle: Any) -> None:
+            t0 = cycle.t0
             if t0 is None:
                 return
             duration = perf_counter() - t0
-            counters = self.server.counters
-            scope = cycle.scope  # type: ignore[attr-defined]
-            status = cycle.status  # type: ignore[attr-defined]
-            nbytes = cycle.nbytes  # type: ignore[attr-defined]
-            # status: 100-999, validated before any response is written (http11.status_line)
-            counters.requests[METHOD_OFFSET.get(scope.get("method", "GET"), OTHER_OFFSET) + status] += 1
-            counters.durations[bisect_left(DURATION_BOUNDS, duration)] += 1
+            scope = cycle.scope
+            status = cycle.status  # 100-999: validated before any response is written (http11.status_line)
+            try:
+                requests[offsets[scope["method"]] + status] += 1
+            except KeyError:  # another method, or a WebSocket scope (its handshake is a GET)
+                requests[offsets.get(scope.get("method", "GET"), OTHER_OFFSET) + status] += 1
+            durations[0 if duration <= first else bisect_left(bounds, duration)] += 1
             counters.duration_sum += duration
+            nbytes = cycle.nbytes
             counters.bytes_out += nbytes
             log = counters.log
             if log is not None:
                 try:
-                    log(scope, status, nbytes, duration, cycle.headers)  # type: ignore[attr-defined]
+                    log(scope, status, nbytes, duration, cycle.headers)
                 except Exception:
                     logger.exception("Access log failed")
 

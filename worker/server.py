@@ -107,7 +107,7 @@ class WorkerServer(StatelessServer):
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
         # Metrics count in the protocol, --health-path is answered by it: chosen once, here.
-        protocol_class = metered_protocol() if collecting(settings) else HttpProtocol
+        protocol_class = metered_protocol(self.counters) if collecting(settings) else HttpProtocol
         if settings.health_path:
             protocol_class = health_protocol(settings.health_path, protocol_class)
         self.protocol_class: type[HttpProtocol] = protocol_class
