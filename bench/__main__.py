@@ -9,6 +9,8 @@ whatever happens. Scenarios:
   plaintext close json echo stream wsgi websocket websocket-1mib   throughput (bench/throughput.py);
                                               close: the hello-world with `Connection: close` on every request
   loadgen                                     the built-in load generator next to wrk on the same server
+  metrics                                     corral plaintext with --metrics-bind vs without (the cost of
+                                              counting every request), same rounds
   idle                                        RSS with many idle keep-alive connections (bench/memory.py)
   latency                                     p50/p99/mean of sequential requests on one keep-alive
                                               connection (bench/latency.py)
@@ -35,7 +37,7 @@ FAMILIES = {**{n: throughput for n in throughput.SCENARIOS}, "loadgen": throughp
             "latency": latency,
             **{n: process for n in ("coldstart", "fairness", "crash", "hup")}}
 DEFAULT = ["plaintext", "close", "json", "echo", "stream", "wsgi", "websocket", "websocket-1mib", "idle", "latency",
-           "loadgen", "coldstart", "fairness", "crash", "hup"]
+           "loadgen", "metrics", "coldstart", "fairness", "crash", "hup"]
 QUICK = ["plaintext", "wsgi", "idle", "coldstart"]
 
 

@@ -78,6 +78,17 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
                      f"used {med(other):.2f} cores (median), {max(other):.2f} (max) during the runs kept"
                      + (f", {med(core):.2f} (max {max(core):.2f}) on the servers' cores" if core else "")
                      + (f"; {retried} run(s) repeated because they were busier than that" if retried else "") + ".")
+        if name == "metrics":
+            # Throughput ratios swing with whatever else shares the machine; server CPU per request less.
+            cost = {server: med([r["cpu_cores"] / r["rps"] * 1e6 for r in rs if r.get("rps")])
+                    for server, rs in runs.items()}
+            lines.append("\nServer CPU per request (median of rounds): " + ", ".join(
+                f"{server} {us:.2f} µs" for server, us in cost.items()) + ".")
+            own = sc.get("inprocess")
+            if own:
+                lines.append(f"In-process, the worker's Python path alone (bench/metrics_cost.py, {own['rounds']} "
+                             f"interleaved rounds): {own['off_us']:.2f} µs per request off, {own['on_us']:.2f} µs on: "
+                             f"**{own['ratio']:.3f}** ({own['ratio_min']:.3f}-{own['ratio_max']:.3f}).")
     elif kind == "loadgen":
         rows = [[tool, spread(_vals(rs, "rps"), ",.0f"), _ratio(runs, tool, "wrk", "rps"),
                  spread(_vals(rs, "p99_ms"), ".2f"), spread(_vals(rs, "gen_cores"), ".2f"),
@@ -142,7 +153,7 @@ def markdown(results: dict[str, Any], baseline: str, wsgi_baseline: str) -> str:
              f"{meta['loadavg_end']:.2f}; other processes used {meta['other_cores']:.2f} cores (median over runs)."
              f"  \n" + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())]
     for name, sc in results["scenarios"].items():
-        parts.append(table(name, sc, wsgi_baseline if name == "wsgi" else baseline))
+        parts.append(table(name, sc, sc.get("baseline") or (wsgi_baseline if name == "wsgi" else baseline)))
     if results.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()))
     return "\n\n".join(parts) + "\n"

@@ -43,6 +43,8 @@ def _corral(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]
         argv.append("--preload")
     if opt.get("keepalive"):
         argv += ["--keep-alive", str(opt["keepalive"])]
+    if opt.get("metrics"):
+        argv += ["--metrics-bind", f"{HOST}:{free_port()}"]
     return argv
 
 

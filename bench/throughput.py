@@ -6,6 +6,7 @@ echo       a 1 MiB request body echoed back (ASGI)        stream  a 10 MiB respo
 wsgi       hello-world on the WSGI servers                websocket  16-byte WebSocket echo, one message in flight
 websocket-1mib  1 MiB WebSocket echo (bench/websocket.py's client)
 loadgen    the built-in generator next to wrk on corral's plaintext (how close it gets to wrk)
+metrics    corral's plaintext with --metrics-bind (workers count every request) vs without, same rounds
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "wsgi": {"app": "bench.apps:hello_wsgi", "iface": "wsgi", "title": "Hello-world WSGI"},
     "websocket": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws": True,
                   "title": "WebSocket echo, 16-byte messages (messages/s)"},
+    "metrics": {"app": "bench.apps:hello", "iface": "asgi", "metrics": True,
+                "title": "Hello-world plaintext, corral with metrics on (--metrics-bind) vs off (ASGI)"},
     "websocket-1mib": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws_big": True, "conns": 4,
                        "title": "WebSocket echo, 1 MiB binary messages (messages/s; client: bench/websocket.py)"},
 }
@@ -68,6 +71,8 @@ def _websocket_runner(big: bool) -> Any:
 def steps(ctx: Ctx, name: str) -> int:
     if name == "loadgen":
         return 2 * ctx.rounds if load.has_wrk() else 0
+    if SCENARIOS[name].get("metrics"):
+        return 2 * ctx.rounds if "corral" in ctx.asgi else 0
     return len(ctx.wsgi if SCENARIOS[name]["iface"] == "wsgi" else ctx.asgi) * ctx.rounds
 
 
@@ -83,7 +88,10 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
         ctx.note(name, f"skipped: {exc}")
         return {"title": sc["title"], "kind": "throughput", "runs": {}}
     options = {"threads": 4} if sc["iface"] == "wsgi" else {}
-    made = [ctx.server(n, sc["app"], **options) for n in names]
+    if sc.get("metrics"):  # corral against itself: the cost of counting (the ratio column is vs "corral")
+        made = [ctx.server("corral", sc["app"]), ctx.server("corral", sc["app"], label="corral-metrics", metrics=True)]
+    else:
+        made = [ctx.server(n, sc["app"], **options) for n in names]
     runs: dict[str, list[dict[str, Any]]] = {}
     running = start_each(ctx, made, wait_workers=True)
 
@@ -117,7 +125,15 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
         )
     finally:
         stop_each(ctx, made)
+    inprocess = None
+    if sc.get("metrics"):
+        from bench import metrics_cost
+
+        ctx.progress.show("metrics: the in-process Python cost per request")
+        inprocess = metrics_cost.measure(rounds=max(5, ctx.rounds * 2), requests=5000 if ctx.quick else 20000)
     return {"title": sc["title"], "kind": "throughput", "connections": conns, "app": sc["app"],
+            **({"inprocess": inprocess} if inprocess else {}),
+            **({"baseline": "corral"} if sc.get("metrics") else {}),
             "generator": ("bench/websocket.py" if sc.get("ws_big") else "builtin (WebSocket)") if ws_runner
             else ctx.tool, "runs": runs}
 

@@ -30,12 +30,14 @@ from corral.master.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.channel import pair
 from corral.master.control import ControlServer
 from corral.master.hooks import ServerView, run_hook, unborn_worker, worker_view
+from corral.master.discover import register
 from corral.master.logs import describe_listener, reopen_logs, setup_logging
+from corral.master.observe import Observer
 from corral.master.pidfile import Pidfile, pid_alive
 from corral.master.proctitle import set_title
 from corral.master.sockets import bind_all, close_all, parse_address, systemd_sockets
 from corral.master.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
-from corral.master.workerinfo import Worker, split_limit, status_document
+from corral.master.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings, SettingError
 from corral.worker.application import AppImportError, import_app
@@ -96,6 +98,7 @@ class Arbiter:
         self.all_ready_once = False
         self.server = ServerView(self)  # what gunicorn's server hooks get
         self.reloader: Any = None  # --reload's watcher (corral.master.reload)
+        self.observer = Observer(self, settings)  # metrics, statsd, systemd notify, status figures
 
     # ------------------------------------------------------------------ start and the loop
 
@@ -125,6 +128,8 @@ class Arbiter:
             pidfile = Pidfile(settings.pidfile)
             pidfile.create(pid)  # PidfileError: refused while a live process owns it
             self.pidfile = pidfile
+        else:
+            self.pidfile = register(pid)  # `serve status` with no --pid finds it
         self.load_app(settings)
         self.ssl_context = server_context(settings)  # SettingError: one line, exit 2, before binding
         self.listeners = self.open_sockets()
@@ -140,6 +145,7 @@ class Arbiter:
             os.set_inheritable(fd, False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.pipe[0], selectors.EVENT_READ, self._drain_pipe)
+        self.observer.start(self.selector)  # BindError for --metrics-bind
         if self.control is not None and self.control.sock is not None:
             self.selector.register(self.control.fileno(), selectors.EVENT_READ, self._answer_status)
         signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
@@ -211,6 +217,7 @@ class Arbiter:
                 self.sleep(0)  # heartbeats that queued while a handler ran (HUP's app check) count
             self.murder_workers()
             self.manage_workers()
+            self.observer.tick()
 
     def _on_signal(self, sig: int, frame: Any) -> None:
         # No work in a signal handler: the loop picks it up (set_wakeup_fd has already woken select).
@@ -256,7 +263,9 @@ class Arbiter:
             setup_logging(settings)
         except (SettingError, AppCheckError, AppImportError) as exc:
             logger.error("Reload failed, keeping the running workers: %s", exc)
+            self.observer.reload_failed()
             return
+        settings = self.observer.reload_begun(settings)
         self.rollback = (self.settings, self.num_workers, self.ssl_context)
         old_workers = self.num_workers
         self.settings = settings
@@ -265,6 +274,7 @@ class Arbiter:
         self.generation += 1
         for worker in self.workers.values():
             worker.outdated = True
+            worker.cause = worker.cause or "reload"
         run_hook(settings, "on_reload", self.server)
         if self.num_workers != old_workers:
             run_hook(settings, "nworkers_changed", self.server, self.num_workers, old_workers)
@@ -380,6 +390,7 @@ class Arbiter:
         self.workers[pid] = worker
         assert self.selector is not None
         self.selector.register(master_end.fileno(), selectors.EVENT_READ, self._worker_readable)
+        self.observer.worker_started()
         logger.info("Booting worker %d (pid %d)", number, pid)
 
     def _close_in_child(self) -> None:
@@ -396,11 +407,14 @@ class Arbiter:
             self.reloader.close_in_child()
         if self.control is not None and self.control.sock is not None:
             self.control.sock.close()
+        self.observer.close_in_child()
 
     def _worker_readable(self, key: Any) -> None:
         worker = next((w for w in self.workers.values() if w.channel.fileno() == key.fd), None)
-        if worker is None:
-            return
+        if worker is not None:
+            self.read_worker(worker)
+
+    def read_worker(self, worker: Worker) -> None:
         messages, eof = worker.channel.receive()
         now = time.monotonic()
         for message in messages:
@@ -422,8 +436,9 @@ class Arbiter:
                     logger.info("Worker %d (pid %d) served %d requests: replacing it", worker.number,
                                 worker.pid, message["requests"])
                     worker.outdated = True
+                    worker.cause = "max-requests"
         if eof:
-            self.selector.unregister(key.fd)  # type: ignore[union-attr]
+            self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
             worker.channel.close()
 
     def retire(self, worker: Worker, why: str, graceful: bool = True) -> None:
@@ -431,6 +446,7 @@ class Arbiter:
         if worker.retiring:
             return
         worker.retiring = True
+        worker.cause = worker.cause or RETIRE_CAUSES.get(why, "stop")
         logger.info("Stopping worker %d (pid %d): %s", worker.number, worker.pid, why)
         worker.kill_at = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
         self._signal_worker(worker, signal.SIGTERM if graceful else signal.SIGQUIT)
@@ -453,18 +469,21 @@ class Arbiter:
             if pid == self.reexec_pid:
                 self.reexec_pid = 0
                 logger.error("The new master (pid %d) exited with %s; this master carries on", pid, describe_exit(code))
-                if self.pidfile is not None and self.settings.pidfile:
-                    self.pidfile.rename(self.settings.pidfile)
+                if self.pidfile is not None:
+                    self.pidfile.rename(self.pidfile.path.removesuffix(".oldbin"))
                 continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            if not worker.channel.closed:
+                self.read_worker(worker)  # its last heartbeat (final counts) may still be in the channel
             if not worker.channel.closed:
                 try:
                     self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
                 except (KeyError, ValueError):
                     pass
                 worker.channel.close()
+            self.observer.worker_gone(worker, exit_cause(worker, code, self.stopping))
             self.worker_exited(worker, code)
 
     def worker_exited(self, worker: Worker, code: int) -> None:
@@ -525,6 +544,7 @@ class Arbiter:
                 for handler in logging.getLogger("corral").handlers:
                     handler.flush()
                 worker.retiring = True  # counted out: its replacement starts now
+                worker.cause = "timeout"
                 worker.kill_at = now + DUMP_GRACE
                 self._signal_worker(worker, workerproc.DUMP_SIGNAL)
         if self.settings.max_worker_memory and now >= self.next_memory_check:
@@ -540,6 +560,7 @@ class Arbiter:
                     logger.warning("Worker %d (pid %d) uses %d MiB (limit %d MiB): replacing it", worker.number,
                                    worker.pid, rss >> 20, self.settings.max_worker_memory >> 20)
                     worker.outdated = True
+                    worker.cause = "memory"
 
     # ------------------------------------------------------------------ status
 
@@ -599,17 +620,20 @@ class Arbiter:
         if self.stopping:
             return
         self.stopping = True
+        self.observer.stopping()
         logger.info("Stopping (%s)", "graceful" if graceful else "quick")
         if graceful and self.settings.drain_delay > 0:
             graceful = self.drain(self.settings.drain_delay)
         self.close_listeners()
         for worker in list(self.workers.values()):
             worker.retiring = False
+            worker.cause = "stop"
             self.retire(worker, "master stopping", graceful)
             worker.kill_at = None  # this loop's own deadline applies
         deadline = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
         while self.workers and time.monotonic() < deadline:
             self.sleep()
+            self.observer.tick()  # /metrics keeps answering; the watchdog is petted while the loop runs
             while True:
                 try:
                     sig = self.signals.get_nowait()
@@ -649,6 +673,7 @@ class Arbiter:
             self.control.close()
         if self.reloader is not None:
             self.reloader.stop()
+        self.observer.close()
         if self.pidfile is not None:
             self.pidfile.unlink()
         signal.set_wakeup_fd(-1)

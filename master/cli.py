@@ -185,20 +185,44 @@ def run(app: str, settings: Settings, load: Any, config_path: str | None = None)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-p", "--pid", "pidfile", required=True, metavar="FILE", help="The master's pid file (its --pid).")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
-def status(pidfile: str, as_json: bool) -> int:
-    """Show the master's workers: pid, age, requests served, live instances / limit, RSS and CPU%."""
+@click.option("-p", "--pid", "pidfile", default=None, metavar="FILE",
+              help="The master's pid file (its --pid); default: the one master started without --pid.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON (one line per update "
+                                                       "with --watch).")
+@click.option("--watch", is_flag=True, help="Show it again every --interval seconds until Ctrl-C.")
+@click.option("-n", "--interval", default=2.0, type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Seconds between updates with --watch (default 2).")
+def status(pidfile: str | None, as_json: bool, watch: bool, interval: float) -> int:
+    """Show the master's figures (requests/s, p50/p99, pool, restarts by cause) and its workers (pid, age,
+    requests, instances / limit, RSS, CPU%)."""
     import json
+    import time
 
     from corral.master.control import ControlError, format_table, query
+    from corral.master.discover import NoMaster, find_master
 
-    try:
-        document = query(pidfile)
-    except ControlError as exc:
-        return _fail(str(exc), 1)
-    click.echo(json.dumps(document, indent=2) if as_json else format_table(document))
-    return OK
+    if pidfile is None:
+        try:
+            pidfile = find_master()
+        except NoMaster as exc:
+            return _fail(str(exc), 1)
+    while True:
+        try:
+            document = query(pidfile)
+        except ControlError as exc:
+            return _fail(str(exc), 1)
+        if as_json:
+            click.echo(json.dumps(document, separators=(",", ":")) if watch else json.dumps(document, indent=2))
+        else:
+            if watch and sys.stdout.isatty():
+                click.clear()
+            click.echo(format_table(document) + ("\n" if watch else ""))
+        if not watch:
+            return OK
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return OK
 
 
 def _invoke(command: click.Command, args: Sequence[str], prog: str) -> int:

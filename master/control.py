@@ -142,4 +142,27 @@ def format_table(status: dict[str, Any]) -> str:
             f"{w['pid']:>8} {w['number']:>4} {w['state']:<9} {_age(w['age']):>7} {w['requests']:>9} "
             f"{str(w['instances']) + '/' + str(w['limit']):>11} {_size(w['rss']):>8} {w['cpu']:>6.1f}"
         )
+    figures = status.get("metrics")
+    if figures:
+        lines[1:1] = format_figures(figures)
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def format_figures(m: dict[str, Any]) -> list[str]:
+    """The figures /metrics has, digested: rate, latency, statuses, pool, restarts by cause."""
+    first = f"requests {m['requests']}  {m['requests_per_second']:.1f}/s (last {m['window']:.0f}s)"
+    if m.get("collecting"):
+        first += f"  p50 {_ms(m.get('p50_ms'))}  p99 {_ms(m.get('p99_ms'))}"
+        classes = m.get("status_classes") or {}
+        if classes:
+            first += "  " + " ".join(f"{k} {v}" for k, v in sorted(classes.items()))
+    else:
+        first += "  (p50/p99 and statuses: start with --metrics-bind or --statsd-host)"
+    exits = ", ".join(f"{cause} {n}" for cause, n in sorted(m.get("exits", {}).items())) or "none"
+    second = (f"pool {m['in_flight']}/{m['pool_size']} in use, {m['parked']} parked, {m['websockets']} websockets"
+              f"  restarts: {exits}  reloads {m['reloads']}")
+    return [first, second]

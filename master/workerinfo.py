@@ -10,8 +10,9 @@ from typing import Any
 import psutil
 
 from corral.master.channel import Channel
+from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
 
-__all__ = ["Worker", "split_limit", "status_document"]
+__all__ = ["Worker", "split_limit", "status_document", "exit_cause", "RETIRE_CAUSES"]
 
 
 def split_limit(total: int, workers: int) -> list[int]:
@@ -41,6 +42,7 @@ class Worker:
     retiring: bool = False  # told to stop: no longer counted
     outdated: bool = False  # to be replaced, once a new worker is ready
     kill_at: float | None = None  # SIGKILL deadline
+    cause: str = ""  # why it is being replaced or stopped (metrics: exits by cause); "" until decided
     process: psutil.Process | None = None
 
     @property
@@ -50,6 +52,21 @@ class Worker:
         if self.outdated:
             return "outdated"
         return "ready" if self.ready else "booting"
+
+
+#: The `retire()` reasons as exit causes (corral_worker_exits_total's label); a cause set earlier wins.
+RETIRE_CAUSES = {"fewer workers wanted": "scale-down", "replaced": "reload", "reload abandoned": "reload"}
+
+
+def exit_cause(worker: Worker, code: int, stopping: bool) -> str:
+    """Why `worker` exited with `code`: the cause the master gave it, else stop, boot failure or crash."""
+    if worker.cause:
+        return worker.cause
+    if stopping:
+        return "stop"
+    if code in (WORKER_BOOT_ERROR, APP_IMPORT_ERROR) and not worker.ready:
+        return "boot-failure"
+    return "crash"
 
 
 def status_document(arbiter: Any) -> dict[str, Any]:
@@ -74,4 +91,4 @@ def status_document(arbiter: Any) -> dict[str, Any]:
         })
     master = {"pid": os.getpid(), "name": arbiter.name, "started": arbiter.started, "target": arbiter.num_workers,
               "max_applications": arbiter.settings.max_applications, "generation": arbiter.generation}
-    return {"master": master, "workers": workers}
+    return {"master": master, "workers": workers, "metrics": arbiter.observer.figures()}

@@ -25,6 +25,7 @@ from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.boot import run_worker
 from corral.worker.hookapi import WorkerView
+from corral.worker.counters import collecting
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 
@@ -60,6 +61,7 @@ class _Link:
         self.server: Any = None
         self.ready_sent = False
         worker.recycle = self.recycle
+        self.metrics = collecting(settings)
 
     def on_ready(self, server: Any) -> None:
         import asyncio
@@ -88,10 +90,16 @@ class _Link:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send("ready")
-        stats = server.stats() if server is not None else {}
-        self.channel.send("hb", requests=stats.get("requests", 0), instances=stats.get("instances", 0),
-                          max_applications=stats.get("max_applications", 0),
-                          connections=stats.get("connections", 0))
+        fields = heartbeat(server, self.metrics)
+        if not self.channel.send("hb", **fields) and "m" in fields:
+            # Too big for one message (thousands of distinct statuses?) or a full buffer: liveness first.
+            del fields["m"]
+            self.channel.send("hb", **fields)
+
+    def final(self) -> None:
+        """The worker has stopped: its last counts go up, so a replaced worker's totals are exact."""
+        if self.server is not None and self.metrics:
+            self.channel.send("hb", **heartbeat(self.server, True))
 
     def on_readable(self) -> None:
         messages, eof = self.channel.receive()
@@ -118,6 +126,19 @@ class _Link:
             self.channel.close()
             logger.warning("Master went away; worker %d stopping", os.getpid())
             server.request_stop(True)
+
+
+def heartbeat(server: Any, metrics: bool) -> dict[str, Any]:
+    """The heartbeat's fields: the pool, and the cumulative counts when metrics are collected."""
+    if server is None:
+        return {}
+    stats = server.stats()
+    fields = {key: stats.get(key, 0) for key in (
+        "requests", "instances", "max_applications", "connections", "parked", "websockets", "lag")}
+    fields["stopping"] = bool(stats.get("stopping"))
+    if metrics:
+        fields["m"] = server.counters.snapshot()
+    return fields
 
 
 def _drop_privileges(settings: Settings) -> None:
@@ -175,6 +196,7 @@ def run_child(
         link = _Link(channel, heartbeat, settings, worker)
         code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready, worker=worker,
                           ssl_context=ssl_context)
+        link.final()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -431,8 +431,55 @@ _declare("accesslog", "logging", optional_str, None,
          "configures the access logger).", ("--access-logfile",))
 _declare("access_log_format", "logging", to_str,
          '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms',
-         "Access log format with gunicorn's atoms (%(M)s: duration in ms, %(D)s: in microseconds); the "
-         "default is gunicorn's with the duration added.", ("--access-logformat",))
+         "Access log format with gunicorn's atoms (%(M)s: duration in ms, %(D)s: in microseconds), or 'json' "
+         "for one JSON object per line; the default is gunicorn's with the duration added.",
+         ("--access-logformat", "--access-log-format"))
+
+
+# -- observability: metrics, statsd, health checks (corral.master.metrics, .statsd, .sdnotify; worker/health.py)
+
+
+def url_path(value: Any) -> str | None:
+    """An absolute URL path such as /healthz; None (unset) is off."""
+    text = optional_str(value)
+    if text is None:
+        return None
+    if not text.startswith("/") or any(c in text for c in " ?#\r\n"):
+        raise ValueError(f"expected an absolute path such as /healthz (no query), got {value!r}")
+    return text
+
+
+def statsd_address(value: Any) -> str | None:
+    """HOST:PORT (UDP) or unix:PATH (a unix datagram socket); None (unset) is off."""
+    text = optional_str(value)
+    if text is None:
+        return None
+    if text.startswith("unix:"):
+        if not text[5:].removeprefix("//"):
+            raise ValueError("unix: needs a path, e.g. unix:/var/run/datadog/dsd.socket")
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"expected HOST:PORT (e.g. localhost:8125) or unix:PATH, got {value!r}")
+    return text
+
+
+_declare("metrics_bind", "observability", optional_str, None,
+         "Serve Prometheus metrics, aggregated over all workers, from the master on this address "
+         "(HOST:PORT or unix:PATH; GET /metrics); off when unset.", ("--metrics-bind",), metavar="ADDRESS")
+_declare("statsd_host", "observability", statsd_address, None,
+         "Send metrics to this statsd / DogStatsD server (HOST:PORT over UDP, or unix:PATH), from the master, "
+         "once a second; off when unset.", ("--statsd-host",), metavar="ADDRESS")
+_declare("statsd_prefix", "observability", to_str, "corral",
+         "Prefix of the statsd metric names (gunicorn's names below it: use 'gunicorn' for gunicorn's exact "
+         "names).", ("--statsd-prefix",), metavar="PREFIX")
+_declare("dogstatsd_tags", "observability", to_str, "",
+         "DogStatsD tags added to every statsd metric, comma-separated (e.g. env:prod,app:shop).",
+         ("--dogstatsd-tags",), metavar="TAGS")
+_declare("health_path", "observability", url_path, None,
+         "A path (e.g. /healthz) the worker answers itself, without the application and outside the pool: "
+         "200 while it serves, 503 once it drains (stopping, replaced by a HUP); off when unset.",
+         ("--health-path",), metavar="PATH")
 
 # Hooks, gunicorn carry-over, request deadlines and --reload: declared in their own module (same registry).
 from corral.shared import settings_compat  # noqa: E402,F401  (registers its settings)

@@ -17,12 +17,13 @@ from typing import Any, Callable
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.accesslog import make_access_log
+from corral.worker.counters import LogCounter, collecting, meter
 from corral.worker.application import AppImportError, import_app, wrap_application
 from corral.worker.deadline import wrap_deadline
 from corral.worker.hookapi import WorkerView, wrap_request_hooks
 from corral.worker.lifespan import Lifespan, LifespanFailure
 from corral.worker.proxy import make_proxy_headers
+from corral.worker.sessionlog import make_request_log
 from corral.worker.server import WorkerServer
 from corral.worker.stateless import new_event_loop
 
@@ -60,16 +61,21 @@ async def serve_application(
     except LifespanFailure as exc:
         logger.error("Worker failed to boot: lifespan startup failed: %s", exc)
         return WORKER_BOOT_ERROR
+    access_log = make_request_log(settings)
     server = WorkerServer(
         asgi_app,
         settings,
-        access_log=make_access_log(settings),
+        access_log=access_log,
         proxy=make_proxy_headers(settings),
         lifespan_state=lifespan.state,
         notify=notify,
         ssl_context=ssl_context,
     )
     servers.append(server)
+    if collecting(settings):
+        counters = server.counters
+        server.access_log = meter(counters, access_log)  # counts each response, then logs it (when logging)
+        LogCounter(counters.logs).install()  # the error log's records by level (statsd log.error, ...)
     if on_ready is not None:
         on_ready(server)
     try:

@@ -139,6 +139,7 @@ class HttpProtocol(asyncio.Protocol):
                 return
         else:
             self.since = self.server.tick  # body bytes (or a pipelined head): the body timer restarts
+        self.server.counters.bytes_in += len(data)  # metrics: one integer add per read, no more
         self.parse(data)
 
     def parse(self, data: bytes) -> None:
@@ -252,6 +253,7 @@ class HttpProtocol(asyncio.Protocol):
     def pool_full(self, cycle: RequestCycle) -> None:
         """`start_instance` raised PoolFull: answer 503 (pool_full = '503') or park the request."""
         if self.server.reject_when_full:
+            self.server.counters.rejected += 1
             # An application like any other, outside the pool: it takes no slot.
             task = asyncio.get_running_loop().create_task(
                 service_unavailable(cycle.scope, cycle.receive, cycle.send)

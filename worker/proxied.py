@@ -31,13 +31,24 @@ from corral.worker.proxyproto import (
     tls_extension,
 )
 
-__all__ = ["ProxiedHttpProtocol"]
+__all__ = ["proxied_protocol", "ProxiedHttpProtocol"]
 
 logger = logging.getLogger("corral.error")
 
 
-class ProxiedHttpProtocol(HttpProtocol):
-    __slots__ = ("preamble", "header_trusted")
+def proxied_protocol(base: type[HttpProtocol] = HttpProtocol) -> type[HttpProtocol]:
+    """`base` reading a PROXY header first (the server chooses its protocol class once: see WorkerServer)."""
+    if base is HttpProtocol:
+        return ProxiedHttpProtocol
+    return type("ProxiedHttpProtocol", (_Proxied, base), {"__slots__": ("preamble", "header_trusted")})
+
+
+class _Proxied:
+    """The PROXY protocol part, mixed in front of a protocol class (plain, metered, with a health path)."""
+
+    __slots__ = ()
+    preamble: bytes | None
+    header_trusted: bool
 
     def __init__(self, server: Any, sockname: tuple | None = None) -> None:
         super().__init__(server, sockname)
@@ -103,3 +114,7 @@ class ProxiedHttpProtocol(HttpProtocol):
         if trusts is not None:  # X-Forwarded-* trust follows the client the header named
             local_unix = self.sockname[1] is None and header.local
             self.trusted = bool(trusts(self.client[0] if self.client else None, local_unix))
+
+
+class ProxiedHttpProtocol(_Proxied, HttpProtocol):
+    __slots__ = ("preamble", "header_trusted")

@@ -35,13 +35,17 @@ import struct
 import termios
 from collections import deque
 from functools import partial
+from time import perf_counter
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
+from corral.worker.counters import Counters, collecting
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
+from corral.worker.health import health_protocol
+from corral.worker.metered import metered_protocol
 from corral.worker.protocol import BUSY, FRESH, HEAD, IDLE, HttpProtocol
-from corral.worker.proxied import ProxiedHttpProtocol
+from corral.worker.proxied import proxied_protocol
 from corral.worker.proxy import ProxyHeaders
 from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.wsprotocol import WebSocketCycle
@@ -109,7 +113,16 @@ class WorkerServer(StatelessServer):
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
         self.connections: set[HttpProtocol] = set()
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
-        self.parked: deque[tuple[HttpProtocol, RequestCycle]] = deque()
+        self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
+        self.counters = Counters()
+        self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
+        # Metrics count in the protocol, --health-path is answered by it: chosen once, here.
+        protocol_class = metered_protocol(self.counters) if collecting(settings) else HttpProtocol
+        if settings.health_path:
+            protocol_class = health_protocol(settings.health_path, protocol_class)
+        if settings.proxy_protocol:
+            protocol_class = proxied_protocol(protocol_class)
+        self.protocol_class: type[HttpProtocol] = protocol_class
         self.stopping = False
         # Draining (the first part of a host's stop, --drain-delay): everything is served as usual, only the
         # health path answers 503 so that load balancers stop sending.
@@ -242,9 +255,7 @@ class WorkerServer(StatelessServer):
     # ------------------------------------------------------------------ accepting
 
     def _protocol_factory(self, sockname: tuple | None = None) -> HttpProtocol:
-        if self.proxy_trust is not None:
-            return ProxiedHttpProtocol(self, sockname)
-        return HttpProtocol(self, sockname)
+        return self.protocol_class(self, sockname)
 
     @staticmethod
     def _listener_sockname(sock: socket.socket) -> tuple | None:
@@ -311,14 +322,15 @@ class WorkerServer(StatelessServer):
     # ------------------------------------------------------------------ the pool and backpressure
 
     def park(self, protocol: HttpProtocol, cycle: RequestCycle) -> None:
-        self.parked.append((protocol, cycle))
+        self.parked.append((protocol, cycle, perf_counter()))  # (the loop's clock is ms-coarse in uvloop)
         self._set_accepting(False)
 
     def slot_freed(self) -> None:
         parked = self.parked
         while parked and not self.pool_full:
-            protocol, cycle = parked.popleft()
+            protocol, cycle, since = parked.popleft()
             if not cycle.disconnected:
+                self.counters.parked_for(perf_counter() - since)
                 protocol.unpark(cycle)
         if not parked and not self.pool_full:
             self._set_accepting(True)
@@ -360,6 +372,7 @@ class WorkerServer(StatelessServer):
             "stopping": self.stopping,
             "draining": self.draining,
             "websockets": len(self.websockets.sockets) if self.websockets is not None else 0,  # WebSocket hook
+            "lag": self.loop_lag,
         }
 
     async def _ticker(self) -> None:
@@ -395,6 +408,7 @@ class WorkerServer(StatelessServer):
                         protocol.body_timeout()
 
     async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             notify = self.notify
             if notify is not None:
@@ -402,4 +416,7 @@ class WorkerServer(StatelessServer):
                     notify()
                 except Exception:
                     logger.exception("Heartbeat notify() failed")
-            await asyncio.sleep(self.heartbeat_interval)
+            interval = self.heartbeat_interval
+            before = loop.time()
+            await asyncio.sleep(interval)
+            self.loop_lag = max(0.0, loop.time() - before - interval)

@@ -43,6 +43,7 @@ from typing import Any
 
 from corral.worker.flow import FlowControl
 from corral.worker.http11 import ProtocolError, encode_headers, response_head
+from corral.worker.sessionlog import WebSocketSession
 from corral.worker.websocket import (
     CLOSE_EVENT,
     MESSAGE,
@@ -208,6 +209,8 @@ class WebSocketCycle(asyncio.Protocol):
         # the open socket
         "transport", "flow", "conn", "phase", "queue", "queued", "max_queue", "max_bytes", "waiter",
         "ended", "deadline", "ping", "hub", "app_done", "controls_since",
+        # the session's figures (metrics, and the access log's line at close)
+        "messages_in", "messages_out", "bytes_in",
     )
 
     def __init__(self, protocol: Any, scope: dict, accept: bytes, extension_header: bytes, extensions: list) -> None:
@@ -243,6 +246,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.hub: WebSocketHub | None = None
         self.app_done = False
         self.controls_since = time.monotonic()  # when the control-frame count last restarted
+        self.messages_in = self.messages_out = self.bytes_in = 0
 
     def __repr__(self) -> str:
         return f"<WebSocketCycle {self.scope.get('path')!r} state={self.state}>"
@@ -316,6 +320,12 @@ class WebSocketCycle(asyncio.Protocol):
                         raise RuntimeError("websocket.send needs 'bytes' or 'text'")
                     frame = conn.send_message(bytes(data) if type(data) is not bytes else data, False)  # type: ignore[union-attr]
                 transport = self.transport
+                size = len(text) if text is not None else len(data)
+                self.messages_out += 1
+                self.nbytes += size
+                counters = self.server.counters
+                counters.ws_messages_out += 1
+                counters.ws_bytes_out += size
                 if type(frame) is bytes:
                     transport.write(frame)
                 else:
@@ -407,9 +417,11 @@ class WebSocketCycle(asyncio.Protocol):
         transport.write(accept_response(self.accept, server.default_header_bytes, chosen, self.extension_header, extra))
         self.status = 101
         self.headers = headers
+        server.counters.ws_opened += 1
         if self.t0 is not None:
-            protocol.log_access(self)
+            protocol.log_access(self)  # counted as a request (101); the access log writes the session at close
         settings = server.settings
+        self.nbytes = 0  # from here on: the session's bytes out
         self.conn = WebSocketConnection(settings.ws_max_size, self.extensions)
         self.extensions = None
         # Take the transport over: from here on the HTTP side has nothing to do with this connection.
@@ -494,7 +506,13 @@ class WebSocketCycle(asyncio.Protocol):
                     if accepting:
                         payload = event[1]
                         queue.append(payload)
-                        self.queued += len(payload)
+                        size = len(payload)
+                        self.queued += size
+                        self.messages_in += 1
+                        self.bytes_in += size
+                        counters = self.server.counters
+                        counters.ws_messages_in += 1
+                        counters.ws_bytes_in += size
                 elif kind == CLOSE_EVENT:
                     self._ended(event[1], event[2])
                 elif kind == PONG_EVENT:
@@ -544,6 +562,8 @@ class WebSocketCycle(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = CLOSED
         self._ended(1006, "")
+        if self.conn is not None:
+            self._session_ended()
         self.queue.clear()
         self.deadline = _INF
         if self.flow is not None:
@@ -554,6 +574,19 @@ class WebSocketCycle(asyncio.Protocol):
             self.server.connection_closed(self)
         # else: the server keeps counting this connection until its application returns, so that a
         # graceful stop waits (within the graceful timeout) for apps handling their websocket.disconnect.
+
+    def _session_ended(self) -> None:
+        """An accepted WebSocket's TCP connection is gone: count its close code, log the session."""
+        server = self.server
+        code = self.ended["code"] if self.ended is not None else 1006  # type: ignore[index]
+        server.counters.count_close(code)
+        closed = getattr(server.access_log, "websocket_closed", None)  # the access log's line at close
+        if closed is not None and self.t0 is not None:
+            try:
+                closed(self.scope, time.perf_counter() - self.t0, WebSocketSession(
+                    code, self.bytes_in, self.nbytes, self.messages_in, self.messages_out))
+            except Exception:
+                logger.exception("Access log failed")
 
     # ------------------------------------------------------------------ closing
 

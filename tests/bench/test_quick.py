@@ -103,3 +103,14 @@ def test_quick_close_and_latency(tmp_path: Path) -> None:
     assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["max_us"]
     assert list(table_rows(text, "close")) == list(table_rows(text, "latency")) == ["corral"]
     assert_all_gone(data)
+
+
+def test_metrics_scenario_compares_corral_with_itself(tmp_path):
+    text, data = run_bench(tmp_path / "m", "--servers", "corral", "--scenarios", "metrics")
+    scenario = data["scenarios"]["metrics"]
+    assert set(scenario["runs"]) == {"corral", "corral-metrics"} and scenario["baseline"] == "corral"
+    assert all(r["errors"] == 0 and r["rps"] > 0 for rs in scenario["runs"].values() for r in rs)
+    own = scenario["inprocess"]
+    assert own["off_us"] > 0 and own["on_us"] > 0
+    assert "| corral-metrics |" in text and "vs corral" in text and "In-process, the worker's Python path" in text
+    assert_all_gone(data)

@@ -36,6 +36,36 @@ pytestmark = pytest.mark.skipif(
     ACTIVATE is None, reason="systemd-socket-activate is not installed (.ci/run installs the systemd package)")
 
 
+class NotifySocket:
+    """systemd's end of NOTIFY_SOCKET: a unix datagram socket the test binds and reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+
+    def poll(self) -> list[str]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                return self.messages
+            self.messages.extend(data.decode().splitlines())
+
+    def wait_for(self, line: str, after: int = 0) -> int:
+        """Index of the first `line` at or after message `after`, waiting for it (bounded)."""
+        def found() -> int | None:
+            messages = self.poll()
+            return next((i + 1 for i in range(after, len(messages)) if messages[i] == line), None)
+
+        return wait_until(found, f"{line} on NOTIFY_SOCKET") - 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = WAIT) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -85,6 +115,7 @@ def test_readme_units_are_consistent_with_the_serve_command():
     assert "corral.socket" in " ".join(service.get("Requires", []))
     assert one(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(service, "KillSignal") == "SIGTERM"
+    assert one(service, "Type") == "notify"  # corral speaks sd_notify: READY=1 once the workers serve
     graceful = 30.0  # --graceful-timeout's default; the README's command does not change it
     if "--graceful-timeout" in exec_start:
         graceful = float(exec_start[exec_start.index("--graceful-timeout") + 1])
@@ -117,8 +148,11 @@ def test_socket_activation_reload_and_stop(tmp_path):
     argv = localize_serve(shlex.split(one(service, "ExecStart")), run_dir, "apps:app")
     assert str(pidfile) in argv
     fdname = socket_unit.get("FileDescriptorName", ["corral.socket"])[0]  # systemd's default: the unit name
+    notify = NotifySocket(run_dir / "notify.sock")
+    watchdog_usec = int(seconds(one(service, "WatchdogSec")) * 1e6)
     master = Master([], workdir, pidfile=pidfile,
-                    argv=[ACTIVATE, "-l", listen, f"--fdname={fdname}", "--", *argv])
+                    argv=[ACTIVATE, "-l", listen, f"--fdname={fdname}", "-E", f"NOTIFY_SOCKET={notify.path}",
+                          "-E", f"WATCHDOG_USEC={watchdog_usec}", "--", *argv])
     try:
         wait_until(lambda: os.path.exists(listen) or master.proc.poll() is not None, "the activation socket")
         assert master.proc.poll() is None, master.output
@@ -130,11 +164,16 @@ def test_socket_activation_reload_and_stop(tmp_path):
         before = {w["pid"] for w in workers}
         assert int(body) in before
         assert master.status()["master"]["pid"] == master.pid  # exec'd in place: LISTEN_PID matched
+        ready = notify.wait_for("READY=1")  # Type=notify: the service is up once its workers serve
+        notify.wait_for("WATCHDOG=1")  # WatchdogSec=: petted from the master's loop
+        assert any(m.startswith("STATUS=") and "workers serving" in m for m in notify.poll())
 
         # ExecReload=: run the unit's command with $MAINPID, as systemd would.
         reload = one(service, "ExecReload").replace("$MAINPID", str(master.pid))
         subprocess.run(shlex.split(reload), check=True, timeout=WAIT)
         after = {w["pid"] for w in master.wait_workers(4, lambda ws: not {w["pid"] for w in ws} & before)}
+        reloading = notify.wait_for("RELOADING=1", ready + 1)
+        notify.wait_for("READY=1", reloading + 1)  # the reload is over: new workers serve
         status, body = get(Path(listen))
         assert status == 200 and int(body) in after, (status, body)
         assert master.proc.poll() is None
@@ -143,12 +182,14 @@ def test_socket_activation_reload_and_stop(tmp_path):
         os.kill(master.pid, getattr(signal, one(service, "KillSignal")))
         code = master.wait(timeout=seconds(one(service, "TimeoutStopSec")))
         assert code == OK, master.output
+        notify.wait_for("STOPPING=1", reloading + 1)
         gone, alive = psutil.wait_procs([p for p in _procs(after | before)], timeout=WAIT)
         assert not alive, alive
         assert os.path.exists(listen)  # corral does not remove a socket it did not bind
         assert not pidfile.exists()
     finally:
         master.stop()
+        notify.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

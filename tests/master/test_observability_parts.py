@@ -1,0 +1,239 @@
+"""The master's observability parts on their own: totals kept across worker exits, the exposition format (parsed
+with prometheus_client), quantiles, statsd lines over UDP and a unix datagram socket, sd_notify, and the
+/metrics server's answers - real sockets, no serve process.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import time
+
+import psutil
+import pytest
+
+from corral.master.metrics import MasterCounts, Totals, quantile, render_prometheus
+from corral.master.metrics_http import MetricsServer
+from corral.master.sdnotify import Notifier
+from corral.master.statsd import StatsdClient, statsd_lines
+from corral.worker.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
+
+prometheus_parser = pytest.importorskip("prometheus_client.parser")
+
+
+class FakeWorker:
+    def __init__(self, number: int, snapshot: dict, requests: int) -> None:
+        self.pid = 1000 + number
+        self.number = number
+        self.born = time.monotonic()
+        self.ready = True
+        self.stats = {"m": snapshot, "requests": requests, "instances": 2, "max_applications": 10}
+        self.process = psutil.Process()  # this test process stands in for a worker (RSS, CPU)
+
+
+def snapshot(get200: int, post500: int, fast: int) -> dict:
+    counters = Counters()
+    counters.requests[METHOD_INDEX["GET"] * STATUS_SLOTS + 200] = get200
+    counters.requests[METHOD_INDEX["POST"] * STATUS_SLOTS + 500] = post500
+    counters.durations[0] = fast
+    counters.durations[-1] = get200 + post500 - fast
+    counters.duration_sum = 1.5
+    counters.count_close(1000)
+    return counters.snapshot()
+
+
+def parse(text: str) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in prometheus_parser.text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_totals_survive_a_worker_exit_and_render_as_valid_exposition_format():
+    counts = MasterCounts()
+    a, b = FakeWorker(1, snapshot(10, 2, 5), 12), FakeWorker(2, snapshot(4, 0, 4), 4)
+    render = lambda workers: parse(render_prometheus(counts, workers, target=2, backoff=0.0, started=1.0,
+                                                     collecting=True))
+    before = render([a, b])
+    assert before[("corral_http_requests_total", (("method", "GET"), ("status", "2xx")))] == 14
+    assert before[("corral_http_requests_total", (("method", "POST"), ("status", "5xx")))] == 2
+    assert before[("corral_http_request_duration_seconds_count", ())] == 16
+    assert before[("corral_http_request_duration_seconds_bucket", (("le", "0.0005"),))] == 9
+    assert before[("corral_websocket_closed_total", (("code", "1000"),))] == 2
+    counts.worker_gone(a.stats, "crash")  # a is gone: its counts stay, its replacement starts at 0
+    c = FakeWorker(3, Counters().snapshot(), 0)
+    after = render([b, c])
+    for key, value in before.items():
+        if key[0].endswith(("_total", "_count", "_bucket", "_sum")) and not key[0].startswith("corral_worker_"):
+            assert after[key] >= value, key
+    assert after[("corral_http_requests_total", (("method", "GET"), ("status", "2xx")))] == 14
+    assert after[("corral_requests_served_total", ())] == 16
+    assert after[("corral_worker_exits_total", (("cause", "crash"),))] == 1
+
+
+def test_quantile_interpolates_inside_the_bucket():
+    counts = [0] * (len(DURATION_BOUNDS) + 1)
+    counts[DURATION_BOUNDS.index(0.001)] = 100  # all between 0.5 ms and 1 ms
+    assert quantile(0.5, counts, DURATION_BOUNDS) == pytest.approx(0.00075)
+    assert quantile(0.99, counts, DURATION_BOUNDS) == pytest.approx(0.000995)
+    assert quantile(0.5, [0] * len(counts), DURATION_BOUNDS) is None
+    counts[-1] = 1000  # mostly above the last bound: the last bound is all we know
+    assert quantile(0.99, counts, DURATION_BOUNDS) == DURATION_BOUNDS[-1]
+
+
+def test_statsd_lines_are_deltas_and_timer_sample_rates_add_up():
+    before, now = Totals(), Totals()
+    before.add(snapshot(10, 0, 10))
+    now.add(snapshot(110, 3, 60))
+    counts = MasterCounts()
+    counts.starts = 4
+    lines = statsd_lines("app.", now, before, counts, {"worker.starts": 1}, {"workers": 4})
+    assert "app.requests:103|c" in lines
+    assert "app.request.status.200:100|c" in lines and "app.request.status.500:3|c" in lines
+    assert "app.worker.starts:3|c" in lines and "app.workers:4|g" in lines
+    timers = [line for line in lines if line.startswith("app.request.duration:")]
+    represented = sum(1 / float(line.split("|@")[1]) if "|@" in line else 1 for line in timers)
+    assert round(represented) == 103
+    assert not any(":0|c" in line for line in lines)
+    assert statsd_lines("app", now, now, counts, {"worker.starts": 4}, {}) == []
+
+
+@pytest.mark.parametrize("transport", ["udp", "unix"])
+def test_statsd_client_sends_tagged_datagrams(tmp_path, transport):
+    if transport == "udp":
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+    else:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(str(tmp_path / "dsd.sock"))
+        address = f"unix:{tmp_path / 'dsd.sock'}"
+    listener.settimeout(5)
+    client = StatsdClient(address, "env:test, app:x")
+    try:
+        client.send([f"corral.line{i}:{i}|c" for i in range(200)])  # more than one datagram's worth
+        received = []
+        while len(received) < 200:
+            packet = listener.recv(65536).decode()
+            assert len(packet) <= 1432
+            received += packet.split("\n")
+        assert received == [f"corral.line{i}:{i}|c|#env:test,app:x" for i in range(200)]
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_statsd_without_a_listener_never_raises(tmp_path):
+    client = StatsdClient(f"unix:{tmp_path / 'nobody.sock'}")
+    client.send(["corral.requests:1|c"])
+    client.send(["corral.requests:1|c"])
+    assert client.errors == 2
+    client.close()
+
+
+def test_sd_notify_messages_and_watchdog(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(5)
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"})
+    try:
+        notifier.ready("2 workers serving")
+        assert sock.recv(4096).decode().split("\n") == ["READY=1", "STATUS=2 workers serving"]
+        notifier.reloading()
+        lines = sock.recv(4096).decode().split("\n")
+        assert lines[0] == "RELOADING=1" and lines[1].startswith("MONOTONIC_USEC=")
+        notifier.watchdog(100.0)
+        assert sock.recv(4096) == b"WATCHDOG=1"
+        notifier.watchdog(100.5)  # not due yet (every WATCHDOG_USEC / 2)
+        notifier.watchdog(101.0)
+        assert sock.recv(4096) == b"WATCHDOG=1"
+        notifier.stopping()
+        assert sock.recv(4096) == b"STOPPING=1"
+    finally:
+        notifier.close()
+        sock.close()
+    assert not Notifier({}).enabled
+    other = Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": str(os.getpid() + 1)})
+    assert other.watchdog_interval == 0  # the watchdog is another process's business
+    other.close()
+
+
+def test_metrics_server_answers_in_the_selector_loop():
+    selector = selectors.DefaultSelector()
+    server = MetricsServer("127.0.0.1:0", lambda: "corral_x 1\n", "text/plain; version=0.0.4")
+    server.register(selector)
+    port = server.sock.getsockname()[1]
+
+    def ask(raw: bytes) -> bytes:
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.sendall(raw)
+        data = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for key, _ in selector.select(0.05):
+                key.data(key)
+            client.setblocking(False)
+            try:
+                chunk = client.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        client.close()
+        return data
+
+    try:
+        ok = ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\ncorral_x 1\n")
+        assert ask(b"HEAD /metrics HTTP/1.1\r\n\r\n").endswith(b"\r\n\r\n")
+        assert ask(b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
+        assert ask(b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+        assert ask(b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400")
+        # A client that never finishes its head is closed at its deadline by the loop's sweep.
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(b"GET /metrics")
+        for key, _ in selector.select(1):
+            key.data(key)
+        assert len(server.conns) == 1
+        server.sweep(time.monotonic() + 60)
+        assert not server.conns
+        try:
+            assert slow.recv(10) == b""  # closed (a reset when its bytes were still unread)
+        except ConnectionResetError:
+            pass
+        slow.close()
+    finally:
+        server.close()
+        selector.close()
+
+
+def test_a_reload_keeps_the_metrics_settings_the_master_started_with(caplog):
+    from corral.master.observe import Observer
+    from corral.shared.settings import Settings
+
+    class Arbiter:
+        workers: dict = {}
+        num_workers = 1
+        spawn_after = 0.0
+        started = 0.0
+
+    observer = Observer(Arbiter(), Settings(statsd_host="127.0.0.1:8125"))
+    kept = observer.reload_begun(Settings(statsd_host="127.0.0.1:9999", workers=3))
+    assert kept.statsd_host == "127.0.0.1:8125" and kept.workers == 3
+    assert "--statsd-host changes need a restart" in caplog.text
+    assert observer.counts.reloads == 1
+    observer.close()
+
+
+def test_the_sample_grafana_dashboard_uses_only_metrics_corral_exports():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bcorral_[a-z_]+", expr)}
+    text = render_prometheus(MasterCounts(), [FakeWorker(1, snapshot(1, 1, 1), 2)], target=1, backoff=0.0,
+                             started=1.0, collecting=True)
+    exported = {s.name for family in prometheus_parser.text_string_to_metric_families(text) for s in family.samples}
+    assert used and used <= exported, used - exported
