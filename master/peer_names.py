@@ -35,7 +35,6 @@ NO_VALUE = object()
 _DIRTY = "gunicorn's dirty arbiters (separate worker pools for long tasks) have no corral equivalent"
 _H2 = "corral speaks HTTP/1.1 (and WebSocket); HTTP/2 ends at the proxy in front"
 _SYSLOG = "no syslog handler: use --log-config with a logging.handlers.SysLogHandler, or journald via stderr"
-_STATSD = "no statsd client in corral yet"
 
 
 def _same(note: str = "", flags: tuple[str, ...] = (), corral: str = "") -> Entry:
@@ -83,7 +82,9 @@ GUNICORN: dict[str, Entry] = {
                                                ("--disable-redirect-access-to-syslog",), False, False),
     "dogstatsd_tags": _same("comma-separated key:value tags on every metric", ("--dogstatsd-tags",),
                             "--dogstatsd-tags"),
-    "enable_backlog_metric": Entry("refuse", "", _STATSD, ("--enable-backlog-metric",), False, False),
+    "enable_backlog_metric": Entry("refuse", "--metrics-bind", "no socket-backlog gauge: corral reports the requests "
+                                   "parked by a full pool (corral_parked_requests)", ("--enable-backlog-metric",),
+                                   False, False),
     "enable_stdio_inheritance": Entry("noop", "", "corral workers always inherit the master's stdio",
                                       ("-R", "--enable-stdio-inheritance"), False, False),
     "errorlog": _same("", ("--error-logfile", "--log-file"), "--error-logfile"),
