@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import psutil
 
-from corral.master import workerproc
+from corral.master import shutdown, watchdog, workerproc
+from corral.master.shutdown import KILL_MARGIN, QUICK_STOP
 from corral.master.tls import server_context
 from corral.master.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.channel import pair
@@ -48,11 +49,6 @@ logger = logging.getLogger("corral.master")
 
 MAX_BACKOFF = 10.0  # seconds between respawns when workers keep dying
 DIED_YOUNG = 1.0  # seconds: a worker dying younger than this grows the respawn backoff
-DUMP_GRACE = 0.3  # seconds between the stack-dump signal and SIGKILL for a timed-out worker
-MIN_BOOT_TIMEOUT = 60.0  # a booting worker (importing the app, lifespan startup) gets at least this
-QUICK_STOP = 5.0  # INT/QUIT: seconds before stragglers are killed
-KILL_MARGIN = 5.0  # TERM: seconds past graceful_timeout before stragglers are killed
-MEMORY_CHECK = 3.0  # seconds between RSS checks
 TICK = 0.5  # longest select() wait
 
 
@@ -525,42 +521,7 @@ class Arbiter:
 
     def murder_workers(self) -> None:
         """Kill overdue workers: no heartbeat for --timeout, past a stop or dump deadline; check memory."""
-        now = time.monotonic()
-        timeout = self.settings.timeout
-        for worker in list(self.workers.values()):
-            if worker.kill_at is not None:
-                if now >= worker.kill_at:
-                    logger.warning("Killing worker %d (pid %d)", worker.number, worker.pid)
-                    worker.kill_at = None
-                    self._signal_worker(worker, signal.SIGKILL)
-                continue
-            if timeout <= 0 or worker.retiring:
-                continue
-            limit = timeout if worker.ready else max(timeout, MIN_BOOT_TIMEOUT)
-            silent = now - worker.last_beat
-            if silent > limit:
-                logger.error("Worker %d (pid %d) timed out: no heartbeat for %.1fs (--timeout %g); its stack "
-                             "follows, then it is killed", worker.number, worker.pid, silent, timeout)
-                for handler in logging.getLogger("corral").handlers:
-                    handler.flush()
-                worker.retiring = True  # counted out: its replacement starts now
-                worker.cause = "timeout"
-                worker.kill_at = now + DUMP_GRACE
-                self._signal_worker(worker, workerproc.DUMP_SIGNAL)
-        if self.settings.max_worker_memory and now >= self.next_memory_check:
-            self.next_memory_check = now + MEMORY_CHECK
-            for worker in self.workers.values():
-                if worker.retiring or worker.outdated or not worker.ready or worker.process is None:
-                    continue
-                try:
-                    rss = worker.process.memory_info().rss
-                except psutil.Error:
-                    continue
-                if rss > self.settings.max_worker_memory:
-                    logger.warning("Worker %d (pid %d) uses %d MiB (limit %d MiB): replacing it", worker.number,
-                                   worker.pid, rss >> 20, self.settings.max_worker_memory >> 20)
-                    worker.outdated = True
-                    worker.cause = "memory"
+        watchdog.check(self)
 
     # ------------------------------------------------------------------ status
 
@@ -589,69 +550,9 @@ class Arbiter:
 
     # ------------------------------------------------------------------ stopping
 
-    def drain(self, seconds: float) -> bool:
-        """The first part of a graceful stop (TERM) with --drain-delay: every worker keeps serving and accepting
-        while its health path answers 503, so that load balancers take this host out of rotation before it
-        stops accepting. Returns False when an INT/QUIT asked for a quick stop meanwhile (a second TERM ends
-        the drain early and goes on gracefully)."""
-        logger.info("Draining for %g s: the health path fails while every request is still served", seconds)
-        for worker in self.workers.values():
-            worker.channel.send("drain")
-        deadline = time.monotonic() + seconds
-        while self.workers and time.monotonic() < deadline:
-            self.sleep(min(TICK, max(0.0, deadline - time.monotonic())))
-            while True:
-                try:
-                    sig = self.signals.get_nowait()
-                except queue.Empty:
-                    break
-                if sig in (signal.SIGINT, signal.SIGQUIT):
-                    logger.info("Drain cut short: quick stop")
-                    return False
-                if sig == signal.SIGTERM:
-                    logger.info("Drain cut short: a second TERM")
-                    return True
-            self.reap_workers()
-        logger.info("Drain over: stopping accepting, finishing what is in flight")
-        return True
-
     def stop(self, graceful: bool = True) -> None:
-        """Stop every worker (TERM: graceful, INT/QUIT: quick), SIGKILL what overstays; bounded."""
-        if self.stopping:
-            return
-        self.stopping = True
-        self.observer.stopping()
-        logger.info("Stopping (%s)", "graceful" if graceful else "quick")
-        if graceful and self.settings.drain_delay > 0:
-            graceful = self.drain(self.settings.drain_delay)
-        self.close_listeners()
-        for worker in list(self.workers.values()):
-            worker.retiring = False
-            worker.cause = "stop"
-            self.retire(worker, "master stopping", graceful)
-            worker.kill_at = None  # this loop's own deadline applies
-        deadline = time.monotonic() + (self.settings.graceful_timeout + KILL_MARGIN if graceful else QUICK_STOP)
-        while self.workers and time.monotonic() < deadline:
-            self.sleep()
-            self.observer.tick()  # /metrics keeps answering; the watchdog is petted while the loop runs
-            while True:
-                try:
-                    sig = self.signals.get_nowait()
-                except queue.Empty:
-                    break
-                if sig in (signal.SIGINT, signal.SIGQUIT) and graceful:
-                    graceful = False  # a second, impatient signal: cut the graceful wait short
-                    deadline = min(deadline, time.monotonic() + QUICK_STOP)
-                    for worker in self.workers.values():
-                        self._signal_worker(worker, signal.SIGQUIT)
-            self.reap_workers()
-        for worker in list(self.workers.values()):
-            self._signal_worker(worker, signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while self.workers and time.monotonic() < deadline:
-            self.reap_workers()
-            if self.workers:
-                time.sleep(0.02)
+        """Stop every worker (TERM: drain if asked, then graceful; INT/QUIT: quick), SIGKILL what overstays."""
+        shutdown.stop(self, graceful)
 
     def close_listeners(self) -> None:
         upgraded = bool(self.reexec_pid) and pid_alive(self.reexec_pid)
