@@ -23,7 +23,7 @@ from corral.worker.flow import BODY, CLOSING, PARKED, PIPELINE, FlowControl
 from corral.worker.http11 import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.stateless import PoolFull
 from corral.worker.tlsinfo import tls_extension
-from corral.worker.wsprotocol import websocket_request
+from corral.worker.wshandshake import websocket_request
 
 __all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "FRESH", "service_unavailable"]
 

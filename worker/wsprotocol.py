@@ -36,26 +36,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sys
 import time
 from collections import deque
 from typing import Any
 
 from corral.worker.flow import FlowControl
-from corral.worker.http11 import ProtocolError, encode_headers, response_head
+from corral.worker.http11 import encode_headers, response_head
 from corral.worker.sessionlog import WebSocketSession
+from corral.worker.wshub import WebSocketHub
 from corral.worker.websocket import (
     CLOSE_EVENT,
     MESSAGE,
     PONG_EVENT,
-    HandshakeFailure,
     WebSocketConnection,
     accept_response,
-    handshake,
-    is_websocket_upgrade,
 )
 
-__all__ = ["WebSocketCycle", "WebSocketHub", "ClientDisconnected", "websocket_request"]
+__all__ = ["WebSocketCycle", "ClientDisconnected"]
 
 logger = logging.getLogger("corral.error")
 
@@ -72,7 +69,6 @@ WRITE_PAUSE = 64
 CONTROL_BURST = 100
 
 #: Seconds the peer gets to answer a close frame when pings are off (ws_ping_timeout = 0).
-DEFAULT_CLOSE_TIMEOUT = 10.0
 
 # The cycle's states (the application's side).
 HANDSHAKE = 0  # waiting for accept / close / a denial response
@@ -91,110 +87,6 @@ _INF = math.inf
 
 class ClientDisconnected(OSError):
     """`send` on a WebSocket that is closed (ASGI 2.4: a server-specific OSError subclass)."""
-
-
-class _HandshakeError(ProtocolError):
-    """A refused handshake, answered through the HTTP side's error path (`protocol_error`)."""
-
-    def __init__(self, status: int, detail: str, response: bytes) -> None:
-        super().__init__(status, detail)
-        self._response = response
-
-    @property
-    def response(self) -> bytes:  # type: ignore[override]
-        return self._response
-
-
-def _refusal(status: int, detail: str, extra_headers: bytes = b"") -> bytes:
-    reason = {400: b"Bad Request", 404: b"Not Found", 426: b"Upgrade Required"}.get(status, b"Error")
-    body = detail.encode("utf-8", "replace") + b"\n"
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s"
-        b"connection: close\r\n\r\n%s" % (status, reason, len(body), extra_headers, body)
-    )
-
-
-def _is_wsgi(app: Any) -> bool:
-    wsgi = sys.modules.get("corral.shared.wsgi")  # loaded only when a WSGI application is served
-    return wsgi is not None and isinstance(app, wsgi.WsgiToAsgi)
-
-
-def websocket_request(
-    protocol: Any, scope: dict, method: bytes, http_version: str, headers: list
-) -> WebSocketCycle | None:
-    """The WebSocket for an upgrade request, or None when it is not a WebSocket upgrade (h2c, CONNECT:
-    served as plain HTTP, as before). Called by `HttpProtocol.on_request` with the http scope it built
-    (proxy headers applied); raises the HTTP side's ProtocolError for a refused handshake."""
-    if not is_websocket_upgrade(headers):
-        return None
-    server = protocol.server
-    state = protocol.state
-    if _is_wsgi(server.application):
-        detail = "WebSocket is not available: this is a WSGI application"
-        state.error = error = _HandshakeError(404, detail, _refusal(404, detail))
-        raise error
-    settings = server.settings
-    try:
-        accept, subprotocols, extension_header, extensions = handshake(
-            method, http_version, headers, settings.ws_per_message_deflate
-        )
-    except HandshakeFailure as failure:
-        state.error = error = _HandshakeError(
-            failure.status, failure.detail, _refusal(failure.status, failure.detail, failure.headers)
-        )
-        raise error from None
-    scope["type"] = "websocket"
-    del scope["method"]
-    scope["scheme"] = "wss" if scope["scheme"] in ("https", "wss") else "ws"
-    scope["subprotocols"] = subprotocols
-    scope["extensions"]["websocket.http.response"] = {}  # with the connection's own (TLS, PROXY protocol)
-    # Nothing after the handshake is read until the application has answered it.
-    protocol.flow.pause_reading(HANDSHAKE_PAUSE)
-    return WebSocketCycle(protocol, scope, accept, extension_header, extensions)
-
-
-class WebSocketHub:
-    """A server's open WebSockets and the one timer that sweeps their deadlines (pings, close replies)."""
-
-    __slots__ = ("server", "sockets", "interval", "ping_interval", "ping_timeout", "close_timeout",
-                 "timer", "pings")
-
-    def __init__(self, server: Any) -> None:
-        settings = server.settings
-        self.server = server
-        self.sockets: set[WebSocketCycle] = set()
-        self.ping_interval: float = settings.ws_ping_interval
-        self.ping_timeout: float = settings.ws_ping_timeout
-        self.close_timeout: float = settings.ws_ping_timeout or DEFAULT_CLOSE_TIMEOUT
-        periods = [t for t in (self.ping_interval, self.ping_timeout, self.close_timeout) if t > 0]
-        # Deadlines are met within a quarter of the shortest period (and never later than 1 s).
-        self.interval = max(0.01, min([1.0] + [t / 4 for t in periods]))
-        self.timer: asyncio.TimerHandle | None = None
-        self.pings = 0
-
-    def add(self, ws: WebSocketCycle) -> None:
-        self.sockets.add(ws)
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
-
-    def remove(self, ws: WebSocketCycle) -> None:
-        sockets = self.sockets
-        sockets.discard(ws)
-        if not sockets and self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for ws in tuple(self.sockets):
-            if now >= ws.deadline:
-                try:
-                    ws.deadline_passed(now)
-                except Exception:  # one broken socket must not stop the sweep
-                    logger.exception("WebSocket timer failed")
-                    ws.abort()
-        self.timer = loop.call_later(self.interval, self._tick) if self.sockets else None
 
 
 class WebSocketCycle(asyncio.Protocol):
@@ -243,7 +135,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.ended: dict | None = None  # the websocket.disconnect message, once there is one
         self.deadline = _INF
         self.ping: bytes | None = None
-        self.hub: WebSocketHub | None = None
+        self.hub: Any = None  # the server's WebSocketHub (corral.worker.wshub), once accepted
         self.app_done = False
         self.controls_since = time.monotonic()  # when the control-frame count last restarted
         self.messages_in = self.messages_out = self.bytes_in = 0
