@@ -18,7 +18,7 @@ from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.accesslog import make_access_log
-from corral.worker.application import AppImportError, import_app, wrap_application
+from corral.worker.application import AppImportError, detect_interface, import_app, wrap_application
 from corral.worker.lifespan import Lifespan, LifespanFailure
 from corral.worker.proxy import make_proxy_headers
 from corral.worker.server import WorkerServer
@@ -42,9 +42,14 @@ async def serve_application(
     notify: Callable[[], None] | None = None,
     on_ready: Callable[[WorkerServer], None] | None = None,
 ) -> int:
-    """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code."""
-    asgi_app = wrap_application(app, settings.interface, executor=runtime.get_runtime().pool)
-    lifespan = Lifespan(asgi_app, settings.lifespan)
+    """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code.
+
+    A WSGI application is served natively (`corral.worker.wsgi_cycle`), not through the ASGI adapter; it
+    has no lifespan protocol."""
+    interface = detect_interface(app) if settings.interface == "auto" else settings.interface
+    wsgi = interface == "wsgi"
+    asgi_app = app if wsgi else wrap_application(app, interface, executor=runtime.get_runtime().pool)
+    lifespan = Lifespan(asgi_app, "off" if wsgi else settings.lifespan)
     try:
         await lifespan.startup()
     except LifespanFailure as exc:
@@ -57,6 +62,7 @@ async def serve_application(
         proxy=make_proxy_headers(settings),
         lifespan_state=lifespan.state,
         notify=notify,
+        wsgi=wsgi,
     )
     if on_ready is not None:
         on_ready(server)

@@ -84,9 +84,19 @@ class WorkerServer(StatelessServer):
         proxy: Any = None,
         lifespan_state: dict | None = None,
         notify: Callable[[], None] | None = None,
+        wsgi: bool = False,
+        executor: Any = None,
     ) -> None:
         settings = settings if settings is not None else Settings()
         super().__init__(app, max_applications=settings.max_applications)
+        # WSGI hook (corral.worker.wsgi_cycle): `wsgi=True` serves `app` as a WSGI application natively, on
+        # `executor` (default: the worker's thread pool), without the ASGI adapter.
+        self.wsgi: Any = None
+        self.wsgi_extra: dict | None = None
+        if wsgi:
+            from corral.worker.wsgi_protocol import wsgi_setup
+
+            wsgi_setup(self, app, settings, executor)
         self.settings = settings
         self.access_log = access_log
         self.proxy = proxy
@@ -124,6 +134,8 @@ class WorkerServer(StatelessServer):
     async def serve(self, sockets: list[socket.socket]) -> None:
         """Serve HTTP on already-bound listening sockets until `request_stop()`; the sockets stay open."""
         loop = self.loop = asyncio.get_running_loop()
+        if self.wsgi is not None:
+            self.wsgi.loop = loop
         self._sockets = list(sockets)
         self._stop = loop.create_future()
         self._force = loop.create_future()
@@ -217,8 +229,10 @@ class WorkerServer(StatelessServer):
 
     # ------------------------------------------------------------------ accepting
 
+    protocol_class: Any = HttpProtocol  # WsgiHttpProtocol for a native WSGI server (set per instance)
+
     def _protocol_factory(self, sockname: tuple | None = None) -> HttpProtocol:
-        return HttpProtocol(self, sockname)
+        return self.protocol_class(self, sockname)
 
     @staticmethod
     def _listener_sockname(sock: socket.socket) -> tuple | None:

@@ -1,0 +1,64 @@
+"""The HTTP/1.1 protocol of a worker serving a WSGI application natively (see `corral.worker.wsgi_cycle`).
+
+Everything but the request object is `HttpProtocol`'s: parsing, proxy headers, keep-alive, pipelining,
+parking when the pool is full, timeouts. Requests are `WsgiCycle`s, started by `WsgiCycle.start()`
+instead of as an ASGI task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.worker.protocol import HttpProtocol
+from corral.worker.stateless import PoolFull
+from corral.worker.wsgi_call import FileWrapper
+from corral.worker.wsgi_cycle import WsgiCycle, WsgiDispatcher
+
+__all__ = ["WsgiHttpProtocol", "wsgi_setup"]
+
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n"
+    b"content-length: 19\r\nconnection: close\r\n\r\nService Unavailable"
+)
+
+
+class WsgiHttpProtocol(HttpProtocol):
+    __slots__ = ()
+
+    cycle_class = WsgiCycle
+
+    def start_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+        server = self.server
+        if server.parked and not server.reject_when_full:
+            self.park(cycle)  # type: ignore[arg-type]  # requests parked earlier go first
+            return
+        try:
+            cycle.start()
+        except PoolFull:
+            self.pool_full(cycle)  # type: ignore[arg-type]
+
+    def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+        try:
+            cycle.start()
+        except PoolFull:
+            self.pool_full(cycle)  # type: ignore[arg-type]
+
+    def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+        if self.server.reject_when_full:
+            # pool_full = '503': answered at once, outside the pool (the ASGI path's 503 keeps the
+            # connection; here the request body is unread, so the connection closes).
+            self.transport.write(_BUSY_RESPONSE)
+            self.close()
+        else:
+            self.park(cycle)  # type: ignore[arg-type]
+
+
+def wsgi_setup(server: Any, app: Any, settings: Any, executor: Any = None) -> None:
+    """Make `server` (a WorkerServer) serve `app` as a native WSGI application."""
+    if executor is None:
+        from corral.shared.runtime import get_runtime
+
+        executor = get_runtime().pool
+    server.wsgi = WsgiDispatcher(app, executor, settings.wsgi_body_buffer)
+    server.wsgi_extra = {"wsgi.file_wrapper": FileWrapper}
+    server.protocol_class = WsgiHttpProtocol
