@@ -85,18 +85,17 @@ class WorkerServer(StatelessServer):
         lifespan_state: dict | None = None,
         notify: Callable[[], None] | None = None,
         wsgi: bool = False,
-        executor: Any = None,
     ) -> None:
         settings = settings if settings is not None else Settings()
         super().__init__(app, max_applications=settings.max_applications)
         # WSGI hook (corral.worker.wsgi_cycle): `wsgi=True` serves `app` as a WSGI application natively, on
-        # `executor` (default: the worker's thread pool), without the ASGI adapter.
+        # `settings.threads` threads, without the ASGI adapter.
         self.wsgi: Any = None
         self.wsgi_extra: dict | None = None
         if wsgi:
             from corral.worker.wsgi_protocol import wsgi_setup
 
-            wsgi_setup(self, app, settings, executor)
+            wsgi_setup(self, app, settings)
         self.settings = settings
         self.access_log = access_log
         self.proxy = proxy
@@ -189,6 +188,8 @@ class WorkerServer(StatelessServer):
             protocol.transport.abort()
         self.parked.clear()
         await self.shutdown_instances(self.instance_shutdown_timeout)
+        if self.wsgi is not None:
+            self.wsgi.threads.close()
         if self._accept_task is not None:
             self._accept_task.cancel()
 

@@ -25,8 +25,6 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import thread as _cf_thread
 from typing import Any
 
 from corral.worker.cycle import cork
@@ -35,6 +33,7 @@ from corral.worker.http11 import CONTINUE_RESPONSE, ERROR_RESPONSES
 from corral.worker.stateless import ApplicationInstance
 from corral.worker.wsgi_call import FAILED, RUNNING, SENDFILE, WsgiCall
 from corral.worker.wsgi_input import StreamInput
+from corral.worker.wsgi_pool import WorkerThreads
 
 __all__ = ["WsgiCycle", "WsgiDispatcher"]
 
@@ -43,33 +42,32 @@ error_logger = logging.getLogger("corral.error")
 # Loop-side phases.
 _WAITING, _QUEUED, _DONE = 0, 1, 2
 _SENDFILE_STEP = 1 << 20
+_INLINE = os.environ.get("BENCH_WSGI_DISPATCH") == "inline"
 
 
 class WsgiDispatcher:
-    """The worker's WSGI hand-offs: requests to the thread pool, finished output back to the loop.
+    """The worker's WSGI hand-offs: requests to the threads, finished output back to the loop.
 
     Threads `post()` requests that have output; the loop is woken once per batch (`call_soon_threadsafe`
     only when the batch was empty), then `drain()` writes every posted request's output.
     """
 
-    __slots__ = ("app", "loop", "executor", "lock", "items", "scheduled", "body_buffer", "fast")
+    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer")
 
-    def __init__(self, app: Any, executor: ThreadPoolExecutor, body_buffer: int) -> None:
+    def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
         self.app = app
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.executor = executor
+        self.threads = threads
         self.lock = threading.Lock()
         self.items: list[WsgiCycle] = []
         self.scheduled = False
         self.body_buffer = body_buffer
-        self.fast = _fast_pool(executor)
 
     def submit(self, cycle: WsgiCycle) -> None:
-        if not (self.fast and _queue_work(self.executor, cycle)):
-            try:
-                self.executor.submit(cycle.run)
-            except RuntimeError:  # shut down: the worker is stopping
-                cycle.cancel()
+        if _INLINE:
+            cycle.run()
+            return
+        self.threads.submit(cycle)
 
     def post(self, cycle: WsgiCall) -> None:  # any thread
         with self.lock:
@@ -92,25 +90,6 @@ class WsgiDispatcher:
             except Exception:
                 error_logger.exception("Error while writing a WSGI response")
                 cycle.abandon()
-
-
-def _queue_work(executor: ThreadPoolExecutor, item: Any) -> bool:
-    """`executor.submit` without its Future (a work item is anything with `run()`; see WsgiCall): the lock
-    dance and the Future's condition and callbacks are a large share of a small request's hop."""
-    with executor._shutdown_lock, _cf_thread._global_shutdown_lock:  # type: ignore[attr-defined]
-        if executor._broken or executor._shutdown or _cf_thread._shutdown:  # type: ignore[attr-defined]
-            return False
-        executor._work_queue.put(item)  # type: ignore[attr-defined]
-        if len(executor._threads) < executor._max_workers:  # type: ignore[attr-defined]
-            executor._adjust_thread_count()  # type: ignore[attr-defined]
-    return True
-
-
-def _fast_pool(executor: Any) -> bool:
-    return type(executor) is ThreadPoolExecutor and all(
-        hasattr(executor, name) for name in ("_shutdown_lock", "_broken", "_shutdown", "_work_queue",
-                                             "_adjust_thread_count", "_threads", "_max_workers")
-    ) and hasattr(_cf_thread, "_global_shutdown_lock") and hasattr(_cf_thread, "_shutdown")
 
 
 class WsgiCycle(WsgiCall):

@@ -13,6 +13,7 @@ from corral.worker.protocol import HttpProtocol
 from corral.worker.stateless import PoolFull
 from corral.worker.wsgi_call import FileWrapper
 from corral.worker.wsgi_cycle import WsgiCycle, WsgiDispatcher
+from corral.worker.wsgi_pool import WorkerThreads
 
 __all__ = ["WsgiHttpProtocol", "wsgi_setup"]
 
@@ -53,12 +54,9 @@ class WsgiHttpProtocol(HttpProtocol):
             self.park(cycle)  # type: ignore[arg-type]
 
 
-def wsgi_setup(server: Any, app: Any, settings: Any, executor: Any = None) -> None:
-    """Make `server` (a WorkerServer) serve `app` as a native WSGI application."""
-    if executor is None:
-        from corral.shared.runtime import get_runtime
-
-        executor = get_runtime().pool
-    server.wsgi = WsgiDispatcher(app, executor, settings.wsgi_body_buffer)
+def wsgi_setup(server: Any, app: Any, settings: Any) -> None:
+    """Make `server` (a WorkerServer) serve `app` as a native WSGI application on `settings.threads`
+    threads of its own."""
+    server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
     server.wsgi_extra = {"wsgi.file_wrapper": FileWrapper}
     server.protocol_class = WsgiHttpProtocol
