@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from corral.worker.cycle import cork
@@ -42,7 +43,10 @@ error_logger = logging.getLogger("corral.error")
 # Loop-side phases.
 _WAITING, _QUEUED, _DONE = 0, 1, 2
 _SENDFILE_STEP = 1 << 20
-_INLINE = os.environ.get("BENCH_WSGI_DISPATCH") == "inline"
+# The alternatives bench/wsgi_dispatch.py measures against the pool (not a setting: see the README's
+# "WSGI" section for the figures): "inline" runs the application on the event loop, "connection" gives
+# each connection a thread of its own (gunicorn gthread's model).
+_DISPATCH = os.environ.get("BENCH_WSGI_DISPATCH", "pool")
 
 
 class WsgiDispatcher:
@@ -52,7 +56,7 @@ class WsgiDispatcher:
     only when the batch was empty), then `drain()` writes every posted request's output.
     """
 
-    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer")
+    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection")
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
         self.app = app
@@ -62,12 +66,25 @@ class WsgiDispatcher:
         self.items: list[WsgiCycle] = []
         self.scheduled = False
         self.body_buffer = body_buffer
+        self.per_connection: Any = None
 
     def submit(self, cycle: WsgiCycle) -> None:
-        if _INLINE:
-            cycle.run()
+        if _DISPATCH != "pool":
+            self._submit_alternative(cycle)
             return
         self.threads.submit(cycle)
+
+    def _submit_alternative(self, cycle: WsgiCycle) -> None:
+        if _DISPATCH == "inline":
+            cycle.run()
+            return
+        if self.per_connection is None:
+            self.per_connection = weakref.WeakKeyDictionary()
+        threads = self.per_connection.get(cycle.protocol)
+        if threads is None:
+            threads = self.per_connection[cycle.protocol] = WorkerThreads(1)
+            weakref.finalize(cycle.protocol, threads.close)
+        threads.submit(cycle)
 
     def post(self, cycle: WsgiCall) -> None:  # any thread
         with self.lock:
