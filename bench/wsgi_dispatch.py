@@ -104,7 +104,7 @@ def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, f
         requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
                 "us_cpu": 1e6 * (cpu1 - cpu0) / requests, "switches": (sw1 - sw0) / requests,
-                "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1))}  # type: ignore[union-attr]
+                "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))}  # type: ignore[union-attr]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -174,6 +174,8 @@ class WorkerServer(StatelessServer):
 
     async def _shutdown(self) -> None:
         self.stopping = True
+        if self.wsgi is not None:
+            self.wsgi.drain_lazy()
         self._set_accepting(False)
         connections = self.connections
         for protocol in list(connections):
@@ -359,6 +361,8 @@ class WorkerServer(StatelessServer):
             await asyncio.sleep(interval)
             self.tick = tick = self.tick + 1
             self.default_header_bytes = refresh()
+            if self.wsgi is not None and self.wsgi.lazy:
+                self.wsgi.drain_lazy()  # WSGI responses written by their threads on quiet connections
             for protocol in tuple(self.connections):
                 phase = protocol.phase
                 if phase == HEAD or phase == FRESH:

@@ -40,6 +40,8 @@ __all__ = ["WsgiCycle", "WsgiDispatcher"]
 
 error_logger = logging.getLogger("corral.error")
 
+_CLOSED = 3  # corral.worker.protocol.CLOSED
+
 # Loop-side phases.
 _WAITING, _QUEUED, _DONE = 0, 1, 2
 _SENDFILE_STEP = 1 << 20
@@ -56,7 +58,7 @@ class WsgiDispatcher:
     only when the batch was empty), then `drain()` writes every posted request's output.
     """
 
-    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection")
+    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection", "lazy")
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
         self.app = app
@@ -67,6 +69,7 @@ class WsgiDispatcher:
         self.scheduled = False
         self.body_buffer = body_buffer
         self.per_connection: Any = None
+        self.lazy: list[WsgiCycle] = []  # responses written by their thread, to complete on the loop
 
     def submit(self, cycle: WsgiCycle) -> None:
         if _DISPATCH != "pool":
@@ -97,7 +100,35 @@ class WsgiDispatcher:
             except RuntimeError:
                 pass  # the loop is closed: the worker is gone
 
+    def complete_later(self, cycle: WsgiCall) -> None:  # a pool thread, after writing the response itself
+        with self.lock:
+            self.lazy.append(cycle)  # type: ignore[arg-type]
+        # The loop completes it at its next wake-up (the next request's bytes, at the latest the tick).
+        # Wake it now when something waits for this completion: a pipelined request (the protocol looks
+        # at `lazy` after queueing one: one of the two sides sees the other), a parked one, a closed
+        # connection, a stopping server.
+        protocol = cycle.protocol
+        state = protocol.state
+        server = protocol.server
+        if (state is not None and state.pipeline) or server.parked or server.stopping or protocol.phase == _CLOSED:
+            with self.lock:
+                wake = not self.scheduled
+                self.scheduled = True
+            if wake:
+                try:
+                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                except RuntimeError:
+                    pass
+
+    def drain_lazy(self) -> None:
+        with self.lock:
+            lazy, self.lazy = self.lazy, []
+        for cycle in lazy:
+            cycle.complete_written()
+
     def drain(self) -> None:
+        if self.lazy:
+            self.drain_lazy()
         with self.lock:
             items, self.items = self.items, []
             self.scheduled = False
@@ -197,6 +228,15 @@ class WsgiCycle(WsgiCall):
 
     def _queue(self) -> None:
         self.phase = _QUEUED
+        protocol = self.protocol
+        protocol.out_busy = True
+        if protocol.out_fd < 0 and protocol.phase != _CLOSED:
+            sock = protocol.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    protocol.out_fd = os.dup(sock.fileno())  # for WsgiCall._write_direct; closed with the connection
+                except OSError:
+                    pass
         if self.input is None:
             body = self.body
             self.input = io.BytesIO(body[0] if body is not None and len(body) == 1 else b"".join(body or ()))
@@ -336,7 +376,21 @@ class WsgiCycle(WsgiCall):
             self.protocol.close()
         self._resolve()
 
+    def complete_written(self) -> None:
+        """The thread wrote the whole response itself (`WsgiCall._write_direct`): complete it here."""
+        if self.phase == _DONE:
+            return
+        if self.disconnected:
+            self.protocol.server.requests_served += 1  # it was served; the client left afterwards
+            self._complete()
+        else:
+            self._respond_done()
+
     def _resolve(self) -> None:
+        protocol = self.protocol
+        protocol.out_busy = False
+        if protocol.phase == _CLOSED:
+            protocol.close_out_fd()
         future = self.instance_future
         if future is not None and not future.done():
             future.set_result(None)

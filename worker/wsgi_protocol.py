@@ -7,6 +7,7 @@ instead of as an ASGI task.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from corral.worker.protocol import HttpProtocol
@@ -24,9 +25,41 @@ _BUSY_RESPONSE = (
 
 
 class WsgiHttpProtocol(HttpProtocol):
-    __slots__ = ()
+    # out_fd: a dup of the connection's socket, for the pool threads' direct writes (WsgiCall._write_direct);
+    # it is closed once the connection is lost and no request of it is on a thread (out_busy).
+    __slots__ = ("out_fd", "out_busy")
 
     cycle_class = WsgiCycle
+
+    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+        super().__init__(server, sockname)
+        self.out_fd = -1
+        self.out_busy = False
+
+    def data_received(self, data: bytes) -> None:
+        wsgi = self.server.wsgi
+        if wsgi.lazy:
+            wsgi.drain_lazy()  # responses written by threads since: the next request is not pipelined
+        super().data_received(data)
+        state = self.state
+        if wsgi.lazy and state is not None and state.pipeline:
+            wsgi.drain_lazy()  # (see WsgiDispatcher.complete_later)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.out_busy:
+            self.close_out_fd()
+
+    def close_out_fd(self) -> None:
+        fd, self.out_fd = self.out_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def park(self, cycle: Any) -> None:
+        super().park(cycle)
+        wsgi = self.server.wsgi
+        if wsgi.lazy:
+            wsgi.drain_lazy()  # a response written meanwhile frees a slot: the parked request starts
 
     def start_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
         server = self.server
