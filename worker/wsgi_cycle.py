@@ -149,7 +149,7 @@ class WsgiCycle(WsgiCall):
         "body", "body_size", "input", "phase",
         # the response, written by the thread (see WsgiCall)
         "app", "outbox", "head_sent", "mode", "remaining", "chunks", "pending", "outcome", "aborted",
-        "posted", "cond", "sendfile", "result", "instance_future", "__weakref__",
+        "posted", "cond", "sendfile", "result", "instance_future", "instance", "__weakref__",
     )  # fmt: skip
 
     def __init__(
@@ -188,6 +188,7 @@ class WsgiCycle(WsgiCall):
         self.sendfile: tuple | None = None
         self.result: Any = None
         self.instance_future: asyncio.Future[None] | None = None
+        self.instance: ApplicationInstance | None = None
 
     # ------------------------------------------------------------------ the pool
 
@@ -199,11 +200,12 @@ class WsgiCycle(WsgiCall):
             server._make_room()  # raises PoolFull (the server backpressures)
         loop = asyncio.get_running_loop()
         future = self.instance_future = loop.create_future()
-        instance = ApplicationInstance(server, self, self.scope, None, future, time.monotonic())
+        # No done-callback on the future: `_resolve` releases the slot at once (a callback would cost a
+        # loop iteration per request). A future cancelled by the server's shutdown is released there too.
+        instance = self.instance = ApplicationInstance(server, self, self.scope, None, future, time.monotonic())
         instances[self] = instance
         if len(instances) >= server.max_applications:
             server._full = True
-        future.add_done_callback(instance._done)
         if self.body_complete:
             self._queue()
             return
@@ -392,8 +394,11 @@ class WsgiCycle(WsgiCall):
         if protocol.phase == _CLOSED:
             protocol.close_out_fd()
         future = self.instance_future
-        if future is not None and not future.done():
-            future.set_result(None)
+        if future is not None and self.instance is not None:
+            if not future.done():
+                future.set_result(None)
+            protocol.server._instance_done(self.instance, future)
+            self.instance = None
         self.input = None
 
     def abandon(self) -> None:
