@@ -10,6 +10,7 @@ per request, medians (min-max).
     corral-pool        the worker's threads, handed work in batches (corral.worker.wsgi_pool: the default)
     corral-connection  one thread per connection, gunicorn gthread's model (BENCH_WSGI_DISPATCH=connection)
     corral-inline      the application called on the event loop itself (BENCH_WSGI_DISPATCH=inline)
+    corral-adapter     the path before the native one: WsgiToAsgi on the ASGI worker (BENCH_WSGI_DISPATCH=adapter)
     corral-asgi        corral's ASGI hello-world (bench.apps:hello): the floor the WSGI path is held to
     granian-wsgi, gunicorn-gthread: the peers, same threads
 """
@@ -39,7 +40,7 @@ def _command(variant: str, app: str, threads: int) -> tuple[list[str], dict[str,
         if variant == "corral-asgi":
             app = "bench.apps:hello"
         mode = variant.partition("-")[2]
-        if mode in ("connection", "inline"):
+        if mode in ("connection", "inline", "adapter"):
             env["BENCH_WSGI_DISPATCH"] = mode
         return [PY, "-m", "corral.master", app, "-w", "1", "-b", f"{HOST}:{PORT}", "--log-level", "warning",
                 "--threads", str(threads)], env
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--app", default="bench.apps:hello_wsgi")
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--variants", default="corral-pool,corral-connection,corral-inline,corral-asgi,granian-wsgi,"
-                                              "gunicorn-gthread")
+    parser.add_argument("--variants", default="corral-pool,corral-connection,corral-inline,corral-adapter,corral-asgi,"
+                                              "granian-wsgi,gunicorn-gthread")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}

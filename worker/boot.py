@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import traceback
@@ -47,7 +48,8 @@ async def serve_application(
     A WSGI application is served natively (`corral.worker.wsgi_cycle`), not through the ASGI adapter; it
     has no lifespan protocol."""
     interface = detect_interface(app) if settings.interface == "auto" else settings.interface
-    wsgi = interface == "wsgi"
+    # (BENCH_WSGI_DISPATCH=adapter: the ASGI adapter instead, for bench/wsgi_dispatch.py's comparison.)
+    wsgi = interface == "wsgi" and os.environ.get("BENCH_WSGI_DISPATCH") != "adapter"
     asgi_app = app if wsgi else wrap_application(app, interface, executor=runtime.get_runtime().pool)
     lifespan = Lifespan(asgi_app, "off" if wsgi else settings.lifespan)
     try:
