@@ -396,16 +396,17 @@ class WsgiCall:
         if fd < 0 or protocol.server.access_log is not None or protocol.transport.get_write_buffer_size():
             return False
         data = chunks[0]
+        # Marked as begun first: an error the loop finds meanwhile in a pipelined request then waits for
+        # this response instead of being written in the middle of it (HttpProtocol.protocol_error).
+        self.state = 2
         try:
             sent = os.write(fd, data)
         except OSError:  # full (EAGAIN) or broken: the loop's transport deals with it
             return False
         if sent < len(data):
             chunks[0] = data[sent:]  # the loop writes the rest, in order
-            self.state = 2
             return False
         chunks.clear()
-        self.state = 2
         self.outcome = DONE
         self.outbox.complete_later(self)
         return True

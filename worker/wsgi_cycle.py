@@ -106,11 +106,12 @@ class WsgiDispatcher:
         # The loop completes it at its next wake-up (the next request's bytes, at the latest the tick).
         # Wake it now when something waits for this completion: a pipelined request (the protocol looks
         # at `lazy` after queueing one: one of the two sides sees the other), a parked one, a closed
-        # connection, a stopping server.
+        # connection, a stopping server, an error response waiting behind this one.
         protocol = cycle.protocol
         state = protocol.state
         server = protocol.server
-        if (state is not None and state.pipeline) or server.parked or server.stopping or protocol.phase == _CLOSED:
+        if ((state is not None and state.pipeline) or server.parked or server.stopping or protocol.phase == _CLOSED
+                or protocol.pending_error is not None):
             with self.lock:
                 wake = not self.scheduled
                 self.scheduled = True

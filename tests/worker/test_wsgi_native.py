@@ -467,3 +467,26 @@ def test_iterable_file_wrapper_over_a_non_file():
             assert client.get("/").body == b"z" * 200_000
             assert client.get("/").body == b"z" * 200_000
 
+
+
+def test_pipelined_requests_answered_in_order():
+    """Responses written by the pool's threads themselves, with the next requests already queued behind
+    them: every one is answered, in order, on the same connection."""
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+    with serve(app) as (host, port, server):
+        with Client(host, port) as client:
+            for _ in range(20):
+                client.send(b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(10)))
+                assert [client.response().body for _ in range(10)] == [b"/%d" % i for i in range(10)]
+
+
+def test_pipelined_garbage_after_a_request_waits_for_its_response():
+    with serve(hello) as (host, port, server):
+        with Client(host, port) as client:
+            client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+            assert client.response().body == b"hello"
+            assert client.response().status == 400
+            assert client.closed()
