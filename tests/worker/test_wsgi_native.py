@@ -490,3 +490,20 @@ def test_pipelined_garbage_after_a_request_waits_for_its_response():
             assert client.response().body == b"hello"
             assert client.response().status == 400
             assert client.closed()
+
+
+def test_access_log_gets_status_bytes_and_headers():
+    lines = []
+
+    def access_log(scope, status, nbytes, duration, headers):
+        lines.append((scope["path"], status, nbytes, dict(headers).get(b"X-App")))
+
+    def app(environ, start_response):
+        start_response("201 Created", [("X-App", "yes")])
+        return [b"made"]
+
+    with run_server(app, settings(), wsgi=True, access_log=access_log) as (host, port, server):
+        with Client(host, port) as client:
+            assert client.get("/thing").status == 201
+            wait_until(lambda: lines, what="the access log line")
+    assert lines == [("/thing", 201, 4, b"yes")]
