@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
 
 from bench import procs
 
@@ -60,21 +59,22 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _usage(pids: list[int]) -> tuple[float, int]:
-    """CPU seconds and context switches of every thread of `pids`."""
-    cpu, switches = 0.0, 0
+def _usage(pids: list[int]) -> tuple[float, float, int]:
+    """User and system CPU seconds and context switches of every thread of `pids`."""
+    user, system, switches = 0.0, 0.0, 0
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / tick
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
             for task in os.listdir(f"/proc/{pid}/task"):
                 for line in open(f"/proc/{pid}/task/{task}/status"):
                     if "ctxt_switches" in line:
                         switches += int(line.split()[1])
         except (OSError, IndexError):
             pass
-    return cpu, switches
+    return user, system, switches
 
 
 def _wrk(seconds: float) -> str:
@@ -99,12 +99,13 @@ def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, f
             time.sleep(0.1)
         _wrk(1)  # warm up
         pids = _tree(server.pid)
-        cpu0, sw0 = _usage(pids)
+        user0, sys0, sw0 = _usage(pids)
         out = _wrk(seconds)
-        cpu1, sw1 = _usage(pids)
+        user1, sys1, sw1 = _usage(pids)
         requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-                "us_cpu": 1e6 * (cpu1 - cpu0) / requests, "switches": (sw1 - sw0) / requests,
+                "us_cpu": 1e6 * (user1 - user0 + sys1 - sys0) / requests, "us_user": 1e6 * (user1 - user0) / requests,
+                "us_sys": 1e6 * (sys1 - sys0) / requests, "switches": (sw1 - sw0) / requests,
                 "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))}  # type: ignore[union-attr]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -139,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"`python -m bench.wsgi_dispatch {' '.join(argv if argv is not None else sys.argv[1:])}` "
           f"({args.app}, {args.threads} threads, {args.rounds} interleaved rounds of {args.duration:g} s; medians, min-max)\n")
-    print("| variant | req/s | CPU us/request | context switches/request | p99 ms |")
-    print("|---|---|---|---|---|")
+    print("| variant | req/s | CPU us/request | of which user | of which system | context switches/request | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
     for variant, rows in results.items():
         print(f"| {variant} | {cell(rows, 'rps', ',.0f')} | {cell(rows, 'us_cpu', '.1f')} | "
+              f"{cell(rows, 'us_user', '.1f')} | {cell(rows, 'us_sys', '.1f')} | "
               f"{cell(rows, 'switches', '.2f')} | {cell(rows, 'p99_ms', '.2f')} |")
     return 0
 
