@@ -197,6 +197,11 @@ class WsgiCall:
             rtype = type(result)
             if rtype is list or rtype is tuple:
                 self._finish_list(result)
+            elif getattr(result, "streaming", None) is False:
+                # Django's HttpResponse says its body is in memory (`streaming = False`): collected and sent
+                # with its head in one write, like a list. (Other iterables stream: PEP 3333 forbids holding
+                # a block back until the next one comes.)
+                self._finish_list(list(result))
             elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:
                 if self._finish_file(span):
                     outcome = SENDFILE  # the loop sends the file, then closes it
