@@ -507,3 +507,58 @@ def test_access_log_gets_status_bytes_and_headers():
             assert client.get("/thing").status == 201
             wait_until(lambda: lines, what="the access log line")
     assert lines == [("/thing", 201, 4, b"yes")]
+
+
+def test_generator_blocks_are_not_held_back():
+    """PEP 3333: a block goes out before the application produces the next one (server-sent events)."""
+    first_seen = threading.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+        def events():
+            yield b"data: one\n\n"
+            assert first_seen.wait(WAIT)  # only once the client has the first block
+            yield b"data: two\n\n"
+        return events()
+
+    with serve(app) as (host, port, server):
+        with Client(host, port) as client:
+            client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            client._read_until(b"\r\n\r\n")
+            assert client._read_until(b"\r\n") == b"b"  # the first chunk's size line
+            assert client._read_exact(13) == b"data: one\n\n\r\n"
+            first_seen.set()
+            assert client._read_until(b"\r\n") == b"b"
+            assert client._read_exact(13) == b"data: two\n\n\r\n"
+
+
+class InMemory:
+    """Like Django's HttpResponse: iterable, with `streaming = False` and a close()."""
+
+    streaming = False
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.closed = False
+
+    def __iter__(self):
+        return iter(self.parts)
+
+    def close(self):
+        self.closed = True
+
+
+def test_in_memory_response_gets_a_content_length():
+    bodies = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        bodies.append(InMemory([b"ab", b"cd"]))
+        return bodies[-1]
+
+    with serve(app) as (host, port, server):
+        with Client(host, port) as client:
+            response = client.get("/")
+            assert response.header("content-length") == "4" and response.body == b"abcd"
+    assert bodies[0].closed
