@@ -91,8 +91,7 @@ def _file_span(wrapper: FileWrapper) -> tuple[int, int, int] | None:
         offset = filelike.tell() if hasattr(filelike, "tell") else 0
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
-    if isinstance(filelike, io.BufferedIOBase) or isinstance(filelike, io.TextIOBase):
-        pass  # tell() accounts for its read-ahead buffer: the fd's offset is not used
+    # tell(), not the fd's offset: a buffered file has read ahead of what it handed out.
     return fd, offset, max(0, st.st_size - offset)
 
 
@@ -155,17 +154,10 @@ class WsgiCall:
     protocol: Any
     state: int
 
-    # -- the work item (what the pool's threads call; see WsgiDispatcher) -------------------------------------
-    @property
-    def future(self) -> WsgiCall:
-        return self
-
-    def cancel(self) -> bool:  # the pool was shut down with this request queued
+    # -- the job (what the pool's threads call; see corral.worker.wsgi_pool) -----------------------------------
+    def cancel(self) -> bool:  # the pool was closed with this request queued
         self._post(FAILED)
         return True
-
-    def set_exception(self, exc: BaseException) -> None:  # a broken pool
-        self._post(FAILED)
 
     def run(self, *_: Any) -> None:
         # A fresh context per request: a contextvar set by one request never shows in the next one that

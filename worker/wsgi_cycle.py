@@ -299,6 +299,10 @@ class WsgiCycle(WsgiCall):
                 self.cond.notify_all()
         if type(self.input) is StreamInput:
             self.input.disconnect()
+        sendfile = self.sendfile
+        if sendfile is not None and len(sendfile) == 6 and sendfile[5]:
+            # A transfer waits for the socket to drain: end it now (its dup would keep the socket open).
+            asyncio.get_running_loop().call_soon(self._sendfile_step)
         if self.phase == _WAITING and self.instance_future is not None:
             self._complete()  # the application never ran: nothing to wait for
 
@@ -438,7 +442,9 @@ class WsgiCycle(WsgiCall):
         self._sendfile_step()
 
     def _sendfile_step(self) -> None:
-        out, fd, offset, count, tail, watching = self.sendfile  # type: ignore[misc]
+        if self.sendfile is None or len(self.sendfile) != 6:
+            return  # ended already
+        out, fd, offset, count, tail, watching = self.sendfile
         loop = asyncio.get_running_loop()
         error = None
         while count and not self.disconnected:

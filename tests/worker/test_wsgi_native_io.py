@@ -194,3 +194,20 @@ def test_file_wrapper_client_gone_mid_transfer(big_file, sendfile_calls):
         wait_until(lambda: not server.application_instances, what="the slot to be freed")
         wait_until(lambda: all(f.closed for f in opened), what="the file to be closed")
         wait_until(lambda: not server.connections, what="the connection to be closed")
+
+
+def test_file_wrapper_server_stops_mid_transfer(big_file, sendfile_calls):
+    """A stop closes a connection whose file transfer waits for a client that does not read: the client
+    sees the end of the connection (the transfer's own handle on the socket does not keep it open)."""
+    path, data = big_file
+    opened: list = []
+    with serve(file_app(path, opened)) as (host, port, server):
+        slow = Client(host, port)
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: any(c.sendfile is not None and len(c.sendfile) == 6 and c.sendfile[5]
+                               for c in list(server.application_instances)), what="the transfer to wait")
+    received = slow.read_to_eof()  # bounded by the socket timeout: a kept-open socket fails here
+    assert len(received) < len(data)
+    slow.close()
+    wait_until(lambda: all(f.closed for f in opened), what="the file to be closed")
