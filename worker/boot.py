@@ -50,6 +50,9 @@ async def serve_application(
     interface = detect_interface(app) if settings.interface == "auto" else settings.interface
     # (BENCH_WSGI_DISPATCH=adapter: the ASGI adapter instead, for bench/wsgi_dispatch.py's comparison.)
     wsgi = interface == "wsgi" and os.environ.get("BENCH_WSGI_DISPATCH") != "adapter"
+    if wsgi and settings.lifespan == "on":
+        logger.error("Worker failed to boot: --lifespan on, but a WSGI application has no lifespan protocol")
+        return WORKER_BOOT_ERROR
     asgi_app = app if wsgi else wrap_application(app, interface, executor=runtime.get_runtime().pool)
     lifespan = Lifespan(asgi_app, "off" if wsgi else settings.lifespan)
     try:

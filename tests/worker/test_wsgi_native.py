@@ -560,3 +560,15 @@ def test_in_memory_response_gets_a_content_length():
             response = client.get("/")
             assert response.header("content-length") == "4" and response.body == b"abcd"
     assert bodies[0].closed
+
+
+def test_lifespan_on_refused_for_a_wsgi_app(caplog):
+    import asyncio
+
+    from corral.shared.exitcodes import WORKER_BOOT_ERROR
+    from corral.worker.boot import serve_application
+
+    with caplog.at_level(logging.ERROR, logger="corral.error"):
+        code = asyncio.run(serve_application(hello, settings(lifespan="on"), []))
+    assert code == WORKER_BOOT_ERROR
+    assert "WSGI application has no lifespan" in caplog.text
