@@ -36,8 +36,8 @@ from bench.context import Ctx, Progress, med
 FAMILIES = {**{n: throughput for n in throughput.SCENARIOS}, "loadgen": throughput, "idle": memory,
             "latency": latency,
             **{n: process for n in ("coldstart", "fairness", "crash", "hup")}}
-DEFAULT = ["plaintext", "close", "json", "echo", "stream", "wsgi", "websocket", "websocket-1mib", "idle", "latency",
-           "loadgen", "metrics", "coldstart", "fairness", "crash", "hup"]
+DEFAULT = ["plaintext", "close", "json", "echo", "stream", "wsgi", "django", "websocket", "websocket-1mib", "idle",
+           "latency", "loadgen", "metrics", "coldstart", "fairness", "crash", "hup"]
 QUICK = ["plaintext", "wsgi", "idle", "coldstart"]
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         for name in args.scenarios:
-            if (not wsgi if name == "wsgi" else not ctx.process if FAMILIES[name] is process else not asgi):
+            if (not wsgi if throughput.SCENARIOS.get(name, {}).get("iface") == "wsgi" else not ctx.process if FAMILIES[name] is process else not asgi):
                 skipped[name] = "no server selected for it"
                 continue
             try:

@@ -153,7 +153,8 @@ def markdown(results: dict[str, Any], baseline: str, wsgi_baseline: str) -> str:
              f"{meta['loadavg_end']:.2f}; other processes used {meta['other_cores']:.2f} cores (median over runs)."
              f"  \n" + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())]
     for name, sc in results["scenarios"].items():
-        parts.append(table(name, sc, sc.get("baseline") or (wsgi_baseline if name == "wsgi" else baseline)))
+        parts.append(table(name, sc, sc.get("baseline") or (
+            wsgi_baseline if sc.get("iface") == "wsgi" or name == "wsgi" else baseline)))
     if results.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()))
     return "\n\n".join(parts) + "\n"

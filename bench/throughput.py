@@ -4,6 +4,7 @@ plaintext  hello-world, 13 bytes text/plain (ASGI)        json    a 1 KiB JSON r
 close      the hello-world with `Connection: close` on every request: a new connection per request (ASGI)
 echo       a 1 MiB request body echoed back (ASGI)        stream  a 10 MiB response in 64 KiB messages (ASGI)
 wsgi       hello-world on the WSGI servers                websocket  16-byte WebSocket echo, one message in flight
+django     a Django view (ORM query on sqlite) on the WSGI servers
 websocket-1mib  1 MiB WebSocket echo (bench/websocket.py's client)
 loadgen    the built-in generator next to wrk on corral's plaintext (how close it gets to wrk)
 metrics    corral's plaintext with --metrics-bind (workers count every request) vs without, same rounds
@@ -28,6 +29,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
              "title": "1 MiB request body echoed (ASGI)"},
     "stream": {"app": "bench.apps:stream", "iface": "asgi", "conns": 8, "title": "10 MiB streamed response (ASGI)"},
     "wsgi": {"app": "bench.apps:hello_wsgi", "iface": "wsgi", "title": "Hello-world WSGI"},
+    "django": {"app": "bench.django_site.wsgi:application", "iface": "wsgi",
+               "title": "Django WSGI view: ten rows from the ORM on sqlite, startproject's middleware"},
     "websocket": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws": True,
                   "title": "WebSocket echo, 16-byte messages (messages/s)"},
     "metrics": {"app": "bench.apps:hello", "iface": "asgi", "metrics": True,
@@ -131,7 +134,7 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
 
         ctx.progress.show("metrics: the in-process Python cost per request")
         inprocess = metrics_cost.measure(rounds=max(5, ctx.rounds * 2), requests=5000 if ctx.quick else 20000)
-    return {"title": sc["title"], "kind": "throughput", "connections": conns, "app": sc["app"],
+    return {"title": sc["title"], "kind": "throughput", "iface": sc["iface"], "connections": conns, "app": sc["app"],
             **({"inprocess": inprocess} if inprocess else {}),
             **({"baseline": "corral"} if sc.get("metrics") else {}),
             "generator": ("bench/websocket.py" if sc.get("ws_big") else "builtin (WebSocket)") if ws_runner

@@ -287,6 +287,9 @@ _declare("factory", "worker", to_bool, False,
          "(uvicorn's --factory; 'module:create_app()' does the same).", is_flag=True)
 _declare("lifespan", "worker", choice("auto", "on", "off"), "auto",
          "ASGI lifespan protocol: auto runs it if the app supports it, on requires it, off skips it.")
+_declare("wsgi_body_buffer", "worker", size, 65536,
+         "WSGI request bodies up to this size are read whole before the app gets a thread (a stalled "
+         "upload then holds no thread); larger ones are streamed to wsgi.input. 0 streams every body.")
 _declare("root_path", "worker", to_str, "", "ASGI root_path (WSGI SCRIPT_NAME) when mounted below a prefix.")
 _declare("graceful_timeout", "worker", non_negative_float, 30.0,
          "Seconds a stopping worker lets in-flight requests finish before it closes them.")

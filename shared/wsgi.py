@@ -37,9 +37,10 @@ import sys
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _cf_thread
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator
 
 from corral.shared.runtime import get_runtime
+from corral.shared.wsgi_environ import build_environ
 
 __all__ = ["WsgiToAsgi", "WsgiToAsgiInstance", "ClientDisconnected", "INPUT_BUFFER", "OUTPUT_WINDOW"]
 
@@ -138,32 +139,6 @@ def _as_bytes(data: Any) -> bytes:
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     raise TypeError(f"WSGI application produced {type(data).__name__}, not bytes")
-
-
-# Header name -> environ key, cached (bounded: names come from clients). None means "drop the header".
-_MISSING = object()
-_HEADER_KEYS: dict[bytes, Optional[str]] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
-_HEADER_KEYS_MAX = 1024
-
-
-def _header_key(name: bytes) -> Optional[str]:
-    text = name.decode("latin-1").lower()
-    if text == "content-length" or text == "content-type":
-        key: Optional[str] = text.upper().replace("-", "_")
-    elif "_" in text:
-        key = None
-    else:
-        key = "HTTP_" + text.upper().replace("-", "_")
-    if len(_HEADER_KEYS) < _HEADER_KEYS_MAX:
-        _HEADER_KEYS[name] = key
-    return key
-
-
-def _native(text: str) -> str:
-    """A PEP 3333 "native string": the UTF-8 bytes of `text` seen as latin-1."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 class _InputStream:
@@ -401,56 +376,7 @@ class WsgiToAsgiInstance:
 
     def build_environ(self, scope: dict, body: Any) -> dict:
         """Build the PEP 3333 environ of a request from its scope and a file-like body."""
-        root_path = scope.get("root_path", "").rstrip("/")
-        path = scope["path"]
-        if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("", "/"):
-            path = path[len(root_path) :]
-        environ = {
-            "REQUEST_METHOD": scope["method"],
-            "SCRIPT_NAME": _native(root_path),
-            "PATH_INFO": _native(path),
-            "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-            "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": scope.get("scheme", "http"),
-            "wsgi.input": body,
-            "wsgi.input_terminated": True,
-            "wsgi.errors": sys.stderr if sys.stderr is not None else _LOG_STREAM,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-        }
-        server = scope.get("server")
-        if server is not None:
-            environ["SERVER_NAME"] = server[0]
-            environ["SERVER_PORT"] = str(server[1] if server[1] is not None else 0)
-        else:
-            environ["SERVER_NAME"] = "localhost"
-            environ["SERVER_PORT"] = "80"
-        client = scope.get("client")
-        if client is not None:
-            environ["REMOTE_ADDR"] = client[0]
-            if client[1] is not None:
-                environ["REMOTE_PORT"] = str(client[1])
-        repeats: dict[str, int] | None = None
-        limit = self.duplicate_header_limit
-        for name, value in scope.get("headers", ()):
-            key = _HEADER_KEYS.get(name, _MISSING)
-            if key is _MISSING:
-                key = _header_key(name)
-            if key is None:
-                continue
-            value = value.decode("latin-1")
-            if key in environ:
-                if repeats is None:
-                    repeats = {}
-                count = repeats[key] = repeats.get(key, 1) + 1
-                if limit and count > limit:
-                    raise ValueError(f"Too many duplicate headers: {key} exceeds limit of {limit}")
-                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
-            else:
-                environ[key] = value
-        return environ
+        return build_environ(scope, body, self.duplicate_header_limit)
 
     def start_response(self, status: str, response_headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
         """The PEP 3333 start_response callable; returns `write`."""
@@ -675,19 +601,3 @@ class WsgiToAsgiInstance:
             _wake(waiter)
         if self._stream is not None:
             self._stream.disconnect()
-
-
-class _LogStream(io.TextIOBase):
-    """`wsgi.errors` when the process has no stderr: lines go to this module's logger."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        text_ = text.rstrip("\n")
-        if text_:
-            logger.error("%s", text_)
-        return len(text)
-
-
-_LOG_STREAM = _LogStream()

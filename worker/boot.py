@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import traceback
@@ -18,7 +19,7 @@ from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.counters import LogCounter, collecting, meter
-from corral.worker.application import AppImportError, import_app, wrap_application
+from corral.worker.application import AppImportError, detect_interface, import_app, wrap_application
 from corral.worker.deadline import wrap_deadline
 from corral.worker.hookapi import WorkerView, wrap_request_hooks
 from corral.worker.lifespan import Lifespan, LifespanFailure
@@ -47,15 +48,27 @@ async def serve_application(
     worker: WorkerView | None = None,
     ssl_context: Any = None,
 ) -> int:
-    """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code."""
-    asgi_app = wrap_application(app, settings.interface, executor=runtime.get_runtime().pool)
+    """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code.
+
+    A WSGI application is served natively (`corral.worker.wsgi_cycle`), not through the ASGI adapter; it
+    has no lifespan protocol. The pre_request/post_request hooks and --request-timeout are layers of the
+    ASGI path: a WSGI application that sets them is served through the adapter (WsgiToAsgi) instead."""
+    interface = detect_interface(app) if settings.interface == "auto" else settings.interface
+    layered = bool(settings.pre_request or settings.post_request or settings.request_timeout)
+    # (BENCH_WSGI_DISPATCH=adapter: the ASGI adapter instead, for bench/wsgi_dispatch.py's comparison.)
+    wsgi = interface == "wsgi" and not layered and os.environ.get("BENCH_WSGI_DISPATCH") != "adapter"
+    if wsgi and settings.lifespan == "on":
+        logger.error("Worker failed to boot: --lifespan on, but a WSGI application has no lifespan protocol")
+        return WORKER_BOOT_ERROR
+    asgi_app = app if wsgi else wrap_application(app, interface, executor=runtime.get_runtime().pool)
     # --request-timeout and the pre_request/post_request hooks: each a layer only when set.
     worker = worker if worker is not None else WorkerView(0, settings)
     servers: list[WorkerServer] = []
-    asgi_app = wrap_deadline(asgi_app, app, settings.request_timeout, settings.threads,
-                             lambda: worker.recycle() if worker.recycle else servers[0].request_stop(True))
-    asgi_app = wrap_request_hooks(asgi_app, worker, settings.pre_request, settings.post_request)
-    lifespan = Lifespan(asgi_app, settings.lifespan)
+    if not wsgi:
+        asgi_app = wrap_deadline(asgi_app, app, settings.request_timeout, settings.threads,
+                                 lambda: worker.recycle() if worker.recycle else servers[0].request_stop(True))
+        asgi_app = wrap_request_hooks(asgi_app, worker, settings.pre_request, settings.post_request)
+    lifespan = Lifespan(asgi_app, "off" if wsgi else settings.lifespan)
     try:
         await lifespan.startup()
     except LifespanFailure as exc:
@@ -70,6 +83,7 @@ async def serve_application(
         lifespan_state=lifespan.state,
         notify=notify,
         ssl_context=ssl_context,
+        wsgi=wsgi,
     )
     servers.append(server)
     if collecting(settings):

@@ -12,6 +12,7 @@ then awaits `drain()` until `resume_writing()` (or the connection is lost).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 __all__ = ["FlowControl", "BODY", "PIPELINE", "PARKED", "CLOSING"]
 
@@ -65,6 +66,13 @@ class FlowControl:
         if drain is None:
             drain = self._drain = asyncio.get_running_loop().create_future()
         await asyncio.shield(drain)  # several senders may wait; cancelling one must not cancel the rest
+
+    def add_drain_callback(self, callback: Any) -> None:
+        """Call `callback(future)` once the transport accepts more data (or the connection is lost)."""
+        drain = self._drain
+        if drain is None:
+            drain = self._drain = asyncio.get_running_loop().create_future()
+        drain.add_done_callback(callback)
 
     def connection_lost(self) -> None:
         """Release every writer: their sends will see the disconnect."""

@@ -63,6 +63,9 @@ async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
 
 
 class HttpProtocol(asyncio.Protocol):
+    #: The request object `on_request` makes (the native WSGI protocol makes `WsgiCycle`s).
+    cycle_class: Any = RequestCycle
+
     __slots__ = (
         "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
         "pending_error", "trusted", "extensions", "__weakref__",
@@ -228,7 +231,7 @@ class HttpProtocol(asyncio.Protocol):
             websocket = websocket_request(self, scope, method, http_version, headers)
             if websocket is not None:
                 return websocket  # type: ignore[return-value]
-        return RequestCycle(
+        return self.cycle_class(
             self, scope, keep_alive and server.keepalive_enabled, expect_continue,
             method == b"HEAD", http_version == "1.1", server.access_log is not None,
         )

@@ -91,9 +91,18 @@ class WorkerServer(StatelessServer):
         lifespan_state: dict | None = None,
         notify: Callable[[], None] | None = None,
         ssl_context: Any = None,
+        wsgi: bool = False,
     ) -> None:
         settings = settings if settings is not None else Settings()
         super().__init__(app, max_applications=settings.max_applications)
+        # WSGI hook (corral.worker.wsgi_cycle): `wsgi=True` serves `app` as a WSGI application natively, on
+        # `settings.threads` threads, without the ASGI adapter.
+        self.wsgi: Any = None
+        self.wsgi_extra: dict | None = None
+        if wsgi:
+            from corral.worker.wsgi_protocol import wsgi_setup
+
+            wsgi_setup(self, app, settings)
         self.settings = settings
         self.access_log = access_log
         self.proxy = proxy
@@ -117,7 +126,8 @@ class WorkerServer(StatelessServer):
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
         # Metrics count in the protocol, --health-path is answered by it: chosen once, here.
-        protocol_class = metered_protocol(self.counters) if collecting(settings) else HttpProtocol
+        base = self.protocol_class  # HttpProtocol, or WsgiHttpProtocol after wsgi_setup above
+        protocol_class = metered_protocol(self.counters, base) if collecting(settings) else base
         if settings.health_path:
             protocol_class = health_protocol(settings.health_path, protocol_class)
         if settings.proxy_protocol:
@@ -152,6 +162,8 @@ class WorkerServer(StatelessServer):
     async def serve(self, sockets: list[socket.socket]) -> None:
         """Serve HTTP on already-bound listening sockets until `request_stop()`; the sockets stay open."""
         loop = self.loop = asyncio.get_running_loop()
+        if self.wsgi is not None:
+            self.wsgi.loop = loop
         self._sockets = list(sockets)
         self._stop = loop.create_future()
         self._force = loop.create_future()
@@ -197,6 +209,8 @@ class WorkerServer(StatelessServer):
 
     async def _shutdown(self) -> None:
         self.stopping = True
+        if self.wsgi is not None:
+            self.wsgi.drain_lazy()
         self._set_accepting(False)
         if self._graceful and self.connections:
             logger.info("Stopping: no longer accepting; finishing what %d open connection(s) have in flight, "
@@ -214,6 +228,8 @@ class WorkerServer(StatelessServer):
             protocol.transport.abort()
         self.parked.clear()
         await self.shutdown_instances(self.instance_shutdown_timeout)
+        if self.wsgi is not None:
+            self.wsgi.threads.close()
         if self._accept_task is not None:
             self._accept_task.cancel()
 
@@ -253,6 +269,8 @@ class WorkerServer(StatelessServer):
             protocol.close()
 
     # ------------------------------------------------------------------ accepting
+
+    protocol_class: Any = HttpProtocol  # WsgiHttpProtocol for a native WSGI server (set per instance)
 
     def _protocol_factory(self, sockname: tuple | None = None) -> HttpProtocol:
         return self.protocol_class(self, sockname)
@@ -388,6 +406,8 @@ class WorkerServer(StatelessServer):
             await asyncio.sleep(interval)
             self.tick = tick = self.tick + 1
             self.default_header_bytes = refresh()
+            if self.wsgi is not None and self.wsgi.lazy:
+                self.wsgi.drain_lazy()  # WSGI responses written by their threads on quiet connections
             for protocol in tuple(self.connections):
                 phase = protocol.phase
                 if phase == HEAD or phase == FRESH:

@@ -51,7 +51,7 @@ def websocket_request(
         return None
     server = protocol.server
     state = protocol.state
-    if _is_wsgi(server.application):
+    if getattr(server, "wsgi", None) is not None or _is_wsgi(server.application):
         detail = "WebSocket is not available: this is a WSGI application"
         state.error = error = _HandshakeError(404, detail, _refusal(404, detail))
         raise error

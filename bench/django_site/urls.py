@@ -1,0 +1,5 @@
+from django.urls import path
+
+from bench.django_site import views
+
+urlpatterns = [path("", views.users)]

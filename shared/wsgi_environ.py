@@ -1,0 +1,129 @@
+"""The PEP 3333 environ of an HTTP request, built from its ASGI scope.
+
+One builder for both WSGI paths: `corral.shared.wsgi.WsgiToAsgi` (asgiref's API, any ASGI server) and the
+worker's native WSGI path (`corral.worker.wsgi_cycle`), which builds the scope with the proxy headers
+applied and hands it here, so both see the same SCRIPT_NAME, REMOTE_ADDR, wsgi.url_scheme and headers.
+
+* Headers are decoded as latin-1 (PEP 3333); repeated `Cookie` headers are joined with "; ", other repeats
+  with ","; request headers whose names contain "_" are dropped (they would alias the "-" spelling in the
+  environ: the header-smuggling hole gunicorn also closes).
+* `SCRIPT_NAME` is stripped from the path only at a segment boundary; `REMOTE_PORT` and
+  `wsgi.input_terminated` are set.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from typing import Any, Optional
+
+__all__ = ["build_environ", "native_string", "TooManyHeaders", "ERRORS_STREAM"]
+
+logger = logging.getLogger("corral.shared.wsgi")
+
+
+class TooManyHeaders(ValueError):
+    """More repeats of one request header than the limit allows (answered with 400)."""
+
+
+# Header name -> environ key, cached (bounded: names come from clients). None means "drop the header".
+_MISSING = object()
+_HEADER_KEYS: dict[bytes, Optional[str]] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
+_HEADER_KEYS_MAX = 1024
+
+
+def _header_key(name: bytes) -> Optional[str]:
+    text = name.decode("latin-1").lower()
+    if text == "content-length" or text == "content-type":
+        key: Optional[str] = text.upper().replace("-", "_")
+    elif "_" in text:
+        key = None
+    else:
+        key = "HTTP_" + text.upper().replace("-", "_")
+    if len(_HEADER_KEYS) < _HEADER_KEYS_MAX:
+        _HEADER_KEYS[name] = key
+    return key
+
+
+def native_string(text: str) -> str:
+    """A PEP 3333 "native string": the UTF-8 bytes of `text` seen as latin-1."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+class _LogStream(io.TextIOBase):
+    """`wsgi.errors` when the process has no stderr: lines go to the logger."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        text_ = text.rstrip("\n")
+        if text_:
+            logger.error("%s", text_)
+        return len(text)
+
+
+_LOG_STREAM = _LogStream()
+ERRORS_STREAM: Any = sys.stderr if sys.stderr is not None else _LOG_STREAM
+
+
+def build_environ(scope: dict, body: Any, duplicate_header_limit: int = 100, extra: Optional[dict] = None) -> dict:
+    """The environ of an http `scope` with `body` as wsgi.input; `extra` entries are added (server-specific
+    keys such as wsgi.file_wrapper). Raises TooManyHeaders past `duplicate_header_limit` repeats (0: no limit)."""
+    root_path = scope.get("root_path", "")
+    path = scope["path"]
+    if root_path:
+        root_path = root_path.rstrip("/")
+        if path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("", "/"):
+            path = path[len(root_path) :]
+    environ = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": native_string(root_path) if root_path else "",
+        "PATH_INFO": path if path.isascii() else native_string(path),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": body,
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr if sys.stderr is not None else _LOG_STREAM,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if extra is not None:
+        environ.update(extra)
+    server = scope.get("server")
+    if server is not None:
+        environ["SERVER_NAME"] = server[0]
+        environ["SERVER_PORT"] = str(server[1] if server[1] is not None else 0)
+    else:
+        environ["SERVER_NAME"] = "localhost"
+        environ["SERVER_PORT"] = "80"
+    client = scope.get("client")
+    if client is not None:
+        environ["REMOTE_ADDR"] = client[0]
+        if client[1] is not None:
+            environ["REMOTE_PORT"] = str(client[1])
+    repeats: dict[str, int] | None = None
+    header_keys = _HEADER_KEYS
+    for name, value in scope.get("headers", ()):
+        key = header_keys.get(name, _MISSING)
+        if key is _MISSING:
+            key = _header_key(name)
+        if key is None:
+            continue
+        value = value.decode("latin-1")
+        if key in environ:
+            if repeats is None:
+                repeats = {}
+            count = repeats[key] = repeats.get(key, 1) + 1
+            if duplicate_header_limit and count > duplicate_header_limit:
+                raise TooManyHeaders(f"Too many duplicate headers: {key} exceeds limit of {duplicate_header_limit}")
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value  # type: ignore[operator]
+        else:
+            environ[key] = value
+    return environ

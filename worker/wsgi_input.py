@@ -1,0 +1,161 @@
+"""`wsgi.input` for a request body larger than the pre-read bound: streamed to the application's thread.
+
+Bodies up to `wsgi_body_buffer` never get here: the event loop reads them whole before the application is
+given a thread (`corral.worker.wsgi_cycle`), so a client that stalls mid-body holds no thread. A larger
+body is handed over as it arrives: the event loop `feed()`s it; the application's thread blocks in
+`read()` until enough has come. Backpressure both ways: above `high_water` unread bytes the connection
+stops reading (the owner's `pause`), and the reader resumes it once it has consumed half (`resume`, called
+on the event loop). `Expect: 100-continue` is answered on the first read (`on_first_read`): an application
+that refuses a large upload without reading it never makes the client send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from typing import Callable, Iterator
+
+__all__ = ["StreamInput", "ClientDisconnected"]
+
+
+class ClientDisconnected(OSError):
+    """The client went away before the request body was complete (raised by `wsgi.input` reads)."""
+
+
+class StreamInput:
+    __slots__ = ("_loop", "_cond", "_buf", "_eof", "_disconnected", "_paused", "_high", "_resume",
+                 "_first_read")  # fmt: skip
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        high_water: int,
+        resume: Callable[[], None],
+        first_read: Callable[[], None] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._cond = threading.Condition(threading.Lock())
+        self._buf = bytearray()
+        self._eof = False
+        self._disconnected = False
+        self._paused = False  # the owner paused reading: the reader must call `resume` once it drains
+        self._high = high_water
+        self._resume = resume
+        self._first_read = first_read
+
+    # -- event-loop side -----------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> bool:
+        """Add body bytes; True when the owner should pause reading (the reader will resume it)."""
+        with self._cond:
+            self._buf += data
+            self._cond.notify()
+            if len(self._buf) > self._high:
+                self._paused = True
+                return True
+            return False
+
+    def end(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def disconnect(self) -> None:
+        with self._cond:
+            if not self._eof:
+                self._disconnected = True
+                self._cond.notify_all()
+
+    # -- the application's thread (with the lock held) -------------------------------------------------------
+    def _take(self, n: int) -> bytes:
+        buf = self._buf
+        if n >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:n])
+            del buf[:n]
+        if self._paused and len(buf) <= self._high // 2:
+            self._paused = False
+            try:
+                self._loop.call_soon_threadsafe(self._resume)
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                pass
+        return data
+
+    def _wait(self) -> None:
+        first_read = self._first_read
+        if first_read is not None:
+            self._first_read = None
+            try:
+                self._loop.call_soon_threadsafe(first_read)
+            except RuntimeError:
+                pass
+        if self._disconnected:
+            raise ClientDisconnected("the client disconnected before the request body was complete")
+        self._cond.wait()
+
+    # -- file-like API ---------------------------------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """`size` bytes (fewer only at the end of the body), or all that is left if size < 0; blocks until
+        they have arrived; raises ClientDisconnected if the client leaves first."""
+        if size is None or size < 0:
+            size = sys.maxsize
+        parts = []
+        with self._cond:
+            while size:
+                if self._buf:
+                    data = self._take(size)
+                    parts.append(data)
+                    size -= len(data)
+                elif self._eof:
+                    break
+                else:
+                    self._wait()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = sys.maxsize
+        parts = []
+        with self._cond:
+            while size:
+                buf = self._buf
+                if buf:
+                    end = buf.find(b"\n", 0, size)
+                    if end >= 0:
+                        parts.append(self._take(end + 1))
+                        break
+                    data = self._take(size)
+                    parts.append(data)
+                    size -= len(data)
+                elif self._eof:
+                    break
+                else:
+                    self._wait()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,101 @@
+"""The threads that run native WSGI requests: `--threads` of them, handed work in batches.
+
+A request costs the server about as much as its thread hand-offs: with `ThreadPoolExecutor` every request
+wakes a thread (a futex wake and a context switch) and each wake-up then fights the event loop for the
+GIL - about three context switches per request measured on one core (bench/wsgi_dispatch.py). Here the
+event loop appends requests to a deque and wakes at most one idle thread per batch; a thread that takes a
+request while more wait wakes one more (so blocking applications still get every thread), and a thread
+only sleeps when the deque is empty. Under load a thread runs many requests per wake-up.
+
+Threads start on first use (after fork) and are daemons; `close()` stops them once their work is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Protocol
+
+__all__ = ["WorkerThreads", "Job"]
+
+logger = logging.getLogger("corral.error")
+
+
+class Job(Protocol):
+    def run(self) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+
+class WorkerThreads:
+    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name")
+
+    def __init__(self, size: int, name: str = "corral-wsgi") -> None:
+        if size < 1:
+            raise ValueError(f"threads must be >= 1, got {size}")
+        self.size = size
+        self.name = name
+        self.jobs: deque[Job] = deque()
+        self.lock = threading.Lock()
+        self.idle: list[threading.Lock] = []  # the sleeping threads' wake-up locks (held: asleep)
+        self.threads: list[threading.Thread] = []
+        self.closed = False
+
+    def submit(self, job: Job) -> None:
+        """Queue `job` (event-loop side); wakes a thread only if none is awake to take it."""
+        if self.closed:
+            job.cancel()
+            return
+        self.jobs.append(job)
+        if len(self.idle) == len(self.threads) or not self.threads:
+            self.wake()  # nobody is awake (an awake thread looks at the deque again before it sleeps)
+
+    def wake(self) -> None:
+        with self.lock:
+            if self.idle:
+                waking = self.idle.pop()
+            elif len(self.threads) < self.size:
+                waking = None
+                self._start()
+            else:
+                return  # every thread is awake: one of them will take the job
+        if waking is not None:
+            waking.release()
+
+    def _start(self) -> None:  # with the lock held
+        thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        jobs = self.jobs
+        wakeup = threading.Lock()
+        wakeup.acquire()
+        while True:
+            try:
+                job = jobs.popleft()
+            except IndexError:
+                with self.lock:
+                    if jobs:
+                        continue  # queued after our look: take it
+                    if self.closed:
+                        return
+                    self.idle.append(wakeup)
+                wakeup.acquire()  # until wake() releases it
+                continue
+            if jobs and self.idle:
+                self.wake()  # more are waiting: let a sleeping thread take the next one
+            try:
+                job.run()
+            except BaseException:  # a job reports its own errors; this would be a bug of ours
+                logger.exception("WSGI job failed")
+            del job
+
+    def close(self) -> None:
+        """Let the threads finish what is queued, then end; cancels nothing."""
+        with self.lock:
+            self.closed = True
+            idle, self.idle = self.idle, []
+        for wakeup in idle:
+            wakeup.release()
