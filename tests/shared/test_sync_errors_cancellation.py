@@ -211,7 +211,7 @@ def test_cancel_propagates_through_nested_async_to_sync():
 
 
 def test_cancel_landing_before_nested_async_to_sync_starts_cancels_it():
-    entered, proceed = threading.Event(), threading.Event()
+    entered, proceed, finished = threading.Event(), threading.Event(), threading.Event()
     seen = {}
 
     async def view():
@@ -225,16 +225,21 @@ def test_cancel_landing_before_nested_async_to_sync_starts_cancels_it():
         except asyncio.CancelledError:
             seen["sync_saw_cancel"] = True
             raise
+        finally:
+            finished.set()
 
     async def main():
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(sync_to_async(sync_code)())
         assert await loop.run_in_executor(None, entered.wait, WAIT)
         task.cancel()
-        await asyncio.sleep(0)  # one turn: the task handles its cancellation and waits for the function
+        await asyncio.sleep(0)  # one turn: the task handles its cancellation
         proceed.set()  # only now does the function call async_to_sync
         with pytest.raises(asyncio.CancelledError):
             await task
+        # The function goes on in its thread after the task has ended (asgiref's contract); the loop stays
+        # up until it is done, so its nested async_to_sync runs against this loop.
+        assert await loop.run_in_executor(None, finished.wait, WAIT)
 
     asyncio.run(main())
     assert seen == {"sync_saw_cancel": True}
