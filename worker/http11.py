@@ -182,43 +182,22 @@ class HTTP11Connection:
     def feed(self, data: bytes) -> None:
         """Parse bytes read from the client; raises ProtocolError for anything the client got wrong.
 
-        A read that may hold several requests is parsed a slice at a time, and parsing stops at a slice
-        boundary once `max_pipeline` requests wait behind the active one: the rest is kept unparsed in
-        `backlog` (the protocol stops reading meanwhile) and parsed by `feed(b"")` when the queue shrinks.
-        Parsed requests cost ~1 KiB each (scope, headers, cycle), raw bytes ~30: so a client pipelining
-        without reading answers holds a bounded number of parsed requests and at most one read of bytes.
+        A read that may hold more requests than `max_pipeline` is parsed a slice at a time (`_feed_sliced`),
+        and parsing stops at a slice boundary once `max_pipeline` requests wait behind the active one: the
+        rest is kept unparsed in `backlog` (the protocol stops reading meanwhile) and parsed by `feed(b"")`
+        when the queue shrinks. Parsed requests cost ~1 KiB each (scope, headers, cycle), raw bytes ~30: so a
+        client pipelining without reading answers holds a bounded number of parsed requests and at most one
+        read of bytes.
         """
         if self.upgraded:
             return  # bytes after an Upgrade request belong to a protocol this server does not speak
-        if self.backlog:
-            pipeline = self.pipeline
-            if pipeline and len(pipeline) >= self.max_pipeline:
-                self.backlog += data  # still at the bound (bytes that were under way when reading paused)
-                return
-            data = self.backlog + data
-            self.backlog = b""
-        n = len(data)
-        if n <= PARSE_SLICE or not self.in_head:
-            self._parse(data, data, 0)  # the common case: one request head, or body bytes
+        if self.backlog or (len(data) > PARSE_SLICE and self.in_head
+                            and data.count(b"HTTP/1.") >= self.max_pipeline):
+            # Every request line that llhttp accepts names its version (HTTP/0.9 and 2.0 are refused, CRLF
+            # after the version is required): a read with fewer of them than the bound cannot queue past
+            # it and is parsed whole, below. (A body that contains the string only costs the slicing.)
+            self._feed_sliced(data)
             return
-        view = memoryview(data)
-        start = 0
-        while start < n:
-            if not self.in_head and self.body_left > 0:
-                end = start + self.body_left  # the rest of a body of known length: in one piece
-            else:
-                end = start + PARSE_SLICE
-            self._parse(view[start:end], data, start)
-            if self.upgraded:
-                return
-            pipeline = self.pipeline
-            if end < n and pipeline and len(pipeline) >= self.max_pipeline:
-                self.backlog = data[end:]
-                return
-            start = end
-
-    def _parse(self, data: bytes | memoryview, whole: bytes, offset: int) -> None:
-        """Feed `data` (which starts at `offset` in the read `whole`) to the parser."""
         started_in_head = self.in_head
         head_begun = started_in_head and bool(self.url)  # the url is reset when a head completes
         completed = self.completed
@@ -234,8 +213,8 @@ class HTTP11Connection:
                 # WebSocket hook (corral.worker.wsprotocol): bytes sent right behind a WebSocket handshake
                 # belong to the WebSocket.
                 upgrade_tail = getattr(self.last, "upgrade_tail", None)
-                if upgrade_tail is not None and exc.args and offset + exc.args[0] < len(whole):
-                    upgrade_tail(whole[offset + exc.args[0]:])
+                if upgrade_tail is not None and exc.args and exc.args[0] < len(data):
+                    upgrade_tail(data[exc.args[0]:])
             return
         except httptools.HttpParserError as exc:
             error = self.error
@@ -264,6 +243,35 @@ class HTTP11Connection:
                 # The parser reports the target as it goes: if it is most of the head, it is the culprit.
                 too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
                 raise ProtocolError(too_long, "request head too large")
+
+    def _feed_sliced(self, data: bytes) -> None:
+        """`feed` for a read that may hold many requests (or when a backlog waits): see `feed`."""
+        backlog = self.backlog
+        if backlog:
+            pipeline = self.pipeline
+            if pipeline and len(pipeline) >= self.max_pipeline:
+                self.backlog = backlog + data  # still at the bound (bytes under way when reading paused)
+                return
+            data = backlog + data
+            self.backlog = b""
+        n = len(data)
+        start = 0
+        while start < n:
+            if not self.in_head and self.body_left > 0:
+                end = start + self.body_left  # the rest of a body of known length: in one piece
+            else:
+                end = start + PARSE_SLICE
+            self.feed(data[start:end])  # at most a slice, or body bytes: parsed at once
+            if self.upgraded:
+                upgrade_tail = getattr(self.last, "upgrade_tail", None) if self.last is not None else None
+                if upgrade_tail is not None and end < n:
+                    upgrade_tail(data[end:])  # after what the slice's own upgrade handling gave it
+                return
+            pipeline = self.pipeline
+            if end < n and pipeline and len(pipeline) >= self.max_pipeline:
+                self.backlog = data[end:]
+                return
+            start = end
 
     def fail(self, status: int, detail: str) -> ProtocolError:
         # Raised inside a parser callback: httptools wraps it, so feed() re-raises the one kept here.

@@ -143,9 +143,6 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.since = self.server.tick  # body bytes (or a pipelined head): the body timer restarts
         self.server.counters.bytes_in += len(data)  # metrics: one integer add per read, no more
-        self.parse(data)
-
-    def parse(self, data: bytes) -> None:
         state = self.state
         try:
             state.feed(data)
@@ -295,7 +292,7 @@ class HttpProtocol(asyncio.Protocol):
         if state.backlog and len(state.pipeline) < state.max_pipeline and self.phase != CLOSED:
             # Parsing stopped at the pipelining bound: go on with the bytes already read (this may start
             # the next request, or queue more behind the one just started).
-            self.parse(b"")
+            self.data_received(b"")
             following = following or state.active
         if following is not None:
             if not state.pipeline and not state.backlog:
