@@ -33,12 +33,12 @@ import asyncio
 import contextvars
 import io
 import logging
-import sys
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _cf_thread
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
+from corral.shared.bodystream import BlockingReader, ClientDisconnected  # noqa: F401 (ClientDisconnected: API)
 from corral.shared.runtime import get_runtime
 from corral.shared.wsgi_environ import build_environ
 
@@ -52,10 +52,6 @@ INPUT_BUFFER = 256 * 1024
 OUTPUT_WINDOW = 256 * 1024
 
 WSGIApplication = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
-
-
-class ClientDisconnected(OSError):
-    """The client went away: raised by `wsgi.input` reads and by `write()` once the request is aborted."""
 
 
 def _wake(waiter: asyncio.Future) -> None:
@@ -141,7 +137,7 @@ def _as_bytes(data: Any) -> bytes:
     raise TypeError(f"WSGI application produced {type(data).__name__}, not bytes")
 
 
-class _InputStream:
+class _InputStream(BlockingReader):
     """`wsgi.input` for a body still arriving: the WSGI thread reads while the event loop feeds it."""
 
     __slots__ = ("_loop", "_cond", "_buf", "_eof", "_disconnected", "_resume")
@@ -195,74 +191,6 @@ class _InputStream:
         if self._disconnected:
             raise ClientDisconnected("the client disconnected before the request body was complete")
         self._cond.wait()
-
-    # -- file-like API ----------------------------------------------------------------------------------
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Read `size` bytes (fewer only at the end of the body); everything that is left if size < 0.
-
-        Blocks until enough of the body has arrived; raises ClientDisconnected if the client leaves first.
-        """
-        if size is None or size < 0:
-            size = sys.maxsize
-        parts = []
-        with self._cond:
-            while size:
-                if self._buf:
-                    data = self._take(size)
-                    parts.append(data)
-                    size -= len(data)
-                elif self._eof:
-                    break
-                else:
-                    self._wait()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        """Read up to and including the next b"\\n" (at most `size` bytes if size >= 0)."""
-        if size is None or size < 0:
-            size = sys.maxsize
-        parts = []
-        with self._cond:
-            while size:
-                buf = self._buf
-                if buf:
-                    end = buf.find(b"\n", 0, size)
-                    if end >= 0:
-                        parts.append(self._take(end + 1))
-                        break
-                    data = self._take(size)
-                    parts.append(data)
-                    size -= len(data)
-                elif self._eof:
-                    break
-                else:
-                    self._wait()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines = []
-        total = 0
-        for line in self:
-            lines.append(line)
-            total += len(line)
-            if hint is not None and 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
-
-    def close(self) -> None:
-        pass
 
 
 class WsgiToAsgi:

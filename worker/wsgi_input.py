@@ -12,18 +12,15 @@ that refuses a large upload without reading it never makes the client send it.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from typing import Callable, Iterator
+from typing import Callable
+
+from corral.shared.bodystream import BlockingReader, ClientDisconnected
 
 __all__ = ["StreamInput", "ClientDisconnected"]
 
 
-class ClientDisconnected(OSError):
-    """The client went away before the request body was complete (raised by `wsgi.input` reads)."""
-
-
-class StreamInput:
+class StreamInput(BlockingReader):
     __slots__ = ("_loop", "_cond", "_buf", "_eof", "_disconnected", "_paused", "_high", "_resume",
                  "_first_read")  # fmt: skip
 
@@ -94,68 +91,3 @@ class StreamInput:
         if self._disconnected:
             raise ClientDisconnected("the client disconnected before the request body was complete")
         self._cond.wait()
-
-    # -- file-like API ---------------------------------------------------------------------------------------
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        """`size` bytes (fewer only at the end of the body), or all that is left if size < 0; blocks until
-        they have arrived; raises ClientDisconnected if the client leaves first."""
-        if size is None or size < 0:
-            size = sys.maxsize
-        parts = []
-        with self._cond:
-            while size:
-                if self._buf:
-                    data = self._take(size)
-                    parts.append(data)
-                    size -= len(data)
-                elif self._eof:
-                    break
-                else:
-                    self._wait()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = sys.maxsize
-        parts = []
-        with self._cond:
-            while size:
-                buf = self._buf
-                if buf:
-                    end = buf.find(b"\n", 0, size)
-                    if end >= 0:
-                        parts.append(self._take(end + 1))
-                        break
-                    data = self._take(size)
-                    parts.append(data)
-                    size -= len(data)
-                elif self._eof:
-                    break
-                else:
-                    self._wait()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines = []
-        total = 0
-        for line in self:
-            lines.append(line)
-            total += len(line)
-            if hint is not None and 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
-
-    def close(self) -> None:
-        pass
