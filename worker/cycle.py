@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from corral.worker.flow import BODY
+from corral.worker.phases import BODY, ResponseState
 from corral.worker.http11 import (
     CHUNKED,
     CLOSE_DELIMITED,
@@ -36,7 +36,8 @@ BODY_HIGH_WATER = 65536
 _JOIN_LIMIT = 16384
 
 # Response states.
-_IDLE, _STARTED, _HEAD_SENT, _COMPLETE = 0, 1, 2, 3
+_IDLE, _STARTED, _HEAD_SENT, _COMPLETE = (
+    ResponseState.IDLE, ResponseState.STARTED, ResponseState.HEAD_SENT, ResponseState.COMPLETE)
 
 _TCP_CORK = getattr(_socket, "TCP_CORK", None)  # Linux
 

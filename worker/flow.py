@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+# The reasons (bits) are declared in corral.worker.phases (`Pause`), with the WebSocket ones.
+from corral.worker.phases import BODY, CLOSING, PARKED, PIPELINE
+
 __all__ = ["FlowControl", "BODY", "PIPELINE", "PARKED", "CLOSING"]
 
-BODY = 1  # unconsumed request body above the high-water mark
-PIPELINE = 2  # a complete request waits behind the active one
-PARKED = 4  # the pool is full: the request waits for a slot
-CLOSING = 8  # an error response is pending: read nothing more
 
 
 class FlowControl:

@@ -19,7 +19,8 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from corral.worker.cycle import RequestCycle
-from corral.worker.flow import BODY, CLOSING, PARKED, PIPELINE, FlowControl
+from corral.worker.flow import FlowControl
+from corral.worker.phases import BODY, BUSY, CLOSED, CLOSING, FRESH, HEAD, IDLE, PARKED, PIPELINE
 from corral.worker.http11 import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.stateless import PoolFull
 from corral.worker.tlsinfo import tls_extension
@@ -30,12 +31,7 @@ __all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "FRESH", "service_u
 logger = logging.getLogger("corral.error")
 
 # Connection phases (what the server's tick checks).
-IDLE = 0  # keep-alive: waiting for the first byte of a request
-HEAD = 1  # reading a request head
-BUSY = 2  # a request is in progress or queued: no timer
-CLOSED = 3
-# (4 is corral.worker.wsprotocol's WEBSOCKET.)
-FRESH = 5  # accepted, nothing read yet: the header timer runs (like HEAD), but a stopping server may close it
+# The phases are declared in corral.worker.phases (`Phase`): IDLE, HEAD, BUSY, CLOSED, WEBSOCKET, FRESH.
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from corral.worker.protocol import CLOSED, HttpProtocol
+from corral.worker.phases import CLOSED
+from corral.worker.protocol import HttpProtocol
 from corral.worker.proxyproto import (
     V1_PREFIX,
     V2_SIGNATURE,

@@ -44,7 +44,9 @@ from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
 from corral.worker.health import health_protocol
 from corral.worker.metered import metered_protocol
-from corral.worker.protocol import BUSY, FRESH, HEAD, IDLE, HttpProtocol
+from corral.worker.phases import BUSY, FRESH, HEAD, IDLE
+from corral.worker.phases import ResponseState
+from corral.worker.protocol import HttpProtocol
 from corral.worker.proxied import proxied_protocol
 from corral.worker.proxy import ProxyHeaders
 from corral.worker.stateless import ApplicationInstance, StatelessServer, describe_scope
@@ -53,6 +55,7 @@ from corral.worker.wsprotocol import WebSocketCycle
 __all__ = ["WorkerServer"]
 
 logger = logging.getLogger("corral.worker.server")
+COMPLETE = ResponseState.COMPLETE
 error_logger = logging.getLogger("corral.error")
 
 _INT = struct.Struct("i")
@@ -357,7 +360,7 @@ class WorkerServer(StatelessServer):
         super()._instance_done(instance, future)  # frees the slot, reports a failure
         cycle = instance.scope_id
         if type(cycle) is RequestCycle:
-            if cycle.state != 3:  # 3: the response is complete (the common case: nothing left to do)
+            if cycle.state != COMPLETE:  # the common case: the response is complete, nothing left to do
                 cycle.app_finished(future)
         elif type(cycle) is WebSocketCycle:  # WebSocket hook: close the socket (or answer) for the app
             cycle.app_finished(future)

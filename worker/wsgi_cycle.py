@@ -29,7 +29,7 @@ import weakref
 from typing import Any
 
 from corral.worker.cycle import cork
-from corral.worker.flow import BODY
+from corral.worker.phases import BODY, CLOSED
 from corral.worker.http11 import CONTINUE_RESPONSE, ERROR_RESPONSES
 from corral.worker.stateless import ApplicationInstance
 from corral.worker.wsgi_call import FAILED, RUNNING, SENDFILE, WsgiCall
@@ -40,7 +40,7 @@ __all__ = ["WsgiCycle", "WsgiDispatcher"]
 
 error_logger = logging.getLogger("corral.error")
 
-_CLOSED = 3  # corral.worker.protocol.CLOSED
+_CLOSED = CLOSED
 
 # Loop-side phases.
 _WAITING, _QUEUED, _DONE = 0, 1, 2

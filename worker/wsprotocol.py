@@ -41,6 +41,7 @@ from collections import deque
 from typing import Any
 
 from corral.worker.flow import FlowControl
+from corral.worker.phases import CLOSED, HANDSHAKE_PAUSE, QUEUE_PAUSE, WEBSOCKET, WRITE_PAUSE
 from corral.worker.http11 import encode_headers, response_head
 from corral.worker.sessionlog import WebSocketSession
 from corral.worker.wshub import WebSocketHub
@@ -56,19 +57,9 @@ __all__ = ["WebSocketCycle", "ClientDisconnected"]
 
 logger = logging.getLogger("corral.error")
 
-#: FlowControl reasons (bits above flow.py's): the handshake waits for the application; the
-#: application lags behind the incoming messages.
-HANDSHAKE_PAUSE = 16
-QUEUE_PAUSE = 32
-#: The peer does not read what is written (pongs, close replies, the application's messages): reading
-#: stops too, so a peer that floods pings without reading the pongs cannot grow the write buffer.
-WRITE_PAUSE = 64
-
 #: Control frames (ping, pong) a peer may send at once, and then per second: each costs a trip through the
 #: frame parser (and a pong); a faster peer is closed with 1008.
 CONTROL_BURST = 100
-
-#: Seconds the peer gets to answer a close frame when pings are off (ws_ping_timeout = 0).
 
 # The cycle's states (the application's side).
 HANDSHAKE = 0  # waiting for accept / close / a denial response
@@ -76,10 +67,8 @@ DENIAL = 1  # websocket.http.response.start received, the body is being collecte
 CONNECTED = 2  # accepted: messages flow
 DONE = 3  # nothing more may be sent (a response went out, the app closed, or the socket is gone)
 
-# What the server's tick and `_shutdown` read (worker/protocol.py's phases are 0-3): not BUSY, so a
-# stopping server calls close() on an open WebSocket at once (going away), neither IDLE nor HEAD.
-WEBSOCKET = 4
-CLOSED = 3
+# After the 101 the cycle's phase is WEBSOCKET (corral.worker.phases): not BUSY, so a stopping server calls
+# close() on an open WebSocket at once (going away), neither IDLE nor HEAD.
 
 _CONNECT = "websocket.connect"
 _INF = math.inf
