@@ -13,6 +13,11 @@ import timeit
 from corral.shared.settings import Settings
 from corral.worker.http11 import HTTP11Connection
 
+try:
+    from corral.worker.http11 import Limits
+except ImportError:  # a checkout from before the Limits object
+    pass
+
 GET = (b"GET /plaintext HTTP/1.1\r\nHost: localhost:8000\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
        b"Accept: text/html,application/xhtml+xml\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n")
 POST = b"POST /p HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
@@ -37,7 +42,8 @@ class _Handler:
 
 
 def main(number: int = 20000, repeat: int = 15) -> None:
-    state = HTTP11Connection(_Handler(), Settings())
+    limits = Limits.from_settings(Settings()) if "Limits" in globals() else Settings()  # older checkouts: settings
+    state = HTTP11Connection(_Handler(), limits)
 
     def one(data: bytes) -> None:
         state.feed(data)

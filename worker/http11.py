@@ -25,6 +25,7 @@ import httptools
 
 __all__ = [
     "HTTP11Connection",
+    "Limits",
     "ProtocolError",
     "RequestHandler",
     "ERROR_RESPONSES",
@@ -123,6 +124,30 @@ PARSE_SLICE = 1024
 FREE_CHUNKS = 1024
 
 
+class Limits:
+    """The HTTP/1.1 limits of a worker, built once from its settings and handed to every connection."""
+
+    __slots__ = ("request_line", "request_fields", "header_block", "request_body", "requests_per_connection",
+                 "pipelined_requests", "min_chunk_size")
+
+    def __init__(self, request_line: int = 8190, request_fields: int = 100, header_block: int = 8190,
+                 request_body: int = 0, requests_per_connection: int = 1000, pipelined_requests: int = 16,
+                 min_chunk_size: int = 64) -> None:
+        self.request_line = request_line
+        self.request_fields = request_fields
+        self.header_block = header_block
+        self.request_body = request_body
+        self.requests_per_connection = requests_per_connection
+        self.pipelined_requests = pipelined_requests
+        self.min_chunk_size = min_chunk_size
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        return cls(settings.limit_request_line, settings.limit_request_fields, settings.limit_request_field_size,
+                   settings.limit_request_body, settings.max_requests_per_connection,
+                   settings.max_pipelined_requests, settings.min_chunk_size)
+
+
 class HTTP11Connection:
     """Per-connection request parsing, limits, keep-alive and pipelining; no I/O."""
 
@@ -134,16 +159,17 @@ class HTTP11Connection:
         "backlog", "min_chunk", "chunks", "body_left",
     )
 
-    def __init__(self, handler: RequestHandler, settings: Any) -> None:
+    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
         self.handler = handler
         self.parser = httptools.HttpRequestParser(self)
-        self.limit_line: int = settings.limit_request_line
-        self.limit_fields: int = settings.limit_request_fields
-        self.limit_head: int = settings.limit_request_field_size
-        self.limit_body: int = settings.limit_request_body
-        self.max_requests: int = settings.max_requests_per_connection
-        self.max_pipeline: int = settings.max_pipelined_requests
-        self.min_chunk: int = settings.min_chunk_size
+        # Copied into the connection's slots: the checks run per header field, one attribute hop each.
+        self.limit_line: int = limits.request_line
+        self.limit_fields: int = limits.request_fields
+        self.limit_head: int = limits.header_block
+        self.limit_body: int = limits.request_body
+        self.max_requests: int = limits.requests_per_connection
+        self.max_pipeline: int = limits.pipelined_requests
+        self.min_chunk: int = limits.min_chunk_size
         # What one head may take in all: a bound on bytes buffered by the parser for a head that never
         # completes (a single endless header line never reaches on_header).
         self.head_cap = self.limit_line + self.limit_head + 1024

@@ -90,7 +90,7 @@ class HttpProtocol(asyncio.Protocol):
         server = self.server
         self.transport = transport
         self.flow = FlowControl(transport)  # type: ignore[arg-type]
-        self.state = HTTP11Connection(self, server.settings)
+        self.state = HTTP11Connection(self, server.limits)
         if server.write_limit:
             transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]
         sockname = self.sockname

@@ -44,6 +44,7 @@ from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
 from corral.worker.health import health_protocol
 from corral.worker.metered import metered_protocol
+from corral.worker.http11 import Limits
 from corral.worker.phases import BUSY, FRESH, HEAD, IDLE
 from corral.worker.phases import ResponseState
 from corral.worker.protocol import HttpProtocol
@@ -119,6 +120,7 @@ class WorkerServer(StatelessServer):
         self.root_path: str = settings.root_path
         self.keepalive_enabled = settings.keepalive > 0
         self.reject_when_full = settings.pool_full == "503"
+        self.limits = Limits.from_settings(settings)  # every connection's HTTP/1.1 limits, built once
         # Set on each connection only when it differs from the event loop's default high-water mark.
         self.write_limit: int = settings.write_buffer_limit if settings.write_buffer_limit != 65536 else 0
         self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)

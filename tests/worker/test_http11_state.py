@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral.shared.settings import Settings
+from corral.worker.http11 import Limits
 from corral.worker.http11 import CHUNKED, CLOSE_DELIMITED, NO_BODY, HTTP11Connection, ProtocolError, response_head
 
 
@@ -38,7 +39,7 @@ class Handler:
 
 def connection(**values):
     handler = Handler()
-    return HTTP11Connection(handler, Settings(**values)), handler
+    return HTTP11Connection(handler, Limits.from_settings(Settings(**values))), handler
 
 
 def test_pipelined_requests_queue_behind_the_active_one():
