@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import httptools
 
+from corral.worker.exchange import Exchange
+
 __all__ = [
     "HTTP11Connection",
     "Limits",
@@ -99,10 +101,10 @@ class RequestHandler(Protocol):
     def on_request(
         self, method: bytes, http_version: str, target: bytes, headers: list[tuple[bytes, bytes]],
         keep_alive: bool, expect_continue: bool, has_body: bool,
-    ) -> Any:
+    ) -> Exchange:
         """Make the request object for a complete request head (it gets on_body / on_body_complete)."""
 
-    def start_request(self, request: Any) -> None:
+    def start_request(self, request: Exchange) -> None:
         """Start the application for `request`: it is now the active one."""
 
 
@@ -186,8 +188,8 @@ class HTTP11Connection:
         self.in_head = True  # between requests or inside a head: the header timer's concern
         self.head_bytes = 0
         self.completed = 0  # messages complete
-        self.request: Any = None  # the request whose body is being parsed
-        self.last: Any = None  # the request made last
+        self.request: Exchange | None = None  # the request whose body is being parsed
+        self.last: Exchange | None = None  # the request made last
         self.body_size = 0
         self.requests = 0
         self.must_close = False  # no further request is served on this connection
@@ -195,10 +197,10 @@ class HTTP11Connection:
         # it sends nothing after it.
         self.client_close = False
         self.upgraded = False
-        self.active: Any = None  # the request whose response is in progress
+        self.active: Exchange | None = None  # the request whose response is in progress
         # Requests queued behind the active one: an empty tuple until a client pipelines (a deque costs
         # ~0.7 KiB, and most connections never need one).
-        self.pipeline: deque[Any] | tuple = ()
+        self.pipeline: deque[Exchange] | tuple = ()
         self.error: ProtocolError | None = None
         # Bytes read but not parsed yet: parsing stopped because `max_pipeline` requests wait (see feed).
         self.backlog = b""
@@ -465,7 +467,7 @@ class HTTP11Connection:
 
     # ------------------------------------------------------------------ responses
 
-    def response_done(self) -> Any:
+    def response_done(self) -> Exchange | None:
         """The active response finished: return the next queued request (now active) or None."""
         if self.last is self.active:
             self.last = None  # an idle connection keeps no request (its scope, headers) alive
@@ -486,7 +488,7 @@ class HTTP11Connection:
         self.pipeline = ()
         self.backlog = b""
 
-    def drop(self, request: Any) -> None:
+    def drop(self, request: Exchange) -> None:
         """Forget a queued request that will never run (its body broke the protocol)."""
         try:
             self.pipeline.remove(request)  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ from corral.worker.testing import call_in_loop, run_server
 from corral.worker.websocket import FREE_FRAGMENTS
 from corral.worker.wsprotocol import CONTROL_BURST, WRITE_PAUSE
 from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked
+from worker_http_helpers import wait_until
 
 
 def test_a_close_between_fragments_gets_the_normal_closing_handshake():
@@ -83,11 +84,13 @@ def test_a_peer_that_does_not_read_stops_being_read():
         assert sent < 2000 * len(big)
 
         def socket_state() -> tuple[int, int]:
-            (ws,) = server.websockets.sockets
-            return ws.flow.read_paused, ws.transport.get_write_buffer_size()
+            for ws in server.websockets.sockets:
+                return ws.flow.read_paused, ws.transport.get_write_buffer_size()
+            return 0, 0
 
-        paused, buffered = call_in_loop(server, socket_state)
-        assert paused  # reading stopped (write or queue backpressure), so memory stays bounded
+        # Reading stops (write or queue backpressure), so memory stays bounded.
+        paused, buffered = wait_until(lambda: (state := call_in_loop(server, socket_state))[0] and state,
+                                      what="the server to stop reading")
         assert buffered < 4096 + 2 * len(big)
         client.close()
         assert_still_serving(host, port)

@@ -1,0 +1,31 @@
+"""What every request object of the worker is, whatever made it: an HTTP/1.1 request (`cycle.RequestCycle`),
+a native WSGI request (`wsgi_cycle.WsgiCycle`), a WebSocket before and after its handshake
+(`wsprotocol.WebSocketCycle`), and the HTTP/2 streams to come. The HTTP/1.1 state machine feeds it body bytes
+and the end of the body; the protocol and the server tell it the client is gone, ask whether the
+connection may be kept, and report the end of its application instance; `state` is where its response
+stands (`phases.ResponseState` for HTTP) and `scope` what its application got.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["Exchange"]
+
+
+class Exchange(Protocol):
+    scope: dict
+    state: int
+    keep_alive: bool
+
+    def on_body(self, chunk: bytes) -> None:
+        """Request body bytes (already de-chunked), in order."""
+
+    def on_body_complete(self) -> None:
+        """The request body is complete (trailers, if any, were dropped)."""
+
+    def disconnect(self) -> None:
+        """The client is gone, or the connection is being closed: wake whoever waits for the client."""
+
+    def app_finished(self, task: Any) -> None:
+        """Its application instance ended (the pool's done-callback): answer or close for it if needed."""
