@@ -188,6 +188,12 @@ class HttpProtocol(asyncio.Protocol):
         else:  # absolute-form (RFC 9112 §3.2.2)
             url = httptools.parse_url(target)
             raw_path, query = url.path or b"/", url.query or b""
+            if url.host:
+                # The server MUST ignore the Host field and use the target's authority instead.
+                host = b"[%s]" % url.host if b":" in url.host else url.host  # an IPv6 literal
+                authority = host if url.port is None else b"%s:%d" % (host, url.port)
+                headers = [(name, value) for name, value in headers if name != b"host"]
+                headers.append((b"host", authority))
         scope = {
             "type": "http",
             "asgi": _ASGI,

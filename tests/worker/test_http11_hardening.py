@@ -255,3 +255,11 @@ def test_pipelining_without_reading_holds_a_bounded_number_of_parsed_requests():
             received += chunk
         assert received.count(b"ok:0") == count
         sock.close()
+
+
+def test_an_absolute_form_target_replaces_the_host_field():
+    app = Recorder()
+    with run_server(app, settings()) as (host, port, _), Client(host, port) as client:
+        client.send(b"GET http://example.com:8080/p?q=1 HTTP/1.1\r\nHost: other.example\r\nX-A: 1\r\n\r\n")
+        assert client.response().status == 200
+    assert app.headers == [[(b"x-a", b"1"), (b"host", b"example.com:8080")]]  # RFC 9112 §3.2.2
