@@ -29,7 +29,7 @@ class Job(Protocol):
 
 
 class WorkerThreads:
-    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name")
+    __slots__ = ("size", "jobs", "lock", "idle", "busy", "threads", "closed", "name")
 
     def __init__(self, size: int, name: str = "corral-wsgi") -> None:
         if size < 1:
@@ -39,6 +39,8 @@ class WorkerThreads:
         self.jobs: deque[Job] = deque()
         self.lock = threading.Lock()
         self.idle: list[threading.Lock] = []  # the sleeping threads' wake-up locks (held: asleep)
+        # One entry per thread inside (or about to take) a job: deque append/pop are atomic, no lock needed.
+        self.busy: deque[None] = deque()
         self.threads: list[threading.Thread] = []
         self.closed = False
 
@@ -48,8 +50,10 @@ class WorkerThreads:
             job.cancel()
             return
         self.jobs.append(job)
-        if len(self.idle) == len(self.threads) or not self.threads:
-            self.wake()  # nobody is awake (an awake thread looks at the deque again before it sleeps)
+        if len(self.idle) + len(self.busy) >= len(self.threads):
+            # No thread is awake and free (one that is looks at the deque again before it sleeps; one
+            # running a job may block for long: a slow request must not hold up the next one).
+            self.wake()
 
     def wake(self) -> None:
         with self.lock:
@@ -70,12 +74,15 @@ class WorkerThreads:
 
     def _work(self) -> None:
         jobs = self.jobs
+        busy = self.busy
         wakeup = threading.Lock()
         wakeup.acquire()
         while True:
+            busy.append(None)  # before the look: a job queued after it then wakes another thread
             try:
                 job = jobs.popleft()
             except IndexError:
+                busy.pop()
                 with self.lock:
                     if jobs:
                         continue  # queued after our look: take it
@@ -90,6 +97,7 @@ class WorkerThreads:
                 job.run()
             except BaseException:  # a job reports its own errors; this would be a bug of ours
                 logger.exception("WSGI job failed")
+            busy.pop()
             del job
 
     def close(self) -> None:
