@@ -412,8 +412,10 @@ class WorkerServer(StatelessServer):
             await asyncio.sleep(interval)
             self.tick = tick = self.tick + 1
             self.default_header_bytes = refresh()
-            if self.wsgi is not None and self.wsgi.lazy:
-                self.wsgi.drain_lazy()  # WSGI responses written by their threads on quiet connections
+            if self.wsgi is not None:
+                if self.wsgi.lazy:
+                    self.wsgi.drain_lazy()  # WSGI responses written by their threads on quiet connections
+                self.wsgi.threads.nudge()  # WSGI requests queued behind slow ones
             if deadline is not None:
                 deadline.sweep(self.application_instances)  # WSGI requests past --request-timeout
             for protocol in tuple(self.connections):

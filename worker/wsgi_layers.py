@@ -41,7 +41,7 @@ class Expirable(Protocol):
 class WsgiDeadline:
     """--request-timeout for native WSGI requests (see the module docstring)."""
 
-    __slots__ = ("timeout", "threads", "on_stuck", "stuck", "recycling")
+    __slots__ = ("timeout", "threads", "on_stuck", "stuck", "recycling", "pool")
 
     def __init__(self, timeout: float, threads: int, on_stuck: Callable[[], None]) -> None:
         self.timeout = timeout
@@ -49,6 +49,7 @@ class WsgiDeadline:
         self.on_stuck = on_stuck
         self.stuck = 0
         self.recycling = False
+        self.pool: Any = None  # the worker's WorkerThreads (wsgi_setup): told how many of its threads are stuck
 
     def sweep(self, instances: dict[Any, Any]) -> None:
         """Expire the requests of `instances` (the server's pool: cycle -> ApplicationInstance, whose
@@ -62,6 +63,8 @@ class WsgiDeadline:
 
     def _stuck(self) -> None:
         self.stuck += 1
+        if self.pool is not None:
+            self.pool.stuck = self.stuck  # the next request wakes another thread rather than wait for it
         if self.stuck >= self.threads and not self.recycling:
             self.recycling = True
             logger.warning("%d WSGI thread(s) are stuck past --request-timeout (--threads %d): asking for this "
@@ -74,6 +77,8 @@ class WsgiDeadline:
     def returned(self) -> None:
         """A stuck thread's application returned (on the loop, when its request completes)."""
         self.stuck -= 1
+        if self.pool is not None:
+            self.pool.stuck = self.stuck
 
 
 class WsgiHooks:

@@ -7,6 +7,10 @@ event loop appends requests to a deque and wakes at most one idle thread per bat
 request while more wait wakes one more (so blocking applications still get every thread), and a thread
 only sleeps when the deque is empty. Under load a thread runs many requests per wake-up.
 
+A thread that runs a slow request counts as awake meanwhile, so a request queued behind it waits for it:
+`nudge()` (the server's tick, at most a second apart) wakes a sleeping thread for requests still queued,
+and threads stuck past --request-timeout (`stuck`, kept by corral.worker.wsgi_layers) count as asleep.
+
 Threads start on first use (after fork) and are daemons; `close()` stops them once their work is done.
 """
 
@@ -29,7 +33,7 @@ class Job(Protocol):
 
 
 class WorkerThreads:
-    __slots__ = ("size", "jobs", "lock", "idle", "busy", "threads", "closed", "name")
+    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck")
 
     def __init__(self, size: int, name: str = "corral-wsgi") -> None:
         if size < 1:
@@ -39,10 +43,9 @@ class WorkerThreads:
         self.jobs: deque[Job] = deque()
         self.lock = threading.Lock()
         self.idle: list[threading.Lock] = []  # the sleeping threads' wake-up locks (held: asleep)
-        # One entry per thread inside (or about to take) a job: deque append/pop are atomic, no lock needed.
-        self.busy: deque[None] = deque()
         self.threads: list[threading.Thread] = []
         self.closed = False
+        self.stuck = 0  # threads running a request past --request-timeout: never free again (before it returns)
 
     def submit(self, job: Job) -> None:
         """Queue `job` (event-loop side); wakes a thread only if none is awake to take it."""
@@ -50,9 +53,12 @@ class WorkerThreads:
             job.cancel()
             return
         self.jobs.append(job)
-        if len(self.idle) + len(self.busy) >= len(self.threads):
-            # No thread is awake and free (one that is looks at the deque again before it sleeps; one
-            # running a job may block for long: a slow request must not hold up the next one).
+        if len(self.idle) + self.stuck >= len(self.threads):
+            self.wake()  # nobody is awake (an awake thread looks at the deque again before it sleeps)
+
+    def nudge(self) -> None:
+        """Requests still queued (their threads are all in slow requests): wake a sleeping thread for them."""
+        if self.jobs and (self.idle or len(self.threads) < self.size):
             self.wake()
 
     def wake(self) -> None:
@@ -74,15 +80,12 @@ class WorkerThreads:
 
     def _work(self) -> None:
         jobs = self.jobs
-        busy = self.busy
         wakeup = threading.Lock()
         wakeup.acquire()
         while True:
-            busy.append(None)  # before the look: a job queued after it then wakes another thread
             try:
                 job = jobs.popleft()
             except IndexError:
-                busy.pop()
                 with self.lock:
                     if jobs:
                         continue  # queued after our look: take it
@@ -97,7 +100,6 @@ class WorkerThreads:
                 job.run()
             except BaseException:  # a job reports its own errors; this would be a bug of ours
                 logger.exception("WSGI job failed")
-            busy.pop()
             del job
 
     def close(self) -> None:

@@ -106,6 +106,7 @@ def wsgi_setup(server: Any, app: Any, settings: Any, layers: WsgiLayers | None =
     if layers is not None:
         if layers.deadline is not None:
             wsgi.deadline = layers.deadline
+            layers.deadline.pool = wsgi.threads
             wsgi.body_input = ExpiringInput  # a pre-read body's reads raise once the request expires
         if layers.hooks is not None:
             wsgi.hooks = layers.hooks
