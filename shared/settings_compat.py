@@ -52,8 +52,10 @@ _HOOK_HELP = {
                  "fails to boot (exit 3) and the master's boot retries and backoff apply.",
     "post_worker_init": "Called in the worker once the app is loaded and lifespan startup is done, before it "
                         "accepts connections.",
-    "pre_request": "Called in the worker, on its event loop, before each HTTP request reaches the app.",
-    "post_request": "Called in the worker, on its event loop, after each HTTP response is complete.",
+    "pre_request": "Called in the worker before each HTTP request reaches the app (WSGI: on the request's "
+                   "thread; ASGI: on the event loop).",
+    "post_request": "Called in the worker after each HTTP response (WSGI: on the request's thread, with the "
+                    "app's environ; ASGI: on the event loop).",
     "worker_int": "Called in the worker when it gets SIGINT or SIGQUIT (quick stop).",
     "worker_abort": "Called in the worker when the master's --timeout watchdog aborts it (it is killed right "
                     "after: keep it short).",

@@ -27,6 +27,7 @@ from corral.worker.proxy import make_proxy_headers
 from corral.worker.sessionlog import make_request_log
 from corral.worker.server import WorkerServer
 from corral.worker.stateless import new_event_loop
+from corral.worker.wsgi_layers import wsgi_layers
 
 __all__ = ["load_application", "run_worker", "serve_application"]
 
@@ -51,12 +52,11 @@ async def serve_application(
     """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code.
 
     A WSGI application is served natively (`corral.worker.wsgi_cycle`), not through the ASGI adapter; it
-    has no lifespan protocol. The pre_request/post_request hooks and --request-timeout are layers of the
-    ASGI path: a WSGI application that sets them is served through the adapter (WsgiToAsgi) instead."""
+    has no lifespan protocol. The pre_request/post_request hooks and --request-timeout are middleware on
+    the ASGI path and `corral.worker.wsgi_layers` on the native WSGI path; each is installed only when set."""
     interface = detect_interface(app) if settings.interface == "auto" else settings.interface
-    layered = bool(settings.pre_request or settings.post_request or settings.request_timeout)
     # (BENCH_WSGI_DISPATCH=adapter: the ASGI adapter instead, for bench/wsgi_dispatch.py's comparison.)
-    wsgi = interface == "wsgi" and not layered and os.environ.get("BENCH_WSGI_DISPATCH") != "adapter"
+    wsgi = interface == "wsgi" and os.environ.get("BENCH_WSGI_DISPATCH") != "adapter"
     if wsgi and settings.lifespan == "on":
         logger.error("Worker failed to boot: --lifespan on, but a WSGI application has no lifespan protocol")
         return WORKER_BOOT_ERROR
@@ -64,9 +64,19 @@ async def serve_application(
     # --request-timeout and the pre_request/post_request hooks: each a layer only when set.
     worker = worker if worker is not None else WorkerView(0, settings)
     servers: list[WorkerServer] = []
-    if not wsgi:
-        asgi_app = wrap_deadline(asgi_app, app, settings.request_timeout, settings.threads,
-                                 lambda: worker.recycle() if worker.recycle else servers[0].request_stop(True))
+
+    def on_stuck() -> None:  # stuck WSGI threads fill --threads: a graceful replacement (new worker first)
+        if worker.recycle is not None:
+            worker.recycle()
+        else:
+            servers[0].request_stop(True)
+
+    layers = None
+    if wsgi:
+        layers = wsgi_layers(worker, settings.pre_request, settings.post_request, settings.request_timeout,
+                             settings.threads, on_stuck)
+    else:
+        asgi_app = wrap_deadline(asgi_app, app, settings.request_timeout, settings.threads, on_stuck)
         asgi_app = wrap_request_hooks(asgi_app, worker, settings.pre_request, settings.post_request)
     lifespan = Lifespan(asgi_app, "off" if wsgi else settings.lifespan)
     try:
@@ -84,6 +94,7 @@ async def serve_application(
         notify=notify,
         ssl_context=ssl_context,
         wsgi=wsgi,
+        wsgi_layers=layers,
     )
     servers.append(server)
     if collecting(settings):

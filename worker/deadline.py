@@ -14,7 +14,9 @@ killed with its stack dumped), gunicorn's `timeout` for the event loop. gunicorn
 have only that one timeout, which kills the whole worker and every request in it; this one answers the one
 late request and keeps the others.
 
-Only installed when the setting is on: no per-request work otherwise.
+Only installed when the setting is on: no per-request work otherwise. This middleware serves ASGI apps (and
+WSGI apps through the adapter, BENCH_WSGI_DISPATCH=adapter); WSGI apps served natively get the same
+semantics from `corral.worker.wsgi_layers.WsgiDeadline`, swept by the server's tick.
 """
 
 from __future__ import annotations

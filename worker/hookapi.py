@@ -10,12 +10,13 @@ gunicorn hooks are written against gunicorn's objects; these give them the attri
   `scheme`, `headers` (gunicorn's form: a list of (NAME, value) str pairs, names upper-case),
   `remote_addr`, and `scope` (the ASGI scope). Not there: `body` (the app reads the body).
 - `HookResponse` (`resp` of post_request): `status` ("200 OK"-style str), `status_code`, `headers` (list of
-  (name, value) str pairs), `sent` (body bytes sent). `environ` (third argument) is a CGI-style dict built
-  from the scope (REQUEST_METHOD, PATH_INFO, QUERY_STRING, SERVER_PROTOCOL, REMOTE_ADDR, HTTP_*) on first
-  use, for ASGI and WSGI apps alike: not the dict a WSGI app itself got.
+  (name, value) str pairs), `sent` (body bytes sent). `environ` (third argument): for a WSGI app (served
+  natively) the very environ the app got; for an ASGI app a CGI-style dict built from the scope
+  (REQUEST_METHOD, PATH_INFO, QUERY_STRING, SERVER_PROTOCOL, REMOTE_ADDR, HTTP_*) on first use.
 
-The hooks run on the worker's event loop (gunicorn runs them in the worker's thread): they must not block.
-`RequestHooks` wraps the app only when one of the two is set, so an unset hook costs nothing per request.
+For ASGI apps the hooks run on the worker's event loop (they must not block): `RequestHooks` wraps the app
+only when one of the two is set, so an unset hook costs nothing per request. For WSGI apps they run on the
+request's thread around the app call, as in gunicorn (`corral.worker.wsgi_layers.HookedWsgiCycle`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import time
 from http import HTTPStatus
 from typing import Any, Callable
 
-__all__ = ["WorkerView", "HookRequest", "HookResponse", "RequestHooks", "wrap_request_hooks"]
+__all__ = ["WorkerView", "HookRequest", "HookResponse", "RequestHooks", "wrap_request_hooks", "call_pre_request",
+           "call_post_request", "hook_arity"]
 
 logger = logging.getLogger("corral.error")
 
@@ -206,10 +208,7 @@ class RequestHooks:
             return
         request = HookRequest(scope)
         if self.pre is not None:
-            try:
-                self.pre(self.worker, request)
-            except Exception:
-                logger.exception("pre_request hook raised (the request goes on)")
+            call_pre_request(self.pre, self.worker, request)
         if self.post is None:
             await self.app(scope, receive, send)
             return
@@ -217,19 +216,33 @@ class RequestHooks:
         try:
             await self.app(scope, receive, response.send)
         finally:
-            try:
-                arity = self.post_arity
-                if arity >= 4:
-                    self.post(self.worker, request, LazyEnviron(scope), response)
-                elif arity == 3:
-                    self.post(self.worker, request, LazyEnviron(scope))
-                else:
-                    self.post(self.worker, request)
-            except Exception:
-                logger.exception("post_request hook raised")
+            call_post_request(self.post, self.post_arity, self.worker, request, LazyEnviron(scope), response)
 
 
-def _arity(func: Callable) -> int:
+def call_pre_request(pre: Callable, worker: WorkerView, request: HookRequest) -> None:
+    """Run pre_request; one that raises is logged with its traceback and the request goes on."""
+    try:
+        pre(worker, request)
+    except Exception:
+        logger.exception("pre_request hook raised (the request goes on)")
+
+
+def call_post_request(post: Callable, arity: int, worker: WorkerView, request: HookRequest, environ: dict,
+                      response: HookResponse) -> None:
+    """Run post_request with as many arguments as it takes (gunicorn accepts 2, 3 or 4); logged if it raises."""
+    try:
+        if arity >= 4:
+            post(worker, request, environ, response)
+        elif arity == 3:
+            post(worker, request, environ)
+        else:
+            post(worker, request)
+    except Exception:
+        logger.exception("post_request hook raised")
+
+
+def hook_arity(func: Callable) -> int:
+    """How many positional arguments `func` takes (4 when it takes *args or cannot be inspected)."""
     import inspect
 
     try:
@@ -245,4 +258,4 @@ def wrap_request_hooks(app: Callable, worker: WorkerView, pre: Callable | None, 
     """`app` itself when neither hook is set (no per-request work at all), else the middleware."""
     if pre is None and post is None:
         return app
-    return RequestHooks(app, worker, pre, post, _arity(post) if post is not None else 4)
+    return RequestHooks(app, worker, pre, post, hook_arity(post) if post is not None else 4)

@@ -96,17 +96,19 @@ class WorkerServer(StatelessServer):
         notify: Callable[[], None] | None = None,
         ssl_context: Any = None,
         wsgi: bool = False,
+        wsgi_layers: Any = None,
     ) -> None:
         settings = settings if settings is not None else Settings()
         super().__init__(app, max_applications=settings.max_applications)
         # WSGI hook (corral.worker.wsgi_cycle): `wsgi=True` serves `app` as a WSGI application natively, on
-        # `settings.threads` threads, without the ASGI adapter.
+        # `settings.threads` threads, without the ASGI adapter; `wsgi_layers` (corral.worker.wsgi_layers): its
+        # --request-timeout and request hooks, None when neither is set.
         self.wsgi: Any = None
         self.wsgi_extra: dict | None = None
         if wsgi:
             from corral.worker.wsgi_protocol import wsgi_setup
 
-            wsgi_setup(self, app, settings)
+            wsgi_setup(self, app, settings, wsgi_layers)
         self.settings = settings
         self.access_log = access_log
         self.proxy = proxy
@@ -148,6 +150,9 @@ class WorkerServer(StatelessServer):
         timeouts = [settings.header_timeout, settings.body_timeout] + (
             [settings.keepalive] if settings.keepalive > 0 else []
         )
+        deadline = self.wsgi.deadline if self.wsgi is not None else None  # swept by the tick too
+        if deadline is not None:
+            timeouts.append(deadline.timeout)
         self.tick_interval = min(1.0, *(t / 4 for t in timeouts))
         self.tick = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -407,12 +412,17 @@ class WorkerServer(StatelessServer):
         idle_ticks = math.ceil(settings.keepalive / interval) + 1
         body_ticks = math.ceil(settings.body_timeout / interval) + 1
         refresh = self.default_headers.refresh
+        deadline = self.wsgi.deadline if self.wsgi is not None else None
         while True:
             await asyncio.sleep(interval)
             self.tick = tick = self.tick + 1
             self.default_header_bytes = refresh()
-            if self.wsgi is not None and self.wsgi.lazy:
-                self.wsgi.drain_lazy()  # WSGI responses written by their threads on quiet connections
+            if self.wsgi is not None:
+                if self.wsgi.lazy:
+                    self.wsgi.drain_lazy()  # WSGI responses written by their threads on quiet connections
+                self.wsgi.threads.nudge()  # WSGI requests queued behind slow ones
+            if deadline is not None:
+                deadline.sweep(self.application_instances)  # WSGI requests past --request-timeout
             for protocol in tuple(self.connections):
                 phase = protocol.phase
                 if phase == HEAD or phase == FRESH:

@@ -182,6 +182,11 @@ class WsgiCall:
             self.keep_alive = False
             self._post(DONE)
             return
+        self._respond(environ)
+
+    def _respond(self, environ: dict) -> None:
+        """Call the application, frame its response and post it (the hooks' seam:
+        `corral.worker.wsgi_layers.HookedWsgiCycle` runs pre_request/post_request around it)."""
         result = None
         outcome = DONE
         try:
@@ -396,6 +401,10 @@ class WsgiCall:
         # Marked as begun first: an error the loop finds meanwhile in a pipelined request then waits for
         # this response instead of being written in the middle of it (HttpProtocol.protocol_error).
         self.state = 2
+        if self.aborted:
+            # Read again after the mark: a --request-timeout that fired meanwhile set `aborted` before it
+            # looked at `state` (WsgiCycle.expire), so it has answered 504 and this must not write.
+            return False
         try:
             sent = os.write(fd, data)
         except OSError:  # full (EAGAIN) or broken: the loop's transport deals with it

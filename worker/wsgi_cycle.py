@@ -23,14 +23,16 @@ import asyncio
 import io
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
 from typing import Any
 
 from corral.worker.cycle import cork
+from corral.worker.deadline import TIMEOUT_BODY
+from corral.worker.http11 import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.phases import BODY, CLOSED
-from corral.worker.http11 import CONTINUE_RESPONSE, ERROR_RESPONSES
 from corral.worker.stateless import ApplicationInstance
 from corral.worker.wsgi_call import FAILED, RUNNING, SENDFILE, WsgiCall
 from corral.worker.wsgi_input import StreamInput
@@ -42,8 +44,9 @@ error_logger = logging.getLogger("corral.error")
 
 _CLOSED = CLOSED
 
-# Loop-side phases.
-_WAITING, _QUEUED, _DONE = 0, 1, 2
+# Loop-side phases. _EXPIRED: past --request-timeout, answered (or cut) while the thread still runs.
+_WAITING, _QUEUED, _DONE, _EXPIRED = 0, 1, 2, 3
+_TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
 _SENDFILE_STEP = 1 << 20
 # The alternatives bench/wsgi_dispatch.py measures against the pool (not a setting: see the README's
 # "WSGI" section for the figures): "inline" runs the application on the event loop, "connection" gives
@@ -58,7 +61,8 @@ class WsgiDispatcher:
     only when the batch was empty), then `drain()` writes every posted request's output.
     """
 
-    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection", "lazy")
+    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection", "lazy",
+                 "body_input", "deadline", "hooks")
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
         self.app = app
@@ -70,6 +74,10 @@ class WsgiDispatcher:
         self.body_buffer = body_buffer
         self.per_connection: Any = None
         self.lazy: list[WsgiCycle] = []  # responses written by their thread, to complete on the loop
+        # --request-timeout and the pre_request/post_request hooks (corral.worker.wsgi_layers): None when off.
+        self.deadline: Any = None
+        self.hooks: Any = None
+        self.body_input: Any = io.BytesIO  # wsgi.input of a pre-read body (one that can expire under a deadline)
 
     def submit(self, cycle: WsgiCycle) -> None:
         if _DISPATCH != "pool":
@@ -151,6 +159,8 @@ class WsgiCycle(WsgiCall):
         # the response, written by the thread (see WsgiCall)
         "app", "outbox", "head_sent", "mode", "remaining", "chunks", "pending", "outcome", "aborted",
         "posted", "cond", "sendfile", "result", "instance_future", "instance", "__weakref__",
+        # set only by `expire` (unset otherwise: no cost per request): True once answered 504, False if cut
+        "timed_out",
     )  # fmt: skip
 
     def __init__(
@@ -242,7 +252,7 @@ class WsgiCycle(WsgiCall):
                     pass
         if self.input is None:
             body = self.body
-            self.input = io.BytesIO(body[0] if body is not None and len(body) == 1 else b"".join(body or ()))
+            self.input = self.outbox.body_input(body[0] if body is not None and len(body) == 1 else b"".join(body or ()))
             self.body = None
         self.outbox.submit(self)
 
@@ -377,6 +387,8 @@ class WsgiCycle(WsgiCall):
 
     def _complete(self) -> None:
         """End without (more) output: the client is gone or the response failed."""
+        if self.phase == _EXPIRED:
+            self.outbox.deadline.returned()  # its thread is back (it ran past --request-timeout)
         self.state = 3
         self.phase = _DONE
         if not self.disconnected:
@@ -388,7 +400,8 @@ class WsgiCycle(WsgiCall):
         if self.phase == _DONE:
             return
         if self.disconnected:
-            self.protocol.server.requests_served += 1  # it was served; the client left afterwards
+            if self.phase != _EXPIRED:
+                self.protocol.server.requests_served += 1  # it was served; the client left afterwards
             self._complete()
         else:
             self._respond_done()
@@ -398,13 +411,16 @@ class WsgiCycle(WsgiCall):
         protocol.out_busy = False
         if protocol.phase == _CLOSED:
             protocol.close_out_fd()
+        self._release_slot()
+        self.input = None
+
+    def _release_slot(self) -> None:
         future = self.instance_future
         if future is not None and self.instance is not None:
             if not future.done():
                 future.set_result(None)
-            protocol.server._instance_done(self.instance, future)
+            self.protocol.server._instance_done(self.instance, future)
             self.instance = None
-        self.input = None
 
     def abandon(self) -> None:
         """A bug of ours while writing: close the connection, free the slot."""
@@ -419,6 +435,62 @@ class WsgiCycle(WsgiCall):
                 result.close()
             except Exception:
                 error_logger.exception("Exception in close() of a WSGI response")
+
+    # ------------------------------------------------------------------ --request-timeout
+
+    def expire(self, timeout: float) -> bool:
+        """Past the deadline (called by `wsgi_layers.WsgiDeadline`'s tick sweep): the client gets a 504 at
+        once, or its connection is closed if the response has begun, and the pool slot is freed. The thread
+        cannot be stopped: its next write/yield/wsgi.input read raises (ClientDisconnected), whatever it
+        still produces is dropped, and it ends in `_complete` (phase _EXPIRED). Returns True when a thread
+        is left running (a stuck thread), False when the application never got one."""
+        with self.outbox.lock:
+            if self.outcome != RUNNING or self.phase == _DONE:
+                return False  # finished as the deadline passed: its response goes out as usual
+            # Set before `state` is read below: WsgiCall._write_direct marks `state` before it reads
+            # `aborted`, so either it sees this and writes nothing, or this sees its response as begun.
+            self.aborted = True
+            if self.cond is not None:
+                self.cond.notify_all()
+        stream = self.input
+        if stream is not None:
+            stream.expire()  # (StreamInput, or the dispatcher's body_input under a deadline)
+        running = self.phase == _QUEUED
+        protocol = self.protocol
+        scope = self.scope
+        answered = self.timed_out = not self.disconnected and self.state == 0
+        error_logger.warning("Request %s %s timed out after %gs (--request-timeout)%s", scope["method"],
+                             scope["path"], timeout, ": answered 504" if answered else "")
+        if answered:
+            server = protocol.server
+            head, _, _ = response_head(504, _TIMEOUT_HEADERS, server.default_header_bytes, False, self.http11,
+                                       self.is_head, len(TIMEOUT_BODY))
+            protocol.transport.write(head if self.is_head else head + TIMEOUT_BODY)
+            server.requests_served += 1
+            if self.t0 is not None and server.access_log is not None:
+                try:
+                    server.access_log(scope, 504, len(TIMEOUT_BODY), time.perf_counter() - self.t0, ())
+                except Exception:
+                    error_logger.exception("Access log failed")
+            # The thread will not write to the connection's dup any more (it reads `aborted` after marking
+            # `state`, and `state` was still 0): closed now, else the dup keeps the connection open.
+            protocol.close_out_fd()
+        elif not self.disconnected:
+            # The response has begun: cut the connection, under the thread too (it may be writing through
+            # the dup; shut down, its fd stays valid until the thread is done).
+            sock = protocol.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    # (uvloop's transport sockets refuse shutdown(): through a socket object of our own)
+                    with socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno())) as own:
+                        own.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if running:
+            self.phase = _EXPIRED
+            self._release_slot()  # the slot, not the connection's socket: the thread may still hold it
+        protocol.close()  # disconnects the request: _complete at once if the app never ran, else when it returns
+        return running
 
     # ------------------------------------------------------------------ sendfile (wsgi.file_wrapper)
 

@@ -12,12 +12,13 @@ that refuses a large upload without reading it never makes the client send it.
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from corral.shared.bodystream import BlockingReader, ClientDisconnected
 
-__all__ = ["StreamInput", "ClientDisconnected"]
+__all__ = ["StreamInput", "ExpiringInput", "ClientDisconnected"]
 
 
 class StreamInput(BlockingReader):
@@ -63,6 +64,14 @@ class StreamInput(BlockingReader):
                 self._disconnected = True
                 self._cond.notify_all()
 
+    def expire(self) -> None:
+        """The request is past --request-timeout: every later read raises, even with bytes left."""
+        with self._cond:
+            self._buf.clear()
+            self._eof = False
+            self._disconnected = True
+            self._cond.notify_all()
+
     # -- the application's thread (with the lock held) -------------------------------------------------------
     def _take(self, n: int) -> bytes:
         buf = self._buf
@@ -91,3 +100,45 @@ class StreamInput(BlockingReader):
         if self._disconnected:
             raise ClientDisconnected("the client disconnected before the request body was complete")
         self._cond.wait()
+
+
+class ExpiringInput(io.BytesIO):
+    """`wsgi.input` of a pre-read body under --request-timeout: once `expire()`d, reads raise
+    ClientDisconnected, as StreamInput's do (plain `io.BytesIO` when the deadline is off)."""
+
+    __slots__ = ("expired",)
+
+    def __init__(self, data: bytes = b"") -> None:
+        super().__init__(data)
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+
+    def _check(self) -> None:
+        if self.expired:
+            raise ClientDisconnected("the request is past its deadline (--request-timeout)")
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().read(size)
+
+    def read1(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().read1(size)
+
+    def readinto(self, buffer: Any) -> int:
+        self._check()
+        return super().readinto(buffer)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().readline(size)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        self._check()
+        return super().readlines(hint)
+
+    def __next__(self) -> bytes:
+        self._check()
+        return super().__next__()

@@ -7,6 +7,11 @@ event loop appends requests to a deque and wakes at most one idle thread per bat
 request while more wait wakes one more (so blocking applications still get every thread), and a thread
 only sleeps when the deque is empty. Under load a thread runs many requests per wake-up.
 
+A thread that runs a slow request counts as awake meanwhile, so a request queued behind it waits for it:
+`nudge()` (the server's tick, at most a second apart) wakes a sleeping thread for a request still queued
+a tick later,
+and threads stuck past --request-timeout (`stuck`, kept by corral.worker.wsgi_layers) count as asleep.
+
 Threads start on first use (after fork) and are daemons; `close()` stops them once their work is done.
 """
 
@@ -29,7 +34,7 @@ class Job(Protocol):
 
 
 class WorkerThreads:
-    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name")
+    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck", "waiting")
 
     def __init__(self, size: int, name: str = "corral-wsgi") -> None:
         if size < 1:
@@ -41,6 +46,8 @@ class WorkerThreads:
         self.idle: list[threading.Lock] = []  # the sleeping threads' wake-up locks (held: asleep)
         self.threads: list[threading.Thread] = []
         self.closed = False
+        self.stuck = 0  # threads running a request past --request-timeout: never free again (before it returns)
+        self.waiting: Job | None = None  # the queue's first job at the last nudge()
 
     def submit(self, job: Job) -> None:
         """Queue `job` (event-loop side); wakes a thread only if none is awake to take it."""
@@ -48,8 +55,20 @@ class WorkerThreads:
             job.cancel()
             return
         self.jobs.append(job)
-        if len(self.idle) == len(self.threads) or not self.threads:
+        if len(self.idle) + self.stuck >= len(self.threads):
             self.wake()  # nobody is awake (an awake thread looks at the deque again before it sleeps)
+
+    def nudge(self) -> None:
+        """Called every tick: when the request first in the queue was already first at the last tick (the
+        awake threads are all in slow requests), wake a sleeping thread for it. Only then: under load the
+        queue moves, and waking threads that it does not need costs context switches on every request."""
+        try:
+            head = self.jobs[0]
+        except IndexError:
+            head = None
+        if head is not None and head is self.waiting and (self.idle or len(self.threads) < self.size):
+            self.wake()
+        self.waiting = head
 
     def wake(self) -> None:
         with self.lock:

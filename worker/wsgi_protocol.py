@@ -14,9 +14,11 @@ from corral.worker.protocol import HttpProtocol
 from corral.worker.stateless import PoolFull
 from corral.worker.wsgi_call import FileWrapper
 from corral.worker.wsgi_cycle import WsgiCycle, WsgiDispatcher
+from corral.worker.wsgi_input import ExpiringInput
+from corral.worker.wsgi_layers import HookedWsgiCycle, WsgiLayers
 from corral.worker.wsgi_pool import WorkerThreads
 
-__all__ = ["WsgiHttpProtocol", "wsgi_setup"]
+__all__ = ["WsgiHttpProtocol", "HookedWsgiHttpProtocol", "wsgi_setup"]
 
 _BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n"
@@ -87,9 +89,25 @@ class WsgiHttpProtocol(HttpProtocol):
             self.park(cycle)  # type: ignore[arg-type]
 
 
-def wsgi_setup(server: Any, app: Any, settings: Any) -> None:
+class HookedWsgiHttpProtocol(WsgiHttpProtocol):
+    """With pre_request/post_request set: requests run the hooks on their thread (wsgi_layers)."""
+
+    __slots__ = ()
+
+    cycle_class = HookedWsgiCycle
+
+
+def wsgi_setup(server: Any, app: Any, settings: Any, layers: WsgiLayers | None = None) -> None:
     """Make `server` (a WorkerServer) serve `app` as a native WSGI application on `settings.threads`
-    threads of its own."""
-    server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
+    threads of its own; `layers`: --request-timeout and the request hooks, when set."""
+    wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
     server.wsgi_extra = {"wsgi.file_wrapper": FileWrapper}
     server.protocol_class = WsgiHttpProtocol
+    if layers is not None:
+        if layers.deadline is not None:
+            wsgi.deadline = layers.deadline
+            layers.deadline.pool = wsgi.threads
+            wsgi.body_input = ExpiringInput  # a pre-read body's reads raise once the request expires
+        if layers.hooks is not None:
+            wsgi.hooks = layers.hooks
+            server.protocol_class = HookedWsgiHttpProtocol

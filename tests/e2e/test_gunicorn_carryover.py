@@ -65,7 +65,7 @@ def pre_request(worker, req):
 
 
 def post_request(worker, req, environ, resp):
-    mark("post_request", f"{{req.path}} {{resp.status}} {{environ['REQUEST_METHOD']}}")
+    mark("post_request", f"{{req.path}} {{resp.status}} {{environ['REQUEST_METHOD']}} {{environ.get('app.mark')}}")
 
 
 def worker_int(worker):
@@ -96,6 +96,7 @@ WSGI_APP = '''
 import os
 
 def application(environ, start_response):
+    environ["app.mark"] = "native"  # post_request gets this very environ (the native WSGI path)
     start_response("200 OK", [("content-type", "text/plain")])
     return [f"{os.environ.get('GREETING')}|{environ['wsgi.multithread']}".encode()]
 '''
@@ -143,7 +144,7 @@ def test_gunicorn_conf_in_the_working_folder_runs_every_hook(tmp_path):
         wait_until(lambda: marks(tmp_path, "post_request"), "post_request")
         (served_by, pre), = marks(tmp_path, "pre_request").items()
         assert served_by in first and pre == ["GET /a b /a%20b?x=1 yes"]
-        assert marks(tmp_path, "post_request") == {served_by: ["/a b 200 OK GET"]}
+        assert marks(tmp_path, "post_request") == {served_by: ["/a b 200 OK GET native"]}
 
         master.signal(signal.SIGTTIN)
         master.wait_workers(3)

@@ -38,6 +38,9 @@ RELEASE = threading.Event()
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/stuck":
         RELEASE.wait(120)  # a thread nothing can interrupt (until the worker process ends)
+    if environ["PATH_INFO"] == "/thread":
+        start_response("200 OK", [])
+        return [threading.current_thread().name.encode()]
     start_response("200 OK", [("content-type", "text/plain")])
     return [str(os.getpid()).encode()]
 '''
@@ -78,6 +81,7 @@ def test_stuck_wsgi_threads_recycle_the_worker_gracefully(tmp_path):
                      "stuckapp"], tmp_path, port, pidfile)
     try:
         (first,) = {w["pid"] for w in master.wait_workers(1)}
+        assert fetch(port, "/thread")[1].startswith("corral-wsgi")  # served natively, deadline and all
         answers: list[int] = []
         clients = [threading.Thread(target=lambda: answers.append(fetch(port, "/stuck")[0])) for _ in range(2)]
         for client in clients:

@@ -572,3 +572,29 @@ def test_lifespan_on_refused_for_a_wsgi_app(caplog):
         code = asyncio.run(serve_application(hello, settings(lifespan="on"), []))
     assert code == WORKER_BOOT_ERROR
     assert "WSGI application has no lifespan" in caplog.text
+
+
+def test_a_request_queued_behind_a_slow_one_gets_a_thread_of_its_own():
+    """A thread in a slow request counts as awake, so the next request is queued for it; the server's tick
+    (`WorkerThreads.nudge`) wakes another thread for it instead of leaving it behind the slow one."""
+    release = threading.Event()
+    entered = threading.Event()
+    done = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            entered.set()
+            release.wait(WAIT)
+            done.set()
+        return hello(environ, start_response)
+
+    try:
+        with serve(app, threads=4) as (host, port, server), Client(host, port) as slow, Client(host, port) as fast:
+            slow.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert entered.wait(WAIT)
+            assert fast.get("/fast").body == b"hello"  # while /slow still holds its thread
+            assert not done.is_set()  # served beside it, not after it
+            release.set()
+            assert slow.response().body == b"hello"
+    finally:
+        release.set()
