@@ -1,0 +1,106 @@
+"""Which HTTP version a connection speaks (`--http`): the HTTP/1.1 protocol, with HTTP/2 recognised first.
+
+HTTP/2 is chosen once per connection, before any HTTP/1.1 parsing: by ALPN on TLS (`h2`; RFC 9113 §3.2),
+or on cleartext by the client preface `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n` (h2c with prior knowledge,
+§3.3) - the HTTP/1.1 parser would answer it 505. The connection then hands its transport to an
+`H2Protocol` (`transport.set_protocol`, as WebSocket does), which is imported only then: a worker that
+never sees an HTTP/2 client never imports `h2`.
+
+A subclass in the server's protocol-class chain (chosen once per server, like worker/health.py's): under
+the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. Its cost for
+HTTP/1.1 is one attribute test per read.
+
+Not served: HTTP/1.1's `Upgrade: h2c` (RFC 7540 §3.2, removed by RFC 9113): such requests are answered
+over HTTP/1.1 as if the header were absent; clients that want h2c use prior knowledge.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from corral.worker.http11 import ERROR_RESPONSES
+from corral.worker.protocol import CLOSED, HttpProtocol
+
+__all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
+
+logger = logging.getLogger("corral.error")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def alpn_protocols(http: str) -> list[str]:
+    """The ALPN protocols a TLS listener offers for `--http`."""
+    return {"1": ["http/1.1"], "2": ["h2"]}.get(http, ["h2", "http/1.1"])
+
+
+def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
+    """`base` that turns into HTTP/2 when the client speaks it (`settings.http` 'auto' or '2')."""
+    only = settings.http == "2"
+    made: list[Any] = []  # (H2Protocol, H2Limits): imported and built at the first HTTP/2 connection
+
+    def switch(http1: Any, data: bytes) -> None:
+        if not made:
+            from corral.worker.h2conn import H2Limits, H2Protocol, limit_continuations
+
+            limit_continuations(settings.http2_max_continuation_frames)
+            made[:] = (H2Protocol, H2Limits.from_settings(settings))
+        protocol_class, limits = made
+        transport = http1.transport
+        server = http1.server
+        h2 = protocol_class(http1, limits)
+        # The HTTP/1.1 protocol is done: it leaves the server's connections, its parser is released.
+        http1.phase = CLOSED
+        server.connections.discard(http1)
+        if http1.state is not None:
+            http1.state.release()
+        transport.set_protocol(h2)
+        server.connections.add(h2)
+        h2.connection_made(transport)
+        if data:
+            h2.data_received(data)
+
+    class H2Detect(base):  # type: ignore[valid-type, misc]
+        __slots__ = ("preface",)
+
+        def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+            super().__init__(server, sockname)
+            self.preface: bytes | None = b""  # bytes that may begin the preface; None once decided
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if self.server.ssl_context is None or self.phase == CLOSED:
+                return
+            # TLS: ALPN decides (prior knowledge is for cleartext only, RFC 9113 §3.3).
+            self.preface = None
+            ssl_object = transport.get_extra_info("ssl_object")
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if alpn == "h2":
+                switch(self, b"")
+            elif only:
+                self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
+
+        def data_received(self, data: bytes) -> None:
+            preface = self.preface
+            if preface is None:
+                super().data_received(data)
+                return
+            if self.phase == CLOSED:
+                return
+            if preface:
+                data = preface + data
+            if data.startswith(PREFACE):
+                self.preface = None
+                switch(self, data)
+            elif PREFACE.startswith(data):
+                self.preface = data  # a piece of the preface (or of "POST"...): wait for more
+            else:
+                self.preface = None
+                if only:
+                    self.transport.write(ERROR_RESPONSES[505])
+                    self.close()
+                    return
+                super().data_received(data)
+
+    H2Detect.__name__ = H2Detect.__qualname__ = "H2" + base.__name__
+    return H2Detect
