@@ -1,0 +1,238 @@
+"""HTTP/2 on an in-process worker (h2c prior knowledge, a raw `h2` client on a real socket): requests and
+scope, pool parking, flow control both ways, trailers, graceful GOAWAY, and one test per defence - each flood
+ends its connection with GOAWAY while another connection is still served and memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import h2.errors
+import psutil
+from hyperframe.frame import ContinuationFrame, HeadersFrame
+from h2_helpers import WAIT, H2Client, poll
+
+from corral.shared.settings import Settings
+from corral.worker.testing import call_in_loop, run_server
+
+ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+RSS_CAP = 200 * 1024 * 1024  # growth allowed for the whole test process during a flood: generous
+
+
+def make_app(release: threading.Event | None = None, seen: list | None = None):
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if seen is not None:
+            seen.append(scope)
+        if path == "/wait":
+            while not release.is_set():  # released by the test thread
+                await asyncio.sleep(0.01)
+        body = b""
+        if path in ("/echo", "/slow-reader"):
+            if path == "/slow-reader":
+                while not release.is_set():
+                    await asyncio.sleep(0.01)
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"%d" % len(body)})
+            return
+        if path == "/big":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"x/y")]})
+            for _ in range(8):
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if path == "/trailers":
+            await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+            await send({"type": "http.response.body", "body": b"data"})
+            await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc")]})
+            return
+        if path == "/raise":
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"Content-Type", b"text/plain"),
+                                                                           (b"Connection", b"keep-alive")]})
+        await send({"type": "http.response.body", "body": b"hello " + path.encode()})
+
+    return app
+
+
+def served(port: int) -> bool:
+    with H2Client(port) as other:
+        return other.get("/other").status == 200
+
+
+def test_requests_get_an_http2_scope_and_answers():
+    seen: list = []
+    with run_server(make_app(seen=seen), Settings()) as (host, port, server):
+        with H2Client(port) as client:
+            reply = client.get("/a%20b?x=1", headers=[(b"x-custom", b"v")])
+            assert reply.status == 200 and reply.body == b"hello /a b"
+            names = [name for name, _ in reply.headers]
+            assert b"connection" not in names  # connection-specific headers are dropped (RFC 9113 §8.2.2)
+            assert (b"content-type", b"text/plain") in reply.headers and b"date" in names
+            echoed = client.get("/echo", method="POST", body=b"z" * 100_000)
+            assert echoed.body == b"100000"
+            raised = client.get("/raise")
+            assert raised.status == 500
+            trailers = client.get("/trailers")
+            assert trailers.body == b"data" and trailers.trailers == [(b"x-checksum", b"abc")]
+    scope = seen[0]
+    assert scope["http_version"] == "2" and scope["method"] == "GET" and scope["scheme"] == "http"
+    assert scope["path"] == "/a b" and scope["raw_path"] == b"/a%20b" and scope["query_string"] == b"x=1"
+    assert (b"host", b"test") in scope["headers"] and (b"x-custom", b"v") in scope["headers"]
+    assert not any(name.startswith(b":") for name, _ in scope["headers"])
+    assert scope["extensions"]["http.response.trailers"] == {}
+    assert scope["client"][0] == "127.0.0.1" and scope["server"][1] == port
+
+
+def test_http1_still_served_and_http_1_turns_http2_off():
+    import httpx
+
+    with run_server(make_app(), Settings()) as (host, port, server):
+        assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).text == "hello /x"
+    with run_server(make_app(), Settings(http="1")) as (host, port, server):
+        with H2Client(port, handshake=False) as client:
+            client.until_closed()  # the preface is not HTTP/1.1: 505 and close
+        assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).text == "hello /x"
+    with run_server(make_app(), Settings(http="2")) as (host, port, server):
+        assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).status_code == 505
+        assert served(port)
+
+
+def test_streams_beyond_the_pool_are_parked_and_all_served():
+    release = threading.Event()
+    with run_server(make_app(release), Settings(max_applications=2)) as (host, port, server):
+        with H2Client(port) as client:
+            ids = [client.request("/wait") for _ in range(6)]
+            poll(lambda: call_in_loop(server, lambda: len(server.parked)) == 4)
+            assert call_in_loop(server, lambda: len(server.application_instances)) == 2
+            release.set()
+            assert [client.response(i).status for i in ids] == [200] * 6
+
+
+def test_the_body_is_acknowledged_only_as_the_application_reads_it():
+    release = threading.Event()
+    with run_server(make_app(release), Settings(http2_initial_window_size=16384)) as (host, port, server):
+        with H2Client(port) as client:
+            stream_id = client.request("/slow-reader", method="POST", end=False)
+            client.conn.send_data(stream_id, b"y" * 16384)  # the whole stream window
+            client.flush()
+
+            def buffered() -> int:
+                h2 = next(p for p in server.connections if type(p).__name__ == "H2Protocol")
+                stream = h2.streams.get(stream_id)
+                return len(stream.body) if stream is not None else -1
+
+            poll(lambda: call_in_loop(server, buffered) == 16384)
+            assert client.conn.local_flow_control_window(stream_id) == 0  # no window given back yet
+            release.set()
+            client.until(lambda: client.conn.local_flow_control_window(stream_id) > 0)
+            client.conn.send_data(stream_id, b"y" * 1000, end_stream=True)
+            client.flush()
+            assert client.response(stream_id).body == b"17384"
+
+
+def test_a_response_follows_the_client_window_and_a_shut_window_resets_the_stream():
+    with run_server(make_app(), Settings(http2_send_timeout=0.5)) as (host, port, server):
+        with H2Client(port) as client:
+            assert len(client.get("/big").body) == 8 * 65536  # through many WINDOW_UPDATEs
+        with H2Client(port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}) as stingy:
+            reply = stingy.response(stingy.request("/big"))
+            assert reply.reset == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR and reply.body == b""
+        assert served(port)
+
+
+def test_stop_sends_goaway_and_finishes_the_streams_in_flight():
+    release = threading.Event()
+    with run_server(make_app(release), Settings()) as (host, port, server):
+        with H2Client(port) as client:
+            first = client.request("/wait")
+            poll(lambda: call_in_loop(server, lambda: len(server.application_instances)) == 1)
+            call_in_loop(server, lambda: server.request_stop(True))
+            client.until(lambda: client.goaway is not None)
+            assert client.goaway.last_stream_id == first and client.goaway.error_code == 0
+            release.set()
+            assert client.response(first).status == 200
+            client.until_closed()
+
+
+# ---------------------------------------------------------------------- defences
+
+
+def flood_closes_with_goaway(port: int, send_flood) -> None:
+    before = psutil.Process(os.getpid()).memory_info().rss
+    with H2Client(port) as client:
+        send_flood(client)
+        client.until_closed()
+        assert client.goaway is not None and client.goaway.error_code == ENHANCE_YOUR_CALM
+    assert served(port)
+    assert psutil.Process(os.getpid()).memory_info().rss - before < RSS_CAP
+
+
+def test_rapid_reset_is_stopped():
+    def flood(client: H2Client) -> None:
+        for _ in range(400):
+            stream_id = client.request("/")
+            client.conn.reset_stream(stream_id)
+        client.flush()
+
+    with run_server(make_app(), Settings(http2_max_resets=50)) as (host, port, server):
+        flood_closes_with_goaway(port, flood)
+
+
+def test_ping_settings_and_empty_data_floods_are_stopped():
+    def pings(client: H2Client) -> None:
+        for i in range(3000):
+            client.conn.ping(b"%08d" % i)
+        client.flush()
+
+    def settings(client: H2Client) -> None:
+        for _ in range(3000):
+            client.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 10})
+        client.flush()
+
+    def empty_data(client: H2Client) -> None:
+        stream_id = client.request("/echo", method="POST", end=False)
+        for _ in range(3000):
+            client.conn.send_data(stream_id, b"")
+        client.flush()
+
+    with run_server(make_app(), Settings(http2_max_control_frames=500)) as (host, port, server):
+        for flood in (pings, settings, empty_data):
+            flood_closes_with_goaway(port, flood)
+
+
+def test_a_continuation_flood_and_an_oversized_header_list_end_the_connection():
+    with run_server(make_app(), Settings(http2_max_header_list_size=8192)) as (host, port, server):
+        with H2Client(port) as client:
+            block = client.conn.encoder.encode([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")])
+            headers = HeadersFrame(1)
+            headers.data = block
+            frames = [headers.serialize()]
+            for _ in range(200):  # never END_HEADERS: the server must not buffer them all
+                continuation = ContinuationFrame(1)
+                continuation.data = b"\x00" * 1000
+                frames.append(continuation.serialize())
+            client.sock.sendall(b"".join(frames))
+            client.until_closed()
+            assert client.goaway is not None and client.goaway.error_code != 0
+        with H2Client(port) as client:
+            client.request("/", headers=[(b"x-big", b"v" * 20000)])  # within 16 frames, over the list size
+            client.until_closed()
+            assert client.goaway is not None and client.goaway.error_code != 0
+        assert served(port)
+
+
+def test_an_idle_connection_is_closed_by_the_keepalive_timer():
+    with run_server(make_app(), Settings(keepalive=0.2)) as (host, port, server):
+        with H2Client(port) as client:
+            assert client.get("/").status == 200
+            client.until_closed()
+            assert client.goaway is not None and client.goaway.error_code == 0
