@@ -236,3 +236,31 @@ def test_an_idle_connection_is_closed_by_the_keepalive_timer():
             assert client.get("/").status == 200
             client.until_closed()
             assert client.goaway is not None and client.goaway.error_code == 0
+
+
+def test_http2_requests_reach_the_access_log_and_the_metrics():
+    logged: list = []
+
+    def access_log(scope, status, nbytes, duration, headers):
+        logged.append((scope["http_version"], scope["path"], status, nbytes))
+
+    with run_server(make_app(), Settings(), access_log=access_log) as (host, port, server):
+        with H2Client(port) as client:
+            assert client.get("/x").status == 200 and client.get("/raise").status == 500
+        poll(lambda: len(logged) == 2)
+    assert logged == [("2", "/x", 200, 8), ("2", "/raise", 500, 0)]
+    # With metrics on, the server's metered protocol class counts HTTP/2 responses as HTTP/1.1 ones.
+    with run_server(make_app(), Settings(metrics_bind="127.0.0.1:9"), access_log=access_log) as (host, port, server):
+        with H2Client(port) as client:
+            assert client.get("/x").status == 200
+        poll(lambda: call_in_loop(server, lambda: sum(server.counters.requests)) == 1)
+        assert call_in_loop(server, lambda: server.counters.bytes_out) == 8
+
+
+def test_the_health_path_is_answered_over_http2():
+    seen: list = []
+    with run_server(make_app(seen=seen), Settings(health_path="/healthz")) as (host, port, server):
+        with H2Client(port) as client:
+            reply = client.get("/healthz")
+            assert reply.status == 200 and reply.body == b"OK\n"
+    assert seen == []  # the application never saw it
