@@ -49,6 +49,8 @@ logger = logging.getLogger("corral.error")
 
 # Headers that are connection-specific in HTTP/1.1 and forbidden in HTTP/2 (RFC 9113 §8.2.2).
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+# The request of an `Upgrade: h2c` keeps none of its HTTP/1.1 connection headers as stream 1.
+_UPGRADE_HEADERS = _HOP | {b"http2-settings", b"te"}
 _STATUS = {status: str(status).encode("ascii") for status in range(100, 600)}
 _MIN_FRAME = 1024  # DATA frames are not cut smaller (a client opening its window byte by byte)
 _MIN_STREAMS = 8
@@ -120,7 +122,9 @@ class H2Protocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio callbacks
 
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport: Any, upgrade: tuple[bytes, dict] | None = None) -> None:
+        """`upgrade`: (the HTTP2-Settings header, the scope) of a bodiless HTTP/1.1 request answered `101`
+        for `Upgrade: h2c` (RFC 7540 §3.2): that request becomes stream 1."""
         server = self.server
         limits = self.limits
         self.transport = transport
@@ -140,15 +144,40 @@ class H2Protocol(asyncio.Protocol):
         conn.max_inbound_frame_size = limits.max_frame_size
         conn.decoder.max_header_list_size = limits.max_header_list_size
         conn.decoder.max_allowed_table_size = limits.header_table_size
-        conn.initiate_connection()
+        if upgrade is None:
+            conn.initiate_connection()
+        else:
+            try:
+                conn.initiate_upgrade_connection(upgrade[0])
+            except Exception:  # a malformed HTTP2-Settings (base64 of SETTINGS): the 101 is out, end here
+                logger.info("Malformed HTTP2-Settings from %s: closing", self.peer)
+                self.close(ErrorCodes.PROTOCOL_ERROR)
+                return
         # The connection window covers a few streams' windows: one slow stream does not stall the others,
         # and the body buffered per connection stays bounded.
         extra = min(streams, 16) * limits.initial_window_size - 65535
         if extra > 0:
             conn.increment_flow_control_window(extra)
         self.flush()
+        if upgrade is not None:
+            self.upgraded_request(upgrade[1])
         if server.stopping:
             self.go_away()
+
+    def upgraded_request(self, scope: dict) -> None:
+        """Stream 1: the HTTP/1.1 request that asked for the upgrade (it has no body)."""
+        scope["http_version"] = "2"
+        scope["headers"] = [(name, value) for name, value in scope["headers"] if name not in _UPGRADE_HEADERS]
+        extensions = scope.get("extensions") or {}
+        extensions["http.response.trailers"] = {}
+        scope["extensions"] = extensions
+        stream = H2Stream(self, 1, scope, scope["method"] == "HEAD", self.server.access_log is not None)
+        stream.body_complete = True
+        self.streams[1] = stream
+        self.last_stream = 1
+        self.phase = BUSY
+        self.since = self.server.tick
+        self.start(stream)
 
     def data_received(self, data: bytes) -> None:
         if self.phase == CLOSED:

@@ -10,8 +10,10 @@ A subclass in the server's protocol-class chain (chosen once per server, like wo
 the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. Its cost for
 HTTP/1.1 is one attribute test per read.
 
-Not served: HTTP/1.1's `Upgrade: h2c` (RFC 7540 §3.2, removed by RFC 9113): such requests are answered
-over HTTP/1.1 as if the header were absent; clients that want h2c use prior knowledge.
+HTTP/1.1's `Upgrade: h2c` (RFC 7540 §3.2; `curl --http2 http://...`) is served on cleartext for a request
+without a body: `101 Switching Protocols`, and the request is answered as stream 1 of the HTTP/2 connection.
+A request with a body (or any over TLS, where ALPN decides) is answered over HTTP/1.1 as if the header were
+absent, which RFC 7540 allows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncio
+
+from corral.worker.cycle import RequestCycle
 from corral.worker.http11 import ERROR_RESPONSES
 from corral.worker.protocol import CLOSED, HttpProtocol
 
@@ -27,6 +32,24 @@ __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
 logger = logging.getLogger("corral.error")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+
+
+def h2c_upgrade(scope: dict) -> bytes | None:
+    """The HTTP2-Settings of a request asking for `Upgrade: h2c` (RFC 7540 §3.2), else None."""
+    upgrade = settings = None
+    for name, value in scope["headers"]:
+        if name == b"upgrade":
+            upgrade = value
+        elif name == b"http2-settings":
+            settings = value
+        elif (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding":
+            return None  # a body: llhttp hands what follows the head over as upgrade bytes, not as body
+    if upgrade is None or settings is None or scope["http_version"] != "1.1":
+        return None
+    if b"h2c" not in [token.strip().lower() for token in upgrade.split(b",")]:
+        return None
+    return settings
 
 
 def alpn_protocols(http: str) -> list[str]:
@@ -39,7 +62,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
     only = settings.http == "2"
     made: list[Any] = []  # (H2Protocol, H2Limits): imported and built at the first HTTP/2 connection
 
-    def switch(http1: Any, data: bytes) -> None:
+    def switch(http1: Any, data: bytes, upgrade: tuple[bytes, dict] | None = None) -> None:
         if not made:
             from corral.worker.h2conn import H2Limits, H2Protocol, limit_continuations
 
@@ -56,12 +79,28 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             http1.state.release()
         transport.set_protocol(h2)
         server.connections.add(h2)
-        h2.connection_made(transport)
+        h2.connection_made(transport, upgrade)
         if data:
             h2.data_received(data)
 
+    def upgrade(http1: Any, cycle: RequestCycle, settings_header: bytes) -> None:
+        """After the parse that started `cycle`: answer 101 and hand its request to HTTP/2 as stream 1."""
+        if http1.phase == CLOSED or cycle.disconnected:
+            return
+        http1.transport.write(SWITCHING)
+        switch(http1, b"", (settings_header, cycle.scope))
+
     class H2Detect(base):  # type: ignore[valid-type, misc]
         __slots__ = ("preface",)
+
+        def start_request(self, cycle: Any) -> None:
+            if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:
+                settings_header = h2c_upgrade(cycle.scope)
+                if settings_header is not None:
+                    # The parser is inside this request's head: switch once it is done with these bytes.
+                    asyncio.get_running_loop().call_soon(upgrade, self, cycle, settings_header)
+                    return
+            base.start_request(self, cycle)
 
         def __init__(self, server: Any, sockname: tuple | None = None) -> None:
             super().__init__(server, sockname)

@@ -1,4 +1,5 @@
-"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS, --http2-prior-knowledge), httpx with
+"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c,
+--http2-prior-knowledge), httpx with
 http2=True, h2load; Starlette (JSON, echo, streaming) over h2 and h2c, a TLS client certificate seen in the
 scope over h2, Django over h2c; a Rapid Reset flood against the worker process, which stays up, serves other
 connections and keeps its memory bounded."""
@@ -114,6 +115,11 @@ def test_h2c_prior_knowledge_curl_httpx_h2load_and_a_rapid_reset_flood(serve):
     base = f"http://127.0.0.1:{master.port}"
     done = curl("--http2-prior-knowledge", "-w", "\n%{http_version}", f"{base}/")
     assert done.stdout.endswith("\n2") and json.loads(done.stdout.rsplit("\n", 1)[0])["http_version"] == "2"
+    # Upgrade: h2c (curl --http2 on http://): 101, then the request is stream 1; a POST stays HTTP/1.1.
+    done = curl("--http2", "-w", "\n%{http_version}", f"{base}/")
+    assert done.stdout.endswith("\n2") and json.loads(done.stdout.rsplit("\n", 1)[0])["http_version"] == "2"
+    done = curl("--http2", "--data-binary", "abc", "-w", "\n%{http_version}", f"{base}/echo")
+    assert done.stdout.endswith("\n1.1"), done.stdout
     with httpx.Client(http1=False, http2=True, timeout=WAIT) as client:
         check_starlette(client, base, "http")
     load = subprocess.run([H2LOAD, "-n", "2000", "-c", "4", "-m", "16", f"{base}/"], capture_output=True,
