@@ -92,8 +92,6 @@ def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[s
         out.append("--respawn-failed-workers")  # off by default: a crashed worker would stop granian
         if interface == "asgi":
             out += ["--loop", "uvloop"]
-            if opt.get("http2"):
-                out += ["--http", "2"]  # h2c prior knowledge (granian's auto is HTTP/1.1 on cleartext)
         else:
             out += ["--blocking-threads", str(opt.get("threads") or 4)]
         return out + [app]

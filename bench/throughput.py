@@ -8,7 +8,7 @@ websocket-1mib  1 MiB WebSocket echo (bench/websocket.py's client)
 loadgen    the built-in generator next to wrk on corral's plaintext (how close it gets to wrk)
 metrics    corral's plaintext with --metrics-bind (workers count every request) vs without, same rounds
 h2 h2-json the hello-world and the JSON app over h2c (prior knowledge), h2load -c 16 -m 32: corral, hypercorn,
-           granian (--http 2) when installed
+           granian when installed (all three recognise the preface on cleartext by default)
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
     except RuntimeError as exc:
         ctx.note(name, f"skipped: {exc}")
         return {"title": sc["title"], "kind": "throughput", "runs": {}}
-    options = {"threads": 4} if sc["iface"] == "wsgi" else {"http2": True} if sc.get("h2") else {}
+    options = {"threads": 4} if sc["iface"] == "wsgi" else {}
     if sc.get("metrics"):  # corral against itself: the cost of counting (the ratio column is vs "corral")
         made = [ctx.server("corral", sc["app"]), ctx.server("corral", sc["app"], label="corral-metrics", metrics=True)]
     else:

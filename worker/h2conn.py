@@ -90,7 +90,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
     __slots__ = (
         "server", "limits", "http1", "transport", "conn", "flow", "streams", "client", "sockname", "scheme",
         "trusted", "extensions", "phase", "since", "going_away", "floods", "flood_second", "last_stream",
-        "state", "__weakref__",
+        "state", "loop", "flushing", "__weakref__",
     )
 
     def __init__(self, http1: Any, limits: H2Limits) -> None:
@@ -116,6 +116,8 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         # The server's tick reads `protocol.state.request` of BUSY connections (the body timer): here the
         # connection itself answers (see `request`).
         self.state = self
+        self.loop: Any = None
+        self.flushing = False  # a flush_soon() is scheduled
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -125,6 +127,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         server = self.server
         limits = self.limits
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
         self.flow = FlowControl(transport)
         conn = self.conn = h2.connection.H2Connection(config=_CONFIG)
         # The pool's free room bounds the streams (each is an application instance), within sane bounds.

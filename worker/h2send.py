@@ -27,6 +27,7 @@ logger = logging.getLogger("corral.error")
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _STATUS = {status: str(status).encode("ascii") for status in range(100, 600)}
 _MIN_FRAME = 1024  # DATA frames are not cut smaller (a client opening its window byte by byte)
+_WRITE_NOW = 16384  # DATA frames this large are written at once, smaller ones with the iteration's others
 
 
 class H2Sender:
@@ -34,6 +35,8 @@ class H2Sender:
 
     __slots__ = ()
     conn: h2.connection.H2Connection | None
+    loop: Any
+    flushing: bool
     transport: Any
     flow: Any
     phase: int
@@ -55,11 +58,23 @@ class H2Sender:
             if data and self.phase != CLOSED:
                 self.transport.write(data)
 
+    def flush_soon(self) -> None:
+        """Write what h2 framed once this loop iteration is done: the heads and bodies of the responses
+        finished in one iteration (many streams of a connection, often) leave in one write - a system call
+        per response less. Large bodies are written at once instead (`send_body`), for backpressure."""
+        if not self.flushing:
+            self.flushing = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self.flushing = False
+        self.flush()
+
     def acknowledge(self, stream_id: int, size: int) -> None:
         if self.phase == CLOSED:
             return
         self.conn.acknowledge_received_data(size, stream_id)  # type: ignore[union-attr]
-        self.flush()
+        self.flush_soon()
 
     def send_head(self, stream: H2Stream, status: int, headers: Any, end: bool) -> bool:
         """Send the response head; False (and the stream reset, logged) when it is not valid HTTP."""
@@ -81,7 +96,7 @@ class H2Sender:
                 logger.error("Could not send the response head of %s: %s", stream.scope["path"], exc)
                 self.reset(stream, ErrorCodes.INTERNAL_ERROR)
             return False
-        self.flush()
+        self.flush_soon()
         return True
 
     async def send_body(self, stream: H2Stream, data: bytes, end: bool) -> None:
@@ -129,7 +144,10 @@ class H2Sender:
                 stream.disconnect()
                 return
             sent += size
-            self.flush()
+            if size >= _WRITE_NOW:
+                self.flush()  # the transport's buffer, and so `write_paused`, follows the body
+            else:
+                self.flush_soon()
 
     def end_stream(self, stream: H2Stream) -> None:
         try:
