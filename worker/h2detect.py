@@ -7,8 +7,10 @@ or on cleartext by the client preface `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n`
 never sees an HTTP/2 client never imports `h2`.
 
 A subclass in the server's protocol-class chain (chosen once per server, like worker/health.py's): under
-the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. Its cost for
-HTTP/1.1 is one attribute test per read.
+the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at the
+first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
+(`__class__` assignment; same slots), so that its requests pay nothing here; its reads pay one phase test
+(the event loop keeps the bound `data_received` it took when the connection opened).
 
 HTTP/1.1's `Upgrade: h2c` (RFC 7540 §3.2; `curl --http2 http://...`) is served on cleartext for a request
 without a body: `101 Switching Protocols`, and the request is answered as stream 1 of the HTTP/2 connection.
@@ -25,7 +27,7 @@ import asyncio
 
 from corral.worker.cycle import RequestCycle
 from corral.worker.http11 import ERROR_RESPONSES
-from corral.worker.protocol import CLOSED, HttpProtocol
+from corral.worker.protocol import CLOSED, FRESH, HttpProtocol
 
 __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
 
@@ -91,7 +93,48 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         switch(http1, b"", (settings_header, cycle.scope))
 
     class H2Detect(base):  # type: ignore[valid-type, misc]
-        __slots__ = ("preface",)
+        # No slot of its own: once a connection is known to speak HTTP/1.1 it becomes a `base` (the same
+        # layout), and its later reads and requests cost nothing here.
+        __slots__ = ()
+
+        # `base.method(self, ...)`, never `super()`: the instance may have become a `base` meanwhile, and the
+        # event loop keeps the bound `data_received` it took at the start.
+
+        def connection_made(self, transport: Any) -> None:
+            base.connection_made(self, transport)
+            if self.server.ssl_context is None or self.phase == CLOSED:
+                return
+            # TLS: ALPN decides (prior knowledge is for cleartext only, RFC 9113 §3.3).
+            ssl_object = transport.get_extra_info("ssl_object")
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if alpn == "h2":
+                switch(self, b"")
+            elif only:
+                self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
+            elif type(self) is H2Detect:
+                self.__class__ = base
+
+        def data_received(self, data: bytes) -> None:
+            if self.phase != FRESH:  # decided: HTTP/1.1
+                base.data_received(self, data)
+                return
+            # Nothing is parsed while the connection is FRESH, so `pending_error` (an error response waiting
+            # behind earlier responses) is free: it keeps a piece of what may be the preface.
+            partial = self.pending_error
+            if partial:
+                self.pending_error = None
+                data = partial + data
+            if data.startswith(PREFACE):
+                switch(self, data)
+            elif PREFACE.startswith(data):
+                self.pending_error = data  # a piece of the preface (or of "POST"...): wait for more
+            elif only:
+                self.transport.write(ERROR_RESPONSES[505])
+                self.close()
+            else:
+                base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen
+                if type(self) is H2Detect:
+                    self.__class__ = base
 
         def start_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:
@@ -101,45 +144,6 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
                     asyncio.get_running_loop().call_soon(upgrade, self, cycle, settings_header)
                     return
             base.start_request(self, cycle)
-
-        def __init__(self, server: Any, sockname: tuple | None = None) -> None:
-            super().__init__(server, sockname)
-            self.preface: bytes | None = b""  # bytes that may begin the preface; None once decided
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            if self.server.ssl_context is None or self.phase == CLOSED:
-                return
-            # TLS: ALPN decides (prior knowledge is for cleartext only, RFC 9113 §3.3).
-            self.preface = None
-            ssl_object = transport.get_extra_info("ssl_object")
-            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-            if alpn == "h2":
-                switch(self, b"")
-            elif only:
-                self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
-
-        def data_received(self, data: bytes) -> None:
-            preface = self.preface
-            if preface is None:
-                super().data_received(data)
-                return
-            if self.phase == CLOSED:
-                return
-            if preface:
-                data = preface + data
-            if data.startswith(PREFACE):
-                self.preface = None
-                switch(self, data)
-            elif PREFACE.startswith(data):
-                self.preface = data  # a piece of the preface (or of "POST"...): wait for more
-            else:
-                self.preface = None
-                if only:
-                    self.transport.write(ERROR_RESPONSES[505])
-                    self.close()
-                    return
-                super().data_received(data)
 
     H2Detect.__name__ = H2Detect.__qualname__ = "H2" + base.__name__
     return H2Detect

@@ -38,8 +38,10 @@ def poll(condition: Any, timeout: float = WAIT) -> None:
 
 class H2Client:
     def __init__(self, port: int, settings: dict | None = None, host: str = "127.0.0.1",
-                 handshake: bool = True) -> None:
+                 handshake: bool = True, prefix: bytes = b"") -> None:
         self.sock = socket.create_connection((host, port), timeout=WAIT)
+        if prefix:  # e.g. a PROXY protocol header
+            self.sock.sendall(prefix)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         if settings:
             self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)

@@ -169,9 +169,15 @@ def test_stop_sends_goaway_and_finishes_the_streams_in_flight():
 def flood_closes_with_goaway(port: int, send_flood) -> None:
     before = psutil.Process(os.getpid()).memory_info().rss
     with H2Client(port) as client:
-        send_flood(client)
-        client.until_closed()
-        assert client.goaway is not None and client.goaway.error_code == ENHANCE_YOUR_CALM
+        try:
+            send_flood(client)
+            client.until_closed()
+        except (BrokenPipeError, ConnectionResetError):
+            # Closed on us while the flood was still being sent: the kernel may then drop the unread GOAWAY.
+            reset = True
+        else:
+            reset = False
+        assert reset or (client.goaway is not None and client.goaway.error_code == ENHANCE_YOUR_CALM)
     assert served(port)
     assert psutil.Process(os.getpid()).memory_info().rss - before < RSS_CAP
 
@@ -264,3 +270,13 @@ def test_the_health_path_is_answered_over_http2():
             reply = client.get("/healthz")
             assert reply.status == 200 and reply.body == b"OK\n"
     assert seen == []  # the application never saw it
+
+
+def test_h2c_behind_the_proxy_protocol_gets_the_headers_client():
+    seen: list = []
+    with run_server(make_app(seen=seen), Settings(proxy_protocol=True)) as (host, port, server):
+        header = b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 8000\r\n"
+        with H2Client(port, prefix=header) as client:
+            assert client.get("/").status == 200
+    assert seen[0]["client"] == ("198.51.100.7", 40000) and seen[0]["http_version"] == "2"
+    assert seen[0]["extensions"]["proxy_protocol"]["version"] == 1
