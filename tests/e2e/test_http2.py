@@ -164,3 +164,24 @@ def test_django_over_h2c(serve, django_project):
         assert "Django administration" in page.text and "csrftoken" in page.cookies
         assert client.post("/admin/login/", data={"username": "x", "password": "y"}).status_code == 403
         assert client.get("/no/such/page/").status_code == 404
+
+
+def test_hup_sends_goaway_and_the_stream_in_flight_is_answered(serve, tmp_path):
+    import signal
+
+    from serve_harness import write_apps
+
+    write_apps(tmp_path)
+    master = serve(app="apps:app")
+    old = {p.pid for p in psutil.Process(master.pid).children()}
+    with H2Client(master.port) as client:
+        stream_id = client.request("/slow?1.5")
+        master.wait_for_line("slow request started")
+        master.signal(signal.SIGHUP)  # new workers start, the old one stops gracefully: GOAWAY
+        client.until(lambda: client.goaway is not None)
+        assert client.goaway.error_code == 0 and client.goaway.last_stream_id == stream_id
+        reply = client.response(stream_id)
+        assert reply.status == 200 and int(reply.body) in old  # answered by the worker that got it
+        client.until_closed()
+    with H2Client(master.port) as fresh:  # a new worker serves the next connection
+        assert int(fresh.get("/").body) not in old
