@@ -391,8 +391,9 @@ _declare("http", "http2", choice("auto", "1", "2"), "auto",
          "'2' (HTTP/2 only: TLS offers h2 alone; cleartext connections must open with the preface).",
          ("--http",))
 _declare("http2_max_concurrent_streams", "http2", positive_int, 100,
-         "Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); lowered to the pool's "
-         "free room when a connection opens (never below 8). Each stream is an application instance.")
+         "Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); above 100, lowered to the "
+         "pool's free room when a connection opens. Each stream is an application instance (parked when the pool "
+         "is full).")
 _declare("http2_initial_window_size", "http2", positive_int, 65535,
          "Request body bytes a stream may send before the application reads them (the stream's flow-control "
          "window): the server acknowledges body bytes only as `receive` hands them over.")

@@ -6,7 +6,8 @@ negotiated `h2` by ALPN or a cleartext client opened with the HTTP/2 preface. Im
 
 Each stream is an application instance in the worker's pool, parked (FIFO, with HTTP/1.1's requests) or
 answered 503 when the pool is full, like an HTTP/1.1 request; SETTINGS_MAX_CONCURRENT_STREAMS is the pool's
-free room when the connection opens (between 8 and `--http2-max-concurrent-streams`).
+free room when the connection opens (at least 100, RFC 9113's advice; at most
+`--http2-max-concurrent-streams`).
 
 The server treats the connection like an HTTP/1.1 one through `phase`/`since`: IDLE (no stream: the
 keep-alive timer closes it), BUSY (streams open: the body timer runs while an application waits for body
@@ -50,7 +51,7 @@ logger = logging.getLogger("corral.error")
 
 # The request of an `Upgrade: h2c` keeps none of its HTTP/1.1 connection headers as stream 1.
 _UPGRADE_HEADERS = _HOP | {b"http2-settings", b"te"}
-_MIN_STREAMS = 8
+_MIN_STREAMS = 100
 
 # Flood counters, per connection per second.
 _RESETS, _SETTINGS, _PINGS, _PRIORITY, _EMPTY = range(5)
@@ -130,9 +131,12 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.flow = FlowControl(transport)
         conn = self.conn = h2.connection.H2Connection(config=_CONFIG)
-        # The pool's free room bounds the streams (each is an application instance), within sane bounds.
+        # The pool's free room bounds the streams (each is an application instance), but never below RFC 9113
+        # §6.5.2's advice of 100 (within the setting): a client's first requests leave before our SETTINGS
+        # reach it, and h2 ends the connection for a stream over the bound. Streams past the pool's room
+        # are parked, like HTTP/1.1 requests.
         room = server.max_applications - len(server.application_instances)
-        streams = max(_MIN_STREAMS, min(limits.max_concurrent_streams, room))
+        streams = min(limits.max_concurrent_streams, max(room, _MIN_STREAMS))
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,

@@ -109,12 +109,13 @@ def test_http1_still_served_and_http_1_turns_http2_off():
 def test_streams_beyond_the_pool_are_parked_and_all_served():
     release = threading.Event()
     with run_server(make_app(release), Settings(max_applications=2)) as (host, port, server):
-        with H2Client(port) as client:
-            ids = [client.request("/wait") for _ in range(6)]
-            poll(lambda: call_in_loop(server, lambda: len(server.parked)) == 4)
+        # Sent before the server's SETTINGS arrive (as clients do): more streams than the pool has room for.
+        with H2Client(port, handshake=False) as client:
+            ids = [client.request("/wait") for _ in range(12)]
+            poll(lambda: call_in_loop(server, lambda: len(server.parked)) == 10)
             assert call_in_loop(server, lambda: len(server.application_instances)) == 2
             release.set()
-            assert [client.response(i).status for i in ids] == [200] * 6
+            assert [client.response(i).status for i in ids] == [200] * 12
 
 
 def test_the_body_is_acknowledged_only_as_the_application_reads_it():
