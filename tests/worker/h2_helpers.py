@@ -38,8 +38,12 @@ def poll(condition: Any, timeout: float = WAIT) -> None:
 
 class H2Client:
     def __init__(self, port: int, settings: dict | None = None, host: str = "127.0.0.1",
-                 handshake: bool = True, prefix: bytes = b"") -> None:
-        self.sock = socket.create_connection((host, port), timeout=WAIT)
+                 handshake: bool = True, prefix: bytes = b"", rcvbuf: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # a small receive window: what the server writes soon stays in its own buffers
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(WAIT)
+        self.sock.connect((host, port))
         if prefix:  # e.g. a PROXY protocol header
             self.sock.sendall(prefix)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))

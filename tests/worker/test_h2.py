@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 
 import h2.errors
@@ -281,3 +282,23 @@ def test_h2c_behind_the_proxy_protocol_gets_the_headers_client():
             assert client.get("/").status == 200
     assert seen[0]["client"] == ("198.51.100.7", 40000) and seen[0]["http_version"] == "2"
     assert seen[0]["extensions"]["proxy_protocol"]["version"] == 1
+
+
+def test_a_client_that_does_not_read_is_dropped_at_the_write_buffer_bound(caplog):
+    settings = Settings(http2_max_control_frames=10**6, http2_max_write_buffer=16384)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # inherited by accepted sockets (Linux):
+    listener.bind(("127.0.0.1", 0))  # the kernel holds little, the transport's buffer grows
+    listener.listen(16)
+    with run_server(make_app(), settings, sock=listener) as (host, port, server):
+        with H2Client(port, rcvbuf=4096) as client:
+            try:
+                for batch in range(200):  # PINGs the server must answer, never read by the client
+                    for i in range(500):
+                        client.conn.ping(b"%08d" % (batch * 500 + i))
+                    client.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # dropped while sending: what the test waits for
+            client.until_closed()
+        assert served(port)
+    assert "does not read what it asks for: dropping the connection" in caplog.text
