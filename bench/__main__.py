@@ -8,6 +8,7 @@ whatever happens. Scenarios:
 
   plaintext close json echo stream wsgi websocket websocket-1mib   throughput (bench/throughput.py);
                                               close: the hello-world with `Connection: close` on every request
+  h2 h2-json                                   HTTP/2 (h2c, h2load -c 16 -m 32) vs hypercorn and granian
   loadgen                                     the built-in load generator next to wrk on the same server
   metrics                                     corral plaintext with --metrics-bind vs without (the cost of
                                               counting every request), same rounds
@@ -36,8 +37,8 @@ from bench.context import Ctx, Progress, med
 FAMILIES = {**{n: throughput for n in throughput.SCENARIOS}, "loadgen": throughput, "idle": memory,
             "latency": latency,
             **{n: process for n in ("coldstart", "fairness", "crash", "hup")}}
-DEFAULT = ["plaintext", "close", "json", "echo", "stream", "wsgi", "django", "websocket", "websocket-1mib", "idle",
-           "latency", "loadgen", "metrics", "coldstart", "fairness", "crash", "hup"]
+DEFAULT = ["plaintext", "close", "json", "echo", "stream", "wsgi", "django", "websocket", "websocket-1mib", "h2",
+           "h2-json", "idle", "latency", "loadgen", "metrics", "coldstart", "fairness", "crash", "hup"]
 QUICK = ["plaintext", "wsgi", "idle", "coldstart"]
 
 

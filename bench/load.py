@@ -139,6 +139,43 @@ def run_wrk(url: str, duration: float, connections: int, cpus: set[int] | None, 
     return result
 
 
+# ---------------------------------------------------------------------------- h2load (HTTP/2)
+
+
+def has_h2load() -> bool:
+    return shutil.which("h2load") is not None
+
+
+def run_h2load(url: str, duration: float, connections: int, streams: int, cpus: set[int] | None) -> dict[str, Any]:
+    """h2load (nghttp2-client) over h2c prior knowledge: `connections` connections with `streams` concurrent
+    streams each, for `duration` seconds."""
+    threads = max(1, min(len(cpus) if cpus else 1, connections))
+    argv = ["h2load", "-t", str(threads), "-c", str(connections), "-m", str(streams),
+            "-D", str(max(1, round(duration))), url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    proc = procs.spawn(argv, cpus, log=subprocess.PIPE)
+    try:
+        out, _ = proc.communicate(timeout=duration + 30)
+    finally:
+        procs.stop(proc, graceful=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    text = out.decode("utf-8", "replace")
+    m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", text)
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                     r"(\d+) errored", text)
+    if proc.returncode != 0 or m is None or done is None:
+        raise RuntimeError(f"h2load exited with {proc.returncode}:\n{text[-2000:]}")
+    detail = {k: int(v) for k, v in (("failed", done.group(4)), ("errored", done.group(5))) if int(v)}
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if codes and int(codes.group(3)) + int(codes.group(4)):
+        detail["non-2xx"] = int(codes.group(3)) + int(codes.group(4))
+    return {"tool": "h2load", "rps": float(m.group(1)), "errors": sum(detail.values()), "error_detail": detail,
+            "requests": int(done.group(3)), "p99_ms": float("nan"),
+            "gen_cores": ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+            / max(time.monotonic() - t0, 1e-6)}
+
+
 # ---------------------------------------------------------------------------- the built-in generator
 
 BUCKETS = 2200  # 1.01 ** 2200 µs: far beyond any timeout

@@ -8,6 +8,8 @@ django     a Django view (ORM query on sqlite) on the WSGI servers
 websocket-1mib  1 MiB WebSocket echo (bench/websocket.py's client)
 loadgen    the built-in generator next to wrk on corral's plaintext (how close it gets to wrk)
 metrics    corral's plaintext with --metrics-bind (workers count every request) vs without, same rounds
+h2 h2-json the hello-world and the JSON app over h2c (prior knowledge), h2load -c 16 -m 32: corral, hypercorn,
+           granian when installed (all three recognise the preface on cleartext by default)
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "title": "Hello-world plaintext, corral with metrics on (--metrics-bind) vs off (ASGI)"},
     "websocket-1mib": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws_big": True, "conns": 4,
                        "title": "WebSocket echo, 1 MiB binary messages (messages/s; client: bench/websocket.py)"},
+    "h2": {"app": "bench.apps:hello", "iface": "asgi", "h2": True, "conns": 16,
+           "title": "Hello-world plaintext over h2c, 32 streams per connection (ASGI; h2load)"},
+    "h2-json": {"app": "bench.apps:json_1k", "iface": "asgi", "h2": True, "conns": 16,
+                "title": "1 KiB JSON over h2c, 32 streams per connection (ASGI; h2load)"},
 }
+
+H2_SERVERS = ("corral", "hypercorn", "granian")  # the peers that speak h2c
+H2_STREAMS = 32
 
 
 def _websocket_runner(big: bool) -> Any:
@@ -76,6 +85,8 @@ def steps(ctx: Ctx, name: str) -> int:
         return 2 * ctx.rounds if load.has_wrk() else 0
     if SCENARIOS[name].get("metrics"):
         return 2 * ctx.rounds if "corral" in ctx.asgi else 0
+    if SCENARIOS[name].get("h2"):
+        return len([n for n in ctx.asgi if n in H2_SERVERS]) * ctx.rounds if load.has_h2load() else 0
     return len(ctx.wsgi if SCENARIOS[name]["iface"] == "wsgi" else ctx.asgi) * ctx.rounds
 
 
@@ -85,6 +96,11 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
     sc = SCENARIOS[name]
     names = ctx.wsgi if sc["iface"] == "wsgi" else ctx.asgi
     conns = min(ctx.connections, sc.get("conns", ctx.connections))
+    if sc.get("h2"):
+        if not load.has_h2load():
+            ctx.note(name, "skipped: h2load is not installed (apt-get install nghttp2-client)")
+            return {"title": sc["title"], "kind": "throughput", "runs": {}}
+        names = [n for n in names if n in H2_SERVERS]
     try:
         ws_runner = _websocket_runner(bool(sc.get("ws_big"))) if sc.get("ws") or sc.get("ws_big") else None
     except RuntimeError as exc:
@@ -101,7 +117,9 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
     def once(server: Any, duration: float) -> dict[str, Any]:
         procs.check_signalled()
         cpu, other, core = procs.CpuMeter(server.pid), procs.OtherLoad(), procs.CoreLoad(ctx.server_cpus, server.pid)
-        if ws_runner is not None:
+        if sc.get("h2"):
+            result = load.run_h2load(server.url, duration, conns, H2_STREAMS, ctx.load_cpus)
+        elif ws_runner is not None:
             extra = {"pid": server.worker_pids()[0]} if sc.get("ws_big") else {}
             result = dict(ws_runner(f"ws://{load.HOST}:{server.port}/", duration, conns, ctx.load_cpus, **extra))
         else:
@@ -138,7 +156,7 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
             **({"inprocess": inprocess} if inprocess else {}),
             **({"baseline": "corral"} if sc.get("metrics") else {}),
             "generator": ("bench/websocket.py" if sc.get("ws_big") else "builtin (WebSocket)") if ws_runner
-            else ctx.tool, "runs": runs}
+            else "h2load" if sc.get("h2") else ctx.tool, "runs": runs}
 
 
 def run_loadgen(ctx: Ctx) -> dict[str, Any]:

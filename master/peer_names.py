@@ -33,7 +33,7 @@ class Entry(NamedTuple):
 NO_VALUE = object()
 
 _DIRTY = "gunicorn's dirty arbiters (separate worker pools for long tasks) have no corral equivalent"
-_H2 = "corral speaks HTTP/1.1 (and WebSocket); HTTP/2 ends at the proxy in front"
+_H2 = "no HTTP/3: it ends at the proxy in front"
 _SYSLOG = "no syslog handler: use --log-config with a logging.handlers.SysLogHandler, or journald via stderr"
 
 
@@ -67,13 +67,16 @@ GUNICORN: dict[str, Entry] = {
         ("dirty_graceful_timeout", ("--dirty-graceful-timeout",), 30), ("dirty_threads", ("--dirty-threads",), 1),
         ("dirty_timeout", ("--dirty-timeout",), 300), ("dirty_workers", ("--dirty-workers",), 0))},
     # HTTP/2
-    **{name: Entry("refuse", "", _H2, flags, default) for name, flags, default in (
-        ("http2_cleartext", ("--http2-cleartext",), "off"),
-        ("http2_initial_window_size", ("--http2-initial-window-size",), 65535),
-        ("http2_max_concurrent_streams", ("--http2-max-concurrent-streams",), 100),
-        ("http2_max_frame_size", ("--http2-max-frame-size",), 16384),
-        ("http2_max_header_list_size", ("--http2-max-header-list-size",), 65536),
-        ("http_protocols", ("--http-protocols",), "h1"))},
+    "http2_cleartext": Entry("refuse", "", "corral serves h2c (prior knowledge) on cleartext binds with "
+                             "--http auto (the default); no Upgrade: h2c", ("--http2-cleartext",), "off"),
+    "http2_initial_window_size": _same("per stream; acknowledged as the app reads", ("--http2-initial-window-size",),
+                                       "--http2-initial-window-size"),
+    "http2_max_concurrent_streams": _same("at most the pool's free room", ("--http2-max-concurrent-streams",),
+                                          "--http2-max-concurrent-streams"),
+    "http2_max_frame_size": _same("", ("--http2-max-frame-size",), "--http2-max-frame-size"),
+    "http2_max_header_list_size": _same("", ("--http2-max-header-list-size",), "--http2-max-header-list-size"),
+    "http_protocols": Entry("refuse", "--http auto|1|2", "corral's --http chooses the versions (HTTP/2 on by "
+                            "default)", ("--http-protocols",), "h1"),
     # Logging
     "access_log_format": _same("gunicorn's atoms; the default adds `%(M)sms`", ("--access-logformat",), "--access-logformat"),
     "accesslog": _same("`-` is stdout", ("--access-logfile",), "--access-logfile"),

@@ -12,6 +12,7 @@ import os
 import ssl
 
 from corral.shared.settings import Settings, SettingError
+from corral.worker.h2detect import alpn_protocols
 
 __all__ = ["server_context"]
 
@@ -69,5 +70,5 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     elif settings.ca_certs is not None:
         _readable("--ca-certs", settings.ca_certs)
         context.load_verify_locations(settings.ca_certs)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(alpn_protocols(settings.http))
     return context

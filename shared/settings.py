@@ -114,6 +114,14 @@ def tls_version(value: Any) -> str:
     raise ValueError(f"expected TLSv1.2 or TLSv1.3 (the lowest version accepted), got {value!r}")
 
 
+def frame_size(value: Any) -> int:
+    """An HTTP/2 SETTINGS_MAX_FRAME_SIZE: 16384 to 16777215 (RFC 9113 §6.5.2)."""
+    number = positive_int(value)
+    if not 16384 <= number <= 16777215:
+        raise ValueError(f"expected 16384 to 16777215 (RFC 9113 §6.5.2), got {number}")
+    return number
+
+
 def str_list(value: Any) -> tuple[str, ...]:
     """A comma-separated string, or a list/tuple of strings."""
     if isinstance(value, str):
@@ -377,6 +385,43 @@ _declare("proxy_allow_ips", "http", str_list, ("127.0.0.1", "::1"),
 _declare("forwarded_headers", "http", choice("auto", "forwarded", "x-forwarded"), "auto",
          "Which proxy headers a trusted peer may use: 'forwarded' (RFC 7239 only), 'x-forwarded' "
          "(X-Forwarded-For/-Proto/-Host only) or 'auto' (X-Forwarded-* when present, else Forwarded).")
+
+# -- HTTP/2 (RFC 9113, the `h2` library): ALPN h2 over TLS, h2c with prior knowledge on cleartext. Every
+#    defence is on by default; a client past a bound gets GOAWAY (ENHANCE_YOUR_CALM) and the connection closes.
+_declare("http", "http2", choice("auto", "1", "2"), "auto",
+         "HTTP versions served: 'auto' (HTTP/1.1, plus HTTP/2 for TLS clients that offer h2 by ALPN and "
+         "cleartext clients that open with the HTTP/2 preface - h2c prior knowledge), '1' (HTTP/1.1 only), "
+         "'2' (HTTP/2 only: TLS offers h2 alone; cleartext connections must open with the preface).",
+         ("--http",))
+_declare("http2_max_concurrent_streams", "http2", positive_int, 100,
+         "Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); above 100, lowered to the "
+         "pool's free room when a connection opens. Each stream is an application instance (parked when the pool "
+         "is full).")
+_declare("http2_initial_window_size", "http2", positive_int, 65535,
+         "Request body bytes a stream may send before the application reads them (the stream's flow-control "
+         "window): the server acknowledges body bytes only as `receive` hands them over.")
+_declare("http2_max_frame_size", "http2", frame_size, 16384,
+         "Largest HTTP/2 frame payload the server accepts (SETTINGS_MAX_FRAME_SIZE, 16384-16777215).")
+_declare("http2_max_header_list_size", "http2", positive_int, 65536,
+         "Largest decoded request header list in bytes (SETTINGS_MAX_HEADER_LIST_SIZE; HPACK bomb guard): a "
+         "bigger one ends the connection.")
+_declare("http2_header_table_size", "http2", non_negative_int, 4096,
+         "HPACK dynamic table size in bytes the client may use for request headers (SETTINGS_HEADER_TABLE_SIZE).")
+_declare("http2_max_continuation_frames", "http2", positive_int, 16,
+         "CONTINUATION frames one header block may span (CVE-2024-27316 CONTINUATION flood): more end the "
+         "connection before anything is decoded.")
+_declare("http2_max_resets", "http2", positive_int, 100,
+         "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset): "
+         "beyond it, GOAWAY ENHANCE_YOUR_CALM.")
+_declare("http2_max_control_frames", "http2", positive_int, 1000,
+         "SETTINGS, PING, PRIORITY and empty DATA frames a client may send per second on one connection (each "
+         "counted apart; floods that cost the server work without a request): beyond it, GOAWAY.")
+_declare("http2_send_timeout", "http2", positive_float, 30.0,
+         "Seconds a response may wait for the client's flow-control window or for it to read (zero-window and "
+         "tiny WINDOW_UPDATE abuse): the stream is then reset.")
+_declare("http2_max_write_buffer", "http2", size, 1024 * 1024,
+         "Bytes an HTTP/2 connection may have waiting to be written while its client does not read (control "
+         "frames the server must answer included): beyond it the connection is dropped.")
 
 # -- WebSocket (RFC 6455): safe defaults - every limit is on, and every open socket is pinged
 _declare("ws_max_size", "websocket", size, 16 * 1024 * 1024,

@@ -42,6 +42,7 @@ from corral.shared.settings import Settings
 from corral.worker.counters import Counters, collecting
 from corral.worker.cycle import RequestCycle
 from corral.worker.dates import DefaultHeaders
+from corral.worker.h2detect import h2_protocol
 from corral.worker.health import health_protocol
 from corral.worker.metered import metered_protocol
 from corral.worker.http11 import Limits
@@ -137,6 +138,8 @@ class WorkerServer(StatelessServer):
         protocol_class = metered_protocol(self.counters, base) if collecting(settings) else base
         if settings.health_path:
             protocol_class = health_protocol(settings.health_path, protocol_class)
+        if settings.http != "1":  # HTTP/2 (ALPN h2, h2c prior knowledge): recognised before HTTP/1.1
+            protocol_class = h2_protocol(protocol_class, settings)
         if settings.proxy_protocol:
             protocol_class = proxied_protocol(protocol_class)
         self.protocol_class: type[HttpProtocol] = protocol_class
@@ -230,6 +233,10 @@ class WorkerServer(StatelessServer):
             phase = protocol.phase
             if phase != BUSY and phase != HEAD and phase != IDLE and phase != FRESH:
                 protocol.close()  # a WebSocket: going away at once
+            else:
+                go_away = getattr(protocol, "go_away", None)
+                if go_away is not None:  # HTTP/2: GOAWAY now; new streams are refused, those in flight finish
+                    go_away()
         if self._graceful and connections:
             await self._drain_gracefully()
         self._closing_all = True

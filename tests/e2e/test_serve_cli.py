@@ -159,7 +159,7 @@ def test_every_unknown_flag_and_key_in_one_run(apps):
     errors = [line for line in lines if line.startswith("serve: error: ")]
     assert len(errors) == 5, result.stderr
     text = "\n".join(errors)
-    assert "--http2-cleartext is not supported; corral has no equivalent (corral speaks HTTP/1.1" in text
+    assert "--http2-cleartext is not supported; corral has no equivalent (corral serves h2c" in text
     assert "no such option --port; corral's equivalent is -b/--bind HOST:PORT" in text
     assert "no such option --timout; did you mean --timeout?" in text
     assert "unknown setting 'wokers'" in text and "did you mean 'workers'?" in text

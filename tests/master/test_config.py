@@ -116,7 +116,9 @@ def test_gunicorn_keys_all_reported_in_one_pass(tmp_path):
     problems = raised.value.problems
     assert len(problems) == 2, problems  # wokers and http_protocols; daemon = False is gunicorn's default
     assert "'wokers'" in problems[0] and "did you mean 'workers'?" in problems[0]
-    assert "'http_protocols' is not supported; corral has no equivalent" in problems[1] and "HTTP/2" in problems[1]
+    # corral serves HTTP/2 now: the refusal points at its own setting
+    assert "'http_protocols' is not supported; corral's equivalent is --http auto|1|2" in problems[1]
+    assert "HTTP/2" in problems[1]
     assert len(warnings) == 1 and "worker_tmp_dir" in warnings[0]
 
 

@@ -43,6 +43,8 @@ def test_values_are_converted_from_strings():
         ({"lifespan": "maybe"}, "expected one of auto, on, off"),
         ({"limit_request_body": "lots"}, "expected a size in bytes"),
         ({"reuse_port": "perhaps"}, "expected true/false"),
+        ({"http": "3"}, "invalid value for --http: expected one of auto, 1, 2"),
+        ({"http2_max_frame_size": 1024}, "invalid value for --http2-max-frame-size: expected 16384 to 16777215"),
     ],
 )
 def test_bad_values_name_the_setting_in_one_line(values, message):
