@@ -159,6 +159,7 @@ class HTTP11Connection:
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
         "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
         "backlog", "min_chunk", "chunks", "body_left",
+        "upgrade_body", "upgrade_request",
     )
 
     def __init__(self, handler: RequestHandler, limits: Limits) -> None:
@@ -185,6 +186,11 @@ class HTTP11Connection:
         self.last_host = b""  # the last Host value found valid: clients repeat theirs, checked once
         self.chunks = 0  # chunks of the body being parsed
         self.body_left = 0  # bytes of a Content-Length body still to come
+        # A request with an Upgrade header this server does not take (h2c with a body, TLS/1.0, anything but
+        # a WebSocket) and a Content-Length body: httptools has llhttp skip the body of any Upgrade request
+        # and hands what follows the head over as upgrade data; that many bytes of it are this request's body.
+        self.upgrade_body = 0
+        self.upgrade_request: Exchange | None = None
         self.in_head = True  # between requests or inside a head: the header timer's concern
         self.head_bytes = 0
         self.completed = 0  # messages complete
@@ -218,6 +224,8 @@ class HTTP11Connection:
         read of bytes.
         """
         if self.upgraded:
+            if self.upgrade_body:
+                self._upgrade_body(data)
             return  # bytes after an Upgrade request belong to a protocol this server does not speak
         if self.backlog or (len(data) > PARSE_SLICE and self.in_head
                             and data.count(b"HTTP/1.") >= self.max_pipeline):
@@ -243,6 +251,8 @@ class HTTP11Connection:
                 upgrade_tail = getattr(self.last, "upgrade_tail", None)
                 if upgrade_tail is not None and exc.args and exc.args[0] < len(data):
                     upgrade_tail(data[exc.args[0]:])
+            if self.upgrade_body:
+                self._upgrade_body(data[exc.args[0]:] if exc.args else b"")
             return
         except httptools.HttpParserError as exc:
             error = self.error
@@ -271,6 +281,19 @@ class HTTP11Connection:
                 # The parser reports the target as it goes: if it is most of the head, it is the culprit.
                 too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
                 raise ProtocolError(too_long, "request head too large")
+
+    def _upgrade_body(self, data: bytes) -> None:
+        """The body of a plain request that carried an Upgrade header (see `upgrade_body`)."""
+        request = self.upgrade_request
+        take = data[:self.upgrade_body]
+        if request is None:
+            return
+        if take:
+            self.upgrade_body -= len(take)
+            request.on_body(take)
+        if not self.upgrade_body:
+            self.upgrade_request = None
+            request.on_body_complete()
 
     def _feed_sliced(self, data: bytes) -> None:
         """`feed` for a read that may hold many requests (or when a backlog waits): see `feed`."""
@@ -425,6 +448,11 @@ class HTTP11Connection:
         self.request = self.last = request = self.handler.on_request(
             method, http_version, url, headers, keep_alive, expect_continue, has_body
         )
+        if has_body and parser.should_upgrade() and getattr(request, "upgrade_tail", None) is None:
+            if te is not None:
+                raise self.fail(400, "a chunked body on an Upgrade request")  # llhttp would not parse it
+            self.upgrade_body = content_length
+            self.upgrade_request = request
         if self.active is None:
             self.active = request
             self.handler.start_request(request)
@@ -462,7 +490,7 @@ class HTTP11Connection:
         request = self.request
         self.request = None
         self.in_head = True
-        if request is not None:
+        if request is not None and request is not self.upgrade_request:  # that one's body is still to come
             request.on_body_complete()
 
     # ------------------------------------------------------------------ responses
@@ -484,7 +512,7 @@ class HTTP11Connection:
         self.upgraded = True
         self.parser = None
         self.handler = None
-        self.request = self.last = self.active = None
+        self.request = self.last = self.active = self.upgrade_request = None
         self.pipeline = ()
         self.backlog = b""
 

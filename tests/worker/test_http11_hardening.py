@@ -263,3 +263,22 @@ def test_an_absolute_form_target_replaces_the_host_field():
         client.send(b"GET http://example.com:8080/p?q=1 HTTP/1.1\r\nHost: other.example\r\nX-A: 1\r\n\r\n")
         assert client.response().status == 200
     assert app.headers == [[(b"x-a", b"1"), (b"host", b"example.com:8080")]]  # RFC 9112 §3.2.2
+
+
+@pytest.mark.parametrize("upgrade", [b"foo/1", b"h2c"])
+def test_a_plain_request_with_an_upgrade_header_gets_its_body(upgrade):
+    app = Recorder()
+    with run_server(app, settings(http="1")) as (host, port, _), Client(host, port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: " + upgrade
+                    + b"\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 11\r\n\r\nhello")
+        client.send(b" world")
+        response = client.response()
+        assert (response.status, response.body) == (200, b"ok:11")  # served as HTTP/1.1, not upgraded
+        assert client.closed()  # what follows an Upgrade request is not HTTP/1.1: the connection closes
+
+
+def test_a_chunked_body_on_an_upgrade_request_is_400():
+    with run_server(Recorder(), settings()) as (host, port, _), Client(host, port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        assert_error_and_close(client, 400)
