@@ -9,6 +9,7 @@ whatever happens. Scenarios:
   plaintext close json echo stream wsgi websocket websocket-1mib   throughput (bench/throughput.py);
                                               close: the hello-world with `Connection: close` on every request
   h2 h2-json                                   HTTP/2 (h2c, h2load -c 16 -m 32) vs hypercorn and granian
+  tls                                          hello-world over TLS (wrk, HTTPS keep-alive) vs uvicorn, gunicorn
   loadgen                                     the built-in load generator next to wrk on the same server
   metrics                                     corral plaintext with --metrics-bind vs without (the cost of
                                               counting every request), same rounds
@@ -38,7 +39,7 @@ FAMILIES = {**{n: throughput for n in throughput.SCENARIOS}, "loadgen": throughp
             "latency": latency,
             **{n: process for n in ("coldstart", "fairness", "crash", "hup")}}
 DEFAULT = ["plaintext", "close", "json", "echo", "stream", "wsgi", "django", "websocket", "websocket-1mib", "h2",
-           "h2-json", "idle", "latency", "loadgen", "metrics", "coldstart", "fairness", "crash", "hup"]
+           "h2-json", "tls", "idle", "latency", "loadgen", "metrics", "coldstart", "fairness", "crash", "hup"]
 QUICK = ["plaintext", "wsgi", "idle", "coldstart"]
 
 

@@ -41,9 +41,18 @@ def has_wrk() -> bool:
 # ---------------------------------------------------------------------------- a probe request
 
 
-def probe(port: int, path: str = "/", timeout: float = 1.0) -> int:
-    """Status of one GET on a fresh connection (raises OSError when nothing answers)."""
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+def probe(port: int, path: str = "/", timeout: float = 1.0, tls: bool = False) -> int:
+    """Status of one GET on a fresh connection (raises OSError when nothing answers); `tls`: over TLS,
+    the certificate unchecked (the bench's own, self-signed)."""
+    with socket.create_connection((HOST, port), timeout=timeout) as raw:
+        sock = raw
+        if tls:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            sock = context.wrap_socket(raw)
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while b"\r\n" not in data:

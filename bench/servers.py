@@ -45,6 +45,8 @@ def _corral(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]
         argv += ["--keep-alive", str(opt["keepalive"])]
     if opt.get("metrics"):
         argv += ["--metrics-bind", f"{HOST}:{free_port()}"]
+    if opt.get("tls"):
+        argv += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
     return argv
 
 
@@ -61,6 +63,8 @@ def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str
             "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
     if opt.get("keepalive"):
         argv += ["--timeout-keep-alive", str(opt["keepalive"])]
+    if opt.get("tls"):
+        argv += ["--ssl-certfile", opt["tls"][0], "--ssl-keyfile", opt["tls"][1]]
     return argv
 
 
@@ -72,6 +76,8 @@ def _gunicorn(worker_class: str) -> Callable[[str, int, int, dict[str, Any]], li
             out += ["--threads", str(opt.get("threads") or 4)]
         if opt.get("keepalive"):
             out += ["--keep-alive", str(opt["keepalive"])]
+        if opt.get("tls"):
+            out += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
         return out + [app]
 
     return argv
@@ -170,7 +176,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
+        return f"{'https' if self.options.get('tls') else 'http'}://{HOST}:{self.port}/"
 
     def start(self, wait_workers: bool = False) -> Server:
         self.port = free_port()
@@ -184,7 +190,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} at start:\n{self.log_tail()}")
             try:
-                if load.probe(self.port, timeout=1.0) == 200:
+                if load.probe(self.port, timeout=1.0, tls=bool(self.options.get("tls"))) == 200:
                     self.started_s = time.monotonic() - t0
                     break
             except OSError:

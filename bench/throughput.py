@@ -15,6 +15,7 @@ h2 h2-json the hello-world and the JSON app over h2c (prior knowledge), h2load -
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from bench import load, procs
@@ -39,6 +40,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "title": "Hello-world plaintext, corral with metrics on (--metrics-bind) vs off (ASGI)"},
     "websocket-1mib": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws_big": True, "conns": 4,
                        "title": "WebSocket echo, 1 MiB binary messages (messages/s; client: bench/websocket.py)"},
+    "tls": {"app": "bench.apps:hello", "iface": "asgi", "tls": True,
+            "title": "Hello-world plaintext over TLS 1.3 (HTTP/1.1, keep-alive; the same self-signed certificate)"},
     "h2": {"app": "bench.apps:hello", "iface": "asgi", "h2": True, "conns": 16,
            "title": "Hello-world plaintext over h2c, 32 streams per connection (ASGI; h2load)"},
     "h2-json": {"app": "bench.apps:json_1k", "iface": "asgi", "h2": True, "conns": 16,
@@ -46,6 +49,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 H2_SERVERS = ("corral", "hypercorn", "granian")  # the peers that speak h2c
+TLS_SERVERS = ("corral", "uvicorn", "gunicorn-uvicorn")  # the TLS scenario: gunicorn's flags and uvicorn's
 H2_STREAMS = 32
 
 
@@ -87,6 +91,8 @@ def steps(ctx: Ctx, name: str) -> int:
         return 2 * ctx.rounds if "corral" in ctx.asgi else 0
     if SCENARIOS[name].get("h2"):
         return len([n for n in ctx.asgi if n in H2_SERVERS]) * ctx.rounds if load.has_h2load() else 0
+    if SCENARIOS[name].get("tls"):
+        return len([n for n in ctx.asgi if n in TLS_SERVERS]) * ctx.rounds if ctx.tool == "wrk" else 0
     return len(ctx.wsgi if SCENARIOS[name]["iface"] == "wsgi" else ctx.asgi) * ctx.rounds
 
 
@@ -101,12 +107,18 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
             ctx.note(name, "skipped: h2load is not installed (apt-get install nghttp2-client)")
             return {"title": sc["title"], "kind": "throughput", "runs": {}}
         names = [n for n in names if n in H2_SERVERS]
+    options: dict[str, Any] = {"threads": 4} if sc["iface"] == "wsgi" else {}
+    if sc.get("tls"):
+        if ctx.tool != "wrk":
+            ctx.note(name, "skipped: the TLS scenario needs wrk (the built-in generator speaks plain HTTP)")
+            return {"title": sc["title"], "kind": "throughput", "runs": {}}
+        names = [n for n in names if n in TLS_SERVERS]
+        options["tls"] = self_signed(ctx.logdir)
     try:
         ws_runner = _websocket_runner(bool(sc.get("ws_big"))) if sc.get("ws") or sc.get("ws_big") else None
     except RuntimeError as exc:
         ctx.note(name, f"skipped: {exc}")
         return {"title": sc["title"], "kind": "throughput", "runs": {}}
-    options = {"threads": 4} if sc["iface"] == "wsgi" else {}
     if sc.get("metrics"):  # corral against itself: the cost of counting (the ratio column is vs "corral")
         made = [ctx.server("corral", sc["app"]), ctx.server("corral", sc["app"], label="corral-metrics", metrics=True)]
     else:
@@ -183,3 +195,15 @@ def run_loadgen(ctx: Ctx) -> dict[str, Any]:
         stop_each(ctx, [server])
     return {"title": "Built-in generator vs wrk (corral plaintext, same server)", "kind": "loadgen",
             "connections": ctx.connections, "runs": runs}
+
+
+def self_signed(folder: str) -> tuple[str, str]:
+    """A throw-away certificate and key for 127.0.0.1 (openssl), made once per run: every server serves it."""
+    import subprocess
+
+    cert, key = os.path.join(folder, "bench-cert.pem"), os.path.join(folder, "bench-key.pem")
+    if not os.path.exists(cert):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return cert, key
