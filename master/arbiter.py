@@ -358,8 +358,6 @@ class Arbiter:
         self.worker_number += 1
         number = self.worker_number
         settings = self.settings
-        if settings.max_applications != share:
-            settings = settings.replace(max_applications=share)
         master_end, worker_end = pair()
         if settings.pre_fork is not None:
             run_hook(settings, "pre_fork", self.server, unborn_worker(number, settings))
@@ -373,7 +371,7 @@ class Arbiter:
             master_end.close()
             workerproc.run_child(self.app, settings, self.listeners, worker_end, number=number, name=self.name,
                                  reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child,
-                                 server=self.server, ssl_context=self.ssl_context)
+                                 server=self.server, ssl_context=self.ssl_context, share=share)
         worker_end.close()
         jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
         max_requests = settings.max_requests + jitter if settings.max_requests else 0

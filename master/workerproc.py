@@ -167,6 +167,7 @@ def run_child(
     cleanup: Callable[[], None] | None = None,
     server: Any = None,
     ssl_context: Any = None,
+    share: int | None = None,
 ) -> NoReturn:
     """Run one worker in this (forked) process and exit with its code; never returns."""
     code = 1
@@ -195,7 +196,7 @@ def run_child(
         heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
         link = _Link(channel, heartbeat, settings, worker)
         code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready, worker=worker,
-                          ssl_context=ssl_context)
+                          ssl_context=ssl_context, max_applications=share)
         link.final()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

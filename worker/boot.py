@@ -48,6 +48,7 @@ async def serve_application(
     on_ready: Callable[[WorkerServer], None] | None = None,
     worker: WorkerView | None = None,
     ssl_context: Any = None,
+    max_applications: int | None = None,
 ) -> int:
     """Wrap `app`, run lifespan startup, serve until stopped, run lifespan shutdown; returns an exit code.
 
@@ -94,6 +95,7 @@ async def serve_application(
         notify=notify,
         ssl_context=ssl_context,
         wsgi=wsgi,
+        max_applications=max_applications,
         wsgi_layers=layers,
     )
     servers.append(server)
@@ -120,6 +122,7 @@ def run_worker(
     handle_signals: bool = True,
     worker: WorkerView | None = None,
     ssl_context: Any = None,
+    max_applications: int | None = None,
 ) -> int:
     """Run a worker to completion on a new uvloop loop; `app` may be an object or a spec string.
 
@@ -153,7 +156,8 @@ def run_worker(
 
     try:
         return loop.run_until_complete(serve_application(app, settings, sockets, notify=notify, on_ready=ready,
-                                                         worker=worker, ssl_context=ssl_context))
+                                                         worker=worker, ssl_context=ssl_context,
+                                                         max_applications=max_applications))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())

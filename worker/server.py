@@ -97,10 +97,12 @@ class WorkerServer(StatelessServer):
         notify: Callable[[], None] | None = None,
         ssl_context: Any = None,
         wsgi: bool = False,
+        max_applications: int | None = None,
         wsgi_layers: Any = None,
     ) -> None:
         settings = settings if settings is not None else Settings()
-        super().__init__(app, max_applications=settings.max_applications)
+        # This worker's share of --max-applications (the master spreads the total; alone, it is the total).
+        super().__init__(app, max_applications=max_applications or settings.max_applications)
         # WSGI hook (corral.worker.wsgi_cycle): `wsgi=True` serves `app` as a WSGI application natively, on
         # `settings.threads` threads, without the ASGI adapter; `wsgi_layers` (corral.worker.wsgi_layers): its
         # --request-timeout and request hooks, None when neither is set.
