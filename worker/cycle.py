@@ -17,14 +17,8 @@ import time
 from typing import Any
 
 from corral.worker.phases import BODY, ResponseState
-from corral.worker.http11 import (
-    CHUNKED,
-    CLOSE_DELIMITED,
-    CONTINUE_RESPONSE,
-    ERROR_RESPONSES,
-    NO_BODY,
-    response_head,
-)
+from corral.worker.framing import WRITERS, content_length_writer
+from corral.worker.http11 import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 
 __all__ = ["RequestCycle", "BODY_HIGH_WATER"]
 
@@ -32,8 +26,6 @@ error_logger = logging.getLogger("corral.error")
 
 #: Unconsumed request body above which the connection stops reading until the application receives.
 BODY_HIGH_WATER = 65536
-#: Bodies up to this size are joined with the head into one write; bigger ones are written after it.
-_JOIN_LIMIT = 16384
 
 # Response states.
 _IDLE, _STARTED, _HEAD_SENT, _COMPLETE = (
@@ -67,7 +59,7 @@ def cork(transport: Any) -> None:
 class RequestCycle:
     __slots__ = (
         "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body", "body_complete",
-        "delivered", "disconnected", "waiter", "state", "status", "headers", "mode", "remaining", "t0",
+        "delivered", "disconnected", "waiter", "state", "status", "headers", "writer", "remaining", "t0",
         "nbytes",
     )
 
@@ -87,7 +79,7 @@ class RequestCycle:
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
         self.state = _IDLE
-        # status, headers: set by http.response.start; mode, remaining: when the head is written.
+        # status, headers: set by http.response.start; writer, remaining: when the head is written.
         if timed:  # the access log's clock and byte count run only when there is an access log
             self.t0 = time.perf_counter()
             self.status = 0
@@ -204,64 +196,17 @@ class RequestCycle:
                 # (Only then: closing with unread bytes resets, and drops what the cork still holds.)
                 cork(protocol.transport)
             self.state = _HEAD_SENT
-            self.mode = mode
-            if mode >= 0:
-                if len(body) > mode:
-                    self.keep_alive = False
-                    write(head)
-                    raise RuntimeError("Response content longer than Content-Length")
-                self.remaining = mode - len(body)
-                if len(body) <= _JOIN_LIMIT:
-                    write(head + body)
-                else:
-                    write(head)
-                    write(body)
-            elif mode == CHUNKED:
-                if body:
-                    chunk = b"%x\r\n" % len(body)
-                    if len(body) <= _JOIN_LIMIT:
-                        write(b"%s%s%s\r\n%s" % (head, chunk, body, b"" if more_body else b"0\r\n\r\n"))
-                    else:
-                        write(head + chunk)
-                        write(body)
-                        write(b"\r\n" if more_body else b"\r\n0\r\n\r\n")
-                else:
-                    write(head if more_body else head + b"0\r\n\r\n")
-            elif mode == NO_BODY:
-                write(head)
-            else:  # CLOSE_DELIMITED
-                write(head + body if len(body) <= _JOIN_LIMIT else head)
-                if len(body) > _JOIN_LIMIT:
-                    write(body)
+            self.remaining = mode  # the Content-Length still to send (mode >= 0)
+            # writer_for(mode), inlined: a call less on every response.
+            writer = self.writer = content_length_writer if mode >= 0 else WRITERS[mode]
+            writer(self, write, head, body, more_body)
         else:
             if not self.keep_alive and not more_body and self.body_complete and protocol.state.client_close:
                 cork(protocol.transport)  # as above: the last body bytes and the FIN in one segment
-            mode = self.mode
-            if mode >= 0:
-                if len(body) > self.remaining:
-                    self.keep_alive = False
-                    raise RuntimeError("Response content longer than Content-Length")
-                self.remaining -= len(body)
-                if body:
-                    write(body)
-            elif mode == CHUNKED:
-                if body:
-                    if len(body) <= _JOIN_LIMIT:
-                        write(b"%x\r\n%s\r\n%s" % (len(body), body, b"" if more_body else b"0\r\n\r\n"))
-                    else:
-                        write(b"%x\r\n" % len(body))
-                        write(body)
-                        write(b"\r\n" if more_body else b"\r\n0\r\n\r\n")
-                elif not more_body:
-                    write(b"0\r\n\r\n")
-            elif mode == CLOSE_DELIMITED and body:
-                write(body)
+            self.writer(self, write, b"", body, more_body)
         if self.t0 is not None:
             self.nbytes += len(body)
         if not more_body:
-            if self.mode >= 0 and self.remaining:
-                self.keep_alive = False
-                raise RuntimeError("Response content shorter than Content-Length")
             self.state = _COMPLETE
             if self.waiter is not None:
                 self._wake()  # a receive() waiting for the disconnect returns now
