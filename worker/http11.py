@@ -11,6 +11,11 @@ only after the previous response finished, so responses go out strictly in order
 reading while a request waits in the queue, which bounds what is buffered.
 
 `response_head()` decides the framing of a response (RFC 9112 §6.3 / §7.1) and encodes its head.
+
+Keep-alive is decided here, in two steps and nowhere else: the request's side when its head completes
+(`on_headers_complete`: the version and its Connection header, `--max-requests-per-connection`,
+`--keep-alive 0`), the response's side in `response_head` (the application's `connection: close`,
+close-delimited framing, a stopping server). The protocol only acts on the result (`response_complete`).
 """
 
 from __future__ import annotations
@@ -130,11 +135,11 @@ class Limits:
     """The HTTP/1.1 limits of a worker, built once from its settings and handed to every connection."""
 
     __slots__ = ("request_line", "request_fields", "header_block", "request_body", "requests_per_connection",
-                 "pipelined_requests", "min_chunk_size")
+                 "pipelined_requests", "min_chunk_size", "keepalive")
 
     def __init__(self, request_line: int = 8190, request_fields: int = 100, header_block: int = 8190,
                  request_body: int = 0, requests_per_connection: int = 1000, pipelined_requests: int = 16,
-                 min_chunk_size: int = 64) -> None:
+                 min_chunk_size: int = 64, keepalive: bool = True) -> None:
         self.request_line = request_line
         self.request_fields = request_fields
         self.header_block = header_block
@@ -142,12 +147,13 @@ class Limits:
         self.requests_per_connection = requests_per_connection
         self.pipelined_requests = pipelined_requests
         self.min_chunk_size = min_chunk_size
+        self.keepalive = keepalive  # --keep-alive 0: every connection closes after its first response
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
         return cls(settings.limit_request_line, settings.limit_request_fields, settings.limit_request_field_size,
                    settings.limit_request_body, settings.max_requests_per_connection,
-                   settings.max_pipelined_requests, settings.min_chunk_size)
+                   settings.max_pipelined_requests, settings.min_chunk_size, settings.keepalive > 0)
 
 
 class HTTP11Connection:
@@ -159,7 +165,7 @@ class HTTP11Connection:
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
         "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
         "backlog", "min_chunk", "chunks", "body_left",
-        "upgrade_body", "upgrade_request",
+        "upgrade_body", "upgrade_request", "keepalive",
     )
 
     def __init__(self, handler: RequestHandler, limits: Limits) -> None:
@@ -173,6 +179,7 @@ class HTTP11Connection:
         self.max_requests: int = limits.requests_per_connection
         self.max_pipeline: int = limits.pipelined_requests
         self.min_chunk: int = limits.min_chunk_size
+        self.keepalive: bool = limits.keepalive
         # What one head may take in all: a bound on bytes buffered by the parser for a head that never
         # completes (a single endless header line never reaches on_header).
         self.head_cap = self.limit_line + self.limit_head + 1024
@@ -439,7 +446,7 @@ class HTTP11Connection:
         if not keep_alive:
             self.client_close = True
         self.requests = requests = self.requests + 1
-        if self.max_requests and requests >= self.max_requests:
+        if (self.max_requests and requests >= self.max_requests) or not self.keepalive:
             keep_alive = False
         if not keep_alive:
             self.must_close = True

@@ -231,7 +231,7 @@ class HttpProtocol(asyncio.Protocol):
             if websocket is not None:
                 return websocket  # type: ignore[return-value]
         return self.cycle_class(
-            self, scope, keep_alive and server.keepalive_enabled, expect_continue,
+            self, scope, keep_alive, expect_continue,
             method == b"HEAD", http_version == "1.1", server.access_log is not None,
         )
 

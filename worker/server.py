@@ -123,7 +123,6 @@ class WorkerServer(StatelessServer):
         self.ssl_context = ssl_context
         self.server_cert_pem: str | None = None  # for ASGI's TLS extension, made on first use
         self.root_path: str = settings.root_path
-        self.keepalive_enabled = settings.keepalive > 0
         self.reject_when_full = settings.pool_full == "503"
         self.limits = Limits.from_settings(settings)  # every connection's HTTP/1.1 limits, built once
         # Set on each connection only when it differs from the event loop's default high-water mark.
