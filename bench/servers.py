@@ -58,6 +58,16 @@ def _corral_hooks(app: str, port: int, workers: int, opt: dict[str, Any]) -> lis
     return _corral(app, port, workers, opt) + ["-c", HOOKS_CONF]
 
 
+BEFORE_ENV = "CORRAL_BENCH_BEFORE"  # the python of another checkout's venv: corral before a change
+
+
+def _corral_before(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
+    """corral from another install (an older checkout's venv), for before/after figures in the same rounds."""
+    argv = _corral(app, port, workers, opt)
+    argv[0] = os.environ[BEFORE_ENV]
+    return argv
+
+
 def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
     argv = [PY, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--workers", str(workers), "--loop",
             "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -114,13 +124,14 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("granian", "asgi", "granian", _granian("asgi"), note="--interface asgi --loop uvloop"),
     Spec("corral-wsgi", "wsgi", "corral.master", _corral, websocket=False),
     Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
+    Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
     Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
     Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
     Spec("granian-wsgi", "wsgi", "granian", _granian("wsgi"), websocket=False, note="--interface wsgi"),
 )}
 # `corral-wsgi` is corral on the WSGI app: its row keeps the WSGI table apart from the ASGI ones.
 # `corral-hooks` runs only when named (--servers corral,corral-hooks): it measures the hooks' cost.
-OPT_IN = ("corral-hooks",)
+OPT_IN = ("corral-hooks", "corral-before")
 
 
 def available(name: str) -> str | None:
@@ -128,6 +139,8 @@ def available(name: str) -> str | None:
     spec = SPECS.get(name)
     if spec is None:
         return f"unknown server (known: {', '.join(SPECS)})"
+    if name == "corral-before" and not os.access(os.environ.get(BEFORE_ENV, ""), os.X_OK):
+        return f"set {BEFORE_ENV} to the python of the checkout to compare with (its venv's bin/python)"
     try:
         if importlib.util.find_spec(spec.module) is None:
             raise ImportError
