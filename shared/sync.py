@@ -41,13 +41,21 @@ import threading
 import types
 import warnings
 from asyncio.events import _get_running_loop
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, Awaitable, Callable, Coroutine, Generic, ParamSpec, TypeVar, overload
 
 from .coroutines import iscoroutinefunction, markcoroutinefunction
 from .current_thread_executor import CurrentThreadExecutor
 from .local import _HOME, CRITICAL_VAR_NAME, _Storage
 from .runtime import LoopThread, get_runtime
+from .sync_contexts import (  # noqa: F401  (the context managers are this module's API, as asgiref's)
+    AsyncSingleThreadContext,
+    ThreadSensitiveContext,
+    _current_executor,
+    _set_result_if_pending,
+    _single_thread_context,
+    _thread_sensitive_context,
+)
 
 __all__ = [
     "AsyncSingleThreadContext",
@@ -71,21 +79,11 @@ _MISSING: Any = object()
 # Kept current at fork (os.getpid() is a system call): tells objects made before a fork from ours.
 _pid = os.getpid()
 
-#: The CurrentThreadExecutor of the innermost `async_to_sync` whose coroutine this context belongs to.
-_current_executor: contextvars.ContextVar[CurrentThreadExecutor | None] = contextvars.ContextVar(
-    "corral.sync.current_executor"
-)
 #: In the context a sync function runs in: its `sync_to_async` call (which loop to go back to).
 _frame: contextvars.ContextVar[_S2ACall] = contextvars.ContextVar("corral.sync.frame")
 #: In the context of a sync function running on the runtime's thread-sensitive thread: the pid (a forked
 #: child inherits the context, not the blocked thread).
 _deadlock: contextvars.ContextVar[int] = contextvars.ContextVar("corral.sync.deadlock")
-_thread_sensitive_context: contextvars.ContextVar[ThreadSensitiveContext] = contextvars.ContextVar(
-    "corral.sync.thread_sensitive_context"
-)
-_single_thread_context: contextvars.ContextVar[AsyncSingleThreadContext] = contextvars.ContextVar(
-    "corral.sync.async_single_thread_context"
-)
 # Bookkeeping of the bridges themselves: never copied back to a caller's context.
 _PRIVATE = frozenset({_HOME, _frame, _deadlock, _current_executor})
 
@@ -117,123 +115,7 @@ class _ArgumentError(TypeError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Contexts
-
-
-class AsyncSingleThreadContext:
-    """Context manager making every `async_to_sync` inside it run on one event loop thread.
-
-    Re-entrant: only the outermost block takes effect. Calls made from a `sync_to_async` function still run
-    on that function's outer event loop.
-    """
-
-    def __init__(self) -> None:
-        self.token: contextvars.Token[AsyncSingleThreadContext] | None = None
-        self._lock = threading.Lock()
-        self._loop_thread: LoopThread | None = None
-
-    def __enter__(self) -> AsyncSingleThreadContext:
-        if _single_thread_context.get(None) is None:
-            self.token = _single_thread_context.set(self)
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.token is None:
-            return
-        with self._lock:
-            loop_thread, self._loop_thread = self._loop_thread, None
-        if loop_thread is not None:
-            loop_thread.close(wait=True)
-        _single_thread_context.reset(self.token)
-        self.token = None
-
-    def _get_loop_thread(self) -> LoopThread:
-        with self._lock:
-            loop_thread = self._loop_thread
-            if loop_thread is None or loop_thread.pid != _pid or not loop_thread.gate.open:
-                loop_thread = self._loop_thread = LoopThread(get_runtime(), "corral-async-single-thread")
-            return loop_thread
-
-
-class ThreadSensitiveContext:
-    """Async context manager giving thread-sensitive calls inside it a thread of their own.
-
-    Without an executor, only the outermost block takes effect and its thread is made on first use and
-    stopped on exit. With an executor (one worker, owned by the caller), the block uses it even inside
-    another context or an `async_to_sync` call; it can be entered once, and its tasks must finish inside.
-    """
-
-    def __init__(self, *, executor: Executor | None = None) -> None:
-        self._executor = executor
-        self._own_executor: ThreadPoolExecutor | None = None
-        self._own_pid = 0
-        self.token: contextvars.Token[ThreadSensitiveContext] | None = None
-        self._executor_token: contextvars.Token[CurrentThreadExecutor | None] | None = None
-        self._exited = False
-
-    async def __aenter__(self) -> ThreadSensitiveContext:
-        if self._executor is not None:
-            if self.token is not None:
-                raise RuntimeError("ThreadSensitiveContext is already entered")
-            if self._exited:
-                raise RuntimeError("ThreadSensitiveContext with an executor cannot be entered again")
-            self.token = _thread_sensitive_context.set(self)
-            # An enclosing async_to_sync's executor would win over this context: hide it inside the block.
-            self._executor_token = _current_executor.set(None)
-        elif _thread_sensitive_context.get(None) is None:
-            self.token = _thread_sensitive_context.set(self)
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.token is None:
-            return
-        _thread_sensitive_context.reset(self.token)
-        self.token = None
-        if self._executor is not None:
-            if self._executor_token is not None:
-                _current_executor.reset(self._executor_token)
-                self._executor_token = None
-            self._exited = True  # the caller owns the executor: not shut down
-            return
-        executor, self._own_executor = self._own_executor, None
-        if executor is not None and self._own_pid == _pid:
-            # Its thread may itself be waiting on this loop (parked in async_to_sync): join it from a
-            # separate thread and await that, never blocking the loop.
-            loop = asyncio.get_running_loop()
-            done = loop.create_future()
-
-            def join() -> None:
-                executor.shutdown(wait=True)
-                try:
-                    loop.call_soon_threadsafe(_set_result_if_pending, done, None)
-                except RuntimeError:
-                    pass
-
-            threading.Thread(target=join, name="corral-ts-context-join", daemon=True).start()
-            await done
-
-    def _get_executor(self) -> Executor:
-        if self._executor is not None:
-            if self._exited:
-                raise RuntimeError(
-                    "ThreadSensitiveContext has exited. Tasks created inside a context with an executor "
-                    "must finish before it exits."
-                )
-            return self._executor
-        executor = self._own_executor
-        if executor is None or self._own_pid != _pid:  # none yet, or the parent's (no thread here)
-            executor = self._own_executor = ThreadPoolExecutor(1, thread_name_prefix="corral-ts-context")
-            self._own_pid = _pid
-        return executor
-
-
-# --------------------------------------------------------------------------------------------------------
 # sync_to_async
-
-
-def _set_result_if_pending(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
 
 
 def _set_exception_if_pending(future: asyncio.Future[Any], exc: BaseException) -> None:
