@@ -25,6 +25,15 @@ class BlockingReader:
     _buf: bytearray
     _eof: bool
 
+    _disconnected: bool
+
+    def disconnect(self) -> None:
+        """The client went away (on the event loop): a read waiting for more of the body raises."""
+        with self._cond:
+            if not self._eof:
+                self._disconnected = True
+                self._cond.notify_all()
+
     def _take(self, n: int) -> bytes:
         raise NotImplementedError
 

@@ -159,12 +159,6 @@ class _InputStream(BlockingReader):
                 self._eof = True
             self._cond.notify()
 
-    def disconnect(self) -> None:
-        with self._cond:
-            if not self._eof:
-                self._disconnected = True
-                self._cond.notify_all()
-
     async def wait_for_space(self) -> None:
         """Return once the buffer is below INPUT_BUFFER (the reader wakes us at half of it)."""
         with self._cond:

@@ -25,7 +25,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-__all__ = ["RequestDeadline", "TIMEOUT_RESPONSE"]
+__all__ = ["RequestDeadline", "StuckThreads", "TIMEOUT_RESPONSE"]
 
 logger = logging.getLogger("corral.error")
 
@@ -68,20 +68,45 @@ class _Guard:
         await self._send(message)
 
 
-class RequestDeadline:
-    """ASGI middleware enforcing `timeout` seconds per HTTP request (see the module docstring)."""
+class StuckThreads:
+    """WSGI threads still running a request past its deadline (`stuck`): when they fill `--threads`, the worker
+    asks once to be replaced (`on_stuck`). Shared by the adapter path (`RequestDeadline`) and the native WSGI
+    path (`corral.worker.wsgi_layers.WsgiDeadline`)."""
 
-    __slots__ = ("app", "timeout", "wsgi", "threads", "on_stuck", "stuck", "recycling")
+    __slots__ = ("threads", "on_stuck", "stuck", "recycling")
 
-    def __init__(self, app: Callable, timeout: float, *, wsgi: bool, threads: int,
-                 on_stuck: Callable[[], None]) -> None:
-        self.app = app
-        self.timeout = timeout
-        self.wsgi = wsgi
+    def __init__(self, threads: int, on_stuck: Callable[[], None]) -> None:
         self.threads = threads
         self.on_stuck = on_stuck
         self.stuck = 0
         self.recycling = False
+
+    def thread_stuck(self) -> None:
+        self.stuck += 1
+        if self.stuck >= self.threads and not self.recycling:
+            self.recycling = True
+            logger.warning("%d WSGI thread(s) are stuck past --request-timeout (--threads %d): asking for this "
+                           "worker to be replaced", self.stuck, self.threads)
+            try:
+                self.on_stuck()
+            except Exception:
+                logger.exception("Could not ask for a replacement")
+
+    def thread_returned(self) -> None:
+        self.stuck -= 1
+
+
+class RequestDeadline(StuckThreads):
+    """ASGI middleware enforcing `timeout` seconds per HTTP request (see the module docstring)."""
+
+    __slots__ = ("app", "timeout", "wsgi")
+
+    def __init__(self, app: Callable, timeout: float, *, wsgi: bool, threads: int,
+                 on_stuck: Callable[[], None]) -> None:
+        super().__init__(threads, on_stuck)
+        self.app = app
+        self.timeout = timeout
+        self.wsgi = wsgi
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -107,27 +132,16 @@ class RequestDeadline:
             for message in TIMEOUT_RESPONSE:
                 await send(message)
         if self.wsgi:
-            self._count_stuck(task)
+            self.thread_stuck()
+            task.add_done_callback(self._unstuck)
             return
         task.cancel()
         await asyncio.wait((task,))
         if not task.cancelled() and task.exception() is not None:
             logger.debug("application raised after its deadline", exc_info=task.exception())
 
-    def _count_stuck(self, task: asyncio.Task[Any]) -> None:
-        self.stuck += 1
-        task.add_done_callback(self._unstuck)
-        if self.stuck >= self.threads and not self.recycling:
-            self.recycling = True
-            logger.warning("%d WSGI thread(s) are stuck past --request-timeout (--threads %d): asking for this "
-                           "worker to be replaced", self.stuck, self.threads)
-            try:
-                self.on_stuck()
-            except Exception:
-                logger.exception("Could not ask for a replacement")
-
     def _unstuck(self, task: asyncio.Task[Any]) -> None:
-        self.stuck -= 1
+        self.thread_returned()
         if not task.cancelled():
             task.exception()  # retrieved: the response was dropped, what it raised no longer matters
 

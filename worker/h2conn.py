@@ -293,9 +293,9 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if proxy is not None and self.trusted is not False:
             try:
                 if self.trusted is None:
-                    proxy.apply(scope)
+                    proxy.apply(scope)  # a proxy without `trusts` (any object with apply(scope)) decides itself
                 else:
-                    proxy.apply(scope, True)
+                    proxy.apply(scope, True)  # trust decided once for the connection
             except Exception:
                 logger.exception("Could not apply proxy headers")
                 stream.status = 400

@@ -39,7 +39,6 @@ from corral.worker.response import (  # noqa: F401
     STATUS_LINES,
     encode_headers,
     response_head,
-    status_line,
 )
 
 __all__ = [

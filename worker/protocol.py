@@ -216,7 +216,7 @@ class HttpProtocol(asyncio.Protocol):
         if proxy is not None and self.trusted is not False:
             try:
                 if self.trusted is None:
-                    proxy.apply(scope)
+                    proxy.apply(scope)  # a proxy without `trusts` (any object with apply(scope)) decides itself
                 else:
                     proxy.apply(scope, True)  # trust decided once for the connection
             except Exception:

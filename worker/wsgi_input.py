@@ -58,12 +58,6 @@ class StreamInput(BlockingReader):
             self._eof = True
             self._cond.notify_all()
 
-    def disconnect(self) -> None:
-        with self._cond:
-            if not self._eof:
-                self._disconnected = True
-                self._cond.notify_all()
-
     def expire(self) -> None:
         """The request is past --request-timeout: every later read raises, even with bytes left."""
         with self._cond:

@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from corral.worker.deadline import TIMEOUT_BODY
+from corral.worker.deadline import StuckThreads, TIMEOUT_BODY
 from corral.worker.hookapi import (HookRequest, HookResponse, WorkerView, call_post_request, call_pre_request,
                                    hook_arity)
 from corral.worker.wsgi_call import FAILED
@@ -38,17 +38,14 @@ class Expirable(Protocol):
     def expire(self, timeout: float) -> bool: ...
 
 
-class WsgiDeadline:
+class WsgiDeadline(StuckThreads):
     """--request-timeout for native WSGI requests (see the module docstring)."""
 
-    __slots__ = ("timeout", "threads", "on_stuck", "stuck", "recycling", "pool")
+    __slots__ = ("timeout", "pool")
 
     def __init__(self, timeout: float, threads: int, on_stuck: Callable[[], None]) -> None:
+        super().__init__(threads, on_stuck)
         self.timeout = timeout
-        self.threads = threads
-        self.on_stuck = on_stuck
-        self.stuck = 0
-        self.recycling = False
         self.pool: Any = None  # the worker's WorkerThreads (wsgi_setup): told how many of its threads are stuck
 
     def sweep(self, instances: dict[Any, Any]) -> None:
@@ -59,24 +56,16 @@ class WsgiDeadline:
                                  if instance.last_used <= limit and isinstance(cycle, WsgiCycle)]
         for cycle in late:
             if cycle.expire(self.timeout):
-                self._stuck()
+                self.thread_stuck()
 
-    def _stuck(self) -> None:
-        self.stuck += 1
+    def thread_stuck(self) -> None:
         if self.pool is not None:
-            self.pool.stuck = self.stuck  # the next request wakes another thread rather than wait for it
-        if self.stuck >= self.threads and not self.recycling:
-            self.recycling = True
-            logger.warning("%d WSGI thread(s) are stuck past --request-timeout (--threads %d): asking for this "
-                           "worker to be replaced", self.stuck, self.threads)
-            try:
-                self.on_stuck()
-            except Exception:
-                logger.exception("Could not ask for a replacement")
+            self.pool.stuck = self.stuck + 1  # the next request wakes another thread rather than wait for it
+        super().thread_stuck()
 
     def returned(self) -> None:
         """A stuck thread's application returned (on the loop, when its request completes)."""
-        self.stuck -= 1
+        self.thread_returned()
         if self.pool is not None:
             self.pool.stuck = self.stuck
 
