@@ -78,7 +78,7 @@ class Counters:
     def __call__(self, scope: dict, status: int, nbytes: int, duration: float, headers: Any) -> None:
         """The access-log hook (see `meter`): one response is complete. (worker/metered.py's protocol
         does the same inline: keep the two in step.)"""
-        # status: 100-999, validated before any response is written (http11.status_line)
+        # status: 100-999, validated before any response is written (response.status_line)
         self.requests[METHOD_OFFSET.get(scope.get("method", "GET"), OTHER_OFFSET) + status] += 1
         self.durations[bisect_left(DURATION_BOUNDS, duration)] += 1
         self.duration_sum += duration

@@ -40,7 +40,7 @@ def metered_protocol(counters: Counters, base: type[HttpProtocol] = HttpProtocol
                 return
             duration = perf_counter() - t0
             scope = cycle.scope
-            status = cycle.status  # 100-999: validated before any response is written (http11.status_line)
+            status = cycle.status  # 100-999: validated before any response is written (response.status_line)
             try:
                 requests[offsets[scope["method"]] + status] += 1
             except KeyError:  # another method, or a WebSocket scope (its handshake is a GET)

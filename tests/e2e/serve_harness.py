@@ -27,6 +27,19 @@ from corral.master.pidfile import read_pid  # noqa: F401  (re-exported for tests
 WAIT = 60.0  # generous: a busy 2-core machine shared with other test runs
 STOP_WAIT = 30.0
 
+#: The lifespan half of the ASGI apps the e2e tests write to files: `LIFESPAN + APP_TEXT`, and in the app
+#: `if scope["type"] == "lifespan": return await lifespan(receive, send)`.
+LIFESPAN = '''
+async def lifespan(receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+'''
+
 APP = '''
 import asyncio, os, sys, time
 

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import textwrap
-import time
 
 import pytest
 

@@ -16,18 +16,12 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, free_port, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
 
 ECHO = '''
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     body = b""
     while True:
         message = await receive()
@@ -51,7 +45,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def serve(tmp_path):
-    (tmp_path / "echo.py").write_text(textwrap.dedent(ECHO))
+    (tmp_path / "echo.py").write_text(LIFESPAN + textwrap.dedent(ECHO))
     started: list[Master] = []
 
     def serve(*args: str, app: str = "echo:app") -> Master:

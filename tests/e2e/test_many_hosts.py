@@ -33,8 +33,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from readme_blocks import block, local_serve, substitute, substitute_re  # noqa: E402
-from serve_harness import STOP_WAIT, WAIT, Master, free_port, kill_pids, wait_until  # noqa: E402
-from test_nginx import NGINX, Nginx  # noqa: E402
+from serve_harness import LIFESPAN, Master, STOP_WAIT, WAIT, free_port, kill_pids, wait_until  # noqa: E402
+from test_nginx import NGINX, Nginx, nginx_frame  # noqa: E402
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
 IP = shutil.which("ip")
@@ -66,13 +66,7 @@ import asyncio, json, os
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     await asyncio.sleep(0.005)  # a little work: requests are in flight when a host goes
     body = json.dumps({"host": os.environ["TEST_HOST"], "client": scope["client"][0] if scope["client"] else None,
                        "pid": os.getpid()}).encode()
@@ -212,22 +206,7 @@ def nginx_conf(prefix: Path, net: Network, port: int) -> str:
     site = block("corral: many-hosts nginx", "nginx")
     site = substitute(site, README_NET, net.net)
     site = substitute_re(site, r"^(\s*)listen 80;", rf"\1listen 127.0.0.1:{port};")
-    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    for folder in temp.values():
-        folder.mkdir(exist_ok=True)
-    user = "user root;" if os.geteuid() == 0 else ""
-    return textwrap.dedent(f"""\
-        {user}
-        worker_processes 1;
-        events {{ worker_connections 512; }}
-        http {{
-            access_log off;
-            client_body_temp_path {temp['client_body']};
-            proxy_temp_path {temp['proxy']};
-            fastcgi_temp_path {temp['fastcgi']};
-            uwsgi_temp_path {temp['uwsgi']};
-            scgi_temp_path {temp['scgi']};
-        """) + textwrap.indent(site, "    ") + "}\n"
+    return nginx_frame(prefix, site)
 
 
 class Load:
@@ -284,7 +263,7 @@ class Load:
 
 @pytest.fixture
 def cluster(tmp_path) -> Iterator[dict[str, Any]]:
-    (tmp_path / "hostapp.py").write_text(textwrap.dedent(APP))
+    (tmp_path / "hostapp.py").write_text(LIFESPAN + textwrap.dedent(APP))
     net = Network()
     hosts = {name: Host(net, name, tmp_path) for name in HOSTS}
     nginx = haproxy = None

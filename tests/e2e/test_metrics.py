@@ -23,20 +23,14 @@ from websockets.sync.client import connect
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, free_port, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
 
 APP = '''
 import os
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     if scope["type"] == "websocket":
         await receive()
         await send({"type": "websocket.accept"})
@@ -187,7 +181,7 @@ class StatsdListener:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "mapp.py").write_text(textwrap.dedent(APP))
+    (tmp_path / "mapp.py").write_text(LIFESPAN + textwrap.dedent(APP))
     return tmp_path
 
 

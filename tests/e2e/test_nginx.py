@@ -113,6 +113,12 @@ def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path,
         site = substitute_re(site, r"^(\s*)#\s*listen 443 ssl;", rf"\1listen 127.0.0.1:{tls_port} ssl;")
         site = substitute_re(site, r"^(\s*)#\s*ssl_certificate\s+\S+;", rf"\1ssl_certificate {cert};")
         site = substitute_re(site, r"^(\s*)#\s*ssl_certificate_key\s+\S+;", rf"\1ssl_certificate_key {key};")
+    return nginx_frame(prefix, site, f"{prefix}/access.log")
+
+
+def nginx_frame(prefix: Path, site: str, access_log: str = "off") -> str:
+    """A README block (http-level directives) inside a minimal main/events/http frame whose temporary
+    folders are under `prefix`."""
     temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for folder in temp.values():
         folder.mkdir(exist_ok=True)
@@ -123,7 +129,7 @@ def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path,
         worker_processes 1;
         events {{ worker_connections 512; }}
         http {{
-            access_log {prefix}/access.log;
+            access_log {access_log};
             client_body_temp_path {temp['client_body']};
             proxy_temp_path {temp['proxy']};
             fastcgi_temp_path {temp['fastcgi']};

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, free_port, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed (.ci/run installs it)")
@@ -29,13 +29,7 @@ import json
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     tls = scope["extensions"].get("tls")
     seen = {"scheme": scope["scheme"], "tls": tls}
     if scope["type"] == "websocket":
@@ -72,7 +66,7 @@ def make_certs(folder: Path, server_cn: str = "localhost", tag: str = "") -> dic
 
 @pytest.fixture
 def tls(tmp_path):
-    (tmp_path / "tlsapp.py").write_text(textwrap.dedent(APP))
+    (tmp_path / "tlsapp.py").write_text(LIFESPAN + textwrap.dedent(APP))
     certs = make_certs(tmp_path)
     started: list[Master] = []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import textwrap
 import threading
 
