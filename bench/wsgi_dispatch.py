@@ -12,6 +12,8 @@ per request, medians (min-max).
     corral-inline      the application called on the event loop itself (BENCH_WSGI_DISPATCH=inline)
     corral-adapter     the path before the native one: WsgiToAsgi on the ASGI worker (BENCH_WSGI_DISPATCH=adapter)
     corral-asgi        corral's ASGI hello-world (bench.apps:hello): the floor the WSGI path is held to
+    corral-...-pure    any corral variant with CORRAL_PURE_PYTHON=1: the compiled hot path's modules run as
+                       Python (corral.shared.hotpath), for the compiled / pure ratio in the same rounds
     granian-wsgi, gunicorn-gthread: the peers, same threads
 """
 
@@ -35,6 +37,9 @@ PY = sys.executable
 
 def _command(variant: str, app: str, threads: int) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
+    if variant.endswith("-pure"):  # the same corral with its compiled modules loaded from their .py sources
+        env["CORRAL_PURE_PYTHON"] = "1"
+        variant = variant[: -len("-pure")]
     if variant.startswith("corral"):
         if variant == "corral-asgi":
             app = "bench.apps:hello"
