@@ -12,8 +12,8 @@ per request, medians (min-max).
     corral-inline      the application called on the event loop itself (BENCH_WSGI_DISPATCH=inline)
     corral-adapter     the path before the native one: WsgiToAsgi on the ASGI worker (BENCH_WSGI_DISPATCH=adapter)
     corral-asgi        corral's ASGI hello-world (bench.apps:hello): the floor the WSGI path is held to
-    corral-...-pure    any corral variant with CORRAL_PURE_PYTHON=1: the compiled hot path's modules run as
-                       Python (corral.shared.hotpath), for the compiled / pure ratio in the same rounds
+    corral-...-plain   a corral variant with the hot path compiled by Cython, untyped or typed
+    corral-...-typed   (python -m bench.compiled builds them and runs these against the Python ones)
     granian-wsgi, gunicorn-gthread: the peers, same threads
 """
 
@@ -37,16 +37,19 @@ PY = sys.executable
 
 def _command(variant: str, app: str, threads: int) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    if variant.endswith("-pure"):  # the same corral with its compiled modules loaded from their .py sources
-        env["CORRAL_PURE_PYTHON"] = "1"
-        variant = variant[: -len("-pure")]
+    build = None
+    for kind in ("-plain", "-typed"):  # the same corral with a build of bench.compiled's modules
+        if variant.endswith(kind):
+            build = os.path.join(os.environ["BENCH_COMPILED_DIR"], kind[1:], "lib")
+            variant = variant[: -len(kind)]
     if variant.startswith("corral"):
         if variant == "corral-asgi":
             app = "bench.apps:hello"
         mode = variant.partition("-")[2]
         if mode in ("connection", "inline", "adapter"):
             env["BENCH_WSGI_DISPATCH"] = mode
-        return [PY, "-m", "corral.master", app, "-w", "1", "-b", f"{HOST}:{PORT}", "--log-level", "warning",
+        launcher = ["corral.master"] if build is None else ["bench.compiled", "serve", build, "--"]
+        return [PY, "-m", *launcher, app, "-w", "1", "-b", f"{HOST}:{PORT}", "--log-level", "warning",
                 "--threads", str(threads)], env
     if variant == "granian-wsgi":
         return [PY, "-m", "granian", "--interface", "wsgi", "--workers", "1", "--host", HOST, "--port", str(PORT),

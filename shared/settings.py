@@ -488,17 +488,12 @@ def unknown_setting_message(name: str, source: str = "") -> str:
     return message
 
 
-# CORRAL_* variables that are not settings: a command line, read by the CLI; the switch that loads the
-# compiled hot path's modules from their .py sources, read at import (corral.shared.hotpath).
-NOT_SETTINGS = frozenset({"CORRAL_CMD_ARGS", "CORRAL_PURE_PYTHON"})
-
-
 def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Settings given as CORRAL_* environment variables (unknown CORRAL_* names are errors)."""
     found: dict[str, Any] = {}
     known = {declared.env: declared for declared in REGISTRY.values()}
     for key, raw in environ.items():
-        if not key.startswith("CORRAL_") or key in NOT_SETTINGS:
+        if not key.startswith("CORRAL_") or key == "CORRAL_CMD_ARGS":  # a command line, read by the CLI
             continue
         declared = known.get(key)
         if declared is None:

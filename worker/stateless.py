@@ -109,6 +109,9 @@ class StatelessServer:
     #: How long `arun()` waits for instances it cancels on exit before giving up on them.
     instance_shutdown_timeout: float = 5.0
 
+    #: The loop serving the instances, where a subclass records it (None: asked of asyncio per instance).
+    loop: asyncio.AbstractEventLoop | None = None
+
     def __init__(self, application: Any, max_applications: int = 1000) -> None:
         self.application = application
         self.application_instances: OrderedDict[Hashable, ApplicationInstance] = OrderedDict()
@@ -228,7 +231,10 @@ class StatelessServer:
         if len(instances) >= self._max_applications:
             self._make_room()
         app = self._single_callable or self._application_callable()
-        task = asyncio.get_running_loop().create_task(app(scope, receive, send))
+        # The serving loop when a subclass keeps it (WorkerServer.loop): asyncio.get_running_loop() makes a
+        # getpid() system call per call (its fork check), once per request here.
+        loop = self.loop
+        task = (loop if loop is not None else asyncio.get_running_loop()).create_task(app(scope, receive, send))
         instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
         instances[scope_id] = instance
         if len(instances) >= self._max_applications:

@@ -209,7 +209,7 @@ class WsgiCycle(WsgiCall):
         instances = server.application_instances
         if len(instances) >= server.max_applications:
             server._make_room()  # raises PoolFull (the server backpressures)
-        loop = asyncio.get_running_loop()
+        loop = server.loop or asyncio.get_running_loop()  # (the latter costs a getpid() system call)
         future = self.instance_future = loop.create_future()
         # No done-callback on the future: `_resolve` releases the slot at once (a callback would cost a
         # loop iteration per request). A future cancelled by the server's shutdown is released there too.

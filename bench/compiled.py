@@ -1,0 +1,141 @@
+"""What a compiled hot path buys: corral's own sources compiled with Cython, against the same sources as Python.
+
+    pip install cython                      # and a C compiler
+    python -m bench.compiled [--rounds 5] [--duration 3] [--builds plain,typed] [--apps wsgi,asgi]
+
+Issue 11 asked what compiling the hot path (mypyc or Cython, with the pure-Python modules as the fallback)
+would buy, and for a prototype if more than 20 %. This is that prototype, kept as a measurement rather than
+shipped. It builds, in a temporary folder, the modules of `MODULES` from the checkout's unchanged `.py`
+files, in two ways:
+
+    plain   Cython compiles the Python as it is (generic object code, no declarations);
+    typed   the same, with the augmenting declarations of bench/cython/corral/worker/*.pxd (Cython's "pure
+            Python mode": the .py stays the source and the fallback): the parser state (`HTTP11Connection`),
+            the WSGI request (`WsgiCall`/`WsgiCycle`), the dispatcher and the thread pool become extension
+            types whose attributes are C struct fields (the parser's counters and flags as C integers).
+
+Then it serves `bench.apps:hello_wsgi` (and `bench.apps:hello`, ASGI) with each build and without one, in
+interleaved rounds, one worker pinned to cpu 0 and wrk on cpu 1 (`bench.wsgi_dispatch`'s measure): the
+server's CPU time per request is the figure to read (steadier than requests/s on a shared machine).
+
+A build is served by `python -m bench.compiled serve BUILD_DIR -- <serve arguments>`: a meta path finder
+loads the built extension modules in place of corral's `.py` modules, then corral's own CLI runs (its
+workers are forked, so they inherit the finder). corral itself knows nothing of this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import procs
+
+#: The hot path's modules: the HTTP/1.1 parser callbacks, the response head and framing, the native WSGI path.
+MODULES = {
+    "corral.worker.http11": "worker/http11.py",
+    "corral.worker.response": "worker/response.py",
+    "corral.worker.framing": "worker/framing.py",
+    "corral.worker.wsgi_cycle": "worker/wsgi_cycle.py",
+    "corral.worker.wsgi_call": "worker/wsgi_call.py",
+    "corral.worker.wsgi_pool": "worker/wsgi_pool.py",
+    "corral.worker.wsgi_protocol": "worker/wsgi_protocol.py",
+    "corral.shared.wsgi_environ": "shared/wsgi_environ.py",
+}
+
+DECLARATIONS = Path(__file__).resolve().parent / "cython"
+BUILD_DIR_VARIABLE = "BENCH_COMPILED_DIR"  # set by bench.wsgi_dispatch for its "-plain" / "-typed" variants
+
+
+def build(dest: Path, typed: bool) -> Path:
+    """Compile MODULES into `dest` (in a corral/<package>/ layout, as cimports need); return `dest`."""
+    from Cython.Build import cythonize  # noqa: PLC0415  # only this tool needs Cython
+    from setuptools import Extension  # noqa: PLC0415
+    from setuptools.dist import Distribution  # noqa: PLC0415
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for package in ("corral", "corral/worker", "corral/shared"):
+        (dest / package).mkdir(exist_ok=True)
+        (dest / package / "__init__.py").touch()
+    extensions = []
+    for name, source in MODULES.items():
+        staged = dest / name.replace(".", "/")
+        shutil.copyfile(Path(procs.ROOT) / source, staged.with_suffix(".py"))
+        declarations = DECLARATIONS / (name.replace(".", "/") + ".pxd")
+        if typed and declarations.exists():
+            shutil.copyfile(declarations, staged.with_suffix(".pxd"))
+        extensions.append(Extension(name, [str(staged.with_suffix(".py"))]))
+    modules = cythonize(extensions, include_path=[str(dest)], quiet=True, nthreads=os.cpu_count() or 1,
+                        compiler_directives={"language_level": 3})
+    distribution = Distribution({"name": "corral-bench-compiled", "ext_modules": modules})
+    command = distribution.get_command_obj("build_ext")
+    command.build_lib = str(dest / "lib")
+    command.build_temp = str(dest / "tmp")
+    command.parallel = os.cpu_count() or 1
+    command.ensure_finalized()
+    command.run()
+    return dest / "lib"
+
+
+class _Compiled:
+    """Loads MODULES from the extension modules of one build."""
+
+    def __init__(self, lib: Path) -> None:
+        self.lib = lib
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MODULES:
+            return None
+        folder = self.lib / fullname.rpartition(".")[0].replace(".", "/")
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            candidate = folder / (fullname.rpartition(".")[2] + suffix)
+            if candidate.exists():
+                return importlib.util.spec_from_file_location(fullname, candidate)
+        raise ImportError(f"bench.compiled: {fullname} was not built in {self.lib}")
+
+
+def serve(lib: Path, argv: list[str]) -> int:
+    sys.meta_path.insert(0, _Compiled(lib))
+    from corral.master.cli import main as serve_main  # noqa: PLC0415  # after the finder: workers inherit it
+
+    sys.argv = ["serve", *argv]
+    return serve_main()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        rest = argv[2:]
+        return serve(Path(argv[1]), rest[1:] if rest[:1] == ["--"] else rest)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--builds", default="plain,typed")
+    parser.add_argument("--apps", default="wsgi,asgi")
+    parser.add_argument("--keep", metavar="DIR", help="build into DIR and keep it (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    from bench import wsgi_dispatch  # noqa: PLC0415
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="corral-compiled-"))
+    try:
+        libs = {kind: build(root / kind, typed=kind == "typed") for kind in args.builds.split(",")}
+        variants = []
+        for app in args.apps.split(","):
+            base = "corral-pool" if app == "wsgi" else "corral-asgi"
+            variants += [base] + [f"{base}-{kind}" for kind in libs]
+        os.environ[BUILD_DIR_VARIABLE] = str(root)
+        return wsgi_dispatch.main(["--rounds", str(args.rounds), "--duration", str(args.duration),
+                                   "--variants", ",".join(variants)])
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
