@@ -46,6 +46,10 @@ MODULES = {
     "corral.worker.wsgi_call": "worker/wsgi_call.py",
     "corral.worker.wsgi_pool": "worker/wsgi_pool.py",
     "corral.worker.wsgi_protocol": "worker/wsgi_protocol.py",
+    "corral.worker.protocol": "worker/protocol.py",
+    "corral.worker.cycle": "worker/cycle.py",
+    "corral.worker.flow": "worker/flow.py",
+    "corral.worker.stateless": "worker/stateless.py",
     "corral.shared.wsgi_environ": "shared/wsgi_environ.py",
 }
 
@@ -66,10 +70,13 @@ def build(dest: Path, typed: bool) -> Path:
     extensions = []
     for name, source in MODULES.items():
         staged = dest / name.replace(".", "/")
-        shutil.copyfile(Path(procs.ROOT) / source, staged.with_suffix(".py"))
+        text = (Path(procs.ROOT) / source).read_text()
         declarations = DECLARATIONS / (name.replace(".", "/") + ".pxd")
         if typed and declarations.exists():
             shutil.copyfile(declarations, staged.with_suffix(".pxd"))
+            # An extension type cannot derive from a Python class; asyncio needs only the methods.
+            text = text.replace("class HttpProtocol(asyncio.Protocol):", "class HttpProtocol:")
+        staged.with_suffix(".py").write_text(text)
         extensions.append(Extension(name, [str(staged.with_suffix(".py"))]))
     modules = cythonize(extensions, include_path=[str(dest)], quiet=True, nthreads=os.cpu_count() or 1,
                         compiler_directives={"language_level": 3})
