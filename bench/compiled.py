@@ -79,7 +79,9 @@ def build(dest: Path, typed: bool) -> Path:
         staged.with_suffix(".py").write_text(text)
         extensions.append(Extension(name, [str(staged.with_suffix(".py"))]))
     modules = cythonize(extensions, include_path=[str(dest)], quiet=True, nthreads=os.cpu_count() or 1,
-                        compiler_directives={"language_level": 3})
+                        # Types come from the .pxd files only: annotations typed by Cython would change what a
+                        # function accepts (an `int` parameter refusing None), so the build would not be the sources.
+                        compiler_directives={"language_level": 3, "annotation_typing": False})
     distribution = Distribution({"name": "corral-bench-compiled", "ext_modules": modules})
     command = distribution.get_command_obj("build_ext")
     command.build_lib = str(dest / "lib")
