@@ -12,6 +12,7 @@ turns them into exit codes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -159,6 +160,10 @@ class Arbiter:
     def load_app(self, settings: Settings) -> None:
         if settings.preload_app:
             self.app = import_app(self.spec, factory=settings.factory)  # AppImportError
+            if settings.gc_freeze:
+                # Before the forks: the children's collections never write to these objects' headers, so
+                # their pages stay shared (Python's gc.freeze() documentation describes this use).
+                gc.freeze()
         else:
             check_app(self.spec, settings)  # AppCheckError
             self.app = self.spec

@@ -288,6 +288,11 @@ _declare("timeout", "worker", non_negative_float, 30.0,
 _declare("preload_app", "worker", to_bool, False,
          "Import the application in the master before forking: workers start in milliseconds and share "
          "memory; HUP then reloads settings but not the code (use USR2).", ("--preload",), is_flag=True)
+_declare("gc_freeze", "worker", to_bool, True,
+         "Once the application is loaded (and its lifespan started), move what the worker holds into the "
+         "garbage collector's permanent generation (gc.freeze()): collections then scan what requests "
+         "create, not the application and its imports, whose full passes were the long tail of response "
+         "times. With --preload the master does it before forking, which also keeps the pages shared.")
 _declare("worker_boot_retries", "worker", positive_int, 3,
          "Consecutive worker boot failures (app import error, lifespan startup failed), with no worker "
          "serving, after which the master stops with exit code 5 instead of forking again.")

@@ -110,3 +110,37 @@ def test_max_worker_memory_replaces_the_worker(start):
     master.wait_for_line(f"(pid {first['pid']}) uses")
     master.wait_workers(1, lambda ws: ws[0]["pid"] != first["pid"])
     assert get(master.port)[0] == 200
+
+
+GC_APP = '''
+import gc
+import os
+
+FROZEN_AT_IMPORT = gc.get_freeze_count()
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()
+    body = f"{os.getpid()} {FROZEN_AT_IMPORT} {gc.get_freeze_count()}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+@pytest.mark.parametrize("args, frozen", [((), True), (("--no-gc-freeze",), False), (("--preload",), True)],
+                         ids=["default", "off", "preload"])
+def test_gc_freeze_moves_the_loaded_application_out_of_the_collectors_way(start, tmp_path, args, frozen):
+    (tmp_path / "gcapp.py").write_text(GC_APP)
+    master = start(*args, "gcapp:app", cwd=tmp_path)
+    master.wait_workers(1)
+    status, body = get(master.port, "/")
+    assert status == 200
+    pid, at_import, now = (int(x) for x in body.split())
+    assert pid != master.proc.pid and at_import == 0  # nothing froze before the application was imported
+    # Frozen: the application module, its imports and the worker's server are in the permanent generation.
+    assert (now > 1000) if frozen else (now == 0), body
