@@ -280,11 +280,7 @@ class StatelessServer:
         self._slot_released()
 
     def _instance_done(self, instance: ApplicationInstance, future: asyncio.Future[Any]) -> None:
-        instances = self.application_instances
-        if instances.get(instance.scope_id) is instance:
-            del instances[instance.scope_id]
-            if self._full or self._slot_waiters:
-                self._slot_released()
+        self._free_slot(instance)
         if future.cancelled():
             return
         exception = future.exception()
@@ -297,6 +293,15 @@ class StatelessServer:
             # Nobody runs the checker (the pool is used without arun): report now rather than hold it.
             self._log_failure(exception, instance)
             self._failures.pop()
+
+    def _free_slot(self, instance: ApplicationInstance) -> None:
+        """Free the slot of a finished instance (a no-op if it already left the pool). An instance whose
+        future never fails nor gets a done-callback (a WSGI request) calls this instead of `_instance_done`."""
+        instances = self.application_instances
+        if instances.get(instance.scope_id) is instance:
+            del instances[instance.scope_id]
+            if self._full or self._slot_waiters:
+                self._slot_released()
 
     def _slot_released(self) -> None:
         if self._full and len(self.application_instances) < self._max_applications:

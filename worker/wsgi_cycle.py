@@ -419,7 +419,8 @@ class WsgiCycle(WsgiCall):
         if future is not None and self.instance is not None:
             if not future.done():
                 future.set_result(None)
-            self.protocol.server._instance_done(self.instance, future)
+            # Only the slot to free: the future never holds an exception and no ASGI cycle is behind it.
+            self.protocol.server._free_slot(self.instance)
             self.instance = None
 
     def abandon(self) -> None:
