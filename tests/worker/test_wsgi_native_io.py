@@ -141,6 +141,19 @@ def file_app(path, opened):
     return app
 
 
+def slow_reader(host, port):
+    """A client that asks for the file through a small receive buffer and does not read it yet."""
+    slow = Client(host, port)
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    slow.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    return slow
+
+
+def transfers(server):
+    """The file transfers under way (WsgiCycle.sendfile of each request in the pool)."""
+    return [t for t in (c.sendfile for c in list(server.application_instances)) if t is not None]
+
+
 def test_file_wrapper_sendfile_byte_exact(big_file, sendfile_calls):
     path, data = big_file
     opened: list = []
@@ -166,11 +179,8 @@ def test_file_wrapper_sendfile_to_a_slow_reader(big_file, sendfile_calls):
     path, data = big_file
     opened: list = []
     with serve(file_app(path, opened)) as (host, port, server):
-        slow = Client(host, port)
-        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        slow.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        wait_until(lambda: any(c.sendfile is not None for c in list(server.application_instances)),
-                   what="the transfer to start")
+        slow = slow_reader(host, port)
+        wait_until(lambda: transfers(server), what="the transfer to start")
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=WAIT) as http:
             assert len(http.get("/", params={"length": "10"}).content) == 10  # served meanwhile
         response = slow.response()
@@ -184,11 +194,8 @@ def test_file_wrapper_client_gone_mid_transfer(big_file, sendfile_calls):
     path, data = big_file
     opened: list = []
     with serve(file_app(path, opened)) as (host, port, server):
-        slow = Client(host, port)
-        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        slow.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        wait_until(lambda: any(c.sendfile is not None for c in list(server.application_instances)),
-                   what="the transfer to start")
+        slow = slow_reader(host, port)
+        wait_until(lambda: transfers(server), what="the transfer to start")
         slow.sock.recv(1000)
         slow.close()
         wait_until(lambda: not server.application_instances, what="the slot to be freed")
@@ -202,11 +209,9 @@ def test_file_wrapper_server_stops_mid_transfer(big_file, sendfile_calls):
     path, data = big_file
     opened: list = []
     with serve(file_app(path, opened)) as (host, port, server):
-        slow = Client(host, port)
-        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        slow.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        wait_until(lambda: any(c.sendfile is not None and len(c.sendfile) == 6 and c.sendfile[5]
-                               for c in list(server.application_instances)), what="the transfer to wait")
+        slow = slow_reader(host, port)
+        # (a sendfile transfer is a 6-tuple whose last item says it waits for the socket to drain)
+        wait_until(lambda: any(len(t) == 6 and t[5] for t in transfers(server)), what="the transfer to wait")
     received = slow.read_to_eof()  # bounded by the socket timeout: a kept-open socket fails here
     assert len(received) < len(data)
     slow.close()
