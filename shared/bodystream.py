@@ -1,7 +1,8 @@
 """`wsgi.input` for a request body that is still arriving: the file-like API a WSGI application's thread reads
 through, over a buffer the event loop fills. Shared by the worker's native WSGI path
 (`corral.worker.wsgi_input.StreamInput`) and the ASGI adapter (`corral.shared.wsgi`); each provides the
-buffer (`_buf`, a bytearray), its lock (`_cond`, a Condition), `_eof`, `_take(n)` and `_wait()`.
+buffer (`_buf`, a bytearray), its lock (`_cond`, a Condition), `_eof`, `_disconnected`, and its backpressure
+in `_consumed(left)` (told after each take how many bytes are left unread).
 """
 
 from __future__ import annotations
@@ -34,11 +35,26 @@ class BlockingReader:
                 self._disconnected = True
                 self._cond.notify_all()
 
+    # -- the application's thread (with the lock held) ---------------------------------------------------
     def _take(self, n: int) -> bytes:
+        buf = self._buf
+        if n >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:n])
+            del buf[:n]  # cheap: bytearray drops a prefix by moving its start
+        self._consumed(len(buf))
+        return data
+
+    def _consumed(self, left: int) -> None:
+        """`left` bytes are still unread after a read: resume the loop's reading if it waits for room."""
         raise NotImplementedError
 
     def _wait(self) -> None:
-        raise NotImplementedError
+        if self._disconnected:
+            raise ClientDisconnected("the client disconnected before the request body was complete")
+        self._cond.wait()
 
     def readable(self) -> bool:
         return True

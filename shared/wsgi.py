@@ -168,23 +168,10 @@ class _InputStream(BlockingReader):
         await waiter
 
     # -- WSGI-thread side (call with the lock held) -----------------------------------------------------
-    def _take(self, n: int) -> bytes:
-        buf = self._buf
-        if n >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:n])
-            del buf[:n]  # cheap: bytearray drops a prefix by moving its start
-        if self._resume is not None and len(buf) < INPUT_BUFFER // 2:
+    def _consumed(self, left: int) -> None:
+        if self._resume is not None and left < INPUT_BUFFER // 2:
             waiter, self._resume = self._resume, None
             _notify(self._loop, waiter)
-        return data
-
-    def _wait(self) -> None:
-        if self._disconnected:
-            raise ClientDisconnected("the client disconnected before the request body was complete")
-        self._cond.wait()
 
 
 class WsgiToAsgi:

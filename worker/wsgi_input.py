@@ -67,21 +67,13 @@ class StreamInput(BlockingReader):
             self._cond.notify_all()
 
     # -- the application's thread (with the lock held) -------------------------------------------------------
-    def _take(self, n: int) -> bytes:
-        buf = self._buf
-        if n >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:n])
-            del buf[:n]
-        if self._paused and len(buf) <= self._high // 2:
+    def _consumed(self, left: int) -> None:
+        if self._paused and left <= self._high // 2:
             self._paused = False
             try:
                 self._loop.call_soon_threadsafe(self._resume)
             except RuntimeError:  # the loop is closed: nobody reads any more
                 pass
-        return data
 
     def _wait(self) -> None:
         first_read = self._first_read
@@ -91,9 +83,7 @@ class StreamInput(BlockingReader):
                 self._loop.call_soon_threadsafe(first_read)
             except RuntimeError:
                 pass
-        if self._disconnected:
-            raise ClientDisconnected("the client disconnected before the request body was complete")
-        self._cond.wait()
+        BlockingReader._wait(self)
 
 
 class ExpiringInput(io.BytesIO):
