@@ -415,13 +415,14 @@ class WsgiCycle(WsgiCall):
         self.input = None
 
     def _release_slot(self) -> None:
-        future = self.instance_future
-        if future is not None and self.instance is not None:
+        instance = self.instance
+        if instance is not None:  # (set with instance_future by `start`, cleared here: released once)
+            self.instance = None
+            future = instance.future
             if not future.done():
                 future.set_result(None)
             # Only the slot to free: the future never holds an exception and no ASGI cycle is behind it.
-            self.protocol.server._free_slot(self.instance)
-            self.instance = None
+            self.protocol.server._free_slot(instance)
 
     def abandon(self) -> None:
         """A bug of ours while writing: close the connection, free the slot."""
