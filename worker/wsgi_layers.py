@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from corral.worker.deadline import StuckThreads, TIMEOUT_BODY
+from corral.worker.deadline import TIMEOUT_BODY, TIMEOUT_RESPONSE, StuckThreads
 from corral.worker.hookapi import (HookRequest, HookResponse, WorkerView, call_post_request, call_pre_request,
                                    hook_arity)
 from corral.worker.wsgi_call import FAILED
@@ -30,8 +30,7 @@ __all__ = ["WsgiDeadline", "WsgiHooks", "HookedWsgiCycle", "WsgiLayers", "wsgi_l
 
 logger = logging.getLogger("corral.error")
 
-_TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", b"%d" % len(TIMEOUT_BODY)), (b"connection", b"close"))
+_TIMEOUT_HEADERS = tuple(TIMEOUT_RESPONSE[0]["headers"])  # the 504's headers, as the ASGI path sends them
 
 
 class Expirable(Protocol):
