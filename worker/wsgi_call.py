@@ -283,9 +283,7 @@ class WsgiCall:
             if len(body) > mode:
                 body = body[:mode]  # PEP 3333: never more than the declared Content-Length
             elif len(body) < mode:
-                self.keep_alive = False
-                error_logger.error("WSGI response shorter than its Content-Length (%s %s)",
-                                   self.scope["method"], self.scope["path"])
+                self._check_length(len(body))
         elif mode == NO_BODY:
             body = b""
         elif mode == CHUNKED:
