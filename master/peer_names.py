@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Entry", "GUNICORN", "PEER_FLAGS", "NO_VALUE", "gunicorn_flags"]
+__all__ = ["Entry", "GUNICORN", "PEER_FLAGS", "gunicorn_flags"]
 
 
 class Entry(NamedTuple):
@@ -29,8 +29,6 @@ class Entry(NamedTuple):
     default: Any = None  # gunicorn's default (a refused key at this value asks for nothing)
     takes_value: bool = True  # its flag takes a value
 
-
-NO_VALUE = object()
 
 _DIRTY = "gunicorn's dirty arbiters (separate worker pools for long tasks) have no corral equivalent"
 _H2 = "no HTTP/3: it ends at the proxy in front"
