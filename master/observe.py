@@ -25,9 +25,8 @@ __all__ = ["Observer", "WINDOW"]
 logger = logging.getLogger("corral.master")
 
 WINDOW = 10.0  # seconds of history behind requests/s and p50/p99
-SAMPLE_EVERY = 1.0
+SAMPLE_EVERY = 1.0  # also how often statsd is sent, from the same sum
 STATUS_EVERY = 5.0  # systemd STATUS= lines
-STATSD_EVERY = 1.0
 RESTART_ONLY = ("metrics_bind", "statsd_host", "statsd_prefix", "dogstatsd_tags")
 
 
@@ -50,7 +49,6 @@ class Observer:
         self.samples: deque[tuple[float, int, list[int]]] = deque()
         self.next_sample = 0.0
         self.next_status = 0.0
-        self.next_statsd = 0.0
         self.statsd_before = Totals()
         self.statsd_master: dict[str, int] = {}
         self.ready_sent = False
@@ -140,29 +138,29 @@ class Observer:
             self.metrics_server.sweep(now)
         if now >= self.next_sample:
             self.next_sample = now + SAMPLE_EVERY
-            self.sample(now)
+            totals = self.totals() if self.collecting else None  # one sum of the workers' counts for both
+            self.sample(now, totals)
+            if self.statsd is not None:
+                self.flush_statsd(totals)
         if self.notifier.enabled:
             self.check_ready()
             if self.ready_sent and now >= self.next_status:
                 self.next_status = now + STATUS_EVERY
                 self.notifier.status(self.summary())
-        if self.statsd is not None and now >= self.next_statsd:
-            self.next_statsd = now + STATSD_EVERY
-            self.flush_statsd()
 
     def check_ready(self) -> None:
+        if self.ready_sent and not self.reloading:
+            return  # READY=1 is sent once, and again only to end a reload
         workers = self.arbiter.workers.values()
         serving = sum(1 for w in workers if w.ready and not w.retiring and not w.outdated)
         outdated = any(w.outdated and not w.retiring for w in workers)
         if serving >= self.arbiter.num_workers and not outdated:
-            if not self.ready_sent or self.reloading:
-                self.ready_sent = True
-                self.reloading = False
-                self.notifier.ready(self.summary())
+            self.ready_sent = True
+            self.reloading = False
+            self.notifier.ready(self.summary())
 
-    def sample(self, now: float) -> None:
-        if self.collecting:
-            totals = self.totals()
+    def sample(self, now: float, totals: Totals | None) -> None:
+        if totals is not None:
             served, durations = totals.request_count, totals.durations
         else:
             served, durations = self.served(), []
@@ -171,9 +169,10 @@ class Observer:
         while len(samples) > 2 and now - samples[1][0] >= WINDOW:
             samples.popleft()
 
-    def flush_statsd(self) -> None:
+    def flush_statsd(self, totals: Totals | None = None) -> None:
         assert self.statsd is not None
-        totals = self.totals()
+        if totals is None:
+            totals = self.totals()
         live = [w for w in self.arbiter.workers.values() if w.ready]
         gauges = {
             "workers": len(self.arbiter.workers),
