@@ -14,7 +14,8 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-from corral.master.metrics import CONTENT_TYPE, MasterCounts, Totals, live_totals, quantile, render_prometheus
+from corral.master.metrics import (CONTENT_TYPE, MasterCounts, Totals, live_totals, quantile, ready_sum,
+                                   render_prometheus, served)
 from corral.master.metrics_http import MetricsServer
 from corral.master.sdnotify import Notifier
 from corral.master.statsd import StatsdClient, master_counters, statsd_lines
@@ -173,12 +174,12 @@ class Observer:
         assert self.statsd is not None
         if totals is None:
             totals = self.totals()
-        live = [w for w in self.arbiter.workers.values() if w.ready]
+        workers = self.arbiter.workers.values()
         gauges = {
-            "workers": len(self.arbiter.workers),
-            "pool.in_use": sum(w.stats.get("instances", 0) for w in live),
-            "pool.parked": sum(w.stats.get("parked", 0) for w in live),
-            "websocket.open": sum(w.stats.get("websockets", 0) for w in live),
+            "workers": len(workers),
+            "pool.in_use": ready_sum(workers, "instances"),
+            "pool.parked": ready_sum(workers, "parked"),
+            "websocket.open": ready_sum(workers, "websockets"),
         }
         lines = statsd_lines(self.statsd_prefix, totals, self.statsd_before, self.counts, self.statsd_master, gauges)
         self.statsd_before = totals
@@ -191,7 +192,7 @@ class Observer:
         return live_totals(self.counts, self.arbiter.workers.values())
 
     def served(self) -> int:
-        return self.counts.served_retired + sum(w.stats.get("requests", 0) for w in self.arbiter.workers.values())
+        return served(self.counts, self.arbiter.workers.values())
 
     def render(self) -> str:
         arbiter = self.arbiter
@@ -210,23 +211,22 @@ class Observer:
     def figures(self) -> dict[str, Any]:
         """The status document's `metrics` part: what /metrics would say, digested for a human."""
         workers = self.arbiter.workers.values()
-        live = [w for w in workers if w.ready]
+        totals = self.totals() if self.collecting else None
         figures: dict[str, Any] = {
             # with metrics: every response (the server's own 500s and WebSocket handshakes too), as in /metrics
-            "requests": self.totals().request_count if self.collecting else self.served(),
+            "requests": totals.request_count if totals is not None else self.served(),
             "requests_per_second": round(self.rate(), 1),
             "window": round(self.samples[-1][0] - self.samples[0][0], 1) if len(self.samples) > 1 else 0.0,
-            "in_flight": sum(w.stats.get("instances", 0) for w in live),
-            "pool_size": sum(w.stats.get("max_applications", 0) for w in live),
-            "parked": sum(w.stats.get("parked", 0) for w in live),
-            "websockets": sum(w.stats.get("websockets", 0) for w in live),
+            "in_flight": ready_sum(workers, "instances"),
+            "pool_size": ready_sum(workers, "max_applications"),
+            "parked": ready_sum(workers, "parked"),
+            "websockets": ready_sum(workers, "websockets"),
             "worker_starts": self.counts.starts,
             "exits": {cause: n for cause, n in self.counts.exits.items() if n},
             "reloads": self.counts.reloads,
             "collecting": self.collecting,
         }
-        if self.collecting:
-            totals = self.totals()
+        if totals is not None:
             recent = totals.durations
             if len(self.samples) > 1 and self.samples[0][2]:
                 old = self.samples[0][2]
@@ -246,5 +246,5 @@ class Observer:
         """systemd's STATUS= line."""
         workers = self.arbiter.workers.values()
         serving = sum(1 for w in workers if w.ready and not w.retiring)
-        in_flight = sum(w.stats.get("instances", 0) for w in workers if w.ready)
+        in_flight = ready_sum(workers, "instances")
         return f"{serving} workers serving, {self.rate():.0f} req/s, {in_flight} in flight"
