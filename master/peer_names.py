@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from corral.shared.settings_compat import HOOK_ARITY
+
 __all__ = ["Entry", "GUNICORN", "PEER_FLAGS", "gunicorn_flags"]
 
 
@@ -129,10 +131,7 @@ GUNICORN: dict[str, Entry] = {
     "limit_request_fields": _same("", ("--limit-request-fields",), "--limit-request-fields"),
     "limit_request_line": _same("default 8190 (gunicorn 4094)", ("--limit-request-line",), "--limit-request-line"),
     # Server hooks
-    **{name: _same("server hook: config file only (see README \"Server hooks\")", (), name) for name in (
-        "child_exit", "nworkers_changed", "on_exit", "on_reload", "on_starting", "post_fork", "post_request",
-        "post_worker_init", "pre_exec", "pre_fork", "pre_request", "when_ready", "worker_abort", "worker_exit",
-        "worker_int")},
+    **{name: _same("server hook: config file only (see README \"Server hooks\")", (), name) for name in HOOK_ARITY},
     # Server mechanics
     "casefold_http_method": Entry("refuse", "", "corral passes the method as sent (RFC 9110: case-sensitive)",
                                   ("--casefold-http-method",), False, False),
