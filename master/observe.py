@@ -45,7 +45,6 @@ class Observer:
         self.collecting = collecting(settings)
         self.metrics_server: MetricsServer | None = None
         self.statsd: StatsdClient | None = None
-        self.statsd_prefix = settings.statsd_prefix
         self.notifier = Notifier()
         self.samples: deque[tuple[float, int, list[int]]] = deque()
         self.next_sample = 0.0
@@ -54,7 +53,7 @@ class Observer:
         self.statsd_master: dict[str, int] = {}
         self.ready_sent = False
         self.reloading = False
-        self.settings = settings
+        self.settings = settings  # as the master started: the RESTART_ONLY ones stay so across reloads
         self.log_counter: LogCounter | None = None
 
     # ------------------------------------------------------------------ start and stop
@@ -181,7 +180,8 @@ class Observer:
             "pool.parked": ready_sum(workers, "parked"),
             "websocket.open": ready_sum(workers, "websockets"),
         }
-        lines = statsd_lines(self.statsd_prefix, totals, self.statsd_before, self.counts, self.statsd_master, gauges)
+        lines = statsd_lines(self.settings.statsd_prefix, totals, self.statsd_before, self.counts, self.statsd_master,
+                             gauges)
         self.statsd_before = totals
         self.statsd_master = master_counters(self.counts)
         self.statsd.send(lines)
