@@ -53,17 +53,19 @@ def suggest(name: str) -> str:
     key = name.lstrip("-").replace("-", "_")
     entry = GUNICORN.get(key)
     if entry is not None and entry.kind != "same":
-        instead = f"; corral's equivalent is {entry.corral}" if entry.corral else "; corral has no equivalent"
-        return f"{instead} ({entry.note})" if entry.note else instead
+        return _equivalent(entry.corral, entry.note)
     flag = "--" + key.replace("_", "-")
     if flag in PEER_FLAGS and PEER_FLAGS[flag] != ("", ""):
-        corral, note = PEER_FLAGS[flag]
-        instead = f"; corral's equivalent is {corral}" if corral else "; corral has no equivalent"
-        return f"{instead} ({note})" if note else instead
+        return _equivalent(*PEER_FLAGS[flag])
     close = difflib.get_close_matches(key, list(REGISTRY), n=1, cutoff=0.75)
     if close:
         return f"; did you mean {close[0]!r}?"
     return ""
+
+
+def _equivalent(corral: str, note: str) -> str:
+    instead = f"; corral's equivalent is {corral}" if corral else "; corral has no equivalent"
+    return f"{instead} ({note})" if note else instead
 
 
 def find_config(folder: str) -> str | None:
@@ -73,6 +75,7 @@ def find_config(folder: str) -> str | None:
         if os.path.isfile(path):
             return path
     return None
+
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a click command with one option per registered setting (default None = not given)."""

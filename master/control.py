@@ -62,9 +62,7 @@ class ControlServer:
         while True:
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # nothing pending (EAGAIN) or a failed accept: wait for the next readiness
                 return
             try:
                 conn.settimeout(1.0)  # a client that does not read must not stall the master for long

@@ -29,7 +29,8 @@ import psutil
 
 from corral.worker.counters import DURATION_BOUNDS, LOG_LEVELS, METHODS, STATUS_SLOTS, WAIT_BOUNDS, histogram
 
-__all__ = ["Totals", "MasterCounts", "render_prometheus", "quantile", "CONTENT_TYPE", "EXIT_CAUSES"]
+__all__ = ["Totals", "MasterCounts", "render_prometheus", "quantile", "ready_sum", "served", "CONTENT_TYPE",
+           "EXIT_CAUSES"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -143,6 +144,17 @@ def live_totals(counts: MasterCounts, workers: Iterable[WorkerView]) -> Totals:
     return totals
 
 
+def ready_sum(workers: Iterable[WorkerView], key: str) -> int:
+    """A pool figure of the heartbeats (instances, parked, websockets, max_applications) added up over the
+    ready workers."""
+    return sum(worker.stats.get(key, 0) for worker in workers if worker.ready)
+
+
+def served(counts: MasterCounts, workers: Iterable[WorkerView]) -> int:
+    """Responses the application completed since the master started (counted with metrics off too)."""
+    return counts.served_retired + sum(worker.stats.get("requests", 0) for worker in workers)
+
+
 def quantile(q: float, counts: list[int], bounds: tuple[float, ...]) -> float | None:
     """The q-quantile from per-bucket counts, interpolated inside its bucket (Prometheus'
     histogram_quantile); None without observations."""
@@ -238,15 +250,12 @@ def render_prometheus(counts: MasterCounts, workers: list[Any], *, target: int, 
         logs = {level: totals.logs[level] + counts.logs[level] for level in LOG_LEVELS}
         w.family("corral_log_messages", "counter", "Error-log records of the master and the workers, by level "
                  "(exception: an error with a traceback).", [({"level": k}, n) for k, n in logs.items()], "_total")
-    live = [x for x in workers if x.ready]
     w.family("corral_http_requests_in_flight", "gauge", "Application instances running (HTTP and WebSocket).",
-             [({}, sum(x.stats.get("instances", 0) for x in live))])
-    w.family("corral_pool_parked", "gauge", "Requests waiting for a pool slot.",
-             [({}, sum(x.stats.get("parked", 0) for x in live))])
-    w.family("corral_websocket_open", "gauge", "Open WebSocket connections.",
-             [({}, sum(x.stats.get("websockets", 0) for x in live))])
+             [({}, ready_sum(workers, "instances"))])
+    w.family("corral_pool_parked", "gauge", "Requests waiting for a pool slot.", [({}, ready_sum(workers, "parked"))])
+    w.family("corral_websocket_open", "gauge", "Open WebSocket connections.", [({}, ready_sum(workers, "websockets"))])
     w.family("corral_requests_served", "counter", "HTTP responses the application completed, all workers since "
-             "the master started (counted with metrics off too).", [({}, counts.served_retired + sum(x.stats.get("requests", 0) for x in workers))], "_total")
+             "the master started (counted with metrics off too).", [({}, served(counts, workers))], "_total")
     # per worker
     now = time.monotonic()
     rows = sorted(workers, key=lambda x: x.number)

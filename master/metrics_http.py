@@ -67,9 +67,7 @@ class MetricsServer:
         while len(self.conns) < MAX_CONNECTIONS:
             try:
                 sock, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # nothing pending (EAGAIN) or a failed accept: wait for the next readiness
                 return
             sock.setblocking(False)
             conn = _Conn(sock)

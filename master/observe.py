@@ -14,7 +14,8 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-from corral.master.metrics import CONTENT_TYPE, MasterCounts, Totals, live_totals, quantile, render_prometheus
+from corral.master.metrics import (CONTENT_TYPE, MasterCounts, Totals, live_totals, quantile, ready_sum,
+                                   render_prometheus, served)
 from corral.master.metrics_http import MetricsServer
 from corral.master.sdnotify import Notifier
 from corral.master.statsd import StatsdClient, master_counters, statsd_lines
@@ -25,9 +26,8 @@ __all__ = ["Observer", "WINDOW"]
 logger = logging.getLogger("corral.master")
 
 WINDOW = 10.0  # seconds of history behind requests/s and p50/p99
-SAMPLE_EVERY = 1.0
+SAMPLE_EVERY = 1.0  # also how often statsd is sent, from the same sum
 STATUS_EVERY = 5.0  # systemd STATUS= lines
-STATSD_EVERY = 1.0
 RESTART_ONLY = ("metrics_bind", "statsd_host", "statsd_prefix", "dogstatsd_tags")
 
 
@@ -45,17 +45,15 @@ class Observer:
         self.collecting = collecting(settings)
         self.metrics_server: MetricsServer | None = None
         self.statsd: StatsdClient | None = None
-        self.statsd_prefix = settings.statsd_prefix
         self.notifier = Notifier()
         self.samples: deque[tuple[float, int, list[int]]] = deque()
         self.next_sample = 0.0
         self.next_status = 0.0
-        self.next_statsd = 0.0
         self.statsd_before = Totals()
         self.statsd_master: dict[str, int] = {}
         self.ready_sent = False
         self.reloading = False
-        self.settings = settings
+        self.settings = settings  # as the master started: the RESTART_ONLY ones stay so across reloads
         self.log_counter: LogCounter | None = None
 
     # ------------------------------------------------------------------ start and stop
@@ -140,29 +138,29 @@ class Observer:
             self.metrics_server.sweep(now)
         if now >= self.next_sample:
             self.next_sample = now + SAMPLE_EVERY
-            self.sample(now)
+            totals = self.totals() if self.collecting else None  # one sum of the workers' counts for both
+            self.sample(now, totals)
+            if self.statsd is not None:
+                self.flush_statsd(totals)
         if self.notifier.enabled:
             self.check_ready()
             if self.ready_sent and now >= self.next_status:
                 self.next_status = now + STATUS_EVERY
                 self.notifier.status(self.summary())
-        if self.statsd is not None and now >= self.next_statsd:
-            self.next_statsd = now + STATSD_EVERY
-            self.flush_statsd()
 
     def check_ready(self) -> None:
+        if self.ready_sent and not self.reloading:
+            return  # READY=1 is sent once, and again only to end a reload
         workers = self.arbiter.workers.values()
         serving = sum(1 for w in workers if w.ready and not w.retiring and not w.outdated)
         outdated = any(w.outdated and not w.retiring for w in workers)
         if serving >= self.arbiter.num_workers and not outdated:
-            if not self.ready_sent or self.reloading:
-                self.ready_sent = True
-                self.reloading = False
-                self.notifier.ready(self.summary())
+            self.ready_sent = True
+            self.reloading = False
+            self.notifier.ready(self.summary())
 
-    def sample(self, now: float) -> None:
-        if self.collecting:
-            totals = self.totals()
+    def sample(self, now: float, totals: Totals | None) -> None:
+        if totals is not None:
             served, durations = totals.request_count, totals.durations
         else:
             served, durations = self.served(), []
@@ -171,17 +169,19 @@ class Observer:
         while len(samples) > 2 and now - samples[1][0] >= WINDOW:
             samples.popleft()
 
-    def flush_statsd(self) -> None:
+    def flush_statsd(self, totals: Totals | None = None) -> None:
         assert self.statsd is not None
-        totals = self.totals()
-        live = [w for w in self.arbiter.workers.values() if w.ready]
+        if totals is None:
+            totals = self.totals()
+        workers = self.arbiter.workers.values()
         gauges = {
-            "workers": len(self.arbiter.workers),
-            "pool.in_use": sum(w.stats.get("instances", 0) for w in live),
-            "pool.parked": sum(w.stats.get("parked", 0) for w in live),
-            "websocket.open": sum(w.stats.get("websockets", 0) for w in live),
+            "workers": len(workers),
+            "pool.in_use": ready_sum(workers, "instances"),
+            "pool.parked": ready_sum(workers, "parked"),
+            "websocket.open": ready_sum(workers, "websockets"),
         }
-        lines = statsd_lines(self.statsd_prefix, totals, self.statsd_before, self.counts, self.statsd_master, gauges)
+        lines = statsd_lines(self.settings.statsd_prefix, totals, self.statsd_before, self.counts, self.statsd_master,
+                             gauges)
         self.statsd_before = totals
         self.statsd_master = master_counters(self.counts)
         self.statsd.send(lines)
@@ -192,7 +192,7 @@ class Observer:
         return live_totals(self.counts, self.arbiter.workers.values())
 
     def served(self) -> int:
-        return self.counts.served_retired + sum(w.stats.get("requests", 0) for w in self.arbiter.workers.values())
+        return served(self.counts, self.arbiter.workers.values())
 
     def render(self) -> str:
         arbiter = self.arbiter
@@ -211,23 +211,22 @@ class Observer:
     def figures(self) -> dict[str, Any]:
         """The status document's `metrics` part: what /metrics would say, digested for a human."""
         workers = self.arbiter.workers.values()
-        live = [w for w in workers if w.ready]
+        totals = self.totals() if self.collecting else None
         figures: dict[str, Any] = {
             # with metrics: every response (the server's own 500s and WebSocket handshakes too), as in /metrics
-            "requests": self.totals().request_count if self.collecting else self.served(),
+            "requests": totals.request_count if totals is not None else self.served(),
             "requests_per_second": round(self.rate(), 1),
             "window": round(self.samples[-1][0] - self.samples[0][0], 1) if len(self.samples) > 1 else 0.0,
-            "in_flight": sum(w.stats.get("instances", 0) for w in live),
-            "pool_size": sum(w.stats.get("max_applications", 0) for w in live),
-            "parked": sum(w.stats.get("parked", 0) for w in live),
-            "websockets": sum(w.stats.get("websockets", 0) for w in live),
+            "in_flight": ready_sum(workers, "instances"),
+            "pool_size": ready_sum(workers, "max_applications"),
+            "parked": ready_sum(workers, "parked"),
+            "websockets": ready_sum(workers, "websockets"),
             "worker_starts": self.counts.starts,
             "exits": {cause: n for cause, n in self.counts.exits.items() if n},
             "reloads": self.counts.reloads,
             "collecting": self.collecting,
         }
-        if self.collecting:
-            totals = self.totals()
+        if totals is not None:
             recent = totals.durations
             if len(self.samples) > 1 and self.samples[0][2]:
                 old = self.samples[0][2]
@@ -247,5 +246,5 @@ class Observer:
         """systemd's STATUS= line."""
         workers = self.arbiter.workers.values()
         serving = sum(1 for w in workers if w.ready and not w.retiring)
-        in_flight = sum(w.stats.get("instances", 0) for w in workers if w.ready)
+        in_flight = ready_sum(workers, "instances")
         return f"{serving} workers serving, {self.rate():.0f} req/s, {in_flight} in flight"

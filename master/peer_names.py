@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Entry", "GUNICORN", "PEER_FLAGS", "NO_VALUE", "gunicorn_flags"]
+from corral.shared.settings_compat import HOOK_ARITY
+
+__all__ = ["Entry", "GUNICORN", "PEER_FLAGS", "gunicorn_flags"]
 
 
 class Entry(NamedTuple):
@@ -29,8 +31,6 @@ class Entry(NamedTuple):
     default: Any = None  # gunicorn's default (a refused key at this value asks for nothing)
     takes_value: bool = True  # its flag takes a value
 
-
-NO_VALUE = object()
 
 _DIRTY = "gunicorn's dirty arbiters (separate worker pools for long tasks) have no corral equivalent"
 _H2 = "no HTTP/3: it ends at the proxy in front"
@@ -131,10 +131,7 @@ GUNICORN: dict[str, Entry] = {
     "limit_request_fields": _same("", ("--limit-request-fields",), "--limit-request-fields"),
     "limit_request_line": _same("default 8190 (gunicorn 4094)", ("--limit-request-line",), "--limit-request-line"),
     # Server hooks
-    **{name: _same("server hook: config file only (see README \"Server hooks\")", (), name) for name in (
-        "child_exit", "nworkers_changed", "on_exit", "on_reload", "on_starting", "post_fork", "post_request",
-        "post_worker_init", "pre_exec", "pre_fork", "pre_request", "when_ready", "worker_abort", "worker_exit",
-        "worker_int")},
+    **{name: _same("server hook: config file only (see README \"Server hooks\")", (), name) for name in HOOK_ARITY},
     # Server mechanics
     "casefold_http_method": Entry("refuse", "", "corral passes the method as sent (RFC 9110: case-sensitive)",
                                   ("--casefold-http-method",), False, False),

@@ -90,7 +90,7 @@ class _Link:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send("ready")
-        fields = heartbeat(server, self.metrics)
+        fields = heartbeat_fields(server, self.metrics)
         if not self.channel.send("hb", **fields) and "m" in fields:
             # Too big for one message (thousands of distinct statuses?) or a full buffer: liveness first.
             del fields["m"]
@@ -99,7 +99,7 @@ class _Link:
     def final(self) -> None:
         """The worker has stopped: its last counts go up, so a replaced worker's totals are exact."""
         if self.server is not None and self.metrics:
-            self.channel.send("hb", **heartbeat(self.server, True))
+            self.channel.send("hb", **heartbeat_fields(self.server, True))
 
     def on_readable(self) -> None:
         messages, eof = self.channel.receive()
@@ -128,7 +128,7 @@ class _Link:
             server.request_stop(True)
 
 
-def heartbeat(server: Any, metrics: bool) -> dict[str, Any]:
+def heartbeat_fields(server: Any, metrics: bool) -> dict[str, Any]:
     """The heartbeat's fields: the pool, and the cumulative counts when metrics are collected."""
     if server is None:
         return {}

@@ -507,18 +507,6 @@ def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     return found
 
 
-def from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Settings from a config file's keys, validated, naming the file in errors."""
-    found: dict[str, Any] = {}
-    for key, raw in values.items():
-        name = key.replace("-", "_")
-        declared = REGISTRY.get(name)
-        if declared is None:
-            raise SettingError(unknown_setting_message(key, source))
-        found[name] = declared.parse(raw, source)
-    return found
-
-
 @dataclass
 class Sources:
     """Where each layer of settings came from, lowest precedence first."""

@@ -291,7 +291,12 @@ def cluster(tmp_path) -> Iterator[dict[str, Any]]:
 def scenario(loads: dict[str, Load], action) -> dict[str, dict[str, int]]:
     before = {name: load.snapshot() for name, load in loads.items()}
     extra = action()
-    time.sleep(0.5)  # the requests sent during the action are answered (or failed) by now
+    sent_by_now = {name: load.snapshot()[0] for name, load in loads.items()}
+
+    def settled() -> bool:  # every request sent so far is answered or failed (the clients' timeout bounds it)
+        return all(sum(load.snapshot()[1:]) >= sent_by_now[name] for name, load in loads.items())
+
+    wait_until(settled, "the requests sent during the action to be answered or failed", timeout=WAIT * 2)
     counts = {}
     for name, load in loads.items():
         sent, answered, failed = (a - b for a, b in zip(load.snapshot(), before[name]))

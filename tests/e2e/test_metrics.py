@@ -108,11 +108,12 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as response:
         assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
+    families = list(prometheus_parser.text_string_to_metric_families(text))
     samples = {}
-    for family in prometheus_parser.text_string_to_metric_families(text):
+    for family in families:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    samples[("__types__", ())] = {f.name: f.type for f in prometheus_parser.text_string_to_metric_families(text)}
+    samples[("__types__", ())] = {f.name: f.type for f in families}
     return samples
 
 

@@ -6,7 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from corral.master.config import ConfigProblems, suggest, collect, load_pyproject, load_python_config, settings_options
+from corral.master.config import (ConfigProblems, suggest, collect, from_mapping, load_pyproject, load_python_config,
+                                  settings_options)
 from corral.shared.settings import SettingError
 
 
@@ -69,6 +70,8 @@ def test_unknown_config_key_suggests_the_right_one(tmp_path):
     conf.write_text("wokers = 2\n")
     with pytest.raises(SettingError, match=r"unknown setting 'wokers' in config file .*; did you mean 'workers'\?"):
         load_python_config(str(conf))
+    with pytest.raises(SettingError, match="did you mean 'keepalive'"):
+        from_mapping({"keepalvie": 3}, "corral.conf.py")
 
 
 def test_gunicorn_config_file_carries_over(tmp_path, capsys):
