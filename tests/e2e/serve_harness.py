@@ -120,6 +120,13 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def start_master(cwd: Path, *args: str) -> Master:
+    """`serve -b 127.0.0.1:<a free port> --pid cwd/serve.pid ARGS`, run in `cwd` (the app last in ARGS)."""
+    port = free_port()
+    pidfile = cwd / "serve.pid"
+    return Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args], cwd, port, pidfile)
+
+
 class Master:
     """A running `serve` master: output, status, signals, and a bounded stop of it and its workers."""
 
