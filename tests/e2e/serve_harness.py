@@ -40,18 +40,12 @@ async def lifespan(receive, send):
             return
 '''
 
-APP = '''
+APP = LIFESPAN + '''
 import asyncio, os, sys, time
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     path = scope["path"]
     if path == "/slow":
         print(f"slow request started in {os.getpid()}", flush=True)
