@@ -31,12 +31,13 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from bench.servers import free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = "bench.apps:ws_echo"
@@ -223,12 +224,6 @@ async def idle_memory(port: int, pid: int, count: int) -> float:
 # ---------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, name: str, command: list[str], port: int | None, env: dict | None = None) -> None:
         self.name = name
@@ -242,15 +237,8 @@ class Server:
                 raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore
             port = int(line.split()[-1])
         self.port = port
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not start") from None
-                time.sleep(0.05)
+        if not wait_port(port, self.proc):
+            raise RuntimeError(f"{name} did not start")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
