@@ -27,8 +27,7 @@ import subprocess
 import sys
 import time
 
-from bench import load, procs
-from bench.compiled import BUILD_DIR_VARIABLE
+from bench import compiled, load, procs
 
 PORT = 8811
 HOST = "127.0.0.1"
@@ -40,7 +39,7 @@ def _command(variant: str, app: str, threads: int) -> tuple[list[str], dict[str,
     build = None
     for kind in ("-plain", "-typed"):  # the same corral with a build of bench.compiled's modules
         if variant.endswith(kind):
-            build = os.path.join(os.environ[BUILD_DIR_VARIABLE], kind[1:], "lib")
+            build = str(compiled.built(kind[1:]))
             variant = variant[: -len(kind)]
     if variant.startswith("corral"):
         if variant == "corral-asgi":
