@@ -30,7 +30,6 @@ import importlib.machinery
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -54,11 +53,12 @@ MODULES = {
 }
 
 DECLARATIONS = Path(__file__).resolve().parent / "cython"
-BUILD_DIR_VARIABLE = "BENCH_COMPILED_DIR"  # set by bench.wsgi_dispatch for its "-plain" / "-typed" variants
+BUILD_DIR_VARIABLE = "BENCH_COMPILED_DIR"  # where main() built: bench.wsgi_dispatch's "-plain" / "-typed" variants
 
 
-def build(dest: Path, typed: bool) -> Path:
-    """Compile MODULES into `dest` (in a corral/<package>/ layout, as cimports need); return `dest`."""
+def build(dest: Path, typed: bool) -> None:
+    """Compile MODULES into `dest` (in a corral/<package>/ layout, as cimports need); the extension modules
+    go to `dest`/lib."""
     from Cython.Build import cythonize  # noqa: PLC0415  # only this tool needs Cython
     from setuptools import Extension  # noqa: PLC0415
     from setuptools.dist import Distribution  # noqa: PLC0415
@@ -89,7 +89,11 @@ def build(dest: Path, typed: bool) -> Path:
     command.parallel = os.cpu_count() or 1
     command.ensure_finalized()
     command.run()
-    return dest / "lib"
+
+
+def built(kind: str) -> Path:
+    """The extension modules of the `kind` ("plain", "typed") build that main() made: build(root / kind)."""
+    return Path(os.environ[BUILD_DIR_VARIABLE]) / kind / "lib"
 
 
 class _Compiled:
@@ -133,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="corral-compiled-"))
     try:
-        libs = {kind: build(root / kind, typed=kind == "typed") for kind in args.builds.split(",")}
+        kinds = args.builds.split(",")
+        for kind in kinds:
+            build(root / kind, typed=kind == "typed")
         variants = []
         for app in args.apps.split(","):
             base = "corral-pool" if app == "wsgi" else "corral-asgi"
-            variants += [base] + [f"{base}-{kind}" for kind in libs]
+            variants += [base] + [f"{base}-{kind}" for kind in kinds]
         os.environ[BUILD_DIR_VARIABLE] = str(root)
         return wsgi_dispatch.main(["--rounds", str(args.rounds), "--duration", str(args.duration),
                                    "--variants", ",".join(variants)])

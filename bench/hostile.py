@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.servers import free_port, wait_port
+
 ECHO = '''
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -43,12 +45,6 @@ def wsgi(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok:%d" % len(body)]
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def workers(pid: int) -> list[psutil.Process]:
@@ -142,15 +138,8 @@ def main() -> None:
         cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("serve did not start")
-                time.sleep(0.05)
+        if not wait_port(port, proc):
+            raise SystemExit("serve did not start")
         while len(workers(proc.pid)) < 2:
             time.sleep(0.05)
         print(run(port, proc.pid, args.count or default_count))

@@ -130,6 +130,20 @@ def run_wrk(url: str, duration: float, connections: int, cpus: set[int] | None, 
         script = f.name
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout_s}s",
             "-s", script, url]
+    try:
+        code, text, gen_cores = _run_external(argv, cpus, duration)
+    finally:
+        os.unlink(script)
+    if code != 0:
+        raise RuntimeError(f"wrk exited with {code}:\n{text}")
+    result = parse_wrk(text)
+    result["gen_cores"] = gen_cores
+    return result
+
+
+def _run_external(argv: list[str], cpus: set[int] | None, duration: float) -> tuple[int, str, float]:
+    """Run an external load generator on `cpus` for about `duration` s (bounded): its exit code, its output,
+    and the cores it kept busy (its CPU time over the wall time)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = procs.spawn(argv, cpus, log=subprocess.PIPE)
@@ -137,15 +151,10 @@ def run_wrk(url: str, duration: float, connections: int, cpus: set[int] | None, 
         out, _ = proc.communicate(timeout=duration + 30)
     finally:
         procs.stop(proc, graceful=False)
-        os.unlink(script)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    text = out.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk exited with {proc.returncode}:\n{text}")
-    result = parse_wrk(text)
-    result["gen_cores"] = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) / max(
+    cores = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) / max(
         time.monotonic() - t0, 1e-6)
-    return result
+    return proc.returncode, out.decode("utf-8", "replace"), cores
 
 
 # ---------------------------------------------------------------------------- h2load (HTTP/2)
@@ -161,28 +170,18 @@ def run_h2load(url: str, duration: float, connections: int, streams: int, cpus: 
     threads = max(1, min(len(cpus) if cpus else 1, connections))
     argv = ["h2load", "-t", str(threads), "-c", str(connections), "-m", str(streams),
             "-D", str(max(1, round(duration))), url]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    proc = procs.spawn(argv, cpus, log=subprocess.PIPE)
-    try:
-        out, _ = proc.communicate(timeout=duration + 30)
-    finally:
-        procs.stop(proc, graceful=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    text = out.decode("utf-8", "replace")
+    code, text, gen_cores = _run_external(argv, cpus, duration)
     m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", text)
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                      r"(\d+) errored", text)
-    if proc.returncode != 0 or m is None or done is None:
-        raise RuntimeError(f"h2load exited with {proc.returncode}:\n{text[-2000:]}")
+    if code != 0 or m is None or done is None:
+        raise RuntimeError(f"h2load exited with {code}:\n{text[-2000:]}")
     detail = {k: int(v) for k, v in (("failed", done.group(4)), ("errored", done.group(5))) if int(v)}
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
     if codes and int(codes.group(3)) + int(codes.group(4)):
         detail["non-2xx"] = int(codes.group(3)) + int(codes.group(4))
     return {"tool": "h2load", "rps": float(m.group(1)), "errors": sum(detail.values()), "error_detail": detail,
-            "requests": int(done.group(3)), "p99_ms": float("nan"),
-            "gen_cores": ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
-            / max(time.monotonic() - t0, 1e-6)}
+            "requests": int(done.group(3)), "p99_ms": float("nan"), "gen_cores": gen_cores}
 
 
 # ---------------------------------------------------------------------------- the built-in generator

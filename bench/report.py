@@ -154,7 +154,7 @@ def markdown(results: dict[str, Any], baseline: str, wsgi_baseline: str) -> str:
              f"  \n" + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())]
     for name, sc in results["scenarios"].items():
         parts.append(table(name, sc, sc.get("baseline") or (
-            wsgi_baseline if sc.get("iface") == "wsgi" or name == "wsgi" else baseline)))
+            wsgi_baseline if sc.get("iface") == "wsgi" else baseline)))
     if results.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()))
     return "\n\n".join(parts) + "\n"

@@ -155,6 +155,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_port(port: int, proc: Any, timeout: float = 30.0) -> bool:
+    """True once something accepts connections on HOST:`port`; False when `proc` exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "_CORRAL_", "LISTEN_"))}
     env["PYTHONPATH"] = procs.ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -84,41 +84,48 @@ def _websocket_runner(big: bool) -> Any:
     return run
 
 
+def _servers(ctx: Ctx, sc: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The selected servers a scenario runs on (steps() counts them, run() starts them), or why it cannot run."""
+    names = ctx.wsgi if sc["iface"] == "wsgi" else ctx.asgi
+    if sc.get("h2"):
+        if not load.has_h2load():
+            return [], "h2load is not installed (apt-get install nghttp2-client)"
+        return [n for n in names if n in H2_SERVERS], None
+    if sc.get("tls"):
+        if ctx.tool != "wrk":
+            return [], "the TLS scenario needs wrk (the built-in generator speaks plain HTTP)"
+        return [n for n in names if n in TLS_SERVERS], None
+    return names, None
+
+
 def steps(ctx: Ctx, name: str) -> int:
     if name == "loadgen":
         return 2 * ctx.rounds if load.has_wrk() else 0
     if SCENARIOS[name].get("metrics"):
         return 2 * ctx.rounds if "corral" in ctx.asgi else 0
-    if SCENARIOS[name].get("h2"):
-        return len([n for n in ctx.asgi if n in H2_SERVERS]) * ctx.rounds if load.has_h2load() else 0
-    if SCENARIOS[name].get("tls"):
-        return len([n for n in ctx.asgi if n in TLS_SERVERS]) * ctx.rounds if ctx.tool == "wrk" else 0
-    return len(ctx.wsgi if SCENARIOS[name]["iface"] == "wsgi" else ctx.asgi) * ctx.rounds
+    return len(_servers(ctx, SCENARIOS[name])[0]) * ctx.rounds
 
 
 def run(ctx: Ctx, name: str) -> dict[str, Any]:
     if name == "loadgen":
         return run_loadgen(ctx)
     sc = SCENARIOS[name]
-    names = ctx.wsgi if sc["iface"] == "wsgi" else ctx.asgi
+
+    def skipped(reason: str) -> dict[str, Any]:
+        ctx.note(name, f"skipped: {reason}")
+        return {"title": sc["title"], "kind": "throughput", "runs": {}}
+
+    names, cannot = _servers(ctx, sc)
+    if cannot:
+        return skipped(cannot)
     conns = min(ctx.connections, sc.get("conns", ctx.connections))
-    if sc.get("h2"):
-        if not load.has_h2load():
-            ctx.note(name, "skipped: h2load is not installed (apt-get install nghttp2-client)")
-            return {"title": sc["title"], "kind": "throughput", "runs": {}}
-        names = [n for n in names if n in H2_SERVERS]
     options: dict[str, Any] = {"threads": 4} if sc["iface"] == "wsgi" else {}
     if sc.get("tls"):
-        if ctx.tool != "wrk":
-            ctx.note(name, "skipped: the TLS scenario needs wrk (the built-in generator speaks plain HTTP)")
-            return {"title": sc["title"], "kind": "throughput", "runs": {}}
-        names = [n for n in names if n in TLS_SERVERS]
         options["tls"] = self_signed(ctx.logdir)
     try:
         ws_runner = _websocket_runner(bool(sc.get("ws_big"))) if sc.get("ws") or sc.get("ws_big") else None
     except RuntimeError as exc:
-        ctx.note(name, f"skipped: {exc}")
-        return {"title": sc["title"], "kind": "throughput", "runs": {}}
+        return skipped(str(exc))
     if sc.get("metrics"):  # corral against itself: the cost of counting (the ratio column is vs "corral")
         made = [ctx.server("corral", sc["app"]), ctx.server("corral", sc["app"], label="corral-metrics", metrics=True)]
     else:

@@ -19,7 +19,7 @@ corral does. Every echo has a known size; neither server sends anything else wit
 Besides round trips per second, the server's CPU time per round trip (user + system, from /proc) is
 reported: on a shared machine other load moves the rates a lot and this figure very little.
 
-Servers: corral (`tests/e2e/run_worker.py bench.apps:ws_echo`, one worker, default settings) and uvicorn
+Servers: corral (`bench/launch.py bench.apps:ws_echo`, one worker, default settings) and uvicorn
 (`--ws websockets-sansio`, and the legacy `--ws websockets`, with uvloop and httptools, no access log).
 Rounds alternate between the servers; the median of the rounds is reported.
 """
@@ -31,12 +31,13 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from bench.servers import base_env, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = "bench.apps:ws_echo"
@@ -223,34 +224,19 @@ async def idle_memory(port: int, pid: int, count: int) -> float:
 # ---------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, name: str, command: list[str], port: int | None, env: dict | None = None) -> None:
         self.name = name
-        env = {**os.environ, **(env or {})}
-        env = {k: v for k, v in env.items() if not k.startswith("CORRAL_") or k in (env or {})}
-        self.proc = subprocess.Popen(["taskset", "-c", "0", *command], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen(["taskset", "-c", "0", *command], cwd=ROOT, env=base_env(env),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if port is None:  # run_worker.py prints the port it bound
+        if port is None:  # bench/launch.py prints the port it bound
             line = self.proc.stdout.readline()  # type: ignore[union-attr]
             if not line.startswith("listening on "):
                 raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore
             port = int(line.split()[-1])
         self.port = port
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not start") from None
-                time.sleep(0.05)
+        if not wait_port(port, self.proc):
+            raise RuntimeError(f"{name} did not start")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -263,7 +249,7 @@ class Server:
 
 
 def start_servers(uvicorn_ws: list[str]) -> list[Server]:
-    servers = [Server("corral", [sys.executable, "tests/e2e/run_worker.py", APP], None)]
+    servers = [Server("corral", [sys.executable, "-m", "bench.launch", APP], None)]
     for ws in uvicorn_ws:
         port = free_port()
         servers.append(Server(f"uvicorn --ws {ws}", [

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
-from bench import procs
+from bench import compiled, load, procs
 
 PORT = 8811
 HOST = "127.0.0.1"
@@ -40,7 +39,7 @@ def _command(variant: str, app: str, threads: int) -> tuple[list[str], dict[str,
     build = None
     for kind in ("-plain", "-typed"):  # the same corral with a build of bench.compiled's modules
         if variant.endswith(kind):
-            build = os.path.join(os.environ["BENCH_COMPILED_DIR"], kind[1:], "lib")
+            build = str(compiled.built(kind[1:]))
             variant = variant[: -len(kind)]
     if variant.startswith("corral"):
         if variant == "corral-asgi":
@@ -58,13 +57,6 @@ def _command(variant: str, app: str, threads: int) -> tuple[list[str], dict[str,
         return [PY, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(threads), "-b",
                 f"{HOST}:{PORT}", "--log-level", "warning", app], env
     raise ValueError(variant)
-
-
-def _tree(pid: int) -> list[int]:
-    out = [pid]
-    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
-        out += _tree(int(child))
-    return out
 
 
 def _usage(pids: list[int]) -> tuple[float, float, int]:
@@ -95,18 +87,24 @@ def _ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def _answers() -> bool:
+    try:
+        return load.probe(PORT) == 200
+    except OSError:
+        return False
+
+
 def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, float]:
     argv, env = _command(variant, app, threads)
-    server = subprocess.Popen(["taskset", "-c", "0", *argv], env=env, cwd=procs.ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = procs.spawn(argv, {0}, env)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run(["curl", "-sf", "-o", "/dev/null", f"http://{HOST}:{PORT}/"]).returncode != 0:
+        while not _answers():
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError(f"{variant} did not start")
             time.sleep(0.1)
         _wrk(1)  # warm up
-        pids = _tree(server.pid)
+        pids = [server.pid] + [p.pid for p in procs.descendants(server.pid)]
         user0, sys0, sw0 = _usage(pids)
         out = _wrk(seconds)
         user1, sys1, sw1 = _usage(pids)
@@ -116,12 +114,7 @@ def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, f
                 "us_sys": 1e6 * (sys1 - sys0) / requests, "switches": (sw1 - sw0) / requests,
                 "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))}  # type: ignore[union-attr]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
+        procs.stop(server, timeout=15)
 
 
 def main(argv: list[str] | None = None) -> int:

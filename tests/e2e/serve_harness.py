@@ -40,18 +40,12 @@ async def lifespan(receive, send):
             return
 '''
 
-APP = '''
+APP = LIFESPAN + '''
 import asyncio, os, sys, time
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     path = scope["path"]
     if path == "/slow":
         print(f"slow request started in {os.getpid()}", flush=True)
@@ -118,6 +112,13 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "_CORRAL_", "LISTEN_"))}
     env.update(extra or {})
     return env
+
+
+def start_master(cwd: Path, *args: str) -> Master:
+    """`serve -b 127.0.0.1:<a free port> --pid cwd/serve.pid ARGS`, run in `cwd` (the app last in ARGS)."""
+    port = free_port()
+    pidfile = cwd / "serve.pid"
+    return Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args], cwd, port, pidfile)
 
 
 class Master:

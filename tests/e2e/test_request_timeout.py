@@ -4,14 +4,13 @@ loop's watchdog) runs worker_abort."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import sys
 import textwrap
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until, write_apps  # noqa: E402
+from serve_harness import get, start_master, wait_until, write_apps  # noqa: E402
 
 ASGI = '''
 import asyncio, os
@@ -46,44 +45,30 @@ def application(environ, start_response):
 '''
 
 
-def fetch(port: int, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
-
 def test_asgi_request_past_its_deadline_gets_504_and_the_app_is_cancelled(tmp_path):
     (tmp_path / "lateapp.py").write_text(textwrap.dedent(ASGI))
-    port = free_port()
-    pidfile = tmp_path / "serve.pid"
-    master = Master(["--request-timeout", "1", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "lateapp:app"],
-                    tmp_path, port, pidfile)
+    master = start_master(tmp_path, "--request-timeout", "1", "lateapp:app")
+    port = master.port
     try:
         workers = {w["pid"] for w in master.wait_workers(1)}
-        status, text = fetch(port, "/late")
+        status, text = get(port, "/late")
         assert status == 504 and "did not answer in time" in text
         master.wait_for_line("cancelled, then receive() gave http.disconnect")
         assert "timed out after 1s (--request-timeout): answered 504" in master.output
-        assert fetch(port, "/") == (200, str(next(iter(workers))))  # the same worker serves on
+        assert get(port, "/") == (200, str(next(iter(workers))))  # the same worker serves on
     finally:
         master.stop()
 
 
 def test_stuck_wsgi_threads_recycle_the_worker_gracefully(tmp_path):
     (tmp_path / "stuckapp.py").write_text(textwrap.dedent(WSGI))
-    port = free_port()
-    pidfile = tmp_path / "serve.pid"
-    master = Master(["--request-timeout", "1", "--threads", "2", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile),
-                     "stuckapp"], tmp_path, port, pidfile)
+    master = start_master(tmp_path, "--request-timeout", "1", "--threads", "2", "stuckapp")
+    port = master.port
     try:
         (first,) = {w["pid"] for w in master.wait_workers(1)}
-        assert fetch(port, "/thread")[1].startswith("corral-wsgi")  # served natively, deadline and all
+        assert get(port, "/thread")[1].startswith("corral-wsgi")  # served natively, deadline and all
         answers: list[int] = []
-        clients = [threading.Thread(target=lambda: answers.append(fetch(port, "/stuck")[0])) for _ in range(2)]
+        clients = [threading.Thread(target=lambda: answers.append(get(port, "/stuck")[0])) for _ in range(2)]
         for client in clients:
             client.start()
         for client in clients:
@@ -91,7 +76,7 @@ def test_stuck_wsgi_threads_recycle_the_worker_gracefully(tmp_path):
         assert answers == [504, 504]  # answered at once, the threads still stuck
         master.wait_for_line("asks to be replaced (stuck requests)")
         master.wait_workers(1, lambda ws: ws[0]["pid"] != first)
-        status, text = fetch(port, "/")
+        status, text = get(port, "/")
         assert status == 200 and text != str(first)
         wait_until(lambda: f"Worker 1 (pid {first}) exited" in master.output, "the stuck worker to be gone")
     finally:
@@ -106,9 +91,8 @@ def test_watchdog_runs_worker_abort(tmp_path):
             with open(f"aborted.{worker.pid}", "w") as fh:
                 fh.write(str(worker.age))
     '''))
-    port = free_port()
-    pidfile = tmp_path / "serve.pid"
-    master = Master(["-t", "2", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "apps:app"], apps, port, pidfile)
+    master = start_master(apps, "-t", "2", "apps:app")
+    port = master.port
     try:
         (first,) = {w["pid"] for w in master.wait_workers(1)}
         threading.Thread(target=lambda: _ignore(lambda: get(port, "/block", timeout=30)), daemon=True).start()

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, free_port, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until  # noqa: E402
 
 from corral.shared.exitcodes import OK  # noqa: E402
 
@@ -28,13 +28,7 @@ import os, sys
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     if scope["type"] == "http":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
@@ -54,7 +48,7 @@ SOCKETS = 1000
 
 @pytest.fixture
 def ws_app(tmp_path):
-    (tmp_path / "wsapp.py").write_text(textwrap.dedent(WS_APP))
+    (tmp_path / "wsapp.py").write_text(LIFESPAN + textwrap.dedent(WS_APP))
     return tmp_path
 
 
