@@ -32,10 +32,14 @@ _OURS = "_corral_error"
 def setup_logging(settings: Settings) -> None:
     """(Re)configure the error log from settings; raises SettingError for a bad --log-config file."""
     root = logging.getLogger("corral")
-    for handler in list(root.handlers):
-        if getattr(handler, _OURS, False):
-            root.removeHandler(handler)
-            handler.close()
+    gunicorn = logging.getLogger("gunicorn.error")
+    # The handler made by an earlier call is on both loggers: off both, whichever way the log goes now (a
+    # dictConfig that names neither logger would otherwise hand gunicorn's closed one back to corral).
+    for handler in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in [h for h in gunicorn.handlers if getattr(h, _OURS, False)]:
+        gunicorn.removeHandler(handler)
     if settings.logconfig_dict or settings.logconfig:
         config = dict(settings.logconfig_dict) if settings.logconfig_dict else _load_dict_config(settings.logconfig)
         config.setdefault("version", 1)
@@ -58,9 +62,6 @@ def setup_logging(settings: Settings) -> None:
     root.addHandler(handler)
     root.setLevel(settings.loglevel.upper())
     root.propagate = False
-    gunicorn = logging.getLogger("gunicorn.error")
-    for old in [h for h in gunicorn.handlers if getattr(h, _OURS, False)]:
-        gunicorn.removeHandler(old)
     gunicorn.addHandler(handler)
     gunicorn.setLevel(settings.loglevel.upper())
     gunicorn.propagate = False
