@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from typing import Iterator
 
 __all__ = [
     "ProxyHeader",
@@ -250,17 +251,25 @@ def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
     return header, total
 
 
-def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> None:
-    tlvs = header.tlvs
-    crc_at = -1
+def _walk_tlvs(data: bytes, position: int, end: int, what: str, within: str) -> Iterator[tuple[int, int, int]]:
+    """(type, value start, value size) of each type-length-value in data[position:end] (spec §2.2.7's
+    layout, for the header's TLVs and the SSL TLV's sub-TLVs alike)."""
     while position < end:
         if end - position < 3:
-            raise ProxyProtocolError("v2 TLV truncated")
+            raise ProxyProtocolError(f"v2 {what} truncated")
         kind = data[position]
         size = int.from_bytes(data[position + 1:position + 3], "big")
         start = position + 3
         if start + size > end:
-            raise ProxyProtocolError(f"v2 TLV 0x{kind:02x} longer than the header")
+            raise ProxyProtocolError(f"v2 {what} 0x{kind:02x} longer than the {within}")
+        yield kind, start, size
+        position = start + size
+
+
+def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> None:
+    tlvs = header.tlvs
+    crc_at = -1
+    for kind, start, size in _walk_tlvs(data, position, end, "TLV", "header"):
         value = data[start:start + size]
         if kind == PP2_TYPE_CRC32C:
             if size != 4:
@@ -270,7 +279,6 @@ def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> No
             _parse_ssl(value, header)
         if kind != PP2_TYPE_NOOP:
             tlvs[kind] = value
-        position = start + size
     if crc_at >= 0:
         whole = bytearray(data[:end])
         whole[crc_at:crc_at + 4] = b"\x00\x00\x00\x00"
@@ -283,19 +291,10 @@ def _parse_ssl(value: bytes, header: ProxyHeader) -> None:
         raise ProxyProtocolError("v2 SSL TLV truncated")
     header.client_flags = value[0]
     header.verify = int.from_bytes(value[1:5], "big")
-    position, end = 5, len(value)
-    while position < end:
-        if end - position < 3:
-            raise ProxyProtocolError("v2 SSL sub-TLV truncated")
-        kind = value[position]
-        size = int.from_bytes(value[position + 1:position + 3], "big")
-        start = position + 3
-        if start + size > end:
-            raise ProxyProtocolError(f"v2 SSL sub-TLV 0x{kind:02x} longer than the SSL TLV")
+    for kind, start, size in _walk_tlvs(value, 5, len(value), "SSL sub-TLV", "SSL TLV"):
         name = _SSL_SUBTYPES.get(kind)
         if name is not None:
             header.ssl[name] = value[start:start + size].decode("utf-8", "replace")
-        position = start + size
 
 
 def tls_extension(header: ProxyHeader) -> dict | None:
