@@ -20,14 +20,14 @@ absent, which RFC 7540 allows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-import asyncio
-
 from corral.worker.cycle import RequestCycle
 from corral.worker.http11 import ERROR_RESPONSES
-from corral.worker.protocol import CLOSED, FRESH, HttpProtocol
+from corral.worker.phases import CLOSED, FRESH
+from corral.worker.protocol import HttpProtocol
 
 __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
 

@@ -26,12 +26,9 @@ from corral.worker.stateless import PoolFull
 from corral.worker.tlsinfo import tls_extension
 from corral.worker.wshandshake import websocket_request
 
-__all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "FRESH", "service_unavailable"]
+__all__ = ["HttpProtocol", "decode_path", "service_unavailable"]
 
 logger = logging.getLogger("corral.error")
-
-# Connection phases (what the server's tick checks).
-# The phases are declared in corral.worker.phases (`Phase`): IDLE, HEAD, BUSY, CLOSED, WEBSOCKET, FRESH.
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
