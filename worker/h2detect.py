@@ -68,8 +68,9 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         if not made:
             from corral.worker.h2conn import H2Limits, H2Protocol, limit_continuations
 
-            limit_continuations(settings.http2_max_continuation_frames)
-            made[:] = (H2Protocol, H2Limits.from_settings(settings))
+            limits = H2Limits.from_settings(settings)
+            limit_continuations(limits.max_continuation_frames)
+            made[:] = (H2Protocol, limits)
         protocol_class, limits = made
         transport = http1.transport
         server = http1.server
