@@ -42,7 +42,7 @@ from typing import Any
 
 from corral.worker.flow import FlowControl
 from corral.worker.phases import CLOSED, HANDSHAKE_PAUSE, QUEUE_PAUSE, WEBSOCKET, WRITE_PAUSE
-from corral.worker.http11 import encode_headers, response_head
+from corral.worker.response import encode_headers, response_head, status_line
 from corral.worker.sessionlog import WebSocketSession
 from corral.worker.wshub import WebSocketHub
 from corral.worker.websocket import (
@@ -232,8 +232,7 @@ class WebSocketCycle(asyncio.Protocol):
             elif mtype == "websocket.http.response.start" or mtype == "http.response.start":
                 # (http.response.*: the server's own 503 application, when the pool is full)
                 status = message["status"]
-                if not isinstance(status, int) or not 100 <= status <= 999:
-                    raise RuntimeError(f"invalid HTTP status code {status!r}")
+                status_line(status)  # raises RuntimeError for a status that is not an int in 100-999
                 self.response = [status, message.get("headers") or [], []]
                 self.state = DENIAL
             else:
