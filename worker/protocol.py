@@ -253,13 +253,15 @@ class HttpProtocol(asyncio.Protocol):
         """`start_instance` raised PoolFull: answer 503 (pool_full = '503') or park the request."""
         if self.server.reject_when_full:
             self.server.counters.rejected += 1
-            # An application like any other, outside the pool: it takes no slot.
-            task = asyncio.get_running_loop().create_task(
-                service_unavailable(cycle.scope, cycle.receive, cycle.send)
-            )
-            task.add_done_callback(cycle.app_finished)
+            self.run_beside(cycle, service_unavailable)
         else:
             self.park(cycle)
+
+    def run_beside(self, cycle: RequestCycle, app: Any) -> None:
+        """An answer the worker gives itself (503, health): an application like any other, outside the pool
+        (it takes no slot)."""
+        task = asyncio.get_running_loop().create_task(app(cycle.scope, cycle.receive, cycle.send))
+        task.add_done_callback(cycle.app_finished)
 
     def park(self, cycle: RequestCycle) -> None:
         self.flow.pause_reading(PARKED)
