@@ -24,6 +24,8 @@ import socket
 import struct
 from typing import Iterator
 
+from corral.worker.tlsinfo import TLS_VERSIONS
+
 __all__ = [
     "ProxyHeader",
     "ProxyProtocolError",
@@ -72,10 +74,6 @@ _SSL_SUBTYPES = {
 _AF_UNSPEC, _AF_INET, _AF_INET6, _AF_UNIX = 0x0, 0x1, 0x2, 0x3
 _ADDRESS_SIZES = {_AF_UNSPEC: 0, _AF_INET: 12, _AF_INET6: 36, _AF_UNIX: 216}
 _LOCAL, _PROXY = 0x0, 0x1
-
-# ASGI's TLS extension wants the TLS version as its protocol number.
-_TLS_VERSIONS = {"SSLv3": 0x0300, "TLSv1": 0x0301, "TLSv1.0": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303,
-                 "TLSv1.3": 0x0304}
 
 
 class ProxyProtocolError(ValueError):
@@ -309,7 +307,7 @@ def tls_extension(header: ProxyHeader) -> dict | None:
         "client_cert_chain": [],
         "client_cert_name": header.ssl.get("cn") if has_cert else None,
         "client_cert_error": None if not has_cert or header.verify == 0 else f"verify result {header.verify}",
-        "tls_version": _TLS_VERSIONS.get(header.ssl.get("version", "")),
+        "tls_version": TLS_VERSIONS.get(header.ssl.get("version", "")),
         "cipher_suite": None,  # the TLV names the cipher; its number is not known here
     }
 
