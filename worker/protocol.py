@@ -222,7 +222,7 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = BUSY
         self.since = server.tick  # the body timer's start (see WorkerServer._ticker)
         if self.state.parser.should_upgrade():
-            # WebSocket hook (corral.worker.wsprotocol): `Upgrade: websocket` becomes a WebSocketCycle that
+            # WebSocket hook (corral.worker.wshandshake): `Upgrade: websocket` becomes a WebSocketCycle that
             # is queued, parked and started like a request; other upgrades stay plain HTTP.
             websocket = websocket_request(self, scope, method, http_version, headers)
             if websocket is not None:
