@@ -197,7 +197,6 @@ class RequestCycle:
                 cork(protocol.transport)
             self.state = _HEAD_SENT
             self.remaining = mode  # the Content-Length still to send (mode >= 0)
-            # writer_for(mode), inlined: a call less on every response.
             writer = self.writer = content_length_writer if mode >= 0 else WRITERS[mode]
             writer(self, write, head, body, more_body)
         else:

@@ -1,9 +1,9 @@
-"""What every request object of the worker is, whatever made it: an HTTP/1.1 request (`cycle.RequestCycle`),
-a native WSGI request (`wsgi_cycle.WsgiCycle`), a WebSocket before and after its handshake
-(`wsprotocol.WebSocketCycle`), and the HTTP/2 streams to come. The HTTP/1.1 state machine feeds it body bytes
-and the end of the body; the protocol and the server tell it the client is gone, ask whether the
-connection may be kept, and report the end of its application instance; `state` is where its response
-stands (`phases.ResponseState` for HTTP) and `scope` what its application got.
+"""What every request object of the HTTP/1.1 side is, whatever made it: an HTTP/1.1 request
+(`cycle.RequestCycle`), a native WSGI request (`wsgi_cycle.WsgiCycle`), a WebSocket before and after its
+handshake (`wsprotocol.WebSocketCycle`). (An HTTP/2 stream, `h2stream.H2Stream`, is fed by its own connection.)
+The HTTP/1.1 state machine feeds it body bytes and the end of the body; the protocol and the server tell it
+the client is gone, ask whether the connection may be kept, and report the end of its application instance;
+`state` is where its response stands (`phases.ResponseState` for HTTP) and `scope` what its application got.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@ bookkeeping in `corral.worker.cycle`.
 
 `http11.response_head` decides the mode from the status, the headers and the request (RFC 9112 §6.3): a
 declared or computed Content-Length (mode >= 0), `NO_BODY` (HEAD, 1xx, 204, 304), `CHUNKED`, or
-`CLOSE_DELIMITED` (HTTP/1.0 without a length). `writer_for(mode)` returns the function that frames each body
-message for that mode; the cycle keeps it for the rest of the response. A writer gets the cycle (for the
-Content-Length count and keep-alive), the transport's `write`, the head (b"" after the first message), the
-body and `more_body`.
+`CLOSE_DELIMITED` (HTTP/1.0 without a length). The function that frames each body message for that mode is
+`content_length_writer` (mode >= 0) or `WRITERS[mode]`; the cycle keeps it for the rest of the response. A
+writer gets the cycle (for the Content-Length count and keep-alive), the transport's `write`, the head (b""
+after the first message), the body and `more_body`.
 
 Small bodies go out with the head in one `write` (one segment, one system call); bodies above `JOIN_LIMIT`
 are written separately so they are not copied.
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from corral.worker.http11 import CHUNKED, CLOSE_DELIMITED, NO_BODY
 
-__all__ = ["writer_for", "content_length_writer", "WRITERS", "JOIN_LIMIT", "Writer"]
+__all__ = ["content_length_writer", "WRITERS", "JOIN_LIMIT", "Writer"]
 
 #: Bodies up to this size are joined with the head (or the chunk framing) into one write.
 JOIN_LIMIT = 16384
@@ -80,8 +80,3 @@ def _close_delimited(cycle: Any, write: Callable[[bytes], None], head: bytes, bo
 
 content_length_writer: Writer = _content_length
 WRITERS: dict[int, Writer] = {NO_BODY: _no_body, CHUNKED: _chunked, CLOSE_DELIMITED: _close_delimited}
-
-
-def writer_for(mode: int) -> Writer:
-    """The writer for a framing mode from `response_head` (a Content-Length when mode >= 0)."""
-    return _content_length if mode >= 0 else WRITERS[mode]

@@ -42,7 +42,8 @@ from corral.worker.flow import FlowControl
 from corral.worker.h2send import _HOP, H2Sender
 from corral.worker.h2stream import H2Stream
 from corral.worker.health import health_app
-from corral.worker.protocol import _ASGI, _METHODS, BUSY, CLOSED, IDLE, decode_path, service_unavailable
+from corral.worker.phases import BUSY, CLOSED, IDLE
+from corral.worker.protocol import _ASGI, _METHODS, decode_path, service_unavailable
 from corral.worker.stateless import PoolFull
 
 __all__ = ["H2Protocol", "H2Limits"]

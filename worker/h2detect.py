@@ -20,14 +20,14 @@ absent, which RFC 7540 allows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-import asyncio
-
 from corral.worker.cycle import RequestCycle
 from corral.worker.http11 import ERROR_RESPONSES
-from corral.worker.protocol import CLOSED, FRESH, HttpProtocol
+from corral.worker.phases import CLOSED, FRESH
+from corral.worker.protocol import HttpProtocol
 
 __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
 
@@ -68,8 +68,9 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         if not made:
             from corral.worker.h2conn import H2Limits, H2Protocol, limit_continuations
 
-            limit_continuations(settings.http2_max_continuation_frames)
-            made[:] = (H2Protocol, H2Limits.from_settings(settings))
+            limits = H2Limits.from_settings(settings)
+            limit_continuations(limits.max_continuation_frames)
+            made[:] = (H2Protocol, limits)
         protocol_class, limits = made
         transport = http1.transport
         server = http1.server

@@ -17,7 +17,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from corral.worker.h2stream import H2Stream
-from corral.worker.protocol import CLOSED
+from corral.worker.phases import CLOSED
 
 __all__ = ["H2Sender", "default_headers"]
 

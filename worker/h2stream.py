@@ -19,12 +19,16 @@ import logging
 import time
 from typing import Any
 
+from corral.worker.phases import ResponseState
+
 __all__ = ["H2Stream"]
 
 error_logger = logging.getLogger("corral.error")
 
-# Response states.
-_IDLE, _STARTED, _HEAD_SENT, _COMPLETE, _TRAILERS = 0, 1, 2, 3, 4
+# Response states: RequestCycle's (the server reads them alike), and one of HTTP/2's own.
+_IDLE, _STARTED, _HEAD_SENT, _COMPLETE = (
+    ResponseState.IDLE, ResponseState.STARTED, ResponseState.HEAD_SENT, ResponseState.COMPLETE)
+_TRAILERS = 4  # the body is complete, the application's trailers are still to come
 
 _DISCONNECT = {"type": "http.disconnect"}
 

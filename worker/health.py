@@ -12,7 +12,6 @@ server): without `--health-path` nothing is added to a request's path.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from corral.worker.cycle import RequestCycle
@@ -57,9 +56,7 @@ def health_protocol(path: str, base: type[HttpProtocol] = HttpProtocol) -> type[
 
         def start_request(self, cycle: RequestCycle) -> None:
             if type(cycle) is RequestCycle and cycle.scope["path"] == path:
-                app = health_app(self.server)  # a probe every few seconds: no need to keep one
-                task = asyncio.get_running_loop().create_task(app(cycle.scope, cycle.receive, cycle.send))
-                task.add_done_callback(cycle.app_finished)
+                self.run_beside(cycle, health_app(self.server))  # a probe every few seconds: no need to keep one
                 return
             base.start_request(self, cycle)
 

@@ -26,12 +26,9 @@ from corral.worker.stateless import PoolFull
 from corral.worker.tlsinfo import tls_extension
 from corral.worker.wshandshake import websocket_request
 
-__all__ = ["HttpProtocol", "IDLE", "HEAD", "BUSY", "CLOSED", "FRESH", "service_unavailable"]
+__all__ = ["HttpProtocol", "decode_path", "service_unavailable"]
 
 logger = logging.getLogger("corral.error")
-
-# Connection phases (what the server's tick checks).
-# The phases are declared in corral.worker.phases (`Phase`): IDLE, HEAD, BUSY, CLOSED, WEBSOCKET, FRESH.
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -225,7 +222,7 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = BUSY
         self.since = server.tick  # the body timer's start (see WorkerServer._ticker)
         if self.state.parser.should_upgrade():
-            # WebSocket hook (corral.worker.wsprotocol): `Upgrade: websocket` becomes a WebSocketCycle that
+            # WebSocket hook (corral.worker.wshandshake): `Upgrade: websocket` becomes a WebSocketCycle that
             # is queued, parked and started like a request; other upgrades stay plain HTTP.
             websocket = websocket_request(self, scope, method, http_version, headers)
             if websocket is not None:
@@ -256,13 +253,15 @@ class HttpProtocol(asyncio.Protocol):
         """`start_instance` raised PoolFull: answer 503 (pool_full = '503') or park the request."""
         if self.server.reject_when_full:
             self.server.counters.rejected += 1
-            # An application like any other, outside the pool: it takes no slot.
-            task = asyncio.get_running_loop().create_task(
-                service_unavailable(cycle.scope, cycle.receive, cycle.send)
-            )
-            task.add_done_callback(cycle.app_finished)
+            self.run_beside(cycle, service_unavailable)
         else:
             self.park(cycle)
+
+    def run_beside(self, cycle: RequestCycle, app: Any) -> None:
+        """An answer the worker gives itself (503, health): an application like any other, outside the pool
+        (it takes no slot)."""
+        task = asyncio.get_running_loop().create_task(app(cycle.scope, cycle.receive, cycle.send))
+        task.add_done_callback(cycle.app_finished)
 
     def park(self, cycle: RequestCycle) -> None:
         self.flow.pause_reading(PARKED)

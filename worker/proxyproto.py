@@ -22,6 +22,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from typing import Iterator
+
+from corral.worker.tlsinfo import TLS_VERSIONS
 
 __all__ = [
     "ProxyHeader",
@@ -71,10 +74,6 @@ _SSL_SUBTYPES = {
 _AF_UNSPEC, _AF_INET, _AF_INET6, _AF_UNIX = 0x0, 0x1, 0x2, 0x3
 _ADDRESS_SIZES = {_AF_UNSPEC: 0, _AF_INET: 12, _AF_INET6: 36, _AF_UNIX: 216}
 _LOCAL, _PROXY = 0x0, 0x1
-
-# ASGI's TLS extension wants the TLS version as its protocol number.
-_TLS_VERSIONS = {"SSLv3": 0x0300, "TLSv1": 0x0301, "TLSv1.0": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303,
-                 "TLSv1.3": 0x0304}
 
 
 class ProxyProtocolError(ValueError):
@@ -250,17 +249,25 @@ def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
     return header, total
 
 
-def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> None:
-    tlvs = header.tlvs
-    crc_at = -1
+def _walk_tlvs(data: bytes, position: int, end: int, what: str, within: str) -> Iterator[tuple[int, int, int]]:
+    """(type, value start, value size) of each type-length-value in data[position:end] (spec §2.2.7's
+    layout, for the header's TLVs and the SSL TLV's sub-TLVs alike)."""
     while position < end:
         if end - position < 3:
-            raise ProxyProtocolError("v2 TLV truncated")
+            raise ProxyProtocolError(f"v2 {what} truncated")
         kind = data[position]
         size = int.from_bytes(data[position + 1:position + 3], "big")
         start = position + 3
         if start + size > end:
-            raise ProxyProtocolError(f"v2 TLV 0x{kind:02x} longer than the header")
+            raise ProxyProtocolError(f"v2 {what} 0x{kind:02x} longer than the {within}")
+        yield kind, start, size
+        position = start + size
+
+
+def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> None:
+    tlvs = header.tlvs
+    crc_at = -1
+    for kind, start, size in _walk_tlvs(data, position, end, "TLV", "header"):
         value = data[start:start + size]
         if kind == PP2_TYPE_CRC32C:
             if size != 4:
@@ -270,7 +277,6 @@ def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> No
             _parse_ssl(value, header)
         if kind != PP2_TYPE_NOOP:
             tlvs[kind] = value
-        position = start + size
     if crc_at >= 0:
         whole = bytearray(data[:end])
         whole[crc_at:crc_at + 4] = b"\x00\x00\x00\x00"
@@ -283,19 +289,10 @@ def _parse_ssl(value: bytes, header: ProxyHeader) -> None:
         raise ProxyProtocolError("v2 SSL TLV truncated")
     header.client_flags = value[0]
     header.verify = int.from_bytes(value[1:5], "big")
-    position, end = 5, len(value)
-    while position < end:
-        if end - position < 3:
-            raise ProxyProtocolError("v2 SSL sub-TLV truncated")
-        kind = value[position]
-        size = int.from_bytes(value[position + 1:position + 3], "big")
-        start = position + 3
-        if start + size > end:
-            raise ProxyProtocolError(f"v2 SSL sub-TLV 0x{kind:02x} longer than the SSL TLV")
+    for kind, start, size in _walk_tlvs(value, 5, len(value), "SSL sub-TLV", "SSL TLV"):
         name = _SSL_SUBTYPES.get(kind)
         if name is not None:
             header.ssl[name] = value[start:start + size].decode("utf-8", "replace")
-        position = start + size
 
 
 def tls_extension(header: ProxyHeader) -> dict | None:
@@ -310,7 +307,7 @@ def tls_extension(header: ProxyHeader) -> dict | None:
         "client_cert_chain": [],
         "client_cert_name": header.ssl.get("cn") if has_cert else None,
         "client_cert_error": None if not has_cert or header.verify == 0 else f"verify result {header.verify}",
-        "tls_version": _TLS_VERSIONS.get(header.ssl.get("version", "")),
+        "tls_version": TLS_VERSIONS.get(header.ssl.get("version", "")),
         "cipher_suite": None,  # the TLV names the cipher; its number is not known here
     }
 

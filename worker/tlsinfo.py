@@ -12,9 +12,12 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-__all__ = ["tls_extension", "rfc4514"]
+__all__ = ["tls_extension", "rfc4514", "TLS_VERSIONS"]
 
-_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+#: ASGI's `tls_version` (the protocol number) by the name OpenSSL gives, or a balancer's SSL TLV (which may
+#: say "TLSv1.0"; see corral.worker.proxyproto).
+TLS_VERSIONS = {"SSLv3": 0x0300, "TLSv1": 0x0301, "TLSv1.0": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303,
+                "TLSv1.3": 0x0304}
 _SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
           "stateOrProvinceName": "ST", "localityName": "L", "streetAddress": "STREET", "domainComponent": "DC",
           "userId": "UID"}
@@ -79,7 +82,7 @@ def tls_extension(transport: Any, server: Any) -> dict[str, Any]:
         "client_cert_chain": chain,
         "client_cert_name": name,
         "client_cert_error": None,  # a certificate that does not verify fails the handshake: never seen here
-        "tls_version": _VERSIONS.get(ssl_object.version() or ""),
+        "tls_version": TLS_VERSIONS.get(ssl_object.version() or ""),
         "cipher_suite": None,
         "cipher_name": cipher[0] if cipher else None,
     }

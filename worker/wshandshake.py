@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from corral.worker.http11 import ProtocolError
+from corral.worker.response import status_line
 from corral.worker.websocket import HandshakeFailure, handshake, is_websocket_upgrade
 from corral.worker.wsprotocol import HANDSHAKE_PAUSE, WebSocketCycle
 
@@ -28,11 +29,10 @@ class _HandshakeError(ProtocolError):
 
 
 def _refusal(status: int, detail: str, extra_headers: bytes = b"") -> bytes:
-    reason = {400: b"Bad Request", 404: b"Not Found", 426: b"Upgrade Required"}.get(status, b"Error")
     body = detail.encode("utf-8", "replace") + b"\n"
     return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s"
-        b"connection: close\r\n\r\n%s" % (status, reason, len(body), extra_headers, body)
+        b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s"
+        b"connection: close\r\n\r\n%s" % (status_line(status), len(body), extra_headers, body)
     )
 
 

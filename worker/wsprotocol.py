@@ -3,13 +3,13 @@
 How a WebSocket flows through the HTTP/1.1 server:
 
 1. `HttpProtocol.on_request` sees an upgrade request (httptools' `should_upgrade()`) and calls
-   `websocket_request()`: a request that asks for `Upgrade: websocket` is checked (`corral.worker.websocket`:
-   version 13, a valid key; 400 or 426 otherwise; 404 for a WSGI application, which cannot speak
-   WebSocket), its scope becomes a `websocket` scope, the connection stops reading, and a `WebSocketCycle`
-   is returned in place of a `RequestCycle`. The HTTP machinery then treats it like any request: it is
-   queued behind a pipelined request, parked when the pool is full (or answered 503 with pool_full=503),
-   and started with `server.start_instance` - each WebSocket is an application instance in the pool,
-   counted against its limit until the application returns.
+   `websocket_request()` (corral.worker.wshandshake): a request that asks for `Upgrade: websocket` is checked
+   (`corral.worker.websocket`: version 13, a valid key; 400 or 426 otherwise; 404 for a WSGI application,
+   which cannot speak WebSocket), its scope becomes a `websocket` scope, the connection stops reading, and a
+   `WebSocketCycle` is returned in place of a `RequestCycle`. The HTTP machinery then treats it like any
+   request: it is queued behind a pipelined request, parked when the pool is full (or answered 503 with
+   pool_full=503), and started with `server.start_instance` - each WebSocket is an application instance in the
+   pool, counted against its limit until the application returns.
 2. The application's `websocket.accept` writes the 101 and the cycle takes the transport over
    (`transport.set_protocol`); the `HttpProtocol` is done. A `websocket.close` before accepting is a 403,
    and the denial response extension (`websocket.http.response.start` / `.body`) any HTTP response.
@@ -42,7 +42,7 @@ from typing import Any
 
 from corral.worker.flow import FlowControl
 from corral.worker.phases import CLOSED, HANDSHAKE_PAUSE, QUEUE_PAUSE, WEBSOCKET, WRITE_PAUSE
-from corral.worker.http11 import encode_headers, response_head
+from corral.worker.response import encode_headers, response_head, status_line
 from corral.worker.sessionlog import WebSocketSession
 from corral.worker.wshub import WebSocketHub
 from corral.worker.websocket import (
@@ -232,8 +232,7 @@ class WebSocketCycle(asyncio.Protocol):
             elif mtype == "websocket.http.response.start" or mtype == "http.response.start":
                 # (http.response.*: the server's own 503 application, when the pool is full)
                 status = message["status"]
-                if not isinstance(status, int) or not 100 <= status <= 999:
-                    raise RuntimeError(f"invalid HTTP status code {status!r}")
+                status_line(status)  # raises RuntimeError for a status that is not an int in 100-999
                 self.response = [status, message.get("headers") or [], []]
                 self.state = DENIAL
             else:

@@ -27,15 +27,6 @@ class Reply:
     reset: int | None = None  # the error code of a RST_STREAM from the server
 
 
-def poll(condition: Any, timeout: float = WAIT) -> None:
-    """Wait (bounded) for a condition on the server's side, where the client has nothing to read."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.01)
-
-
 class H2Client:
     def __init__(self, port: int, settings: dict | None = None, host: str = "127.0.0.1",
                  handshake: bool = True, prefix: bytes = b"", rcvbuf: int = 0) -> None:

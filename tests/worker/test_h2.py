@@ -13,7 +13,8 @@ import threading
 import h2.errors
 import psutil
 from hyperframe.frame import ContinuationFrame, HeadersFrame
-from h2_helpers import WAIT, H2Client, poll
+from h2_helpers import WAIT, H2Client
+from worker_http_helpers import wait_until
 
 from corral.shared.settings import Settings
 from corral.worker.testing import call_in_loop, run_server
@@ -114,7 +115,7 @@ def test_streams_beyond_the_pool_are_parked_and_all_served():
         # Sent before the server's SETTINGS arrive (as clients do): more streams than the pool has room for.
         with H2Client(port, handshake=False) as client:
             ids = [client.request("/wait") for _ in range(12)]
-            poll(lambda: call_in_loop(server, lambda: len(server.parked)) == 10)
+            wait_until(lambda: call_in_loop(server, lambda: len(server.parked)) == 10, timeout=WAIT)
             assert call_in_loop(server, lambda: len(server.application_instances)) == 2
             release.set()
             assert [client.response(i).status for i in ids] == [200] * 12
@@ -133,7 +134,7 @@ def test_the_body_is_acknowledged_only_as_the_application_reads_it():
                 stream = h2.streams.get(stream_id)
                 return len(stream.body) if stream is not None else -1
 
-            poll(lambda: call_in_loop(server, buffered) == 16384)
+            wait_until(lambda: call_in_loop(server, buffered) == 16384, timeout=WAIT)
             assert client.conn.local_flow_control_window(stream_id) == 0  # no window given back yet
             release.set()
             client.until(lambda: client.conn.local_flow_control_window(stream_id) > 0)
@@ -157,7 +158,7 @@ def test_stop_sends_goaway_and_finishes_the_streams_in_flight():
     with run_server(make_app(release), Settings()) as (host, port, server):
         with H2Client(port) as client:
             first = client.request("/wait")
-            poll(lambda: call_in_loop(server, lambda: len(server.application_instances)) == 1)
+            wait_until(lambda: call_in_loop(server, lambda: len(server.application_instances)) == 1, timeout=WAIT)
             call_in_loop(server, lambda: server.request_stop(True))
             client.until(lambda: client.goaway is not None)
             assert client.goaway.last_stream_id == first and client.goaway.error_code == 0
@@ -263,13 +264,13 @@ def test_http2_requests_reach_the_access_log_and_the_metrics():
     with run_server(make_app(), Settings(), access_log=access_log) as (host, port, server):
         with H2Client(port) as client:
             assert client.get("/x").status == 200 and client.get("/raise").status == 500
-        poll(lambda: len(logged) == 2)
+        wait_until(lambda: len(logged) == 2, timeout=WAIT)
     assert logged == [("2", "/x", 200, 8), ("2", "/raise", 500, 0)]
     # With metrics on, the server's metered protocol class counts HTTP/2 responses as HTTP/1.1 ones.
     with run_server(make_app(), Settings(metrics_bind="127.0.0.1:9"), access_log=access_log) as (host, port, server):
         with H2Client(port) as client:
             assert client.get("/x").status == 200
-        poll(lambda: call_in_loop(server, lambda: sum(server.counters.requests)) == 1)
+        wait_until(lambda: call_in_loop(server, lambda: sum(server.counters.requests)) == 1, timeout=WAIT)
         assert call_in_loop(server, lambda: server.counters.bytes_out) == 8
 
 

@@ -10,7 +10,9 @@ import threading
 import pytest
 
 from corral.worker.http11 import PARSE_SLICE
-from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
+from worker_http_helpers import (
+    WAIT, Client, assert_error_and_close, assert_still_serving, call_in_loop, run_server, settings, wait_until,
+)
 
 
 class Recorder:
@@ -36,18 +38,6 @@ class Recorder:
             self.headers.append(list(scope["headers"]))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok:%d" % len(body)})
-
-
-def assert_error_and_close(client: Client, status: int) -> None:
-    response = client.response()
-    assert response.status == status, response
-    assert response.header("connection") == "close"
-    assert client.closed()
-
-
-def assert_still_serving(host: str, port: int) -> None:
-    with Client(host, port) as other:
-        assert other.get().body == b"ok:0"
 
 
 # ---------------------------------------------------------------------------- trailers

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker_http_helpers import WAIT, Client, run_server, settings
+from worker_http_helpers import WAIT, Client, assert_error_and_close, assert_still_serving, run_server, settings
 
 
 async def app(scope, receive, send):
@@ -21,18 +21,6 @@ async def app(scope, receive, send):
             break
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok:%d" % len(body)})
-
-
-def assert_error_and_close(client: Client, status: int) -> None:
-    response = client.response()
-    assert response.status == status, response
-    assert response.header("connection") == "close"
-    assert client.closed()
-
-
-def assert_still_serving(host: str, port: int) -> None:
-    with Client(host, port) as other:
-        assert other.get().body == b"ok:0"
 
 
 def test_request_line_too_long_is_414():

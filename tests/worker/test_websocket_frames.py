@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed

@@ -11,6 +11,7 @@ import queue
 import struct
 import threading
 import time
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus

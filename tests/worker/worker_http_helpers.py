@@ -133,6 +133,20 @@ class Client:
         self.close()
 
 
+def assert_error_and_close(client: Client, status: int) -> None:
+    """The server answered `status` with `connection: close`, and closed."""
+    response = client.response()
+    assert response.status == status, response
+    assert response.header("connection") == "close"
+    assert client.closed()
+
+
+def assert_still_serving(host: str, port: int) -> None:
+    """A new connection is served (by an application answering `ok:<body length>`)."""
+    with Client(host, port) as other:
+        assert other.get().body == b"ok:0"
+
+
 def settings(**values: Any) -> Settings:
     return Settings(**values)
 
@@ -172,4 +186,7 @@ class Gate:
         call_in_loop(server, set_event)
 
 
-__all__ = ["Client", "Response", "Gate", "WAIT", "run_server", "call_in_loop", "settings", "wait_until"]
+__all__ = [
+    "Client", "Response", "Gate", "WAIT", "run_server", "call_in_loop", "settings", "wait_until",
+    "assert_error_and_close", "assert_still_serving",
+]
