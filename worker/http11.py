@@ -106,7 +106,7 @@ class Limits:
     """The HTTP/1.1 limits of a worker, built once from its settings and handed to every connection."""
 
     __slots__ = ("request_line", "request_fields", "header_block", "request_body", "requests_per_connection",
-                 "pipelined_requests", "min_chunk_size", "keepalive")
+                 "pipelined_requests", "min_chunk_size")
 
     def __init__(self, request_line: int = 8190, request_fields: int = 100, header_block: int = 8190,
                  request_body: int = 0, requests_per_connection: int = 1000, pipelined_requests: int = 16,
@@ -115,10 +115,11 @@ class Limits:
         self.request_fields = request_fields
         self.header_block = header_block
         self.request_body = request_body
-        self.requests_per_connection = requests_per_connection
+        # --keep-alive 0 (`keepalive` False): every connection closes after its first response, decided here
+        # once as a limit of one request rather than checked per request.
+        self.requests_per_connection = requests_per_connection if keepalive else 1
         self.pipelined_requests = pipelined_requests
         self.min_chunk_size = min_chunk_size
-        self.keepalive = keepalive  # --keep-alive 0: every connection closes after its first response
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
@@ -136,7 +137,7 @@ class HTTP11Connection:
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
         "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
         "backlog", "min_chunk", "chunks", "body_left",
-        "upgrade_body", "upgrade_request", "keepalive",
+        "upgrade_body", "upgrade_request",
     )
 
     def __init__(self, handler: RequestHandler, limits: Limits) -> None:
@@ -150,7 +151,6 @@ class HTTP11Connection:
         self.max_requests: int = limits.requests_per_connection
         self.max_pipeline: int = limits.pipelined_requests
         self.min_chunk: int = limits.min_chunk_size
-        self.keepalive: bool = limits.keepalive
         # What one head may take in all: a bound on bytes buffered by the parser for a head that never
         # completes (a single endless header line never reaches on_header).
         self.head_cap = self.limit_line + self.limit_head + 1024
@@ -417,7 +417,7 @@ class HTTP11Connection:
         if not keep_alive:
             self.client_close = True
         self.requests = requests = self.requests + 1
-        if (self.max_requests and requests >= self.max_requests) or not self.keepalive:
+        if self.max_requests and requests >= self.max_requests:
             keep_alive = False
         if not keep_alive:
             self.must_close = True

@@ -4,7 +4,6 @@
 cdef class HTTP11Connection:
     cdef public object handler, parser
     cdef public Py_ssize_t limit_line, limit_fields, limit_head, limit_body, max_requests, max_pipeline, min_chunk
-    cdef public bint keepalive
     cdef public Py_ssize_t head_cap, header_size, content_length, chunks, body_left, upgrade_body
     cdef public bytes url, last_host, backlog
     cdef public list headers
