@@ -5,14 +5,15 @@
 
 Issue 11 asked what compiling the hot path (mypyc or Cython, with the pure-Python modules as the fallback)
 would buy, and for a prototype if more than 20 %. This is that prototype, kept as a measurement rather than
-shipped. It builds, in a temporary folder, the modules of `MODULES` from the checkout's unchanged `.py`
+shipped. It builds, in a temporary folder, the modules of `MODULES` from the checkout's `.py`
 files, in two ways:
 
     plain   Cython compiles the Python as it is (generic object code, no declarations);
     typed   the same, with the augmenting declarations of bench/cython/corral/worker/*.pxd (Cython's "pure
-            Python mode": the .py stays the source and the fallback): the parser state (`HTTP11Connection`),
-            the WSGI request (`WsgiCall`/`WsgiCycle`), the dispatcher and the thread pool become extension
-            types whose attributes are C struct fields (the parser's counters and flags as C integers).
+            Python mode": the .py stays the source and the fallback): the parser state, the protocol, the
+            ASGI and WSGI requests, flow control, the pool's record, the dispatcher and the thread pool become
+            extension types whose attributes are C struct fields (the parser's counters and flags as C
+            integers); two edits of the sources that extension types need are in `TYPED_EDITS`.
 
 Then it serves `bench.apps:hello_wsgi` (and `bench.apps:hello`, ASGI) with each build and without one, in
 interleaved rounds, one worker pinned to cpu 0 and wrk on cpu 1 (`bench.wsgi_dispatch`'s measure): the
@@ -37,19 +38,28 @@ from pathlib import Path
 from bench import procs
 
 #: The hot path's modules: the HTTP/1.1 parser callbacks, the response head and framing, the native WSGI path.
-MODULES = {
-    "corral.worker.http11": "worker/http11.py",
-    "corral.worker.response": "worker/response.py",
-    "corral.worker.framing": "worker/framing.py",
-    "corral.worker.wsgi_cycle": "worker/wsgi_cycle.py",
-    "corral.worker.wsgi_call": "worker/wsgi_call.py",
-    "corral.worker.wsgi_pool": "worker/wsgi_pool.py",
-    "corral.worker.wsgi_protocol": "worker/wsgi_protocol.py",
-    "corral.worker.protocol": "worker/protocol.py",
-    "corral.worker.cycle": "worker/cycle.py",
-    "corral.worker.flow": "worker/flow.py",
-    "corral.worker.stateless": "worker/stateless.py",
-    "corral.shared.wsgi_environ": "shared/wsgi_environ.py",
+MODULES = (
+    "corral.worker.http11",
+    "corral.worker.response",
+    "corral.worker.framing",
+    "corral.worker.wsgi_cycle",
+    "corral.worker.wsgi_call",
+    "corral.worker.wsgi_pool",
+    "corral.worker.wsgi_protocol",
+    "corral.worker.protocol",
+    "corral.worker.cycle",
+    "corral.worker.flow",
+    "corral.worker.stateless",
+    "corral.shared.wsgi_environ",
+)  # each from its file in the checkout: corral.worker.x is worker/x.py
+
+#: What the typed build changes in the sources, module -> (old, new) pairs. An extension type cannot derive from
+#: a Python class (asyncio needs only the methods), and no instance's __class__ can be set to one (the HTTP/2
+#: detector then keeps its per-read phase test instead of becoming its base class). h2detect is not compiled:
+#: its edited source is loaded from the build instead.
+TYPED_EDITS = {
+    "corral.worker.protocol": [("class HttpProtocol(asyncio.Protocol):", "class HttpProtocol:")],
+    "corral.worker.h2detect": [("self.__class__ = base", "pass  # (bench.compiled: base is an extension type)")],
 }
 
 DECLARATIONS = Path(__file__).resolve().parent / "cython"
@@ -68,16 +78,17 @@ def build(dest: Path, typed: bool) -> None:
         (dest / package).mkdir(exist_ok=True)
         (dest / package / "__init__.py").touch()
     extensions = []
-    for name, source in MODULES.items():
+    for name in MODULES:
         staged = dest / name.replace(".", "/")
-        text = (Path(procs.ROOT) / source).read_text()
         declarations = DECLARATIONS / (name.replace(".", "/") + ".pxd")
         if typed and declarations.exists():
             shutil.copyfile(declarations, staged.with_suffix(".pxd"))
-            # An extension type cannot derive from a Python class; asyncio needs only the methods.
-            text = text.replace("class HttpProtocol(asyncio.Protocol):", "class HttpProtocol:")
-        staged.with_suffix(".py").write_text(text)
+        staged.with_suffix(".py").write_text(_source(name, typed))
         extensions.append(Extension(name, [str(staged.with_suffix(".py"))]))
+    for name in TYPED_EDITS.keys() - set(MODULES) if typed else ():
+        loaded = dest / "lib" / name.replace(".", "/")
+        loaded.parent.mkdir(parents=True, exist_ok=True)
+        loaded.with_suffix(".py").write_text(_source(name, typed))
     modules = cythonize(extensions, include_path=[str(dest)], quiet=True, nthreads=os.cpu_count() or 1,
                         # Types come from the .pxd files only: annotations typed by Cython would change what a
                         # function accepts (an `int` parameter refusing None), so the build would not be the sources.
@@ -91,25 +102,37 @@ def build(dest: Path, typed: bool) -> None:
     command.run()
 
 
+def _source(name: str, typed: bool) -> str:
+    """The source of module `name`, with the typed build's edits when `typed`."""
+    text = (Path(procs.ROOT) / name.removeprefix("corral.").replace(".", "/")).with_suffix(".py").read_text()
+    for old, new in TYPED_EDITS.get(name, ()) if typed else ():
+        if old not in text:
+            raise RuntimeError(f"bench.compiled: {old!r} is no longer in {name}: update TYPED_EDITS")
+        text = text.replace(old, new)
+    return text
+
+
 def built(kind: str) -> Path:
     """The extension modules of the `kind` ("plain", "typed") build that main() made: build(root / kind)."""
     return Path(os.environ[BUILD_DIR_VARIABLE]) / kind / "lib"
 
 
 class _Compiled:
-    """Loads MODULES from the extension modules of one build."""
+    """Loads MODULES from the extension modules of one build (and the typed build's edited sources)."""
 
     def __init__(self, lib: Path) -> None:
         self.lib = lib
 
     def find_spec(self, fullname: str, path: object, target: object = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MODULES:
+        if fullname not in MODULES and fullname not in TYPED_EDITS:
             return None
         folder = self.lib / fullname.rpartition(".")[0].replace(".", "/")
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for suffix in (*importlib.machinery.EXTENSION_SUFFIXES, ".py"):
             candidate = folder / (fullname.rpartition(".")[2] + suffix)
             if candidate.exists():
                 return importlib.util.spec_from_file_location(fullname, candidate)
+        if fullname not in MODULES:
+            return None  # an edit of the typed build only: the plain build loads the checkout's source
         raise ImportError(f"bench.compiled: {fullname} was not built in {self.lib}")
 
 

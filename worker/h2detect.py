@@ -93,13 +93,6 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         http1.transport.write(SWITCHING)
         switch(http1, b"", (settings_header, cycle.scope))
 
-    def settle(http1: Any) -> None:
-        """The connection speaks HTTP/1.1: it becomes a plain `base`."""
-        try:
-            http1.__class__ = base
-        except TypeError:  # `base` is an extension type (bench.compiled's typed build): the phase test stays
-            pass
-
     class H2Detect(base):  # type: ignore[valid-type, misc]
         # No slot of its own: once a connection is known to speak HTTP/1.1 it becomes a `base` (the same
         # layout), and its later reads and requests cost nothing here.
@@ -120,7 +113,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             elif only:
                 self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
             elif type(self) is H2Detect:
-                settle(self)
+                self.__class__ = base
 
         def data_received(self, data: bytes) -> None:
             if self.phase != FRESH:  # decided: HTTP/1.1
@@ -142,7 +135,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             else:
                 base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen
                 if type(self) is H2Detect:
-                    settle(self)
+                    self.__class__ = base
 
         def start_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:

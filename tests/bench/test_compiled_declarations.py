@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,17 @@ def test_declared_attributes_are_the_slots(key: tuple[str, str]) -> None:
         assert fields == slots(cls), (
             f"{module}.{name}: declared {sorted(fields - slots(cls))} are not slots, "
             f"slots {sorted(slots(cls) - fields)} are not declared")
+
+
+def test_the_typed_builds_source_edits_still_apply():
+    """bench.compiled edits two sources for the typed build (TYPED_EDITS): each edit's text must still be there."""
+    sys.path.insert(0, str(DECLARATIONS.parents[1]))
+    try:
+        compiled = importlib.import_module("bench.compiled")
+    finally:
+        sys.path.remove(str(DECLARATIONS.parents[1]))
+    assert compiled.TYPED_EDITS
+    for name, edits in compiled.TYPED_EDITS.items():
+        text = compiled._source(name, True)
+        for old, new in edits:
+            assert old not in text and new in text, name
