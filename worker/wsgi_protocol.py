@@ -80,9 +80,11 @@ class WsgiHttpProtocol(HttpProtocol):
             self.pool_full(cycle)  # type: ignore[arg-type]
 
     def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
-        if self.server.reject_when_full:
+        server = self.server
+        if server.reject_when_full:
             # pool_full = '503': answered at once, outside the pool (the ASGI path's 503 keeps the
             # connection; here the request body is unread, so the connection closes).
+            server.counters.rejected += 1
             self.transport.write(_BUSY_RESPONSE)
             self.close()
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import pytest
 from websockets.sync.client import connect
@@ -106,6 +107,29 @@ def test_pool_full_503_is_counted_as_rejected():
         snapshot = call_in_loop(server, counters.snapshot)
     assert snapshot["rej"] == 1
     assert snapshot["req"][str(slot("GET", 503))] == 1
+
+
+def test_pool_full_503_of_a_wsgi_app_is_counted_as_rejected():
+    entered, release = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/wait":
+            entered.set()
+            release.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    settings = Settings(max_applications=1, pool_full="503")
+    with run_server(app, settings, wsgi=True) as (host, port, server):
+        counters = call_in_loop(server, lambda: metered(server))
+        with Client(host, port) as busy, Client(host, port) as other:
+            busy.send(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert entered.wait(WAIT)
+            assert other.get("/").status == 503
+            release.set()
+            assert busy.response().status == 200
+        snapshot = call_in_loop(server, counters.snapshot)
+    assert snapshot["rej"] == 1
 
 
 def test_parked_requests_and_their_wait_are_counted():
