@@ -9,9 +9,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_harness import Master, start_master  # noqa: E402
 
 RUN_WORKER = Path(__file__).with_name("run_worker.py")
 START_TIMEOUT = 60.0  # importing Django on a busy 2-core machine can take a while
@@ -96,3 +99,19 @@ def worker() -> Iterator:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def masters() -> Iterator[Callable[..., Master]]:
+    """start(cwd, *args, env=None): a `serve` master (serve_harness.start_master); every one started is
+    stopped at teardown, by pid, with bounded waits."""
+    started: list[Master] = []
+
+    def start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Master:
+        master = start_master(cwd, *args, env=env)
+        started.append(master)
+        return master
+
+    yield start
+    for master in started:
+        master.stop()

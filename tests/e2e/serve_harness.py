@@ -114,11 +114,12 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_master(cwd: Path, *args: str) -> Master:
-    """`serve -b 127.0.0.1:<a free port> --pid cwd/serve.pid ARGS`, run in `cwd` (the app last in ARGS)."""
+def start_master(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Master:
+    """`serve -b 127.0.0.1:<a free port> --pid cwd/serve-<port>.pid ARGS`, run in `cwd` (the app last in ARGS);
+    a test may start several in one folder. The `masters` fixture (conftest.py) also stops them."""
     port = free_port()
-    pidfile = cwd / "serve.pid"
-    return Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args], cwd, port, pidfile)
+    pidfile = cwd / f"serve-{port}.pid"
+    return Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args], cwd, port, pidfile, env=env)
 
 
 class Master:

@@ -11,26 +11,19 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, write_apps  # noqa: E402
+from serve_harness import Master, get, write_apps  # noqa: E402
 
 
 @pytest.fixture
-def start(tmp_path):
+def start(tmp_path, masters):
     apps = write_apps(tmp_path)
-    started: list[Master] = []
 
     def start(*args: str) -> Master:
-        port = free_port()
-        pidfile = tmp_path / "serve.pid"
-        master = Master(["-w", "2", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args, "apps:app"], apps,
-                        port, pidfile)
-        started.append(master)
+        master = masters(apps, "-w", "2", *args, "apps:app")
         master.wait_workers(2)
         return master
 
-    yield start
-    for master in started:
-        master.stop()
+    return start
 
 
 def test_term_drains_then_stops_serving_meanwhile(start):

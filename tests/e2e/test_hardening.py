@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, Master, WAIT, wait_until  # noqa: E402
 
 ECHO = '''
 async def app(scope, receive, send):
@@ -44,23 +44,16 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def serve(tmp_path):
+def serve(tmp_path, masters):
     (tmp_path / "echo.py").write_text(LIFESPAN + textwrap.dedent(ECHO))
-    started: list[Master] = []
 
     def serve(*args: str, app: str = "echo:app") -> Master:
-        port = free_port()
-        pidfile = tmp_path / f"serve-{len(started)}.pid"
-        master = Master(["-w", "2", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args, app], tmp_path, port,
-                        pidfile)
-        started.append(master)
+        master = masters(tmp_path, "-w", "2", *args, app)
         master.wait_workers(2)
         master.wait_serving()
         return master
 
-    yield serve
-    for master in started:
-        master.stop()
+    return serve
 
 
 def workers(master: Master) -> list[psutil.Process]:

@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "worker"))
 from h2_helpers import H2Client  # noqa: E402
-from serve_harness import WAIT, Master, free_port  # noqa: E402
+from serve_harness import WAIT, Master  # noqa: E402
 from test_tls import client_context, make_certs  # noqa: E402
 
 CURL = shutil.which("curl")
@@ -55,23 +55,16 @@ STREAMED = "".join(f"chunk {i}\n" * 100 for i in range(50))
 
 
 @pytest.fixture
-def serve(tmp_path):
+def serve(tmp_path, masters):
     pytest.importorskip("starlette")
     (tmp_path / "starlette_h2.py").write_text(textwrap.dedent(STARLETTE_APP))
-    started: list[Master] = []
 
     def start(*args: str, app: str = "starlette_h2:app", cwd: Path = tmp_path, env: dict | None = None) -> Master:
-        port = free_port()
-        pidfile = tmp_path / f"serve{len(started)}.pid"
-        master = Master(["-w", "1", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args, app], cwd, port,
-                        pidfile, env=env)
-        started.append(master)
+        master = masters(cwd, "-w", "1", *args, app, env=env)
         master.wait_workers(1)
         return master
 
-    yield start
-    for master in started:
-        master.stop()
+    return start
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, free_port, get, wait_until, write_apps  # noqa: E402
+from serve_harness import WAIT, Master, clean_env, get, wait_until, write_apps  # noqa: E402
 
 from corral.shared.exitcodes import HALT_CRASH_LOOP, OK  # noqa: E402
 
@@ -23,19 +23,11 @@ def apps(tmp_path):
 
 
 @pytest.fixture
-def start(apps, tmp_path):
-    started: list[Master] = []
-
+def start(apps, masters):
     def start(*args: str, app: str = "apps:app") -> Master:
-        port = free_port()
-        pidfile = tmp_path / "serve.pid"
-        master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args, app], apps, port, pidfile)
-        started.append(master)
-        return master
+        return masters(apps, *args, app)
 
-    yield start
-    for master in started:
-        master.stop()
+    return start
 
 
 def pids(workers):

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, Master, WAIT, wait_until  # noqa: E402
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed (.ci/run installs it)")
@@ -65,24 +65,17 @@ def make_certs(folder: Path, server_cn: str = "localhost", tag: str = "") -> dic
 
 
 @pytest.fixture
-def tls(tmp_path):
+def tls(tmp_path, masters):
     (tmp_path / "tlsapp.py").write_text(LIFESPAN + textwrap.dedent(APP))
     certs = make_certs(tmp_path)
-    started: list[Master] = []
 
     def serve(*args: str, wait: bool = True) -> Master:
-        port = free_port()
-        pidfile = tmp_path / f"serve{len(started)}.pid"
-        master = Master(["-w", "1", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), *args, "tlsapp:app"],
-                        tmp_path, port, pidfile)
-        started.append(master)
+        master = masters(tmp_path, "-w", "1", *args, "tlsapp:app")
         if wait:
             master.wait_workers(1)
         return master
 
-    yield serve, certs, tmp_path
-    for master in started:
-        master.stop()
+    return serve, certs, tmp_path
 
 
 def client_context(certs: dict[str, Path], with_cert: bool = False) -> ssl.SSLContext:
