@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from readme_blocks import block, localize_serve, serve_argv, substitute, substitute_re  # noqa: E402
-from serve_harness import STOP_WAIT, WAIT, Master, free_port, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, wait_until  # noqa: E402
 
 from corral.shared.exitcodes import OK  # noqa: E402
 
@@ -66,13 +66,7 @@ def _sockets():
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     headers = dict(scope["headers"])
     report = {
         "client": scope["client"],
@@ -207,7 +201,7 @@ class Stack:
         if tls:
             cert, key = make_certificate(root)
             tls_config = (self.tls_port, cert, key)
-        (root / "proxyapp.py").write_text(APP)
+        (root / "proxyapp.py").write_text(LIFESPAN + APP)
         # A short folder for the socket (unix socket paths are limited to 107 bytes); removed by stop().
         self.run_dir = Path(tempfile.mkdtemp(prefix="corral-run-", dir="/tmp"))
         self.socket_path = self.run_dir / "corral.sock"
