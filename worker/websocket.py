@@ -34,7 +34,7 @@ from typing import Any
 
 from websockets.exceptions import InvalidState, NegotiationError, ProtocolError as WSProtocolError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import BINARY, CLOSE, CONT, PONG, TEXT, Close
+from websockets.frames import Close, Opcode
 from websockets.headers import build_extension, parse_extension
 from websockets.protocol import CLOSED, CLOSING, OPEN, Protocol, Side
 from websockets.speedups import apply_mask
@@ -58,6 +58,9 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MESSAGE = 0  # (MESSAGE, str | bytes)
 PONG_EVENT = 1  # (PONG_EVENT, payload)
 CLOSE_EVENT = 2  # (CLOSE_EVENT, code, reason): the peer closed, or the connection failed (code we sent)
+
+# websockets 16 (the last release for Python 3.10) exports only the Opcode enum, 17 also its members.
+TEXT, BINARY, CONT, PONG, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG, Opcode.CLOSE
 
 _TEXT_FIN_MASKED = 0x81
 _BINARY_FIN_MASKED = 0x82
