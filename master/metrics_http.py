@@ -6,6 +6,8 @@ selector. Everything is non-blocking and bounded: a request head may be 8 KiB an
 (`Connection: close`), at most `MAX_CONNECTIONS` at a time. A client that stalls costs a file descriptor
 until the deadline, never the loop's time. Not served by a worker on purpose: a saturated worker (its
 pool full, its loop blocked) cannot hide its own figures, and the figures are the sum of all workers.
+The page and its content type come from `render(accept)`, given the request's Accept header (content
+negotiation: the text format or OpenMetrics, corral.master.exposition).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ DEADLINE = 10.0
 MAX_HEAD = 8192
 MAX_CONNECTIONS = 32
 
+#: `render(accept)`: the request's Accept header ("" without one) -> the page and its content type.
+Render = Callable[[str], tuple[bytes, str]]
+
 
 class _Conn:
     __slots__ = ("sock", "inbox", "outbox", "deadline")
@@ -37,18 +42,29 @@ class _Conn:
         self.deadline = time.monotonic() + DEADLINE
 
 
-def _response(status: str, body: bytes, content_type: str) -> bytes:
+def _response(status: str, body: bytes, content_type: str, extra: str = "") -> bytes:
     return (f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\ncache-control: no-store\r\n\r\n").encode("latin-1") + body
+            f"connection: close\r\ncache-control: no-store\r\n{extra}\r\n").encode("latin-1") + body
+
+
+def _accept(head: bytes) -> str:
+    """The Accept header's value (several Accept lines joined, as HTTP allows); "" without one."""
+    values = []
+    for line in head.split(b"\n")[1:]:
+        if not line.strip():
+            break  # the end of the head
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"accept":
+            values.append(value.strip().decode("latin-1"))
+    return ", ".join(values)
 
 
 class MetricsServer:
     """A tiny HTTP/1.1 server for /metrics inside the master's selector loop."""
 
-    def __init__(self, address: str, render: Callable[[], str], content_type: str, backlog: int = 64) -> None:
+    def __init__(self, address: str, render: Render, backlog: int = 64) -> None:
         self.address = address
         self.render = render
-        self.content_type = content_type
         # SO_REUSEPORT on TCP: after USR2 the new master binds the same address while the old one still
         # serves it (either answers a scrape during the overlap). BindError: the CLI's exit 6.
         self.sock = bind(parse_address(address), backlog, reuse_port=True)
@@ -106,11 +122,11 @@ class MetricsServer:
         if target not in ("/metrics", "/"):
             return _response("404 Not Found", b"GET /metrics\n", "text/plain; charset=utf-8")
         try:
-            body = self.render().encode()
+            body, content_type = self.render(_accept(head))
         except Exception:
             logger.exception("Rendering the metrics failed")
             return _response("500 Internal Server Error", b"error\n", "text/plain; charset=utf-8")
-        response = _response("200 OK", body, self.content_type)
+        response = _response("200 OK", body, content_type, "vary: accept\r\n")
         return response[: len(response) - len(body)] if method == "HEAD" else response
 
     def _reply(self, conn: _Conn, data: bytes) -> None:

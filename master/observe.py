@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
-from corral.master.metrics import (CONTENT_TYPE, MasterCounts, Totals, live_totals, quantile, ready_sum,
-                                   render_prometheus, served)
+from corral.master.metrics import MasterCounts, Totals, live_totals, quantile, ready_sum, served
 from corral.master.metrics_http import MetricsServer
 from corral.master.sdnotify import Notifier
 from corral.master.statsd import StatsdClient, master_counters, statsd_lines
@@ -62,7 +61,10 @@ class Observer:
         """Bind --metrics-bind (BindError: the CLI's exit 6) and open the statsd socket."""
         settings = self.settings
         if settings.metrics_bind:
-            self.metrics_server = MetricsServer(settings.metrics_bind, self.render, CONTENT_TYPE)
+            # prometheus_client writes the page; imported here, so only --metrics-bind pays its import (~40 ms)
+            from corral.master.exposition import Exposition
+
+            self.metrics_server = MetricsServer(settings.metrics_bind, Exposition(self.families).render)
             self.metrics_server.register(selector)
             logger.info("Metrics on http://%s/metrics", settings.metrics_bind)
         if self.collecting:
@@ -194,11 +196,14 @@ class Observer:
     def served(self) -> int:
         return served(self.counts, self.arbiter.workers.values())
 
-    def render(self) -> str:
+    def families(self) -> Iterator[Any]:
+        """The /metrics page's metric families (prometheus_client's), read at each scrape."""
+        from corral.master.exposition import families  # loaded by start() with --metrics-bind
+
         arbiter = self.arbiter
-        return render_prometheus(self.counts, list(arbiter.workers.values()), target=arbiter.num_workers,
-                                 backoff=arbiter.spawn_after - time.monotonic(), started=arbiter.started,
-                                 collecting=self.collecting)
+        return families(self.counts, list(arbiter.workers.values()), target=arbiter.num_workers,
+                        backoff=arbiter.spawn_after - time.monotonic(), started=arbiter.started,
+                        collecting=self.collecting)
 
     def rate(self) -> float:
         """Requests per second over the last WINDOW seconds (what the samples cover)."""

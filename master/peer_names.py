@@ -86,7 +86,7 @@ GUNICORN: dict[str, Entry] = {
     "dogstatsd_tags": _same("comma-separated key:value tags on every metric", ("--dogstatsd-tags",),
                             "--dogstatsd-tags"),
     "enable_backlog_metric": Entry("refuse", "--metrics-bind", "no socket-backlog gauge: corral reports the requests "
-                                   "parked by a full pool (corral_parked_requests)", ("--enable-backlog-metric",),
+                                   "parked by a full pool (corral_pool_parked)", ("--enable-backlog-metric",),
                                    False, False),
     "enable_stdio_inheritance": Entry("noop", "", "corral workers always inherit the master's stdio",
                                       ("-R", "--enable-stdio-inheritance"), False, False),

@@ -1,6 +1,7 @@
-"""Metrics from a real `serve -w 4`: /metrics parsed with prometheus_client's parser, and statsd received by
-a UDP listener of the test's own, checked against exactly what the client sent - across a kill -9 of a
-worker and a HUP, with no counter ever going backwards.
+"""Metrics from a real `serve`: /metrics read back strictly with prometheus_client's parsers (every sample
+under its typed, documented family; OpenMetrics too; promtool when installed), and statsd received by a UDP
+listener of the test's own, checked against exactly what the client sent - across a kill -9 of a worker and
+a HUP, with no counter ever going backwards.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import threading
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
 from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 APP = '''
 import os
@@ -104,17 +108,26 @@ class Client:
         return sum(self.sent.values())
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as response:
-        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-        text = response.read().decode()
-    families = list(prometheus_parser.text_string_to_metric_families(text))
-    samples = {}
-    for family in families:
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    samples[("__types__", ())] = {f.name: f.type for f in families}
+def fetch(port: int, accept: str | None = None) -> tuple[str, str]:
+    """The /metrics page and its content type."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        return response.read().decode(), response.headers["content-type"]
+
+
+def scrape(port: int, accept: str | None = None) -> dict[tuple[str, tuple], Any]:
+    """The page's samples, read strictly (tests/promtext.py); `("__types__", ())`: sample name -> family type."""
+    text, content_type = fetch(port, accept)
+    openmetrics = accept is not None and accept.startswith("application/openmetrics-text")
+    assert content_type.startswith("application/openmetrics-text" if openmetrics else "text/plain; version=0.0.4")
+    families = promtext.families(text, openmetrics)
+    samples: dict[tuple[str, tuple], Any] = promtext.samples(families)
+    samples[("__types__", ())] = {s.name: f.type for f in families.values() for s in f.samples}
     return samples
+
+
+def request_total(samples: dict) -> float:
+    return sum(value for (name, _), value in samples.items() if name == "corral_http_requests_total")
 
 
 def requests_by_class(samples: dict) -> Counter[tuple[str, str]]:
@@ -136,8 +149,7 @@ class Monotonic:
         types = samples[("__types__", ())]
         for key, value in samples.items():
             name = key[0]
-            family = next((f for f in types if name == f or name.startswith(f + "_")), None)
-            if family is None or types[family] not in ("counter", "histogram") or name.startswith("corral_worker_cpu"):
+            if types.get(name) not in ("counter", "histogram") or name.startswith("corral_worker_cpu"):
                 continue  # (per-worker CPU is a counter per worker pid: a new worker is a new series)
             if key in self.last:
                 assert value >= self.last[key], f"{key} went backwards: {self.last[key]} -> {value}"
@@ -303,3 +315,63 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
     finally:
         master.stop()
         statsd.stop()
+
+
+def test_request_counter_is_exact_and_never_goes_back_across_kill_9(workdir: Path, masters):
+    """`serve -w 2 --metrics-bind`: after exactly N requests the typed counter family's `_total` samples add
+    up to N (text format, OpenMetrics, promtool when installed), and a kill -9 of a worker takes nothing off."""
+    metrics_port = free_port()
+    master = masters(workdir, "-w", "2", "--metrics-bind", f"127.0.0.1:{metrics_port}", "mapp:app")
+    before = {w["pid"] for w in master.wait_workers(2)}
+    client = Client(master.port)
+    client.run(75)  # 4 threads x 75
+    assert not client.failures, client.failures
+    n = client.total
+    assert n == 300
+    monotonic = Monotonic()
+
+    def counted(total: int) -> dict | None:
+        samples = monotonic.check(scrape(metrics_port))
+        return samples if request_total(samples) == total else None
+
+    samples = wait_until(lambda: counted(n), "the metrics to count every request")
+    assert samples[("__types__", ())]["corral_http_requests_total"] == "counter"
+    assert requests_by_class(samples) == client.sent
+    assert request_total(scrape(metrics_port, OPENMETRICS)) == n
+    promtext.promtool_check(fetch(metrics_port)[0])
+
+    # kill -9 a worker while a scraper reads the page in a loop: no scrape may see fewer than N.
+    seen: list[float] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def keep_scraping() -> None:
+        mine = Monotonic()
+        while not done.is_set():
+            try:
+                seen.append(request_total(mine.check(scrape(metrics_port))))
+            except AssertionError as exc:
+                errors.append(str(exc))
+                return
+
+    scraper = threading.Thread(target=keep_scraping)
+    scraper.start()
+    try:
+        victim = sorted(before)[0]
+        os.kill(victim, signal.SIGKILL)
+        master.wait_workers(2, lambda ws: victim not in {w["pid"] for w in ws})
+        samples = wait_until(lambda: (s := monotonic.check(scrape(metrics_port)))[
+            ("corral_worker_exits_total", (("cause", "crash"),))] == 1 and s, "the crash to be counted")
+        assert request_total(samples) == n
+        # The replacement's requests add to the kept total.
+        client.run(25)
+        assert not client.failures, client.failures
+        assert client.total == n + 100
+        samples = wait_until(lambda: counted(n + 100), "the replacement's requests to be counted")
+        assert requests_by_class(samples) == client.sent
+    finally:
+        done.set()
+        scraper.join(WAIT)
+    assert not errors, errors
+    assert seen and min(seen) >= n, (len(seen), min(seen, default=None))
+    assert request_total(scrape(metrics_port, OPENMETRICS)) == n + 100

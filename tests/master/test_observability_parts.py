@@ -1,6 +1,7 @@
-"""The master's observability parts on their own: totals kept across worker exits, the exposition format (parsed
-with prometheus_client), quantiles, statsd lines over UDP and a unix datagram socket, sd_notify, and the
-/metrics server's answers - real sockets, no serve process.
+"""The master's observability parts on their own: totals kept across worker exits, the exposition format (read
+back strictly with prometheus_client's text and OpenMetrics parsers, and promtool when installed), quantiles,
+statsd lines over UDP and a unix datagram socket, sd_notify, and the /metrics server's answers - real
+sockets, no serve process.
 """
 
 from __future__ import annotations
@@ -8,18 +9,23 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from corral.master.metrics import MasterCounts, Totals, quantile, render_prometheus
+from corral.master.exposition import Exposition, families
+from corral.master.metrics import MasterCounts, Totals, quantile
 from corral.master.metrics_http import MetricsServer
 from corral.master.sdnotify import Notifier
 from corral.master.statsd import StatsdClient, statsd_lines
 from corral.worker.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
 
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
 
 
 class FakeWorker:
@@ -43,16 +49,21 @@ def snapshot(get200: int, post500: int, fast: int) -> dict:
     return counters.snapshot()
 
 
+def page(counts: MasterCounts, workers: list, accept: str = "", collecting: bool = True) -> tuple[str, str]:
+    exposition = Exposition(lambda: families(counts, workers, target=len(workers), backoff=0.0, started=1.0,
+                                             collecting=collecting))
+    body, content_type = exposition.render(accept)
+    return body.decode(), content_type
+
+
 def parse(text: str) -> dict:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in prometheus_parser.text_string_to_metric_families(text) for s in family.samples}
+    return promtext.samples(promtext.families(text))
 
 
 def test_totals_survive_a_worker_exit_and_render_as_valid_exposition_format():
     counts = MasterCounts()
     a, b = FakeWorker(1, snapshot(10, 2, 5), 12), FakeWorker(2, snapshot(4, 0, 4), 4)
-    render = lambda workers: parse(render_prometheus(counts, workers, target=2, backoff=0.0, started=1.0,
-                                                     collecting=True))
+    render = lambda workers: parse(page(counts, workers)[0])
     before = render([a, b])
     assert before[("corral_http_requests_total", (("method", "GET"), ("status", "2xx")))] == 14
     assert before[("corral_http_requests_total", (("method", "POST"), ("status", "5xx")))] == 2
@@ -68,6 +79,95 @@ def test_totals_survive_a_worker_exit_and_render_as_valid_exposition_format():
     assert after[("corral_http_requests_total", (("method", "GET"), ("status", "2xx")))] == 14
     assert after[("corral_requests_served_total", ())] == 16
     assert after[("corral_worker_exits_total", (("cause", "crash"),))] == 1
+
+
+#: Every family of the page, as prometheus_client names it, and its type: the names users' dashboards use
+#: (a counter's samples add `_total`, a histogram's `_bucket`, `_sum`, `_count`).
+FAMILIES = {
+    "corral_http_requests": "counter", "corral_http_request_duration_seconds": "histogram",
+    "corral_http_request_bytes": "counter", "corral_http_response_bytes": "counter",
+    "corral_pool_rejected": "counter", "corral_pool_wait_seconds": "histogram",
+    "corral_websocket_opened": "counter", "corral_websocket_closed": "counter",
+    "corral_websocket_messages_received": "counter", "corral_websocket_messages_sent": "counter",
+    "corral_log_messages": "counter", "corral_http_requests_in_flight": "gauge", "corral_pool_parked": "gauge",
+    "corral_websocket_open": "gauge", "corral_requests_served": "counter", "corral_worker_pool_size": "gauge",
+    "corral_worker_pool_in_use": "gauge", "corral_worker_resident_memory_bytes": "gauge",
+    "corral_worker_cpu_seconds": "counter", "corral_worker_event_loop_lag_seconds": "gauge",
+    "corral_worker_age_seconds": "gauge", "corral_workers": "gauge", "corral_workers_target": "gauge",
+    "corral_worker_starts": "counter", "corral_worker_exits": "counter", "corral_worker_boot_failures": "counter",
+    "corral_worker_backoff_seconds": "gauge", "corral_reloads": "counter", "corral_master_start_time_seconds": "gauge",
+}
+#: Only collected when --metrics-bind or --statsd-host asks the workers to count requests.
+REQUEST_FAMILIES = set(list(FAMILIES)[:11])
+
+
+def test_the_page_round_trips_through_prometheus_client_in_both_formats():
+    counts = MasterCounts()
+    gone = FakeWorker(1, snapshot(7, 1, 3), 8)
+    counts.worker_gone(gone.stats, "crash")
+    workers = [FakeWorker(2, snapshot(10, 2, 5), 12), FakeWorker(3, snapshot(4, 0, 4), 4)]
+    text, content_type = page(counts, workers)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    by_name = promtext.families(text)
+    assert {name: f.type for name, f in by_name.items()} == FAMILIES
+    # The text format names a counter's family with its `_total` (what Prometheus reads HELP and TYPE from).
+    assert "# TYPE corral_http_requests_total counter\n" in text
+    requests = by_name["corral_http_requests"].samples
+    assert {s.name for s in requests} == {"corral_http_requests_total"}
+    assert sum(s.value for s in requests) == 7 + 1 + 10 + 2 + 4  # the gone worker's too
+    text_samples = promtext.samples(by_name)
+    assert text_samples[("corral_worker_exits_total", (("cause", "crash"),))] == 1
+    assert len([k for k in text_samples if k[0] == "corral_worker_resident_memory_bytes"]) == 2
+    promtool_ran = promtext.promtool_check(text)
+    print("promtool check metrics:", "passed" if promtool_ran else "not installed")
+
+    # OpenMetrics when the scraper asks for it (Prometheus does by default), read by its stricter parser.
+    om, om_type = page(counts, workers, accept="application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    assert om_type.startswith("application/openmetrics-text;")  # (its version is the library's)
+    assert om.endswith("# EOF\n")
+    om_families = promtext.families(om, openmetrics=True)
+    assert {name: f.type for name, f in om_families.items()} == FAMILIES
+    assert om_families["corral_http_request_duration_seconds"].unit == "seconds"
+    assert om_families["corral_http_response_bytes"].unit == "bytes"
+    om_samples = promtext.samples(om_families)
+    assert om_samples.keys() == text_samples.keys()
+    moving = ("corral_worker_age_seconds", "corral_worker_resident_memory_bytes", "corral_worker_cpu_seconds_total")
+    assert {k: v for k, v in om_samples.items() if k[0] not in moving} == {
+        k: v for k, v in text_samples.items() if k[0] not in moving}
+
+    # Without request counting: the master's own families only, as strict.
+    idle = promtext.families(page(counts, workers, collecting=False)[0])
+    assert set(idle) == set(FAMILIES) - REQUEST_FAMILIES
+
+
+def test_prometheus_client_is_imported_only_with_metrics_bind():
+    """`serve` start-up does not pay for prometheus_client unless --metrics-bind is set."""
+    script = """
+import selectors, sys
+import corral.master.cli
+from corral.master.observe import Observer
+from corral.shared.settings import Settings
+
+class Arbiter:
+    workers = {}
+    num_workers = 1
+    spawn_after = 0.0
+    started = 0.0
+
+selector = selectors.DefaultSelector()
+plain = Observer(Arbiter(), Settings(statsd_host="127.0.0.1:9"))
+plain.start(selector)
+plain.close()
+print("prometheus_client" in sys.modules)
+metered = Observer(Arbiter(), Settings(metrics_bind="127.0.0.1:0"))
+metered.start(selector)
+body, content_type = metered.metrics_server.render("")
+metered.close()
+print("prometheus_client" in sys.modules, b"# TYPE corral_workers gauge" in body)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "True"]
 
 
 def test_quantile_interpolates_inside_the_bucket():
@@ -159,7 +259,13 @@ def test_sd_notify_messages_and_watchdog(tmp_path):
 
 def test_metrics_server_answers_in_the_selector_loop():
     selector = selectors.DefaultSelector()
-    server = MetricsServer("127.0.0.1:0", lambda: "corral_x 1\n", "text/plain; version=0.0.4")
+    accepts: list[str] = []
+
+    def render(accept: str) -> tuple[bytes, str]:
+        accepts.append(accept)
+        return b"corral_x 1\n", "text/plain; version=0.0.4"
+
+    server = MetricsServer("127.0.0.1:0", render)
     server.register(selector)
     port = server.sock.getsockname()[1]
 
@@ -185,6 +291,11 @@ def test_metrics_server_answers_in_the_selector_loop():
     try:
         ok = ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\ncorral_x 1\n")
+        assert b"\r\ncontent-type: text/plain; version=0.0.4\r\n" in ok and b"\r\nvary: accept\r\n" in ok
+        # The Accept header reaches render (several lines joined); "" without one.
+        ask(b"GET /metrics HTTP/1.1\r\nACCEPT: application/openmetrics-text; version=1.0.0\r\n"
+            b"Accept: text/plain;q=0.5\r\n\r\n")
+        assert accepts == ["", "application/openmetrics-text; version=1.0.0, text/plain;q=0.5"]
         assert ask(b"HEAD /metrics HTTP/1.1\r\n\r\n").endswith(b"\r\n\r\n")
         assert ask(b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
         assert ask(b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
@@ -233,7 +344,6 @@ def test_the_sample_grafana_dashboard_uses_only_metrics_corral_exports():
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {name for expr in exprs for name in re.findall(r"\bcorral_[a-z_]+", expr)}
-    text = render_prometheus(MasterCounts(), [FakeWorker(1, snapshot(1, 1, 1), 2)], target=1, backoff=0.0,
-                             started=1.0, collecting=True)
-    exported = {s.name for family in prometheus_parser.text_string_to_metric_families(text) for s in family.samples}
+    text, _ = page(MasterCounts(), [FakeWorker(1, snapshot(1, 1, 1), 2)])
+    exported = {name for name, _ in parse(text)}
     assert used and used <= exported, used - exported
