@@ -117,7 +117,6 @@ class Arbiter:
     def start(self) -> None:
         """Pid file, app check or preload, sockets, control socket, signals. Raises the typed errors."""
         settings = self.settings
-        os.umask(settings.umask)
         pid = os.getpid()
         run_hook(settings, "on_starting", self.server)
         set_title("master", self.name)
@@ -183,7 +182,7 @@ class Arbiter:
         activated = systemd_sockets()
         if activated:
             return activated
-        sockets = bind_all(list(settings.bind), settings.backlog, settings.reuse_port)  # BindError
+        sockets = bind_all(list(settings.bind), settings.backlog, settings.reuse_port, settings.umask)  # BindError
         if settings.reuse_port:
             # Each worker binds its own SO_REUSEPORT socket; the master's were only the fail-fast check
             # (a listening socket nobody accepts on would get its share of the connections).

@@ -172,14 +172,16 @@ GUNICORN: dict[str, Entry] = {
     "strip_header_spaces": Entry("refuse", "", "a space before the colon is a 400 (RFC 9112 §5.1), never "
                                  "stripped", ("--strip-header-spaces",), False, False),
     "tmp_upload_dir": Entry("noop", "", "request bodies stream to the app; nothing is spooled to disk", ()),
-    "umask": _same("default 022 (gunicorn 0)", ("-m", "--umask"), "-m/--umask"),
+    "umask": _same("gunicorn's: the unix socket's mask, default 0 (a 0777 socket)", ("-m", "--umask"),
+                   "-m/--umask"),
     "user": _same("", ("-u", "--user"), "-u/--user"),
     "uwsgi_allow_ips": Entry("refuse", "", "no uwsgi protocol", ("--uwsgi-allow-from",), "127.0.0.1,::1"),
     "worker_tmp_dir": Entry("noop", "", "liveness is a heartbeat over a socket pair, not a temp file's mtime",
                             ("--worker-tmp-dir",)),
     # Server socket
     "backlog": _same("", ("--backlog",), "--backlog"),
-    "bind": _same("also fd://N; systemd socket activation is automatic", ("-b", "--bind"), "-b/--bind"),
+    "bind": _same("`[::]:PORT` is dual-stack, as gunicorn's; also fd://N; systemd socket activation is automatic",
+                  ("-b", "--bind"), "-b/--bind"),
     # Worker processes
     "asgi_disconnect_grace_period": Entry("noop", "", "a disconnect is delivered to the ASGI app at once",
                                           ("--asgi-disconnect-grace-period",), 3),

@@ -19,7 +19,7 @@ from typing import Any, Callable, NoReturn, Sequence
 from corral.master.channel import Channel
 from corral.master.logs import error_stream, reopen_logs
 from corral.master.proctitle import set_title
-from corral.master.sockets import bind, parse_address
+from corral.master.sockets import bind_all
 from corral.master.hooks import run_hook
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
@@ -191,7 +191,7 @@ def run_child(
             logger.error("Worker %d failed to boot: its post_fork hook raised", number)
             code = WORKER_BOOT_ERROR
             return  # type: ignore[misc]  # the finally below exits
-        own = [bind(parse_address(address), settings.backlog, reuse_port=True) for address in reuse_port]
+        own = bind_all(list(reuse_port), settings.backlog, reuse_port=True)
         _drop_privileges(settings)
         heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
         link = _Link(channel, heartbeat, settings, worker)
