@@ -78,7 +78,8 @@ GUNICORN: dict[str, Entry] = {
     "http_protocols": Entry("refuse", "--http auto|1|2", "corral's --http chooses the versions (HTTP/2 on by "
                             "default)", ("--http-protocols",), "h1"),
     # Logging
-    "access_log_format": _same("gunicorn's atoms; the default adds `%(M)sms`", ("--access-logformat",), "--access-logformat"),
+    "access_log_format": _same("gunicorn's atoms and default line; WebSocket close lines have %(ws_close)s, "
+                               "%(ws_in)s, %(ws_out)s", ("--access-logformat",), "--access-logformat"),
     "accesslog": _same("`-` is stdout", ("--access-logfile",), "--access-logfile"),
     "capture_output": _same("", ("--capture-output",), "--capture-output"),
     "disable_redirect_access_to_syslog": Entry("noop", "", "no syslog handler, so nothing to redirect",

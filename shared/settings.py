@@ -397,10 +397,17 @@ _declare("accesslog", "logging", optional_str, None,
          "Access log file ('-' is stdout, as in gunicorn); no access log when unset (unless --log-config "
          "configures the access logger).", ("--access-logfile",))
 _declare("access_log_format", "logging", to_str,
-         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms',
-         "Access log format with gunicorn's atoms (%(M)s: duration in ms, %(D)s: in microseconds), or 'json' "
-         "for one JSON object per line; the default is gunicorn's with the duration added.",
+         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+         "Access log format with gunicorn's atoms (the default is gunicorn's line; the duration is %(M)s in ms, "
+         "%(D)s in microseconds, %(L)s in seconds; a WebSocket's close line has %(ws_close)s, %(ws_in)s, "
+         "%(ws_out)s), or 'json' for one JSON object per line.",
          ("--access-logformat", "--access-log-format"))
+_declare("naming", "logging", choice("gunicorn", "corral"), "gunicorn",
+         "Names of the loggers and statsd metrics. 'gunicorn' (the default): the error log is the logger "
+         "gunicorn.error, the access log gunicorn.access, statsd sends gunicorn.requests, "
+         "gunicorn.request.duration, gunicorn.workers, ..., so gunicorn's log configs and dashboards carry over. "
+         "'corral': corral.error (corral.* loggers), corral.access, corral.requests, .... corral's own statsd "
+         "metrics (pool, WebSockets, restarts) are corral.* either way.", metavar="gunicorn|corral")
 
 
 # -- observability: metrics, statsd, health checks (corral.master.metrics, .statsd, .sdnotify; worker/health.py)
