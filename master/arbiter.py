@@ -257,6 +257,7 @@ class Arbiter:
                 logger.warning("Reload: bind changes need a restart or an upgrade (USR2); keeping %s",
                                ", ".join(self.settings.bind))
                 settings = settings.replace(bind=self.settings.bind)
+            settings = self.observer.keep_restart_only(settings)  # before the logs are set up again
             if not settings.preload_app:
                 check_app(self.spec, settings)
             ssl_context = server_context(settings)  # a renewed certificate: the new workers serve it

@@ -407,7 +407,8 @@ _declare("naming", "logging", choice("gunicorn", "corral"), "gunicorn",
          "gunicorn.error, the access log gunicorn.access, statsd sends gunicorn.requests, "
          "gunicorn.request.duration, gunicorn.workers, ..., so gunicorn's log configs and dashboards carry over. "
          "'corral': corral.error (corral.* loggers), corral.access, corral.requests, .... corral's own statsd "
-         "metrics (pool, WebSockets, restarts) are corral.* either way.", metavar="gunicorn|corral")
+         "metrics (pool, WebSockets, restarts) are corral.* either way. A HUP keeps the one the master started "
+         "with.", metavar="gunicorn|corral")
 
 
 # -- observability: metrics, statsd, health checks (corral.master.metrics, .statsd, .sdnotify; worker/health.py)
@@ -444,9 +445,9 @@ _declare("metrics_bind", "observability", optional_str, None,
 _declare("statsd_host", "observability", statsd_address, None,
          "Send metrics to this statsd / DogStatsD server (HOST:PORT over UDP, or unix:PATH), from the master, "
          "once a second; off when unset.", ("--statsd-host",), metavar="ADDRESS")
-_declare("statsd_prefix", "observability", to_str, "corral",
-         "Prefix of the statsd metric names (gunicorn's names below it: use 'gunicorn' for gunicorn's exact "
-         "names).", ("--statsd-prefix",), metavar="PREFIX")
+_declare("statsd_prefix", "observability", to_str, "",
+         "Put in front of every statsd metric name, as gunicorn does (a '.' is added): --statsd-prefix app1 "
+         "sends app1.gunicorn.requests. Empty by default.", ("--statsd-prefix",), metavar="PREFIX")
 _declare("dogstatsd_tags", "observability", to_str, "",
          "DogStatsD tags added to every statsd metric, comma-separated (e.g. env:prod,app:shop).",
          ("--dogstatsd-tags",), metavar="TAGS")
