@@ -136,7 +136,7 @@ def test_gunicorn_conf_in_the_working_folder_runs_every_hook(tmp_path):
 
         assert list(marks(tmp_path, "on_starting")) == [master.pid]
         assert marks(tmp_path, "when_ready") == {master.pid: ["2 2"]}
-        assert sorted(marks(tmp_path, "pre_fork")[master.pid]) == ["1 None", "2 None"]
+        assert sorted(marks(tmp_path, "pre_fork")[master.pid]) == ["1 [booting]", "2 [booting]"]  # gunicorn's
         assert set(marks(tmp_path, "post_fork")) == first  # ran in each worker
         assert {line.split()[0] for line in marks(tmp_path, "post_fork")[next(iter(first))]} <= {"1", "2"}
         inits = marks(tmp_path, "post_worker_init")
