@@ -193,7 +193,7 @@ IN_WORKER = Gauge("app_worker_up", "1 per live worker", multiprocess_mode="lives
 
 
 async def app(scope, receive, send):
-    if scope["type"] == "lifespan":  # set at startup, not import: serve's app check imports in a child too
+    if scope["type"] == "lifespan":  # set at startup (test_gunicorn_objects.py sets one at import)
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
