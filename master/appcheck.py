@@ -4,6 +4,11 @@ Without --preload the master must not import the app itself: its modules would b
 worker (no fresh import) and a HUP could never load new code. A forked child imports it and reports the
 error (message and traceback) through a pipe, so a bad app path fails at start with exit code 4 and its
 traceback printed once, and a HUP with a broken app keeps the running workers.
+
+The child imports the app, so it may leave per-process state behind, as a worker does: prometheus_client's
+multiprocess mode writes a file per pid, and a `livesum` gauge set at import would count the child as a
+live worker forever. The master therefore runs the `child_exit` hook for it too (`on_exit`), so gunicorn's
+documented recipe (`multiprocess.mark_process_dead(worker.pid)`) covers every process that imported the app.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import traceback
+from typing import Callable
 
 from corral.master.workerproc import reset_signals
 from corral.shared.exitcodes import APP_IMPORT_ERROR
@@ -24,9 +30,10 @@ class AppCheckError(Exception):
     """The application failed to import; `str()` is the message and traceback, to print once."""
 
 
-def check_app(spec: str, settings: Settings) -> None:
+def check_app(spec: str, settings: Settings, on_exit: Callable[[int], object] | None = None) -> None:
     """Import the app in a short-lived child, so a bad app fails at once with its traceback, and the
-    master stays free of the app's modules (workers, forked later, then import it fresh)."""
+    master stays free of the app's modules (workers, forked later, then import it fresh). `on_exit(pid)` is
+    called once the child has been reaped, whatever its outcome."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -68,6 +75,8 @@ def check_app(spec: str, settings: Settings) -> None:
         except ChildProcessError:
             status = 0
             break
+    if on_exit is not None:
+        on_exit(pid)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         text = b"".join(chunks).decode(errors="replace") or f"importing {spec!r} crashed ({describe_exit(code)})"

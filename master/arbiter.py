@@ -31,7 +31,7 @@ from corral.master.tls import server_context
 from corral.master.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.channel import pair
 from corral.master.control import ControlServer
-from corral.master.hooks import ServerView, run_hook, unborn_worker, worker_view
+from corral.master.hooks import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
 from corral.master.discover import register
 from corral.master.logs import describe_listener, reopen_logs, setup_logging
 from corral.master.observe import Observer
@@ -117,7 +117,6 @@ class Arbiter:
     def start(self) -> None:
         """Pid file, app check or preload, sockets, control socket, signals. Raises the typed errors."""
         settings = self.settings
-        os.umask(settings.umask)
         pid = os.getpid()
         run_hook(settings, "on_starting", self.server)
         set_title("master", self.name)
@@ -165,8 +164,16 @@ class Arbiter:
                 # their pages stay shared (Python's gc.freeze() documentation describes this use).
                 gc.freeze()
         else:
-            check_app(self.spec, settings)  # AppCheckError
+            self.check_app(settings)  # AppCheckError
             self.app = self.spec
+
+    def check_app(self, settings: Settings) -> None:
+        """The app check's child goes through child_exit, as a worker does (see corral.master.appcheck)."""
+        def exited(pid: int) -> None:
+            if settings.child_exit is not None:
+                run_hook(settings, "child_exit", self.server, child_view(pid, HookConfig(settings, self.name)))
+
+        check_app(self.spec, settings, exited)
 
     def open_sockets(self) -> list[socket.socket]:
         settings = self.settings
@@ -183,7 +190,7 @@ class Arbiter:
         activated = systemd_sockets()
         if activated:
             return activated
-        sockets = bind_all(list(settings.bind), settings.backlog, settings.reuse_port)  # BindError
+        sockets = bind_all(list(settings.bind), settings.backlog, settings.reuse_port, settings.umask)  # BindError
         if settings.reuse_port:
             # Each worker binds its own SO_REUSEPORT socket; the master's were only the fail-fast check
             # (a listening socket nobody accepts on would get its share of the connections).
@@ -258,8 +265,9 @@ class Arbiter:
                 logger.warning("Reload: bind changes need a restart or an upgrade (USR2); keeping %s",
                                ", ".join(self.settings.bind))
                 settings = settings.replace(bind=self.settings.bind)
+            settings = self.observer.keep_restart_only(settings)  # before the logs are set up again
             if not settings.preload_app:
-                check_app(self.spec, settings)
+                self.check_app(settings)
             ssl_context = server_context(settings)  # a renewed certificate: the new workers serve it
             setup_logging(settings)
         except (SettingError, AppCheckError, AppImportError) as exc:
@@ -364,8 +372,10 @@ class Arbiter:
         number = self.worker_number
         settings = self.settings
         master_end, worker_end = pair()
+        jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
+        max_requests = settings.max_requests + jitter if settings.max_requests else 0
         if settings.pre_fork is not None:
-            run_hook(settings, "pre_fork", self.server, unborn_worker(number, settings))
+            run_hook(settings, "pre_fork", self.server, unborn_worker(number, self.server.cfg, max_requests))
         # Blocked across fork: a signal the child got before dropping the master's handlers would only
         # feed the child's copy of the queue (a TERM lost until the SIGKILL deadline).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, workerproc.MASTER_SIGNALS)
@@ -376,10 +386,9 @@ class Arbiter:
             master_end.close()
             workerproc.run_child(self.app, settings, self.listeners, worker_end, number=number, name=self.name,
                                  reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child,
-                                 server=self.server, ssl_context=self.ssl_context, share=share)
+                                 server=self.server, ssl_context=self.ssl_context, share=share,
+                                 max_requests=max_requests)
         worker_end.close()
-        jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
-        max_requests = settings.max_requests + jitter if settings.max_requests else 0
         worker = Worker(pid, number, master_end, self.generation, share, max_requests)
         try:
             worker.process = psutil.Process(pid)
@@ -426,7 +435,8 @@ class Arbiter:
                     self.rollback = None  # the reloaded app boots: no going back
                 logger.info("Worker %d (pid %d) ready", worker.number, worker.pid)
             elif kind == "recycle" and not worker.outdated:
-                logger.warning("Worker %d (pid %d) asks to be replaced (stuck requests)", worker.number, worker.pid)
+                logger.warning("Worker %d (pid %d) asks to be replaced (%s)", worker.number, worker.pid,
+                               message.get("why", "stuck requests"))
                 worker.outdated = True
             elif kind == "hb":
                 worker.stats = message
@@ -487,7 +497,7 @@ class Arbiter:
 
     def worker_exited(self, worker: Worker, code: int) -> None:
         if self.settings.child_exit is not None:
-            run_hook(self.settings, "child_exit", self.server, worker_view(worker, self.settings))
+            run_hook(self.settings, "child_exit", self.server, worker_view(worker, self.server.cfg))
         if worker.retiring or self.stopping:
             logger.info("Worker %d (pid %d) exited with %s", worker.number, worker.pid, describe_exit(code))
             return

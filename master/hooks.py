@@ -4,7 +4,7 @@ Where each hook runs (gunicorn's call points):
 
     on_starting(server)              master, before the app check and the sockets
     when_ready(server)               master, sockets bound, just before the first workers are forked
-    pre_fork(server, worker)         master, before each fork (worker.pid is None)
+    pre_fork(server, worker)         master, before each fork (worker.pid is "[booting]", as in gunicorn)
     post_fork(server, worker)        worker, right after the fork; raising fails the boot (exit 3, backoff)
     post_worker_init(worker)         worker, app loaded and lifespan started, before accepting
     pre_request(worker, req)         worker, before each HTTP request (see corral.worker.hookapi)
@@ -12,7 +12,8 @@ Where each hook runs (gunicorn's call points):
     worker_int(worker)               worker, on SIGINT/SIGQUIT
     worker_abort(worker)             worker, when the --timeout watchdog aborts it (then it is killed)
     worker_exit(server, worker)      worker, just before the process exits
-    child_exit(server, worker)       master, after a worker exited (it has been reaped)
+    child_exit(server, worker)       master, after a worker exited (it has been reaped), and after the
+                                     short-lived app-check child exited (worker.age 0; see appcheck.py)
     on_reload(server)                master, on HUP or a --reload change, once the new settings are good
     nworkers_changed(server, new, old)   master, TTIN/TTOU/reload changed the number of workers
     pre_exec(server)                 master, before the new master of an upgrade (USR2) is started
@@ -27,28 +28,39 @@ import logging
 import os
 from typing import Any
 
+from corral.master.hookconfig import HookConfig, Listener
 from corral.shared.settings import Settings
 from corral.worker.hookapi import WorkerView
 
-__all__ = ["ServerView", "run_hook", "unborn_worker", "worker_view"]
+__all__ = ["ServerView", "run_hook", "unborn_worker", "worker_view", "child_view", "HookConfig", "Listener"]
 
 logger = logging.getLogger("corral.error")
 
 
 class ServerView:
-    """The `server` a gunicorn hook gets: `log`, `cfg` (the effective settings), `pid`, `num_workers`,
-    `proc_name`, `app_uri`, `WORKERS` (pid -> worker view of the live workers). Not there: gunicorn's
-    `LISTENERS`, `reexec_pid` and the arbiter's methods."""
+    """The `server` a gunicorn hook gets, with gunicorn's Arbiter attributes: `cfg` (gunicorn's Config view
+    of the effective settings, corral.master.hookconfig), `log` (a `logging.Logger`), `pid`, `LISTENERS`
+    (the listening sockets, as gunicorn's socket wrappers), `WORKERS` (pid -> worker of the live workers),
+    `num_workers`, `proc_name`, `master_name`, `app_uri`, `timeout`, `worker_age` (workers started so far),
+    `reexec_pid` (the new master during an upgrade, else 0), `master_pid` (the old master while this one is
+    its upgrade, else 0). Not there: gunicorn's Application object (`app`) and the arbiter's methods (send
+    the master a signal instead)."""
 
-    __slots__ = ("_arbiter", "log")
+    __slots__ = ("_arbiter", "log", "_cfg")
+
+    master_name = "Master"
 
     def __init__(self, arbiter: Any) -> None:
         self._arbiter = arbiter
         self.log = logging.getLogger("corral.error")
+        self._cfg: HookConfig | None = None
 
     @property
-    def cfg(self) -> Settings:
-        return self._arbiter.settings
+    def cfg(self) -> HookConfig:
+        arbiter = self._arbiter
+        if self._cfg is None or self._cfg._settings is not arbiter.settings:  # a HUP brings new settings
+            self._cfg = HookConfig(arbiter.settings, arbiter.name)
+        return self._cfg
 
     @property
     def pid(self) -> int:
@@ -67,25 +79,64 @@ class ServerView:
         return self._arbiter.spec
 
     @property
+    def timeout(self) -> float:
+        return self._arbiter.settings.timeout
+
+    @property
+    def worker_age(self) -> int:
+        return self._arbiter.worker_number
+
+    @property
+    def reexec_pid(self) -> int:
+        return self._arbiter.reexec_pid
+
+    @property
+    def master_pid(self) -> int:
+        return self._arbiter.old_master
+
+    @property
+    def LISTENERS(self) -> list[Listener]:  # noqa: N802 - gunicorn's name
+        tls = self._arbiter.ssl_context is not None
+        return [Listener(sock, tls) for sock in self._arbiter.listeners]
+
+    @property
     def WORKERS(self) -> dict[int, WorkerView]:  # noqa: N802 - gunicorn's name
-        return {pid: worker_view(w, self.cfg) for pid, w in self._arbiter.workers.items()}
+        cfg = self.cfg
+        return {pid: worker_view(w, cfg) for pid, w in self._arbiter.workers.items()}
 
     def __repr__(self) -> str:
         return f"<Master pid={self.pid} workers={self.num_workers}>"
 
 
-def worker_view(worker: Any, cfg: Settings) -> WorkerView:
-    """A master-side worker record as hooks see it (pid, age = its number, cfg, log)."""
-    view = WorkerView(worker.number, cfg, pid=worker.pid, ppid=os.getpid())
+def worker_view(worker: Any, cfg: HookConfig | Settings) -> WorkerView:
+    """A master-side worker record as hooks see it: pid, age (its number), booted, nr and tmp.last_update()
+    from its last heartbeat, max_requests with its jitter."""
+    view = WorkerView(worker.number, cfg, pid=worker.pid, ppid=os.getpid(), max_requests=worker.max_requests,
+                      timeout=_timeout(cfg))
     view.booted = bool(worker.ready)
+    view.requests = int(worker.stats.get("requests", 0))
+    view.tmp.last = worker.last_beat
+    view.started = worker.started
     return view
 
 
-def unborn_worker(number: int, cfg: Settings) -> WorkerView:
-    """The worker pre_fork gets: not forked yet, so no pid (None, as in gunicorn)."""
-    view = WorkerView(number, cfg, pid=0, ppid=os.getpid())
-    view.pid = None  # type: ignore[assignment]
+def unborn_worker(number: int, cfg: HookConfig | Settings, max_requests: int = 0) -> WorkerView:
+    """The worker pre_fork gets: not forked yet, so its pid is gunicorn's "[booting]"."""
+    return WorkerView(number, cfg, pid="[booting]", ppid=os.getpid(), max_requests=max_requests,
+                      timeout=_timeout(cfg))
+
+
+def child_view(pid: int, cfg: HookConfig | Settings) -> WorkerView:
+    """A short-lived child the master forked that is no worker (the app check, corral.master.appcheck), for
+    child_exit: age 0, never booted, not alive."""
+    view = WorkerView(0, cfg, pid=pid, ppid=os.getpid(), timeout=_timeout(cfg))
+    view._alive = False
     return view
+
+
+def _timeout(cfg: Any) -> float:
+    """gunicorn's worker.timeout: half the configured timeout (how often gunicorn's workers must notify)."""
+    return cfg.timeout / 2
 
 
 def run_hook(settings: Settings, name: str, *args: Any) -> bool:

@@ -1,11 +1,18 @@
 """The error log: `--log-level`, `--error-logfile`, `--log-config` (dictConfig), reopened on USR1.
 
-Every corral logger is below "corral" ("corral.error", "corral.worker.server", ...), so the handler goes
-on "corral"; the access log ("corral.access") keeps its own handler (see worker/accesslog.py).
+Every corral module logs below "corral" ("corral.error", "corral.master", "corral.worker.server", ...). Where
+the records end up depends on `--naming`:
 
-gunicorn's logger names work too, both ways: a --log-config dictConfig that configures "gunicorn.error" or
-"gunicorn.access" (a JSON formatter, say) applies to corral's error and access logs, and an app that hands
-"gunicorn.error"'s handlers to its own logger (a common Flask recipe) gets corral's error log.
+* gunicorn (the default): they are handed to gunicorn's error logger, "gunicorn.error", under that name, so
+  they are gunicorn's records: a `logconfig_dict` that routes "gunicorn.error" gets every one, `%(name)s`
+  reads gunicorn.error, and the file/stream handler of --error-logfile sits on "gunicorn.error". The access
+  log is "gunicorn.access" (worker/accesslog.py).
+* corral: they stay corral's ("corral.*", handler on "corral"); the access log is "corral.access". A config
+  written for gunicorn still applies: "corral" takes gunicorn.error's handlers, "corral.access"
+  gunicorn.access's, when the config names gunicorn's loggers and not corral's.
+
+Either way, a config that names the other scheme's access logger is followed (its handlers are taken over),
+and an app that hands "gunicorn.error"'s handlers to its own logger (a common Flask recipe) gets the error log.
 """
 
 from __future__ import annotations
@@ -20,32 +27,66 @@ import sys
 from typing import Any
 
 from corral.shared.settings import Settings, SettingError
-from corral.worker.accesslog import ReopenableFileHandler, reopen_file
+from corral.worker.accesslog import ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER, ReopenableFileHandler, reopen_file
 
-__all__ = ["setup_logging", "reopen_logs", "error_stream", "describe_listener"]
+__all__ = ["setup_logging", "reopen_logs", "error_stream", "describe_listener", "flush_error_log"]
 
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S %z"
 _OURS = "_corral_error"
+CORRAL = "corral"
+GUNICORN_ERROR = "gunicorn.error"
+
+
+class ToGunicorn(logging.Handler):
+    """On the "corral" logger with --naming gunicorn: each record goes on as a "gunicorn.error" record, through
+    that logger's level, filters, handlers and propagation (as gunicorn's own records would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target = logging.getLogger(GUNICORN_ERROR)
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]  # no lock: nothing emitted here
+        target = self.target
+        if not target.isEnabledFor(record.levelno):
+            return False
+        renamed = logging.makeLogRecord(record.__dict__)
+        renamed.name = GUNICORN_ERROR
+        target.handle(renamed)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does the work
+        pass
 
 
 def setup_logging(settings: Settings) -> None:
     """(Re)configure the error log from settings; raises SettingError for a bad --log-config file."""
-    root = logging.getLogger("corral")
-    gunicorn = logging.getLogger("gunicorn.error")
-    # The handler made by an earlier call is on both loggers: off both, whichever way the log goes now (a
-    # dictConfig that names neither logger would otherwise hand gunicorn's closed one back to corral).
-    for handler in [h for h in root.handlers if getattr(h, _OURS, False)]:
-        root.removeHandler(handler)
+    corral = logging.getLogger(CORRAL)
+    gunicorn = logging.getLogger(GUNICORN_ERROR)
+    # What an earlier call installed comes off both loggers, whichever way the log goes now (a dictConfig that
+    # names neither logger would otherwise hand the closed handler back), with the level and propagation it set.
+    ours = []
+    for logger in (corral, gunicorn):
+        for handler in [h for h in logger.handlers if getattr(h, _OURS, False)]:
+            logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)
+            logger.propagate = True
+            if handler not in ours:
+                ours.append(handler)
+    for handler in ours:
         handler.close()
-    for handler in [h for h in gunicorn.handlers if getattr(h, _OURS, False)]:
-        gunicorn.removeHandler(handler)
+    naming = settings.naming
+    level = settings.loglevel.upper()
     if settings.logconfig_dict or settings.logconfig:
         config = dict(settings.logconfig_dict) if settings.logconfig_dict else _load_dict_config(settings.logconfig)
         config.setdefault("version", 1)
         config.setdefault("disable_existing_loggers", False)
+        if naming == "gunicorn":
+            gunicorn.setLevel(level)  # gunicorn sets it before applying the config (which may change it)
         logging.config.dictConfig(config)
-        _adopt_gunicorn_loggers()
+        _adopt_other_names(naming)
+        if naming == "gunicorn" and CORRAL not in config.get("loggers", {}):
+            _forward(corral, gunicorn.getEffectiveLevel())
         _capture_output(settings)
         return
     handler: logging.Handler
@@ -59,23 +100,35 @@ def setup_logging(settings: Settings) -> None:
                                f"{exc.strerror or exc}") from None
     setattr(handler, _OURS, True)
     handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
-    root.addHandler(handler)
-    root.setLevel(settings.loglevel.upper())
-    root.propagate = False
     gunicorn.addHandler(handler)
-    gunicorn.setLevel(settings.loglevel.upper())
+    gunicorn.setLevel(level)
     gunicorn.propagate = False
+    if naming == "gunicorn":
+        _forward(corral, gunicorn.level)
+    else:
+        corral.addHandler(handler)
+        corral.setLevel(level)
+        corral.propagate = False
     _capture_output(settings)
 
 
-#: gunicorn's logger -> the corral logger that does its job.
-GUNICORN_LOGGERS = (("gunicorn.error", "corral"), ("gunicorn.access", "corral.access"))
+def _forward(corral: logging.Logger, level: int) -> None:
+    forward = ToGunicorn()
+    setattr(forward, _OURS, True)
+    corral.addHandler(forward)
+    corral.setLevel(level)  # records below gunicorn.error's level are not even made
+    corral.propagate = False  # they reach the root (if at all) through gunicorn.error's propagation
 
 
-def _adopt_gunicorn_loggers() -> None:
-    """A dictConfig written for gunicorn configures gunicorn.error/gunicorn.access: corral's loggers take
-    their handlers and level (a config that names corral's loggers itself is left as it is)."""
-    for theirs, ours in GUNICORN_LOGGERS:
+def _adopt_other_names(naming: str) -> None:
+    """A dictConfig written for the other naming (gunicorn's loggers with --naming corral, corral's access
+    logger with --naming gunicorn): the logger records go to takes the named one's handlers and level (a
+    config that names the logger itself is left as it is)."""
+    if naming == "gunicorn":
+        pairs = ((ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER),)
+    else:
+        pairs = ((GUNICORN_ERROR, CORRAL), (GUNICORN_ACCESS_LOGGER, ACCESS_LOGGER_NAME))
+    for theirs, ours in pairs:
         source, target = logging.getLogger(theirs), logging.getLogger(ours)
         if source.handlers and not target.handlers:
             for handler in source.handlers:
@@ -83,6 +136,13 @@ def _adopt_gunicorn_loggers() -> None:
             if source.level:
                 target.setLevel(source.level)
             target.propagate = False
+
+
+def flush_error_log() -> None:
+    """Flush the error log's handlers (before a worker's stack dump is written beside them)."""
+    for name in (CORRAL, GUNICORN_ERROR):
+        for handler in logging.getLogger(name).handlers:
+            handler.flush()
 
 
 def _capture_output(settings: Settings) -> None:

@@ -27,7 +27,7 @@ logger = logging.getLogger("corral.master")
 WINDOW = 10.0  # seconds of history behind requests/s and p50/p99
 SAMPLE_EVERY = 1.0  # also how often statsd is sent, from the same sum
 STATUS_EVERY = 5.0  # systemd STATUS= lines
-RESTART_ONLY = ("metrics_bind", "statsd_host", "statsd_prefix", "dogstatsd_tags")
+RESTART_ONLY = ("metrics_bind", "statsd_host", "statsd_prefix", "dogstatsd_tags", "naming")
 
 
 class ArbiterView(Protocol):
@@ -106,15 +106,20 @@ class Observer:
     def worker_gone(self, worker: Any, cause: str) -> None:
         self.counts.worker_gone(worker.stats, cause)
 
-    def reload_begun(self, settings: Any) -> Any:
-        """A HUP with good settings: returns them with the metrics settings the master started with (its
-        sockets are bound; the workers must go on collecting for them)."""
+    def keep_restart_only(self, settings: Any) -> Any:
+        """`settings` with the metrics settings (and --naming) the master started with: its sockets are bound,
+        the workers must go on collecting for them, and logs and statsd keep one naming."""
         changed = {name: getattr(self.settings, name) for name in RESTART_ONLY
                    if getattr(settings, name) != getattr(self.settings, name)}
         if changed:
             logger.warning("Reload: %s changes need a restart; keeping the current values",
                            ", ".join("--" + name.replace("_", "-") for name in changed))
             settings = settings.replace(**changed)
+        return settings
+
+    def reload_begun(self, settings: Any) -> Any:
+        """A HUP with good settings: returns them as `keep_restart_only` does."""
+        settings = self.keep_restart_only(settings)
         self.counts.reloads += 1
         if self.log_counter is not None:
             self.log_counter.install()  # a --log-config reload (dictConfig) may have dropped it
@@ -182,8 +187,8 @@ class Observer:
             "pool.parked": ready_sum(workers, "parked"),
             "websocket.open": ready_sum(workers, "websockets"),
         }
-        lines = statsd_lines(self.settings.statsd_prefix, totals, self.statsd_before, self.counts, self.statsd_master,
-                             gauges)
+        lines = statsd_lines(self.settings.statsd_prefix, self.settings.naming, totals, self.statsd_before,
+                             self.counts, self.statsd_master, gauges)
         self.statsd_before = totals
         self.statsd_master = master_counters(self.counts)
         self.statsd.send(lines)

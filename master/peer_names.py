@@ -78,7 +78,8 @@ GUNICORN: dict[str, Entry] = {
     "http_protocols": Entry("refuse", "--http auto|1|2", "corral's --http chooses the versions (HTTP/2 on by "
                             "default)", ("--http-protocols",), "h1"),
     # Logging
-    "access_log_format": _same("gunicorn's atoms; the default adds `%(M)sms`", ("--access-logformat",), "--access-logformat"),
+    "access_log_format": _same("gunicorn's atoms and default line; WebSocket close lines have %(ws_close)s, "
+                               "%(ws_in)s, %(ws_out)s", ("--access-logformat",), "--access-logformat"),
     "accesslog": _same("`-` is stdout", ("--access-logfile",), "--access-logfile"),
     "capture_output": _same("", ("--capture-output",), "--capture-output"),
     "disable_redirect_access_to_syslog": Entry("noop", "", "no syslog handler, so nothing to redirect",
@@ -101,8 +102,8 @@ GUNICORN: dict[str, Entry] = {
     "loglevel": _same("", ("--log-level",), "--log-level"),
     "statsd_host": _same("UDP HOST:PORT or unix:PATH; sent by the master for all workers", ("--statsd-host",),
                          "--statsd-host"),
-    "statsd_prefix": _same("default 'corral'; 'gunicorn' gives gunicorn's exact names", ("--statsd-prefix",),
-                           "--statsd-prefix"),
+    "statsd_prefix": _same("in front of gunicorn's names, as in gunicorn (app1.gunicorn.requests)",
+                           ("--statsd-prefix",), "--statsd-prefix"),
     "syslog": Entry("refuse", "--log-config", _SYSLOG, ("--log-syslog",), False, False),
     "syslog_addr": Entry("refuse", "--log-config", _SYSLOG, ("--log-syslog-to",), "udp://localhost:514"),
     "syslog_facility": Entry("refuse", "--log-config", _SYSLOG, ("--log-syslog-facility",), "user"),
@@ -172,14 +173,16 @@ GUNICORN: dict[str, Entry] = {
     "strip_header_spaces": Entry("refuse", "", "a space before the colon is a 400 (RFC 9112 §5.1), never "
                                  "stripped", ("--strip-header-spaces",), False, False),
     "tmp_upload_dir": Entry("noop", "", "request bodies stream to the app; nothing is spooled to disk", ()),
-    "umask": _same("default 022 (gunicorn 0)", ("-m", "--umask"), "-m/--umask"),
+    "umask": _same("gunicorn's: the unix socket's mask, default 0 (a 0777 socket)", ("-m", "--umask"),
+                   "-m/--umask"),
     "user": _same("", ("-u", "--user"), "-u/--user"),
     "uwsgi_allow_ips": Entry("refuse", "", "no uwsgi protocol", ("--uwsgi-allow-from",), "127.0.0.1,::1"),
     "worker_tmp_dir": Entry("noop", "", "liveness is a heartbeat over a socket pair, not a temp file's mtime",
                             ("--worker-tmp-dir",)),
     # Server socket
     "backlog": _same("", ("--backlog",), "--backlog"),
-    "bind": _same("also fd://N; systemd socket activation is automatic", ("-b", "--bind"), "-b/--bind"),
+    "bind": _same("`[::]:PORT` is dual-stack, as gunicorn's; also fd://N; systemd socket activation is automatic",
+                  ("-b", "--bind"), "-b/--bind"),
     # Worker processes
     "asgi_disconnect_grace_period": Entry("noop", "", "a disconnect is delivered to the ASGI app at once",
                                           ("--asgi-disconnect-grace-period",), 3),

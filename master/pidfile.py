@@ -45,6 +45,7 @@ class Pidfile:
         try:
             with open(tmp, "w") as fh:
                 fh.write(f"{pid}\n")
+            os.chmod(tmp, 0o644)  # readable by monitoring and logrotate scripts whatever the umask (gunicorn's)
             os.replace(tmp, self.path)  # atomic: a reader never sees an empty pid file
         except OSError as exc:
             raise PidfileError(f"cannot write pid file {self.path}: {exc.strerror or exc}") from None

@@ -7,12 +7,13 @@ denied" is one clear error at start-up and the workers simply inherit the socket
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import stat
 from dataclasses import dataclass
 
-__all__ = ["Address", "BindError", "parse_address", "bind", "bind_all", "systemd_sockets", "close_all"]
+__all__ = ["Address", "BindError", "parse_address", "bind", "bind_all", "systemd_sockets", "close_all", "v6only"]
 
 DEFAULT_PORT = 8000
 SD_LISTEN_FDS_START = 3  # systemd passes activated sockets from fd 3 on (sd_listen_fds(3))
@@ -102,8 +103,36 @@ def _fd_family(fd: int, text: str) -> socket.AddressFamily:
         sock.close()
 
 
-def bind(address: Address, backlog: int = 2048, reuse_port: bool = False, umask: int | None = None) -> socket.socket:
-    """A listening, non-blocking socket for `address` (an fd:// address is adopted, not bound)."""
+def is_unspecified(address: Address) -> bool:
+    """`[::]`: every IPv6 address (and, dual-stack, every IPv4 one)."""
+    if address.family != socket.AF_INET6 or address.host is None:
+        return False
+    try:
+        return ipaddress.ip_address(address.host.partition("%")[0]).is_unspecified
+    except ValueError:
+        return False
+
+
+def v6only(address: Address, others: list[Address]) -> bool:
+    """Whether the IPv6 socket for `address` takes IPv6 connections only.
+
+    `[::]` is dual-stack, as gunicorn's (which leaves the kernel's default, net.ipv6.bindv6only=0): IPv4
+    clients reach it as ::ffff:a.b.c.d, so `-b [::]:8000` answers health probes on 127.0.0.1 too. The one
+    exception: an IPv4 address on the same port in the same bind list (`-b 0.0.0.0:8000 -b [::]:8000`, the
+    other common spelling of "both families"), which a dual-stack socket would collide with. Any other IPv6
+    address ([::1], a host's own address) is IPv6 only."""
+    if not is_unspecified(address):
+        return True
+    return any(other.family == socket.AF_INET and other.port == address.port for other in others)
+
+
+def bind(address: Address, backlog: int = 2048, reuse_port: bool = False, umask: int | None = None,
+         v6_only: bool | None = None) -> socket.socket:
+    """A listening, non-blocking socket for `address` (an fd:// address is adopted, not bound).
+
+    `umask` is the mode mask of a unix socket's file (gunicorn's --umask: 0 by default, so the socket is
+    0777 and a proxy running as another user can connect); `v6_only` overrides `v6only()`'s rule for
+    `[::]` (None: dual-stack)."""
     if address.fd is not None:
         sock = socket.socket(fileno=address.fd)
         if sock.type != socket.SOCK_STREAM:
@@ -118,7 +147,8 @@ def bind(address: Address, backlog: int = 2048, reuse_port: bool = False, umask:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if address.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                only = v6only(address, []) if v6_only is None else v6_only
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if only else 0)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((address.host, address.port))
         else:
@@ -194,7 +224,7 @@ def bind_all(addresses: list[str], backlog: int = 2048, reuse_port: bool = False
     sockets: list[socket.socket] = []
     try:
         for address in parsed:
-            sockets.append(bind(address, backlog, reuse_port, umask))
+            sockets.append(bind(address, backlog, reuse_port, umask, v6only(address, parsed)))
     except BaseException:
         close_all(sockets)
         raise

@@ -2,22 +2,24 @@
 
 gunicorn sends a datagram per request from each worker; corral's workers only count (see
 corral.worker.counters), and the master sends what changed since its last flush, batched into few
-datagrams (newline-separated lines, as statsd and DogStatsD accept). Names are gunicorn's below the
-prefix (`--statsd-prefix`, default `corral`; `--statsd-prefix gunicorn` gives gunicorn's exact names):
+datagrams (newline-separated lines, as statsd and DogStatsD accept). gunicorn's metrics have gunicorn's
+names (`--naming corral`: `corral.` instead of `gunicorn.`), corral's own are `corral.*`, and
+`--statsd-prefix` goes in front of every name, as in gunicorn (a `.` is added after it):
 
-    requests                  counter  HTTP responses
-    request.status.<code>     counter  responses by exact status (e.g. request.status.200)
-    request.duration          timer    ms; one line per histogram bucket that grew, with a sample rate
-                                       of 1/count (`|@0.01` stands for 100 requests of about that
-                                       duration), so statsd's counts are exact and its percentiles are
-                                       the bucket's midpoint
-    workers                   gauge    worker processes
-    log.<level>               counter  the workers' error-log records: critical, error, warning, exception
-                                       (an error with a traceback); the master's as master.log.<level>
+  gunicorn's:
+    gunicorn.requests                  counter  HTTP responses
+    gunicorn.request.status.<code>     counter  responses by exact status (e.g. gunicorn.request.status.200)
+    gunicorn.request.duration          timer    ms; one line per histogram bucket that grew, with a sample
+                                                rate of 1/count (`|@0.01` stands for 100 requests of about
+                                                that duration), so statsd's counts are exact and its
+                                                percentiles are the bucket's midpoint
+    gunicorn.workers                   gauge    worker processes
+    gunicorn.log.<level>               counter  error-log records of the master and the workers: critical,
+                                                error, warning, exception (an error with a traceback)
   corral's own:
-    worker.starts, worker.exits.<cause>, reloads       counters
-    pool.in_use, pool.parked, websocket.open           gauges
-    pool.rejected, websocket.opened, websocket.closed.<code>   counters
+    corral.worker.starts, corral.worker.exits.<cause>, corral.reloads, corral.master.log.<level>   counters
+    corral.pool.in_use, corral.pool.parked, corral.websocket.open                                   gauges
+    corral.pool.rejected, corral.websocket.opened, corral.websocket.closed.<code>                   counters
 
 `--dogstatsd-tags env:prod,app:shop` appends `|#env:prod,app:shop` to every line (DogStatsD).
 Transport: UDP (HOST:PORT) or a unix datagram socket (unix:PATH, DogStatsD's socket); sends never block
@@ -27,22 +29,28 @@ and errors (no listener yet) are ignored: metrics must never stall the master.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from typing import Any
 
 from corral.master.metrics import MasterCounts, Totals
 from corral.worker.counters import DURATION_BOUNDS
 
-__all__ = ["StatsdClient", "statsd_lines"]
+__all__ = ["StatsdClient", "statsd_lines", "prefix_of", "GUNICORN_GAUGES"]
 
 logger = logging.getLogger("corral.master")
 
 MAX_DATAGRAM = 1432  # fits one Ethernet frame with IP/UDP headers (statsd's advice)
 
 
-def _sanitize(prefix: str) -> str:
-    prefix = prefix.strip().strip(".")
-    return prefix + "." if prefix else ""
+#: The gauges that are gunicorn's metrics (the others passed to statsd_lines are corral's own).
+GUNICORN_GAUGES = frozenset(("workers",))
+
+
+def prefix_of(statsd_prefix: str) -> str:
+    """gunicorn's rule for --statsd-prefix, to the letter: a '.' is added unless it ends with one (gunicorn's
+    regular expression also leaves a one-character prefix without its dot; so does this)."""
+    return re.sub(r"^(.+[^.]+)\.*$", "\\g<1>.", statsd_prefix)
 
 
 def _midpoints() -> list[float]:
@@ -59,44 +67,46 @@ def _midpoints() -> list[float]:
 _MIDPOINTS = _midpoints()
 
 
-def statsd_lines(prefix: str, now: Totals, before: Totals, counts: MasterCounts, counts_before: dict[str, int],
-                 gauges: dict[str, float]) -> list[str]:
+def statsd_lines(prefix: str, naming: str, now: Totals, before: Totals, counts: MasterCounts,
+                 counts_before: dict[str, int], gauges: dict[str, float]) -> list[str]:
     """The lines for what changed between two sums (`before` -> `now`), and the current gauges."""
-    p = _sanitize(prefix)
+    p = prefix_of(prefix)
+    theirs = p + ("corral." if naming == "corral" else "gunicorn.")  # gunicorn's metrics
+    ours = p + "corral."  # corral's own
     lines: list[str] = []
     requests = now.request_count - before.request_count
     if requests > 0:
-        lines.append(f"{p}requests:{requests}|c")
+        lines.append(f"{theirs}requests:{requests}|c")
     old_status = before.by_status()
     for status, n in sorted(now.by_status().items()):
         delta = n - old_status.get(status, 0)
         if delta > 0:
-            lines.append(f"{p}request.status.{status}:{delta}|c")
+            lines.append(f"{theirs}request.status.{status}:{delta}|c")
     for index, (n, m) in enumerate(zip(now.durations, before.durations)):
         delta = n - m
         if delta > 0:
             rate = f"|@{1 / delta:.6g}" if delta > 1 else ""
-            lines.append(f"{p}request.duration:{_MIDPOINTS[index]:.3f}|ms{rate}")
+            lines.append(f"{theirs}request.duration:{_MIDPOINTS[index]:.3f}|ms{rate}")
+    for level, n in now.logs.items():  # gunicorn's log.<level>: the workers' records and the master's
+        delta = n - before.logs.get(level, 0) + counts.logs.get(level, 0) - counts_before.get(f"master.log.{level}", 0)
+        if delta > 0:
+            lines.append(f"{theirs}log.{level}:{delta}|c")
     scalars = (("pool.rejected", "rej"), ("websocket.opened", "wso"))
     for name, key in scalars:
         delta = now.scalars[key] - before.scalars[key]
         if delta > 0:
-            lines.append(f"{p}{name}:{int(delta)}|c")
+            lines.append(f"{ours}{name}:{int(delta)}|c")
     for code, n in sorted(now.closed.items()):
         delta = n - before.closed.get(code, 0)
         if delta > 0:
-            lines.append(f"{p}websocket.closed.{code}:{delta}|c")
-    for level, n in now.logs.items():  # gunicorn's log.<level> (the master's own are in master_counters)
-        delta = n - before.logs.get(level, 0)
-        if delta > 0:
-            lines.append(f"{p}log.{level}:{delta}|c")
+            lines.append(f"{ours}websocket.closed.{code}:{delta}|c")
     master_now = master_counters(counts)
     for name, value in master_now.items():
         delta = value - counts_before.get(name, 0)
         if delta > 0:
-            lines.append(f"{p}{name}:{delta}|c")
+            lines.append(f"{ours}{name}:{delta}|c")
     for name, value in gauges.items():
-        lines.append(f"{p}{name}:{value:g}|g")
+        lines.append(f"{theirs if name in GUNICORN_GAUGES else ours}{name}:{value:g}|g")
     return lines
 
 

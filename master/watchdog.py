@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 from corral.master import workerproc
+from corral.master.logs import flush_error_log
 
 __all__ = ["check", "DUMP_GRACE", "MIN_BOOT_TIMEOUT", "MEMORY_CHECK"]
 
@@ -44,8 +45,7 @@ def check(arbiter: Any) -> None:
         if silent > limit:
             logger.error("Worker %d (pid %d) timed out: no heartbeat for %.1fs (--timeout %g); its stack "
                          "follows, then it is killed", worker.number, worker.pid, silent, timeout)
-            for handler in logging.getLogger("corral").handlers:
-                handler.flush()
+            flush_error_log()
             worker.retiring = True  # counted out: its replacement starts now
             worker.cause = "timeout"
             worker.kill_at = now + DUMP_GRACE

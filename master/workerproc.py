@@ -19,8 +19,8 @@ from typing import Any, Callable, NoReturn, Sequence
 from corral.master.channel import Channel
 from corral.master.logs import error_stream, reopen_logs
 from corral.master.proctitle import set_title
-from corral.master.sockets import bind, parse_address
-from corral.master.hooks import run_hook
+from corral.master.sockets import bind_all
+from corral.master.hooks import HookConfig, Listener, run_hook
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.boot import run_worker
@@ -61,6 +61,7 @@ class _Link:
         self.server: Any = None
         self.ready_sent = False
         worker.recycle = self.recycle
+        worker.tmp.beat = self.beat
         self.metrics = collecting(settings)
 
     def on_ready(self, server: Any) -> None:
@@ -74,15 +75,21 @@ class _Link:
             for sig in (signal.SIGINT, signal.SIGQUIT):
                 loop.add_signal_handler(sig, self.interrupted)
         self.worker.booted = True
+        self.worker.server = server  # worker.nr and worker.alive read it
         run_hook(self.settings, "post_worker_init", self.worker)
 
     def interrupted(self) -> None:
         run_hook(self.settings, "worker_int", self.worker)
         self.server.request_stop(False)
 
-    def recycle(self) -> None:
+    def recycle(self, why: str = "stuck requests") -> None:
         """Ask the master for a replacement (new worker first, then this one stops gracefully)."""
-        self.channel.send("recycle")
+        self.channel.send("recycle", why=why)
+
+    def beat(self) -> None:
+        """A heartbeat outside the loop's own (gunicorn's worker.notify() from a hook): the watchdog's clock
+        restarts, nothing else changes."""
+        self.channel.send("alive")
 
     def notify(self) -> None:
         # Called by WorkerServer's heartbeat coroutine, on the loop: the first call means the loop serves.
@@ -97,9 +104,10 @@ class _Link:
             self.channel.send("hb", **fields)
 
     def final(self) -> None:
-        """The worker has stopped: its last counts go up, so a replaced worker's totals are exact."""
-        if self.server is not None and self.metrics:
-            self.channel.send("hb", **heartbeat_fields(self.server, True))
+        """The worker has stopped: its last counts go up, so a replaced worker's totals (its requests served,
+        what child_exit's worker.nr says, and the metrics when collected) are exact."""
+        if self.server is not None:
+            self.channel.send("hb", **heartbeat_fields(self.server, self.metrics))
 
     def on_readable(self) -> None:
         messages, eof = self.channel.receive()
@@ -155,6 +163,11 @@ def _drop_privileges(settings: Settings) -> None:
         os.setuid(settings.user)
 
 
+def _aborted(settings: Settings, worker: WorkerView) -> None:
+    worker.aborted = True
+    run_hook(settings, "worker_abort", worker)
+
+
 def run_child(
     app: Any,
     settings: Settings,
@@ -168,10 +181,13 @@ def run_child(
     server: Any = None,
     ssl_context: Any = None,
     share: int | None = None,
+    max_requests: int = 0,
 ) -> NoReturn:
     """Run one worker in this (forked) process and exit with its code; never returns."""
     code = 1
-    worker = WorkerView(number, settings)
+    tls = ssl_context is not None
+    worker = WorkerView(number, HookConfig(settings, name), sockets=[Listener(sock, tls) for sock in sockets],
+                        timeout=settings.timeout / 2, max_requests=max_requests)
     try:
         reset_signals()
         # Job-control and reload signals are the master's business; a worker that got them (a signal to the
@@ -184,14 +200,15 @@ def run_child(
         if settings.worker_abort is not None:
             # Chained after faulthandler's C-level stack dump: runs when the main thread next gets the GIL
             # (a blocked time.sleep is interrupted), before the SIGKILL that follows DUMP_GRACE later.
-            signal.signal(DUMP_SIGNAL, lambda *_: run_hook(settings, "worker_abort", worker))
+            signal.signal(DUMP_SIGNAL, lambda *_: _aborted(settings, worker))
         faulthandler.register(DUMP_SIGNAL, file=error_stream(settings), all_threads=True,
                               chain=settings.worker_abort is not None)
         if not run_hook(settings, "post_fork", server, worker):
             logger.error("Worker %d failed to boot: its post_fork hook raised", number)
             code = WORKER_BOOT_ERROR
             return  # type: ignore[misc]  # the finally below exits
-        own = [bind(parse_address(address), settings.backlog, reuse_port=True) for address in reuse_port]
+        own = bind_all(list(reuse_port), settings.backlog, reuse_port=True)
+        worker.sockets += [Listener(sock, tls) for sock in own]
         _drop_privileges(settings)
         heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
         link = _Link(channel, heartbeat, settings, worker)
@@ -205,6 +222,7 @@ def run_child(
         code = 1
     finally:
         try:
+            worker.recycle = None  # (alive = False below must not ask for a replacement)
             worker.alive = False
             run_hook(settings, "worker_exit", server, worker)
             logging.shutdown()

@@ -123,17 +123,20 @@ def size(value: Any) -> int:
 
 
 def umask(value: Any) -> int:
-    """A file-mode creation mask: an int, or an octal string ('022', '0o22', '0022')."""
+    """A file-mode creation mask, read as gunicorn reads it: an int, or a string where a leading 0 or 0o means
+    octal ('007', '0o22'), 0x hexadecimal, anything else decimal ('18' is 0o22)."""
     if isinstance(value, bool):
-        raise ValueError("expected an octal umask such as 022 or 0o22, got a boolean")
+        raise ValueError("expected an octal umask such as 007 or 0o22, got a boolean")
     if isinstance(value, int):
         number = value
     else:
-        text = str(value).strip().lower().removeprefix("0o")
+        text = str(value).strip().lower()
+        if len(text) > 1 and text[0] == "0" and text[1].isdigit():
+            text = "0o" + text[1:]
         try:
-            number = int(text, 8)
+            number = int(text, 0)
         except ValueError:
-            raise ValueError(f"expected an octal umask such as 022 or 0o22, got {value!r}") from None
+            raise ValueError(f"expected an octal umask such as 007 or 0o22, got {value!r}") from None
     if not 0 <= number <= 0o777:
         raise ValueError(f"must be between 0 and 0o777, got {value!r}")
     return number
@@ -241,7 +244,8 @@ def _declare(
 
 # -- server sockets (read by the master)
 _declare("bind", "server", to_str, ("127.0.0.1:8000",),
-         "Address to listen on: HOST:PORT, [::1]:PORT, unix:PATH or fd://N; repeat for several.",
+         "Address to listen on: HOST:PORT, [::1]:PORT, unix:PATH or fd://N; repeat for several. [::]:PORT is "
+         "dual-stack (IPv4 clients too), as gunicorn's, unless an IPv4 address on the same port is also bound.",
          ("-b", "--bind"), metavar="ADDRESS", multiple=True)
 _declare("backlog", "server", positive_int, 2048, "Maximum number of pending connections per socket.")
 _declare("reuse_port", "server", to_bool, False,
@@ -308,7 +312,10 @@ _declare("user", "master", user_id, None, "Workers switch to this user (name or 
          ("-u", "--user"), metavar="USER")
 _declare("group", "master", group_id, None, "Workers switch to this group (name or gid) after binding.",
          ("-g", "--group"), metavar="GROUP")
-_declare("umask", "master", umask, 0o22, "File mode creation mask of the master and workers (octal).",
+_declare("umask", "master", umask, 0,
+         "Mode mask of the unix socket files the master binds, as gunicorn's: 0 (the default) makes them 0777, "
+         "so a proxy running as another user can connect; 007 keeps them to the owner and the group (0770). "
+         "A leading 0 or 0o means octal. Log files follow the process's own umask; the pid file is 0644.",
          ("-m", "--umask"), metavar="UMASK", render=lambda mask: f"0o{mask:03o}")
 _declare("chdir", "master", optional_str, None,
          "Change to this folder before loading the application.", ("--chdir",), metavar="DIR")
@@ -390,10 +397,18 @@ _declare("accesslog", "logging", optional_str, None,
          "Access log file ('-' is stdout, as in gunicorn); no access log when unset (unless --log-config "
          "configures the access logger).", ("--access-logfile",))
 _declare("access_log_format", "logging", to_str,
-         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms',
-         "Access log format with gunicorn's atoms (%(M)s: duration in ms, %(D)s: in microseconds), or 'json' "
-         "for one JSON object per line; the default is gunicorn's with the duration added.",
+         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+         "Access log format with gunicorn's atoms (the default is gunicorn's line; the duration is %(M)s in ms, "
+         "%(D)s in microseconds, %(L)s in seconds; a WebSocket's close line has %(ws_close)s, %(ws_in)s, "
+         "%(ws_out)s), or 'json' for one JSON object per line.",
          ("--access-logformat", "--access-log-format"))
+_declare("naming", "logging", choice("gunicorn", "corral"), "gunicorn",
+         "Names of the loggers and statsd metrics. 'gunicorn' (the default): the error log is the logger "
+         "gunicorn.error, the access log gunicorn.access, statsd sends gunicorn.requests, "
+         "gunicorn.request.duration, gunicorn.workers, ..., so gunicorn's log configs and dashboards carry over. "
+         "'corral': corral.error (corral.* loggers), corral.access, corral.requests, .... corral's own statsd "
+         "metrics (pool, WebSockets, restarts) are corral.* either way. A HUP keeps the one the master started "
+         "with.", metavar="gunicorn|corral")
 
 
 # -- observability: metrics, statsd, health checks (corral.master.metrics, .statsd, .sdnotify; worker/health.py)
@@ -430,9 +445,9 @@ _declare("metrics_bind", "observability", optional_str, None,
 _declare("statsd_host", "observability", statsd_address, None,
          "Send metrics to this statsd / DogStatsD server (HOST:PORT over UDP, or unix:PATH), from the master, "
          "once a second; off when unset.", ("--statsd-host",), metavar="ADDRESS")
-_declare("statsd_prefix", "observability", to_str, "corral",
-         "Prefix of the statsd metric names (gunicorn's names below it: use 'gunicorn' for gunicorn's exact "
-         "names).", ("--statsd-prefix",), metavar="PREFIX")
+_declare("statsd_prefix", "observability", to_str, "",
+         "Put in front of every statsd metric name, as gunicorn does (a '.' is added): --statsd-prefix app1 "
+         "sends app1.gunicorn.requests. Empty by default.", ("--statsd-prefix",), metavar="PREFIX")
 _declare("dogstatsd_tags", "observability", to_str, "",
          "DogStatsD tags added to every statsd metric, comma-separated (e.g. env:prod,app:shop).",
          ("--dogstatsd-tags",), metavar="TAGS")

@@ -60,8 +60,8 @@ _HOOK_HELP = {
     "worker_abort": "Called in the worker when the master's --timeout watchdog aborts it (it is killed right "
                     "after: keep it short).",
     "worker_exit": "Called in the worker just before its process exits.",
-    "child_exit": "Called in the master after a worker exited (prometheus_client's mark_process_dead goes "
-                  "here).",
+    "child_exit": "Called in the master after a worker exited, and after the short-lived child that checks "
+                  "the app imports (prometheus_client's mark_process_dead goes here).",
     "on_reload": "Called in the master on a reload (HUP, or a --reload change).",
     "nworkers_changed": "Called in the master when the number of workers changes (TTIN, TTOU, reload), with "
                         "the new and the old number.",

@@ -65,6 +65,7 @@ async def serve_application(
     asgi_app = app if wsgi else wrap_application(app, interface, executor=runtime.get_runtime().pool)
     # --request-timeout and the pre_request/post_request hooks: each a layer only when set.
     worker = worker if worker is not None else WorkerView(0, settings)
+    worker.wsgi = app  # gunicorn's worker.wsgi: the loaded application
     servers: list[WorkerServer] = []
 
     def on_stuck() -> None:  # stuck WSGI threads fill --threads: a graceful replacement (new worker first)

@@ -2,10 +2,15 @@
 
 gunicorn hooks are written against gunicorn's objects; these give them the attributes hooks commonly touch:
 
-- `WorkerView` (the `worker` argument): `pid`, `ppid`, `age` (the worker's number: 1, 2, ... in spawn
-  order, as gunicorn's), `log` (a `logging.Logger`: info/warning/error/exception), `cfg` (the effective
-  settings: `worker.cfg.workers`, `worker.cfg.bind`, ...), `booted`, `alive`. Not there: `wsgi`, `tmp`,
-  `notify()`, `sockets` (corral's liveness and listeners work differently).
+- `WorkerView` (the `worker` argument), gunicorn's Worker attributes: `pid` ("[booting]" in pre_fork, as
+  gunicorn's), `ppid`, `age` (the worker's number: 1, 2, ... in spawn order), `log` (a `logging.Logger`),
+  `cfg` (gunicorn's Config view of the settings, corral.master.hookconfig: `worker.cfg.workers`,
+  `worker.cfg.worker_connections`, ...), `booted`, `alive`, `aborted`, `nr` (requests served), `max_requests`
+  (with its jitter; sys.maxsize when off), `timeout` (gunicorn's: half of --timeout), `sockets` (the
+  listening sockets), `wsgi` (the loaded application), `tmp` and `notify()` (a heartbeat to the master's
+  watchdog: `tmp.notify()`, `tmp.last_update()`). Setting `worker.alive = False` (gunicorn's way for a hook
+  to end its worker) asks the master to replace the worker: the new one starts, then this one stops
+  gracefully. Not there: `app` (gunicorn's Application object) and the worker's methods.
 - `HookRequest` (`req` of pre_request/post_request): `method`, `path`, `uri`, `query`, `version` (a tuple),
   `scheme`, `headers` (gunicorn's form: a list of (NAME, value) str pairs, names upper-case),
   `remote_addr`, and `scope` (the ASGI scope). Not there: `body` (the app reads the body).
@@ -23,32 +28,85 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-__all__ = ["WorkerView", "HookRequest", "HookResponse", "RequestHooks", "wrap_request_hooks", "call_pre_request",
+__all__ = ["WorkerView", "WorkerTmp", "HookRequest", "HookResponse", "RequestHooks", "wrap_request_hooks", "call_pre_request",
            "call_post_request", "hook_arity"]
 
 logger = logging.getLogger("corral.error")
 
 
+class WorkerTmp:
+    """gunicorn's `worker.tmp`: `notify()` is a heartbeat to the master's watchdog (a hook doing long work
+    on the event loop, such as a slow post_worker_init, keeps its worker from being killed as hung), and
+    `last_update()` the monotonic time of the last one."""
+
+    __slots__ = ("beat", "last")
+
+    def __init__(self) -> None:
+        self.beat: Callable[[], Any] | None = None  # set by the worker process (corral.master.workerproc)
+        self.last = time.monotonic()
+
+    def notify(self) -> None:
+        self.last = time.monotonic()
+        if self.beat is not None:
+            self.beat()
+
+    def last_update(self) -> float:
+        return self.last
+
+
 class WorkerView:
     """The `worker` a gunicorn hook gets (see the module docstring for what is there)."""
 
-    __slots__ = ("pid", "ppid", "age", "log", "cfg", "booted", "alive", "started", "recycle")
+    __slots__ = ("pid", "ppid", "age", "log", "cfg", "booted", "aborted", "started", "recycle", "sockets", "wsgi",
+                 "timeout", "max_requests", "tmp", "server", "requests", "_alive")
 
-    def __init__(self, age: int, cfg: Any, pid: int | None = None, ppid: int | None = None) -> None:
+    def __init__(self, age: int, cfg: Any, pid: int | str | None = None, ppid: int | None = None, *,
+                 sockets: Sequence[Any] = (), timeout: float = 0.0, max_requests: int = 0) -> None:
         self.pid = pid if pid is not None else os.getpid()
         self.ppid = ppid if ppid is not None else os.getppid()
         self.age = age
         self.log = logging.getLogger("corral.error")
         self.cfg = cfg
         self.booted = False
-        self.alive = True
+        self.aborted = False
         self.started = time.time()
         #: Asks the master for a graceful replacement (set by the worker process; None when standalone).
-        self.recycle: Callable[[], None] | None = None
+        self.recycle: Callable[..., None] | None = None  # recycle(why)
+        self.sockets = list(sockets)
+        self.wsgi: Any = None  # the application, once loaded
+        self.timeout = timeout
+        self.max_requests = max_requests or sys.maxsize  # gunicorn's "no limit"
+        self.tmp = WorkerTmp()
+        self.server: Any = None  # the serving WorkerServer, once it serves (nr and alive read it)
+        self.requests = 0  # nr where there is no server (a master-side view: the last heartbeat's count)
+        self._alive = True
+
+    @property
+    def nr(self) -> int:
+        """Requests served (gunicorn's counter)."""
+        server = self.server
+        return server.requests_served if server is not None else self.requests
+
+    @property
+    def alive(self) -> bool:
+        server = self.server
+        return self._alive and not (server is not None and server.stopping)
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        server = self.server
+        if not value and self._alive and server is not None and not server.stopping and self.recycle is not None:
+            self.recycle("a hook set worker.alive = False")
+        self._alive = bool(value)
+
+    def notify(self) -> None:
+        """gunicorn's `worker.notify()`: a heartbeat to the master (see WorkerTmp)."""
+        self.tmp.notify()
 
     def __repr__(self) -> str:
         return f"<Worker {self.age} pid={self.pid}>"

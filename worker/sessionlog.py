@@ -2,9 +2,10 @@
 
 * A WebSocket is one log line when it *ends*, not at its handshake: the handshake's `101` says nothing an
   operator needs, the session's duration, close code and bytes do. The line is the configured format with
-  status 101, `%(b)s`/`%(B)s` the bytes sent, the duration atoms the session's length, followed by
-  ` ws_close=CODE ws_in=BYTES ws_out=BYTES`. A refused handshake (403, a denial response) is an ordinary
-  HTTP line.
+  status 101, `%(b)s`/`%(B)s` the bytes sent, the duration atoms the session's length, and corral's atoms
+  `%(ws_close)s`, `%(ws_in)s`, `%(ws_out)s` the close code and the bytes received and sent (nothing is
+  appended to the format: a parser of gunicorn's line reads it too). A refused handshake (403, a denial
+  response) is an ordinary HTTP line.
 * `--access-log-format json`: one JSON object per line (`ts`, `remote`, `method`, `path`, `query`,
   `protocol`, `status`, `bytes`, `duration_ms`, `referer`, `user_agent`, `pid`; WebSocket sessions add
   `websocket: true`, `close_code`, `bytes_in`, `bytes_out`, `messages_in`, `messages_out`).
@@ -62,15 +63,7 @@ class SessionLog:
         self.access(scope, status, nbytes, duration, headers)
 
     def websocket_closed(self, scope: dict, duration: float, session: WebSocketSession) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        try:
-            line = self.access.render(scope, 101, session.bytes_out, duration, ())
-        except Exception:
-            logging.getLogger(__name__).exception("failed to render the access log line")
-            return
-        self.logger.info("%s ws_close=%d ws_in=%d ws_out=%d", line, session.code, session.bytes_in,
-                         session.bytes_out)
+        self.access(scope, 101, session.bytes_out, duration, (), session)
 
     def reopen(self) -> None:
         self.access.reopen()

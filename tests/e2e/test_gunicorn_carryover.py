@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -135,7 +136,7 @@ def test_gunicorn_conf_in_the_working_folder_runs_every_hook(tmp_path):
 
         assert list(marks(tmp_path, "on_starting")) == [master.pid]
         assert marks(tmp_path, "when_ready") == {master.pid: ["2 2"]}
-        assert sorted(marks(tmp_path, "pre_fork")[master.pid]) == ["1 None", "2 None"]
+        assert sorted(marks(tmp_path, "pre_fork")[master.pid]) == ["1 [booting]", "2 [booting]"]  # gunicorn's
         assert set(marks(tmp_path, "post_fork")) == first  # ran in each worker
         assert {line.split()[0] for line in marks(tmp_path, "post_fork")[next(iter(first))]} <= {"1", "2"}
         inits = marks(tmp_path, "post_worker_init")
@@ -192,7 +193,7 @@ IN_WORKER = Gauge("app_worker_up", "1 per live worker", multiprocess_mode="lives
 
 
 async def app(scope, receive, send):
-    if scope["type"] == "lifespan":  # set at startup, not import: serve's app check imports in a child too
+    if scope["type"] == "lifespan":  # set at startup (test_gunicorn_objects.py sets one at import)
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -313,6 +314,8 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, how):
             if scope["type"] != "http":
                 return
             print("printed by the app", flush=True)
+            if scope["path"] == "/boom":
+                raise RuntimeError("boom in the worker")
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
     '''))
@@ -324,12 +327,18 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, how):
     try:
         master.wait_workers(1)
         assert get(port, "/logged") == (200, "ok")
-        wait_until(lambda: (tmp_path / "access.log").exists() and "/logged" in (tmp_path / "access.log").read_text(),
-                   "the access line")
+        assert get(port, "/boom")[0] == 500
+        wait_until(lambda: (tmp_path / "access.log").exists() and "/boom" in (tmp_path / "access.log").read_text(),
+                   "the access lines")
+        wait_until(lambda: "boom in the worker" in (tmp_path / "error.log").read_text(), "the worker's traceback")
         name, message = (tmp_path / "access.log").read_text().splitlines()[0].split("|", 1)
-        assert name == "corral.access" and '"GET /logged HTTP/1.1" 200' in message
-        errors = [line.split("|", 1) for line in (tmp_path / "error.log").read_text().splitlines()]
-        assert any(name.startswith("corral") and "ready" in message for name, message in errors), errors
+        assert name == "gunicorn.access" and '"GET /logged HTTP/1.1" 200' in message
+        text = (tmp_path / "error.log").read_text()
+        errors = [line.split("|", 1) for line in text.splitlines() if re.match(r"[\w.]+\|", line)]  # not tracebacks
+        # the master's records and the worker's (its traceback of /boom), all by gunicorn's name
+        assert {name for name, _ in errors} == {"gunicorn.error"}, text
+        assert any("Booting worker" in message for _, message in errors), text
+        assert "RuntimeError: boom in the worker" in text
         assert "GET /logged" not in master.output
     finally:
         master.stop()

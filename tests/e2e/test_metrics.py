@@ -296,16 +296,19 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         assert samples[("corral_reloads_total", (("result", "ok"),))] == 1
         assert samples[("corral_worker_starts_total", ())] == 9
 
-        # statsd got the same totals (gunicorn's names under the prefix, DogStatsD tags on every line).
-        wait_until(lambda: statsd.counter("corral.requests") == client.total, "statsd to count every request")
-        assert statsd.counter("corral.request.status.404") == sum(
+        # statsd got the same totals (gunicorn's names for gunicorn's metrics, corral.* for corral's own,
+        # DogStatsD tags on every line).
+        wait_until(lambda: statsd.counter("gunicorn.requests") == client.total, "statsd to count every request")
+        assert statsd.counter("gunicorn.request.status.404") == sum(
             n for (m, s), n in client.sent.items() if s == "4xx")
         assert statsd.counter("corral.worker.exits.crash") == 1
-        assert statsd.counter("corral.log.exception") == 1  # gunicorn's log.<level>, from the workers
+        assert statsd.counter("gunicorn.log.exception") == 1  # the worker's traceback of /boom
         assert statsd.counter("corral.master.log.warning") >= 1  # "Worker ... died with signal 9"
+        assert statsd.counter("gunicorn.log.warning") >= statsd.counter("corral.master.log.warning")
         assert all(line.endswith("|#env:test") for line in statsd.lines), statsd.lines[:5]
-        assert any(line.startswith("corral.request.duration:") and "|ms" in line for line in statsd.lines)
-        assert any(line.startswith("corral.workers:") and "|g" in line for line in statsd.lines)
+        assert any(line.startswith("gunicorn.request.duration:") and "|ms" in line for line in statsd.lines)
+        assert any(line.startswith("gunicorn.workers:") and "|g" in line for line in statsd.lines)
+        assert not any(line.startswith(("corral.requests", "corral.workers")) for line in statsd.lines)
 
         # serve status shows the same figures.
         document = master.status()

@@ -97,7 +97,8 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path, Path] | None) -> str:
+def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path, Path] | None,
+               user: str | None = None) -> str:
     """nginx.conf: the README's block, substituted, inside a minimal main/events/http frame."""
     site = block("corral: nginx", "nginx")
     site = substitute(site, "/run/corral/corral.sock", str(socket_path), count=1)
@@ -107,17 +108,20 @@ def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path,
         site = substitute_re(site, r"^(\s*)#\s*listen 443 ssl;", rf"\1listen 127.0.0.1:{tls_port} ssl;")
         site = substitute_re(site, r"^(\s*)#\s*ssl_certificate\s+\S+;", rf"\1ssl_certificate {cert};")
         site = substitute_re(site, r"^(\s*)#\s*ssl_certificate_key\s+\S+;", rf"\1ssl_certificate_key {key};")
-    return nginx_frame(prefix, site, f"{prefix}/access.log")
+    return nginx_frame(prefix, site, f"{prefix}/access.log", user)
 
 
-def nginx_frame(prefix: Path, site: str, access_log: str = "off") -> str:
+def nginx_frame(prefix: Path, site: str, access_log: str = "off", user: str | None = None) -> str:
     """A README block (http-level directives) inside a minimal main/events/http frame whose temporary
-    folders are under `prefix`."""
+    folders are under `prefix`; `user` is nginx's `user` directive (its workers' user, when started as root)."""
     temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for folder in temp.values():
         folder.mkdir(exist_ok=True)
-    # nginx started as root would run its workers as `nobody`, who cannot reach the test's socket.
-    user = "user root;" if os.geteuid() == 0 else ""
+    # nginx started as root would run its workers as `nobody`, who cannot reach the test's folders.
+    if user is not None:
+        user = f"user {user};"
+    else:
+        user = "user root;" if os.geteuid() == 0 else ""
     return textwrap.dedent(f"""\
         {user}
         worker_processes 1;
@@ -404,3 +408,64 @@ def test_reload_under_load_through_nginx_fails_no_request(trusted):
     print(f"{len(ok)} answers from workers {sorted(set(ok))}")
     assert failures == [], failures[:10]
     assert len(ok) > 100
+
+
+# ---------------------------------------------------------------------------- the socket's mode
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx's workers run as another user only when it starts as root")
+def test_nginx_running_as_another_user_reaches_the_default_socket(tmp_path):
+    """The README's serve command binds its socket 0777 (gunicorn's --umask 0), so nginx's workers, running as
+    `nobody` as a packaged nginx's run as www-data, connect; with -m 077 they get 502, the failure the default
+    avoids (the README's -m 007 with -g www-data keeps it to nginx's group)."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody here")
+    run_dir = Path(tempfile.mkdtemp(prefix="corral-mode-", dir="/tmp"))
+    os.chmod(run_dir, 0o755)  # searchable by nobody, as /run/corral is by www-data
+    socket_path, port = run_dir / "corral.sock", free_port()
+    (tmp_path / "proxyapp.py").write_text(LIFESPAN + APP)
+    nginx_user = f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
+    nginx = None
+    masters: list[Master] = []
+    try:
+        for extra, expected in (([], 200), (["-m", "077"], 502)):
+            argv = localize_serve(serve_argv(), run_dir, "proxyapp:app")
+            argv[-1:-1] = extra
+            master = Master([], tmp_path, pidfile=run_dir / "corral.pid", argv=argv)
+            masters.append(master)
+            master.wait_workers(WORKERS)
+            mode = stat.S_IMODE(os.stat(socket_path).st_mode)
+            assert mode == (0o777 if not extra else 0o700)
+            if nginx is None:
+                nginx = Nginx(run_dir, nginx_conf(run_dir, socket_path, port, None, user=nginx_user))
+            nginx.check_running()
+
+            def answer() -> int | None:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+                    try:
+                        conn.request("GET", "/", headers={"Host": HOST})
+                        response = conn.getresponse()
+                        response.read()
+                        return response.status
+                    finally:
+                        conn.close()
+                except OSError:
+                    return None
+
+            assert wait_until(answer, "nginx to answer") == expected, nginx.log()
+            if expected == 502:
+                assert "Permission denied" in nginx.log()
+            assert master.stop() == OK
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        for master in masters:
+            master.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -75,14 +75,65 @@ def test_log_config_dict_from_json(start, tmp_path):
     wait_until(lambda: "CUSTOM INFO Worker 1" in log.read_text(), "lines in the custom log")
 
 
-def test_umask_applies_to_unix_socket_and_pid_file(start, tmp_path):
+def test_unix_socket_mode_is_gunicorns_by_default(start, tmp_path):
+    """No --umask: the socket is 0777 (gunicorn's umask 0), so nginx running as another user can connect."""
+    path = tmp_path / "s.sock"
+    master = start("apps:app", bind=f"unix:{path}")
+    master.wait_workers(1)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o777
+    assert stat.S_IMODE(os.stat(master.pidfile).st_mode) == 0o644
+    assert master.stop() == OK
+
+
+def test_umask_applies_to_the_unix_socket_only(start, tmp_path):
+    """--umask is the socket file's mask, as in gunicorn: the pid file stays 0644 and the workers keep the
+    process's own umask (files the application writes are not made private or public by it)."""
     path = tmp_path / "s.sock"
     master = start("--umask", "077", "apps:app", bind=f"unix:{path}")
-    master.wait_workers(1)
+    (worker,) = master.wait_workers(1)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(master.pidfile).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(master.pidfile).st_mode) == 0o644
+    with open(f"/proc/{worker['pid']}/status") as fh:
+        inherited = next(line.split()[1] for line in fh if line.startswith("Umask:"))
+    with open("/proc/self/status") as fh:
+        ours = next(line.split()[1] for line in fh if line.startswith("Umask:"))
+    assert inherited == ours
     assert master.stop() == OK
     assert not path.exists()
+
+
+def _can_bind_ipv6(host: str) -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind((host, 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_ipv6_wildcard_bind_answers_ipv4_and_ipv6(start, tmp_path):
+    """`-b [::]:PORT` (common in Docker images) is dual-stack, as gunicorn's: IPv4 clients and probes get
+    answers, not a refused connection."""
+    import http.client
+
+    if not _can_bind_ipv6("::"):
+        pytest.skip("IPv6 is off on this machine")
+    port = free_port()
+    master = start("apps:app", bind=f"[::]:{port}")
+    (worker,) = master.wait_workers(1)
+    assert get(port) == (200, str(worker["pid"]))  # get() talks to 127.0.0.1
+    if not _can_bind_ipv6("::1"):
+        pytest.skip("no IPv6 loopback on this machine (the IPv4 half passed)")
+    conn = http.client.HTTPConnection("::1", port, timeout=30)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert (response.status, response.read().decode()) == (200, str(worker["pid"]))
+    finally:
+        conn.close()
+    assert master.stop() == OK
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")

@@ -104,12 +104,17 @@ def test_control_path_falls_back_when_too_long(tmp_path):
     assert len(path) < 108 and path.endswith("42.ctl")
 
 
-@pytest.mark.parametrize("value, expected", [("022", 0o22), ("0o27", 0o27), (18, 18), ("0", 0)])
-def test_umask_accepts_octal_strings(value, expected):
+@pytest.mark.parametrize("value, expected", [("022", 0o22), ("0o27", 0o27), (18, 18), ("0", 0), ("007", 0o7),
+                                             ("18", 18), ("0x12", 0o22), (" 0022 ", 0o22)])
+def test_umask_reads_values_as_gunicorn_does(value, expected):
+    """A leading 0 (or 0o) is octal, 0x hexadecimal, anything else decimal: gunicorn's own parser agrees."""
     assert Settings(umask=value).umask == expected
+    gunicorn_config = pytest.importorskip("gunicorn.config")
+    if isinstance(value, str):
+        assert gunicorn_config.auto_int(None, value.strip()) == expected
 
 
-@pytest.mark.parametrize("name, value", [("umask", "9"), ("umask", "0o1000"), ("max_worker_memory", "lots"),
+@pytest.mark.parametrize("name, value", [("umask", "08"), ("umask", "0o1000"), ("max_worker_memory", "lots"),
                                          ("user", "no-such-user-here"), ("timeout", "-1")])
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(SettingError, match="invalid value for --"):

@@ -6,6 +6,8 @@ sockets, no serve process.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import selectors
 import socket
@@ -21,7 +23,7 @@ from corral.master.exposition import Exposition, families
 from corral.master.metrics import MasterCounts, Totals, quantile
 from corral.master.metrics_http import MetricsServer
 from corral.master.sdnotify import Notifier
-from corral.master.statsd import StatsdClient, statsd_lines
+from corral.master.statsd import StatsdClient, prefix_of, statsd_lines
 from corral.worker.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -186,15 +188,97 @@ def test_statsd_lines_are_deltas_and_timer_sample_rates_add_up():
     now.add(snapshot(110, 3, 60))
     counts = MasterCounts()
     counts.starts = 4
-    lines = statsd_lines("app.", now, before, counts, {"worker.starts": 1}, {"workers": 4})
-    assert "app.requests:103|c" in lines
-    assert "app.request.status.200:100|c" in lines and "app.request.status.500:3|c" in lines
-    assert "app.worker.starts:3|c" in lines and "app.workers:4|g" in lines
-    timers = [line for line in lines if line.startswith("app.request.duration:")]
+    lines = statsd_lines("app.", "gunicorn", now, before, counts, {"worker.starts": 1}, {"workers": 4,
+                                                                                         "pool.in_use": 2})
+    assert "app.gunicorn.requests:103|c" in lines
+    assert "app.gunicorn.request.status.200:100|c" in lines and "app.gunicorn.request.status.500:3|c" in lines
+    assert "app.corral.worker.starts:3|c" in lines and "app.gunicorn.workers:4|g" in lines
+    assert "app.corral.pool.in_use:2|g" in lines
+    timers = [line for line in lines if line.startswith("app.gunicorn.request.duration:")]
     represented = sum(1 / float(line.split("|@")[1]) if "|@" in line else 1 for line in timers)
     assert round(represented) == 103
     assert not any(":0|c" in line for line in lines)
-    assert statsd_lines("app", now, now, counts, {"worker.starts": 4}, {}) == []
+    assert statsd_lines("app", "gunicorn", now, now, counts, {"worker.starts": 4}, {}) == []
+
+
+def test_statsd_naming_corral_and_no_prefix():
+    now = Totals()
+    now.add(snapshot(5, 0, 5))
+    counts = MasterCounts()
+    counts.logs["error"] = 2  # the master's own error-log records count in log.error too, as in gunicorn
+    lines = statsd_lines("", "corral", now, Totals(), counts, {}, {"workers": 1})
+    assert "corral.requests:5|c" in lines and "corral.workers:1|g" in lines
+    assert "corral.log.error:2|c" in lines and "corral.master.log.error:2|c" in lines
+    lines = statsd_lines("", "gunicorn", now, Totals(), counts, {}, {"workers": 1})
+    assert "gunicorn.requests:5|c" in lines and "gunicorn.log.error:2|c" in lines
+
+
+@contextlib.contextmanager
+def gunicorn_statsd(**settings):
+    """gunicorn's own Statsd logger for a Config with `settings` (its logging set-up undone afterwards)."""
+    statsd = pytest.importorskip("gunicorn.instrument.statsd")
+    gunicorn_config = pytest.importorskip("gunicorn.config")
+    cfg = gunicorn_config.Config()
+    for name, value in settings.items():
+        cfg.set(name, value)
+    saved = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+             for name in ("gunicorn.error", "gunicorn.access")}
+    theirs = statsd.Statsd(cfg)
+    try:
+        yield theirs
+    finally:
+        if theirs.sock is not None:
+            theirs.sock.close()
+        for name, (handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if handler not in handlers:
+                    logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+@pytest.mark.parametrize("prefix", ["", "app1", "app1.", "app1..", "a", "svc.web"])
+def test_statsd_prefix_is_gunicorns(prefix):
+    with gunicorn_statsd(statsd_prefix=prefix) as theirs:
+        assert prefix_of(prefix) == theirs.prefix
+    now = Totals()
+    now.add(snapshot(1, 0, 1))
+    lines = statsd_lines(prefix, "gunicorn", now, Totals(), MasterCounts(), {}, {})
+    assert f"{prefix_of(prefix)}gunicorn.requests:1|c" in lines
+
+
+def test_statsd_names_and_types_are_gunicorns():
+    """gunicorn's own Statsd logger, fed one request, one error and the arbiter's workers gauge, sends names
+    and types that corral's lines for the same events have too."""
+    import datetime
+    from types import SimpleNamespace
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(5)
+    try:
+        with gunicorn_statsd(statsd_host=f"127.0.0.1:{listener.getsockname()[1]}") as theirs:
+            theirs.access(SimpleNamespace(status="200 OK", sent=2, headers=[]), SimpleNamespace(headers=[]),
+                          {"REQUEST_METHOD": "GET", "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.1"},
+                          datetime.timedelta(milliseconds=3))
+            theirs.error("trouble")
+            theirs.debug("2 workers", extra={"metric": "gunicorn.workers", "value": 2, "mtype": "gauge"})
+            received = [listener.recv(65536).decode() for _ in range(5)]
+    finally:
+        listener.close()
+
+    def kinds(lines):
+        return {(line.split(":", 1)[0], line.split("|")[1]) for line in lines}
+
+    now = Totals()
+    now.add(snapshot(1, 0, 1))
+    counts = MasterCounts()
+    counts.logs["error"] = 1
+    ours = statsd_lines("", "gunicorn", now, Totals(), counts, {}, {"workers": 2})
+    assert kinds(received) == {("gunicorn.request.duration", "ms"), ("gunicorn.requests", "c"),
+                               ("gunicorn.request.status.200", "c"), ("gunicorn.log.error", "c"),
+                               ("gunicorn.workers", "g")}
+    assert kinds(received) <= kinds(ours)
 
 
 @pytest.mark.parametrize("transport", ["udp", "unix"])
@@ -329,9 +413,9 @@ def test_a_reload_keeps_the_metrics_settings_the_master_started_with(caplog):
         started = 0.0
 
     observer = Observer(Arbiter(), Settings(statsd_host="127.0.0.1:8125"))
-    kept = observer.reload_begun(Settings(statsd_host="127.0.0.1:9999", workers=3))
-    assert kept.statsd_host == "127.0.0.1:8125" and kept.workers == 3
-    assert "--statsd-host changes need a restart" in caplog.text
+    kept = observer.reload_begun(Settings(statsd_host="127.0.0.1:9999", workers=3, naming="corral"))
+    assert kept.statsd_host == "127.0.0.1:8125" and kept.workers == 3 and kept.naming == "gunicorn"
+    assert "--statsd-host, --naming changes need a restart" in caplog.text
     assert observer.counts.reloads == 1
     observer.close()
 

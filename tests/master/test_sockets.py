@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -103,6 +104,83 @@ def test_unix_socket_stale_file_replaced_live_one_refused_and_unlinked(tmp_path)
     assert not os.path.exists(path)
 
 
+def _ipv6_loopback() -> bool:
+    """Whether this machine can bind and reach ::1 (containers may have IPv6 off)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return sock.getsockname()[1]
+
+
+def test_unspecified_ipv6_is_dual_stack_as_in_gunicorn():
+    """`-b [::]:PORT` (Docker images' spelling of "everywhere") takes IPv4 clients too."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        [sock] = bind_all(["[::]:0"])
+    except BindError as exc:
+        pytest.skip(f"IPv6 unavailable: {exc}")
+    try:
+        port = sock.getsockname()[1]
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert _answers("127.0.0.1", port)
+        if _ipv6_loopback():
+            assert _answers("::1", port)
+    finally:
+        close_all([sock])
+
+
+def test_ipv6_and_ipv4_wildcards_on_one_port_both_bind():
+    """`-b 0.0.0.0:P -b [::]:P`, in either order: the IPv6 socket is then IPv6-only (a dual-stack one would
+    collide with the IPv4 one), and both families are served."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    port = _free_port()
+    for order in ([f"0.0.0.0:{port}", f"[::]:{port}"], [f"[::]:{port}", f"0.0.0.0:{port}"]):
+        try:
+            sockets = bind_all(order)
+        except BindError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise
+            pytest.skip(f"IPv6 unavailable: {exc}")
+        try:
+            six = next(s for s in sockets if s.family == socket.AF_INET6)
+            assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+            assert _answers("127.0.0.1", port)
+            if _ipv6_loopback():
+                assert _answers("::1", port)
+        finally:
+            close_all(sockets)
+
+
+def test_ipv6_loopback_stays_ipv6_only():
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    [sock] = bind_all(["[::1]:0"])
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        close_all([sock])
+
+
 def test_unix_socket_refuses_to_replace_a_regular_file(tmp_path):
     path = tmp_path / "not-a-socket"
     path.write_text("data")
@@ -111,11 +189,18 @@ def test_unix_socket_refuses_to_replace_a_regular_file(tmp_path):
     assert path.read_text() == "data"
 
 
-def test_unix_socket_umask(tmp_path):
+@pytest.mark.parametrize("umask, mode", [(0, 0o777), (0o007, 0o770), (0o077, 0o700)])
+def test_unix_socket_umask(tmp_path, umask, mode):
+    """gunicorn's rule: the socket file gets 0777 less --umask, whatever the process's own umask is."""
     path = str(tmp_path / "u.sock")
-    [sock] = bind_all([f"unix:{path}"], umask=0o077)
+    before = os.umask(0o022)
     try:
-        assert os.stat(path).st_mode & 0o777 == 0o700
+        [sock] = bind_all([f"unix:{path}"], umask=umask)
+        assert os.umask(0o022) == 0o022  # the process's umask is left as it was
+    finally:
+        os.umask(before)
+    try:
+        assert os.stat(path).st_mode & 0o777 == mode
     finally:
         close_all([sock], unlink=True)
 

@@ -179,7 +179,7 @@ def test_health_path_is_answered_without_the_app_even_with_the_pool_full_and_503
 def test_websocket_counted_and_logged_once_at_close_with_code_duration_and_bytes():
     logger, records = access_logger("test.corral.access.ws")
     with run_server(echo_app()) as (host, port, server):
-        log = SessionLog(AccessLog('%(r)s %(s)s %(b)s', logger))
+        log = SessionLog(AccessLog('%(r)s %(s)s %(b)s %(ws_close)s %(ws_in)s %(ws_out)s', logger))
         counters = call_in_loop(server, lambda: server.counters)
         server.access_log = meter(counters, log)
         with connect(url(host, port)) as ws:
@@ -192,7 +192,7 @@ def test_websocket_counted_and_logged_once_at_close_with_code_duration_and_bytes
             wait_until(lambda: records.lines, what="the close line")
         snapshot = call_in_loop(server, counters.snapshot)
     assert len(records.lines) == 1, records.lines
-    assert records.lines[0] == "GET /ws HTTP/1.1 101 15 ws_close=4001 ws_in=23 ws_out=15"
+    assert records.lines[0] == "GET /ws HTTP/1.1 101 15 4001 23 15"
     assert snapshot["wso"] == 1 and snapshot["wsc"] == {"4001": 1}
     assert (snapshot["wmi"], snapshot["wmo"]) == (3, 2)
     assert snapshot["req"] == {str(slot("GET", 101)): 1}  # the handshake, counted as a request
