@@ -319,11 +319,14 @@ _declare("keepalive", "http", non_negative_float, 5.0,
          ("--keep-alive",))
 _declare("header_timeout", "http", positive_float, 10.0,
          "Seconds a client gets to send a complete request head (slowloris guard): 408 then close.")
-_declare("limit_request_line", "http", positive_int, 8190,
-         "Maximum size of the request line in bytes (414 when exceeded).")
-_declare("limit_request_fields", "http", positive_int, 100, "Maximum number of request header fields (431).")
-_declare("limit_request_field_size", "http", positive_int, 8190,
-         "Maximum size of the request head's header block in bytes (431 when exceeded).")
+_declare("limit_request_line", "http", non_negative_int, 8190,
+         "Maximum size of the request line in bytes (414 when exceeded); 0 is gunicorn's 'unlimited': up to "
+         "1 MiB, a bound on the memory one request head takes.")
+_declare("limit_request_fields", "http", non_negative_int, 100,
+         "Maximum number of request header fields (431); 0 is gunicorn's maximum, 32768.")
+_declare("limit_request_field_size", "http", non_negative_int, 8190,
+         "Maximum size of the request head's header block in bytes (431 when exceeded); 0 is gunicorn's "
+         "'unlimited': up to 1 MiB.")
 _declare("limit_request_body", "http", size, 0,
          "Maximum request body size in bytes (K/M/G suffixes allowed); 413 when exceeded; 0 is off.")
 _declare("body_timeout", "http", positive_float, 30.0,
