@@ -21,6 +21,8 @@ __all__ = [
     "REGISTRY",
     "resolve",
     "env_var_name",
+    "from_env",
+    "unknown_env",
 ]
 
 
@@ -496,18 +498,31 @@ def unknown_setting_message(name: str, source: str = "") -> str:
     return message
 
 
-def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """Settings given as CORRAL_* environment variables (unknown CORRAL_* names are errors)."""
+def from_env(environ: Mapping[str, str] = os.environ, problems: list[str] | None = None) -> dict[str, Any]:
+    """Settings given as CORRAL_* environment variables.
+
+    A CORRAL_* name that is no setting is not one of ours to refuse (an environment is shared with deploy
+    scripts and other tools): it is skipped here, and `unknown_env` names it. A bad value raises, or is
+    appended to `problems` when a list is given (every bad value of a run reported at once)."""
     found: dict[str, Any] = {}
     known = {declared.env: declared for declared in REGISTRY.values()}
     for key, raw in environ.items():
-        if not key.startswith("CORRAL_") or key == "CORRAL_CMD_ARGS":  # a command line, read by the CLI
-            continue
         declared = known.get(key)
         if declared is None:
-            raise SettingError(unknown_setting_message(key[len("CORRAL_"):].lower(), f"environment variable {key}"))
-        found[declared.name] = declared.parse(raw, f"environment variable {key}")
+            continue
+        try:
+            found[declared.name] = declared.parse(raw, f"environment variable {key}")
+        except SettingError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
     return found
+
+
+def unknown_env(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The CORRAL_* variables that are no setting (CORRAL_CMD_ARGS, a command line, is one of ours)."""
+    known = {declared.env for declared in REGISTRY.values()} | {"CORRAL_CMD_ARGS"}
+    return sorted(key for key in environ if key.startswith("CORRAL_") and key not in known)
 
 
 @dataclass
