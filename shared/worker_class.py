@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
-import importlib.util
+import importlib.machinery
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -176,7 +176,8 @@ def _import_failure(error: Exception) -> str:
 
 
 class _SourceReader:
-    """A worker class's bases and CONFIG_KWARGS from its module's source (no code of the module runs)."""
+    """A worker class's bases and CONFIG_KWARGS from its module's source; no code runs (the module's file is
+    found on the import path without importing it or its packages)."""
 
     def read(self, module_name: str, class_name: str, depth: int) -> tuple[str, dict[str, Any]] | None:
         if depth > 8:
@@ -189,10 +190,11 @@ class _SourceReader:
             return interface, dict(kwargs)
         if _is_uvicorn(module_name, class_name):
             return ASGI, dict(_UVICORN_KWARGS)
-        tree = self._tree(module_name)
-        if tree is None:
+        found = self._tree(module_name)
+        if found is None:
             return None
-        names = _imported_names(tree, module_name)
+        tree, is_package = found
+        names = _imported_names(tree, module_name, is_package)
         for node in tree.body:
             if isinstance(node, ast.ClassDef) and node.name == class_name:
                 return self._class(node, module_name, names, depth)
@@ -201,15 +203,19 @@ class _SourceReader:
             return self.read(*target.rsplit(".", 1), depth=depth + 1)
         return None
 
-    def _tree(self, module_name: str) -> ast.Module | None:
-        try:
-            spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
-            return None
+    def _tree(self, module_name: str) -> tuple[ast.Module, bool] | None:
+        """(the module's syntax tree, whether it is a package), or None when there is no source to read."""
+        spec = None
+        search: list[str] | None = None  # sys.path for the top-level name, then each package's folders
+        for part in module_name.split("."):
+            spec = importlib.machinery.PathFinder.find_spec(part, search)
+            if spec is None:
+                return None
+            search = list(spec.submodule_search_locations or [])
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
             return None
         with open(spec.origin, encoding="utf-8") as fh:
-            return ast.parse(fh.read(), spec.origin)
+            return ast.parse(fh.read(), spec.origin), spec.submodule_search_locations is not None
 
     def _class(self, node: ast.ClassDef, module_name: str, names: dict[str, str],
                depth: int) -> tuple[str, dict[str, Any]] | None:
@@ -239,7 +245,7 @@ def _dotted(node: ast.expr) -> str | None:
     return None
 
 
-def _imported_names(tree: ast.Module, module_name: str) -> dict[str, str]:
+def _imported_names(tree: ast.Module, module_name: str, is_package: bool = False) -> dict[str, str]:
     """Local name -> dotted path, for the module's top-level imports."""
     names: dict[str, str] = {}
     for node in tree.body:
@@ -252,8 +258,9 @@ def _imported_names(tree: ast.Module, module_name: str) -> dict[str, str]:
                     names[head] = head
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:  # relative: from the module's package upwards
-                package = module_name.split(".")[: -node.level]
+            if node.level:  # relative: from the module's package (a package's own __init__: itself) upwards
+                parts = module_name.split(".")
+                package = parts[: len(parts) - node.level + (1 if is_package else 0)]
                 base = ".".join([*package, base] if base else package)
             for alias in node.names:
                 names[alias.asname or alias.name] = f"{base}.{alias.name}"

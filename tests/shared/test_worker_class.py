@@ -149,3 +149,21 @@ def test_config_kwargs_become_settings_or_are_named_as_ignored():
                      "max_applications": 40, "keepalive": 7, "http": "1"}
     assert ignored == ["loop='asyncio' (corral always runs uvloop)", "use_colors=True (corral's logs are plain text)",
                        "nonsense=1 (not an argument of uvicorn's Config)"]
+
+
+def test_relative_imports_are_followed_when_reading_the_source(tmp_path, monkeypatch, without_uvicorn_and_gunicorn):
+    package = tmp_path / f"proj_{uuid.uuid4().hex[:8]}"
+    (package / "workers").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text("from uvicorn_worker import UvicornWorker\n\n\n"
+                                     "class Base(UvicornWorker):\n    CONFIG_KWARGS = {'lifespan': 'on'}\n")
+    (package / "workers" / "__init__.py").write_text("from ..base import Base\nfrom .extra import Extra\n\n\n"
+                                                     "class Worker(Base):\n    pass\n")
+    (package / "workers" / "extra.py").write_text("from .. import base\n\n\nclass Extra(base.Base):\n"
+                                                  "    CONFIG_KWARGS = dict(lifespan='off', root_path='/x')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "uvicorn_worker", None)
+    worker_class.clear_cache()
+    assert resolve(f"{package.name}.workers.Worker").config_kwargs == {"lifespan": "on"}
+    assert resolve(f"{package.name}.workers.Extra").config_kwargs == {"lifespan": "off", "root_path": "/x"}
+    worker_class.clear_cache()
