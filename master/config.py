@@ -191,7 +191,10 @@ def load_python_config(location: str, warn: Callable[[str], None] | None = None)
         if key.startswith("_") or isinstance(value, types.ModuleType):
             continue
         if key in REGISTRY or key in GUNICORN:
-            values[key] = value
+            declared = REGISTRY.get(key)
+            # gunicorn's list settings take a lone string as one item (`raw_env = "ALLOWED=a,b"`): a comma in
+            # it is no separator, as it is in a CORRAL_* variable.
+            values[key] = [value] if declared is not None and declared.multiple and isinstance(value, str) else value
         elif not key.isupper():  # UPPER_CASE: a constant of the file's own, never a setting
             ignored.append(key)
     misspelt = misspellings(ignored)
@@ -226,7 +229,7 @@ def from_mapping(values: Mapping[str, Any], source: str, warn: Callable[[str], N
                 problems.append(f"{source}: gunicorn's {name!r} is not supported{suggest(name)}")
                 continue
             else:  # gunicorn's command-line-only names (config, check_config, print_config)
-                if name != "config":
+                if name != "config" and raw:
                     warn(f"{source}: {name!r} is read from the command line only (--{name.replace('_', '-')})")
                 continue
         if declared is None:

@@ -146,6 +146,9 @@ def test_gunicorn_config_file_carries_over(tmp_path, capsys):
     assert values["bind"] == ("127.0.0.1:9000", "unix:/tmp/app.sock")
     assert values["workers"] == 3 and values["keepalive"] == 4.0
     assert values["forwarded_allow_ips"] == ("10.0.0.1", "127.0.0.1")
+    conf.write_text("raw_env = 'ALLOWED_HOSTS=a.example,b.example'\nbind = '127.0.0.1:9000'\ncheck_config = False\n")
+    assert load_python_config(str(conf), warn=pytest.fail) == {  # a lone string is one item, as in gunicorn
+        "raw_env": ("ALLOWED_HOSTS=a.example,b.example",), "bind": ("127.0.0.1:9000",)}
     assert callable(values["post_fork"])  # a server hook: carried over, not ignored
 
 
