@@ -3,7 +3,8 @@
 - `raw_env` (-e KEY=VALUE) goes into the master's environment, so the app check, --preload and every
   worker (forked) see it, as with gunicorn;
 - `pythonpath` goes to the front of sys.path, before the app is imported;
-- `worker_class` sync/gthread mean WSGI: with --interface auto the app is served as WSGI;
+- `worker_class` is resolved by what the class is: sync/gthread (or a subclass) mean WSGI, served as WSGI
+  with --interface auto; a UvicornWorker (or a project's subclass) means ASGI with its CONFIG_KWARGS;
 - flags of gunicorn and the other servers that corral does not declare: `scan_flags` reports all of them in
   one run (a gunicorn flag with nothing to do in corral is dropped with a warning, so such a command line
   still starts).
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable
+from typing import Callable, Iterable
 
-from corral.master.config import suggest
+from corral.master.config import ConfigProblems, suggest
 from corral.master.peer_names import PEER_FLAGS, gunicorn_flags
-from corral.shared.settings import REGISTRY, Settings
-from corral.shared.settings_compat import WSGI_CLASSES
+from corral.shared.settings import REGISTRY, SettingError, Settings
+from corral.shared.worker_class import WSGI, WorkerClassError, describe, kwargs_settings, resolve
 
 __all__ = ["apply_environment", "effective", "scan_flags"]
 
@@ -34,19 +35,45 @@ def apply_environment(settings: Settings) -> None:
             sys.path.insert(0, path)
 
 
-def effective(settings: Settings) -> Settings:
-    """Settings with the carried-over meanings resolved.
+def effective(settings: Settings, warn: Callable[[str], None] | None = None) -> Settings:
+    """Settings with the carried-over meanings resolved, by what the worker class is
+    (`corral.shared.worker_class`).
 
-    worker_class sync/gthread: the app is WSGI, and gunicorn's `timeout` bounded each request there (a
-    request outliving it killed the worker), so it becomes the request deadline unless --request-timeout is
-    set: a late request gets its 504 and the others in the worker carry on."""
+    WSGI (sync, gthread, or a subclass): the app is served as WSGI, and gunicorn's `timeout` bounded each
+    request there (a request outliving it killed the worker), so it becomes the request deadline unless
+    --request-timeout is set: a late request gets its 504 and the others in the worker carry on.
+    ASGI (a UvicornWorker, or a project's subclass): its CONFIG_KWARGS win over the other sources, as they
+    win over gunicorn's settings in uvicorn; those with no meaning here are named in one warning."""
+    if not settings.worker_class:
+        return settings
+    try:
+        worker = resolve(settings.worker_class)
+    except WorkerClassError as exc:
+        raise ConfigProblems([f"invalid value for {REGISTRY['worker_class'].cli_name}: {exc}"]) from None
     changes: dict[str, object] = {}
-    if settings.worker_class in WSGI_CLASSES:
+    if worker.interface == WSGI:
         if settings.interface == "auto":
             changes["interface"] = "wsgi"
         if not settings.request_timeout and settings.timeout:
             changes["request_timeout"] = settings.timeout
+    else:
+        applied, ignored = kwargs_settings(worker.config_kwargs, settings.workers)
+        problems = []
+        for name, value in applied.items():
+            try:
+                changes[name] = REGISTRY[name].parse(value, f"CONFIG_KWARGS of {worker.path}")
+            except SettingError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigProblems(problems)
+        line = describe(worker, ignored)
+        if line:
+            (warn or _stderr)(line)
     return settings.replace(**changes) if changes else settings
+
+
+def _stderr(message: str) -> None:
+    print(f"serve: warning: {message}", file=sys.stderr)
 
 
 def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
@@ -82,9 +109,9 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
                 continue
         if found is not None and found[1].kind == "noop":
             name, entry = found
-            if entry.takes_value and not equals and index < len(args):
-                index += 1  # its value goes too
-            warnings.append(f"gunicorn's {flag} has nothing to do in corral, ignored: {entry.note}")
+            if entry.takes_value and not equals and index < len(args) and not args[index].startswith("-"):
+                index += 1  # its value goes too (a flag next is not its value: argparse would not take it)
+            warnings.append(f"gunicorn's {flag} is ignored: {entry.note}")
             continue
         if found is not None:
             problems.append(f"gunicorn's {flag} is not supported{suggest(found[0])}")

@@ -18,7 +18,7 @@ from typing import Any, NoReturn, Sequence
 import click
 
 from corral.master.carryover import apply_environment, effective, scan_flags
-from corral.master.config import ConfigProblems, collect, find_config, load_python_config, settings_options
+from corral.master.config import ConfigProblems, collect, find_config, settings_options
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
 from corral.shared.settings import REGISTRY, Settings, SettingError
 
@@ -41,8 +41,9 @@ def _fail(message: str, code: int) -> int:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("app", required=False, metavar="APP")
 @click.option("-c", "--config", "config_path", default=None, metavar="FILE",
-              help="A Python config file (gunicorn's format: module-level names are settings). Without it, "
-                   "./corral.conf.py, else ./gunicorn.conf.py, is loaded when present.")
+              help="A Python config file (gunicorn's format: the module-level names that are settings are "
+                   "read, the others ignored), or python:package.module for one on the import path. Without "
+                   "it, ./corral.conf.py, else ./gunicorn.conf.py, is loaded when present.")
 @click.option("--check-config", is_flag=True,
               help="Check the settings and import the app (in a short-lived child), then exit: 0 when both "
                    "are good, 2 for a bad setting, 4 when the app does not import.")
@@ -59,19 +60,17 @@ def serve(app: str | None, config_path: str | None, check_config: bool, print_co
     """
     environ = dict(os.environ)
     start_cwd = os.getcwd()
-    config_path = os.path.abspath(config_path) if config_path else find_config(start_cwd)
-
-    def load() -> Settings:
-        settings = effective(collect(params, config_path, environ=os.environ, folder=start_cwd, cmd_args=cmd_args))
-        apply_environment(settings)
-        return settings
-
     try:
-        cmd_args = _cmd_args(environ)
-        settings = effective(collect(params, config_path, environ=environ, folder=start_cwd, cmd_args=cmd_args))
+        config_path, settings = _settings(params, config_path, environ, start_cwd)
     except SettingError as exc:
         return _fail(str(exc), CONFIG_ERROR)
-    apply_environment(settings)
+
+    def load() -> Settings:
+        settings = collect(params, config_path, environ=os.environ, folder=start_cwd,
+                           cmd_args=_cmd_args(dict(os.environ))[0])
+        apply_environment(settings)
+        return effective(settings)
+
     app = app or settings.wsgi_app
     if print_config:
         for name, declared in REGISTRY.items():
@@ -87,12 +86,41 @@ def serve(app: str | None, config_path: str | None, check_config: bool, print_co
     return run(app, settings, load, config_path)
 
 
-def _cmd_args(environ: dict[str, str]) -> dict[str, Any]:
-    """GUNICORN_CMD_ARGS then CORRAL_CMD_ARGS (which wins), parsed as command lines (gunicorn's order:
-    above the config file, below the real command line)."""
+def _settings(params: dict[str, Any], config_path: str | None, environ: dict[str, str], cwd: str,
+              problems: list[str] | None = None) -> tuple[str | None, Settings]:
+    """(the config's location, the effective settings) from every source; raises ConfigProblems naming
+    every bad flag, value and key of the run (and `problems`, those found before)."""
+    # As gunicorn: the working folder is on the import path before the config is read, so that a config
+    # (or `-c python:pkg.conf`, or a -k path) may import the project's modules.
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    cmd_args, cmd_problems = _cmd_args(environ)
+    config_path = _config_location(config_path or cmd_args.pop("config_path", None), cwd)
+    settings = collect(params, config_path, environ=environ, folder=cwd, cmd_args=cmd_args,
+                       problems=[*(problems or ()), *cmd_problems])
+    apply_environment(settings)  # -e and --pythonpath before a -k path is imported
+    return config_path, effective(settings)
+
+
+def _config_location(location: str | None, cwd: str) -> str | None:
+    """-c's value as gunicorn reads it: `python:package.module` as is, `file:PATH` or PATH made absolute
+    (a HUP reads it again after --chdir); without -c, ./corral.conf.py or ./gunicorn.conf.py."""
+    if not location:
+        return find_config(cwd)
+    if location.startswith("python:"):
+        return location
+    return os.path.abspath(os.path.join(cwd, location.removeprefix("file:")))
+
+
+def _cmd_args(environ: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """(given, problems): GUNICORN_CMD_ARGS then CORRAL_CMD_ARGS (which wins), parsed as command lines
+    (gunicorn's order: above the config file, below the real command line; a -c there names the config
+    file when the command line gives none). Every unknown flag in them is a problem, as on the command
+    line; the values are checked with the others' (`collect`)."""
     import shlex
 
     given: dict[str, Any] = {}
+    problems: list[str] = []
     for variable in ("GUNICORN_CMD_ARGS", "CORRAL_CMD_ARGS"):
         text = environ.get(variable, "").strip()
         if not text:
@@ -100,18 +128,20 @@ def _cmd_args(environ: dict[str, str]) -> dict[str, Any]:
         try:
             args = shlex.split(text)
         except ValueError as exc:
-            raise SettingError(f"{variable}: {exc}") from None
-        args, problems, warnings = scan_flags(args, _known_options())
+            problems.append(f"{variable}: {exc}")
+            continue
+        args, flag_problems, warnings = scan_flags(args, _known_options())
         for warning in warnings:
             click.echo(f"{PROG}: warning: {variable}: {warning}", err=True)
-        if problems:
-            raise ConfigProblems([f"{variable}: {problem}" for problem in problems])
+        problems += [f"{variable}: {problem}" for problem in flag_problems]
         try:
-            context = serve.make_context(PROG, args, resilient_parsing=False)
+            context = serve.make_context(PROG, args, resilient_parsing=bool(flag_problems))
         except click.UsageError as exc:
-            raise SettingError(f"{variable}: {exc.format_message()}") from None
-        given.update({k: v for k, v in context.params.items() if v is not None and v != ()})
-    return given
+            problems.append(f"{variable}: {exc.format_message()}")
+            continue
+        given.update({k: v for k, v in context.params.items()
+                      if v is not None and v != () and k not in ("app", "check_config", "print_config")})
+    return given, problems
 
 
 def _known_options() -> set[str]:
@@ -240,21 +270,30 @@ def _invoke(command: click.Command, args: Sequence[str], prog: str) -> int:
 
 
 def _scan(args: list[str]) -> tuple[list[str], int | None]:
-    """Every unknown or unsupported flag, and the config file's problems, reported in one run."""
+    """Every unknown or unsupported flag, and every bad value and config key, reported in one run."""
     args, problems, warnings = scan_flags(args, _known_options())
     for warning in warnings:
         click.echo(f"{PROG}: warning: {warning}", err=True)
     if not problems:
         return args, None
-    config = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config")), None)
-    config = config or find_config(os.getcwd())
-    if config:
-        try:
-            load_python_config(config, warn=lambda _: None)
-        except ConfigProblems as exc:
-            problems += exc.problems
-        except SettingError as exc:
-            problems.append(str(exc))
+    # The rest of the command line is still read (what an unknown flag's value was cannot be told, so what
+    # click cannot place is left out), and its values, the environment's and the config file's are checked
+    # too: one run names every problem.
+    try:
+        context = serve.make_context(PROG, list(args), resilient_parsing=True)
+    except click.UsageError as exc:
+        problems.append(exc.format_message().replace("\n", " "))
+        return args, _fail("\n".join(problems), CONFIG_ERROR)
+    params = dict(context.params)
+    config_path = params.pop("config_path", None)
+    for name in ("app", "check_config", "print_config"):
+        params.pop(name, None)
+    try:
+        _settings(params, config_path, dict(os.environ), os.getcwd(), problems)
+    except ConfigProblems as exc:
+        problems = exc.problems
+    except SettingError as exc:
+        problems.append(str(exc))
     return args, _fail("\n".join(problems), CONFIG_ERROR)
 
 

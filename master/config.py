@@ -4,26 +4,32 @@ The click options are generated from `corral.shared.settings.REGISTRY`, so a set
 flag, a config-file key and an environment variable at once. Precedence is the registry's `resolve`:
 command line > environment > config file > default.
 
-Config files: a Python file (`-c corral.conf.py`, gunicorn's format: module-level names are settings; without
-`-c`, `./corral.conf.py` or else `./gunicorn.conf.py`, as gunicorn loads its file by default) and the
-`[tool.corral]` table of `pyproject.toml` in the working directory. gunicorn's keys that corral names
-differently, or has no use for, are translated or reported by `corral.master.peer_names`; every problem in a
-file is reported at once (`ConfigProblems`), not one per run.
+Config files: a Python file, read as gunicorn reads it (`-c FILE`, `-c file:FILE`, `-c python:pkg.module`;
+without `-c`, `./corral.conf.py` or else `./gunicorn.conf.py`): the module-level names that are settings,
+corral's or gunicorn's, are read and every other name is the file's own (helpers, imports, `annotations`),
+ignored with one warning listing those that look like a misspelt setting. And the `[tool.corral]` table of
+`pyproject.toml` in the working directory, a table of settings only, where an unknown key is an error.
+gunicorn's keys that corral names differently, or does another way, are translated or reported by
+`corral.master.peer_names`. CORRAL_* variables that are no setting belong to someone else and are ignored
+the same way. Every bad value of every source is reported at once (`ConfigProblems`), not one per run.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.machinery
+import importlib.util
 import os
-import runpy
 import sys
 import types
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import click
 
 from corral.master.peer_names import GUNICORN, PEER_FLAGS
-from corral.shared.settings import REGISTRY, Setting, SettingError, Settings, Sources, from_env, resolve
+from corral.shared.settings import (REGISTRY, Setting, SettingError, Settings, Sources, from_env, resolve,
+                                    unknown_env)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +37,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = ["settings_options", "load_python_config", "load_pyproject", "collect", "find_config", "ConfigProblems",
-           "suggest", "DEFAULT_CONFIGS"]
+           "suggest", "misspellings", "read_config", "DEFAULT_CONFIGS"]
 
 #: Looked for in the working folder when no -c is given; the first found is loaded (corral's own wins).
 DEFAULT_CONFIGS = ("corral.conf.py", "gunicorn.conf.py")
@@ -107,46 +113,106 @@ def _default_text(declared: Setting) -> str:
     return declared.show(declared.default) or "unset"
 
 
-def cli_values(params: Mapping[str, Any], source: str = "command line") -> dict[str, Any]:
-    """The settings given on the command line (click passes None / () for the others)."""
+def cli_values(params: Mapping[str, Any], source: str = "command line",
+               problems: list[str] | None = None) -> dict[str, Any]:
+    """The settings given on the command line (click passes None / () for the others).
+
+    A bad value raises SettingError, or is appended to `problems` when a list is given, so that every bad
+    value of a run is reported at once."""
     given: dict[str, Any] = {}
     for name, value in params.items():
         declared = REGISTRY.get(name)
         if declared is None or value is None or (declared.multiple and not value):
             continue
-        given[name] = declared.parse(list(value) if declared.multiple else value, source)
+        try:
+            given[name] = declared.parse(list(value) if declared.multiple else value, source)
+        except SettingError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
     return given
 
 
-def load_python_config(path: str, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """A gunicorn-style Python config file: its public module-level names are settings.
+# ---------------------------------------------------------------------------- Python config files
 
-    gunicorn's own keys are carried over (`peer_names`); warnings (a key with nothing to do in corral) go
-    to `warn` (stderr by default); every problem is raised at once as ConfigProblems."""
+
+def read_config(location: str) -> tuple[dict[str, Any], str]:
+    """(the module-level names, how to name the source) of a config given as gunicorn does: a file path,
+    `file:PATH`, or `python:package.module` (a module on the import path, imported; again on each call, so a
+    HUP reads it afresh). A file is run as gunicorn runs it: as the module `__config__`."""
+    if location.startswith("python:"):
+        return _read_module(location[len("python:"):].strip()), f"config module {location}"
+    path = location[len("file:"):] if location.startswith("file:") else location
     if not os.path.isfile(path):
         raise SettingError(f"config file {path!r} not found")
     try:
-        namespace = runpy.run_path(path, run_name="__config__")
+        loader = importlib.machinery.SourceFileLoader("__config__", path)
+        spec = importlib.util.spec_from_file_location("__config__", path, loader=loader)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["__config__"] = module  # as gunicorn: what the file defines can be found by that name
+        spec.loader.exec_module(module)
     except SettingError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise SettingError(f"config file {path!r} failed to run: {type(exc).__name__}: {exc}") from None
+    return vars(module), f"config file {path}"
+
+
+def _read_module(name: str) -> dict[str, Any]:
+    if not name:
+        raise SettingError("-c python: needs a module name, e.g. -c python:myproject.gunicorn_conf")
+    try:
+        module = sys.modules.get(name)
+        module = importlib.reload(module) if module is not None else importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise SettingError(f"config module {name!r} not found on the import path (searched from "
+                               f"{os.getcwd()}): give -c python:package.module, or a file's path") from None
+        raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
+    return vars(module)
+
+
+def load_python_config(location: str, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A gunicorn config file (or `python:` module): the names that are settings, corral's or gunicorn's.
+
+    As gunicorn, every other name is the file's own (helper variables, imports, `annotations` of
+    `from __future__ import annotations`, a structlog `pre_chain`...) and is ignored; one warning names those
+    that look like a misspelt setting. gunicorn's own keys are carried over (`peer_names`); each key that
+    means something else here is accepted with a warning saying what differs; every bad value is raised at
+    once as ConfigProblems."""
+    namespace, source = read_config(location)
+    warn = warn or _warn
     values = {}
+    ignored = []
     for key, value in namespace.items():
         if key.startswith("_") or isinstance(value, types.ModuleType):
             continue
-        if callable(value) and key not in REGISTRY and key not in GUNICORN:
-            continue  # helper functions defined in the file
-        if key.isupper():
-            continue  # a constant of the file's own (every setting's name is lower case)
-        values[key] = value
-    return from_mapping(values, f"config file {path}", warn)
+        if key in REGISTRY or key in GUNICORN:
+            declared = REGISTRY.get(key)
+            # gunicorn's list settings take a lone string as one item (`raw_env = "ALLOWED=a,b"`): a comma in
+            # it is no separator, as it is in a CORRAL_* variable.
+            values[key] = [value] if declared is not None and declared.multiple and isinstance(value, str) else value
+        elif not key.isupper():  # UPPER_CASE: a constant of the file's own, never a setting
+            ignored.append(key)
+    misspelt = misspellings(ignored)
+    if misspelt:
+        listed = ", ".join(f"{name!r} (did you mean {right!r}?)" for name, right in misspelt)
+        warn(f"{source}: not a setting, ignored: {listed}")
+    return from_mapping(values, source, warn, strict=False)
 
 
-def from_mapping(values: Mapping[str, Any], source: str, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Settings from a config file's keys, validated, naming the file; every problem reported at once."""
+def from_mapping(values: Mapping[str, Any], source: str, warn: Callable[[str], None] | None = None,
+                 strict: bool = True) -> dict[str, Any]:
+    """Settings from a config file's keys, validated, naming the file; every problem reported at once.
+
+    `strict`: a key that is no setting is a problem (pyproject's [tool.corral], a table of settings only);
+    otherwise only settings are passed in (a Python config file: see `load_python_config`)."""
     found: dict[str, Any] = {}
     problems: list[str] = []
+    warn = warn or _warn
     for key, raw in values.items():
         name = key.replace("-", "_") if "-" in key and key.replace("-", "_") in REGISTRY else key
         declared = REGISTRY.get(name)
@@ -154,13 +220,17 @@ def from_mapping(values: Mapping[str, Any], source: str, warn: Callable[[str], N
         if declared is None and entry is not None:
             if entry.kind == "alias":
                 declared = REGISTRY[entry.corral]
-            elif entry.kind == "noop" or (entry.kind == "refuse" and raw == entry.default):
-                if entry.kind == "noop":
-                    (warn or _warn)(f"{source}: gunicorn's {name!r} has nothing to do in corral, ignored: "
-                                    f"{entry.note}")
+            elif entry.kind in ("noop", "refuse") and _at_default(raw, entry.default):
+                continue  # asks for nothing: gunicorn's own default
+            elif entry.kind == "noop":
+                warn(f"{source}: gunicorn's {name!r} is ignored: {entry.note}")
                 continue
-            else:
+            elif entry.kind == "refuse":
                 problems.append(f"{source}: gunicorn's {name!r} is not supported{suggest(name)}")
+                continue
+            else:  # gunicorn's command-line-only names (config, check_config, print_config)
+                if name != "config" and raw:
+                    warn(f"{source}: {name!r} is read from the command line only (--{name.replace('_', '-')})")
                 continue
         if declared is None:
             problems.append(f"unknown setting {key!r} in {source}{suggest(key)}")
@@ -172,6 +242,59 @@ def from_mapping(values: Mapping[str, Any], source: str, warn: Callable[[str], N
     if problems:
         raise ConfigProblems(problems)
     return found
+
+
+def _at_default(value: Any, default: Any) -> bool:
+    """The value asks for nothing: gunicorn's default, or an empty value where the default is none."""
+    try:
+        if value == default:
+            return True
+    except Exception:  # noqa: BLE001 - an object whose == raises is not a default
+        return False
+    return default in (None, []) and (value is None or value in ("", [], (), {}))
+
+
+def misspellings(names: Iterable[str], prefix: str = "") -> list[tuple[str, str]]:
+    """(name, the setting it looks like) for each of `names` within a typo of a setting's name (corral's or
+    gunicorn's): one edit (two for names of 10 characters or more), a transposition counting as one;
+    `prefix` (CORRAL_) is taken off before comparing and put back on the answer.
+
+    Edit distance rather than difflib's ratio, and a name made of a setting's name plus a word of its own
+    (`use_loglevel`, `timeout_str`, `graceful_timeout_str`, `bind_env`) is a helper named after the
+    setting, not a misspelling of it: `wokers`, `keepalvie`, `max_requests_jiter` and `log_level` are."""
+    candidates = sorted(set(REGISTRY) | set(GUNICORN))
+    found = []
+    for name in names:
+        key = name[len(prefix):].lower() if prefix else name
+        allowed = 1 if len(key) < 10 else 2
+        best = min(candidates, key=lambda candidate: _distance(key, candidate, allowed + 1))
+        if _distance(key, best, allowed + 1) > allowed or _named_after(key, best):
+            continue
+        found.append((name, prefix + best.upper() if prefix else best))
+    return found
+
+
+def _named_after(name: str, setting: str) -> bool:
+    return name.startswith(setting + "_") or name.endswith("_" + setting)
+
+
+def _distance(a: str, b: str, cap: int) -> int:
+    """Optimal-string-alignment edit distance (a transposition is one edit), giving up at `cap`."""
+    if abs(len(a) - len(b)) >= cap:
+        return cap
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        if min(current) >= cap:
+            return cap
+        previous2, previous = previous, current
+    return min(previous[-1], cap)
 
 
 def _warn(message: str) -> None:
@@ -194,15 +317,44 @@ def load_pyproject(folder: str = ".") -> dict[str, Any]:
     return from_mapping(table, f"{path} [tool.corral]")
 
 
+def env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """The one warning about CORRAL_* variables that are no setting but look like a misspelt one (the
+    others are a deploy script's own, CORRAL_SRC or CORRAL_HOME, and none of corral's business)."""
+    misspelt = misspellings(unknown_env(environ), prefix="CORRAL_")
+    if not misspelt:
+        return []
+    listed = ", ".join(f"{name} (did you mean {right}?)" for name, right in misspelt)
+    return [f"environment: not a setting, ignored: {listed}"]
+
+
 def collect(cli: Mapping[str, Any], config_path: str | None, environ: Mapping[str, str] = os.environ,
-            folder: str = ".", cmd_args: Mapping[str, Any] | None = None) -> Settings:
+            folder: str = ".", cmd_args: Mapping[str, Any] | None = None,
+            warn: Callable[[str], None] | None = None, problems: list[str] | None = None) -> Settings:
     """Resolve the effective settings from the command line, GUNICORN_CMD_ARGS/CORRAL_CMD_ARGS (`cmd_args`,
     parsed like the command line), the environment and the config file(s).
 
-    Precedence: command line > *_CMD_ARGS > CORRAL_* > config file > pyproject.toml > default."""
-    file_values = load_pyproject(folder)
+    Precedence: command line > *_CMD_ARGS > CORRAL_* > config file > pyproject.toml > default.
+    Every problem of every source (and those already in `problems`) is raised at once as ConfigProblems."""
+    warn = warn or _warn
+    problems = list(problems or [])
+    file_values = _gathered(problems, load_pyproject, folder)
     if config_path:
-        file_values.update(load_python_config(config_path))
-    env = from_env(environ)
-    env.update(cli_values(cmd_args or {}, "GUNICORN_CMD_ARGS/CORRAL_CMD_ARGS"))
-    return resolve(Sources(file=file_values, env=env, cli=cli_values(cli)))
+        file_values.update(_gathered(problems, load_python_config, config_path, warn))
+    for line in env_warnings(environ):
+        warn(line)
+    env = from_env(environ, problems)
+    env.update(cli_values(cmd_args or {}, "GUNICORN_CMD_ARGS/CORRAL_CMD_ARGS", problems))
+    given = cli_values(cli, "command line", problems)
+    if problems:
+        raise ConfigProblems(problems)
+    return resolve(Sources(file=file_values, env=env, cli=given))
+
+
+def _gathered(problems: list[str], load: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    try:
+        return load(*args)
+    except ConfigProblems as exc:
+        problems.extend(exc.problems)
+    except SettingError as exc:
+        problems.append(str(exc))
+    return {}

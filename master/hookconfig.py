@@ -25,7 +25,7 @@ from corral.master.logs import describe_listener
 from corral.master.peer_names import GUNICORN
 from corral.master.sockets import parse_address
 from corral.shared.settings import REGISTRY, Settings
-from corral.shared.settings_compat import HOOK_ARITY, WSGI_CLASSES
+from corral.shared.settings_compat import HOOK_ARITY
 
 __all__ = ["HookConfig", "Listener"]
 
@@ -138,7 +138,7 @@ def _worker_class_str(cfg: HookConfig) -> str:
     ASGI worker's name) otherwise."""
     settings = cfg._settings
     if settings.worker_class:
-        return "gthread" if settings.worker_class in WSGI_CLASSES else settings.worker_class
+        return str(settings.worker_class)
     return "gthread" if settings.interface == "wsgi" else "asgi"
 
 

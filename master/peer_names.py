@@ -3,15 +3,16 @@ granian's command-line flags.
 
 This table is what "did you mean" may propose: a name is only ever answered with a corral setting of the
 same meaning, or with why there is none. (A spelling match would answer `--reload` with `--preload`, or
-`--certfile` with `--error-logfile`.) The README's gunicorn table is generated from `GUNICORN` (a test keeps
-them equal).
+`--certfile` with `--error-logfile`.) The migration page (docs/migrating-from-gunicorn.md) is generated from `GUNICORN`
+(`corral.master.migration`; a test keeps them equal).
 
 Kinds, for a gunicorn config-file key (and flag) that corral does not declare under the same name:
   alias   same meaning, another corral name: the value is carried over to it
-  noop    nothing to do in corral (its job is done another way, or always): accepted, with a warning
-  refuse  corral cannot do what it asks: an error, unless it is set to gunicorn's default (then it asks
-          for nothing and is accepted silently, as gunicorn itself would ignore it)
-  same    corral declares the same name (kept here for the README table)
+  noop    accepted and ignored, with one warning saying what corral does instead (its job is done another
+          way, or always, or corral stays stricter); silent at gunicorn's default, which asks for nothing
+  refuse  corral cannot do what it asks and running anyway would break the deployment: an error, unless
+          it is set to gunicorn's default (then it asks for nothing and is accepted silently)
+  same    corral declares the same name (kept here for the tables); the note says what differs, if anything
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Entry(NamedTuple):
     takes_value: bool = True  # its flag takes a value
 
 
-_DIRTY = "gunicorn's dirty arbiters (separate worker pools for long tasks) have no corral equivalent"
+_DIRTY = ("gunicorn's dirty arbiters (separate worker pools for long tasks) have no corral equivalent: run such "
+          "tasks in a task queue (Celery, RQ, arq) or on threads (sync_to_async)")
+_DIRTY_PART = "no dirty arbiters, so nothing uses it (dirty_apps and dirty_workers are refused)"
 _H2 = "no HTTP/3: it ends at the proxy in front"
 _SYSLOG = "no syslog handler: use --log-config with a logging.handlers.SysLogHandler, or journald via stderr"
 
@@ -43,7 +46,9 @@ def _same(note: str = "", flags: tuple[str, ...] = (), corral: str = "") -> Entr
 
 GUNICORN: dict[str, Entry] = {
     # Config File
-    "config": _same("`-c FILE`; without it `./corral.conf.py`, else `./gunicorn.conf.py`, is loaded", ("-c", "--config"), "-c/--config"),
+    "config": _same("`-c FILE`, `-c file:FILE` or `-c python:package.module`, also from GUNICORN_CMD_ARGS; without "
+                    "it `./corral.conf.py`, else `./gunicorn.conf.py`, is loaded. Only names that are settings "
+                    "are read", ("-c", "--config"), "-c/--config"),
     "wsgi_app": _same("the APP when none is given on the command line", (), "wsgi_app"),
     # Control
     "control_socket": Entry("noop", "serve status --pid FILE", "corral's status socket lives next to --pid; "
@@ -57,17 +62,18 @@ GUNICORN: dict[str, Entry] = {
     "print_config": _same("prints every effective setting and exits", ("--print-config",), "--print-config"),
     "reload": _same("watchfiles (the `reload` extra); new workers start before the old ones stop", ("--reload",), "--reload"),
     "reload_engine": Entry("noop", "", "corral always uses watchfiles (inotify on Linux)", ("--reload-engine",), "auto"),
-    "reload_extra_files": Entry("refuse", "--reload-dir and --reload-include",
+    "reload_extra_files": Entry("noop", "--reload-dir and --reload-include",
                                 "corral watches folders filtered by globs", ("--reload-extra-file",), []),
-    "spew": Entry("refuse", "", "no line tracing; use a debugger or `python -X importtime`", ("--spew",), False, False),
+    "spew": Entry("noop", "", "no line tracing; use a debugger or `python -X importtime`", ("--spew",), False, False),
     # Dirty arbiters
     **{name: Entry("refuse", "", _DIRTY, flags, default) for name, flags, default in (
+        ("dirty_apps", ("--dirty-app",), []), ("dirty_workers", ("--dirty-workers",), 0))},
+    **{name: Entry("noop", "", _DIRTY_PART, flags, default) for name, flags, default in (
         ("dirty_post_fork", (), None), ("dirty_worker_exit", (), None), ("dirty_worker_init", (), None),
-        ("on_dirty_starting", (), None), ("dirty_apps", ("--dirty-app",), []),
-        ("dirty_graceful_timeout", ("--dirty-graceful-timeout",), 30), ("dirty_threads", ("--dirty-threads",), 1),
-        ("dirty_timeout", ("--dirty-timeout",), 300), ("dirty_workers", ("--dirty-workers",), 0))},
+        ("on_dirty_starting", (), None), ("dirty_graceful_timeout", ("--dirty-graceful-timeout",), 30),
+        ("dirty_threads", ("--dirty-threads",), 1), ("dirty_timeout", ("--dirty-timeout",), 300))},
     # HTTP/2
-    "http2_cleartext": Entry("refuse", "", "corral serves h2c (prior knowledge) on cleartext binds with "
+    "http2_cleartext": Entry("noop", "", "corral serves h2c (prior knowledge) on cleartext binds with "
                              "--http auto (the default); no Upgrade: h2c", ("--http2-cleartext",), "off"),
     "http2_initial_window_size": _same("per stream; acknowledged as the app reads", ("--http2-initial-window-size",),
                                        "--http2-initial-window-size"),
@@ -75,7 +81,7 @@ GUNICORN: dict[str, Entry] = {
                                           "--http2-max-concurrent-streams"),
     "http2_max_frame_size": _same("", ("--http2-max-frame-size",), "--http2-max-frame-size"),
     "http2_max_header_list_size": _same("", ("--http2-max-header-list-size",), "--http2-max-header-list-size"),
-    "http_protocols": Entry("refuse", "--http auto|1|2", "corral's --http chooses the versions (HTTP/2 on by "
+    "http_protocols": Entry("noop", "--http auto|1|2", "corral's --http chooses the versions (HTTP/2 on by "
                             "default)", ("--http-protocols",), "h1"),
     # Logging
     "access_log_format": _same("gunicorn's atoms and default line; WebSocket close lines have %(ws_close)s, "
@@ -86,7 +92,7 @@ GUNICORN: dict[str, Entry] = {
                                                ("--disable-redirect-access-to-syslog",), False, False),
     "dogstatsd_tags": _same("comma-separated key:value tags on every metric", ("--dogstatsd-tags",),
                             "--dogstatsd-tags"),
-    "enable_backlog_metric": Entry("refuse", "--metrics-bind", "no socket-backlog gauge: corral reports the requests "
+    "enable_backlog_metric": Entry("noop", "--metrics-bind", "no socket-backlog gauge: corral reports the requests "
                                    "parked by a full pool (corral_pool_parked)", ("--enable-backlog-metric",),
                                    False, False),
     "enable_stdio_inheritance": Entry("noop", "", "corral workers always inherit the master's stdio",
@@ -96,7 +102,7 @@ GUNICORN: dict[str, Entry] = {
                        ("--log-config",), "--log-config"),
     "logconfig_dict": _same("config file only; a dictConfig dict, wins over --log-config", (), "logconfig_dict"),
     "logconfig_json": Entry("alias", "logconfig", "--log-config reads JSON files too", ("--log-config-json",)),
-    "logger_class": Entry("refuse", "--log-config", "configure the gunicorn.error/gunicorn.access (or "
+    "logger_class": Entry("noop", "--log-config", "configure the gunicorn.error/gunicorn.access (or "
                           "corral.error/corral.access) loggers with a dictConfig instead", ("--logger-class",),
                           "gunicorn.glogging.Logger"),
     "loglevel": _same("", ("--log-level",), "--log-level"),
@@ -104,10 +110,10 @@ GUNICORN: dict[str, Entry] = {
                          "--statsd-host"),
     "statsd_prefix": _same("in front of gunicorn's names, as in gunicorn (app1.gunicorn.requests)",
                            ("--statsd-prefix",), "--statsd-prefix"),
-    "syslog": Entry("refuse", "--log-config", _SYSLOG, ("--log-syslog",), False, False),
-    "syslog_addr": Entry("refuse", "--log-config", _SYSLOG, ("--log-syslog-to",), "udp://localhost:514"),
-    "syslog_facility": Entry("refuse", "--log-config", _SYSLOG, ("--log-syslog-facility",), "user"),
-    "syslog_prefix": Entry("refuse", "--log-config", _SYSLOG, ("--log-syslog-prefix",)),
+    "syslog": Entry("noop", "--log-config", _SYSLOG, ("--log-syslog",), False, False),
+    "syslog_addr": Entry("noop", "--log-config", _SYSLOG, ("--log-syslog-to",), "udp://localhost:514"),
+    "syslog_facility": Entry("noop", "--log-config", _SYSLOG, ("--log-syslog-facility",), "user"),
+    "syslog_prefix": Entry("noop", "--log-config", _SYSLOG, ("--log-syslog-prefix",)),
     # Process naming
     "default_proc_name": Entry("noop", "-n/--name", "without --name, titles show the app spec", (), "gunicorn"),
     "proc_name": _same("titles read `corral: master [NAME]`", ("-n", "--name"), "-n/--name"),
@@ -120,39 +126,44 @@ GUNICORN: dict[str, Entry] = {
     "do_handshake_on_connect": _same("accepted; the handshake always completes before the first request",
                                      ("--do-handshake-on-connect",), "--do-handshake-on-connect"),
     "keyfile": _same("its password from CORRAL_KEYFILE_PASSWORD", ("--keyfile",), "--keyfile"),
-    "ssl_version": _same("the lowest version: TLSv1.2 (gunicorn's 2, 16, 17 mean this) or TLSv1.3",
+    "ssl_version": _same("the lowest version accepted: TLSv1.2 or TLSv1.3; gunicorn's protocol numbers and "
+                         "names mean TLSv1.2 (gunicorn 27 ignores the setting)",
                          ("--ssl-version",), "--ssl-version"),
     "suppress_ragged_eofs": Entry("noop", "", "asyncio treats a TLS EOF without close_notify as the end of the "
                                   "connection", ("--suppress-ragged-eofs",), True, False),
-    "ssl_context": Entry("refuse", "--certfile", "no hook building the SSLContext: corral builds it from "
-                         "--certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers, --ssl-version", (), None),
+    "ssl_context": _same("called (config, default_ssl_context_factory) when TLS is on, at start and on each HUP; "
+                         "`config` is corral's settings", (), "ssl_context"),
     # Security
-    "limit_request_field_size": _same("corral's bounds the whole header block", ("--limit-request-field_size",
+    "limit_request_field_size": _same("corral's bounds the whole header block; 0 (unlimited) allows up to 1 MiB",
+                                      ("--limit-request-field_size",
                                       "--limit-request-field-size"), "--limit-request-field-size"),
-    "limit_request_fields": _same("", ("--limit-request-fields",), "--limit-request-fields"),
-    "limit_request_line": _same("default 8190 (gunicorn 4094)", ("--limit-request-line",), "--limit-request-line"),
+    "limit_request_fields": _same("0 is gunicorn's maximum, 32768", ("--limit-request-fields",),
+                                  "--limit-request-fields"),
+    "limit_request_line": _same("default 8190 (gunicorn 4094); 0 (unlimited) allows up to 1 MiB, as gunicorn's C "
+                                "parser; above 8190 is honoured (gunicorn caps there)", ("--limit-request-line",),
+                                "--limit-request-line"),
     # Server hooks
     **{name: _same("server hook: config file only (see README \"Server hooks\")", (), name) for name in HOOK_ARITY},
     # Server mechanics
-    "casefold_http_method": Entry("refuse", "", "corral passes the method as sent (RFC 9110: case-sensitive)",
+    "casefold_http_method": Entry("noop", "", "corral passes the method as sent (RFC 9110: case-sensitive)",
                                   ("--casefold-http-method",), False, False),
     "chdir": _same("", ("--chdir",), "--chdir"),
     "daemon": Entry("refuse", "", "corral does not daemonize: run it under systemd (README \"Production\")",
                     ("-D", "--daemon"), False, False),
     "forwarded_allow_ips": _same("also `unix` for unix-socket peers", ("--forwarded-allow-ips",), "--forwarded-allow-ips"),
-    "forwarder_headers": Entry("refuse", "--root-path", "corral does not take SCRIPT_NAME/PATH_INFO from headers",
+    "forwarder_headers": Entry("noop", "--root-path", "corral does not take SCRIPT_NAME/PATH_INFO from headers",
                                ("--forwarder-headers",), "SCRIPT_NAME,PATH_INFO"),
     "group": _same("", ("-g", "--group"), "-g/--group"),
-    "header_map": Entry("refuse", "", "headers with an underscore never reach a WSGI app (gunicorn's `drop`, its "
+    "header_map": Entry("noop", "", "headers with an underscore never reach a WSGI app (gunicorn's `drop`, its "
                         "default); ASGI apps get every header as sent", ("--header-map",), "drop"),
     "initgroups": Entry("noop", "", "corral always calls initgroups() when it switches user",
                         ("--initgroups",), False, False),
     "paste": Entry("refuse", "", "no PasteDeploy loader: give the app as module:attribute", ("--paste", "--paster")),
-    "permit_obsolete_folding": Entry("refuse", "", "obsolete line folding is always rejected (RFC 9112 §5.2)",
+    "permit_obsolete_folding": Entry("noop", "", "obsolete line folding is always rejected (RFC 9112 §5.2)",
                                      ("--permit-obsolete-folding",), False, False),
-    "permit_unconventional_http_method": Entry("refuse", "", "methods are parsed by httptools' rules",
+    "permit_unconventional_http_method": Entry("noop", "", "methods are parsed by httptools' rules",
                                                ("--permit-unconventional-http-method",), False, False),
-    "permit_unconventional_http_version": Entry("refuse", "", "only HTTP/1.0 and HTTP/1.1 are served",
+    "permit_unconventional_http_version": Entry("noop", "", "only HTTP/1.0 and HTTP/1.1 are served",
                                                 ("--permit-unconventional-http-version",), False, False),
     "pidfile": _same("", ("-p", "--pid"), "-p/--pid"),
     "preload_app": _same("", ("--preload",), "--preload"),
@@ -163,20 +174,21 @@ GUNICORN: dict[str, Entry] = {
                             "--proxy-protocol"),
     "pythonpath": _same("", ("--pythonpath",), "--pythonpath"),
     "raw_env": _same("", ("-e", "--env"), "-e/--env"),
-    "raw_paste_global_conf": Entry("refuse", "", "no PasteDeploy loader", ("--paste-global",), []),
+    "raw_paste_global_conf": Entry("refuse", "", "no PasteDeploy loader: give the app as module:attribute",
+                                   ("--paste-global",), []),
     "reuse_port": _same("each worker binds its own SO_REUSEPORT socket", ("--reuse-port",), "--reuse-port"),
     "root_path": _same("", ("--root-path",), "--root-path"),
     "secure_scheme_headers": Entry("noop", "--forwarded-allow-ips", "corral reads X-Forwarded-Proto and RFC 7239 "
                                    "Forwarded from trusted peers", ()),
     "sendfile": Entry("noop", "", "responses are written from the event loop; no sendfile path",
                       ("--no-sendfile",), None, False),
-    "strip_header_spaces": Entry("refuse", "", "a space before the colon is a 400 (RFC 9112 §5.1), never "
+    "strip_header_spaces": Entry("noop", "", "a space before the colon is a 400 (RFC 9112 §5.1), never "
                                  "stripped", ("--strip-header-spaces",), False, False),
     "tmp_upload_dir": Entry("noop", "", "request bodies stream to the app; nothing is spooled to disk", ()),
     "umask": _same("gunicorn's: the unix socket's mask, default 0 (a 0777 socket)", ("-m", "--umask"),
                    "-m/--umask"),
     "user": _same("", ("-u", "--user"), "-u/--user"),
-    "uwsgi_allow_ips": Entry("refuse", "", "no uwsgi protocol", ("--uwsgi-allow-from",), "127.0.0.1,::1"),
+    "uwsgi_allow_ips": Entry("noop", "", "no uwsgi protocol", ("--uwsgi-allow-from",), "127.0.0.1,::1"),
     "worker_tmp_dir": Entry("noop", "", "liveness is a heartbeat over a socket pair, not a temp file's mtime",
                             ("--worker-tmp-dir",)),
     # Server socket
@@ -198,10 +210,11 @@ GUNICORN: dict[str, Entry] = {
                      "-t/--timeout"),
     "websocket_max_message_size": Entry("alias", "ws_max_size", "same meaning (bytes)",
                                         ("--websocket-max-message-size",)),
-    "worker_class": _same("uvicorn workers = ASGI, sync/gthread = WSGI (and `timeout` bounds each request); "
-                          "gevent/eventlet/tornado refused",
+    "worker_class": _same("resolved by what the class is: a UvicornWorker or a project's subclass = ASGI, its "
+                          "CONFIG_KWARGS applied (one warning names those ignored); sync/gthread or a subclass = "
+                          "WSGI (and `timeout` bounds each request); gevent/eventlet/tornado refused",
                           ("-k", "--worker-class"), "-k/--worker-class"),
-    "worker_connections": Entry("refuse", "--max-applications", "corral's limit counts requests and WebSockets "
+    "worker_connections": Entry("noop", "--max-applications", "corral's limit counts requests and WebSockets "
                                 "of all workers together: set --max-applications to workers x this",
                                 ("--worker-connections",), 1000),
     "workers": _same("", ("-w", "--workers"), "-w/--workers"),
@@ -271,23 +284,3 @@ def gunicorn_flags() -> dict[str, tuple[str, Entry]]:
         for flag in entry.flags:
             flags[flag] = (name, entry)
     return flags
-
-
-def readme_table() -> list[str]:
-    """The README's table of every gunicorn setting (markdown rows), generated from `GUNICORN`."""
-    rows = ["| gunicorn setting | gunicorn flags | corral | |", "|---|---|---|---|"]
-    for name in sorted(GUNICORN):
-        entry = GUNICORN[name]
-        flags = ", ".join(f"`{flag}`" for flag in entry.flags) or "config file"
-        if entry.kind == "same":
-            corral, note = f"`{entry.corral or name}`", entry.note
-        elif entry.kind == "alias":
-            corral, note = f"`{entry.corral}` (carried over)", entry.note
-        elif entry.kind == "noop":
-            corral = "not applicable (accepted, warns)"
-            note = entry.note + (f"; see `{entry.corral}`" if entry.corral else "")
-        else:
-            corral = "not applicable (refused)" + (" unless at gunicorn's default" if entry.kind == "refuse" else "")
-            note = entry.note + (f"; use {entry.corral}" if entry.corral else "")
-        rows.append(f"| `{name}` | {flags} | {corral} | {note.replace('|', '/')} |")
-    return rows

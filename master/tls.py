@@ -12,6 +12,7 @@ import os
 import ssl
 
 from corral.shared.settings import Settings, SettingError
+from corral.shared.settings_compat import describe_callable
 from corral.worker.h2detect import alpn_protocols
 
 __all__ = ["server_context"]
@@ -28,12 +29,33 @@ def _readable(flag: str, path: str) -> None:
 
 
 def server_context(settings: Settings) -> ssl.SSLContext | None:
-    """The SSLContext for `settings`, or None without --certfile. Raises SettingError (one line)."""
-    certfile, keyfile = settings.certfile, settings.keyfile
-    if certfile is None:
-        if keyfile is not None or settings.ca_certs is not None or settings.cert_reqs:
+    """The SSLContext for `settings`, or None without --certfile. Raises SettingError (one line).
+
+    A config's `ssl_context(config, default_ssl_context_factory)` hook (gunicorn's) is called only when TLS
+    is on, as gunicorn calls it: `config` is the settings, the factory builds the context below, and what
+    the hook returns is served."""
+    if settings.certfile is None:
+        if settings.keyfile is not None or settings.ca_certs is not None or settings.cert_reqs:
             raise SettingError("--keyfile, --ca-certs and --cert-reqs need --certfile: give the certificate too")
         return None
+    if settings.ssl_context is None:
+        return _default_context(settings)
+    hook = settings.ssl_context
+    try:
+        context = hook(settings, lambda: _default_context(settings))
+    except SettingError:
+        raise
+    except Exception as exc:
+        raise SettingError(f"the ssl_context hook {describe_callable(hook)} raised {type(exc).__name__}: "
+                           f"{exc}") from None
+    if not isinstance(context, ssl.SSLContext):
+        raise SettingError(f"the ssl_context hook {describe_callable(hook)} returned {type(context).__name__}, not "
+                           "an ssl.SSLContext: return the factory's context (default_ssl_context_factory())")
+    return context
+
+
+def _default_context(settings: Settings) -> ssl.SSLContext:
+    certfile, keyfile = settings.certfile, settings.keyfile
     _readable("--certfile", certfile)
     if keyfile is not None:
         _readable("--keyfile", keyfile)

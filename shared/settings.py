@@ -21,6 +21,8 @@ __all__ = [
     "REGISTRY",
     "resolve",
     "env_var_name",
+    "from_env",
+    "unknown_env",
 ]
 
 
@@ -326,11 +328,14 @@ _declare("keepalive", "http", non_negative_float, 5.0,
          ("--keep-alive",))
 _declare("header_timeout", "http", positive_float, 10.0,
          "Seconds a client gets to send a complete request head (slowloris guard): 408 then close.")
-_declare("limit_request_line", "http", positive_int, 8190,
-         "Maximum size of the request line in bytes (414 when exceeded).")
-_declare("limit_request_fields", "http", positive_int, 100, "Maximum number of request header fields (431).")
-_declare("limit_request_field_size", "http", positive_int, 8190,
-         "Maximum size of the request head's header block in bytes (431 when exceeded).")
+_declare("limit_request_line", "http", non_negative_int, 8190,
+         "Maximum size of the request line in bytes (414 when exceeded); 0 is gunicorn's 'unlimited': up to "
+         "1 MiB, a bound on the memory one request head takes.")
+_declare("limit_request_fields", "http", non_negative_int, 100,
+         "Maximum number of request header fields (431); 0 is gunicorn's maximum, 32768.")
+_declare("limit_request_field_size", "http", non_negative_int, 8190,
+         "Maximum size of the request head's header block in bytes (431 when exceeded); 0 is gunicorn's "
+         "'unlimited': up to 1 MiB.")
 _declare("limit_request_body", "http", size, 0,
          "Maximum request body size in bytes (K/M/G suffixes allowed); 413 when exceeded; 0 is off.")
 _declare("body_timeout", "http", positive_float, 30.0,
@@ -508,18 +513,31 @@ def unknown_setting_message(name: str, source: str = "") -> str:
     return message
 
 
-def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """Settings given as CORRAL_* environment variables (unknown CORRAL_* names are errors)."""
+def from_env(environ: Mapping[str, str] = os.environ, problems: list[str] | None = None) -> dict[str, Any]:
+    """Settings given as CORRAL_* environment variables.
+
+    A CORRAL_* name that is no setting is not one of ours to refuse (an environment is shared with deploy
+    scripts and other tools): it is skipped here, and `unknown_env` names it. A bad value raises, or is
+    appended to `problems` when a list is given (every bad value of a run reported at once)."""
     found: dict[str, Any] = {}
     known = {declared.env: declared for declared in REGISTRY.values()}
     for key, raw in environ.items():
-        if not key.startswith("CORRAL_") or key == "CORRAL_CMD_ARGS":  # a command line, read by the CLI
-            continue
         declared = known.get(key)
         if declared is None:
-            raise SettingError(unknown_setting_message(key[len("CORRAL_"):].lower(), f"environment variable {key}"))
-        found[declared.name] = declared.parse(raw, f"environment variable {key}")
+            continue
+        try:
+            found[declared.name] = declared.parse(raw, f"environment variable {key}")
+        except SettingError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
     return found
+
+
+def unknown_env(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The CORRAL_* variables that are no setting (CORRAL_CMD_ARGS, a command line, is one of ours)."""
+    known = {declared.env for declared in REGISTRY.values()} | {"CORRAL_CMD_ARGS"}
+    return sorted(key for key in environ if key.startswith("CORRAL_") and key not in known)
 
 
 @dataclass

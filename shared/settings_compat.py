@@ -22,8 +22,9 @@ from corral.shared.settings import (
     to_bool,
     to_str,
 )
+from corral.shared.worker_class import check_refused
 
-__all__ = ["HOOK_ARITY", "WSGI_CLASSES", "ASGI_CLASSES", "worker_class", "describe_callable"]
+__all__ = ["HOOK_ARITY", "worker_class", "describe_callable"]
 
 # gunicorn's hook names, in the order they run in a server's life, with the arguments they are called with.
 HOOK_ARITY: dict[str, tuple[int, ...]] = {
@@ -104,8 +105,8 @@ def _arity(func: Callable[..., Any]) -> int | None:
     return sum(1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def hook(name: str) -> Callable[[Any], Any]:
-    accepted = HOOK_ARITY[name]
+def hook(name: str, accepted: tuple[int, ...] | None = None) -> Callable[[Any], Any]:
+    accepted = accepted or HOOK_ARITY[name]
 
     def convert(value: Any) -> Callable[..., Any] | None:
         if value is None or value == "":
@@ -125,33 +126,16 @@ def hook(name: str) -> Callable[[Any], Any]:
 
 
 # ---------------------------------------------------------------------------- worker classes
-# gunicorn's -k/--worker-class names corral can honour: the uvicorn workers mean "ASGI", sync and gthread mean
-# "WSGI on a thread pool" (--threads). The rest need a different concurrency model (greenlets, tornado's loop).
-ASGI_CLASSES = frozenset((
-    "uvicorn.workers.UvicornWorker", "uvicorn_worker.UvicornWorker", "uvicorn.workers.UvicornH11Worker",
-    "uvicorn_worker.UvicornH11Worker", "asgi",
-))
-WSGI_CLASSES = frozenset(("sync", "gthread", "gunicorn.workers.sync.SyncWorker",
-                          "gunicorn.workers.gthread.ThreadWorker"))
-_OTHER_CLASSES = {
-    "gevent": "monkey-patched greenlets", "eventlet": "monkey-patched green threads",
-    "tornado": "tornado's own IOLoop and WSGI container",
-}
-
-
 def worker_class(value: Any) -> str | None:
-    """gunicorn's worker class, kept as given; only those corral can run are accepted."""
+    """gunicorn's worker class, kept as given; gevent, eventlet and tornado are refused here. What another
+    path names (a uvicorn worker or a subclass: ASGI; gunicorn's sync/gthread or a subclass: WSGI) is
+    decided by `corral.shared.worker_class.resolve` once the import path is set (--pythonpath, the working
+    folder): see `corral.master.carryover.effective`."""
     if value is None or value == "":
         return None
     text = to_str(value).strip()
-    if text in ASGI_CLASSES or text in WSGI_CLASSES:
-        return text
-    base = text.split(".")[0].removeprefix("gunicorn").strip(".") or text
-    key = next((k for k in _OTHER_CLASSES if k in text.lower()), base)
-    why = _OTHER_CLASSES.get(key, "a gunicorn worker class corral does not know")
-    raise ValueError(f"corral cannot run worker class {text!r} ({why}); corral workers are one uvloop event "
-                     "loop serving ASGI, and WSGI on --threads threads: drop -k, or use "
-                     "uvicorn.workers.UvicornWorker (ASGI) or gthread (WSGI)")
+    check_refused(text)  # WorkerClassError is a ValueError: "invalid value for --worker-class: ..."
+    return text
 
 
 def env_pair(value: Any) -> str:
@@ -167,6 +151,13 @@ for _name, _help in _HOOK_HELP.items():
     _declare(_name, "hooks", hook(_name), None, _help + " gunicorn's hook, same name and arguments.",
              cli=False, render=describe_callable)
 
+# gunicorn's TLS hook: called (config, default_ssl_context_factory) only when TLS is on (corral.master.tls).
+_declare("ssl_context", "tls", hook("ssl_context", (2,)), None,
+         "Called in the master as ssl_context(config, default_ssl_context_factory) when TLS is on (--certfile), "
+         "at start and on each HUP; returns the SSLContext to serve with. gunicorn's hook, same name and "
+         "arguments: `config` is the effective settings, the factory builds corral's context from --certfile "
+         "and friends (ALPN for HTTP/2 included).", cli=False, render=describe_callable)
+
 # ---------------------------------------------------------------------------- gunicorn carry-over
 _declare("raw_env", "compat", env_pair, (),
          "Set an environment variable (KEY=VALUE) in the master and so in every worker; repeat for several.",
@@ -175,8 +166,9 @@ _declare("pythonpath", "compat", str_list, (),
          "Folders (comma-separated) put at the front of sys.path before the app is imported.",
          ("--pythonpath",), metavar="DIRS")
 _declare("worker_class", "compat", worker_class, None,
-         "gunicorn's worker class: uvicorn.workers.UvicornWorker (and uvicorn_worker's, UvicornH11Worker) mean "
-         "ASGI, sync and gthread mean WSGI (--interface wsgi); others are refused.",
+         "gunicorn's worker class, resolved by what the class is: a uvicorn worker, or a project's subclass of "
+         "one, means ASGI (its CONFIG_KWARGS applied where they mean something here); sync and gthread (and "
+         "their subclasses) mean WSGI (--interface wsgi); gevent, eventlet and tornado are refused.",
          ("-k", "--worker-class"), metavar="CLASS")
 _declare("wsgi_app", "compat", optional_str, None,
          "The application (module:attribute) when none is given on the command line (gunicorn's config-file "

@@ -5,6 +5,7 @@ imports this module, so `REGISTRY` holds them and they get flags, config keys an
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from corral.shared.settings import (
@@ -43,14 +44,25 @@ def cert_reqs(value: Any) -> int:
 
 
 def tls_version(value: Any) -> str:
-    """The lowest TLS version accepted: TLSv1.2 or TLSv1.3. gunicorn's --ssl-version values that mean
-    "negotiate the best" (2, 16, 17: PROTOCOL_TLS, _CLIENT, _SERVER, and their names) mean TLSv1.2 here."""
+    """The lowest TLS version accepted: TLSv1.2 or TLSv1.3.
+
+    gunicorn's --ssl-version took an ssl.PROTOCOL_* number or name (gunicorn 27 ignores it): those that mean
+    "negotiate the best" (2, 16, 17: PROTOCOL_TLS, _CLIENT, _SERVER) and the old fixed ones (3, 4, 5:
+    TLSv1, TLSv1_1, TLSv1_2) all mean TLSv1.2 here, the lowest corral offers; an ssl.TLSVersion is its
+    version (TLS 1.0 and 1.1 raised to 1.2)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = int(value)  # ssl.PROTOCOL_* and ssl.TLSVersion members are ints
+        if number in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.MAXIMUM_SUPPORTED):
+            return "TLSv1.3"
+        if number in (2, 3, 4, 5, 16, 17) or number in (-2, 769, 770, 771):
+            return "TLSv1.2"
+        raise ValueError(f"expected TLSv1.2 or TLSv1.3 (the lowest version accepted), got {value!r}")
     text = str(value).strip().upper().replace("_", ".").replace("PROTOCOL.", "")
     if text in ("TLSV1.2", "TLS1.2", "1.2"):
         return "TLSv1.2"
     if text in ("TLSV1.3", "TLS1.3", "1.3"):
         return "TLSv1.3"
-    if text in ("2", "16", "17", "TLS", "TLS.SERVER", "TLS.CLIENT", "SSLV23"):
+    if text in ("2", "3", "4", "5", "16", "17", "TLS", "TLS.SERVER", "TLS.CLIENT", "SSLV23", "TLSV1", "TLSV1.1"):
         return "TLSv1.2"
     raise ValueError(f"expected TLSv1.2 or TLSv1.3 (the lowest version accepted), got {value!r}")
 

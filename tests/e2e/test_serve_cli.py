@@ -47,18 +47,35 @@ def test_bad_flags_are_one_line_and_exit_2(apps, args, expected):
     assert expected in one_error_line(result)
 
 
-def test_unknown_config_key_names_the_file_and_suggests(apps):
-    (apps / "corral.conf.py").write_text("wokers = 2\n")
-    result = serve(["-c", "corral.conf.py", "apps:app"], apps)
+def test_three_bad_values_are_three_lines_and_exit_2(apps):
+    result = serve(["-w", "lots", "--umask", "999", "--log-level", "loud", "apps:app"], apps)
     assert result.returncode == CONFIG_ERROR
-    line = one_error_line(result)
-    assert "unknown setting 'wokers' in config file" in line and "did you mean 'workers'?" in line
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("serve: error: invalid value for ") for line in lines), lines
+    assert "--workers (from command line): expected an integer, got 'lots'" in lines[0]
+    assert "--umask (from command line): must be between 0 and 0o777, got '999'" in lines[1]
+    assert "--log-level (from command line): expected one of debug, info, warning, error, critical" in lines[2]
 
 
-def test_unknown_environment_variable(apps):
-    result = serve(["apps:app"], apps, env={"CORRAL_TIMEOUTT": "3"})
-    assert result.returncode == CONFIG_ERROR
-    assert "did you mean 'timeout'?" in one_error_line(result)
+def test_a_misspelt_config_key_is_a_warning_as_gunicorn_ignores_it(apps):
+    (apps / "corral.conf.py").write_text("from __future__ import annotations\nimport os\n"
+                                         "threads_str = os.getenv('THREADS', '3')\nuse_loglevel = 'info'\n"
+                                         "wokers = 2\nthreads = int(threads_str)\nloglevel = use_loglevel\n")
+    result = serve(["-c", "corral.conf.py", "--print-config", "apps:app"], apps)
+    assert result.returncode == OK, result.stderr
+    assert "threads = 3" in result.stdout.splitlines()
+    assert result.stderr.strip().splitlines() == [
+        f"serve: warning: config file {apps / 'corral.conf.py'}: not a setting, ignored: 'wokers' (did you mean "
+        "'workers'?)"]
+
+
+def test_environment_variables_that_are_no_setting_do_not_stop_serve(apps):
+    result = serve(["--check-config", "apps:app"], apps,
+                   env={"CORRAL_TIMEOUTT": "3", "CORRAL_SRC": "/src", "CORRAL_HOME": "/srv"})
+    assert result.returncode == OK, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == ["serve: warning: environment: not a setting, ignored: CORRAL_TIMEOUTT (did you mean "
+                        "CORRAL_TIMEOUT?)"]
 
 
 @pytest.mark.parametrize("preload", [False, True])
@@ -150,21 +167,28 @@ def test_check_config_imports_the_app_as_gunicorn_does(apps):
     assert missing.returncode == APP_IMPORT_ERROR and "attribute 'nothing' not found" in missing.stderr
 
 
-def test_every_unknown_flag_and_key_in_one_run(apps):
-    (apps / "gunicorn.conf.py").write_text("wokers = 2\ndaemon = True\nthreads = 2\n")
-    result = serve(["--http2-cleartext", "--reload-engine", "auto", "--port", "8000", "--timout", "3",
-                    "apps:app"], apps)
+def test_every_unknown_flag_and_bad_value_in_one_run(apps):
+    (apps / "gunicorn.conf.py").write_text("wokers = 2\ndaemon = True\nthreads = 2\nbacklog = 'deep'\n")
+    result = serve(["--http2-cleartext", "upgrade", "--reload-engine", "inotify", "--port", "8000", "--timout", "3",
+                    "-w", "lots", "--umask", "999", "apps:app"], apps,
+                   env={"CORRAL_KEEPALIVE": "long", "CORRAL_SRC": "/src"})
     assert result.returncode == CONFIG_ERROR
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("serve: error: ")]
-    assert len(errors) == 5, result.stderr
+    assert len(errors) == 7, result.stderr
     text = "\n".join(errors)
-    assert "--http2-cleartext is not supported; corral has no equivalent (corral serves h2c" in text
     assert "no such option --port; corral's equivalent is -b/--bind HOST:PORT" in text
     assert "no such option --timout; did you mean --timeout?" in text
-    assert "unknown setting 'wokers'" in text and "did you mean 'workers'?" in text
     assert "gunicorn's 'daemon' is not supported" in text
-    assert [line for line in lines if "warning" in line and "--reload-engine" in line]  # dropped, not an error
+    assert "invalid value for --backlog (from config file" in text
+    assert "invalid value for --keep-alive (from environment variable CORRAL_KEEPALIVE)" in text
+    assert "invalid value for --workers (from command line)" in text
+    assert "invalid value for --umask (from command line)" in text
+    warnings = [line for line in lines if line.startswith("serve: warning: ")]
+    assert len(warnings) == 3, result.stderr  # dropped, not errors; 'wokers' is ignored as gunicorn does
+    assert "--http2-cleartext is ignored: corral serves h2c" in warnings[0]
+    assert "--reload-engine is ignored" in warnings[1]
+    assert "'wokers' (did you mean 'workers'?)" in warnings[2]
     assert "preload" not in result.stderr and "error-logfile" not in result.stderr
 
 
@@ -216,6 +240,43 @@ def test_cmd_args_precedence(apps):
     lines = result.stdout.splitlines()
     # command line > CORRAL_CMD_ARGS > GUNICORN_CMD_ARGS > config file
     assert "backlog = 30" in lines and "workers = 5" in lines and "threads = 3" in lines
-    bad = serve(["apps:app"], apps, env={"GUNICORN_CMD_ARGS": "--http2-cleartext"})
+    bad = serve(["apps:app"], apps, env={"GUNICORN_CMD_ARGS": "--daemon --no-such-flag -w lots"})
     assert bad.returncode == CONFIG_ERROR
-    assert "GUNICORN_CMD_ARGS: gunicorn's --http2-cleartext is not supported" in one_error_line(bad)
+    errors = bad.stderr.strip().splitlines()
+    assert len(errors) == 3, bad.stderr
+    assert "GUNICORN_CMD_ARGS: gunicorn's --daemon is not supported" in errors[0]
+    assert "GUNICORN_CMD_ARGS: no such option --no-such-flag" in errors[1]
+    assert "invalid value for --workers (from GUNICORN_CMD_ARGS/CORRAL_CMD_ARGS)" in errors[2]
+
+
+def test_config_file_named_in_gunicorn_cmd_args_or_as_a_python_module(apps):
+    (apps / "deploy").mkdir()
+    (apps / "deploy" / "__init__.py").write_text("")
+    (apps / "deploy" / "gunicorn_conf.py").write_text("workers = 3\nuse_threads = 4\nthreads = use_threads\n")
+    (apps / "gunicorn.conf.py").write_text("workers = 9\n")  # a -c anywhere wins over the default file
+    for env, args in (({"GUNICORN_CMD_ARGS": "-c deploy/gunicorn_conf.py"}, []),
+                      ({}, ["-c", "python:deploy.gunicorn_conf"]),
+                      ({"GUNICORN_CMD_ARGS": "-c python:deploy.gunicorn_conf"}, [])):
+        result = serve(["--print-config", *args, "apps:app"], apps, env=env)
+        assert result.returncode == OK, result.stderr
+        assert {"workers = 3", "threads = 4"} <= set(result.stdout.splitlines()), (env, args)
+        assert "warning" not in result.stderr
+    missing = serve(["-c", "python:deploy.nothing_here", "apps:app"], apps)
+    assert missing.returncode == CONFIG_ERROR
+    assert "config module 'deploy.nothing_here' not found on the import path" in one_error_line(missing)
+
+
+def test_a_worker_class_path_is_resolved_after_pythonpath(apps):
+    """gunicorn's sync worker subclassed in the project (found through --pythonpath): WSGI."""
+    (apps / "lib").mkdir()
+    (apps / "lib" / "projworkers.py").write_text("from gunicorn.workers.sync import SyncWorker\n\n\n"
+                                                 "class QuietSync(SyncWorker):\n    pass\n")
+    result = serve(["--print-config", "--pythonpath", "lib", "-k", "projworkers.QuietSync", "-t", "12", "apps:app"],
+                   apps)
+    assert result.returncode == OK, result.stderr
+    lines = result.stdout.splitlines()
+    assert "interface = wsgi" in lines and "request_timeout = 12.0" in lines
+    unknown = serve(["--print-config", "-k", "projworkers.QuietSync", "apps:app"], apps)  # not on the path
+    assert unknown.returncode == CONFIG_ERROR
+    assert "invalid value for --worker-class: worker class 'projworkers.QuietSync' cannot be imported (no module " \
+           "'projworkers')" in one_error_line(unknown)

@@ -185,3 +185,45 @@ def test_a_client_that_never_finishes_its_handshake_is_cut_off(tls):
         assert httpx.get(f"https://127.0.0.1:{master.port}/", verify=client_context(certs),
                          timeout=WAIT).status_code == 200
         assert silent.recv(1) == b""  # closed by the server after the handshake timeout
+
+
+SSL_CONTEXT_CONF = '''
+import os
+import ssl
+
+
+def ssl_context(conf, default_ssl_context_factory):
+    with open("ssl_context.calls", "a") as fh:
+        fh.write(f"{os.getpid()} {conf.certfile}\\n")
+    if os.environ.get("BROKEN_HOOK"):
+        return None
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+'''
+
+
+def test_gunicorns_ssl_context_hook_is_called_only_when_tls_is_on(tls, masters):
+    serve, certs, folder = tls
+    (folder / "gunicorn.conf.py").write_text(SSL_CONTEXT_CONF)  # found without -c, as gunicorn finds it
+    plain = serve()  # no certificate: gunicorn never calls the hook, and neither does corral
+    assert httpx.get(f"http://127.0.0.1:{plain.port}/", timeout=WAIT).json()["scheme"] == "http"
+    assert not (folder / "ssl_context.calls").exists()
+    assert plain.stop() == 0
+
+    master = serve("--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]))
+    assert (folder / "ssl_context.calls").read_text().splitlines() == [f"{master.pid} {certs['cert']}"]
+    seen = httpx.get(f"https://127.0.0.1:{master.port}/", verify=client_context(certs), timeout=WAIT).json()
+    assert seen["tls"]["tls_version"] == 0x0304  # the hook's context is the one served
+    tls12 = client_context(certs)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+        httpx.get(f"https://127.0.0.1:{master.port}/", verify=tls12, timeout=WAIT)
+    assert master.stop() == 0
+
+    broken = masters(folder, "--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]), "tlsapp:app",
+                     env={"BROKEN_HOOK": "1"})
+    assert broken.wait(WAIT) == 2
+    errors = [line for line in broken.output.splitlines() if line.startswith("serve: error: ")]
+    assert len(errors) == 1, broken.output
+    assert "the ssl_context hook __config__.ssl_context returned NoneType, not an ssl.SSLContext" in errors[0]

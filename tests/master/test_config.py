@@ -6,8 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from corral.master.config import (ConfigProblems, suggest, collect, from_mapping, load_pyproject, load_python_config,
-                                  settings_options)
+from corral.master.config import (ConfigProblems, collect, from_mapping, load_pyproject, load_python_config,
+                                  misspellings, settings_options, suggest)
 from corral.shared.settings import SettingError
 
 
@@ -65,11 +65,69 @@ def test_precedence_cli_env_file_default(tmp_path):
     assert "keepalive=5.0" in result.output  # default
 
 
-def test_unknown_config_key_suggests_the_right_one(tmp_path):
-    conf = tmp_path / "corral.conf.py"
-    conf.write_text("wokers = 2\n")
-    with pytest.raises(SettingError, match=r"unknown setting 'wokers' in config file .*; did you mean 'workers'\?"):
-        load_python_config(str(conf))
+def test_a_config_files_other_names_are_ignored_with_one_warning_for_the_misspelt(tmp_path):
+    """As gunicorn: only the names that are settings are read. Helper variables (the shapes of well-known
+    Docker images' gunicorn_conf.py), imports, `annotations` and a structlog pre_chain pass silently; the
+    misspelt setting is named, with the right name, in one warning line."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "from __future__ import annotations\n"
+        "import multiprocessing, os\n"
+        "workers_per_core_str = os.getenv('WORKERS_PER_CORE', '1')\n"
+        "web_concurrency_str = os.getenv('WEB_CONCURRENCY', None)\n"
+        "use_loglevel = os.getenv('LOG_LEVEL', 'info')\n"
+        "cores = multiprocessing.cpu_count()\n"
+        "workers_per_core = float(workers_per_core_str)\n"
+        "default_web_concurrency = max(int(workers_per_core * cores), 2)\n"
+        "accesslog_var = os.getenv('ACCESS_LOG', '-')\n"
+        "use_accesslog = accesslog_var or None\n"
+        "pre_chain = [object(), object()]\n"
+        "log_data = {'loglevel': use_loglevel}\n"
+        "MARKS = 'marks'\n"
+        "loglevel = use_loglevel\n"
+        "workers = 3\n"
+        "keepalvie = 120\n"
+        "wokers = 2\n"
+        "def helper():\n    return 1\n"
+    )
+    warnings: list[str] = []
+    values = load_python_config(str(conf), warn=warnings.append)
+    assert values == {"loglevel": "info", "workers": 3}
+    assert warnings == [f"config file {conf}: not a setting, ignored: 'keepalvie' (did you mean 'keepalive'?), "
+                        "'wokers' (did you mean 'workers'?)"]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("wokers", "workers"), ("keepalvie", "keepalive"), ("timeoutt", "timeout"), ("graceful_timout", "graceful_timeout"),
+    ("worker_tmpdir", "worker_tmp_dir"), ("post_forks", "post_fork"),
+    ("use_loglevel", None), ("workers_per_core", None), ("timeout_str", None), ("bind_env", None),
+    ("host", None), ("port", None), ("cores", None), ("pre_chain", None), ("annotations", None),
+    ("accesslog_var", None), ("use_max_workers", None), ("log_data", None), ("graceful_timeout_str", None),
+    ("keepalive_str", None), ("errorlog_var", None), ("use_bind", None), ("max_requests_jiter", "max_requests_jitter"),
+    ("log_level", "loglevel"),
+])
+def test_misspellings_are_typos_of_a_setting_not_helpers_named_after_one(name, expected):
+    assert misspellings([name]) == ([(name, expected)] if expected else [])
+
+
+def test_python_module_config_and_file_prefix(tmp_path, monkeypatch):
+    package = tmp_path / "deploy"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "gunicorn_conf.py").write_text("workers = 4\nhelper_value = 'x'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 4}
+    (package / "gunicorn_conf.py").write_text("workers = 5\n")  # read again (a HUP reloads the module)
+    assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 5}
+    with pytest.raises(SettingError, match="config module 'deploy.nothing' not found on the import path"):
+        load_python_config("python:deploy.nothing")
+    assert load_python_config(f"file:{package / 'gunicorn_conf.py'}") == {"workers": 5}
+    plain = tmp_path / "gunicorn.cfg"  # gunicorn also runs a file without a .py extension
+    plain.write_text("threads = 7\n")
+    assert load_python_config(str(plain)) == {"threads": 7}
+
+
+def test_pyproject_keys_stay_strict():
     with pytest.raises(SettingError, match="did you mean 'keepalive'"):
         from_mapping({"keepalvie": 3}, "corral.conf.py")
 
@@ -88,6 +146,9 @@ def test_gunicorn_config_file_carries_over(tmp_path, capsys):
     assert values["bind"] == ("127.0.0.1:9000", "unix:/tmp/app.sock")
     assert values["workers"] == 3 and values["keepalive"] == 4.0
     assert values["forwarded_allow_ips"] == ("10.0.0.1", "127.0.0.1")
+    conf.write_text("raw_env = 'ALLOWED_HOSTS=a.example,b.example'\nbind = '127.0.0.1:9000'\ncheck_config = False\n")
+    assert load_python_config(str(conf), warn=pytest.fail) == {  # a lone string is one item, as in gunicorn
+        "raw_env": ("ALLOWED_HOSTS=a.example,b.example",), "bind": ("127.0.0.1:9000",)}
     assert callable(values["post_fork"])  # a server hook: carried over, not ignored
 
 
@@ -111,18 +172,44 @@ def test_config_file_errors_are_one_line(tmp_path):
 
 def test_gunicorn_keys_all_reported_in_one_pass(tmp_path):
     conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text("wokers = 2\nhttp_protocols = 'h2,h1'\nworker_tmp_dir = '/dev/shm'\ndaemon = False\n"
-                    "reload = True\nasgi_lifespan = 'off'\n")
+    conf.write_text("wokers = 2\nprotocol = 'uwsgi'\nworker_tmp_dir = '/dev/shm'\ndaemon = False\n"
+                    "reload = True\nasgi_lifespan = 'off'\nworkers = 'lots'\nhttp_protocols = 'h2,h1'\n"
+                    "spew = False\ndirty_apps = ['x:y']\n")
     warnings = []
     with pytest.raises(ConfigProblems) as raised:
         load_python_config(str(conf), warn=warnings.append)
     problems = raised.value.problems
-    assert len(problems) == 2, problems  # wokers and http_protocols; daemon = False is gunicorn's default
-    assert "'wokers'" in problems[0] and "did you mean 'workers'?" in problems[0]
-    # corral serves HTTP/2 now: the refusal points at its own setting
-    assert "'http_protocols' is not supported; corral's equivalent is --http auto|1|2" in problems[1]
-    assert "HTTP/2" in problems[1]
-    assert len(warnings) == 1 and "worker_tmp_dir" in warnings[0]
+    assert len(problems) == 3, problems  # daemon = False and spew = False are gunicorn's defaults
+    assert "gunicorn's 'protocol' is not supported; corral has no equivalent (corral speaks HTTP only" in problems[0]
+    assert "invalid value for --workers" in problems[1]
+    assert "gunicorn's 'dirty_apps' is not supported" in problems[2] and "task queue" in problems[2]
+    assert len(warnings) == 3, warnings
+    assert "'wokers' (did you mean 'workers'?)" in warnings[0]
+    assert "gunicorn's 'worker_tmp_dir' is ignored: liveness is a heartbeat" in warnings[1]
+    assert "gunicorn's 'http_protocols' is ignored: corral's --http chooses the versions" in warnings[2]
+
+
+def test_every_bad_value_of_every_source_in_one_pass(tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("threads = 'many'\n")
+    (tmp_path / "pyproject.toml").write_text("[tool.corral]\nbacklog = -1\n")
+    with pytest.raises(ConfigProblems) as raised:
+        collect({"workers": "lots", "umask": "999", "loglevel": "loud"}, str(conf), folder=str(tmp_path),
+                environ={"CORRAL_TIMEOUT": "soon", "CORRAL_HOME": "/srv", "CORRAL_SRC": "/src"},
+                cmd_args={"keepalive": "long"}, warn=lambda _: None)
+    problems = raised.value.problems
+    assert [p.split(" (from")[0] for p in problems] == [
+        "invalid value for --backlog", "invalid value for --threads", "invalid value for --timeout",
+        "invalid value for --keep-alive", "invalid value for --workers", "invalid value for --umask",
+        "invalid value for --log-level"], problems
+
+
+def test_environment_variables_that_are_no_setting_are_ignored(tmp_path):
+    warnings: list[str] = []
+    settings = collect({}, None, environ={"CORRAL_SRC": "/src", "CORRAL_HOME": "/srv", "CORRAL_TIMEOUTT": "3",
+                                          "CORRAL_WORKERS": "2"}, folder=str(tmp_path), warn=warnings.append)
+    assert settings.workers == 2
+    assert warnings == ["environment: not a setting, ignored: CORRAL_TIMEOUTT (did you mean CORRAL_TIMEOUT?)"]
 
 
 def test_gunicorn_aliases_carry_the_value(tmp_path):
@@ -168,3 +255,36 @@ def test_worker_class_carries_gunicorns_meaning():
     assert uvicorn.interface == "auto" and uvicorn.request_timeout == 0.0  # an event loop: the watchdog only
     with pytest.raises(SettingError, match="cannot run worker class 'eventlet'"):
         Settings(worker_class="eventlet")
+
+
+def test_a_uvicorn_worker_subclass_applies_its_config_kwargs(tmp_path, monkeypatch):
+    """CONFIG_KWARGS win over the other sources (as over gunicorn's settings in uvicorn); those without a
+    meaning here are named in one warning."""
+    pytest.importorskip("uvicorn.workers")
+    from corral.master.carryover import effective
+    from corral.shared import worker_class
+    from corral.shared.settings import Settings
+
+    (tmp_path / "proj_workers.py").write_text(
+        "from uvicorn.workers import UvicornWorker\n"
+        "class MyWorker(UvicornWorker):\n"
+        "    CONFIG_KWARGS = {'loop': 'asyncio', 'http': 'h11', 'lifespan': 'off', 'root_path': '/api',\n"
+        "                     'proxy_headers': False, 'limit_concurrency': 50}\n"
+        "class BadWorker(UvicornWorker):\n"
+        "    CONFIG_KWARGS = {'lifespan': 'sometimes', 'backlog': 'deep'}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    worker_class.clear_cache()
+    warnings: list[str] = []
+    settings = effective(Settings(worker_class="proj_workers.MyWorker", workers=2, root_path="/other"),
+                         warn=warnings.append)
+    assert (settings.interface, settings.lifespan, settings.root_path) == ("auto", "off", "/api")
+    assert settings.forwarded_allow_ips == () and settings.request_timeout == 0.0
+    assert (settings.max_applications, settings.pool_full) == (100, "503")  # 50 per worker, 503 past it
+    assert warnings == ["-k proj_workers.MyWorker: CONFIG_KWARGS ignored: loop='asyncio' (corral always runs "
+                        "uvloop), http='h11' (corral always parses HTTP/1.1 with httptools)"]
+    with pytest.raises(ConfigProblems) as raised:
+        effective(Settings(worker_class="proj_workers.BadWorker"))
+    assert [p.split(":")[0] for p in raised.value.problems] == [
+        "invalid value for --lifespan (from CONFIG_KWARGS of proj_workers.BadWorker)",
+        "invalid value for --backlog (from CONFIG_KWARGS of proj_workers.BadWorker)"]
+    worker_class.clear_cache()

@@ -48,7 +48,7 @@ def test_gunicorns_computed_attributes():
         assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
     assert ours.settings["workers"].value == 3 and ours.settings["workers"].get() == 3
     assert ours.worker_class_str == "asgi"
-    assert HookConfig(Settings(worker_class="sync")).worker_class_str == "gthread"
+    assert HookConfig(Settings(worker_class="sync")).worker_class_str == "sync"
     assert HookConfig(Settings(certfile="/etc/cert.pem")).is_ssl == "/etc/cert.pem"
     assert HookConfig(Settings(lifespan="off")).asgi_lifespan == "off"  # carried over under corral's name
 

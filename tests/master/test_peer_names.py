@@ -1,5 +1,5 @@
 """The table of peers' names: complete against gunicorn's settings, consistent with corral's registry, and
-the README's gunicorn table generated from it."""
+the migration page (docs/migrating-from-gunicorn.md) generated from it."""
 
 from __future__ import annotations
 
@@ -10,18 +10,47 @@ import pytest
 
 from corral.master.carryover import scan_flags
 from corral.master.cli import _known_options
-from corral.master.peer_names import GUNICORN, PEER_FLAGS, readme_table
+from corral.master.migration import PATH, page
+from corral.master.peer_names import GUNICORN, PEER_FLAGS
 from corral.shared.settings import REGISTRY
+from corral.shared.worker_class import KWARGS
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
 CLI_ONLY = {"config", "check_config", "print_config"}
 
 
-def test_readme_table_is_generated_from_the_table():
-    text = README.read_text()
-    block = re.search(r"<!-- gunicorn-table:start -->\n(.*?)\n<!-- gunicorn-table:end -->", text, re.S)
-    assert block is not None
-    assert block.group(1).splitlines() == readme_table()
+def test_the_committed_migration_page_is_the_generated_one():
+    assert PATH == ROOT / "docs" / "migrating-from-gunicorn.md"
+    assert PATH.read_text() == page(), "run: python -m corral.master.migration"
+    assert "(docs/migrating-from-gunicorn.md)" in (ROOT / "README.md").read_text()  # the README links to it
+
+
+def test_the_migration_page_lists_every_gunicorn_setting_once():
+    """Checked against gunicorn's own list: each setting is one row, in the section of what corral does."""
+    config = pytest.importorskip("gunicorn.config")
+    text = page()
+    sections = re.split(r"^### ", text, flags=re.M)
+    kinds = {"Same meaning": ("same", "alias"), "Accepted and ignored": ("noop",), "Refused": ("refuse",)}
+    seen: dict[str, str] = {}
+    for section in sections[1:]:
+        title = next(key for key in kinds if section.startswith(key))
+        for name in re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M):
+            assert name not in seen, name
+            seen[name] = title
+            assert GUNICORN[name].kind in kinds[title], name
+    assert set(seen) == {setting.name for setting in config.KNOWN_SETTINGS}
+    assert f"each of gunicorn's {len(config.KNOWN_SETTINGS)} settings" in text
+    for name in KWARGS:  # and every uvicorn Config argument a UvicornWorker's CONFIG_KWARGS may hold
+        assert re.search(rf"^\|[^|\n]*`{name}`", text, flags=re.M), name
+
+
+def test_every_config_kwarg_is_an_argument_of_uvicorns_config():
+    import inspect
+
+    config = pytest.importorskip("uvicorn.config")
+    arguments = set(inspect.signature(config.Config.__init__).parameters) - {"self"}
+    assert set(KWARGS) <= arguments
+    assert arguments - set(KWARGS) == set(), "a uvicorn Config argument the table does not say anything about"
 
 
 def test_every_gunicorn_setting_and_flag_is_in_the_table():

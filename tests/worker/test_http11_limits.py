@@ -51,6 +51,23 @@ def test_header_block_too_large_is_431():
         assert_error_and_close(client, 431)
 
 
+def test_zero_limits_are_gunicorns_unlimited_up_to_a_bound():
+    """--limit-request-line 0 / --limit-request-field_size 0 (gunicorn's "unlimited", used to allow long
+    URLs): a 20 KB URL and a 20 KB header are served; the head stays bounded (1 MiB each)."""
+    from corral.worker.http11 import UNLIMITED_HEAD_BYTES
+
+    zero = settings(limit_request_line=0, limit_request_field_size=0)
+    with run_server(app, zero) as (host, port, _), Client(host, port) as client:
+        client.send(b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 20_000 + b"\r\n\r\n")
+        response = client.response()
+        assert (response.status, response.body) == (200, b"ok:0")
+        client.send(b"GET /" + b"a" * (UNLIMITED_HEAD_BYTES + 10) + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert_error_and_close(client, 414)
+    with run_server(app, settings()) as (host, port, _), Client(host, port) as client:  # the default stays 8190
+        client.send(b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert_error_and_close(client, 414)
+
+
 def test_endless_header_line_is_431():
     # One header line that never ends never reaches a parser callback: the head's byte count stops it.
     with run_server(app, settings(limit_request_field_size=200, limit_request_line=100)) as (host, port, _):
