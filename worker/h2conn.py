@@ -17,8 +17,9 @@ flight finish, new ones are refused, and the connection closes with its last str
 Defences (each a setting, all on): Rapid Reset (client resets per second), SETTINGS/PING/PRIORITY/empty
 DATA floods (per second each), CONTINUATION floods (frames per header block, h2's backlog), HPACK bombs
 (decoded header list size, dynamic table size), window abuse (a stream waits `send_timeout` at most for
-the client's window or for it to read; DATA frames are never smaller than 1 KiB but to finish a body; the
-connection is dropped when more than `max_write_buffer` waits to be written).
+the client's window or for it to read; a WINDOW_UPDATE that lets a waiting response send under 1 KiB counts
+per second, like a PING: it costs a DATA frame for a few bytes; the connection is dropped when more than
+`max_write_buffer` waits to be written).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ _UPGRADE_HEADERS = _HOP | {b"http2-settings", b"te"}
 _MIN_STREAMS = 100
 
 # Flood counters, per connection per second.
-_RESETS, _SETTINGS, _PINGS, _PRIORITY, _EMPTY = range(5)
-_FLOODS = ("RST_STREAM", "SETTINGS", "PING", "PRIORITY", "empty DATA")
+_RESETS, _SETTINGS, _PINGS, _PRIORITY, _EMPTY, _TRICKLE = range(6)
+_FLOODS = ("RST_STREAM frames", "SETTINGS frames", "PING frames", "PRIORITY frames", "empty DATA frames",
+           "WINDOW_UPDATE frames that opened a shut window by under 1 KiB")
+_TINY = 1024  # a WINDOW_UPDATE that lets a waiting response send less than this counts as a flood frame
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self.phase = IDLE
         self.since = self.server.tick
         self.going_away = False
-        self.floods = [0, 0, 0, 0, 0]
+        self.floods = [0, 0, 0, 0, 0, 0]
         self.flood_second = 0
         self.last_stream = 0
         # The server's tick reads `protocol.state.request` of BUSY connections (the body timer): here the
@@ -334,12 +337,30 @@ class H2Protocol(H2Sender, asyncio.Protocol):
                 self._maybe_idle()
 
     def on_window_updated(self, event: h2.events.WindowUpdated) -> None:
-        if event.stream_id:
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.window_opened()
+        # DATA follows any window, one byte included. An update that lets a waiting response send only a few
+        # bytes (under 1 KiB) is counted as a flood frame: reopening a shut window a few bytes at a time costs
+        # the server a frame each, CPU for nothing. A large update, shared in small pieces by the streams that
+        # wait on it, is not.
+        conn = self.conn
+        assert conn is not None
+        stream_id = event.stream_id
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is None or stream.window is None:
+                return
+            try:
+                tiny = 0 < conn.local_flow_control_window(stream_id) < _TINY
+            except h2.exceptions.StreamClosedError:
+                tiny = False
+            if tiny and self._flood(_TRICKLE):
+                return
+            stream.window_opened()
         else:
-            for stream in self.streams.values():
+            streams = self.streams.values()
+            if 0 < conn.outbound_flow_control_window < _TINY and any(s.window is not None for s in streams) \
+                    and self._flood(_TRICKLE):
+                return
+            for stream in streams:
                 stream.window_opened()
 
     def on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
@@ -365,12 +386,12 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         floods = self.floods
         if second != self.flood_second:
             self.flood_second = second
-            floods[:] = (0, 0, 0, 0, 0)
+            floods[:] = (0, 0, 0, 0, 0, 0)
         floods[kind] = count = floods[kind] + 1
         bound = self.limits.max_resets if kind == _RESETS else self.limits.max_control_frames
         if count <= bound:
             return False
-        logger.warning("HTTP/2 client %s sent more than %d %s frames in a second: closing the connection",
+        logger.warning("HTTP/2 client %s sent more than %d %s in a second: closing the connection",
                        self.peer, bound, _FLOODS[kind])
         self.close(ErrorCodes.ENHANCE_YOUR_CALM)
         return True

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import h2.errors
 import psutil
@@ -20,6 +21,7 @@ from corral.shared.settings import Settings
 from corral.worker.testing import call_in_loop, run_server
 
 ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+INITIAL_WINDOW_SIZE = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 RSS_CAP = 200 * 1024 * 1024  # growth allowed for the whole test process during a flood: generous
 
 
@@ -69,6 +71,19 @@ def make_app(release: threading.Event | None = None, seen: list | None = None):
 def served(port: int) -> bool:
     with H2Client(port) as other:
         return other.get("/other").status == 200
+
+
+def data_frame_sizes(client: H2Client, stream_id: int) -> list[int]:
+    """Read the response of `stream_id` to its end; the sizes of its DATA frames (each acknowledged by the
+    client as it comes: with a window of 1 byte, a WINDOW_UPDATE of 1 byte each)."""
+    sizes: list[int] = []
+    reply = client.replies[stream_id]
+    deadline = time.monotonic() + WAIT
+    while not (reply.ended or reply.reset is not None or client.goaway is not None or client.closed):
+        assert time.monotonic() < deadline, f"timed out waiting, after DATA frames of {sizes}"
+        sizes.extend(len(event.data) for event in client.read()
+                     if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id)
+    return sizes
 
 
 def test_requests_get_an_http2_scope_and_answers():
@@ -151,6 +166,46 @@ def test_a_response_follows_the_client_window_and_a_shut_window_resets_the_strea
             reply = stingy.response(stingy.request("/big"))
             assert reply.reset == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR and reply.body == b""
         assert served(port)
+
+
+def test_a_window_of_one_byte_gets_one_byte_frames_at_once():
+    # RFC 9113 §6.9.1: DATA is cut to the window the client gave, however small; the response never waits for
+    # a bigger one (the send timeout is far beyond the client's wait here: waiting would fail the test).
+    with run_server(make_app(), Settings(http2_send_timeout=120)) as (host, port, server):
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 1}) as client:
+            stream_id = client.request("/x")
+            assert data_frame_sizes(client, stream_id) == [1] * len(b"hello /x")
+            assert client.response(stream_id).body == b"hello /x"
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 0}) as client:
+            stream_id = client.request("/x")
+            client.until(lambda: client.replies[stream_id].status == 200)  # the head, then nothing: a shut window
+            client.conn.increment_flow_control_window(3, stream_id)
+            client.flush()
+            assert data_frame_sizes(client, stream_id)[0] == 3  # what was granted, at once
+
+
+def test_a_window_opened_byte_by_byte_is_a_flood(caplog):
+    # A client reopening a shut window a few bytes at a time makes the server send a frame per opening:
+    # counted like PINGs, GOAWAY ENHANCE_YOUR_CALM past the bound - after it got the bytes it asked for.
+    with run_server(make_app(), Settings(http2_max_control_frames=20)) as (host, port, server):
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 1}) as client:  # the stream's window
+            stream_id = client.request("/big")
+            sizes = data_frame_sizes(client, stream_id)
+            assert client.goaway is not None and client.goaway.error_code == ENHANCE_YOUR_CALM
+            assert len(sizes) > 20 and set(sizes) == {1}
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 1 << 20}, ack=False) as client:  # the connection's
+            reply = client.replies[client.request("/big")]
+            client.until(lambda: len(reply.body) == 65535)  # the connection's first window, used up
+            while client.goaway is None:
+                client.conn.increment_flow_control_window(1)
+                client.flush()
+                before = len(reply.body)
+                client.until(lambda: len(reply.body) > before or client.goaway is not None)
+            assert client.goaway.error_code == ENHANCE_YOUR_CALM and len(reply.body) >= 65535 + 20
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 4096}) as client:
+            assert len(client.get("/big").body) == 8 * 65536  # a small window, not a trickle: served
+        assert served(port)
+    assert "more than 20 WINDOW_UPDATE frames that opened a shut window by under 1 KiB in a second" in caplog.text
 
 
 def test_stop_sends_goaway_and_finishes_the_streams_in_flight():
