@@ -85,7 +85,8 @@ _declare("ssl_handshake_timeout", "tls", positive_float, 10.0,
 _declare("http", "http2", choice("auto", "1", "2"), "auto",
          "HTTP versions served: 'auto' (HTTP/1.1, plus HTTP/2 for TLS clients that offer h2 by ALPN and "
          "cleartext clients that open with the HTTP/2 preface - h2c prior knowledge), '1' (HTTP/1.1 only), "
-         "'2' (HTTP/2 only: TLS offers h2 alone; cleartext connections must open with the preface).",
+         "'2' (HTTP/2 only: TLS offers h2 alone; cleartext is h2c with prior knowledge, and a connection that does "
+         "not open with the preface gets GOAWAY PROTOCOL_ERROR).",
          ("--http",))
 _declare("http2_max_concurrent_streams", "http2", positive_int, 100,
          "Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); above 100, lowered to the "

@@ -13,7 +13,7 @@ import time
 
 import h2.errors
 import psutil
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, SettingsFrame
 from h2_helpers import WAIT, H2Client
 from worker_http_helpers import wait_until
 
@@ -21,6 +21,7 @@ from corral.shared.settings import Settings
 from corral.worker.testing import call_in_loop, run_server
 
 ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 INITIAL_WINDOW_SIZE = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 RSS_CAP = 200 * 1024 * 1024  # growth allowed for the whole test process during a flood: generous
 
@@ -73,6 +74,28 @@ def served(port: int) -> bool:
         return other.get("/other").status == 200
 
 
+def raw_answer(port: int, opening: bytes) -> bytes:
+    """Send `opening` on a fresh connection and read everything until the server closes it (bounded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(opening)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def parse_frames(data: bytes) -> list:
+    frames = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        frames.append(frame)
+        data = data[9 + length:]
+    return frames
+
+
 def data_frame_sizes(client: H2Client, stream_id: int) -> list[int]:
     """Read the response of `stream_id` to its end; the sizes of its DATA frames (each acknowledged by the
     client as it comes: with a window of 1 byte, a WINDOW_UPDATE of 1 byte each)."""
@@ -113,15 +136,31 @@ def test_requests_get_an_http2_scope_and_answers():
 def test_http1_still_served_and_http_1_turns_http2_off():
     import httpx
 
+    bad_preface = b"INVALID CONNECTION PREFACE\r\n\r\n"  # h2spec's http2/3.5/2
     with run_server(make_app(), Settings()) as (host, port, server):
         assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).text == "hello /x"
+        # 'auto' serves HTTP/1.1 too: bytes that are neither an HTTP/2 preface nor a request are a bad request.
+        assert raw_answer(port, bad_preface).startswith(b"HTTP/1.1 400 ")
     with run_server(make_app(), Settings(http="1")) as (host, port, server):
         with H2Client(port, handshake=False) as client:
             client.until_closed()  # the preface is not HTTP/1.1: 505 and close
         assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).text == "hello /x"
+
+
+def test_http_2_on_cleartext_is_prior_knowledge_only_and_a_bad_preface_gets_goaway(caplog):
+    caplog.set_level(logging.INFO, logger="corral.error")
     with run_server(make_app(), Settings(http="2")) as (host, port, server):
-        assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).status_code == 505
-        assert served(port)
+        # Not the preface, HTTP/1.1 or not (an Upgrade: h2c too): what an HTTP/2 endpoint answers an invalid
+        # preface with (RFC 9113 §3.4) - its SETTINGS, GOAWAY PROTOCOL_ERROR, close - and no HTTP/1.1 at all.
+        for opening in (b"INVALID CONNECTION PREFACE\r\n\r\n", b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+                        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+                        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"):
+            frames = parse_frames(raw_answer(port, opening))
+            assert [type(frame) for frame in frames] == [SettingsFrame, GoAwayFrame], frames
+            assert frames[1].error_code == PROTOCOL_ERROR and frames[1].last_stream_id == 0
+        assert "Not an HTTP/2 connection preface from 127.0.0.1" in caplog.text
+        assert served(port)  # the preface: served
 
 
 def test_streams_beyond_the_pool_are_parked_and_all_served():
