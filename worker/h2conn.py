@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import h2.stream
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -198,7 +200,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             events = self.conn.receive_data(data)  # type: ignore[union-attr]
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued the GOAWAY (PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR...): send it, close.
-            logger.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
+            logger.info("HTTP/2 protocol error from %s: %s", self.peer, describe(exc))
             self.flush()
             self.close(goaway=False)
             return
@@ -523,6 +525,35 @@ _HANDLERS: dict[type, Any] = {
     h2.events.ConnectionTerminated: H2Protocol.on_terminated,
     # TrailersReceived: request trailers are dropped (ASGI has no message for them); StreamEnded follows.
 }
+
+# h2's state machines word a frame they do not allow as "Invalid input StreamInputs.RECV_DATA in state 6".
+_INVALID_INPUT = re.compile(r"Invalid input (Stream|Connection)Inputs\.RECV_(\w+) in state (\S+)$")
+
+
+def describe(exc: h2.exceptions.ProtocolError) -> str:
+    """What a peer's protocol error was, for the log: h2's message in words (h2 gives only the stream id of a
+    frame on a closed or unknown stream, and a state machine's input and state number for a frame out of
+    place), then the error code the GOAWAY carries."""
+    code = getattr(exc, "error_code", None)
+    try:
+        name = ErrorCodes(code).name
+    except ValueError:
+        name = str(code)
+    if isinstance(exc, h2.exceptions.StreamClosedError):
+        what = f"a frame on stream {exc.stream_id}, which is closed"
+    elif isinstance(exc, h2.exceptions.NoSuchStreamError):
+        what = f"a frame on stream {exc.stream_id}, which was never opened"
+    else:
+        what = str(exc) or type(exc).__name__
+        invalid = _INVALID_INPUT.match(what)
+        if invalid is not None:
+            machine, frame, state = invalid.groups()
+            if state.isdigit():
+                state = h2.stream.StreamState(int(state)).name
+            state = state.rpartition(".")[2].lower().replace("_", " ")
+            what = f"a {frame.replace('_', '')} frame that the {machine.lower()}'s state ({state}) does not allow"
+    return f"{what} ({name})"
+
 
 def limit_continuations(frames: int) -> None:
     """h2 bounds the CONTINUATION frames of a header block by a module constant: set it to the setting

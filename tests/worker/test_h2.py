@@ -163,6 +163,29 @@ def test_http_2_on_cleartext_is_prior_knowledge_only_and_a_bad_preface_gets_goaw
         assert served(port)  # the preface: served
 
 
+def test_a_peer_protocol_error_is_logged_with_what_was_wrong(caplog):
+    caplog.set_level(logging.INFO, logger="corral.error")
+    with run_server(make_app(), Settings()) as (host, port, server):
+        with H2Client(port) as client:
+            stream_id = client.request("/x")
+            assert client.response(stream_id).body == b"hello /x"
+            frame = HeadersFrame(stream_id, flags=["END_HEADERS", "END_STREAM"])  # a closed stream's again
+            frame.data = client.conn.encoder.encode([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")])
+            client.sock.sendall(frame.serialize())
+            client.until_closed()
+            assert client.goaway is not None and client.goaway.error_code == h2.errors.ErrorCodes.STREAM_CLOSED
+        with H2Client(port) as client:
+            frame = ContinuationFrame(client.request("/x", end=False), flags=["END_HEADERS"])  # no header block open
+            client.sock.sendall(frame.serialize())
+            client.until_closed()
+            assert client.goaway is not None and client.goaway.error_code == PROTOCOL_ERROR
+        assert served(port)
+    assert (f"HTTP/2 protocol error from 127.0.0.1: a frame on stream {stream_id}, which is closed (STREAM_CLOSED)"
+            in caplog.text)
+    assert ("HTTP/2 protocol error from 127.0.0.1: a CONTINUATION frame that the stream's state (open) does not "
+            "allow (PROTOCOL_ERROR)") in caplog.text
+
+
 def test_streams_beyond_the_pool_are_parked_and_all_served():
     release = threading.Event()
     with run_server(make_app(release), Settings(max_applications=2)) as (host, port, server):
