@@ -97,7 +97,8 @@ _declare("ssl_handshake_timeout", "tls", positive_float, 10.0,
 _declare("http", "http2", choice("auto", "1", "2"), "auto",
          "HTTP versions served: 'auto' (HTTP/1.1, plus HTTP/2 for TLS clients that offer h2 by ALPN and "
          "cleartext clients that open with the HTTP/2 preface - h2c prior knowledge), '1' (HTTP/1.1 only), "
-         "'2' (HTTP/2 only: TLS offers h2 alone; cleartext connections must open with the preface).",
+         "'2' (HTTP/2 only: TLS offers h2 alone; cleartext is h2c with prior knowledge, and a connection that does "
+         "not open with the preface gets GOAWAY PROTOCOL_ERROR).",
          ("--http",))
 _declare("http2_max_concurrent_streams", "http2", positive_int, 100,
          "Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); above 100, lowered to the "
@@ -120,11 +121,12 @@ _declare("http2_max_resets", "http2", positive_int, 100,
          "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset): "
          "beyond it, GOAWAY ENHANCE_YOUR_CALM.")
 _declare("http2_max_control_frames", "http2", positive_int, 1000,
-         "SETTINGS, PING, PRIORITY and empty DATA frames a client may send per second on one connection (each "
-         "counted apart; floods that cost the server work without a request): beyond it, GOAWAY.")
+         "SETTINGS, PING, PRIORITY and empty DATA frames a client may send per second on one connection, and times "
+         "it may reopen a shut flow-control window by under 1 KiB (each costs a DATA frame for a few bytes); each "
+         "counted apart, floods that cost the server work without a request: beyond it, GOAWAY.")
 _declare("http2_send_timeout", "http2", positive_float, 30.0,
-         "Seconds a response may wait for the client's flow-control window or for it to read (zero-window and "
-         "tiny WINDOW_UPDATE abuse): the stream is then reset.")
+         "Seconds a response may wait for the client to open a shut flow-control window (by any amount: DATA "
+         "follows whatever window it grants) or for it to read: the stream is then reset.")
 _declare("http2_max_write_buffer", "http2", size, 1024 * 1024,
          "Bytes an HTTP/2 connection may have waiting to be written while its client does not read (control "
          "frames the server must answer included): beyond it the connection is dropped.")

@@ -17,14 +17,16 @@ flight finish, new ones are refused, and the connection closes with its last str
 Defences (each a setting, all on): Rapid Reset (client resets per second), SETTINGS/PING/PRIORITY/empty
 DATA floods (per second each), CONTINUATION floods (frames per header block, h2's backlog), HPACK bombs
 (decoded header list size, dynamic table size), window abuse (a stream waits `send_timeout` at most for
-the client's window or for it to read; DATA frames are never smaller than 1 KiB but to finish a body; the
-connection is dropped when more than `max_write_buffer` waits to be written).
+the client's window or for it to read; a WINDOW_UPDATE that lets a waiting response send under 1 KiB counts
+per second, like a PING: it costs a DATA frame for a few bytes; the connection is dropped when more than
+`max_write_buffer` waits to be written).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import h2.stream
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -55,8 +58,10 @@ _UPGRADE_HEADERS = _HOP | {b"http2-settings", b"te"}
 _MIN_STREAMS = 100
 
 # Flood counters, per connection per second.
-_RESETS, _SETTINGS, _PINGS, _PRIORITY, _EMPTY = range(5)
-_FLOODS = ("RST_STREAM", "SETTINGS", "PING", "PRIORITY", "empty DATA")
+_RESETS, _SETTINGS, _PINGS, _PRIORITY, _EMPTY, _TRICKLE = range(6)
+_FLOODS = ("RST_STREAM frames", "SETTINGS frames", "PING frames", "PRIORITY frames", "empty DATA frames",
+           "WINDOW_UPDATE frames that opened a shut window by under 1 KiB")
+_TINY = 1024  # a WINDOW_UPDATE that lets a waiting response send less than this counts as a flood frame
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         self.phase = IDLE
         self.since = self.server.tick
         self.going_away = False
-        self.floods = [0, 0, 0, 0, 0]
+        self.floods = [0, 0, 0, 0, 0, 0]
         self.flood_second = 0
         self.last_stream = 0
         # The server's tick reads `protocol.state.request` of BUSY connections (the body timer): here the
@@ -195,7 +200,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             events = self.conn.receive_data(data)  # type: ignore[union-attr]
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued the GOAWAY (PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR...): send it, close.
-            logger.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
+            logger.info("HTTP/2 protocol error from %s: %s", self.peer, describe(exc))
             self.flush()
             self.close(goaway=False)
             return
@@ -334,12 +339,30 @@ class H2Protocol(H2Sender, asyncio.Protocol):
                 self._maybe_idle()
 
     def on_window_updated(self, event: h2.events.WindowUpdated) -> None:
-        if event.stream_id:
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.window_opened()
+        # DATA follows any window, one byte included. An update that lets a waiting response send only a few
+        # bytes (under 1 KiB) is counted as a flood frame: reopening a shut window a few bytes at a time costs
+        # the server a frame each, CPU for nothing. A large update, shared in small pieces by the streams that
+        # wait on it, is not.
+        conn = self.conn
+        assert conn is not None
+        stream_id = event.stream_id
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is None or stream.window is None:
+                return
+            try:
+                tiny = 0 < conn.local_flow_control_window(stream_id) < _TINY
+            except h2.exceptions.StreamClosedError:
+                tiny = False
+            if tiny and self._flood(_TRICKLE):
+                return
+            stream.window_opened()
         else:
-            for stream in self.streams.values():
+            streams = self.streams.values()
+            if 0 < conn.outbound_flow_control_window < _TINY and any(s.window is not None for s in streams) \
+                    and self._flood(_TRICKLE):
+                return
+            for stream in streams:
                 stream.window_opened()
 
     def on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
@@ -365,12 +388,12 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         floods = self.floods
         if second != self.flood_second:
             self.flood_second = second
-            floods[:] = (0, 0, 0, 0, 0)
+            floods[:] = (0, 0, 0, 0, 0, 0)
         floods[kind] = count = floods[kind] + 1
         bound = self.limits.max_resets if kind == _RESETS else self.limits.max_control_frames
         if count <= bound:
             return False
-        logger.warning("HTTP/2 client %s sent more than %d %s frames in a second: closing the connection",
+        logger.warning("HTTP/2 client %s sent more than %d %s in a second: closing the connection",
                        self.peer, bound, _FLOODS[kind])
         self.close(ErrorCodes.ENHANCE_YOUR_CALM)
         return True
@@ -502,6 +525,35 @@ _HANDLERS: dict[type, Any] = {
     h2.events.ConnectionTerminated: H2Protocol.on_terminated,
     # TrailersReceived: request trailers are dropped (ASGI has no message for them); StreamEnded follows.
 }
+
+# h2's state machines word a frame they do not allow as "Invalid input StreamInputs.RECV_DATA in state 6".
+_INVALID_INPUT = re.compile(r"Invalid input (Stream|Connection)Inputs\.RECV_(\w+) in state (\S+)$")
+
+
+def describe(exc: h2.exceptions.ProtocolError) -> str:
+    """What a peer's protocol error was, for the log: h2's message in words (h2 gives only the stream id of a
+    frame on a closed or unknown stream, and a state machine's input and state number for a frame out of
+    place), then the error code the GOAWAY carries."""
+    code = getattr(exc, "error_code", None)
+    try:
+        name = ErrorCodes(code).name
+    except ValueError:
+        name = str(code)
+    if isinstance(exc, h2.exceptions.StreamClosedError):
+        what = f"a frame on stream {exc.stream_id}, which is closed"
+    elif isinstance(exc, h2.exceptions.NoSuchStreamError):
+        what = f"a frame on stream {exc.stream_id}, which was never opened"
+    else:
+        what = str(exc) or type(exc).__name__
+        invalid = _INVALID_INPUT.match(what)
+        if invalid is not None:
+            machine, frame, state = invalid.groups()
+            if state.isdigit():
+                state = h2.stream.StreamState(int(state)).name
+            state = state.rpartition(".")[2].lower().replace("_", " ")
+            what = f"a {frame.replace('_', '')} frame that the {machine.lower()}'s state ({state}) does not allow"
+    return f"{what} ({name})"
+
 
 def limit_continuations(frames: int) -> None:
     """h2 bounds the CONTINUATION frames of a header block by a module constant: set it to the setting

@@ -16,6 +16,11 @@ HTTP/1.1's `Upgrade: h2c` (RFC 7540 §3.2; `curl --http2 http://...`) is served 
 without a body: `101 Switching Protocols`, and the request is answered as stream 1 of the HTTP/2 connection.
 A request with a body (or any over TLS, where ALPN decides) is answered over HTTP/1.1 as if the header were
 absent, which RFC 7540 allows.
+
+`--http 2` on cleartext is h2c with prior knowledge only: a connection that does not open with the preface
+is not HTTP/2, and gets what an HTTP/2 endpoint answers an invalid preface with (RFC 9113 §3.4: a connection
+error of type PROTOCOL_ERROR) - the server's preface and GOAWAY, then the close. Under `--http auto` such
+bytes are an HTTP/1.1 request (answered 400 when they are not one either).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import logging
 from typing import Any
 
 from corral.worker.cycle import RequestCycle
-from corral.worker.http11 import ERROR_RESPONSES
 from corral.worker.phases import CLOSED, FRESH
 from corral.worker.protocol import HttpProtocol
 
@@ -35,6 +39,14 @@ logger = logging.getLogger("corral.error")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+# The answer of an HTTP/2-only connection to an invalid preface, framed here (h2 is not imported for it): the
+# server preface (an empty SETTINGS frame), then GOAWAY (last stream 0, PROTOCOL_ERROR, debug data saying why).
+_WHY = b"invalid connection preface"
+BAD_PREFACE = (
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS: length 0, type 4, no flags, stream 0
+    + (8 + len(_WHY)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"  # GOAWAY: type 7, no flags, stream 0
+    + b"\x00\x00\x00\x00\x00\x00\x00\x01" + _WHY  # last stream 0, PROTOCOL_ERROR (1)
+)
 
 
 def h2c_upgrade(scope: dict) -> bytes | None:
@@ -130,7 +142,9 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             elif PREFACE.startswith(data):
                 self.pending_error = data  # a piece of the preface (or of "POST"...): wait for more
             elif only:
-                self.transport.write(ERROR_RESPONSES[505])
+                logger.info("Not an HTTP/2 connection preface from %s: GOAWAY PROTOCOL_ERROR",
+                            self.client[0] if self.client else "unix socket")
+                self.transport.write(BAD_PREFACE)
                 self.close()
             else:
                 base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen

@@ -1,9 +1,14 @@
 """The sending half of an HTTP/2 connection (`H2Protocol`'s base): response heads, bodies as the client's
 flow-control windows and the socket allow, trailers, resets - each followed by one write of what `h2` framed.
 
-Window abuse is bounded here: a body waits at most `send_timeout` for the client's window or for it to read
-(then RST_STREAM, or the connection dropped when it reads nothing at all), and DATA frames are never cut
-below 1 KiB but to finish a body, so a client opening its window byte by byte gets no tiny frames.
+A body goes out as soon as any window and any bytes are there: DATA is cut to whatever window the client
+granted, one byte included (RFC 9113 §6.9: a sender never waits for more window than the peer gave). Small
+frames still leave together, one write per loop iteration (`flush_soon`).
+
+Window abuse is bounded without refusing small frames: a body waits at most `send_timeout` for a shut window
+or for the client to read (then RST_STREAM, or the connection dropped when it reads nothing at all); a client
+that reopens a shut window a few bytes at a time gets its bytes, and each such WINDOW_UPDATE counts as a flood
+frame (`H2Protocol.on_window_updated`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ logger = logging.getLogger("corral.error")
 # Headers that are connection-specific in HTTP/1.1 and forbidden in HTTP/2 (RFC 9113 §8.2.2).
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _STATUS = {status: str(status).encode("ascii") for status in range(100, 600)}
-_MIN_FRAME = 1024  # DATA frames are not cut smaller (a client opening its window byte by byte)
 _WRITE_NOW = 16384  # DATA frames this large are written at once, smaller ones with the iteration's others
 
 
@@ -123,9 +127,9 @@ class H2Sender:
             except h2.exceptions.StreamClosedError:
                 stream.disconnect()
                 return
-            left = total - sent
-            if window < left and window < _MIN_FRAME:
-                # The client opens its window slowly (or never): wait, bounded, for room worth a frame.
+            if window <= 0:
+                # The window is shut (or negative, after a smaller SETTINGS_INITIAL_WINDOW_SIZE): wait, bounded,
+                # for the client to open it - any amount will do.
                 stream.window = asyncio.get_running_loop().create_future()
                 try:
                     await asyncio.wait_for(stream.window, timeout)
@@ -137,6 +141,7 @@ class H2Sender:
                 finally:
                     stream.window = None
                 continue
+            left = total - sent
             size = min(window, left, conn.max_outbound_frame_size)
             try:
                 conn.send_data(stream_id, view[sent:sent + size], end_stream=end and size == left)

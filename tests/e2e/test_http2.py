@@ -1,6 +1,5 @@
 """HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c,
---http2-prior-knowledge), httpx with
-http2=True, h2load; Starlette (JSON, echo, streaming) over h2 and h2c, a TLS client certificate seen in the
+--http2-prior-knowledge), httpx with http2=True, h2load (100 streams per connection, h2c and TLS); Starlette (JSON, echo, streaming) over h2 and h2c, a TLS client certificate seen in the
 scope over h2, Django over h2c; a Rapid Reset flood against the worker process, which stays up, serves other
 connections and keeps its memory bounded."""
 
@@ -137,6 +136,21 @@ def test_h2c_prior_knowledge_curl_httpx_h2load_and_a_rapid_reset_flood(serve):
     with httpx.Client(http1=False, http2=True, timeout=WAIT) as client:
         assert client.get(f"{base}/").json()["http_version"] == "2"
     assert "RST_STREAM frames in a second" in master.output
+
+
+@pytest.mark.skipif(H2LOAD is None, reason="h2load is not installed")
+def test_h2load_100_concurrent_streams_per_connection_over_h2c_and_tls(serve, tmp_path):
+    certs = make_certs(tmp_path)
+    plain = serve()
+    tls = serve("--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]))
+    for base in (f"http://127.0.0.1:{plain.port}", f"https://127.0.0.1:{tls.port}"):
+        # 100 streams at once per connection, with the RFC's default windows (-w 16 -W 16: 64 KiB per stream and
+        # 64 KiB for the connection, which the 100 share): the streamed responses take turns on the connection's
+        # window, in whatever pieces it is opened by.
+        load = subprocess.run([H2LOAD, "-n", "2000", "-c", "2", "-m", "100", "-w", "16", "-W", "16", f"{base}/",
+                               f"{base}/stream"], capture_output=True, text=True, timeout=240)
+        assert "2000 succeeded" in load.stdout and "status codes: 2000 2xx" in load.stdout, load.stdout + load.stderr
+        assert f"Application protocol: {'h2' if base.startswith('https') else 'h2c'}\n" in load.stdout
 
 
 @pytest.fixture(scope="module")

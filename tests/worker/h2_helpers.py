@@ -29,7 +29,7 @@ class Reply:
 
 class H2Client:
     def __init__(self, port: int, settings: dict | None = None, host: str = "127.0.0.1",
-                 handshake: bool = True, prefix: bytes = b"", rcvbuf: int = 0) -> None:
+                 handshake: bool = True, prefix: bytes = b"", rcvbuf: int = 0, ack: bool = True) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:  # a small receive window: what the server writes soon stays in its own buffers
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -37,6 +37,7 @@ class H2Client:
         self.sock.connect((host, port))
         if prefix:  # e.g. a PROXY protocol header
             self.sock.sendall(prefix)
+        self.ack = ack  # give DATA's window back as it comes (False: the test opens the windows itself)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         if settings:
             self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
@@ -95,7 +96,8 @@ class H2Client:
                 reply.headers = event.headers
             elif isinstance(event, h2.events.DataReceived) and reply is not None:
                 reply.body += event.data
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if self.ack:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.TrailersReceived) and reply is not None:
                 reply.trailers = event.headers
             elif isinstance(event, h2.events.StreamEnded) and reply is not None:

@@ -9,10 +9,11 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import h2.errors
 import psutil
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, SettingsFrame
 from h2_helpers import WAIT, H2Client
 from worker_http_helpers import wait_until
 
@@ -20,6 +21,8 @@ from corral.shared.settings import Settings
 from corral.worker.testing import call_in_loop, run_server
 
 ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
+INITIAL_WINDOW_SIZE = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 RSS_CAP = 200 * 1024 * 1024  # growth allowed for the whole test process during a flood: generous
 
 
@@ -71,6 +74,41 @@ def served(port: int) -> bool:
         return other.get("/other").status == 200
 
 
+def raw_answer(port: int, opening: bytes) -> bytes:
+    """Send `opening` on a fresh connection and read everything until the server closes it (bounded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(opening)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def parse_frames(data: bytes) -> list:
+    frames = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        frames.append(frame)
+        data = data[9 + length:]
+    return frames
+
+
+def data_frame_sizes(client: H2Client, stream_id: int) -> list[int]:
+    """Read the response of `stream_id` to its end; the sizes of its DATA frames (each acknowledged by the
+    client as it comes: with a window of 1 byte, a WINDOW_UPDATE of 1 byte each)."""
+    sizes: list[int] = []
+    reply = client.replies[stream_id]
+    deadline = time.monotonic() + WAIT
+    while not (reply.ended or reply.reset is not None or client.goaway is not None or client.closed):
+        assert time.monotonic() < deadline, f"timed out waiting, after DATA frames of {sizes}"
+        sizes.extend(len(event.data) for event in client.read()
+                     if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id)
+    return sizes
+
+
 def test_requests_get_an_http2_scope_and_answers():
     seen: list = []
     with run_server(make_app(seen=seen), Settings()) as (host, port, server):
@@ -98,15 +136,54 @@ def test_requests_get_an_http2_scope_and_answers():
 def test_http1_still_served_and_http_1_turns_http2_off():
     import httpx
 
+    bad_preface = b"INVALID CONNECTION PREFACE\r\n\r\n"  # h2spec's http2/3.5/2
     with run_server(make_app(), Settings()) as (host, port, server):
         assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).text == "hello /x"
+        # 'auto' serves HTTP/1.1 too: bytes that are neither an HTTP/2 preface nor a request are a bad request.
+        assert raw_answer(port, bad_preface).startswith(b"HTTP/1.1 400 ")
     with run_server(make_app(), Settings(http="1")) as (host, port, server):
         with H2Client(port, handshake=False) as client:
             client.until_closed()  # the preface is not HTTP/1.1: 505 and close
         assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).text == "hello /x"
+
+
+def test_http_2_on_cleartext_is_prior_knowledge_only_and_a_bad_preface_gets_goaway(caplog):
+    caplog.set_level(logging.INFO, logger="corral.error")
     with run_server(make_app(), Settings(http="2")) as (host, port, server):
-        assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=WAIT).status_code == 505
+        # Not the preface, HTTP/1.1 or not (an Upgrade: h2c too): what an HTTP/2 endpoint answers an invalid
+        # preface with (RFC 9113 §3.4) - its SETTINGS, GOAWAY PROTOCOL_ERROR, close - and no HTTP/1.1 at all.
+        for opening in (b"INVALID CONNECTION PREFACE\r\n\r\n", b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+                        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+                        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"):
+            frames = parse_frames(raw_answer(port, opening))
+            assert [type(frame) for frame in frames] == [SettingsFrame, GoAwayFrame], frames
+            assert frames[1].error_code == PROTOCOL_ERROR and frames[1].last_stream_id == 0
+        assert "Not an HTTP/2 connection preface from 127.0.0.1" in caplog.text
+        assert served(port)  # the preface: served
+
+
+def test_a_peer_protocol_error_is_logged_with_what_was_wrong(caplog):
+    caplog.set_level(logging.INFO, logger="corral.error")
+    with run_server(make_app(), Settings()) as (host, port, server):
+        with H2Client(port) as client:
+            stream_id = client.request("/x")
+            assert client.response(stream_id).body == b"hello /x"
+            frame = HeadersFrame(stream_id, flags=["END_HEADERS", "END_STREAM"])  # a closed stream's again
+            frame.data = client.conn.encoder.encode([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")])
+            client.sock.sendall(frame.serialize())
+            client.until_closed()
+            assert client.goaway is not None and client.goaway.error_code == h2.errors.ErrorCodes.STREAM_CLOSED
+        with H2Client(port) as client:
+            frame = ContinuationFrame(client.request("/x", end=False), flags=["END_HEADERS"])  # no header block open
+            client.sock.sendall(frame.serialize())
+            client.until_closed()
+            assert client.goaway is not None and client.goaway.error_code == PROTOCOL_ERROR
         assert served(port)
+    assert (f"HTTP/2 protocol error from 127.0.0.1: a frame on stream {stream_id}, which is closed (STREAM_CLOSED)"
+            in caplog.text)
+    assert ("HTTP/2 protocol error from 127.0.0.1: a CONTINUATION frame that the stream's state (open) does not "
+            "allow (PROTOCOL_ERROR)") in caplog.text
 
 
 def test_streams_beyond_the_pool_are_parked_and_all_served():
@@ -151,6 +228,46 @@ def test_a_response_follows_the_client_window_and_a_shut_window_resets_the_strea
             reply = stingy.response(stingy.request("/big"))
             assert reply.reset == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR and reply.body == b""
         assert served(port)
+
+
+def test_a_window_of_one_byte_gets_one_byte_frames_at_once():
+    # RFC 9113 §6.9.1: DATA is cut to the window the client gave, however small; the response never waits for
+    # a bigger one (the send timeout is far beyond the client's wait here: waiting would fail the test).
+    with run_server(make_app(), Settings(http2_send_timeout=120)) as (host, port, server):
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 1}) as client:
+            stream_id = client.request("/x")
+            assert data_frame_sizes(client, stream_id) == [1] * len(b"hello /x")
+            assert client.response(stream_id).body == b"hello /x"
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 0}) as client:
+            stream_id = client.request("/x")
+            client.until(lambda: client.replies[stream_id].status == 200)  # the head, then nothing: a shut window
+            client.conn.increment_flow_control_window(3, stream_id)
+            client.flush()
+            assert data_frame_sizes(client, stream_id)[0] == 3  # what was granted, at once
+
+
+def test_a_window_opened_byte_by_byte_is_a_flood(caplog):
+    # A client reopening a shut window a few bytes at a time makes the server send a frame per opening:
+    # counted like PINGs, GOAWAY ENHANCE_YOUR_CALM past the bound - after it got the bytes it asked for.
+    with run_server(make_app(), Settings(http2_max_control_frames=20)) as (host, port, server):
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 1}) as client:  # the stream's window
+            stream_id = client.request("/big")
+            sizes = data_frame_sizes(client, stream_id)
+            assert client.goaway is not None and client.goaway.error_code == ENHANCE_YOUR_CALM
+            assert len(sizes) > 20 and set(sizes) == {1}
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 1 << 20}, ack=False) as client:  # the connection's
+            reply = client.replies[client.request("/big")]
+            client.until(lambda: len(reply.body) == 65535)  # the connection's first window, used up
+            while client.goaway is None:
+                client.conn.increment_flow_control_window(1)
+                client.flush()
+                before = len(reply.body)
+                client.until(lambda: len(reply.body) > before or client.goaway is not None)
+            assert client.goaway.error_code == ENHANCE_YOUR_CALM and len(reply.body) >= 65535 + 20
+        with H2Client(port, settings={INITIAL_WINDOW_SIZE: 4096}) as client:
+            assert len(client.get("/big").body) == 8 * 65536  # a small window, not a trickle: served
+        assert served(port)
+    assert "more than 20 WINDOW_UPDATE frames that opened a shut window by under 1 KiB in a second" in caplog.text
 
 
 def test_stop_sends_goaway_and_finishes_the_streams_in_flight():
