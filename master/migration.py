@@ -33,6 +33,12 @@ is read as gunicorn reads it. This page says what corral does with each of gunic
 (gunicorn 27): {same} mean the same, {noop} are accepted and ignored with a warning that says what corral
 does instead, and {refuse} are refused, saying why and what to use.
 
+Beyond the settings, what a gunicorn deployment relies on carries over: the [server hooks](server-hooks.md)
+with gunicorn's names, call points and arguments; the loggers `gunicorn.error` and `gunicorn.access` with
+gunicorn's access line, byte for byte ([Logs](logs.md)); statsd's `gunicorn.*` names ([Metrics](metrics.md));
+a dual-stack `[::]:PORT` bind and a `0777` unix socket (`--umask 0`). The test suite runs such configs and
+command lines, including the shapes of well-known projects' and Docker images' configs.
+
 ## How a gunicorn setup is read
 
 - **Config file**: `-c FILE`, `-c file:FILE` or `-c python:package.module` (a module on the import path),
