@@ -47,13 +47,13 @@ def metavar(setting: Setting) -> str:
 
 
 def cli_flags(setting: Setting) -> str:
-    """The command-line flags as a user types them (`-w, --workers WORKERS`; `--gc-freeze / --no-gc-freeze`)."""
+    """The command-line flags as a user types them (`-w WORKERS`, `--workers WORKERS`; `--gc-freeze`, `--no-gc-freeze`)."""
     if not setting.cli:
-        return "config file and environment only"
+        return "no flag"
     shorts = [flag for flag in setting.flags if not flag.startswith("--")]
     longs = [flag for flag in setting.flags if flag.startswith("--")]
     if _is_switch(setting):
-        names = [*shorts, f"{longs[0]}", f"--no-{longs[0][2:]}"]
+        names = [*shorts, longs[0], f"--no-{longs[0][2:]}"]
         text = ", ".join(f"`{name}`" for name in names)
     else:
         text = ", ".join(f"`{flag} {metavar(setting)}`" for flag in (*shorts, *longs))
@@ -133,8 +133,8 @@ def settings_reference() -> str:
     out += ["| setting | command line | default |", "|---|---|---|"]
     for settings in grouped.values():
         for setting in settings:
-            flag = setting.cli_name if setting.cli else "config file"
-            out.append(f"| [`{setting.name}`](#{setting.name}) | `{flag}` | {default_cell(setting)} |")
+            flag = f"`{setting.cli_name}`" if setting.cli else "*config file*"
+            out.append(f"| [`{setting.name}`](#{setting.name}) | {flag} | {default_cell(setting)} |")
     out.append("")
     for section, settings in grouped.items():
         title = SECTIONS.get(section, section.replace("_", " ").capitalize())
