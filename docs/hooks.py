@@ -47,7 +47,7 @@ def metavar(setting: Setting) -> str:
 
 
 def cli_flags(setting: Setting) -> str:
-    """The command-line flags as a user types them (`-w WORKERS`, `--workers WORKERS`; `--gc-freeze`, `--no-gc-freeze`)."""
+    """The flags as a user types them: `-w WORKERS`, `--workers WORKERS`; `--gc-freeze`, `--no-gc-freeze`."""
     if not setting.cli:
         return "no flag"
     shorts = [flag for flag in setting.flags if not flag.startswith("--")]
