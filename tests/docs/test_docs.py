@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,20 @@ def test_the_readme_is_short_and_starts_with_the_two_set_up_commands():
     assert lines[1] == "python -m pytest"
     for link in re.findall(r"\]\((docs/[^)#]+)", text):
         assert (ROOT / link).exists(), link
+
+
+def test_the_readmes_production_command_is_the_serve_recipe():
+    """The README is no site page (it cannot include a recipe): its copy of the command is checked instead."""
+    text = README.read_text()
+    block = re.search(r"^## Production\n.*?^```sh\n(.*?)^```", text, re.M | re.S)
+    assert block is not None
+    recipe = [line for line in (DOCS / "recipes" / "serve.sh").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert len(recipe) == 1
+    expected = shlex.split(recipe[0])
+    assert expected[0].endswith("/bin/serve")
+    command = block.group(1).replace("\\\n", " ")  # a shell's line continuation
+    assert shlex.split(command) == ["serve", *expected[1:]]
 
 
 # ---------------------------------------------------------------------------- migrating from uvicorn
