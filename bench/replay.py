@@ -48,7 +48,9 @@ HERE = Path(__file__).resolve().parent
 
 SHIMS = {
     "serve": "exec {python} -m corral.master \"$@\"",
-    "gunicorn": "exec {python} -m gunicorn \"$@\"",
+    # its console script, not `python -m gunicorn`: a project's config named gunicorn.py (NetBox's) in the
+    # working folder would shadow the package
+    "gunicorn": "exec {python} " + os.path.join(os.path.dirname(sys.executable), "gunicorn") + " \"$@\"",
 }
 
 #: Headers every probe request carries: access-log atoms read them (%(a)s, %(f)s, %({x-request-id}i)s).
@@ -221,6 +223,9 @@ def _write_app_shims(root: Path, apps: dict[str, str]) -> None:
         kind, _, attribute = target.partition(":")
         base, _, module = module.rpartition("/")  # "netbox/netbox.wsgi": module netbox.wsgi under ./netbox
         base_dir = root / base if base else root
+        base_dir.mkdir(parents=True, exist_ok=True)
+        # next to the module (the server puts the folder it runs from, or --chdir's, on the import path)
+        shutil.copy(HERE / "replay_app.py", base_dir / "replay_app.py")
         parts = module.split(".")
         folder = base_dir.joinpath(*parts[:-1])
         folder.mkdir(parents=True, exist_ok=True)
@@ -286,7 +291,6 @@ def replay(deployment: Deployment, server: str, workdir: Path | None = None) -> 
            if not k.startswith(("CORRAL_", "GUNICORN_", "PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"))}
     env.update({k: v.format(**values) for k, v in deployment.env.items()})
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     observed = Observation(server)
     argv = [a.replace("{tmp}", str(root)).replace("{port}", str(port)) for a in deployment.command(root)]
