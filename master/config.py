@@ -327,17 +327,43 @@ def env_warnings(environ: Mapping[str, str]) -> list[str]:
     return [f"environment: not a setting, ignored: {listed}"]
 
 
+#: gunicorn's defaults that come from the environment (its config.py): platforms set these variables for the
+#: server (Heroku and Cloud Run set PORT, Heroku's buildpack WEB_CONCURRENCY and FORWARDED_ALLOW_IPS), and a
+#: deployment that relies on them gives no flag at all. Each is the setting's default, below a config file.
+GUNICORN_ENV_DEFAULTS = {
+    "PORT": ("bind", lambda value: (f"0.0.0.0:{value}",)),
+    "WEB_CONCURRENCY": ("workers", lambda value: value),
+    "FORWARDED_ALLOW_IPS": ("forwarded_allow_ips", lambda value: value),
+}
+
+
+def gunicorn_env_defaults(environ: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """The settings whose default gunicorn takes from PORT, WEB_CONCURRENCY and FORWARDED_ALLOW_IPS."""
+    found: dict[str, Any] = {}
+    for variable, (name, value_of) in GUNICORN_ENV_DEFAULTS.items():
+        if variable not in environ:
+            continue
+        try:
+            found[name] = REGISTRY[name].parse(value_of(environ[variable]),
+                                               f"environment variable {variable}, gunicorn's default")
+        except SettingError as exc:
+            problems.append(str(exc))
+    return found
+
+
 def collect(cli: Mapping[str, Any], config_path: str | None, environ: Mapping[str, str] = os.environ,
             folder: str = ".", cmd_args: Mapping[str, Any] | None = None,
             warn: Callable[[str], None] | None = None, problems: list[str] | None = None) -> Settings:
     """Resolve the effective settings from the command line, GUNICORN_CMD_ARGS/CORRAL_CMD_ARGS (`cmd_args`,
     parsed like the command line), the environment and the config file(s).
 
-    Precedence: command line > *_CMD_ARGS > CORRAL_* > config file > pyproject.toml > default.
+    Precedence: command line > *_CMD_ARGS > CORRAL_* > config file > pyproject.toml > gunicorn's defaults
+    from PORT, WEB_CONCURRENCY, FORWARDED_ALLOW_IPS > default.
     Every problem of every source (and those already in `problems`) is raised at once as ConfigProblems."""
     warn = warn or _warn
     problems = list(problems or [])
-    file_values = _gathered(problems, load_pyproject, folder)
+    file_values = gunicorn_env_defaults(environ, problems)
+    file_values.update(_gathered(problems, load_pyproject, folder))
     if config_path:
         file_values.update(_gathered(problems, load_python_config, config_path, warn))
     for line in env_warnings(environ):

@@ -84,6 +84,7 @@ def setup_logging(settings: Settings) -> None:
         if naming == "gunicorn":
             gunicorn.setLevel(level)  # gunicorn sets it before applying the config (which may change it)
         logging.config.dictConfig(config)
+        _keep_servers_loggers()
         _adopt_other_names(naming)
         if naming == "gunicorn" and CORRAL not in config.get("loggers", {}):
             _forward(corral, gunicorn.getEffectiveLevel())
@@ -110,6 +111,16 @@ def setup_logging(settings: Settings) -> None:
         corral.setLevel(level)
         corral.propagate = False
     _capture_output(settings)
+
+
+def _keep_servers_loggers() -> None:
+    """A config with `disable_existing_loggers: True` (structlog's gunicorn recipe has it) disables every
+    logger it does not name that exists already: corral's own (`corral.master.arbiter`, ...) among them,
+    whose records are the server's error log (gunicorn.error's records, with gunicorn's naming). gunicorn's
+    records come from the logger the config names and so survive; corral's must too."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (name == CORRAL or name.startswith(CORRAL + ".")):
+            logger.disabled = False
 
 
 def _forward(corral: logging.Logger, level: int) -> None:

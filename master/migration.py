@@ -37,7 +37,11 @@ Beyond the settings, what a gunicorn deployment relies on carries over: the [ser
 with gunicorn's names, call points and arguments; the loggers `gunicorn.error` and `gunicorn.access` with
 gunicorn's access line, byte for byte ([Logs](logs.md)); statsd's `gunicorn.*` names ([Metrics](metrics.md));
 a dual-stack `[::]:PORT` bind and a `0777` unix socket (`--umask 0`). The test suite runs such configs and
-command lines, including the shapes of well-known projects' and Docker images' configs.
+command lines, and replays ten public projects' own gunicorn configs and start commands, kept verbatim
+(gunicorn's sample config, the uvicorn-gunicorn Docker image, Superset, Heroku's and Cloud Run's samples,
+Wagtail's Dockerfile, Mozilla's Antenna, NetBox, prometheus_client's multiprocess recipe, IBM's MCP
+gateway); `python -m bench.gunicorn_sidebyside FOLDER` runs such a folder under gunicorn and under `serve`
+and compares what they do.
 
 ## How a gunicorn setup is read
 
@@ -52,6 +56,11 @@ command lines, including the shapes of well-known projects' and Docker images' c
   'workers'?)`. UPPER_CASE names are constants, never settings.
 - **`GUNICORN_CMD_ARGS` and `CORRAL_CMD_ARGS`** (which wins) are command lines: above the config file and
   the `CORRAL_*` variables, below the real command line.
+- **`PORT`, `WEB_CONCURRENCY` and `FORWARDED_ALLOW_IPS`** are gunicorn's defaults for `bind`
+  (`0.0.0.0:$PORT`), `workers` and `forwarded_allow_ips`, as in gunicorn: below a config file and
+  everything else. Platforms set them for the server (Heroku and Cloud Run set `PORT`; Heroku's buildpack
+  sets `WEB_CONCURRENCY` and `FORWARDED_ALLOW_IPS='*'`), so a start command with no `--bind` at all
+  (`gunicorn myproject.wsgi`) binds where the platform expects.
 - **`CORRAL_*` variables** set the settings of their name (`CORRAL_WORKERS=4`). An environment is shared
   with deploy scripts and other tools, so a `CORRAL_` variable that is no setting (`CORRAL_HOME`) is not
   corral's business: it is ignored, with a warning only when it looks like a misspelt setting
@@ -67,6 +76,13 @@ command lines, including the shapes of well-known projects' and Docker images' c
   (the usual way to allow long URLs): corral then allows up to 1 MiB each, the bound gunicorn's own C
   parser keeps, so that one request head cannot take unbounded memory. `--limit-request-fields 0` is
   gunicorn's maximum, 32768 fields.
+- **The client behind a trusted proxy** is one difference, deliberate: when the peer is in
+  `forwarded_allow_ips` (`127.0.0.1,::1` by default, a proxy on the same host), the client address comes
+  from `X-Forwarded-For` (or RFC 7239 `Forwarded`) for every app, so a WSGI app's `REMOTE_ADDR` and the
+  access log's `%(h)s` are the client, not the proxy. That is what gunicorn does for ASGI apps (uvicorn's
+  `UvicornWorker` trusts the same setting); gunicorn's sync and gthread workers give the proxy's address
+  and leave the header to the app (`HTTP_X_FORWARDED_FOR` is still there). `--forwarded-allow-ips ''`
+  trusts no peer and gives the peer's address, as those workers do.
 - **`ssl_context(config, default_ssl_context_factory)`**, gunicorn's TLS hook, is called when TLS is on
   (`--certfile`), at start and on each HUP: `config` is corral's effective settings, the factory builds
   corral's context from `--certfile`, `--keyfile`, `--ca-certs`, `--cert-reqs`, `--ciphers` and

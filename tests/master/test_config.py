@@ -288,3 +288,20 @@ def test_a_uvicorn_worker_subclass_applies_its_config_kwargs(tmp_path, monkeypat
         "invalid value for --lifespan (from CONFIG_KWARGS of proj_workers.BadWorker)",
         "invalid value for --backlog (from CONFIG_KWARGS of proj_workers.BadWorker)"]
     worker_class.clear_cache()
+
+
+def test_port_web_concurrency_and_forwarded_allow_ips_are_gunicorns_defaults(tmp_path):
+    """As in gunicorn's config.py: PORT makes the default bind 0.0.0.0:$PORT, WEB_CONCURRENCY (Heroku's
+    buildpack pads it: "02") and FORWARDED_ALLOW_IPS are defaults, below the config file and the rest."""
+    environ = {"PORT": "5123", "WEB_CONCURRENCY": "02", "FORWARDED_ALLOW_IPS": "*"}
+    settings = collect({}, None, environ=environ, folder=str(tmp_path))
+    assert (settings.bind, settings.workers, settings.forwarded_allow_ips) == (("0.0.0.0:5123",), 2, ("*",))
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("bind = ['[::]:5123']\nworkers = 3\n")
+    settings = collect({"workers": "4"}, str(conf), environ=environ, folder=str(tmp_path))
+    assert (settings.bind, settings.workers) == (("[::]:5123",), 4)
+    with pytest.raises(ConfigProblems) as caught:
+        collect({}, None, environ={"WEB_CONCURRENCY": "many"}, folder=str(tmp_path))
+    assert caught.value.problems == [
+        "invalid value for --workers (from environment variable WEB_CONCURRENCY, gunicorn's default): "
+        "expected an integer, got 'many'"]

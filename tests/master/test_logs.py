@@ -128,6 +128,23 @@ def test_a_logconfig_dict_routing_gunicorns_loggers_gets_every_record(tmp_path, 
     assert line.startswith(f"{access_name}|INFO|10.0.0.1 - - [") and line.endswith('"GET /x HTTP/1.1" 200 2 "-" "-"')
 
 
+@pytest.mark.parametrize("naming", ["gunicorn", "corral"])
+def test_disable_existing_loggers_keeps_the_servers_own_records(tmp_path, loggers, naming):
+    """structlog's gunicorn recipe sets disable_existing_loggers: True; the server's records still arrive (in
+    gunicorn they come from gunicorn.error, which the config names; here from corral's loggers)."""
+    arbiter = logging.getLogger("corral.master.arbiter")  # exists before the config, as at import
+    app = logging.getLogger("someapp.module")
+    config = dict(gunicorn_dict(tmp_path, "gunicorn.error", "gunicorn.access"), disable_existing_loggers=True)
+    setup_logging(Settings(logconfig_dict=config, naming=naming))
+    arbiter.info("Booting worker 1")
+    app.info("an app logger the config does not name")  # disabled, as dictConfig says
+    flush_all()
+    name = "gunicorn.error" if naming == "gunicorn" else "corral.master.arbiter"
+    assert lines(tmp_path / "gunicorn.error.log") == [f"{name}|INFO|Booting worker 1"]
+    assert app.disabled
+    app.disabled = False
+
+
 def test_a_config_written_for_corrals_names_still_applies(tmp_path, loggers):
     config = gunicorn_dict(tmp_path, "corral", "corral.access")
     settings = Settings(logconfig_dict=config)
