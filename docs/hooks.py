@@ -5,7 +5,8 @@ generated reference there, so the page lists exactly what `corral.shared.setting
 settings included as they are added). `settings_reference()` is the generator, which
 tests/docs/test_docs.py checks against the registry without building the site.
 
-The hook also refuses a page that names internal work items ("issue 12"): pages say what the product does.
+The hook also refuses a page that names an internal work item (the word issue and a number): pages say what
+the product does.
 """
 
 from __future__ import annotations
