@@ -33,6 +33,16 @@ is read as gunicorn reads it. This page says what corral does with each of gunic
 (gunicorn 27): {same} mean the same, {noop} are accepted and ignored with a warning that says what corral
 does instead, and {refuse} are refused, saying why and what to use.
 
+Beyond the settings, what a gunicorn deployment relies on carries over: the [server hooks](server-hooks.md)
+with gunicorn's names, call points and arguments; the loggers `gunicorn.error` and `gunicorn.access` with
+gunicorn's access line, byte for byte ([Logs](logs.md)); statsd's `gunicorn.*` names ([Metrics](metrics.md));
+a dual-stack `[::]:PORT` bind and a `0777` unix socket (`--umask 0`). The test suite runs such configs and
+command lines, and replays ten public projects' own gunicorn configs and start commands, kept verbatim
+(gunicorn's sample config, the uvicorn-gunicorn Docker image, Superset, Heroku's and Cloud Run's samples,
+Wagtail's Dockerfile, Mozilla's Antenna, NetBox, prometheus_client's multiprocess recipe, IBM's MCP
+gateway); `python -m bench.gunicorn_sidebyside FOLDER` runs such a folder under gunicorn and under `serve`
+and compares what they do.
+
 ## How a gunicorn setup is read
 
 - **Config file**: `-c FILE`, `-c file:FILE` or `-c python:package.module` (a module on the import path),

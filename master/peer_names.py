@@ -143,12 +143,12 @@ GUNICORN: dict[str, Entry] = {
                                 "parser; above 8190 is honoured (gunicorn caps there)", ("--limit-request-line",),
                                 "--limit-request-line"),
     # Server hooks
-    **{name: _same("server hook: config file only (see README \"Server hooks\")", (), name) for name in HOOK_ARITY},
+    **{name: _same("server hook: config file only (see the \"Server hooks\" page)", (), name) for name in HOOK_ARITY},
     # Server mechanics
     "casefold_http_method": Entry("noop", "", "corral passes the method as sent (RFC 9110: case-sensitive)",
                                   ("--casefold-http-method",), False, False),
     "chdir": _same("", ("--chdir",), "--chdir"),
-    "daemon": Entry("refuse", "", "corral does not daemonize: run it under systemd (README \"Production\")",
+    "daemon": Entry("refuse", "", "corral does not daemonize: run it under systemd (see the \"Deployment\" page)",
                     ("-D", "--daemon"), False, False),
     "forwarded_allow_ips": _same("also `unix` for unix-socket peers", ("--forwarded-allow-ips",), "--forwarded-allow-ips"),
     "forwarder_headers": Entry("noop", "--root-path", "corral does not take SCRIPT_NAME/PATH_INFO from headers",
@@ -241,6 +241,9 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
     "--limit-concurrency": ("--max-applications N --pool-full 503", "uvicorn answers 503 past it; corral "
                             "waits by default"),
     "--limit-max-requests": ("--max-requests", ""),
+    "--limit-max-requests-jitter": ("--max-requests-jitter", ""),
+    "--http2": ("--http auto", "HTTP/2 is on by default: h2 by ALPN, h2c with prior knowledge"),
+    "--reset-contextvars": ("", "each request already starts from the worker's context"),
     "--timeout-keep-alive": ("--keep-alive", ""),
     "--timeout-graceful-shutdown": ("--graceful-timeout", ""),
     "--timeout-worker-healthcheck": ("-t/--timeout", ""),

@@ -107,8 +107,8 @@ async def serve_application(
         LogCounter(counters.logs).install()  # the error log's records by level (statsd log.error, ...)
     if settings.gc_freeze:
         # The application, its imports and this server live as long as the worker: out of the cyclic
-        # collector's way. Its full passes over them took ~10 ms each, the p99.9 of a hello-world (README,
-        # "Garbage collection"); what requests create is still collected.
+        # collector's way. Its full passes over them took ~10 ms each, the p99.9 of a hello-world
+        # (docs/applications.md, "Garbage collection"); what requests create is still collected.
         gc.freeze()
     if on_ready is not None:
         on_ready(server)

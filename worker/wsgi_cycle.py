@@ -48,9 +48,9 @@ _CLOSED = CLOSED
 _WAITING, _QUEUED, _DONE, _EXPIRED = 0, 1, 2, 3
 _TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
 _SENDFILE_STEP = 1 << 20
-# The alternatives bench/wsgi_dispatch.py measures against the pool (not a setting: see the README's
-# "WSGI" section for the figures): "inline" runs the application on the event loop, "connection" gives
-# each connection a thread of its own (gunicorn gthread's model).
+# The alternatives bench/wsgi_dispatch.py measures against the pool (not a setting: see docs/benchmarks.md,
+# "How a request reaches its thread", for the figures): "inline" runs the application on the event loop,
+# "connection" gives each connection a thread of its own (gunicorn gthread's model).
 _DISPATCH = os.environ.get("BENCH_WSGI_DISPATCH", "pool")
 
 

@@ -1,4 +1,4 @@
-"""The README's Kubernetes Deployment ("Many hosts"): parsed as YAML, its `serve` arguments checked by
+"""The Kubernetes Deployment recipe (docs/recipes/kubernetes.yaml): parsed as YAML, its `serve` arguments checked by
 `serve --print-config` (so every flag exists and every value is valid), and cross-checked against the
 settings they give: the probes on the health path and the bound port, the readiness probe failing within the
 drain delay, the grace period above the drain plus the graceful timeout, the liveness probe never tripping
@@ -13,7 +13,7 @@ import sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from readme_blocks import block, local_serve  # noqa: E402
+from recipes import local_serve, recipe  # noqa: E402
 from serve_harness import WAIT, clean_env  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def settings_of(args: list[str]) -> dict[str, str]:
 
 
 def test_the_deployment_agrees_with_the_settings_it_names():
-    deployment = yaml.safe_load(block("corral: many-hosts kubernetes", "yaml"))
+    deployment = yaml.safe_load(recipe("kubernetes.yaml"))
     assert deployment["apiVersion"] == "apps/v1" and deployment["kind"] == "Deployment"
     spec = deployment["spec"]
     assert spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"]

@@ -1,11 +1,11 @@
-"""Three corral "hosts" behind nginx and HAProxy, run from the README's "Many hosts" blocks.
+"""Three corral "hosts" behind nginx and HAProxy, run from the "Many hosts" recipes (docs/recipes/many-hosts-*).
 
-Each host is a network namespace joined to the others by a bridge, running the README's `serve -w 2`
-command; nginx and HAProxy (the README's blocks) run in the root namespace, the bridge's address being the
+Each host is a network namespace joined to the others by a bridge, running the recipe's `serve -w 2`
+command; nginx and HAProxy (the recipes) run in the root namespace, the bridge's address being the
 balancers' own. A steady, bounded load goes through both balancers while the test does a rolling restart
 (TERM a host, start it again, next host), a HUP on every host and a kill -9 of a whole host, and counts
 what was sent, answered and failed in each scenario. Only addresses, ports, paths and the app are swapped
-in the README's blocks (`readme_blocks.substitute`, which fails when a block drifts).
+in the recipes (`recipes.substitute`, which fails when a recipe drifts).
 
 Network namespaces need root (or CAP_NET_ADMIN): elsewhere the test is skipped, saying so; CI runs as
 root. Everything is torn down by name and pid whatever happens.
@@ -32,13 +32,13 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from readme_blocks import block, local_serve, substitute, substitute_re  # noqa: E402
+from recipes import command_line, local_serve, recipe, substitute, substitute_re  # noqa: E402
 from serve_harness import LIFESPAN, Master, STOP_WAIT, WAIT, free_port, kill_pids, wait_until  # noqa: E402
 from test_nginx import NGINX, Nginx, nginx_frame  # noqa: E402
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
 IP = shutil.which("ip")
-README_NET = "10.0.1."  # the README's addresses: hosts .11-.13, the balancer .2
+RECIPE_NET = "10.0.1."  # the recipes' addresses: hosts .11-.13, the balancer .2
 HOSTS = ("h1", "h2", "h3")
 THREADS = 4  # load threads per balancer
 REPORT = os.environ.get("CORRAL_MANY_HOSTS_REPORT")  # a file for the figures (the closing note's)
@@ -117,17 +117,14 @@ class Network:
         run("link", "del", self.bridge, check=False)
 
 
-def readme_serve(net: Network, host: str, pidfile: Path) -> list[str]:
-    lines = [line for line in block("corral: many-hosts serve", "sh").splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
-    assert len(lines) == 1
-    command = substitute(lines[0], README_NET, net.net)
+def recipe_serve(net: Network, host: str, pidfile: Path) -> list[str]:
+    command = substitute(command_line("many-hosts-serve.sh"), RECIPE_NET, net.net)
     command = substitute(command, f"{net.net}11:8000", f"{net.addresses[host]}:8000", count=1)
     command = substitute(command, "-w 4", "-w 2", count=1)  # two workers a host on a 2-core machine
     argv = shlex.split(command)
     assert argv[0] == "/srv/app/.venv/bin/serve"
     argv = [*local_serve(), *argv[1:]]
-    argv[-1:] = ["--pid", str(pidfile), "hostapp:app"]  # the README's app spec is the last argument
+    argv[-1:] = ["--pid", str(pidfile), "hostapp:app"]  # the recipe's app spec is the last argument
     return argv
 
 
@@ -139,7 +136,7 @@ class Host:
         self.masters: list[Master] = []
 
     def start(self) -> None:
-        argv = ["ip", "netns", "exec", self.net.namespaces[self.name], *readme_serve(self.net, self.name, self.pidfile)]
+        argv = ["ip", "netns", "exec", self.net.namespaces[self.name], *recipe_serve(self.net, self.name, self.pidfile)]
         self.master = Master([], self.root, pidfile=self.pidfile, env={"TEST_HOST": self.name}, argv=argv)
         self.masters.append(self.master)
         try:
@@ -159,10 +156,10 @@ class Host:
 class HAProxy:
     def __init__(self, root: Path, net: Network, port: int) -> None:
         self.socket = root / "haproxy.sock"
-        conf = block("corral: many-hosts haproxy", "haproxy")
+        conf = recipe("many-hosts-haproxy.cfg")
         conf = substitute(conf, "/run/haproxy/admin.sock", str(self.socket), count=1)
         conf = substitute_re(conf, r"^(\s*)bind :80$", rf"\1bind 127.0.0.1:{port}")
-        conf = substitute(conf, README_NET, net.net)
+        conf = substitute(conf, RECIPE_NET, net.net)
         self.conf = root / "haproxy.cfg"
         self.conf.write_text(conf)
         self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.conf)], stdin=subprocess.DEVNULL,  # type: ignore[list-item]
@@ -203,8 +200,8 @@ class HAProxy:
 
 
 def nginx_conf(prefix: Path, net: Network, port: int) -> str:
-    site = block("corral: many-hosts nginx", "nginx")
-    site = substitute(site, README_NET, net.net)
+    site = recipe("many-hosts-nginx.conf")
+    site = substitute(site, RECIPE_NET, net.net)
     site = substitute_re(site, r"^(\s*)listen 80;", rf"\1listen 127.0.0.1:{port};")
     return nginx_frame(prefix, site)
 

@@ -1,6 +1,6 @@
-"""The README's nginx block in front of the README's `serve` command, run for real.
+"""The nginx recipe (docs/recipes/nginx.conf) in front of the `serve` recipe (serve.sh), run for real.
 
-Only mechanical substitutions are made (see readme_blocks): the socket and pid paths go to a temporary
+Only mechanical substitutions are made (see recipes.py): the socket and pid paths go to a temporary
 folder, `listen 80` to a free loopback port, the commented TLS lines are switched on with a throw-away
 certificate, and the app is one that reports what it saw. nginx runs in the foreground with a temporary
 prefix and is stopped by pid, like every corral process here.
@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from readme_blocks import block, localize_serve, serve_argv, substitute, substitute_re  # noqa: E402
+from recipes import localize_serve, recipe, serve_argv, substitute, substitute_re  # noqa: E402
 from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, wait_until  # noqa: E402
 
 from corral.shared.exitcodes import OK  # noqa: E402
@@ -46,8 +46,8 @@ NGINX = _find_nginx()
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs nginx-light)")
 
-HOST = "example.com"  # the README's server_name; requests carry it as their Host header
-WORKERS = 4  # the README's -w
+HOST = "example.com"  # the recipe's server_name; requests carry it as their Host header
+WORKERS = 4  # the recipe's -w
 
 APP = '''
 import json, os
@@ -99,8 +99,8 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
 def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path, Path] | None,
                user: str | None = None) -> str:
-    """nginx.conf: the README's block, substituted, inside a minimal main/events/http frame."""
-    site = block("corral: nginx", "nginx")
+    """nginx.conf: the recipe, substituted, inside a minimal main/events/http frame."""
+    site = recipe("nginx.conf")
     site = substitute(site, "/run/corral/corral.sock", str(socket_path), count=1)
     site = substitute_re(site, r"^(\s*)listen 80;", rf"\1listen 127.0.0.1:{port};")
     if tls is not None:
@@ -112,7 +112,7 @@ def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path,
 
 
 def nginx_frame(prefix: Path, site: str, access_log: str = "off", user: str | None = None) -> str:
-    """A README block (http-level directives) inside a minimal main/events/http frame whose temporary
+    """A recipe (http-level directives) inside a minimal main/events/http frame whose temporary
     folders are under `prefix`; `user` is nginx's `user` directive (its workers' user, when started as root)."""
     temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for folder in temp.values():
@@ -193,7 +193,7 @@ class Nginx:
 
 
 class Stack:
-    """serve (the README's command) behind nginx (the README's block)."""
+    """serve (the recipe's command) behind nginx (the nginx recipe)."""
 
     def __init__(self, root: Path, trusted: bool, tls: bool) -> None:
         self.root = root
@@ -271,7 +271,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def trusted(tmp_path_factory) -> Iterator[Stack]:
-    """The README exactly: serve with --forwarded-allow-ips unix; nginx with its TLS lines switched on."""
+    """The recipes exactly: serve with --forwarded-allow-ips unix; nginx with its TLS lines switched on."""
     stack = Stack(tmp_path_factory.mktemp("nginx-trusted"), trusted=True, tls=OPENSSL is not None)
     try:
         yield stack.start()
@@ -415,9 +415,9 @@ def test_reload_under_load_through_nginx_fails_no_request(trusted):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="nginx's workers run as another user only when it starts as root")
 def test_nginx_running_as_another_user_reaches_the_default_socket(tmp_path):
-    """The README's serve command binds its socket 0777 (gunicorn's --umask 0), so nginx's workers, running as
+    """The recipe's serve command binds its socket 0777 (gunicorn's --umask 0), so nginx's workers, running as
     `nobody` as a packaged nginx's run as www-data, connect; with -m 077 they get 502, the failure the default
-    avoids (the README's -m 007 with -g www-data keeps it to nginx's group)."""
+    avoids (the deployment page's -m 007 with -g www-data keeps it to nginx's group)."""
     import grp
     import pwd
     import stat

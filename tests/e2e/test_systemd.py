@@ -1,10 +1,10 @@
-"""The README's systemd socket + service units, run the way systemd runs them.
+"""The systemd socket + service unit recipes (docs/recipes/corral.socket, corral.service), run the way systemd runs them.
 
 `systemd-socket-activate` stands in for systemd (which is not PID 1 here): it listens on the socket unit's
 `ListenStream=`, and on the first connection execs the service's `ExecStart=` in the same process with
 LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES set and a clean environment, as systemd does. Then the unit's
 `ExecReload=` (HUP) and `KillSignal=` within `TimeoutStopSec=` are checked. Only paths and the app are
-substituted (see readme_blocks).
+substituted (see recipes.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from readme_blocks import APP_DIR, SERVE, block, local_serve, localize_serve, serve_argv, unit  # noqa: E402
+from recipes import APP_DIR, SERVE, local_serve, localize_serve, recipe, serve_argv, unit  # noqa: E402
 from serve_harness import WAIT, Master, wait_until, write_apps  # noqa: E402
 
 from corral.shared.exitcodes import OK  # noqa: E402
@@ -98,17 +98,17 @@ def one(values: dict[str, list[str]], key: str) -> str:
 
 
 def seconds(value: str) -> float:
-    """systemd time spans as the README uses them: `45`, `45s`, `1min 30s`."""
+    """systemd time spans as the recipes use them: `45`, `45s`, `1min 30s`."""
     total = 0.0
     for number, unit_name in re.findall(r"(\d+(?:\.\d+)?)\s*(min|ms|s)?", value):
         total += float(number) * {"min": 60, "ms": 0.001, "s": 1, "": 1}[unit_name]
     return total
 
 
-def test_readme_units_are_consistent_with_the_serve_command():
+def test_the_units_are_consistent_with_the_serve_command():
     socket_unit, service = unit("corral.socket"), unit("corral.service")
     exec_start = shlex.split(one(service, "ExecStart"))
-    assert exec_start == serve_argv(), "ExecStart= should be the README's serve command"
+    assert exec_start == serve_argv(), "ExecStart= should be the serve recipe's command"
     bind = exec_start[exec_start.index("-b") + 1]
     assert bind == "unix:" + one(socket_unit, "ListenStream")  # same address with or without systemd
     assert one(service, "WorkingDirectory") == APP_DIR
@@ -116,7 +116,7 @@ def test_readme_units_are_consistent_with_the_serve_command():
     assert one(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(service, "KillSignal") == "SIGTERM"
     assert one(service, "Type") == "notify"  # corral speaks sd_notify: READY=1 once the workers serve
-    graceful = 30.0  # --graceful-timeout's default; the README's command does not change it
+    graceful = 30.0  # --graceful-timeout's default; the recipe's command does not change it
     if "--graceful-timeout" in exec_start:
         graceful = float(exec_start[exec_start.index("--graceful-timeout") + 1])
     # The master's longest graceful stop: graceful + 5 s before stragglers are killed + 5 s to reap them.
@@ -124,13 +124,13 @@ def test_readme_units_are_consistent_with_the_serve_command():
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_readme_units_pass_systemd_analyze_verify(tmp_path):
+def test_the_units_pass_systemd_analyze_verify(tmp_path):
     """systemd's own parser accepts both units: no unknown key, bad value or missing piece."""
     serve = local_serve()
     if len(serve) != 1:
         pytest.skip("no `serve` script to stand in for ExecStart's binary")
     for name in ("corral.socket", "corral.service"):
-        text = block(name, "ini").replace(SERVE, serve[0]).replace(f"WorkingDirectory={APP_DIR}", f"WorkingDirectory={tmp_path}")
+        text = recipe(name).replace(SERVE, serve[0]).replace(f"WorkingDirectory={APP_DIR}", f"WorkingDirectory={tmp_path}")
         (tmp_path / name).write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / "corral.socket"), str(tmp_path / "corral.service")],
