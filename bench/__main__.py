@@ -20,6 +20,8 @@ whatever happens. Scenarios:
 
 Load comes from wrk when installed (apt-get install wrk), else from the built-in generator (bench/load.py).
 
+  python -m bench cost [...]                  CPU, system calls and context switches per request for each
+                                              path, corral and its peers, pinned and saturated (bench/cost.py)
   python -m bench guard [...]                 instructions per request under valgrind against
                                               bench/cost_baseline.json: the CI regression guard (bench/guard.py)
 """
@@ -145,7 +147,7 @@ def select_servers(args: argparse.Namespace) -> tuple[list[str], list[str], dict
     return asgi, wsgi, skipped
 
 
-SUBCOMMANDS = {"guard": "bench.guard"}  # python -m bench guard [...]: its own options
+SUBCOMMANDS = {"cost": "bench.cost", "guard": "bench.guard"}  # python -m bench cost|guard [...]: their own options
 
 
 def main(argv: list[str] | None = None) -> int:
