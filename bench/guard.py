@@ -4,8 +4,8 @@
     python -m bench guard --paths asgi-keepalive,websocket
     python -m bench guard --update --reason "why the figures moved"     # record them (a reviewed edit)
 
-Request rates and CPU time swing 2x on a shared machine (and this VM has no hardware counters); an
-instruction count does not. Each server is a real `serve` (one worker, default settings, PYTHONHASHSEED=0)
+Request rates swing 2x between rounds on a shared machine, CPU time per request by several per cent, and
+this VM has no hardware counters; an instruction count under valgrind holds still. Each server is a real `serve` (one worker, default settings, PYTHONHASHSEED=0)
 under `valgrind --tool=callgrind --instr-atstart=no`: start-up runs uncounted. For each path a sequential
 client (bench/sequential.py: one unit in flight, so the server sees the same reads in the same order every
 time) opens a connection and warms it up; then counting is switched on through valgrind's gdbserver (`vgdb`),
@@ -59,8 +59,8 @@ class GuardPath:
     warm: int  # units on the connection before counting starts
     title: str
     # Send each unit only once the worker is quiet. The WSGI paths need it: a request that arrives while the
-    # previous one's thread is still on its way back to sleep takes another (cheaper) hand-off than one that
-    # finds every thread asleep, and which one happens is the OS scheduler's choice.
+    # previous one's thread is still on its way back to sleep takes another hand-off than one that finds
+    # every thread asleep, and which one happens is the OS scheduler's choice (windows then differ by 3 %).
     quiet_each: bool = False
 
 
