@@ -19,6 +19,11 @@ whatever happens. Scenarios:
   coldstart fairness crash hup                the process model (bench/process.py)
 
 Load comes from wrk when installed (apt-get install wrk), else from the built-in generator (bench/load.py).
+
+  python -m bench cost [...]                  CPU, system calls and context switches per request for each
+                                              path, corral and its peers, pinned and saturated (bench/cost.py)
+  python -m bench guard [...]                 instructions per request under valgrind against
+                                              bench/cost_baseline.json: the CI regression guard (bench/guard.py)
 """
 
 from __future__ import annotations
@@ -142,7 +147,15 @@ def select_servers(args: argparse.Namespace) -> tuple[list[str], list[str], dict
     return asgi, wsgi, skipped
 
 
+SUBCOMMANDS = {"cost": "bench.cost", "guard": "bench.guard"}  # python -m bench cost|guard [...]: their own options
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parse(argv)
     asgi, wsgi, skipped = select_servers(args)
     os.makedirs(args.out, exist_ok=True)
@@ -182,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.progress.end()
     other = [r["other_cores"] for sc in scenarios.values() for rs in sc["runs"].values() for r in rs
              if "other_cores" in r]
-    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench " + " ".join(argv)
     results = {
         "meta": {"command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
                  "seconds": time.time() - started, "rounds": args.rounds, "duration": args.duration,

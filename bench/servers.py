@@ -98,6 +98,8 @@ def _hypercorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[s
             "--log-level", "warning", "--graceful-timeout", "5"]
     if opt.get("keepalive"):
         argv += ["--keep-alive", str(opt["keepalive"])]
+    if opt.get("tls"):
+        argv += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
     return argv + [app]
 
 
@@ -110,6 +112,8 @@ def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[s
             out += ["--loop", "uvloop"]
         else:
             out += ["--blocking-threads", str(opt.get("threads") or 4)]
+        if opt.get("tls"):  # the key must be PKCS#8: throughput.self_signed's is
+            out += ["--ssl-certificate", opt["tls"][0], "--ssl-keyfile", opt["tls"][1]]
         return out + [app]
 
     return argv
@@ -168,10 +172,16 @@ def wait_port(port: int, proc: Any, timeout: float = 30.0) -> bool:
             time.sleep(0.05)
 
 
-def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def base_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The caller's environment without corral's and systemd's variables, the checkout first on PYTHONPATH, then
+    `extra` (a None value removes the variable)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "_CORRAL_", "LISTEN_"))}
     env["PYTHONPATH"] = procs.ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(extra or {})
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -185,7 +195,7 @@ class Server:
     cpus: set[int] | None
     logdir: str
     options: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)  # on top of base_env()
     label: str = ""
     port: int = 0
     proc: Any = None

@@ -147,10 +147,14 @@ def c_client() -> str | None:
         import shutil
         import tempfile
 
+        import atexit
+
         path = None
         compiler = shutil.which("cc") or shutil.which("gcc")
         if compiler:
-            path = os.path.join(tempfile.mkdtemp(prefix="corral-bench-"), "ws_client")
+            folder = tempfile.mkdtemp(prefix="corral-bench-")
+            atexit.register(shutil.rmtree, folder, True)  # the binary lives as long as this process
+            path = os.path.join(folder, "ws_client")
             result = subprocess.run([compiler, "-O2", "-o", path, os.path.join(ROOT, "bench", "ws_client.c")],
                                     capture_output=True, text=True)
             if result.returncode != 0:
