@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import httptools
 
+from corral.worker.chunked import ChunkedBody, ChunkError
 from corral.worker.exchange import Exchange
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
 from corral.worker.response import (  # noqa: F401
@@ -85,7 +86,9 @@ class RequestHandler(Protocol):
 
 
 # Header names whose value decides framing or routing: looked at one by one (a set lookup per field).
-_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host"))
+# Content-Type is among them because a second one makes the body's meaning ambiguous (RFC 9110 §5.3: a field
+# whose grammar is a single value cannot be repeated).
+_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host", b"content-type"))
 
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets or a
 # reg-name / IPv4 address (unreserved, pct-encoded and sub-delims characters). An empty value is allowed.
@@ -97,6 +100,19 @@ _VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-.
 #: pipelines thousands of requests without reading the answers costs at most this many parsed requests
 #: plus one read of raw bytes (see `feed`). A real request head is a few hundred bytes: one or two a slice.
 PARSE_SLICE = 1024
+
+#: What llhttp says about a method it knows only in RTSP (DESCRIBE, SETUP, PLAY...): a token like any other.
+_RTSP_METHOD = "Invalid method for HTTP/x.x request"
+
+#: RFC 9110 §9.1: a method is a token. gunicorn's further rule, taken for methods llhttp does not know: 3 to
+#: 20 characters, no lowercase letter and no `#` (every registered method fits; `get` or `-bl` is a mistake
+#: or a probe).
+_METHOD = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]{3,20}")
+
+
+class _UnknownMethod(Exception):
+    """llhttp refused a request's method (see HTTP11Connection._fallback_head)."""
+
 
 #: Chunks a chunked body may use before the size of its chunks is checked (`min_chunk_size`).
 FREE_CHUNKS = 1024
@@ -137,7 +153,7 @@ class HTTP11Connection:
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
         "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
         "backlog", "min_chunk", "chunks", "body_left",
-        "upgrade_body", "upgrade_request",
+        "upgrade_body", "upgrade_request", "content_type", "head_parts", "chunked", "fallback", "method",
     )
 
     def __init__(self, handler: RequestHandler, limits: Limits) -> None:
@@ -161,6 +177,7 @@ class HTTP11Connection:
         self.te: bytes | None = None
         self.expect = False
         self.host: bytes | None = None  # the Host field of the head being parsed
+        self.content_type = False  # the head being parsed has a Content-Type field
         self.last_host = b""  # the last Host value found valid: clients repeat theirs, checked once
         self.chunks = 0  # chunks of the body being parsed
         self.body_left = 0  # bytes of a Content-Length body still to come
@@ -170,7 +187,13 @@ class HTTP11Connection:
         self.upgrade_body = 0
         self.upgrade_request: Exchange | None = None
         self.in_head = True  # between requests or inside a head: the header timer's concern
+        # The bytes of a head that reads have cut, so far (None between heads, and when every head came
+        # whole), and their count.
+        self.head_parts: list[bytes] | None = None
         self.head_bytes = 0
+        self.chunked: ChunkedBody | None = None  # the chunked body being decoded
+        self.fallback = False  # head_parts hold a head whose method llhttp refused, until it is whole
+        self.method: bytes | None = None  # that head's method, for on_headers_complete
         self.completed = 0  # messages complete
         self.request: Exchange | None = None  # the request whose body is being parsed
         self.last: Exchange | None = None  # the request made last
@@ -194,6 +217,12 @@ class HTTP11Connection:
     def feed(self, data: bytes) -> None:
         """Parse bytes read from the client; raises ProtocolError for anything the client got wrong.
 
+        llhttp is handed one request head at a time (up to its first CRLFCRLF: llhttp takes no bare CR or LF,
+        so that is where it ends too), then the body: a Content-Length body is llhttp's to count, a chunked
+        one is decoded by `ChunkedBody`. So the connection always knows where each request begins, which
+        is what the fallback for a method llhttp does not know needs (see `_unknown_method`). The common read,
+        one whole head, goes to llhttp as it is (`_feed_split` does the rest).
+
         A read that may hold more requests than `max_pipeline` is parsed a slice at a time (`_feed_sliced`),
         and parsing stops at a slice boundary once `max_pipeline` requests wait behind the active one: the
         rest is kept unparsed in `backlog` (the protocol stops reading meanwhile) and parsed by `feed(b"")`
@@ -212,26 +241,110 @@ class HTTP11Connection:
             # it and is parsed whole, below. (A body that contains the string only costs the slicing.)
             self._feed_sliced(data)
             return
-        started_in_head = self.in_head
-        head_begun = started_in_head and bool(self.url)  # the url is reset when a head completes
-        completed = self.completed
+        if self.in_head and self.head_parts is None and data.find(b"\r\n\r\n") == len(data) - 4:
+            # One whole head (perhaps after empty lines), begun in this read: the common case.
+            try:
+                offset = self._execute(data)
+            except _UnknownMethod:
+                offset = len(data) if self._fallback_head(data) else -1
+            if offset >= 0:
+                self._upgraded(data, offset)
+            return
+        self._feed_split(data)
+
+    def _feed_split(self, data: bytes) -> None:
+        """`feed` for any other read: heads, Content-Length bodies and chunked bodies one after the other."""
+        n = len(data)
+        pos = 0
+        while pos < n:
+            if self.upgraded:
+                return
+            body = self.chunked
+            if body is not None:
+                try:
+                    pos = body.feed(data, pos)
+                except ChunkError as exc:
+                    raise ProtocolError(exc.status, exc.detail) from None
+                if body.done:
+                    self.chunked = None
+                    self._execute(b"0\r\n\r\n")  # the body is complete: llhttp ends the message
+                continue
+            if not self.in_head:
+                # A Content-Length body: llhttp counts it, and gets no byte past it.
+                end = pos + self.body_left if self.body_left else n
+                if end > n:
+                    end = n
+                offset = self._execute(data[pos:end])
+                if offset >= 0:
+                    self._upgraded(data, pos + offset)
+                    return
+                pos = end
+                continue
+            parts = self.head_parts
+            start = pos
+            if parts is None:
+                # llhttp skips empty lines (and bare line breaks) before a request line.
+                while pos < n and (data[pos] == 13 or data[pos] == 10):
+                    pos += 1
+                if pos == n:
+                    self._execute(data[start:])
+                    return
+                end = data.find(b"\r\n\r\n", pos)
+                stop = end + 4 if end >= 0 else -1
+            else:
+                # The head began in an earlier read: its CRLFCRLF may straddle the two.
+                tail = parts[-1][-3:] if len(parts[-1]) >= 3 else b"".join(parts)[-3:]
+                straddle = (tail + data[pos:pos + 3]).find(b"\r\n\r\n")
+                if straddle >= 0:
+                    stop = pos + straddle + 4 - len(tail)
+                else:
+                    end = data.find(b"\r\n\r\n", pos)
+                    stop = end + 4 if end >= 0 else -1
+            if stop < 0:
+                self._head_piece(data[start:], False)
+                return
+            offset = self._head_piece(data[start:stop], True)
+            if offset >= 0:
+                self._upgraded(data, start + offset)
+                return
+            pos = stop
+
+    def _head_piece(self, piece: bytes, complete: bool) -> int:
+        """Part of a head (`complete`: its end) for llhttp; returns llhttp's upgrade offset in `piece`, or -1."""
+        parts = self.head_parts
+        if not complete:
+            if parts is None:
+                parts = self.head_parts = []
+                self.head_bytes = 0
+            parts.append(piece)
+            self.head_bytes += len(piece)
+            if self.head_bytes > self.head_cap:
+                # The parser reports the target as it goes: if it is most of the head, it is the culprit.
+                too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
+                raise ProtocolError(too_long, "request head too large")
+        else:
+            self.head_parts = None
+        if self.fallback:
+            if not complete:
+                return -1
+            self.fallback = False
+            return len(piece) if self._fallback_head(b"".join(parts) + piece if parts else piece) else -1
+        try:
+            return self._execute(piece)
+        except _UnknownMethod:
+            if not complete:
+                self.fallback = True  # the rest of the head is buffered, then parsed by _fallback_head
+                self.head_parts = [b"".join(parts)]  # type: ignore[arg-type]  # appended above
+                return -1
+            return len(piece) if self._fallback_head(b"".join(parts) + piece if parts else piece) else -1
+
+    def _execute(self, data: bytes) -> int:
+        """llhttp parses `data`; returns -1, or where the bytes after an Upgrade request begin in `data`.
+        Raises ProtocolError (the client's error), or _UnknownMethod."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # RFC 9110 §7.8: a server may ignore Upgrade. The request was dispatched as plain HTTP; what
-            # follows it is not HTTP/1.1, so the connection closes after the response.
-            self.upgraded = True
-            self.must_close = True
-            if self.last is not None:
-                self.last.keep_alive = False
-                # WebSocket hook (corral.worker.wsprotocol): bytes sent right behind a WebSocket handshake
-                # belong to the WebSocket.
-                upgrade_tail = getattr(self.last, "upgrade_tail", None)
-                if upgrade_tail is not None and exc.args and exc.args[0] < len(data):
-                    upgrade_tail(data[exc.args[0]:])
-            if self.upgrade_body:
-                self._upgrade_body(data[exc.args[0]:] if exc.args else b"")
-            return
+            return exc.args[0] if exc.args else len(data)
         except httptools.HttpParserError as exc:
             error = self.error
             if error is None:
@@ -239,26 +352,57 @@ class HTTP11Connection:
                     # llhttp refuses data after a `Connection: close` request: nothing more is served
                     # on this connection anyway, so the bytes are ignored rather than answered.
                     self.upgraded = True
-                    return
+                    return -1
+                if isinstance(exc, httptools.HttpParserInvalidMethodError) or str(exc) == _RTSP_METHOD:
+                    raise _UnknownMethod from None
                 if isinstance(exc, httptools.HttpParserCallbackError):
                     # A bug of ours, not the client's: httptools keeps only the repr of the exception.
                     logger.error("Error in a request parser callback: %s", exc)
                 error = ProtocolError(400, str(exc))
             self.error = None
             raise error from None
-        if self.in_head and self.url:
-            # A head is incomplete: count its bytes. When this read also finished an earlier message, the
-            # split point is unknown and the count restarts at 0 (an undercount bounded by one read).
-            if completed != self.completed:
-                self.head_bytes = 0
-            elif head_begun:
-                self.head_bytes += len(data)
-            else:
-                self.head_bytes = len(data)  # the head began in this read
-            if self.head_bytes > self.head_cap:
-                # The parser reports the target as it goes: if it is most of the head, it is the culprit.
-                too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
-                raise ProtocolError(too_long, "request head too large")
+        return -1
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        """llhttp stopped after an Upgrade request whose head ends at `offset` in `data`."""
+        # RFC 9110 §7.8: a server may ignore Upgrade. The request was dispatched as plain HTTP; what
+        # follows it is not HTTP/1.1, so the connection closes after the response.
+        self.upgraded = True
+        self.must_close = True
+        if self.last is not None:
+            self.last.keep_alive = False
+            # WebSocket hook (corral.worker.wsprotocol): bytes sent right behind a WebSocket handshake
+            # belong to the WebSocket.
+            upgrade_tail = getattr(self.last, "upgrade_tail", None)
+            if upgrade_tail is not None and offset < len(data):
+                upgrade_tail(data[offset:])
+        if self.upgrade_body:
+            self._upgrade_body(data[offset:])
+
+    # ------------------------------------------------------------------ methods llhttp does not know
+
+    def _fallback_head(self, head: bytes) -> bool:
+        """A head (whole, as received) whose method llhttp refused: it knows a fixed list (GET, PROPFIND,
+        PURGE, QUERY...), while RFC 9110 §9.1 lets a method be any token, and gunicorn and h11 hand such
+        requests to the application (which may answer 405 or 501). So does corral: llhttp parses the head
+        with its method swapped for GET, and the request gets its own method. Returns True when llhttp
+        stopped after it for an Upgrade.
+
+        Safe from smuggling: where this head ends was found before, as for any head (its first CRLFCRLF),
+        and llhttp frames a request body by Content-Length and Transfer-Encoding alone, whatever the method
+        but CONNECT (an upgrade, and a method llhttp knows). The method must look like one, by gunicorn's
+        rule (`_METHOD`); anything else stays a 400."""
+        head = head.lstrip(b"\r\n")
+        method, space, rest = head.partition(b" ")
+        if not space or _METHOD.fullmatch(method) is None:
+            raise ProtocolError(400, "invalid method")
+        # llhttp's parser is in its error state after the refusal: the next requests get a new one.
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers = []
+        self.header_size = 0
+        self.method = method
+        return self._execute(b"GET " + rest) >= 0
 
     def _upgrade_body(self, data: bytes) -> None:
         """The body of a plain request that carried an Upgrade header (see `upgrade_body`)."""
@@ -343,6 +487,10 @@ class HTTP11Connection:
                         raise self.fail(400, "invalid Host header field")
                     self.last_host = value
                 self.host = value
+            elif name == b"content-type":
+                if self.content_type:
+                    raise self.fail(400, "more than one Content-Type header field")
+                self.content_type = True
             else:
                 self.expect = value.lower() == b"100-continue"
         self.headers.append((name, value))
@@ -372,8 +520,13 @@ class HTTP11Connection:
         self.te = None
         self.expect = False
         self.host = None
+        self.content_type = False
         parser = self.parser
-        method = parser.get_method()
+        method = self.method
+        if method is None:
+            method = parser.get_method()
+        else:
+            self.method = None  # a method llhttp does not know (_fallback_head)
         if len(method) + len(url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
             raise self.fail(414, "request line too long")
         http_version = parser.get_http_version()
@@ -397,11 +550,19 @@ class HTTP11Connection:
             if codings[-1] != b"chunked":
                 raise self.fail(400, "chunked is not the final transfer coding")
             if len(codings) > 1:
-                raise self.fail(501, "unsupported transfer coding")  # RFC 9112 §6.1
+                if b"chunked" in codings[:-1]:
+                    raise self.fail(400, "chunked applied more than once")  # RFC 9112 §6.1
+                # `identity` (RFC 2616's no-op coding) changes nothing; any other is one this server does not
+                # decode (RFC 9112 §6.1: 501).
+                for coding in codings[:-1]:
+                    if coding != b"identity":
+                        raise self.fail(501, "unsupported transfer coding")
             if http_version == "1.0":
                 raise self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 §6.1
             has_body = True
             self.chunks = 0
+            # The body is decoded by ChunkedBody (see feed), not by llhttp.
+            self.chunked = ChunkedBody(self.on_body, self.on_chunk_header, self.limit_head, self.limit_fields)
         elif content_length > 0:
             if self.limit_body and content_length > self.limit_body:
                 raise self.fail(413, "request body too large")  # known before the application runs
@@ -465,6 +626,7 @@ class HTTP11Connection:
             self.te = None
             self.expect = False
             self.host = None
+            self.content_type = False
         request = self.request
         self.request = None
         self.in_head = True

@@ -113,9 +113,14 @@ def case(draw_name: str) -> st.SearchStrategy[bytes]:
     return st.sampled_from([draw_name.lower(), draw_name.upper(), draw_name.title(), draw_name])
 
 
+#: Chunk extensions, with the whitespace RFC 9112 §7.1.1 allows around `;` and `=` (BWS).
+CHUNK_EXTENSIONS = [b"", b";a=b", b" ; a = b", b"; x", b'\t;y="q z"', b";k=v;l"]
+
+
 @st.composite
 def request(draw: Any, i: int) -> bytes:
-    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]))
+    # The last ones are tokens llhttp does not know: corral parses their heads with GET in their place.
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "PURGE", "-BLARGH", "FOO_BAR"]))
     lines = [f"{method} /p{i}?q={i} HTTP/1.1", f"{draw(case('Host'))}: example.com", f"{draw(case('X-Req'))}: {i}"]
     for k in range(draw(st.integers(0, 3))):
         lines.append(f"{draw(case(f'X-H{i}-{k}'))}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}v{k}")
@@ -128,10 +133,10 @@ def request(draw: Any, i: int) -> bytes:
     elif framing == "chunked":
         lines.append(f"{draw(case('Transfer-Encoding'))}: chunked")
         for size in draw(st.lists(st.integers(1, 20), max_size=4)):
-            body += b"%x\r\n%s\r\n" % (size, b"c" * size)
-        body += b"0\r\n"
+            body += b"%x%s\r\n%s\r\n" % (size, draw(st.sampled_from(CHUNK_EXTENSIONS)), b"c" * size)
+        body += b"0%s\r\n" % draw(st.sampled_from(CHUNK_EXTENSIONS))
         if draw(st.booleans()):  # a trailer section: dropped, never seen by anyone
-            body += f"X-Trailer{i}: t\r\nHost: evil\r\nExpect: 100-continue\r\n".encode()
+            body += f"X-Trailer{i}: t\r\nExpect: 100-continue\r\n".encode()
         body += b"\r\n"
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
