@@ -58,7 +58,7 @@ class ChunkedBody:
     per chunk (the connection's CPU guard)."""
 
     __slots__ = ("state", "left", "line", "trailer_bytes", "trailer_fields", "max_trailer_bytes",
-                 "max_trailer_fields", "on_data", "on_chunk")
+                 "max_trailer_fields", "on_data", "on_chunk", "skip")
 
     def __init__(self, on_data: Callable[[bytes], None], on_chunk: Callable[[], None], max_trailer_bytes: int,
                  max_trailer_fields: int) -> None:
@@ -71,6 +71,8 @@ class ChunkedBody:
         self.max_trailer_fields = max_trailer_fields
         self.on_data = on_data
         self.on_chunk = on_chunk
+        # Body bytes not to deliver: llhttp had delivered them before it refused something later.
+        self.skip = 0
 
     @property
     def done(self) -> bool:
@@ -83,15 +85,29 @@ class ChunkedBody:
             if state == _DATA:
                 end = pos + self.left
                 if end > n:
-                    end = n
-                self.left -= end - pos
-                self.on_data(data[pos:end])
+                    self.left -= n - pos
+                    self._deliver(data[pos:] if pos else data)
+                    return n
+                self._deliver(data[pos:end])
                 pos = end
-                if not self.left:
+                if data[pos:pos + 2] == b"\r\n":  # the CRLF after the data, most often in the same read
+                    pos += 2
+                    self.state = _SIZE
+                else:
                     self.state = _DATA_END
                     self.left = 2
+            elif state == _SIZE and not self.line:
+                end = data.find(b"\r\n", pos, pos + MAX_CHUNK_LINE + 2)
+                if end < 0:
+                    line, pos = self._line(data, pos)  # cut by the read (kept), or too long
+                    continue
+                self._size_line(data[pos:end])
+                pos = end + 2
+                if self.state == _TRAILER and data[pos:pos + 2] == b"\r\n":
+                    self.state = _DONE  # the last chunk, with no trailer section: the common end
+                    return pos + 2
             elif state == _DATA_END:
-                # The CRLF after a chunk's data, perhaps cut between reads.
+                # The CRLF after a chunk's data, cut between reads.
                 expected = b"\r\n"[2 - self.left:]
                 got = data[pos:pos + self.left]
                 if got != expected[:len(got)]:
@@ -111,6 +127,15 @@ class ChunkedBody:
                 else:
                     self._trailer_line(line)
         return pos
+
+    def _deliver(self, piece: bytes) -> None:
+        skip = self.skip
+        if skip:
+            self.skip = skip - len(piece) if skip > len(piece) else 0
+            piece = piece[skip:]
+            if not piece:
+                return
+        self.on_data(piece)
 
     def _line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:
         """The next CRLF-ended line (without its CRLF) and the position after it; (None, len) when the line

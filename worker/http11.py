@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import httptools
 
-from corral.worker.chunked import ChunkedBody, ChunkError
+from corral.worker.chunked import FORBIDDEN_TRAILERS, ChunkedBody, ChunkError
 from corral.worker.exchange import Exchange
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
 from corral.worker.response import (  # noqa: F401
@@ -110,6 +110,21 @@ _RTSP_METHOD = "Invalid method for HTTP/x.x request"
 _METHOD = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]{3,20}")
 
 
+_PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+def _skip_breaks(data: bytes, pos: int) -> int:
+    """The position of the first byte from `pos` that is no CR or LF (llhttp skips them before a request)."""
+    n = len(data)
+    while pos < n and (data[pos] == 13 or data[pos] == 10):
+        pos += 1
+    return pos
+
+
 class _UnknownMethod(Exception):
     """llhttp refused a request's method (see HTTP11Connection._fallback_head)."""
 
@@ -153,7 +168,7 @@ class HTTP11Connection:
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
         "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
         "backlog", "min_chunk", "chunks", "body_left",
-        "upgrade_body", "upgrade_request", "content_type", "head_parts", "chunked", "fallback", "method",
+        "upgrade_body", "upgrade_request", "content_type", "head_parts", "chunked", "fallback", "method", "sole", "sizes", "first_size", "native_chunked",
     )
 
     def __init__(self, handler: RequestHandler, limits: Limits) -> None:
@@ -194,6 +209,12 @@ class HTTP11Connection:
         self.chunked: ChunkedBody | None = None  # the chunked body being decoded
         self.fallback = False  # head_parts hold a head whose method llhttp refused, until it is whole
         self.method: bytes | None = None  # that head's method, for on_headers_complete
+        # While a read is fed whole (see feed): the number its first request gets when complete, else -1;
+        # and the body sizes of the requests it completed (the first's apart).
+        self.sole = -1
+        self.sizes: list[tuple[int, int]] = []
+        self.first_size = 0
+        self.native_chunked = False  # llhttp is decoding a chunked body, in a read fed whole
         self.completed = 0  # messages complete
         self.request: Exchange | None = None  # the request whose body is being parsed
         self.last: Exchange | None = None  # the request made last
@@ -241,21 +262,124 @@ class HTTP11Connection:
             # it and is parsed whole, below. (A body that contains the string only costs the slicing.)
             self._feed_sliced(data)
             return
-        if self.in_head and self.head_parts is None and data.find(b"\r\n\r\n") == len(data) - 4:
-            # One whole head (perhaps after empty lines), begun in this read: the common case.
+        if self.in_head and self.head_parts is None:
+            # A read that begins between requests (almost every read) is fed whole. Where llhttp refuses what
+            # RFC 9112 allows (a method it does not know, whitespace in a chunk extension), the connection
+            # finds the place in the read and goes on without it (`_resync`, `_replay_chunked`); where the
+            # read ends inside a head or a chunked body, that is found too (`_cut_head`, `_take_chunked`).
+            before = self.completed
+            self.sole = before + 1  # the number the read's first request will have when complete
+            self.first_size = 0
             try:
-                offset = self._execute(data)
-            except _UnknownMethod:
-                offset = len(data) if self._fallback_head(data) else -1
-            if offset >= 0:
-                self._upgraded(data, offset)
+                self.parser.feed_data(data)
+            except _PARSER_ERRORS as exc:
+                self.sole = -1
+                if self.native_chunked and self.error is None and not isinstance(exc, httptools.HttpParserUpgrade):
+                    self._replay_chunked(data, before)  # llhttp refused something in a chunked body
+                    return
+                try:
+                    offset = self._failure(exc, len(data))
+                except _UnknownMethod:
+                    self._resync(data, before)
+                    return
+                if offset >= 0:
+                    self._upgraded(data, offset)
+                return
+            self.sole = -1
+            if self.native_chunked:
+                self._take_chunked(data, before)  # the read ended inside a chunked body
+            elif self.in_head and data[-4:] != b"\r\n\r\n" and not self.upgraded:
+                # The read may end inside a head (one that ends with CRLFCRLF ends a head or a body, never
+                # inside a head). It does not when it held one request whose body ends it (a POST): the
+                # first CRLFCRLF found is then that head's end, as any earlier one would leave bytes over.
+                if self.completed != before + 1 or data.find(b"\r\n\r\n") + 4 + self.body_size != len(data):
+                    self._cut_head(data, before)
+            if self.sizes:
+                self.sizes = []
             return
-        self._feed_split(data)
+        self._feed_split(data, 0)
 
-    def _feed_split(self, data: bytes) -> None:
-        """`feed` for any other read: heads, Content-Length bodies and chunked bodies one after the other."""
-        n = len(data)
+    def _chunked_body(self) -> ChunkedBody:
+        return ChunkedBody(self.on_body, self.on_chunk_header, self.limit_head, self.limit_fields)
+
+    def _request_end(self, data: bytes, before: int) -> int:
+        """Where, in a read fed whole that began between requests, the requests completed in it end:
+        each head ends at its first CRLFCRLF (llhttp takes no bare CR or LF), each body is as long as
+        llhttp found it (`sizes`; the first request's, `first_size`), a chunked one as long as its chunks
+        (walked again)."""
+        sizes = dict(self.sizes)
+        sizes[before + 1] = self.first_size
+        self.sizes = []
         pos = 0
+        for number in range(before + 1, self.completed + 1):
+            pos = data.find(b"\r\n\r\n", _skip_breaks(data, pos)) + 4
+            size = sizes.get(number, 0)
+            pos = self._walk_chunked(data, pos).feed(data, pos) if size < 0 else pos + size
+        return pos
+
+    def _head_end(self, data: bytes, before: int) -> int:
+        """Where the head of the request llhttp was inside when it stopped (a read fed whole) ends."""
+        return data.find(b"\r\n\r\n", _skip_breaks(data, self._request_end(data, before))) + 4
+
+    def _walk_chunked(self, data: bytes, pos: int) -> ChunkedBody:
+        """A ChunkedBody that reads a chunked body llhttp decoded (and delivered) already, from `pos`."""
+        return ChunkedBody(_ignore, _ignore, self.limit_head, self.limit_fields)
+
+    def _cut_head(self, data: bytes, before: int) -> None:
+        """A read fed whole ended inside a head: keep that head's bytes (see _head_piece)."""
+        start = _skip_breaks(data, self._request_end(data, before) if self.completed != before else 0)
+        if start < len(data):
+            self.head_parts = []
+            self.head_bytes = 0
+            self._head_piece(data[start:], False, parsed=True)
+
+    def _take_chunked(self, data: bytes, before: int) -> None:
+        """A read fed whole ended inside a chunked body that llhttp was decoding: ChunkedBody decodes the
+        rest (llhttp's state cannot be read). It reads this read's part of the body again without
+        delivering it, to be where llhttp was."""
+        self.native_chunked = False
+        start = self._head_end(data, before)
+        try:
+            body = self._walk_chunked(data, start)
+            body.feed(data, start)
+        except ChunkError as exc:
+            raise ProtocolError(exc.status, exc.detail) from None
+        body.on_data = self.on_body
+        body.on_chunk = self.on_chunk_header
+        self.chunked = body
+
+    def _replay_chunked(self, data: bytes, before: int) -> None:
+        """llhttp refused something in a chunked body (a read fed whole): ChunkedBody decodes that body
+        again from its start, delivering only what llhttp had not, and the read goes on after it."""
+        self.native_chunked = False
+        self.parser = httptools.HttpRequestParser(self)  # llhttp's parser is in its error state
+        # Trailer fields llhttp may have reported before it stopped (see on_message_complete).
+        self.headers = []
+        self.header_size = 0
+        self.content_length = -1
+        self.te = None
+        self.expect = False
+        self.host = None
+        self.content_type = False
+        start = self._head_end(data, before)
+        body = self.chunked = self._chunked_body()
+        body.skip = self.body_size
+        self.chunks = 0
+        self._feed_split(data, start)
+
+    def _resync(self, data: bytes, before: int) -> None:
+        """llhttp refused a method (a read fed whole): a new parser goes on from the end of the requests
+        completed before it, and parses that head again (it falls back, see _fallback_head)."""
+        self.parser = httptools.HttpRequestParser(self)  # llhttp's parser is in its error state
+        self.url = b""
+        self.headers = []
+        self.header_size = 0
+        self._feed_split(data, self._request_end(data, before))
+
+    def _feed_split(self, data: bytes, pos: int) -> None:
+        """`feed` for any other read, from `pos`: heads, Content-Length bodies and chunked bodies one after
+        the other. (The common steps call llhttp inline: a call less each.)"""
+        n = len(data)
         while pos < n:
             if self.upgraded:
                 return
@@ -266,40 +390,73 @@ class HTTP11Connection:
                 except ChunkError as exc:
                     raise ProtocolError(exc.status, exc.detail) from None
                 if body.done:
+                    # The body is complete. llhttp never saw it: a new parser takes the next request.
                     self.chunked = None
-                    self._execute(b"0\r\n\r\n")  # the body is complete: llhttp ends the message
+                    self.parser = httptools.HttpRequestParser(self)
+                    self.on_message_complete()
                 continue
             if not self.in_head:
                 # A Content-Length body: llhttp counts it, and gets no byte past it.
-                end = pos + self.body_left if self.body_left else n
-                if end > n:
-                    end = n
-                offset = self._execute(data[pos:end])
-                if offset >= 0:
-                    self._upgraded(data, pos + offset)
-                    return
+                left = self.body_left
+                end = pos + left if left and pos + left < n else n
+                piece = data[pos:end] if pos or end < n else data
+                try:
+                    self.parser.feed_data(piece)
+                except _PARSER_ERRORS as exc:
+                    try:
+                        offset = self._failure(exc, len(piece))
+                    except _UnknownMethod:
+                        raise ProtocolError(400, "invalid method") from None
+                    if offset >= 0:
+                        self._upgraded(data, pos + offset)
+                        return
                 pos = end
                 continue
+            if self.head_parts is None:
+                # A head begins here. llhttp skips empty lines (and bare line breaks) before a request line.
+                start = pos
+                if data[pos] == 13 or data[pos] == 10:
+                    while pos < n and (data[pos] == 13 or data[pos] == 10):
+                        pos += 1
+                    if pos == n:
+                        self._execute(data[start:])
+                        return
+                end = data.find(b"\r\n\r\n", pos) if pos else data.find(b"\r\n\r\n")
+                if end < 0:
+                    self._head_piece(data[start:], False)
+                    return
+                stop = end + 4
+                piece = data[start:stop] if start or stop < n else data
+                try:
+                    self.parser.feed_data(piece)
+                except _PARSER_ERRORS as exc:
+                    try:
+                        offset = self._failure(exc, len(piece))
+                    except _UnknownMethod:
+                        offset = len(piece) if self._fallback_head(piece) else -1
+                    if offset >= 0:
+                        self._upgraded(data, start + offset)
+                        return
+                if stop < n and not self.in_head and self.body_left >= n - stop and self.chunked is None:
+                    # The rest of the read is this request's Content-Length body (or its start): the common
+                    # POST, in one more call.
+                    try:
+                        self.parser.feed_data(data[stop:])
+                    except _PARSER_ERRORS as exc:
+                        self._failure(exc, n - stop)
+                    return
+                pos = stop
+                continue
+            # The head began in an earlier read: its CRLFCRLF may straddle the two.
             parts = self.head_parts
             start = pos
-            if parts is None:
-                # llhttp skips empty lines (and bare line breaks) before a request line.
-                while pos < n and (data[pos] == 13 or data[pos] == 10):
-                    pos += 1
-                if pos == n:
-                    self._execute(data[start:])
-                    return
+            tail = parts[-1][-3:] if len(parts[-1]) >= 3 else b"".join(parts)[-3:]
+            straddle = (tail + data[pos:pos + 3]).find(b"\r\n\r\n")
+            if straddle >= 0:
+                stop = pos + straddle + 4 - len(tail)
+            else:
                 end = data.find(b"\r\n\r\n", pos)
                 stop = end + 4 if end >= 0 else -1
-            else:
-                # The head began in an earlier read: its CRLFCRLF may straddle the two.
-                tail = parts[-1][-3:] if len(parts[-1]) >= 3 else b"".join(parts)[-3:]
-                straddle = (tail + data[pos:pos + 3]).find(b"\r\n\r\n")
-                if straddle >= 0:
-                    stop = pos + straddle + 4 - len(tail)
-                else:
-                    end = data.find(b"\r\n\r\n", pos)
-                    stop = end + 4 if end >= 0 else -1
             if stop < 0:
                 self._head_piece(data[start:], False)
                 return
@@ -309,8 +466,9 @@ class HTTP11Connection:
                 return
             pos = stop
 
-    def _head_piece(self, piece: bytes, complete: bool) -> int:
-        """Part of a head (`complete`: its end) for llhttp; returns llhttp's upgrade offset in `piece`, or -1."""
+    def _head_piece(self, piece: bytes, complete: bool, parsed: bool = False) -> int:
+        """Part of a head (`complete`: its end) for llhttp (`parsed`: llhttp has it already); returns llhttp's
+        upgrade offset in `piece`, or -1."""
         parts = self.head_parts
         if not complete:
             if parts is None:
@@ -322,6 +480,8 @@ class HTTP11Connection:
                 # The parser reports the target as it goes: if it is most of the head, it is the culprit.
                 too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
                 raise ProtocolError(too_long, "request head too large")
+            if parsed:
+                return -1
         else:
             self.head_parts = None
         if self.fallback:
@@ -343,25 +503,30 @@ class HTTP11Connection:
         Raises ProtocolError (the client's error), or _UnknownMethod."""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            return exc.args[0] if exc.args else len(data)
-        except httptools.HttpParserError as exc:
-            error = self.error
-            if error is None:
-                if self.must_close and self.request is None:
-                    # llhttp refuses data after a `Connection: close` request: nothing more is served
-                    # on this connection anyway, so the bytes are ignored rather than answered.
-                    self.upgraded = True
-                    return -1
-                if isinstance(exc, httptools.HttpParserInvalidMethodError) or str(exc) == _RTSP_METHOD:
-                    raise _UnknownMethod from None
-                if isinstance(exc, httptools.HttpParserCallbackError):
-                    # A bug of ours, not the client's: httptools keeps only the repr of the exception.
-                    logger.error("Error in a request parser callback: %s", exc)
-                error = ProtocolError(400, str(exc))
-            self.error = None
-            raise error from None
+        except _PARSER_ERRORS as exc:
+            return self._failure(exc, len(data))
         return -1
+
+    def _failure(self, exc: Exception, size: int) -> int:
+        """What llhttp raising `exc` on `size` bytes means: the offset of the bytes after an Upgrade request,
+        -1 (the rest is ignored), ProtocolError raised (the client's error), or _UnknownMethod raised."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            return exc.args[0] if exc.args else size
+        error = self.error
+        if error is None:
+            if self.must_close and self.request is None:
+                # llhttp refuses data after a `Connection: close` request: nothing more is served
+                # on this connection anyway, so the bytes are ignored rather than answered.
+                self.upgraded = True
+                return -1
+            if isinstance(exc, httptools.HttpParserInvalidMethodError) or str(exc) == _RTSP_METHOD:
+                raise _UnknownMethod from None
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                # A bug of ours, not the client's: httptools keeps only the repr of the exception.
+                logger.error("Error in a request parser callback: %s", exc)
+            error = ProtocolError(400, str(exc))
+        self.error = None
+        raise error from None
 
     def _upgraded(self, data: bytes, offset: int) -> None:
         """llhttp stopped after an Upgrade request whose head ends at `offset` in `data`."""
@@ -561,8 +726,10 @@ class HTTP11Connection:
                 raise self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 §6.1
             has_body = True
             self.chunks = 0
-            # The body is decoded by ChunkedBody (see feed), not by llhttp.
-            self.chunked = ChunkedBody(self.on_body, self.on_chunk_header, self.limit_head, self.limit_fields)
+            if self.sole >= 0:
+                self.native_chunked = True  # in a read fed whole, llhttp decodes it (see feed)
+            else:
+                self.chunked = self._chunked_body()  # llhttp got the head alone: the body is ChunkedBody's
         elif content_length > 0:
             if self.limit_body and content_length > self.limit_body:
                 raise self.fail(413, "request body too large")  # known before the application runs
@@ -614,12 +781,23 @@ class HTTP11Connection:
 
     def on_message_complete(self) -> None:
         self.completed += 1
+        if self.sole >= 0 and (self.body_size or self.native_chunked):  # a read fed whole: see _request_end
+            size = -1 if self.native_chunked else self.body_size
+            self.native_chunked = False
+            if self.completed == self.sole:
+                self.first_size = size
+            else:
+                self.sizes.append((self.completed, size))
         self.body_left = 0
         if self.header_size:
-            # A trailer section (RFC 9112 §7.1.2) after a chunked body: llhttp reports its fields through
-            # on_header, into the header list made for the *next* head (with its Host, Expect, ...
-            # checks and limits). The application started with the head and its scope cannot carry fields
-            # that come later, so they are dropped here - they must never reach the next request.
+            # A trailer section (RFC 9112 §7.1.2) after a chunked body that llhttp decoded: llhttp reports
+            # its fields through on_header, into the header list made for the *next* head (with its Host,
+            # Expect, ... checks and limits). Those that must not be trailers are refused (as ChunkedBody
+            # does); the rest are dropped here: the application started with the head and its scope cannot
+            # carry fields that come later, and they must never reach the next request.
+            for name, _ in self.headers:
+                if name in FORBIDDEN_TRAILERS:
+                    raise self.fail(400, "a trailer field that must not be one")
             self.headers = []
             self.header_size = 0
             self.content_length = -1
