@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+import httptools
+
 __all__ = ["ChunkedBody", "ChunkError", "MAX_CHUNK_LINE"]
 
 #: A chunk-size line (extensions included) may be this long; a longer one is refused.
@@ -29,10 +31,14 @@ MAX_CHUNK_LINE = 4096
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-# At most 16 hex digits: a size llhttp (64 bits) would take too. The limits decide the rest.
+# RFC 9112 section 7.1.1, with at most 16 hex digits (llhttp's 64 bits). Lines this refuses are asked of
+# llhttp too (`_llhttp_takes`), which also takes a few that are outside the grammar (`5;=b`, `5;a=`): what
+# llhttp takes must be taken here, or a body would be taken or refused depending on how reads cut it
+# (llhttp decodes the chunked bodies it can: see HTTP11Connection.feed).
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 )
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
 
 #: RFC 9110 §6.5.1: a trailer field must not be one that the message's framing, routing, authentication or
@@ -41,6 +47,22 @@ FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding"
                                 b"te"))
 
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+_SIZE_PROBE = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+_TRAILER_PROBE = _SIZE_PROBE + b"0\r\n"
+
+
+class _Nothing:
+    pass
+
+
+def _llhttp_takes(data: bytes) -> bool:
+    """Whether llhttp parses `data` (a chunked request up to one line) without an error."""
+    try:
+        httptools.HttpRequestParser(_Nothing()).feed_data(data)
+    except httptools.HttpParserError:
+        return False
+    return True
 
 
 class ChunkError(Exception):
@@ -171,8 +193,12 @@ class ChunkedBody:
     def _size_line(self, line: bytes) -> None:
         match = _CHUNK_LINE.fullmatch(line)
         if match is None:
+            match = _HEX.match(line)
+            if match is None or not _llhttp_takes(_SIZE_PROBE + line + b"\r\n"):
+                raise ChunkError(400, "invalid chunk-size line")
+        size = int(match.group(0 if match.re is _HEX else 1), 16)
+        if size >= 1 << 64:
             raise ChunkError(400, "invalid chunk-size line")
-        size = int(match.group(1), 16)
         self.on_chunk()
         if size:
             self.state = _DATA
@@ -190,6 +216,10 @@ class ChunkedBody:
             raise ChunkError(431, "trailer section too large")
         match = _FIELD_LINE.fullmatch(line)  # obs-fold (a line starting with whitespace) does not match
         if match is None:
-            raise ChunkError(400, "invalid trailer field")
-        if match.group(1).lower() in FORBIDDEN_TRAILERS:
+            if not _llhttp_takes(_TRAILER_PROBE + line + b"\r\n"):
+                raise ChunkError(400, "invalid trailer field")
+            name = line.partition(b":")[0]
+        else:
+            name = match.group(1)
+        if name.lower() in FORBIDDEN_TRAILERS:
             raise ChunkError(400, "a trailer field that must not be one")

@@ -238,11 +238,13 @@ class HTTP11Connection:
     def feed(self, data: bytes) -> None:
         """Parse bytes read from the client; raises ProtocolError for anything the client got wrong.
 
-        llhttp is handed one request head at a time (up to its first CRLFCRLF: llhttp takes no bare CR or LF,
-        so that is where it ends too), then the body: a Content-Length body is llhttp's to count, a chunked
-        one is decoded by `ChunkedBody`. So the connection always knows where each request begins, which
-        is what the fallback for a method llhttp does not know needs (see `_unknown_method`). The common read,
-        one whole head, goes to llhttp as it is (`_feed_split` does the rest).
+        A read that begins between requests is given to llhttp whole (below). llhttp refuses some of what
+        RFC 9112 allows: a method it does not know (`_fallback_head`) and whitespace around a chunk
+        extension's `;` (`ChunkedBody`). Then, and where a read ends inside a head or a chunked body, the
+        connection finds its place in the read: every head ends at its first CRLFCRLF (llhttp takes no
+        bare CR or LF) and every body is as long as llhttp found it. Reads that do not begin between
+        requests go to `_feed_split`, which hands llhttp one head at a time and decodes chunked bodies with
+        `ChunkedBody`.
 
         A read that may hold more requests than `max_pipeline` is parsed a slice at a time (`_feed_sliced`),
         and parsing stops at a slice boundary once `max_pipeline` requests wait behind the active one: the
@@ -314,15 +316,15 @@ class HTTP11Connection:
         for number in range(before + 1, self.completed + 1):
             pos = data.find(b"\r\n\r\n", _skip_breaks(data, pos)) + 4
             size = sizes.get(number, 0)
-            pos = self._walk_chunked(data, pos).feed(data, pos) if size < 0 else pos + size
+            pos = self._walk_chunked().feed(data, pos) if size < 0 else pos + size
         return pos
 
     def _head_end(self, data: bytes, before: int) -> int:
         """Where the head of the request llhttp was inside when it stopped (a read fed whole) ends."""
         return data.find(b"\r\n\r\n", _skip_breaks(data, self._request_end(data, before))) + 4
 
-    def _walk_chunked(self, data: bytes, pos: int) -> ChunkedBody:
-        """A ChunkedBody that reads a chunked body llhttp decoded (and delivered) already, from `pos`."""
+    def _walk_chunked(self) -> ChunkedBody:
+        """A ChunkedBody that reads again a chunked body llhttp decoded (and delivered) already."""
         return ChunkedBody(_ignore, _ignore, self.limit_head, self.limit_fields)
 
     def _cut_head(self, data: bytes, before: int) -> None:
@@ -340,10 +342,12 @@ class HTTP11Connection:
         self.native_chunked = False
         start = self._head_end(data, before)
         try:
-            body = self._walk_chunked(data, start)
+            body = self._walk_chunked()
             body.feed(data, start)
         except ChunkError as exc:
             raise ProtocolError(exc.status, exc.detail) from None
+        if body.done:
+            raise ProtocolError(400, "chunked body")  # llhttp would have ended it: the two disagree
         body.on_data = self.on_body
         body.on_chunk = self.on_chunk_header
         self.chunked = body
