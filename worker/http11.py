@@ -28,8 +28,19 @@ from typing import Any, Protocol
 
 import httptools
 
-from corral.worker.chunked import FORBIDDEN_TRAILERS, ChunkedBody, ChunkError
+from corral.worker.chunked import FORBIDDEN_TRAILERS, ChunkedBody
 from corral.worker.exchange import Exchange
+from corral.worker.http11_reads import (
+    PARSER_ERRORS,
+    ProtocolError,
+    UnknownMethod,
+    chunked_body,
+    cut_head,
+    feed_split,
+    replay_chunked,
+    resync,
+    take_chunked,
+)
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
 from corral.worker.response import (  # noqa: F401
     CHUNKED,
@@ -58,19 +69,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("corral.error")
-
-class ProtocolError(Exception):
-    """The client broke HTTP/1.1 or a limit: answer `status` (a pre-built response) and close."""
-
-    def __init__(self, status: int, detail: str = "") -> None:
-        super().__init__(f"{status} {detail}".strip())
-        self.status = status
-        self.detail = detail
-
-    @property
-    def response(self) -> bytes:
-        return ERROR_RESPONSES[self.status]
-
 
 class RequestHandler(Protocol):
     """What `HTTP11Connection` needs from its owner (the asyncio protocol)."""
@@ -103,31 +101,6 @@ PARSE_SLICE = 1024
 
 #: What llhttp says about a method it knows only in RTSP (DESCRIBE, SETUP, PLAY...): a token like any other.
 _RTSP_METHOD = "Invalid method for HTTP/x.x request"
-
-#: RFC 9110 §9.1: a method is a token. gunicorn's further rule, taken for methods llhttp does not know: 3 to
-#: 20 characters, no lowercase letter and no `#` (every registered method fits; `get` or `-bl` is a mistake
-#: or a probe).
-_METHOD = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]{3,20}")
-
-
-_PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
-
-
-def _ignore(*args: object) -> None:
-    pass
-
-
-def _skip_breaks(data: bytes, pos: int) -> int:
-    """The position of the first byte from `pos` that is no CR or LF (llhttp skips them before a request)."""
-    n = len(data)
-    while pos < n and (data[pos] == 13 or data[pos] == 10):
-        pos += 1
-    return pos
-
-
-class _UnknownMethod(Exception):
-    """llhttp refused a request's method (see HTTP11Connection._fallback_head)."""
-
 
 #: Chunks a chunked body may use before the size of its chunks is checked (`min_chunk_size`).
 FREE_CHUNKS = 1024
@@ -239,11 +212,11 @@ class HTTP11Connection:
         """Parse bytes read from the client; raises ProtocolError for anything the client got wrong.
 
         A read that begins between requests is given to llhttp whole (below). llhttp refuses some of what
-        RFC 9112 allows: a method it does not know (`_fallback_head`) and whitespace around a chunk
+        RFC 9112 allows: a method it does not know (`http11_reads.fallback_head`) and whitespace around a chunk
         extension's `;` (`ChunkedBody`). Then, and where a read ends inside a head or a chunked body, the
         connection finds its place in the read: every head ends at its first CRLFCRLF (llhttp takes no
         bare CR or LF) and every body is as long as llhttp found it. Reads that do not begin between
-        requests go to `_feed_split`, which hands llhttp one head at a time and decodes chunked bodies with
+        requests go to `http11_reads.feed_split`, which hands llhttp one head at a time and decodes chunked bodies with
         `ChunkedBody`.
 
         A read that may hold more requests than `max_pipeline` is parsed a slice at a time (`_feed_sliced`),
@@ -267,253 +240,52 @@ class HTTP11Connection:
         if self.in_head and self.head_parts is None:
             # A read that begins between requests (almost every read) is fed whole. Where llhttp refuses what
             # RFC 9112 allows (a method it does not know, whitespace in a chunk extension), the connection
-            # finds the place in the read and goes on without it (`_resync`, `_replay_chunked`); where the
-            # read ends inside a head or a chunked body, that is found too (`_cut_head`, `_take_chunked`).
+            # finds the place in the read and goes on without it (`resync`, `replay_chunked`); where the
+            # read ends inside a head or a chunked body, that is found too (`cut_head`, `take_chunked`).
             before = self.completed
             self.sole = before + 1  # the number the read's first request will have when complete
             self.first_size = 0
             try:
                 self.parser.feed_data(data)
-            except _PARSER_ERRORS as exc:
+            except PARSER_ERRORS as exc:
                 self.sole = -1
                 if self.native_chunked and self.error is None and not isinstance(exc, httptools.HttpParserUpgrade):
-                    self._replay_chunked(data, before)  # llhttp refused something in a chunked body
+                    replay_chunked(self, data, before)  # llhttp refused something in a chunked body
                     return
                 try:
-                    offset = self._failure(exc, len(data))
-                except _UnknownMethod:
-                    self._resync(data, before)
+                    offset = self.parse_failure(exc, len(data))
+                except UnknownMethod:
+                    resync(self, data, before)
                     return
                 if offset >= 0:
-                    self._upgraded(data, offset)
+                    self.after_upgrade(data, offset)
                 return
             self.sole = -1
             if self.native_chunked:
-                self._take_chunked(data, before)  # the read ended inside a chunked body
+                take_chunked(self, data, before)  # the read ended inside a chunked body
             elif self.in_head and data[-4:] != b"\r\n\r\n" and not self.upgraded:
                 # The read may end inside a head (one that ends with CRLFCRLF ends a head or a body, never
                 # inside a head). It does not when it held one request whose body ends it (a POST): the
                 # first CRLFCRLF found is then that head's end, as any earlier one would leave bytes over.
                 if self.completed != before + 1 or data.find(b"\r\n\r\n") + 4 + self.body_size != len(data):
-                    self._cut_head(data, before)
+                    cut_head(self, data, before)
             if self.sizes:
                 self.sizes = []
             return
-        self._feed_split(data, 0)
+        feed_split(self, data, 0)
 
-    def _chunked_body(self) -> ChunkedBody:
-        return ChunkedBody(self.on_body, self.on_chunk_header, self.limit_head, self.limit_fields)
-
-    def _request_end(self, data: bytes, before: int) -> int:
-        """Where, in a read fed whole that began between requests, the requests completed in it end:
-        each head ends at its first CRLFCRLF (llhttp takes no bare CR or LF), each body is as long as
-        llhttp found it (`sizes`; the first request's, `first_size`), a chunked one as long as its chunks
-        (walked again)."""
-        sizes = dict(self.sizes)
-        sizes[before + 1] = self.first_size
-        self.sizes = []
-        pos = 0
-        for number in range(before + 1, self.completed + 1):
-            pos = data.find(b"\r\n\r\n", _skip_breaks(data, pos)) + 4
-            size = sizes.get(number, 0)
-            pos = self._walk_chunked().feed(data, pos) if size < 0 else pos + size
-        return pos
-
-    def _head_end(self, data: bytes, before: int) -> int:
-        """Where the head of the request llhttp was inside when it stopped (a read fed whole) ends."""
-        return data.find(b"\r\n\r\n", _skip_breaks(data, self._request_end(data, before))) + 4
-
-    def _walk_chunked(self) -> ChunkedBody:
-        """A ChunkedBody that reads again a chunked body llhttp decoded (and delivered) already."""
-        return ChunkedBody(_ignore, _ignore, self.limit_head, self.limit_fields)
-
-    def _cut_head(self, data: bytes, before: int) -> None:
-        """A read fed whole ended inside a head: keep that head's bytes (see _head_piece)."""
-        start = _skip_breaks(data, self._request_end(data, before) if self.completed != before else 0)
-        if start < len(data):
-            self.head_parts = []
-            self.head_bytes = 0
-            self._head_piece(data[start:], False, parsed=True)
-
-    def _take_chunked(self, data: bytes, before: int) -> None:
-        """A read fed whole ended inside a chunked body that llhttp was decoding: ChunkedBody decodes the
-        rest (llhttp's state cannot be read). It reads this read's part of the body again without
-        delivering it, to be where llhttp was."""
-        self.native_chunked = False
-        start = self._head_end(data, before)
-        try:
-            body = self._walk_chunked()
-            body.feed(data, start)
-        except ChunkError as exc:
-            raise ProtocolError(exc.status, exc.detail) from None
-        if body.done:
-            raise ProtocolError(400, "chunked body")  # llhttp would have ended it: the two disagree
-        body.on_data = self.on_body
-        body.on_chunk = self.on_chunk_header
-        self.chunked = body
-
-    def _replay_chunked(self, data: bytes, before: int) -> None:
-        """llhttp refused something in a chunked body (a read fed whole): ChunkedBody decodes that body
-        again from its start, delivering only what llhttp had not, and the read goes on after it."""
-        self.native_chunked = False
-        self.parser = httptools.HttpRequestParser(self)  # llhttp's parser is in its error state
-        # Trailer fields llhttp may have reported before it stopped (see on_message_complete).
-        self.headers = []
-        self.header_size = 0
-        self.content_length = -1
-        self.te = None
-        self.expect = False
-        self.host = None
-        self.content_type = False
-        start = self._head_end(data, before)
-        body = self.chunked = self._chunked_body()
-        body.skip = self.body_size
-        self.chunks = 0
-        self._feed_split(data, start)
-
-    def _resync(self, data: bytes, before: int) -> None:
-        """llhttp refused a method (a read fed whole): a new parser goes on from the end of the requests
-        completed before it, and parses that head again (it falls back, see _fallback_head)."""
-        self.parser = httptools.HttpRequestParser(self)  # llhttp's parser is in its error state
-        self.url = b""
-        self.headers = []
-        self.header_size = 0
-        self._feed_split(data, self._request_end(data, before))
-
-    def _feed_split(self, data: bytes, pos: int) -> None:
-        """`feed` for any other read, from `pos`: heads, Content-Length bodies and chunked bodies one after
-        the other. (The common steps call llhttp inline: a call less each.)"""
-        n = len(data)
-        while pos < n:
-            if self.upgraded:
-                return
-            body = self.chunked
-            if body is not None:
-                try:
-                    pos = body.feed(data, pos)
-                except ChunkError as exc:
-                    raise ProtocolError(exc.status, exc.detail) from None
-                if body.done:
-                    # The body is complete. llhttp never saw it: a new parser takes the next request.
-                    self.chunked = None
-                    self.parser = httptools.HttpRequestParser(self)
-                    self.on_message_complete()
-                continue
-            if not self.in_head:
-                # A Content-Length body: llhttp counts it, and gets no byte past it.
-                left = self.body_left
-                end = pos + left if left and pos + left < n else n
-                piece = data[pos:end] if pos or end < n else data
-                try:
-                    self.parser.feed_data(piece)
-                except _PARSER_ERRORS as exc:
-                    try:
-                        offset = self._failure(exc, len(piece))
-                    except _UnknownMethod:
-                        raise ProtocolError(400, "invalid method") from None
-                    if offset >= 0:
-                        self._upgraded(data, pos + offset)
-                        return
-                pos = end
-                continue
-            if self.head_parts is None:
-                # A head begins here. llhttp skips empty lines (and bare line breaks) before a request line.
-                start = pos
-                if data[pos] == 13 or data[pos] == 10:
-                    while pos < n and (data[pos] == 13 or data[pos] == 10):
-                        pos += 1
-                    if pos == n:
-                        self._execute(data[start:])
-                        return
-                end = data.find(b"\r\n\r\n", pos) if pos else data.find(b"\r\n\r\n")
-                if end < 0:
-                    self._head_piece(data[start:], False)
-                    return
-                stop = end + 4
-                piece = data[start:stop] if start or stop < n else data
-                try:
-                    self.parser.feed_data(piece)
-                except _PARSER_ERRORS as exc:
-                    try:
-                        offset = self._failure(exc, len(piece))
-                    except _UnknownMethod:
-                        offset = len(piece) if self._fallback_head(piece) else -1
-                    if offset >= 0:
-                        self._upgraded(data, start + offset)
-                        return
-                if stop < n and not self.in_head and self.body_left >= n - stop and self.chunked is None:
-                    # The rest of the read is this request's Content-Length body (or its start): the common
-                    # POST, in one more call.
-                    try:
-                        self.parser.feed_data(data[stop:])
-                    except _PARSER_ERRORS as exc:
-                        self._failure(exc, n - stop)
-                    return
-                pos = stop
-                continue
-            # The head began in an earlier read: its CRLFCRLF may straddle the two.
-            parts = self.head_parts
-            start = pos
-            tail = parts[-1][-3:] if len(parts[-1]) >= 3 else b"".join(parts)[-3:]
-            straddle = (tail + data[pos:pos + 3]).find(b"\r\n\r\n")
-            if straddle >= 0:
-                stop = pos + straddle + 4 - len(tail)
-            else:
-                end = data.find(b"\r\n\r\n", pos)
-                stop = end + 4 if end >= 0 else -1
-            if stop < 0:
-                self._head_piece(data[start:], False)
-                return
-            offset = self._head_piece(data[start:stop], True)
-            if offset >= 0:
-                self._upgraded(data, start + offset)
-                return
-            pos = stop
-
-    def _head_piece(self, piece: bytes, complete: bool, parsed: bool = False) -> int:
-        """Part of a head (`complete`: its end) for llhttp (`parsed`: llhttp has it already); returns llhttp's
-        upgrade offset in `piece`, or -1."""
-        parts = self.head_parts
-        if not complete:
-            if parts is None:
-                parts = self.head_parts = []
-                self.head_bytes = 0
-            parts.append(piece)
-            self.head_bytes += len(piece)
-            if self.head_bytes > self.head_cap:
-                # The parser reports the target as it goes: if it is most of the head, it is the culprit.
-                too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
-                raise ProtocolError(too_long, "request head too large")
-            if parsed:
-                return -1
-        else:
-            self.head_parts = None
-        if self.fallback:
-            if not complete:
-                return -1
-            self.fallback = False
-            return len(piece) if self._fallback_head(b"".join(parts) + piece if parts else piece) else -1
-        try:
-            return self._execute(piece)
-        except _UnknownMethod:
-            if not complete:
-                self.fallback = True  # the rest of the head is buffered, then parsed by _fallback_head
-                self.head_parts = [b"".join(parts)]  # type: ignore[arg-type]  # appended above
-                return -1
-            return len(piece) if self._fallback_head(b"".join(parts) + piece if parts else piece) else -1
-
-    def _execute(self, data: bytes) -> int:
+    def execute(self, data: bytes) -> int:
         """llhttp parses `data`; returns -1, or where the bytes after an Upgrade request begin in `data`.
-        Raises ProtocolError (the client's error), or _UnknownMethod."""
+        Raises ProtocolError (the client's error), or UnknownMethod."""
         try:
             self.parser.feed_data(data)
-        except _PARSER_ERRORS as exc:
-            return self._failure(exc, len(data))
+        except PARSER_ERRORS as exc:
+            return self.parse_failure(exc, len(data))
         return -1
 
-    def _failure(self, exc: Exception, size: int) -> int:
+    def parse_failure(self, exc: Exception, size: int) -> int:
         """What llhttp raising `exc` on `size` bytes means: the offset of the bytes after an Upgrade request,
-        -1 (the rest is ignored), ProtocolError raised (the client's error), or _UnknownMethod raised."""
+        -1 (the rest is ignored), ProtocolError raised (the client's error), or UnknownMethod raised."""
         if isinstance(exc, httptools.HttpParserUpgrade):
             return exc.args[0] if exc.args else size
         error = self.error
@@ -524,7 +296,7 @@ class HTTP11Connection:
                 self.upgraded = True
                 return -1
             if isinstance(exc, httptools.HttpParserInvalidMethodError) or str(exc) == _RTSP_METHOD:
-                raise _UnknownMethod from None
+                raise UnknownMethod from None
             if isinstance(exc, httptools.HttpParserCallbackError):
                 # A bug of ours, not the client's: httptools keeps only the repr of the exception.
                 logger.error("Error in a request parser callback: %s", exc)
@@ -532,7 +304,7 @@ class HTTP11Connection:
         self.error = None
         raise error from None
 
-    def _upgraded(self, data: bytes, offset: int) -> None:
+    def after_upgrade(self, data: bytes, offset: int) -> None:
         """llhttp stopped after an Upgrade request whose head ends at `offset` in `data`."""
         # RFC 9110 §7.8: a server may ignore Upgrade. The request was dispatched as plain HTTP; what
         # follows it is not HTTP/1.1, so the connection closes after the response.
@@ -549,29 +321,6 @@ class HTTP11Connection:
             self._upgrade_body(data[offset:])
 
     # ------------------------------------------------------------------ methods llhttp does not know
-
-    def _fallback_head(self, head: bytes) -> bool:
-        """A head (whole, as received) whose method llhttp refused: it knows a fixed list (GET, PROPFIND,
-        PURGE, QUERY...), while RFC 9110 §9.1 lets a method be any token, and gunicorn and h11 hand such
-        requests to the application (which may answer 405 or 501). So does corral: llhttp parses the head
-        with its method swapped for GET, and the request gets its own method. Returns True when llhttp
-        stopped after it for an Upgrade.
-
-        Safe from smuggling: where this head ends was found before, as for any head (its first CRLFCRLF),
-        and llhttp frames a request body by Content-Length and Transfer-Encoding alone, whatever the method
-        but CONNECT (an upgrade, and a method llhttp knows). The method must look like one, by gunicorn's
-        rule (`_METHOD`); anything else stays a 400."""
-        head = head.lstrip(b"\r\n")
-        method, space, rest = head.partition(b" ")
-        if not space or _METHOD.fullmatch(method) is None:
-            raise ProtocolError(400, "invalid method")
-        # llhttp's parser is in its error state after the refusal: the next requests get a new one.
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.headers = []
-        self.header_size = 0
-        self.method = method
-        return self._execute(b"GET " + rest) >= 0
 
     def _upgrade_body(self, data: bytes) -> None:
         """The body of a plain request that carried an Upgrade header (see `upgrade_body`)."""
@@ -695,7 +444,7 @@ class HTTP11Connection:
         if method is None:
             method = parser.get_method()
         else:
-            self.method = None  # a method llhttp does not know (_fallback_head)
+            self.method = None  # a method llhttp does not know (http11_reads.fallback_head)
         if len(method) + len(url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
             raise self.fail(414, "request line too long")
         http_version = parser.get_http_version()
@@ -733,7 +482,7 @@ class HTTP11Connection:
             if self.sole >= 0:
                 self.native_chunked = True  # in a read fed whole, llhttp decodes it (see feed)
             else:
-                self.chunked = self._chunked_body()  # llhttp got the head alone: the body is ChunkedBody's
+                self.chunked = chunked_body(self)  # llhttp got the head alone: the body is ChunkedBody's
         elif content_length > 0:
             if self.limit_body and content_length > self.limit_body:
                 raise self.fail(413, "request body too large")  # known before the application runs
@@ -785,7 +534,7 @@ class HTTP11Connection:
 
     def on_message_complete(self) -> None:
         self.completed += 1
-        if self.sole >= 0 and (self.body_size or self.native_chunked):  # a read fed whole: see _request_end
+        if self.sole >= 0 and (self.body_size or self.native_chunked):  # a read fed whole: see http11_reads.request_end
             size = -1 if self.native_chunked else self.body_size
             self.native_chunked = False
             if self.completed == self.sole:

@@ -411,7 +411,7 @@ def exchange(port: int, data: bytes, expected: int, half_close: bool) -> Outcome
         return Outcome(responses, closed)
 
 
-def _lacks_host(request: dict[str, Any]) -> bool:
+def request_lacks_host(request: dict[str, Any]) -> bool:
     return request["version"] == (1, 1) and not any(n.upper() == "HOST" for n, _ in request["headers"])
 
 
@@ -424,7 +424,7 @@ def add_host(case: Case) -> bytes:
         line = f" {request['uri']['raw']} HTTP/%d.%d\r\n" % request["version"]  # (031compat: the method's case)
         start = data.index(line.encode("latin-1"), position)
         position = start + len(line)
-        if _lacks_host(request):
+        if request_lacks_host(request):
             data = data[:position] + b"Host: corpus.test\r\n" + data[position:]
     return data
 
@@ -444,13 +444,7 @@ def with_host(data: bytes) -> bytes:
 
 def lacks_host(case: Case) -> bool:
     """An HTTP/1.1 request of the case has no Host field (corral answers it 400)."""
-    return any(_lacks_host(request) for request in case.requests)
-
-
-def served_requests(case: Case) -> list[dict[str, Any]]:
-    """The requests gunicorn parses that reach an application: all of them (019/021: gunicorn parses one
-    request and then stops, so the corpus lists one)."""
-    return case.requests
+    return any(request_lacks_host(request) for request in case.requests)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def _check_valid(case: corpus.Case, server: Master, interface: str) -> None:
     host_added = corpus.lacks_host(case)
     if host_added:
         # As it is: the requests before the first HTTP/1.1 one without Host are served, that one gets 400.
-        first = next(i for i, request in enumerate(case.requests) if corpus._lacks_host(request))
+        first = next(i for i, request in enumerate(case.requests) if corpus.request_lacks_host(request))
         bare = corpus.exchange(server.port, case.data, first + 1, half_close=False)
         statuses = [status for status, _ in bare.responses]
         assert statuses == [200] * first + [400], f"{case.id} without Host: {bare} ({corpus.MISSING_HOST_REASON})"
@@ -98,7 +98,7 @@ def _check_valid(case: corpus.Case, server: Master, interface: str) -> None:
     for number, ((status, body), request) in enumerate(zip(outcome.responses, expected)):
         got = corpus.answer(status, body)
         assert got is not None, f"{case.id} request {number}: {status} {body[:300]!r}"
-        problems = compare(case, request, got, host_added and corpus._lacks_host(request))
+        problems = compare(case, request, got, host_added and corpus.request_lacks_host(request))
         assert not problems, f"{case.id} request {number}: " + "; ".join(problems)
 
 
