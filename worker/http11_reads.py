@@ -122,7 +122,7 @@ def replay_chunked(conn: HTTP11Connection, data: bytes, before: int) -> None:
     """llhttp refused something in a chunked body (a read fed whole): ChunkedBody decodes that body
     again from its start, delivering only what llhttp had not, and the read goes on after it."""
     conn.native_chunked = False
-    conn.parser = httptools.HttpRequestParser(conn)  # llhttp's parser is in its error state
+    # (llhttp's parser is in its error state: a new one comes when the body ends, see feed_split.)
     # Trailer fields llhttp may have reported before it stopped (see on_message_complete).
     conn.headers = []
     conn.header_size = 0
@@ -139,13 +139,23 @@ def replay_chunked(conn: HTTP11Connection, data: bytes, before: int) -> None:
 
 
 def resync(conn: HTTP11Connection, data: bytes, before: int) -> None:
-    """llhttp refused a method (a read fed whole): a new parser goes on from the end of the requests
-    completed before it, and parses that head again (it falls back, see fallback_head)."""
-    conn.parser = httptools.HttpRequestParser(conn)  # llhttp's parser is in its error state
+    """llhttp refused a method (a read fed whole): its head begins where the requests completed before
+    it end. A whole head falls back at once (see fallback_head); one the read cuts is parsed again by a
+    new parser, head by head (and falls back when whole)."""
     conn.url = b""
     conn.headers = []
     conn.header_size = 0
-    feed_split(conn, data, request_end(conn, data, before))
+    start = request_end(conn, data, before)
+    end = data.find(b"\r\n\r\n", _skip_breaks(data, start))
+    if end < 0:
+        conn.parser = httptools.HttpRequestParser(conn)  # llhttp's parser is in its error state
+        feed_split(conn, data, start)
+        return
+    stop = end + 4
+    if fallback_head(conn, data[start:stop]):
+        conn.after_upgrade(data, stop)
+        return
+    feed_split(conn, data, stop)
 
 
 def feed_split(conn: HTTP11Connection, data: bytes, pos: int) -> None:
