@@ -6,6 +6,11 @@ many repeats (robust to a busy machine); run it with another checkout's interpre
 
     python -m bench.parse_cost
     /path/to/old/.venv/bin/python bench/parse_cost.py
+
+Exact counts: `--loop CASE N` only feeds one case N times (get, post, chunked, chunked-bws, method, pipe8),
+for valgrind; the difference between two N, divided by their difference, is the cost of one feed:
+
+    valgrind --tool=callgrind python bench/parse_cost.py --loop get 1000   # and 4000
 """
 
 from __future__ import annotations
@@ -46,11 +51,28 @@ class _Handler:
         pass
 
 
-def main(number: int = 20000, repeat: int = 15) -> None:
+LOOP_CASES = {"get": GET, "post": POST, "chunked": CHUNKED, "chunked-bws": CHUNKED_BWS, "method": UNKNOWN_METHOD,
+              "pipe8": GET * 8}
+
+
+def _limits() -> object:
     # No limit on requests per connection: past it (1000 by default) every request would be parsed and
     # ignored (the connection closes after the last one it answers), which is not what is measured here.
     settings = Settings(max_requests_per_connection=0)
-    limits = Limits.from_settings(settings) if "Limits" in globals() else settings  # older checkouts: settings
+    return Limits.from_settings(settings) if "Limits" in globals() else settings  # older checkouts: settings
+
+
+def loop(case: str, count: int) -> None:
+    state = HTTP11Connection(_Handler(), _limits())
+    data = LOOP_CASES[case]
+    for _ in range(count):
+        state.feed(data)
+        state.active = None
+        state.pipeline = ()
+
+
+def main(number: int = 20000, repeat: int = 15) -> None:
+    limits = _limits()
     state = HTTP11Connection(_Handler(), limits)
 
     def one(data: bytes) -> None:
@@ -73,4 +95,9 @@ def main(number: int = 20000, repeat: int = 15) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--loop"]:
+        loop(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()
