@@ -161,7 +161,8 @@ GUNICORN: dict[str, Entry] = {
     "paste": Entry("refuse", "", "no PasteDeploy loader: give the app as module:attribute", ("--paste", "--paster")),
     "permit_obsolete_folding": Entry("noop", "", "obsolete line folding is always rejected (RFC 9112 §5.2)",
                                      ("--permit-obsolete-folding",), False, False),
-    "permit_unconventional_http_method": Entry("noop", "", "methods are parsed by httptools' rules",
+    "permit_unconventional_http_method": Entry("noop", "", "gunicorn's default rule: any token of 3 to 20 "
+                                               "characters without a lowercase letter reaches the app; others are a 400",
                                                ("--permit-unconventional-http-method",), False, False),
     "permit_unconventional_http_version": Entry("noop", "", "only HTTP/1.0 and HTTP/1.1 are served",
                                                 ("--permit-unconventional-http-version",), False, False),

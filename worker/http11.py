@@ -28,7 +28,19 @@ from typing import Any, Protocol
 
 import httptools
 
+from corral.worker.chunked import FORBIDDEN_TRAILERS, ChunkedBody
 from corral.worker.exchange import Exchange
+from corral.worker.http11_reads import (
+    PARSER_ERRORS,
+    ProtocolError,
+    UnknownMethod,
+    chunked_body,
+    cut_head,
+    feed_split,
+    replay_chunked,
+    resync,
+    take_chunked,
+)
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
 from corral.worker.response import (  # noqa: F401
     CHUNKED,
@@ -58,19 +70,6 @@ __all__ = [
 
 logger = logging.getLogger("corral.error")
 
-class ProtocolError(Exception):
-    """The client broke HTTP/1.1 or a limit: answer `status` (a pre-built response) and close."""
-
-    def __init__(self, status: int, detail: str = "") -> None:
-        super().__init__(f"{status} {detail}".strip())
-        self.status = status
-        self.detail = detail
-
-    @property
-    def response(self) -> bytes:
-        return ERROR_RESPONSES[self.status]
-
-
 class RequestHandler(Protocol):
     """What `HTTP11Connection` needs from its owner (the asyncio protocol)."""
 
@@ -85,7 +84,9 @@ class RequestHandler(Protocol):
 
 
 # Header names whose value decides framing or routing: looked at one by one (a set lookup per field).
-_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host"))
+# Content-Type is among them because a second one makes the body's meaning ambiguous (RFC 9110 §5.3: a field
+# whose grammar is a single value cannot be repeated).
+_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host", b"content-type"))
 
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets or a
 # reg-name / IPv4 address (unreserved, pct-encoded and sub-delims characters). An empty value is allowed.
@@ -97,6 +98,9 @@ _VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-.
 #: pipelines thousands of requests without reading the answers costs at most this many parsed requests
 #: plus one read of raw bytes (see `feed`). A real request head is a few hundred bytes: one or two a slice.
 PARSE_SLICE = 1024
+
+#: What llhttp says about a method it knows only in RTSP (DESCRIBE, SETUP, PLAY...): a token like any other.
+_RTSP_METHOD = "Invalid method for HTTP/x.x request"
 
 #: Chunks a chunked body may use before the size of its chunks is checked (`min_chunk_size`).
 FREE_CHUNKS = 1024
@@ -142,7 +146,7 @@ class HTTP11Connection:
         "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
         "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
         "backlog", "min_chunk", "chunks", "body_left",
-        "upgrade_body", "upgrade_request",
+        "upgrade_body", "upgrade_request", "content_type", "head_parts", "chunked", "fallback", "method", "sole", "sizes", "first_size", "native_chunked",
     )
 
     def __init__(self, handler: RequestHandler, limits: Limits) -> None:
@@ -166,6 +170,7 @@ class HTTP11Connection:
         self.te: bytes | None = None
         self.expect = False
         self.host: bytes | None = None  # the Host field of the head being parsed
+        self.content_type = False  # the head being parsed has a Content-Type field
         self.last_host = b""  # the last Host value found valid: clients repeat theirs, checked once
         self.chunks = 0  # chunks of the body being parsed
         self.body_left = 0  # bytes of a Content-Length body still to come
@@ -175,7 +180,19 @@ class HTTP11Connection:
         self.upgrade_body = 0
         self.upgrade_request: Exchange | None = None
         self.in_head = True  # between requests or inside a head: the header timer's concern
+        # The bytes of a head that reads have cut, so far (None between heads, and when every head came
+        # whole), and their count.
+        self.head_parts: list[bytes] | None = None
         self.head_bytes = 0
+        self.chunked: ChunkedBody | None = None  # the chunked body being decoded
+        self.fallback = False  # head_parts hold a head whose method llhttp refused, until it is whole
+        self.method: bytes | None = None  # that head's method, for on_headers_complete
+        # While a read is fed whole (see feed): the number its first request gets when complete, else -1;
+        # and the body sizes of the requests it completed (the first's apart).
+        self.sole = -1
+        self.sizes: list[tuple[int, int]] = []
+        self.first_size = 0
+        self.native_chunked = False  # llhttp is decoding a chunked body, in a read fed whole
         self.completed = 0  # messages complete
         self.request: Exchange | None = None  # the request whose body is being parsed
         self.last: Exchange | None = None  # the request made last
@@ -199,6 +216,14 @@ class HTTP11Connection:
     def feed(self, data: bytes) -> None:
         """Parse bytes read from the client; raises ProtocolError for anything the client got wrong.
 
+        A read that begins between requests is given to llhttp whole (below). llhttp refuses some of what
+        RFC 9112 allows: a method it does not know (`http11_reads.fallback_head`) and whitespace around a chunk
+        extension's `;` (`ChunkedBody`). Then, and where a read ends inside a head or a chunked body, the
+        connection finds its place in the read: every head ends at its first CRLFCRLF (llhttp takes no
+        bare CR or LF) and every body is as long as llhttp found it. Reads that do not begin between
+        requests go to `http11_reads.feed_split`, which hands llhttp one head at a time and decodes chunked bodies with
+        `ChunkedBody`.
+
         A read that may hold more requests than `max_pipeline` is parsed a slice at a time (`_feed_sliced`),
         and parsing stops at a slice boundary once `max_pipeline` requests wait behind the active one: the
         rest is kept unparsed in `backlog` (the protocol stops reading meanwhile) and parsed by `feed(b"")`
@@ -217,53 +242,90 @@ class HTTP11Connection:
             # it and is parsed whole, below. (A body that contains the string only costs the slicing.)
             self._feed_sliced(data)
             return
-        started_in_head = self.in_head
-        head_begun = started_in_head and bool(self.url)  # the url is reset when a head completes
-        completed = self.completed
+        if self.in_head and self.head_parts is None:
+            # A read that begins between requests (almost every read) is fed whole. Where llhttp refuses what
+            # RFC 9112 allows (a method it does not know, whitespace in a chunk extension), the connection
+            # finds the place in the read and goes on without it (`resync`, `replay_chunked`); where the
+            # read ends inside a head or a chunked body, that is found too (`cut_head`, `take_chunked`).
+            before = self.completed
+            self.sole = before + 1  # the number the read's first request will have when complete
+            self.first_size = 0
+            try:
+                self.parser.feed_data(data)
+            except PARSER_ERRORS as exc:
+                self.sole = -1
+                if self.native_chunked and self.error is None and not isinstance(exc, httptools.HttpParserUpgrade):
+                    replay_chunked(self, data, before)  # llhttp refused something in a chunked body
+                    return
+                try:
+                    offset = self.parse_failure(exc, len(data))
+                except UnknownMethod:
+                    resync(self, data, before)
+                    return
+                if offset >= 0:
+                    self.after_upgrade(data, offset)
+                return
+            self.sole = -1
+            if self.native_chunked:
+                take_chunked(self, data, before)  # the read ended inside a chunked body
+            elif self.in_head and data[-4:] != b"\r\n\r\n" and not self.upgraded:
+                # The read may end inside a head (one that ends with CRLFCRLF ends a head or a body, never
+                # inside a head). It does not when it held one request whose body ends it (a POST): the
+                # first CRLFCRLF found is then that head's end, as any earlier one would leave bytes over.
+                if self.completed != before + 1 or data.find(b"\r\n\r\n") + 4 + self.body_size != len(data):
+                    cut_head(self, data, before)
+            if self.sizes:
+                self.sizes = []
+            return
+        feed_split(self, data, 0)
+
+    def execute(self, data: bytes) -> int:
+        """llhttp parses `data`; returns -1, or where the bytes after an Upgrade request begin in `data`.
+        Raises ProtocolError (the client's error), or UnknownMethod."""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # RFC 9110 §7.8: a server may ignore Upgrade. The request was dispatched as plain HTTP; what
-            # follows it is not HTTP/1.1, so the connection closes after the response.
-            self.upgraded = True
-            self.must_close = True
-            if self.last is not None:
-                self.last.keep_alive = False
-                # WebSocket hook (corral.worker.wsprotocol): bytes sent right behind a WebSocket handshake
-                # belong to the WebSocket.
-                upgrade_tail = getattr(self.last, "upgrade_tail", None)
-                if upgrade_tail is not None and exc.args and exc.args[0] < len(data):
-                    upgrade_tail(data[exc.args[0]:])
-            if self.upgrade_body:
-                self._upgrade_body(data[exc.args[0]:] if exc.args else b"")
-            return
-        except httptools.HttpParserError as exc:
-            error = self.error
-            if error is None:
-                if self.must_close and self.request is None:
-                    # llhttp refuses data after a `Connection: close` request: nothing more is served
-                    # on this connection anyway, so the bytes are ignored rather than answered.
-                    self.upgraded = True
-                    return
-                if isinstance(exc, httptools.HttpParserCallbackError):
-                    # A bug of ours, not the client's: httptools keeps only the repr of the exception.
-                    logger.error("Error in a request parser callback: %s", exc)
-                error = ProtocolError(400, str(exc))
-            self.error = None
-            raise error from None
-        if self.in_head and self.url:
-            # A head is incomplete: count its bytes. When this read also finished an earlier message, the
-            # split point is unknown and the count restarts at 0 (an undercount bounded by one read).
-            if completed != self.completed:
-                self.head_bytes = 0
-            elif head_begun:
-                self.head_bytes += len(data)
-            else:
-                self.head_bytes = len(data)  # the head began in this read
-            if self.head_bytes > self.head_cap:
-                # The parser reports the target as it goes: if it is most of the head, it is the culprit.
-                too_long = 414 if len(self.url) + 64 >= self.head_bytes else 431
-                raise ProtocolError(too_long, "request head too large")
+        except PARSER_ERRORS as exc:
+            return self.parse_failure(exc, len(data))
+        return -1
+
+    def parse_failure(self, exc: Exception, size: int) -> int:
+        """What llhttp raising `exc` on `size` bytes means: the offset of the bytes after an Upgrade request,
+        -1 (the rest is ignored), ProtocolError raised (the client's error), or UnknownMethod raised."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            return exc.args[0] if exc.args else size
+        error = self.error
+        if error is None:
+            if self.must_close and self.request is None:
+                # llhttp refuses data after a `Connection: close` request: nothing more is served
+                # on this connection anyway, so the bytes are ignored rather than answered.
+                self.upgraded = True
+                return -1
+            if isinstance(exc, httptools.HttpParserInvalidMethodError) or str(exc) == _RTSP_METHOD:
+                raise UnknownMethod from None
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                # A bug of ours, not the client's: httptools keeps only the repr of the exception.
+                logger.error("Error in a request parser callback: %s", exc)
+            error = ProtocolError(400, str(exc))
+        self.error = None
+        raise error from None
+
+    def after_upgrade(self, data: bytes, offset: int) -> None:
+        """llhttp stopped after an Upgrade request whose head ends at `offset` in `data`."""
+        # RFC 9110 §7.8: a server may ignore Upgrade. The request was dispatched as plain HTTP; what
+        # follows it is not HTTP/1.1, so the connection closes after the response.
+        self.upgraded = True
+        self.must_close = True
+        if self.last is not None:
+            self.last.keep_alive = False
+            # WebSocket hook (corral.worker.wsprotocol): bytes sent right behind a WebSocket handshake
+            # belong to the WebSocket.
+            upgrade_tail = getattr(self.last, "upgrade_tail", None)
+            if upgrade_tail is not None and offset < len(data):
+                upgrade_tail(data[offset:])
+        if self.upgrade_body:
+            self._upgrade_body(data[offset:])
+
+    # ------------------------------------------------------------------ methods llhttp does not know
 
     def _upgrade_body(self, data: bytes) -> None:
         """The body of a plain request that carried an Upgrade header (see `upgrade_body`)."""
@@ -348,6 +410,10 @@ class HTTP11Connection:
                         raise self.fail(400, "invalid Host header field")
                     self.last_host = value
                 self.host = value
+            elif name == b"content-type":
+                if self.content_type:
+                    raise self.fail(400, "more than one Content-Type header field")
+                self.content_type = True
             else:
                 self.expect = value.lower() == b"100-continue"
         self.headers.append((name, value))
@@ -377,8 +443,13 @@ class HTTP11Connection:
         self.te = None
         self.expect = False
         self.host = None
+        self.content_type = False
         parser = self.parser
-        method = parser.get_method()
+        method = self.method
+        if method is None:
+            method = parser.get_method()
+        else:
+            self.method = None  # a method llhttp does not know (http11_reads.fallback_head)
         if len(method) + len(url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
             raise self.fail(414, "request line too long")
         http_version = parser.get_http_version()
@@ -402,11 +473,21 @@ class HTTP11Connection:
             if codings[-1] != b"chunked":
                 raise self.fail(400, "chunked is not the final transfer coding")
             if len(codings) > 1:
-                raise self.fail(501, "unsupported transfer coding")  # RFC 9112 §6.1
+                if b"chunked" in codings[:-1]:
+                    raise self.fail(400, "chunked applied more than once")  # RFC 9112 §6.1
+                # `identity` (RFC 2616's no-op coding) changes nothing; any other is one this server does not
+                # decode (RFC 9112 §6.1: 501).
+                for coding in codings[:-1]:
+                    if coding != b"identity":
+                        raise self.fail(501, "unsupported transfer coding")
             if http_version == "1.0":
                 raise self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 §6.1
             has_body = True
             self.chunks = 0
+            if self.sole >= 0:
+                self.native_chunked = True  # in a read fed whole, llhttp decodes it (see feed)
+            else:
+                self.chunked = chunked_body(self)  # llhttp got the head alone: the body is ChunkedBody's
         elif content_length > 0:
             if self.limit_body and content_length > self.limit_body:
                 raise self.fail(413, "request body too large")  # known before the application runs
@@ -458,18 +539,30 @@ class HTTP11Connection:
 
     def on_message_complete(self) -> None:
         self.completed += 1
+        if self.sole >= 0 and (self.body_size or self.native_chunked):  # a read fed whole: see http11_reads.request_end
+            size = -1 if self.native_chunked else self.body_size
+            self.native_chunked = False
+            if self.completed == self.sole:
+                self.first_size = size
+            else:
+                self.sizes.append((self.completed, size))
         self.body_left = 0
         if self.header_size:
-            # A trailer section (RFC 9112 §7.1.2) after a chunked body: llhttp reports its fields through
-            # on_header, into the header list made for the *next* head (with its Host, Expect, ...
-            # checks and limits). The application started with the head and its scope cannot carry fields
-            # that come later, so they are dropped here - they must never reach the next request.
+            # A trailer section (RFC 9112 §7.1.2) after a chunked body that llhttp decoded: llhttp reports
+            # its fields through on_header, into the header list made for the *next* head (with its Host,
+            # Expect, ... checks and limits). Those that must not be trailers are refused (as ChunkedBody
+            # does); the rest are dropped here: the application started with the head and its scope cannot
+            # carry fields that come later, and they must never reach the next request.
+            for name, _ in self.headers:
+                if name in FORBIDDEN_TRAILERS:
+                    raise self.fail(400, "a trailer field that must not be one")
             self.headers = []
             self.header_size = 0
             self.content_length = -1
             self.te = None
             self.expect = False
             self.host = None
+            self.content_type = False
         request = self.request
         self.request = None
         self.in_head = True

@@ -179,8 +179,17 @@ class HttpProtocol(asyncio.Protocol):
     ) -> RequestCycle:
         server = self.server
         if target[:1] == b"/":
+            if b"#" in target:
+                # A fragment is the client's own (RFC 9110 §4.2.4: not sent; RFC 3986 §3.5): llhttp lets it
+                # through in the target, and it must reach neither the path nor the query string.
+                target = target[:target.index(b"#")]
             raw_path, _, query = target.partition(b"?")
         elif target == b"*":  # OPTIONS * (RFC 9112 §3.2.4)
+            raw_path, query = target, b""
+        elif method == b"CONNECT":
+            # authority-form (RFC 9112 §3.2.3), CONNECT's only form: the application gets the authority as the
+            # path, as h11-based servers give it (llhttp treats CONNECT as an upgrade: the connection closes
+            # after the response).
             raw_path, query = target, b""
         else:  # absolute-form (RFC 9112 §3.2.2)
             url = httptools.parse_url(target)

@@ -113,13 +113,19 @@ def case(draw_name: str) -> st.SearchStrategy[bytes]:
     return st.sampled_from([draw_name.lower(), draw_name.upper(), draw_name.title(), draw_name])
 
 
+#: Chunk extensions, with the whitespace RFC 9112 §7.1.1 allows around `;` and `=` (BWS).
+CHUNK_EXTENSIONS = [b"", b";a=b", b" ; a = b", b"; x", b'\t;y="q z"', b";k=v;l"]
+
+
 @st.composite
-def request(draw: Any, i: int) -> bytes:
-    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]))
+def request(draw: Any, i: int) -> tuple[bytes, int]:
+    # The last ones are tokens llhttp does not know: corral parses their heads with GET in their place.
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "PURGE", "-BLARGH", "FOO_BAR"]))
     lines = [f"{method} /p{i}?q={i} HTTP/1.1", f"{draw(case('Host'))}: example.com", f"{draw(case('X-Req'))}: {i}"]
     for k in range(draw(st.integers(0, 3))):
         lines.append(f"{draw(case(f'X-H{i}-{k}'))}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}v{k}")
     framing = draw(st.sampled_from(["none", "length", "chunked"]))
+    sizes: list[int] = []
     body = b""
     if framing == "length":
         payload = draw(st.binary(max_size=40))
@@ -127,13 +133,15 @@ def request(draw: Any, i: int) -> bytes:
         body = payload
     elif framing == "chunked":
         lines.append(f"{draw(case('Transfer-Encoding'))}: chunked")
-        for size in draw(st.lists(st.integers(1, 20), max_size=4)):
-            body += b"%x\r\n%s\r\n" % (size, b"c" * size)
-        body += b"0\r\n"
+        sizes = draw(st.lists(st.integers(1, 20), max_size=4))
+        for size in sizes:
+            body += b"%x%s\r\n%s\r\n" % (size, draw(st.sampled_from(CHUNK_EXTENSIONS)), b"c" * size)
+        body += b"0%s\r\n" % draw(st.sampled_from(CHUNK_EXTENSIONS))
         if draw(st.booleans()):  # a trailer section: dropped, never seen by anyone
-            body += f"X-Trailer{i}: t\r\nHost: evil\r\nExpect: 100-continue\r\n".encode()
+            body += f"X-Trailer{i}: t\r\nExpect: 100-continue\r\n".encode()
         body += b"\r\n"
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    length = len(body) if framing == "length" else sum(sizes)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body, length
 
 
 TOKENS = [b"\r\n", b"\n", b" ", b":", b"\x00", b"\x80", b"Host: b\r\n", b"Content-Length: 7\r\n",
@@ -143,7 +151,9 @@ TOKENS = [b"\r\n", b"\n", b" ", b":", b"\x00", b"\x80", b"Host: b\r\n", b"Conten
 @st.composite
 def stream(draw: Any) -> tuple[bytes, int, bool, list[int]]:
     count = draw(st.integers(1, 5))
-    data = b"".join(draw(request(i)) for i in range(count))
+    requests = [draw(request(i)) for i in range(count)]
+    data = b"".join(raw for raw, _ in requests)
+    lengths = [length for _, length in requests]
     mutated = draw(st.booleans())
     if mutated:
         buf = bytearray(data)
@@ -160,7 +170,7 @@ def stream(draw: Any) -> tuple[bytes, int, bool, list[int]]:
                 del buf[at:at + draw(st.integers(1, 6))]
         data = bytes(buf)
     cuts = sorted(draw(st.lists(st.integers(0, max(len(data), 1)), max_size=6)))
-    return data, count, mutated, cuts
+    return data, count, mutated, cuts, lengths
 
 
 async def exchange(data: bytes, cuts: list[int]) -> tuple[FakeTransport, Recorder]:
@@ -194,7 +204,7 @@ async def exchange(data: bytes, cuts: list[int]) -> tuple[FakeTransport, Recorde
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(stream())
 def test_http11_protocol_properties(example):
-    data, count, mutated, cuts = example
+    data, count, mutated, cuts, lengths = example
     logger = logging.getLogger("corral")
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
@@ -227,3 +237,4 @@ def test_http11_protocol_properties(example):
     if not mutated:
         assert not errors
         assert [r[1][b"x-seen"] for r in oks] == [b"%d" % i for i in range(count)]
+        assert [r[2] for r in oks] == [b"%d" % length for length in lengths]  # every body, whole
