@@ -299,6 +299,14 @@ class WsgiCycle(WsgiCall):
         elif self.instance_future is not None and self.phase == _WAITING:
             self._queue()
 
+    def awaits_body(self) -> bool:
+        """The application waits for body bytes (the minimum body rate's clock runs): it has its slot and
+        waits for the pre-read to finish, or its thread is blocked in a `wsgi.input` read."""
+        if self.body_complete or self.instance_future is None:
+            return False  # parked: waiting for a slot is the server's doing, not the client's
+        stream = self.input
+        return stream is None or (type(stream) is StreamInput and stream.waiting)
+
     def disconnect(self) -> None:
         if self.disconnected:
             return

@@ -23,7 +23,7 @@ __all__ = ["StreamInput", "ExpiringInput", "ClientDisconnected"]
 
 class StreamInput(BlockingReader):
     __slots__ = ("_loop", "_cond", "_buf", "_eof", "_disconnected", "_paused", "_high", "_resume",
-                 "_first_read")  # fmt: skip
+                 "_first_read", "waiting")  # fmt: skip
 
     def __init__(
         self,
@@ -41,6 +41,7 @@ class StreamInput(BlockingReader):
         self._high = high_water
         self._resume = resume
         self._first_read = first_read
+        self.waiting = False  # the application's thread waits for body bytes (read by the minimum body rate)
 
     # -- event-loop side -----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> bool:
@@ -83,7 +84,11 @@ class StreamInput(BlockingReader):
                 self._loop.call_soon_threadsafe(first_read)
             except RuntimeError:
                 pass
-        BlockingReader._wait(self)
+        self.waiting = True
+        try:
+            BlockingReader._wait(self)
+        finally:
+            self.waiting = False
 
 
 class ExpiringInput(io.BytesIO):
