@@ -129,6 +129,10 @@ class WsgiDispatcher:
                 except RuntimeError:
                     pass
 
+    def client_wait(self) -> Any:
+        """A context around a pool thread's wait on its client (WorkerThreads.client_wait)."""
+        return self.threads.client_wait()
+
     def drain_lazy(self) -> None:
         with self.lock:
             lazy, self.lazy = self.lazy, []
@@ -259,7 +263,8 @@ class WsgiCycle(WsgiCall):
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
         stream = self.input = StreamInput(
-            asyncio.get_running_loop(), self.outbox.body_buffer, self._resume_body, first_read
+            asyncio.get_running_loop(), self.outbox.body_buffer, self._resume_body, first_read,
+            self.outbox.client_wait,
         )
         if self.body:
             if stream.feed(b"".join(self.body)):
