@@ -41,6 +41,10 @@ class Echo:
             body += message["body"]
             if not message["more_body"]:
                 break
+        if scope["path"] == "/one":  # 10 MiB in one message: the response completes at once, into the buffer
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": CHUNK * 160})
+            return
         if scope["path"] == "/download":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             for _ in range(1600):  # 100 MiB: more than a slow reader takes during a test
@@ -197,6 +201,20 @@ def test_a_client_that_does_not_read_is_reset_and_its_slot_freed():
         assert reset_or_closed(sock)
         sock.close()
         assert_still_serving(host, port)
+
+
+def test_a_finished_response_the_client_does_not_take_is_reset():
+    """One 10 MiB message: the response is complete and its slot free at once, but megabytes wait in the
+    connection's buffer for a client that does not read; the rate ends the connection (and frees them)."""
+    app = Echo()
+    with run_server(app, quiet(min_rate_grace=0.5)) as (host, port, server):
+        sock = slow_reader(host, port)
+        sock.sendall(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_until(lambda: server.requests_served == 1, what="the response to complete")
+        assert server.connections  # idle, its buffer full
+        wait_until(lambda: not server.connections, what="the connection to be ended")
+        assert reset_or_closed(sock)
+        sock.close()
 
 
 def test_a_slow_but_steady_reader_keeps_its_download():
