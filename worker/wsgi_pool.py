@@ -43,7 +43,8 @@ class Job(Protocol):
 
 
 class WorkerThreads:
-    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck", "waiting", "aside")
+    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck", "waiting", "aside",
+                 "surplus")
 
     def __init__(self, size: int, name: str = "corral-wsgi") -> None:
         if size < 1:
@@ -58,6 +59,7 @@ class WorkerThreads:
         self.stuck = 0  # threads running a request past --request-timeout: never free again (before it returns)
         self.waiting: Job | None = None  # the queue's first job at the last nudge()
         self.aside = 0  # threads whose request waits on its client (client_wait): not counted against `size`
+        self.surplus = False  # more than `size` threads exist (started while others stood aside)
 
     def submit(self, job: Job) -> None:
         """Queue `job` (event-loop side); wakes a thread only if none is awake to take it."""
@@ -95,6 +97,8 @@ class WorkerThreads:
     def _start(self) -> None:  # with the lock held
         thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self.threads)}", daemon=True)
         self.threads.append(thread)
+        if len(self.threads) > self.size:
+            self.surplus = True
         thread.start()
 
     def _work(self) -> None:
@@ -108,7 +112,7 @@ class WorkerThreads:
                 with self.lock:
                     if jobs:
                         continue  # queued after our look: take it
-                    if self.closed or len(self.threads) - self.aside > self.size:
+                    if self.closed or self.surplus and len(self.threads) - self.aside > self.size:
                         self._retire()  # (the latter: an extra thread, started while others stood aside)
                         return
                     self.idle.append(wakeup)
@@ -121,7 +125,7 @@ class WorkerThreads:
             except BaseException:  # a job reports its own errors; this would be a bug of ours
                 logger.exception("WSGI job failed")
             del job
-            if len(self.threads) - self.aside > self.size:  # (unlocked: a hint, checked again under the lock)
+            if self.surplus:  # (one attribute per request when there is none: the hot path)
                 with self.lock:
                     if len(self.threads) - self.aside > self.size:
                         self._retire()
@@ -130,6 +134,7 @@ class WorkerThreads:
     def _retire(self) -> None:  # with the lock held: this thread ends
         if not self.closed:
             self.threads.remove(threading.current_thread())
+            self.surplus = len(self.threads) > self.size
 
     @contextmanager
     def client_wait(self) -> Iterator[None]:
