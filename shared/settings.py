@@ -342,6 +342,18 @@ _declare("body_timeout", "http", positive_float, 30.0,
          "Seconds a request body may go without a byte while the server is reading it (a client that "
          "stalls in its upload holds an application slot): 408 then close. Time the application spends "
          "not reading does not count.")
+_declare("min_request_body_rate", "http", non_negative_int, 240,
+         "Bytes per second a request body must average while the application waits for it, once it has "
+         "waited --min-rate-grace (Kestrel's MinRequestBodyDataRate): slower, the client gets 408 and the "
+         "connection closes. While the worker's pool is full the grace is one second. 0 is off.")
+_declare("min_response_rate", "http", non_negative_int, 240,
+         "Bytes per second a client must take a response at while the server has bytes waiting for it, once "
+         "it has waited --min-rate-grace (Kestrel's MinResponseDataRate): slower, the connection is reset. "
+         "While the worker's pool is full the grace is one second. TCP connections only; 0 is off.")
+_declare("min_rate_grace", "http", positive_float, 5.0,
+         "Seconds a request body or a response may wait on its client before its minimum rate "
+         "(--min-request-body-rate, --min-response-rate) applies; the rate is then its average over the time "
+         "it waited.")
 _declare("min_chunk_size", "http", non_negative_int, 64,
          "Smallest average chunk size in bytes a chunked request body must keep once past its first 1024 "
          "chunks (each chunk costs CPU whatever its size): 400 then close; 0 is off.")

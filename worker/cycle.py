@@ -119,6 +119,11 @@ class RequestCycle:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def awaits_body(self) -> bool:
+        """The application waits in `receive()` for body bytes that have not come (the minimum body rate's
+        clock runs)."""
+        return self.waiter is not None and not self.body_complete
+
     # ------------------------------------------------------------------ ASGI receive
 
     async def receive(self) -> dict:

@@ -24,6 +24,9 @@ class Exchange(Protocol):
     def on_body_complete(self) -> None:
         """The request body is complete (trailers, if any, were dropped)."""
 
+    def awaits_body(self) -> bool:
+        """Its application waits for body bytes that have not come (the minimum body rate's clock runs)."""
+
     def disconnect(self) -> None:
         """The client is gone, or the connection is being closed: wake whoever waits for the client."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -32,6 +34,7 @@ logger = logging.getLogger("corral.error")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection and drops its queues
 
 
 def decode_path(raw_path: bytes) -> str:
@@ -61,7 +64,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
-        "pending_error", "trusted", "extensions", "__weakref__",
+        "pending_error", "trusted", "extensions", "rate", "__weakref__",
     )
 
     def __init__(self, server: Any, sockname: tuple | None = None) -> None:
@@ -80,6 +83,7 @@ class HttpProtocol(asyncio.Protocol):
         self.trusted: bool | None = None  # the proxy's trust in this peer, when it can tell per connection
         # What every request of this connection gets in scope["extensions"] (TLS, PROXY protocol); None: nothing.
         self.extensions: dict | None = None
+        self.rate: Any = None  # the clock of a transfer waiting on the client (corral.worker.datarate)
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -360,6 +364,24 @@ class HttpProtocol(asyncio.Protocol):
         response has begun, just the close) - the application gets `http.disconnect`."""
         if self.phase == BUSY and self.state.request is not None:
             self.protocol_error(ProtocolError(408, "request body timeout"))
+
+    def output_waiting(self) -> bool:
+        """The server has response bytes that the client does not take (the minimum response rate's clock
+        runs): the transport is above its high-water mark, or the connection is closed and still flushing."""
+        if self.flow.write_paused:
+            return True
+        return self.phase == CLOSED and self.transport.get_write_buffer_size() > 0
+
+    def abort(self) -> None:
+        """End the connection now, dropping what waits to be written (a response below the minimum rate):
+        with SO_LINGER 0 the client gets a reset and the kernel frees the send queue at once, instead of
+        keeping it (and retrying) for a client that does not read."""
+        try:
+            self.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        except (AttributeError, OSError):
+            pass
+        self.close()
+        self.transport.abort()
 
     def header_timeout(self) -> None:
         if self.phase == HEAD or self.phase == FRESH:

@@ -41,12 +41,13 @@ from typing import Any, Callable
 from corral.shared.settings import Settings
 from corral.worker.counters import Counters, collecting
 from corral.worker.cycle import RequestCycle
+from corral.worker.datarate import RateSweep
 from corral.worker.dates import DefaultHeaders
 from corral.worker.h2detect import h2_protocol
 from corral.worker.health import health_protocol
 from corral.worker.metered import metered_protocol
 from corral.worker.http11 import Limits
-from corral.worker.phases import BUSY, FRESH, HEAD, IDLE
+from corral.worker.phases import BUSY, CLOSED, FRESH, HEAD, IDLE
 from corral.worker.phases import ResponseState
 from corral.worker.protocol import HttpProtocol
 from corral.worker.proxied import proxied_protocol
@@ -157,7 +158,11 @@ class WorkerServer(StatelessServer):
         deadline = self.wsgi.deadline if self.wsgi is not None else None  # swept by the tick too
         if deadline is not None:
             timeouts.append(deadline.timeout)
+        if settings.min_request_body_rate or settings.min_response_rate:
+            timeouts.append(settings.min_rate_grace)
         self.tick_interval = min(1.0, *(t / 4 for t in timeouts))
+        # --min-request-body-rate / --min-response-rate, applied by the tick; None when both are off.
+        self.rates = RateSweep.from_settings(settings, self.tick_interval)
         self.tick = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sockets: list[socket.socket] = []
@@ -421,6 +426,8 @@ class WorkerServer(StatelessServer):
         body_ticks = math.ceil(settings.body_timeout / interval) + 1
         refresh = self.default_headers.refresh
         deadline = self.wsgi.deadline if self.wsgi is not None else None
+        rates = self.rates
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             self.tick = tick = self.tick + 1
@@ -431,8 +438,15 @@ class WorkerServer(StatelessServer):
                 self.wsgi.threads.nudge()  # WSGI requests queued behind slow ones
             if deadline is not None:
                 deadline.sweep(self.application_instances)  # WSGI requests past --request-timeout
+            if rates is not None:
+                # A full pool (requests parked, accepting stopped) cuts the grace short: see datarate.
+                rates.begin(loop.time(), self.pool_full or bool(self.parked))
             for protocol in tuple(self.connections):
                 phase = protocol.phase
+                if rates is not None and isinstance(protocol, HttpProtocol) and (
+                        phase == BUSY or phase == CLOSED or protocol.flow.write_paused or protocol.rate is not None):
+                    rates.check(protocol)  # (HTTP/2 connections are not timed)
+                    phase = protocol.phase  # CLOSED if it ended a transfer
                 if phase == HEAD or phase == FRESH:
                     if tick - protocol.since >= head_ticks:
                         protocol.header_timeout()
@@ -449,6 +463,8 @@ class WorkerServer(StatelessServer):
                         protocol.since = tick
                     elif tick - protocol.since >= body_ticks:
                         protocol.body_timeout()
+            if rates is not None:
+                rates.report()
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, ContextManager, Iterable, Protocol
 
 from corral.shared.wsgi_environ import TooManyHeaders, build_environ
 from corral.worker.http11 import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
@@ -53,6 +53,9 @@ class Outbox(Protocol):
     def post(self, call: Any) -> None: ...
 
     def complete_later(self, call: Any) -> None: ...
+
+    def client_wait(self) -> ContextManager[None]:
+        """Around a wait of the request's thread on its client (the pool lets another thread run meanwhile)."""
 
 
 class FileWrapper:
@@ -353,15 +356,25 @@ class WsgiCall:
         if post:
             outbox.post(self)
         if self.pending > OUTPUT_WINDOW:
-            with outbox.lock:
-                cond = self.cond
-                if cond is None:
-                    cond = self.cond = threading.Condition(outbox.lock)
-                while self.pending > OUTPUT_WINDOW and not self.aborted:
-                    cond.wait()
-                if self.aborted:
-                    raise ClientDisconnected("the client disconnected")
+            if self.protocol.flow.write_paused:
+                # The client is behind (the transport is full): the wait is on it, and another request may
+                # have this thread's place meanwhile (a flood of clients that do not read cannot hold them all).
+                with outbox.client_wait():
+                    self._wait_output()
+            else:
+                self._wait_output()  # the loop has not taken the output yet
         return reached
+
+    def _wait_output(self) -> None:
+        """Block until the loop has taken the output down to OUTPUT_WINDOW (raises once the client left)."""
+        with self.outbox.lock:
+            cond = self.cond
+            if cond is None:
+                cond = self.cond = threading.Condition(self.outbox.lock)
+            while self.pending > OUTPUT_WINDOW and not self.aborted:
+                cond.wait()
+            if self.aborted:
+                raise ClientDisconnected("the client disconnected")
 
     def _finish_stream(self) -> None:
         if not self.head_sent:

@@ -129,6 +129,10 @@ class WsgiDispatcher:
                 except RuntimeError:
                     pass
 
+    def client_wait(self) -> Any:
+        """A context around a pool thread's wait on its client (WorkerThreads.client_wait)."""
+        return self.threads.client_wait()
+
     def drain_lazy(self) -> None:
         with self.lock:
             lazy, self.lazy = self.lazy, []
@@ -259,7 +263,8 @@ class WsgiCycle(WsgiCall):
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
         stream = self.input = StreamInput(
-            asyncio.get_running_loop(), self.outbox.body_buffer, self._resume_body, first_read
+            asyncio.get_running_loop(), self.outbox.body_buffer, self._resume_body, first_read,
+            self.outbox.client_wait,
         )
         if self.body:
             if stream.feed(b"".join(self.body)):
@@ -298,6 +303,14 @@ class WsgiCycle(WsgiCall):
                 self.input.end()
         elif self.instance_future is not None and self.phase == _WAITING:
             self._queue()
+
+    def awaits_body(self) -> bool:
+        """The application waits for body bytes (the minimum body rate's clock runs): it has its slot and
+        waits for the pre-read to finish, or its thread is blocked in a `wsgi.input` read."""
+        if self.body_complete or self.instance_future is None:
+            return False  # parked: waiting for a slot is the server's doing, not the client's
+        stream = self.input
+        return stream is None or (type(stream) is StreamInput and stream.waiting)
 
     def disconnect(self) -> None:
         if self.disconnected:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from corral.shared.bodystream import BlockingReader, ClientDisconnected
 
@@ -23,7 +23,7 @@ __all__ = ["StreamInput", "ExpiringInput", "ClientDisconnected"]
 
 class StreamInput(BlockingReader):
     __slots__ = ("_loop", "_cond", "_buf", "_eof", "_disconnected", "_paused", "_high", "_resume",
-                 "_first_read")  # fmt: skip
+                 "_first_read", "waiting", "_client_wait")  # fmt: skip
 
     def __init__(
         self,
@@ -31,6 +31,7 @@ class StreamInput(BlockingReader):
         high_water: int,
         resume: Callable[[], None],
         first_read: Callable[[], None] | None = None,
+        client_wait: Callable[[], ContextManager[None]] | None = None,
     ) -> None:
         self._loop = loop
         self._cond = threading.Condition(threading.Lock())
@@ -41,6 +42,9 @@ class StreamInput(BlockingReader):
         self._high = high_water
         self._resume = resume
         self._first_read = first_read
+        self.waiting = False  # the application's thread waits for body bytes (read by the minimum body rate)
+        # Around that wait (the pool lets another thread run meanwhile: WorkerThreads.client_wait); None: nothing.
+        self._client_wait = client_wait
 
     # -- event-loop side -----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> bool:
@@ -83,7 +87,15 @@ class StreamInput(BlockingReader):
                 self._loop.call_soon_threadsafe(first_read)
             except RuntimeError:
                 pass
-        BlockingReader._wait(self)
+        self.waiting = True
+        try:
+            if self._client_wait is None:
+                BlockingReader._wait(self)
+            else:
+                with self._client_wait():
+                    BlockingReader._wait(self)
+        finally:
+            self.waiting = False
 
 
 class ExpiringInput(io.BytesIO):

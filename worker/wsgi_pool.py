@@ -12,6 +12,14 @@ A thread that runs a slow request counts as awake meanwhile, so a request queued
 a tick later,
 and threads stuck past --request-timeout (`stuck`, kept by corral.worker.wsgi_layers) count as asleep.
 
+A thread whose request waits on its client - for request body bytes that have not come, or for the client to
+take the response it is behind on - steps aside (`client_wait()`): it no longer counts against `size`, so a
+queued request gets a thread (started if none sleeps) instead of waiting behind clients that stall; a flood
+of such clients is then found out all at once by the minimum data rates (corral.worker.datarate), not
+`size` at a time. The extra threads end as soon as more than `size` run application code with nothing
+queued (each runs at most one request past that); every one of them holds a pool slot, so the pool's limit
+bounds them.
+
 Threads start on first use (after fork) and are daemons; `close()` stops them once their work is done.
 """
 
@@ -20,7 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Protocol
+from contextlib import contextmanager
+from typing import Iterator, Protocol
 
 __all__ = ["WorkerThreads", "Job"]
 
@@ -34,7 +43,8 @@ class Job(Protocol):
 
 
 class WorkerThreads:
-    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck", "waiting")
+    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck", "waiting", "aside",
+                 "surplus")
 
     def __init__(self, size: int, name: str = "corral-wsgi") -> None:
         if size < 1:
@@ -48,6 +58,8 @@ class WorkerThreads:
         self.closed = False
         self.stuck = 0  # threads running a request past --request-timeout: never free again (before it returns)
         self.waiting: Job | None = None  # the queue's first job at the last nudge()
+        self.aside = 0  # threads whose request waits on its client (client_wait): not counted against `size`
+        self.surplus = False  # more than `size` threads exist (started while others stood aside)
 
     def submit(self, job: Job) -> None:
         """Queue `job` (event-loop side); wakes a thread only if none is awake to take it."""
@@ -55,7 +67,7 @@ class WorkerThreads:
             job.cancel()
             return
         self.jobs.append(job)
-        if len(self.idle) + self.stuck >= len(self.threads):
+        if len(self.idle) + self.stuck + self.aside >= len(self.threads):
             self.wake()  # nobody is awake (an awake thread looks at the deque again before it sleeps)
 
     def nudge(self) -> None:
@@ -66,7 +78,7 @@ class WorkerThreads:
             head = self.jobs[0]
         except IndexError:
             head = None
-        if head is not None and head is self.waiting and (self.idle or len(self.threads) < self.size):
+        if head is not None and head is self.waiting and (self.idle or len(self.threads) - self.aside < self.size):
             self.wake()
         self.waiting = head
 
@@ -74,7 +86,7 @@ class WorkerThreads:
         with self.lock:
             if self.idle:
                 waking = self.idle.pop()
-            elif len(self.threads) < self.size:
+            elif len(self.threads) - self.aside < self.size:
                 waking = None
                 self._start()
             else:
@@ -85,6 +97,8 @@ class WorkerThreads:
     def _start(self) -> None:  # with the lock held
         thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self.threads)}", daemon=True)
         self.threads.append(thread)
+        if len(self.threads) > self.size:
+            self.surplus = True
         thread.start()
 
     def _work(self) -> None:
@@ -98,7 +112,8 @@ class WorkerThreads:
                 with self.lock:
                     if jobs:
                         continue  # queued after our look: take it
-                    if self.closed:
+                    if self.closed or self.surplus and len(self.threads) - self.aside > self.size:
+                        self._retire()  # (the latter: an extra thread, started while others stood aside)
                         return
                     self.idle.append(wakeup)
                 wakeup.acquire()  # until wake() releases it
@@ -110,6 +125,30 @@ class WorkerThreads:
             except BaseException:  # a job reports its own errors; this would be a bug of ours
                 logger.exception("WSGI job failed")
             del job
+            if self.surplus:  # (one attribute per request when there is none: the hot path)
+                with self.lock:
+                    if len(self.threads) - self.aside > self.size:
+                        self._retire()
+                        return
+
+    def _retire(self) -> None:  # with the lock held: this thread ends
+        if not self.closed:
+            self.threads.remove(threading.current_thread())
+            self.surplus = len(self.threads) > self.size
+
+    @contextmanager
+    def client_wait(self) -> Iterator[None]:
+        """Around a wait of the calling pool thread on its request's client (see the module docstring)."""
+        with self.lock:
+            self.aside += 1
+            start = self.jobs and not self.idle and not self.closed and len(self.threads) - self.aside < self.size
+            if start:
+                self._start()  # a queued request gets this thread's place now
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.aside -= 1
 
     def close(self) -> None:
         """Let the threads finish what is queued, then end; cancels nothing."""

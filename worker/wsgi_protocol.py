@@ -57,6 +57,14 @@ class WsgiHttpProtocol(HttpProtocol):
         if fd >= 0:
             os.close(fd)
 
+    def output_waiting(self) -> bool:
+        """HttpProtocol's, and a file response whose `sendfile` waits for the socket to drain."""
+        if HttpProtocol.output_waiting(self):
+            return True
+        state = self.state
+        sendfile = getattr(state.active, "sendfile", None) if state is not None else None
+        return sendfile is not None and len(sendfile) == 6 and sendfile[5]
+
     def park(self, cycle: Any) -> None:
         super().park(cycle)
         wsgi = self.server.wsgi

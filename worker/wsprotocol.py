@@ -140,6 +140,9 @@ class WebSocketCycle(asyncio.Protocol):
     def on_body_complete(self) -> None:
         pass
 
+    def awaits_body(self) -> bool:
+        return False  # no body: the minimum body rate has nothing to time
+
     def upgrade_tail(self, data: bytes) -> None:
         """Bytes read after the handshake request (a client that did not wait for the 101)."""
         self.tail += data

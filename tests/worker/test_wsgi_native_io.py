@@ -52,6 +52,42 @@ def test_stalled_uploads_hold_no_thread():
             client.close()
 
 
+def streams_or_echoes(environ, start_response):
+    """/stream: 64 MiB from a generator (its thread waits whenever the client is behind); else echo_length."""
+    if environ["PATH_INFO"] == "/stream":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"x" * 65536 for _ in range(1024))
+    return echo_length(environ, start_response)
+
+
+@pytest.mark.parametrize("stall", ["download", "upload"])
+def test_a_thread_waiting_on_its_client_steps_aside(stall):
+    """One thread: its request waits on a client that does not read its response (or does not send the rest
+    of a streamed body); an ordinary request still gets a thread at once (the minimum rates are off here:
+    nothing ends the stalled one), and the extra thread ends afterwards."""
+    values = dict(threads=1, wsgi_body_buffer=1024, min_request_body_rate=0, min_response_rate=0)
+    with serve(streams_or_echoes, **values) as (host, port, server):
+        threads = server.wsgi.threads
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.settimeout(WAIT)
+        stalled.connect((host, port))
+        if stall == "download":
+            stalled.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        else:
+            stalled.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 2048)
+        wait_until(lambda: threads.aside == 1, what="the thread to wait on its client")
+        with Client(host, port) as ordinary:
+            for _ in range(3):
+                assert ordinary.get("/").body == b"0"
+        assert len(threads.threads) == 2 and threads.aside == 1
+        stalled.close()  # the stalled request ends (its read or write raises), and the extra thread with it
+        wait_until(lambda: not server.application_instances and threads.aside == 0, what="the stalled one to end")
+        with Client(host, port) as ordinary:
+            assert ordinary.get("/").body == b"0"
+        wait_until(lambda: len(threads.threads) == 1, what="the extra thread to end")
+
+
 def test_buffered_body_bytes_are_bounded():
     """Clients pushing large bodies at an application that does not read them: what the worker holds per
     request stays near the pre-read bound (the connection stops reading), whatever the clients send."""
