@@ -270,6 +270,8 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if authority and not host:
             headers.insert(0, (b"host", authority))
         if path[:1] == b"/":
+            if b"#" in path:  # a client's own fragment (RFC 9110 §4.2.4): never the app's path or query
+                path = path[:path.index(b"#")]
             raw_path, _, query = path.partition(b"?")
         else:  # OPTIONS *
             raw_path, query = path, b""

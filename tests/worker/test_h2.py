@@ -133,6 +133,17 @@ def test_requests_get_an_http2_scope_and_answers():
     assert scope["client"][0] == "127.0.0.1" and scope["server"][1] == port
 
 
+def test_a_fragment_in_path_reaches_neither_path_nor_query():
+    """A client must not send one (RFC 9110 §4.2.4); a server must not pass it on as path or query."""
+    seen: list = []
+    with run_server(make_app(seen=seen), Settings()) as (host, port, server):
+        with H2Client(port) as client:
+            assert client.get("/p?q=1#frag").status == 200
+            assert client.get("/r#x?y").status == 200
+    assert (seen[0]["path"], seen[0]["raw_path"], seen[0]["query_string"]) == ("/p", b"/p", b"q=1")
+    assert (seen[1]["path"], seen[1]["raw_path"], seen[1]["query_string"]) == ("/r", b"/r", b"")
+
+
 def test_http1_still_served_and_http_1_turns_http2_off():
     import httpx
 
