@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from corral.master.carryover import scan_flags
+from corral.master.config.carryover import scan_flags
 from corral.master.cli import _known_options
-from corral.master.migration import PATH, page
-from corral.master.peer_names import GUNICORN, PEER_FLAGS
+from corral.master.config.migration import PATH, page
+from corral.master.config.peer_names import GUNICORN, PEER_FLAGS
 from corral.shared.settings import REGISTRY
 from corral.shared.worker_class import KWARGS
 
@@ -21,7 +21,7 @@ CLI_ONLY = {"config", "check_config", "print_config"}
 
 def test_the_committed_migration_page_is_the_generated_one():
     assert PATH == ROOT / "docs" / "migrating-from-gunicorn.md"
-    assert PATH.read_text() == page(), "run: python -m corral.master.migration"
+    assert PATH.read_text() == page(), "run: python -m corral.master.config.migration"
     assert "(docs/migrating-from-gunicorn.md)" in (ROOT / "README.md").read_text()  # the README links to it
 
 

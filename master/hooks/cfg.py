@@ -21,9 +21,9 @@ import socket
 from types import SimpleNamespace
 from typing import Any
 
-from corral.master.logs import describe_listener
-from corral.master.peer_names import GUNICORN
-from corral.master.sockets import parse_address
+from corral.master.observe.logs import describe_listener
+from corral.master.config.peer_names import GUNICORN
+from corral.master.listen.sockets import parse_address
 from corral.shared.settings import REGISTRY, Settings
 from corral.shared.settings_compat import HOOK_ARITY
 
