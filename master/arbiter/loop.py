@@ -33,11 +33,11 @@ from corral.master.arbiter.channel import pair
 from corral.master.status.control import ControlServer
 from corral.master.hooks.run import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
 from corral.master.status.discover import register
-from corral.master.observe.logs import describe_listener, reopen_logs, setup_logging
+from corral.master.observe.logs import reopen_logs, setup_logging
 from corral.master.observe.observer import Observer
 from corral.master.status.pidfile import Pidfile, pid_alive
 from corral.master.arbiter.proctitle import set_title
-from corral.master.listen.sockets import bind_all, close_all, parse_address, systemd_sockets
+from corral.master.listen.sockets import bind_all, close_all, describe_listener, parse_address, systemd_sockets
 from corral.master.arbiter.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
 from corral.master.arbiter.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
