@@ -7,6 +7,6 @@ does before it runs (`workerproc`), what the master knows about each worker and 
 upgrade (`upgrade`) and process titles (`proctitle`).
 
 May import: `corral.master.hooks`, `corral.master.listen`, `corral.master.observe`,
-`corral.master.status`, `corral.worker`, `corral.shared`. Not `corral.master.config`: the arbiter is handed
-resolved settings, it never reads flags or files.
+`corral.master.status`, `corral.worker`, `corral.shared`. Not config/: the arbiter is handed resolved
+settings, it never reads flags or files.
 """
