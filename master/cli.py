@@ -17,8 +17,8 @@ from typing import Any, NoReturn, Sequence
 
 import click
 
-from corral.master.carryover import apply_environment, effective, scan_flags
-from corral.master.config import ConfigProblems, collect, find_config, settings_options
+from corral.master.config.carryover import apply_environment, effective, scan_flags
+from corral.master.config.sources import ConfigProblems, collect, find_config, settings_options
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
 from corral.shared.settings import REGISTRY, Settings, SettingError
 
@@ -159,7 +159,7 @@ def _chdir(settings: Settings) -> None:
 
 def _check(app: str, settings: Settings) -> int:
     """--check-config: gunicorn's meaning, the app must import (in a child: the check leaves no trace)."""
-    from corral.master.appcheck import AppCheckError, check_app
+    from corral.master.arbiter.appcheck import AppCheckError, check_app
 
     try:
         _chdir(settings)
@@ -174,10 +174,10 @@ def _check(app: str, settings: Settings) -> int:
 
 def run(app: str, settings: Settings, load: Any, config_path: str | None = None) -> int:
     # Imported here: `serve --help` and `--print-config` need none of this.
-    from corral.master.arbiter import AppCheckError, Arbiter, CrashLoop
-    from corral.master.logs import setup_logging
-    from corral.master.pidfile import PidfileError
-    from corral.master.sockets import BindError
+    from corral.master.arbiter.loop import AppCheckError, Arbiter, CrashLoop
+    from corral.master.observe.logs import setup_logging
+    from corral.master.status.pidfile import PidfileError
+    from corral.master.listen.sockets import BindError
     from corral.worker.application import AppImportError
 
     try:
@@ -220,8 +220,8 @@ def status(pidfile: str | None, as_json: bool, watch: bool, interval: float) -> 
     import json
     import time
 
-    from corral.master.control import ControlError, format_table, query
-    from corral.master.discover import NoMaster, find_master
+    from corral.master.status.control import ControlError, format_table, query
+    from corral.master.status.discover import NoMaster, find_master
 
     if pidfile is None:
         try:

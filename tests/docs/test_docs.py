@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from corral.master.cli import _known_options
-from corral.master.peer_names import PEER_FLAGS
+from corral.master.config.peer_names import PEER_FLAGS
 from corral.shared.settings import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]

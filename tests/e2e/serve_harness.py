@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import psutil
 
-from corral.master.control import ControlError, query
-from corral.master.pidfile import read_pid  # noqa: F401  (re-exported for tests)
+from corral.master.status.control import ControlError, query
+from corral.master.status.pidfile import read_pid  # noqa: F401  (re-exported for tests)
 
 WAIT = 60.0  # generous: a busy 2-core machine shared with other test runs
 STOP_WAIT = 30.0

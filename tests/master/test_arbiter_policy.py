@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from corral.master.arbiter import Arbiter, CrashLoop
-from corral.master.workerinfo import Worker
+from corral.master.arbiter.loop import Arbiter, CrashLoop
+from corral.master.arbiter.workerinfo import Worker
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 

@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from corral.master.config import (ConfigProblems, collect, from_mapping, load_pyproject, load_python_config,
+from corral.master.config.sources import (ConfigProblems, collect, from_mapping, load_pyproject, load_python_config,
                                   misspellings, settings_options, suggest)
 from corral.shared.settings import SettingError
 
@@ -245,7 +245,7 @@ def test_hook_settings_check_arity_and_import_dotted_paths():
 
 
 def test_worker_class_carries_gunicorns_meaning():
-    from corral.master.carryover import effective
+    from corral.master.config.carryover import effective
     from corral.shared.settings import Settings
 
     gthread = effective(Settings(worker_class="gthread", timeout=2))
@@ -261,7 +261,7 @@ def test_a_uvicorn_worker_subclass_applies_its_config_kwargs(tmp_path, monkeypat
     """CONFIG_KWARGS win over the other sources (as over gunicorn's settings in uvicorn); those without a
     meaning here are named in one warning."""
     pytest.importorskip("uvicorn.workers")
-    from corral.master.carryover import effective
+    from corral.master.config.carryover import effective
     from corral.shared import worker_class
     from corral.shared.settings import Settings
 

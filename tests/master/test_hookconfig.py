@@ -1,4 +1,4 @@
-"""master/hookconfig.py: gunicorn's `cfg` over corral's settings answers what gunicorn's Config answers, and
+"""master/hooks/cfg.py: gunicorn's `cfg` over corral's settings answers what gunicorn's Config answers, and
 `server.LISTENERS`' wrappers read as gunicorn's sockets do."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from corral.master.hookconfig import HookConfig, Listener
-from corral.master.peer_names import GUNICORN
+from corral.master.hooks.cfg import HookConfig, Listener
+from corral.master.config.peer_names import GUNICORN
 from corral.shared.settings import Settings
 
 gunicorn_config = pytest.importorskip("gunicorn.config")

@@ -1,4 +1,4 @@
-"""master/logs.py: where the error log goes under each --naming, gunicorn's logger names in a dictConfig, and
+"""master/observe/logs.py: where the error log goes under each --naming, gunicorn's logger names in a dictConfig, and
 a setup made again (a HUP with other settings) leaving no handler behind."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from corral.master.logs import setup_logging
+from corral.master.observe.logs import setup_logging
 from corral.shared.settings import Settings
 from corral.worker.accesslog import make_access_log
 

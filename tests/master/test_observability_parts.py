@@ -19,11 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from corral.master.exposition import Exposition, families
-from corral.master.metrics import MasterCounts, Totals, quantile
-from corral.master.metrics_http import MetricsServer
-from corral.master.sdnotify import Notifier
-from corral.master.statsd import StatsdClient, prefix_of, statsd_lines
+from corral.master.observe.exposition import Exposition, families
+from corral.master.observe.metrics import MasterCounts, Totals, quantile
+from corral.master.observe.metrics_http import MetricsServer
+from corral.master.observe.sdnotify import Notifier
+from corral.master.observe.statsd import StatsdClient, prefix_of, statsd_lines
 from corral.worker.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -147,7 +147,7 @@ def test_prometheus_client_is_imported_only_with_metrics_bind():
     script = """
 import selectors, sys
 import corral.master.cli
-from corral.master.observe import Observer
+from corral.master.observe.observer import Observer
 from corral.shared.settings import Settings
 
 class Arbiter:
@@ -403,7 +403,7 @@ def test_metrics_server_answers_in_the_selector_loop():
 
 
 def test_a_reload_keeps_the_metrics_settings_the_master_started_with(caplog):
-    from corral.master.observe import Observer
+    from corral.master.observe.observer import Observer
     from corral.shared.settings import Settings
 
     class Arbiter:

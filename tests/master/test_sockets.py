@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from corral.master.sockets import Address, BindError, bind, bind_all, close_all, parse_address
+from corral.master.listen.sockets import Address, BindError, bind, bind_all, close_all, parse_address
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_systemd_socket_activation_in_a_child_process():
         os.dup2(int(sys.argv[1]), 3)
         os.environ["LISTEN_PID"] = str(os.getpid())
         os.environ["LISTEN_FDS"] = "1"
-        from corral.master.sockets import systemd_sockets
+        from corral.master.listen.sockets import systemd_sockets
         socks = systemd_sockets()
         assert len(socks) == 1 and socks[0].getsockname()[1] == {port}, socks
         assert "LISTEN_FDS" not in os.environ
@@ -249,6 +249,6 @@ def test_systemd_socket_activation_in_a_child_process():
 
 
 def test_systemd_variables_for_another_pid_are_ignored():
-    from corral.master.sockets import systemd_sockets
+    from corral.master.listen.sockets import systemd_sockets
 
     assert systemd_sockets({"LISTEN_PID": "1", "LISTEN_FDS": "2"}) == []

@@ -7,7 +7,7 @@ selector. Everything is non-blocking and bounded: a request head may be 8 KiB an
 until the deadline, never the loop's time. Not served by a worker on purpose: a saturated worker (its
 pool full, its loop blocked) cannot hide its own figures, and the figures are the sum of all workers.
 The page and its content type come from `render(accept)`, given the request's Accept header (content
-negotiation: the text format or OpenMetrics, corral.master.exposition).
+negotiation: the text format or OpenMetrics, corral.master.observe.exposition).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from corral.master.sockets import bind, parse_address
+from corral.master.listen.sockets import bind, parse_address
 
 __all__ = ["MetricsServer"]
 

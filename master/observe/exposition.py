@@ -1,6 +1,6 @@
 """The /metrics page, written by prometheus_client from the master's sum of every worker's counts.
 
-corral.master.metrics keeps the counts (live workers' last heartbeats plus the totals of those that are
+corral.master.observe.metrics keeps the counts (live workers' last heartbeats plus the totals of those that are
 gone); `families` turns one reading of them into prometheus_client's metric families, and `Exposition`
 renders them through a private `CollectorRegistry` with prometheus_client's own encoders. So the format is
 the library's: counter families are named without `_total` and their samples with it, histograms get
@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from corral.master.metrics import MasterCounts, WorkerView, live_totals, ready_sum, served
+from corral.master.observe.metrics import MasterCounts, WorkerView, live_totals, ready_sum, served
 from corral.worker.counters import DURATION_BOUNDS, LOG_LEVELS, WAIT_BOUNDS, histogram
 
 __all__ = ["Exposition", "families"]

@@ -15,7 +15,7 @@ import tempfile
 import time
 from typing import Any
 
-from corral.master.pidfile import read_pid
+from corral.master.status.pidfile import read_pid
 
 __all__ = ["ControlError", "control_paths", "ControlServer", "query", "format_table"]
 

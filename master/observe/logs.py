@@ -22,14 +22,13 @@ import logging
 import logging.config
 import os
 import runpy
-import socket
 import sys
 from typing import Any
 
 from corral.shared.settings import Settings, SettingError
 from corral.worker.accesslog import ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER, ReopenableFileHandler, reopen_file
 
-__all__ = ["setup_logging", "reopen_logs", "error_stream", "describe_listener", "flush_error_log"]
+__all__ = ["setup_logging", "reopen_logs", "error_stream", "flush_error_log"]
 
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S %z"
@@ -210,16 +209,3 @@ def error_stream(settings: Settings) -> Any:
         return open(settings.errorlog, "a", buffering=1)
     except OSError:
         return sys.stderr
-
-
-def describe_listener(sock: socket.socket) -> str:
-    """A listening socket as a log shows it: http://host:port, unix:path or fd N."""
-    try:
-        name = sock.getsockname()
-    except OSError as exc:
-        return f"fd {sock.fileno()} ({exc.strerror or exc})"
-    if isinstance(name, str):
-        return f"unix:{name}"
-    if sock.family == socket.AF_INET6:
-        return f"http://[{name[0]}]:{name[1]}"
-    return f"http://{name[0]}:{name[1]}"

@@ -1,7 +1,7 @@
 """Where `serve status` finds a master started without `--pid`: a pid file in a per-user runtime folder.
 
 A master started without `--pid` registers itself as `<runtime dir>/<pid>.pid` (its control socket next to
-it, see corral.master.control) and removes the file when it exits. The runtime dir is
+it, see corral.master.status.control) and removes the file when it exits. The runtime dir is
 `$XDG_RUNTIME_DIR/corral` (systemd's per-user /run/user/UID) or else `<tmp>/corral-<uid>`, mode 0700.
 `serve status` with no `--pid` looks there: one live master is shown, none or several give one line saying
 what to pass. A master started with `--pid FILE` is found through that file only.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from corral.master.pidfile import Pidfile, PidfileError, pid_alive, read_pid
+from corral.master.status.pidfile import Pidfile, PidfileError, pid_alive, read_pid
 
 __all__ = ["runtime_dir", "register", "find_master", "NoMaster"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import psutil
 
-from corral.master import workerproc
-from corral.master.logs import flush_error_log
+from corral.master.arbiter import workerproc
+from corral.master.observe.logs import flush_error_log
 
 __all__ = ["check", "DUMP_GRACE", "MIN_BOOT_TIMEOUT", "MEMORY_CHECK"]
 

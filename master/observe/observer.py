@@ -2,7 +2,7 @@
 
 The arbiter tells the `Observer` when a worker starts or goes (and why), when a reload begins or fails and
 when it stops; once per pass of its loop it calls `tick()`. From that the observer keeps the counts that
-survive worker replacement (corral.master.metrics), serves `/metrics` (`--metrics-bind`), pushes statsd
+survive worker replacement (corral.master.observe.metrics), serves `/metrics` (`--metrics-bind`), pushes statsd
 (`--statsd-host`), talks to systemd (`NOTIFY_SOCKET`), and computes the figures `serve status` shows
 (requests/s over the last seconds, p50/p99, pool occupancy, restarts by cause).
 """
@@ -14,10 +14,10 @@ import time
 from collections import deque
 from typing import Any, Iterator, Protocol
 
-from corral.master.metrics import MasterCounts, Totals, live_totals, quantile, ready_sum, served
-from corral.master.metrics_http import MetricsServer
-from corral.master.sdnotify import Notifier
-from corral.master.statsd import StatsdClient, master_counters, statsd_lines
+from corral.master.observe.metrics import MasterCounts, Totals, live_totals, quantile, ready_sum, served
+from corral.master.observe.metrics_http import MetricsServer
+from corral.master.observe.sdnotify import Notifier
+from corral.master.observe.statsd import StatsdClient, master_counters, statsd_lines
 from corral.worker.counters import DURATION_BOUNDS, LogCounter, collecting
 
 __all__ = ["Observer", "WINDOW"]
@@ -62,7 +62,7 @@ class Observer:
         settings = self.settings
         if settings.metrics_bind:
             # prometheus_client writes the page; imported here, so only --metrics-bind pays its import (~40 ms)
-            from corral.master.exposition import Exposition
+            from corral.master.observe.exposition import Exposition
 
             self.metrics_server = MetricsServer(settings.metrics_bind, Exposition(self.families).render)
             self.metrics_server.register(selector)
@@ -203,7 +203,7 @@ class Observer:
 
     def families(self) -> Iterator[Any]:
         """The /metrics page's metric families (prometheus_client's), read at each scrape."""
-        from corral.master.exposition import families  # loaded by start() with --metrics-bind
+        from corral.master.observe.exposition import families  # loaded by start() with --metrics-bind
 
         arbiter = self.arbiter
         return families(self.counts, list(arbiter.workers.values()), target=arbiter.num_workers,

@@ -13,7 +13,7 @@ Where each hook runs (gunicorn's call points):
     worker_abort(worker)             worker, when the --timeout watchdog aborts it (then it is killed)
     worker_exit(server, worker)      worker, just before the process exits
     child_exit(server, worker)       master, after a worker exited (it has been reaped), and after the
-                                     short-lived app-check child exited (worker.age 0; see appcheck.py)
+                                     short-lived app-check child exited (worker.age 0; see arbiter/appcheck.py)
     on_reload(server)                master, on HUP or a --reload change, once the new settings are good
     nworkers_changed(server, new, old)   master, TTIN/TTOU/reload changed the number of workers
     pre_exec(server)                 master, before the new master of an upgrade (USR2) is started
@@ -28,7 +28,7 @@ import logging
 import os
 from typing import Any
 
-from corral.master.hookconfig import HookConfig, Listener
+from corral.master.hooks.cfg import HookConfig, Listener
 from corral.shared.settings import Settings
 from corral.worker.hookapi import WorkerView
 
@@ -39,7 +39,7 @@ logger = logging.getLogger("corral.error")
 
 class ServerView:
     """The `server` a gunicorn hook gets, with gunicorn's Arbiter attributes: `cfg` (gunicorn's Config view
-    of the effective settings, corral.master.hookconfig), `log` (a `logging.Logger`), `pid`, `LISTENERS`
+    of the effective settings, corral.master.hooks.cfg), `log` (a `logging.Logger`), `pid`, `LISTENERS`
     (the listening sockets, as gunicorn's socket wrappers), `WORKERS` (pid -> worker of the live workers),
     `num_workers`, `proc_name`, `master_name`, `app_uri`, `timeout`, `worker_age` (workers started so far),
     `reexec_pid` (the new master during an upgrade, else 0), `master_pid` (the old master while this one is
@@ -127,7 +127,7 @@ def unborn_worker(number: int, cfg: HookConfig | Settings, max_requests: int = 0
 
 
 def child_view(pid: int, cfg: HookConfig | Settings) -> WorkerView:
-    """A short-lived child the master forked that is no worker (the app check, corral.master.appcheck), for
+    """A short-lived child the master forked that is no worker (the app check, corral.master.arbiter.appcheck), for
     child_exit: age 0, never booted, not alive."""
     view = WorkerView(0, cfg, pid=pid, ppid=os.getpid(), timeout=_timeout(cfg))
     view._alive = False

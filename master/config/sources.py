@@ -10,7 +10,7 @@ corral's or gunicorn's, are read and every other name is the file's own (helpers
 ignored with one warning listing those that look like a misspelt setting. And the `[tool.corral]` table of
 `pyproject.toml` in the working directory, a table of settings only, where an unknown key is an error.
 gunicorn's keys that corral names differently, or does another way, are translated or reported by
-`corral.master.peer_names`. CORRAL_* variables that are no setting belong to someone else and are ignored
+`corral.master.config.peer_names`. CORRAL_* variables that are no setting belong to someone else and are ignored
 the same way. Every bad value of every source is reported at once (`ConfigProblems`), not one per run.
 """
 
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import click
 
-from corral.master.peer_names import GUNICORN, PEER_FLAGS
+from corral.master.config.peer_names import GUNICORN, PEER_FLAGS
 from corral.shared.settings import (REGISTRY, Setting, SettingError, Settings, Sources, from_env, resolve,
                                     unknown_env)
 

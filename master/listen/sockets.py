@@ -13,7 +13,8 @@ import socket
 import stat
 from dataclasses import dataclass
 
-__all__ = ["Address", "BindError", "parse_address", "bind", "bind_all", "systemd_sockets", "close_all", "v6only"]
+__all__ = ["Address", "BindError", "parse_address", "bind", "bind_all", "systemd_sockets", "close_all", "v6only",
+           "describe_listener"]
 
 DEFAULT_PORT = 8000
 SD_LISTEN_FDS_START = 3  # systemd passes activated sockets from fd 3 on (sd_listen_fds(3))
@@ -246,3 +247,16 @@ def close_all(sockets: list[socket.socket], unlink: bool = False) -> None:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def describe_listener(sock: socket.socket) -> str:
+    """A listening socket as a log shows it: http://host:port, unix:path or fd N."""
+    try:
+        name = sock.getsockname()
+    except OSError as exc:
+        return f"fd {sock.fileno()} ({exc.strerror or exc})"
+    if isinstance(name, str):
+        return f"unix:{name}"
+    if sock.family == socket.AF_INET6:
+        return f"http://[{name[0]}]:{name[1]}"
+    return f"http://{name[0]}:{name[1]}"

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from corral.master.channel import Channel
+from corral.master.arbiter.channel import Channel
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
 
 __all__ = ["Worker", "split_limit", "status_document", "exit_cause", "RETIRE_CAUSES"]

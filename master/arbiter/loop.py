@@ -25,21 +25,21 @@ from typing import Any, Callable
 
 import psutil
 
-from corral.master import shutdown, watchdog, workerproc
-from corral.master.shutdown import KILL_MARGIN, QUICK_STOP
-from corral.master.tls import server_context
-from corral.master.appcheck import AppCheckError, check_app, describe_exit
-from corral.master.channel import pair
-from corral.master.control import ControlServer
-from corral.master.hooks import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
-from corral.master.discover import register
-from corral.master.logs import describe_listener, reopen_logs, setup_logging
-from corral.master.observe import Observer
-from corral.master.pidfile import Pidfile, pid_alive
-from corral.master.proctitle import set_title
-from corral.master.sockets import bind_all, close_all, parse_address, systemd_sockets
-from corral.master.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
-from corral.master.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
+from corral.master.arbiter import shutdown, watchdog, workerproc
+from corral.master.arbiter.shutdown import KILL_MARGIN, QUICK_STOP
+from corral.master.listen.tls import server_context
+from corral.master.arbiter.appcheck import AppCheckError, check_app, describe_exit
+from corral.master.arbiter.channel import pair
+from corral.master.status.control import ControlServer
+from corral.master.hooks.run import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
+from corral.master.status.discover import register
+from corral.master.observe.logs import reopen_logs, setup_logging
+from corral.master.observe.observer import Observer
+from corral.master.status.pidfile import Pidfile, pid_alive
+from corral.master.arbiter.proctitle import set_title
+from corral.master.listen.sockets import bind_all, close_all, describe_listener, parse_address, systemd_sockets
+from corral.master.arbiter.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
+from corral.master.arbiter.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings, SettingError
 from corral.worker.application import AppImportError, import_app
@@ -87,14 +87,14 @@ class Arbiter:
         self.spawn_after = 0.0
         self.next_memory_check = 0.0
         self.reexec_pid = 0  # the new master after USR2
-        self.ssl_context: Any = None  # --certfile: built at setup and on HUP (corral.master.tls)
+        self.ssl_context: Any = None  # --certfile: built at setup and on HUP (corral.master.listen.tls)
         self.rollback: tuple[Settings, int, Any] | None = None  # what a HUP replaced, until a new worker is ready
         self.old_master = int(os.environ.pop(OLD_MASTER_ENV, "0") or 0)  # we are that new master
         self.start_cwd = os.getcwd()
         self.started = time.time()
         self.all_ready_once = False
         self.server = ServerView(self)  # what gunicorn's server hooks get
-        self.reloader: Any = None  # --reload's watcher (corral.master.reload)
+        self.reloader: Any = None  # --reload's watcher (corral.master.arbiter.reload)
         self.observer = Observer(self, settings)  # metrics, statsd, systemd notify, status figures
 
     # ------------------------------------------------------------------ start and the loop
@@ -148,7 +148,7 @@ class Arbiter:
         for sig in workerproc.MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
         if settings.reload:
-            from corral.master.reload import Reloader
+            from corral.master.arbiter.reload import Reloader
 
             self.reloader = Reloader.start(settings, self.start_cwd)  # SettingError without watchfiles
             self.selector.register(self.reloader.fileno(), selectors.EVENT_READ, self._files_changed)
@@ -168,7 +168,7 @@ class Arbiter:
             self.app = self.spec
 
     def check_app(self, settings: Settings) -> None:
-        """The app check's child goes through child_exit, as a worker does (see corral.master.appcheck)."""
+        """The app check's child goes through child_exit, as a worker does (see corral.master.arbiter.appcheck)."""
         def exited(pid: int) -> None:
             if settings.child_exit is not None:
                 run_hook(settings, "child_exit", self.server, child_view(pid, HookConfig(settings, self.name)))

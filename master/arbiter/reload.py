@@ -1,7 +1,7 @@
 """--reload: watch the source files and reload through HUP's path (new workers before the old ones stop).
 
 The watching is done by watchfiles (Rust, inotify on Linux; the optional `reload` extra) in a small child
-process, `python -m corral.master.reload`, which prints one line per batch of changes. The master reads that
+process, `python -m corral.master.arbiter.reload`, which prints one line per batch of changes. The master reads that
 pipe in its own select loop and queues a HUP: so a change is handled exactly like `kill -HUP`, a broken
 import keeps the running workers (logged once per change) and the next good save recovers. A process rather
 than a thread: the master forks workers, and a fork must not copy a watcher thread's state.
@@ -52,7 +52,7 @@ class Reloader:
         for folder in dirs:
             if not os.path.isdir(folder):
                 raise SettingError(f"invalid value for --reload-dir: {folder!r} is not a folder")
-        command = [sys.executable, "-m", "corral.master.reload"]
+        command = [sys.executable, "-m", "corral.master.arbiter.reload"]
         for flag, values in (("--dir", dirs), ("--include", settings.reload_includes),
                              ("--exclude", settings.reload_excludes)):
             for value in values:

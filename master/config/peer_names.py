@@ -4,7 +4,7 @@ granian's command-line flags.
 This table is what "did you mean" may propose: a name is only ever answered with a corral setting of the
 same meaning, or with why there is none. (A spelling match would answer `--reload` with `--preload`, or
 `--certfile` with `--error-logfile`.) The migration page (docs/migrating-from-gunicorn.md) is generated from `GUNICORN`
-(`corral.master.migration`; a test keeps them equal).
+(`corral.master.config.migration`; a test keeps them equal).
 
 Kinds, for a gunicorn config-file key (and flag) that corral does not declare under the same name:
   alias   same meaning, another corral name: the value is carried over to it

@@ -21,9 +21,8 @@ import socket
 from types import SimpleNamespace
 from typing import Any
 
-from corral.master.logs import describe_listener
-from corral.master.peer_names import GUNICORN
-from corral.master.sockets import parse_address
+from corral.master.config.peer_names import GUNICORN
+from corral.master.listen.sockets import describe_listener, parse_address
 from corral.shared.settings import REGISTRY, Settings
 from corral.shared.settings_compat import HOOK_ARITY
 

@@ -18,7 +18,7 @@ import signal
 import traceback
 from typing import Callable
 
-from corral.master.workerproc import reset_signals
+from corral.master.arbiter.workerproc import reset_signals
 from corral.shared.exitcodes import APP_IMPORT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.application import AppImportError, import_app

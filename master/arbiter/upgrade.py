@@ -15,7 +15,7 @@ import socket
 import sys
 import traceback
 
-from corral.master.workerproc import reset_signals
+from corral.master.arbiter.workerproc import reset_signals
 
 __all__ = ["INHERIT_FDS_ENV", "OLD_MASTER_ENV", "start_new_master", "retire_old_master"]
 

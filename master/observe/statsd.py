@@ -33,7 +33,7 @@ import re
 import socket
 from typing import Any
 
-from corral.master.metrics import MasterCounts, Totals
+from corral.master.observe.metrics import MasterCounts, Totals
 from corral.worker.counters import DURATION_BOUNDS
 
 __all__ = ["StatsdClient", "statsd_lines", "prefix_of", "GUNICORN_GAUGES"]

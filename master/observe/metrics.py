@@ -13,7 +13,7 @@ worker killed by SIGKILL since its last heartbeat are lost (a worker that stops 
 heartbeat). A scrape sees one consistent sum from a process that is not serving requests, so a saturated
 worker cannot hide its own figures.
 
-The /metrics page itself is written by prometheus_client from these sums (corral.master.exposition,
+The /metrics page itself is written by prometheus_client from these sums (corral.master.observe.exposition,
 imported only with --metrics-bind).
 """
 

@@ -16,11 +16,11 @@ import sys
 import traceback
 from typing import Any, Callable, NoReturn, Sequence
 
-from corral.master.channel import Channel
-from corral.master.logs import error_stream, reopen_logs
-from corral.master.proctitle import set_title
-from corral.master.sockets import bind_all
-from corral.master.hooks import HookConfig, Listener, run_hook
+from corral.master.arbiter.channel import Channel
+from corral.master.observe.logs import error_stream, reopen_logs
+from corral.master.arbiter.proctitle import set_title
+from corral.master.listen.sockets import bind_all
+from corral.master.hooks.run import HookConfig, Listener, run_hook
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
 from corral.worker.boot import run_worker
