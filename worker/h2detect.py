@@ -9,8 +9,9 @@ never sees an HTTP/2 client never imports `h2`.
 A subclass in the server's protocol-class chain (chosen once per server, like worker/health.py's): under
 the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at the
 first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
-(`__class__` assignment; same slots), so that its requests pay nothing here; its reads pay one phase test
-(the event loop keeps the bound `data_received` it took when the connection opened).
+(`__class__` assignment; same slots), so that its requests pay nothing here, and is handed to its transport
+again (`set_protocol`), so that its reads pay nothing either (the event loop keeps the bound `data_received`
+it took when the connection opened).
 
 HTTP/1.1's `Upgrade: h2c` (RFC 7540 §3.2; `curl --http2 http://...`) is served on cleartext for a request
 without a body: `101 Switching Protocols`, and the request is answered as stream 1 of the HTTP/2 connection.
@@ -105,6 +106,13 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         http1.transport.write(SWITCHING)
         switch(http1, b"", (settings_header, cycle.scope))
 
+    def become_http1(http1: Any) -> None:
+        """The connection speaks HTTP/1.1: it becomes a `base`, and its transport is handed it again so that
+        the event loop drops the `data_received` bound at the start (uvloop keeps the bound method): its
+        later reads no longer pass through `H2Detect.data_received`."""
+        http1.__class__ = base
+        http1.transport.set_protocol(http1)
+
     class H2Detect(base):  # type: ignore[valid-type, misc]
         # No slot of its own: once a connection is known to speak HTTP/1.1 it becomes a `base` (the same
         # layout), and its later reads and requests cost nothing here.
@@ -125,7 +133,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             elif only:
                 self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
             elif type(self) is H2Detect:
-                self.__class__ = base
+                become_http1(self)
 
         def data_received(self, data: bytes) -> None:
             if self.phase != FRESH:  # decided: HTTP/1.1
@@ -148,8 +156,8 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
                 self.close()
             else:
                 base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen
-                if type(self) is H2Detect:
-                    self.__class__ = base
+                if type(self) is H2Detect and self.phase != CLOSED:
+                    become_http1(self)
 
         def start_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:

@@ -75,9 +75,10 @@ class RequestHandler(Protocol):
 
     def on_request(
         self, method: bytes, http_version: str, target: bytes, headers: list[tuple[bytes, bytes]],
-        keep_alive: bool, expect_continue: bool, has_body: bool,
+        keep_alive: bool, expect_continue: bool, has_body: bool, forwarded: bool,
     ) -> Exchange:
-        """Make the request object for a complete request head (it gets on_body / on_body_complete)."""
+        """Make the request object for a complete request head (it gets on_body / on_body_complete).
+        `forwarded`: the head has a proxy header (Forwarded, X-Forwarded-For/-Proto/-Host)."""
 
     def start_request(self, request: Exchange) -> None:
         """Start the application for `request`: it is now the active one."""
@@ -87,6 +88,10 @@ class RequestHandler(Protocol):
 # Content-Type is among them because a second one makes the body's meaning ambiguous (RFC 9110 §5.3: a field
 # whose grammar is a single value cannot be repeated).
 _REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host", b"content-type"))
+# The proxy headers (corral.worker.proxy) are noted in the same lookup: a request without any skips the proxy's
+# scan of its headers.
+_PROXY_HEADERS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
+_LOOKED_AT = _REQUEST_FRAMING | _PROXY_HEADERS
 
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets or a
 # reg-name / IPv4 address (unreserved, pct-encoded and sub-delims characters). An empty value is allowed.
@@ -101,6 +106,9 @@ PARSE_SLICE = 1024
 
 #: What llhttp says about a method it knows only in RTSP (DESCRIBE, SETUP, PLAY...): a token like any other.
 _RTSP_METHOD = "Invalid method for HTTP/x.x request"
+
+#: How the request line of an HTTP/1.1 request ends (see on_headers_complete).
+_HTTP11_LINE_END = b"HTTP/1.1\r\n"
 
 #: Chunks a chunked body may use before the size of its chunks is checked (`min_chunk_size`).
 FREE_CHUNKS = 1024
@@ -147,6 +155,7 @@ class HTTP11Connection:
         "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
         "backlog", "min_chunk", "chunks", "body_left",
         "upgrade_body", "upgrade_request", "content_type", "head_parts", "chunked", "fallback", "method", "sole", "sizes", "first_size", "native_chunked",
+        "forwarded", "whole",
     )
 
     def __init__(self, handler: RequestHandler, limits: Limits) -> None:
@@ -171,6 +180,7 @@ class HTTP11Connection:
         self.expect = False
         self.host: bytes | None = None  # the Host field of the head being parsed
         self.content_type = False  # the head being parsed has a Content-Type field
+        self.forwarded = False  # the head being parsed has a proxy header (_PROXY_HEADERS)
         self.last_host = b""  # the last Host value found valid: clients repeat theirs, checked once
         self.chunks = 0  # chunks of the body being parsed
         self.body_left = 0  # bytes of a Content-Length body still to come
@@ -193,6 +203,7 @@ class HTTP11Connection:
         self.sizes: list[tuple[int, int]] = []
         self.first_size = 0
         self.native_chunked = False  # llhttp is decoding a chunked body, in a read fed whole
+        self.whole = b""  # that read, while llhttp parses it (see on_headers_complete)
         self.completed = 0  # messages complete
         self.request: Exchange | None = None  # the request whose body is being parsed
         self.last: Exchange | None = None  # the request made last
@@ -250,10 +261,12 @@ class HTTP11Connection:
             before = self.completed
             self.sole = before + 1  # the number the read's first request will have when complete
             self.first_size = 0
+            self.whole = data
             try:
                 self.parser.feed_data(data)
             except PARSER_ERRORS as exc:
                 self.sole = -1
+                self.whole = b""
                 if self.native_chunked and self.error is None and not isinstance(exc, httptools.HttpParserUpgrade):
                     replay_chunked(self, data, before)  # llhttp refused something in a chunked body
                     return
@@ -266,6 +279,7 @@ class HTTP11Connection:
                     self.after_upgrade(data, offset)
                 return
             self.sole = -1
+            self.whole = b""
             if self.native_chunked:
                 take_chunked(self, data, before)  # the read ended inside a chunked body
             elif self.in_head and data[-4:] != b"\r\n\r\n" and not self.upgraded:
@@ -393,7 +407,7 @@ class HTTP11Connection:
             # values too (h11 strips them all). Measured at ~50 ns a field.
             value = value.rstrip(b" \t")
         name = name.lower()
-        if name in _REQUEST_FRAMING:
+        if name in _LOOKED_AT:
             if name == b"content-length":
                 # RFC 9112 §6.3 item 5: differing or repeated lengths make the framing unreliable.
                 if self.content_length >= 0 or not value.isdigit():
@@ -414,8 +428,10 @@ class HTTP11Connection:
                 if self.content_type:
                     raise self.fail(400, "more than one Content-Type header field")
                 self.content_type = True
-            else:
+            elif name == b"expect":
                 self.expect = value.lower() == b"100-continue"
+            else:
+                self.forwarded = True
         self.headers.append((name, value))
 
     def on_chunk_header(self) -> None:
@@ -434,6 +450,7 @@ class HTTP11Connection:
         content_length = self.content_length
         expect = self.expect
         host = self.host
+        forwarded = self.forwarded
         # Reset for the next head here rather than in an on_message_begin callback (one call less per
         # request): parse state of one head is only read until this point.
         self.url = b""
@@ -444,6 +461,7 @@ class HTTP11Connection:
         self.expect = False
         self.host = None
         self.content_type = False
+        self.forwarded = False
         parser = self.parser
         method = self.method
         if method is None:
@@ -452,7 +470,13 @@ class HTTP11Connection:
             self.method = None  # a method llhttp does not know (http11_reads.fallback_head)
         if len(method) + len(url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
             raise self.fail(414, "request line too long")
-        http_version = parser.get_http_version()
+        if self.sole == self.completed + 1 and self.whole.startswith(_HTTP11_LINE_END, len(method) + len(url) + 2):
+            # The first request of a read fed whole: its request line opens the read (where empty lines come
+            # first, the bytes looked at hold the space before the version and do not match). httptools'
+            # get_http_version() formats the string (about 2,000 instructions).
+            http_version = "1.1"
+        else:
+            http_version = parser.get_http_version()
         if http_version != "1.1":
             if http_version != "1.0":
                 # An HTTP/0.9 line (no version) is not HTTP/1.x; a 2.x or later major version is one this
@@ -510,7 +534,7 @@ class HTTP11Connection:
         # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
         expect_continue = expect and has_body and http_version != "1.0"
         self.request = self.last = request = self.handler.on_request(
-            method, http_version, url, headers, keep_alive, expect_continue, has_body
+            method, http_version, url, headers, keep_alive, expect_continue, has_body, forwarded
         )
         if has_body and parser.should_upgrade() and getattr(request, "upgrade_tail", None) is None:
             if te is not None:
@@ -563,6 +587,7 @@ class HTTP11Connection:
             self.expect = False
             self.host = None
             self.content_type = False
+            self.forwarded = False
         request = self.request
         self.request = None
         self.in_head = True

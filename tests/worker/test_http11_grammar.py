@@ -35,7 +35,7 @@ class Handler:
     def __init__(self) -> None:
         self.made: list[Request] = []
 
-    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body):
+    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body, forwarded):
         request = Request(method, target)
         self.made.append(request)
         return request

@@ -27,7 +27,7 @@ class Handler:
         self.made = []
         self.started = []
 
-    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body):
+    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body, forwarded):
         request = Request(method=method, version=http_version, target=target, headers=headers,
                           keep_alive=keep_alive, expect=expect_continue, has_body=has_body)
         self.made.append(request)
