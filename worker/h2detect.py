@@ -159,14 +159,14 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
                 if type(self) is H2Detect and self.phase != CLOSED:
                     become_http1(self)
 
-        def start_request(self, cycle: Any) -> None:
+        def begin_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:
                 settings_header = h2c_upgrade(cycle.scope)
                 if settings_header is not None:
-                    # The parser is inside this request's head: switch once it is done with these bytes.
+                    # Begun from inside data_received (the read is parsed): switch once that has returned.
                     asyncio.get_running_loop().call_soon(upgrade, self, cycle, settings_header)
                     return
-            base.start_request(self, cycle)
+            base.begin_request(self, cycle)
 
     H2Detect.__name__ = H2Detect.__qualname__ = "H2" + base.__name__
     return H2Detect

@@ -54,11 +54,11 @@ def health_protocol(path: str, base: type[HttpProtocol] = HttpProtocol) -> type[
                                      cycle.t0 is not None)
             return cycle
 
-        def start_request(self, cycle: RequestCycle) -> None:
+        def begin_request(self, cycle: RequestCycle) -> None:
             if type(cycle) is RequestCycle and cycle.scope["path"] == path:
                 self.run_beside(cycle, health_app(self.server))  # a probe every few seconds: no need to keep one
                 return
-            base.start_request(self, cycle)
+            base.begin_request(self, cycle)
 
     HealthProtocol.__name__ = HealthProtocol.__qualname__ = "HealthProtocol"
     return HealthProtocol

@@ -81,7 +81,8 @@ class RequestHandler(Protocol):
         `forwarded`: the head has a proxy header (Forwarded, X-Forwarded-For/-Proto/-Host)."""
 
     def start_request(self, request: Exchange) -> None:
-        """Start the application for `request`: it is now the active one."""
+        """Start the application for `request`: it is now the active one (called while a read is parsed:
+        the handler may wait until `feed` has returned)."""
 
 
 # Header names whose value decides framing or routing: looked at one by one (a set lookup per field).

@@ -67,7 +67,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
-        "pending_error", "trusted", "extensions", "rate", "__weakref__",
+        "pending_error", "trusted", "extensions", "rate", "ready", "__weakref__",
     )
 
     def __init__(self, server: Any, sockname: tuple | None = None) -> None:
@@ -87,6 +87,7 @@ class HttpProtocol(asyncio.Protocol):
         # What every request of this connection gets in scope["extensions"] (TLS, PROXY protocol); None: nothing.
         self.extensions: dict | None = None
         self.rate: Any = None  # the clock of a transfer waiting on the client (corral.worker.datarate)
+        self.ready: Any = None  # the request to begin once the read being parsed is (see start_request)
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -148,14 +149,17 @@ class HttpProtocol(asyncio.Protocol):
             state.feed(data)
         except ProtocolError as error:
             self.protocol_error(error)
-            return
         except Exception:  # nothing a client sends may raise out of the protocol
             logger.exception("Error while handling request bytes")
             self.protocol_error(ProtocolError(400, "internal error"))
-            return
-        if state.pipeline or state.backlog:
-            # A request waits behind the active one: read no further until its turn comes.
-            self.flow.pause_reading(PIPELINE)
+        else:
+            if state.pipeline or state.backlog:
+                # A request waits behind the active one: read no further until its turn comes.
+                self.flow.pause_reading(PIPELINE)
+        ready = self.ready
+        if ready is not None:
+            self.ready = None
+            self.begin_request(ready)
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -251,19 +255,26 @@ class HttpProtocol(asyncio.Protocol):
         )
 
     def start_request(self, cycle: RequestCycle) -> None:
+        """HTTP11Connection's call for the request that became the active one while it parses a read: begun
+        once the whole read is parsed (`data_received`), so that what the read holds of its body is there
+        first. An application whose first step finishes it (corral.worker.eager: no task is made) then sees
+        a complete request, and its response can keep the connection."""
+        self.ready = cycle
+
+    def begin_request(self, cycle: RequestCycle) -> None:
         """Run the application for `cycle`, or park it (FIFO) when the pool is full."""
         server = self.server
         if server.parked and not server.reject_when_full:
             self.park(cycle)  # requests parked earlier go first
             return
         try:
-            server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+            server.run_request(cycle)
         except PoolFull:
             self.pool_full(cycle)
 
     def launch(self, cycle: RequestCycle) -> None:
         try:
-            self.server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+            self.server.run_request(cycle)
         except PoolFull:
             self.pool_full(cycle)
 
@@ -307,7 +318,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         following = state.response_done()
         if following is not None:
-            self.start_request(following)
+            self.begin_request(following)
         if state.backlog and len(state.pipeline) < state.max_pipeline and self.phase != CLOSED:
             # Parsing stopped at the pipelining bound: go on with the bytes already read (this may start
             # the next request, or queue more behind the one just started).

@@ -376,9 +376,20 @@ class WorkerServer(StatelessServer):
         if not parked and not self.pool_full:
             self._set_accepting(True)
 
+    def run_request(self, cycle: Any) -> None:
+        """Start the application of `cycle` (an HTTP/1.1 request or a WebSocket; raises PoolFull), its first
+        step at once (corral.worker.eager): an application that finished in it is done with here, as
+        `_instance_done` does for one that ran as a task."""
+        task = self.run_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+        if task.done():
+            self._cycle_done(cycle, task)
+
     def _instance_done(self, instance: ApplicationInstance, future: asyncio.Future[Any]) -> None:
         super()._instance_done(instance, future)  # frees the slot, reports a failure
-        cycle = instance.scope_id
+        self._cycle_done(instance.scope_id, future)
+
+    @staticmethod
+    def _cycle_done(cycle: Any, future: asyncio.Future[Any]) -> None:
         if type(cycle) is RequestCycle:
             if cycle.state != COMPLETE:  # the common case: the response is complete, nothing left to do
                 cycle.app_finished(future)

@@ -71,7 +71,7 @@ class WsgiHttpProtocol(HttpProtocol):
         if wsgi.lazy:
             wsgi.drain_lazy()  # a response written meanwhile frees a slot: the parked request starts
 
-    def start_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+    def begin_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
         server = self.server
         if server.parked and not server.reject_when_full:
             self.park(cycle)  # type: ignore[arg-type]  # requests parked earlier go first
