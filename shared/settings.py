@@ -428,7 +428,7 @@ _declare("naming", "logging", choice("gunicorn", "corral"), "gunicorn",
          "with.", metavar="gunicorn|corral")
 
 
-# -- observability: metrics, statsd, health checks (corral.master.metrics, .statsd, .sdnotify; worker/health.py)
+# -- observability: metrics, statsd, health checks (corral.master.metrics, .statsd, .sdnotify; worker/serve/health.py)
 
 
 def url_path(value: Any) -> str | None:

@@ -1,5 +1,5 @@
 """Settings of how requests reach a worker: TLS (gunicorn's names; the context is built by corral.master.tls)
-and HTTP/2 (corral.worker.h2conn and friends). Declared in the registry of `corral.shared.settings`, which
+and HTTP/2 (corral.worker.http2.protocol and friends). Declared in the registry of `corral.shared.settings`, which
 imports this module, so `REGISTRY` holds them and they get flags, config keys and CORRAL_* variables.
 """
 

@@ -168,7 +168,7 @@ def test_the_table_is_one_way():
 
 def test_the_scan_reads_the_whole_tree():
     """A scan that found nothing would pass the rule: it sees every module, and imports deep in functions."""
-    assert {"corral.master", "corral.master.cli", "corral.master.arbiter.loop", "corral.worker.server",
+    assert {"corral.master", "corral.master.cli", "corral.master.arbiter.loop", "corral.worker.serve.server",
             "corral.shared.settings"} <= set(modules())
     found = all_imports()
     for folder, package in FOLDERS.items():
@@ -214,8 +214,8 @@ def check(module: str, source: str, table=MAY_IMPORT, is_package: bool = False) 
 @pytest.mark.parametrize("module, source, importing", [
     ("corral.shared.sync", "def f():\n    from corral.worker import server\n", "corral.worker"),
     ("corral.shared.sync", "from corral import master\n", "corral.master"),
-    ("corral.worker.server", "import corral.master.cli\n", "corral.master.cli"),
-    ("corral.worker.server", "import bench.apps\n", "bench.apps"),
+    ("corral.worker.serve.server", "import corral.master.cli\n", "corral.master.cli"),
+    ("corral.worker.serve.server", "import bench.apps\n", "bench.apps"),
     ("corral.master.config.sources", "from ..arbiter import loop\n", "corral.master.arbiter"),
     ("corral.master.observe.logs", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
      "    from corral.master.hooks.run import ServerView\n", "corral.master.hooks.run"),
@@ -233,7 +233,7 @@ def test_the_checker_catches(module, source, importing):
     ("corral.master.arbiter.loop", "import os\nfrom corral.master.listen.sockets import bind_all\n"),
     ("corral.master.arbiter.loop", "from . import channel, shutdown\nfrom .workerinfo import Worker\n"),
     ("corral.master.cli", "def main():\n    from corral.master.arbiter.loop import Arbiter\n"),
-    ("corral.worker.server", "from corral.shared.settings import Settings\n"),
+    ("corral.worker.serve.server", "from corral.shared.settings import Settings\n"),
     ("corral.master", "from corral.master.cli import main\n"),
 ])
 def test_the_checker_allows(module, source):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
-from corral.worker.testing import call_in_loop, run_server
+from corral.worker.serve.testing import call_in_loop, run_server
 
 WAIT = 5.0
 
