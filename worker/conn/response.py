@@ -1,7 +1,8 @@
 """The response side of HTTP/1.1, apart from I/O: status lines and the server's own error responses encoded
-once, and `response_head()`, which validates an application's headers, decides the response's framing
-(RFC 9112 §6.3 / §7.1) and the response's side of keep-alive, and encodes the head. The framing modes it
-returns are written by `corral.worker.http1.framing`'s writers.
+once (with `ProtocolError`, the error answered by one), and `response_head()`, which validates an
+application's headers, decides the response's framing (RFC 9112 §6.3 / §7.1) and the response's side of
+keep-alive, and encodes the head. The framing modes it returns are written by `corral.worker.http1.framing`'s
+writers. HTTP/1.1, the WebSocket handshake and native WSGI write these bytes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import http
 from typing import Any
 
 __all__ = [
-    "STATUS_LINES", "status_line", "ERROR_RESPONSES", "CONTINUE_RESPONSE", "NO_BODY", "CHUNKED",
-    "CLOSE_DELIMITED", "encode_headers", "response_head",
+    "STATUS_LINES", "status_line", "ERROR_RESPONSES", "ProtocolError", "CONTINUE_RESPONSE", "NO_BODY",
+    "CHUNKED", "CLOSE_DELIMITED", "encode_headers", "response_head",
 ]
 
 # ---------------------------------------------------------------------------- pre-encoded bytes
@@ -45,6 +46,22 @@ def _error_response(status: int) -> bytes:
 ERROR_RESPONSES: dict[int, bytes] = {
     status: _error_response(status) for status in (400, 408, 413, 414, 431, 500, 501, 503, 505)
 }
+
+class ProtocolError(Exception):
+    """The client broke HTTP/1.1 or a limit: answer `status` (a pre-built response) and close.
+
+    Raised by the HTTP/1.1 state machine and by the WebSocket handshake (a refusal with its own response);
+    the HTTP/1.1 protocol answers it (`HttpProtocol.protocol_error`)."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(f"{status} {detail}".strip())
+        self.status = status
+        self.detail = detail
+
+    @property
+    def response(self) -> bytes:
+        return ERROR_RESPONSES[self.status]
+
 
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

@@ -28,19 +28,6 @@ from typing import Any, Protocol
 
 import httptools
 
-from corral.worker.http1.chunked import FORBIDDEN_TRAILERS, ChunkedBody
-from corral.worker.http1.exchange import Exchange
-from corral.worker.http1.reads import (
-    PARSER_ERRORS,
-    ProtocolError,
-    UnknownMethod,
-    chunked_body,
-    cut_head,
-    feed_split,
-    replay_chunked,
-    resync,
-    take_chunked,
-)
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
 from corral.worker.conn.response import (  # noqa: F401
     CHUNKED,
@@ -49,8 +36,21 @@ from corral.worker.conn.response import (  # noqa: F401
     ERROR_RESPONSES,
     NO_BODY,
     STATUS_LINES,
+    ProtocolError,
     encode_headers,
     response_head,
+)
+from corral.worker.http1.chunked import FORBIDDEN_TRAILERS, ChunkedBody
+from corral.worker.http1.exchange import Exchange
+from corral.worker.http1.reads import (
+    PARSER_ERRORS,
+    UnknownMethod,
+    chunked_body,
+    cut_head,
+    feed_split,
+    replay_chunked,
+    resync,
+    take_chunked,
 )
 
 __all__ = [

@@ -17,8 +17,8 @@ import time
 from typing import Any
 
 from corral.worker.conn.phases import BODY, ResponseState
-from corral.worker.http1.framing import WRITERS, content_length_writer
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
+from corral.worker.http1.framing import WRITERS, content_length_writer
 
 __all__ = ["RequestCycle", "BODY_HIGH_WATER"]
 

@@ -20,12 +20,12 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from corral.worker.http1.cycle import RequestCycle
+from corral.worker.app.pool import PoolFull
 from corral.worker.conn.flow import FlowControl
 from corral.worker.conn.phases import BODY, BUSY, CLOSED, CLOSING, FRESH, HEAD, IDLE, PARKED, PIPELINE
-from corral.worker.http1.connection import ERROR_RESPONSES, HTTP11Connection, ProtocolError
-from corral.worker.app.pool import PoolFull
 from corral.worker.edge.tlsinfo import tls_extension
+from corral.worker.http1.connection import ERROR_RESPONSES, HTTP11Connection, ProtocolError
+from corral.worker.http1.cycle import RequestCycle
 from corral.worker.websocket.handshake import websocket_request
 
 __all__ = ["HttpProtocol", "decode_path", "service_unavailable"]

@@ -17,27 +17,14 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from corral.worker.conn.response import ProtocolError
 from corral.worker.http1.chunked import ChunkedBody, ChunkError
-from corral.worker.conn.response import ERROR_RESPONSES
 
 if TYPE_CHECKING:
     from corral.worker.http1.connection import HTTP11Connection
 
-__all__ = ["ProtocolError", "UnknownMethod", "PARSER_ERRORS", "feed_split", "head_piece", "resync",
-                  "replay_chunked", "take_chunked", "cut_head", "chunked_body", "fallback_head"]
-
-
-class ProtocolError(Exception):
-    """The client broke HTTP/1.1 or a limit: answer `status` (a pre-built response) and close."""
-
-    def __init__(self, status: int, detail: str = "") -> None:
-        super().__init__(f"{status} {detail}".strip())
-        self.status = status
-        self.detail = detail
-
-    @property
-    def response(self) -> bytes:
-        return ERROR_RESPONSES[self.status]
+__all__ = ["UnknownMethod", "PARSER_ERRORS", "feed_split", "head_piece", "resync", "replay_chunked",
+           "take_chunked", "cut_head", "chunked_body", "fallback_head"]
 
 
 #: RFC 9110 §9.1: a method is a token. gunicorn's further rule, taken for methods llhttp does not know: 3 to

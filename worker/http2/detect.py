@@ -6,9 +6,9 @@ or on cleartext by the client preface `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n`
 `H2Protocol` (`transport.set_protocol`, as WebSocket does), which is imported only then: a worker that
 never sees an HTTP/2 client never imports `h2`.
 
-A subclass in the server's protocol-class chain (chosen once per server, like worker/serve/health.py's): under
-the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at the
-first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
+A subclass in the server's protocol-class chain (chosen once per server, like worker/serve/health.py's):
+under the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at
+the first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
 (`__class__` assignment; same slots), so that its requests pay nothing here; its reads pay one phase test
 (the event loop keeps the bound `data_received` it took when the connection opened).
 
@@ -29,8 +29,8 @@ import asyncio
 import logging
 from typing import Any
 
-from corral.worker.http1.cycle import RequestCycle
 from corral.worker.conn.phases import CLOSED, FRESH
+from corral.worker.http1.cycle import RequestCycle
 from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]

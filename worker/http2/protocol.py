@@ -41,13 +41,13 @@ import h2.stream
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from corral.worker.app.pool import PoolFull
 from corral.worker.conn.flow import FlowControl
+from corral.worker.conn.phases import BUSY, CLOSED, IDLE
+from corral.worker.edge.health import health_app
+from corral.worker.http1.protocol import _ASGI, _METHODS, decode_path, service_unavailable
 from corral.worker.http2.send import _HOP, H2Sender
 from corral.worker.http2.stream import H2Stream
-from corral.worker.serve.health import health_app
-from corral.worker.conn.phases import BUSY, CLOSED, IDLE
-from corral.worker.http1.protocol import _ASGI, _METHODS, decode_path, service_unavailable
-from corral.worker.app.pool import PoolFull
 
 __all__ = ["H2Protocol", "H2Limits"]
 

@@ -21,8 +21,8 @@ import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from corral.worker.http2.stream import H2Stream
 from corral.worker.conn.phases import CLOSED
+from corral.worker.http2.stream import H2Stream
 
 __all__ = ["H2Sender", "default_headers"]
 

@@ -19,15 +19,15 @@ from typing import Any, Callable
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.edge.counters import LogCounter, collecting, meter
-from corral.worker.app.load import AppImportError, detect_interface, import_app, wrap_application
-from corral.worker.edge.deadline import wrap_deadline
 from corral.worker.app.hooks import WorkerView, wrap_request_hooks
 from corral.worker.app.lifespan import Lifespan, LifespanFailure
+from corral.worker.app.load import AppImportError, detect_interface, import_app, wrap_application
+from corral.worker.app.pool import new_event_loop
+from corral.worker.edge.counters import LogCounter, collecting, meter
+from corral.worker.edge.deadline import wrap_deadline
 from corral.worker.edge.proxy_headers import make_proxy_headers
 from corral.worker.edge.sessionlog import make_request_log
 from corral.worker.serve.server import WorkerServer
-from corral.worker.app.pool import new_event_loop
 from corral.worker.wsgi.layers import wsgi_layers
 
 __all__ = ["load_application", "run_worker", "serve_application"]

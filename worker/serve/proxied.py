@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 from corral.worker.conn.phases import CLOSED
-from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.edge.proxy_protocol import (
     V1_PREFIX,
     V2_SIGNATURE,
@@ -31,6 +30,7 @@ from corral.worker.edge.proxy_protocol import (
     parse_header,
     tls_extension,
 )
+from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["proxied_protocol", "ProxiedHttpProtocol"]
 

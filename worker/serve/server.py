@@ -39,20 +39,20 @@ from time import perf_counter
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
-from corral.worker.edge.counters import Counters, collecting
-from corral.worker.http1.cycle import RequestCycle
-from corral.worker.edge.datarate import RateSweep
+from corral.worker.app.pool import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.conn.dates import DefaultHeaders
+from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE
+from corral.worker.conn.phases import ResponseState
+from corral.worker.edge.counters import Counters, collecting
+from corral.worker.edge.datarate import RateSweep
+from corral.worker.edge.proxy_headers import ProxyHeaders
+from corral.worker.http1.connection import Limits
+from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol
 from corral.worker.serve.metered import metered_protocol
-from corral.worker.http1.connection import Limits
-from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE
-from corral.worker.conn.phases import ResponseState
-from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.serve.proxied import proxied_protocol
-from corral.worker.edge.proxy_headers import ProxyHeaders
-from corral.worker.app.pool import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.websocket.protocol import WebSocketCycle
 
 __all__ = ["WorkerServer"]

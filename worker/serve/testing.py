@@ -10,8 +10,8 @@ import threading
 from typing import Any, Callable, Iterator
 
 from corral.shared.settings import Settings
-from corral.worker.serve.server import WorkerServer
 from corral.worker.app.pool import new_event_loop
+from corral.worker.serve.server import WorkerServer
 
 __all__ = ["run_server", "call_in_loop"]
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from corral.worker.http1.connection import ProtocolError
-from corral.worker.conn.response import status_line
+from corral.worker.conn.response import ProtocolError, status_line
 from corral.worker.websocket.connection import HandshakeFailure, handshake, is_websocket_upgrade
 from corral.worker.websocket.protocol import HANDSHAKE_PAUSE, WebSocketCycle
 

@@ -44,7 +44,6 @@ from corral.worker.conn.flow import FlowControl
 from corral.worker.conn.phases import CLOSED, HANDSHAKE_PAUSE, QUEUE_PAUSE, WEBSOCKET, WRITE_PAUSE
 from corral.worker.conn.response import encode_headers, response_head, status_line
 from corral.worker.edge.sessionlog import WebSocketSession
-from corral.worker.websocket.hub import WebSocketHub
 from corral.worker.websocket.connection import (
     CLOSE_EVENT,
     MESSAGE,
@@ -52,6 +51,7 @@ from corral.worker.websocket.connection import (
     WebSocketConnection,
     accept_response,
 )
+from corral.worker.websocket.hub import WebSocketHub
 
 __all__ = ["WebSocketCycle", "ClientDisconnected"]
 

@@ -29,11 +29,11 @@ import time
 import weakref
 from typing import Any
 
-from corral.worker.http1.cycle import cork
+from corral.worker.app.pool import ApplicationInstance
+from corral.worker.conn.phases import BODY, CLOSED
 from corral.worker.edge.deadline import TIMEOUT_BODY
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
-from corral.worker.conn.phases import BODY, CLOSED
-from corral.worker.app.pool import ApplicationInstance
+from corral.worker.http1.cycle import cork
 from corral.worker.wsgi.call import FAILED, RUNNING, SENDFILE, WsgiCall
 from corral.worker.wsgi.input import StreamInput
 from corral.worker.wsgi.threads import WorkerThreads

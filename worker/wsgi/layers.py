@@ -20,9 +20,9 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from corral.worker.edge.deadline import TIMEOUT_BODY, TIMEOUT_RESPONSE, StuckThreads
 from corral.worker.app.hooks import (HookRequest, HookResponse, WorkerView, call_post_request, call_pre_request,
                                    hook_arity)
+from corral.worker.edge.deadline import TIMEOUT_BODY, TIMEOUT_RESPONSE, StuckThreads
 from corral.worker.wsgi.call import FAILED
 from corral.worker.wsgi.cycle import WsgiCycle
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.app.pool import PoolFull
+from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
 from corral.worker.wsgi.cycle import WsgiCycle, WsgiDispatcher
 from corral.worker.wsgi.input import ExpiringInput

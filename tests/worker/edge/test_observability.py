@@ -1,5 +1,5 @@
 """The worker's side of observability, on a real in-process worker: what it counts (corral.worker.edge.counters),
-the health path it answers itself (worker/serve/health.py), and the access log's WebSocket and JSON lines
+the health path it answers itself (worker/edge/health.py), and the access log's WebSocket and JSON lines
 (worker/edge/sessionlog.py).
 """
 

@@ -9,8 +9,8 @@ import threading
 
 from corral.shared.settings import Settings
 from corral.shared.wsgi import WsgiToAsgi
-from corral.worker.edge.deadline import RequestDeadline, wrap_deadline
 from corral.worker.app.hooks import RequestHooks, WorkerView, wrap_request_hooks
+from corral.worker.edge.deadline import RequestDeadline, wrap_deadline
 from worker_http_helpers import WAIT, Client, run_server, wait_until
 
 
