@@ -12,7 +12,7 @@ import os
 import ssl
 
 from corral.shared.settings import Settings, SettingError
-from corral.shared.settings_compat import describe_callable
+from corral.shared.settings.compat import describe_callable
 from corral.worker.http2.detect import alpn_protocols
 
 __all__ = ["server_context"]

@@ -1,6 +1,7 @@
-"""Settings of how requests reach a worker: TLS (gunicorn's names; the context is built by corral.master.tls)
-and HTTP/2 (corral.worker.http2.protocol and friends). Declared in the registry of `corral.shared.settings`, which
-imports this module, so `REGISTRY` holds them and they get flags, config keys and CORRAL_* variables.
+"""Settings of how requests reach a worker: TLS (gunicorn's names; the context is built by
+corral.master.listen.tls) and HTTP/2 (corral.worker.http2). Declared in `corral.shared.settings.registry`'s
+`REGISTRY` (the package's `__init__` imports this module), so they get flags, config keys and CORRAL_*
+variables.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from corral.shared.settings import (
+from corral.shared.settings.registry import (
     _declare,
     choice,
     non_negative_int,

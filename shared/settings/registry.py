@@ -428,7 +428,7 @@ _declare("naming", "logging", choice("gunicorn", "corral"), "gunicorn",
          "with.", metavar="gunicorn|corral")
 
 
-# -- observability: metrics, statsd, health checks (corral.master.metrics, .statsd, .sdnotify; worker/serve/health.py)
+# -- observability: metrics, statsd, health checks (corral.master.observe; worker/edge/health.py)
 
 
 def url_path(value: Any) -> str | None:
@@ -474,8 +474,7 @@ _declare("health_path", "observability", url_path, None,
          ("--health-path",), metavar="PATH")
 
 # Hooks, gunicorn carry-over, request deadlines and --reload; TLS and HTTP/2: declared in modules of their
-# own (same registry).
-from corral.shared import settings_compat, settings_transport  # noqa: E402,F401  (register their settings)
+# own (same registry), which import this one; the package's __init__ imports them after it.
 
 
 # ---------------------------------------------------------------------------- resolved settings

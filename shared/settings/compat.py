@@ -1,7 +1,8 @@
 """Settings for gunicorn users: server hooks, carried-over options, request deadlines, --reload.
 
-Declared in the same registry as `corral.shared.settings` (imported from there, so `REGISTRY` holds them
-all); kept apart because they are one concern: what a gunicorn user's config file and command line need.
+Declared in `corral.shared.settings.registry`'s `REGISTRY` (the package's `__init__` imports this module, so
+`REGISTRY` holds them all); kept apart because they are one concern: what a gunicorn user's config file and
+command line need.
 
 Server hooks are typed callable settings with gunicorn's names and arities: a config file sets them to a
 function, or to a dotted path ("mypkg.hooks.post_fork" or "mypkg.hooks:post_fork") that is imported when
@@ -14,7 +15,7 @@ import importlib
 import inspect
 from typing import Any, Callable
 
-from corral.shared.settings import (
+from corral.shared.settings.registry import (
     _declare,
     non_negative_float,
     optional_str,
@@ -130,7 +131,7 @@ def worker_class(value: Any) -> str | None:
     """gunicorn's worker class, kept as given; gevent, eventlet and tornado are refused here. What another
     path names (a uvicorn worker or a subclass: ASGI; gunicorn's sync/gthread or a subclass: WSGI) is
     decided by `corral.shared.worker_class.resolve` once the import path is set (--pythonpath, the working
-    folder): see `corral.master.carryover.effective`."""
+    folder): see `corral.master.config.carryover.effective`."""
     if value is None or value == "":
         return None
     text = to_str(value).strip()
@@ -151,7 +152,7 @@ for _name, _help in _HOOK_HELP.items():
     _declare(_name, "hooks", hook(_name), None, _help + " gunicorn's hook, same name and arguments.",
              cli=False, render=describe_callable)
 
-# gunicorn's TLS hook: called (config, default_ssl_context_factory) only when TLS is on (corral.master.tls).
+# gunicorn's TLS hook: called (config, default_ssl_context_factory) only when TLS is on (corral.master.listen.tls).
 _declare("ssl_context", "tls", hook("ssl_context", (2,)), None,
          "Called in the master as ssl_context(config, default_ssl_context_factory) when TLS is on (--certfile), "
          "at start and on each HUP; returns the SSLContext to serve with. gunicorn's hook, same name and "
