@@ -1,8 +1,8 @@
 """Settings for gunicorn users: server hooks, carried-over options, request deadlines, --reload.
 
-Declared in `corral.shared.settings.registry`'s `REGISTRY` (the package's `__init__` imports this module, so
-`REGISTRY` holds them all); kept apart because they are one concern: what a gunicorn user's config file and
-command line need.
+Declared in `corral.shared.settings.registry`'s `REGISTRY` after `core`'s (the package's `__init__` imports
+this module, so `REGISTRY` holds them all); kept apart because they are one concern: what a gunicorn user's
+config file and command line need.
 
 Server hooks are typed callable settings with gunicorn's names and arities: a config file sets them to a
 function, or to a dotted path ("mypkg.hooks.post_fork" or "mypkg.hooks:post_fork") that is imported when

@@ -1,7 +1,7 @@
 """Settings of how requests reach a worker: TLS (gunicorn's names; the context is built by
 corral.master.listen.tls) and HTTP/2 (corral.worker.http2). Declared in `corral.shared.settings.registry`'s
-`REGISTRY` (the package's `__init__` imports this module), so they get flags, config keys and CORRAL_*
-variables.
+`REGISTRY` after `compat`'s (the package's `__init__` imports this module), so they get flags, config keys
+and CORRAL_* variables.
 """
 
 from __future__ import annotations
