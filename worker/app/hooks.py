@@ -4,7 +4,7 @@ gunicorn hooks are written against gunicorn's objects; these give them the attri
 
 - `WorkerView` (the `worker` argument), gunicorn's Worker attributes: `pid` ("[booting]" in pre_fork, as
   gunicorn's), `ppid`, `age` (the worker's number: 1, 2, ... in spawn order), `log` (a `logging.Logger`),
-  `cfg` (gunicorn's Config view of the settings, corral.master.hookconfig: `worker.cfg.workers`,
+  `cfg` (gunicorn's Config view of the settings, corral.master.hooks.cfg: `worker.cfg.workers`,
   `worker.cfg.worker_connections`, ...), `booted`, `alive`, `aborted`, `nr` (requests served), `max_requests`
   (with its jitter; sys.maxsize when off), `timeout` (gunicorn's: half of --timeout), `sockets` (the
   listening sockets), `wsgi` (the loaded application), `tmp` and `notify()` (a heartbeat to the master's
@@ -47,7 +47,7 @@ class WorkerTmp:
     __slots__ = ("beat", "last")
 
     def __init__(self) -> None:
-        self.beat: Callable[[], Any] | None = None  # set by the worker process (corral.master.workerproc)
+        self.beat: Callable[[], Any] | None = None  # set by the worker process (corral.master.arbiter.workerproc)
         self.last = time.monotonic()
 
     def notify(self) -> None:

@@ -295,8 +295,8 @@ def make_access_log(settings: Any) -> Optional[AccessLog]:
 
     The lines go to the logger "gunicorn.access" ("corral.access" with --naming corral). '-' is stdout
     (gunicorn's). With --log-config and no --access-logfile, the log is on when the dictConfig gave that logger
-    a handler (master/logs.py hands it the other name's, when the config named that one), as in gunicorn; such
-    a config's handlers are then the only ones (`-` does not bypass it)."""
+    a handler (master/observe/logs.py hands it the other name's, when the config named that one), as in
+    gunicorn; such a config's handlers are then the only ones (`-` does not bypass it)."""
     target = settings.accesslog
     logger = logging.getLogger(access_logger_name(getattr(settings, "naming", "gunicorn")))
     configured = [h for h in logger.handlers if not getattr(h, "_corral_access", False)]

@@ -4,7 +4,7 @@ Counting costs a few integer increments per request and no system call: the work
 totals here, and the heartbeat (worker -> master control channel, once a second) carries them to the
 master. The master takes the difference from the previous heartbeat itself, so a heartbeat lost to a full
 channel loses nothing, and when a worker is replaced its last totals are kept by the master (counters
-never go backwards; see corral.master.metrics).
+never go backwards; see corral.master.observe.metrics).
 
 The request metrics are recorded where the access log is written: the response is complete there, and its
 status, size and duration are known. `Counters` is the server's `access_log` hook (see `meter`; it chains
