@@ -557,7 +557,7 @@ def test_wildcard_bind_scope_has_the_connections_local_address(events):
 
 def test_upgrade_request_is_served_as_plain_http_then_closed():
     with run_server(ok_app) as (host, port, _), Client(host, port) as client:
-        # (Upgrade: websocket is a WebSocket handshake now: tests/worker/test_websocket.py)
+        # (Upgrade: websocket is a WebSocket handshake now: tests/worker/websocket/)
         client.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x81\x80")
         response = client.response()
         assert response.body == b"/ws"
