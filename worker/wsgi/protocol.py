@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from corral.shared.wsgi_environ import environ_template
 from corral.worker.app.pool import PoolFull
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
@@ -112,6 +113,7 @@ def wsgi_setup(server: Any, app: Any, settings: Any, layers: WsgiLayers | None =
     threads of its own; `layers`: --request-timeout and the request hooks, when set."""
     wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
     server.wsgi_extra = {"wsgi.file_wrapper": FileWrapper}
+    server.wsgi_environ = environ_template(settings.root_path, server.wsgi_extra)  # copied by every request
     server.protocol_class = WsgiHttpProtocol
     if layers is not None:
         if layers.deadline is not None:
