@@ -142,12 +142,14 @@ def build_environ(scope: dict, body: Any, duplicate_header_limit: int = 100, ext
     server = scope.get("server")
     if server is not None:
         environ["SERVER_NAME"] = server[0]
-        environ["SERVER_PORT"] = _port(server[1]) if server[1] is not None else "0"
+        port = server[1]
+        environ["SERVER_PORT"] = (_PORTS.get(port) or _port(port)) if port is not None else "0"
     client = scope.get("client")
     if client is not None:
         environ["REMOTE_ADDR"] = client[0]
-        if client[1] is not None:
-            environ["REMOTE_PORT"] = _port(client[1])
+        port = client[1]
+        if port is not None:
+            environ["REMOTE_PORT"] = _PORTS.get(port) or _port(port)
     repeats: dict[str, int] | None = None
     header_keys = _HEADER_KEYS
     for name, value in scope.get("headers", ()):

@@ -42,7 +42,9 @@ _declare("reuse_port", "server", to_bool, False,
 # -- workers and the pool
 _declare("workers", "worker", positive_int, 1, "Number of worker processes.", ("-w", "--workers"))
 _declare("threads", "worker", positive_int, 10,
-         "Threads in each worker's pool (WSGI requests and sync_to_async(thread_sensitive=False)).")
+         "Threads in each worker's pool (WSGI requests and sync_to_async(thread_sensitive=False)). With 1, "
+         "a WSGI application runs on the worker's own thread, as gunicorn's sync worker runs it: a request "
+         "that blocks blocks its whole worker (unless --request-timeout is set).")
 _declare("max_applications", "worker", positive_int, 1000,
          "Total application instances (requests + WebSockets) across all workers; each worker gets its share.")
 _declare("pool_full", "worker", choice("wait", "503"), "wait",

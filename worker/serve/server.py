@@ -193,6 +193,8 @@ class WorkerServer(StatelessServer):
         loop = self.loop = asyncio.get_running_loop()
         if self.wsgi is not None:
             self.wsgi.loop = loop
+            if self.wsgi.inline is not None:
+                self.wsgi.inline.loop = loop
         self._sockets = list(sockets)
         self._stop = loop.create_future()
         self._force = loop.create_future()

@@ -20,6 +20,7 @@ response is complete.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import logging
 import os
@@ -34,7 +35,8 @@ from corral.worker.conn.phases import BODY, CLOSED
 from corral.worker.edge.deadline import TIMEOUT_BODY
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.cycle import cork
-from corral.worker.wsgi.call import FAILED, RUNNING, SENDFILE, WsgiCall
+from corral.worker.wsgi.call import DONE, FAILED, ON_LOOP, RUNNING, SENDFILE, STREAM, WsgiCall
+from corral.worker.wsgi.inline import InlineRunner, StreamRest
 from corral.worker.wsgi.input import StreamInput
 from corral.worker.wsgi.threads import WorkerThreads
 
@@ -43,8 +45,10 @@ __all__ = ["WsgiCycle", "WsgiDispatcher"]
 error_logger = logging.getLogger("corral.error")
 
 _CLOSED = CLOSED
+_set_running_loop = asyncio.events._set_running_loop
 
-# Loop-side phases. _EXPIRED: past --request-timeout, answered (or cut) while the thread still runs.
+# Loop-side phases. _EXPIRED: past --request-timeout, answered (or cut) while the thread still runs. ON_LOOP:
+# queued for, or running on, the event loop's thread (--threads 1, corral.worker.wsgi.inline).
 _WAITING, _QUEUED, _DONE, _EXPIRED = 0, 1, 2, 3
 _TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
 _SENDFILE_STEP = 1 << 20
@@ -62,7 +66,7 @@ class WsgiDispatcher:
     """
 
     __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection", "lazy",
-                 "body_input", "deadline", "hooks")
+                 "body_input", "deadline", "hooks", "inline")
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
         self.app = app
@@ -78,6 +82,9 @@ class WsgiDispatcher:
         self.deadline: Any = None
         self.hooks: Any = None
         self.body_input: Any = io.BytesIO  # wsgi.input of a pre-read body (one that can expire under a deadline)
+        # --threads 1 (without --request-timeout): requests run on the loop's thread when they can (see
+        # corral.worker.wsgi.inline); None otherwise.
+        self.inline: InlineRunner | None = None
 
     def submit(self, cycle: WsgiCycle) -> None:
         if _DISPATCH != "pool":
@@ -213,14 +220,9 @@ class WsgiCycle(WsgiCall):
         instances = server.application_instances
         if len(instances) >= server.max_applications:
             server._make_room()  # raises PoolFull (the server backpressures)
-        loop = server.loop or asyncio.get_running_loop()  # (the latter costs a getpid() system call)
-        future = self.instance_future = loop.create_future()
-        # No done-callback on the future: `_resolve` releases the slot at once (a callback would cost a
-        # loop iteration per request). A future cancelled by the server's shutdown is released there too.
-        instance = self.instance = ApplicationInstance(server, self, self.scope, None, future, time.monotonic())
-        instances[self] = instance
-        if len(instances) >= server.max_applications:
-            server._full = True
+        if self.body_complete and self.outbox.inline is not None and self._on_loop():
+            return  # runs on the loop's thread once the read is parsed: done before anything else, no slot taken
+        self._take_slot(server)
         if self.body_complete:
             self._queue()
             return
@@ -233,6 +235,17 @@ class WsgiCycle(WsgiCall):
         if self.body_size > self.outbox.body_buffer:
             self._stream()
 
+    def _take_slot(self, server: Any) -> None:
+        instances = server.application_instances
+        loop = server.loop or asyncio.get_running_loop()  # (the latter costs a getpid() system call)
+        future = self.instance_future = loop.create_future()
+        # No done-callback on the future: `_resolve` releases the slot at once (a callback would cost a
+        # loop iteration per request). A future cancelled by the server's shutdown is released there too.
+        instance = self.instance = ApplicationInstance(server, self, self.scope, None, future, time.monotonic())
+        instances[self] = instance
+        if len(instances) >= server.max_applications:
+            server._full = True
+
     def _declared_length(self) -> int:
         for name, value in self.scope["headers"]:
             if name == b"content-length":
@@ -244,6 +257,8 @@ class WsgiCycle(WsgiCall):
             self.protocol.transport.write(CONTINUE_RESPONSE)
 
     def _queue(self) -> None:
+        if self.outbox.inline is not None and self._on_loop():
+            return
         self.phase = _QUEUED
         protocol = self.protocol
         protocol.out_busy = True
@@ -259,6 +274,57 @@ class WsgiCycle(WsgiCall):
             self.input = self.outbox.body_input(body[0] if body is not None and len(body) == 1 else b"".join(body or ()))
             self.body = None
         self.outbox.submit(self)
+
+    def _on_loop(self) -> bool:
+        """--threads 1: queue this request to run on the loop's thread, unless it streams its body or the pool's
+        thread is busy (corral.worker.wsgi.inline); False when it goes to the pool."""
+        dispatcher = self.outbox
+        if self.input is not None or not dispatcher.threads.all_idle():
+            return False
+        self.phase = ON_LOOP
+        body = self.body
+        if body is None:
+            self.input = dispatcher.body_input(b"")
+        else:
+            self.input = dispatcher.body_input(body[0] if len(body) == 1 else b"".join(body))
+            self.body = None
+        self.posted = True  # a write() of the application posts nothing: the loop writes once the call returns
+        dispatcher.inline.queue(self)  # type: ignore[union-attr]
+        return True
+
+    def run_here(self) -> None:
+        """Call the application of a request queued by `_on_loop`, on the loop's thread with the loop hidden
+        from it (corral.worker.wsgi.inline), then write its response or hand the body it streams to the pool's
+        thread."""
+        loop = self.outbox.loop
+        context = contextvars.Context()  # a fresh context per request, as on a pool thread
+        _set_running_loop(None)
+        try:
+            context.run(self._run)
+        except BaseException:  # _run reports the application's errors: this would be a bug of ours
+            error_logger.exception("WSGI request failed in the server")
+            self._post(FAILED)
+        finally:
+            _set_running_loop(loop)
+        self.posted = False
+        self.phase = _QUEUED
+        outcome = self.outcome
+        chunks = self.chunks
+        if outcome == DONE and self.keep_alive and len(chunks) == 1 and not self.disconnected:
+            # The common case, as `WsgiCall._write_direct` on a pool thread: one buffer, the connection kept.
+            self.state = 2
+            self.protocol.transport.write(chunks[0])
+            chunks.clear()
+            self._respond_done()
+        elif outcome == STREAM:
+            # The body goes on on the pool's thread, for as long as the client takes: it holds a slot meanwhile
+            # (one over the limit at worst: the call has already run).
+            self.outcome = RUNNING
+            if self.instance is None:
+                self._take_slot(self.protocol.server)
+            self.outbox.threads.submit(StreamRest(self, context))
+        else:
+            self.flush()
 
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
@@ -424,7 +490,8 @@ class WsgiCycle(WsgiCall):
         protocol.out_busy = False
         if protocol.phase == _CLOSED:
             protocol.close_out_fd()
-        self._release_slot()
+        if self.instance is not None:
+            self._release_slot()
         self.input = None
 
     def _release_slot(self) -> None:

@@ -15,6 +15,7 @@ from corral.worker.app.pool import PoolFull
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
 from corral.worker.wsgi.cycle import WsgiCycle, WsgiDispatcher
+from corral.worker.wsgi.inline import InlineRunner
 from corral.worker.wsgi.input import ExpiringInput
 from corral.worker.wsgi.layers import HookedWsgiCycle, WsgiLayers
 from corral.worker.wsgi.threads import WorkerThreads
@@ -43,7 +44,17 @@ class WsgiHttpProtocol(HttpProtocol):
         wsgi = self.server.wsgi
         if wsgi.lazy:
             wsgi.drain_lazy()  # responses written by threads since: the next request is not pipelined
-        super().data_received(data)
+        inline = wsgi.inline
+        if inline is not None:  # --threads 1: what the read completed runs here, once it is parsed
+            inline.reading += 1
+            try:
+                super().data_received(data)
+            finally:
+                inline.reading -= 1
+            if inline.ready and not inline.reading:
+                inline.run()
+        else:
+            super().data_received(data)
         state = self.state
         if wsgi.lazy and state is not None and state.pipeline:
             wsgi.drain_lazy()  # (see WsgiDispatcher.complete_later)
@@ -112,6 +123,8 @@ def wsgi_setup(server: Any, app: Any, settings: Any, layers: WsgiLayers | None =
     """Make `server` (a WorkerServer) serve `app` as a native WSGI application on `settings.threads`
     threads of its own; `layers`: --request-timeout and the request hooks, when set."""
     wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
+    if settings.threads == 1 and (layers is None or layers.deadline is None):
+        wsgi.inline = InlineRunner()  # the application on the loop's thread, as gunicorn's sync worker runs it
     server.wsgi_extra = {"wsgi.file_wrapper": FileWrapper}
     server.wsgi_environ = environ_template(settings.root_path, server.wsgi_extra)  # copied by every request
     server.protocol_class = WsgiHttpProtocol

@@ -19,8 +19,27 @@ from corral.worker.edge.proxy_headers import make_proxy_headers
 from corral.worker.wsgi.call import OUTPUT_WINDOW
 
 
+# Every test here runs twice: with the pool's threads (--threads 10, the default) and with --threads 1, where
+# the application is called on the event loop's thread when it can (corral.worker.wsgi.inline). A test that
+# names its --threads keeps them.
+_MODE: dict = {}
+
+
+@pytest.fixture(autouse=True, params=[None, 1], ids=["pool", "threads1"])
+def _threads(request):
+    _MODE["threads"] = request.param
+    yield
+    _MODE.clear()
+
+
+def _with_mode(values: dict) -> dict:
+    if _MODE.get("threads") and "threads" not in values:
+        values = dict(values, threads=_MODE["threads"])
+    return values
+
+
 def serve(app, **values):
-    return run_server(app, settings(**values), wsgi=True)
+    return run_server(app, settings(**_with_mode(values)), wsgi=True)
 
 
 def hello(environ, start_response):
@@ -51,6 +70,7 @@ def _environ_of(run, request: bytes, **values) -> dict:
 
 
 def _native(app, **values):
+    values = _with_mode(values)
     return run_server(app, settings(**values), wsgi=True, proxy=make_proxy_headers(settings(**values)))
 
 
@@ -415,7 +435,9 @@ def test_pool_full_parks_wsgi_requests():
         start_response("200 OK", [])
         return [environ["PATH_INFO"].encode()]
 
-    with serve(app, max_applications=1) as (host, port, server):
+    # Threads of the pool: with --threads 1 the blocked application holds up the event loop, which then reads
+    # (and parks) nothing more until it returns (test_inline.py).
+    with serve(app, max_applications=1, threads=2) as (host, port, server):
         first, second = Client(host, port), Client(host, port)
         first.send(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert entered.acquire(timeout=WAIT)
@@ -435,7 +457,7 @@ def test_pool_full_503():
         start_response("200 OK", [])
         return [b"ok"]
 
-    with serve(app, max_applications=1, pool_full="503") as (host, port, server):
+    with serve(app, max_applications=1, pool_full="503", threads=2) as (host, port, server):  # (as above)
         first = Client(host, port)
         first.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         wait_until(lambda: server.application_instances, what="the first request to run")
