@@ -6,4 +6,4 @@ cdef class WsgiCycle(WsgiCall):
 
 cdef class WsgiDispatcher:
     cdef public object app, loop, threads, lock, items, scheduled, body_buffer, per_connection, lazy
-    cdef public object body_input, deadline, hooks
+    cdef public object body_input, deadline, hooks, inline
