@@ -101,9 +101,11 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
     elif kind == "idle":
         rows = [[server, spread(_vals(rs, "rss_mib"), ".1f"), spread(_vals(rs, "rss_with_mib"), ".1f"),
                  spread(_vals(rs, "kib_per_conn"), ".2f"), _ratio(runs, server, baseline, "kib_per_conn"),
+                 spread(_vals(rs, "kib_returned"), ".2f") if all("kib_returned" in r for r in rs) else "-",
                  spread(_vals(rs, "held"), ",.0f"), str(sum(r["errors"] for r in rs))] for server, rs in runs.items()]
         lines += _table(["server", "RSS/worker idle MiB", f"RSS/worker with {sc['connections']:,} conns MiB",
-                         "KiB per idle conn", f"vs {baseline or '-'}", "conns held", "client errors"], rows)
+                         "KiB per idle conn", f"vs {baseline or '-'}", "KiB per conn returned after the close",
+                         "conns held", "client errors"], rows)
     elif kind == "latency":
         rows = [[server, spread(_vals(rs, "p50_us"), ",.0f"), _ratio(runs, server, baseline, "p50_us"),
                  spread(_vals(rs, "p99_us"), ",.0f"), spread(_vals(rs, "mean_us"), ",.0f"),

@@ -54,6 +54,7 @@ from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol
 from corral.worker.serve.metered import metered_protocol
 from corral.worker.serve.proxied import proxied_protocol
+from corral.worker.serve.trim import Trimmer
 from corral.worker.websocket.protocol import WebSocketCycle
 
 __all__ = ["WorkerServer"]
@@ -142,6 +143,10 @@ class WorkerServer(StatelessServer):
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
         self.connections: set[HttpProtocol] = set()
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
+        self.client_hosts: dict[str, str] = {}  # clients' address strings, shared by their connections
+        # HTTP/1.1 parser states of no connection (HttpProtocol.response_complete); a deque: a list reallocates
+        # its storage when it empties and fills again, a pair of calls per request at its size.
+        self.spare_states: deque[Any] = deque()
         self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
@@ -451,6 +456,7 @@ class WorkerServer(StatelessServer):
         refresh = self.default_headers.refresh
         deadline = self.wsgi.deadline if self.wsgi is not None else None
         rates = self.rates
+        trimmer = Trimmer()
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
@@ -477,6 +483,11 @@ class WorkerServer(StatelessServer):
                 elif phase == IDLE:
                     if tick - protocol.since >= idle_ticks:
                         protocol.close()
+                    elif tick - protocol.since >= 2 and protocol.state is not None:
+                        # Idle a whole tick with a parser of its own (HttpProtocol.shelve).
+                        shelve = getattr(protocol, "shelve", None)
+                        if shelve is not None:
+                            shelve()
                 elif phase == BUSY:
                     request = protocol.state.request
                     if request is None:
@@ -489,6 +500,16 @@ class WorkerServer(StatelessServer):
                         protocol.body_timeout()
             if rates is not None:
                 rates.report()
+            if trimmer.due(len(self.connections)) and not self.stopping:
+                # Many connections are gone (corral.worker.serve.trim): the spare parser states made for them
+                # go (made in the same wave, they would keep its pages in use), a set never shrinks its table,
+                # so it is made again at its size (the stop's drain holds the set: not while stopping), then
+                # the free memory goes back to the system.
+                spares = self.spare_states
+                while spares:
+                    spares.pop().release()
+                self.connections = set(self.connections)
+                trimmer.give_back()
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()

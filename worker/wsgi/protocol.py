@@ -64,6 +64,13 @@ class WsgiHttpProtocol(HttpProtocol):
         if not self.out_busy:
             self.close_out_fd()
 
+    def shelve(self) -> None:
+        """HttpProtocol's, and the socket's dup goes too (a descriptor per idle connection): the next request
+        that runs on a pool thread makes another."""
+        super().shelve()
+        if self.state is None and not self.out_busy:
+            self.close_out_fd()
+
     def close_out_fd(self) -> None:
         fd, self.out_fd = self.out_fd, -1
         if fd >= 0:
