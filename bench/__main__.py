@@ -74,7 +74,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"1 round of 1 s, scenarios {','.join(QUICK)} unless --scenarios: under a minute")
     p.add_argument("--scenarios", help=f"comma-separated (default: {','.join(DEFAULT)})")
     p.add_argument("--servers", help=f"comma-separated (default: every installed one of {','.join(servers.SPECS)}; "
-                                     "'corral' also selects corral-wsgi)")
+                                     "'corral' also selects corral-wsgi and corral-wsgi1)")
     p.add_argument("--process-servers", default="corral,uvicorn,gunicorn-uvicorn",
                    help="servers in coldstart/fairness/crash/hup, among those selected (default "
                         "corral,uvicorn,gunicorn-uvicorn; 'all': every ASGI server selected)")
@@ -134,7 +134,7 @@ def select_servers(args: argparse.Namespace) -> tuple[list[str], list[str], dict
     if args.servers:
         wanted = []
         for name in (s.strip() for s in args.servers.split(",")):
-            wanted += [name, "corral-wsgi"] if name == "corral" else [name]
+            wanted += [name, "corral-wsgi", "corral-wsgi1"] if name == "corral" else [name]
     skipped = {}
     asgi, wsgi = [], []
     for name in wanted:

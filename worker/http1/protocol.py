@@ -186,10 +186,8 @@ class HttpProtocol(asyncio.Protocol):
             if state.pipeline or state.backlog:
                 # A request waits behind the active one: read no further until its turn comes.
                 self.flow.pause_reading(PIPELINE)
-        ready = self.ready
-        if ready is not None:
-            self.ready = None
-            self.begin_request(ready)
+        if self.ready is not None:
+            self.server.begin_soon(self)
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -288,9 +286,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def start_request(self, cycle: RequestCycle) -> None:
         """HTTP11Connection's call for the request that became the active one while it parses a read: begun
-        once the whole read is parsed (`data_received`), so that what the read holds of its body is there
-        first. An application whose first step finishes it (corral.worker.app.eager: no task is made) then sees
-        a complete request, and its response can keep the connection."""
+        with the other requests of this turn of the event loop once every read of the turn is parsed
+        (`WorkerServer.begin_soon`), so that what the read holds of its body is there first. An application
+        whose first step finishes it (corral.worker.app.eager: no task is made) then sees a complete request,
+        its response can keep the connection, and the responses of the turn go out together."""
         self.ready = cycle
 
     def begin_request(self, cycle: RequestCycle) -> None:

@@ -156,16 +156,18 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
                 self.close()
             else:
                 base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen
-                if type(self) is H2Detect and self.phase != CLOSED:
-                    become_http1(self)
+                if type(self) is H2Detect and self.phase != CLOSED and self.ready is None:
+                    become_http1(self)  # (a request to begin: begin_request decides, at the end of the turn)
 
         def begin_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:
                 settings_header = h2c_upgrade(cycle.scope)
                 if settings_header is not None:
-                    # Begun from inside data_received (the read is parsed): switch once that has returned.
+                    # (begun at the end of the loop's turn, WorkerServer.begin_soon): switch in a callback of its own.
                     asyncio.get_running_loop().call_soon(upgrade, self, cycle, settings_header)
                     return
+            if type(self) is H2Detect:
+                become_http1(self)  # its first request is plain HTTP/1.1
             base.begin_request(self, cycle)
 
     H2Detect.__name__ = H2Detect.__qualname__ = "H2" + base.__name__

@@ -147,6 +147,7 @@ class WorkerServer(StatelessServer):
         # HTTP/1.1 parser states of no connection (HttpProtocol.response_complete); a deque: a list reallocates
         # its storage when it empties and fills again, a pair of calls per request at its size.
         self.spare_states: deque[Any] = deque()
+        self.beginning: list[HttpProtocol] = []  # connections with a request to begin this turn (begin_soon)
         self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
@@ -393,6 +394,39 @@ class WorkerServer(StatelessServer):
                 protocol.unpark(cycle)
         if not parked and not self.pool_full:
             self._set_accepting(True)
+
+    def begin_soon(self, protocol: HttpProtocol) -> None:
+        """Begin `protocol`'s ready request (HttpProtocol.start_request) once this turn of the event loop has
+        read every connection it reads: at its end, with the other requests of the turn.
+
+        Applications that finish at once (corral.worker.app.eager, and WSGI on the loop's thread) then write
+        their responses one after the other, not each between two reads: a response written while the client
+        sleeps wakes it (an interrupt to its core, dear in a virtual machine), responses written together wake
+        it about once. Measured (ASGI hello-world, wrk with 64 connections, one pinned core, 7 interleaved
+        rounds): answered read by read, 22.9 µs of CPU a request and 28,500 requests/s; in turns, 15.9 µs and
+        56,000 (a task per request, as before, gave the same batching: 15.5 µs). WSGI with --threads 1 in
+        turns: 15.6 µs, against 17.1 on the pool's threads. The cost: a loop callback per turn."""
+        beginning = self.beginning
+        beginning.append(protocol)
+        if len(beginning) == 1:
+            (self.loop or asyncio.get_running_loop()).call_soon(self._begin_turn)
+
+    def _begin_turn(self) -> None:
+        beginning, self.beginning = self.beginning, []
+        inline = self.wsgi.inline if self.wsgi is not None else None
+        if inline is not None:
+            inline.batching = True  # WSGI on the loop's thread: the calls after the turn's begins (below)
+        try:
+            for protocol in beginning:
+                cycle = protocol.ready
+                if cycle is not None:
+                    protocol.ready = None
+                    protocol.begin_request(cycle)
+        finally:
+            if inline is not None:
+                inline.batching = False
+        if inline is not None and inline.ready:
+            inline.run()
 
     def run_request(self, cycle: Any) -> None:
         """Start the application of `cycle` (an HTTP/1.1 request or a WebSocket; raises PoolFull), its first

@@ -37,21 +37,22 @@ error_logger = logging.getLogger("corral.error")
 class InlineRunner:
     """The requests a native WSGI worker with one thread runs on its event loop's thread, in order.
 
-    A request is queued (`queue`) when its body is complete; the queue is run (`run`) once the read being
-    parsed is (`reading`, counted by the protocol's data_received), or from a loop callback when the request
-    became ready outside a read (a parked request given a slot, the next pipelined request)."""
+    A request is queued (`queue`) when its body is complete. The queue is run (`run`) at the end of the turn
+    of the event loop that began its requests (`WorkerServer.begin_soon`: every read of the turn parsed
+    first, the responses written together), or from a loop callback for a request that became ready
+    elsewhere (its body's last bytes, parsed in a later read; a parked request given a slot)."""
 
-    __slots__ = ("loop", "ready", "reading", "scheduled")
+    __slots__ = ("loop", "ready", "batching", "scheduled")
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready: deque[Any] = deque()
-        self.reading = 0  # data_received calls in progress (a completed response may parse the next request)
+        self.batching = False  # the server is beginning a turn's requests: it runs the queue after them
         self.scheduled = False
 
     def queue(self, cycle: Any) -> None:
         self.ready.append(cycle)
-        if not self.reading and not self.scheduled and self.loop is not None:
+        if not self.batching and not self.scheduled and self.loop is not None:
             self.scheduled = True
             self.loop.call_soon(self.run)
 

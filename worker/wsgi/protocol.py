@@ -44,17 +44,7 @@ class WsgiHttpProtocol(HttpProtocol):
         wsgi = self.server.wsgi
         if wsgi.lazy:
             wsgi.drain_lazy()  # responses written by threads since: the next request is not pipelined
-        inline = wsgi.inline
-        if inline is not None:  # --threads 1: what the read completed runs here, once it is parsed
-            inline.reading += 1
-            try:
-                super().data_received(data)
-            finally:
-                inline.reading -= 1
-            if inline.ready and not inline.reading:
-                inline.run()
-        else:
-            super().data_received(data)
+        super().data_received(data)
         state = self.state
         if wsgi.lazy and state is not None and state.pipeline:
             wsgi.drain_lazy()  # (see WsgiDispatcher.complete_later)
