@@ -111,8 +111,13 @@ def _port(port: int) -> str:
     return text
 
 
-def build_environ(scope: dict, body: Any, duplicate_header_limit: int = 100, extra: Optional[dict] = None,
-                  template: Optional[dict] = None) -> dict:
+def build_environ(
+    scope: dict,
+    body: Any,
+    duplicate_header_limit: int = 100,
+    extra: Optional[dict] = None,
+    template: Optional[dict] = None,
+) -> dict:
     """The environ of an http `scope` with `body` as wsgi.input; `extra` entries are added (server-specific
     keys such as wsgi.file_wrapper). Raises TooManyHeaders past `duplicate_header_limit` repeats (0: no limit).
 

@@ -46,6 +46,7 @@ def start(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> as
 
 # ---------------------------------------------------------------------------- Python 3.12 and later
 
+
 def _start_native(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
     if loop.get_task_factory() is not None:
         return loop.create_task(coro)
@@ -53,6 +54,7 @@ def _start_native(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any
 
 
 # ---------------------------------------------------------------------------- Python 3.11, by hand
+
 
 class _NotYet:
     """The loop a first step's Task is initialised for: asked whether it debugs (no) and to schedule the task's
@@ -112,8 +114,9 @@ async def _raise(exc: BaseException) -> Any:
     raise exc
 
 
-def _reschedule(task: asyncio.Task[Any], coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop,
-                context: Any) -> asyncio.Task[Any]:
+def _reschedule(
+    task: asyncio.Task[Any], coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop, context: Any
+) -> asyncio.Task[Any]:
     """Initialise `task` again, for `loop`, to run `coro`: registered and scheduled like any task, with the
     done callbacks and the cancellation the first step gave it."""
     callbacks = task._callbacks  # type: ignore[attr-defined]
@@ -152,8 +155,9 @@ def _start_by_hand(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, An
     _leave_task(loop, task)
     if yielded is not None:
         ytype = type(yielded)
-        if (ytype is _Future or ytype is Task or getattr(ytype, "__await__", None) is _Future.__await__) \
-                and yielded._asyncio_future_blocking:
+        if (
+            ytype is _Future or ytype is Task or getattr(ytype, "__await__", None) is _Future.__await__
+        ) and yielded._asyncio_future_blocking:
             yielded._asyncio_future_blocking = False  # as the task does with a future it takes: see above
         else:
             return _reschedule(task, _continue(_Continuation(coro, yielded)), loop, context)

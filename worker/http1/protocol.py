@@ -48,9 +48,20 @@ def scope_template(root_path: str) -> dict:
     """The start of every HTTP/1.1 scope of a server (`HttpProtocol.on_request` copies it): every key, in the
     order the scope always had, with the values most requests keep (None: set for each request)."""
     return {
-        "type": "http", "asgi": _ASGI, "http_version": "1.1", "server": None, "client": None, "scheme": "http",
-        "method": None, "root_path": root_path, "path": None, "raw_path": None, "query_string": None,
-        "headers": None, "state": None, "extensions": None,
+        "type": "http",
+        "asgi": _ASGI,
+        "http_version": "1.1",
+        "server": None,
+        "client": None,
+        "scheme": "http",
+        "method": None,
+        "root_path": root_path,
+        "path": None,
+        "raw_path": None,
+        "query_string": None,
+        "headers": None,
+        "state": None,
+        "extensions": None,
     }
 
 
@@ -67,11 +78,13 @@ def decode_path(raw_path: bytes) -> str:
 
 async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
     """The tiny application that answers a request finding the pool full when pool_full is '503'."""
-    await send({
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"Service Unavailable"})
 
 
@@ -80,8 +93,22 @@ class HttpProtocol(asyncio.Protocol):
     cycle_class: Any = RequestCycle
 
     __slots__ = (
-        "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
-        "pending_error", "trusted", "extensions", "rate", "ready", "served", "__weakref__",
+        "server",
+        "transport",
+        "flow",
+        "state",
+        "client",
+        "sockname",
+        "scheme",
+        "phase",
+        "since",
+        "pending_error",
+        "trusted",
+        "extensions",
+        "rate",
+        "ready",
+        "served",
+        "__weakref__",
     )
 
     def __init__(self, server: Any, sockname: tuple | None = None) -> None:
@@ -213,15 +240,22 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ HTTP11Connection's handler
 
     def on_request(
-        self, method: bytes, http_version: str, target: bytes, headers: list, keep_alive: bool,
-        expect_continue: bool, has_body: bool, forwarded: bool = True,
+        self,
+        method: bytes,
+        http_version: str,
+        target: bytes,
+        headers: list,
+        keep_alive: bool,
+        expect_continue: bool,
+        has_body: bool,
+        forwarded: bool = True,
     ) -> RequestCycle:
         server = self.server
         if target[:1] == b"/":
             if _HASH in target:
                 # A fragment is the client's own (RFC 9110 §4.2.4: not sent; RFC 3986 §3.5): llhttp lets it
                 # through in the target, and it must reach neither the path nor the query string.
-                target = target[:target.index(b"#")]
+                target = target[: target.index(b"#")]
             raw_path, _, query = target.partition(b"?")
         elif target == b"*":  # OPTIONS * (RFC 9112 §3.2.4)
             raw_path, query = target, b""
@@ -280,8 +314,13 @@ class HttpProtocol(asyncio.Protocol):
             if websocket is not None:
                 return websocket  # type: ignore[return-value]
         return self.cycle_class(
-            self, scope, keep_alive, expect_continue,
-            method == b"HEAD", http_version == "1.1", server.access_log is not None,
+            self,
+            scope,
+            keep_alive,
+            expect_continue,
+            method == b"HEAD",
+            http_version == "1.1",
+            server.access_log is not None,
         )
 
     def start_request(self, cycle: RequestCycle) -> None:
@@ -394,8 +433,16 @@ class HttpProtocol(asyncio.Protocol):
         completed, see response_complete): the parser goes to the spares if there is room now, else it is
         freed. The next request's first bytes take one again (`data_received`)."""
         state = self.state
-        if (state is None or self.phase != IDLE or state.active is not None or state.pipeline or state.backlog
-                or state.url or state.head_parts is not None or state.upgraded):
+        if (
+            state is None
+            or self.phase != IDLE
+            or state.active is not None
+            or state.pipeline
+            or state.backlog
+            or state.url
+            or state.head_parts is not None
+            or state.upgraded
+        ):
             return
         self.served = state.requests
         self.state = None

@@ -149,6 +149,7 @@ def test_done_callbacks_added_in_the_first_step_run():
         return 2
 
     for app in (at_once, suspended):
+
         async def then(task):
             await asyncio.wait([task])
             await asyncio.sleep(0)  # done callbacks run one iteration after the task ends

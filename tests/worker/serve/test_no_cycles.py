@@ -51,17 +51,22 @@ def _serve(sock_factory, requests: int) -> None:
         sock.close()
 
 
-@pytest.mark.parametrize("app, wsgi, close, values", [
-    (hello, False, False, {}),
-    (hello, False, True, {}),
-    (suspending, False, False, {}),
-    (hello_wsgi, True, False, {}),
-    (hello_wsgi, True, False, {"threads": 1}),
-    (streamed, True, False, {"threads": 1}),
-    (hello_wsgi, True, True, {}),
-], ids=["asgi", "asgi-close", "asgi-task", "wsgi", "wsgi-threads1", "wsgi-threads1-streamed", "wsgi-close"])
+@pytest.mark.parametrize(
+    "app, wsgi, close, values",
+    [
+        (hello, False, False, {}),
+        (hello, False, True, {}),
+        (suspending, False, False, {}),
+        (hello_wsgi, True, False, {}),
+        (hello_wsgi, True, False, {"threads": 1}),
+        (streamed, True, False, {"threads": 1}),
+        (hello_wsgi, True, True, {}),
+    ],
+    ids=["asgi", "asgi-close", "asgi-task", "wsgi", "wsgi-threads1", "wsgi-threads1-streamed", "wsgi-close"],
+)
 def test_requests_leave_no_cycles(app, wsgi, close, values):
     with run_server(app, settings(**values), wsgi=wsgi) as (host, port, _):
+
         def connect(sock):
             return (sock or socket.create_connection((host, port), timeout=WAIT)), close
 
