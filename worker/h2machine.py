@@ -191,7 +191,7 @@ class H2Machine:
         HTTP2-Settings header (base64url of a SETTINGS payload; the 101 acknowledges them), and stream 1 -
         the upgraded request, half-closed (remote). Raises ValueError for a malformed header."""
         text = http2_settings.strip()
-        payload = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+        payload = base64.b64decode(text + b"=" * (-len(text) % 4), altchars=b"-_", validate=True)
         if len(payload) % 6:
             raise ValueError("HTTP2-Settings is not a SETTINGS payload")
         self.initiate()
