@@ -248,7 +248,7 @@ def headers_frame(stream_id: int, conn: h2.connection.H2Connection, **kwargs) ->
      "SETTINGS_MAX_FRAME_SIZE"),
     (lambda c: [SettingsFrame(0, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31})],
      ErrorCode.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE"),
-    (lambda c: [headers_frame(1, c), PingFrame(0)], ErrorCode.PROTOCOL_ERROR, "inside the header block"),
+    (lambda c: [headers_frame(1, c), raw(6, 0, 0, b"12345678")], ErrorCode.PROTOCOL_ERROR, "inside the header block"),
     (lambda c: [ContinuationFrame(1)], ErrorCode.PROTOCOL_ERROR, "no header block"),
     (lambda c: [headers_frame(1, c)] + [ContinuationFrame(1) for _ in range(17)], ErrorCode.ENHANCE_YOUR_CALM,
      "more than 16 CONTINUATION"),
