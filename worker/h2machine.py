@@ -151,7 +151,9 @@ class H2Machine:
         self.skipped: list[tuple[int, int]] = []
         self.reset_ids: dict[int, None] = {}
         self.max_streams = local.max_streams
-        self.recv_initial = local.initial_window
+        # A stream's receive window: RFC 9113's 65535 until the client acknowledges our SETTINGS (it may send
+        # that much before it reads them), then ours.
+        self.recv_initial = DEFAULT_WINDOW
         self.max_frame_in = local.max_frame_size
         self.send_window = DEFAULT_WINDOW  # the connection's window for what the server sends
         self.send_initial = DEFAULT_WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
@@ -501,6 +503,13 @@ class H2Machine:
         if flags & ACK:
             if payload:
                 raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
+            window = self._settings[Setting.INITIAL_WINDOW_SIZE]
+            delta = window - self.recv_initial
+            if delta:  # our initial window holds from now on, for the streams already open too (§6.9.2)
+                self.recv_initial = window
+                for stream in self.streams.values():
+                    stream.recv_window += delta
+                    stream.recv_max += delta
             return
         if len(payload) % 6:
             raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"a SETTINGS frame of {len(payload)} bytes")

@@ -342,3 +342,20 @@ def test_upgrade_opens_stream_1_with_the_client_settings():
     assert isinstance(frames(bytes(machine.take()))[0], SettingsFrame)
     with pytest.raises(ValueError):
         make()[0].initiate_upgrade(b"AAMAAABk!")
+
+
+def test_our_smaller_stream_window_holds_once_the_client_acknowledges_it():
+    machine, listener = make(window=16384)
+    conn = client()
+    conn.send_headers(1, REQUEST, end_stream=False)
+    conn.send_data(1, b"a" * 16384)
+    conn.send_data(1, b"b" * 16384)  # within RFC 9113's 65535: the client has not read our SETTINGS yet
+    machine.receive(conn.data_to_send())
+    assert [c[0] for c in listener.calls] == ["settings", "request", "data", "data"]
+    assert machine.streams[1].recv_window == 65535 - 32768
+    conn.receive_data(bytes(machine.take()))  # our SETTINGS reach the client, which acknowledges them
+    machine.receive(conn.data_to_send())
+    assert machine.streams[1].recv_window == 16384 - 32768  # shut (negative) until the application reads
+    machine.receive(DataFrame(1, b"c").serialize())
+    reset = frames(bytes(machine.take()))[-1]
+    assert isinstance(reset, RstStreamFrame) and reset.error_code == ErrorCode.FLOW_CONTROL_ERROR
