@@ -87,6 +87,10 @@ _deadlock: contextvars.ContextVar[int] = contextvars.ContextVar("corral.sync.dea
 # Bookkeeping of the bridges themselves: never copied back to a caller's context.
 _PRIVATE = frozenset({_HOME, _frame, _deadlock, _current_executor})
 
+#: `create_task(context=)` is Python 3.11+ (asyncio's and uvloop's alike). On 3.10 a task runs in a copy of
+#: the context it was made in, so `_a2s_main` hands its final context back in `_A2SCall.ctx` instead.
+_TASK_TAKES_CONTEXT = sys.version_info >= (3, 11)
+
 
 def _restore_context(ctx: contextvars.Context) -> None:
     """Copy into the current context what differs in `ctx` (the context the far side of a bridge ran in)."""
@@ -326,7 +330,7 @@ def _sensitive_executor(loop: asyncio.AbstractEventLoop, call: _S2ACall) -> Exec
 class _A2SCall:
     """One `async_to_sync` invocation: what the loop side needs, and the outcome it fills in."""
 
-    __slots__ = ("executor", "awaitable", "result", "exc", "task", "started")
+    __slots__ = ("executor", "awaitable", "result", "exc", "task", "started", "ctx")
 
     def __init__(self, executor: CurrentThreadExecutor, awaitable: Awaitable[Any]) -> None:
         self.executor = executor
@@ -335,6 +339,7 @@ class _A2SCall:
         self.exc: BaseException | None = None
         self.task: asyncio.Task[Any] | None = None  # a strong reference while it runs
         self.started = False
+        self.ctx: contextvars.Context | None = None  # Python 3.10: the context the coroutine ended in
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
         # A task cancelled before its first step never runs _a2s_main's body: report and wake up here.
@@ -363,13 +368,32 @@ async def _a2s_main(box: _A2SCall, exc: BaseException | None) -> None:
         box.exc = error
     finally:
         _current_executor.reset(token)
+        if not _TASK_TAKES_CONTEXT:
+            box.ctx = _copy_context()  # before _finish(): the caller reads it as soon as it wakes
         executor._finish()
 
 
 def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], ctx: contextvars.Context,
                 box: _A2SCall, call: _S2ACall | None) -> None:  # fmt: skip
-    # The task runs in `ctx` itself (not a copy), so the caller can read back what the coroutine set.
-    task = box.task = loop.create_task(coro, context=ctx)
+    try:
+        # The task runs in `ctx` itself (not a copy), so the caller can read back what the coroutine set.
+        if _TASK_TAKES_CONTEXT:
+            task = box.task = loop.create_task(coro, context=ctx)
+        else:
+            # 3.10: the task copies the context current here; what it sets comes back in box.ctx.
+            task = box.task = ctx.run(loop.create_task, coro)
+    except BaseException as error:
+        # No task (a task factory refused, say): the caller, parked in _serve_until_done, gets the error
+        # instead of waiting forever for a coroutine that will never run.
+        box.exc = error
+        coro.close()
+        close = getattr(box.awaitable, "close", None)
+        if close is not None:
+            close()
+        box.executor._finish()
+        if not isinstance(error, Exception):
+            raise  # KeyboardInterrupt, SystemExit: the loop's business too
+        return
     task.add_done_callback(box.task_done)
     if call is not None:
         call.task = task
@@ -458,7 +482,7 @@ class AsyncToSync(Generic[_P, _R]):
                     awaitable.close()
             raise
         finally:
-            _restore_context(ctx)
+            _restore_context(ctx if box.ctx is None else box.ctx)
         exc = box.exc
         if exc is not None:
             try:

@@ -32,6 +32,7 @@ import logging
 import math
 import socket
 import struct
+import sys
 import termios
 from collections import deque
 from functools import partial
@@ -58,6 +59,12 @@ from corral.worker.wsprotocol import WebSocketCycle
 __all__ = ["WorkerServer"]
 
 logger = logging.getLogger("corral.worker.server")
+
+#: From Python 3.13, create_unix_server removes the socket's file when the server closes (uvloop does the same
+#: there). The file belongs to the master (or systemd), and the other workers go on accepting on it: a worker
+#: that stops (reload, recycling, scale-down) must leave it.
+_KEEP_SOCKET_FILE: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+
 COMPLETE = ResponseState.COMPLETE
 error_logger = logging.getLogger("corral.error")
 
@@ -339,7 +346,8 @@ class WorkerServer(StatelessServer):
                     tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.ssl_handshake_timeout}
                 try:
                     if sock.family == socket.AF_UNIX:
-                        server = await loop.create_unix_server(factory, sock=dup, backlog=self.settings.backlog, **tls)
+                        server = await loop.create_unix_server(factory, sock=dup, backlog=self.settings.backlog,
+                                                               **_KEEP_SOCKET_FILE, **tls)
                     else:
                         server = await loop.create_server(factory, sock=dup, backlog=self.settings.backlog, **tls)
                 except BaseException:

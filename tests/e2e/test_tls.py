@@ -50,12 +50,18 @@ def openssl(*args: str, cwd: Path) -> None:
 
 def make_certs(folder: Path, server_cn: str = "localhost", tag: str = "") -> dict[str, Path]:
     """A CA (made once per folder), a server certificate for 127.0.0.1/localhost and a client certificate."""
+    # The extensions RFC 5280 asks for (CA key usage, authority key identifiers): Python 3.13's default
+    # context verifies with VERIFY_X509_STRICT and refuses certificates without them.
     if not (folder / "ca.pem").exists():
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=corral test CA", cwd=folder)
-    (folder / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name, subject, ext in ((f"server{tag}", f"/CN={server_cn}", ["-extfile", "san.cnf"]),
-                               (f"client{tag}", "/O=Test Org/CN=client.example", [])):
+                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=corral test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                cwd=folder)
+    leaf = "authorityKeyIdentifier=keyid,issuer\nkeyUsage=critical,digitalSignature\n"
+    (folder / "server.cnf").write_text(leaf + "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (folder / "client.cnf").write_text(leaf + "extendedKeyUsage=clientAuth\n")
+    for name, subject, ext in ((f"server{tag}", f"/CN={server_cn}", ["-extfile", "server.cnf"]),
+                               (f"client{tag}", "/O=Test Org/CN=client.example", ["-extfile", "client.cnf"])):
         openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
                 f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=folder)
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
@@ -123,7 +129,7 @@ def test_wss_scheme(tls):
 @pytest.mark.parametrize("make_args, message", [
     (lambda c, d: ["--certfile", str(d / "missing.pem")], "invalid value for --certfile: cannot read"),
     (lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["client_key"])], "is not the key of --certfile"),
-    (lambda c, d: ["--certfile", str(c["ca"].with_name("san.cnf")), "--keyfile", str(c["key"])],
+    (lambda c, d: ["--certfile", str(c["ca"].with_name("server.cnf")), "--keyfile", str(c["key"])],
      "cannot load the TLS certificate"),
     (lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["key"]), "--cert-reqs", "2"],
      "--cert-reqs 1 or 2 checks client certificates against --ca-certs"),

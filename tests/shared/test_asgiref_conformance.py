@@ -2,7 +2,8 @@
 
 The sdist is downloaded from PyPI at test time: without network access these tests fail (they are part of
 the contract, not optional). Each asgiref test module runs in its own process; every test must pass (or be
-one of asgiref's own xfails) except the few listed in `EXCLUDED`, which test asgiref's private internals.
+one of asgiref's own xfails) except the few listed in `EXCLUDED`, which test asgiref's private internals (and,
+on Python 3.10, those in `NEEDS_PYTHON_311`, whose own code needs 3.11).
 """
 
 import pytest

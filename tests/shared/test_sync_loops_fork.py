@@ -22,6 +22,10 @@ from corral.shared.sync import (
 )
 from sync_helpers import WAIT
 
+#: The fork tests fork a process with threads on purpose (the runtime's threads must not leak into the
+#: child); Python 3.12+ warns about exactly that.
+forks_with_threads = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+
 # --- loops ----------------------------------------------------------------------------------------------
 
 
@@ -192,6 +196,7 @@ def _wait_child(pid: int) -> int:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@forks_with_threads
 def test_fork_child_gets_fresh_threads_and_loops():
     # Start everything in the parent first, so that the child inherits stale state.
     parent_sensitive = asyncio.run(sync_to_async(threading.current_thread)())
@@ -238,6 +243,7 @@ def _fork_and_check_bridges() -> int:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@forks_with_threads
 def test_fork_inside_sync_to_async_child_can_use_both_bridges():
     async def main():
         sensitive = await sync_to_async(_fork_and_check_bridges)()
@@ -248,6 +254,7 @@ def test_fork_inside_sync_to_async_child_can_use_both_bridges():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@forks_with_threads
 def test_fork_inside_async_to_sync_child_can_use_both_bridges():
     async def main():
         # Thread-sensitive: runs on this (calling) thread, parked in async_to_sync in the parent.

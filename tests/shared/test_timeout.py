@@ -1,4 +1,5 @@
 import asyncio
+import sys
 import warnings
 
 import pytest
@@ -100,6 +101,11 @@ def test_outer_cancellation_propagates_as_cancelled_error():
     asyncio.run(main())
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="needs Task.cancelling()/uncancel() (3.11+): on 3.10 two cancel requests in one loop iteration reach "
+    "the task as one CancelledError, so which was the timeout's cannot be told (documented in corral.shared.timeout)",
+)
 def test_outer_cancellation_racing_the_expiry_is_not_swallowed():
     async def main():
         seen = []

@@ -267,6 +267,23 @@ def test_unix_socket(tmp_path, events):
         assert events.get(timeout=WAIT) == (None, (path, None))
 
 
+def test_a_stopping_worker_leaves_the_unix_socket_to_the_others(tmp_path):
+    # The socket file is the master's (or systemd's) and the other workers accept on it: a worker that stops
+    # (reload, recycling, scale-down) must not remove it, as Python 3.13's create_unix_server does by default.
+    import socket
+
+    path = str(tmp_path / "corral.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(16)
+    with run_server(fixed_app, sock=sock):
+        with run_server(fixed_app, sock=sock.dup()) as (host, _, _), Client(host, None) as client:
+            assert client.get().body == b"hello"
+        # The second worker has stopped; the first still serves at the same path.
+        with Client(path, None) as client:
+            assert client.get().body == b"hello"
+
+
 def test_httpx_client_round_trip():
     import httpx
 
