@@ -9,7 +9,7 @@ shipped. It builds, in a temporary folder, the modules of `MODULES` from the che
 files, in two ways:
 
     plain   Cython compiles the Python as it is (generic object code, no declarations);
-    typed   the same, with the augmenting declarations of bench/cython/corral/worker/*.pxd (Cython's "pure
+    typed   the same, with the augmenting declarations of bench/cython/corral/worker/**/*.pxd (Cython's "pure
             Python mode": the .py stays the source and the fallback): the parser state, the protocol, the
             ASGI and WSGI requests, flow control, the pool's record, the dispatcher and the thread pool become
             extension types whose attributes are C struct fields (the parser's counters and flags as C
@@ -39,27 +39,27 @@ from bench import procs
 
 #: The hot path's modules: the HTTP/1.1 parser callbacks, the response head and framing, the native WSGI path.
 MODULES = (
-    "corral.worker.http11",
-    "corral.worker.response",
-    "corral.worker.framing",
-    "corral.worker.wsgi_cycle",
-    "corral.worker.wsgi_call",
-    "corral.worker.wsgi_pool",
-    "corral.worker.wsgi_protocol",
-    "corral.worker.protocol",
-    "corral.worker.cycle",
-    "corral.worker.flow",
-    "corral.worker.stateless",
+    "corral.worker.http1.connection",
+    "corral.worker.conn.response",
+    "corral.worker.http1.framing",
+    "corral.worker.wsgi.cycle",
+    "corral.worker.wsgi.call",
+    "corral.worker.wsgi.threads",
+    "corral.worker.wsgi.protocol",
+    "corral.worker.http1.protocol",
+    "corral.worker.http1.cycle",
+    "corral.worker.conn.flow",
+    "corral.worker.app.pool",
     "corral.shared.wsgi_environ",
-)  # each from its file in the checkout: corral.worker.x is worker/x.py
+)  # each from its file in the checkout: corral.worker.http1.cycle is worker/http1/cycle.py
 
 #: What the typed build changes in the sources, module -> (old, new) pairs. An extension type cannot derive from
 #: a Python class (asyncio needs only the methods), and no instance's __class__ can be set to one (the HTTP/2
-#: detector then keeps its per-read phase test instead of becoming its base class). h2detect is not compiled:
+#: detector then keeps its per-read phase test instead of becoming its base class). http2/detect.py is not compiled:
 #: its edited source is loaded from the build instead.
 TYPED_EDITS = {
-    "corral.worker.protocol": [("class HttpProtocol(asyncio.Protocol):", "class HttpProtocol:")],
-    "corral.worker.h2detect": [("self.__class__ = base", "pass  # (bench.compiled: base is an extension type)")],
+    "corral.worker.http1.protocol": [("class HttpProtocol(asyncio.Protocol):", "class HttpProtocol:")],
+    "corral.worker.http2.detect": [("self.__class__ = base", "pass  # (bench.compiled: base is an extension type)")],
 }
 
 DECLARATIONS = Path(__file__).resolve().parent / "cython"
@@ -74,8 +74,9 @@ def build(dest: Path, typed: bool) -> None:
     from setuptools.dist import Distribution  # noqa: PLC0415
 
     dest.mkdir(parents=True, exist_ok=True)
-    for package in ("corral", "corral/worker", "corral/shared"):
-        (dest / package).mkdir(exist_ok=True)
+    # Every package a module lies in (corral, corral/worker, corral/worker/http1, ...), as cimports need.
+    for package in {"/".join(name.split(".")[:depth]) for name in MODULES for depth in range(1, name.count(".") + 1)}:
+        (dest / package).mkdir(parents=True, exist_ok=True)
         (dest / package / "__init__.py").touch()
     extensions = []
     for name in MODULES:

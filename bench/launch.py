@@ -3,7 +3,7 @@
     python bench/launch.py bench.apps:hello --port 8000      # or: python -m bench.launch ...
 
 Binds HOST:PORT itself (port 0: any free port), prints `listening on PORT` once the socket is bound, then
-serves with `corral.worker.boot.run_worker` until SIGTERM (graceful) or SIGINT/SIGQUIT (at once), and exits
+serves with `corral.worker.serve.boot.run_worker` until SIGTERM (graceful) or SIGINT/SIGQUIT (at once), and exits
 with the worker's exit code. Settings come from CORRAL_* environment variables, as with `serve`.
 
 A worker without a master, for profiling one worker (--cprofile). The load tool, `python -m bench`, runs the
@@ -28,7 +28,7 @@ import logging  # noqa: E402
 import socket  # noqa: E402
 
 from corral.shared.settings import Settings, from_env  # noqa: E402
-from corral.worker.boot import run_worker  # noqa: E402
+from corral.worker.serve.boot import run_worker  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,8 +45,8 @@ class _Transport:
 async def _round(metrics: bool, requests: int) -> float:
     from bench.apps import hello
     from corral.shared.settings import Settings
-    from corral.worker.counters import meter
-    from corral.worker.server import WorkerServer
+    from corral.worker.edge.counters import meter
+    from corral.worker.serve.server import WorkerServer
 
     options: dict[str, Any] = {"max_requests_per_connection": 0}
     if metrics:
@@ -54,7 +54,7 @@ async def _round(metrics: bool, requests: int) -> float:
     server = WorkerServer(hello, Settings(**options))
     server.loop = asyncio.get_running_loop()
     if metrics:
-        server.access_log = meter(server.counters)  # what worker/boot.py installs with metrics on
+        server.access_log = meter(server.counters)  # what worker/serve/boot.py installs with metrics on
     protocol = server.protocol_class(server)
     transport = _Transport()
     protocol.connection_made(transport)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import timeit
 
 from corral.shared.settings import Settings
-from corral.worker.http11 import HTTP11Connection
+from corral.worker.http1.connection import HTTP11Connection
 
 try:
-    from corral.worker.http11 import Limits
+    from corral.worker.http1.connection import Limits
 except ImportError:  # a checkout from before the Limits object
     pass
 

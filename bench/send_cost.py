@@ -12,7 +12,7 @@ from __future__ import annotations
 import timeit
 from types import SimpleNamespace
 
-from corral.worker.cycle import RequestCycle
+from corral.worker.http1.cycle import RequestCycle
 
 START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
 BODY = {"type": "http.response.body", "body": b"Hello, world!"}

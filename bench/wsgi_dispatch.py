@@ -7,7 +7,7 @@ in interleaved rounds. Reported per variant: requests/s, the server's CPU time p
 every process and thread of the server: steadier than requests/s on a shared machine) and context switches
 per request, medians (min-max).
 
-    corral-pool        the worker's threads, handed work in batches (corral.worker.wsgi_pool: the default)
+    corral-pool        the worker's threads, handed work in batches (corral.worker.wsgi.threads: the default)
     corral-connection  one thread per connection, gunicorn gthread's model (BENCH_WSGI_DISPATCH=connection)
     corral-inline      the application called on the event loop itself (BENCH_WSGI_DISPATCH=inline)
     corral-adapter     the path before the native one: WsgiToAsgi on the ASGI worker (BENCH_WSGI_DISPATCH=adapter)

@@ -178,7 +178,7 @@ def run(app: str, settings: Settings, load: Any, config_path: str | None = None)
     from corral.master.observe.logs import setup_logging
     from corral.master.status.pidfile import PidfileError
     from corral.master.listen.sockets import BindError
-    from corral.worker.application import AppImportError
+    from corral.worker.app.load import AppImportError
 
     try:
         _chdir(settings)

@@ -1,6 +1,6 @@
 """`wsgi.input` for a request body that is still arriving: the file-like API a WSGI application's thread reads
 through, over a buffer the event loop fills. Shared by the worker's native WSGI path
-(`corral.worker.wsgi_input.StreamInput`) and the ASGI adapter (`corral.shared.wsgi`); each provides the
+(`corral.worker.wsgi.input.StreamInput`) and the ASGI adapter (`corral.shared.wsgi`); each provides the
 buffer (`_buf`, a bytearray), its lock (`_cond`, a Condition), `_eof`, `_disconnected`, and its backpressure
 in `_consumed(left)` (told after each take how many bytes are left unread).
 """

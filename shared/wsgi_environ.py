@@ -1,7 +1,7 @@
 """The PEP 3333 environ of an HTTP request, built from its ASGI scope.
 
 One builder for both WSGI paths: `corral.shared.wsgi.WsgiToAsgi` (asgiref's API, any ASGI server) and the
-worker's native WSGI path (`corral.worker.wsgi_cycle`), which builds the scope with the proxy headers
+worker's native WSGI path (`corral.worker.wsgi.cycle`), which builds the scope with the proxy headers
 applied and hands it here, so both see the same SCRIPT_NAME, REMOTE_ADDR, wsgi.url_scheme and headers.
 
 * Headers are decoded as latin-1 (PEP 3333); repeated `Cookie` headers are joined with "; ", other repeats

@@ -21,7 +21,7 @@ from typing import Callable
 from corral.master.arbiter.workerproc import reset_signals
 from corral.shared.exitcodes import APP_IMPORT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.application import AppImportError, import_app
+from corral.worker.app.load import AppImportError, import_app
 
 __all__ = ["AppCheckError", "check_app", "describe_exit"]
 

@@ -42,7 +42,7 @@ from corral.master.arbiter.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retir
 from corral.master.arbiter.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
 from corral.shared.settings import Settings, SettingError
-from corral.worker.application import AppImportError, import_app
+from corral.worker.app.load import AppImportError, import_app
 
 __all__ = ["Arbiter", "CrashLoop", "AppCheckError", "split_limit"]
 

@@ -23,9 +23,9 @@ from corral.master.listen.sockets import bind_all
 from corral.master.hooks.run import HookConfig, Listener, run_hook
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.boot import run_worker
-from corral.worker.hookapi import WorkerView
-from corral.worker.counters import collecting
+from corral.worker.serve.boot import run_worker
+from corral.worker.app.hooks import WorkerView
+from corral.worker.edge.counters import collecting
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 

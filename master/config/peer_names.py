@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from corral.shared.settings_compat import HOOK_ARITY
+from corral.shared.settings.compat import HOOK_ARITY
 
 __all__ = ["Entry", "GUNICORN", "PEER_FLAGS", "gunicorn_flags"]
 

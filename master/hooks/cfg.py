@@ -24,7 +24,7 @@ from typing import Any
 from corral.master.config.peer_names import GUNICORN
 from corral.master.listen.sockets import describe_listener, parse_address
 from corral.shared.settings import REGISTRY, Settings
-from corral.shared.settings_compat import HOOK_ARITY
+from corral.shared.settings.compat import HOOK_ARITY
 
 __all__ = ["HookConfig", "Listener"]
 

@@ -7,7 +7,7 @@ Where each hook runs (gunicorn's call points):
     pre_fork(server, worker)         master, before each fork (worker.pid is "[booting]", as in gunicorn)
     post_fork(server, worker)        worker, right after the fork; raising fails the boot (exit 3, backoff)
     post_worker_init(worker)         worker, app loaded and lifespan started, before accepting
-    pre_request(worker, req)         worker, before each HTTP request (see corral.worker.hookapi)
+    pre_request(worker, req)         worker, before each HTTP request (see corral.worker.app.hooks)
     post_request(worker, req, environ, resp)   worker, after each HTTP response
     worker_int(worker)               worker, on SIGINT/SIGQUIT
     worker_abort(worker)             worker, when the --timeout watchdog aborts it (then it is killed)
@@ -30,7 +30,7 @@ from typing import Any
 
 from corral.master.hooks.cfg import HookConfig, Listener
 from corral.shared.settings import Settings
-from corral.worker.hookapi import WorkerView
+from corral.worker.app.hooks import WorkerView
 
 __all__ = ["ServerView", "run_hook", "unborn_worker", "worker_view", "child_view", "HookConfig", "Listener"]
 

@@ -12,8 +12,8 @@ import os
 import ssl
 
 from corral.shared.settings import Settings, SettingError
-from corral.shared.settings_compat import describe_callable
-from corral.worker.h2detect import alpn_protocols
+from corral.shared.settings.compat import describe_callable
+from corral.worker.http2.detect import alpn_protocols
 
 __all__ = ["server_context"]
 

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from corral.master.observe.metrics import MasterCounts, WorkerView, live_totals, ready_sum, served
-from corral.worker.counters import DURATION_BOUNDS, LOG_LEVELS, WAIT_BOUNDS, histogram
+from corral.worker.edge.counters import DURATION_BOUNDS, LOG_LEVELS, WAIT_BOUNDS, histogram
 
 __all__ = ["Exposition", "families"]
 

@@ -6,7 +6,7 @@ the records end up depends on `--naming`:
 * gunicorn (the default): they are handed to gunicorn's error logger, "gunicorn.error", under that name, so
   they are gunicorn's records: a `logconfig_dict` that routes "gunicorn.error" gets every one, `%(name)s`
   reads gunicorn.error, and the file/stream handler of --error-logfile sits on "gunicorn.error". The access
-  log is "gunicorn.access" (worker/accesslog.py).
+  log is "gunicorn.access" (worker/edge/accesslog.py).
 * corral: they stay corral's ("corral.*", handler on "corral"); the access log is "corral.access". A config
   written for gunicorn still applies: "corral" takes gunicorn.error's handlers, "corral.access"
   gunicorn.access's, when the config names gunicorn's loggers and not corral's.
@@ -26,7 +26,7 @@ import sys
 from typing import Any
 
 from corral.shared.settings import Settings, SettingError
-from corral.worker.accesslog import ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER, ReopenableFileHandler, reopen_file
+from corral.worker.edge.accesslog import ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER, ReopenableFileHandler, reopen_file
 
 __all__ = ["setup_logging", "reopen_logs", "error_stream", "flush_error_log"]
 

@@ -1,6 +1,6 @@
 """The master's view of the metrics: every worker's counts added up, kept across worker replacement.
 
-Each worker sends its cumulative counts on every heartbeat (corral.worker.counters). The master keeps the
+Each worker sends its cumulative counts on every heartbeat (corral.worker.edge.counters). The master keeps the
 last ones per live worker, and when a worker exits (after reading its final heartbeat) adds its totals to
 `retired`: the sum `retired + live workers` only ever grows, so `rate()` does not dip when a worker is
 replaced. prometheus_client's multiprocess mode gets this wrong for servers: it keeps one file per pid
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Protocol
 
 import psutil
 
-from corral.worker.counters import DURATION_BOUNDS, LOG_LEVELS, METHODS, STATUS_SLOTS, WAIT_BOUNDS
+from corral.worker.edge.counters import DURATION_BOUNDS, LOG_LEVELS, METHODS, STATUS_SLOTS, WAIT_BOUNDS
 
 __all__ = ["Totals", "MasterCounts", "WorkerView", "live_totals", "quantile", "ready_sum", "served", "EXIT_CAUSES"]
 
@@ -35,7 +35,7 @@ _SCALARS = ("bin", "bout", "rej", "park", "wso", "wmi", "wmo", "wbi", "wbo", "ds
 
 
 class Totals:
-    """Counts added up from heartbeat snapshots (corral.worker.counters.Counters.snapshot)."""
+    """Counts added up from heartbeat snapshots (corral.worker.edge.counters.Counters.snapshot)."""
 
     __slots__ = ("requests", "durations", "waits", "closed", "scalars", "logs")
 

@@ -18,7 +18,7 @@ from corral.master.observe.metrics import MasterCounts, Totals, live_totals, qua
 from corral.master.observe.metrics_http import MetricsServer
 from corral.master.observe.sdnotify import Notifier
 from corral.master.observe.statsd import StatsdClient, master_counters, statsd_lines
-from corral.worker.counters import DURATION_BOUNDS, LogCounter, collecting
+from corral.worker.edge.counters import DURATION_BOUNDS, LogCounter, collecting
 
 __all__ = ["Observer", "WINDOW"]
 

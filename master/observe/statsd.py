@@ -1,7 +1,7 @@
 """`--statsd-host`: the master pushes the aggregated metrics to statsd / DogStatsD once a second.
 
 gunicorn sends a datagram per request from each worker; corral's workers only count (see
-corral.worker.counters), and the master sends what changed since its last flush, batched into few
+corral.worker.edge.counters), and the master sends what changed since its last flush, batched into few
 datagrams (newline-separated lines, as statsd and DogStatsD accept). gunicorn's metrics have gunicorn's
 names (`--naming corral`: `corral.` instead of `gunicorn.`), corral's own are `corral.*`, and
 `--statsd-prefix` goes in front of every name, as in gunicorn (a `.` is added after it):
@@ -34,7 +34,7 @@ import socket
 from typing import Any
 
 from corral.master.observe.metrics import MasterCounts, Totals
-from corral.worker.counters import DURATION_BOUNDS
+from corral.worker.edge.counters import DURATION_BOUNDS
 
 __all__ = ["StatsdClient", "statsd_lines", "prefix_of", "GUNICORN_GAUGES"]
 

@@ -55,7 +55,9 @@ def fields_with_bases(module: str, name: str) -> set[str]:
 
 
 def test_declarations_exist() -> None:
-    assert {p.stem for p in PXD_FILES} >= {"http11", "wsgi_call", "wsgi_cycle", "protocol"}
+    assert {p.relative_to(DECLARATIONS).with_suffix("").as_posix() for p in PXD_FILES} >= {
+        "corral/worker/http1/connection", "corral/worker/wsgi/call", "corral/worker/wsgi/cycle",
+        "corral/worker/http1/protocol"}
 
 
 @pytest.mark.parametrize("key", sorted(ALL), ids=lambda k: f"{k[0].rpartition('.')[2]}.{k[1]}")

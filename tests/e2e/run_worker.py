@@ -10,7 +10,7 @@ import socket
 import sys
 
 from corral.shared.settings import Settings, from_env
-from corral.worker.boot import run_worker
+from corral.worker.serve.boot import run_worker
 
 
 def main() -> int:

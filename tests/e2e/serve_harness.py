@@ -241,7 +241,7 @@ class Load:
     idempotent requests, and urllib3 and browsers do it. Two cases could reach it: a reused keep-alive
     connection that a stopping worker closed as idle as the client sent on it (`retried_reused`), and a
     connection a stopping worker had just accepted but not yet read (`retried_fresh`). A graceful stop
-    serves both (worker/server.py: the request is answered with `connection: close`; an idle connection is
+    serves both (worker/serve/server.py: the request is answered with `connection: close`; an idle connection is
     closed only after a grace with nothing sent), so the reload tests assert both stay 0. Anything else (a
     refused connection, a timeout, an error after the response began, a non-200 answer) is a failure.
     """

@@ -9,7 +9,7 @@ import pytest
 
 from corral.master.observe.logs import setup_logging
 from corral.shared.settings import Settings
-from corral.worker.accesslog import make_access_log
+from corral.worker.edge.accesslog import make_access_log
 
 NAMES = ("corral", "gunicorn.error", "corral.access", "gunicorn.access")
 

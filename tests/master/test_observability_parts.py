@@ -24,7 +24,7 @@ from corral.master.observe.metrics import MasterCounts, Totals, quantile
 from corral.master.observe.metrics_http import MetricsServer
 from corral.master.observe.sdnotify import Notifier
 from corral.master.observe.statsd import StatsdClient, prefix_of, statsd_lines
-from corral.worker.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
+from corral.worker.edge.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)

@@ -1,10 +1,10 @@
 """asgiref's own test suite, run against corral's bridging layer.
 
-corral.shared (and corral.worker.stateless) promise asgiref's API module for module. This runner checks the
+corral.shared (and corral.worker.app.pool) promise asgiref's API module for module. This runner checks the
 promise with asgiref's own tests: it downloads the asgiref sdist with pip into a temporary folder (asgiref's
 code never enters this repository), keeps only its ``tests/`` folder and its pytest settings, and generates
 next to them a package named ``asgiref`` whose modules re-export corral's (``asgiref.sync`` answers with
-``corral.shared.sync``, ``asgiref.server`` with ``corral.worker.stateless``...). Each asgiref test module
+``corral.shared.sync``, ``asgiref.server`` with ``corral.worker.app.pool``...). Each asgiref test module
 then runs in its own pytest process, with a per-test and a per-module timeout; the outcome of every test is
 read back from a JUnit XML report.
 
@@ -35,7 +35,7 @@ MODULE_MAP = {
     "compatibility": "corral.shared.compatibility",
     "current_thread_executor": "corral.shared.current_thread_executor",
     "local": "corral.shared.local",
-    "server": "corral.worker.stateless",
+    "server": "corral.worker.app.pool",
     "sync": "corral.shared.sync",
     "testing": "corral.shared.testing",
     "timeout": "corral.shared.timeout",

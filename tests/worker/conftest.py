@@ -1,4 +1,5 @@
-"""Worker tests: make the shared HTTP test helpers (worker_http_helpers.py) importable."""
+"""Worker tests: make the helpers of this folder (worker_http_helpers.py, websocket_helpers.py, h2_helpers.py)
+importable by plain name from the tests of every room below it (tests/worker/http1/, .../websocket/, ...)."""
 
 import os
 import queue

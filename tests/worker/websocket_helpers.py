@@ -1,5 +1,5 @@
-"""Helpers for the WebSocket worker tests (imported by test_websocket_*.py; tests/worker/conftest.py puts this
-folder on sys.path): an echo application, a raw-frame client, liveness checks.
+"""Helpers for the WebSocket worker tests (imported by tests/worker/websocket/ and others; tests/worker/conftest.py
+puts this folder on sys.path for every room below it): an echo application, a raw-frame client, liveness checks.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Helpers for the HTTP/1.1 worker tests (imported by test_http11*.py; tests/worker/conftest.py puts this
-folder on sys.path): a real server on 127.0.0.1:0, raw sockets, a small response reader.
+"""Helpers for the HTTP/1.1 worker tests (imported by the tests of every room under tests/worker/; its
+conftest.py puts this folder on sys.path): a real server on 127.0.0.1:0, raw sockets, a small response reader.
 
 Every wait is bounded (WAIT seconds) and no test asserts on timings.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from corral.shared.settings import Settings
-from corral.worker.testing import call_in_loop, run_server
+from corral.worker.serve.testing import call_in_loop, run_server
 
 WAIT = 5.0
 

@@ -1,9 +1,0 @@
-# Cython declarations for bench.compiled (the compiled hot path prototype); see wsgi_call.pxd.
-from corral.worker.wsgi_call cimport WsgiCall
-
-cdef class WsgiCycle(WsgiCall):
-    pass
-
-cdef class WsgiDispatcher:
-    cdef public object app, loop, threads, lock, items, scheduled, body_buffer, per_connection, lazy
-    cdef public object body_input, deadline, hooks

@@ -1,5 +1,0 @@
-# Cython declarations for bench.compiled (the compiled hot path prototype).
-from corral.worker.protocol cimport HttpProtocol
-
-cdef class WsgiHttpProtocol(HttpProtocol):
-    cdef public object out_fd, out_busy

@@ -1,0 +1,406 @@
+"""The asyncio Protocol of one HTTP/1.1 connection: thin glue between a transport and `HTTP11Connection`.
+
+Timers: there are none per connection or per request. Each connection records which phase it is in and
+the server tick at which that phase began; the server's tick sweeps the connections (see
+`WorkerServer._tick`). The keep-alive phase starts when a response completes with nothing pending and
+ends at the first byte of the next request (not reset per byte: a client trickling bytes does not keep an
+idle connection alive - uvicorn's slowloris hole); the head phase runs from that first byte (or the
+connection's opening) until the head is complete, then 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from corral.worker.app.pool import PoolFull
+from corral.worker.conn.flow import FlowControl
+from corral.worker.conn.phases import BODY, BUSY, CLOSED, CLOSING, FRESH, HEAD, IDLE, PARKED, PIPELINE
+from corral.worker.edge.tlsinfo import tls_extension
+from corral.worker.http1.connection import ERROR_RESPONSES, HTTP11Connection, ProtocolError
+from corral.worker.http1.cycle import RequestCycle
+from corral.worker.websocket.handshake import websocket_request
+
+__all__ = ["HttpProtocol", "decode_path", "service_unavailable"]
+
+logger = logging.getLogger("corral.error")
+
+_ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
+_METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection and drops its queues
+
+
+def decode_path(raw_path: bytes) -> str:
+    """ASGI `path`: percent-decoded, as UTF-8 (latin-1 when the bytes are not UTF-8)."""
+    if b"%" not in raw_path and raw_path.isascii():
+        return raw_path.decode("ascii")
+    raw = unquote_to_bytes(raw_path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
+    """The tiny application that answers a request finding the pool full when pool_full is '503'."""
+    await send({
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
+    })
+    await send({"type": "http.response.body", "body": b"Service Unavailable"})
+
+
+class HttpProtocol(asyncio.Protocol):
+    #: The request object `on_request` makes (the native WSGI protocol makes `WsgiCycle`s).
+    cycle_class: Any = RequestCycle
+
+    __slots__ = (
+        "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
+        "pending_error", "trusted", "extensions", "rate", "__weakref__",
+    )
+
+    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+        self.server = server
+        self.transport: Any = None
+        self.flow: Any = None
+        self.state: Any = None
+        self.client: tuple | None = None
+        # The ASGI `server` address: given by the server when the listening socket tells it (bound to one
+        # address), else asked of the transport in connection_made.
+        self.sockname = sockname
+        self.scheme = "http"
+        self.phase = FRESH
+        self.since = 0
+        self.pending_error: bytes | None = None
+        self.trusted: bool | None = None  # the proxy's trust in this peer, when it can tell per connection
+        # What every request of this connection gets in scope["extensions"] (TLS, PROXY protocol); None: nothing.
+        self.extensions: dict | None = None
+        self.rate: Any = None  # the clock of a transfer waiting on the client (corral.worker.edge.datarate)
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        self.transport = transport
+        self.flow = FlowControl(transport)  # type: ignore[arg-type]
+        self.state = HTTP11Connection(self, server.limits)
+        if server.write_limit:
+            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]
+        sockname = self.sockname
+        if sockname is None:
+            raw = transport.get_extra_info("sockname")
+            # One tuple per local address, shared by its connections (a wildcard bind has a few).
+            sockname = server.socknames.get(raw) if type(raw) is tuple or type(raw) is str else None
+            if sockname is None:
+                if isinstance(raw, (tuple, list)):
+                    sockname = (raw[0], raw[1])
+                else:  # unix socket: ASGI says (path, None) for the server and no client address
+                    sockname = (raw or "", None)
+                if (type(raw) is tuple or type(raw) is str) and len(server.socknames) < 64:
+                    server.socknames[raw] = sockname
+            self.sockname = sockname
+        if sockname[1] is not None:
+            peername = transport.get_extra_info("peername")
+            if type(peername) is tuple:
+                self.client = peername if len(peername) == 2 else peername[:2]
+            elif isinstance(peername, list):
+                self.client = (peername[0], peername[1])
+        proxy = server.proxy
+        trusts = getattr(proxy, "trusts", None) if proxy is not None else None
+        if trusts is not None:
+            # A proxy that can decide trust per peer (corral's ProxyHeaders) decides it once here;
+            # untrusted peers then cost nothing per request.
+            self.trusted = bool(trusts(self.client[0] if self.client else None, self.sockname[1] is None))
+        if server.ssl_context is not None:
+            self.scheme = "https"
+            self.extensions = {"tls": tls_extension(transport, server)}
+        self.since = server.tick
+        server.connections.add(self)
+        if server.stopping:
+            server.connection_while_stopping(self)
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase != BUSY:
+            if phase == IDLE:
+                self.phase = HEAD  # the first byte of a request: the header timer starts, once
+                self.since = self.server.tick
+            elif phase == FRESH:
+                self.phase = HEAD  # its header timer runs since the connection opened
+            elif phase == CLOSED:
+                return
+        else:
+            self.since = self.server.tick  # body bytes (or a pipelined head): the body timer restarts
+        self.server.counters.bytes_in += len(data)  # metrics: one integer add per read, no more
+        state = self.state
+        try:
+            state.feed(data)
+        except ProtocolError as error:
+            self.protocol_error(error)
+            return
+        except Exception:  # nothing a client sends may raise out of the protocol
+            logger.exception("Error while handling request bytes")
+            self.protocol_error(ProtocolError(400, "internal error"))
+            return
+        if state.pipeline or state.backlog:
+            # A request waits behind the active one: read no further until its turn comes.
+            self.flow.pause_reading(PIPELINE)
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.phase != CLOSED:  # close() has disconnected the requests already
+            self.phase = CLOSED
+            self._disconnect_all()
+        flow = self.flow
+        if flow is not None and flow.write_paused:
+            flow.connection_lost()  # release the senders waiting in drain()
+        self.server.connection_closed(self)
+        state = self.state
+        if state is not None:
+            state.release()  # no reference cycles left: refcounting frees the connection, not the GC
+
+    # ------------------------------------------------------------------ HTTP11Connection's handler
+
+    def on_request(
+        self, method: bytes, http_version: str, target: bytes, headers: list, keep_alive: bool,
+        expect_continue: bool, has_body: bool,
+    ) -> RequestCycle:
+        server = self.server
+        if target[:1] == b"/":
+            if b"#" in target:
+                # A fragment is the client's own (RFC 9110 §4.2.4: not sent; RFC 3986 §3.5): llhttp lets it
+                # through in the target, and it must reach neither the path nor the query string.
+                target = target[:target.index(b"#")]
+            raw_path, _, query = target.partition(b"?")
+        elif target == b"*":  # OPTIONS * (RFC 9112 §3.2.4)
+            raw_path, query = target, b""
+        elif method == b"CONNECT":
+            # authority-form (RFC 9112 §3.2.3), CONNECT's only form: the application gets the authority as the
+            # path, as h11-based servers give it (llhttp treats CONNECT as an upgrade: the connection closes
+            # after the response).
+            raw_path, query = target, b""
+        else:  # absolute-form (RFC 9112 §3.2.2)
+            url = httptools.parse_url(target)
+            raw_path, query = url.path or b"/", url.query or b""
+            if url.host:
+                # The server MUST ignore the Host field and use the target's authority instead.
+                host = b"[%s]" % url.host if b":" in url.host else url.host  # an IPv6 literal
+                authority = host if url.port is None else b"%s:%d" % (host, url.port)
+                headers = [(name, value) for name, value in headers if name != b"host"]
+                headers.append((b"host", authority))
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": http_version,
+            "server": self.sockname,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": _METHODS.get(method) or method.decode("ascii"),
+            "root_path": server.root_path,
+            "path": (
+                raw_path.decode("ascii") if b"%" not in raw_path and raw_path.isascii() else decode_path(raw_path)
+            ),
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": server.lifespan_state.copy(),
+            "extensions": {} if self.extensions is None else self.extensions.copy(),
+        }
+        proxy = server.proxy
+        if proxy is not None and self.trusted is not False:
+            try:
+                if self.trusted is None:
+                    proxy.apply(scope)  # a proxy without `trusts` (any object with apply(scope)) decides itself
+                else:
+                    proxy.apply(scope, True)  # trust decided once for the connection
+            except Exception:
+                logger.exception("Could not apply proxy headers")
+                raise self.state.fail(400, "bad proxy headers") from None
+        self.phase = BUSY
+        self.since = server.tick  # the body timer's start (see WorkerServer._ticker)
+        if self.state.parser.should_upgrade():
+            # WebSocket hook (corral.worker.websocket.handshake): `Upgrade: websocket` becomes a WebSocketCycle that
+            # is queued, parked and started like a request; other upgrades stay plain HTTP.
+            websocket = websocket_request(self, scope, method, http_version, headers)
+            if websocket is not None:
+                return websocket  # type: ignore[return-value]
+        return self.cycle_class(
+            self, scope, keep_alive, expect_continue,
+            method == b"HEAD", http_version == "1.1", server.access_log is not None,
+        )
+
+    def start_request(self, cycle: RequestCycle) -> None:
+        """Run the application for `cycle`, or park it (FIFO) when the pool is full."""
+        server = self.server
+        if server.parked and not server.reject_when_full:
+            self.park(cycle)  # requests parked earlier go first
+            return
+        try:
+            server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+        except PoolFull:
+            self.pool_full(cycle)
+
+    def launch(self, cycle: RequestCycle) -> None:
+        try:
+            self.server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+        except PoolFull:
+            self.pool_full(cycle)
+
+    def pool_full(self, cycle: RequestCycle) -> None:
+        """`start_instance` raised PoolFull: answer 503 (pool_full = '503') or park the request."""
+        if self.server.reject_when_full:
+            self.server.counters.rejected += 1
+            self.run_beside(cycle, service_unavailable)
+        else:
+            self.park(cycle)
+
+    def run_beside(self, cycle: RequestCycle, app: Any) -> None:
+        """An answer the worker gives itself (503, health): an application like any other, outside the pool
+        (it takes no slot)."""
+        task = asyncio.get_running_loop().create_task(app(cycle.scope, cycle.receive, cycle.send))
+        task.add_done_callback(cycle.app_finished)
+
+    def park(self, cycle: RequestCycle) -> None:
+        self.flow.pause_reading(PARKED)
+        self.server.park(self, cycle)
+
+    def unpark(self, cycle: RequestCycle) -> None:
+        """A slot is free for the parked `cycle` (called by the server, in FIFO order)."""
+        self.flow.resume_reading(PARKED)
+        self.launch(cycle)
+
+    # ------------------------------------------------------------------ responses
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        server = self.server
+        server.requests_served += 1
+        if cycle.t0 is not None:
+            self.log_access(cycle)
+        if not cycle.keep_alive or not cycle.body_complete:
+            # An unread request body would have to be read and discarded to find the next request:
+            # closing is cheaper and allowed (RFC 9112 §9.6). A response whose head went out while the
+            # server stops said `connection: close` (cycle.keep_alive is False); one that promised
+            # keep-alive before the stop goes on below: its connection is idle, the stop's grace decides.
+            self.close()
+            return
+        state = self.state
+        following = state.response_done()
+        if following is not None:
+            self.start_request(following)
+        if state.backlog and len(state.pipeline) < state.max_pipeline and self.phase != CLOSED:
+            # Parsing stopped at the pipelining bound: go on with the bytes already read (this may start
+            # the next request, or queue more behind the one just started).
+            self.data_received(b"")
+            following = following or state.active
+        if following is not None:
+            if not state.pipeline and not state.backlog:
+                self.flow.resume_reading(PIPELINE)
+            return
+        if self.phase == CLOSED:
+            return
+        if self.pending_error is not None:
+            self.transport.write(self.pending_error)
+            self.close()
+            return
+        if self.flow.read_paused:
+            self.flow.resume_reading(PIPELINE | BODY)
+        # Part of the next head may be here already: then its timer runs, else the keep-alive one.
+        self.phase = HEAD if state.url else IDLE
+        self.since = server.tick
+
+    def log_access(self, cycle: RequestCycle) -> None:
+        access_log = self.server.access_log
+        if access_log is None:
+            return
+        duration = time.perf_counter() - cycle.t0 if cycle.t0 is not None else 0.0
+        try:
+            access_log(cycle.scope, cycle.status, cycle.nbytes, duration, cycle.headers)
+        except Exception:
+            logger.exception("Access log failed")
+
+    # ------------------------------------------------------------------ errors, timeouts, closing
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        """Answer a broken request with its error response and close, keeping earlier responses in order."""
+        state = self.state
+        broken = state.request  # the request whose body broke the protocol, if any
+        state.request = None
+        state.upgraded = True  # feed() ignores everything from now on: the connection is closing
+        active = state.active
+        if broken is not None and broken is not active:
+            state.drop(broken)
+            broken.disconnect()
+        if active is None or (broken is active and active.state < 2):
+            if active is not None:
+                active.disconnect()
+            self.transport.write(error.response)
+            self.close()
+        elif broken is active:
+            self.close()  # its response has begun: closing is all that is left
+        else:
+            # A later request is broken: the responses queued before it go out first.
+            self.pending_error = error.response
+            self.flow.pause_reading(CLOSING)
+            state.must_close = True
+
+    def body_timeout(self) -> None:
+        """The request body stalled for `body_timeout` while the server was reading it: 408 (or, once the
+        response has begun, just the close) - the application gets `http.disconnect`."""
+        if self.phase == BUSY and self.state.request is not None:
+            self.protocol_error(ProtocolError(408, "request body timeout"))
+
+    def output_waiting(self) -> bool:
+        """The server has response bytes that the client does not take (the minimum response rate's clock
+        runs): the transport is above its high-water mark, or the connection is closed and still flushing."""
+        if self.flow.write_paused:
+            return True
+        return self.phase == CLOSED and self.transport.get_write_buffer_size() > 0
+
+    def abort(self) -> None:
+        """End the connection now, dropping what waits to be written (a response below the minimum rate):
+        with SO_LINGER 0 the client gets a reset and the kernel frees the send queue at once, instead of
+        keeping it (and retrying) for a client that does not read."""
+        try:
+            self.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        except (AttributeError, OSError):
+            pass
+        self.close()
+        self.transport.abort()
+
+    def header_timeout(self) -> None:
+        if self.phase == HEAD or self.phase == FRESH:
+            self.transport.write(ERROR_RESPONSES[408])
+            self.close()
+
+    def close(self) -> None:
+        if self.phase != CLOSED:
+            self.phase = CLOSED
+            self._disconnect_all()
+            self.transport.close()
+
+    def _disconnect_all(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        if state.active is not None:
+            state.active.disconnect()
+        for cycle in state.pipeline:
+            cycle.disconnect()
+        if state.request is not None:
+            state.request.disconnect()

@@ -1,0 +1,594 @@
+"""One native WSGI request on the event loop: the parser feeds it, the pool runs it, the loop writes it.
+
+`WsgiCycle` stands where `RequestCycle` stands for ASGI (`HTTP11Connection` feeds it body bytes, the
+protocol starts, parks and completes it) but calls the WSGI application directly, on a thread of the
+worker's pool, without the ASGI adapter: no scope -> messages -> environ round trip, one hand-off each way.
+
+Request bodies (issue 14): a body up to `wsgi_body_buffer` bytes is read whole on the event loop before
+the application is given a thread, as a buffering proxy would (nginx does the same in front of gunicorn):
+a client that stalls mid-upload holds an instance slot, never a thread. A larger body is streamed
+(`corral.worker.wsgi.input.StreamInput`) once that many bytes have come. `Expect: 100-continue` is answered
+when the pre-read begins (the server itself wants the body then); for a declared length above the bound
+it is answered on the application's first `wsgi.input` read, so an application that refuses a big
+upload never makes the client send it.
+
+Each request is an application instance of the worker's pool (`StatelessServer`): registered with an
+asyncio future when it starts (a full pool parks it: backpressure as for ASGI), resolved when its
+response is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from typing import Any
+
+from corral.worker.app.pool import ApplicationInstance
+from corral.worker.conn.phases import BODY, CLOSED
+from corral.worker.edge.deadline import TIMEOUT_BODY
+from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
+from corral.worker.http1.cycle import cork
+from corral.worker.wsgi.call import FAILED, RUNNING, SENDFILE, WsgiCall
+from corral.worker.wsgi.input import StreamInput
+from corral.worker.wsgi.threads import WorkerThreads
+
+__all__ = ["WsgiCycle", "WsgiDispatcher"]
+
+error_logger = logging.getLogger("corral.error")
+
+_CLOSED = CLOSED
+
+# Loop-side phases. _EXPIRED: past --request-timeout, answered (or cut) while the thread still runs.
+_WAITING, _QUEUED, _DONE, _EXPIRED = 0, 1, 2, 3
+_TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
+_SENDFILE_STEP = 1 << 20
+# The alternatives bench/wsgi_dispatch.py measures against the pool (not a setting: see docs/benchmarks.md,
+# "How a request reaches its thread", for the figures): "inline" runs the application on the event loop,
+# "connection" gives each connection a thread of its own (gunicorn gthread's model).
+_DISPATCH = os.environ.get("BENCH_WSGI_DISPATCH", "pool")
+
+
+class WsgiDispatcher:
+    """The worker's WSGI hand-offs: requests to the threads, finished output back to the loop.
+
+    Threads `post()` requests that have output; the loop is woken once per batch (`call_soon_threadsafe`
+    only when the batch was empty), then `drain()` writes every posted request's output.
+    """
+
+    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection", "lazy",
+                 "body_input", "deadline", "hooks")
+
+    def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.threads = threads
+        self.lock = threading.Lock()
+        self.items: list[WsgiCycle] = []
+        self.scheduled = False
+        self.body_buffer = body_buffer
+        self.per_connection: Any = None
+        self.lazy: list[WsgiCycle] = []  # responses written by their thread, to complete on the loop
+        # --request-timeout and the pre_request/post_request hooks (corral.worker.wsgi.layers): None when off.
+        self.deadline: Any = None
+        self.hooks: Any = None
+        self.body_input: Any = io.BytesIO  # wsgi.input of a pre-read body (one that can expire under a deadline)
+
+    def submit(self, cycle: WsgiCycle) -> None:
+        if _DISPATCH != "pool":
+            self._submit_alternative(cycle)
+            return
+        self.threads.submit(cycle)
+
+    def _submit_alternative(self, cycle: WsgiCycle) -> None:
+        if _DISPATCH == "inline":
+            cycle.run()
+            return
+        if self.per_connection is None:
+            self.per_connection = weakref.WeakKeyDictionary()
+        threads = self.per_connection.get(cycle.protocol)
+        if threads is None:
+            threads = self.per_connection[cycle.protocol] = WorkerThreads(1)
+            weakref.finalize(cycle.protocol, threads.close)
+        threads.submit(cycle)
+
+    def post(self, cycle: WsgiCall) -> None:  # any thread
+        with self.lock:
+            self.items.append(cycle)  # type: ignore[arg-type]
+            wake = not self.scheduled
+            self.scheduled = True
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+            except RuntimeError:
+                pass  # the loop is closed: the worker is gone
+
+    def complete_later(self, cycle: WsgiCall) -> None:  # a pool thread, after writing the response itself
+        with self.lock:
+            self.lazy.append(cycle)  # type: ignore[arg-type]
+        # The loop completes it at its next wake-up (the next request's bytes, at the latest the tick).
+        # Wake it now when something waits for this completion: a pipelined request (the protocol looks
+        # at `lazy` after queueing one: one of the two sides sees the other), a parked one, a closed
+        # connection, a stopping server, an error response waiting behind this one.
+        protocol = cycle.protocol
+        state = protocol.state
+        server = protocol.server
+        if ((state is not None and state.pipeline) or server.parked or server.stopping or protocol.phase == _CLOSED
+                or protocol.pending_error is not None):
+            with self.lock:
+                wake = not self.scheduled
+                self.scheduled = True
+            if wake:
+                try:
+                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                except RuntimeError:
+                    pass
+
+    def client_wait(self) -> Any:
+        """A context around a pool thread's wait on its client (WorkerThreads.client_wait)."""
+        return self.threads.client_wait()
+
+    def drain_lazy(self) -> None:
+        with self.lock:
+            lazy, self.lazy = self.lazy, []
+        for cycle in lazy:
+            cycle.complete_written()
+
+    def drain(self) -> None:
+        if self.lazy:
+            self.drain_lazy()
+        with self.lock:
+            items, self.items = self.items, []
+            self.scheduled = False
+        for cycle in items:
+            try:
+                cycle.flush()
+            except Exception:
+                error_logger.exception("Error while writing a WSGI response")
+                cycle.abandon()
+
+
+class WsgiCycle(WsgiCall):
+    __slots__ = (
+        # shared with the parser and the protocol (RequestCycle's names)
+        "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body_complete",
+        "disconnected", "state", "t0", "status", "headers", "nbytes",
+        # the request body
+        "body", "body_size", "input", "phase",
+        # the response, written by the thread (see WsgiCall)
+        "app", "outbox", "head_sent", "mode", "remaining", "chunks", "pending", "outcome", "aborted",
+        "posted", "cond", "sendfile", "result", "instance_future", "instance", "__weakref__",
+        # set only by `expire` (unset otherwise: no cost per request): True once answered 504, False if cut
+        "timed_out",
+    )  # fmt: skip
+
+    def __init__(
+        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, is_head: bool,
+        http11: bool, timed: bool,
+    ) -> None:
+        self.protocol = protocol
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.is_head = is_head
+        self.http11 = http11
+        self.body_complete = False
+        self.disconnected = False
+        self.state = 0  # RequestCycle's: 0 before the head is out, 2 after, 3 complete (protocol_error reads it)
+        self.t0 = time.perf_counter() if timed else None
+        self.status = 0
+        self.headers: Any = ()
+        self.nbytes = 0
+        self.body: list[bytes] | None = None
+        self.body_size = 0
+        self.input: Any = None
+        self.phase = _WAITING
+        dispatcher = protocol.server.wsgi
+        self.app = dispatcher.app
+        self.outbox = dispatcher
+        self.head_sent = False
+        self.mode = 0
+        self.remaining = 0
+        self.chunks: list[bytes] = []
+        self.pending = 0
+        self.outcome = RUNNING
+        self.aborted = False
+        self.posted = False
+        self.cond: threading.Condition | None = None
+        self.sendfile: tuple | None = None
+        self.result: Any = None
+        self.instance_future: asyncio.Future[None] | None = None
+        self.instance: ApplicationInstance | None = None
+
+    # ------------------------------------------------------------------ the pool
+
+    def start(self) -> None:
+        """Take a pool slot (raises PoolFull) and run the application once the body allows."""
+        server = self.protocol.server
+        instances = server.application_instances
+        if len(instances) >= server.max_applications:
+            server._make_room()  # raises PoolFull (the server backpressures)
+        loop = server.loop or asyncio.get_running_loop()  # (the latter costs a getpid() system call)
+        future = self.instance_future = loop.create_future()
+        # No done-callback on the future: `_resolve` releases the slot at once (a callback would cost a
+        # loop iteration per request). A future cancelled by the server's shutdown is released there too.
+        instance = self.instance = ApplicationInstance(server, self, self.scope, None, future, time.monotonic())
+        instances[self] = instance
+        if len(instances) >= server.max_applications:
+            server._full = True
+        if self.body_complete:
+            self._queue()
+            return
+        if self.expect_continue:
+            self.expect_continue = False
+            if self._declared_length() > self.outbox.body_buffer:
+                self._stream(first_read=self._send_continue)  # the application decides (first read)
+                return
+            self.protocol.transport.write(CONTINUE_RESPONSE)  # the pre-read begins: the server wants it
+        if self.body_size > self.outbox.body_buffer:
+            self._stream()
+
+    def _declared_length(self) -> int:
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                return int(value)
+        return -1  # chunked: pre-read up to the bound like any body
+
+    def _send_continue(self) -> None:
+        if not self.disconnected and not self.head_sent and self.phase != _DONE:
+            self.protocol.transport.write(CONTINUE_RESPONSE)
+
+    def _queue(self) -> None:
+        self.phase = _QUEUED
+        protocol = self.protocol
+        protocol.out_busy = True
+        if protocol.out_fd < 0 and protocol.phase != _CLOSED:
+            sock = protocol.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    protocol.out_fd = os.dup(sock.fileno())  # for WsgiCall._write_direct; closed with the connection
+                except OSError:
+                    pass
+        if self.input is None:
+            body = self.body
+            self.input = self.outbox.body_input(body[0] if body is not None and len(body) == 1 else b"".join(body or ()))
+            self.body = None
+        self.outbox.submit(self)
+
+    def _stream(self, first_read: Any = None) -> None:
+        """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
+        stream = self.input = StreamInput(
+            asyncio.get_running_loop(), self.outbox.body_buffer, self._resume_body, first_read,
+            self.outbox.client_wait,
+        )
+        if self.body:
+            if stream.feed(b"".join(self.body)):
+                self.protocol.flow.pause_reading(BODY)
+        self.body = None
+        if self.body_complete:
+            stream.end()
+        self._queue()
+
+    def _resume_body(self) -> None:
+        self.protocol.flow.resume_reading(BODY)
+
+    # ------------------------------------------------------------------ fed by the parser / protocol
+
+    def on_body(self, chunk: bytes) -> None:
+        stream = self.input
+        if stream is not None:
+            if stream.feed(chunk) and self.protocol.state.active is self:
+                self.protocol.flow.pause_reading(BODY)
+            return
+        body = self.body
+        if body is None:
+            body = self.body = []
+        body.append(chunk)
+        self.body_size += len(chunk)
+        if self.body_size > self.outbox.body_buffer:
+            if self.instance_future is not None:
+                self._stream()
+            elif self.protocol.state.active is self:
+                self.protocol.flow.pause_reading(BODY)  # parked: read on once it has a slot
+
+    def on_body_complete(self) -> None:
+        self.body_complete = True
+        if self.input is not None:
+            if type(self.input) is StreamInput:
+                self.input.end()
+        elif self.instance_future is not None and self.phase == _WAITING:
+            self._queue()
+
+    def awaits_body(self) -> bool:
+        """The application waits for body bytes (the minimum body rate's clock runs): it has its slot and
+        waits for the pre-read to finish, or its thread is blocked in a `wsgi.input` read."""
+        if self.body_complete or self.instance_future is None:
+            return False  # parked: waiting for a slot is the server's doing, not the client's
+        stream = self.input
+        return stream is None or (type(stream) is StreamInput and stream.waiting)
+
+    def disconnect(self) -> None:
+        if self.disconnected:
+            return
+        self.disconnected = True
+        with self.outbox.lock:
+            self.aborted = True
+            if self.cond is not None:
+                self.cond.notify_all()
+        if type(self.input) is StreamInput:
+            self.input.disconnect()
+        sendfile = self.sendfile
+        if sendfile is not None and len(sendfile) == 6 and sendfile[5]:
+            # A transfer waits for the socket to drain: end it now (its dup would keep the socket open).
+            asyncio.get_running_loop().call_soon(self._sendfile_step)
+        if self.phase == _WAITING and self.instance_future is not None:
+            self._complete()  # the application never ran: nothing to wait for
+
+    # ------------------------------------------------------------------ output (the loop's half)
+
+    def flush(self) -> None:
+        """Write what the thread posted; finish the request when the thread is done."""
+        if self.phase == _DONE:
+            return
+        protocol = self.protocol
+        flow = protocol.flow
+        with self.outbox.lock:
+            self.posted = False
+            outcome = self.outcome
+            if self.disconnected:
+                chunks = None
+            elif flow.write_paused and outcome == RUNNING:
+                chunks = None  # the transport is full: take nothing, the thread waits (backpressure)
+                flow.add_drain_callback(self._drained)
+            else:
+                chunks = self.chunks
+                self.chunks = []
+                self.pending = 0
+                if self.cond is not None:
+                    self.cond.notify()
+        if self.disconnected:
+            if outcome != RUNNING:
+                self._close_result()
+                self._complete()
+            return
+        transport = protocol.transport
+        if outcome == FAILED and not self.head_sent:
+            self.status = 500
+            self.keep_alive = False
+            self.nbytes = 0
+            self.headers = ()
+            transport.write(ERROR_RESPONSES[500])
+            protocol.close()
+            self._complete()
+            return
+        if chunks:
+            self.state = 2
+            if outcome != RUNNING and outcome != SENDFILE and not self.keep_alive and self.body_complete \
+                    and protocol.state.client_close:
+                cork(transport)  # the last bytes of a closing connection go out with the FIN
+            if len(chunks) == 1:
+                transport.write(chunks[0])
+            else:
+                transport.writelines(chunks)
+        if outcome == RUNNING:
+            return
+        if outcome == SENDFILE:
+            self._start_sendfile()
+            return
+        if outcome == FAILED:
+            self.keep_alive = False  # the head is out: closing is the only way to say the body is cut
+        self._respond_done()
+
+    def _drained(self, _: Any = None) -> None:
+        if self.phase != _DONE:
+            self.flush()
+
+    def _respond_done(self) -> None:
+        self.state = 3
+        self.phase = _DONE
+        protocol = self.protocol
+        if not protocol.transport.is_closing():
+            protocol.response_complete(self)
+        else:
+            protocol.close()
+        self._resolve()
+
+    def _complete(self) -> None:
+        """End without (more) output: the client is gone or the response failed."""
+        if self.phase == _EXPIRED:
+            self.outbox.deadline.returned()  # its thread is back (it ran past --request-timeout)
+        self.state = 3
+        self.phase = _DONE
+        if not self.disconnected:
+            self.protocol.close()
+        self._resolve()
+
+    def complete_written(self) -> None:
+        """The thread wrote the whole response itself (`WsgiCall._write_direct`): complete it here."""
+        if self.phase == _DONE:
+            return
+        if self.disconnected:
+            if self.phase != _EXPIRED:
+                self.protocol.server.requests_served += 1  # it was served; the client left afterwards
+            self._complete()
+        else:
+            self._respond_done()
+
+    def _resolve(self) -> None:
+        protocol = self.protocol
+        protocol.out_busy = False
+        if protocol.phase == _CLOSED:
+            protocol.close_out_fd()
+        self._release_slot()
+        self.input = None
+
+    def _release_slot(self) -> None:
+        instance = self.instance
+        if instance is not None:  # (set with instance_future by `start`, cleared here: released once)
+            self.instance = None
+            future = instance.future
+            if not future.done():
+                future.set_result(None)
+            # Only the slot to free: the future never holds an exception and no ASGI cycle is behind it.
+            self.protocol.server._free_slot(instance)
+
+    def abandon(self) -> None:
+        """A bug of ours while writing: close the connection, free the slot."""
+        self.keep_alive = False
+        self._close_result()
+        self._complete()
+
+    def _close_result(self) -> None:
+        result, self.result = self.result, None
+        if result is not None:
+            try:
+                result.close()
+            except Exception:
+                error_logger.exception("Exception in close() of a WSGI response")
+
+    # ------------------------------------------------------------------ --request-timeout
+
+    def expire(self, timeout: float) -> bool:
+        """Past the deadline (called by `layers.WsgiDeadline`'s tick sweep): the client gets a 504 at
+        once, or its connection is closed if the response has begun, and the pool slot is freed. The thread
+        cannot be stopped: its next write/yield/wsgi.input read raises (ClientDisconnected), whatever it
+        still produces is dropped, and it ends in `_complete` (phase _EXPIRED). Returns True when a thread
+        is left running (a stuck thread), False when the application never got one."""
+        with self.outbox.lock:
+            if self.outcome != RUNNING or self.phase == _DONE:
+                return False  # finished as the deadline passed: its response goes out as usual
+            # Set before `state` is read below: WsgiCall._write_direct marks `state` before it reads
+            # `aborted`, so either it sees this and writes nothing, or this sees its response as begun.
+            self.aborted = True
+            if self.cond is not None:
+                self.cond.notify_all()
+        stream = self.input
+        if stream is not None:
+            stream.expire()  # (StreamInput, or the dispatcher's body_input under a deadline)
+        running = self.phase == _QUEUED
+        protocol = self.protocol
+        scope = self.scope
+        answered = self.timed_out = not self.disconnected and self.state == 0
+        error_logger.warning("Request %s %s timed out after %gs (--request-timeout)%s", scope["method"],
+                             scope["path"], timeout, ": answered 504" if answered else "")
+        if answered:
+            server = protocol.server
+            head, _, _ = response_head(504, _TIMEOUT_HEADERS, server.default_header_bytes, False, self.http11,
+                                       self.is_head, len(TIMEOUT_BODY))
+            protocol.transport.write(head if self.is_head else head + TIMEOUT_BODY)
+            server.requests_served += 1
+            if self.t0 is not None and server.access_log is not None:
+                try:
+                    server.access_log(scope, 504, len(TIMEOUT_BODY), time.perf_counter() - self.t0, ())
+                except Exception:
+                    error_logger.exception("Access log failed")
+            # The thread will not write to the connection's dup any more (it reads `aborted` after marking
+            # `state`, and `state` was still 0): closed now, else the dup keeps the connection open.
+            protocol.close_out_fd()
+        elif not self.disconnected:
+            # The response has begun: cut the connection, under the thread too (it may be writing through
+            # the dup; shut down, its fd stays valid until the thread is done).
+            sock = protocol.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    # (uvloop's transport sockets refuse shutdown(): through a socket object of our own)
+                    with socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno())) as own:
+                        own.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if running:
+            self.phase = _EXPIRED
+            self._release_slot()  # the slot, not the connection's socket: the thread may still hold it
+        protocol.close()  # disconnects the request: _complete at once if the app never ran, else when it returns
+        return running
+
+    # ------------------------------------------------------------------ sendfile (wsgi.file_wrapper)
+
+    def _start_sendfile(self) -> None:
+        fd, offset, count, tail = self.sendfile  # type: ignore[misc]
+        transport = self.protocol.transport
+        sock = transport.get_extra_info("socket")
+        if self.is_head or sock is None or transport.get_write_buffer_size():
+            # Bytes are still queued in the transport ahead of the file (or there is no socket): copy
+            # through the transport instead, in steps that respect its high-water mark.
+            self._copy_file(fd, offset, count, tail)
+            return
+        try:
+            # The transport's own fd is registered with the loop for reading; a dup of it can be watched
+            # for writing separately. Nothing else writes to this connection while its response is ours.
+            out = os.dup(sock.fileno())
+        except OSError:
+            self._copy_file(fd, offset, count, tail)
+            return
+        self.sendfile = (out, fd, offset, count, tail, False)
+        self._sendfile_step()
+
+    def _sendfile_step(self) -> None:
+        if self.sendfile is None or len(self.sendfile) != 6:
+            return  # ended already
+        out, fd, offset, count, tail, watching = self.sendfile
+        loop = asyncio.get_running_loop()
+        error = None
+        while count and not self.disconnected:
+            try:
+                sent = os.sendfile(out, fd, offset, min(count, _SENDFILE_STEP))
+            except (BlockingIOError, InterruptedError):
+                if not watching:
+                    loop.add_writer(out, self._sendfile_step)
+                self.sendfile = (out, fd, offset, count, tail, True)
+                return
+            except OSError as exc:
+                error = exc
+                break
+            if sent == 0:  # the file shrank under us
+                error = EOFError("file ended before its announced length")
+                break
+            offset += sent
+            count -= sent
+        if watching:
+            loop.remove_writer(out)
+        os.close(out)
+        self.sendfile = None
+        self._close_result()
+        if self.disconnected:
+            self._complete()
+            return
+        if error is not None:
+            if not isinstance(error, ConnectionError):
+                error_logger.error("sendfile of a WSGI file response failed: %s", error)
+            self.keep_alive = False
+            self._complete()
+            return
+        if tail:
+            self.protocol.transport.write(tail)
+        self._respond_done()
+
+    def _copy_file(self, fd: int, offset: int, count: int, tail: bytes) -> None:
+        """The fallback for sendfile: read and write through the transport, waiting for it to drain."""
+        transport = self.protocol.transport
+        flow = self.protocol.flow
+        while count and not self.disconnected:
+            if flow.write_paused:
+                self.sendfile = (fd, offset, count, tail)
+                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))  # type: ignore[misc]
+                return
+            data = os.pread(fd, min(count, 256 * 1024), offset)
+            if not data:
+                self.keep_alive = False
+                break
+            transport.write(data)
+            offset += len(data)
+            count -= len(data)
+        self.sendfile = None
+        self._close_result()
+        if self.disconnected:
+            self._complete()
+            return
+        if tail and not count:
+            transport.write(tail)
+        self._respond_done()
