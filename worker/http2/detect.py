@@ -39,8 +39,9 @@ logger = logging.getLogger("corral.error")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
-# The answer of an HTTP/2-only connection to an invalid preface, framed here (the HTTP/2 modules are not imported for it): the
-# server preface (an empty SETTINGS frame), then GOAWAY (last stream 0, PROTOCOL_ERROR, debug data saying why).
+# The answer of an HTTP/2-only connection to an invalid preface, framed here (the HTTP/2 connection's modules are
+# not imported for it): the server preface (an empty SETTINGS frame), then GOAWAY (last stream 0, PROTOCOL_ERROR,
+# debug data saying why).
 _WHY = b"invalid connection preface"
 BAD_PREFACE = (
     b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS: length 0, type 4, no flags, stream 0

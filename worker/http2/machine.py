@@ -14,7 +14,8 @@ called directly, a request block's validated head kept while the dynamic table d
 (`RequestHead`, corral.worker.http2.fields), response blocks encoded once (state-independent), and one output
 buffer. The strictness `h2` had and h2spec checks is kept: every frame's size, stream and state rules,
 padding, flow-control overflow, CONTINUATION sequencing and the RFC 9113 §8 field checks (stream errors
-answered with RST_STREAM, connection errors with GOAWAY and `ProtocolError`).
+answered with RST_STREAM, connection errors with GOAWAY and `ProtocolError`). The control frames' rules are
+in corral.worker.http2.control (`ControlFrames`, this class's base); the request frames' are here.
 
 Stream states (§5.1) are two booleans on `StreamState`, `remote_open` and `local_open`; a stream leaves
 `streams` when both are false or it is reset. A stream id at most `highest` that is not in `streams` is
@@ -28,21 +29,19 @@ import base64
 import struct
 from typing import Protocol
 
+from corral.worker.http2.control import ControlFrames
 from corral.worker.http2.fields import (
     Decoder, HeaderListTooLarge, HpackError, MalformedHeaders, RequestHead, check_trailers, request_head,
 )
 from corral.worker.http2.frames import (
-    ACK, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, FRAME_HEAD, GOAWAY, HEADERS,
-    MAX_MAX_FRAME_SIZE, MAX_WINDOW, MIN_MAX_FRAME_SIZE, PADDED, PING, PREFACE, PRIORITY, PRIORITY_FLAG,
-    PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE, ErrorCode, FrameType, ProtocolError, Setting, put_frame,
-    put_goaway, put_rst_stream, put_settings, put_window_update,
+    CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, FRAME_HEAD, GOAWAY, HEADERS, MIN_MAX_FRAME_SIZE,
+    PADDED, PING, PREFACE, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE, ErrorCode,
+    FrameType, ProtocolError, Setting, put_frame, put_goaway, put_rst_stream, put_settings, put_window_update,
 )
 
 __all__ = ["H2Machine", "StreamState", "Listener", "LocalSettings"]
 
 _U32 = struct.Struct(">L")
-_PRIORITY = struct.Struct(">LB")
-_SETTING = struct.Struct(">HL")
 _pack_head = FRAME_HEAD.pack
 
 NO_ERROR = ErrorCode.NO_ERROR.value
@@ -130,7 +129,7 @@ def _window_increment(processed: int, window: int, maximum: int) -> int:
     return 0
 
 
-class H2Machine:
+class H2Machine(ControlFrames):
     __slots__ = (
         "listener", "out", "buf", "need", "preface", "settings_first", "streams", "highest", "skipped",
         "reset_ids", "max_streams", "recv_initial", "max_frame_in", "send_window", "send_initial",
@@ -473,124 +472,6 @@ class H2Machine:
         if end:
             self._remote_end(stream)
         self.listener.on_data(stream_id, data, size, bool(end))
-
-    def _priority(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise ProtocolError(PROTOCOL_ERROR, "a PRIORITY frame on stream 0")
-        if len(payload) != 5:
-            self._stream_error(stream_id, ErrorCode.FRAME_SIZE_ERROR, f"a PRIORITY frame of {len(payload)} bytes")
-            return
-        if _PRIORITY.unpack(payload)[0] & 0x7FFFFFFF == stream_id:
-            self._stream_error(stream_id, PROTOCOL_ERROR, f"stream {stream_id} depends on itself")
-            return
-        self.listener.on_priority()
-
-    def _rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise ProtocolError(PROTOCOL_ERROR, "a RST_STREAM frame on stream 0")
-        if len(payload) != 4:
-            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"a RST_STREAM frame of {len(payload)} bytes")
-        stream = self.streams.pop(stream_id, None)
-        if stream is None:
-            self._closed_frame(stream_id, "RST_STREAM")
-        else:  # closed; a frame from the client on it is now an error (it knows it is closed)
-            stream.remote_open = stream.local_open = False
-        self.listener.on_reset(stream_id, _U32.unpack(payload)[0], None)
-
-    def _settings_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id:
-            raise ProtocolError(PROTOCOL_ERROR, f"a SETTINGS frame on stream {stream_id}")
-        if flags & ACK:
-            if payload:
-                raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
-            window = self._settings[Setting.INITIAL_WINDOW_SIZE]
-            delta = window - self.recv_initial
-            if delta:  # our initial window holds from now on, for the streams already open too (§6.9.2)
-                self.recv_initial = window
-                for stream in self.streams.values():
-                    stream.recv_window += delta
-                    stream.recv_max += delta
-            return
-        if len(payload) % 6:
-            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"a SETTINGS frame of {len(payload)} bytes")
-        self.settings_first = False
-        changed = self._apply_settings(payload)
-        put_frame(self.out, SETTINGS, ACK, 0, b"")
-        self.listener.on_settings(changed)
-
-    def _apply_settings(self, payload: bytes) -> bool:
-        """The client's settings, in order; True when its initial window changed."""
-        changed = False
-        for offset in range(0, len(payload), 6):
-            key, value = _SETTING.unpack_from(payload, offset)
-            if key == Setting.INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise ProtocolError(FLOW_CONTROL_ERROR, f"SETTINGS_INITIAL_WINDOW_SIZE {value}, over 2^31-1")
-                delta = value - self.send_initial
-                self.send_initial = value
-                if delta:
-                    changed = True
-                    for stream in self.streams.values():  # §6.9.2: windows follow, negative ones included
-                        stream.send_window += delta
-                        if stream.send_window > MAX_WINDOW:
-                            raise ProtocolError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE that takes a "
-                                                f"stream's window over 2^31-1")
-            elif key == Setting.MAX_FRAME_SIZE:
-                if not MIN_MAX_FRAME_SIZE <= value <= MAX_MAX_FRAME_SIZE:
-                    raise ProtocolError(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}, out of range")
-                self.max_frame_out = value
-            elif key == Setting.ENABLE_PUSH or key == Setting.ENABLE_CONNECT_PROTOCOL:
-                if value > 1:
-                    raise ProtocolError(PROTOCOL_ERROR, f"{Setting(key).name} {value}, neither 0 nor 1")
-            # HEADER_TABLE_SIZE: the server's blocks never use the dynamic table; MAX_CONCURRENT_STREAMS: no
-            # push; MAX_HEADER_LIST_SIZE: advisory; unknown settings are ignored (§6.5.2).
-        return changed
-
-    def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id:
-            raise ProtocolError(PROTOCOL_ERROR, f"a PING frame on stream {stream_id}")
-        if len(payload) != 8:
-            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"a PING frame of {len(payload)} bytes")
-        if not flags & ACK:
-            put_frame(self.out, PING, ACK, 0, payload)
-            self.listener.on_ping()
-
-    def _goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id:
-            raise ProtocolError(PROTOCOL_ERROR, f"a GOAWAY frame on stream {stream_id}")
-        if len(payload) < 8:
-            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"a GOAWAY frame of {len(payload)} bytes")
-        self.listener.on_goaway(_U32.unpack_from(payload, 4)[0])
-
-    def _window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"a WINDOW_UPDATE frame of {len(payload)} bytes")
-        increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
-        if stream_id == 0:
-            if not increment:
-                raise ProtocolError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0 on the connection")
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise ProtocolError(FLOW_CONTROL_ERROR, "a WINDOW_UPDATE that takes the connection's window "
-                                    "over 2^31-1")
-            self.listener.on_window(0)
-            return
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            self._closed_frame(stream_id, "WINDOW_UPDATE")  # a closed stream's: in flight, ignored (§5.1)
-            return
-        if not increment:
-            self._stream_error(stream_id, PROTOCOL_ERROR, f"a WINDOW_UPDATE of 0 on stream {stream_id}")
-            return
-        stream.send_window += increment
-        if stream.send_window > MAX_WINDOW:
-            self._stream_error(stream_id, FLOW_CONTROL_ERROR, "a WINDOW_UPDATE that takes a stream's window "
-                               "over 2^31-1")
-            return
-        self.listener.on_window(stream_id)
-
-    def _push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
-        raise ProtocolError(PROTOCOL_ERROR, "a PUSH_PROMISE frame from a client")
 
     # ------------------------------------------------------------------ flow control of what is received
 

@@ -17,10 +17,10 @@ flight finish, new ones are refused, and the connection closes with its last str
 
 Defences (each a setting, all on): Rapid Reset (client resets per second; the stream errors a client
 provokes count as its resets too), SETTINGS/PING/PRIORITY/empty DATA floods (per second each), CONTINUATION
-floods (frames per header block), HPACK bombs (decoded header list size, dynamic table size), window abuse (a stream waits `send_timeout` at most for
-the client's window or for it to read; a WINDOW_UPDATE that lets a waiting response send under 1 KiB counts
-per second, like a PING: it costs a DATA frame for a few bytes; the connection is dropped when more than
-`max_write_buffer` waits to be written).
+floods (frames per header block), HPACK bombs (decoded header list size, dynamic table size), window abuse
+(a stream waits `send_timeout` at most for the client's window or for it to read; a WINDOW_UPDATE that lets a
+waiting response send under 1 KiB counts per second, like a PING: it costs a DATA frame for a few bytes; the
+connection is dropped when more than `max_write_buffer` waits to be written).
 """
 
 from __future__ import annotations
