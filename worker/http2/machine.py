@@ -55,6 +55,8 @@ ENHANCE_YOUR_CALM = ErrorCode.ENHANCE_YOUR_CALM.value
 
 _MAX_RESET_IDS = 256  # streams the server reset lately, whose in-flight frames are ignored
 _MAX_SKIPPED = 64  # ranges of stream ids a client skipped, remembered to tell "never opened" from "closed"
+_MAX_HEADS = 64  # request heads kept per connection (cleared when full)
+_HEAD_BLOCK_MAX = 1024  # a longer block is not kept: a warm client's repeated blocks are a few dozen bytes
 _SIZE_UPDATE_0 = b"\x20"  # HPACK: dynamic table size 0 (the server's blocks never use the table)
 
 
@@ -367,8 +369,8 @@ class H2Machine(ControlFrames):
                     self._open_id(stream_id)
                     self._stream_error(stream_id, PROTOCOL_ERROR, f"a malformed request: {exc}")
                     return
-                if not changed:  # decoding it again would give the same fields: keep its head
-                    if len(heads) >= 64:
+                if not changed and len(block) <= _HEAD_BLOCK_MAX:  # decoding it again gives the same: keep it
+                    if len(heads) >= _MAX_HEADS:
                         heads.clear()
                     heads[block] = head
             self._open_id(stream_id)

@@ -359,3 +359,17 @@ def test_our_smaller_stream_window_holds_once_the_client_acknowledges_it():
     machine.receive(DataFrame(1, b"c").serialize())
     reset = frames(bytes(machine.take()))[-1]
     assert isinstance(reset, RstStreamFrame) and reset.error_code == ErrorCode.FLOW_CONTROL_ERROR
+
+
+def test_only_short_blocks_are_kept():
+    from hpack import NeverIndexedHeaderTuple
+
+    machine, listener, conn = opened()
+    big = conn.encoder.encode(REQUEST + [NeverIndexedHeaderTuple(b"x-big", b"v" * 2000)])
+    small = conn.encoder.encode(REQUEST)  # REQUEST is in the client's table now: all indexed
+    for stream_id, block in ((1, big), (3, big), (5, small)):
+        frame = HeadersFrame(stream_id, flags=["END_HEADERS", "END_STREAM"])
+        frame.data = block
+        machine.receive(frame.serialize())
+    assert [c[1] for c in listener.calls if c[0] == "request"] == [1, 3, 5]
+    assert list(machine.heads) == [small]  # the big block decoded twice, never kept
