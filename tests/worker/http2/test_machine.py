@@ -365,11 +365,12 @@ def test_only_short_blocks_are_kept():
     from hpack import NeverIndexedHeaderTuple
 
     machine, listener, conn = opened()
-    big = conn.encoder.encode(REQUEST + [NeverIndexedHeaderTuple(b"x-big", b"v" * 2000)])
-    small = conn.encoder.encode(REQUEST)  # REQUEST is in the client's table now: all indexed
-    for stream_id, block in ((1, big), (3, big), (5, small)):
+    warm = conn.encoder.encode(REQUEST)  # fills the client's table
+    big = conn.encoder.encode(REQUEST + [NeverIndexedHeaderTuple(b"x-big", b"v" * 2000)])  # changes nothing
+    small = conn.encoder.encode(REQUEST)
+    for stream_id, block in ((1, warm), (3, big), (5, big), (7, small)):
         frame = HeadersFrame(stream_id, flags=["END_HEADERS", "END_STREAM"])
         frame.data = block
         machine.receive(frame.serialize())
-    assert [c[1] for c in listener.calls if c[0] == "request"] == [1, 3, 5]
+    assert [c[1] for c in listener.calls if c[0] == "request"] == [1, 3, 5, 7]
     assert list(machine.heads) == [small]  # the big block decoded twice, never kept
