@@ -439,7 +439,7 @@ class Arbiter:
                                message.get("why", "stuck requests"))
                 worker.outdated = True
             elif kind == "hb":
-                worker.stats = message
+                worker.heartbeat(message)
                 if (worker.max_requests and not worker.outdated and not worker.retiring
                         and message.get("requests", 0) >= worker.max_requests):
                     logger.info("Worker %d (pid %d) served %d requests: replacing it", worker.number,
