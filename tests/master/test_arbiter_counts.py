@@ -19,7 +19,7 @@ from corral.master.arbiter.channel import Channel, pair
 from corral.master.arbiter.loop import Arbiter
 from corral.master.arbiter.workerinfo import Worker
 from corral.shared.settings import Settings
-from corral.worker.counters import METHOD_INDEX, Counters
+from corral.worker.edge.counters import METHOD_INDEX, Counters
 
 
 class Statsd:
