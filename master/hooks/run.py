@@ -109,12 +109,14 @@ class ServerView:
 
 
 def worker_view(worker: Any, cfg: HookConfig | Settings) -> WorkerView:
-    """A master-side worker record as hooks see it: pid, age (its number), booted, nr and tmp.last_update()
-    from its last heartbeat, max_requests with its jitter."""
+    """A master-side worker record as hooks see it: pid, age (its number), booted, nr, nr_conns and
+    tmp.last_update() from its last heartbeat, max_requests with its jitter."""
     view = WorkerView(worker.number, cfg, pid=worker.pid, ppid=os.getpid(), max_requests=worker.max_requests,
                       timeout=_timeout(cfg))
     view.booted = bool(worker.ready)
-    view.requests = int(worker.stats.get("requests", 0))
+    stats = worker.stats
+    view.requests = int(stats.get("requests", 0))
+    view.connections = int(stats.get("connections", 0))
     view.tmp.last = worker.last_beat
     view.started = worker.started
     return view

@@ -1,10 +1,12 @@
 """What gunicorn's hooks are handed, from a real `serve -w 2`: the server and worker objects with the
 attributes gunicorn's hooks read (server.cfg, server.LISTENERS, server.WORKERS, worker.cfg.worker_connections,
-worker.tmp, worker.nr, ...), `worker.alive = False` ending a worker, and prometheus_client's multiprocess
-mode with gunicorn's documented child_exit recipe counting exactly the live workers."""
+worker.tmp, worker.nr, worker.nr_conns from a monitoring thread, ...), `worker.alive = False` ending a worker,
+and prometheus_client's multiprocess mode with gunicorn's documented child_exit recipe counting exactly the
+live workers."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -55,16 +57,20 @@ def pre_fork(server, worker):
 def post_fork(server, worker):
     record("post_fork", pid=worker.pid, ppid=worker.ppid, age=worker.age, sockets=[str(s) for s in worker.sockets],
            worker_connections=worker.cfg.worker_connections, timeout=worker.timeout, alive=worker.alive,
-           booted=worker.booted, max_requests=worker.max_requests, log=worker.log.name)
+           booted=worker.booted, max_requests=worker.max_requests, log=worker.log.name, nr_conns=worker.nr_conns,
+           own_worker_connections=worker.worker_connections, loop=worker.loop)
 
 
 def post_worker_init(worker):
+    import asyncio
+
     before = worker.tmp.last_update()
     time.sleep(0.01)
     worker.tmp.notify()  # a heartbeat, as gunicorn's workers send one
     worker.notify()
     record("post_worker_init", booted=worker.booted, app=type(worker.wsgi).__name__, nr=worker.nr,
-           notified=worker.tmp.last_update() > before, alive=worker.alive)
+           notified=worker.tmp.last_update() > before, alive=worker.alive, asgi=worker.asgi is worker.wsgi,
+           loop=worker.loop is asyncio.get_running_loop())
 
 
 def post_request(worker, req, environ, resp):
@@ -75,7 +81,8 @@ def post_request(worker, req, environ, resp):
 
 def child_exit(server, worker):
     record("child_exit", pid=worker.pid, age=worker.age, booted=worker.booted, nr=worker.nr,
-           remaining=sorted(server.WORKERS), ages=sorted(w.age for w in server.WORKERS.values()))
+           nr_conns=worker.nr_conns, remaining=sorted(server.WORKERS),
+           ages=sorted(w.age for w in server.WORKERS.values()))
 '''
 
 APP = '''
@@ -127,11 +134,13 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         for pid, (post,) in posts.items():
             assert post["pid"] == pid and post["ppid"] == master.pid and post["age"] in (1, 2)
             assert post["sockets"] == ready["listeners"] and post["worker_connections"] == 1000
+            assert post["own_worker_connections"] == 1000 and post["nr_conns"] == 0 and post["loop"] is None
             assert post["timeout"] == 20 and post["alive"] is True and post["booted"] is False
             assert post["max_requests"] == next(r["max_requests"] for r in forks if r["age"] == post["age"])
         inits = records(tmp_path, "post_worker_init")
         assert set(inits) == first
-        assert all(lines == [{"booted": True, "app": "function", "nr": 0, "notified": True, "alive": True}]
+        assert all(lines == [{"booted": True, "app": "function", "nr": 0, "notified": True, "alive": True,
+                              "asgi": True, "loop": True}]
                    for lines in inits.values())
 
         assert get(port, "/one")[0] == 200
@@ -150,9 +159,78 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
                    "child_exit for the retired worker")
         exit_record = next(r for r in records(tmp_path, "child_exit")[master.pid] if r["pid"] == retired)
         assert exit_record["booted"] is True and exit_record["nr"] >= 1 and exit_record["age"] in (1, 2)
+        assert exit_record["nr_conns"] == 0  # its last heartbeat: it stopped once its connections were done
         assert retired not in exit_record["remaining"] and len(exit_record["remaining"]) == 2
         assert exit_record["ages"] == sorted(exit_record["ages"]) and 3 in exit_record["ages"]
     finally:
+        master.stop()
+
+
+# PostHog's pattern: post_fork starts a monitoring thread that reads worker.nr_conns (gunicorn's gthread worker
+# keeps it) for as long as the worker lives. This one writes each new value to a file.
+NR_CONNS_CONF = '''
+import os, threading, time
+
+bind = "127.0.0.1:{port}"
+workers = 1
+worker_class = "gthread"
+threads = 8
+pidfile = "serve.pid"
+
+
+def post_fork(server, worker):
+    path = os.path.abspath(f"nr_conns.{{worker.pid}}")
+
+    def watch():
+        last = None
+        while True:
+            now = worker.nr_conns
+            if now != last:
+                with open(path, "a") as fh:
+                    fh.write(f"{{now}}\\n")
+                last = now
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+'''
+
+WSGI_APP = '''
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+'''
+
+
+def test_worker_nr_conns_counts_open_connections_for_a_monitoring_thread(tmp_path):
+    port = free_port()
+    (tmp_path / "gunicorn.conf.py").write_text(NR_CONNS_CONF.format(port=port))
+    (tmp_path / "connapp.py").write_text(WSGI_APP)
+    master = Master(["connapp:app"], tmp_path, port, tmp_path / "serve.pid")
+    clients: list[http.client.HTTPConnection] = []
+    try:
+        (worker,) = master.wait_workers(1)
+        seen = tmp_path / f"nr_conns.{worker['pid']}"
+
+        def last() -> int | None:
+            lines = seen.read_text().split() if seen.exists() else []
+            return int(lines[-1]) if lines else None
+
+        wait_until(lambda: last() == 0, "the thread's first reading")
+        for _ in range(3):  # kept-alive connections, each having had a response
+            client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            client.request("GET", "/")
+            assert client.getresponse().read() == b"ok"
+            clients.append(client)
+        wait_until(lambda: last() == 3, "3 open connections")
+        for client in clients[:2]:
+            client.close()
+        wait_until(lambda: last() == 1, "1 open connection")
+        clients[2].close()
+        wait_until(lambda: last() == 0, "no open connection")
+        assert [int(n) for n in seen.read_text().split()][0] == 0  # read from post_fork on, before any server
+    finally:
+        for client in clients:
+            client.close()
         master.stop()
 
 
