@@ -1,8 +1,9 @@
 """What gunicorn's hooks are handed, from a real `serve -w 2`: the server and worker objects with the
 attributes gunicorn's hooks read (server.cfg, server.LISTENERS, server.WORKERS, worker.cfg.worker_connections,
 worker.tmp, worker.nr, worker.nr_conns from a monitoring thread, ...), `worker.alive = False` ending a worker,
-and prometheus_client's multiprocess mode with gunicorn's documented child_exit recipe counting exactly the
-live workers."""
+the app check's child going through worker_exit and child_exit as a worker does, and prometheus_client's
+multiprocess mode with either cleanup recipe (mark_process_dead in child_exit, or in worker_exit) counting
+exactly the live workers across HUPs."""
 
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ def post_worker_init(worker):
     record("post_worker_init", booted=worker.booted, app=type(worker.wsgi).__name__, nr=worker.nr,
            notified=worker.tmp.last_update() > before, alive=worker.alive, asgi=worker.asgi is worker.wsgi,
            loop=worker.loop is asyncio.get_running_loop())
+
+
+def worker_exit(server, worker):
+    record("worker_exit", pid=worker.pid, ppid=worker.ppid, age=worker.age, booted=worker.booted,
+           alive=worker.alive, app=type(worker.wsgi).__name__, nr=worker.nr, nr_conns=worker.nr_conns)
 
 
 def post_request(worker, req, environ, resp):
@@ -143,6 +149,16 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
                               "asgi": True, "loop": True}]
                    for lines in inits.values())
 
+        # The app check's child (before the workers were forked) went through a worker's exit hooks: worker_exit
+        # in the child, with the app it imported, then child_exit in the master, for the same pid, age 0.
+        (checked, (check_exit,)), = ((pid, lines) for pid, lines in records(tmp_path, "worker_exit").items())
+        assert checked not in first | {master.pid}
+        assert check_exit == {"pid": checked, "ppid": master.pid, "age": 0, "booted": False, "alive": False,
+                              "app": "function", "nr": 0, "nr_conns": 0}
+        check_reaped = [r for r in records(tmp_path, "child_exit")[master.pid] if r["pid"] == checked]
+        assert [(r["age"], r["booted"], r["nr"], r["nr_conns"], r["remaining"]) for r in check_reaped] == [
+            (0, False, 0, 0, [])]
+
         assert get(port, "/one")[0] == 200
         wait_until(lambda: records(tmp_path, "post_request"), "post_request")
         (served_by, seen), = records(tmp_path, "post_request").items()
@@ -162,6 +178,21 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         assert exit_record["nr_conns"] == 0  # its last heartbeat: it stopped once its connections were done
         assert retired not in exit_record["remaining"] and len(exit_record["remaining"]) == 2
         assert exit_record["ages"] == sorted(exit_record["ages"]) and 3 in exit_record["ages"]
+        # worker_exit ran in the retired worker itself, as gunicorn runs it
+        (retired_exit,) = records(tmp_path, "worker_exit")[retired]
+        assert retired_exit["pid"] == retired and retired_exit["ppid"] == master.pid
+        assert retired_exit["booted"] is True and retired_exit["alive"] is False and retired_exit["nr"] >= 1
+
+        # A HUP whose app check fails: its child still runs worker_exit (with no app), as gunicorn runs it in a
+        # worker whose boot failed, and the master child_exit; the running workers stay.
+        (tmp_path / "objapp.py").write_text("this is not python\n")
+        master.signal(signal.SIGHUP)
+        master.wait_for_line("Reload failed, keeping the running workers")
+        (failed, (failed_exit,)), = ((pid, lines) for pid, lines in records(tmp_path, "worker_exit").items()
+                                     if lines[0]["age"] == 0 and pid != checked)
+        assert failed_exit["app"] == "NoneType" and failed_exit["ppid"] == master.pid
+        assert any(r["pid"] == failed and r["age"] == 0 for r in records(tmp_path, "child_exit")[master.pid])
+        assert {w["pid"] for w in master.status()["workers"]} == after
     finally:
         master.stop()
 
@@ -242,7 +273,7 @@ workers = 2
 pidfile = "serve.pid"
 
 
-def child_exit(server, worker):
+def {hook}(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 '''
 
@@ -274,35 +305,42 @@ def live_workers(folder) -> float:
     return 0.0 if value is None else value
 
 
-def test_prometheus_livesum_counts_exactly_the_live_workers(tmp_path):
-    """prometheus_client's multiprocess mode with gunicorn's documented child_exit recipe: the gauge reads 2 with
-    2 workers, though the master forks a third process that imports the app (the app check) before them, and
-    keeps reading the live ones across a worker's replacement and a HUP (whose check forks another)."""
+@pytest.mark.parametrize("hook", ["child_exit", "worker_exit"])
+def test_prometheus_livesum_counts_exactly_the_live_workers(tmp_path, hook):
+    """prometheus_client's multiprocess mode, cleaning up with gunicorn's documented recipe (`child_exit`, in the
+    master) or from `worker_exit` (in the process itself, as PostHog does): the gauge reads 2 with 2 workers,
+    though the master forks a third process that imports the app (the app check) before them, and keeps
+    reading the live ones across a worker's replacement and two HUPs (each forks another check)."""
     pytest.importorskip("prometheus_client")
     port = free_port()
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    (tmp_path / "gunicorn.conf.py").write_text(MULTIPROC_CONF.format(port=port))
+    (tmp_path / "gunicorn.conf.py").write_text(MULTIPROC_CONF.format(port=port, hook=hook))
     (tmp_path / "liveapp.py").write_text(textwrap.dedent(MULTIPROC_APP))
     master = Master(["liveapp:app"], tmp_path, port, tmp_path / "serve.pid",
                     env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+
+    def files() -> set[int]:
+        return {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_livesum_*.db")}
+
     try:
-        workers = {w["pid"] for w in master.wait_workers(2)}
-        files = {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_livesum_*.db")}
-        assert files == workers, (files, workers)  # the app check's child left nothing behind
+        current = {w["pid"] for w in master.wait_workers(2)}
+        assert files() == current, (files(), current)  # the app check's child left nothing behind
         assert live_workers(metrics) == 2.0
 
-        victim = min(workers)
-        os.kill(victim, signal.SIGKILL)
-        now = {w["pid"] for w in master.wait_workers(2, lambda ws: victim not in {w["pid"] for w in ws})}
-        wait_until(lambda: live_workers(metrics) == 2.0 and not (metrics / f"gauge_livesum_{victim}.db").exists(),
-                   "the dead worker's file to go")
+        if hook == "child_exit":  # a worker killed -9 runs no worker_exit (under gunicorn neither): child_exit only
+            victim = min(current)
+            os.kill(victim, signal.SIGKILL)
+            current = {w["pid"] for w in master.wait_workers(2, lambda ws: victim not in {w["pid"] for w in ws})}
+            wait_until(lambda: files() == current, "the dead worker's file to go")
+            assert live_workers(metrics) == 2.0
 
-        master.signal(signal.SIGHUP)  # a new app check, then new workers replace the old ones
-        master.wait_workers(2, lambda ws: not ({w["pid"] for w in ws} & now))
-        wait_until(lambda: live_workers(metrics) == 2.0, "exactly the two new workers to count")
-        files = {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_livesum_*.db")}
-        assert files == {w["pid"] for w in master.status()["workers"]}
+        for _ in range(2):  # a new app check, then new workers replace the old ones
+            master.signal(signal.SIGHUP)
+            current = {w["pid"] for w in master.wait_workers(2, lambda ws, old=current: not (
+                {w["pid"] for w in ws} & old))}
+            wait_until(lambda: files() == current, "only the new workers' files (the old ones' and the check's gone)")
+            assert live_workers(metrics) == 2.0
         assert get(port)[0] == 200
     finally:
         master.stop()
