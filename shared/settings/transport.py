@@ -93,7 +93,7 @@ _declare("ssl_handshake_timeout", "tls", positive_float, 10.0,
          "holds no application slot meanwhile).")
 
 
-# -- HTTP/2 (RFC 9113, the `h2` library): ALPN h2 over TLS, h2c with prior knowledge on cleartext. Every
+# -- HTTP/2 (RFC 9113, corral.worker.http2.machine): ALPN h2 over TLS, h2c with prior knowledge on cleartext. Every
 #    defence is on by default; a client past a bound gets GOAWAY (ENHANCE_YOUR_CALM) and the connection closes.
 _declare("http", "http2", choice("auto", "1", "2"), "auto",
          "HTTP versions served: 'auto' (HTTP/1.1, plus HTTP/2 for TLS clients that offer h2 by ALPN and "
@@ -119,8 +119,9 @@ _declare("http2_max_continuation_frames", "http2", positive_int, 16,
          "CONTINUATION frames one header block may span (CVE-2024-27316 CONTINUATION flood): more end the "
          "connection before anything is decoded.")
 _declare("http2_max_resets", "http2", positive_int, 100,
-         "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset): "
-         "beyond it, GOAWAY ENHANCE_YOUR_CALM.")
+         "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset), "
+         "counting the streams the server resets for a client's frames that are stream errors: beyond it, "
+         "GOAWAY ENHANCE_YOUR_CALM.")
 _declare("http2_max_control_frames", "http2", positive_int, 1000,
          "SETTINGS, PING, PRIORITY and empty DATA frames a client may send per second on one connection, and times "
          "it may reopen a shut flow-control window by under 1 KiB (each costs a DATA frame for a few bytes); each "
