@@ -90,10 +90,15 @@ def build(dest: Path, typed: bool) -> None:
         loaded = dest / "lib" / name.replace(".", "/")
         loaded.parent.mkdir(parents=True, exist_ok=True)
         loaded.with_suffix(".py").write_text(_source(name, typed))
-    modules = cythonize(extensions, include_path=[str(dest)], quiet=True, nthreads=os.cpu_count() or 1,
-                        # Types come from the .pxd files only: annotations typed by Cython would change what a
-                        # function accepts (an `int` parameter refusing None), so the build would not be the sources.
-                        compiler_directives={"language_level": 3, "annotation_typing": False})
+    modules = cythonize(
+        extensions,
+        include_path=[str(dest)],
+        quiet=True,
+        nthreads=os.cpu_count() or 1,
+        # Types come from the .pxd files only: annotations typed by Cython would change what a
+        # function accepts (an `int` parameter refusing None), so the build would not be the sources.
+        compiler_directives={"language_level": 3, "annotation_typing": False},
+    )
     distribution = Distribution({"name": "corral-bench-compiled", "ext_modules": modules})
     command = distribution.get_command_obj("build_ext")
     command.build_lib = str(dest / "lib")
@@ -169,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             base = "corral-pool" if app == "wsgi" else "corral-asgi"
             variants += [base] + [f"{base}-{kind}" for kind in kinds]
         os.environ[BUILD_DIR_VARIABLE] = str(root)
-        return wsgi_dispatch.main(["--rounds", str(args.rounds), "--duration", str(args.duration),
-                                   "--variants", ",".join(variants)])
+        return wsgi_dispatch.main(
+            ["--rounds", str(args.rounds), "--duration", str(args.duration), "--variants", ",".join(variants)]
+        )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -37,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (default)")
     parser.add_argument("--log-level", default="warning")
-    parser.add_argument("--cprofile", metavar="FILE",
-                        help="run the worker under cProfile and write the stats to FILE when it stops (SIGTERM)")
+    parser.add_argument(
+        "--cprofile",
+        metavar="FILE",
+        help="run the worker under cProfile and write the stats to FILE when it stops (SIGTERM)",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

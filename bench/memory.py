@@ -114,16 +114,26 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
                     return {"rss_with": rss, "held": _established(server.pid, server.port)}
 
                 result = asyncio.run(_hold(server.port, count, measure))
-                result.update(rss_idle=idle, workers=nworkers, connections=count,
-                              rss_mib=idle / max(nworkers, 1) / MIB,
-                              rss_with_mib=result["rss_with"] / max(nworkers, 1) / MIB,
-                              # per connection the server holds (granian caps them: --backpressure)
-                              kib_per_conn=(result["rss_with"] - idle) / max(result["held"] or count, 1) / 1024,
-                              errors=result["client_errors"])
+                result.update(
+                    rss_idle=idle,
+                    workers=nworkers,
+                    connections=count,
+                    rss_mib=idle / max(nworkers, 1) / MIB,
+                    rss_with_mib=result["rss_with"] / max(nworkers, 1) / MIB,
+                    # per connection the server holds (granian caps them: --backpressure)
+                    kib_per_conn=(result["rss_with"] - idle) / max(result["held"] or count, 1) / 1024,
+                    errors=result["client_errors"],
+                )
                 runs.setdefault(server.name, []).append(result)
-                ctx.progress.step(f"idle round {rnd}/{ctx.rounds} {server.name}: {result['kib_per_conn']:.2f} "
-                                  f"KiB/conn, {result['held']} held, {result['client_errors']} errors")
+                ctx.progress.step(
+                    f"idle round {rnd}/{ctx.rounds} {server.name}: {result['kib_per_conn']:.2f} "
+                    f"KiB/conn, {result['held']} held, {result['client_errors']} errors"
+                )
             finally:
                 stop_each(ctx, [server])
-    return {"title": f"{count:,} idle keep-alive connections: memory", "kind": "idle", "connections": count,
-            "runs": runs}
+    return {
+        "title": f"{count:,} idle keep-alive connections: memory",
+        "kind": "idle",
+        "connections": count,
+        "runs": runs,
+    }

@@ -72,15 +72,22 @@ def _preexec(cpus: set[int] | None) -> Callable[[], None]:
     return run
 
 
-def spawn(argv: list[str], cpus: set[int] | None = None, env: dict[str, str] | None = None, log: Any = None,
-          **kwargs: Any) -> subprocess.Popen:
+def spawn(
+    argv: list[str], cpus: set[int] | None = None, env: dict[str, str] | None = None, log: Any = None, **kwargs: Any
+) -> subprocess.Popen:
     """Start `argv` in its own session, pinned to `cpus`; registered for stop_all() before any signal lands."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
     try:
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, preexec_fn=_preexec(cpus), start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=log if log is not None else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL, **kwargs,
+            argv,
+            cwd=ROOT,
+            env=env,
+            preexec_fn=_preexec(cpus),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log if log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+            **kwargs,
         )
         _live.append(proc)
         _seen[proc.pid] = {}

@@ -69,8 +69,25 @@ def _corral_before(app: str, port: int, workers: int, opt: dict[str, Any]) -> li
 
 
 def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-    argv = [PY, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--workers", str(workers), "--loop",
-            "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    argv = [
+        PY,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     if opt.get("keepalive"):
         argv += ["--timeout-keep-alive", str(opt["keepalive"])]
     if opt.get("tls"):
@@ -80,8 +97,21 @@ def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str
 
 def _gunicorn(worker_class: str) -> Callable[[str, int, int, dict[str, Any]], list[str]]:
     def argv(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-        out = [PY, "-m", "gunicorn", "-k", worker_class, "-w", str(workers), "-b", f"{HOST}:{port}",
-               "--log-level", "warning", "--graceful-timeout", "5"]
+        out = [
+            PY,
+            "-m",
+            "gunicorn",
+            "-k",
+            worker_class,
+            "-w",
+            str(workers),
+            "-b",
+            f"{HOST}:{port}",
+            "--log-level",
+            "warning",
+            "--graceful-timeout",
+            "5",
+        ]
         if worker_class == "gthread":
             out += ["--threads", str(opt.get("threads") or 4)]
         if opt.get("keepalive"):
@@ -94,8 +124,21 @@ def _gunicorn(worker_class: str) -> Callable[[str, int, int, dict[str, Any]], li
 
 
 def _hypercorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-    argv = [PY, "-m", "hypercorn", "-k", "uvloop", "-w", str(workers), "-b", f"{HOST}:{port}",
-            "--log-level", "warning", "--graceful-timeout", "5"]
+    argv = [
+        PY,
+        "-m",
+        "hypercorn",
+        "-k",
+        "uvloop",
+        "-w",
+        str(workers),
+        "-b",
+        f"{HOST}:{port}",
+        "--log-level",
+        "warning",
+        "--graceful-timeout",
+        "5",
+    ]
     if opt.get("keepalive"):
         argv += ["--keep-alive", str(opt["keepalive"])]
     if opt.get("tls"):
@@ -105,8 +148,21 @@ def _hypercorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[s
 
 def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[str]]:
     def argv(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-        out = [PY, "-m", "granian", "--interface", interface, "--workers", str(workers), "--host", HOST,
-               "--port", str(port), "--log-level", "warning"]
+        out = [
+            PY,
+            "-m",
+            "granian",
+            "--interface",
+            interface,
+            "--workers",
+            str(workers),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
         out.append("--respawn-failed-workers")  # off by default: a crashed worker would stop granian
         if interface == "asgi":
             out += ["--loop", "uvloop"]
@@ -119,20 +175,28 @@ def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[s
     return argv
 
 
-SPECS: dict[str, Spec] = {s.name: s for s in (
-    Spec("corral", "asgi", "corral.master", _corral),
-    Spec("uvicorn", "asgi", "uvicorn", _uvicorn, note="httptools + uvloop, --workers N"),
-    Spec("gunicorn-uvicorn", "asgi", "uvicorn.workers", _gunicorn("uvicorn.workers.UvicornWorker"),
-         note="gunicorn -k uvicorn.workers.UvicornWorker"),
-    Spec("hypercorn", "asgi", "hypercorn", _hypercorn, note="-k uvloop"),
-    Spec("granian", "asgi", "granian", _granian("asgi"), note="--interface asgi --loop uvloop"),
-    Spec("corral-wsgi", "wsgi", "corral.master", _corral, websocket=False),
-    Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
-    Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
-    Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
-    Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
-    Spec("granian-wsgi", "wsgi", "granian", _granian("wsgi"), websocket=False, note="--interface wsgi"),
-)}
+SPECS: dict[str, Spec] = {
+    s.name: s
+    for s in (
+        Spec("corral", "asgi", "corral.master", _corral),
+        Spec("uvicorn", "asgi", "uvicorn", _uvicorn, note="httptools + uvloop, --workers N"),
+        Spec(
+            "gunicorn-uvicorn",
+            "asgi",
+            "uvicorn.workers",
+            _gunicorn("uvicorn.workers.UvicornWorker"),
+            note="gunicorn -k uvicorn.workers.UvicornWorker",
+        ),
+        Spec("hypercorn", "asgi", "hypercorn", _hypercorn, note="-k uvloop"),
+        Spec("granian", "asgi", "granian", _granian("asgi"), note="--interface asgi --loop uvloop"),
+        Spec("corral-wsgi", "wsgi", "corral.master", _corral, websocket=False),
+        Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
+        Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
+        Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
+        Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
+        Spec("granian-wsgi", "wsgi", "granian", _granian("wsgi"), websocket=False, note="--interface wsgi"),
+    )
+}
 # `corral-wsgi` is corral on the WSGI app: its row keeps the WSGI table apart from the ASGI ones.
 # `corral-hooks` runs only when named (--servers corral,corral-hooks): it measures the hooks' cost.
 OPT_IN = ("corral-hooks", "corral-before")

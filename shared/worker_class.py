@@ -28,8 +28,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["WorkerClass", "WorkerClassError", "resolve", "check_refused", "kwargs_settings", "describe",
-           "GUNICORN_SHORT_NAMES", "REFUSED"]
+__all__ = [
+    "WorkerClass",
+    "WorkerClassError",
+    "resolve",
+    "check_refused",
+    "kwargs_settings",
+    "describe",
+    "GUNICORN_SHORT_NAMES",
+    "REFUSED",
+]
 
 ASGI, WSGI = "asgi", "wsgi"
 
@@ -69,8 +77,10 @@ REFUSED = {
     "gunicorn.workers.gtornado.TornadoWorker": "tornado's own IOLoop and WSGI container",
 }
 
-_FIX = ("corral workers are one uvloop event loop serving ASGI, and WSGI on --threads threads: drop -k, or use "
-        "uvicorn.workers.UvicornWorker (ASGI) or gthread (WSGI)")
+_FIX = (
+    "corral workers are one uvloop event loop serving ASGI, and WSGI on --threads threads: drop -k, or use "
+    "uvicorn.workers.UvicornWorker (ASGI) or gthread (WSGI)"
+)
 
 
 class WorkerClassError(ValueError):
@@ -108,8 +118,10 @@ def resolve(text: str) -> WorkerClass:
         return WorkerClass(text, interface, dict(kwargs))
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
-        raise WorkerClassError(f"unknown worker class {text!r}: gunicorn's are sync, gthread, gevent, eventlet, "
-                               f"tornado, asgi, or a path module.Class; {_FIX}")
+        raise WorkerClassError(
+            f"unknown worker class {text!r}: gunicorn's are sync, gthread, gevent, eventlet, "
+            f"tornado, asgi, or a path module.Class; {_FIX}"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any failure of the user's module falls back to reading it
@@ -135,14 +147,17 @@ def _from_class(text: str, cls: type) -> WorkerClass:
     for base in cls.__mro__:
         path = f"{base.__module__}.{base.__qualname__}"
         if path in REFUSED:
-            raise WorkerClassError(f"corral cannot run worker class {text!r}, a subclass of {path} "
-                                   f"({REFUSED[path]}); {_FIX}")
+            raise WorkerClassError(
+                f"corral cannot run worker class {text!r}, a subclass of {path} ({REFUSED[path]}); {_FIX}"
+            )
         if path in KNOWN or _is_uvicorn(base.__module__, base.__name__):
             interface = KNOWN.get(path, (ASGI, {}))[0]
             kwargs = getattr(cls, "CONFIG_KWARGS", {}) if interface == ASGI else {}
             return WorkerClass(text, interface, dict(kwargs) if isinstance(kwargs, dict) else {})
-    raise WorkerClassError(f"worker class {text!r} is neither a uvicorn worker nor gunicorn's sync/gthread "
-                           f"(its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'}); {_FIX}")
+    raise WorkerClassError(
+        f"worker class {text!r} is neither a uvicorn worker nor gunicorn's sync/gthread "
+        f"(its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'}); {_FIX}"
+    )
 
 
 def _is_uvicorn(module: str, name: str) -> bool:
@@ -162,16 +177,24 @@ def _from_source(text: str, module_name: str, class_name: str, error: Exception)
         interface, kwargs = found
         return WorkerClass(text, interface, kwargs, f"read from its source ({why})")
     if "uvicorn" in class_name.lower() or "uvicorn" in module_name.lower():
-        return WorkerClass(text, ASGI, {}, f"taken as ASGI by its name ({why}; its source could not be read, so "
-                                           "its CONFIG_KWARGS are not known)")
-    raise WorkerClassError(f"worker class {text!r} cannot be imported ({why}), and it is not a known worker "
-                           f"class; {_FIX}")
+        return WorkerClass(
+            text,
+            ASGI,
+            {},
+            f"taken as ASGI by its name ({why}; its source could not be read, so its CONFIG_KWARGS are not known)",
+        )
+    raise WorkerClassError(
+        f"worker class {text!r} cannot be imported ({why}), and it is not a known worker class; {_FIX}"
+    )
 
 
 def _import_failure(error: Exception) -> str:
     if isinstance(error, ModuleNotFoundError) and error.name:
-        return f"{error.name.split('.')[0]} is not installed here" if error.name.split(".")[0] in (
-            "uvicorn", "uvicorn_worker", "gunicorn") else f"no module {error.name!r}"
+        return (
+            f"{error.name.split('.')[0]} is not installed here"
+            if error.name.split(".")[0] in ("uvicorn", "uvicorn_worker", "gunicorn")
+            else f"no module {error.name!r}"
+        )
     return f"importing it failed: {type(error).__name__}: {error}"
 
 
@@ -217,8 +240,9 @@ class _SourceReader:
         with open(spec.origin, encoding="utf-8") as fh:
             return ast.parse(fh.read(), spec.origin), spec.submodule_search_locations is not None
 
-    def _class(self, node: ast.ClassDef, module_name: str, names: dict[str, str],
-               depth: int) -> tuple[str, dict[str, Any]] | None:
+    def _class(
+        self, node: ast.ClassDef, module_name: str, names: dict[str, str], depth: int
+    ) -> tuple[str, dict[str, Any]] | None:
         for base in node.bases:
             dotted = _dotted(base)
             if dotted is None:
@@ -409,18 +433,29 @@ KWARGS: dict[str, tuple[str, Callable[[Any], Any]] | str] = {
     "log_config": "use --log-config (or logconfig_dict in the config file)",
     "headers": "corral adds no default response headers besides server and date",
     "h11_max_incomplete_event_size": "corral bounds a request head with --limit-request-line and "
-                                     "--limit-request-field-size",
+    "--limit-request-field-size",
     "reset_contextvars": "each request already starts from the worker's context",
     "timeout_notify": "the master's watchdog is -t/--timeout",
     "callback_notify": "the master's watchdog is -t/--timeout",
     "timeout_worker_healthcheck": "the master's watchdog is -t/--timeout",
     "env_file": "use -e/--env KEY=VALUE or the service manager's environment",
     **{name: "set by the server (-b/--bind, -w/--workers)" for name in ("app", "host", "port", "uds", "fd", "workers")},
-    **{name: "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)"
-       for name in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_version", "ssl_cert_reqs",
-                    "ssl_ca_certs", "ssl_ciphers")},
-    **{name: "use serve --reload" for name in ("reload", "reload_dirs", "reload_delay", "reload_includes",
-                                                "reload_excludes")},
+    **{
+        name: "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)"
+        for name in (
+            "ssl_keyfile",
+            "ssl_certfile",
+            "ssl_keyfile_password",
+            "ssl_version",
+            "ssl_cert_reqs",
+            "ssl_ca_certs",
+            "ssl_ciphers",
+        )
+    },
+    **{
+        name: "use serve --reload"
+        for name in ("reload", "reload_dirs", "reload_delay", "reload_includes", "reload_excludes")
+    },
 }
 
 

@@ -124,9 +124,20 @@ def _fast_pool(executor: Any) -> bool:
         return False  # a subclass may change submit(): only the plain pool takes the shortcut
     if not _fast_pools:
         _fast_pools.append(
-            all(hasattr(executor, name) for name in ("_shutdown_lock", "_broken", "_shutdown", "_work_queue",
-                                                     "_adjust_thread_count", "_threads", "_max_workers"))
-            and hasattr(_cf_thread, "_global_shutdown_lock") and hasattr(_cf_thread, "_shutdown")
+            all(
+                hasattr(executor, name)
+                for name in (
+                    "_shutdown_lock",
+                    "_broken",
+                    "_shutdown",
+                    "_work_queue",
+                    "_adjust_thread_count",
+                    "_threads",
+                    "_max_workers",
+                )
+            )
+            and hasattr(_cf_thread, "_global_shutdown_lock")
+            and hasattr(_cf_thread, "_shutdown")
         )
     return _fast_pools[0]
 

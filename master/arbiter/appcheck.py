@@ -50,7 +50,7 @@ def check_app(spec: str, settings: Settings, on_exit: Callable[[int], object] | 
                     text += "\n" + "".join(traceback.format_exception(exc.__cause__)).rstrip()
                 data = text.encode(errors="replace")
                 while data:
-                    data = data[os.write(write_end, data):]
+                    data = data[os.write(write_end, data) :]
         except BaseException:
             code = APP_IMPORT_ERROR
         finally:

@@ -131,8 +131,11 @@ class Arbiter:
         self.listeners = self.open_sockets()
         if settings.user is not None or settings.group is not None:
             for path in self.owned_paths:
-                os.chown(path, settings.user if settings.user is not None else -1,
-                         settings.group if settings.group is not None else -1)
+                os.chown(
+                    path,
+                    settings.user if settings.user is not None else -1,
+                    settings.group if settings.group is not None else -1,
+                )
         if self.pidfile is not None:
             self.control = ControlServer(self.pidfile.path, pid)
         self.pipe = os.pipe()
@@ -169,6 +172,7 @@ class Arbiter:
 
     def check_app(self, settings: Settings) -> None:
         """The app check's child goes through child_exit, as a worker does (see corral.master.arbiter.appcheck)."""
+
         def exited(pid: int) -> None:
             if settings.child_exit is not None:
                 run_hook(settings, "child_exit", self.server, child_view(pid, HookConfig(settings, self.name)))
@@ -202,8 +206,11 @@ class Arbiter:
                     self.reuse_port_addresses.append(str(parse_address(address)))
                     sock.close()
             sockets = keep
-        self.owned_paths = [s.getsockname() for s in sockets
-                            if s.family == socket.AF_UNIX and not any(a.startswith("fd://") for a in settings.bind)]
+        self.owned_paths = [
+            s.getsockname()
+            for s in sockets
+            if s.family == socket.AF_UNIX and not any(a.startswith("fd://") for a in settings.bind)
+        ]
         return sockets
 
     def loop(self) -> None:
@@ -262,8 +269,10 @@ class Arbiter:
         try:
             settings = self.reload() if self.reload is not None else self.settings
             if settings.bind != self.settings.bind:
-                logger.warning("Reload: bind changes need a restart or an upgrade (USR2); keeping %s",
-                               ", ".join(self.settings.bind))
+                logger.warning(
+                    "Reload: bind changes need a restart or an upgrade (USR2); keeping %s",
+                    ", ".join(self.settings.bind),
+                )
                 settings = settings.replace(bind=self.settings.bind)
             settings = self.observer.keep_restart_only(settings)  # before the logs are set up again
             if not settings.preload_app:
@@ -384,10 +393,20 @@ class Arbiter:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         else:
             master_end.close()
-            workerproc.run_child(self.app, settings, self.listeners, worker_end, number=number, name=self.name,
-                                 reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child,
-                                 server=self.server, ssl_context=self.ssl_context, share=share,
-                                 max_requests=max_requests)
+            workerproc.run_child(
+                self.app,
+                settings,
+                self.listeners,
+                worker_end,
+                number=number,
+                name=self.name,
+                reuse_port=self.reuse_port_addresses,
+                cleanup=self._close_in_child,
+                server=self.server,
+                ssl_context=self.ssl_context,
+                share=share,
+                max_requests=max_requests,
+            )
         worker_end.close()
         worker = Worker(pid, number, master_end, self.generation, share, max_requests)
         try:
@@ -435,15 +454,27 @@ class Arbiter:
                     self.rollback = None  # the reloaded app boots: no going back
                 logger.info("Worker %d (pid %d) ready", worker.number, worker.pid)
             elif kind == "recycle" and not worker.outdated:
-                logger.warning("Worker %d (pid %d) asks to be replaced (%s)", worker.number, worker.pid,
-                               message.get("why", "stuck requests"))
+                logger.warning(
+                    "Worker %d (pid %d) asks to be replaced (%s)",
+                    worker.number,
+                    worker.pid,
+                    message.get("why", "stuck requests"),
+                )
                 worker.outdated = True
             elif kind == "hb":
                 worker.stats = message
-                if (worker.max_requests and not worker.outdated and not worker.retiring
-                        and message.get("requests", 0) >= worker.max_requests):
-                    logger.info("Worker %d (pid %d) served %d requests: replacing it", worker.number,
-                                worker.pid, message["requests"])
+                if (
+                    worker.max_requests
+                    and not worker.outdated
+                    and not worker.retiring
+                    and message.get("requests", 0) >= worker.max_requests
+                ):
+                    logger.info(
+                        "Worker %d (pid %d) served %d requests: replacing it",
+                        worker.number,
+                        worker.pid,
+                        message["requests"],
+                    )
                     worker.outdated = True
                     worker.cause = "max-requests"
         if eof:
@@ -514,13 +545,22 @@ class Arbiter:
             serving = any(w.ready for w in self.workers.values())
             if self.boot_failures < self.settings.worker_boot_retries:
                 return
-            what = "lifespan startup or post_fork failed" if code == WORKER_BOOT_ERROR else "the application failed to import"
+            what = (
+                "lifespan startup or post_fork failed"
+                if code == WORKER_BOOT_ERROR
+                else "the application failed to import"
+            )
             if not serving:
-                raise CrashLoop(f"{self.boot_failures} workers in a row failed to boot ({what}) and none "
-                                "is serving; see the log above")
+                raise CrashLoop(
+                    f"{self.boot_failures} workers in a row failed to boot ({what}) and none "
+                    "is serving; see the log above"
+                )
             if self.rollback is not None:  # a reload whose new workers cannot boot: keep the old ones
-                logger.error("Reload abandoned: %d new workers in a row failed to boot (%s); the previous "
-                             "workers keep serving", self.boot_failures, what)
+                logger.error(
+                    "Reload abandoned: %d new workers in a row failed to boot (%s); the previous workers keep serving",
+                    self.boot_failures,
+                    what,
+                )
                 self.settings, self.num_workers, self.ssl_context = self.rollback
                 self.rollback = None
                 self.boot_failures = self.failures = 0

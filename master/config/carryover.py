@@ -88,7 +88,7 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
         arg = args[index]
         index += 1
         if arg == "--":
-            kept.extend(args[index - 1:])
+            kept.extend(args[index - 1 :])
             break
         if not arg.startswith("-") or arg == "-" or arg[1:2].isdigit():
             kept.append(arg)
@@ -105,7 +105,7 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
             # Another spelling of a corral setting (--log-config-json, --limit-request-field_size).
             target = REGISTRY.get(found[1].corral if found[1].kind == "alias" else found[0])
             if target is not None:
-                kept.append(target.cli_name + equals + arg[len(flag) + len(equals):])
+                kept.append(target.cli_name + equals + arg[len(flag) + len(equals) :])
                 continue
         if found is not None and found[1].kind == "noop":
             name, entry = found

@@ -96,8 +96,9 @@ def setup_logging(settings: Settings) -> None:
         try:
             handler = ReopenableFileHandler(settings.errorlog)
         except OSError as exc:
-            raise SettingError(f"invalid value for --error-logfile: cannot open {settings.errorlog!r}: "
-                               f"{exc.strerror or exc}") from None
+            raise SettingError(
+                f"invalid value for --error-logfile: cannot open {settings.errorlog!r}: {exc.strerror or exc}"
+            ) from None
     setattr(handler, _OURS, True)
     handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
     gunicorn.addHandler(handler)
@@ -162,8 +163,9 @@ def _capture_output(settings: Settings) -> None:
     try:
         fd = os.open(settings.errorlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise SettingError(f"invalid value for --error-logfile: cannot open {settings.errorlog!r}: "
-                           f"{exc.strerror or exc}") from None
+        raise SettingError(
+            f"invalid value for --error-logfile: cannot open {settings.errorlog!r}: {exc.strerror or exc}"
+        ) from None
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)
@@ -183,8 +185,10 @@ def _load_dict_config(path: str) -> dict[str, Any]:
     except Exception as exc:
         raise SettingError(f"invalid value for --log-config: {path!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(config, dict):
-        raise SettingError(f"invalid value for --log-config: {path!r} must hold a dictConfig dict "
-                           "(a JSON object, or LOGGING = {...} in a .py file)")
+        raise SettingError(
+            f"invalid value for --log-config: {path!r} must hold a dictConfig dict "
+            "(a JSON object, or LOGGING = {...} in a .py file)"
+        )
     config.setdefault("version", 1)
     config.setdefault("disable_existing_loggers", False)
     return config

@@ -101,8 +101,7 @@ class Totals:
 class MasterCounts:
     """What only the master knows: worker starts and exits, boot failures, reloads."""
 
-    __slots__ = ("starts", "exits", "boot_failures", "reloads", "reload_failures", "served_retired", "retired",
-                 "logs")
+    __slots__ = ("starts", "exits", "boot_failures", "reloads", "reload_failures", "served_retired", "retired", "logs")
 
     def __init__(self) -> None:
         self.starts = 0

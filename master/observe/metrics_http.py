@@ -43,8 +43,10 @@ class _Conn:
 
 
 def _response(status: str, body: bytes, content_type: str, extra: str = "") -> bytes:
-    return (f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\ncache-control: no-store\r\n{extra}\r\n").encode("latin-1") + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\ncache-control: no-store\r\n{extra}\r\n"
+    ).encode("latin-1") + body
 
 
 def _accept(head: bytes) -> str:

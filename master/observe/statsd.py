@@ -67,8 +67,15 @@ def _midpoints() -> list[float]:
 _MIDPOINTS = _midpoints()
 
 
-def statsd_lines(prefix: str, naming: str, now: Totals, before: Totals, counts: MasterCounts,
-                 counts_before: dict[str, int], gauges: dict[str, float]) -> list[str]:
+def statsd_lines(
+    prefix: str,
+    naming: str,
+    now: Totals,
+    before: Totals,
+    counts: MasterCounts,
+    counts_before: dict[str, int],
+    gauges: dict[str, float],
+) -> list[str]:
     """The lines for what changed between two sums (`before` -> `now`), and the current gauges."""
     p = prefix_of(prefix)
     theirs = p + ("corral." if naming == "corral" else "gunicorn.")  # gunicorn's metrics
@@ -122,7 +129,7 @@ class StatsdClient:
 
     def __init__(self, address: str, tags: str = "") -> None:
         if address.startswith("unix:"):
-            path = address[len("unix:"):]
+            path = address[len("unix:") :]
             path = path[2:] if path.startswith("//") else path
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.target: Any = path

@@ -161,6 +161,8 @@ def format_figures(m: dict[str, Any]) -> list[str]:
     else:
         first += "  (p50/p99 and statuses: start with --metrics-bind or --statsd-host)"
     exits = ", ".join(f"{cause} {n}" for cause, n in sorted(m.get("exits", {}).items())) or "none"
-    second = (f"pool {m['in_flight']}/{m['pool_size']} in use, {m['parked']} parked, {m['websockets']} websockets"
-              f"  restarts: {exits}  reloads {m['reloads']}")
+    second = (
+        f"pool {m['in_flight']}/{m['pool_size']} in use, {m['parked']} parked, {m['websockets']} websockets"
+        f"  restarts: {exits}  reloads {m['reloads']}"
+    )
     return [first, second]

@@ -94,8 +94,6 @@ def choice(*options: str) -> Callable[[Any], str]:
     return convert
 
 
-
-
 def str_list(value: Any) -> tuple[str, ...]:
     """A comma-separated string, or a list/tuple of strings."""
     if isinstance(value, str):

@@ -45,7 +45,7 @@ def test_the_settings_reference_has_every_setting_once_with_its_four_spellings()
     for name, setting in REGISTRY.items():
         heading = f"### `{name}` {{#{name}}}"
         assert text.count(heading) == 1, name
-        block = text[text.index(heading):].split("\n### ", 1)[0]
+        block = text[text.index(heading) :].split("\n### ", 1)[0]
         assert f"`{setting.env}`" in block, name
         assert f"`{name} = " in block, name
         assert setting.help in block, name
@@ -78,9 +78,14 @@ def test_every_section_has_a_title_and_the_marker_is_on_the_settings_page():
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (the docs extra)")
 def test_the_site_builds_strict_and_its_settings_page_lists_every_setting(tmp_path):
     """`mkdocs build --strict` (what CI runs), then the built settings page: an anchor per setting."""
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     html = (tmp_path / "site" / "settings" / "index.html").read_text()
     ids = set(re.findall(r'<h3 id="([a-z0-9_]+)"', html))
@@ -132,8 +137,11 @@ def test_the_readmes_production_command_is_the_serve_recipe():
     text = README.read_text()
     block = re.search(r"^## Production\n.*?^```sh\n(.*?)^```", text, re.M | re.S)
     assert block is not None
-    recipe = [line for line in (DOCS / "recipes" / "serve.sh").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    recipe = [
+        line
+        for line in (DOCS / "recipes" / "serve.sh").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(recipe) == 1
     expected = shlex.split(recipe[0])
     assert expected[0].endswith("/bin/serve")
@@ -155,7 +163,7 @@ def _uvicorn_options() -> set[str]:
 
 def _uvicorn_table() -> list[tuple[str, str]]:
     text = (DOCS / "migrating-from-uvicorn.md").read_text()
-    table = text[text.index("| uvicorn | corral | notes |"):]
+    table = text[text.index("| uvicorn | corral | notes |") :]
     rows = []
     for line in table.splitlines()[2:]:
         if not line.startswith("|"):

@@ -72,7 +72,11 @@ def start_worker(app: str, cwd: Path | str, env: dict[str, str] | None = None) -
     full_env.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, str(RUN_WORKER), app],
-        cwd=str(cwd), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=str(cwd),
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     first: list[str] = []
     reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)

@@ -36,7 +36,8 @@ def substitute(text: str, old: str, new: str, count: int | None = None) -> str:
     """`text` with `old` replaced by `new`; fails when `old` is missing (or occurs other than `count` times)."""
     occurrences = text.count(old)
     assert occurrences and (count is None or occurrences == count), (
-        f"recipe drifted: expected {count or 'some'} {old!r}, found {occurrences}")
+        f"recipe drifted: expected {count or 'some'} {old!r}, found {occurrences}"
+    )
     return text.replace(old, new)
 
 

@@ -29,7 +29,7 @@ STOP_WAIT = 30.0
 
 #: The lifespan half of the ASGI apps the e2e tests write to files: `LIFESPAN + APP_TEXT`, and in the app
 #: `if scope["type"] == "lifespan": return await lifespan(receive, send)`.
-LIFESPAN = '''
+LIFESPAN = """
 async def lifespan(receive, send):
     while True:
         message = await receive()
@@ -38,9 +38,11 @@ async def lifespan(receive, send):
         else:
             await send({"type": "lifespan.shutdown.complete"})
             return
-'''
+"""
 
-APP = LIFESPAN + '''
+APP = (
+    LIFESPAN
+    + """
 import asyncio, os, sys, time
 
 async def app(scope, receive, send):
@@ -64,7 +66,8 @@ def block_the_event_loop():
 async def refuses_to_start(scope, receive, send):
     await receive()
     await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
-'''
+"""
+)
 
 
 def write_apps(folder: Path) -> Path:
@@ -125,15 +128,29 @@ def start_master(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Ma
 class Master:
     """A running `serve` master: output, status, signals, and a bounded stop of it and its workers."""
 
-    def __init__(self, args: list[str], cwd: Path, port: int | None = None, pidfile: Path | None = None,
-                 env: dict[str, str] | None = None, argv: list[str] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        port: int | None = None,
+        pidfile: Path | None = None,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         self.port = port
         self.pidfile = pidfile
         self.cwd = cwd
         command = argv or [sys.executable, "-m", "corral.master", *args]
-        self.proc = subprocess.Popen(command, cwd=str(cwd), env=clean_env(env), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, pass_fds=pass_fds)
+        self.proc = subprocess.Popen(
+            command,
+            cwd=str(cwd),
+            env=clean_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            pass_fds=pass_fds,
+        )
         self.lines: list[str] = []
         self.seen_pids: set[int] = set()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -168,9 +185,15 @@ class Master:
         self.seen_pids.update(w["pid"] for w in document["workers"])
         return document
 
-    def wait_workers(self, count: int, condition: Callable[[list[dict[str, Any]]], bool] = lambda ws: True,
-                     pidfile: Path | None = None, timeout: float = WAIT) -> list[dict[str, Any]]:
+    def wait_workers(
+        self,
+        count: int,
+        condition: Callable[[list[dict[str, Any]]], bool] = lambda ws: True,
+        pidfile: Path | None = None,
+        timeout: float = WAIT,
+    ) -> list[dict[str, Any]]:
         """Wait until exactly `count` workers are ready (and none other) and `condition` holds."""
+
         def check() -> list[dict[str, Any]] | None:
             if self.proc.poll() is not None and pidfile is None:
                 raise AssertionError(f"master exited with {self.proc.returncode}:\n{self.output}")

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_harness import Master, free_port, get, wait_until  # noqa: E402
 
 # Every hook writes what it saw as one JSON line to records/<hook>.<pid>.
-OBJECTS_CONF = '''
+OBJECTS_CONF = """
 import json, os, time
 
 bind = ["127.0.0.1:{port}", "unix:{sock}"]
@@ -76,9 +76,9 @@ def post_request(worker, req, environ, resp):
 def child_exit(server, worker):
     record("child_exit", pid=worker.pid, age=worker.age, booted=worker.booted, nr=worker.nr,
            remaining=sorted(server.WORKERS), ages=sorted(w.age for w in server.WORKERS.values()))
-'''
+"""
 
-APP = '''
+APP = """
 import os
 
 async def app(scope, receive, send):
@@ -86,7 +86,7 @@ async def app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-'''
+"""
 
 
 def records(folder, hook):
@@ -112,8 +112,10 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         assert ready["names"] == [["127.0.0.1", port], str(sock)] and all(ready["fds"])
         assert (ready["workers"], ready["num_workers"], ready["cfg_workers"]) == (0, 2, 2)
         assert ready["worker_connections"] == 1000  # gunicorn's default: corral has no such setting
-        assert ready["address"] == [["127.0.0.1", port], str(sock)] and ready["bind"] == [f"127.0.0.1:{port}",
-                                                                                          f"unix:{sock}"]
+        assert ready["address"] == [["127.0.0.1", port], str(sock)] and ready["bind"] == [
+            f"127.0.0.1:{port}",
+            f"unix:{sock}",
+        ]
         assert ready["env"] == {"STAGE": "test"} and ready["uid"] == os.geteuid() and ready["is_ssl"] is False
         assert ready["keepalive"] == 5.0 and ready["proc_name"] == "objapp:app" and ready["timeout"] == 40
         assert ready["sendfile"] is False and ready["worker_tmp_dir"] is None and ready["reexec_pid"] == 0
@@ -131,12 +133,14 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
             assert post["max_requests"] == next(r["max_requests"] for r in forks if r["age"] == post["age"])
         inits = records(tmp_path, "post_worker_init")
         assert set(inits) == first
-        assert all(lines == [{"booted": True, "app": "function", "nr": 0, "notified": True, "alive": True}]
-                   for lines in inits.values())
+        assert all(
+            lines == [{"booted": True, "app": "function", "nr": 0, "notified": True, "alive": True}]
+            for lines in inits.values()
+        )
 
         assert get(port, "/one")[0] == 200
         wait_until(lambda: records(tmp_path, "post_request"), "post_request")
-        (served_by, seen), = records(tmp_path, "post_request").items()
+        ((served_by, seen),) = records(tmp_path, "post_request").items()
         assert seen == [{"path": "/one", "nr": 1}]
 
         # worker.alive = False: the master starts a replacement, then stops that worker gracefully
@@ -146,8 +150,10 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         master.wait_for_line(f"(pid {retired}) asks to be replaced (a hook set worker.alive = False)")
         after = {w["pid"] for w in master.wait_workers(2, lambda ws: retired not in {w["pid"] for w in ws})}
         assert len(after & first) == 1
-        wait_until(lambda: any(r["pid"] == retired for r in records(tmp_path, "child_exit").get(master.pid, [])),
-                   "child_exit for the retired worker")
+        wait_until(
+            lambda: any(r["pid"] == retired for r in records(tmp_path, "child_exit").get(master.pid, [])),
+            "child_exit for the retired worker",
+        )
         exit_record = next(r for r in records(tmp_path, "child_exit")[master.pid] if r["pid"] == retired)
         assert exit_record["booted"] is True and exit_record["nr"] >= 1 and exit_record["age"] in (1, 2)
         assert retired not in exit_record["remaining"] and len(exit_record["remaining"]) == 2
@@ -156,7 +162,7 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         master.stop()
 
 
-MULTIPROC_CONF = '''
+MULTIPROC_CONF = """
 from prometheus_client import multiprocess
 
 bind = "127.0.0.1:{port}"
@@ -166,9 +172,9 @@ pidfile = "serve.pid"
 
 def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
-'''
+"""
 
-MULTIPROC_APP = '''
+MULTIPROC_APP = """
 import os
 from prometheus_client import Gauge
 
@@ -182,7 +188,7 @@ async def app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-'''
+"""
 
 
 def live_workers(folder) -> float:
@@ -206,8 +212,9 @@ def test_prometheus_livesum_counts_exactly_the_live_workers(tmp_path):
     metrics.mkdir()
     (tmp_path / "gunicorn.conf.py").write_text(MULTIPROC_CONF.format(port=port))
     (tmp_path / "liveapp.py").write_text(textwrap.dedent(MULTIPROC_APP))
-    master = Master(["liveapp:app"], tmp_path, port, tmp_path / "serve.pid",
-                    env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    master = Master(
+        ["liveapp:app"], tmp_path, port, tmp_path / "serve.pid", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    )
     try:
         workers = {w["pid"] for w in master.wait_workers(2)}
         files = {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_livesum_*.db")}
@@ -217,8 +224,10 @@ def test_prometheus_livesum_counts_exactly_the_live_workers(tmp_path):
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         now = {w["pid"] for w in master.wait_workers(2, lambda ws: victim not in {w["pid"] for w in ws})}
-        wait_until(lambda: live_workers(metrics) == 2.0 and not (metrics / f"gauge_livesum_{victim}.db").exists(),
-                   "the dead worker's file to go")
+        wait_until(
+            lambda: live_workers(metrics) == 2.0 and not (metrics / f"gauge_livesum_{victim}.db").exists(),
+            "the dead worker's file to go",
+        )
 
         master.signal(signal.SIGHUP)  # a new app check, then new workers replace the old ones
         master.wait_workers(2, lambda ws: not ({w["pid"] for w in ws} & now))

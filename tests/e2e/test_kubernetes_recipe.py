@@ -19,8 +19,9 @@ from serve_harness import WAIT, clean_env  # noqa: E402
 
 def settings_of(args: list[str]) -> dict[str, str]:
     assert args[0] == "serve"
-    result = subprocess.run([*local_serve(), "--print-config", *args[1:]], capture_output=True, text=True,
-                            timeout=WAIT, env=clean_env())
+    result = subprocess.run(
+        [*local_serve(), "--print-config", *args[1:]], capture_output=True, text=True, timeout=WAIT, env=clean_env()
+    )
     assert result.returncode == 0, result.stderr
     values = {}
     for line in result.stdout.splitlines():

@@ -37,14 +37,42 @@ def test_every_gunicorn_setting_is_an_attribute():
 
 
 def test_gunicorns_computed_attributes():
-    ours = HookConfig(Settings(bind=("127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"), raw_env=("A=1", "B=x=y"),
-                               user=0, workers=3, reuse_port=True), "proj.wsgi:application")
+    ours = HookConfig(
+        Settings(
+            bind=("127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"),
+            raw_env=("A=1", "B=x=y"),
+            user=0,
+            workers=3,
+            reuse_port=True,
+        ),
+        "proj.wsgi:application",
+    )
     theirs = gunicorn_config.Config()
-    for name, value in (("bind", ["127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"]), ("raw_env", ["A=1", "B=x=y"]),
-                        ("user", 0), ("workers", 3), ("reuse_port", True), ("default_proc_name", "proj.wsgi:application")):
+    for name, value in (
+        ("bind", ["127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"]),
+        ("raw_env", ["A=1", "B=x=y"]),
+        ("user", 0),
+        ("workers", 3),
+        ("reuse_port", True),
+        ("default_proc_name", "proj.wsgi:application"),
+    ):
         theirs.set(name, value)
-    for attribute in ("address", "env", "uid", "gid", "user", "group", "workers", "reuse_port", "proc_name", "is_ssl",
-                      "worker_connections", "paste_global_conf", "bind", "raw_env"):
+    for attribute in (
+        "address",
+        "env",
+        "uid",
+        "gid",
+        "user",
+        "group",
+        "workers",
+        "reuse_port",
+        "proc_name",
+        "is_ssl",
+        "worker_connections",
+        "paste_global_conf",
+        "bind",
+        "raw_env",
+    ):
         assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
     assert ours.settings["workers"].value == 3 and ours.settings["workers"].get() == 3
     assert ours.worker_class_str == "asgi"
@@ -70,7 +98,9 @@ def test_listeners_read_as_gunicorns_sockets(tmp_path):
         port = tcp.getsockname()[1]
         assert str(Listener(tcp)) == f"http://127.0.0.1:{port}" and str(Listener(tcp, tls=True)).startswith("https")
         assert Listener(tcp).cfg_addr == ("127.0.0.1", port) and Listener(tcp).fileno() == tcp.fileno()
-        assert str(Listener(unix)) == f"unix:{tmp_path / 's.sock'}" and Listener(unix).cfg_addr == str(tmp_path / "s.sock")
+        assert str(Listener(unix)) == f"unix:{tmp_path / 's.sock'}" and Listener(unix).cfg_addr == str(
+            tmp_path / "s.sock"
+        )
         assert Listener(tcp).sock is tcp and Listener(unix).FAMILY == socket.AF_UNIX
     finally:
         tcp.close()

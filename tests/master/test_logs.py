@@ -94,8 +94,10 @@ def test_naming_corral_keeps_corrals_loggers(tmp_path, loggers):
 
 
 def gunicorn_dict(tmp_path, *names):
-    handlers = {name: {"class": "logging.FileHandler", "filename": str(tmp_path / f"{name}.log"),
-                       "formatter": "named"} for name in names}
+    handlers = {
+        name: {"class": "logging.FileHandler", "filename": str(tmp_path / f"{name}.log"), "formatter": "named"}
+        for name in names
+    }
     return {
         "version": 1,
         "formatters": {"named": {"format": "%(name)s|%(levelname)s|%(message)s"}},
@@ -118,8 +120,22 @@ def test_a_logconfig_dict_routing_gunicorns_loggers_gets_every_record(tmp_path, 
     logging.getLogger("corral.worker.server").error("worker trouble")
     access = make_access_log(settings)
     assert access is not None  # the config gives the access logger a handler: the access log is on
-    access({"type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"",
-            "http_version": "1.1", "headers": [], "client": ("10.0.0.1", 1)}, 200, 2, 0.001, [])
+    access(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/x",
+            "raw_path": b"/x",
+            "query_string": b"",
+            "http_version": "1.1",
+            "headers": [],
+            "client": ("10.0.0.1", 1),
+        },
+        200,
+        2,
+        0.001,
+        [],
+    )
     flush_all()
     error_name = "gunicorn.error" if naming == "gunicorn" else "corral.worker.server"
     access_name = "gunicorn.access" if naming == "gunicorn" else "corral.access"

@@ -56,7 +56,7 @@ PRIVATE_PLACEHOLDERS = {
 #:   SyncToAsync.thread_sensitive_context   -> corral.shared.sync._thread_sensitive_context (the ContextVar)
 #:   SyncToAsync.context_to_thread_executor -> context -> the executor a ThreadSensitiveContext made itself
 #:                                             (`in`, [], get, pop: what the tests use)
-_SYNC_VIEWS = '''
+_SYNC_VIEWS = """
 
 # Read-only views of asgiref internals its tests read, onto corral's counterparts (see the runner).
 class _CurrentExecutorView:
@@ -96,7 +96,7 @@ class _ContextExecutorsView:
 AsyncToSync.executors = _CurrentExecutorView()
 SyncToAsync.thread_sensitive_context = _thread_sensitive_context
 SyncToAsync.context_to_thread_executor = _ContextExecutorsView()
-'''
+"""
 SHIM_EXTRAS = {"sync": _SYNC_VIEWS}
 
 #: Tests of asgiref's private internals, not of its API: node id (relative to the sdist) -> why excluded.

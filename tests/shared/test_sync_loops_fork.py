@@ -24,7 +24,9 @@ from sync_helpers import WAIT
 
 #: The fork tests fork a process with threads on purpose (the runtime's threads must not leak into the
 #: child); Python 3.12+ warns about exactly that.
-forks_with_threads = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+forks_with_threads = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+)
 
 # --- loops ----------------------------------------------------------------------------------------------
 

@@ -187,6 +187,14 @@ class Gate:
 
 
 __all__ = [
-    "Client", "Response", "Gate", "WAIT", "run_server", "call_in_loop", "settings", "wait_until",
-    "assert_error_and_close", "assert_still_serving",
+    "Client",
+    "Response",
+    "Gate",
+    "WAIT",
+    "run_server",
+    "call_in_loop",
+    "settings",
+    "wait_until",
+    "assert_error_and_close",
+    "assert_still_serving",
 ]

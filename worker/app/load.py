@@ -152,7 +152,8 @@ def _positional_arity(func: Callable[..., Any]) -> Optional[int]:
     except (TypeError, ValueError):
         return None
     positional = [
-        p for p in signature.parameters.values()
+        p
+        for p in signature.parameters.values()
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in signature.parameters.values()):

@@ -215,9 +215,7 @@ class StatelessServer:
         self._make_room()
         input_queue: asyncio.Queue[Message] = asyncio.Queue()
         app = self._application_callable()
-        future = asyncio.ensure_future(
-            app(scope=scope, receive=input_queue.get, send=_ScopedSend(self, scope))
-        )
+        future = asyncio.ensure_future(app(scope=scope, receive=input_queue.get, send=_ScopedSend(self, scope)))
         self._register(scope_id, scope, input_queue, future)
         return input_queue
 

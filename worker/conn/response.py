@@ -11,8 +11,16 @@ import http
 from typing import Any
 
 __all__ = [
-    "STATUS_LINES", "status_line", "ERROR_RESPONSES", "ProtocolError", "CONTINUE_RESPONSE", "NO_BODY",
-    "CHUNKED", "CLOSE_DELIMITED", "encode_headers", "response_head",
+    "STATUS_LINES",
+    "status_line",
+    "ERROR_RESPONSES",
+    "ProtocolError",
+    "CONTINUE_RESPONSE",
+    "NO_BODY",
+    "CHUNKED",
+    "CLOSE_DELIMITED",
+    "encode_headers",
+    "response_head",
 ]
 
 # ---------------------------------------------------------------------------- pre-encoded bytes
@@ -35,10 +43,11 @@ def status_line(status: int) -> bytes:
 
 def _error_response(status: int) -> bytes:
     phrase = http.HTTPStatus(status).phrase.encode("ascii")
-    return (
-        STATUS_LINES[status]
-        + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (len(phrase), phrase)
+    return STATUS_LINES[
+        status
+    ] + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        len(phrase),
+        phrase,
     )
 
 
@@ -46,6 +55,7 @@ def _error_response(status: int) -> bytes:
 ERROR_RESPONSES: dict[int, bytes] = {
     status: _error_response(status) for status in (400, 408, 413, 414, 431, 500, 501, 503, 505)
 }
+
 
 class ProtocolError(Exception):
     """The client broke HTTP/1.1 or a limit: answer `status` (a pre-built response) and close.

@@ -31,8 +31,15 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["AccessLog", "make_access_log", "ReopenableFileHandler", "reopen_file", "ACCESS_LOGGER_NAME",
-           "access_logger_name", "GUNICORN_ACCESS_FORMAT"]
+__all__ = [
+    "AccessLog",
+    "make_access_log",
+    "ReopenableFileHandler",
+    "reopen_file",
+    "ACCESS_LOGGER_NAME",
+    "access_logger_name",
+    "GUNICORN_ACCESS_FORMAT",
+]
 
 #: The access logger with --naming corral; gunicorn's name, "gunicorn.access", is the default.
 ACCESS_LOGGER_NAME = "corral.access"
@@ -45,6 +52,7 @@ GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%
 def access_logger_name(naming: str) -> str:
     """The logger access lines go to: gunicorn's "gunicorn.access", or "corral.access" (--naming corral)."""
     return ACCESS_LOGGER_NAME if naming == "corral" else GUNICORN_ACCESS_LOGGER
+
 
 Headers = list[tuple[bytes, bytes]]
 # (scope, status, response_bytes, duration_s, response_headers, websocket_session) -> the atom's value
@@ -233,8 +241,15 @@ class AccessLog:
         # Fail at startup, not on the first request, if the format itself is broken (0 suits %s and %d).
         format % _Probe()
 
-    def atoms(self, scope: dict, status: int, response_bytes: int, duration_s: float, response_headers: Headers,
-              session: Any = None) -> _Atoms:
+    def atoms(
+        self,
+        scope: dict,
+        status: int,
+        response_bytes: int,
+        duration_s: float,
+        response_headers: Headers,
+        session: Any = None,
+    ) -> _Atoms:
         """The format's atoms for one response (others computed on demand)."""
         atoms = _Atoms()
         atoms.request = (scope, status, response_bytes, duration_s, response_headers, session)
@@ -243,13 +258,27 @@ class AccessLog:
             atoms[atom] = _escaped(value) if escape else value
         return atoms
 
-    def render(self, scope: dict, status: int, response_bytes: int, duration_s: float,
-               response_headers: Headers, session: Any = None) -> str:
+    def render(
+        self,
+        scope: dict,
+        status: int,
+        response_bytes: int,
+        duration_s: float,
+        response_headers: Headers,
+        session: Any = None,
+    ) -> str:
         """The log line for one response."""
         return self.format % self.atoms(scope, status, response_bytes, duration_s, response_headers, session)
 
-    def __call__(self, scope: dict, status: int, response_bytes: int, duration_s: float,
-                 response_headers: Headers, session: Any = None) -> None:
+    def __call__(
+        self,
+        scope: dict,
+        status: int,
+        response_bytes: int,
+        duration_s: float,
+        response_headers: Headers,
+        session: Any = None,
+    ) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         try:

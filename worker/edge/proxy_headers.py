@@ -46,9 +46,7 @@ _WS_SCHEME = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 # RFC 7230 token, and a forwarded-pair `token=value` where value is a token or a quoted-string.
-_PAIR = re.compile(
-    r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s"]*)\s*([;,]|$)"""
-)
+_PAIR = re.compile(r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s"]*)\s*([;,]|$)""")
 _QUOTED_PAIR = re.compile(r"\\(.)")
 # What a host (reg-name, IPv4, [IPv6]) with an optional port may contain; anything else is not used.
 _HOST = re.compile(r"^[A-Za-z0-9._~\-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
@@ -117,8 +115,17 @@ def _is_ip(host: str) -> bool:
 class ProxyHeaders:
     """Trust decision and scope rewriting for `forwarded_allow_ips`."""
 
-    __slots__ = ("trust_all", "trust_unix", "_addresses", "_networks", "_literals", "_trusts_host", "enabled",
-                 "_use_forwarded", "_use_x_forwarded")
+    __slots__ = (
+        "trust_all",
+        "trust_unix",
+        "_addresses",
+        "_networks",
+        "_literals",
+        "_trusts_host",
+        "enabled",
+        "_use_forwarded",
+        "_use_x_forwarded",
+    )
 
     def __init__(self, forwarded_allow_ips: Iterable[str], headers: str = "auto") -> None:
         if headers not in ("auto", "forwarded", "x-forwarded"):

@@ -111,9 +111,14 @@ class JsonAccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         record = self.record(scope, 101, session.bytes_out, duration)
-        record.update(websocket=True, close_code=session.code, bytes_in=session.bytes_in,
-                      bytes_out=session.bytes_out, messages_in=session.messages_in,
-                      messages_out=session.messages_out)
+        record.update(
+            websocket=True,
+            close_code=session.code,
+            bytes_in=session.bytes_in,
+            bytes_out=session.bytes_out,
+            messages_in=session.messages_in,
+            messages_out=session.messages_out,
+        )
         try:
             self.logger.info(json.dumps(record, separators=(",", ":")))
         except Exception:

@@ -16,11 +16,25 @@ __all__ = ["tls_extension", "rfc4514", "TLS_VERSIONS"]
 
 #: ASGI's `tls_version` (the protocol number) by the name OpenSSL gives, or a balancer's SSL TLV (which may
 #: say "TLSv1.0"; see corral.worker.edge.proxy_protocol).
-TLS_VERSIONS = {"SSLv3": 0x0300, "TLSv1": 0x0301, "TLSv1.0": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303,
-                "TLSv1.3": 0x0304}
-_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
-          "stateOrProvinceName": "ST", "localityName": "L", "streetAddress": "STREET", "domainComponent": "DC",
-          "userId": "UID"}
+TLS_VERSIONS = {
+    "SSLv3": 0x0300,
+    "TLSv1": 0x0301,
+    "TLSv1.0": 0x0301,
+    "TLSv1.1": 0x0302,
+    "TLSv1.2": 0x0303,
+    "TLSv1.3": 0x0304,
+}
+_SHORT = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
 
 
 def _escape(value: str) -> str:
@@ -53,7 +67,7 @@ def _server_cert(server: Any) -> str | None:
         except OSError:
             text = ""
         begin, end = text.find("-----BEGIN CERTIFICATE-----"), text.find("-----END CERTIFICATE-----")
-        pem = text[begin:end + len("-----END CERTIFICATE-----")] + "\n" if 0 <= begin < end else ""
+        pem = text[begin : end + len("-----END CERTIFICATE-----")] + "\n" if 0 <= begin < end else ""
         server.server_cert_pem = pem
     return pem or None
 
@@ -61,8 +75,14 @@ def _server_cert(server: Any) -> str | None:
 def tls_extension(transport: Any, server: Any) -> dict[str, Any]:
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
-        return {"server_cert": None, "client_cert_chain": [], "client_cert_name": None,
-                "client_cert_error": None, "tls_version": None, "cipher_suite": None}
+        return {
+            "server_cert": None,
+            "client_cert_chain": [],
+            "client_cert_name": None,
+            "client_cert_error": None,
+            "tls_version": None,
+            "cipher_suite": None,
+        }
     chain: list[str] = []
     name = None
     der = ssl_object.getpeercert(binary_form=True)

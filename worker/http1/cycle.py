@@ -29,7 +29,11 @@ BODY_HIGH_WATER = 65536
 
 # Response states.
 _IDLE, _STARTED, _HEAD_SENT, _COMPLETE = (
-    ResponseState.IDLE, ResponseState.STARTED, ResponseState.HEAD_SENT, ResponseState.COMPLETE)
+    ResponseState.IDLE,
+    ResponseState.STARTED,
+    ResponseState.HEAD_SENT,
+    ResponseState.COMPLETE,
+)
 
 _TCP_CORK = getattr(_socket, "TCP_CORK", None)  # Linux
 
@@ -58,14 +62,35 @@ def cork(transport: Any) -> None:
 
 class RequestCycle:
     __slots__ = (
-        "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body", "body_complete",
-        "delivered", "disconnected", "waiter", "state", "status", "headers", "writer", "remaining", "t0",
+        "protocol",
+        "scope",
+        "keep_alive",
+        "expect_continue",
+        "is_head",
+        "http11",
+        "body",
+        "body_complete",
+        "delivered",
+        "disconnected",
+        "waiter",
+        "state",
+        "status",
+        "headers",
+        "writer",
+        "remaining",
+        "t0",
         "nbytes",
     )
 
     def __init__(
-        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, is_head: bool,
-        http11: bool, timed: bool,
+        self,
+        protocol: Any,
+        scope: dict,
+        keep_alive: bool,
+        expect_continue: bool,
+        is_head: bool,
+        http11: bool,
+        timed: bool,
     ) -> None:
         self.protocol = protocol
         self.scope = scope
@@ -192,8 +217,12 @@ class RequestCycle:
         if state == _STARTED:
             server = protocol.server
             head, mode, self.keep_alive = response_head(
-                self.status, self.headers, server.default_header_bytes,
-                self.keep_alive and not server.stopping, self.http11, self.is_head,
+                self.status,
+                self.headers,
+                server.default_header_bytes,
+                self.keep_alive and not server.stopping,
+                self.http11,
+                self.is_head,
                 None if more_body else len(body),
             )
             if not self.keep_alive and not more_body and self.body_complete and protocol.state.client_close:

@@ -50,11 +50,13 @@ def decode_path(raw_path: bytes) -> str:
 
 async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
     """The tiny application that answers a request finding the pool full when pool_full is '503'."""
-    await send({
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"Service Unavailable"})
 
 
@@ -63,8 +65,20 @@ class HttpProtocol(asyncio.Protocol):
     cycle_class: Any = RequestCycle
 
     __slots__ = (
-        "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
-        "pending_error", "trusted", "extensions", "rate", "__weakref__",
+        "server",
+        "transport",
+        "flow",
+        "state",
+        "client",
+        "sockname",
+        "scheme",
+        "phase",
+        "since",
+        "pending_error",
+        "trusted",
+        "extensions",
+        "rate",
+        "__weakref__",
     )
 
     def __init__(self, server: Any, sockname: tuple | None = None) -> None:
@@ -178,15 +192,21 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ HTTP11Connection's handler
 
     def on_request(
-        self, method: bytes, http_version: str, target: bytes, headers: list, keep_alive: bool,
-        expect_continue: bool, has_body: bool,
+        self,
+        method: bytes,
+        http_version: str,
+        target: bytes,
+        headers: list,
+        keep_alive: bool,
+        expect_continue: bool,
+        has_body: bool,
     ) -> RequestCycle:
         server = self.server
         if target[:1] == b"/":
             if b"#" in target:
                 # A fragment is the client's own (RFC 9110 §4.2.4: not sent; RFC 3986 §3.5): llhttp lets it
                 # through in the target, and it must reach neither the path nor the query string.
-                target = target[:target.index(b"#")]
+                target = target[: target.index(b"#")]
             raw_path, _, query = target.partition(b"?")
         elif target == b"*":  # OPTIONS * (RFC 9112 §3.2.4)
             raw_path, query = target, b""
@@ -241,8 +261,13 @@ class HttpProtocol(asyncio.Protocol):
             if websocket is not None:
                 return websocket  # type: ignore[return-value]
         return self.cycle_class(
-            self, scope, keep_alive, expect_continue,
-            method == b"HEAD", http_version == "1.1", server.access_log is not None,
+            self,
+            scope,
+            keep_alive,
+            expect_continue,
+            method == b"HEAD",
+            http_version == "1.1",
+            server.access_log is not None,
         )
 
     def start_request(self, cycle: RequestCycle) -> None:

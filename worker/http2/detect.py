@@ -44,8 +44,10 @@ SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade
 _WHY = b"invalid connection preface"
 BAD_PREFACE = (
     b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS: length 0, type 4, no flags, stream 0
-    + (8 + len(_WHY)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"  # GOAWAY: type 7, no flags, stream 0
-    + b"\x00\x00\x00\x00\x00\x00\x00\x01" + _WHY  # last stream 0, PROTOCOL_ERROR (1)
+    + (8 + len(_WHY)).to_bytes(3, "big")
+    + b"\x07\x00\x00\x00\x00\x00"  # GOAWAY: type 7, no flags, stream 0
+    + b"\x00\x00\x00\x00\x00\x00\x00\x01"
+    + _WHY  # last stream 0, PROTOCOL_ERROR (1)
 )
 
 
@@ -142,8 +144,10 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             elif PREFACE.startswith(data):
                 self.pending_error = data  # a piece of the preface (or of "POST"...): wait for more
             elif only:
-                logger.info("Not an HTTP/2 connection preface from %s: GOAWAY PROTOCOL_ERROR",
-                            self.client[0] if self.client else "unix socket")
+                logger.info(
+                    "Not an HTTP/2 connection preface from %s: GOAWAY PROTOCOL_ERROR",
+                    self.client[0] if self.client else "unix socket",
+                )
                 self.transport.write(BAD_PREFACE)
                 self.close()
             else:

@@ -59,8 +59,14 @@ _MIN_STREAMS = 100
 
 # Flood counters, per connection per second.
 _RESETS, _SETTINGS, _PINGS, _PRIORITY, _EMPTY, _TRICKLE = range(6)
-_FLOODS = ("RST_STREAM frames", "SETTINGS frames", "PING frames", "PRIORITY frames", "empty DATA frames",
-           "WINDOW_UPDATE frames that opened a shut window by under 1 KiB")
+_FLOODS = (
+    "RST_STREAM frames",
+    "SETTINGS frames",
+    "PING frames",
+    "PRIORITY frames",
+    "empty DATA frames",
+    "WINDOW_UPDATE frames that opened a shut window by under 1 KiB",
+)
 _TINY = 1024  # a WINDOW_UPDATE that lets a waiting response send less than this counts as a flood frame
 
 
@@ -83,10 +89,17 @@ class H2Limits:
     @classmethod
     def from_settings(cls, settings: Any) -> H2Limits:
         return cls(
-            settings.http2_max_concurrent_streams, settings.http2_initial_window_size,
-            settings.http2_max_frame_size, settings.http2_max_header_list_size, settings.http2_header_table_size,
-            settings.http2_max_continuation_frames, settings.http2_max_resets, settings.http2_max_control_frames,
-            settings.http2_send_timeout, settings.http2_max_write_buffer, settings.health_path,
+            settings.http2_max_concurrent_streams,
+            settings.http2_initial_window_size,
+            settings.http2_max_frame_size,
+            settings.http2_max_header_list_size,
+            settings.http2_header_table_size,
+            settings.http2_max_continuation_frames,
+            settings.http2_max_resets,
+            settings.http2_max_control_frames,
+            settings.http2_send_timeout,
+            settings.http2_max_write_buffer,
+            settings.health_path,
         )
 
 
@@ -95,9 +108,28 @@ _CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None)
 
 class H2Protocol(H2Sender, asyncio.Protocol):
     __slots__ = (
-        "server", "limits", "http1", "transport", "conn", "flow", "streams", "client", "sockname", "scheme",
-        "trusted", "extensions", "phase", "since", "going_away", "floods", "flood_second", "last_stream",
-        "state", "loop", "flushing", "__weakref__",
+        "server",
+        "limits",
+        "http1",
+        "transport",
+        "conn",
+        "flow",
+        "streams",
+        "client",
+        "sockname",
+        "scheme",
+        "trusted",
+        "extensions",
+        "phase",
+        "since",
+        "going_away",
+        "floods",
+        "flood_second",
+        "last_stream",
+        "state",
+        "loop",
+        "flushing",
+        "__weakref__",
     )
 
     def __init__(self, http1: Any, limits: H2Limits) -> None:
@@ -143,14 +175,17 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         # are parked, like HTTP/1.1 requests.
         room = server.max_applications - len(server.application_instances)
         streams = min(limits.max_concurrent_streams, max(room, _MIN_STREAMS))
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
-            h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-            h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.header_table_size,
-            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-        })
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+                h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.header_table_size,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            },
+        )
         conn.max_inbound_frame_size = limits.max_frame_size
         conn.decoder.max_header_list_size = limits.max_header_list_size
         conn.decoder.max_allowed_table_size = limits.header_table_size
@@ -271,7 +306,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             headers.insert(0, (b"host", authority))
         if path[:1] == b"/":
             if b"#" in path:  # a client's own fragment (RFC 9110 §4.2.4): never the app's path or query
-                path = path[:path.index(b"#")]
+                path = path[: path.index(b"#")]
             raw_path, _, query = path.partition(b"?")
         else:  # OPTIONS *
             raw_path, query = path, b""
@@ -289,7 +324,8 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             "query_string": query,
             "headers": headers,
             "state": server.lifespan_state.copy(),
-            "extensions": {"http.response.trailers": {}} if self.extensions is None
+            "extensions": {"http.response.trailers": {}}
+            if self.extensions is None
             else {**self.extensions, "http.response.trailers": {}},
         }
         stream = H2Stream(self, stream_id, scope, method == b"HEAD", server.access_log is not None)
@@ -361,8 +397,11 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             stream.window_opened()
         else:
             streams = self.streams.values()
-            if 0 < conn.outbound_flow_control_window < _TINY and any(s.window is not None for s in streams) \
-                    and self._flood(_TRICKLE):
+            if (
+                0 < conn.outbound_flow_control_window < _TINY
+                and any(s.window is not None for s in streams)
+                and self._flood(_TRICKLE)
+            ):
                 return
             for stream in streams:
                 stream.window_opened()
@@ -395,8 +434,9 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         bound = self.limits.max_resets if kind == _RESETS else self.limits.max_control_frames
         if count <= bound:
             return False
-        logger.warning("HTTP/2 client %s sent more than %d %s in a second: closing the connection",
-                       self.peer, bound, _FLOODS[kind])
+        logger.warning(
+            "HTTP/2 client %s sent more than %d %s in a second: closing the connection", self.peer, bound, _FLOODS[kind]
+        )
         self.close(ErrorCodes.ENHANCE_YOUR_CALM)
         return True
 

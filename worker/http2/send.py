@@ -116,8 +116,9 @@ class H2Sender:
                 try:
                     await asyncio.wait_for(flow.drain(), timeout)
                 except asyncio.TimeoutError:
-                    logger.warning("HTTP/2 client %s read nothing for %.0f s: dropping the connection",
-                                   self.peer, timeout)
+                    logger.warning(
+                        "HTTP/2 client %s read nothing for %.0f s: dropping the connection", self.peer, timeout
+                    )
                     self.close(goaway=False)
                     self.transport.abort()
             if stream.disconnected or self.phase == CLOSED:
@@ -134,8 +135,9 @@ class H2Sender:
                 try:
                     await asyncio.wait_for(stream.window, timeout)
                 except asyncio.TimeoutError:
-                    logger.warning("HTTP/2 client %s kept a stream's window shut for %.0f s: resetting it",
-                                   self.peer, timeout)
+                    logger.warning(
+                        "HTTP/2 client %s kept a stream's window shut for %.0f s: resetting it", self.peer, timeout
+                    )
                     self.reset(stream, ErrorCodes.FLOW_CONTROL_ERROR)
                     return
                 finally:
@@ -144,7 +146,7 @@ class H2Sender:
             left = total - sent
             size = min(window, left, conn.max_outbound_frame_size)
             try:
-                conn.send_data(stream_id, view[sent:sent + size], end_stream=end and size == left)
+                conn.send_data(stream_id, view[sent : sent + size], end_stream=end and size == left)
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 stream.disconnect()
                 return
@@ -174,10 +176,15 @@ class H2Sender:
     def send_error(self, stream: H2Stream, status: int) -> None:
         body = b"Internal Server Error" if status == 500 else b"Bad Request"
         try:
-            self.conn.send_headers(stream.stream_id, [  # type: ignore[union-attr]
-                (b":status", _STATUS[status]), (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", b"%d" % len(body)),
-            ], end_stream=stream.is_head)
+            self.conn.send_headers(
+                stream.stream_id,
+                [  # type: ignore[union-attr]
+                    (b":status", _STATUS[status]),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+                end_stream=stream.is_head,
+            )
             if not stream.is_head:
                 self.conn.send_data(stream.stream_id, body, end_stream=True)  # type: ignore[union-attr]
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, h2.exceptions.FlowControlError):

@@ -27,7 +27,11 @@ error_logger = logging.getLogger("corral.error")
 
 # Response states: RequestCycle's (the server reads them alike), and one of HTTP/2's own.
 _IDLE, _STARTED, _HEAD_SENT, _COMPLETE = (
-    ResponseState.IDLE, ResponseState.STARTED, ResponseState.HEAD_SENT, ResponseState.COMPLETE)
+    ResponseState.IDLE,
+    ResponseState.STARTED,
+    ResponseState.HEAD_SENT,
+    ResponseState.COMPLETE,
+)
 _TRAILERS = 4  # the body is complete, the application's trailers are still to come
 
 _DISCONNECT = {"type": "http.disconnect"}
@@ -35,8 +39,24 @@ _DISCONNECT = {"type": "http.disconnect"}
 
 class H2Stream:
     __slots__ = (
-        "protocol", "stream_id", "scope", "is_head", "body", "unacked", "body_complete", "delivered",
-        "disconnected", "running", "waiter", "window", "state", "status", "headers", "trailers", "t0", "nbytes",
+        "protocol",
+        "stream_id",
+        "scope",
+        "is_head",
+        "body",
+        "unacked",
+        "body_complete",
+        "delivered",
+        "disconnected",
+        "running",
+        "waiter",
+        "window",
+        "state",
+        "status",
+        "headers",
+        "trailers",
+        "t0",
+        "nbytes",
     )
 
     def __init__(self, protocol: Any, stream_id: int, scope: dict, is_head: bool, timed: bool) -> None:
@@ -196,8 +216,9 @@ class H2Stream:
                 failed = task.cancelled() or task.exception() is not None  # exceptions are logged by the pool
                 if state < _HEAD_SENT:
                     if not failed:
-                        error_logger.error("ASGI callable returned without %s response",
-                                           "starting" if state == _IDLE else "completing")
+                        error_logger.error(
+                            "ASGI callable returned without %s response", "starting" if state == _IDLE else "completing"
+                        )
                     self.status = 500
                     self.headers = ()
                     self.nbytes = 0

@@ -76,8 +76,9 @@ async def serve_application(
 
     layers = None
     if wsgi:
-        layers = wsgi_layers(worker, settings.pre_request, settings.post_request, settings.request_timeout,
-                             settings.threads, on_stuck)
+        layers = wsgi_layers(
+            worker, settings.pre_request, settings.post_request, settings.request_timeout, settings.threads, on_stuck
+        )
     else:
         asgi_app = wrap_deadline(asgi_app, app, settings.request_timeout, settings.threads, on_stuck)
         asgi_app = wrap_request_hooks(asgi_app, worker, settings.pre_request, settings.post_request)
@@ -162,9 +163,18 @@ def run_worker(
             on_ready(server)
 
     try:
-        return loop.run_until_complete(serve_application(app, settings, sockets, notify=notify, on_ready=ready,
-                                                         worker=worker, ssl_context=ssl_context,
-                                                         max_applications=max_applications))
+        return loop.run_until_complete(
+            serve_application(
+                app,
+                settings,
+                sockets,
+                notify=notify,
+                on_ready=ready,
+                worker=worker,
+                ssl_context=ssl_context,
+                max_applications=max_applications,
+            )
+        )
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())

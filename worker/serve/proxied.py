@@ -59,9 +59,9 @@ class _Proxied:
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         client = self.client
-        self.header_trusted = bool(self.server.proxy_trust.trusts(
-            client[0] if client else None, self.sockname[1] is None
-        ))
+        self.header_trusted = bool(
+            self.server.proxy_trust.trusts(client[0] if client else None, self.sockname[1] is None)
+        )
 
     def data_received(self, data: bytes) -> None:
         preamble = self.preamble

@@ -83,6 +83,7 @@ def unread_bytes(transport: Any) -> int:
     except (AttributeError, OSError, ValueError):
         return 0
 
+
 AccessLog = Callable[[dict, int, int, float, Any], None]
 
 
@@ -240,8 +241,11 @@ class WorkerServer(StatelessServer):
             self.wsgi.drain_lazy()
         self._set_accepting(False)
         if self._graceful and self.connections:
-            logger.info("Stopping: no longer accepting; finishing what %d open connection(s) have in flight, "
-                        "keep-alive ones closed with their next response", len(self.connections))
+            logger.info(
+                "Stopping: no longer accepting; finishing what %d open connection(s) have in flight, "
+                "keep-alive ones closed with their next response",
+                len(self.connections),
+            )
         connections = self.connections
         for protocol in list(connections):
             phase = protocol.phase
@@ -347,8 +351,9 @@ class WorkerServer(StatelessServer):
                     tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.ssl_handshake_timeout}
                 try:
                     if sock.family == socket.AF_UNIX:
-                        server = await loop.create_unix_server(factory, sock=dup, backlog=self.settings.backlog,
-                                                               **_KEEP_SOCKET_FILE, **tls)
+                        server = await loop.create_unix_server(
+                            factory, sock=dup, backlog=self.settings.backlog, **_KEEP_SOCKET_FILE, **tls
+                        )
                     else:
                         server = await loop.create_server(factory, sock=dup, backlog=self.settings.backlog, **tls)
                 except BaseException:
@@ -452,8 +457,11 @@ class WorkerServer(StatelessServer):
                 rates.begin(loop.time(), self.pool_full or bool(self.parked))
             for protocol in tuple(self.connections):
                 phase = protocol.phase
-                if rates is not None and isinstance(protocol, HttpProtocol) and (
-                        phase == BUSY or phase == CLOSED or protocol.flow.write_paused or protocol.rate is not None):
+                if (
+                    rates is not None
+                    and isinstance(protocol, HttpProtocol)
+                    and (phase == BUSY or phase == CLOSED or protocol.flow.write_paused or protocol.rate is not None)
+                ):
                     rates.check(protocol)  # (HTTP/2 connections are not timed)
                     phase = protocol.phase  # CLOSED if it ended a transfer
                 if phase == HEAD or phase == FRESH:

@@ -179,8 +179,11 @@ def accept_response(
     accept: bytes, default_headers: bytes, subprotocol: bytes | None, extension_header: bytes, extra: bytes
 ) -> bytes:
     """The 101 Switching Protocols response; `extra` is the application's (validated) header block."""
-    parts = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-             b"sec-websocket-accept: ", accept, b"\r\n"]
+    parts = [
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ",
+        accept,
+        b"\r\n",
+    ]
     if extension_header:
         parts += (b"sec-websocket-extensions: ", extension_header, b"\r\n")
     if subprotocol:
@@ -229,8 +232,17 @@ class WebSocketConnection:
     """
 
     __slots__ = (
-        "proto", "limit", "max_size", "buffer", "need", "fast", "fragments", "fragment_text", "fragment_bytes",
-        "eof", "controls",
+        "proto",
+        "limit",
+        "max_size",
+        "buffer",
+        "need",
+        "fast",
+        "fragments",
+        "fragment_text",
+        "fragment_bytes",
+        "eof",
+        "controls",
     )
 
     def __init__(self, max_size: int, extensions: list[Any] | None = None) -> None:
@@ -240,8 +252,9 @@ class WebSocketConnection:
             # most 5 bytes per 16 KiB block): the wire limit leaves room for that, and the message size
             # is checked again once decompressed. websockets' decoder never inflates past the wire limit.
             limit = limit + limit // 64 + 1024
-        proto = self.proto = Protocol(Side.SERVER, state=OPEN, max_size=limit if max_size else None,
-                                      logger=_PROTOCOL_LOGGER)  # type: ignore[arg-type]
+        proto = self.proto = Protocol(
+            Side.SERVER, state=OPEN, max_size=limit if max_size else None, logger=_PROTOCOL_LOGGER
+        )  # type: ignore[arg-type]
         if extensions:
             proto.extensions = list(extensions)
         self.max_size = limit  # the wire limit of a frame (of a message, when fragmented)
@@ -304,23 +317,28 @@ class WebSocketConnection:
                 if n - head < 8:
                     need = 10
                     break
-                length = int.from_bytes(data[head:head + 8], "big")
+                length = int.from_bytes(data[head : head + 8], "big")
                 head += 8
             if b1 & 0x80:
                 head += 4
             if length > self.max_size:
                 # Too big: websockets says 1009 as soon as it reads the length; the payload is never kept.
-                self._slow(data[pos:min(head, n)], events)
+                self._slow(data[pos : min(head, n)], events)
                 return events
             end = head + length
             if end > n:
                 need = end - pos
                 break
-            if (b0 == _BINARY_FIN_MASKED or b0 == _TEXT_FIN_MASKED) and b1 & 0x80 and self.fast \
-                    and self.fragments is None and proto.state is OPEN:
+            if (
+                (b0 == _BINARY_FIN_MASKED or b0 == _TEXT_FIN_MASKED)
+                and b1 & 0x80
+                and self.fast
+                and self.fragments is None
+                and proto.state is OPEN
+            ):
                 if view is None:
                     view = memoryview(data)
-                payload = apply_mask(view[head:end], view[head - 4:head])
+                payload = apply_mask(view[head:end], view[head - 4 : head])
                 if b0 == _TEXT_FIN_MASKED:
                     try:
                         events.append((MESSAGE, payload.decode()))
@@ -367,8 +385,10 @@ class WebSocketConnection:
                     continue
                 fragments.append(frame.data)
                 self.fragment_bytes += len(frame.data)
-                if len(fragments) > FREE_FRAGMENTS and \
-                        (len(fragments) - FREE_FRAGMENTS) * MIN_FRAGMENT > self.fragment_bytes:
+                if (
+                    len(fragments) > FREE_FRAGMENTS
+                    and (len(fragments) - FREE_FRAGMENTS) * MIN_FRAGMENT > self.fragment_bytes
+                ):
                     self.fragments = None
                     reason = "message split in too many small fragments"
                     self._fail(1008, reason)

@@ -84,14 +84,42 @@ class WebSocketCycle(asyncio.Protocol):
 
     __slots__ = (
         # what the HTTP side reads and writes on a request object
-        "protocol", "scope", "keep_alive", "state", "disconnected", "t0", "status", "headers", "nbytes",
+        "protocol",
+        "scope",
+        "keep_alive",
+        "state",
+        "disconnected",
+        "t0",
+        "status",
+        "headers",
+        "nbytes",
         # the handshake
-        "server", "accept", "extension_header", "extensions", "tail", "response",
+        "server",
+        "accept",
+        "extension_header",
+        "extensions",
+        "tail",
+        "response",
         # the open socket
-        "transport", "flow", "conn", "phase", "queue", "queued", "max_queue", "max_bytes", "waiter",
-        "ended", "deadline", "ping", "hub", "app_done", "controls_since",
+        "transport",
+        "flow",
+        "conn",
+        "phase",
+        "queue",
+        "queued",
+        "max_queue",
+        "max_bytes",
+        "waiter",
+        "ended",
+        "deadline",
+        "ping",
+        "hub",
+        "app_done",
+        "controls_since",
         # the session's figures (metrics, and the access log's line at close)
-        "messages_in", "messages_out", "bytes_in",
+        "messages_in",
+        "messages_out",
+        "bytes_in",
     )
 
     def __init__(self, protocol: Any, scope: dict, accept: bytes, extension_header: bytes, extensions: list) -> None:
@@ -367,8 +395,10 @@ class WebSocketCycle(asyncio.Protocol):
                 protocol.close()
             return
         if not failed:
-            logger.error("ASGI callable returned without %s the WebSocket handshake",
-                         "completing the denial response to" if state == DENIAL else "accepting or refusing")
+            logger.error(
+                "ASGI callable returned without %s the WebSocket handshake",
+                "completing the denial response to" if state == DENIAL else "accepting or refusing",
+            )
         self._respond(500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
 
     # ------------------------------------------------------------------ the open socket (asyncio callbacks)
@@ -466,8 +496,11 @@ class WebSocketCycle(asyncio.Protocol):
         closed = getattr(server.access_log, "websocket_closed", None)  # the access log's line at close
         if closed is not None and self.t0 is not None:
             try:
-                closed(self.scope, time.perf_counter() - self.t0, WebSocketSession(
-                    code, self.bytes_in, self.nbytes, self.messages_in, self.messages_out))
+                closed(
+                    self.scope,
+                    time.perf_counter() - self.t0,
+                    WebSocketSession(code, self.bytes_in, self.nbytes, self.messages_in, self.messages_out),
+                )
             except Exception:
                 logger.exception("Access log failed")
 

@@ -113,7 +113,9 @@ def _encode_headers(headers: Any) -> tuple:
         try:
             encoded = tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
         except (AttributeError, TypeError, ValueError, UnicodeEncodeError):
-            raise RuntimeError(f"WSGI response headers must be a list of (str, str) latin-1 pairs: {headers!r}") from None
+            raise RuntimeError(
+                f"WSGI response headers must be a list of (str, str) latin-1 pairs: {headers!r}"
+            ) from None
         if key is not None:
             if len(_STR_HEADERS) >= _STR_HEADERS_MAX:
                 _STR_HEADERS.clear()
@@ -216,7 +218,9 @@ class WsgiCall:
             outcome = FAILED
             if not (self.aborted and isinstance(exc, OSError)):  # a write to a gone client is not a bug
                 error_logger.error(
-                    "Exception in WSGI application (%s %s)", self.scope["method"], self.scope["path"],
+                    "Exception in WSGI application (%s %s)",
+                    self.scope["method"],
+                    self.scope["path"],
                     exc_info=(type(exc), exc, exc.__traceback__),
                 )
         finally:
@@ -228,8 +232,10 @@ class WsgiCall:
                     except BaseException as exc:
                         outcome = FAILED
                         error_logger.error(
-                            "Exception in close() of a WSGI response (%s %s)", self.scope["method"],
-                            self.scope["path"], exc_info=(type(exc), exc, exc.__traceback__),
+                            "Exception in close() of a WSGI response (%s %s)",
+                            self.scope["method"],
+                            self.scope["path"],
+                            exc_info=(type(exc), exc, exc.__traceback__),
                         )
         if outcome == SENDFILE:
             self.result = result
@@ -260,8 +266,13 @@ class WsgiCall:
             raise RuntimeError("WSGI application produced a body before calling start_response")
         server = self.protocol.server
         head, mode, self.keep_alive = response_head(
-            self.status, self.headers, server.default_header_bytes, self.keep_alive and not server.stopping,
-            self.http11, self.is_head, body_length,
+            self.status,
+            self.headers,
+            server.default_header_bytes,
+            self.keep_alive and not server.stopping,
+            self.http11,
+            self.is_head,
+            body_length,
         )
         self.head_sent = True
         self.mode = mode
@@ -392,8 +403,9 @@ class WsgiCall:
     def _check_length(self, sent: int) -> None:
         if self.mode >= 0 and sent < self.mode:
             self.keep_alive = False  # the client can only tell the body is short by the close
-            error_logger.error("WSGI response shorter than its Content-Length (%s %s)",
-                               self.scope["method"], self.scope["path"])
+            error_logger.error(
+                "WSGI response shorter than its Content-Length (%s %s)", self.scope["method"], self.scope["path"]
+            )
 
     def _write_direct(self) -> bool:
         """Write a finished response from this thread, straight to the connection's socket, and leave its

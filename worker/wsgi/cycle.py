@@ -61,8 +61,20 @@ class WsgiDispatcher:
     only when the batch was empty), then `drain()` writes every posted request's output.
     """
 
-    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection", "lazy",
-                 "body_input", "deadline", "hooks")
+    __slots__ = (
+        "app",
+        "loop",
+        "threads",
+        "lock",
+        "items",
+        "scheduled",
+        "body_buffer",
+        "per_connection",
+        "lazy",
+        "body_input",
+        "deadline",
+        "hooks",
+    )
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
         self.app = app
@@ -118,8 +130,13 @@ class WsgiDispatcher:
         protocol = cycle.protocol
         state = protocol.state
         server = protocol.server
-        if ((state is not None and state.pipeline) or server.parked or server.stopping or protocol.phase == _CLOSED
-                or protocol.pending_error is not None):
+        if (
+            (state is not None and state.pipeline)
+            or server.parked
+            or server.stopping
+            or protocol.phase == _CLOSED
+            or protocol.pending_error is not None
+        ):
             with self.lock:
                 wake = not self.scheduled
                 self.scheduled = True
@@ -168,8 +185,14 @@ class WsgiCycle(WsgiCall):
     )  # fmt: skip
 
     def __init__(
-        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, is_head: bool,
-        http11: bool, timed: bool,
+        self,
+        protocol: Any,
+        scope: dict,
+        keep_alive: bool,
+        expect_continue: bool,
+        is_head: bool,
+        http11: bool,
+        timed: bool,
     ) -> None:
         self.protocol = protocol
         self.scope = scope
@@ -256,14 +279,19 @@ class WsgiCycle(WsgiCall):
                     pass
         if self.input is None:
             body = self.body
-            self.input = self.outbox.body_input(body[0] if body is not None and len(body) == 1 else b"".join(body or ()))
+            self.input = self.outbox.body_input(
+                body[0] if body is not None and len(body) == 1 else b"".join(body or ())
+            )
             self.body = None
         self.outbox.submit(self)
 
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
         stream = self.input = StreamInput(
-            asyncio.get_running_loop(), self.outbox.body_buffer, self._resume_body, first_read,
+            asyncio.get_running_loop(),
+            self.outbox.body_buffer,
+            self._resume_body,
+            first_read,
             self.outbox.client_wait,
         )
         if self.body:
@@ -368,8 +396,13 @@ class WsgiCycle(WsgiCall):
             return
         if chunks:
             self.state = 2
-            if outcome != RUNNING and outcome != SENDFILE and not self.keep_alive and self.body_complete \
-                    and protocol.state.client_close:
+            if (
+                outcome != RUNNING
+                and outcome != SENDFILE
+                and not self.keep_alive
+                and self.body_complete
+                and protocol.state.client_close
+            ):
                 cork(transport)  # the last bytes of a closing connection go out with the FIN
             if len(chunks) == 1:
                 transport.write(chunks[0])
@@ -474,12 +507,18 @@ class WsgiCycle(WsgiCall):
         protocol = self.protocol
         scope = self.scope
         answered = self.timed_out = not self.disconnected and self.state == 0
-        error_logger.warning("Request %s %s timed out after %gs (--request-timeout)%s", scope["method"],
-                             scope["path"], timeout, ": answered 504" if answered else "")
+        error_logger.warning(
+            "Request %s %s timed out after %gs (--request-timeout)%s",
+            scope["method"],
+            scope["path"],
+            timeout,
+            ": answered 504" if answered else "",
+        )
         if answered:
             server = protocol.server
-            head, _, _ = response_head(504, _TIMEOUT_HEADERS, server.default_header_bytes, False, self.http11,
-                                       self.is_head, len(TIMEOUT_BODY))
+            head, _, _ = response_head(
+                504, _TIMEOUT_HEADERS, server.default_header_bytes, False, self.http11, self.is_head, len(TIMEOUT_BODY)
+            )
             protocol.transport.write(head if self.is_head else head + TIMEOUT_BODY)
             server.requests_served += 1
             if self.t0 is not None and server.access_log is not None:

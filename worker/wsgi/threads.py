@@ -43,8 +43,7 @@ class Job(Protocol):
 
 
 class WorkerThreads:
-    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck", "waiting", "aside",
-                 "surplus")
+    __slots__ = ("size", "jobs", "lock", "idle", "threads", "closed", "name", "stuck", "waiting", "aside", "surplus")
 
     def __init__(self, size: int, name: str = "corral-wsgi") -> None:
         if size < 1:

@@ -53,9 +53,11 @@ def run(server: StatelessServer) -> None:
 
 async def until(predicate, timeout: float = WAIT) -> None:
     """Wait for a condition on the event loop, yielding between checks; fails after `timeout`."""
+
     async def poll():
         while not predicate():
             await asyncio.sleep(0)
+
     await asyncio.wait_for(poll(), timeout)
 
 

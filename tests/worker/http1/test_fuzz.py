@@ -144,8 +144,22 @@ def request(draw: Any, i: int) -> tuple[bytes, int]:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body, length
 
 
-TOKENS = [b"\r\n", b"\n", b" ", b":", b"\x00", b"\x80", b"Host: b\r\n", b"Content-Length: 7\r\n",
-          b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n", b"fffffffff\r\n", b"HTTP/2.0", b"*", b"\r\n\r\n"]
+TOKENS = [
+    b"\r\n",
+    b"\n",
+    b" ",
+    b":",
+    b"\x00",
+    b"\x80",
+    b"Host: b\r\n",
+    b"Content-Length: 7\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"0\r\n\r\n",
+    b"fffffffff\r\n",
+    b"HTTP/2.0",
+    b"*",
+    b"\r\n\r\n",
+]
 
 
 @st.composite
@@ -167,7 +181,7 @@ def stream(draw: Any) -> tuple[bytes, int, bool, list[int]]:
             elif kind == "truncate":
                 del buf[at:]
             else:
-                del buf[at:at + draw(st.integers(1, 6))]
+                del buf[at : at + draw(st.integers(1, 6))]
         data = bytes(buf)
     cuts = sorted(draw(st.lists(st.integers(0, max(len(data), 1)), max_size=6)))
     return data, count, mutated, cuts, lengths
@@ -200,8 +214,13 @@ async def exchange(data: bytes, cuts: list[int]) -> tuple[FakeTransport, Recorde
     return transport, app
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(stream())
 def test_http11_protocol_properties(example):
     data, count, mutated, cuts, lengths = example

@@ -62,8 +62,13 @@ def make_app(release: threading.Event | None = None, seen: list | None = None):
             return
         if path == "/raise":
             raise RuntimeError("boom")
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"Content-Type", b"text/plain"),
-                                                                           (b"Connection", b"keep-alive")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"Content-Type", b"text/plain"), (b"Connection", b"keep-alive")],
+            }
+        )
         await send({"type": "http.response.body", "body": b"hello " + path.encode()})
 
     return app
@@ -90,9 +95,9 @@ def parse_frames(data: bytes) -> list:
     frames = []
     while data:
         frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        frame.parse_body(memoryview(data[9:9 + length]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
         frames.append(frame)
-        data = data[9 + length:]
+        data = data[9 + length :]
     return frames
 
 
@@ -104,8 +109,11 @@ def data_frame_sizes(client: H2Client, stream_id: int) -> list[int]:
     deadline = time.monotonic() + WAIT
     while not (reply.ended or reply.reset is not None or client.goaway is not None or client.closed):
         assert time.monotonic() < deadline, f"timed out waiting, after DATA frames of {sizes}"
-        sizes.extend(len(event.data) for event in client.read()
-                     if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id)
+        sizes.extend(
+            len(event.data)
+            for event in client.read()
+            if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id
+        )
     return sizes
 
 
@@ -163,10 +171,13 @@ def test_http_2_on_cleartext_is_prior_knowledge_only_and_a_bad_preface_gets_goaw
     with run_server(make_app(), Settings(http="2")) as (host, port, server):
         # Not the preface, HTTP/1.1 or not (an Upgrade: h2c too): what an HTTP/2 endpoint answers an invalid
         # preface with (RFC 9113 §3.4) - its SETTINGS, GOAWAY PROTOCOL_ERROR, close - and no HTTP/1.1 at all.
-        for opening in (b"INVALID CONNECTION PREFACE\r\n\r\n", b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
-                        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-                        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
-                        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"):
+        for opening in (
+            b"INVALID CONNECTION PREFACE\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        ):
             frames = parse_frames(raw_answer(port, opening))
             assert [type(frame) for frame in frames] == [SettingsFrame, GoAwayFrame], frames
             assert frames[1].error_code == PROTOCOL_ERROR and frames[1].last_stream_id == 0
@@ -191,10 +202,14 @@ def test_a_peer_protocol_error_is_logged_with_what_was_wrong(caplog):
             client.until_closed()
             assert client.goaway is not None and client.goaway.error_code == PROTOCOL_ERROR
         assert served(port)
-    assert (f"HTTP/2 protocol error from 127.0.0.1: a frame on stream {stream_id}, which is closed (STREAM_CLOSED)"
-            in caplog.text)
-    assert ("HTTP/2 protocol error from 127.0.0.1: a CONTINUATION frame that the stream's state (open) does not "
-            "allow (PROTOCOL_ERROR)") in caplog.text
+    assert (
+        f"HTTP/2 protocol error from 127.0.0.1: a frame on stream {stream_id}, which is closed (STREAM_CLOSED)"
+        in caplog.text
+    )
+    assert (
+        "HTTP/2 protocol error from 127.0.0.1: a CONTINUATION frame that the stream's state (open) does not "
+        "allow (PROTOCOL_ERROR)"
+    ) in caplog.text
 
 
 def test_streams_beyond_the_pool_are_parked_and_all_served():

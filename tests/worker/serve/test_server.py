@@ -29,9 +29,14 @@ def test_exception_before_response_start_is_500_and_logged(caplog):
         response = client.get()
         assert response.status == 500
         assert client.closed()
-        wait_until(lambda: any("boom before start" in (r.exc_text or "") or
-                               (r.exc_info and "boom before start" in str(r.exc_info[1]))
-                               for r in caplog.records if r.name == "corral.error"), what="error log")
+        wait_until(
+            lambda: any(
+                "boom before start" in (r.exc_text or "") or (r.exc_info and "boom before start" in str(r.exc_info[1]))
+                for r in caplog.records
+                if r.name == "corral.error"
+            ),
+            what="error log",
+        )
 
 
 def test_exception_after_response_start_closes_the_connection(caplog):
@@ -114,8 +119,7 @@ def test_body_longer_than_content_length_is_an_error(events):
 
 def test_header_injection_is_refused(events):
     async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"x-evil", b"a\r\nset-cookie: b")]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-evil", b"a\r\nset-cookie: b")]})
         try:
             await send({"type": "http.response.body", "body": b""})
         except RuntimeError as exc:
@@ -306,8 +310,9 @@ def test_graceful_stop_serves_a_just_accepted_connection():
 def test_graceful_stop_serves_a_request_head_in_progress():
     with run_server(ok_app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
         client.send(b"POST /post HTTP/1.1\r\nHost: t\r\n")
-        wait_until(lambda: call_in_loop(server, lambda: any(p.state.url for p in server.connections)),
-                   what="the head to begin")
+        wait_until(
+            lambda: call_in_loop(server, lambda: any(p.state.url for p in server.connections)), what="the head to begin"
+        )
         call_in_loop(server, server.request_stop)
         wait_until(lambda: stopping(server), what="the stop")
         client.send(b"Content-Length: 5\r\n\r\nhello")
@@ -412,8 +417,7 @@ def test_large_response_to_a_slow_reader():
     chunk = b"y" * (1024 * 1024)
 
     async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"%d" % size)]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % size)]})
         for i in range(10):
             await send({"type": "http.response.body", "body": chunk, "more_body": i < 9})
 

@@ -51,8 +51,11 @@ def test_fragmented_messages_are_assembled():
     with run_server(echo_app()) as (host, port, _):
         client = RawClient(host, port)
         assert client.status == 101
-        client.send(masked(0x1, "hé".encode()[:2], fin=False) + masked(0x9, b"ping!")  # a ping in between
-                    + masked(0x0, "hé".encode()[2:] + b"llo", fin=True))
+        client.send(
+            masked(0x1, "hé".encode()[:2], fin=False)
+            + masked(0x9, b"ping!")  # a ping in between
+            + masked(0x0, "hé".encode()[2:] + b"llo", fin=True)
+        )
         opcode, _, payload = client.frame()
         assert (opcode, payload) == (0xA, b"ping!")  # the pong
         opcode, fin, payload = client.frame()
@@ -72,7 +75,7 @@ def test_frames_split_across_reads():
         client = RawClient(host, port)
         frame = masked(0x2, b"z" * 300)
         for i in range(len(frame)):
-            client.send(frame[i:i + 1])
+            client.send(frame[i : i + 1])
             time.sleep(0.0005 if i < 12 else 0)
         assert client.frame() == (0x2, True, b"z" * 300)
         client.close()
@@ -107,8 +110,11 @@ def test_server_closes_a_client_that_stops_answering_pings(events):
         assert opcode == 0x9  # a ping, never answered
         assert client.close_code() == (1011, "keepalive ping timeout")
         assert client.at_eof()
-        assert events.get(timeout=WAIT) == {"type": "websocket.disconnect", "code": 1011,
-                                            "reason": "keepalive ping timeout"}
+        assert events.get(timeout=WAIT) == {
+            "type": "websocket.disconnect",
+            "code": 1011,
+            "reason": "keepalive ping timeout",
+        }
         client.close()
         assert_still_serving(host, port)
 
@@ -217,8 +223,17 @@ def test_oversized_message_closes_with_1009_and_the_worker_keeps_serving(events)
         (masked(0x8, b"\x03\xe8\xff"), 1007),  # close reason not UTF-8
         (masked(0x8, struct.pack("!H", 999)), 1002),  # invalid close code
     ],
-    ids=["bad-opcode", "unmasked", "bad-utf8", "bad-utf8-fragmented", "rsv-bit", "stray-continuation",
-         "long-ping", "bad-close-reason", "bad-close-code"],
+    ids=[
+        "bad-opcode",
+        "unmasked",
+        "bad-utf8",
+        "bad-utf8-fragmented",
+        "rsv-bit",
+        "stray-continuation",
+        "long-ping",
+        "bad-close-reason",
+        "bad-close-code",
+    ],
 )
 def test_invalid_frames_close_with_the_right_code(frame, code, events):
     with run_server(echo_app(events)) as (host, port, _):
@@ -258,8 +273,7 @@ def test_backpressure_stops_reading_while_the_app_lags():
         deadline = time.monotonic() + WAIT
         while True:
             ws = holder.get("ws")
-            if ws is not None and call_in_loop(server, lambda: (ws.flow.read_paused & QUEUE_PAUSE, len(ws.queue))) \
-                    [0]:
+            if ws is not None and call_in_loop(server, lambda: (ws.flow.read_paused & QUEUE_PAUSE, len(ws.queue)))[0]:
                 break
             assert time.monotonic() < deadline, "reading was never paused"
             time.sleep(0.01)

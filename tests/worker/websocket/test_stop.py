@@ -83,8 +83,11 @@ def test_500_concurrent_sockets_on_one_worker():
 def test_graceful_stop_closes_open_sockets_with_1001_after_the_disconnect(events):
     with contextlib.ExitStack() as clients:
         sockets = []
-        with run_server(echo_app(events), Settings(graceful_timeout=10), graceful_exit=True,
-                        stop_timeout=WAIT) as (host, port, server):
+        with run_server(echo_app(events), Settings(graceful_timeout=10), graceful_exit=True, stop_timeout=WAIT) as (
+            host,
+            port,
+            server,
+        ):
             for _ in range(50):
                 ws = clients.enter_context(connect(url(host, port)))
                 ws.send("hi")
@@ -101,8 +104,11 @@ def test_graceful_stop_closes_open_sockets_with_1001_after_the_disconnect(events
 
 
 def test_stop_with_a_client_that_never_answers_the_close_is_bounded():
-    with run_server(echo_app(), Settings(graceful_timeout=0.5), graceful_exit=True,
-                    stop_timeout=WAIT) as (host, port, _):
+    with run_server(echo_app(), Settings(graceful_timeout=0.5), graceful_exit=True, stop_timeout=WAIT) as (
+        host,
+        port,
+        _,
+    ):
         client = RawClient(host, port)  # reads nothing, answers nothing
         started = time.monotonic()
     assert time.monotonic() - started < WAIT

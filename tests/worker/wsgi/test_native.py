@@ -58,13 +58,22 @@ def _adapter(app, **values):
     return run_server(WsgiToAsgi(app), settings(**values), proxy=make_proxy_headers(settings(**values)))
 
 
-@pytest.mark.parametrize("request_bytes, values", [
-    (b"GET /app/caf%C3%A9/x?q=1&r=%20 HTTP/1.1\r\nHost: example.com:8080\r\nCookie: a=1\r\nCookie: b=2\r\n"
-     b"X_Smuggled: 1\r\nAccept: a\r\nAccept: b\r\n\r\n", {"root_path": "/app"}),
-    (b"POST /form HTTP/1.0\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
-     b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\nhello", {}),
-    (b"GET /appx HTTP/1.1\r\nHost: h\r\n\r\n", {"root_path": "/app"}),
-])
+@pytest.mark.parametrize(
+    "request_bytes, values",
+    [
+        (
+            b"GET /app/caf%C3%A9/x?q=1&r=%20 HTTP/1.1\r\nHost: example.com:8080\r\nCookie: a=1\r\nCookie: b=2\r\n"
+            b"X_Smuggled: 1\r\nAccept: a\r\nAccept: b\r\n\r\n",
+            {"root_path": "/app"},
+        ),
+        (
+            b"POST /form HTTP/1.0\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+            b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\nhello",
+            {},
+        ),
+        (b"GET /appx HTTP/1.1\r\nHost: h\r\n\r\n", {"root_path": "/app"}),
+    ],
+)
 def test_environ_matches_the_adapter(request_bytes, values):
     """The native path's environ is the one WsgiToAsgi builds for the same request on the same server:
     SCRIPT_NAME/PATH_INFO, proxy results (REMOTE_ADDR, wsgi.url_scheme), joined headers, dropped `_`."""
@@ -147,6 +156,7 @@ def test_generator_with_content_length_is_cut_there():
                 yield b"never"
             finally:
                 closed.set()
+
         return body()
 
     with serve(app) as (host, port, server):
@@ -204,6 +214,7 @@ def test_close_called_when_the_client_disconnects():
             started.set()
             while True:
                 yield b"x" * 65536
+
         body = Closing(forever())
         return body
 
@@ -289,6 +300,7 @@ def test_slow_reader_stalls_a_streaming_app():
             for i in range(total_chunks):
                 produced[0] += chunk
                 yield bytes([i % 251]) * chunk
+
         return body()
 
     def app_waits():  # the app's thread is blocked: more than the window is waiting for the transport
@@ -346,8 +358,9 @@ def test_readline_and_iteration_of_a_streamed_body():
 
 
 def _expect(client: Client, length: int, path: str = "/") -> None:
-    client.send(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
-                % (path.encode(), length))
+    client.send(
+        b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (path.encode(), length)
+    )
 
 
 def test_100_continue_small_body_answered_when_the_pre_read_begins():
@@ -450,8 +463,10 @@ def test_pool_full_503():
 def test_websocket_handshake_refused():
     with serve(hello) as (host, port, server):
         with Client(host, port) as client:
-            client.send(b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            client.send(
+                b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
             assert client.response().status == 404
 
 
@@ -466,10 +481,10 @@ def test_iterable_file_wrapper_over_a_non_file():
             assert client.get("/").body == b"z" * 200_000
 
 
-
 def test_pipelined_requests_answered_in_order():
     """Responses written by the pool's threads themselves, with the next requests already queued behind
     them: every one is answered, in order, on the same connection."""
+
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [environ["PATH_INFO"].encode()]
@@ -518,6 +533,7 @@ def test_generator_blocks_are_not_held_back():
             yield b"data: one\n\n"
             assert first_seen.wait(WAIT)  # only once the client has the first block
             yield b"data: two\n\n"
+
         return events()
 
     with serve(app) as (host, port, server):

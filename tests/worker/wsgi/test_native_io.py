@@ -174,6 +174,7 @@ def file_app(path, opened):
             headers.append(("Content-Length", query[7:]))
         start_response("200 OK", headers)
         return environ["wsgi.file_wrapper"](f)
+
     return app
 
 
