@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):  # `python bench/load.py`: serve the package from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import procs  # noqa: E402
+from bench import procs
 
 HOST = "127.0.0.1"
 

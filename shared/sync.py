@@ -48,7 +48,7 @@ from .coroutines import iscoroutinefunction, markcoroutinefunction
 from .current_thread_executor import CurrentThreadExecutor
 from .local import _HOME, CRITICAL_VAR_NAME, _Storage
 from .runtime import LoopThread, get_runtime
-from .sync_contexts import (  # noqa: F401  (the context managers are this module's API, as asgiref's)
+from .sync_contexts import (  # the context managers are this module's API, as asgiref's
     AsyncSingleThreadContext,
     ThreadSensitiveContext,
     _current_executor,

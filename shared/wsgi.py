@@ -38,7 +38,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _cf_thread
 from typing import Any, Callable, Iterable
 
-from corral.shared.bodystream import BlockingReader, ClientDisconnected  # noqa: F401 (ClientDisconnected: API)
+from corral.shared.bodystream import BlockingReader, ClientDisconnected  # ClientDisconnected: API
 from corral.shared.runtime import get_runtime
 from corral.shared.wsgi_environ import build_environ
 

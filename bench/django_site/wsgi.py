@@ -8,7 +8,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.django_site.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

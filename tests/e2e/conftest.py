@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, start_master  # noqa: E402
+from serve_harness import Master, start_master
 
 RUN_WORKER = Path(__file__).with_name("run_worker.py")
 START_TIMEOUT = 60.0  # importing Django on a busy 2-core machine can take a while

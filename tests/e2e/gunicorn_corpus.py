@@ -233,7 +233,7 @@ def _exec_expectation(source: str, filename: str) -> dict[str, Any]:
         raise ImportError(f"{filename} imports {name}, which the corpus loader does not provide")
 
     namespace: dict[str, Any] = {"__builtins__": {**vars(builtins), "__import__": guarded_import}, "uri": uri}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102  (gunicorn's expectation files, by design)
+    exec(compile(source, filename, "exec"), namespace)  # gunicorn's expectation files, by design
     return namespace
 
 

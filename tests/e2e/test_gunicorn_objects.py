@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until  # noqa: E402
+from serve_harness import Master, free_port, get, wait_until
 
 # Every hook writes what it saw as one JSON line to records/<hook>.<pid>.
 OBJECTS_CONF = """

@@ -19,9 +19,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "worker"))
-from h2_helpers import H2Client  # noqa: E402
-from serve_harness import WAIT, Master  # noqa: E402
-from test_tls import client_context, make_certs  # noqa: E402
+from h2_helpers import H2Client
+from serve_harness import WAIT, Master
+from test_tls import client_context, make_certs
 
 CURL = shutil.which("curl")
 H2LOAD = shutil.which("h2load")

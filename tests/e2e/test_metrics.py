@@ -24,8 +24,8 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
-from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
+import promtext  # tests/promtext.py: the strict reading of a /metrics page
+from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 

@@ -10,7 +10,7 @@ import textwrap
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import get, start_master, wait_until, write_apps  # noqa: E402
+from serve_harness import get, start_master, wait_until, write_apps
 
 ASGI = """
 import asyncio, os

@@ -12,7 +12,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import (  # noqa: E402
+from serve_harness import (
     STOP_WAIT,
     Load,
     Master,
@@ -25,7 +25,7 @@ from serve_harness import (  # noqa: E402
     write_apps,
 )
 
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
 
 LOAD_SECONDS = 3.0
 

@@ -27,7 +27,7 @@ from corral.master.observe.statsd import StatsdClient, prefix_of, statsd_lines
 from corral.worker.edge.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
+import promtext  # tests/promtext.py: the strict reading of a /metrics page
 
 
 class FakeWorker:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import httptools
 
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
-from corral.worker.conn.response import (  # noqa: F401
+from corral.worker.conn.response import (
     CHUNKED,
     CLOSE_DELIMITED,
     CONTINUE_RESPONSE,
