@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import procs, servers, sequential
+from bench import procs, sequential, servers
 
 BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_baseline.json")
 TOLERANCE_PCT = 3.0

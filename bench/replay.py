@@ -34,12 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import tomllib
 
 START_WAIT = 60.0  # importing on a busy 2-core machine
 SETTLE_WAIT = 30.0

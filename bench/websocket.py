@@ -147,10 +147,9 @@ _C_CLIENT: list[str | None] = []
 def c_client() -> str | None:
     """bench/ws_client.c compiled (once, into a temporary folder), or None without a C compiler."""
     if not _C_CLIENT:
+        import atexit
         import shutil
         import tempfile
-
-        import atexit
 
         path = None
         compiler = shutil.which("cc") or shutil.which("gcc")

@@ -20,7 +20,7 @@ import click
 from corral.master.config.carryover import apply_environment, effective, scan_flags
 from corral.master.config.sources import ConfigProblems, collect, find_config, settings_options
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
-from corral.shared.settings import REGISTRY, Settings, SettingError
+from corral.shared.settings import REGISTRY, SettingError, Settings
 
 __all__ = ["main", "serve", "status"]
 
@@ -199,9 +199,9 @@ def _check(app: str, settings: Settings) -> int:
 def run(app: str, settings: Settings, load: Any, config_path: str | None = None) -> int:
     # Imported here: `serve --help` and `--print-config` need none of this.
     from corral.master.arbiter.loop import AppCheckError, Arbiter, CrashLoop
+    from corral.master.listen.sockets import BindError
     from corral.master.observe.logs import setup_logging
     from corral.master.status.pidfile import PidfileError
-    from corral.master.listen.sockets import BindError
     from corral.worker.app.load import AppImportError
 
     try:

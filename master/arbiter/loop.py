@@ -26,22 +26,22 @@ from typing import Any, Callable
 import psutil
 
 from corral.master.arbiter import shutdown, watchdog, workerproc
-from corral.master.arbiter.shutdown import KILL_MARGIN, QUICK_STOP
-from corral.master.listen.tls import server_context
 from corral.master.arbiter.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.arbiter.channel import pair
-from corral.master.status.control import ControlServer
-from corral.master.hooks.run import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
-from corral.master.status.discover import register
-from corral.master.observe.logs import reopen_logs, setup_logging
-from corral.master.observe.observer import Observer
-from corral.master.status.pidfile import Pidfile, pid_alive
 from corral.master.arbiter.proctitle import set_title
-from corral.master.listen.sockets import bind_all, close_all, describe_listener, parse_address, systemd_sockets
+from corral.master.arbiter.shutdown import KILL_MARGIN, QUICK_STOP
 from corral.master.arbiter.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
 from corral.master.arbiter.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
+from corral.master.hooks.run import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
+from corral.master.listen.sockets import bind_all, close_all, describe_listener, parse_address, systemd_sockets
+from corral.master.listen.tls import server_context
+from corral.master.observe.logs import reopen_logs, setup_logging
+from corral.master.observe.observer import Observer
+from corral.master.status.control import ControlServer
+from corral.master.status.discover import register
+from corral.master.status.pidfile import Pidfile, pid_alive
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.worker.app.load import AppImportError, import_app
 
 __all__ = ["Arbiter", "CrashLoop", "AppCheckError", "split_limit"]

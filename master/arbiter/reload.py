@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Iterable, Sequence
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 
 __all__ = ["Reloader", "path_filter", "READY"]
 

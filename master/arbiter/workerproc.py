@@ -17,15 +17,15 @@ import traceback
 from typing import Any, Callable, NoReturn, Sequence
 
 from corral.master.arbiter.channel import Channel
-from corral.master.observe.logs import error_stream, reopen_logs
 from corral.master.arbiter.proctitle import set_title
-from corral.master.listen.sockets import bind_all
 from corral.master.hooks.run import HookConfig, Listener, run_hook
+from corral.master.listen.sockets import bind_all
+from corral.master.observe.logs import error_stream, reopen_logs
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.serve.boot import run_worker
 from corral.worker.app.hooks import WorkerView
 from corral.worker.edge.counters import collecting
+from corral.worker.serve.boot import run_worker
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 

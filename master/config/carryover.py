@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Callable, Iterable
 
-from corral.master.config.sources import ConfigProblems, suggest
 from corral.master.config.peer_names import PEER_FLAGS, gunicorn_flags
+from corral.master.config.sources import ConfigProblems, suggest
 from corral.shared.settings import REGISTRY, SettingError, Settings
 from corral.shared.worker_class import WSGI, WorkerClassError, describe, kwargs_settings, resolve
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.shared.settings.compat import describe_callable
 from corral.worker.http2.detect import alpn_protocols
 

@@ -25,7 +25,7 @@ import runpy
 import sys
 from typing import Any
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.worker.edge.accesslog import ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER, ReopenableFileHandler, reopen_file
 
 __all__ = ["setup_logging", "reopen_logs", "error_stream", "flush_error_log"]

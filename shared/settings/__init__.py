@@ -46,8 +46,9 @@ from corral.shared.settings.registry import (  # noqa: F401  (the registry's API
     user_id,
 )
 
-# The declarations, in this order: the order of REGISTRY, of the settings page and of `serve --help`.
-from corral.shared.settings import core, compat, transport  # noqa: F401  (imported to declare their settings)
+# The declarations, in this order: the order of REGISTRY, of the settings page and of `serve --help`
+# (import sorting would put compat first: hence isort: skip).
+from corral.shared.settings import core, compat, transport  # isort: skip  # noqa: F401  (they declare by import)
 from corral.shared.settings.core import statsd_address, url_path  # noqa: F401  (converters, re-exported)
 
 __all__ = [

@@ -14,9 +14,8 @@ import textwrap
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until, write_apps
-
 from corral.shared.exitcodes import OK
+from serve_harness import Master, free_port, get, wait_until, write_apps
 
 # A typical production gunicorn.conf.py: every hook leaves a file named after itself and the pid it ran in.
 HOOKS_CONF = """

@@ -33,7 +33,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from recipes import command_line, local_serve, recipe, substitute, substitute_re
-from serve_harness import LIFESPAN, Master, STOP_WAIT, WAIT, free_port, kill_pids, wait_until
+from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, kill_pids, wait_until
 from test_nginx import NGINX, Nginx, nginx_frame
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import promtext  # tests/promtext.py: the strict reading of a /metrics page
-from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until
+from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 

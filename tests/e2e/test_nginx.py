@@ -26,10 +26,9 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corral.shared.exitcodes import OK
 from recipes import localize_serve, recipe, serve_argv, substitute, substitute_re
 from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, wait_until
-
-from corral.shared.exitcodes import OK
 
 
 def _find_nginx() -> str | None:

@@ -10,9 +10,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, free_port, write_apps
-
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, OK
+from serve_harness import WAIT, Master, clean_env, free_port, write_apps
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corral.shared.exitcodes import OK
 from serve_harness import (
     STOP_WAIT,
     Load,
@@ -24,8 +25,6 @@ from serve_harness import (
     wait_until,
     write_apps,
 )
-
-from corral.shared.exitcodes import OK
 
 LOAD_SECONDS = 3.0
 

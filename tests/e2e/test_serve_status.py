@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, free_port, get, wait_until, write_apps
-
 from corral.shared.exitcodes import CONFIG_ERROR
+from serve_harness import WAIT, Master, clean_env, free_port, get, wait_until, write_apps
 
 
 def status_cmd(args: list[str], runtime: Path, cwd: Path) -> subprocess.CompletedProcess:

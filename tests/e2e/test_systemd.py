@@ -25,10 +25,9 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corral.shared.exitcodes import OK
 from recipes import APP_DIR, SERVE, local_serve, localize_serve, recipe, serve_argv, unit
 from serve_harness import WAIT, Master, wait_until, write_apps
-
-from corral.shared.exitcodes import OK
 
 ACTIVATE = shutil.which("systemd-socket-activate") or (
     "/usr/bin/systemd-socket-activate" if os.access("/usr/bin/systemd-socket-activate", os.X_OK) else None

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master, WAIT, wait_until
+from serve_harness import LIFESPAN, WAIT, Master, wait_until
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed (.ci/run installs it)")

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from corral.master.hooks.cfg import HookConfig, Listener
 from corral.master.config.peer_names import GUNICORN
+from corral.master.hooks.cfg import HookConfig, Listener
 from corral.shared.settings import Settings
 
 gunicorn_config = pytest.importorskip("gunicorn.config")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.master.config.carryover import scan_flags
 from corral.master.cli import _known_options
 from corral.master.config import migration
+from corral.master.config.carryover import scan_flags
 from corral.master.config.migration import PATH, page
 from corral.master.config.peer_names import GUNICORN, PEER_FLAGS
 from corral.shared.settings import REGISTRY

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral.shared import settings as registry
-from corral.shared.settings import REGISTRY, Settings, SettingError, Sources, resolve
+from corral.shared.settings import REGISTRY, SettingError, Settings, Sources, resolve
 
 
 def test_defaults_come_from_the_declarations():

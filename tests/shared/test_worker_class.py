@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from corral.shared import worker_class
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.shared.worker_class import ASGI, WSGI, WorkerClassError, kwargs_settings, resolve
 
 MY_WORKER = """

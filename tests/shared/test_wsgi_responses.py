@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from corral.shared.wsgi import WsgiToAsgi
-from wsgi_helpers import Client, WAIT, call
+from wsgi_helpers import WAIT, Client, call
 
 
 @pytest.fixture(autouse=True, params=[False, True], ids=["asgiref-shape", "coalesced"])

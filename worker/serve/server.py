@@ -42,8 +42,7 @@ from typing import Any, Callable
 from corral.shared.settings import Settings
 from corral.worker.app.pool import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.conn.dates import DefaultHeaders
-from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE
-from corral.worker.conn.phases import ResponseState
+from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE, ResponseState
 from corral.worker.edge.counters import Counters, collecting
 from corral.worker.edge.datarate import RateSweep
 from corral.worker.edge.proxy_headers import ProxyHeaders

@@ -32,7 +32,8 @@ import hashlib
 import logging
 from typing import Any
 
-from websockets.exceptions import InvalidState, NegotiationError, ProtocolError as WSProtocolError
+from websockets.exceptions import InvalidState, NegotiationError
+from websockets.exceptions import ProtocolError as WSProtocolError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Close, Opcode
 from websockets.headers import build_extension, parse_extension

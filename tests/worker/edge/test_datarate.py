@@ -12,10 +12,17 @@ import socket
 import threading
 
 import pytest
-from worker_http_helpers import WAIT, Client, assert_error_and_close, assert_still_serving, run_server, settings
-from worker_http_helpers import wait_until
 
 from corral.worker.wsgi.call import FileWrapper
+from worker_http_helpers import (
+    WAIT,
+    Client,
+    assert_error_and_close,
+    assert_still_serving,
+    run_server,
+    settings,
+    wait_until,
+)
 
 CHUNK = b"x" * 65536
 STALL = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nabc"

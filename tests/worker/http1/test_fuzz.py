@@ -14,7 +14,8 @@ import asyncio
 import logging
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corral.shared.settings import Settings
 from corral.worker.http1.protocol import HttpProtocol

@@ -14,11 +14,11 @@ import time
 import h2.errors
 import psutil
 from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, SettingsFrame
-from h2_helpers import WAIT, H2Client
-from worker_http_helpers import wait_until
 
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
+from h2_helpers import WAIT, H2Client
+from worker_http_helpers import wait_until
 
 ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR

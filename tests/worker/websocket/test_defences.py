@@ -11,7 +11,7 @@ from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
 from corral.worker.websocket.connection import FREE_FRAGMENTS
 from corral.worker.websocket.protocol import CONTROL_BURST, WRITE_PAUSE
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked
 from worker_http_helpers import wait_until
 
 

@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
 from corral.worker.websocket.protocol import QUEUE_PAUSE
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- echo
 

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from corral.worker.serve.testing import run_server
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- handshake outcomes
 

@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
-from websocket_helpers import RawClient, WAIT, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- the pool
 

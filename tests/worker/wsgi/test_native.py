@@ -12,11 +12,11 @@ import threading
 
 import httpx
 import pytest
-from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 from corral.shared.wsgi import WsgiToAsgi
 from corral.worker.edge.proxy_headers import make_proxy_headers
 from corral.worker.wsgi.call import OUTPUT_WINDOW
+from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 
 def serve(app, **values):

@@ -10,11 +10,11 @@ import threading
 
 import httpx
 import pytest
-from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 import corral.worker.wsgi.cycle as wsgi_cycle
 from corral.worker.conn.flow import BODY
 from corral.worker.wsgi.input import StreamInput
+from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 
 def serve(app, **values):
