@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 Before = Callable[[], None] | None  # called before each unit (bench/guard.py: wait until the worker is quiet)
 

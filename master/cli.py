@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 

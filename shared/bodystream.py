@@ -8,7 +8,8 @@ in `_consumed(left)` (told after each take how many bytes are left unread).
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["BlockingReader", "ClientDisconnected"]
 

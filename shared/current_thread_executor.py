@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from queue import SimpleQueue
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["CurrentThreadExecutor"]
 

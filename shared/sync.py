@@ -41,8 +41,9 @@ import threading
 import types
 import warnings
 from asyncio.events import _get_running_loop
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, Future
-from typing import Any, Awaitable, Callable, Coroutine, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .coroutines import iscoroutinefunction, markcoroutinefunction
 from .current_thread_executor import CurrentThreadExecutor

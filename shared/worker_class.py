@@ -25,8 +25,9 @@ import functools
 import importlib
 import importlib.machinery
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
     "WorkerClass",

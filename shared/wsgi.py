@@ -34,9 +34,10 @@ import contextvars
 import io
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _cf_thread
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from corral.shared.bodystream import BlockingReader, ClientDisconnected  # ClientDisconnected: API
 from corral.shared.runtime import get_runtime

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from corral.master.arbiter.workerproc import reset_signals
 from corral.shared.exitcodes import APP_IMPORT_ERROR

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from corral.shared.settings import SettingError, Settings
 

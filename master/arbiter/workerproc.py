@@ -14,7 +14,8 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from corral.master.arbiter.channel import Channel
 from corral.master.arbiter.proctitle import set_title

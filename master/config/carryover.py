@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from corral.master.config.peer_names import PEER_FLAGS, gunicorn_flags
 from corral.master.config.sources import ConfigProblems, suggest

@@ -23,7 +23,8 @@ import importlib.util
 import os
 import sys
 import types
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import click
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 __all__ = [
     "Setting",

@@ -403,7 +403,7 @@ def exchange(port: int, data: bytes, expected: int, half_close: bool) -> Outcome
             return Outcome(responses, False)
         try:
             closed = reader.file.read(1) == b""
-        except socket.timeout:
+        except TimeoutError:
             closed = False
         except ConnectionResetError:
             closed = True

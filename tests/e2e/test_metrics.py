@@ -175,7 +175,7 @@ class StatsdListener:
         while not self.stopped.is_set():
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

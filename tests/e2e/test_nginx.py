@@ -19,8 +19,8 @@ import sys
 import tempfile
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -247,7 +247,7 @@ class Stack:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.master = Master([], self.root, pidfile=self.pidfile, argv=self.argv)
         self.master.wait_workers(WORKERS)
         self.nginx = Nginx(self.root, self.conf)

@@ -51,7 +51,7 @@ class NotifySocket:
         while True:
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 return self.messages
             self.messages.extend(data.decode().splitlines())
 

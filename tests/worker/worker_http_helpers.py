@@ -10,8 +10,9 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
@@ -120,7 +121,7 @@ class Client:
         """Wait (bounded) for the server to close; True when it does and nothing more was sent."""
         try:
             return self.read_to_eof() == b""
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     def close(self) -> None:

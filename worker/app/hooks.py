@@ -30,8 +30,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = [
     "WorkerView",
@@ -255,7 +256,7 @@ def cgi_environ(scope: dict) -> dict[str, Any]:
 def _materialized(name: str) -> Callable:
     method = getattr(dict, name)
 
-    def call(self: "LazyEnviron", *args: Any, **kwargs: Any) -> Any:
+    def call(self: LazyEnviron, *args: Any, **kwargs: Any) -> Any:
         if self._scope is not None:
             scope, self._scope = self._scope, None
             dict.update(self, cgi_environ(scope))

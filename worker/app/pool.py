@@ -25,7 +25,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import Any, Awaitable, Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from typing import Any
 
 __all__ = ["StatelessServer", "ApplicationInstance", "PoolFull"]
 

@@ -29,7 +29,8 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "AccessLog",
@@ -204,7 +205,7 @@ _SIMPLE: dict[str, Extractor] = {
 _NO_QUOTES = frozenset(("l", "t", "s", "B", "b", "T", "M", "D", "L", "p", "ws_close", "ws_in", "ws_out"))
 
 
-def _extractor(atom: str) -> Optional[Extractor]:
+def _extractor(atom: str) -> Extractor | None:
     if atom in _SIMPLE:
         return _SIMPLE[atom]
     if len(atom) >= 3 and atom[0] == "{" and atom[-2] == "}":
@@ -319,7 +320,7 @@ class ReopenableFileHandler(logging.FileHandler):
         reopen_file(self)
 
 
-def make_access_log(settings: Any) -> Optional[AccessLog]:
+def make_access_log(settings: Any) -> AccessLog | None:
     """The access log configured by `settings.accesslog` / `settings.access_log_format`, or None when off.
 
     The lines go to the logger "gunicorn.access" ("corral.access" with --naming corral). '-' is stdout

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "Counters",

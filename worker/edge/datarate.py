@@ -33,7 +33,8 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.worker.conn.phases import BUSY, FRESH, WEBSOCKET
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["RequestDeadline", "StuckThreads", "TIMEOUT_RESPONSE"]
 

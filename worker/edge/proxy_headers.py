@@ -31,7 +31,7 @@ import functools
 import ipaddress
 import logging
 import re
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 __all__ = ["ProxyHeaders", "make_proxy_headers", "parse_forwarded"]
 
@@ -180,7 +180,7 @@ class ProxyHeaders:
             return False
         return self._trusts_host(host)
 
-    def trusts(self, client_host: Optional[str], is_unix: bool) -> bool:
+    def trusts(self, client_host: str | None, is_unix: bool) -> bool:
         """Whether this connection's peer is trusted; decide once per connection."""
         if is_unix:
             return self.trust_unix
@@ -199,7 +199,7 @@ class ProxyHeaders:
 
     # ------------------------------------------------------------------------ rewriting
 
-    def apply(self, scope: dict, trusted: Optional[bool] = None) -> None:
+    def apply(self, scope: dict, trusted: bool | None = None) -> None:
         """Rewrite client/scheme/host in `scope` from proxy headers if the peer is trusted.
 
         Pass `trusted` when the connection already decided (see `trusts`); otherwise it is decided here.
@@ -298,7 +298,7 @@ def _set_host(scope: dict, host: str) -> None:
     scope["headers"] = headers
 
 
-def make_proxy_headers(settings: object) -> Optional[ProxyHeaders]:
+def make_proxy_headers(settings: object) -> ProxyHeaders | None:
     """ProxyHeaders from `settings.forwarded_allow_ips` / `forwarded_headers`, or None when nobody is trusted."""
     proxy = ProxyHeaders(
         settings.forwarded_allow_ips,  # type: ignore[attr-defined]

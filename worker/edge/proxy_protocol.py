@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from corral.worker.edge.tlsinfo import TLS_VERSIONS
 

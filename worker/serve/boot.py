@@ -14,7 +14,8 @@ import os
 import signal
 import socket
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR

@@ -35,9 +35,10 @@ import struct
 import sys
 import termios
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 from corral.shared.settings import Settings
 from corral.worker.app.pool import ApplicationInstance, StatelessServer, describe_scope

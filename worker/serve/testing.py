@@ -7,7 +7,8 @@ import concurrent.futures
 import contextlib
 import socket
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from corral.shared.settings import Settings
 from corral.worker.app.pool import new_event_loop

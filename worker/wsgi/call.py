@@ -26,7 +26,9 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Callable, ContextManager, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from corral.shared.wsgi_environ import TooManyHeaders, build_environ
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
@@ -54,7 +56,7 @@ class Outbox(Protocol):
 
     def complete_later(self, call: Any) -> None: ...
 
-    def client_wait(self) -> ContextManager[None]:
+    def client_wait(self) -> AbstractContextManager[None]:
         """Around a wait of the request's thread on its client (the pool lets another thread run meanwhile)."""
 
 

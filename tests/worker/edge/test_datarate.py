@@ -87,7 +87,7 @@ def reset_or_closed(sock: socket.socket) -> bool:
             pass
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     return True
 

@@ -267,7 +267,7 @@ class StopHold:
 
         server._set_accepting = hold
 
-    def __enter__(self) -> "StopHold":
+    def __enter__(self) -> StopHold:
         self.server.loop.call_soon_threadsafe(self.server.request_stop, True)
         assert self.held.wait(WAIT)
         return self

@@ -165,7 +165,7 @@ def test_client_vanishing_gives_1006(events):
 
 
 def test_send_after_close_raises_an_oserror():
-    seen: "queue.Queue[Any]" = queue.Queue()
+    seen: queue.Queue[Any] = queue.Queue()
 
     async def app(scope, receive, send):
         await receive()
@@ -250,7 +250,7 @@ def test_invalid_frames_close_with_the_right_code(frame, code, events):
 
 def test_backpressure_stops_reading_while_the_app_lags():
     release = threading.Event()
-    got: "queue.Queue[Any]" = queue.Queue()
+    got: queue.Queue[Any] = queue.Queue()
     holder: dict = {}
 
     async def app(scope, receive, send):
