@@ -381,15 +381,19 @@ def test_the_checker_catches(module, source, importing):
         ("corral.worker.http1.protocol", "from corral.worker.websocket.handshake import websocket_request\n"),
         (
             "corral.worker.wsgi.cycle",
-            "from corral.worker.app.pool import ApplicationInstance\n"
-            "from corral.worker.edge.deadline import TIMEOUT_BODY\nfrom corral.worker.conn.phases import BODY\n",
+            (
+                "from corral.worker.app.pool import ApplicationInstance\n"
+                "from corral.worker.edge.deadline import TIMEOUT_BODY\nfrom corral.worker.conn.phases import BODY\n"
+            ),
         ),
         ("corral.worker.serve.server", "def f():\n    from corral.worker.wsgi.protocol import wsgi_setup\n"),
         ("corral.worker.edge.datarate", "from corral.worker.conn.phases import BUSY\n"),
         (
             "corral.shared.settings.compat",
-            "from corral.shared.settings.registry import declare\n"
-            "from corral.shared.worker_class import check_refused\n",
+            (
+                "from corral.shared.settings.registry import declare\n"
+                "from corral.shared.worker_class import check_refused\n"
+            ),
         ),
     ],
 )

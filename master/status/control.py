@@ -130,9 +130,11 @@ def _age(seconds: float) -> str:
 def format_table(status: dict[str, Any]) -> str:
     master = status["master"]
     lines = [
-        f"master {master['pid']} [{master['name']}]  up {_age(time.time() - master['started'])}  "
-        f"workers {len(status['workers'])} (target {master['target']})  "
-        f"max_applications {master['max_applications']}",
+        (
+            f"master {master['pid']} [{master['name']}]  up {_age(time.time() - master['started'])}  "
+            f"workers {len(status['workers'])} (target {master['target']})  "
+            f"max_applications {master['max_applications']}"
+        ),
         f"{'PID':>8} {'N':>4} {'STATE':<9} {'AGE':>7} {'REQUESTS':>9} {'INSTANCES':>11} {'RSS':>8} {'CPU%':>6}",
     ]
     for w in status["workers"]:

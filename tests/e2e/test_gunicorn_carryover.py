@@ -559,10 +559,14 @@ def test_a_docker_images_config_with_helpers_runs_unchanged(tmp_path):
         assert master.status()["workers"][0]["state"] == "ready"
         warnings = [line for line in master.output.splitlines() if "warning" in line.lower()]
         assert warnings == [
-            f"serve: warning: config file {apps / 'gunicorn.conf.py'}: not a setting, ignored: "
-            "'max_requests_jiter' (did you mean 'max_requests_jitter'?)",
-            f"serve: warning: config file {apps / 'gunicorn.conf.py'}: gunicorn's 'worker_tmp_dir' "
-            "is ignored: liveness is a heartbeat over a socket pair, not a temp file's mtime",
+            (
+                f"serve: warning: config file {apps / 'gunicorn.conf.py'}: not a setting, ignored: "
+                "'max_requests_jiter' (did you mean 'max_requests_jitter'?)"
+            ),
+            (
+                f"serve: warning: config file {apps / 'gunicorn.conf.py'}: gunicorn's 'worker_tmp_dir' "
+                "is ignored: liveness is a heartbeat over a socket pair, not a temp file's mtime"
+            ),
         ], master.output
         assert f'"bind": "127.0.0.1:{port}"' in master.output  # the file's own print ran
     finally:

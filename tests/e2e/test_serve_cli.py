@@ -78,8 +78,10 @@ def test_a_misspelt_config_key_is_a_warning_as_gunicorn_ignores_it(apps):
     assert result.returncode == OK, result.stderr
     assert "threads = 3" in result.stdout.splitlines()
     assert result.stderr.strip().splitlines() == [
-        f"serve: warning: config file {apps / 'corral.conf.py'}: not a setting, ignored: 'wokers' (did you mean "
-        "'workers'?)"
+        (
+            f"serve: warning: config file {apps / 'corral.conf.py'}: not a setting, ignored: 'wokers' (did you mean "
+            "'workers'?)"
+        )
     ]
 
 

@@ -40,8 +40,10 @@ def test_status_finds_the_one_master_started_without_pid(tmp_path, runtime):
     nothing = status_cmd([], runtime, tmp_path)
     assert nothing.returncode == 1
     assert nothing.stderr.strip().splitlines() == [
-        f"serve: error: no running corral master found in {runtime / 'corral'}; for one started with --pid FILE, "
-        "run: serve status --pid FILE"
+        (
+            f"serve: error: no running corral master found in {runtime / 'corral'}; for one started with --pid FILE, "
+            "run: serve status --pid FILE"
+        )
     ]
 
     port = free_port()

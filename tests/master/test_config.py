@@ -116,8 +116,10 @@ def test_a_config_files_other_names_are_ignored_with_one_warning_for_the_misspel
     values = load_python_config(str(conf), warn=warnings.append)
     assert values == {"loglevel": "info", "workers": 3}
     assert warnings == [
-        f"config file {conf}: not a setting, ignored: 'keepalvie' (did you mean 'keepalive'?), "
-        "'wokers' (did you mean 'workers'?)"
+        (
+            f"config file {conf}: not a setting, ignored: 'keepalvie' (did you mean 'keepalive'?), "
+            "'wokers' (did you mean 'workers'?)"
+        )
     ]
 
 
@@ -349,8 +351,10 @@ def test_a_uvicorn_worker_subclass_applies_its_config_kwargs(tmp_path, monkeypat
     assert settings.forwarded_allow_ips == () and settings.request_timeout == 0.0
     assert (settings.max_applications, settings.pool_full) == (100, "503")  # 50 per worker, 503 past it
     assert warnings == [
-        "-k proj_workers.MyWorker: CONFIG_KWARGS ignored: loop='asyncio' (corral always runs "
-        "uvloop), http='h11' (corral always parses HTTP/1.1 with httptools)"
+        (
+            "-k proj_workers.MyWorker: CONFIG_KWARGS ignored: loop='asyncio' (corral always runs "
+            "uvloop), http='h11' (corral always parses HTTP/1.1 with httptools)"
+        )
     ]
     with pytest.raises(ConfigProblems) as raised:
         effective(Settings(worker_class="proj_workers.BadWorker"))
@@ -374,6 +378,8 @@ def test_port_web_concurrency_and_forwarded_allow_ips_are_gunicorns_defaults(tmp
     with pytest.raises(ConfigProblems) as caught:
         collect({}, None, environ={"WEB_CONCURRENCY": "many"}, folder=str(tmp_path))
     assert caught.value.problems == [
-        "invalid value for --workers (from environment variable WEB_CONCURRENCY, gunicorn's default): "
-        "expected an integer, got 'many'"
+        (
+            "invalid value for --workers (from environment variable WEB_CONCURRENCY, gunicorn's default): "
+            "expected an integer, got 'many'"
+        )
     ]

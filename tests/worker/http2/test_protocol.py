@@ -174,8 +174,10 @@ def test_http_2_on_cleartext_is_prior_knowledge_only_and_a_bad_preface_gets_goaw
         for opening in (
             b"INVALID CONNECTION PREFACE\r\n\r\n",
             b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            ),
             b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
         ):
             frames = parse_frames(raw_answer(port, opening))

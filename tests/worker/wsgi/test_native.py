@@ -62,13 +62,17 @@ def _adapter(app, **values):
     "request_bytes, values",
     [
         (
-            b"GET /app/caf%C3%A9/x?q=1&r=%20 HTTP/1.1\r\nHost: example.com:8080\r\nCookie: a=1\r\nCookie: b=2\r\n"
-            b"X_Smuggled: 1\r\nAccept: a\r\nAccept: b\r\n\r\n",
+            (
+                b"GET /app/caf%C3%A9/x?q=1&r=%20 HTTP/1.1\r\nHost: example.com:8080\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                b"X_Smuggled: 1\r\nAccept: a\r\nAccept: b\r\n\r\n"
+            ),
             {"root_path": "/app"},
         ),
         (
-            b"POST /form HTTP/1.0\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
-            b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\nhello",
+            (
+                b"POST /form HTTP/1.0\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\nhello"
+            ),
             {},
         ),
         (b"GET /appx HTTP/1.1\r\nHost: h\r\n\r\n", {"root_path": "/app"}),
