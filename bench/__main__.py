@@ -41,11 +41,11 @@ from bench import latency, load, memory, process, procs, report, servers, throug
 from bench.context import Ctx, Progress, med
 
 FAMILIES = {
-    **{n: throughput for n in throughput.SCENARIOS},
+    **dict.fromkeys(throughput.SCENARIOS, throughput),
     "loadgen": throughput,
     "idle": memory,
     "latency": latency,
-    **{n: process for n in ("coldstart", "fairness", "crash", "hup")},
+    **dict.fromkeys(("coldstart", "fairness", "crash", "hup"), process),
 }
 DEFAULT = [
     "plaintext",

@@ -159,7 +159,7 @@ def run_load(
 
 # ---------------------------------------------------------------------------- system calls, under strace
 
-_TOTAL = re.compile(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+total\s*$", re.M)
+_TOTAL = re.compile(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+total\s*$", re.MULTILINE)
 
 
 def _traced(pids: list[int]) -> bool:

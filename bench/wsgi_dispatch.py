@@ -160,7 +160,7 @@ def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, f
             "us_user": 1e6 * (user1 - user0) / requests,
             "us_sys": 1e6 * (sys1 - sys0) / requests,
             "switches": (sw1 - sw0) / requests,
-            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
+            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),
         }  # type: ignore[union-attr]
     finally:
         procs.stop(server, timeout=15)

@@ -162,7 +162,7 @@ def _from_class(text: str, cls: type) -> WorkerClass:
 
 
 def _is_uvicorn(module: str, name: str) -> bool:
-    return module.split(".")[0] in ("uvicorn", "uvicorn_worker") and name in ("UvicornWorker", "UvicornH11Worker")
+    return module.partition(".")[0] in ("uvicorn", "uvicorn_worker") and name in ("UvicornWorker", "UvicornH11Worker")
 
 
 def _from_source(text: str, module_name: str, class_name: str, error: Exception) -> WorkerClass:
@@ -440,10 +440,9 @@ KWARGS: dict[str, tuple[str, Callable[[Any], Any]] | str] = {
     "callback_notify": "the master's watchdog is -t/--timeout",
     "timeout_worker_healthcheck": "the master's watchdog is -t/--timeout",
     "env_file": "use -e/--env KEY=VALUE or the service manager's environment",
-    **{name: "set by the server (-b/--bind, -w/--workers)" for name in ("app", "host", "port", "uds", "fd", "workers")},
-    **{
-        name: "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)"
-        for name in (
+    **dict.fromkeys(("app", "host", "port", "uds", "fd", "workers"), "set by the server (-b/--bind, -w/--workers)"),
+    **dict.fromkeys(
+        (
             "ssl_keyfile",
             "ssl_certfile",
             "ssl_keyfile_password",
@@ -451,12 +450,12 @@ KWARGS: dict[str, tuple[str, Callable[[Any], Any]] | str] = {
             "ssl_cert_reqs",
             "ssl_ca_certs",
             "ssl_ciphers",
-        )
-    },
-    **{
-        name: "use serve --reload"
-        for name in ("reload", "reload_dirs", "reload_delay", "reload_includes", "reload_excludes")
-    },
+        ),
+        "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)",
+    ),
+    **dict.fromkeys(
+        ("reload", "reload_dirs", "reload_delay", "reload_includes", "reload_excludes"), "use serve --reload"
+    ),
 }
 
 

@@ -293,7 +293,7 @@ def test_every_package_is_a_room_and_every_room_a_package():
 @pytest.mark.parametrize("room", DOCUMENTED)
 def test_each_room_says_what_it_may_import(room):
     docstring = ast.get_docstring(ast.parse((package_dir(room) / "__init__.py").read_text())) or ""
-    paragraph = re.search(r"^May import:(.*?)(?:\n\n|\Z)", docstring, re.S | re.M)
+    paragraph = re.search(r"^May import:(.*?)(?:\n\n|\Z)", docstring, re.DOTALL | re.MULTILINE)
     assert paragraph, f"{room}'s __init__ has no 'May import:' paragraph"
     named = set(re.findall(r"`(corral(?:\.\w+)*)`", paragraph.group(1)))
     assert named == MAY_IMPORT[room]

@@ -153,7 +153,7 @@ def read_config(location: str) -> tuple[dict[str, Any], str]:
     HUP reads it afresh). A file is run as gunicorn runs it: as the module `__config__`."""
     if location.startswith("python:"):
         return _read_module(location[len("python:") :].strip()), f"config module {location}"
-    path = location[len("file:") :] if location.startswith("file:") else location
+    path = location.removeprefix("file:")
     if not os.path.isfile(path):
         raise SettingError(f"config file {path!r} not found")
     try:

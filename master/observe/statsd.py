@@ -130,7 +130,7 @@ class StatsdClient:
     def __init__(self, address: str, tags: str = "") -> None:
         if address.startswith("unix:"):
             path = address[len("unix:") :]
-            path = path[2:] if path.startswith("//") else path
+            path = path.removeprefix("//")
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.target: Any = path
         else:

@@ -153,7 +153,7 @@ def user_id(value: Any) -> int | None:
         return None
     import pwd
 
-    if isinstance(value, int) and not isinstance(value, bool) or str(value).isdigit():
+    if (isinstance(value, int) and not isinstance(value, bool)) or str(value).isdigit():
         return int(value)
     try:
         return pwd.getpwnam(str(value)).pw_uid
@@ -167,7 +167,7 @@ def group_id(value: Any) -> int | None:
         return None
     import grp
 
-    if isinstance(value, int) and not isinstance(value, bool) or str(value).isdigit():
+    if (isinstance(value, int) and not isinstance(value, bool)) or str(value).isdigit():
         return int(value)
     try:
         return grp.getgrnam(str(value)).gr_gid

@@ -44,7 +44,7 @@ class WorkerProcess:
         self._reader.join(0)
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
-            if time.monotonic() > deadline or self.proc.poll() is not None and not self._reader.is_alive():
+            if time.monotonic() > deadline or (self.proc.poll() is not None and not self._reader.is_alive()):
                 raise AssertionError(f"{text!r} never appeared in the output:\n{self.output}")
             self._new_line.wait(0.05)
             self._new_line.clear()

@@ -280,7 +280,7 @@ def cluster(tmp_path) -> Iterator[dict[str, Any]]:
         (tmp_path / "nginx").mkdir()
         nginx = Nginx(tmp_path / "nginx", nginx_conf(tmp_path / "nginx", net, nginx_port))
         haproxy = HAProxy(tmp_path, net, haproxy_port)
-        wait_until(lambda: haproxy.states() == {h: "UP" for h in HOSTS}, "HAProxy to see every host UP")
+        wait_until(lambda: haproxy.states() == dict.fromkeys(HOSTS, "UP"), "HAProxy to see every host UP")
         yield {
             "net": net,
             "hosts": hosts,

@@ -282,7 +282,7 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         expected = client.total
 
         # kill -9 a worker: its totals stay (kept by the master), the replacement starts from zero.
-        victim = sorted(before)[0]
+        victim = min(before)
         os.kill(victim, signal.SIGKILL)
         master.wait_workers(4, lambda ws: victim not in {w["pid"] for w in ws})
         samples = wait_until(
@@ -392,7 +392,7 @@ def test_request_counter_is_exact_and_never_goes_back_across_kill_9(workdir: Pat
     scraper = threading.Thread(target=keep_scraping)
     scraper.start()
     try:
-        victim = sorted(before)[0]
+        victim = min(before)
         os.kill(victim, signal.SIGKILL)
         master.wait_workers(2, lambda ws: victim not in {w["pid"] for w in ws})
         samples = wait_until(

@@ -98,7 +98,7 @@ def test_watchdog_runs_worker_abort(tmp_path):
     try:
         (first,) = {w["pid"] for w in master.wait_workers(1)}
         threading.Thread(target=lambda: _ignore(lambda: get(port, "/block", timeout=30)), daemon=True).start()
-        wait_until(lambda: (apps / f"aborted.{first}").exists(), "worker_abort in the blocked worker")
+        wait_until((apps / f"aborted.{first}").exists, "worker_abort in the blocked worker")
         assert (apps / f"aborted.{first}").read_text() == "1"
         master.wait_workers(1, lambda ws: ws[0]["pid"] != first)
     finally:

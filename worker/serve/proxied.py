@@ -72,7 +72,7 @@ class _Proxied:
             return
         if preamble:
             data = preamble + data
-        if not (data.startswith(V1_PREFIX) or data.startswith(V2_SIGNATURE)):
+        if not data.startswith((V1_PREFIX, V2_SIGNATURE)):
             if looks_like_header(data):
                 self.preamble = data  # the start of a PROXY signature, or of "PUT", "POST", ...: wait
                 return

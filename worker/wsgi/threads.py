@@ -112,7 +112,7 @@ class WorkerThreads:
                 with self.lock:
                     if jobs:
                         continue  # queued after our look: take it
-                    if self.closed or self.surplus and len(self.threads) - self.aside > self.size:
+                    if self.closed or (self.surplus and len(self.threads) - self.aside > self.size):
                         self._retire()  # (the latter: an extra thread, started while others stood aside)
                         return
                     self.idle.append(wakeup)

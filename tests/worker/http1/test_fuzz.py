@@ -243,7 +243,7 @@ def test_http11_protocol_properties(example):
     assert len(oks) == len(app.seen)
     assert len(errors) <= 1
     if errors:
-        assert responses[-1] is errors[0] and 400 <= errors[0][0] < 500 or errors[0][0] == 505
+        assert (responses[-1] is errors[0] and 400 <= errors[0][0] < 500) or errors[0][0] == 505
         assert errors[0][1].get(b"connection") == b"close" and transport.closed
     # No trailer field in anybody's scope, one Host at most; and, where the bytes say which request is
     # which (an intact stream), no header of one request in another's scope.

@@ -344,7 +344,7 @@ def test_idle_connections_are_closed_after_the_stop_grace():
             server.stop_grace = 0.05
             call_in_loop(server, server.request_stop)
             assert idle.closed() and fresh.closed()  # long before the graceful timeout (60 s)
-            wait_until(lambda: server.loop.is_closed(), what="the server to stop")
+            wait_until(server.loop.is_closed, what="the server to stop")
 
 
 def test_response_begun_with_keepalive_before_the_stop_keeps_the_connection_for_the_grace():

@@ -65,7 +65,7 @@ def test_a_thread_waiting_on_its_client_steps_aside(stall):
     """One thread: its request waits on a client that does not read its response (or does not send the rest
     of a streamed body); an ordinary request still gets a thread at once (the minimum rates are off here:
     nothing ends the stalled one), and the extra thread ends afterwards."""
-    values = dict(threads=1, wsgi_body_buffer=1024, min_request_body_rate=0, min_response_rate=0)
+    values = {"threads": 1, "wsgi_body_buffer": 1024, "min_request_body_rate": 0, "min_response_rate": 0}
     with serve(streams_or_echoes, **values) as (host, port, server):
         threads = server.wsgi.threads
         stalled = socket.socket()
