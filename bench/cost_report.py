@@ -34,7 +34,7 @@ def path_table(setting: str, name: str, sc: dict[str, Any]) -> str:
     lines = [f"#### {setting} · {name}: {sc['title']}", ""]
     runs, ref = sc["runs"], sc.get("reference")
     if not runs:
-        return "\n".join(lines + ["(no results: see the notes)"])
+        return "\n".join([*lines, "(no results: see the notes)"])
     unit = "msg" if name == "websocket" else "req"
     head = [
         "server",
@@ -245,4 +245,4 @@ def write(results: dict[str, Any], folder: str, plots: bool = True) -> list[str]
     with open(md, "w") as f:
         f.write(markdown(results, [os.path.basename(i) for i in images]))
     write_json(results, os.path.join(folder, "cost.json"))
-    return [md, os.path.join(folder, "cost.json")] + images
+    return [md, os.path.join(folder, "cost.json"), *images]

@@ -148,7 +148,7 @@ def main() -> None:
             time.sleep(0.05)
         print(run(port, proc.pid, args.count or default_count))
     finally:
-        procs = [proc] + list(psutil.Process(proc.pid).children(recursive=True))
+        procs = [proc, *psutil.Process(proc.pid).children(recursive=True)]
         for p in procs:
             try:
                 p.kill()

@@ -212,7 +212,7 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of `pid` and its descendants still alive."""
     total = 0.0
     try:
-        procs = [psutil.Process(pid)] + descendants(pid)
+        procs = [psutil.Process(pid), *descendants(pid)]
     except psutil.Error:
         return 0.0
     for proc in procs:

@@ -56,7 +56,7 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
     kind = sc["kind"]
     lines = [f"### {name}: {sc['title']}", ""]
     if not runs:
-        return "\n".join(lines + ["(no results: see the notes)"])
+        return "\n".join([*lines, "(no results: see the notes)"])
     if baseline not in runs:
         baseline = None
     if kind == "throughput":

@@ -56,7 +56,7 @@ HOOKS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks_con
 
 def _corral_hooks(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
     """corral with gunicorn's pre_request/post_request hooks set (no-ops): what the hooks cost per request."""
-    return _corral(app, port, workers, opt) + ["-c", HOOKS_CONF]
+    return [*_corral(app, port, workers, opt), "-c", HOOKS_CONF]
 
 
 BEFORE_ENV = "CORRAL_BENCH_BEFORE"  # the python of another checkout's venv: corral before a change
@@ -119,7 +119,7 @@ def _gunicorn(worker_class: str) -> Callable[[str, int, int, dict[str, Any]], li
             out += ["--keep-alive", str(opt["keepalive"])]
         if opt.get("tls"):
             out += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
-        return out + [app]
+        return [*out, app]
 
     return argv
 
@@ -144,7 +144,7 @@ def _hypercorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[s
         argv += ["--keep-alive", str(opt["keepalive"])]
     if opt.get("tls"):
         argv += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
-    return argv + [app]
+    return [*argv, app]
 
 
 def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[str]]:
@@ -171,7 +171,7 @@ def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[s
             out += ["--blocking-threads", str(opt.get("threads") or 4)]
         if opt.get("tls"):  # the key must be PKCS#8: throughput.self_signed's is
             out += ["--ssl-certificate", opt["tls"][0], "--ssl-keyfile", opt["tls"][1]]
-        return out + [app]
+        return [*out, app]
 
     return argv
 

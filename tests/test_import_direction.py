@@ -170,9 +170,9 @@ def loops(edges: dict[str, list[str]]) -> list[list[str]]:
         state[node] = "open"
         for other in edges.get(node, ()):
             if state.get(other) == "open":  # on the current path: a loop back to it
-                found.append(path[path.index(other) :] + [other])
+                found.append([*path[path.index(other) :], other])
             elif other not in state:
-                visit(other, path + [other])
+                visit(other, [*path, other])
         state[node] = "done"
 
     for node in edges:

@@ -32,7 +32,7 @@ def start_new_master(listeners: list[socket.socket], cwd: str) -> int:
     environ[INHERIT_FDS_ENV] = ",".join(str(fd) for fd in fds)
     environ[OLD_MASTER_ENV] = str(os.getpid())
     # sys.orig_argv keeps `-m corral.master` or the `serve` script path, and interpreter flags.
-    argv = [sys.executable] + sys.orig_argv[1:]
+    argv = [sys.executable, *sys.orig_argv[1:]]
     pid = os.fork()
     if pid == 0:
         try:

@@ -140,7 +140,7 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
 
         assert get(port, "/one")[0] == 200
         wait_until(lambda: records(tmp_path, "post_request"), "post_request")
-        ((served_by, seen),) = records(tmp_path, "post_request").items()
+        ((_served_by, seen),) = records(tmp_path, "post_request").items()
         assert seen == [{"path": "/one", "nr": 1}]
 
         # worker.alive = False: the master starts a replacement, then stops that worker gracefully

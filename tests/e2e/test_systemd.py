@@ -207,7 +207,7 @@ def test_socket_activation_reload_and_stop(tmp_path):
         code = master.wait(timeout=seconds(one(service, "TimeoutStopSec")))
         assert code == OK, master.output
         notify.wait_for("STOPPING=1", reloading + 1)
-        gone, alive = psutil.wait_procs(list(_procs(after | before)), timeout=WAIT)
+        _gone, alive = psutil.wait_procs(list(_procs(after | before)), timeout=WAIT)
         assert not alive, alive
         assert os.path.exists(listen)  # corral does not remove a socket it did not bind
         assert not pidfile.exists()

@@ -314,7 +314,7 @@ def run_module(root: Path, module: str, timeout: float = MODULE_TIMEOUT, *, shim
         stale.unlink()
     env = dict(os.environ)
     path = [str(root / "shim")] if shim else []
-    env["PYTHONPATH"] = os.pathsep.join(path + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([*path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_PLUGINS", None)
     command = [

@@ -79,7 +79,7 @@ class Client:
     def response(self, head_request: bool = False) -> Response:
         raw = self._read_until(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
-        _, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        _, status, reason = [*lines[0].split(" ", 2), ""][:3]
         headers = []
         for line in lines[1:]:
             name, _, value = line.partition(":")

@@ -343,7 +343,7 @@ class StatelessServer:
         futures = [instance.future for instance in self.application_instances.values()]
         for future in futures:
             future.cancel()
-        done, pending = await asyncio.wait(futures, timeout=timeout)
+        _done, pending = await asyncio.wait(futures, timeout=timeout)
         for instance in list(self.application_instances.values()):
             if instance.future in pending:
                 logger.warning("Application instance %r ignored cancellation; abandoning it", instance)

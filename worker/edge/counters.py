@@ -213,7 +213,7 @@ def histogram(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[float,
     """Per-bucket counts -> cumulative (le, count) pairs, +Inf last (Prometheus' layout)."""
     out = []
     total = 0
-    for bound, count in zip(bounds + (float("inf"),), counts):
+    for bound, count in zip((*bounds, float("inf")), counts):
         total += count
         out.append((bound, total))
     return out

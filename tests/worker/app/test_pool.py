@@ -219,7 +219,7 @@ def test_asgi2_application_is_wrapped():
 
     server = RecordingServer(Asgi2App, scenario)
     run(server)
-    [(scope, message)] = server.sent
+    [(_scope, message)] = server.sent
     assert message == {"type": "hello", "path": "/two"}
 
 

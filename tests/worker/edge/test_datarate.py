@@ -189,7 +189,7 @@ def test_without_pressure_the_grace_holds():
 def test_one_log_line_per_worker_per_interval(caplog):
     app = Echo()
     with caplog.at_level(logging.WARNING, logger="corral.error"):
-        with run_server(app, quiet(min_rate_grace=0.3)) as (host, port, server):
+        with run_server(app, quiet(min_rate_grace=0.3)) as (host, port, _server):
             stalled = [Client(host, port) for _ in range(5)]
             for client in stalled:
                 client.send(STALL)

@@ -198,7 +198,7 @@ async def exchange(data: bytes, cuts: list[int]) -> tuple[FakeTransport, Recorde
     transport.protocol = protocol
     protocol.connection_made(transport)
     start = 0
-    for end in cuts + [len(data)]:
+    for end in [*cuts, len(data)]:
         if end > start:
             transport.feed(data[start:end])
             start = end

@@ -446,7 +446,7 @@ def test_access_log_receives_each_response(events):
 
 def test_heartbeat_calls_notify():
     beats = threading.Event()
-    with run_server(ok_app, notify=beats.set) as (host, port, server):
+    with run_server(ok_app, notify=beats.set) as (_host, _port, server):
         assert beats.wait(WAIT)
         stats = server.stats()
         assert stats["max_applications"] == 1000
@@ -528,7 +528,7 @@ def test_ipv6_scope(events):
         events.put((scope["client"], scope["server"]))
         await ok_app(scope, receive, send)
 
-    with run_server(app, sock=sock) as (host, _, _server):
+    with run_server(app, sock=sock) as (_host, _, _server):
         with socket.create_connection(("::1", port), timeout=WAIT) as raw:
             raw.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert raw.recv(100).startswith(b"HTTP/1.1 200")

@@ -94,7 +94,7 @@ def test_a_peer_that_does_not_read_stops_being_read():
             return 0, 0
 
         # Reading stops (write or queue backpressure), so memory stays bounded.
-        paused, buffered = wait_until(
+        _paused, buffered = wait_until(
             lambda: (state := call_in_loop(server, socket_state))[0] and state, what="the server to stop reading"
         )
         assert buffered < 4096 + 2 * len(big)

@@ -104,9 +104,9 @@ def test_server_pings_and_keeps_an_answering_client():
 
 def test_server_closes_a_client_that_stops_answering_pings(events):
     settings = Settings(ws_ping_interval=0.1, ws_ping_timeout=0.2)
-    with run_server(echo_app(events), settings) as (host, port, server):
+    with run_server(echo_app(events), settings) as (host, port, _server):
         client = RawClient(host, port)
-        opcode, _, payload = client.frame()
+        opcode, _, _payload = client.frame()
         assert opcode == 0x9  # a ping, never answered
         assert client.close_code() == (1011, "keepalive ping timeout")
         assert client.at_eof()

@@ -86,7 +86,7 @@ def test_graceful_stop_closes_open_sockets_with_1001_after_the_disconnect(events
         with run_server(echo_app(events), Settings(graceful_timeout=10), graceful_exit=True, stop_timeout=WAIT) as (
             host,
             port,
-            server,
+            _server,
         ):
             for _ in range(50):
                 ws = clients.enter_context(connect(url(host, port)))

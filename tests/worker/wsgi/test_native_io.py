@@ -194,7 +194,7 @@ def transfers(server):
 def test_file_wrapper_sendfile_byte_exact(big_file, sendfile_calls):
     path, data = big_file
     opened: list = []
-    with serve(file_app(path, opened)) as (host, port, server):
+    with serve(file_app(path, opened)) as (host, port, _server):
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=WAIT) as http:
             response = http.get("/")
             assert response.headers["content-length"] == str(len(data))
@@ -228,7 +228,7 @@ def test_file_wrapper_sendfile_to_a_slow_reader(big_file, sendfile_calls):
 
 
 def test_file_wrapper_client_gone_mid_transfer(big_file, sendfile_calls):
-    path, data = big_file
+    path, _data = big_file
     opened: list = []
     with serve(file_app(path, opened)) as (host, port, server):
         slow = slow_reader(host, port)
