@@ -91,7 +91,7 @@ def start_each(ctx: Ctx, made: list[servers.Server], wait_workers: bool = False)
         try:
             server.start(wait_workers)
             running.append(server)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a server that fails to start is noted, and the others measured
             server.stop()
             ctx.note(f"{server.name} did not start", str(exc)[-1500:])
     return running
@@ -143,7 +143,7 @@ def interleave(
         for server in list(running):
             try:
                 result = one_round(server)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a server that fails a round is noted, and the others measured
                 ctx.note(f"{label}: {server.name} failed in round {rnd}", f"{type(exc).__name__}: {exc}"[-1500:])
                 running.remove(server)
                 server.stop()

@@ -97,7 +97,7 @@ def _under_load(ctx: Ctx, server: Any, duration: float, close: bool = False) -> 
     def work() -> None:
         try:
             box["result"] = load.run_load(ctx.tool, server.url, duration, ctx.connections, ctx.load_cpus, close=close)
-        except Exception as exc:  # reported by the caller
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
             box["error"] = exc
 
     thread = threading.Thread(target=work, daemon=True)

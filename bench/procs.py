@@ -137,7 +137,7 @@ def stop(proc: subprocess.Popen, graceful: bool = True, timeout: float = STOP_TI
         except (ProcessLookupError, PermissionError):
             pass
         _kill_seen(proc.pid)
-    except Exception as exc:  # cleanup must go on with the others
+    except Exception as exc:  # noqa: BLE001 - cleanup must go on with the others
         print(f"\nwarning: could not stop pid {proc.pid}: {exc}", file=sys.stderr)
     finally:
         if proc in _live:

@@ -52,7 +52,7 @@ class _WorkItem:
             return
         try:
             result = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - as concurrent.futures: every outcome of the call goes to its future
             future.set_exception(exc)
             del exc  # the exception references this frame: break the cycle now
         else:

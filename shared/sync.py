@@ -190,7 +190,7 @@ def _s2a_invoke(call: _S2ACall) -> Any:
             # The caller was handling an exception: so is the function (sys.exc_info() shows it).
             try:
                 raise exc
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - only the one raised above: the function runs while it is handled
                 result = call.func(*call.args, **call.kwargs)
     except BaseException as error:
         try:
@@ -228,7 +228,7 @@ async def _wait_after_cancel(call: _S2ACall, done: Future[Any]) -> bool:
             await asyncio.shield(waiter)
         except _CancelledError:
             pass  # cancelled again: the coroutine chose to finish, so its function's outcome is awaited
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any other outcome ends the wait (the result is read from `done`)
             break
     if not waiter.cancelled():
         waiter.exception()  # retrieved (the outcome is read from `done`): no "never retrieved" log
@@ -363,9 +363,9 @@ async def _a2s_main(box: _A2SCall, exc: BaseException | None) -> None:
         else:
             try:
                 raise exc
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - only the one raised above: the awaitable runs while it is handled
                 box.result = await box.awaitable
-    except BaseException as error:
+    except BaseException as error:  # noqa: BLE001 - every outcome of the awaitable goes back to the calling thread
         box.exc = error
     finally:
         _current_executor.reset(token)

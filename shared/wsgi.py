@@ -344,7 +344,7 @@ class WsgiToAsgiInstance:
                         break  # Content-Length reached: stop iterating (PEP 3333)
             if self.response_start is None:
                 raise RuntimeError("WSGI application returned without calling start_response")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever the app raises goes to the response side
             error = exc
             tail = None
         finally:

@@ -51,7 +51,7 @@ def check_app(spec: str, settings: Settings, on_exit: Callable[[int], object] | 
                 data = text.encode(errors="replace")
                 while data:
                     data = data[os.write(write_end, data) :]
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any failure in the forked checker: the app failed to import
             code = APP_IMPORT_ERROR
         finally:
             os._exit(code)

@@ -41,7 +41,7 @@ def start_new_master(listeners: list[socket.socket], cwd: str) -> int:
                 os.set_inheritable(fd, True)
             os.chdir(cwd)
             os.execve(sys.executable, argv, environ)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - nothing may unwind from the forked child into the old master's stack
             traceback.print_exc()
         finally:
             os._exit(1)  # never back into the old master's stack

@@ -248,7 +248,7 @@ def run_child(
         link.final()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the worker's last frame: whatever escaped is printed and becomes exit code 1
         traceback.print_exc()
         code = 1
     finally:

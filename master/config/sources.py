@@ -165,7 +165,7 @@ def read_config(location: str) -> tuple[dict[str, Any], str]:
         spec.loader.exec_module(module)
     except SettingError:
         raise
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a config file is user code: all it raises is one line
         raise SettingError(f"config file {path!r} failed to run: {type(exc).__name__}: {exc}") from None
     return vars(module), f"config file {path}"
 
@@ -183,7 +183,7 @@ def _read_module(name: str) -> dict[str, Any]:
                 f"{os.getcwd()}): give -c python:package.module, or a file's path"
             ) from None
         raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a config module is user code: all it raises is one line
         raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
     return vars(module)
 

@@ -45,7 +45,7 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
         context = hook(settings, lambda: _default_context(settings))
     except SettingError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the ssl_context hook is user code: all it raises is one line
         raise SettingError(
             f"the ssl_context hook {describe_callable(hook)} raised {type(exc).__name__}: {exc}"
         ) from None

@@ -182,7 +182,7 @@ def _load_dict_config(path: str) -> dict[str, Any]:
                 config = json.load(fh)
         else:
             config = runpy.run_path(path).get("LOGGING")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a --log-config file is user code or JSON: all it raises is one line
         raise SettingError(f"invalid value for --log-config: {path!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(config, dict):
         raise SettingError(

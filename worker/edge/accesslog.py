@@ -80,7 +80,7 @@ class _Atoms(dict):
             return "-"
         try:
             value = _escaped(extractor(*request))
-        except Exception:  # a log line must never break a response
+        except Exception:  # noqa: BLE001 - a log line must never break a response
             return "-"
         self[key] = value
         return value

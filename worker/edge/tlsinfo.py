@@ -91,7 +91,7 @@ def tls_extension(transport: Any, server: Any) -> dict[str, Any]:
         try:
             certs = getter() if getter is not None else []
             chain = [ssl.DER_cert_to_PEM_cert(cert.public_bytes(1)) for cert in certs]  # 1: ssl._ssl.ENCODING_DER
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: else the peer's certificate alone
             chain = []
         if not chain:
             chain = [ssl.DER_cert_to_PEM_cert(der)]

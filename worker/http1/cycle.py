@@ -50,7 +50,7 @@ def cork(transport: Any) -> None:
     try:
         fd = transport.get_extra_info("socket").fileno()
         sock = _socket.socket(-1, _socket.SOCK_STREAM, 0, fd)  # a temporary handle on the loop's socket
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: no socket, a closed one: no cork
         return
     try:
         sock.setsockopt(_socket.IPPROTO_TCP, _TCP_CORK, 1)

@@ -194,7 +194,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         else:
             try:
                 conn.initiate_upgrade_connection(upgrade[0])
-            except Exception:  # a malformed HTTP2-Settings (base64 of SETTINGS): the 101 is out, end here
+            except Exception:  # noqa: BLE001 - a malformed HTTP2-Settings (base64 of SETTINGS): the 101 is out, end here
                 logger.info("Malformed HTTP2-Settings from %s: closing", self.peer)
                 self.close(ErrorCodes.PROTOCOL_ERROR)
                 return

@@ -54,7 +54,7 @@ def run_server(
         try:
             loop.call_soon(started.set)
             loop.run_until_complete(server.serve([sock]))
-        except BaseException as exc:  # reported to the test on exit
+        except BaseException as exc:  # noqa: BLE001 - reported to the test on exit
             errors.append(exc)
         finally:
             try:

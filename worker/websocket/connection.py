@@ -32,7 +32,7 @@ import hashlib
 import logging
 from typing import Any
 
-from websockets.exceptions import InvalidState, NegotiationError
+from websockets.exceptions import InvalidHeader, InvalidState, NegotiationError
 from websockets.exceptions import ProtocolError as WSProtocolError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Close, Opcode
@@ -163,7 +163,7 @@ def negotiate_deflate(offers: list[bytes]) -> tuple[bytes, list[Any]]:
     for offer in offers:
         try:
             parsed = parse_extension(offer.decode("latin-1"))
-        except Exception:
+        except InvalidHeader:
             continue  # a malformed offer: ignore it rather than fail the handshake
         for name, params in parsed:
             if name != factory.name:
