@@ -327,7 +327,7 @@ async def _generate(
         while loop.time() < deadline:
             done = loop.create_future()
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: protocol(done), host, port), 5)
+                await asyncio.wait_for(loop.create_connection(lambda done=done: protocol(done), host, port), 5)
             except (OSError, asyncio.TimeoutError):
                 error("connect")
                 await asyncio.sleep(0.01)

@@ -109,9 +109,9 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
                 time.sleep(0.3)
                 idle, nworkers = _settled(server.pid)
 
-                def measure() -> dict[str, Any]:
-                    rss, _ = _settled(server.pid)
-                    return {"rss_with": rss, "held": _established(server.pid, server.port)}
+                def measure(pid: int = server.pid, port: int = server.port) -> dict[str, Any]:
+                    rss, _ = _settled(pid)
+                    return {"rss_with": rss, "held": _established(pid, port)}
 
                 result = asyncio.run(_hold(server.port, count, measure))
                 result.update(

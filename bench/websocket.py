@@ -134,7 +134,7 @@ async def open_clients(port: int, count: int, payload: bytes, state: dict) -> li
         for _ in range(start, min(count, start + 200)):
             opened = loop.create_future()
             await loop.create_connection(
-                lambda: EchoClient(port, frame, echo_size(payload), opened, state), "127.0.0.1", port
+                lambda opened=opened: EchoClient(port, frame, echo_size(payload), opened, state), "127.0.0.1", port
             )
             batch.append(opened)
         clients += await asyncio.wait_for(asyncio.gather(*batch), 60)
