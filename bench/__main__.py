@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     written = [] if args.no_plots else report.plots(results, args.out)
     print(text)
     print(
-        f"written: {', '.join([os.path.join(args.out, 'results.md'), os.path.join(args.out, 'results.json'), *written])}",
+        "written: "
+        + ", ".join([os.path.join(args.out, "results.md"), os.path.join(args.out, "results.json"), *written]),
         file=sys.stderr,
     )
     return code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -79,7 +80,7 @@ class Ctx:
 
 
 def med(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # no NaN
+    values = [v for v in values if not math.isnan(v)]
     return statistics.median(values) if values else float("nan")
 
 

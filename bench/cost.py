@@ -480,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["skipped"], results["notes"] = skipped, notes
     written = cost_report.write(results, args.out, plots=not args.no_plots)
-    print(open(written[0]).read())
+    with open(written[0]) as fh:
+        print(fh.read())
     print(f"written: {', '.join(written)}", file=sys.stderr)
     return code
 

@@ -18,6 +18,7 @@ pid (and the time of its first request), so no server needs an API for this.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import struct
@@ -171,9 +172,9 @@ def _disrupt(ctx: Ctx, name: str) -> dict[str, Any]:
                 spawned = old_gone = float("nan")
                 while thread.is_alive():
                     now = set(server.worker_pids())
-                    if spawned != spawned and now - before:
+                    if math.isnan(spawned) and now - before:
                         spawned = time.time() - t0
-                    if old_gone != old_gone and not (now & gone):
+                    if math.isnan(old_gone) and not (now & gone):
                         old_gone = time.time() - t0
                     thread.join(0.01)
                 if "error" in box or "result" not in box:

@@ -83,7 +83,7 @@ def spawn(
             argv,
             cwd=ROOT,
             env=env,
-            preexec_fn=_preexec(cpus),
+            preexec_fn=_preexec(cpus),  # noqa: PLW1509 - pins the server's cores; the children it runs start no thread
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=log if log is not None else subprocess.DEVNULL,
@@ -145,7 +145,7 @@ def stop(proc: subprocess.Popen, graceful: bool = True, timeout: float = STOP_TI
 
 
 def stop_all() -> None:
-    for proc in list(_live):
+    for proc in list(_live):  # noqa: PERF101 - a copy: stop() removes from _live
         stop(proc, graceful=True, timeout=5.0)
 
 
@@ -261,7 +261,7 @@ def _own_cpu() -> float:
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
-    for proc in list(_live):
+    for proc in list(_live):  # noqa: PERF101 - a copy: another thread may start or stop a server meanwhile
         total += tree_cpu(proc.pid)
     return total
 

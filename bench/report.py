@@ -16,7 +16,7 @@ def _vals(rs: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def spread(values: list[float], fmt: str, scale: float = 1.0) -> str:
-    values = [v * scale for v in values if v == v and not math.isinf(v)]
+    values = [v * scale for v in values if math.isfinite(v)]
     if not values:
         return "-"
     if len(values) == 1 or min(values) == max(values):

@@ -107,13 +107,13 @@ def _usage(pids: list[int]) -> tuple[float, float, int]:
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
             user += int(fields[11]) / tick
             system += int(fields[12]) / tick
             for task in os.listdir(f"/proc/{pid}/task"):
-                for line in open(f"/proc/{pid}/task/{task}/status"):
-                    if "ctxt_switches" in line:
-                        switches += int(line.split()[1])
+                with open(f"/proc/{pid}/task/{task}/status") as fh:
+                    switches += sum(int(line.split()[1]) for line in fh if "ctxt_switches" in line)
         except (OSError, IndexError):
             pass
     return user, system, switches
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"`python -m bench.wsgi_dispatch {' '.join(argv if argv is not None else sys.argv[1:])}` "
-        f"({args.app}, {args.threads} threads, {args.rounds} interleaved rounds of {args.duration:g} s; medians, min-max)\n"
+        f"({args.app}, {args.threads} threads, {args.rounds} interleaved rounds of {args.duration:g} s; "
+        "medians, min-max)\n"
     )
     print("| variant | req/s | CPU us/request | of which user | of which system | context switches/request | p99 ms |")
     print("|---|---|---|---|---|---|---|")

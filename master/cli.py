@@ -31,7 +31,7 @@ PROG = "serve"
 def _fail(message: str, code: int) -> int:
     """One `serve: error:` line per problem (a config file may have several, all reported in one run)."""
     lines = message.split("\n") if isinstance(message, str) else [str(message)]
-    if not lines[0].startswith("Traceback") and len(lines) > 1 and not any(l.startswith("  ") for l in lines):
+    if not lines[0].startswith("Traceback") and len(lines) > 1 and not any(line.startswith("  ") for line in lines):
         for line in lines:
             click.echo(f"{PROG}: error: {line}", err=True)
     else:

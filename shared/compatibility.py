@@ -28,7 +28,7 @@ def is_double_callable(application: Any) -> bool:
         return True
     # An instance whose __call__ is a coroutine function is ASGI 3. A sync __call__ proves nothing yet:
     # the object itself may be marked as a coroutine function (checked below).
-    call = getattr(application, "__call__", None)
+    call = getattr(application, "__call__", None)  # noqa: B004 - the bound __call__ itself is inspected
     if call is not None and iscoroutinefunction(call):
         return False
     return not iscoroutinefunction(application)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from corral.shared.compatibility import guarantee_single_callable
-from corral.shared.timeout import timeout as _Timeout
+from corral.shared.timeout import timeout as _timeout
 
 __all__ = ["ApplicationCommunicator"]
 
@@ -70,7 +70,7 @@ class ApplicationCommunicator:
         None (the expiry cancels the awaited task, and an application ending cancelled is not an error).
         """
         try:
-            async with _Timeout._quiet(timeout):
+            async with _timeout._quiet(timeout):
                 try:
                     await self.future
                 except asyncio.CancelledError:
@@ -105,7 +105,7 @@ class ApplicationCommunicator:
         """Return the next message the application sent; TimeoutError (application cancelled) if none comes."""
         self._raise_if_finished()
         try:
-            async with _Timeout._quiet(timeout):
+            async with _timeout._quiet(timeout):
                 return await self._next_output()
         except asyncio.TimeoutError:
             # An application that died while we waited explains the silence better than the timeout.

@@ -18,7 +18,7 @@ from types import TracebackType
 __all__ = ["timeout"]
 
 
-class timeout:
+class timeout:  # noqa: N801 - asgiref's name (asgiref.timeout.timeout)
     """Cancel the block after `delay` seconds and raise `asyncio.TimeoutError`; `delay=None` disables it.
 
     Usable as `async with timeout(1.0): ...`, or as a plain `with` inside a coroutine running in a task.

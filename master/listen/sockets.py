@@ -184,7 +184,10 @@ def bind(
 
 def _bind_message(address: Address, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return f"cannot bind {address}: address already in use (another server is listening there; pick another port with -b)"
+        return (
+            f"cannot bind {address}: address already in use "
+            "(another server is listening there; pick another port with -b)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
         hint = (
             "ports below 1024 need root or CAP_NET_BIND_SERVICE"
@@ -244,7 +247,7 @@ def bind_all(
     sockets: list[socket.socket] = []
     try:
         for address in parsed:
-            sockets.append(bind(address, backlog, reuse_port, umask, v6only(address, parsed)))
+            sockets.append(bind(address, backlog, reuse_port, umask, v6only(address, parsed)))  # noqa: PERF401 - kept as bound, for the cleanup below
     except BaseException:
         close_all(sockets)
         raise

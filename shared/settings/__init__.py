@@ -12,10 +12,10 @@ name and flag are gunicorn's, so a gunicorn command line or config file carries 
     compat.py     what gunicorn users bring: server hooks, carried-over options, request deadlines, --reload
     transport.py  TLS and HTTP/2
 
-Declaring goes one way: `registry` imports no other module of this package, each declaration module
-(`core`, `compat`, `transport`) imports `registry`, and this `__init__` imports them all, in the order the settings page and `serve --help`
-list them. So `from corral.shared.settings import Settings, REGISTRY` (what callers write) always finds the
-whole registry, and no module runs with another half made.
+Declaring goes one way: `registry` imports no other module of this package, each declaration module (`core`,
+`compat`, `transport`) imports `registry`, and this `__init__` imports them all, in the order the settings page and
+`serve --help` list them. So `from corral.shared.settings import Settings, REGISTRY` (what callers write) always
+finds the whole registry, and no module runs with another half made.
 
 May import: `corral.shared` (compat.py checks a worker class with its worker_class module).
 """

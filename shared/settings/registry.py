@@ -254,7 +254,7 @@ class Settings:
     """The effective value of every setting; attribute access by setting name."""
 
     def __init__(self, **values: Any) -> None:
-        for name, value in values.items():
+        for name in values:
             if name not in REGISTRY:
                 raise SettingError(unknown_setting_message(name))
         for name, declared in REGISTRY.items():

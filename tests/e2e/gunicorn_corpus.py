@@ -348,7 +348,9 @@ def app(environ, start_response):
         "pid": os.getpid(), "method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
         "query": environ["QUERY_STRING"], "version": environ["SERVER_PROTOCOL"][5:],
         "body": body.decode("latin-1"),
-        "environ": {k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")},
+        "environ": {
+            k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")
+        },
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
     return [answer]

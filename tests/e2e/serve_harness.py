@@ -105,11 +105,13 @@ def get(port: int, path: str = "/", timeout: float = WAIT) -> tuple[int, str]:
         conn.close()
 
 
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
 def set_subreaper(on: bool) -> None:
     """Orphans of our descendants (the new master after USR2) become our children, so we can reap them."""
     libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_CHILD_SUBREAPER = 36
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

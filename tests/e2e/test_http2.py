@@ -1,7 +1,7 @@
-"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c,
---http2-prior-knowledge), httpx with http2=True, h2load (100 streams per connection, h2c and TLS); Starlette (JSON, echo, streaming) over h2 and h2c, a TLS client certificate seen in the
-scope over h2, Django over h2c; a Rapid Reset flood against the worker process, which stays up, serves other
-connections and keeps its memory bounded."""
+"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c, --http2-prior-knowledge),
+httpx with http2=True, h2load (100 streams per connection, h2c and TLS); Starlette (JSON, echo, streaming) over h2
+and h2c, a TLS client certificate seen in the scope over h2, Django over h2c; a Rapid Reset flood against the worker
+process, which stays up, serves other connections and keeps its memory bounded."""
 
 from __future__ import annotations
 

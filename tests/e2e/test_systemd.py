@@ -1,4 +1,4 @@
-"""The systemd socket + service unit recipes (docs/recipes/corral.socket, corral.service), run the way systemd runs them.
+"""The systemd socket + service unit recipes (docs/recipes/corral.socket, corral.service), run as systemd runs them.
 
 `systemd-socket-activate` stands in for systemd (which is not PID 1 here): it listens on the socket unit's
 `ListenStream=`, and on the first connection execs the service's `ExecStart=` in the same process with

@@ -26,7 +26,7 @@ def show(config_path, **params):
     try:
         settings = collect(params, config_path, environ=click.get_current_context().obj or {})
     except SettingError as exc:
-        raise click.UsageError(str(exc))
+        raise click.UsageError(str(exc)) from None
     for name in ("workers", "threads", "keepalive", "bind", "reuse_port", "server_header", "backlog"):
         click.echo(f"{name}={getattr(settings, name)!r}")
 
@@ -165,7 +165,7 @@ def test_python_module_config_and_file_prefix(tmp_path, monkeypatch):
     assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 4}
     (package / "gunicorn_conf.py").write_text("workers = 5\n")  # read again (a HUP reloads the module)
     assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 5}
-    with pytest.raises(SettingError, match="config module 'deploy.nothing' not found on the import path"):
+    with pytest.raises(SettingError, match=r"config module 'deploy.nothing' not found on the import path"):
         load_python_config("python:deploy.nothing")
     assert load_python_config(f"file:{package / 'gunicorn_conf.py'}") == {"workers": 5}
     plain = tmp_path / "gunicorn.cfg"  # gunicorn also runs a file without a .py extension
@@ -202,7 +202,7 @@ def test_gunicorn_config_file_carries_over(tmp_path, capsys):
 
 def test_pyproject_table(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.corral]\nworkers = 5\nkeep-alive = 2\n")
-    with pytest.raises(SettingError, match="unknown setting 'keep-alive'.*did you mean 'keepalive'"):
+    with pytest.raises(SettingError, match=r"unknown setting 'keep-alive'.*did you mean 'keepalive'"):
         load_pyproject(str(tmp_path))
     (tmp_path / "pyproject.toml").write_text("[tool.corral]\nworkers = 5\nkeepalive = 2\n")
     assert load_pyproject(str(tmp_path)) == {"workers": 5, "keepalive": 2.0}

@@ -28,6 +28,7 @@ __all__ = ["Lifespan", "LifespanFailure"]
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 _MODES = ("auto", "on", "off")
+_ERROR_LOG = logging.getLogger("corral.error")  # the default logger: lifespan failures are errors
 
 
 class LifespanFailure(Exception):
@@ -45,7 +46,7 @@ class Lifespan:
         self,
         app: ASGIApp,
         mode: str = "auto",
-        logger: logging.Logger = logging.getLogger("corral.error"),
+        logger: logging.Logger = _ERROR_LOG,
         *,
         startup_timeout: float | None = None,
         shutdown_timeout: float = 30.0,

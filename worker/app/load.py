@@ -174,7 +174,7 @@ def detect_interface(app: Any) -> str:
         # The class is instantiated per request: `Cls(scope)` is ASGI 2; `Cls(environ, start_response)` with
         # an iterable instance is PEP 3333's class-as-application form.
         return "wsgi" if _positional_arity(app) == 2 else "asgi2"
-    if iscoroutinefunction(app) or iscoroutinefunction(getattr(app, "__call__", None)):
+    if iscoroutinefunction(app) or iscoroutinefunction(getattr(app, "__call__", None)):  # noqa: B004 - the bound __call__ is inspected
         return "asgi3"
     arity = _positional_arity(app)
     if arity == 2:

@@ -287,7 +287,7 @@ class AccessLog:
             if atoms:
                 self.logger.info(self.format, atoms)  # gunicorn's call: the record's args are the atoms
             else:  # no atom at all: logging would take an empty mapping for no arguments
-                self.logger.info(self.format % atoms)
+                self.logger.info(self.format % atoms)  # noqa: G002 - formatted here: see the line above
         except Exception:  # a log line must never break a response
             logging.getLogger("corral.worker.accesslog").exception("failed to render the access log line")
 

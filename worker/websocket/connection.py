@@ -98,7 +98,7 @@ def accept_key(key: bytes) -> bytes:
 
 def is_websocket_upgrade(headers: list[tuple[bytes, bytes]]) -> bool:
     """The request asks for `Upgrade: websocket` (whatever else may be wrong with it)."""
-    for name, value in headers:
+    for name, value in headers:  # noqa: SIM110 - a loop, not any(): no generator per request
         if name == b"upgrade" and b"websocket" in _tokens(value):
             return True
     return False
@@ -202,7 +202,7 @@ class _QuietLogger:
     def __init__(self, target: logging.Logger) -> None:
         self._logger = target
 
-    def isEnabledFor(self, level: int) -> bool:
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging.Logger's name, which websockets calls
         return self._logger.isEnabledFor(level)
 
     def debug(self, *args: Any, **kwargs: Any) -> None:
@@ -218,7 +218,7 @@ class _QuietLogger:
         self._logger.error(*args, **kwargs)
 
     def exception(self, *args: Any, **kwargs: Any) -> None:
-        self._logger.exception(*args, **kwargs)
+        self._logger.exception(*args, **kwargs)  # noqa: LOG004 - websockets calls this within its handlers
 
 
 _PROTOCOL_LOGGER = _QuietLogger(logging.getLogger("corral.websocket"))

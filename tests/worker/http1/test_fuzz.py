@@ -123,8 +123,10 @@ def request(draw: Any, i: int) -> tuple[bytes, int]:
     # The last ones are tokens llhttp does not know: corral parses their heads with GET in their place.
     method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "PURGE", "-BLARGH", "FOO_BAR"]))
     lines = [f"{method} /p{i}?q={i} HTTP/1.1", f"{draw(case('Host'))}: example.com", f"{draw(case('X-Req'))}: {i}"]
-    for k in range(draw(st.integers(0, 3))):
-        lines.append(f"{draw(case(f'X-H{i}-{k}'))}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}v{k}")
+    lines.extend(
+        f"{draw(case(f'X-H{i}-{k}'))}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}v{k}"
+        for k in range(draw(st.integers(0, 3)))
+    )
     framing = draw(st.sampled_from(["none", "length", "chunked"]))
     sizes: list[int] = []
     body = b""

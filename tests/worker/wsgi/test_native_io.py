@@ -164,7 +164,7 @@ def sendfile_calls(monkeypatch):
 
 def file_app(path, opened):
     def app(environ, start_response):
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - the server closes it (the test checks that it does)
         opened.append(f)
         query = environ["QUERY_STRING"]
         headers = [("Content-Type", "application/octet-stream")]
