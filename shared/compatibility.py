@@ -10,9 +10,9 @@ from corral.shared.coroutines import iscoroutinefunction
 
 __all__ = ["is_double_callable", "double_to_single_callable", "guarantee_single_callable"]
 
-Scope = dict
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGI3Application = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 

@@ -40,7 +40,9 @@ class _WorkItem:
 
     __slots__ = ("future", "fn", "args", "kwargs")
 
-    def __init__(self, future: Future[Any], fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def __init__(
+        self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self.future = future
         self.fn = fn
         self.args = args
@@ -100,7 +102,7 @@ class CurrentThreadExecutor(Executor):
             self._broken = True
             self._queue.put(_STOP)
 
-    def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Future[_R]:  # type: ignore[override]
+    def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Future[_R]:
         """Queue `fn(*args, **kwargs)` for the executor's thread (or the closest outer one still running)."""
         if threading.get_ident() == self._work_thread:
             raise RuntimeError("You cannot submit onto CurrentThreadExecutor from its own thread")

@@ -141,7 +141,7 @@ class _S2ACall:
     )  # fmt: skip
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, func: Callable[..., Any], args: tuple, kwargs: dict,
+        self, loop: asyncio.AbstractEventLoop, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         exc: BaseException | None,
     ) -> None:  # fmt: skip
         self.loop = loop
@@ -489,7 +489,7 @@ class AsyncToSync(Generic[_P, _R]):
             try:
                 raise exc
             finally:
-                box.exc = exc = None  # type: ignore[assignment]
+                box.exc = exc = None
         return box.result  # type: ignore[no-any-return]
 
     def _run_on_own_loop(

@@ -70,7 +70,9 @@ _LOG_STREAM = _LogStream()
 ERRORS_STREAM: Any = sys.stderr if sys.stderr is not None else _LOG_STREAM
 
 
-def build_environ(scope: dict, body: Any, duplicate_header_limit: int = 100, extra: dict | None = None) -> dict:
+def build_environ(
+    scope: dict[str, Any], body: Any, duplicate_header_limit: int = 100, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The environ of an http `scope` with `body` as wsgi.input; `extra` entries are added (server-specific
     keys such as wsgi.file_wrapper). Raises TooManyHeaders past `duplicate_header_limit` repeats (0: no limit)."""
     root_path = scope.get("root_path", "")
@@ -123,7 +125,7 @@ def build_environ(scope: dict, body: Any, duplicate_header_limit: int = 100, ext
             count = repeats[key] = repeats.get(key, 1) + 1
             if duplicate_header_limit and count > duplicate_header_limit:
                 raise TooManyHeaders(f"Too many duplicate headers: {key} exceeds limit of {duplicate_header_limit}")
-            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value  # type: ignore[operator]
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
         else:
             environ[key] = value
     return environ

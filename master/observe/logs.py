@@ -45,7 +45,7 @@ class ToGunicorn(logging.Handler):
         super().__init__()
         self.target = logging.getLogger(GUNICORN_ERROR)
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]  # no lock: nothing emitted here
+    def handle(self, record: logging.LogRecord) -> bool:  # no lock: nothing emitted here
         target = self.target
         if not target.isEnabledFor(record.levelno):
             return False

@@ -230,7 +230,7 @@ _declare(
 
 
 # ---------------------------------------------------------------------------- logging (gunicorn's)
-def dict_config(value: Any) -> dict | None:
+def dict_config(value: Any) -> dict[str, Any] | None:
     if value is None or value == {}:
         return None
     if not isinstance(value, dict):

@@ -15,7 +15,7 @@ import difflib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "Setting",
@@ -262,6 +262,12 @@ class Settings:
             if name in values:
                 value = declared.parse(value)
             object.__setattr__(self, name, value)
+
+    if TYPE_CHECKING:
+        # Each setting is an attribute set from REGISTRY at run time, a name mypy cannot see: reading one is
+        # typed Any here rather than declared a second time. (No __getattr__ at run time: a name that is no
+        # setting still raises AttributeError.)
+        def __getattr__(self, name: str) -> Any: ...
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in REGISTRY:

@@ -297,7 +297,7 @@ class LazyEnviron(dict):
     ):
         locals()[_name] = _materialized(_name)
     del _name
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
 
 class RequestHooks:

@@ -346,7 +346,7 @@ def make_access_log(settings: Any) -> AccessLog | None:
         handler = logging.StreamHandler(sys.stdout)
     else:
         handler = ReopenableFileHandler(target)
-    handler._corral_access = True  # type: ignore[attr-defined]
+    handler._corral_access = True
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

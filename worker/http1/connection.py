@@ -276,7 +276,7 @@ class HTTP11Connection:
         self.active: Exchange | None = None  # the request whose response is in progress
         # Requests queued behind the active one: an empty tuple until a client pipelines (a deque costs
         # ~0.7 KiB, and most connections never need one).
-        self.pipeline: deque[Exchange] | tuple = ()
+        self.pipeline: deque[Exchange] | tuple[Any, ...] = ()
         self.error: ProtocolError | None = None
         # Bytes read but not parsed yet: parsing stopped because `max_pipeline` requests wait (see feed).
         self.backlog = b""

@@ -178,7 +178,7 @@ class H2Sender:
         try:
             self.conn.send_headers(
                 stream.stream_id,
-                [  # type: ignore[union-attr]
+                [
                     (b":status", _STATUS[status]),
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", b"%d" % len(body)),

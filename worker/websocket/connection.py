@@ -255,7 +255,7 @@ class WebSocketConnection:
             limit = limit + limit // 64 + 1024
         proto = self.proto = Protocol(
             Side.SERVER, state=OPEN, max_size=limit if max_size else None, logger=_PROTOCOL_LOGGER
-        )  # type: ignore[arg-type]
+        )
         if extensions:
             proto.extensions = list(extensions)
         self.max_size = limit  # the wire limit of a frame (of a message, when fragmented)
@@ -284,11 +284,11 @@ class WebSocketConnection:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes) -> list[tuple]:
+    def receive_data(self, data: bytes) -> list[tuple[Any, ...]]:
         """Bytes read from the peer -> events (see MESSAGE, PONG_EVENT, CLOSE_EVENT); then call
         `data_to_send()` (pongs, close replies)."""
         proto = self.proto
-        events: list[tuple] = []
+        events: list[tuple[Any, ...]] = []
         if self.eof or proto.state is CLOSED:
             return events  # after the closing handshake (or a failure) nothing more is read
         buffer = self.buffer
@@ -360,7 +360,7 @@ class WebSocketConnection:
             self.need = need
         return events
 
-    def _slow(self, frame_bytes: bytes, events: list[tuple]) -> None:
+    def _slow(self, frame_bytes: bytes, events: list[tuple[Any, ...]]) -> None:
         """Whole frames (or a head websockets will refuse) through websockets' parser."""
         proto = self.proto
         if self.fragments is not None and frame_bytes and frame_bytes[0] & 0x0F == 0x8:
@@ -417,10 +417,10 @@ class WebSocketConnection:
             self.eof = True
 
     @staticmethod
-    def _closed_reported(events: list[tuple]) -> bool:
+    def _closed_reported(events: list[tuple[Any, ...]]) -> bool:
         return bool(events) and events[-1][0] == CLOSE_EVENT
 
-    def _message(self, text: bool, data: bytes, events: list[tuple]) -> None:
+    def _message(self, text: bool, data: bytes, events: list[tuple[Any, ...]]) -> None:
         if len(data) > self.limit:  # decompressed past the limit (the wire limit has a margin)
             reason = f"message exceeds limit of {self.limit} bytes"
             self._fail(1009, reason)
@@ -434,7 +434,7 @@ class WebSocketConnection:
         else:
             events.append((MESSAGE, data if isinstance(data, bytes) else bytes(data)))
 
-    def _invalid_utf8(self, exc: UnicodeDecodeError, events: list[tuple]) -> None:
+    def _invalid_utf8(self, exc: UnicodeDecodeError, events: list[tuple[Any, ...]]) -> None:
         reason = f"{exc.reason} at position {exc.start}"
         self._fail(1007, reason)
         events.append((CLOSE_EVENT, 1007, reason))

@@ -443,7 +443,7 @@ class WebSocketCycle(asyncio.Protocol):
             # The closing handshake is over (or the peer broke the protocol): the server closes TCP first;
             # a peer that does not read what is left to write is cut off at the close timeout.
             self.transport.close()
-            self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout  # type: ignore[union-attr]
+            self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout
 
     def eof_received(self) -> bool | None:
         if self.conn is not None:
@@ -461,7 +461,7 @@ class WebSocketCycle(asyncio.Protocol):
                 self.controls_since = now
         elif not conn.eof:
             reason = "too many control frames"
-            self.transport.write(conn.fail(1008, reason))  # type: ignore[union-attr]
+            self.transport.write(conn.fail(1008, reason))
             events.append((CLOSE_EVENT, 1008, reason))
 
     def pause_writing(self) -> None:
@@ -491,7 +491,7 @@ class WebSocketCycle(asyncio.Protocol):
     def _session_ended(self) -> None:
         """An accepted WebSocket's TCP connection is gone: count its close code, log the session."""
         server = self.server
-        code = self.ended["code"] if self.ended is not None else 1006  # type: ignore[index]
+        code = self.ended["code"] if self.ended is not None else 1006
         server.counters.count_close(code)
         closed = getattr(server.access_log, "websocket_closed", None)  # the access log's line at close
         if closed is not None and self.t0 is not None:
@@ -530,7 +530,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.flow.resume_reading(QUEUE_PAUSE)
         if self.conn.eof:  # type: ignore[union-attr]
             transport.close()
-        self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout  # type: ignore[union-attr]
+        self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout
 
     def close(self) -> None:
         """Going away (the server stops): disconnect 1001 to the application, a 1001 close frame to the
@@ -560,21 +560,21 @@ class WebSocketCycle(asyncio.Protocol):
         hub = self.hub
         if conn.open:
             if self.ping is None:
-                hub.pings += 1  # type: ignore[union-attr]
-                self.ping = payload = hub.pings.to_bytes(4, "big")  # type: ignore[union-attr]
+                hub.pings += 1
+                self.ping = payload = hub.pings.to_bytes(4, "big")
                 self.transport.write(conn.send_ping(payload))
-                timeout = hub.ping_timeout  # type: ignore[union-attr]
+                timeout = hub.ping_timeout
                 if timeout > 0:
                     self.deadline = now + timeout
                 else:  # no timeout: ping again next interval, whatever the peer does
                     self.ping = None
-                    self.deadline = now + hub.ping_interval  # type: ignore[union-attr]
+                    self.deadline = now + hub.ping_interval
                 return
             # The peer did not answer the ping in time.
             self.state = DONE
             data = conn.fail(1011, "keepalive ping timeout")
             self._ended(1011, "keepalive ping timeout")
-            self.deadline = now + hub.close_timeout  # type: ignore[union-attr]
+            self.deadline = now + hub.close_timeout
             if data:
                 self.transport.write(data)
             self.transport.close()

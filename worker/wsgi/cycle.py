@@ -614,7 +614,7 @@ class WsgiCycle(WsgiCall):
         while count and not self.disconnected:
             if flow.write_paused:
                 self.sendfile = (fd, offset, count, tail)
-                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))  # type: ignore[misc]
+                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))
                 return
             data = os.pread(fd, min(count, 256 * 1024), offset)
             if not data:

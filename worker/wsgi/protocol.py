@@ -74,18 +74,18 @@ class WsgiHttpProtocol(HttpProtocol):
     def start_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
         server = self.server
         if server.parked and not server.reject_when_full:
-            self.park(cycle)  # type: ignore[arg-type]  # requests parked earlier go first
+            self.park(cycle)  # requests parked earlier go first
             return
         try:
             cycle.start()
         except PoolFull:
-            self.pool_full(cycle)  # type: ignore[arg-type]
+            self.pool_full(cycle)
 
     def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
         try:
             cycle.start()
         except PoolFull:
-            self.pool_full(cycle)  # type: ignore[arg-type]
+            self.pool_full(cycle)
 
     def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
         server = self.server
@@ -96,7 +96,7 @@ class WsgiHttpProtocol(HttpProtocol):
             self.transport.write(_BUSY_RESPONSE)
             self.close()
         else:
-            self.park(cycle)  # type: ignore[arg-type]
+            self.park(cycle)
 
 
 class HookedWsgiHttpProtocol(WsgiHttpProtocol):
