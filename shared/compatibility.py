@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from corral.shared.coroutines import iscoroutinefunction
 
@@ -39,7 +39,7 @@ def double_to_single_callable(application: Callable[[Scope], Any]) -> ASGI3Appli
 
     async def new_application(scope: Scope, receive: Receive, send: Send) -> None:
         instance = application(scope)
-        return await instance(receive, send)
+        await instance(receive, send)
 
     return new_application
 
@@ -47,5 +47,5 @@ def double_to_single_callable(application: Callable[[Scope], Any]) -> ASGI3Appli
 def guarantee_single_callable(application: Any) -> ASGI3Application:
     """Return `application` in ASGI 3 form, wrapping it only if it is an ASGI 2 application."""
     if is_double_callable(application):
-        application = double_to_single_callable(application)
-    return application
+        return double_to_single_callable(application)
+    return cast(ASGI3Application, application)

@@ -139,6 +139,7 @@ class _S2ACall:
         "loop", "future", "func", "args", "kwargs", "exc", "pid", "thread", "deadlock",
         "task", "box", "cancelled", "inner_cancelled",
     )  # fmt: skip
+    future: asyncio.Future[Any]  # set by the awaiting side before the thread can read it
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -178,7 +179,7 @@ def _s2a_run_in_given_context(call: _S2ACall) -> Any:
         return _s2a_invoke(call)
     finally:
         for var, token in zip((_HOME, _frame, _deadlock), tokens):
-            var.reset(token)  # type: ignore[attr-defined]
+            var.reset(token)  # type: ignore[attr-defined]  # each is a ContextVar; zip over the tuple loses that
 
 
 def _s2a_invoke(call: _S2ACall) -> Any:
@@ -248,7 +249,7 @@ class SyncToAsync(Generic[_P, _R]):
         if type(func) is types.FunctionType:  # the common case; its __call__ needs no look
             refused = iscoroutinefunction(func)
         else:
-            refused = not callable(func) or iscoroutinefunction(func) or iscoroutinefunction(func.__call__)
+            refused = not callable(func) or iscoroutinefunction(func) or iscoroutinefunction(func.__call__)  # type: ignore[operator]  # a callable's __call__
         if refused:
             raise TypeError("sync_to_async can only be applied to sync functions.")
         if thread_sensitive and executor is not None:
@@ -282,7 +283,8 @@ class SyncToAsync(Generic[_P, _R]):
             run = _s2a_run
         else:
             run = _s2a_run_in_given_context
-        future = call.future = loop.create_future()
+        future: asyncio.Future[_R] = loop.create_future()
+        call.future = future
         done = executor.submit(ctx.run, run, call)
         try:
             return await future
@@ -292,7 +294,7 @@ class SyncToAsync(Generic[_P, _R]):
             if not future.cancelled() or done.cancel():
                 raise
             if await _wait_after_cancel(call, done):
-                return done.result()
+                return done.result()  # type: ignore[no-any-return]  # the result of the call itself
             raise
         finally:
             if self.context is None:
@@ -313,7 +315,7 @@ def _sensitive_executor(loop: asyncio.AbstractEventLoop, call: _S2ACall) -> Exec
     runtime = get_runtime()
     loop_executors = runtime.loop_executors
     if loop_executors:
-        executor = loop_executors.get(loop)
+        executor: Executor | None = loop_executors.get(loop)
         if executor is not None:
             return executor
     if _deadlock.get(0) == _pid:
@@ -379,7 +381,7 @@ def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
     try:
         # The task runs in `ctx` itself (not a copy), so the caller can read back what the coroutine set.
         if _TASK_TAKES_CONTEXT:
-            task = box.task = loop.create_task(coro, context=ctx)
+            task = box.task = loop.create_task(coro, context=ctx)  # type: ignore[call-arg]  # 3.11+: the flag above
         else:
             # 3.10: the task copies the context current here; what it sets comes back in box.ctx.
             task = box.task = ctx.run(loop.create_task, coro)
@@ -430,7 +432,7 @@ class AsyncToSync(Generic[_P, _R]):
         if not iscoroutinefunction(awaitable) and (
             type(awaitable) is types.FunctionType
             or not callable(awaitable)
-            or not iscoroutinefunction(awaitable.__call__)
+            or not iscoroutinefunction(awaitable.__call__)  # type: ignore[operator]  # a callable's __call__
         ):
             # Detection has false negatives (callables returning awaitables), hence a warning as asgiref;
             # something not callable at all fails when called (TypeError), as in asgiref.
@@ -473,7 +475,7 @@ class AsyncToSync(Generic[_P, _R]):
                 except RuntimeError:
                     pass  # that loop has closed meanwhile
             if scheduled:
-                _serve_until_done(executor, call.loop, box)  # type: ignore[union-attr]
+                _serve_until_done(executor, call.loop, box)  # type: ignore[union-attr]  # a thread-sensitive call has its loop
             else:
                 self._run_on_own_loop(coro, ctx, box, executor)
         except BaseException:
@@ -490,7 +492,7 @@ class AsyncToSync(Generic[_P, _R]):
                 raise exc
             finally:
                 box.exc = exc = None
-        return box.result  # type: ignore[no-any-return]
+        return box.result  # type: ignore[no-any-return]  # the awaitable's result, of type _R
 
     def _run_on_own_loop(
         self, coro: Any, ctx: contextvars.Context, box: _A2SCall, executor: CurrentThreadExecutor

@@ -25,7 +25,7 @@ class ApplicationCommunicator:
         self.scope = scope
         self._future: asyncio.Task[Any] | None = None
         self._input_queue: asyncio.Queue[Any] | None = None
-        self._output_queue: asyncio.Queue[Any] | None = None
+        self._output_queue: asyncio.Queue[dict[str, Any]] | None = None
 
     # The queues and the task are made lazily so that they belong to the loop the test runs in.
     @property
@@ -35,7 +35,7 @@ class ApplicationCommunicator:
         return self._input_queue
 
     @property
-    def output_queue(self) -> asyncio.Queue[Any]:
+    def output_queue(self) -> asyncio.Queue[dict[str, Any]]:
         if self._output_queue is None:
             self._output_queue = asyncio.Queue()
         return self._output_queue

@@ -223,8 +223,9 @@ class _SourceReader:
             if isinstance(node, ast.ClassDef) and node.name == class_name:
                 return self._class(node, module_name, names, depth)
         target = names.get(class_name)  # re-exported: `from ._workers import UvicornWorker`
-        if target is not None:
-            return self.read(*target.rsplit(".", 1), depth=depth + 1)
+        if target is not None and "." in target:
+            module, _, name = target.rpartition(".")
+            return self.read(module, name, depth=depth + 1)
         return None
 
     def _tree(self, module_name: str) -> tuple[ast.Module, bool] | None:
@@ -250,7 +251,8 @@ class _SourceReader:
                 continue
             head, _, rest = dotted.partition(".")
             full = names.get(head, f"{module_name}.{head}") + (f".{rest}" if rest else "")
-            found = self.read(*full.rsplit(".", 1), depth=depth + 1)
+            module, _, name = full.rpartition(".")
+            found = self.read(module, name, depth=depth + 1) if module else None
             if found is None:
                 continue
             interface, inherited = found
@@ -295,6 +297,7 @@ def _imported_names(tree: ast.Module, module_name: str, is_package: bool = False
 def _config_kwargs(node: ast.ClassDef, inherited: dict[str, Any]) -> dict[str, Any] | None:
     """The class's own CONFIG_KWARGS: a literal dict, `{**Base.CONFIG_KWARGS, ...}` or `dict(...)`."""
     for statement in node.body:
+        value: ast.expr | None
         if isinstance(statement, ast.Assign):
             targets = [t.id for t in statement.targets if isinstance(t, ast.Name)]
             value = statement.value

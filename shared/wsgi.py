@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _cf_thread
-from typing import Any
+from typing import Any, TypeGuard
 
 from corral.shared.bodystream import BlockingReader, ClientDisconnected  # ClientDisconnected: API
 from corral.shared.runtime import get_runtime
@@ -108,7 +108,7 @@ def _queue_job(executor: ThreadPoolExecutor, job: _Job) -> bool:
     with executor._shutdown_lock, _cf_thread._global_shutdown_lock:
         if executor._broken or executor._shutdown or _cf_thread._shutdown:
             return False
-        executor._work_queue.put(job)
+        executor._work_queue.put(job)  # type: ignore[arg-type]  # a _Job does what a _WorkItem does: run()
         if len(executor._threads) < executor._max_workers:
             # Starts a thread unless one is idle. With every thread started it would only take a count
             # off the idle semaphore (the threads add one per job; its sole reader is this method).
@@ -119,7 +119,7 @@ def _queue_job(executor: ThreadPoolExecutor, job: _Job) -> bool:
 _fast_pools: list[bool] = []  # [whether ThreadPoolExecutor has what `_queue_job` needs], checked once
 
 
-def _fast_pool(executor: Any) -> bool:
+def _fast_pool(executor: Any) -> TypeGuard[ThreadPoolExecutor]:
     """Whether `executor` is a plain ThreadPoolExecutor with the internals `_queue_job` relies on."""
     if type(executor) is not ThreadPoolExecutor:
         return False  # a subclass may change submit(): only the plain pool takes the shortcut

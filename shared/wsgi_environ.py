@@ -28,7 +28,7 @@ class TooManyHeaders(ValueError):
 
 
 # Header name -> environ key, cached (bounded: names come from clients). None means "drop the header".
-_MISSING = object()
+_MISSING: Any = object()  # a sentinel (Any: past it, a key is a str or None to mypy)
 _HEADER_KEYS: dict[bytes, str | None] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
 _HEADER_KEYS_MAX = 1024
 

@@ -113,7 +113,7 @@ def hook(name: str, accepted: tuple[int, ...] | None = None) -> Callable[[Any], 
     def convert(value: Any) -> Callable[..., Any] | None:
         if value is None or value == "":
             return None
-        func = _import_dotted(value.strip()) if isinstance(value, str) else value
+        func: Callable[..., Any] = _import_dotted(value.strip()) if isinstance(value, str) else value
         if not callable(func):
             raise ValueError(f"expected a callable, got {type(func).__name__}")
         arity = _arity(func)

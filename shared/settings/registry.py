@@ -67,10 +67,10 @@ def _number(kind: type, minimum: float | None) -> Callable[[Any], Any]:
     return convert
 
 
-positive_int = _number(int, 1)
-non_negative_int = _number(int, 0)
-non_negative_float = _number(float, 0)
-positive_float = _number(float, 1e-9)
+positive_int: Callable[[Any], int] = _number(int, 1)
+non_negative_int: Callable[[Any], int] = _number(int, 0)
+non_negative_float: Callable[[Any], float] = _number(float, 0)
+positive_float: Callable[[Any], float] = _number(float, 1e-9)
 
 
 def to_str(value: Any) -> str:
