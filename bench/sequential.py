@@ -135,7 +135,7 @@ class H2:
         self.requests_per_unit = streams
         self.sock = _connect(port, tls, alpn=["h2"])
         if tls and self.sock.selected_alpn_protocol() != "h2":  # type: ignore[attr-defined]  # an SSLSocket
-            raise RuntimeError(f"the server chose {self.sock.selected_alpn_protocol()!r} over h2")  # type: ignore[attr-defined]
+            raise RuntimeError(f"the server chose {self.sock.selected_alpn_protocol()!r} over h2")  # type: ignore[attr-defined]  # an SSLSocket here
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.headers = [
             (b":method", b"GET"),

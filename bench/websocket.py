@@ -257,9 +257,9 @@ class Server:
             text=True,
         )
         if port is None:  # bench/launch.py prints the port it bound
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]  # stdout=PIPE
             if not line.startswith("listening on "):
-                raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore
+                raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore[union-attr]  # stdout=PIPE
             port = int(line.split()[-1])
         self.port = port
         if not wait_port(port, self.proc):

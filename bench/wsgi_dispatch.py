@@ -128,7 +128,7 @@ def _wrk(seconds: float) -> str:
 
 
 def _ms(text: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]  # wrk's format
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
@@ -153,15 +153,15 @@ def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, f
         user0, sys0, sw0 = _usage(pids)
         out = _wrk(seconds)
         user1, sys1, sw1 = _usage(pids)
-        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]  # wrk's format
         return {
-            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]  # wrk's format
             "us_cpu": 1e6 * (user1 - user0 + sys1 - sys0) / requests,
             "us_user": 1e6 * (user1 - user0) / requests,
             "us_sys": 1e6 * (sys1 - sys0) / requests,
             "switches": (sw1 - sw0) / requests,
             "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),
-        }  # type: ignore[union-attr]
+        }  # type: ignore[union-attr]  # wrk's format
     finally:
         procs.stop(server, timeout=15)
 

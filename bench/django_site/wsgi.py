@@ -12,8 +12,8 @@ import django
 
 django.setup()
 
-from django.conf import settings  # noqa: E402
-from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.conf import settings  # noqa: E402 - after django.setup()
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402 - after django.setup()
 
 
 def _prepare() -> None:

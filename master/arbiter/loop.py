@@ -254,7 +254,7 @@ class Arbiter:
 
     def _drain_pipe(self, key: Any) -> None:
         try:
-            while os.read(self.pipe[0], 4096):  # type: ignore[index]
+            while os.read(self.pipe[0], 4096):  # type: ignore[index]  # the pipe is made before the loop selects on it
                 pass
         except (BlockingIOError, InterruptedError):
             pass
@@ -479,7 +479,7 @@ class Arbiter:
                     worker.outdated = True
                     worker.cause = "max-requests"
         if eof:
-            self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
+            self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]  # a live worker has its channel
             worker.channel.close()
 
     def retire(self, worker: Worker, why: str, graceful: bool = True) -> None:
@@ -520,7 +520,7 @@ class Arbiter:
                 self.read_worker(worker)  # its last heartbeat (final counts) may still be in the channel
             if not worker.channel.closed:
                 try:
-                    self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
+                    self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]  # a live worker has its channel
                 except (KeyError, ValueError):
                     pass
                 worker.channel.close()

@@ -167,6 +167,7 @@ def bind(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((address.host, address.port))
         else:
+            assert address.path is not None  # parse_address: an address without a port is a path
             _remove_stale_unix_socket(address.path)
             old_umask = os.umask(umask) if umask is not None else None
             try:

@@ -66,14 +66,14 @@ def setup_logging(settings: Settings) -> None:
     # names neither logger would otherwise hand the closed handler back), with the level and propagation it set.
     ours = []
     for logger in (corral, gunicorn):
-        for handler in [h for h in logger.handlers if getattr(h, _OURS, False)]:
-            logger.removeHandler(handler)
+        for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
+            logger.removeHandler(old)
             logger.setLevel(logging.NOTSET)
             logger.propagate = True
-            if handler not in ours:
-                ours.append(handler)
-    for handler in ours:
-        handler.close()
+            if old not in ours:
+                ours.append(old)
+    for old in ours:
+        old.close()
     naming = settings.naming
     level = settings.loglevel.upper()
     if settings.logconfig_dict or settings.logconfig:
@@ -135,6 +135,7 @@ def _adopt_other_names(naming: str) -> None:
     """A dictConfig written for the other naming (gunicorn's loggers with --naming corral, corral's access
     logger with --naming gunicorn): the logger records go to takes the named one's handlers and level (a
     config that names the logger itself is left as it is)."""
+    pairs: tuple[tuple[str, str], ...]
     if naming == "gunicorn":
         pairs = ((ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER),)
     else:

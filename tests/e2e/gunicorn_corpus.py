@@ -265,8 +265,8 @@ def load_cases(sdist: Path) -> list[Case]:
             expectation = files.get(f"{kind}/{name}.py")
             if expectation is None:
                 raise RuntimeError(f"{path} has no expectation file {name}.py")
-            data = decode_http(tar.extractfile(files[path]).read())  # type: ignore[union-attr]
-            source = tar.extractfile(expectation).read().decode("utf-8")  # type: ignore[union-attr]
+            data = decode_http(tar.extractfile(files[path]).read())  # type: ignore[union-attr]  # a regular file of the corpus
+            source = tar.extractfile(expectation).read().decode("utf-8")  # type: ignore[union-attr]  # a regular file of the corpus
             namespace = _exec_expectation(source, f"{kind}/{name}.py")
             cfg = namespace.get("cfg")
             case = Case(kind, name, data, dict(cfg.settings) if isinstance(cfg, _Config) else {})
@@ -393,7 +393,7 @@ def exchange(port: int, data: bytes, expected: int, half_close: bool) -> Outcome
         reader = _SharedReader(sock)
         responses: list[tuple[int, bytes]] = []
         while len(responses) < expected:
-            response = http.client.HTTPResponse(reader)  # type: ignore[arg-type]
+            response = http.client.HTTPResponse(reader)  # type: ignore[arg-type]  # a socket's file quacks as one
             try:
                 response.begin()
             except (http.client.RemoteDisconnected, ConnectionResetError):

@@ -213,7 +213,7 @@ class Master:
     def wait_serving(self, timeout: float = WAIT) -> None:
         def answers() -> bool:
             try:
-                return get(self.port, "/", timeout=5)[0] == 200  # type: ignore[arg-type]
+                return get(self.port, "/", timeout=5)[0] == 200  # type: ignore[arg-type]  # the status is an int
             except OSError:
                 return False
 

@@ -79,7 +79,7 @@ async def app(scope, receive, send):
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([IP, *args], capture_output=True, text=True, timeout=WAIT)  # type: ignore[list-item]
+    result = subprocess.run([IP, *args], capture_output=True, text=True, timeout=WAIT)  # type: ignore[list-item]  # IP is found, or the module skips
     if check and result.returncode != 0:
         raise AssertionError(f"ip {' '.join(args)}: {result.stderr}")
     return result
@@ -167,7 +167,7 @@ class HAProxy:
         self.conf.write_text(conf)
         self.proc = subprocess.Popen(
             [HAPROXY, "-db", "-f", str(self.conf)],
-            stdin=subprocess.DEVNULL,  # type: ignore[list-item]
+            stdin=subprocess.DEVNULL,  # type: ignore[list-item]  # the binary is found, or the module skips
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -84,7 +84,7 @@ def test_status_finds_the_one_master_started_without_pid(tmp_path, runtime):
             text=True,
         )
         try:
-            lines = [watch.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+            lines = [watch.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]  # stdout=PIPE
         finally:
             watch.kill()
             watch.wait(WAIT)

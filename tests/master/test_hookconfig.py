@@ -84,7 +84,7 @@ def test_gunicorns_computed_attributes():
 def test_unknown_names_and_writes_fail_as_in_gunicorn():
     cfg = HookConfig(Settings())
     with pytest.raises(AttributeError, match="No configuration setting for: no_such_thing"):
-        cfg.no_such_thing  # noqa: B018
+        cfg.no_such_thing  # noqa: B018 - reading it is the test
     with pytest.raises(AttributeError, match="Invalid access!"):
         cfg.workers = 4
 

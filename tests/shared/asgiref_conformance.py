@@ -207,8 +207,8 @@ def extract_tests(sdist: Path, root: Path) -> None:
         for member in members:
             target = root / member.name[len(prefix) :]
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
-        setup_cfg = tar.extractfile(prefix + "setup.cfg").read().decode()  # type: ignore[union-attr]
+            target.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]  # a regular file of the sdist
+        setup_cfg = tar.extractfile(prefix + "setup.cfg").read().decode()  # type: ignore[union-attr]  # a regular file of the sdist
     # asgiref's own pytest settings (asyncio mode, loop scope), as its tox runs them.
     parser = configparser.ConfigParser()
     parser.read_string(setup_cfg)

@@ -234,7 +234,9 @@ class StatelessServer:
         # The serving loop when a subclass keeps it (WorkerServer.loop): asyncio.get_running_loop() makes a
         # getpid() system call per call (its fork check), once per request here.
         loop = self.loop
-        task = (loop if loop is not None else asyncio.get_running_loop()).create_task(app(scope, receive, send))
+        task: asyncio.Task[None] = (loop if loop is not None else asyncio.get_running_loop()).create_task(
+            app(scope, receive, send)  # type: ignore[arg-type]  # an ASGI 3 call returns a coroutine
+        )
         instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
         instances[scope_id] = instance
         if len(instances) >= self._max_applications:

@@ -94,7 +94,7 @@ def encode_headers(headers: Any) -> tuple[bytes, int | None, bytes | None, bool]
     content_length: int | None = None
     te: bytes | None = None
     app_close = False
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     try:
         for name, value in headers:

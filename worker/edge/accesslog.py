@@ -68,6 +68,7 @@ class _Atoms(dict):
     that is no atom renders as '-' (gunicorn's SafeAtoms)."""
 
     __slots__ = ("request",)
+    request: tuple[Any, ...]  # (scope, status, bytes, duration, response headers, session): for __missing__
 
     def __missing__(self, key: str) -> Any:
         if key.startswith("{"):
@@ -337,16 +338,16 @@ def make_access_log(settings: Any) -> AccessLog | None:
         return None
     for name in (ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER):  # rebuilding (a reload): drop what we installed
         other = logging.getLogger(name)
-        for handler in list(other.handlers):
-            if getattr(handler, "_corral_access", False):
-                other.removeHandler(handler)
-                handler.close()
+        for old in list(other.handlers):
+            if getattr(old, "_corral_access", False):
+                other.removeHandler(old)
+                old.close()
     handler: logging.Handler
     if target == "-":
         handler = logging.StreamHandler(sys.stdout)
     else:
         handler = ReopenableFileHandler(target)
-    handler._corral_access = True
+    handler._corral_access = True  # type: ignore[union-attr]  # our mark, read back with getattr above
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -32,7 +32,7 @@ logger = logging.getLogger("corral.error")
 
 _DISCONNECT = {"type": "http.disconnect"}
 TIMEOUT_BODY = b"Gateway Timeout: the application did not answer in time\n"
-TIMEOUT_RESPONSE = (
+TIMEOUT_RESPONSE: tuple[dict[str, Any], ...] = (
     {
         "type": "http.response.start",
         "status": 504,

@@ -304,7 +304,7 @@ def _set_host(scope: dict[str, Any], host: str) -> None:
 def make_proxy_headers(settings: object) -> ProxyHeaders | None:
     """ProxyHeaders from `settings.forwarded_allow_ips` / `forwarded_headers`, or None when nobody is trusted."""
     proxy = ProxyHeaders(
-        settings.forwarded_allow_ips,  # type: ignore[attr-defined]
+        settings.forwarded_allow_ips,  # type: ignore[attr-defined]  # a Settings (typed object here, as the proxy needs only these two)
         getattr(settings, "forwarded_headers", "auto"),
     )
     return proxy if proxy.enabled else None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httptools
 
@@ -71,8 +71,11 @@ __all__ = [
 logger = logging.getLogger("corral.error")
 
 
-class RequestHandler(Protocol):
-    """What `HTTP11Connection` needs from its owner (the asyncio protocol)."""
+_E = TypeVar("_E", bound=Exchange)
+
+
+class RequestHandler(Protocol[_E]):
+    """What `HTTP11Connection` needs from its owner (the asyncio protocol), for the request objects it makes."""
 
     def on_request(
         self,
@@ -83,10 +86,10 @@ class RequestHandler(Protocol):
         keep_alive: bool,
         expect_continue: bool,
         has_body: bool,
-    ) -> Exchange:
+    ) -> _E:
         """Make the request object for a complete request head (it gets on_body / on_body_complete)."""
 
-    def start_request(self, request: Exchange) -> None:
+    def start_request(self, request: _E) -> None:
         """Start the application for `request`: it is now the active one."""
 
 
@@ -219,7 +222,7 @@ class HTTP11Connection:
         "native_chunked",
     )
 
-    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
+    def __init__(self, handler: RequestHandler[Any], limits: Limits) -> None:
         self.handler = handler
         self.parser = httptools.HttpRequestParser(self)
         # Copied into the connection's slots: the checks run per header field, one attribute hop each.
@@ -593,7 +596,7 @@ class HTTP11Connection:
             pipeline = self.pipeline
             if type(pipeline) is tuple:
                 pipeline = self.pipeline = deque()
-            pipeline.append(request)
+            pipeline.append(request)  # type: ignore[union-attr]  # the empty tuple became a deque just above
 
     def on_body(self, body: bytes) -> None:
         size = len(body)
@@ -645,7 +648,7 @@ class HTTP11Connection:
         if self.last is self.active:
             self.last = None  # an idle connection keeps no request (its scope, headers) alive
         pipeline = self.pipeline
-        self.active = request = pipeline.popleft() if pipeline else None  # type: ignore[union-attr]
+        self.active = request = pipeline.popleft() if pipeline else None  # type: ignore[union-attr]  # a non-empty pipeline is the deque
         return request
 
     def release(self) -> None:
@@ -655,8 +658,8 @@ class HTTP11Connection:
         to the cyclic garbage collector (measured: ~5 us of collections per `Connection: close` request).
         Nothing is parsed afterwards (`feed` ignores data)."""
         self.upgraded = True
-        self.parser = None
-        self.handler = None
+        self.parser = None  # type: ignore[assignment]  # released: nothing is parsed after an upgrade
+        self.handler = None  # type: ignore[assignment]  # released with it (feed returns first)
         self.request = self.last = self.active = self.upgrade_request = None
         self.pipeline = ()
         self.backlog = b""
@@ -664,6 +667,6 @@ class HTTP11Connection:
     def drop(self, request: Exchange) -> None:
         """Forget a queued request that will never run (its body broke the protocol)."""
         try:
-            self.pipeline.remove(request)  # type: ignore[union-attr]
+            self.pipeline.remove(request)  # type: ignore[union-attr]  # the request is in the pipeline: the deque
         except (ValueError, AttributeError):  # not queued (an empty tuple: nothing ever was)
             pass

@@ -98,13 +98,14 @@ class RequestCycle:
         self.expect_continue = expect_continue
         self.is_head = is_head
         self.http11 = http11
-        self.body = b""
+        self.body: bytes | bytearray = b""
         self.body_complete = False
         self.delivered = False  # the last http.request (more_body False) was handed over
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
         self.state = _IDLE
         # status, headers: set by http.response.start; writer, remaining: when the head is written.
+        self.t0: float | None
         if timed:  # the access log's clock and byte count run only when there is an access log
             self.t0 = time.perf_counter()
             self.status = 0

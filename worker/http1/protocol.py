@@ -89,7 +89,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client: tuple | None = None
         # The ASGI `server` address: given by the server when the listening socket tells it (bound to one
         # address), else asked of the transport in connection_made.
-        self.sockname = sockname
+        self.sockname: tuple[Any, ...] | None = sockname
         self.scheme = "http"
         self.phase = FRESH
         self.since = 0
@@ -104,10 +104,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
         self.transport = transport
-        self.flow = FlowControl(transport)  # type: ignore[arg-type]
+        self.flow = FlowControl(transport)  # type: ignore[arg-type]  # an asyncio transport is a write transport here
         self.state = HTTP11Connection(self, server.limits)
         if server.write_limit:
-            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]
+            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]  # an asyncio transport is a write transport here
         sockname = self.sockname
         if sockname is None:
             raw = transport.get_extra_info("sockname")
@@ -132,7 +132,7 @@ class HttpProtocol(asyncio.Protocol):
         if trusts is not None:
             # A proxy that can decide trust per peer (corral's ProxyHeaders) decides it once here;
             # untrusted peers then cost nothing per request.
-            self.trusted = bool(trusts(self.client[0] if self.client else None, self.sockname[1] is None))
+            self.trusted = bool(trusts(self.client[0] if self.client else None, sockname[1] is None))
         if server.ssl_context is not None:
             self.scheme = "https"
             self.extensions = {"tls": tls_extension(transport, server)}
@@ -259,7 +259,7 @@ class HttpProtocol(asyncio.Protocol):
             # is queued, parked and started like a request; other upgrades stay plain HTTP.
             websocket = websocket_request(self, scope, method, http_version, headers)
             if websocket is not None:
-                return websocket  # type: ignore[return-value]
+                return websocket  # type: ignore[return-value]  # a WebSocketCycle is an Exchange too, as RequestCycle
         return self.cycle_class(
             self,
             scope,

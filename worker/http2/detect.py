@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import CLOSED, FRESH
 from corral.worker.http1.cycle import RequestCycle
@@ -107,10 +107,13 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         http1.transport.write(SWITCHING)
         switch(http1, b"", (settings_header, cycle.scope))
 
-    class H2Detect(base):  # type: ignore[valid-type, misc]
+    class H2Detect(base):  # type: ignore[valid-type, misc]  # a class per base: mypy takes no variable for one
         # No slot of its own: once a connection is known to speak HTTP/1.1 it becomes a `base` (the same
-        # layout), and its later reads and requests cost nothing here.
-        __slots__ = ()
+        # layout), and its later reads and requests cost nothing here. (mypy, which sees no base, would take
+        # the empty slots for all there are.)
+        if not TYPE_CHECKING:
+            __slots__ = ()
+        pending_error: bytes | None
 
         # `base.method(self, ...)`, never `super()`: the instance may have become a `base` meanwhile, and the
         # event loop keeps the bound `data_received` it took at the start.
@@ -127,7 +130,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             elif only:
                 self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
             elif type(self) is H2Detect:
-                self.__class__ = base
+                self.__class__ = base  # type: ignore[assignment]  # a plain `base` from now on (the same slots)
 
         def data_received(self, data: bytes) -> None:
             if self.phase != FRESH:  # decided: HTTP/1.1
@@ -153,7 +156,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             else:
                 base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen
                 if type(self) is H2Detect:
-                    self.__class__ = base
+                    self.__class__ = base  # type: ignore[assignment]  # a plain `base` from now on (the same slots)
 
         def start_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:

@@ -232,7 +232,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if self.phase == BUSY:
             self.since = server.tick  # bytes came: the body timer restarts
         try:
-            events = self.conn.receive_data(data)  # type: ignore[union-attr]
+            events = self.conn.receive_data(data)  # type: ignore[union-attr]  # set in connection_made
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued the GOAWAY (PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR...): send it, close.
             logger.info("HTTP/2 protocol error from %s: %s", self.peer, describe(exc))
@@ -270,7 +270,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             flow.connection_lost()
         self.server.connection_closed(self)
         self.http1 = None
-        self.state = None  # no cycle through itself: refcounting frees the connection
+        self.state = None  # type: ignore[assignment]  # no cycle through itself: refcounting frees the connection
 
     # ------------------------------------------------------------------ h2 events
 
@@ -357,7 +357,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if stream is None:
             # A stream we answered or refused already: give the window back at once.
             if event.flow_controlled_length:
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore[union-attr]  # set in connection_made
             return
         stream.on_data(data, event.flow_controlled_length)
 
@@ -578,7 +578,7 @@ def describe(exc: h2.exceptions.ProtocolError) -> str:
     place), then the error code the GOAWAY carries."""
     code = getattr(exc, "error_code", None)
     try:
-        name = ErrorCodes(code).name
+        name = ErrorCodes(code).name  # type: ignore[arg-type]  # None too: ValueError, below
     except ValueError:
         name = str(code)
     if isinstance(exc, h2.exceptions.StreamClosedError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h2.connection
 import h2.exceptions
@@ -37,7 +37,8 @@ _WRITE_NOW = 16384  # DATA frames this large are written at once, smaller ones w
 class H2Sender:
     """Mixed into `H2Protocol`, whose slots these attributes are."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
     conn: h2.connection.H2Connection | None
     loop: Any
     flushing: bool
@@ -77,7 +78,7 @@ class H2Sender:
     def acknowledge(self, stream_id: int, size: int) -> None:
         if self.phase == CLOSED:
             return
-        self.conn.acknowledge_received_data(size, stream_id)  # type: ignore[union-attr]
+        self.conn.acknowledge_received_data(size, stream_id)  # type: ignore[union-attr]  # set in connection_made
         self.flush_soon()
 
     def send_head(self, stream: H2Stream, status: int, headers: Any, end: bool) -> bool:
@@ -94,7 +95,7 @@ class H2Sender:
                 block.append((name, value))
         block.extend(default_headers(self.server.default_header_bytes))
         try:
-            self.conn.send_headers(stream.stream_id, block, end_stream=end)  # type: ignore[union-attr]
+            self.conn.send_headers(stream.stream_id, block, end_stream=end)  # type: ignore[union-attr]  # set in connection_made
         except (h2.exceptions.ProtocolError, ValueError, TypeError) as exc:
             if not stream.disconnected:
                 logger.error("Could not send the response head of %s: %s", stream.scope["path"], exc)
@@ -158,7 +159,7 @@ class H2Sender:
 
     def end_stream(self, stream: H2Stream) -> None:
         try:
-            self.conn.end_stream(stream.stream_id)  # type: ignore[union-attr]
+            self.conn.end_stream(stream.stream_id)  # type: ignore[union-attr]  # set in connection_made
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream.disconnect()
             return
@@ -167,7 +168,7 @@ class H2Sender:
     def send_trailers(self, stream: H2Stream, trailers: Any) -> None:
         block = [(name.lower(), value) for name, value in trailers]
         try:
-            self.conn.send_headers(stream.stream_id, block, end_stream=True)  # type: ignore[union-attr]
+            self.conn.send_headers(stream.stream_id, block, end_stream=True)  # type: ignore[union-attr]  # set in connection_made
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream.disconnect()
             return
@@ -176,7 +177,7 @@ class H2Sender:
     def send_error(self, stream: H2Stream, status: int) -> None:
         body = b"Internal Server Error" if status == 500 else b"Bad Request"
         try:
-            self.conn.send_headers(
+            self.conn.send_headers(  # type: ignore[union-attr]  # set in connection_made
                 stream.stream_id,
                 [
                     (b":status", _STATUS[status]),
@@ -186,7 +187,7 @@ class H2Sender:
                 end_stream=stream.is_head,
             )
             if not stream.is_head:
-                self.conn.send_data(stream.stream_id, body, end_stream=True)  # type: ignore[union-attr]
+                self.conn.send_data(stream.stream_id, body, end_stream=True)  # type: ignore[union-attr]  # set in connection_made
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, h2.exceptions.FlowControlError):
             pass
         self.flush()
@@ -196,7 +197,7 @@ class H2Sender:
         if self.phase == CLOSED:
             return
         try:
-            self.conn.reset_stream(stream.stream_id, code)  # type: ignore[union-attr]
+            self.conn.reset_stream(stream.stream_id, code)  # type: ignore[union-attr]  # set in connection_made
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return
         self.flush()

@@ -72,7 +72,7 @@ class H2Stream:
         self.running = False  # an application instance (or the 503/health answer) runs for it
         self.waiter: asyncio.Future[None] | None = None  # receive() waiting for body bytes
         self.window: asyncio.Future[None] | None = None  # send() waiting for the client's window
-        self.state = _IDLE
+        self.state: int = _IDLE  # a ResponseState, or _TRAILERS
         self.status = 0
         self.headers: Any = ()
         self.trailers = False

@@ -349,6 +349,7 @@ class WorkerServer(StatelessServer):
                 tls: dict[str, Any] = {}
                 if self.ssl_context is not None:
                     tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.ssl_handshake_timeout}
+                server: asyncio.AbstractServer
                 try:
                     if sock.family == socket.AF_UNIX:
                         server = await loop.create_unix_server(

@@ -35,7 +35,7 @@ from typing import Any
 from websockets.exceptions import InvalidHeader, InvalidState, NegotiationError
 from websockets.exceptions import ProtocolError as WSProtocolError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Close, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.headers import build_extension, parse_extension
 from websockets.protocol import CLOSED, CLOSING, OPEN, Protocol, Side
 from websockets.speedups import apply_mask
@@ -254,7 +254,10 @@ class WebSocketConnection:
             # is checked again once decompressed. websockets' decoder never inflates past the wire limit.
             limit = limit + limit // 64 + 1024
         proto = self.proto = Protocol(
-            Side.SERVER, state=OPEN, max_size=limit if max_size else None, logger=_PROTOCOL_LOGGER
+            Side.SERVER,
+            state=OPEN,
+            max_size=limit if max_size else None,
+            logger=_PROTOCOL_LOGGER,  # type: ignore[arg-type]  # duck-typed: the methods websockets calls
         )
         if extensions:
             proto.extensions = list(extensions)
@@ -262,7 +265,7 @@ class WebSocketConnection:
         self.buffer = bytearray()  # an incomplete frame
         self.need = 0  # bytes the incomplete frame needs at least before it is worth parsing again
         self.fast = not extensions  # the fast paths run only without extensions
-        self.fragments: list[bytes] | None = None  # a fragmented message being assembled
+        self.fragments: list[bytes | bytearray | memoryview] | None = None  # a fragmented message being assembled
         self.fragment_text = False
         self.fragment_bytes = 0
         self.eof = False
@@ -284,7 +287,7 @@ class WebSocketConnection:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes) -> list[tuple[Any, ...]]:
+    def receive_data(self, data: bytes | bytearray) -> list[tuple[Any, ...]]:
         """Bytes read from the peer -> events (see MESSAGE, PONG_EVENT, CLOSE_EVENT); then call
         `data_to_send()` (pongs, close replies)."""
         proto = self.proto
@@ -339,7 +342,7 @@ class WebSocketConnection:
             ):
                 if view is None:
                     view = memoryview(data)
-                payload = apply_mask(view[head:end], view[head - 4 : head])
+                payload = apply_mask(view[head:end], view[head - 4 : head])  # type: ignore[arg-type]  # C: any buffer
                 if b0 == _TEXT_FIN_MASKED:
                     try:
                         events.append((MESSAGE, payload.decode()))
@@ -360,7 +363,7 @@ class WebSocketConnection:
             self.need = need
         return events
 
-    def _slow(self, frame_bytes: bytes, events: list[tuple[Any, ...]]) -> None:
+    def _slow(self, frame_bytes: bytes | bytearray, events: list[tuple[Any, ...]]) -> None:
         """Whole frames (or a head websockets will refuse) through websockets' parser."""
         proto = self.proto
         if self.fragments is not None and frame_bytes and frame_bytes[0] & 0x0F == 0x8:
@@ -371,7 +374,8 @@ class WebSocketConnection:
             proto.current_size = None
             self.fragments = None
         proto.receive_data(frame_bytes)
-        for frame in proto.events_received():
+        frames: list[Frame] = proto.events_received()  # type: ignore[assignment]  # past the handshake: frames only
+        for frame in frames:
             opcode = frame.opcode
             if opcode is TEXT or opcode is BINARY:
                 if frame.fin:
@@ -420,7 +424,7 @@ class WebSocketConnection:
     def _closed_reported(events: list[tuple[Any, ...]]) -> bool:
         return bool(events) and events[-1][0] == CLOSE_EVENT
 
-    def _message(self, text: bool, data: bytes, events: list[tuple[Any, ...]]) -> None:
+    def _message(self, text: bool, data: bytes | bytearray | memoryview, events: list[tuple[Any, ...]]) -> None:
         if len(data) > self.limit:  # decompressed past the limit (the wire limit has a margin)
             reason = f"message exceeds limit of {self.limit} bytes"
             self._fail(1009, reason)

@@ -136,7 +136,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.nbytes = 0
         self.accept = accept
         self.extension_header = extension_header
-        self.extensions = extensions
+        self.extensions: list[Any] | None = extensions
         self.tail = b""
         self.response: list | None = None  # a denial response: [status, headers, body parts]
         self.transport: Any = None
@@ -221,18 +221,19 @@ class WebSocketCycle(asyncio.Protocol):
         if state == CONNECTED:
             if mtype == "websocket.send":
                 conn = self.conn
-                if self.ended is not None or not conn.open:  # type: ignore[union-attr]
+                if self.ended is not None or not conn.open:  # type: ignore[union-attr]  # set at the handshake, before any send
                     raise ClientDisconnected("the WebSocket is closed")
                 text = message.get("text")
                 if text is not None:
-                    frame = conn.send_message(text.encode(), True)  # type: ignore[union-attr]
+                    frame = conn.send_message(text.encode(), True)  # type: ignore[union-attr]  # set at the handshake, before any send
+                    size = len(text)
                 else:
                     data = message.get("bytes")
                     if data is None:
                         raise RuntimeError("websocket.send needs 'bytes' or 'text'")
-                    frame = conn.send_message(bytes(data) if type(data) is not bytes else data, False)  # type: ignore[union-attr]
+                    frame = conn.send_message(bytes(data) if type(data) is not bytes else data, False)  # type: ignore[union-attr]  # set at the handshake, before any send
+                    size = len(data)
                 transport = self.transport
-                size = len(text) if text is not None else len(data)
                 self.messages_out += 1
                 self.nbytes += size
                 counters = self.server.counters
@@ -278,9 +279,9 @@ class WebSocketCycle(asyncio.Protocol):
             response = self.response
             body = message.get("body", b"")
             if body:
-                response[2].append(body)  # type: ignore[index]
+                response[2].append(body)  # type: ignore[index]  # a denial response is being built: a list
             if not message.get("more_body", False):
-                self._respond(response[0], response[1], b"".join(response[2]))  # type: ignore[index]
+                self._respond(response[0], response[1], b"".join(response[2]))  # type: ignore[index]  # a denial response is being built: a list
             return
         # DONE
         if self.conn is not None and mtype in ("websocket.send", "websocket.close"):
@@ -405,11 +406,11 @@ class WebSocketCycle(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        events = conn.receive_data(data)  # type: ignore[union-attr]
-        if conn.controls > CONTROL_BURST:  # type: ignore[union-attr]
-            self._count_controls(conn, events)
-        if conn.proto.writes:  # type: ignore[union-attr]
-            self.transport.write(conn.data_to_send())  # type: ignore[union-attr]
+        events = conn.receive_data(data)  # type: ignore[union-attr]  # set at the handshake
+        if conn.controls > CONTROL_BURST:  # type: ignore[union-attr]  # set at the handshake
+            self._count_controls(conn, events)  # type: ignore[arg-type]  # set at the handshake
+        if conn.proto.writes:  # type: ignore[union-attr]  # set at the handshake
+            self.transport.write(conn.data_to_send())  # type: ignore[union-attr]  # set at the handshake
         if events:
             queue = self.queue
             accepting = self.state == CONNECTED and self.ended is None
@@ -432,14 +433,14 @@ class WebSocketCycle(asyncio.Protocol):
                     if self.ping is not None and event[1] == self.ping:
                         self.ping = None
                         hub = self.hub
-                        if hub is not None and hub.ping_interval > 0 and conn.open:  # type: ignore[union-attr]
+                        if hub is not None and hub.ping_interval > 0 and conn.open:  # type: ignore[union-attr]  # set at the handshake
                             self.deadline = asyncio.get_running_loop().time() + hub.ping_interval
             waiter = self.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             if (len(queue) >= self.max_queue or self.queued >= self.max_bytes) and self.ended is None:
                 self.flow.pause_reading(QUEUE_PAUSE)
-        if conn.eof:  # type: ignore[union-attr]
+        if conn.eof:  # type: ignore[union-attr]  # set at the handshake
             # The closing handshake is over (or the peer broke the protocol): the server closes TCP first;
             # a peer that does not read what is left to write is cut off at the close timeout.
             self.transport.close()
@@ -528,7 +529,7 @@ class WebSocketCycle(asyncio.Protocol):
         if data:
             transport.write(data)
         self.flow.resume_reading(QUEUE_PAUSE)
-        if self.conn.eof:  # type: ignore[union-attr]
+        if self.conn.eof:  # type: ignore[union-attr]  # set at the handshake
             transport.close()
         self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout
 

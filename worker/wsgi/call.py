@@ -28,7 +28,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.shared.wsgi_environ import TooManyHeaders, build_environ
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
@@ -134,7 +134,8 @@ def _status_code(status: Any) -> int:
 class WsgiCall:
     """The thread half of a request (the slots are `WsgiCycle`'s)."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
 
     # attributes (declared in WsgiCycle)
     app: WSGIApp
@@ -200,13 +201,13 @@ class WsgiCall:
             result = self.app(environ, self.start_response)
             rtype = type(result)
             if rtype is list or rtype is tuple:
-                self._finish_list(result)
+                self._finish_list(result)  # type: ignore[arg-type]  # a list or tuple: `rtype is` above
             elif getattr(result, "streaming", None) is False:
                 # Django's HttpResponse says its body is in memory (`streaming = False`): collected and sent
                 # with its head in one write, like a list. (Other iterables stream: PEP 3333 forbids holding
                 # a block back until the next one comes.)
                 self._finish_list(list(result))
-            elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:
+            elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:  # type: ignore[arg-type]  # `rtype is FileWrapper`
                 if self._finish_file(span):
                     outcome = SENDFILE  # the loop sends the file, then closes it
             else:

@@ -111,18 +111,18 @@ class WsgiDispatcher:
 
     def post(self, cycle: WsgiCall) -> None:  # any thread
         with self.lock:
-            self.items.append(cycle)  # type: ignore[arg-type]
+            self.items.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
             wake = not self.scheduled
             self.scheduled = True
         if wake:
             try:
-                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
             except RuntimeError:
                 pass  # the loop is closed: the worker is gone
 
     def complete_later(self, cycle: WsgiCall) -> None:  # a pool thread, after writing the response itself
         with self.lock:
-            self.lazy.append(cycle)  # type: ignore[arg-type]
+            self.lazy.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
         # The loop completes it at its next wake-up (the next request's bytes, at the latest the tick).
         # Wake it now when something waits for this completion: a pipelined request (the protocol looks
         # at `lazy` after queueing one: one of the two sides sees the other), a parked one, a closed
@@ -142,7 +142,7 @@ class WsgiDispatcher:
                 self.scheduled = True
             if wake:
                 try:
-                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
                 except RuntimeError:
                     pass
 
@@ -171,6 +171,7 @@ class WsgiDispatcher:
 
 
 class WsgiCycle(WsgiCall):
+    outbox: WsgiDispatcher  # the thread side sees it as an Outbox; the loop side uses all of it
     __slots__ = (
         # shared with the parser and the protocol (RequestCycle's names)
         "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body_complete",
@@ -549,7 +550,7 @@ class WsgiCycle(WsgiCall):
     # ------------------------------------------------------------------ sendfile (wsgi.file_wrapper)
 
     def _start_sendfile(self) -> None:
-        fd, offset, count, tail = self.sendfile  # type: ignore[misc]
+        fd, offset, count, tail = self.sendfile  # type: ignore[misc]  # set (a 4-tuple) before the loop is asked to send
         transport = self.protocol.transport
         sock = transport.get_extra_info("socket")
         if self.is_head or sock is None or transport.get_write_buffer_size():
@@ -572,7 +573,7 @@ class WsgiCycle(WsgiCall):
             return  # ended already
         out, fd, offset, count, tail, watching = self.sendfile
         loop = asyncio.get_running_loop()
-        error = None
+        error: OSError | EOFError | None = None
         while count and not self.disconnected:
             try:
                 sent = os.sendfile(out, fd, offset, min(count, _SENDFILE_STEP))

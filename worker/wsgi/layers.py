@@ -97,7 +97,7 @@ class HookedWsgiCycle(WsgiCycle):
     __slots__ = ()
 
     def _respond(self, environ: dict) -> None:
-        hooks: WsgiHooks = self.outbox.hooks  # type: ignore[attr-defined]
+        hooks: WsgiHooks = self.outbox.hooks
         request = HookRequest(self.scope)
         if hooks.pre is not None:
             call_pre_request(hooks.pre, hooks.worker, request)

@@ -71,7 +71,7 @@ class WsgiHttpProtocol(HttpProtocol):
         if wsgi.lazy:
             wsgi.drain_lazy()  # a response written meanwhile frees a slot: the parked request starts
 
-    def start_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+    def start_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
         server = self.server
         if server.parked and not server.reject_when_full:
             self.park(cycle)  # requests parked earlier go first
@@ -81,13 +81,13 @@ class WsgiHttpProtocol(HttpProtocol):
         except PoolFull:
             self.pool_full(cycle)
 
-    def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+    def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
         try:
             cycle.start()
         except PoolFull:
             self.pool_full(cycle)
 
-    def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+    def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
         server = self.server
         if server.reject_when_full:
             # pool_full = '503': answered at once, outside the pool (the ASGI path's 503 keeps the

@@ -230,7 +230,7 @@ def test_http11_protocol_properties(example):
     logger = logging.getLogger("corral")
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign]  # a spy
     logger.addHandler(handler)
     try:
         transport, app = asyncio.run(exchange(data, cuts))
