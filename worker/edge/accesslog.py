@@ -30,7 +30,10 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = [
     "AccessLog",
@@ -321,7 +324,7 @@ class ReopenableFileHandler(logging.FileHandler):
         reopen_file(self)
 
 
-def make_access_log(settings: Any) -> AccessLog | None:
+def make_access_log(settings: Settings) -> AccessLog | None:
     """The access log configured by `settings.accesslog` / `settings.access_log_format`, or None when off.
 
     The lines go to the logger "gunicorn.access" ("corral.access" with --naming corral). '-' is stdout

@@ -17,7 +17,10 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = [
     "Counters",
@@ -40,7 +43,7 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 METHOD_INDEX = {name: index for index, name in enumerate(METHODS[:-1])}
 
 
-def collecting(settings: Any) -> bool:
+def collecting(settings: Settings) -> bool:
     """Whether the worker records per-request metrics: only when something consumes them."""
     return bool(settings.metrics_bind or settings.statsd_host)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httptools
 
@@ -52,6 +52,9 @@ from corral.worker.http1.reads import (
     resync,
     take_chunked,
 )
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = [
     "HTTP11Connection",
@@ -158,7 +161,7 @@ class Limits:
         self.min_chunk_size = min_chunk_size
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Limits:
+    def from_settings(cls, settings: Settings) -> Limits:
         return cls(
             settings.limit_request_line,
             settings.limit_request_fields,

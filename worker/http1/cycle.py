@@ -14,11 +14,14 @@ import _socket
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import BODY, ResponseState
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.framing import WRITERS, content_length_writer
+
+if TYPE_CHECKING:
+    from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["RequestCycle", "BODY_HIGH_WATER"]
 
@@ -84,7 +87,7 @@ class RequestCycle:
 
     def __init__(
         self,
-        protocol: Any,
+        protocol: HttpProtocol,
         scope: dict,
         keep_alive: bool,
         expect_continue: bool,

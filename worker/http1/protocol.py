@@ -26,6 +26,7 @@ from corral.worker.conn.phases import BODY, BUSY, CLOSED, CLOSING, FRESH, HEAD, 
 from corral.worker.edge.tlsinfo import tls_extension
 from corral.worker.http1.connection import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.host import Host, Logged
 from corral.worker.websocket.handshake import websocket_request
 
 __all__ = ["HttpProtocol", "decode_path", "service_unavailable"]
@@ -81,7 +82,7 @@ class HttpProtocol(asyncio.Protocol):
         "__weakref__",
     )
 
-    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+    def __init__(self, server: Host, sockname: tuple[Any, ...] | None = None) -> None:
         self.server = server
         self.transport: Any = None
         self.flow: Any = None
@@ -349,7 +350,7 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = HEAD if state.url else IDLE
         self.since = server.tick
 
-    def log_access(self, cycle: RequestCycle) -> None:
+    def log_access(self, cycle: Logged) -> None:
         access_log = self.server.access_log
         if access_log is None:
             return

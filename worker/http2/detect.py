@@ -33,6 +33,9 @@ from corral.worker.conn.phases import CLOSED, FRESH
 from corral.worker.http1.cycle import RequestCycle
 from corral.worker.http1.protocol import HttpProtocol
 
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
+
 __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
 
 logger = logging.getLogger("corral.error")
@@ -73,12 +76,12 @@ def alpn_protocols(http: str) -> list[str]:
     return {"1": ["http/1.1"], "2": ["h2"]}.get(http, ["h2", "http/1.1"])
 
 
-def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
+def h2_protocol(base: type[HttpProtocol], settings: Settings) -> type[HttpProtocol]:
     """`base` that turns into HTTP/2 when the client speaks it (`settings.http` 'auto' or '2')."""
     only = settings.http == "2"
     made: list[Any] = []  # (H2Protocol, H2Limits): imported and built at the first HTTP/2 connection
 
-    def switch(http1: Any, data: bytes, upgrade: tuple[bytes, dict] | None = None) -> None:
+    def switch(http1: HttpProtocol, data: bytes, upgrade: tuple[bytes, dict[str, Any]] | None = None) -> None:
         if not made:
             from corral.worker.http2.protocol import H2Limits, H2Protocol, limit_continuations
 
@@ -100,7 +103,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         if data:
             h2.data_received(data)
 
-    def upgrade(http1: Any, cycle: RequestCycle, settings_header: bytes) -> None:
+    def upgrade(http1: HttpProtocol, cycle: RequestCycle, settings_header: bytes) -> None:
         """After the parse that started `cycle`: answer 101 and hand its request to HTTP/2 as stream 1."""
         if http1.phase == CLOSED or cycle.disconnected:
             return

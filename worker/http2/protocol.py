@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h2.config
 import h2.connection
@@ -48,6 +48,10 @@ from corral.worker.edge.health import health_app
 from corral.worker.http1.protocol import _ASGI, _METHODS, decode_path, service_unavailable
 from corral.worker.http2.send import _HOP, H2Sender
 from corral.worker.http2.stream import H2Stream
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
+    from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["H2Protocol", "H2Limits"]
 
@@ -87,7 +91,7 @@ class H2Limits:
     health_path: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> H2Limits:
+    def from_settings(cls, settings: Settings) -> H2Limits:
         return cls(
             settings.http2_max_concurrent_streams,
             settings.http2_initial_window_size,
@@ -132,7 +136,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         "__weakref__",
     )
 
-    def __init__(self, http1: Any, limits: H2Limits) -> None:
+    def __init__(self, http1: HttpProtocol, limits: H2Limits) -> None:
         # What the HTTP/1.1 protocol learnt of the connection (addresses, PROXY header, TLS) carries over.
         self.server = http1.server
         self.limits = limits
@@ -269,7 +273,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if flow is not None and flow.write_paused:
             flow.connection_lost()
         self.server.connection_closed(self)
-        self.http1 = None
+        self.http1 = None  # type: ignore[assignment]  # released at close: nothing reads it after
         self.state = None  # type: ignore[assignment]  # no cycle through itself: refcounting frees the connection
 
     # ------------------------------------------------------------------ h2 events

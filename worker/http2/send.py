@@ -21,8 +21,12 @@ import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from corral.worker.conn.phases import CLOSED
+from corral.worker.conn.phases import CLOSED, Phase
 from corral.worker.http2.stream import H2Stream
+
+if TYPE_CHECKING:
+    from corral.worker.http1.host import Host
+    from corral.worker.http2.protocol import H2Limits
 
 __all__ = ["H2Sender", "default_headers"]
 
@@ -44,10 +48,10 @@ class H2Sender:
     flushing: bool
     transport: Any
     flow: Any
-    phase: int
-    limits: Any
+    phase: Phase
+    limits: H2Limits
     client: tuple | None
-    server: Any
+    server: Host
 
     def close(self, code: int = ErrorCodes.NO_ERROR, goaway: bool = True) -> None:
         raise NotImplementedError

@@ -17,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import ResponseState
+
+if TYPE_CHECKING:
+    from corral.worker.http2.protocol import H2Protocol
 
 __all__ = ["H2Stream"]
 
@@ -59,7 +62,7 @@ class H2Stream:
         "nbytes",
     )
 
-    def __init__(self, protocol: Any, stream_id: int, scope: dict, is_head: bool, timed: bool) -> None:
+    def __init__(self, protocol: H2Protocol, stream_id: int, scope: dict[str, Any], is_head: bool, timed: bool) -> None:
         self.protocol = protocol
         self.stream_id = stream_id
         self.scope = scope

@@ -49,6 +49,7 @@ from corral.worker.edge.datarate import RateSweep
 from corral.worker.edge.proxy_headers import ProxyHeaders
 from corral.worker.http1.connection import Limits
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.host import Connection, Parked
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol
@@ -139,9 +140,9 @@ class WorkerServer(StatelessServer):
         self.write_limit: int = settings.write_buffer_limit if settings.write_buffer_limit != 65536 else 0
         self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Connection] = set()
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
-        self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
+        self.parked: deque[tuple[Connection, Parked, float]] = deque()  # (.., when parked)
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
         # Metrics count in the protocol, --health-path is answered by it: chosen once, here.
@@ -277,7 +278,7 @@ class WorkerServer(StatelessServer):
         deadline = loop.time() + timeout
         grace = max(0.0, min(self.stop_grace, timeout))
         step = max(grace / 4, 0.01)
-        idle_since: dict[HttpProtocol, float] = {}  # when each idle connection was first seen idle
+        idle_since: dict[Connection, float] = {}  # when each idle connection was first seen idle
         drained = self._drained = loop.create_future()
         waiting = [drained, self._force]
         while connections and not self._force.done():
@@ -377,7 +378,7 @@ class WorkerServer(StatelessServer):
 
     # ------------------------------------------------------------------ the pool and backpressure
 
-    def park(self, protocol: HttpProtocol, cycle: RequestCycle) -> None:
+    def park(self, protocol: Connection, cycle: Parked) -> None:
         self.parked.append((protocol, cycle, perf_counter()))  # (the loop's clock is ms-coarse in uvloop)
         self._set_accepting(False)
 
@@ -411,7 +412,7 @@ class WorkerServer(StatelessServer):
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def connection_closed(self, protocol: HttpProtocol) -> None:
+    def connection_closed(self, protocol: Connection) -> None:
         self.connections.discard(protocol)
         drained = self._drained
         if drained is not None and not self.connections and not drained.done():
