@@ -37,9 +37,9 @@ def is_double_callable(application: Any) -> bool:
 def double_to_single_callable(application: Callable[[Scope], Any]) -> ASGI3Application:
     """Wrap an ASGI 2 application so that it is called the ASGI 3 way."""
 
-    async def new_application(scope: Scope, receive: Receive, send: Send) -> None:
+    async def new_application(scope: Scope, receive: Receive, send: Send) -> Any:
         instance = application(scope)
-        await instance(receive, send)
+        return await instance(receive, send)  # its return value passes through, as asgiref's
 
     return new_application
 
