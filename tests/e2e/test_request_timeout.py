@@ -98,8 +98,10 @@ def test_watchdog_runs_worker_abort(tmp_path):
     try:
         (first,) = {w["pid"] for w in master.wait_workers(1)}
         threading.Thread(target=lambda: _ignore(lambda: get(port, "/block", timeout=30)), daemon=True).start()
-        wait_until((apps / f"aborted.{first}").exists, "worker_abort in the blocked worker")
-        assert (apps / f"aborted.{first}").read_text() == "1"
+        aborted = apps / f"aborted.{first}"
+        # The hook opens the file, then writes: wait for what it writes, not for the file.
+        wait_until(lambda: aborted.exists() and aborted.read_text() != "", "worker_abort in the blocked worker")
+        assert aborted.read_text() == "1"
         master.wait_workers(1, lambda ws: ws[0]["pid"] != first)
     finally:
         master.stop()
