@@ -172,13 +172,20 @@ class Arbiter:
             self.app = self.spec
 
     def check_app(self, settings: Settings) -> None:
-        """The app check's child goes through child_exit, as a worker does (see corral.master.arbiter.appcheck)."""
+        """The app check's child goes through worker_exit and child_exit, as a worker does (see
+        corral.master.arbiter.appcheck)."""
+        master = os.getpid()
+
+        def exiting(app: Any) -> None:  # in the child
+            if settings.worker_exit is not None:
+                view = child_view(os.getpid(), master, HookConfig(settings, self.name), app)
+                run_hook(settings, "worker_exit", self.server, view)
 
         def exited(pid: int) -> None:
             if settings.child_exit is not None:
-                run_hook(settings, "child_exit", self.server, child_view(pid, HookConfig(settings, self.name)))
+                run_hook(settings, "child_exit", self.server, child_view(pid, master, HookConfig(settings, self.name)))
 
-        check_app(self.spec, settings, exited)
+        check_app(self.spec, settings, exited, exiting)
 
     def open_sockets(self) -> list[socket.socket]:
         settings = self.settings
@@ -463,7 +470,7 @@ class Arbiter:
                 )
                 worker.outdated = True
             elif kind == "hb":
-                worker.stats = message
+                worker.heartbeat(message)
                 if (
                     worker.max_requests
                     and not worker.outdated

@@ -62,7 +62,8 @@ _HOOK_HELP = {
     "worker_int": "Called in the worker when it gets SIGINT or SIGQUIT (quick stop).",
     "worker_abort": "Called in the worker when the master's --timeout watchdog aborts it (it is killed right "
     "after: keep it short).",
-    "worker_exit": "Called in the worker just before its process exits.",
+    "worker_exit": "Called in the worker just before its process exits, and in the short-lived child that "
+    "checks the app imports, once it has (prometheus_client's mark_process_dead may go here).",
     "child_exit": "Called in the master after a worker exited, and after the short-lived child that checks "
     "the app imports (prometheus_client's mark_process_dead goes here).",
     "on_reload": "Called in the master on a reload (HUP, or a --reload change).",

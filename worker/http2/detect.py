@@ -4,11 +4,11 @@ HTTP/2 is chosen once per connection, before any HTTP/1.1 parsing: by ALPN on TL
 or on cleartext by the client preface `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n` (h2c with prior knowledge,
 §3.3) - the HTTP/1.1 parser would answer it 505. The connection then hands its transport to an
 `H2Protocol` (`transport.set_protocol`, as WebSocket does), which is imported only then: a worker that
-never sees an HTTP/2 client never imports `h2`.
+never sees an HTTP/2 client never imports the HTTP/2 modules.
 
-A subclass in the server's protocol-class chain (chosen once per server, like worker/serve/health.py's):
-under the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at
-the first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
+A subclass in the server's protocol-class chain (chosen once per server, like worker/health.py's): under
+the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at the
+first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
 (`__class__` assignment; same slots), so that its requests pay nothing here; its reads pay one phase test
 (the event loop keeps the bound `data_received` it took when the connection opened).
 
@@ -42,8 +42,9 @@ logger = logging.getLogger("corral.error")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
-# The answer of an HTTP/2-only connection to an invalid preface, framed here (h2 is not imported for it): the
-# server preface (an empty SETTINGS frame), then GOAWAY (last stream 0, PROTOCOL_ERROR, debug data saying why).
+# The answer of an HTTP/2-only connection to an invalid preface, framed here (the HTTP/2 connection's modules are
+# not imported for it): the server preface (an empty SETTINGS frame), then GOAWAY (last stream 0, PROTOCOL_ERROR,
+# debug data saying why).
 _WHY = b"invalid connection preface"
 BAD_PREFACE = (
     b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS: length 0, type 4, no flags, stream 0
@@ -83,11 +84,9 @@ def h2_protocol(base: type[HttpProtocol], settings: Settings) -> type[HttpProtoc
 
     def switch(http1: HttpProtocol, data: bytes, upgrade: tuple[bytes, dict[str, Any]] | None = None) -> None:
         if not made:
-            from corral.worker.http2.protocol import H2Limits, H2Protocol, limit_continuations
+            from corral.worker.http2.protocol import H2Limits, H2Protocol
 
-            limits = H2Limits.from_settings(settings)
-            limit_continuations(limits.max_continuation_frames)
-            made[:] = (H2Protocol, limits)
+            made[:] = (H2Protocol, H2Limits.from_settings(settings))
         protocol_class, limits = made
         transport = http1.transport
         server = http1.server
