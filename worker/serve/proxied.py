@@ -45,6 +45,8 @@ def proxied_protocol(base: type[HttpProtocol] = HttpProtocol) -> type[HttpProtoc
 
 
 if TYPE_CHECKING:
+    from corral.worker.http1.host import Host
+
     _Mixin = HttpProtocol  # what the mixin is put in front of, for mypy
 else:
     _Mixin = object
@@ -58,7 +60,7 @@ class _Proxied(_Mixin):
     preamble: bytes | None
     header_trusted: bool
 
-    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+    def __init__(self, server: Host, sockname: tuple[Any, ...] | None = None) -> None:
         super().__init__(server, sockname)
         self.preamble: bytes | None = b""  # bytes read before the header is decided; None once it is
         self.header_trusted = False

@@ -34,6 +34,7 @@ from corral.worker.conn.phases import BODY, CLOSED
 from corral.worker.edge.deadline import TIMEOUT_BODY
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.cycle import cork
+from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FAILED, RUNNING, SENDFILE, WsgiCall
 from corral.worker.wsgi.input import StreamInput
 from corral.worker.wsgi.threads import WorkerThreads
@@ -187,7 +188,7 @@ class WsgiCycle(WsgiCall):
 
     def __init__(
         self,
-        protocol: Any,
+        protocol: HttpProtocol,
         scope: dict,
         keep_alive: bool,
         expect_continue: bool,
