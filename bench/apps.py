@@ -1,12 +1,13 @@
 """The apps every server is measured on (and the hello-world a newcomer serves first).
 
-    serve bench.apps:hello          # ASGI 3
-    serve bench.apps:hello_wsgi     # WSGI
+serve bench.apps:hello          # ASGI 3
+serve bench.apps:hello_wsgi     # WSGI
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 BODY = b"Hello, world!"  # 13 bytes, text/plain: the same body the peers' figures were taken with
 HEADERS = [(b"content-type", b"text/plain"), (b"content-length", b"13")]
@@ -40,10 +41,14 @@ def hello_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> I
 
 # ---------------------------------------------------------------------------- the `python -m bench` scenarios
 
-JSON_BODY = (b'{"items":[' + b",".join(b'{"id":%d,"name":"item-%04d","ok":true}' % (i, i) for i in range(25))
-             + b"]}").ljust(1024, b" ")[:1024]  # 1 KiB exactly, built once: the server is measured, not json.dumps
-JSON_START = {"type": "http.response.start", "status": 200,
-              "headers": [(b"content-type", b"application/json"), (b"content-length", b"1024")]}
+JSON_BODY = (
+    b'{"items":[' + b",".join(b'{"id":%d,"name":"item-%04d","ok":true}' % (i, i) for i in range(25)) + b"]}"
+).ljust(1024, b" ")[:1024]  # 1 KiB exactly, built once: the server is measured, not json.dumps
+JSON_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"application/json"), (b"content-length", b"1024")],
+}
 JSON_MESSAGE = {"type": "http.response.body", "body": JSON_BODY}
 STREAM_TOTAL = 10 * 1024 * 1024
 STREAM_CHUNK = b"x" * (64 * 1024)
@@ -68,9 +73,13 @@ async def echo(scope: dict[str, Any], receive: Callable[..., Any], send: Callabl
         if not message.get("more_body"):
             break
     body = b"".join(chunks)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -78,9 +87,16 @@ async def stream(scope: dict[str, Any], receive: Callable[..., Any], send: Calla
     """10 MiB streamed in 64 KiB body messages (Content-Length set, so no chunked framing)."""
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream"),
-                            (b"content-length", str(STREAM_TOTAL).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(STREAM_TOTAL).encode()),
+            ],
+        }
+    )
     for _ in range(STREAM_TOTAL // len(STREAM_CHUNK) - 1):
         await send({"type": "http.response.body", "body": STREAM_CHUNK, "more_body": True})
     await send({"type": "http.response.body", "body": STREAM_CHUNK})

@@ -26,8 +26,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import uvloop
 
@@ -101,6 +102,7 @@ def run_async(calls: int, make: Callable[[], Callable[[], Any]]) -> float:
 def case_hop(calls: int) -> float:
     executor = ThreadPoolExecutor(1)
     try:
+
         def make():
             loop = asyncio.get_running_loop()
             return lambda: loop.run_in_executor(executor, noop)
@@ -135,7 +137,7 @@ def case_a2s(module: Any, calls: int) -> float:
 
 def case_wsgi(cls: Any, calls: int, **options: Any) -> float:
     app = cls(hello_wsgi, **options)
-    return run_async(calls, lambda: (lambda: app(dict(SCOPE), receive, send)))
+    return run_async(calls, lambda: lambda: app(dict(SCOPE), receive, send))
 
 
 # ----------------------------------------------------------------------------- rounds and the table
@@ -151,12 +153,14 @@ def cases(calls: int) -> dict[tuple[str, str], Callable[[], float]]:
         ("wsgi-coalesce", "corral"): lambda: case_wsgi(CorralWsgiToAsgi, calls, coalesce=True),
     }
     if asgiref is not None:
-        table.update({
-            ("s2a", "asgiref"): lambda: case_s2a(asgiref_sync, calls, True),
-            ("s2a-pool", "asgiref"): lambda: case_s2a(asgiref_sync, calls, False),
-            ("a2s", "asgiref"): lambda: case_a2s(asgiref_sync, calls // 3),
-            ("wsgi", "asgiref"): lambda: case_wsgi(AsgirefWsgiToAsgi, calls),
-        })
+        table.update(
+            {
+                ("s2a", "asgiref"): lambda: case_s2a(asgiref_sync, calls, True),
+                ("s2a-pool", "asgiref"): lambda: case_s2a(asgiref_sync, calls, False),
+                ("a2s", "asgiref"): lambda: case_a2s(asgiref_sync, calls // 3),
+                ("wsgi", "asgiref"): lambda: case_wsgi(AsgirefWsgiToAsgi, calls),
+            }
+        )
     return table
 
 
@@ -183,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {key: statistics.median(values) for key, values in samples.items()}
     hop = medians[("hop", "bare")]
-    print(f"pinned to cpu {args.cpu}, uvloop {uvloop.__version__}, "
-          f"asgiref {asgiref.__version__ if asgiref else 'not installed'}, "
-          f"{args.rounds} rounds x {args.calls} calls (a2s: {args.calls // 3})\n")
+    print(
+        f"pinned to cpu {args.cpu}, uvloop {uvloop.__version__}, "
+        f"asgiref {asgiref.__version__ if asgiref else 'not installed'}, "
+        f"{args.rounds} rounds x {args.calls} calls (a2s: {args.calls // 3})\n"
+    )
     print("| case | corral µs (min-max) | asgiref µs (min-max) | corral / hop | asgiref / hop | corral / asgiref |")
     print("|---|---|---|---|---|---|")
     for case in ("hop", "s2a", "s2a-pool", "a2s", "wsgi", "wsgi-coalesce"):
@@ -196,13 +202,22 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{medians[(case, who)]:.1f} ({min(values):.1f}-{max(values):.1f})" if values else "-")
         corral_m = medians[(case, mine[0])]
         asgiref_m = medians.get((case, "asgiref"))
-        print(f"| {case} | {cells[0]} | {cells[1]} | {corral_m / hop:.2f}x | "
-              f"{f'{asgiref_m / hop:.2f}x' if asgiref_m else '-'} | "
-              f"{f'{corral_m / asgiref_m:.2f}' if asgiref_m else '-'} |")
+        print(
+            f"| {case} | {cells[0]} | {cells[1]} | {corral_m / hop:.2f}x | "
+            f"{f'{asgiref_m / hop:.2f}x' if asgiref_m else '-'} | "
+            f"{f'{corral_m / asgiref_m:.2f}' if asgiref_m else '-'} |"
+        )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "samples_us": {f"{c}/{w}": v for (c, w), v in samples.items()},
-                       "median_us": {f"{c}/{w}": v for (c, w), v in medians.items()}}, fh, indent=2)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "samples_us": {f"{c}/{w}": v for (c, w), v in samples.items()},
+                    "median_us": {f"{c}/{w}": v for (c, w), v in medians.items()},
+                },
+                fh,
+                indent=2,
+            )
     return 0
 
 

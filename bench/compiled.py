@@ -69,9 +69,9 @@ BUILD_DIR_VARIABLE = "BENCH_COMPILED_DIR"  # where main() built: bench.wsgi_disp
 def build(dest: Path, typed: bool) -> None:
     """Compile MODULES into `dest` (in a corral/<package>/ layout, as cimports need); the extension modules
     go to `dest`/lib."""
-    from Cython.Build import cythonize  # noqa: PLC0415  # only this tool needs Cython
-    from setuptools import Extension  # noqa: PLC0415
-    from setuptools.dist import Distribution  # noqa: PLC0415
+    from Cython.Build import cythonize  # only this tool needs Cython
+    from setuptools import Extension
+    from setuptools.dist import Distribution
 
     dest.mkdir(parents=True, exist_ok=True)
     # Every package a module lies in (corral, corral/worker, corral/worker/http1, ...), as cimports need.
@@ -90,10 +90,15 @@ def build(dest: Path, typed: bool) -> None:
         loaded = dest / "lib" / name.replace(".", "/")
         loaded.parent.mkdir(parents=True, exist_ok=True)
         loaded.with_suffix(".py").write_text(_source(name, typed))
-    modules = cythonize(extensions, include_path=[str(dest)], quiet=True, nthreads=os.cpu_count() or 1,
-                        # Types come from the .pxd files only: annotations typed by Cython would change what a
-                        # function accepts (an `int` parameter refusing None), so the build would not be the sources.
-                        compiler_directives={"language_level": 3, "annotation_typing": False})
+    modules = cythonize(
+        extensions,
+        include_path=[str(dest)],
+        quiet=True,
+        nthreads=os.cpu_count() or 1,
+        # Types come from the .pxd files only: annotations typed by Cython would change what a
+        # function accepts (an `int` parameter refusing None), so the build would not be the sources.
+        compiler_directives={"language_level": 3, "annotation_typing": False},
+    )
     distribution = Distribution({"name": "corral-bench-compiled", "ext_modules": modules})
     command = distribution.get_command_obj("build_ext")
     command.build_lib = str(dest / "lib")
@@ -139,7 +144,7 @@ class _Compiled:
 
 def serve(lib: Path, argv: list[str]) -> int:
     sys.meta_path.insert(0, _Compiled(lib))
-    from corral.master.cli import main as serve_main  # noqa: PLC0415  # after the finder: workers inherit it
+    from corral.master.cli import main as serve_main  # after the finder: workers inherit it
 
     sys.argv = ["serve", *argv]
     return serve_main()
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apps", default="wsgi,asgi")
     parser.add_argument("--keep", metavar="DIR", help="build into DIR and keep it (default: a temporary folder)")
     args = parser.parse_args(argv)
-    from bench import wsgi_dispatch  # noqa: PLC0415
+    from bench import wsgi_dispatch
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="corral-compiled-"))
     try:
@@ -169,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             base = "corral-pool" if app == "wsgi" else "corral-asgi"
             variants += [base] + [f"{base}-{kind}" for kind in kinds]
         os.environ[BUILD_DIR_VARIABLE] = str(root)
-        return wsgi_dispatch.main(["--rounds", str(args.rounds), "--duration", str(args.duration),
-                                   "--variants", ",".join(variants)])
+        return wsgi_dispatch.main(
+            ["--rounds", str(args.rounds), "--duration", str(args.duration), "--variants", ",".join(variants)]
+        )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from bench import procs, servers
 
@@ -58,14 +60,19 @@ class Ctx:
     notes: dict[str, str] = field(default_factory=dict)
     progress: Progress = field(default_factory=lambda: Progress(1))
 
-    def server(self, name: str, app: str, workers: int | None = None, label: str = "", **options: Any,
-               ) -> servers.Server:
+    def server(
+        self,
+        name: str,
+        app: str,
+        workers: int | None = None,
+        label: str = "",
+        **options: Any,
+    ) -> servers.Server:
         spec = servers.SPECS[name]
         env = {}
         if "count_dir" in options:
             env["BENCH_COUNT_DIR"] = options.pop("count_dir")
-        return servers.Server(spec, app, workers or self.workers, self.server_cpus, self.logdir, options, env,
-                              label)
+        return servers.Server(spec, app, workers or self.workers, self.server_cpus, self.logdir, options, env, label)
 
     def note(self, key: str, text: str) -> None:
         self.notes[key] = text
@@ -73,7 +80,7 @@ class Ctx:
 
 
 def med(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # no NaN
+    values = [v for v in values if not math.isnan(v)]
     return statistics.median(values) if values else float("nan")
 
 
@@ -85,7 +92,7 @@ def start_each(ctx: Ctx, made: list[servers.Server], wait_workers: bool = False)
         try:
             server.start(wait_workers)
             running.append(server)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a server that fails to start is noted, and the others measured
             server.stop()
             ctx.note(f"{server.name} did not start", str(exc)[-1500:])
     return running
@@ -98,10 +105,12 @@ def stop_each(ctx: Ctx, running: list[servers.Server]) -> None:
         server.stop()
 
 
-def least_disturbed(ctx: Ctx, label: str, server: servers.Server,
-                    measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def least_disturbed(
+    ctx: Ctx, label: str, server: servers.Server, measure: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
     """`measure()` once, again (up to ctx.retries times) while other processes were busy; the least
     disturbed result wins. `measure` must fill `other_cores` and `other_on_server_cpus`."""
+
     def disturbance(r: dict[str, Any]) -> float:
         on_server = r["other_on_server_cpus"]
         return max(r["other_cores"] - ctx.disturbed, 0) + (on_server if on_server is not None else 0)
@@ -113,23 +122,29 @@ def least_disturbed(ctx: Ctx, label: str, server: servers.Server,
         on_server = tries[-1]["other_on_server_cpus"]
         if tries[-1]["other_cores"] <= ctx.disturbed and (on_server is None or on_server <= 0.1):
             break
-        ctx.progress.show(f"{label} {server.name}: other processes used {tries[-1]['other_cores']:.2f} cores "
-                          f"({on_server or 0:.2f} on the servers' cores), running it again")
+        ctx.progress.show(
+            f"{label} {server.name}: other processes used {tries[-1]['other_cores']:.2f} cores "
+            f"({on_server or 0:.2f} on the servers' cores), running it again"
+        )
     best = min(tries, key=disturbance)
     best["retried"] = len(tries) - 1
     return best
 
 
-def interleave(ctx: Ctx, label: str, running: list[servers.Server],
-               one_round: Callable[[servers.Server], dict[str, Any]],
-               describe: Callable[[dict[str, Any]], str]) -> dict[str, list[dict[str, Any]]]:
+def interleave(
+    ctx: Ctx,
+    label: str,
+    running: list[servers.Server],
+    one_round: Callable[[servers.Server], dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+) -> dict[str, list[dict[str, Any]]]:
     """Rounds of A B C A B C ...: a server that fails is noted, stopped and left out of later rounds."""
     runs: dict[str, list[dict[str, Any]]] = {}
     for rnd in range(1, ctx.rounds + 1):
         for server in list(running):
             try:
                 result = one_round(server)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a server that fails a round is noted, and the others measured
                 ctx.note(f"{label}: {server.name} failed in round {rnd}", f"{type(exc).__name__}: {exc}"[-1500:])
                 running.remove(server)
                 server.stop()

@@ -63,18 +63,23 @@ class CostPath:
     tls: bool = False
 
 
-PATHS: dict[str, CostPath] = {p.name: p for p in (
-    CostPath("asgi", "ASGI hello-world, HTTP/1.1 keep-alive", "bench.apps:hello", ASGI_PEERS),
-    CostPath("asgi-close", "ASGI hello-world, Connection: close", "bench.apps:hello", ASGI_PEERS, close=True),
-    CostPath("wsgi", "WSGI hello-world, HTTP/1.1 keep-alive", "bench.apps:hello_wsgi", WSGI_PEERS),
-    CostPath("wsgi-close", "WSGI hello-world, Connection: close", "bench.apps:hello_wsgi", WSGI_CLOSE_PEERS,
-             close=True),
-    CostPath("tls", "ASGI hello-world over TLS, HTTP/1.1 keep-alive", "bench.apps:hello", ASGI_PEERS, tls=True),
-    CostPath("h2c", "ASGI hello-world over h2c (prior knowledge)", "bench.apps:hello", H2_PEERS, load="h2load"),
-    CostPath("h2-tls", "ASGI hello-world over h2 (TLS, ALPN)", "bench.apps:hello", H2_PEERS, load="h2load",
-             tls=True),
-    CostPath("websocket", "ASGI WebSocket echo, 16-byte messages", "bench.apps:ws_echo", ASGI_PEERS, load="ws"),
-)}
+PATHS: dict[str, CostPath] = {
+    p.name: p
+    for p in (
+        CostPath("asgi", "ASGI hello-world, HTTP/1.1 keep-alive", "bench.apps:hello", ASGI_PEERS),
+        CostPath("asgi-close", "ASGI hello-world, Connection: close", "bench.apps:hello", ASGI_PEERS, close=True),
+        CostPath("wsgi", "WSGI hello-world, HTTP/1.1 keep-alive", "bench.apps:hello_wsgi", WSGI_PEERS),
+        CostPath(
+            "wsgi-close", "WSGI hello-world, Connection: close", "bench.apps:hello_wsgi", WSGI_CLOSE_PEERS, close=True
+        ),
+        CostPath("tls", "ASGI hello-world over TLS, HTTP/1.1 keep-alive", "bench.apps:hello", ASGI_PEERS, tls=True),
+        CostPath("h2c", "ASGI hello-world over h2c (prior knowledge)", "bench.apps:hello", H2_PEERS, load="h2load"),
+        CostPath(
+            "h2-tls", "ASGI hello-world over h2 (TLS, ALPN)", "bench.apps:hello", H2_PEERS, load="h2load", tls=True
+        ),
+        CostPath("websocket", "ASGI WebSocket echo, 16-byte messages", "bench.apps:ws_echo", ASGI_PEERS, load="ws"),
+    )
+}
 SETTINGS = ("pinned", "saturated")
 WS_PAYLOAD = 16
 
@@ -128,12 +133,23 @@ def run_ws(url: str, duration: float, connections: int, cpus: set[int] | None) -
     if code != 0 or len(parts) < 2:
         raise RuntimeError(f"ws_client exited with {code}:\n{text[-2000:]}")
     done, elapsed = int(parts[-2]), float(parts[-1])
-    return {"tool": "ws_client", "rps": done / max(elapsed, 1e-6), "requests": done, "errors": 0,
-            "error_detail": {}, "gen_cores": gen_cores}
+    return {
+        "tool": "ws_client",
+        "rps": done / max(elapsed, 1e-6),
+        "requests": done,
+        "errors": 0,
+        "error_detail": {},
+        "gen_cores": gen_cores,
+    }
 
 
-def run_load(path: CostPath, url: str, duration: float, args: argparse.Namespace, cpus: set[int] | None,
-             ) -> dict[str, Any]:
+def run_load(
+    path: CostPath,
+    url: str,
+    duration: float,
+    args: argparse.Namespace,
+    cpus: set[int] | None,
+) -> dict[str, Any]:
     if path.load == "h2load":
         return load.run_h2load(url, duration, args.h2_connections, args.streams, cpus)
     if path.load == "ws":
@@ -143,7 +159,7 @@ def run_load(path: CostPath, url: str, duration: float, args: argparse.Namespace
 
 # ---------------------------------------------------------------------------- system calls, under strace
 
-_TOTAL = re.compile(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+total\s*$", re.M)
+_TOTAL = re.compile(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+total\s*$", re.MULTILINE)
 
 
 def _traced(pids: list[int]) -> bool:
@@ -157,8 +173,14 @@ def _traced(pids: list[int]) -> bool:
     return True
 
 
-def syscalls(path: CostPath, server: servers.Server, duration: float, args: argparse.Namespace,
-             cpus: set[int] | None, folder: str) -> dict[str, Any]:
+def syscalls(
+    path: CostPath,
+    server: servers.Server,
+    duration: float,
+    args: argparse.Namespace,
+    cpus: set[int] | None,
+    folder: str,
+) -> dict[str, Any]:
     """System calls per request: `strace -c -f` attached to every process of the server's tree while a
     short load runs (its own round: strace slows the server many times over)."""
     pids = _tree(server.pid)
@@ -181,8 +203,11 @@ def syscalls(path: CostPath, server: servers.Server, duration: float, args: argp
     match = _TOTAL.search(text)
     if not match or not result["requests"]:
         raise RuntimeError(f"no strace total or no request ({result['requests']}):\n{text[-1500:]}")
-    return {"syscalls": int(match.group(1)), "requests": result["requests"],
-            "per_request": int(match.group(1)) / result["requests"]}
+    return {
+        "syscalls": int(match.group(1)),
+        "requests": result["requests"],
+        "per_request": int(match.group(1)) / result["requests"],
+    }
 
 
 # ---------------------------------------------------------------------------- one setting, one path
@@ -190,17 +215,22 @@ def syscalls(path: CostPath, server: servers.Server, duration: float, args: argp
 
 def one_run(path: CostPath, server: servers.Server, ctx: Ctx, args: argparse.Namespace) -> dict[str, Any]:
     """One measured run: the load for --duration, the server tree's counters before and after."""
+
     def measured() -> dict[str, Any]:
         other, core = procs.OtherLoad(), procs.CoreLoad(ctx.server_cpus, server.pid)
         before, t0 = counters(server.pid), time.monotonic()
         result = run_load(path, server.url, ctx.duration, args, ctx.load_cpus)
         after, wall = counters(server.pid), time.monotonic() - t0
         n = max(result["requests"], 1)
-        result.update(other_cores=other.stop(), other_on_server_cpus=core.stop(),
-                      cpu_user_us=(after["user"] - before["user"]) / n * 1e6,
-                      cpu_sys_us=(after["system"] - before["system"]) / n * 1e6,
-                      vcsw=(after["vcsw"] - before["vcsw"]) / n, ivcsw=(after["ivcsw"] - before["ivcsw"]) / n,
-                      server_cores=(after["user"] + after["system"] - before["user"] - before["system"]) / wall)
+        result.update(
+            other_cores=other.stop(),
+            other_on_server_cpus=core.stop(),
+            cpu_user_us=(after["user"] - before["user"]) / n * 1e6,
+            cpu_sys_us=(after["system"] - before["system"]) / n * 1e6,
+            vcsw=(after["vcsw"] - before["vcsw"]) / n,
+            ivcsw=(after["ivcsw"] - before["ivcsw"]) / n,
+            server_cores=(after["user"] + after["system"] - before["user"] - before["system"]) / wall,
+        )
         result["cpu_us"] = result["cpu_user_us"] + result["cpu_sys_us"]
         result["csw"] = result["vcsw"] + result["ivcsw"]
         return result
@@ -208,8 +238,13 @@ def one_run(path: CostPath, server: servers.Server, ctx: Ctx, args: argparse.Nam
     return least_disturbed(ctx, path.name, server, measured)
 
 
-def run_path(setting: str, path: CostPath, ctx: Ctx, args: argparse.Namespace, names: list[str],
-             ) -> dict[str, Any]:
+def run_path(
+    setting: str,
+    path: CostPath,
+    ctx: Ctx,
+    args: argparse.Namespace,
+    names: list[str],
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if path.tls:
         from bench.throughput import self_signed
@@ -225,26 +260,36 @@ def run_path(setting: str, path: CostPath, ctx: Ctx, args: argparse.Namespace, n
         for server in list(running):  # warm-up: imports, caches, connection pools; not measured
             try:
                 run_load(path, server.url, 1.0, args, ctx.load_cpus)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a server that fails its warm-up is noted, and the others measured
                 ctx.note(f"{label}: {server.name} failed its warm-up", f"{type(exc).__name__}: {exc}"[-1500:])
                 running.remove(server)
                 server.stop()
-        runs = interleave(ctx, label, running, lambda s: one_run(path, s, ctx, args),
-                          lambda r: f"{r['rps']:,.0f}/s, {r['cpu_us']:.1f} µs CPU/request")
+        runs = interleave(
+            ctx,
+            label,
+            running,
+            lambda s: one_run(path, s, ctx, args),
+            lambda r: f"{r['rps']:,.0f}/s, {r['cpu_us']:.1f} µs CPU/request",
+        )
         if args.syscalls:
             for server in running:
                 procs.check_signalled()
                 try:
-                    calls[server.name] = syscalls(path, server, args.strace_duration, args, ctx.load_cpus,
-                                                  ctx.logdir)
-                    ctx.progress.step(f"{label} strace {server.name}: "
-                                      f"{calls[server.name]['per_request']:.1f} syscalls/request")
-                except Exception as exc:
+                    calls[server.name] = syscalls(path, server, args.strace_duration, args, ctx.load_cpus, ctx.logdir)
+                    ctx.progress.step(
+                        f"{label} strace {server.name}: {calls[server.name]['per_request']:.1f} syscalls/request"
+                    )
+                except Exception as exc:  # noqa: BLE001 - a failed strace is noted, and the others measured
                     ctx.note(f"{label}: strace of {server.name} failed", f"{type(exc).__name__}: {exc}"[-1500:])
     finally:
         stop_each(ctx, running)
-    return {"title": path.title, "servers": names, "reference": names[0] if names else None, "runs": runs,
-            "syscalls": calls}
+    return {
+        "title": path.title,
+        "servers": names,
+        "reference": names[0] if names else None,
+        "runs": runs,
+        "syscalls": calls,
+    }
 
 
 # ---------------------------------------------------------------------------- the command
@@ -252,12 +297,19 @@ def run_path(setting: str, path: CostPath, ctx: Ctx, args: argparse.Namespace, n
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(prog="python -m bench cost", description=doc.split("\n\n")[0],
-                                epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench cost",
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--paths", help=f"comma-separated (default: {','.join(PATHS)})")
     p.add_argument("--settings", default=",".join(SETTINGS), help="pinned, saturated or both (default both)")
-    p.add_argument("--servers", help="comma-separated: only these (default: every installed peer of each path; "
-                                     "'corral' also selects corral-wsgi)")
+    p.add_argument(
+        "--servers",
+        help="comma-separated: only these (default: every installed peer of each path; "
+        "'corral' also selects corral-wsgi)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per server per round (default 5)")
     p.add_argument("--connections", type=int, default=64, help="HTTP/1.1 and WebSocket connections (default 64)")
@@ -265,15 +317,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=16, help="concurrent streams per HTTP/2 connection (default 16)")
     p.add_argument("--cpus", help="pinned: the server's core (default: the first available)")
     p.add_argument("--load-cpus", help="pinned: the load generator's cores (default: the other available ones)")
-    p.add_argument("--no-syscalls", dest="syscalls", action="store_false",
-                   help="skip the strace round (system calls per request)")
+    p.add_argument(
+        "--no-syscalls", dest="syscalls", action="store_false", help="skip the strace round (system calls per request)"
+    )
     p.add_argument("--strace-duration", type=float, default=2.0, help="seconds of the strace round (default 2)")
-    p.add_argument("--disturbed", type=float, default=0.5, metavar="CORES",
-                   help="a run during which other processes used more than CORES cores (or any of the pinned "
-                        "server's core) is run again, up to --retries times; the least disturbed is kept")
+    p.add_argument(
+        "--disturbed",
+        type=float,
+        default=0.5,
+        metavar="CORES",
+        help="a run during which other processes used more than CORES cores (or any of the pinned "
+        "server's core) is run again, up to --retries times; the least disturbed is kept",
+    )
     p.add_argument("--retries", type=int, default=1, help="see --disturbed (default 1)")
-    p.add_argument("--out", default=os.path.join("bench-results", "cost"),
-                   help="folder for cost.md, cost.json and the plots (default bench-results/cost)")
+    p.add_argument(
+        "--out",
+        default=os.path.join("bench-results", "cost"),
+        help="folder for cost.md, cost.json and the plots (default bench-results/cost)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = p.parse_args(argv)
     errors = []
@@ -290,8 +351,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         errors.append(str(exc))
     if "pinned" in args.setting_names and len(available) < 2 and not errors:
-        errors.append("the pinned setting needs two cores (one for the server, one for the load); "
-                      "use --settings saturated")
+        errors.append(
+            "the pinned setting needs two cores (one for the server, one for the load); use --settings saturated"
+        )
     if args.rounds < 1 or args.duration <= 0:
         errors.append("--rounds must be at least 1 and --duration above 0")
     if shutil.which("wrk") is None and any(PATHS[n].load == "wrk" for n in args.path_names if n in PATHS):
@@ -348,15 +410,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for setting in args.setting_names:
             pinned = setting == "pinned"
-            ctx = Ctx(asgi=[], wsgi=[], workers=1 if pinned else args.cores, process_workers=1, rounds=args.rounds,
-                      duration=args.duration, connections=args.connections, idle_connections=0,
-                      server_cpus=args.pin if pinned else None,
-                      load_cpus=args.load_pin if pinned else set(os.sched_getaffinity(0)),
-                      tool="wrk", logdir=logdir, notes=notes, progress=progress)
+            ctx = Ctx(
+                asgi=[],
+                wsgi=[],
+                workers=1 if pinned else args.cores,
+                process_workers=1,
+                rounds=args.rounds,
+                duration=args.duration,
+                connections=args.connections,
+                idle_connections=0,
+                server_cpus=args.pin if pinned else None,
+                load_cpus=args.load_pin if pinned else set(os.sched_getaffinity(0)),
+                tool="wrk",
+                logdir=logdir,
+                notes=notes,
+                progress=progress,
+            )
             ctx.disturbed, ctx.retries = args.disturbed, args.retries
             done = results["settings"][setting] = {
-                "workers": ctx.workers, "server_cpus": procs.cpu_list(ctx.server_cpus),
-                "load_cpus": procs.cpu_list(ctx.load_cpus) if pinned else "any (shared)", "paths": {}}
+                "workers": ctx.workers,
+                "server_cpus": procs.cpu_list(ctx.server_cpus),
+                "load_cpus": procs.cpu_list(ctx.load_cpus) if pinned else "any (shared)",
+                "paths": {},
+            }
             for name in args.path_names:
                 if not plan[name]:
                     notes[f"{setting} {name}"] = "skipped: no server selected for it"
@@ -365,12 +441,17 @@ def main(argv: list[str] | None = None) -> int:
                     done["paths"][name] = run_path(setting, PATHS[name], ctx, args, plan[name])
                 except procs.Interrupted:
                     raise
-                except Exception as exc:  # one path's failure must not lose the others' results
+                except Exception as exc:  # noqa: BLE001 - one path's failure must not lose the others' results
                     import traceback
 
                     ctx.note(f"{setting} {name} failed", traceback.format_exc()[-2000:])
-                    done["paths"][name] = {"title": f"failed: {type(exc).__name__}: {exc}", "runs": {},
-                                           "servers": plan[name], "reference": None, "syscalls": {}}
+                    done["paths"][name] = {
+                        "title": f"failed: {type(exc).__name__}: {exc}",
+                        "runs": {},
+                        "servers": plan[name],
+                        "reference": None,
+                        "syscalls": {},
+                    }
     except procs.Interrupted as exc:
         code = int(exc.code or 1)
         print("\ninterrupted: stopping every server started; partial results follow", file=sys.stderr)
@@ -381,15 +462,26 @@ def main(argv: list[str] | None = None) -> int:
         progress.end()
     results["meta"] = {
         "command": ("python -m bench cost " + " ".join(argv)).strip(),
-        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "seconds": time.time() - started,
-        "rounds": args.rounds, "duration": args.duration, "connections": args.connections,
-        "h2_connections": args.h2_connections, "streams": args.streams, "cores": args.cores,
-        "loadavg_start": load0[0], "loadavg_end": os.getloadavg()[0], "versions": versions(),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "seconds": time.time() - started,
+        "rounds": args.rounds,
+        "duration": args.duration,
+        "connections": args.connections,
+        "h2_connections": args.h2_connections,
+        "streams": args.streams,
+        "cores": args.cores,
+        "loadavg_start": load0[0],
+        "loadavg_end": os.getloadavg()[0],
+        "versions": versions(),
         "syscalls": "strace -c -f (a separate round)" if args.syscalls else "not measured",
-        "interrupted": bool(code), "pids": sorted(procs.started), "left_running": procs.live_pids()}
+        "interrupted": bool(code),
+        "pids": sorted(procs.started),
+        "left_running": procs.live_pids(),
+    }
     results["skipped"], results["notes"] = skipped, notes
     written = cost_report.write(results, args.out, plots=not args.no_plots)
-    print(open(written[0]).read())
+    with open(written[0]) as fh:
+        print(fh.read())
     print(f"written: {', '.join(written)}", file=sys.stderr)
     return code
 

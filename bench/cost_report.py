@@ -19,8 +19,11 @@ def _paired(runs: dict[str, list[dict[str, Any]]], name: str, ref: str, key: str
     """The reference's figure over this server's (or the inverse), median of the per-round ratios (min-max)."""
     if name == ref:
         return "1.00"
-    pairs = [(b[key] / a[key] if invert else a[key] / b[key]) for a, b in zip(runs.get(ref, []), runs[name])
-             if a.get(key) and b.get(key)]
+    pairs = [
+        (b[key] / a[key] if invert else a[key] / b[key])
+        for a, b in zip(runs.get(ref, []), runs[name])
+        if a.get(key) and b.get(key)
+    ]
     if not pairs:
         return "-"
     text = f"**{med(pairs):.2f}**"
@@ -31,27 +34,47 @@ def path_table(setting: str, name: str, sc: dict[str, Any]) -> str:
     lines = [f"#### {setting} · {name}: {sc['title']}", ""]
     runs, ref = sc["runs"], sc.get("reference")
     if not runs:
-        return "\n".join(lines + ["(no results: see the notes)"])
+        return "\n".join([*lines, "(no results: see the notes)"])
     unit = "msg" if name == "websocket" else "req"
-    head = ["server", f"{unit}/s", f"{ref} ÷ this, {unit}/s", f"CPU µs/{unit}", "user µs", "system µs",
-            f"this ÷ {ref}, CPU", f"syscalls/{unit}", f"ctx switches/{unit} (vol + invol)", "server cores",
-            "errors"]
+    head = [
+        "server",
+        f"{unit}/s",
+        f"{ref} ÷ this, {unit}/s",
+        f"CPU µs/{unit}",
+        "user µs",
+        "system µs",
+        f"this ÷ {ref}, CPU",
+        f"syscalls/{unit}",
+        f"ctx switches/{unit} (vol + invol)",
+        "server cores",
+        "errors",
+    ]
     rows = []
     for server, rs in runs.items():
         calls = sc.get("syscalls", {}).get(server)
-        rows.append([server, spread(_vals(rs, "rps"), ",.0f"), _paired(runs, server, ref, "rps", invert=False),
-                     spread(_vals(rs, "cpu_us"), ".1f"), spread(_vals(rs, "cpu_user_us"), ".1f"),
-                     spread(_vals(rs, "cpu_sys_us"), ".1f"), _paired(runs, server, ref, "cpu_us", invert=True),
-                     f"{calls['per_request']:.1f}" if calls else "-",
-                     f"{med(_vals(rs, 'csw')):.2f} ({med(_vals(rs, 'vcsw')):.2f} + {med(_vals(rs, 'ivcsw')):.2f})",
-                     spread(_vals(rs, "server_cores"), ".2f"), _errors(rs)])
+        rows.append(
+            [
+                server,
+                spread(_vals(rs, "rps"), ",.0f"),
+                _paired(runs, server, ref, "rps", invert=False),
+                spread(_vals(rs, "cpu_us"), ".1f"),
+                spread(_vals(rs, "cpu_user_us"), ".1f"),
+                spread(_vals(rs, "cpu_sys_us"), ".1f"),
+                _paired(runs, server, ref, "cpu_us", invert=True),
+                f"{calls['per_request']:.1f}" if calls else "-",
+                f"{med(_vals(rs, 'csw')):.2f} ({med(_vals(rs, 'vcsw')):.2f} + {med(_vals(rs, 'ivcsw')):.2f})",
+                spread(_vals(rs, "server_cores"), ".2f"),
+                _errors(rs),
+            ]
+        )
     lines += _table(head, rows)
     other = [r["other_cores"] for rs in runs.values() for r in rs if "other_cores" in r]
     retried = sum(r.get("retried", 0) for rs in runs.values() for r in rs)
-    lines.append(f"\nMedians over rounds (min-max). Ratios are per round against {ref}: above 1 means {ref} "
-                 f"serves more, or spends less CPU. Other processes used {med(other):.2f} cores (median) during "
-                 f"the runs kept" + (f"; {retried} run(s) repeated because they were busier" if retried else "")
-                 + ".")
+    lines.append(
+        f"\nMedians over rounds (min-max). Ratios are per round against {ref}: above 1 means {ref} "
+        f"serves more, or spends less CPU. Other processes used {med(other):.2f} cores (median) during "
+        f"the runs kept" + (f"; {retried} run(s) repeated because they were busier" if retried else "") + "."
+    )
     return "\n".join(lines)
 
 
@@ -64,12 +87,25 @@ def summary(setting: str, block: dict[str, Any]) -> str:
         if not runs or ref not in runs:
             rows.append([name, "-", "-", "(no results)"])
             continue
-        peers = ", ".join(f"{s} {_paired(runs, s, ref, 'cpu_us', invert=True).replace('**', '').split()[0]}x"
-                          for s in runs if s != ref)
-        rows.append([name, spread(_vals(runs[ref], "cpu_us"), ".1f"), spread(_vals(runs[ref], "rps"), ",.0f"),
-                     peers or "-"])
-    return "\n".join(_table(["path", "corral CPU µs/request", "corral requests/s",
-                             "peers' CPU per request, as a multiple of corral's (higher: corral is cheaper)"], rows))
+        peers = ", ".join(
+            f"{s} {_paired(runs, s, ref, 'cpu_us', invert=True).replace('**', '').split()[0]}x"
+            for s in runs
+            if s != ref
+        )
+        rows.append(
+            [name, spread(_vals(runs[ref], "cpu_us"), ".1f"), spread(_vals(runs[ref], "rps"), ",.0f"), peers or "-"]
+        )
+    return "\n".join(
+        _table(
+            [
+                "path",
+                "corral CPU µs/request",
+                "corral requests/s",
+                "peers' CPU per request, as a multiple of corral's (higher: corral is cheaper)",
+            ],
+            rows,
+        )
+    )
 
 
 def markdown(results: dict[str, Any], images: list[str]) -> str:
@@ -78,16 +114,20 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
     parts = [
         "# Benchmarks: what a request costs",
         "",
-        "CPU time, system calls and context switches per request for corral and its peers, on the same apps "
-        "(`bench/apps.py`), for each way a request can reach a worker, in two settings:",
+        (
+            "CPU time, system calls and context switches per request for corral and its peers, on the same apps "
+            "(`bench/apps.py`), for each way a request can reach a worker, in two settings:"
+        ),
         "",
         *(f"- **{s}**: {t}" for s, t in SETTING_TEXT.items() if s in results["settings"]),
         "",
-        "CPU per request is the figure to compare: requests/s depends on what else runs on the machine (it swings "
-        "2x between rounds on a shared one), the CPU a request takes much less. CPU is user + system time from "
-        "`/proc/PID/stat` of every process of the server (master and workers, all threads); context switches "
-        "come from `/proc/PID/task/*/status`; system calls from `strace -c -f` in a separate, shorter round "
-        f"({meta['syscalls']}).",
+        (
+            "CPU per request is the figure to compare: requests/s depends on what else runs on the machine (it swings "
+            "2x between rounds on a shared one), the CPU a request takes much less. CPU is user + system time from "
+            "`/proc/PID/stat` of every process of the server (master and workers, all threads); context switches "
+            "come from `/proc/PID/task/*/status`; system calls from `strace -c -f` in a separate, shorter round "
+            f"({meta['syscalls']})."
+        ),
         "",
         "## How to re-run",
         "",
@@ -98,22 +138,34 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
         "python -m bench cost --settings pinned --paths asgi,wsgi --rounds 5 --duration 5",
         "```",
         "",
-        "Results go to `bench-results/cost/` (`--out`): this page as `cost.md`, every run in `cost.json`, and "
-        "the plots. The deterministic counterpart, instructions per request under valgrind, is the CI guard: "
-        "`python -m bench guard` (`bench/cost_baseline.json`).",
+        (
+            "Results go to `bench-results/cost/` (`--out`): this page as `cost.md`, every run in `cost.json`, and "
+            "the plots. The deterministic counterpart, instructions per request under valgrind, is the CI guard: "
+            "`python -m bench guard` (`bench/cost_baseline.json`)."
+        ),
         "",
         "## This run",
         "",
-        f"`{meta['command']}`  \n{meta['started']}, {meta['seconds'] / 60:.0f} min; {meta['rounds']} interleaved "
-        f"round(s) of {meta['duration']:g} s per server; {meta['cores']} cores; wrk with {meta['connections']} "
-        f"connections (WebSocket: as many, one message in flight each), h2load with {meta['h2_connections']} "
-        f"connections x {meta['streams']} streams; load average {meta['loadavg_start']:.2f} -> "
-        f"{meta['loadavg_end']:.2f}.  \n{versions}",
+        (
+            f"`{meta['command']}`  \n{meta['started']}, {meta['seconds'] / 60:.0f} min; {meta['rounds']} interleaved "
+            f"round(s) of {meta['duration']:g} s per server; {meta['cores']} cores; wrk with {meta['connections']} "
+            f"connections (WebSocket: as many, one message in flight each), h2load with {meta['h2_connections']} "
+            f"connections x {meta['streams']} streams; load average {meta['loadavg_start']:.2f} -> "
+            f"{meta['loadavg_end']:.2f}.  \n{versions}"
+        ),
     ]
     for setting, block in results["settings"].items():
-        parts += ["", f"## {setting.capitalize()}: {SETTING_TEXT[setting]}", "",
-                  f"Workers per server: {block['workers']}; server cores: {block['server_cpus']}; load generator "
-                  f"cores: {block['load_cpus']}.", "", summary(setting, block)]
+        parts += [
+            "",
+            f"## {setting.capitalize()}: {SETTING_TEXT[setting]}",
+            "",
+            (
+                f"Workers per server: {block['workers']}; server cores: {block['server_cpus']}; load generator "
+                f"cores: {block['load_cpus']}."
+            ),
+            "",
+            summary(setting, block),
+        ]
         for name, sc in block["paths"].items():
             parts += ["", path_table(setting, name, sc)]
     if images:
@@ -122,7 +174,8 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
         parts += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
     if results.get("notes"):
         parts += ["", "Notes (failures, server output):", ""] + [
-            f"- {k}:\n\n```\n{str(v).strip()[-1500:]}\n```" for k, v in results["notes"].items()]
+            f"- {k}:\n\n```\n{str(v).strip()[-1500:]}\n```" for k, v in results["notes"].items()
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -169,10 +222,13 @@ def draw(results: dict[str, Any], folder: str) -> list[str]:
                 ax.set_xticks(xs)
                 ax.set_xticklabels(servers, rotation=30, ha="right", fontsize=7)
                 ax.tick_params(axis="y", labelsize=7)
-            for ax in list(axes.flat)[len(paths):]:
+            for ax in list(axes.flat)[len(paths) :]:
                 ax.axis("off")
-            title = ("CPU per request, user (solid) + system (hatched), medians: lower is better" if what == "cpu"
-                     else "requests/s, medians (bars: min-max over rounds): higher is better")
+            title = (
+                "CPU per request, user (solid) + system (hatched), medians: lower is better"
+                if what == "cpu"
+                else "requests/s, medians (bars: min-max over rounds): higher is better"
+            )
             fig.suptitle(f"{setting} ({SETTING_TEXT[setting]}): {title}", fontsize=9)
             fig.tight_layout()
             path = os.path.join(folder, f"cost-{what}-{setting}.png")
@@ -189,4 +245,4 @@ def write(results: dict[str, Any], folder: str, plots: bool = True) -> list[str]
     with open(md, "w") as f:
         f.write(markdown(results, [os.path.basename(i) for i in images]))
     write_json(results, os.path.join(folder, "cost.json"))
-    return [md, os.path.join(folder, "cost.json")] + images
+    return [md, os.path.join(folder, "cost.json"), *images]

@@ -4,16 +4,16 @@
     python -m bench guard --paths asgi-keepalive,websocket
     python -m bench guard --update --reason "why the figures moved"     # record them (a reviewed edit)
 
-Request rates swing 2x between rounds on a shared machine, CPU time per request by several per cent, and
-this VM has no hardware counters; an instruction count under valgrind holds still. Each server is a real `serve` (one worker, default settings, PYTHONHASHSEED=0)
-under `valgrind --tool=callgrind --instr-atstart=no`: start-up runs uncounted. For each path a sequential
-client (bench/sequential.py: one unit in flight, so the server sees the same reads in the same order every
-time) opens a connection and warms it up; then counting is switched on through valgrind's gdbserver (`vgdb`),
-a fixed number of units is sent, the worker is let go quiet, and its instructions (every thread) are read and
-counting switched off again. An empty window as long as the units took (on, nothing sent, quiet, read, off)
+Request rates swing 2x between rounds on a shared machine, CPU time per request by several per cent, and this VM has
+no hardware counters; an instruction count under valgrind holds still. Each server is a real `serve` (one worker,
+default settings, PYTHONHASHSEED=0) under `valgrind --tool=callgrind --instr-atstart=no`: start-up runs uncounted.
+For each path a sequential client (bench/sequential.py: one unit in flight, so the server sees the same reads in the
+same order every time) opens a connection and warms it up; then counting is switched on through valgrind's gdbserver
+(`vgdb`), a fixed number of units is sent, the worker is let go quiet, and its instructions (every thread) are read
+and counting switched off again. An empty window as long as the units took (on, nothing sent, quiet, read, off)
 follows each: what switching costs and the work that follows the clock (the worker's once-a-second tick and
-heartbeat) are subtracted with it. Each path is measured in --windows such windows; their mean is the figure,
-and the spread between windows is reported (a path whose spread exceeds the tolerance is flagged).
+heartbeat) are subtracted with it. Each path is measured in --windows such windows; their mean is the figure, and
+the spread between windows is reported (a path whose spread exceeds the tolerance is flagged).
 
 The master is not counted: it does no per-request work.
 
@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import procs, servers, sequential
+from bench import procs, sequential, servers
 
 BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_baseline.json")
 TOLERANCE_PCT = 3.0
@@ -64,17 +64,27 @@ class GuardPath:
     quiet_each: bool = False
 
 
-PATHS: dict[str, GuardPath] = {p.name: p for p in (
-    GuardPath("asgi-keepalive", "asgi", "h1", 200, 10, "ASGI hello-world, HTTP/1.1 keep-alive"),
-    GuardPath("asgi-close", "asgi", "h1-close", 80, 100, "ASGI hello-world, Connection: close (a connection each)"),
-    GuardPath("h2c", "asgi", "h2", 12, 4, "ASGI hello-world over h2c, 16 streams per write"),
-    GuardPath("websocket", "asgi", "ws", 600, 10, "ASGI WebSocket echo, 16-byte messages"),
-    GuardPath("tls-keepalive", "tls", "h1", 150, 10, "ASGI hello-world over TLS, HTTP/1.1 keep-alive"),
-    GuardPath("h2-tls", "tls", "h2", 10, 4, "ASGI hello-world over h2 (TLS, ALPN), 16 streams per write"),
-    GuardPath("wsgi-keepalive", "wsgi", "h1", 200, 10, "WSGI hello-world, HTTP/1.1 keep-alive (--threads 10)",
-              quiet_each=True),
-    GuardPath("wsgi-close", "wsgi", "h1-close", 80, 100, "WSGI hello-world, Connection: close", quiet_each=True),
-)}
+PATHS: dict[str, GuardPath] = {
+    p.name: p
+    for p in (
+        GuardPath("asgi-keepalive", "asgi", "h1", 200, 10, "ASGI hello-world, HTTP/1.1 keep-alive"),
+        GuardPath("asgi-close", "asgi", "h1-close", 80, 100, "ASGI hello-world, Connection: close (a connection each)"),
+        GuardPath("h2c", "asgi", "h2", 12, 4, "ASGI hello-world over h2c, 16 streams per write"),
+        GuardPath("websocket", "asgi", "ws", 600, 10, "ASGI WebSocket echo, 16-byte messages"),
+        GuardPath("tls-keepalive", "tls", "h1", 150, 10, "ASGI hello-world over TLS, HTTP/1.1 keep-alive"),
+        GuardPath("h2-tls", "tls", "h2", 10, 4, "ASGI hello-world over h2 (TLS, ALPN), 16 streams per write"),
+        GuardPath(
+            "wsgi-keepalive",
+            "wsgi",
+            "h1",
+            200,
+            10,
+            "WSGI hello-world, HTTP/1.1 keep-alive (--threads 10)",
+            quiet_each=True,
+        ),
+        GuardPath("wsgi-close", "wsgi", "h1-close", 80, 100, "WSGI hello-world, Connection: close", quiet_each=True),
+    )
+}
 
 # One server per kind, started once for all of its paths: (app, TLS). bench.apps:ws_echo answers plain HTTP
 # with the hello-world (the same two messages as bench.apps:hello) and echoes WebSocket messages.
@@ -98,8 +108,12 @@ def valgrind_version() -> str | None:
 def environment() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"machine": platform.machine(), "python": platform.python_version(),
-             "valgrind": valgrind_version() or "not installed", "openssl": ssl.OPENSSL_VERSION}
+    found = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "valgrind": valgrind_version() or "not installed",
+        "openssl": ssl.OPENSSL_VERSION,
+    }
     for name in PACKAGES:
         try:
             found[name] = version(name)
@@ -117,8 +131,12 @@ def env_key(env: dict[str, Any]) -> str:
 
 def describe_commit() -> str:
     try:
-        return subprocess.run(["git", "-C", procs.ROOT, "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "?"
+        return (
+            subprocess.run(
+                ["git", "-C", procs.ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "?"
+        )
     except (OSError, subprocess.SubprocessError):
         return "?"
 
@@ -197,9 +215,15 @@ def wait_quiet(pid: int, gap: float = QUIET_GAP_S, cpu: float = QUIET_CPU_S, tim
 
 def _callgrind_spec(folder: str, serve_args: list[str]) -> servers.Spec:
     corral = servers.SPECS["corral"]
-    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
-                f"--vgdb-prefix={folder}/vgdb", f"--log-file={folder}/valgrind.%p.log",
-                f"--callgrind-out-file={folder}/callgrind.%p"]
+    valgrind = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--trace-children=yes",
+        f"--vgdb-prefix={folder}/vgdb",
+        f"--log-file={folder}/valgrind.%p.log",
+        f"--callgrind-out-file={folder}/callgrind.%p",
+    ]
 
     def argv(app: str, port: int, workers: int, options: dict[str, Any]) -> list[str]:
         return valgrind + corral.argv(app, port, workers, options) + serve_args
@@ -223,8 +247,9 @@ def start(kind: str, folder: str, serve_args: list[str]) -> tuple[servers.Server
         from bench.throughput import self_signed
 
         options["tls"] = self_signed(folder)
-    server = servers.Server(_callgrind_spec(folder, serve_args), app, 1, None, folder, options, fixed_env(),
-                            label=f"guard-{kind}")
+    server = servers.Server(
+        _callgrind_spec(folder, serve_args), app, 1, None, folder, options, fixed_env(), label=f"guard-{kind}"
+    )
     server.start()
     deadline = time.monotonic() + 60
     while True:
@@ -271,10 +296,15 @@ def measure_path(path: GuardPath, server: servers.Server, worker: Callgrind, win
     # The mean, not the median: Python's collector runs every so many allocations, and its bigger passes fall
     # into every second or third window; the windows together hold whole cycles of it.
     figure = statistics.fmean(per_request)
-    return {"instructions": round(figure), "windows": [round(x) for x in per_request],
-            "spread_pct": (max(per_request) - min(per_request)) / figure * 100, "requests_per_window": requests,
-            "empty_window": round(statistics.median(empties)), "window_s": round(statistics.median(seconds), 2),
-            "title": path.title}
+    return {
+        "instructions": round(figure),
+        "windows": [round(x) for x in per_request],
+        "spread_pct": (max(per_request) - min(per_request)) / figure * 100,
+        "requests_per_window": requests,
+        "empty_window": round(statistics.median(empties)),
+        "window_s": round(statistics.median(seconds), 2),
+        "title": path.title,
+    }
 
 
 def measure(names: list[str], windows: int, serve_args: list[str], progress: Any = None) -> dict[str, Any]:
@@ -295,9 +325,11 @@ def measure(names: list[str], windows: int, serve_args: list[str], progress: Any
                     results[name] = measure_path(PATHS[name], server, worker, windows)
                     if progress:
                         r = results[name]
-                        progress(f"{name}: {r['instructions']:,} instructions/request "
-                                 f"(windows {', '.join(f'{w:,}' for w in r['windows'])}; "
-                                 f"spread {r['spread_pct']:.2f} %) in {time.monotonic() - t0:.1f}s")
+                        progress(
+                            f"{name}: {r['instructions']:,} instructions/request "
+                            f"(windows {', '.join(f'{w:,}' for w in r['windows'])}; "
+                            f"spread {r['spread_pct']:.2f} %) in {time.monotonic() - t0:.1f}s"
+                        )
             finally:
                 server.stop()
     finally:
@@ -316,22 +348,32 @@ def load_baseline(path: str) -> dict[str, Any]:
         return {"tolerance_pct": TOLERANCE_PCT, "environments": {}}
 
 
-def compare(measured: dict[str, Any], env: dict[str, Any], baseline: dict[str, Any], tolerance: float,
-            ) -> tuple[int, list[str]]:
+def compare(
+    measured: dict[str, Any],
+    env: dict[str, Any],
+    baseline: dict[str, Any],
+    tolerance: float,
+) -> tuple[int, list[str]]:
     """(exit status, report lines) for `measured` (path -> result) against the baseline's entry for `env`."""
     key = env_key(env)
     entry = baseline.get("environments", {}).get(key)
     lines: list[str] = []
     if entry is None:
         known = ", ".join(baseline.get("environments", {})) or "none"
-        lines.append(f"no baseline for this environment ({key}; the baseline has: {known}): nothing compared. "
-                     f"Record one with: python -m bench guard --update --reason 'first figures for {key}'")
+        lines.append(
+            f"no baseline for this environment ({key}; the baseline has: {known}): nothing compared. "
+            f"Record one with: python -m bench guard --update --reason 'first figures for {key}'"
+        )
         return 3, lines
-    differ = [f"{k} {entry['versions'].get(k, '?')} in the baseline, {v} here" for k, v in env.items()
-              if entry.get("versions", {}).get(k) != v]
+    differ = [
+        f"{k} {entry['versions'].get(k, '?')} in the baseline, {v} here"
+        for k, v in env.items()
+        if entry.get("versions", {}).get(k) != v
+    ]
     if differ:
-        lines.append("note: versions differ from the baseline's (a change in the figures may be theirs): "
-                     + "; ".join(differ))
+        lines.append(
+            "note: versions differ from the baseline's (a change in the figures may be theirs): " + "; ".join(differ)
+        )
     head = f"{'path':16} {'baseline':>10} {'now':>10} {'change':>8}  verdict"
     lines += [head, "-" * len(head)]
     rises, drops = [], []
@@ -356,10 +398,14 @@ def compare(measured: dict[str, Any], env: dict[str, Any], baseline: dict[str, A
     if rises:
         lines.append("")
         for name, base, now, change in rises:
-            lines.append(f"FAIL {name}: {now:,} instructions per request, baseline {base:,} ({change:+.1f} %, "
-                         f"tolerance {tolerance:g} %).")
-        lines.append("If the rise is deliberate, record it: python -m bench guard --update --reason '<why>' "
-                     "and commit bench/cost_baseline.json with the reason in the commit message.")
+            lines.append(
+                f"FAIL {name}: {now:,} instructions per request, baseline {base:,} ({change:+.1f} %, "
+                f"tolerance {tolerance:g} %)."
+            )
+        lines.append(
+            "If the rise is deliberate, record it: python -m bench guard --update --reason '<why>' "
+            "and commit bench/cost_baseline.json with the reason in the commit message."
+        )
         return 1, lines
     return 0, lines
 
@@ -367,12 +413,21 @@ def compare(measured: dict[str, Any], env: dict[str, Any], baseline: dict[str, A
 def update(baseline: dict[str, Any], measured: dict[str, Any], env: dict[str, Any], reason: str) -> dict[str, Any]:
     key = env_key(env)
     entry = baseline.setdefault("environments", {}).setdefault(key, {"paths": {}})
-    entry["paths"].update({name: {"instructions": r["instructions"], "spread_pct": round(r["spread_pct"], 2)}
-                           for name, r in measured.items()})
-    entry.update(recorded=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), corral=describe_commit(),
-                 reason=reason, versions=env)
-    entry["paths"] = dict(sorted(entry["paths"].items(), key=lambda kv: list(PATHS).index(kv[0])
-                                 if kv[0] in PATHS else len(PATHS)))
+    entry["paths"].update(
+        {
+            name: {"instructions": r["instructions"], "spread_pct": round(r["spread_pct"], 2)}
+            for name, r in measured.items()
+        }
+    )
+    entry.update(
+        recorded=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        corral=describe_commit(),
+        reason=reason,
+        versions=env,
+    )
+    entry["paths"] = dict(
+        sorted(entry["paths"].items(), key=lambda kv: list(PATHS).index(kv[0]) if kv[0] in PATHS else len(PATHS))
+    )
     baseline.setdefault("tolerance_pct", TOLERANCE_PCT)
     return baseline
 
@@ -382,21 +437,36 @@ def update(baseline: dict[str, Any], measured: dict[str, Any], env: dict[str, An
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(prog="python -m bench guard", description=doc.split("\n\n")[0],
-                                epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench guard",
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--paths", help=f"comma-separated (default: all of {','.join(PATHS)})")
     p.add_argument("--windows", type=int, default=WINDOWS, help=f"counted windows per path (default {WINDOWS})")
     p.add_argument("--baseline", default=BASELINE, help="the baseline file (default bench/cost_baseline.json)")
-    p.add_argument("--tolerance", type=float, help="percent a path may rise (default: the baseline's "
-                                                   f"tolerance_pct, else {TOLERANCE_PCT:g})")
-    p.add_argument("--update", action="store_true", help="write the figures measured into the baseline "
-                                                          "(this environment's entry; needs --reason)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help=f"percent a path may rise (default: the baseline's tolerance_pct, else {TOLERANCE_PCT:g})",
+    )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="write the figures measured into the baseline (this environment's entry; needs --reason)",
+    )
     p.add_argument("--reason", help="why the figures moved: stored with them (say it in the commit too)")
     p.add_argument("--json", metavar="FILE", help="also write the figures and the environment to FILE")
     p.add_argument("--compare", metavar="FILE", help="take the figures from a --json FILE instead of measuring")
-    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                   help="an extra argument for every `serve` (repeat; e.g. --serve-arg=--access-logfile=/dev/null: "
-                        "what a setting costs in instructions)")
+    p.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for every `serve` (repeat; e.g. --serve-arg=--access-logfile=/dev/null: "
+        "what a setting costs in instructions)",
+    )
     args = p.parse_args(argv)
     errors = []
     args.names = [n.strip() for n in args.paths.split(",")] if args.paths else list(PATHS)
@@ -434,14 +504,28 @@ def main(argv: list[str] | None = None) -> int:
         procs.install()
         t0 = time.monotonic()
         try:
-            measured = measure(args.names, args.windows, args.serve_arg,
-                               progress=lambda m: print(f"[{time.monotonic() - t0:5.0f}s] {m}", file=sys.stderr))
+            measured = measure(
+                args.names,
+                args.windows,
+                args.serve_arg,
+                progress=lambda m: print(f"[{time.monotonic() - t0:5.0f}s] {m}", file=sys.stderr),
+            )
         finally:
             procs.stop_all()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "environment_key": env_key(env), "corral": describe_commit(),
-                       "serve_args": args.serve_arg, "windows": args.windows, "paths": measured}, f, indent=2)
+            json.dump(
+                {
+                    "environment": env,
+                    "environment_key": env_key(env),
+                    "corral": describe_commit(),
+                    "serve_args": args.serve_arg,
+                    "windows": args.windows,
+                    "paths": measured,
+                },
+                f,
+                indent=2,
+            )
     code, lines = compare(measured, env, baseline, tolerance)
     print("\n".join(lines))
     if args.update:

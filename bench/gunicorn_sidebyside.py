@@ -49,6 +49,7 @@ def _gunicorn_statsd(observed: Observation) -> list[str]:
 
 def compare(deployment: Deployment, gunicorn: Observation, serve: Observation) -> dict[str, tuple[str, str]]:
     """aspect -> (gunicorn's, serve's), as short strings."""
+
     def both(value) -> tuple[str, str]:
         return value(gunicorn), value(serve)
 
@@ -82,11 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         serve = replay(deployment, "serve")
         aspects = compare(deployment, gunicorn, serve)
         differs = {name: pair for name, pair in aspects.items() if pair[0] != pair[1]}
-        results.append({"deployment": deployment.name, "aspects": aspects, "differs": differs,
-                        "warnings": {"gunicorn": gunicorn.warnings(), "serve": serve.warnings()},
-                        "serve_only_statsd": sorted(set(serve.statsd_names()) - set(gunicorn.statsd_names()))})
-        status = "same" if not differs else "differs: " + "; ".join(
-            f"{name}: gunicorn {a!r} / serve {b!r}" for name, (a, b) in differs.items())
+        results.append(
+            {
+                "deployment": deployment.name,
+                "aspects": aspects,
+                "differs": differs,
+                "warnings": {"gunicorn": gunicorn.warnings(), "serve": serve.warnings()},
+                "serve_only_statsd": sorted(set(serve.statsd_names()) - set(gunicorn.statsd_names())),
+            }
+        )
+        status = (
+            "same"
+            if not differs
+            else "differs: " + "; ".join(f"{name}: gunicorn {a!r} / serve {b!r}" for name, (a, b) in differs.items())
+        )
         print(f"{deployment.name}: {status}", flush=True)
     print()
     print("| deployment | " + " | ".join(results[0]["aspects"]) + " |" if results else "no deployments")
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---" * (len(results[0]["aspects"]) + 1) + "|")
     for result in results:
         cells = []
-        for name, (a, b) in result["aspects"].items():
+        for a, b in result["aspects"].values():
             cells.append(f"= {a}" if a == b else f"**gunicorn {a} / serve {b}**")
         print(f"| {result['deployment']} | " + " | ".join(cells) + " |")
     if args.json:

@@ -24,7 +24,7 @@ import psutil
 
 from bench.servers import free_port, wait_port
 
-ECHO = '''
+ECHO = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -44,7 +44,7 @@ def wsgi(environ, start_response):
     body = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok:%d" % len(body)]
-'''
+"""
 
 
 def workers(pid: int) -> list[psutil.Process]:
@@ -108,14 +108,16 @@ def slowbody(port: int, pid: int, count: int) -> str:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         try:
             answer = sock.recv(100).split(b"\r\n")[0].decode()
-        except socket.timeout:
+        except TimeoutError:
             answer = "no answer in 60 s"
     waited = time.monotonic() - start
     grown = rss(pid) - before
     for sock in stalled:
         sock.close()
-    return (f"slowbody: {count} stalled uploads, then a GET: {answer!r} after {waited:.1f} s; "
-            f"worker RSS +{grown / 2**20:.1f} MiB")
+    return (
+        f"slowbody: {count} stalled uploads, then a GET: {answer!r} after {waited:.1f} s; "
+        f"worker RSS +{grown / 2**20:.1f} MiB"
+    )
 
 
 SCENARIOS = {"pipeline": (pipeline, 300), "chunks": (chunks, 1), "slowbody": (slowbody, 1100)}
@@ -135,7 +137,9 @@ def main() -> None:
     port = free_port()
     proc = subprocess.Popen(
         [args.python, "-m", "corral.master", "-w", "2", "-b", f"127.0.0.1:{port}", *args.serve_args, args.app],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         if not wait_port(port, proc):
@@ -144,7 +148,7 @@ def main() -> None:
             time.sleep(0.05)
         print(run(port, proc.pid, args.count or default_count))
     finally:
-        procs = [proc] + [p for p in psutil.Process(proc.pid).children(recursive=True)]
+        procs = [proc, *psutil.Process(proc.pid).children(recursive=True)]
         for p in procs:
             try:
                 p.kill()

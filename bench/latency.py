@@ -26,8 +26,8 @@ REQUESTS = 5000
 WARMUP = 200
 QUICK_REQUESTS = 1000
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: corral-bench\r\n\r\n"
-_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
-_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.I)
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
 
 
 def steps(ctx: Ctx, name: str) -> int:
@@ -89,9 +89,17 @@ def measure(port: int, requests: int = REQUESTS, warmup: int = WARMUP) -> dict[s
         sock.close()
     times.sort()
     us = [t / 1000 for t in times]
-    return {"tool": "raw socket", "requests": len(us), "p50_us": us[len(us) // 2],
-            "p99_us": us[min(len(us) - 1, int(len(us) * 0.99))], "mean_us": statistics.fmean(us),
-            "max_us": us[-1], "reconnects": reconnects, "errors": sum(errors.values()), "error_detail": errors}
+    return {
+        "tool": "raw socket",
+        "requests": len(us),
+        "p50_us": us[len(us) // 2],
+        "p99_us": us[min(len(us) - 1, int(len(us) * 0.99))],
+        "mean_us": statistics.fmean(us),
+        "max_us": us[-1],
+        "reconnects": reconnects,
+        "errors": sum(errors.values()),
+        "error_detail": errors,
+    }
 
 
 def run(ctx: Ctx, name: str) -> dict[str, Any]:
@@ -110,9 +118,19 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
         return least_disturbed(ctx, "latency", server, measured)
 
     try:
-        runs = interleave(ctx, "latency", running, one_round,
-                          lambda r: f"p50 {r['p50_us']:.0f} µs, p99 {r['p99_us']:.0f} µs, mean {r['mean_us']:.0f} µs")
+        runs = interleave(
+            ctx,
+            "latency",
+            running,
+            one_round,
+            lambda r: f"p50 {r['p50_us']:.0f} µs, p99 {r['p99_us']:.0f} µs, mean {r['mean_us']:.0f} µs",
+        )
     finally:
         stop_each(ctx, made)
-    return {"title": f"Sequential requests on one keep-alive connection ({requests:,} per round after "
-                     f"{WARMUP} warm-up; hello-world, ASGI)", "kind": "latency", "requests": requests, "runs": runs}
+    return {
+        "title": f"Sequential requests on one keep-alive connection ({requests:,} per round after "
+        f"{WARMUP} warm-up; hello-world, ASGI)",
+        "kind": "latency",
+        "requests": requests,
+        "runs": runs,
+    }

@@ -23,12 +23,12 @@ _ROOT = os.path.dirname(_HERE)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import socket  # noqa: E402
+import argparse  # noqa: E402 - after the path is set (above)
+import logging  # noqa: E402 - after the path is set (above)
+import socket  # noqa: E402 - after the path is set (above)
 
-from corral.shared.settings import Settings, from_env  # noqa: E402
-from corral.worker.serve.boot import run_worker  # noqa: E402
+from corral.shared.settings import Settings, from_env  # noqa: E402 - after the path is set (above)
+from corral.worker.serve.boot import run_worker  # noqa: E402 - after the path is set (above)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (default)")
     parser.add_argument("--log-level", default="warning")
-    parser.add_argument("--cprofile", metavar="FILE",
-                        help="run the worker under cProfile and write the stats to FILE when it stops (SIGTERM)")
+    parser.add_argument(
+        "--cprofile",
+        metavar="FILE",
+        help="run the worker under cProfile and write the stats to FILE when it stops (SIGTERM)",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

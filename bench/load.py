@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):  # `python bench/load.py`: serve the package from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import procs  # noqa: E402
+from bench import procs
 
 HOST = "127.0.0.1"
 
@@ -66,7 +66,7 @@ def probe(port: int, path: str = "/", timeout: float = 1.0, tls: bool = False) -
 # ---------------------------------------------------------------------------- wrk
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-_BYTES = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+_BYTES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
 WRK_SCRIPT = """
 %(setup)s
@@ -91,24 +91,25 @@ def parse_wrk(output: str) -> dict[str, Any]:
     if not match:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{output}")
     result["rps"] = float(match.group(1))
-    m = re.search(r"^BENCH-LATENCY (\d+) (\d+) (\d+) (\d+) (\d+)", output, re.M)
+    m = re.search(r"^BENCH-LATENCY (\d+) (\d+) (\d+) (\d+) (\d+)", output, re.MULTILINE)
     if m:
         for key, us in zip(("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"), m.groups()):
             result[key] = int(us) / 1000
     else:  # no script output: wrk's own --latency table
         for q in ("50", "90", "99"):
-            m = re.search(rf"^\s*{q}(?:\.000)?%\s+(\S+)", output, re.M)
+            m = re.search(rf"^\s*{q}(?:\.000)?%\s+(\S+)", output, re.MULTILINE)
             if m:
                 result[f"p{q}_ms"] = _ms(m.group(1))
     m = re.search(r"(\d+) requests in ([\d.]+\w+)", output)
     result["requests"] = int(m.group(1)) if m else 0
     m = re.search(r"Transfer/sec:\s*([\d.]+)(B|KB|MB|GB)", output)
     if m:
-        result["mib_s"] = float(m.group(1)) * _BYTES[m.group(2)] / 1024 ** 2
+        result["mib_s"] = float(m.group(1)) * _BYTES[m.group(2)] / 1024**2
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     if m:
-        result["error_detail"].update({k: int(v) for k, v in zip(("connect", "read", "write", "timeout"), m.groups())
-                                       if int(v)})
+        result["error_detail"].update(
+            {k: int(v) for k, v in zip(("connect", "read", "write", "timeout"), m.groups()) if int(v)}
+        )
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if m and int(m.group(1)):
         result["error_detail"]["non-2xx"] = int(m.group(1))
@@ -116,20 +117,39 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return result
 
 
-def run_wrk(url: str, duration: float, connections: int, cpus: set[int] | None, *, body: int = 0,
-            close: bool = False, timeout_s: int = 5) -> dict[str, Any]:
+def run_wrk(
+    url: str,
+    duration: float,
+    connections: int,
+    cpus: set[int] | None,
+    *,
+    body: int = 0,
+    close: bool = False,
+    timeout_s: int = 5,
+) -> dict[str, Any]:
     setup = []
     if body:
-        setup += ['wrk.method = "POST"', f'wrk.body = string.rep("x", {body})',
-                  'wrk.headers["Content-Type"] = "application/octet-stream"']
+        setup += [
+            'wrk.method = "POST"',
+            f'wrk.body = string.rep("x", {body})',
+            'wrk.headers["Content-Type"] = "application/octet-stream"',
+        ]
     if close:
         setup.append('wrk.headers["Connection"] = "close"')
     threads = max(1, min(len(cpus) if cpus else 1, connections))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT % {"setup": "\n".join(setup)})
         script = f.name
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout_s}s",
-            "-s", script, url]
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        f"--timeout={timeout_s}s",
+        "-s",
+        script,
+        url,
+    ]
     try:
         code, text, gen_cores = _run_external(argv, cpus, duration)
     finally:
@@ -152,8 +172,7 @@ def _run_external(argv: list[str], cpus: set[int] | None, duration: float) -> tu
     finally:
         procs.stop(proc, graceful=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cores = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) / max(
-        time.monotonic() - t0, 1e-6)
+    cores = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) / max(time.monotonic() - t0, 1e-6)
     return proc.returncode, out.decode("utf-8", "replace"), cores
 
 
@@ -168,20 +187,40 @@ def run_h2load(url: str, duration: float, connections: int, streams: int, cpus: 
     """h2load (nghttp2-client) over h2c prior knowledge: `connections` connections with `streams` concurrent
     streams each, for `duration` seconds."""
     threads = max(1, min(len(cpus) if cpus else 1, connections))
-    argv = ["h2load", "-t", str(threads), "-c", str(connections), "-m", str(streams),
-            "-D", str(max(1, round(duration))), url]
+    argv = [
+        "h2load",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-m",
+        str(streams),
+        "-D",
+        str(max(1, round(duration))),
+        url,
+    ]
     code, text, gen_cores = _run_external(argv, cpus, duration)
     m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", text)
-    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                     r"(\d+) errored", text)
+    done = re.search(
+        r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored",
+        text,
+    )
     if code != 0 or m is None or done is None:
         raise RuntimeError(f"h2load exited with {code}:\n{text[-2000:]}")
     detail = {k: int(v) for k, v in (("failed", done.group(4)), ("errored", done.group(5))) if int(v)}
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
     if codes and int(codes.group(3)) + int(codes.group(4)):
         detail["non-2xx"] = int(codes.group(3)) + int(codes.group(4))
-    return {"tool": "h2load", "rps": float(m.group(1)), "errors": sum(detail.values()), "error_detail": detail,
-            "requests": int(done.group(3)), "p99_ms": float("nan"), "gen_cores": gen_cores}
+    return {
+        "tool": "h2load",
+        "rps": float(m.group(1)),
+        "errors": sum(detail.values()),
+        "error_detail": detail,
+        "requests": int(done.group(3)),
+        "p99_ms": float("nan"),
+        "gen_cores": gen_cores,
+    }
 
 
 # ---------------------------------------------------------------------------- the built-in generator
@@ -218,8 +257,9 @@ def build_request(url: str, body: int, close: bool) -> bytes:
     return (head + "\r\n").encode() + b"x" * body
 
 
-async def _generate(url: str, connections: int, duration: float, pipeline: int, body: int, close: bool,
-                    ws: bool = False) -> dict[str, Any]:
+async def _generate(
+    url: str, connections: int, duration: float, pipeline: int, body: int, close: bool, ws: bool = False
+) -> dict[str, Any]:
     import httptools
 
     parts = urlsplit(url)
@@ -287,7 +327,7 @@ async def _generate(url: str, connections: int, duration: float, pipeline: int, 
         while loop.time() < deadline:
             done = loop.create_future()
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: protocol(done), host, port), 5)
+                await asyncio.wait_for(loop.create_connection(lambda done=done: protocol(done), host, port), 5)
             except (OSError, asyncio.TimeoutError):
                 error("connect")
                 await asyncio.sleep(0.01)
@@ -333,7 +373,7 @@ async def _generate(url: str, connections: int, duration: float, pipeline: int, 
                     error("handshake")
                     self.transport.abort()
                     return
-                del self.buf[:end + 4]
+                del self.buf[: end + 4]
                 self.open = True
                 self.send()
             while len(self.buf) >= 2:
@@ -350,7 +390,7 @@ async def _generate(url: str, connections: int, duration: float, pipeline: int, 
                 if len(self.buf) < at + n:
                     return
                 opcode = self.buf[0] & 0x0F
-                del self.buf[:at + n]
+                del self.buf[: at + n]
                 if opcode == 0x8:  # close
                     self.transport.close()
                     return
@@ -367,23 +407,38 @@ async def _generate(url: str, connections: int, duration: float, pipeline: int, 
                 self.done.set_result(None)
 
     if ws:
-        path = (parts.path or "/")
-        ws_handshake = (f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        path = parts.path or "/"
+        ws_handshake = (
+            f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
         size = body or 16
         length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
         ws_frame = b"\x82" + length + b"\0\0\0\0" + b"x" * size  # a zero mask: the payload goes as is
 
     protocol = WSClient if ws else Client
     await asyncio.gather(*(one_connection() for _ in range(connections)))
-    return {"requests": stats["requests"], "bytes": stats["bytes"], "errors": stats["errors"],
-            "hist": {i: n for i, n in enumerate(hist) if n}}
+    return {
+        "requests": stats["requests"],
+        "bytes": stats["bytes"],
+        "errors": stats["errors"],
+        "hist": {i: n for i, n in enumerate(hist) if n},
+    }
 
 
-def run_builtin(url: str, duration: float, connections: int, cpus: set[int] | None, *, body: int = 0,
-                close: bool = False, pipeline: int = 1, processes: int | None = None, ws: bool = False,
-                ) -> dict[str, Any]:
+def run_builtin(
+    url: str,
+    duration: float,
+    connections: int,
+    cpus: set[int] | None,
+    *,
+    body: int = 0,
+    close: bool = False,
+    pipeline: int = 1,
+    processes: int | None = None,
+    ws: bool = False,
+) -> dict[str, Any]:
     """Run the built-in generator: one process per load core (or `processes`), connections split among them."""
     count = max(1, min(processes or (len(cpus) if cpus else 1), connections))
     children = []
@@ -392,14 +447,26 @@ def run_builtin(url: str, duration: float, connections: int, cpus: set[int] | No
     try:
         for i in range(count):
             share = connections // count + (1 if i < connections % count else 0)
-            argv = [sys.executable, "-m", "bench.load", "--url", url, "--connections", str(share),
-                    "--duration", str(duration), "--pipeline", str(pipeline), "--body", str(body)]
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.load",
+                "--url",
+                url,
+                "--connections",
+                str(share),
+                "--duration",
+                str(duration),
+                "--pipeline",
+                str(pipeline),
+                "--body",
+                str(body),
+            ]
             if close:
                 argv.append("--close")
             if ws:
                 argv.append("--ws")
-            children.append(procs.spawn(argv, cpus, env=dict(os.environ, PYTHONPATH=procs.ROOT),
-                                        log=subprocess.PIPE))
+            children.append(procs.spawn(argv, cpus, env=dict(os.environ, PYTHONPATH=procs.ROOT), log=subprocess.PIPE))
         outputs = []
         for child in children:
             out, _ = child.communicate(timeout=duration + 60)
@@ -420,17 +487,29 @@ def run_builtin(url: str, duration: float, connections: int, cpus: set[int] | No
             errors[k] = errors.get(k, 0) + v
     requests = sum(o["requests"] for o in outputs)
     return {
-        "tool": "builtin", "rps": requests / duration, "requests": requests, "errors": sum(errors.values()),
-        "error_detail": errors, "p50_ms": percentile_from(hist, 50), "p90_ms": percentile_from(hist, 90),
-        "p99_ms": percentile_from(hist, 99), "p999_ms": percentile_from(hist, 99.9),
+        "tool": "builtin",
+        "rps": requests / duration,
+        "requests": requests,
+        "errors": sum(errors.values()),
+        "error_detail": errors,
+        "p50_ms": percentile_from(hist, 50),
+        "p90_ms": percentile_from(hist, 90),
+        "p99_ms": percentile_from(hist, 99),
+        "p999_ms": percentile_from(hist, 99.9),
         "max_ms": 1.01 ** (max(hist) + 1) / 1000 if hist else float("nan"),
-        "mib_s": sum(o["bytes"] for o in outputs) / duration / 1024 ** 2,
+        "mib_s": sum(o["bytes"] for o in outputs) / duration / 1024**2,
         "gen_cores": ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) / wall,
     }
 
 
-def run_load(tool: str, url: str, duration: float, connections: int, cpus: set[int] | None, **kw: Any,
-             ) -> dict[str, Any]:
+def run_load(
+    tool: str,
+    url: str,
+    duration: float,
+    connections: int,
+    cpus: set[int] | None,
+    **kw: Any,
+) -> dict[str, Any]:
     """`tool` is 'wrk' or 'builtin'; keyword arguments: body, close (and pipeline for the built-in one)."""
     if tool == "wrk":
         kw.pop("pipeline", None)
@@ -455,8 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(_generate(args.url, args.connections, args.duration, args.pipeline, args.body, args.close,
-                                  args.ws))
+    result = asyncio.run(
+        _generate(args.url, args.connections, args.duration, args.pipeline, args.body, args.close, args.ws)
+    )
     print(json.dumps(result))
     return 0
 

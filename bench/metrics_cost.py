@@ -82,8 +82,15 @@ def measure(rounds: int = 9, requests: int = 20000) -> dict[str, Any]:
 
     off, on = uvloop.run(run())
     ratios = [b / a for a, b in zip(off, on)]
-    return {"off_us": statistics.median(off), "on_us": statistics.median(on), "ratio": statistics.median(ratios),
-            "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": rounds, "requests": requests}
+    return {
+        "off_us": statistics.median(off),
+        "on_us": statistics.median(on),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "rounds": rounds,
+        "requests": requests,
+    }
 
 
 if __name__ == "__main__":

@@ -25,10 +25,14 @@ try:
 except ImportError:  # a checkout from before the Limits object
     pass
 
-GET = (b"GET /plaintext HTTP/1.1\r\nHost: localhost:8000\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
-       b"Accept: text/html,application/xhtml+xml\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n")
+GET = (
+    b"GET /plaintext HTTP/1.1\r\nHost: localhost:8000\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+    b"Accept: text/html,application/xhtml+xml\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n"
+)
 POST = b"POST /p HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
-CHUNKED = b"POST /p HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + b"x" * 1024 + b"\r\n0\r\n\r\n"
+CHUNKED = (
+    b"POST /p HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + b"x" * 1024 + b"\r\n0\r\n\r\n"
+)
 CHUNKED_BWS = CHUNKED.replace(b"\r\n400\r\n", b"\r\n400 ; a=b\r\n")
 UNKNOWN_METHOD = GET.replace(b"GET ", b"PURGEX ", 1)
 
@@ -51,8 +55,14 @@ class _Handler:
         pass
 
 
-LOOP_CASES = {"get": GET, "post": POST, "chunked": CHUNKED, "chunked-bws": CHUNKED_BWS, "method": UNKNOWN_METHOD,
-              "pipe8": GET * 8}
+LOOP_CASES = {
+    "get": GET,
+    "post": POST,
+    "chunked": CHUNKED,
+    "chunked-bws": CHUNKED_BWS,
+    "method": UNKNOWN_METHOD,
+    "pipe8": GET * 8,
+}
 
 
 def _limits() -> object:
@@ -80,17 +90,24 @@ def main(number: int = 20000, repeat: int = 15) -> None:
         state.active = None  # answered: the next request starts at once
         state.pipeline = ()
 
-    cases = (("GET, 6 fields", GET, 1), ("POST, 1 KiB body", POST, 1), ("POST, 1 KiB chunked", CHUNKED, 1),
-             ("POST, 1 KiB chunked, `400 ; a=b`", CHUNKED_BWS, 1), ("GET with a method llhttp does not know",
-             UNKNOWN_METHOD, 1), ("8 pipelined GETs in one read", GET * 8, 8))
+    cases = (
+        ("GET, 6 fields", GET, 1),
+        ("POST, 1 KiB body", POST, 1),
+        ("POST, 1 KiB chunked", CHUNKED, 1),
+        ("POST, 1 KiB chunked, `400 ; a=b`", CHUNKED_BWS, 1),
+        ("GET with a method llhttp does not know", UNKNOWN_METHOD, 1),
+        ("8 pipelined GETs in one read", GET * 8, 8),
+    )
     for name, data, requests in cases:
         try:
             one(data)
-        except Exception as exc:  # an older checkout refuses what this one takes
+        except Exception as exc:  # noqa: BLE001 - an older checkout refuses what this one takes
             print(f"{name}: refused ({exc})")
             state = HTTP11Connection(_Handler(), limits)
             continue
-        best = min(timeit.repeat(lambda: one(data), number=number // requests, repeat=repeat)) / (number // requests)
+        best = min(timeit.repeat(lambda data=data: one(data), number=number // requests, repeat=repeat)) / (
+            number // requests
+        )
         print(f"{name}: {best / requests * 1e6:.3f} us per request")
 
 

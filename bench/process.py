@@ -18,6 +18,7 @@ pid (and the time of its first request), so no server needs an API for this.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import struct
@@ -80,9 +81,12 @@ def coldstart(ctx: Ctx) -> dict[str, Any]:
                 try:
                     if start_each(ctx, [server]):
                         runs.setdefault(f"{server.name} -w {workers}", []).append(
-                            {"first_200_s": server.started_s, "workers": workers, "errors": 0})
-                        ctx.progress.step(f"coldstart -w {workers} round {rnd}/{ctx.rounds} {server.name}: "
-                                          f"{server.started_s * 1000:.0f} ms")
+                            {"first_200_s": server.started_s, "workers": workers, "errors": 0}
+                        )
+                        ctx.progress.step(
+                            f"coldstart -w {workers} round {rnd}/{ctx.rounds} {server.name}: "
+                            f"{server.started_s * 1000:.0f} ms"
+                        )
                 finally:
                     stop_each(ctx, [server])
     return {"title": "Cold start: spawn to the first 200", "kind": "coldstart", "runs": runs}
@@ -93,9 +97,8 @@ def _under_load(ctx: Ctx, server: Any, duration: float, close: bool = False) -> 
 
     def work() -> None:
         try:
-            box["result"] = load.run_load(ctx.tool, server.url, duration, ctx.connections, ctx.load_cpus,
-                                          close=close)
-        except Exception as exc:  # reported by the caller
+            box["result"] = load.run_load(ctx.tool, server.url, duration, ctx.connections, ctx.load_cpus, close=close)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
             box["error"] = exc
 
     thread = threading.Thread(target=work, daemon=True)
@@ -120,19 +123,27 @@ def fairness(ctx: Ctx) -> dict[str, Any]:
                     ctx.note(f"fairness: {server.name}", str(box.get("error", "load did not finish")))
                     continue
                 live = set(server.worker_pids())
-                counts = sorted((n - start.get(pid, 0) for pid, (n, _) in read_counts(folder).items() if pid in live),
-                                reverse=True)
+                counts = sorted(
+                    (n - start.get(pid, 0) for pid, (n, _) in read_counts(folder).items() if pid in live), reverse=True
+                )
                 counts += [0] * max(0, ctx.process_workers - len(counts))
                 total = sum(counts) or 1
-                result = {**box["result"], "per_worker": counts,
-                          "max_min": counts[0] / counts[-1] if counts[-1] else float("inf"),
-                          "min_share": counts[-1] / total * ctx.process_workers}
+                result = {
+                    **box["result"],
+                    "per_worker": counts,
+                    "max_min": counts[0] / counts[-1] if counts[-1] else float("inf"),
+                    "min_share": counts[-1] / total * ctx.process_workers,
+                }
                 runs.setdefault(server.name, []).append(result)
                 ctx.progress.step(f"fairness round {rnd}/{ctx.rounds} {server.name}: per worker {counts}")
             finally:
                 stop_each(ctx, [server])
-    return {"title": f"Worker fairness, {ctx.process_workers} workers, Connection: close load", "kind": "fairness",
-            "workers": ctx.process_workers, "runs": runs}
+    return {
+        "title": f"Worker fairness, {ctx.process_workers} workers, Connection: close load",
+        "kind": "fairness",
+        "workers": ctx.process_workers,
+        "runs": runs,
+    }
 
 
 def _disrupt(ctx: Ctx, name: str) -> dict[str, Any]:
@@ -161,28 +172,39 @@ def _disrupt(ctx: Ctx, name: str) -> dict[str, Any]:
                 spawned = old_gone = float("nan")
                 while thread.is_alive():
                     now = set(server.worker_pids())
-                    if spawned != spawned and now - before:
+                    if math.isnan(spawned) and now - before:
                         spawned = time.time() - t0
-                    if old_gone != old_gone and not (now & gone):
+                    if math.isnan(old_gone) and not (now & gone):
                         old_gone = time.time() - t0
                     thread.join(0.01)
                 if "error" in box or "result" not in box:
                     ctx.note(f"{name}: {server.name}", str(box.get("error", "load did not finish")))
                     continue
                 fresh = [first for pid, (n, first) in read_counts(folder).items() if pid not in before and n]
-                result = {**box["result"], "replacement_s": min(fresh) - t0 if fresh else float("nan"),
-                          "spawned_s": spawned, "old_gone_s": old_gone, "server_alive": server.alive(),
-                          "workers_after": len(server.worker_pids()) if server.alive() else 0}
+                result = {
+                    **box["result"],
+                    "replacement_s": min(fresh) - t0 if fresh else float("nan"),
+                    "spawned_s": spawned,
+                    "old_gone_s": old_gone,
+                    "server_alive": server.alive(),
+                    "workers_after": len(server.worker_pids()) if server.alive() else 0,
+                }
                 runs.setdefault(server.name, []).append(result)
                 ctx.progress.step(
                     f"{name} round {rnd}/{ctx.rounds} {server.name}: {result['errors']} errors, new worker serving "
-                    f"after {result['replacement_s'] * 1000:.0f} ms, p99 {result.get('p99_ms', float('nan')):.1f} ms")
+                    f"after {result['replacement_s'] * 1000:.0f} ms, p99 {result.get('p99_ms', float('nan')):.1f} ms"
+                )
             finally:
                 stop_each(ctx, [server])
     what = "kill -9 of one worker" if name == "crash" else "SIGHUP to the server"
-    return {"title": f"{'Crash recovery' if name == 'crash' else 'HUP reload'} under load ({what} at "
-                     f"{duration / 3:.1f} s of {duration:g} s, {ctx.process_workers} workers)",
-            "kind": name, "workers": ctx.process_workers, "duration": duration, "runs": runs}
+    return {
+        "title": f"{'Crash recovery' if name == 'crash' else 'HUP reload'} under load ({what} at "
+        f"{duration / 3:.1f} s of {duration:g} s, {ctx.process_workers} workers)",
+        "kind": name,
+        "workers": ctx.process_workers,
+        "duration": duration,
+        "runs": runs,
+    }
 
 
 def crash(ctx: Ctx) -> dict[str, Any]:

@@ -34,12 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import tomllib
 
 START_WAIT = 60.0  # importing on a busy 2-core machine
 SETTLE_WAIT = 30.0
@@ -47,15 +47,19 @@ STOP_WAIT = 30.0
 HERE = Path(__file__).resolve().parent
 
 SHIMS = {
-    "serve": "exec {python} -m corral.master \"$@\"",
+    "serve": 'exec {python} -m corral.master "$@"',
     # its console script, not `python -m gunicorn`: a project's config named gunicorn.py (NetBox's) in the
     # working folder would shadow the package
-    "gunicorn": "exec {python} " + os.path.join(os.path.dirname(sys.executable), "gunicorn") + " \"$@\"",
+    "gunicorn": "exec {python} " + os.path.join(os.path.dirname(sys.executable), "gunicorn") + ' "$@"',
 }
 
 #: Headers every probe request carries: access-log atoms read them (%(a)s, %(f)s, %({x-request-id}i)s).
-PROBE_HEADERS = {"User-Agent": "replay-client/1.0", "Referer": "http://example.test/from",
-                 "X-Request-Id": "req-4242", "X-Forwarded-For": "203.0.113.9"}
+PROBE_HEADERS = {
+    "User-Agent": "replay-client/1.0",
+    "Referer": "http://example.test/from",
+    "X-Request-Id": "req-4242",
+    "X-Forwarded-For": "203.0.113.9",
+}
 PROBE_PATH = "/replay/probe?x=1&y=two"
 
 _TIMESTAMP = re.compile(r"\[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\]")
@@ -80,10 +84,20 @@ class Deployment:
     @classmethod
     def load(cls, folder: Path) -> Deployment:
         spec = tomllib.loads((folder / "replay.toml").read_text())
-        return cls(folder.name, folder, list(spec.get("run", [])), dict(spec.get("env", {})),
-                   dict(spec.get("apps", {})), dict(spec.get("expect", {})), spec.get("stop_signal", "TERM"),
-                   spec.get("cwd", "."), dict(spec.get("command_from", {})), list(spec.get("extract", [])),
-                   dict(spec.get("files", {})), list(spec.get("mkdirs", [])))
+        return cls(
+            folder.name,
+            folder,
+            list(spec.get("run", [])),
+            dict(spec.get("env", {})),
+            dict(spec.get("apps", {})),
+            dict(spec.get("expect", {})),
+            spec.get("stop_signal", "TERM"),
+            spec.get("cwd", "."),
+            dict(spec.get("command_from", {})),
+            list(spec.get("extract", [])),
+            dict(spec.get("files", {})),
+            list(spec.get("mkdirs", [])),
+        )
 
     def command(self, root: Path) -> list[str]:
         """`run`, or the command line taken from one of the project's files: a Dockerfile's shell-form CMD
@@ -94,7 +108,7 @@ class Deployment:
         source = self.command_from
         text = (root / source["file"]).read_text()
         line = next(line for line in text.splitlines() if line.startswith(source["prefix"]))
-        command = line[len(source["prefix"]):]
+        command = line[len(source["prefix"]) :]
         for old, new in source.get("replace", {}).items():
             command = command.replace(old, new)
         return ["/bin/sh", "-c", command] if source.get("shell") else shlex.split(command)
@@ -104,7 +118,7 @@ class Deployment:
         folders the deployment expects to exist."""
         for block in self.extract:
             text = (root / block["from"]).read_text()
-            code = next(c for c in re.findall(r"```python\n(.*?)```", text, re.S) if block["contains"] in c)
+            code = next(c for c in re.findall(r"```python\n(.*?)```", text, re.DOTALL) if block["contains"] in c)
             (root / block["to"]).write_text(code)
         for name, content in self.files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -169,8 +183,11 @@ class Observation:
         return [line for line in self.output.splitlines() if _ERROR_LINE.match(line)]
 
     def warnings(self) -> list[str]:
-        return [line for line in self.output.splitlines()
-                if re.search(r"\bwarning\b", line, re.I) and "/replay/probe" not in line]
+        return [
+            line
+            for line in self.output.splitlines()
+            if re.search(r"\bwarning\b", line, re.IGNORECASE) and "/replay/probe" not in line
+        ]
 
 
 class StatsdListener:
@@ -190,7 +207,7 @@ class StatsdListener:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -235,9 +252,11 @@ def _write_app_shims(root: Path, apps: dict[str, str]) -> None:
                 init.write_text("")
         leaf = folder / parts[-1]
         path = leaf / "__init__.py" if leaf.is_dir() else folder / f"{parts[-1]}.py"
-        source = {"wsgi": f"from replay_app import wsgi_app as {attribute}\n",
-                  "asgi": f"from replay_app import asgi_app as {attribute}\n",
-                  "wsgi-factory": f"from replay_app import create_wsgi_app as {attribute}\n"}[kind]
+        source = {
+            "wsgi": f"from replay_app import wsgi_app as {attribute}\n",
+            "asgi": f"from replay_app import asgi_app as {attribute}\n",
+            "wsgi-factory": f"from replay_app import create_wsgi_app as {attribute}\n",
+        }[kind]
         path.write_text(path.read_text() + source if path.exists() else source)
 
 
@@ -285,22 +304,38 @@ def replay(deployment: Deployment, server: str, workdir: Path | None = None) -> 
     shim.chmod(0o755)
     statsd = StatsdListener()
     port = free_port()
-    values = {"port": str(port), "tmp": str(root), "statsd": f"127.0.0.1:{statsd.port}",
-              "statsd_port": str(statsd.port), "python": sys.executable}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CORRAL_", "GUNICORN_", "PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"))}
+    values = {
+        "port": str(port),
+        "tmp": str(root),
+        "statsd": f"127.0.0.1:{statsd.port}",
+        "statsd_port": str(statsd.port),
+        "python": sys.executable,
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CORRAL_", "GUNICORN_", "PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"))
+    }
     env.update({k: v.format(**values) for k, v in deployment.env.items()})
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYTHONUNBUFFERED", "1")
     observed = Observation(server)
     argv = [a.replace("{tmp}", str(root)).replace("{port}", str(port)) for a in deployment.command(root)]
-    proc = subprocess.Popen(argv, cwd=root / deployment.cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=root / deployment.cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     out: list[bytes] = []
     err: list[bytes] = []
-    readers = [threading.Thread(target=lambda s=s, b=b: b.extend(iter(s.readline, b"")), daemon=True)
-               for s, b in ((proc.stdout, out), (proc.stderr, err))]
+    readers = [
+        threading.Thread(target=lambda s=s, b=b: b.extend(iter(s.readline, b"")), daemon=True)
+        for s, b in ((proc.stdout, out), (proc.stderr, err))
+    ]
     for reader in readers:
         reader.start()
     master = None
@@ -334,8 +369,13 @@ def replay(deployment: Deployment, server: str, workdir: Path | None = None) -> 
                     _wait(lambda: len(_children(master)) == want, SETTLE_WAIT, 0.1)
                 observed.workers = len(_children(master))
                 try:
-                    observed.processes = 1 + len([p for p in psutil.Process(master).children(recursive=True)
-                                                  if p.status() != psutil.STATUS_ZOMBIE])
+                    observed.processes = 1 + len(
+                        [
+                            p
+                            for p in psutil.Process(master).children(recursive=True)
+                            if p.status() != psutil.STATUS_ZOMBIE
+                        ]
+                    )
                 except psutil.Error:
                     observed.processes = None
             answered = sum(1 for value in (observed.ipv4, observed.ipv6) if value)

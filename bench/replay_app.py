@@ -69,8 +69,13 @@ async def asgi_app(scope, receive, send):
     if scope["type"] != "http":
         return
     body, kind = _answer(scope["path"], scope["query_string"].decode("latin-1"))
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -31,8 +31,9 @@ def main(number: int = 20000, repeat: int = 15) -> None:
     protocol = SimpleNamespace(
         transport=SimpleNamespace(write=lambda data: None),
         flow=SimpleNamespace(write_paused=False, read_paused=0),
-        server=SimpleNamespace(default_header_bytes=b"server: corral\r\ndate: Sun, 06 Dec 2026 00:00:00 GMT\r\n",
-                               stopping=False),
+        server=SimpleNamespace(
+            default_header_bytes=b"server: corral\r\ndate: Sun, 06 Dec 2026 00:00:00 GMT\r\n", stopping=False
+        ),
         state=SimpleNamespace(client_close=False),
         response_complete=lambda cycle: None,
     )
@@ -51,7 +52,10 @@ def main(number: int = 20000, repeat: int = 15) -> None:
         _run(cycle.send(PART))
         _run(cycle.send(END))
 
-    for name, fn in (("Content-Length response (start + body)", hello), ("chunked response (start + 3 bodies)", chunked)):
+    for name, fn in (
+        ("Content-Length response (start + body)", hello),
+        ("chunked response (start + 3 bodies)", chunked),
+    ):
         best = min(timeit.repeat(fn, number=number, repeat=repeat)) / number
         print(f"{name}: {best * 1e6:.3f} us")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 Before = Callable[[], None] | None  # called before each unit (bench/guard.py: wait until the worker is quiet)
 
@@ -134,10 +135,14 @@ class H2:
         self.requests_per_unit = streams
         self.sock = _connect(port, tls, alpn=["h2"])
         if tls and self.sock.selected_alpn_protocol() != "h2":  # type: ignore[attr-defined]  # an SSLSocket
-            raise RuntimeError(f"the server chose {self.sock.selected_alpn_protocol()!r} over h2")  # type: ignore[attr-defined]
+            raise RuntimeError(f"the server chose {self.sock.selected_alpn_protocol()!r} over h2")  # type: ignore[attr-defined]  # an SSLSocket here
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        self.headers = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https" if tls else b"http"),
-                        (b":authority", f"{HOST}:{port}".encode())]
+        self.headers = [
+            (b":method", b"GET"),
+            (b":path", b"/"),
+            (b":scheme", b"https" if tls else b"http"),
+            (b":authority", f"{HOST}:{port}".encode()),
+        ]
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
         self._settle_settings()
@@ -199,8 +204,10 @@ class WebSocket:
 
     def __init__(self, port: int, tls: bool = False) -> None:
         self.sock = _connect(port, tls)
-        self.sock.sendall(f"GET /ws HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        self.sock.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(4096)

@@ -12,8 +12,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from bench import load, procs
 
@@ -55,7 +56,7 @@ HOOKS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks_con
 
 def _corral_hooks(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
     """corral with gunicorn's pre_request/post_request hooks set (no-ops): what the hooks cost per request."""
-    return _corral(app, port, workers, opt) + ["-c", HOOKS_CONF]
+    return [*_corral(app, port, workers, opt), "-c", HOOKS_CONF]
 
 
 BEFORE_ENV = "CORRAL_BENCH_BEFORE"  # the python of another checkout's venv: corral before a change
@@ -69,8 +70,25 @@ def _corral_before(app: str, port: int, workers: int, opt: dict[str, Any]) -> li
 
 
 def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-    argv = [PY, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--workers", str(workers), "--loop",
-            "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    argv = [
+        PY,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     if opt.get("keepalive"):
         argv += ["--timeout-keep-alive", str(opt["keepalive"])]
     if opt.get("tls"):
@@ -80,33 +98,72 @@ def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str
 
 def _gunicorn(worker_class: str) -> Callable[[str, int, int, dict[str, Any]], list[str]]:
     def argv(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-        out = [PY, "-m", "gunicorn", "-k", worker_class, "-w", str(workers), "-b", f"{HOST}:{port}",
-               "--log-level", "warning", "--graceful-timeout", "5"]
+        out = [
+            PY,
+            "-m",
+            "gunicorn",
+            "-k",
+            worker_class,
+            "-w",
+            str(workers),
+            "-b",
+            f"{HOST}:{port}",
+            "--log-level",
+            "warning",
+            "--graceful-timeout",
+            "5",
+        ]
         if worker_class == "gthread":
             out += ["--threads", str(opt.get("threads") or 4)]
         if opt.get("keepalive"):
             out += ["--keep-alive", str(opt["keepalive"])]
         if opt.get("tls"):
             out += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
-        return out + [app]
+        return [*out, app]
 
     return argv
 
 
 def _hypercorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-    argv = [PY, "-m", "hypercorn", "-k", "uvloop", "-w", str(workers), "-b", f"{HOST}:{port}",
-            "--log-level", "warning", "--graceful-timeout", "5"]
+    argv = [
+        PY,
+        "-m",
+        "hypercorn",
+        "-k",
+        "uvloop",
+        "-w",
+        str(workers),
+        "-b",
+        f"{HOST}:{port}",
+        "--log-level",
+        "warning",
+        "--graceful-timeout",
+        "5",
+    ]
     if opt.get("keepalive"):
         argv += ["--keep-alive", str(opt["keepalive"])]
     if opt.get("tls"):
         argv += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
-    return argv + [app]
+    return [*argv, app]
 
 
 def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[str]]:
     def argv(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
-        out = [PY, "-m", "granian", "--interface", interface, "--workers", str(workers), "--host", HOST,
-               "--port", str(port), "--log-level", "warning"]
+        out = [
+            PY,
+            "-m",
+            "granian",
+            "--interface",
+            interface,
+            "--workers",
+            str(workers),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
         out.append("--respawn-failed-workers")  # off by default: a crashed worker would stop granian
         if interface == "asgi":
             out += ["--loop", "uvloop"]
@@ -114,25 +171,33 @@ def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[s
             out += ["--blocking-threads", str(opt.get("threads") or 4)]
         if opt.get("tls"):  # the key must be PKCS#8: throughput.self_signed's is
             out += ["--ssl-certificate", opt["tls"][0], "--ssl-keyfile", opt["tls"][1]]
-        return out + [app]
+        return [*out, app]
 
     return argv
 
 
-SPECS: dict[str, Spec] = {s.name: s for s in (
-    Spec("corral", "asgi", "corral.master", _corral),
-    Spec("uvicorn", "asgi", "uvicorn", _uvicorn, note="httptools + uvloop, --workers N"),
-    Spec("gunicorn-uvicorn", "asgi", "uvicorn.workers", _gunicorn("uvicorn.workers.UvicornWorker"),
-         note="gunicorn -k uvicorn.workers.UvicornWorker"),
-    Spec("hypercorn", "asgi", "hypercorn", _hypercorn, note="-k uvloop"),
-    Spec("granian", "asgi", "granian", _granian("asgi"), note="--interface asgi --loop uvloop"),
-    Spec("corral-wsgi", "wsgi", "corral.master", _corral, websocket=False),
-    Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
-    Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
-    Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
-    Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
-    Spec("granian-wsgi", "wsgi", "granian", _granian("wsgi"), websocket=False, note="--interface wsgi"),
-)}
+SPECS: dict[str, Spec] = {
+    s.name: s
+    for s in (
+        Spec("corral", "asgi", "corral.master", _corral),
+        Spec("uvicorn", "asgi", "uvicorn", _uvicorn, note="httptools + uvloop, --workers N"),
+        Spec(
+            "gunicorn-uvicorn",
+            "asgi",
+            "uvicorn.workers",
+            _gunicorn("uvicorn.workers.UvicornWorker"),
+            note="gunicorn -k uvicorn.workers.UvicornWorker",
+        ),
+        Spec("hypercorn", "asgi", "hypercorn", _hypercorn, note="-k uvloop"),
+        Spec("granian", "asgi", "granian", _granian("asgi"), note="--interface asgi --loop uvloop"),
+        Spec("corral-wsgi", "wsgi", "corral.master", _corral, websocket=False),
+        Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
+        Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
+        Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
+        Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
+        Spec("granian-wsgi", "wsgi", "granian", _granian("wsgi"), websocket=False, note="--interface wsgi"),
+    )
+}
 # `corral-wsgi` is corral on the WSGI app: its row keeps the WSGI table apart from the ASGI ones.
 # `corral-hooks` runs only when named (--servers corral,corral-hooks): it measures the hooks' cost.
 OPT_IN = ("corral-hooks", "corral-before")

@@ -25,27 +25,66 @@ MIB = 1024 * 1024
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "plaintext": {"app": "bench.apps:hello", "iface": "asgi", "title": "Hello-world plaintext (ASGI)"},
-    "close": {"app": "bench.apps:hello", "iface": "asgi", "close": True,
-              "title": "Hello-world plaintext, Connection: close on every request (ASGI)"},
+    "close": {
+        "app": "bench.apps:hello",
+        "iface": "asgi",
+        "close": True,
+        "title": "Hello-world plaintext, Connection: close on every request (ASGI)",
+    },
     "json": {"app": "bench.apps:json_1k", "iface": "asgi", "title": "1 KiB JSON response (ASGI)"},
-    "echo": {"app": "bench.apps:echo", "iface": "asgi", "body": MIB, "conns": 8,
-             "title": "1 MiB request body echoed (ASGI)"},
+    "echo": {
+        "app": "bench.apps:echo",
+        "iface": "asgi",
+        "body": MIB,
+        "conns": 8,
+        "title": "1 MiB request body echoed (ASGI)",
+    },
     "stream": {"app": "bench.apps:stream", "iface": "asgi", "conns": 8, "title": "10 MiB streamed response (ASGI)"},
     "wsgi": {"app": "bench.apps:hello_wsgi", "iface": "wsgi", "title": "Hello-world WSGI"},
-    "django": {"app": "bench.django_site.wsgi:application", "iface": "wsgi",
-               "title": "Django WSGI view: ten rows from the ORM on sqlite, startproject's middleware"},
-    "websocket": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws": True,
-                  "title": "WebSocket echo, 16-byte messages (messages/s)"},
-    "metrics": {"app": "bench.apps:hello", "iface": "asgi", "metrics": True,
-                "title": "Hello-world plaintext, corral with metrics on (--metrics-bind) vs off (ASGI)"},
-    "websocket-1mib": {"app": "bench.apps:ws_echo", "iface": "asgi", "ws_big": True, "conns": 4,
-                       "title": "WebSocket echo, 1 MiB binary messages (messages/s; client: bench/websocket.py)"},
-    "tls": {"app": "bench.apps:hello", "iface": "asgi", "tls": True,
-            "title": "Hello-world plaintext over TLS 1.3 (HTTP/1.1, keep-alive; the same self-signed certificate)"},
-    "h2": {"app": "bench.apps:hello", "iface": "asgi", "h2": True, "conns": 16,
-           "title": "Hello-world plaintext over h2c, 32 streams per connection (ASGI; h2load)"},
-    "h2-json": {"app": "bench.apps:json_1k", "iface": "asgi", "h2": True, "conns": 16,
-                "title": "1 KiB JSON over h2c, 32 streams per connection (ASGI; h2load)"},
+    "django": {
+        "app": "bench.django_site.wsgi:application",
+        "iface": "wsgi",
+        "title": "Django WSGI view: ten rows from the ORM on sqlite, startproject's middleware",
+    },
+    "websocket": {
+        "app": "bench.apps:ws_echo",
+        "iface": "asgi",
+        "ws": True,
+        "title": "WebSocket echo, 16-byte messages (messages/s)",
+    },
+    "metrics": {
+        "app": "bench.apps:hello",
+        "iface": "asgi",
+        "metrics": True,
+        "title": "Hello-world plaintext, corral with metrics on (--metrics-bind) vs off (ASGI)",
+    },
+    "websocket-1mib": {
+        "app": "bench.apps:ws_echo",
+        "iface": "asgi",
+        "ws_big": True,
+        "conns": 4,
+        "title": "WebSocket echo, 1 MiB binary messages (messages/s; client: bench/websocket.py)",
+    },
+    "tls": {
+        "app": "bench.apps:hello",
+        "iface": "asgi",
+        "tls": True,
+        "title": "Hello-world plaintext over TLS 1.3 (HTTP/1.1, keep-alive; the same self-signed certificate)",
+    },
+    "h2": {
+        "app": "bench.apps:hello",
+        "iface": "asgi",
+        "h2": True,
+        "conns": 16,
+        "title": "Hello-world plaintext over h2c, 32 streams per connection (ASGI; h2load)",
+    },
+    "h2-json": {
+        "app": "bench.apps:json_1k",
+        "iface": "asgi",
+        "h2": True,
+        "conns": 16,
+        "title": "1 KiB JSON over h2c, 32 streams per connection (ASGI; h2load)",
+    },
 }
 
 H2_SERVERS = ("corral", "hypercorn", "granian")  # the peers that speak h2c
@@ -78,8 +117,14 @@ def _websocket_runner(big: bool) -> Any:
             raise RuntimeError(f"bench.websocket.measure wants {missing}: not integrated yet")
         got = uvloop.run(measure(**{n: v for n, v in offered.items() if n in wanted}))
         rate = float(got[0] if isinstance(got, (tuple, list)) else got)
-        return {"tool": "bench.websocket", "rps": rate, "mib_s": rate * len(payload) / MIB, "errors": 0,
-                "error_detail": {}, "requests": int(rate * duration)}
+        return {
+            "tool": "bench.websocket",
+            "rps": rate,
+            "mib_s": rate * len(payload) / MIB,
+            "errors": 0,
+            "error_detail": {},
+            "requests": int(rate * duration),
+        }
 
     return run
 
@@ -142,8 +187,15 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
             extra = {"pid": server.worker_pids()[0]} if sc.get("ws_big") else {}
             result = dict(ws_runner(f"ws://{load.HOST}:{server.port}/", duration, conns, ctx.load_cpus, **extra))
         else:
-            result = load.run_load(ctx.tool, server.url, duration, conns, ctx.load_cpus,
-                                   body=sc.get("body", 0), close=bool(sc.get("close")))
+            result = load.run_load(
+                ctx.tool,
+                server.url,
+                duration,
+                conns,
+                ctx.load_cpus,
+                body=sc.get("body", 0),
+                close=bool(sc.get("close")),
+            )
         result["cpu_cores"] = cpu.stop()
         result["other_cores"] = other.stop()
         result["other_on_server_cpus"] = core.stop()
@@ -157,10 +209,13 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
             ctx.progress.show(f"{name}: warming up {server.name}")
             try:
                 once(server, 0.5 if ctx.quick else max(1.0, ctx.duration / 3))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a server that fails its warm-up is noted, and the others measured
                 ctx.note(f"{name}: {server.name} failed its warm-up", f"{type(exc).__name__}: {exc}"[-1500:])
         runs = interleave(
-            ctx, name, running, lambda server: least_disturbed(ctx, name, server, lambda: once(server, ctx.duration)),
+            ctx,
+            name,
+            running,
+            lambda server: least_disturbed(ctx, name, server, lambda: once(server, ctx.duration)),
             lambda r: f"{r['rps']:,.0f}/s, p99 {r.get('p99_ms', float('nan')):.2f} ms, {r['errors']} errors",
         )
     finally:
@@ -171,11 +226,21 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
 
         ctx.progress.show("metrics: the in-process Python cost per request")
         inprocess = metrics_cost.measure(rounds=max(5, ctx.rounds * 2), requests=5000 if ctx.quick else 20000)
-    return {"title": sc["title"], "kind": "throughput", "iface": sc["iface"], "connections": conns, "app": sc["app"],
-            **({"inprocess": inprocess} if inprocess else {}),
-            **({"baseline": "corral"} if sc.get("metrics") else {}),
-            "generator": ("bench/websocket.py" if sc.get("ws_big") else "builtin (WebSocket)") if ws_runner
-            else "h2load" if sc.get("h2") else ctx.tool, "runs": runs}
+    return {
+        "title": sc["title"],
+        "kind": "throughput",
+        "iface": sc["iface"],
+        "connections": conns,
+        "app": sc["app"],
+        **({"inprocess": inprocess} if inprocess else {}),
+        **({"baseline": "corral"} if sc.get("metrics") else {}),
+        "generator": ("bench/websocket.py" if sc.get("ws_big") else "builtin (WebSocket)")
+        if ws_runner
+        else "h2load"
+        if sc.get("h2")
+        else ctx.tool,
+        "runs": runs,
+    }
 
 
 def run_loadgen(ctx: Ctx) -> dict[str, Any]:
@@ -196,12 +261,18 @@ def run_loadgen(ctx: Ctx) -> dict[str, Any]:
                     result = load.run_load(tool, server.url, ctx.duration, ctx.connections, ctx.load_cpus)
                     result["other_cores"] = other.stop()
                     runs.setdefault(tool, []).append(result)
-                    ctx.progress.step(f"loadgen round {rnd}/{ctx.rounds} {tool}: {result['rps']:,.0f}/s, "
-                                      f"generator {result['gen_cores']:.2f} cores")
+                    ctx.progress.step(
+                        f"loadgen round {rnd}/{ctx.rounds} {tool}: {result['rps']:,.0f}/s, "
+                        f"generator {result['gen_cores']:.2f} cores"
+                    )
     finally:
         stop_each(ctx, [server])
-    return {"title": "Built-in generator vs wrk (corral plaintext, same server)", "kind": "loadgen",
-            "connections": ctx.connections, "runs": runs}
+    return {
+        "title": "Built-in generator vs wrk (corral plaintext, same server)",
+        "kind": "loadgen",
+        "connections": ctx.connections,
+        "runs": runs,
+    }
 
 
 def self_signed(folder: str) -> tuple[str, str]:
@@ -210,7 +281,29 @@ def self_signed(folder: str) -> tuple[str, str]:
 
     cert, key = os.path.join(folder, "bench-cert.pem"), os.path.join(folder, "bench-key.pem")
     if not os.path.exists(cert):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
-                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     return cert, key

@@ -69,8 +69,10 @@ def echo_size(payload: bytes) -> int:
 
 def handshake(port: int) -> bytes:
     key = base64.b64encode(os.urandom(16))
-    return (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (port, key))
+    return (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (port, key)
+    )
 
 
 class EchoClient(asyncio.Protocol):
@@ -102,7 +104,7 @@ class EchoClient(asyncio.Protocol):
                 self.opened.set_exception(RuntimeError(self.head[:200]))
                 return
             self.open = True
-            data = self.head[end + 4:]
+            data = self.head[end + 4 :]
             self.head = b""
             self.opened.set_result(self)
             if not data:
@@ -131,8 +133,9 @@ async def open_clients(port: int, count: int, payload: bytes, state: dict) -> li
         batch = []
         for _ in range(start, min(count, start + 200)):
             opened = loop.create_future()
-            await loop.create_connection(lambda: EchoClient(port, frame, echo_size(payload), opened, state),
-                                         "127.0.0.1", port)
+            await loop.create_connection(
+                lambda opened=opened: EchoClient(port, frame, echo_size(payload), opened, state), "127.0.0.1", port
+            )
             batch.append(opened)
         clients += await asyncio.wait_for(asyncio.gather(*batch), 60)
     return clients
@@ -144,10 +147,9 @@ _C_CLIENT: list[str | None] = []
 def c_client() -> str | None:
     """bench/ws_client.c compiled (once, into a temporary folder), or None without a C compiler."""
     if not _C_CLIENT:
+        import atexit
         import shutil
         import tempfile
-
-        import atexit
 
         path = None
         compiler = shutil.which("cc") or shutil.which("gcc")
@@ -155,8 +157,11 @@ def c_client() -> str | None:
             folder = tempfile.mkdtemp(prefix="corral-bench-")
             atexit.register(shutil.rmtree, folder, True)  # the binary lives as long as this process
             path = os.path.join(folder, "ws_client")
-            result = subprocess.run([compiler, "-O2", "-o", path, os.path.join(ROOT, "bench", "ws_client.c")],
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                [compiler, "-O2", "-o", path, os.path.join(ROOT, "bench", "ws_client.c")],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 print(f"warning: could not compile bench/ws_client.c:\n{result.stderr}", file=sys.stderr)
                 path = None
@@ -164,12 +169,24 @@ def c_client() -> str | None:
     return _C_CLIENT[0]
 
 
-async def measure_c(client: str, port: int, pid: int, clients: int, payload: int, seconds: float) -> tuple[float, float]:
+async def measure_c(
+    client: str, port: int, pid: int, clients: int, payload: int, seconds: float
+) -> tuple[float, float]:
     """As `measure`, with the C client (its own process, pinned to core 1)."""
     cpu = cpu_seconds(pid)
     proc = await asyncio.create_subprocess_exec(
-        "taskset", "-c", "1", client, str(port), str(clients), str(payload), "0", str(seconds),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        "taskset",
+        "-c",
+        "1",
+        client,
+        str(port),
+        str(clients),
+        str(payload),
+        "0",
+        str(seconds),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = await proc.communicate()
     cpu = cpu_seconds(pid) - cpu
     if proc.returncode != 0:
@@ -231,12 +248,18 @@ async def idle_memory(port: int, pid: int, count: int) -> float:
 class Server:
     def __init__(self, name: str, command: list[str], port: int | None, env: dict | None = None) -> None:
         self.name = name
-        self.proc = subprocess.Popen(["taskset", "-c", "0", *command], cwd=ROOT, env=base_env(env),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", *command],
+            cwd=ROOT,
+            env=base_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if port is None:  # bench/launch.py prints the port it bound
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]  # stdout=PIPE
             if not line.startswith("listening on "):
-                raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore
+                raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore[union-attr]  # stdout=PIPE
             port = int(line.split()[-1])
         self.port = port
         if not wait_port(port, self.proc):
@@ -256,10 +279,31 @@ def start_servers(uvicorn_ws: list[str]) -> list[Server]:
     servers = [Server("corral", [sys.executable, "-m", "bench.launch", APP], None)]
     for ws in uvicorn_ws:
         port = free_port()
-        servers.append(Server(f"uvicorn --ws {ws}", [
-            sys.executable, "-m", "uvicorn", APP, "--port", str(port), "--ws", ws, "--loop", "uvloop",
-            "--http", "httptools", "--log-level", "warning", "--no-access-log", "--lifespan", "off",
-        ], port))
+        servers.append(
+            Server(
+                f"uvicorn --ws {ws}",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    APP,
+                    "--port",
+                    str(port),
+                    "--ws",
+                    ws,
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--lifespan",
+                    "off",
+                ],
+                port,
+            )
+        )
     return servers
 
 
@@ -269,10 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--idle", type=int, default=2000, help="idle sockets for the memory figure (0: skip)")
-    parser.add_argument("--uvicorn-ws", default="websockets-sansio,websockets",
-                        help="uvicorn --ws implementations to compare with (comma-separated)")
-    parser.add_argument("--python-client", action="store_true",
-                        help="use the Python client even when bench/ws_client.c compiles")
+    parser.add_argument(
+        "--uvicorn-ws",
+        default="websockets-sansio,websockets",
+        help="uvicorn --ws implementations to compare with (comma-separated)",
+    )
+    parser.add_argument(
+        "--python-client", action="store_true", help="use the Python client even when bench/ws_client.c compiles"
+    )
     args = parser.parse_args(argv)
     try:
         os.sched_setaffinity(0, {1})  # the client on core 1; the servers are on core 0
@@ -296,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                 pid = server_pid(server)
                 if client is not None:
                     rt, cpu = loop.run_until_complete(
-                        measure_c(client, server.port, pid, args.clients, len(SMALL), args.seconds))
+                        measure_c(client, server.port, pid, args.clients, len(SMALL), args.seconds)
+                    )
                     messages, _ = loop.run_until_complete(
-                        measure_c(client, server.port, pid, 4, len(BIG), args.seconds / 2))
+                        measure_c(client, server.port, pid, 4, len(BIG), args.seconds / 2)
+                    )
                 else:
                     rt, cpu = loop.run_until_complete(measure(server.port, pid, args.clients, SMALL, args.seconds))
                     messages, _ = loop.run_until_complete(measure(server.port, pid, 4, BIG, args.seconds / 2))
@@ -306,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[server.name]["rt"].append(rt)
                 results[server.name]["mib"].append(mib)
                 results[server.name]["cpu"].append(cpu)
-                print(f"round {round_ + 1} {server.name:28} {rt:10.0f} rt/s {cpu:7.1f} us CPU/rt "
-                      f"{mib:8.1f} MiB/s", flush=True)
+                print(
+                    f"round {round_ + 1} {server.name:28} {rt:10.0f} rt/s {cpu:7.1f} us CPU/rt {mib:8.1f} MiB/s",
+                    flush=True,
+                )
         if args.idle:
             for server in servers:
                 memory[server.name] = loop.run_until_complete(idle_memory(server.port, server_pid(server), args.idle))
@@ -324,13 +376,14 @@ def main(argv: list[str] | None = None) -> int:
         cpu = statistics.median(results[server.name]["cpu"])
         mib = statistics.median(results[server.name]["mib"])
         mem = memory.get(server.name)
-        print(f"{server.name:28} {rt:14.0f} {cpu:10.1f} {mib:12.1f} "
-              f"{(f'{mem:.1f}' if mem is not None else '-'):>16}")
+        print(f"{server.name:28} {rt:14.0f} {cpu:10.1f} {mib:12.1f} {(f'{mem:.1f}' if mem is not None else '-'):>16}")
     for server in servers[1:]:
         ratio = base / statistics.median(results[server.name]["rt"])
         cpu_ratio = statistics.median(results[server.name]["cpu"]) / base_cpu
-        print(f"corral vs {server.name}: {ratio:.2f}x round trips per second, "
-              f"{cpu_ratio:.2f}x less server CPU per round trip")
+        print(
+            f"corral vs {server.name}: {ratio:.2f}x round trips per second, "
+            f"{cpu_ratio:.2f}x less server CPU per round trip"
+        )
     return 0
 
 

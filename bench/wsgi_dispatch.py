@@ -48,14 +48,56 @@ def _command(variant: str, app: str, threads: int) -> tuple[list[str], dict[str,
         if mode in ("connection", "inline", "adapter"):
             env["BENCH_WSGI_DISPATCH"] = mode
         launcher = ["corral.master"] if build is None else ["bench.compiled", "serve", build, "--"]
-        return [PY, "-m", *launcher, app, "-w", "1", "-b", f"{HOST}:{PORT}", "--log-level", "warning",
-                "--threads", str(threads)], env
+        return [
+            PY,
+            "-m",
+            *launcher,
+            app,
+            "-w",
+            "1",
+            "-b",
+            f"{HOST}:{PORT}",
+            "--log-level",
+            "warning",
+            "--threads",
+            str(threads),
+        ], env
     if variant == "granian-wsgi":
-        return [PY, "-m", "granian", "--interface", "wsgi", "--workers", "1", "--host", HOST, "--port", str(PORT),
-                "--log-level", "warning", "--blocking-threads", str(threads), app], env
+        return [
+            PY,
+            "-m",
+            "granian",
+            "--interface",
+            "wsgi",
+            "--workers",
+            "1",
+            "--host",
+            HOST,
+            "--port",
+            str(PORT),
+            "--log-level",
+            "warning",
+            "--blocking-threads",
+            str(threads),
+            app,
+        ], env
     if variant == "gunicorn-gthread":
-        return [PY, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(threads), "-b",
-                f"{HOST}:{PORT}", "--log-level", "warning", app], env
+        return [
+            PY,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gthread",
+            "-w",
+            "1",
+            "--threads",
+            str(threads),
+            "-b",
+            f"{HOST}:{PORT}",
+            "--log-level",
+            "warning",
+            app,
+        ], env
     raise ValueError(variant)
 
 
@@ -65,25 +107,28 @@ def _usage(pids: list[int]) -> tuple[float, float, int]:
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
             user += int(fields[11]) / tick
             system += int(fields[12]) / tick
             for task in os.listdir(f"/proc/{pid}/task"):
-                for line in open(f"/proc/{pid}/task/{task}/status"):
-                    if "ctxt_switches" in line:
-                        switches += int(line.split()[1])
+                with open(f"/proc/{pid}/task/{task}/status") as fh:
+                    switches += sum(int(line.split()[1]) for line in fh if "ctxt_switches" in line)
         except (OSError, IndexError):
             pass
     return user, system, switches
 
 
 def _wrk(seconds: float) -> str:
-    return subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds:g}s", "--latency",
-                           f"http://{HOST}:{PORT}/"], capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds:g}s", "--latency", f"http://{HOST}:{PORT}/"],
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def _ms(text: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]  # wrk's format
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
@@ -108,11 +153,15 @@ def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, f
         user0, sys0, sw0 = _usage(pids)
         out = _wrk(seconds)
         user1, sys1, sw1 = _usage(pids)
-        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-        return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-                "us_cpu": 1e6 * (user1 - user0 + sys1 - sys0) / requests, "us_user": 1e6 * (user1 - user0) / requests,
-                "us_sys": 1e6 * (sys1 - sys0) / requests, "switches": (sw1 - sw0) / requests,
-                "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))}  # type: ignore[union-attr]
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]  # wrk's format
+        return {
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]  # wrk's format
+            "us_cpu": 1e6 * (user1 - user0 + sys1 - sys0) / requests,
+            "us_user": 1e6 * (user1 - user0) / requests,
+            "us_sys": 1e6 * (sys1 - sys0) / requests,
+            "switches": (sw1 - sw0) / requests,
+            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),
+        }  # type: ignore[union-attr]  # wrk's format
     finally:
         procs.stop(server, timeout=15)
 
@@ -123,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--app", default="bench.apps:hello_wsgi")
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--variants", default="corral-pool,corral-connection,corral-inline,corral-adapter,corral-asgi,"
-                                              "granian-wsgi,gunicorn-gthread")
+    parser.add_argument(
+        "--variants",
+        default="corral-pool,corral-connection,corral-inline,corral-adapter,corral-asgi,granian-wsgi,gunicorn-gthread",
+    )
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
@@ -132,21 +183,29 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             result = measure(variant, args.app, args.threads, args.duration)
             results[variant].append(result)
-            print(f"round {rnd + 1} {variant}: {result['rps']:,.0f}/s, {result['us_cpu']:.1f} us CPU/request, "
-                  f"{result['switches']:.2f} switches/request, p99 {result['p99_ms']:.2f} ms", file=sys.stderr)
+            print(
+                f"round {rnd + 1} {variant}: {result['rps']:,.0f}/s, {result['us_cpu']:.1f} us CPU/request, "
+                f"{result['switches']:.2f} switches/request, p99 {result['p99_ms']:.2f} ms",
+                file=sys.stderr,
+            )
 
     def cell(rows: list[dict[str, float]], key: str, fmt: str) -> str:
         values = [r[key] for r in rows]
         return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
-    print(f"`python -m bench.wsgi_dispatch {' '.join(argv if argv is not None else sys.argv[1:])}` "
-          f"({args.app}, {args.threads} threads, {args.rounds} interleaved rounds of {args.duration:g} s; medians, min-max)\n")
+    print(
+        f"`python -m bench.wsgi_dispatch {' '.join(argv if argv is not None else sys.argv[1:])}` "
+        f"({args.app}, {args.threads} threads, {args.rounds} interleaved rounds of {args.duration:g} s; "
+        "medians, min-max)\n"
+    )
     print("| variant | req/s | CPU us/request | of which user | of which system | context switches/request | p99 ms |")
     print("|---|---|---|---|---|---|---|")
     for variant, rows in results.items():
-        print(f"| {variant} | {cell(rows, 'rps', ',.0f')} | {cell(rows, 'us_cpu', '.1f')} | "
-              f"{cell(rows, 'us_user', '.1f')} | {cell(rows, 'us_sys', '.1f')} | "
-              f"{cell(rows, 'switches', '.2f')} | {cell(rows, 'p99_ms', '.2f')} |")
+        print(
+            f"| {variant} | {cell(rows, 'rps', ',.0f')} | {cell(rows, 'us_cpu', '.1f')} | "
+            f"{cell(rows, 'us_user', '.1f')} | {cell(rows, 'us_sys', '.1f')} | "
+            f"{cell(rows, 'switches', '.2f')} | {cell(rows, 'p99_ms', '.2f')} |"
+        )
     return 0
 
 

@@ -109,8 +109,10 @@ def setting_block(setting: Setting) -> str:
         "",
         "| command line | environment | config file | default |",
         "|---|---|---|---|",
-        f"| {_cell(cli_flags(setting))} | `{setting.env}` | `{_cell(config_line(setting))}` | "
-        f"{default_cell(setting)} |",
+        (
+            f"| {_cell(cli_flags(setting))} | `{setting.env}` | `{_cell(config_line(setting))}` | "
+            f"{default_cell(setting)} |"
+        ),
         "",
         setting.help,
         "",
@@ -155,8 +157,9 @@ def _error(message: str) -> Exception:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     found = WORK_ITEM.search(markdown)
     if found:
-        raise _error(f"{page.file.src_path} names an internal work item ({found.group(0)!r}): "
-                         "say what the product does instead")
+        raise _error(
+            f"{page.file.src_path} names an internal work item ({found.group(0)!r}): say what the product does instead"
+        )
     if page.file.src_path == "settings.md":
         if MARKER not in markdown:
             raise _error(f"settings.md lost its {MARKER} marker: the reference has nowhere to go")

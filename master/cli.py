@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 
 from corral.master.config.carryover import apply_environment, effective, scan_flags
 from corral.master.config.sources import ConfigProblems, collect, find_config, settings_options
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
-from corral.shared.settings import REGISTRY, Settings, SettingError
+from corral.shared.settings import REGISTRY, SettingError, Settings
 
 __all__ = ["main", "serve", "status"]
 
@@ -30,7 +31,7 @@ PROG = "serve"
 def _fail(message: str, code: int) -> int:
     """One `serve: error:` line per problem (a config file may have several, all reported in one run)."""
     lines = message.split("\n") if isinstance(message, str) else [str(message)]
-    if not lines[0].startswith("Traceback") and len(lines) > 1 and not any(l.startswith("  ") for l in lines):
+    if not lines[0].startswith("Traceback") and len(lines) > 1 and not any(line.startswith("  ") for line in lines):
         for line in lines:
             click.echo(f"{PROG}: error: {line}", err=True)
     else:
@@ -40,13 +41,22 @@ def _fail(message: str, code: int) -> int:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("app", required=False, metavar="APP")
-@click.option("-c", "--config", "config_path", default=None, metavar="FILE",
-              help="A Python config file (gunicorn's format: the module-level names that are settings are "
-                   "read, the others ignored), or python:package.module for one on the import path. Without "
-                   "it, ./corral.conf.py, else ./gunicorn.conf.py, is loaded when present.")
-@click.option("--check-config", is_flag=True,
-              help="Check the settings and import the app (in a short-lived child), then exit: 0 when both "
-                   "are good, 2 for a bad setting, 4 when the app does not import.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=None,
+    metavar="FILE",
+    help="A Python config file (gunicorn's format: the module-level names that are settings are "
+    "read, the others ignored), or python:package.module for one on the import path. Without "
+    "it, ./corral.conf.py, else ./gunicorn.conf.py, is loaded when present.",
+)
+@click.option(
+    "--check-config",
+    is_flag=True,
+    help="Check the settings and import the app (in a short-lived child), then exit: 0 when both "
+    "are good, 2 for a bad setting, 4 when the app does not import.",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective settings (name = value) and exit.")
 # The version is looked up only when asked: importlib.metadata costs ~20 ms of every start.
 @click.version_option(None, "--version", package_name="corral", prog_name="corral", message="%(prog)s %(version)s")
@@ -66,8 +76,9 @@ def serve(app: str | None, config_path: str | None, check_config: bool, print_co
         return _fail(str(exc), CONFIG_ERROR)
 
     def load() -> Settings:
-        settings = collect(params, config_path, environ=os.environ, folder=start_cwd,
-                           cmd_args=_cmd_args(dict(os.environ))[0])
+        settings = collect(
+            params, config_path, environ=os.environ, folder=start_cwd, cmd_args=_cmd_args(dict(os.environ))[0]
+        )
         apply_environment(settings)
         return effective(settings)
 
@@ -79,15 +90,23 @@ def serve(app: str | None, config_path: str | None, check_config: bool, print_co
     if not app:
         return _fail("missing the application: serve [OPTIONS] APP (e.g. myproject.asgi:application)", CONFIG_ERROR)
     if settings.reload and settings.preload_app:
-        return _fail("--reload cannot work with --preload: the app is imported once in the master, so new code "
-                     "needs a new master (USR2); drop --preload while developing", CONFIG_ERROR)
+        return _fail(
+            "--reload cannot work with --preload: the app is imported once in the master, so new code "
+            "needs a new master (USR2); drop --preload while developing",
+            CONFIG_ERROR,
+        )
     if check_config:
         return _check(app, settings)
     return run(app, settings, load, config_path)
 
 
-def _settings(params: dict[str, Any], config_path: str | None, environ: dict[str, str], cwd: str,
-              problems: list[str] | None = None) -> tuple[str | None, Settings]:
+def _settings(
+    params: dict[str, Any],
+    config_path: str | None,
+    environ: dict[str, str],
+    cwd: str,
+    problems: list[str] | None = None,
+) -> tuple[str | None, Settings]:
     """(the config's location, the effective settings) from every source; raises ConfigProblems naming
     every bad flag, value and key of the run (and `problems`, those found before)."""
     # As gunicorn: the working folder is on the import path before the config is read, so that a config
@@ -96,8 +115,9 @@ def _settings(params: dict[str, Any], config_path: str | None, environ: dict[str
         sys.path.insert(0, cwd)
     cmd_args, cmd_problems = _cmd_args(environ)
     config_path = _config_location(config_path or cmd_args.pop("config_path", None), cwd)
-    settings = collect(params, config_path, environ=environ, folder=cwd, cmd_args=cmd_args,
-                       problems=[*(problems or ()), *cmd_problems])
+    settings = collect(
+        params, config_path, environ=environ, folder=cwd, cmd_args=cmd_args, problems=[*(problems or ()), *cmd_problems]
+    )
     apply_environment(settings)  # -e and --pythonpath before a -k path is imported
     return config_path, effective(settings)
 
@@ -139,8 +159,13 @@ def _cmd_args(environ: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
         except click.UsageError as exc:
             problems.append(f"{variable}: {exc.format_message()}")
             continue
-        given.update({k: v for k, v in context.params.items()
-                      if v is not None and v != () and k not in ("app", "check_config", "print_config")})
+        given.update(
+            {
+                k: v
+                for k, v in context.params.items()
+                if v is not None and v != () and k not in ("app", "check_config", "print_config")
+            }
+        )
     return given, problems
 
 
@@ -175,9 +200,9 @@ def _check(app: str, settings: Settings) -> int:
 def run(app: str, settings: Settings, load: Any, config_path: str | None = None) -> int:
     # Imported here: `serve --help` and `--print-config` need none of this.
     from corral.master.arbiter.loop import AppCheckError, Arbiter, CrashLoop
+    from corral.master.listen.sockets import BindError
     from corral.master.observe.logs import setup_logging
     from corral.master.status.pidfile import PidfileError
-    from corral.master.listen.sockets import BindError
     from corral.worker.app.load import AppImportError
 
     try:
@@ -207,13 +232,26 @@ def run(app: str, settings: Settings, load: Any, config_path: str | None = None)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-p", "--pid", "pidfile", default=None, metavar="FILE",
-              help="The master's pid file (its --pid); default: the one master started without --pid.")
-@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON (one line per update "
-                                                       "with --watch).")
+@click.option(
+    "-p",
+    "--pid",
+    "pidfile",
+    default=None,
+    metavar="FILE",
+    help="The master's pid file (its --pid); default: the one master started without --pid.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the status document as JSON (one line per update with --watch)."
+)
 @click.option("--watch", is_flag=True, help="Show it again every --interval seconds until Ctrl-C.")
-@click.option("-n", "--interval", default=2.0, type=click.FloatRange(min=0.1), metavar="SECONDS",
-              help="Seconds between updates with --watch (default 2).")
+@click.option(
+    "-n",
+    "--interval",
+    default=2.0,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Seconds between updates with --watch (default 2).",
+)
 def status(pidfile: str | None, as_json: bool, watch: bool, interval: float) -> int:
     """Show the master's figures (requests/s, p50/p99, pool, restarts by cause) and its workers (pid, age,
     requests, instances / limit, RSS, CPU%)."""

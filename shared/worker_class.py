@@ -25,11 +25,20 @@ import functools
 import importlib
 import importlib.machinery
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["WorkerClass", "WorkerClassError", "resolve", "check_refused", "kwargs_settings", "describe",
-           "GUNICORN_SHORT_NAMES", "REFUSED"]
+__all__ = [
+    "WorkerClass",
+    "WorkerClassError",
+    "resolve",
+    "check_refused",
+    "kwargs_settings",
+    "describe",
+    "GUNICORN_SHORT_NAMES",
+    "REFUSED",
+]
 
 ASGI, WSGI = "asgi", "wsgi"
 
@@ -69,8 +78,10 @@ REFUSED = {
     "gunicorn.workers.gtornado.TornadoWorker": "tornado's own IOLoop and WSGI container",
 }
 
-_FIX = ("corral workers are one uvloop event loop serving ASGI, and WSGI on --threads threads: drop -k, or use "
-        "uvicorn.workers.UvicornWorker (ASGI) or gthread (WSGI)")
+_FIX = (
+    "corral workers are one uvloop event loop serving ASGI, and WSGI on --threads threads: drop -k, or use "
+    "uvicorn.workers.UvicornWorker (ASGI) or gthread (WSGI)"
+)
 
 
 class WorkerClassError(ValueError):
@@ -108,8 +119,10 @@ def resolve(text: str) -> WorkerClass:
         return WorkerClass(text, interface, dict(kwargs))
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
-        raise WorkerClassError(f"unknown worker class {text!r}: gunicorn's are sync, gthread, gevent, eventlet, "
-                               f"tornado, asgi, or a path module.Class; {_FIX}")
+        raise WorkerClassError(
+            f"unknown worker class {text!r}: gunicorn's are sync, gthread, gevent, eventlet, "
+            f"tornado, asgi, or a path module.Class; {_FIX}"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any failure of the user's module falls back to reading it
@@ -135,18 +148,21 @@ def _from_class(text: str, cls: type) -> WorkerClass:
     for base in cls.__mro__:
         path = f"{base.__module__}.{base.__qualname__}"
         if path in REFUSED:
-            raise WorkerClassError(f"corral cannot run worker class {text!r}, a subclass of {path} "
-                                   f"({REFUSED[path]}); {_FIX}")
+            raise WorkerClassError(
+                f"corral cannot run worker class {text!r}, a subclass of {path} ({REFUSED[path]}); {_FIX}"
+            )
         if path in KNOWN or _is_uvicorn(base.__module__, base.__name__):
             interface = KNOWN.get(path, (ASGI, {}))[0]
             kwargs = getattr(cls, "CONFIG_KWARGS", {}) if interface == ASGI else {}
             return WorkerClass(text, interface, dict(kwargs) if isinstance(kwargs, dict) else {})
-    raise WorkerClassError(f"worker class {text!r} is neither a uvicorn worker nor gunicorn's sync/gthread "
-                           f"(its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'}); {_FIX}")
+    raise WorkerClassError(
+        f"worker class {text!r} is neither a uvicorn worker nor gunicorn's sync/gthread "
+        f"(its bases: {', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'none'}); {_FIX}"
+    )
 
 
 def _is_uvicorn(module: str, name: str) -> bool:
-    return module.split(".")[0] in ("uvicorn", "uvicorn_worker") and name in ("UvicornWorker", "UvicornH11Worker")
+    return module.partition(".")[0] in ("uvicorn", "uvicorn_worker") and name in ("UvicornWorker", "UvicornH11Worker")
 
 
 def _from_source(text: str, module_name: str, class_name: str, error: Exception) -> WorkerClass:
@@ -162,16 +178,24 @@ def _from_source(text: str, module_name: str, class_name: str, error: Exception)
         interface, kwargs = found
         return WorkerClass(text, interface, kwargs, f"read from its source ({why})")
     if "uvicorn" in class_name.lower() or "uvicorn" in module_name.lower():
-        return WorkerClass(text, ASGI, {}, f"taken as ASGI by its name ({why}; its source could not be read, so "
-                                           "its CONFIG_KWARGS are not known)")
-    raise WorkerClassError(f"worker class {text!r} cannot be imported ({why}), and it is not a known worker "
-                           f"class; {_FIX}")
+        return WorkerClass(
+            text,
+            ASGI,
+            {},
+            f"taken as ASGI by its name ({why}; its source could not be read, so its CONFIG_KWARGS are not known)",
+        )
+    raise WorkerClassError(
+        f"worker class {text!r} cannot be imported ({why}), and it is not a known worker class; {_FIX}"
+    )
 
 
 def _import_failure(error: Exception) -> str:
     if isinstance(error, ModuleNotFoundError) and error.name:
-        return f"{error.name.split('.')[0]} is not installed here" if error.name.split(".")[0] in (
-            "uvicorn", "uvicorn_worker", "gunicorn") else f"no module {error.name!r}"
+        return (
+            f"{error.name.split('.')[0]} is not installed here"
+            if error.name.split(".")[0] in ("uvicorn", "uvicorn_worker", "gunicorn")
+            else f"no module {error.name!r}"
+        )
     return f"importing it failed: {type(error).__name__}: {error}"
 
 
@@ -199,8 +223,9 @@ class _SourceReader:
             if isinstance(node, ast.ClassDef) and node.name == class_name:
                 return self._class(node, module_name, names, depth)
         target = names.get(class_name)  # re-exported: `from ._workers import UvicornWorker`
-        if target is not None:
-            return self.read(*target.rsplit(".", 1), depth=depth + 1)
+        if target is not None and "." in target:
+            module, _, name = target.rpartition(".")
+            return self.read(module, name, depth=depth + 1)
         return None
 
     def _tree(self, module_name: str) -> tuple[ast.Module, bool] | None:
@@ -217,15 +242,17 @@ class _SourceReader:
         with open(spec.origin, encoding="utf-8") as fh:
             return ast.parse(fh.read(), spec.origin), spec.submodule_search_locations is not None
 
-    def _class(self, node: ast.ClassDef, module_name: str, names: dict[str, str],
-               depth: int) -> tuple[str, dict[str, Any]] | None:
+    def _class(
+        self, node: ast.ClassDef, module_name: str, names: dict[str, str], depth: int
+    ) -> tuple[str, dict[str, Any]] | None:
         for base in node.bases:
             dotted = _dotted(base)
             if dotted is None:
                 continue
             head, _, rest = dotted.partition(".")
             full = names.get(head, f"{module_name}.{head}") + (f".{rest}" if rest else "")
-            found = self.read(*full.rsplit(".", 1), depth=depth + 1)
+            module, _, name = full.rpartition(".")
+            found = self.read(module, name, depth=depth + 1) if module else None
             if found is None:
                 continue
             interface, inherited = found
@@ -270,6 +297,7 @@ def _imported_names(tree: ast.Module, module_name: str, is_package: bool = False
 def _config_kwargs(node: ast.ClassDef, inherited: dict[str, Any]) -> dict[str, Any] | None:
     """The class's own CONFIG_KWARGS: a literal dict, `{**Base.CONFIG_KWARGS, ...}` or `dict(...)`."""
     for statement in node.body:
+        value: ast.expr | None
         if isinstance(statement, ast.Assign):
             targets = [t.id for t in statement.targets if isinstance(t, ast.Name)]
             value = statement.value
@@ -409,18 +437,28 @@ KWARGS: dict[str, tuple[str, Callable[[Any], Any]] | str] = {
     "log_config": "use --log-config (or logconfig_dict in the config file)",
     "headers": "corral adds no default response headers besides server and date",
     "h11_max_incomplete_event_size": "corral bounds a request head with --limit-request-line and "
-                                     "--limit-request-field-size",
+    "--limit-request-field-size",
     "reset_contextvars": "each request already starts from the worker's context",
     "timeout_notify": "the master's watchdog is -t/--timeout",
     "callback_notify": "the master's watchdog is -t/--timeout",
     "timeout_worker_healthcheck": "the master's watchdog is -t/--timeout",
     "env_file": "use -e/--env KEY=VALUE or the service manager's environment",
-    **{name: "set by the server (-b/--bind, -w/--workers)" for name in ("app", "host", "port", "uds", "fd", "workers")},
-    **{name: "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)"
-       for name in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_version", "ssl_cert_reqs",
-                    "ssl_ca_certs", "ssl_ciphers")},
-    **{name: "use serve --reload" for name in ("reload", "reload_dirs", "reload_delay", "reload_includes",
-                                                "reload_excludes")},
+    **dict.fromkeys(("app", "host", "port", "uds", "fd", "workers"), "set by the server (-b/--bind, -w/--workers)"),
+    **dict.fromkeys(
+        (
+            "ssl_keyfile",
+            "ssl_certfile",
+            "ssl_keyfile_password",
+            "ssl_version",
+            "ssl_cert_reqs",
+            "ssl_ca_certs",
+            "ssl_ciphers",
+        ),
+        "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)",
+    ),
+    **dict.fromkeys(
+        ("reload", "reload_dirs", "reload_delay", "reload_includes", "reload_excludes"), "use serve --reload"
+    ),
 }
 
 

@@ -30,7 +30,8 @@ def families(text: str, openmetrics: bool = False) -> dict[str, Any]:
     parsed = list((parse_openmetrics if openmetrics else parse_text)(text))
     assert len(parsed) == len(typed), (
         "samples outside their typed family (the parser made untyped families of them): "
-        f"{sorted({f.name for f in parsed} - set(typed))}")
+        f"{sorted({f.name for f in parsed} - set(typed))}"
+    )
     by_name: dict[str, Any] = {}
     for family in parsed:
         assert family.name not in by_name, f"{family.name} twice"

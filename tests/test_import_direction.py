@@ -28,11 +28,25 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The code folders and the package each installs as (pyproject's package-dir).
 FOLDERS = {"master": "corral.master", "worker": "corral.worker", "shared": "corral.shared"}
 
-MASTER_ROOMS = ("corral.master.arbiter", "corral.master.config", "corral.master.hooks", "corral.master.listen",
-                "corral.master.observe", "corral.master.status")
+MASTER_ROOMS = (
+    "corral.master.arbiter",
+    "corral.master.config",
+    "corral.master.hooks",
+    "corral.master.listen",
+    "corral.master.observe",
+    "corral.master.status",
+)
 
-WORKER_ROOMS = ("corral.worker.app", "corral.worker.conn", "corral.worker.edge", "corral.worker.http1",
-                "corral.worker.http2", "corral.worker.serve", "corral.worker.websocket", "corral.worker.wsgi")
+WORKER_ROOMS = (
+    "corral.worker.app",
+    "corral.worker.conn",
+    "corral.worker.edge",
+    "corral.worker.http1",
+    "corral.worker.http2",
+    "corral.worker.serve",
+    "corral.worker.websocket",
+    "corral.worker.wsgi",
+)
 
 #: What every protocol room may import: the rooms below the protocols.
 _BELOW_PROTOCOLS = frozenset({"corral.worker.app", "corral.worker.edge", "corral.worker.conn", "corral.shared"})
@@ -45,8 +59,15 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "corral.shared.settings": frozenset({"corral.shared"}),
     "corral.worker": frozenset({"corral.shared"}),
     # serve/ puts the worker together: boot, the server, the protocol class each connection gets.
-    "corral.worker.serve": frozenset({"corral.worker.http1", "corral.worker.http2", "corral.worker.websocket",
-                                      "corral.worker.wsgi", *_BELOW_PROTOCOLS}),
+    "corral.worker.serve": frozenset(
+        {
+            "corral.worker.http1",
+            "corral.worker.http2",
+            "corral.worker.websocket",
+            "corral.worker.wsgi",
+            *_BELOW_PROTOCOLS,
+        }
+    ),
     # The protocols. HTTP/2 is told apart at an HTTP/1.1 connection's start and WSGI rides the HTTP/1.1
     # protocol: both build on http1/, which hands an upgrade to websocket/.
     "corral.worker.http2": frozenset({"corral.worker.http1", *_BELOW_PROTOCOLS}),
@@ -59,11 +80,20 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "corral.worker.conn": frozenset({"corral.shared"}),
     # cli.py and __main__.py: the command line hands the arbiter settings it resolved from config/.
     "corral.master": frozenset({*MASTER_ROOMS, "corral.worker", "corral.shared"}),
-    "corral.master.arbiter": frozenset({"corral.master.hooks", "corral.master.listen", "corral.master.observe",
-                                        "corral.master.status", "corral.worker", "corral.shared"}),
+    "corral.master.arbiter": frozenset(
+        {
+            "corral.master.hooks",
+            "corral.master.listen",
+            "corral.master.observe",
+            "corral.master.status",
+            "corral.worker",
+            "corral.shared",
+        }
+    ),
     "corral.master.config": frozenset({"corral.shared"}),
-    "corral.master.hooks": frozenset({"corral.master.config", "corral.master.listen", "corral.worker",
-                                      "corral.shared"}),
+    "corral.master.hooks": frozenset(
+        {"corral.master.config", "corral.master.listen", "corral.worker", "corral.shared"}
+    ),
     "corral.master.listen": frozenset({"corral.worker", "corral.shared"}),
     "corral.master.observe": frozenset({"corral.master.listen", "corral.worker", "corral.shared"}),
     "corral.master.status": frozenset({"corral.shared"}),
@@ -100,8 +130,9 @@ def imports_of(module: str, source: str, is_package: bool = False) -> list[Impor
             else:
                 target = node.module or ""
             found.append(Import(module, node.lineno, target))
-            found += [Import(module, node.lineno, f"{target}.{alias.name}") for alias in node.names
-                      if alias.name != "*"]
+            found += [
+                Import(module, node.lineno, f"{target}.{alias.name}") for alias in node.names if alias.name != "*"
+            ]
     return found
 
 
@@ -139,9 +170,9 @@ def loops(edges: dict[str, list[str]]) -> list[list[str]]:
         state[node] = "open"
         for other in edges.get(node, ()):
             if state.get(other) == "open":  # on the current path: a loop back to it
-                found.append(path[path.index(other):] + [other])
+                found.append([*path[path.index(other) :], other])
             elif other not in state:
-                visit(other, path + [other])
+                visit(other, [*path, other])
         state[node] = "done"
 
     for node in edges:
@@ -152,8 +183,12 @@ def loops(edges: dict[str, list[str]]) -> list[list[str]]:
 
 def cycles(table: dict[str, frozenset[str]]) -> list[list[str]]:
     """The rooms that could import each other round a loop under the table (empty: it is one-way)."""
-    return loops({room: [other for other in table if other != room and any(covers(e, other) for e in allowed)]
-                  for room, allowed in table.items()})
+    return loops(
+        {
+            room: [other for other in table if other != room and any(covers(e, other) for e in allowed)]
+            for room, allowed in table.items()
+        }
+    )
 
 
 def _runs_at_load(body: list[ast.stmt]):
@@ -173,8 +208,7 @@ def load_edges(module: str, source: str, is_package: bool, known: set[str]) -> l
     """The modules of `known` that `module` imports while it loads (a package's `__init__` is its own name)."""
     tree = ast.parse(source)
     statements = [node for node in _runs_at_load(tree.body) if isinstance(node, (ast.Import, ast.ImportFrom))]
-    targets = [imp.target for node in statements
-               for imp in imports_of(module, ast.unparse(node), is_package)]
+    targets = [imp.target for node in statements for imp in imports_of(module, ast.unparse(node), is_package)]
     return sorted({target for target in targets if target in known and target != module})
 
 
@@ -198,8 +232,9 @@ def modules() -> dict[str, tuple[Path, bool]]:
 
 
 def all_imports() -> list[Import]:
-    return [imp for name, (path, is_package) in modules().items()
-            for imp in imports_of(name, path.read_text(), is_package)]
+    return [
+        imp for name, (path, is_package) in modules().items() for imp in imports_of(name, path.read_text(), is_package)
+    ]
 
 
 # -- the tree ---------------------------------------------------------------------------------------------
@@ -218,23 +253,32 @@ def test_no_module_needs_one_that_needs_it_back():
     """Two modules importing each other as they load each run with the other half made: the settings
     registry's declarations did, before the registry became a package whose `__init__` imports them all."""
     found = modules()
-    edges = {name: load_edges(name, path.read_text(), is_package, set(found))
-             for name, (path, is_package) in found.items()}
+    edges = {
+        name: load_edges(name, path.read_text(), is_package, set(found)) for name, (path, is_package) in found.items()
+    }
     assert loops(edges) == []
 
 
 def test_the_scan_reads_the_whole_tree():
     """A scan that found nothing would pass the rule: it sees every module, and imports deep in functions."""
-    assert {"corral.master", "corral.master.cli", "corral.master.arbiter.loop", "corral.worker.serve.server",
-            "corral.worker.http2.protocol", "corral.shared.settings", "corral.shared.settings.registry"
-            } <= set(modules())
+    assert {
+        "corral.master",
+        "corral.master.cli",
+        "corral.master.arbiter.loop",
+        "corral.worker.serve.server",
+        "corral.worker.http2.protocol",
+        "corral.shared.settings",
+        "corral.shared.settings.registry",
+    } <= set(modules())
     found = all_imports()
     for folder, package in FOLDERS.items():
-        assert any(room_of(imp.module, MAY_IMPORT).startswith(package) and imp.target.startswith("corral.")
-                   for imp in found), f"no corral import found under {folder}/"
+        assert any(
+            room_of(imp.module, MAY_IMPORT).startswith(package) and imp.target.startswith("corral.") for imp in found
+        ), f"no corral import found under {folder}/"
     # cli.py imports the arbiter inside main(), so that `serve status` never loads it.
-    nested = [imp for imp in found if imp.module == "corral.master.cli" and imp.target.startswith(
-        "corral.master.arbiter")]
+    nested = [
+        imp for imp in found if imp.module == "corral.master.cli" and imp.target.startswith("corral.master.arbiter")
+    ]
     assert nested, "the function-level imports of cli.py were not seen"
 
 
@@ -249,7 +293,7 @@ def test_every_package_is_a_room_and_every_room_a_package():
 @pytest.mark.parametrize("room", DOCUMENTED)
 def test_each_room_says_what_it_may_import(room):
     docstring = ast.get_docstring(ast.parse((package_dir(room) / "__init__.py").read_text())) or ""
-    paragraph = re.search(r"^May import:(.*?)(?:\n\n|\Z)", docstring, re.S | re.M)
+    paragraph = re.search(r"^May import:(.*?)(?:\n\n|\Z)", docstring, re.DOTALL | re.MULTILINE)
     assert paragraph, f"{room}'s __init__ has no 'May import:' paragraph"
     named = set(re.findall(r"`(corral(?:\.\w+)*)`", paragraph.group(1)))
     assert named == MAY_IMPORT[room]
@@ -269,52 +313,90 @@ def check(module: str, source: str, table=MAY_IMPORT, is_package: bool = False) 
     return violations(imports_of(module, source, is_package), table)
 
 
-@pytest.mark.parametrize("module, source, importing", [
-    ("corral.shared.sync", "def f():\n    from corral.worker import server\n", "corral.worker"),
-    ("corral.shared.sync", "from corral import master\n", "corral.master"),
-    ("corral.worker.serve.server", "import corral.master.cli\n", "corral.master.cli"),
-    ("corral.worker.serve.server", "import bench.apps\n", "bench.apps"),
-    ("corral.master.config.sources", "from ..arbiter import loop\n", "corral.master.arbiter"),
-    ("corral.master.observe.logs", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-     "    from corral.master.hooks.run import ServerView\n", "corral.master.hooks.run"),
-    ("corral.master.arbiter.loop", "from corral.master.cli import main\n", "corral.master.cli"),
-    ("corral.master.status.control", "class C:\n    def m(self):\n        import corral.master.arbiter.workerinfo\n",
-     "corral.master.arbiter.workerinfo"),
-    # The worker: below the protocols nothing imports one, and http1/ never imports what builds on it.
-    ("corral.worker.app.pool", "from corral.worker.http1.protocol import HttpProtocol\n",
-     "corral.worker.http1.protocol"),
-    ("corral.worker.edge.health", "def f():\n    from corral.worker.serve.server import WorkerServer\n",
-     "corral.worker.serve.server"),
-    ("corral.worker.conn.flow", "from corral.worker.edge.datarate import RateSweep\n", "corral.worker.edge.datarate"),
-    ("corral.worker.websocket.handshake", "from corral.worker.http1.connection import ProtocolError\n",
-     "corral.worker.http1.connection"),
-    ("corral.worker.http1.protocol", "def f():\n    from corral.worker.http2.protocol import H2Protocol\n",
-     "corral.worker.http2.protocol"),
-    ("corral.worker.http2.detect", "from ..wsgi import protocol\n", "corral.worker.wsgi"),
-    ("corral.shared.sync", "from corral.shared.settings import Settings\n", "corral.shared.settings"),
-])
+@pytest.mark.parametrize(
+    "module, source, importing",
+    [
+        ("corral.shared.sync", "def f():\n    from corral.worker import server\n", "corral.worker"),
+        ("corral.shared.sync", "from corral import master\n", "corral.master"),
+        ("corral.worker.serve.server", "import corral.master.cli\n", "corral.master.cli"),
+        ("corral.worker.serve.server", "import bench.apps\n", "bench.apps"),
+        ("corral.master.config.sources", "from ..arbiter import loop\n", "corral.master.arbiter"),
+        (
+            "corral.master.observe.logs",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from corral.master.hooks.run import ServerView\n",
+            "corral.master.hooks.run",
+        ),
+        ("corral.master.arbiter.loop", "from corral.master.cli import main\n", "corral.master.cli"),
+        (
+            "corral.master.status.control",
+            "class C:\n    def m(self):\n        import corral.master.arbiter.workerinfo\n",
+            "corral.master.arbiter.workerinfo",
+        ),
+        # The worker: below the protocols nothing imports one, and http1/ never imports what builds on it.
+        (
+            "corral.worker.app.pool",
+            "from corral.worker.http1.protocol import HttpProtocol\n",
+            "corral.worker.http1.protocol",
+        ),
+        (
+            "corral.worker.edge.health",
+            "def f():\n    from corral.worker.serve.server import WorkerServer\n",
+            "corral.worker.serve.server",
+        ),
+        (
+            "corral.worker.conn.flow",
+            "from corral.worker.edge.datarate import RateSweep\n",
+            "corral.worker.edge.datarate",
+        ),
+        (
+            "corral.worker.websocket.handshake",
+            "from corral.worker.http1.connection import ProtocolError\n",
+            "corral.worker.http1.connection",
+        ),
+        (
+            "corral.worker.http1.protocol",
+            "def f():\n    from corral.worker.http2.protocol import H2Protocol\n",
+            "corral.worker.http2.protocol",
+        ),
+        ("corral.worker.http2.detect", "from ..wsgi import protocol\n", "corral.worker.wsgi"),
+        ("corral.shared.sync", "from corral.shared.settings import Settings\n", "corral.shared.settings"),
+    ],
+)
 def test_the_checker_catches(module, source, importing):
     found = check(module, source)
     assert len(found) == 1 and found[0].startswith(f"{module}:"), found
     assert f" imports {importing}" in found[0]
 
 
-@pytest.mark.parametrize("module, source", [
-    ("corral.master.arbiter.loop", "import os\nfrom corral.master.listen.sockets import bind_all\n"),
-    ("corral.master.arbiter.loop", "from . import channel, shutdown\nfrom .workerinfo import Worker\n"),
-    ("corral.master.cli", "def main():\n    from corral.master.arbiter.loop import Arbiter\n"),
-    ("corral.worker.serve.server", "from corral.shared.settings import Settings\n"),
-    ("corral.master", "from corral.master.cli import main\n"),
-    ("corral.master.listen.tls", "from corral.worker.http2.detect import alpn_protocols\n"),
-    ("corral.worker.http2.detect", "from corral.worker.http1.protocol import HttpProtocol\n"),
-    ("corral.worker.http1.protocol", "from corral.worker.websocket.handshake import websocket_request\n"),
-    ("corral.worker.wsgi.cycle", "from corral.worker.app.pool import ApplicationInstance\n"
-     "from corral.worker.edge.deadline import TIMEOUT_BODY\nfrom corral.worker.conn.phases import BODY\n"),
-    ("corral.worker.serve.server", "def f():\n    from corral.worker.wsgi.protocol import wsgi_setup\n"),
-    ("corral.worker.edge.datarate", "from corral.worker.conn.phases import BUSY\n"),
-    ("corral.shared.settings.compat", "from corral.shared.settings.registry import declare\n"
-     "from corral.shared.worker_class import check_refused\n"),
-])
+@pytest.mark.parametrize(
+    "module, source",
+    [
+        ("corral.master.arbiter.loop", "import os\nfrom corral.master.listen.sockets import bind_all\n"),
+        ("corral.master.arbiter.loop", "from . import channel, shutdown\nfrom .workerinfo import Worker\n"),
+        ("corral.master.cli", "def main():\n    from corral.master.arbiter.loop import Arbiter\n"),
+        ("corral.worker.serve.server", "from corral.shared.settings import Settings\n"),
+        ("corral.master", "from corral.master.cli import main\n"),
+        ("corral.master.listen.tls", "from corral.worker.http2.detect import alpn_protocols\n"),
+        ("corral.worker.http2.detect", "from corral.worker.http1.protocol import HttpProtocol\n"),
+        ("corral.worker.http1.protocol", "from corral.worker.websocket.handshake import websocket_request\n"),
+        (
+            "corral.worker.wsgi.cycle",
+            (
+                "from corral.worker.app.pool import ApplicationInstance\n"
+                "from corral.worker.edge.deadline import TIMEOUT_BODY\nfrom corral.worker.conn.phases import BODY\n"
+            ),
+        ),
+        ("corral.worker.serve.server", "def f():\n    from corral.worker.wsgi.protocol import wsgi_setup\n"),
+        ("corral.worker.edge.datarate", "from corral.worker.conn.phases import BUSY\n"),
+        (
+            "corral.shared.settings.compat",
+            (
+                "from corral.shared.settings.registry import declare\n"
+                "from corral.shared.worker_class import check_refused\n"
+            ),
+        ),
+    ],
+)
 def test_the_checker_allows(module, source):
     assert check(module, source, is_package=module == "corral.master") == []
 
@@ -325,10 +407,13 @@ def test_a_module_loop_is_found_and_what_does_not_run_at_load_is_not():
     assert load_edges("pkg.registry", "x = 1\nfrom pkg import extra\n", False, known) == ["pkg", "pkg.extra"]
     assert load_edges("pkg.extra", "from pkg.registry import declare\n", False, known) == ["pkg.registry"]
     assert loops({"pkg.registry": ["pkg.extra"], "pkg.extra": ["pkg.registry"]}) == [
-        ["pkg.registry", "pkg.extra", "pkg.registry"]]
+        ["pkg.registry", "pkg.extra", "pkg.registry"]
+    ]
     # Inside a function, or for the type checker only, an import does not run at load.
-    lazy = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.extra import E\n"
-            "def f():\n    from pkg.other import O\n")
+    lazy = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.extra import E\n"
+        "def f():\n    from pkg.other import O\n"
+    )
     assert load_edges("pkg.registry", lazy, False, known) == []
     # Under try/if at module level, and in a class body, it does; a package's relative import is resolved.
     eager = "try:\n    import pkg.other\nexcept ImportError:\n    pass\nclass C:\n    from . import extra\n"

@@ -21,7 +21,8 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.master.arbiter.workerproc import reset_signals
 from corral.shared.exitcodes import APP_IMPORT_ERROR
@@ -35,8 +36,12 @@ class AppCheckError(Exception):
     """The application failed to import; `str()` is the message and traceback, to print once."""
 
 
-def check_app(spec: str, settings: Settings, on_exit: Callable[[int], object] | None = None,
-              exiting: Callable[[Any], object] | None = None) -> None:
+def check_app(
+    spec: str,
+    settings: Settings,
+    on_exit: Callable[[int], object] | None = None,
+    exiting: Callable[[Any], object] | None = None,
+) -> None:
     """Import the app in a short-lived child, so a bad app fails at once with its traceback, and the
     master stays free of the app's modules (workers, forked later, then import it fresh). `exiting(app)` is
     called in the child just before it exits, whatever the outcome (`app` is None when the import failed);
@@ -58,8 +63,8 @@ def check_app(spec: str, settings: Settings, on_exit: Callable[[int], object] | 
                     text += "\n" + "".join(traceback.format_exception(exc.__cause__)).rstrip()
                 data = text.encode(errors="replace")
                 while data:
-                    data = data[os.write(write_end, data):]
-        except BaseException:
+                    data = data[os.write(write_end, data) :]
+        except BaseException:  # noqa: BLE001 - any failure in the forked checker: the app failed to import
             code = APP_IMPORT_ERROR
         finally:
             try:

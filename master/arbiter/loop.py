@@ -21,27 +21,28 @@ import selectors
 import signal
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
 from corral.master.arbiter import shutdown, watchdog, workerproc
-from corral.master.arbiter.shutdown import KILL_MARGIN, QUICK_STOP
-from corral.master.listen.tls import server_context
 from corral.master.arbiter.appcheck import AppCheckError, check_app, describe_exit
 from corral.master.arbiter.channel import pair
-from corral.master.status.control import ControlServer
-from corral.master.hooks.run import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
-from corral.master.status.discover import register
-from corral.master.observe.logs import reopen_logs, setup_logging
-from corral.master.observe.observer import Observer
-from corral.master.status.pidfile import Pidfile, pid_alive
 from corral.master.arbiter.proctitle import set_title
-from corral.master.listen.sockets import bind_all, close_all, describe_listener, parse_address, systemd_sockets
+from corral.master.arbiter.shutdown import KILL_MARGIN, QUICK_STOP
 from corral.master.arbiter.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, retire_old_master, start_new_master
 from corral.master.arbiter.workerinfo import RETIRE_CAUSES, Worker, exit_cause, split_limit, status_document
+from corral.master.hooks.run import HookConfig, ServerView, child_view, run_hook, unborn_worker, worker_view
+from corral.master.listen.sockets import bind_all, close_all, describe_listener, parse_address, systemd_sockets
+from corral.master.listen.tls import server_context
+from corral.master.observe.logs import reopen_logs, setup_logging
+from corral.master.observe.observer import Observer
+from corral.master.status.control import ControlServer
+from corral.master.status.discover import register
+from corral.master.status.pidfile import Pidfile, pid_alive
 from corral.shared.exitcodes import APP_IMPORT_ERROR, WORKER_BOOT_ERROR
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.worker.app.load import AppImportError, import_app
 
 __all__ = ["Arbiter", "CrashLoop", "AppCheckError", "split_limit"]
@@ -131,8 +132,11 @@ class Arbiter:
         self.listeners = self.open_sockets()
         if settings.user is not None or settings.group is not None:
             for path in self.owned_paths:
-                os.chown(path, settings.user if settings.user is not None else -1,
-                         settings.group if settings.group is not None else -1)
+                os.chown(
+                    path,
+                    settings.user if settings.user is not None else -1,
+                    settings.group if settings.group is not None else -1,
+                )
         if self.pidfile is not None:
             self.control = ControlServer(self.pidfile.path, pid)
         self.pipe = os.pipe()
@@ -210,8 +214,11 @@ class Arbiter:
                     self.reuse_port_addresses.append(str(parse_address(address)))
                     sock.close()
             sockets = keep
-        self.owned_paths = [s.getsockname() for s in sockets
-                            if s.family == socket.AF_UNIX and not any(a.startswith("fd://") for a in settings.bind)]
+        self.owned_paths = [
+            s.getsockname()
+            for s in sockets
+            if s.family == socket.AF_UNIX and not any(a.startswith("fd://") for a in settings.bind)
+        ]
         return sockets
 
     def loop(self) -> None:
@@ -254,7 +261,7 @@ class Arbiter:
 
     def _drain_pipe(self, key: Any) -> None:
         try:
-            while os.read(self.pipe[0], 4096):  # type: ignore[index]
+            while os.read(self.pipe[0], 4096):  # type: ignore[index]  # the pipe is made before the loop selects on it
                 pass
         except (BlockingIOError, InterruptedError):
             pass
@@ -270,8 +277,10 @@ class Arbiter:
         try:
             settings = self.reload() if self.reload is not None else self.settings
             if settings.bind != self.settings.bind:
-                logger.warning("Reload: bind changes need a restart or an upgrade (USR2); keeping %s",
-                               ", ".join(self.settings.bind))
+                logger.warning(
+                    "Reload: bind changes need a restart or an upgrade (USR2); keeping %s",
+                    ", ".join(self.settings.bind),
+                )
                 settings = settings.replace(bind=self.settings.bind)
             settings = self.observer.keep_restart_only(settings)  # before the logs are set up again
             if not settings.preload_app:
@@ -392,10 +401,20 @@ class Arbiter:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         else:
             master_end.close()
-            workerproc.run_child(self.app, settings, self.listeners, worker_end, number=number, name=self.name,
-                                 reuse_port=self.reuse_port_addresses, cleanup=self._close_in_child,
-                                 server=self.server, ssl_context=self.ssl_context, share=share,
-                                 max_requests=max_requests)
+            workerproc.run_child(
+                self.app,
+                settings,
+                self.listeners,
+                worker_end,
+                number=number,
+                name=self.name,
+                reuse_port=self.reuse_port_addresses,
+                cleanup=self._close_in_child,
+                server=self.server,
+                ssl_context=self.ssl_context,
+                share=share,
+                max_requests=max_requests,
+            )
         worker_end.close()
         worker = Worker(pid, number, master_end, self.generation, share, max_requests)
         try:
@@ -443,19 +462,31 @@ class Arbiter:
                     self.rollback = None  # the reloaded app boots: no going back
                 logger.info("Worker %d (pid %d) ready", worker.number, worker.pid)
             elif kind == "recycle" and not worker.outdated:
-                logger.warning("Worker %d (pid %d) asks to be replaced (%s)", worker.number, worker.pid,
-                               message.get("why", "stuck requests"))
+                logger.warning(
+                    "Worker %d (pid %d) asks to be replaced (%s)",
+                    worker.number,
+                    worker.pid,
+                    message.get("why", "stuck requests"),
+                )
                 worker.outdated = True
             elif kind == "hb":
                 worker.heartbeat(message)
-                if (worker.max_requests and not worker.outdated and not worker.retiring
-                        and message.get("requests", 0) >= worker.max_requests):
-                    logger.info("Worker %d (pid %d) served %d requests: replacing it", worker.number,
-                                worker.pid, message["requests"])
+                if (
+                    worker.max_requests
+                    and not worker.outdated
+                    and not worker.retiring
+                    and message.get("requests", 0) >= worker.max_requests
+                ):
+                    logger.info(
+                        "Worker %d (pid %d) served %d requests: replacing it",
+                        worker.number,
+                        worker.pid,
+                        message["requests"],
+                    )
                     worker.outdated = True
                     worker.cause = "max-requests"
         if eof:
-            self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
+            self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]  # a live worker has its channel
             worker.channel.close()
 
     def retire(self, worker: Worker, why: str, graceful: bool = True) -> None:
@@ -496,7 +527,7 @@ class Arbiter:
                 self.read_worker(worker)  # its last heartbeat (final counts) may still be in the channel
             if not worker.channel.closed:
                 try:
-                    self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]
+                    self.selector.unregister(worker.channel.fileno())  # type: ignore[union-attr]  # a live worker has its channel
                 except (KeyError, ValueError):
                     pass
                 worker.channel.close()
@@ -522,13 +553,22 @@ class Arbiter:
             serving = any(w.ready for w in self.workers.values())
             if self.boot_failures < self.settings.worker_boot_retries:
                 return
-            what = "lifespan startup or post_fork failed" if code == WORKER_BOOT_ERROR else "the application failed to import"
+            what = (
+                "lifespan startup or post_fork failed"
+                if code == WORKER_BOOT_ERROR
+                else "the application failed to import"
+            )
             if not serving:
-                raise CrashLoop(f"{self.boot_failures} workers in a row failed to boot ({what}) and none "
-                                "is serving; see the log above")
+                raise CrashLoop(
+                    f"{self.boot_failures} workers in a row failed to boot ({what}) and none "
+                    "is serving; see the log above"
+                )
             if self.rollback is not None:  # a reload whose new workers cannot boot: keep the old ones
-                logger.error("Reload abandoned: %d new workers in a row failed to boot (%s); the previous "
-                             "workers keep serving", self.boot_failures, what)
+                logger.error(
+                    "Reload abandoned: %d new workers in a row failed to boot (%s); the previous workers keep serving",
+                    self.boot_failures,
+                    what,
+                )
                 self.settings, self.num_workers, self.ssl_context = self.rollback
                 self.rollback = None
                 self.boot_failures = self.failures = 0

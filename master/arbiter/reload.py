@@ -18,9 +18,9 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 
 __all__ = ["Reloader", "path_filter", "READY"]
 
@@ -53,8 +53,11 @@ class Reloader:
             if not os.path.isdir(folder):
                 raise SettingError(f"invalid value for --reload-dir: {folder!r} is not a folder")
         command = [sys.executable, "-m", "corral.master.arbiter.reload"]
-        for flag, values in (("--dir", dirs), ("--include", settings.reload_includes),
-                             ("--exclude", settings.reload_excludes)):
+        for flag, values in (
+            ("--dir", dirs),
+            ("--include", settings.reload_includes),
+            ("--exclude", settings.reload_excludes),
+        ):
             for value in values:
                 command += [flag, value]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd)
@@ -101,6 +104,7 @@ class Reloader:
 
 def path_filter(includes: Sequence[str], excludes: Sequence[str]):
     """watchfiles' filter: a file whose name matches an include glob, with no path part matching an exclude."""
+
     def accept(change: object, path: str) -> bool:
         parts = path.split(os.sep)
         if any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in excludes):
@@ -127,9 +131,16 @@ def _watch(dirs: Iterable[str], includes: Sequence[str], excludes: Sequence[str]
     cwd = os.getcwd()
     ready = False
     # yield_on_timeout: the first (empty) yield says the watches are in place, so the master can say so.
-    for changes in watchfiles.watch(*dirs, watch_filter=path_filter(includes, excludes), stop_event=stop,
-                                    debounce=400, step=50, rust_timeout=300, yield_on_timeout=True,
-                                    raise_interrupt=False):
+    for changes in watchfiles.watch(
+        *dirs,
+        watch_filter=path_filter(includes, excludes),
+        stop_event=stop,
+        debounce=400,
+        step=50,
+        rust_timeout=300,
+        yield_on_timeout=True,
+        raise_interrupt=False,
+    ):
         if not ready:
             ready = True
             sys.stdout.write(READY + "\n")

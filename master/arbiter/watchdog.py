@@ -43,8 +43,14 @@ def check(arbiter: Any) -> None:
         limit = timeout if worker.ready else max(timeout, MIN_BOOT_TIMEOUT)
         silent = now - worker.last_beat
         if silent > limit:
-            logger.error("Worker %d (pid %d) timed out: no heartbeat for %.1fs (--timeout %g); its stack "
-                         "follows, then it is killed", worker.number, worker.pid, silent, timeout)
+            logger.error(
+                "Worker %d (pid %d) timed out: no heartbeat for %.1fs (--timeout %g); its stack "
+                "follows, then it is killed",
+                worker.number,
+                worker.pid,
+                silent,
+                timeout,
+            )
             flush_error_log()
             worker.retiring = True  # counted out: its replacement starts now
             worker.cause = "timeout"
@@ -60,8 +66,12 @@ def check(arbiter: Any) -> None:
             except psutil.Error:
                 continue
             if rss > arbiter.settings.max_worker_memory:
-                logger.warning("Worker %d (pid %d) uses %d MiB (limit %d MiB): replacing it", worker.number,
-                               worker.pid, rss >> 20, arbiter.settings.max_worker_memory >> 20)
+                logger.warning(
+                    "Worker %d (pid %d) uses %d MiB (limit %d MiB): replacing it",
+                    worker.number,
+                    worker.pid,
+                    rss >> 20,
+                    arbiter.settings.max_worker_memory >> 20,
+                )
                 worker.outdated = True
                 worker.cause = "memory"
-

@@ -91,13 +91,28 @@ def status_document(arbiter: Any) -> dict[str, Any]:
             except psutil.Error:
                 pass
         stats = worker.stats
-        workers.append({
-            "pid": worker.pid, "number": worker.number, "state": worker.state, "age": now - worker.born,
-            "requests": stats.get("requests", 0), "instances": stats.get("instances", 0),
-            "limit": stats.get("max_applications", worker.share), "share": worker.share,
-            "connections": stats.get("connections", 0), "rss": rss, "cpu": cpu,
-            "generation": worker.generation,
-        })
-    master = {"pid": os.getpid(), "name": arbiter.name, "started": arbiter.started, "target": arbiter.num_workers,
-              "max_applications": arbiter.settings.max_applications, "generation": arbiter.generation}
+        workers.append(
+            {
+                "pid": worker.pid,
+                "number": worker.number,
+                "state": worker.state,
+                "age": now - worker.born,
+                "requests": stats.get("requests", 0),
+                "instances": stats.get("instances", 0),
+                "limit": stats.get("max_applications", worker.share),
+                "share": worker.share,
+                "connections": stats.get("connections", 0),
+                "rss": rss,
+                "cpu": cpu,
+                "generation": worker.generation,
+            }
+        )
+    master = {
+        "pid": os.getpid(),
+        "name": arbiter.name,
+        "started": arbiter.started,
+        "target": arbiter.num_workers,
+        "max_applications": arbiter.settings.max_applications,
+        "generation": arbiter.generation,
+    }
     return {"master": master, "workers": workers, "metrics": arbiter.observer.figures()}

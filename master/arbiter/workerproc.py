@@ -14,18 +14,19 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from corral.master.arbiter.channel import Channel
-from corral.master.observe.logs import error_stream, reopen_logs
 from corral.master.arbiter.proctitle import set_title
-from corral.master.listen.sockets import bind_all
 from corral.master.hooks.run import HookConfig, Listener, run_hook
+from corral.master.listen.sockets import bind_all
+from corral.master.observe.logs import error_stream, reopen_logs
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.serve.boot import run_worker
 from corral.worker.app.hooks import WorkerView
 from corral.worker.edge.counters import collecting
+from corral.worker.serve.boot import run_worker
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 
@@ -36,8 +37,18 @@ logger = logging.getLogger("corral.error")
 DUMP_SIGNAL = signal.SIGUSR2
 
 # Signals the master handles; a child must not inherit its handlers (they feed the master's queue).
-MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
-                  signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH)
+MASTER_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+    signal.SIGWINCH,
+)
 
 
 def reset_signals() -> None:
@@ -122,8 +133,12 @@ class _Link:
                 server.drain()
             elif kind == "reopen":
                 reopen_logs()
-                faulthandler.register(DUMP_SIGNAL, file=error_stream(self.settings), all_threads=True,
-                                      chain=self.settings.worker_abort is not None)
+                faulthandler.register(
+                    DUMP_SIGNAL,
+                    file=error_stream(self.settings),
+                    all_threads=True,
+                    chain=self.settings.worker_abort is not None,
+                )
                 if server.access_log is not None:
                     server.access_log.reopen()
         if eof:
@@ -141,8 +156,10 @@ def heartbeat_fields(server: Any, metrics: bool) -> dict[str, Any]:
     if server is None:
         return {}
     stats = server.stats()
-    fields = {key: stats.get(key, 0) for key in (
-        "requests", "instances", "max_applications", "connections", "parked", "websockets", "lag")}
+    fields = {
+        key: stats.get(key, 0)
+        for key in ("requests", "instances", "max_applications", "connections", "parked", "websockets", "lag")
+    }
     fields["stopping"] = bool(stats.get("stopping"))
     if metrics:
         fields["m"] = server.counters.snapshot()
@@ -186,8 +203,13 @@ def run_child(
     """Run one worker in this (forked) process and exit with its code; never returns."""
     code = 1
     tls = ssl_context is not None
-    worker = WorkerView(number, HookConfig(settings, name), sockets=[Listener(sock, tls) for sock in sockets],
-                        timeout=settings.timeout / 2, max_requests=max_requests)
+    worker = WorkerView(
+        number,
+        HookConfig(settings, name),
+        sockets=[Listener(sock, tls) for sock in sockets],
+        timeout=settings.timeout / 2,
+        max_requests=max_requests,
+    )
     try:
         reset_signals()
         # Job-control and reload signals are the master's business; a worker that got them (a signal to the
@@ -201,8 +223,9 @@ def run_child(
             # Chained after faulthandler's C-level stack dump: runs when the main thread next gets the GIL
             # (a blocked time.sleep is interrupted), before the SIGKILL that follows DUMP_GRACE later.
             signal.signal(DUMP_SIGNAL, lambda *_: _aborted(settings, worker))
-        faulthandler.register(DUMP_SIGNAL, file=error_stream(settings), all_threads=True,
-                              chain=settings.worker_abort is not None)
+        faulthandler.register(
+            DUMP_SIGNAL, file=error_stream(settings), all_threads=True, chain=settings.worker_abort is not None
+        )
         if not run_hook(settings, "post_fork", server, worker):
             logger.error("Worker %d failed to boot: its post_fork hook raised", number)
             code = WORKER_BOOT_ERROR
@@ -212,12 +235,20 @@ def run_child(
         _drop_privileges(settings)
         heartbeat = min(1.0, settings.timeout / 4) if settings.timeout > 0 else 1.0
         link = _Link(channel, heartbeat, settings, worker)
-        code = run_worker(app, settings, sockets + own, notify=link.notify, on_ready=link.on_ready, worker=worker,
-                          ssl_context=ssl_context, max_applications=share)
+        code = run_worker(
+            app,
+            settings,
+            sockets + own,
+            notify=link.notify,
+            on_ready=link.on_ready,
+            worker=worker,
+            ssl_context=ssl_context,
+            max_applications=share,
+        )
         link.final()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the worker's last frame: whatever escaped is printed and becomes exit code 1
         traceback.print_exc()
         code = 1
     finally:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from corral.master.config.sources import ConfigProblems, suggest
 from corral.master.config.peer_names import PEER_FLAGS, gunicorn_flags
+from corral.master.config.sources import ConfigProblems, suggest
 from corral.shared.settings import REGISTRY, SettingError, Settings
 from corral.shared.worker_class import WSGI, WorkerClassError, describe, kwargs_settings, resolve
 
@@ -88,7 +88,7 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
         arg = args[index]
         index += 1
         if arg == "--":
-            kept.extend(args[index - 1:])
+            kept.extend(args[index - 1 :])
             break
         if not arg.startswith("-") or arg == "-" or arg[1:2].isdigit():
             kept.append(arg)
@@ -105,10 +105,10 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
             # Another spelling of a corral setting (--log-config-json, --limit-request-field_size).
             target = REGISTRY.get(found[1].corral if found[1].kind == "alias" else found[0])
             if target is not None:
-                kept.append(target.cli_name + equals + arg[len(flag) + len(equals):])
+                kept.append(target.cli_name + equals + arg[len(flag) + len(equals) :])
                 continue
         if found is not None and found[1].kind == "noop":
-            name, entry = found
+            _name, entry = found
             if entry.takes_value and not equals and index < len(args) and not args[index].startswith("-"):
                 index += 1  # its value goes too (a flag next is not its value: argparse would not take it)
             warnings.append(f"gunicorn's {flag} is ignored: {entry.note}")

@@ -209,9 +209,13 @@ def page() -> str:
         else:
             groups[entry.kind].append(_other_row(name, entry))
     return _INTRO.format(
-        total=len(GUNICORN), same=len(groups["same"]), noop=len(groups["noop"]), refuse=len(groups["refuse"]),
+        total=len(GUNICORN),
+        same=len(groups["same"]),
+        noop=len(groups["noop"]),
+        refuse=len(groups["refuse"]),
         kwargs="\n".join(_kwarg_rows()),
-        same_rows="\n".join(groups["same"]), noop_rows="\n".join(groups["noop"]),
+        same_rows="\n".join(groups["same"]),
+        noop_rows="\n".join(groups["noop"]),
         refuse_rows="\n".join(groups["refuse"]),
     )
 

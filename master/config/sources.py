@@ -23,21 +23,31 @@ import importlib.util
 import os
 import sys
 import types
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import click
 
 from corral.master.config.peer_names import GUNICORN, PEER_FLAGS
-from corral.shared.settings import (REGISTRY, Setting, SettingError, Settings, Sources, from_env, resolve,
-                                    unknown_env)
+from corral.shared.settings import REGISTRY, Setting, SettingError, Settings, Sources, from_env, resolve, unknown_env
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["settings_options", "load_python_config", "load_pyproject", "collect", "find_config", "ConfigProblems",
-           "suggest", "misspellings", "read_config", "DEFAULT_CONFIGS"]
+__all__ = [
+    "settings_options",
+    "load_python_config",
+    "load_pyproject",
+    "collect",
+    "find_config",
+    "ConfigProblems",
+    "suggest",
+    "misspellings",
+    "read_config",
+    "DEFAULT_CONFIGS",
+]
 
 #: Looked for in the working folder when no -c is given; the first found is loaded (corral's own wins).
 DEFAULT_CONFIGS = ("corral.conf.py", "gunicorn.conf.py")
@@ -113,8 +123,9 @@ def _default_text(declared: Setting) -> str:
     return declared.show(declared.default) or "unset"
 
 
-def cli_values(params: Mapping[str, Any], source: str = "command line",
-               problems: list[str] | None = None) -> dict[str, Any]:
+def cli_values(
+    params: Mapping[str, Any], source: str = "command line", problems: list[str] | None = None
+) -> dict[str, Any]:
     """The settings given on the command line (click passes None / () for the others).
 
     A bad value raises SettingError, or is appended to `problems` when a list is given, so that every bad
@@ -141,8 +152,8 @@ def read_config(location: str) -> tuple[dict[str, Any], str]:
     `file:PATH`, or `python:package.module` (a module on the import path, imported; again on each call, so a
     HUP reads it afresh). A file is run as gunicorn runs it: as the module `__config__`."""
     if location.startswith("python:"):
-        return _read_module(location[len("python:"):].strip()), f"config module {location}"
-    path = location[len("file:"):] if location.startswith("file:") else location
+        return _read_module(location[len("python:") :].strip()), f"config module {location}"
+    path = location.removeprefix("file:")
     if not os.path.isfile(path):
         raise SettingError(f"config file {path!r} not found")
     try:
@@ -154,7 +165,7 @@ def read_config(location: str) -> tuple[dict[str, Any], str]:
         spec.loader.exec_module(module)
     except SettingError:
         raise
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a config file is user code: all it raises is one line
         raise SettingError(f"config file {path!r} failed to run: {type(exc).__name__}: {exc}") from None
     return vars(module), f"config file {path}"
 
@@ -167,10 +178,12 @@ def _read_module(name: str) -> dict[str, Any]:
         module = importlib.reload(module) if module is not None else importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-            raise SettingError(f"config module {name!r} not found on the import path (searched from "
-                               f"{os.getcwd()}): give -c python:package.module, or a file's path") from None
+            raise SettingError(
+                f"config module {name!r} not found on the import path (searched from "
+                f"{os.getcwd()}): give -c python:package.module, or a file's path"
+            ) from None
         raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a config module is user code: all it raises is one line
         raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
     return vars(module)
 
@@ -204,8 +217,9 @@ def load_python_config(location: str, warn: Callable[[str], None] | None = None)
     return from_mapping(values, source, warn, strict=False)
 
 
-def from_mapping(values: Mapping[str, Any], source: str, warn: Callable[[str], None] | None = None,
-                 strict: bool = True) -> dict[str, Any]:
+def from_mapping(
+    values: Mapping[str, Any], source: str, warn: Callable[[str], None] | None = None, strict: bool = True
+) -> dict[str, Any]:
     """Settings from a config file's keys, validated, naming the file; every problem reported at once.
 
     `strict`: a key that is no setting is a problem (pyproject's [tool.corral], a table of settings only);
@@ -265,7 +279,7 @@ def misspellings(names: Iterable[str], prefix: str = "") -> list[tuple[str, str]
     candidates = sorted(set(REGISTRY) | set(GUNICORN))
     found = []
     for name in names:
-        key = name[len(prefix):].lower() if prefix else name
+        key = name[len(prefix) :].lower() if prefix else name
         allowed = 1 if len(key) < 10 else 2
         best = min(candidates, key=lambda candidate: _distance(key, candidate, allowed + 1))
         if _distance(key, best, allowed + 1) > allowed or _named_after(key, best):
@@ -344,16 +358,23 @@ def gunicorn_env_defaults(environ: Mapping[str, str], problems: list[str]) -> di
         if variable not in environ:
             continue
         try:
-            found[name] = REGISTRY[name].parse(value_of(environ[variable]),
-                                               f"environment variable {variable}, gunicorn's default")
+            found[name] = REGISTRY[name].parse(
+                value_of(environ[variable]), f"environment variable {variable}, gunicorn's default"
+            )
         except SettingError as exc:
             problems.append(str(exc))
     return found
 
 
-def collect(cli: Mapping[str, Any], config_path: str | None, environ: Mapping[str, str] = os.environ,
-            folder: str = ".", cmd_args: Mapping[str, Any] | None = None,
-            warn: Callable[[str], None] | None = None, problems: list[str] | None = None) -> Settings:
+def collect(
+    cli: Mapping[str, Any],
+    config_path: str | None,
+    environ: Mapping[str, str] = os.environ,
+    folder: str = ".",
+    cmd_args: Mapping[str, Any] | None = None,
+    warn: Callable[[str], None] | None = None,
+    problems: list[str] | None = None,
+) -> Settings:
     """Resolve the effective settings from the command line, GUNICORN_CMD_ARGS/CORRAL_CMD_ARGS (`cmd_args`,
     parsed like the command line), the environment and the config file(s).
 

@@ -29,8 +29,16 @@ from corral.shared.settings.compat import HOOK_ARITY
 __all__ = ["HookConfig", "Listener"]
 
 #: gunicorn's SSL section (Config.ssl_options).
-_SSL = ("certfile", "keyfile", "ca_certs", "cert_reqs", "ciphers", "ssl_version", "do_handshake_on_connect",
-        "suppress_ragged_eofs")
+_SSL = (
+    "certfile",
+    "keyfile",
+    "ca_certs",
+    "cert_reqs",
+    "ciphers",
+    "ssl_version",
+    "do_handshake_on_connect",
+    "suppress_ragged_eofs",
+)
 
 
 class HookConfig:
@@ -97,8 +105,11 @@ _PARSED_DEFAULTS = {
     "uwsgi_allow_ips": lambda: ["127.0.0.1", "::1"],
     "http_protocols": lambda: ["h1"],
     "forwarder_headers": lambda: ["SCRIPT_NAME", "PATH_INFO"],
-    "secure_scheme_headers": lambda: {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https",
-                                      "X-FORWARDED-SSL": "on"},
+    "secure_scheme_headers": lambda: {
+        "X-FORWARDED-PROTOCOL": "ssl",
+        "X-FORWARDED-PROTO": "https",
+        "X-FORWARDED-SSL": "on",
+    },
     "control_socket_mode": lambda: 0o600,
     "logger_class": lambda: "gunicorn.glogging.Logger",
 }

@@ -112,8 +112,9 @@ class ServerView:
 def worker_view(worker: Any, cfg: HookConfig | Settings) -> WorkerView:
     """A master-side worker record as hooks see it: pid, age (its number), booted, nr, nr_conns and
     tmp.last_update() from its last heartbeat, max_requests with its jitter."""
-    view = WorkerView(worker.number, cfg, pid=worker.pid, ppid=os.getpid(), max_requests=worker.max_requests,
-                      timeout=_timeout(cfg))
+    view = WorkerView(
+        worker.number, cfg, pid=worker.pid, ppid=os.getpid(), max_requests=worker.max_requests, timeout=_timeout(cfg)
+    )
     view.booted = bool(worker.ready)
     stats = worker.stats
     view.requests = int(stats.get("requests", 0))
@@ -125,8 +126,7 @@ def worker_view(worker: Any, cfg: HookConfig | Settings) -> WorkerView:
 
 def unborn_worker(number: int, cfg: HookConfig | Settings, max_requests: int = 0) -> WorkerView:
     """The worker pre_fork gets: not forked yet, so its pid is gunicorn's "[booting]"."""
-    return WorkerView(number, cfg, pid="[booting]", ppid=os.getpid(), max_requests=max_requests,
-                      timeout=_timeout(cfg))
+    return WorkerView(number, cfg, pid="[booting]", ppid=os.getpid(), max_requests=max_requests, timeout=_timeout(cfg))
 
 
 def child_view(pid: int, ppid: int, cfg: HookConfig | Settings, app: Any = None) -> WorkerView:

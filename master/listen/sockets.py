@@ -13,8 +13,17 @@ import socket
 import stat
 from dataclasses import dataclass
 
-__all__ = ["Address", "BindError", "parse_address", "bind", "bind_all", "systemd_sockets", "close_all", "v6only",
-           "describe_listener"]
+__all__ = [
+    "Address",
+    "BindError",
+    "parse_address",
+    "bind",
+    "bind_all",
+    "systemd_sockets",
+    "close_all",
+    "v6only",
+    "describe_listener",
+]
 
 DEFAULT_PORT = 8000
 SD_LISTEN_FDS_START = 3  # systemd passes activated sockets from fd 3 on (sd_listen_fds(3))
@@ -48,13 +57,13 @@ def parse_address(text: str) -> Address:
     """`HOST:PORT`, `[IPv6]:PORT`, `HOST` (port 8000), `:PORT`, `unix:PATH` or `fd://N`."""
     text = text.strip()
     if text.startswith("unix:"):
-        path = text[len("unix:"):]
+        path = text[len("unix:") :]
         if not path:
             raise BindError(f"bad bind address {text!r}: unix: needs a path, e.g. unix:/run/corral.sock")
         return Address(socket.AF_UNIX, path=path)
     if text.startswith("fd://"):
         try:
-            fd = int(text[len("fd://"):])
+            fd = int(text[len("fd://") :])
         except ValueError:
             raise BindError(f"bad bind address {text!r}: fd:// needs a file descriptor number, e.g. fd://3") from None
         if fd < 0:
@@ -127,8 +136,13 @@ def v6only(address: Address, others: list[Address]) -> bool:
     return any(other.family == socket.AF_INET and other.port == address.port for other in others)
 
 
-def bind(address: Address, backlog: int = 2048, reuse_port: bool = False, umask: int | None = None,
-         v6_only: bool | None = None) -> socket.socket:
+def bind(
+    address: Address,
+    backlog: int = 2048,
+    reuse_port: bool = False,
+    umask: int | None = None,
+    v6_only: bool | None = None,
+) -> socket.socket:
     """A listening, non-blocking socket for `address` (an fd:// address is adopted, not bound).
 
     `umask` is the mode mask of a unix socket's file (gunicorn's --umask: 0 by default, so the socket is
@@ -153,6 +167,7 @@ def bind(address: Address, backlog: int = 2048, reuse_port: bool = False, umask:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((address.host, address.port))
         else:
+            assert address.path is not None  # parse_address: an address without a port is a path
             _remove_stale_unix_socket(address.path)
             old_umask = os.umask(umask) if umask is not None else None
             try:
@@ -170,9 +185,16 @@ def bind(address: Address, backlog: int = 2048, reuse_port: bool = False, umask:
 
 def _bind_message(address: Address, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return f"cannot bind {address}: address already in use (another server is listening there; pick another port with -b)"
+        return (
+            f"cannot bind {address}: address already in use "
+            "(another server is listening there; pick another port with -b)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
-        hint = "ports below 1024 need root or CAP_NET_BIND_SERVICE" if address.port is not None else "check the folder's permissions"
+        hint = (
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+            if address.port is not None
+            else "check the folder's permissions"
+        )
         return f"cannot bind {address}: permission denied ({hint})"
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot bind {address}: address not available on this machine"
@@ -218,14 +240,15 @@ def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket
     return sockets
 
 
-def bind_all(addresses: list[str], backlog: int = 2048, reuse_port: bool = False,
-             umask: int | None = None) -> list[socket.socket]:
+def bind_all(
+    addresses: list[str], backlog: int = 2048, reuse_port: bool = False, umask: int | None = None
+) -> list[socket.socket]:
     """Bind every address or none: on the first failure the ones already bound are closed."""
     parsed = [parse_address(text) for text in addresses]
     sockets: list[socket.socket] = []
     try:
         for address in parsed:
-            sockets.append(bind(address, backlog, reuse_port, umask, v6only(address, parsed)))
+            sockets.append(bind(address, backlog, reuse_port, umask, v6only(address, parsed)))  # noqa: PERF401 - kept as bound, for the cleanup below
     except BaseException:
         close_all(sockets)
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.shared.settings.compat import describe_callable
 from corral.worker.http2.detect import alpn_protocols
 
@@ -45,12 +45,15 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
         context = hook(settings, lambda: _default_context(settings))
     except SettingError:
         raise
-    except Exception as exc:
-        raise SettingError(f"the ssl_context hook {describe_callable(hook)} raised {type(exc).__name__}: "
-                           f"{exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the ssl_context hook is user code: all it raises is one line
+        raise SettingError(
+            f"the ssl_context hook {describe_callable(hook)} raised {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(context, ssl.SSLContext):
-        raise SettingError(f"the ssl_context hook {describe_callable(hook)} returned {type(context).__name__}, not "
-                           "an ssl.SSLContext: return the factory's context (default_ssl_context_factory())")
+        raise SettingError(
+            f"the ssl_context hook {describe_callable(hook)} returned {type(context).__name__}, not "
+            "an ssl.SSLContext: return the factory's context (default_ssl_context_factory())"
+        )
     return context
 
 
@@ -67,18 +70,24 @@ def _default_context(settings: Settings) -> ssl.SSLContext:
     except ssl.SSLError as exc:
         reason = (exc.reason or "").upper()
         if "MISMATCH" in reason:
-            raise SettingError(f"--keyfile {keyfile!r} is not the key of --certfile {certfile!r}: give the "
-                               "matching pair") from None
+            raise SettingError(
+                f"--keyfile {keyfile!r} is not the key of --certfile {certfile!r}: give the matching pair"
+            ) from None
         if "BAD_DECRYPT" in reason or "PASSWORD" in reason:
-            raise SettingError(f"cannot decrypt --keyfile {keyfile or certfile!r}: set CORRAL_KEYFILE_PASSWORD to "
-                               "its password") from None
-        raise SettingError(f"cannot load the TLS certificate {certfile!r} and key {keyfile or certfile!r}: "
-                           f"{exc.reason or exc} (both must be PEM)") from None
+            raise SettingError(
+                f"cannot decrypt --keyfile {keyfile or certfile!r}: set CORRAL_KEYFILE_PASSWORD to its password"
+            ) from None
+        raise SettingError(
+            f"cannot load the TLS certificate {certfile!r} and key {keyfile or certfile!r}: "
+            f"{exc.reason or exc} (both must be PEM)"
+        ) from None
     if settings.ciphers:
         try:
             context.set_ciphers(settings.ciphers)
         except ssl.SSLError:
-            raise SettingError(f"invalid value for --ciphers: OpenSSL matches no cipher in {settings.ciphers!r}") from None
+            raise SettingError(
+                f"invalid value for --ciphers: OpenSSL matches no cipher in {settings.ciphers!r}"
+            ) from None
     if settings.cert_reqs:
         if settings.ca_certs is None:
             raise SettingError("--cert-reqs 1 or 2 checks client certificates against --ca-certs: give the CA file")
@@ -86,8 +95,9 @@ def _default_context(settings: Settings) -> ssl.SSLContext:
         try:
             context.load_verify_locations(settings.ca_certs)
         except ssl.SSLError as exc:
-            raise SettingError(f"invalid value for --ca-certs: cannot load {settings.ca_certs!r}: "
-                               f"{exc.reason or exc}") from None
+            raise SettingError(
+                f"invalid value for --ca-certs: cannot load {settings.ca_certs!r}: {exc.reason or exc}"
+            ) from None
         context.verify_mode = ssl.CERT_REQUIRED if settings.cert_reqs == 2 else ssl.CERT_OPTIONAL
     elif settings.ca_certs is not None:
         _readable("--ca-certs", settings.ca_certs)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import psutil
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                            Metric)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
@@ -54,70 +54,121 @@ def _histogram(name: str, help: str, counts: list[int], bounds: tuple[float, ...
     return HistogramMetricFamily(name, help, buckets=buckets, sum_value=total, unit="seconds")
 
 
-def families(counts: MasterCounts, workers: list[WorkerView], *, target: int, backoff: float, started: float,
-             collecting: bool) -> Iterator[Metric]:
+def families(
+    counts: MasterCounts, workers: list[WorkerView], *, target: int, backoff: float, started: float, collecting: bool
+) -> Iterator[Metric]:
     """The /metrics families: request metrics summed over every worker (live and gone), per-worker gauges,
     and the master's own counters. Names are the families' (a counter's samples add `_total`)."""
     if collecting:
         totals = live_totals(counts, workers)
-        yield _labelled(CounterMetricFamily("corral_http_requests", "HTTP responses by method class and status "
-                                            "class.", labels=("method", "status")),
-                        sorted(totals.by_class().items()))
-        yield _histogram("corral_http_request_duration_seconds", "Time from the request head to the response's "
-                         "end.", totals.durations, DURATION_BOUNDS, totals.scalars["dsum"])
+        yield _labelled(
+            CounterMetricFamily(
+                "corral_http_requests", "HTTP responses by method class and status class.", labels=("method", "status")
+            ),
+            sorted(totals.by_class().items()),
+        )
+        yield _histogram(
+            "corral_http_request_duration_seconds",
+            "Time from the request head to the response's end.",
+            totals.durations,
+            DURATION_BOUNDS,
+            totals.scalars["dsum"],
+        )
         s = totals.scalars
-        yield _counter("corral_http_request_bytes", "Bytes read from HTTP connections (heads and bodies).",
-                       s["bin"], "bytes")
+        yield _counter(
+            "corral_http_request_bytes", "Bytes read from HTTP connections (heads and bodies).", s["bin"], "bytes"
+        )
         yield _counter("corral_http_response_bytes", "Response body bytes the application sent.", s["bout"], "bytes")
-        yield _counter("corral_pool_rejected", "Requests answered 503 because the pool was full (--pool-full 503).",
-                       s["rej"])
-        yield _histogram("corral_pool_wait_seconds", "Time a request was parked waiting for a pool slot "
-                         "(--pool-full wait).", totals.waits, WAIT_BOUNDS, s["wsum"])
+        yield _counter(
+            "corral_pool_rejected", "Requests answered 503 because the pool was full (--pool-full 503).", s["rej"]
+        )
+        yield _histogram(
+            "corral_pool_wait_seconds",
+            "Time a request was parked waiting for a pool slot (--pool-full wait).",
+            totals.waits,
+            WAIT_BOUNDS,
+            s["wsum"],
+        )
         yield _counter("corral_websocket_opened", "WebSocket connections accepted.", s["wso"])
-        yield _labelled(CounterMetricFamily("corral_websocket_closed", "WebSocket connections closed, by close "
-                                            "code.", labels=("code",)),
-                        (((code,), n) for code, n in sorted(totals.closed.items())))
+        yield _labelled(
+            CounterMetricFamily(
+                "corral_websocket_closed", "WebSocket connections closed, by close code.", labels=("code",)
+            ),
+            (((code,), n) for code, n in sorted(totals.closed.items())),
+        )
         yield _counter("corral_websocket_messages_received", "WebSocket messages received.", s["wmi"])
         yield _counter("corral_websocket_messages_sent", "WebSocket messages sent.", s["wmo"])
-        yield _labelled(CounterMetricFamily("corral_log_messages", "Error-log records of the master and the workers, "
-                                            "by level (exception: an error with a traceback).", labels=("level",)),
-                        (((level,), totals.logs[level] + counts.logs[level]) for level in LOG_LEVELS))
-    yield _gauge("corral_http_requests_in_flight", "Application instances running (HTTP and WebSocket).",
-                 ready_sum(workers, "instances"))
+        yield _labelled(
+            CounterMetricFamily(
+                "corral_log_messages",
+                "Error-log records of the master and the workers, by level (exception: an error with a traceback).",
+                labels=("level",),
+            ),
+            (((level,), totals.logs[level] + counts.logs[level]) for level in LOG_LEVELS),
+        )
+    yield _gauge(
+        "corral_http_requests_in_flight",
+        "Application instances running (HTTP and WebSocket).",
+        ready_sum(workers, "instances"),
+    )
     yield _gauge("corral_pool_parked", "Requests waiting for a pool slot.", ready_sum(workers, "parked"))
     yield _gauge("corral_websocket_open", "Open WebSocket connections.", ready_sum(workers, "websockets"))
-    yield _counter("corral_requests_served", "HTTP responses the application completed, all workers since the "
-                   "master started (counted with metrics off too).", served(counts, workers))
+    yield _counter(
+        "corral_requests_served",
+        "HTTP responses the application completed, all workers since the "
+        "master started (counted with metrics off too).",
+        served(counts, workers),
+    )
     yield from _per_worker(sorted(workers, key=lambda x: x.number))
     yield _gauge("corral_workers", "Worker processes running (booting, serving or stopping).", len(workers))
     yield _gauge("corral_workers_target", "Workers wanted (-w, TTIN/TTOU).", target)
     yield _counter("corral_worker_starts", "Workers started.", counts.starts)
-    yield _labelled(CounterMetricFamily("corral_worker_exits", "Workers exited, by cause.", labels=("cause",)),
-                    (((cause,), n) for cause, n in counts.exits.items()))
-    yield _counter("corral_worker_boot_failures", "Workers that failed to boot (import or lifespan).",
-                   counts.boot_failures)
-    yield _gauge("corral_worker_backoff_seconds", "Seconds until the next worker start while backing off after "
-                 "repeated crashes (0: not backing off).", max(0.0, backoff), "seconds")
-    yield _labelled(CounterMetricFamily("corral_reloads", "HUP reloads, by result.", labels=("result",)),
-                    [(("ok",), counts.reloads), (("failed",), counts.reload_failures)])
-    yield _labelled(GaugeMetricFamily("corral_master_start_time_seconds", "When the master started (Unix time).",
-                                      labels=("pid",), unit="seconds"), [((os.getpid(),), started)])
+    yield _labelled(
+        CounterMetricFamily("corral_worker_exits", "Workers exited, by cause.", labels=("cause",)),
+        (((cause,), n) for cause, n in counts.exits.items()),
+    )
+    yield _counter(
+        "corral_worker_boot_failures", "Workers that failed to boot (import or lifespan).", counts.boot_failures
+    )
+    yield _gauge(
+        "corral_worker_backoff_seconds",
+        "Seconds until the next worker start while backing off after repeated crashes (0: not backing off).",
+        max(0.0, backoff),
+        "seconds",
+    )
+    yield _labelled(
+        CounterMetricFamily("corral_reloads", "HUP reloads, by result.", labels=("result",)),
+        [(("ok",), counts.reloads), (("failed",), counts.reload_failures)],
+    )
+    yield _labelled(
+        GaugeMetricFamily(
+            "corral_master_start_time_seconds", "When the master started (Unix time).", labels=("pid",), unit="seconds"
+        ),
+        [((os.getpid(),), started)],
+    )
 
 
 def _per_worker(workers: list[WorkerView]) -> Iterator[Metric]:
     now = time.monotonic()
-    size = GaugeMetricFamily("corral_worker_pool_size", "The worker's share of --max-applications.",
-                             labels=WORKER_LABELS)
-    use = GaugeMetricFamily("corral_worker_pool_in_use", "Application instances running in the worker.",
-                            labels=WORKER_LABELS)
-    rss = GaugeMetricFamily("corral_worker_resident_memory_bytes", "Worker RSS.", labels=WORKER_LABELS,
-                            unit="bytes")
-    cpu = CounterMetricFamily("corral_worker_cpu_seconds", "Worker CPU time (user + system).", labels=WORKER_LABELS,
-                              unit="seconds")
-    lag = GaugeMetricFamily("corral_worker_event_loop_lag_seconds", "How late the worker's last heartbeat woke up.",
-                            labels=WORKER_LABELS, unit="seconds")
-    age = GaugeMetricFamily("corral_worker_age_seconds", "Seconds since the worker was started.",
-                            labels=WORKER_LABELS, unit="seconds")
+    size = GaugeMetricFamily(
+        "corral_worker_pool_size", "The worker's share of --max-applications.", labels=WORKER_LABELS
+    )
+    use = GaugeMetricFamily(
+        "corral_worker_pool_in_use", "Application instances running in the worker.", labels=WORKER_LABELS
+    )
+    rss = GaugeMetricFamily("corral_worker_resident_memory_bytes", "Worker RSS.", labels=WORKER_LABELS, unit="bytes")
+    cpu = CounterMetricFamily(
+        "corral_worker_cpu_seconds", "Worker CPU time (user + system).", labels=WORKER_LABELS, unit="seconds"
+    )
+    lag = GaugeMetricFamily(
+        "corral_worker_event_loop_lag_seconds",
+        "How late the worker's last heartbeat woke up.",
+        labels=WORKER_LABELS,
+        unit="seconds",
+    )
+    age = GaugeMetricFamily(
+        "corral_worker_age_seconds", "Seconds since the worker was started.", labels=WORKER_LABELS, unit="seconds"
+    )
     for x in workers:
         labels = [str(x.number), str(x.pid)]
         size.add_metric(labels, x.stats.get("max_applications", 0))

@@ -20,7 +20,8 @@ imported only with --metrics-bind).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import psutil
 
@@ -101,8 +102,7 @@ class Totals:
 class MasterCounts:
     """What only the master knows: worker starts and exits, boot failures, reloads."""
 
-    __slots__ = ("starts", "exits", "boot_failures", "reloads", "reload_failures", "served_retired", "retired",
-                 "logs")
+    __slots__ = ("starts", "exits", "boot_failures", "reloads", "reload_failures", "served_retired", "retired", "logs")
 
     def __init__(self) -> None:
         self.starts = 0

@@ -16,7 +16,8 @@ import logging
 import selectors
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.master.listen.sockets import bind, parse_address
 
@@ -43,8 +44,10 @@ class _Conn:
 
 
 def _response(status: str, body: bytes, content_type: str, extra: str = "") -> bytes:
-    return (f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\ncache-control: no-store\r\n{extra}\r\n").encode("latin-1") + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\ncache-control: no-store\r\n{extra}\r\n"
+    ).encode("latin-1") + body
 
 
 def _accept(head: bytes) -> str:

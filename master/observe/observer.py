@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from corral.master.observe.metrics import MasterCounts, Totals, live_totals, quantile, ready_sum, served
 from corral.master.observe.metrics_http import MetricsServer
@@ -109,11 +110,16 @@ class Observer:
     def keep_restart_only(self, settings: Any) -> Any:
         """`settings` with the metrics settings (and --naming) the master started with: its sockets are bound,
         the workers must go on collecting for them, and logs and statsd keep one naming."""
-        changed = {name: getattr(self.settings, name) for name in RESTART_ONLY
-                   if getattr(settings, name) != getattr(self.settings, name)}
+        changed = {
+            name: getattr(self.settings, name)
+            for name in RESTART_ONLY
+            if getattr(settings, name) != getattr(self.settings, name)
+        }
         if changed:
-            logger.warning("Reload: %s changes need a restart; keeping the current values",
-                           ", ".join("--" + name.replace("_", "-") for name in changed))
+            logger.warning(
+                "Reload: %s changes need a restart; keeping the current values",
+                ", ".join("--" + name.replace("_", "-") for name in changed),
+            )
             settings = settings.replace(**changed)
         return settings
 
@@ -187,8 +193,15 @@ class Observer:
             "pool.parked": ready_sum(workers, "parked"),
             "websocket.open": ready_sum(workers, "websockets"),
         }
-        lines = statsd_lines(self.settings.statsd_prefix, self.settings.naming, totals, self.statsd_before,
-                             self.counts, self.statsd_master, gauges)
+        lines = statsd_lines(
+            self.settings.statsd_prefix,
+            self.settings.naming,
+            totals,
+            self.statsd_before,
+            self.counts,
+            self.statsd_master,
+            gauges,
+        )
         self.statsd_before = totals
         self.statsd_master = master_counters(self.counts)
         self.statsd.send(lines)
@@ -206,9 +219,14 @@ class Observer:
         from corral.master.observe.exposition import families  # loaded by start() with --metrics-bind
 
         arbiter = self.arbiter
-        return families(self.counts, list(arbiter.workers.values()), target=arbiter.num_workers,
-                        backoff=arbiter.spawn_after - time.monotonic(), started=arbiter.started,
-                        collecting=self.collecting)
+        return families(
+            self.counts,
+            list(arbiter.workers.values()),
+            target=arbiter.num_workers,
+            backoff=arbiter.spawn_after - time.monotonic(),
+            started=arbiter.started,
+            collecting=self.collecting,
+        )
 
     def rate(self) -> float:
         """Requests per second over the last WINDOW seconds (what the samples cover)."""

@@ -59,8 +59,11 @@ def find_master() -> str:
     if len(live) == 1:
         return live[0][1]
     if not live:
-        raise NoMaster(f"no running corral master found in {folder}; for one started with --pid FILE, "
-                       "run: serve status --pid FILE")
+        raise NoMaster(
+            f"no running corral master found in {folder}; for one started with --pid FILE, run: serve status --pid FILE"
+        )
     pids = ", ".join(str(pid) for pid, _ in live)
-    raise NoMaster(f"{len(live)} corral masters are running (pids {pids}); pick one: serve status --pid "
-                   f"{os.path.join(folder, '<PID>.pid')}")
+    raise NoMaster(
+        f"{len(live)} corral masters are running (pids {pids}); pick one: serve status --pid "
+        f"{os.path.join(folder, '<PID>.pid')}"
+    )

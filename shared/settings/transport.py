@@ -69,66 +69,179 @@ def tls_version(value: Any) -> str:
 
 
 # -- TLS (gunicorn's names): the context is built in the master, once, and again on HUP (rotation)
-_declare("certfile", "tls", optional_str, None, "TLS certificate file (PEM, the chain after the certificate): "
-         "serve HTTPS (and WSS) on every bind.", ("--certfile",), metavar="FILE")
-_declare("keyfile", "tls", optional_str, None, "TLS private key file (PEM); may be the certfile itself.",
-         ("--keyfile",), metavar="FILE")
-_declare("keyfile_password", "tls", optional_str, None,
-         "Password of an encrypted --keyfile; give it as CORRAL_KEYFILE_PASSWORD rather than on the command "
-         "line (other users can read command lines).", ("--keyfile-password",), metavar="PASSWORD",
-         render=lambda value: "***")
-_declare("ca_certs", "tls", optional_str, None, "CA certificates (PEM) that client certificates are checked "
-         "against (with --cert-reqs 1 or 2).", ("--ca-certs",), metavar="FILE")
-_declare("cert_reqs", "tls", cert_reqs, 0, "Client certificates: 0 not asked for, 1 optional (checked when "
-         "given), 2 required.", ("--cert-reqs",))
-_declare("ciphers", "tls", optional_str, None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are "
-         "OpenSSL's); default: Python's secure defaults.", ("--ciphers",), metavar="CIPHERS")
-_declare("ssl_version", "tls", tls_version, "TLSv1.2", "Lowest TLS version accepted: TLSv1.2 or TLSv1.3.",
-         ("--ssl-version", "--ssl-min-version"))
-_declare("do_handshake_on_connect", "tls", to_bool, False,
-         "Accepted for gunicorn configs; the handshake always completes before the first request is read "
-         "(asyncio), bounded by --ssl-handshake-timeout.", is_flag=True)
-_declare("ssl_handshake_timeout", "tls", positive_float, 10.0,
-         "Seconds a client gets to complete the TLS handshake before the connection is closed (a slow client "
-         "holds no application slot meanwhile).")
+_declare(
+    "certfile",
+    "tls",
+    optional_str,
+    None,
+    "TLS certificate file (PEM, the chain after the certificate): serve HTTPS (and WSS) on every bind.",
+    ("--certfile",),
+    metavar="FILE",
+)
+_declare(
+    "keyfile",
+    "tls",
+    optional_str,
+    None,
+    "TLS private key file (PEM); may be the certfile itself.",
+    ("--keyfile",),
+    metavar="FILE",
+)
+_declare(
+    "keyfile_password",
+    "tls",
+    optional_str,
+    None,
+    "Password of an encrypted --keyfile; give it as CORRAL_KEYFILE_PASSWORD rather than on the command "
+    "line (other users can read command lines).",
+    ("--keyfile-password",),
+    metavar="PASSWORD",
+    render=lambda value: "***",
+)
+_declare(
+    "ca_certs",
+    "tls",
+    optional_str,
+    None,
+    "CA certificates (PEM) that client certificates are checked against (with --cert-reqs 1 or 2).",
+    ("--ca-certs",),
+    metavar="FILE",
+)
+_declare(
+    "cert_reqs",
+    "tls",
+    cert_reqs,
+    0,
+    "Client certificates: 0 not asked for, 1 optional (checked when given), 2 required.",
+    ("--cert-reqs",),
+)
+_declare(
+    "ciphers",
+    "tls",
+    optional_str,
+    None,
+    "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); default: Python's secure defaults.",
+    ("--ciphers",),
+    metavar="CIPHERS",
+)
+_declare(
+    "ssl_version",
+    "tls",
+    tls_version,
+    "TLSv1.2",
+    "Lowest TLS version accepted: TLSv1.2 or TLSv1.3.",
+    ("--ssl-version", "--ssl-min-version"),
+)
+_declare(
+    "do_handshake_on_connect",
+    "tls",
+    to_bool,
+    False,
+    "Accepted for gunicorn configs; the handshake always completes before the first request is read "
+    "(asyncio), bounded by --ssl-handshake-timeout.",
+    is_flag=True,
+)
+_declare(
+    "ssl_handshake_timeout",
+    "tls",
+    positive_float,
+    10.0,
+    "Seconds a client gets to complete the TLS handshake before the connection is closed (a slow client "
+    "holds no application slot meanwhile).",
+)
 
 
 # -- HTTP/2 (RFC 9113, corral.worker.http2.machine): ALPN h2 over TLS, h2c with prior knowledge on cleartext. Every
 #    defence is on by default; a client past a bound gets GOAWAY (ENHANCE_YOUR_CALM) and the connection closes.
-_declare("http", "http2", choice("auto", "1", "2"), "auto",
-         "HTTP versions served: 'auto' (HTTP/1.1, plus HTTP/2 for TLS clients that offer h2 by ALPN and "
-         "cleartext clients that open with the HTTP/2 preface - h2c prior knowledge), '1' (HTTP/1.1 only), "
-         "'2' (HTTP/2 only: TLS offers h2 alone; cleartext is h2c with prior knowledge, and a connection that does "
-         "not open with the preface gets GOAWAY PROTOCOL_ERROR).",
-         ("--http",))
-_declare("http2_max_concurrent_streams", "http2", positive_int, 100,
-         "Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); above 100, lowered to the "
-         "pool's free room when a connection opens. Each stream is an application instance (parked when the pool "
-         "is full).")
-_declare("http2_initial_window_size", "http2", positive_int, 65535,
-         "Request body bytes a stream may send before the application reads them (the stream's flow-control "
-         "window): the server acknowledges body bytes only as `receive` hands them over.")
-_declare("http2_max_frame_size", "http2", frame_size, 16384,
-         "Largest HTTP/2 frame payload the server accepts (SETTINGS_MAX_FRAME_SIZE, 16384-16777215).")
-_declare("http2_max_header_list_size", "http2", positive_int, 65536,
-         "Largest decoded request header list in bytes (SETTINGS_MAX_HEADER_LIST_SIZE; HPACK bomb guard): a "
-         "bigger one ends the connection.")
-_declare("http2_header_table_size", "http2", non_negative_int, 4096,
-         "HPACK dynamic table size in bytes the client may use for request headers (SETTINGS_HEADER_TABLE_SIZE).")
-_declare("http2_max_continuation_frames", "http2", positive_int, 16,
-         "CONTINUATION frames one header block may span (CVE-2024-27316 CONTINUATION flood): more end the "
-         "connection before anything is decoded.")
-_declare("http2_max_resets", "http2", positive_int, 100,
-         "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset), "
-         "counting the streams the server resets for a client's frames that are stream errors: beyond it, "
-         "GOAWAY ENHANCE_YOUR_CALM.")
-_declare("http2_max_control_frames", "http2", positive_int, 1000,
-         "SETTINGS, PING, PRIORITY and empty DATA frames a client may send per second on one connection, and times "
-         "it may reopen a shut flow-control window by under 1 KiB (each costs a DATA frame for a few bytes); each "
-         "counted apart, floods that cost the server work without a request: beyond it, GOAWAY.")
-_declare("http2_send_timeout", "http2", positive_float, 30.0,
-         "Seconds a response may wait for the client to open a shut flow-control window (by any amount: DATA "
-         "follows whatever window it grants) or for it to read: the stream is then reset.")
-_declare("http2_max_write_buffer", "http2", size, 1024 * 1024,
-         "Bytes an HTTP/2 connection may have waiting to be written while its client does not read (control "
-         "frames the server must answer included): beyond it the connection is dropped.")
+_declare(
+    "http",
+    "http2",
+    choice("auto", "1", "2"),
+    "auto",
+    "HTTP versions served: 'auto' (HTTP/1.1, plus HTTP/2 for TLS clients that offer h2 by ALPN and "
+    "cleartext clients that open with the HTTP/2 preface - h2c prior knowledge), '1' (HTTP/1.1 only), "
+    "'2' (HTTP/2 only: TLS offers h2 alone; cleartext is h2c with prior knowledge, and a connection that does "
+    "not open with the preface gets GOAWAY PROTOCOL_ERROR).",
+    ("--http",),
+)
+_declare(
+    "http2_max_concurrent_streams",
+    "http2",
+    positive_int,
+    100,
+    "Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); above 100, lowered to the "
+    "pool's free room when a connection opens. Each stream is an application instance (parked when the pool "
+    "is full).",
+)
+_declare(
+    "http2_initial_window_size",
+    "http2",
+    positive_int,
+    65535,
+    "Request body bytes a stream may send before the application reads them (the stream's flow-control "
+    "window): the server acknowledges body bytes only as `receive` hands them over.",
+)
+_declare(
+    "http2_max_frame_size",
+    "http2",
+    frame_size,
+    16384,
+    "Largest HTTP/2 frame payload the server accepts (SETTINGS_MAX_FRAME_SIZE, 16384-16777215).",
+)
+_declare(
+    "http2_max_header_list_size",
+    "http2",
+    positive_int,
+    65536,
+    "Largest decoded request header list in bytes (SETTINGS_MAX_HEADER_LIST_SIZE; HPACK bomb guard): a "
+    "bigger one ends the connection.",
+)
+_declare(
+    "http2_header_table_size",
+    "http2",
+    non_negative_int,
+    4096,
+    "HPACK dynamic table size in bytes the client may use for request headers (SETTINGS_HEADER_TABLE_SIZE).",
+)
+_declare(
+    "http2_max_continuation_frames",
+    "http2",
+    positive_int,
+    16,
+    "CONTINUATION frames one header block may span (CVE-2024-27316 CONTINUATION flood): more end the "
+    "connection before anything is decoded.",
+)
+_declare(
+    "http2_max_resets",
+    "http2",
+    positive_int,
+    100,
+    "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset), "
+    "counting the streams the server resets for a client's frames that are stream errors: beyond it, "
+    "GOAWAY ENHANCE_YOUR_CALM.",
+)
+_declare(
+    "http2_max_control_frames",
+    "http2",
+    positive_int,
+    1000,
+    "SETTINGS, PING, PRIORITY and empty DATA frames a client may send per second on one connection, and times "
+    "it may reopen a shut flow-control window by under 1 KiB (each costs a DATA frame for a few bytes); each "
+    "counted apart, floods that cost the server work without a request: beyond it, GOAWAY.",
+)
+_declare(
+    "http2_send_timeout",
+    "http2",
+    positive_float,
+    30.0,
+    "Seconds a response may wait for the client to open a shut flow-control window (by any amount: DATA "
+    "follows whatever window it grants) or for it to read: the stream is then reset.",
+)
+_declare(
+    "http2_max_write_buffer",
+    "http2",
+    size,
+    1024 * 1024,
+    "Bytes an HTTP/2 connection may have waiting to be written while its client does not read (control "
+    "frames the server must answer included): beyond it the connection is dropped.",
+)

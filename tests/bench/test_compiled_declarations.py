@@ -40,8 +40,11 @@ def slots(cls: type) -> set[str]:
 
 PXD_FILES = sorted(DECLARATIONS.rglob("*.pxd"))
 # Every declared class: (module, name) -> (declared base name, its own fields).
-ALL = {(".".join(p.relative_to(DECLARATIONS).with_suffix("").parts), name): value
-       for p in PXD_FILES for name, value in declared(p).items()}
+ALL = {
+    (".".join(p.relative_to(DECLARATIONS).with_suffix("").parts), name): value
+    for p in PXD_FILES
+    for name, value in declared(p).items()
+}
 BASES = {base for base, _ in ALL.values() if base is not None}
 
 
@@ -56,8 +59,11 @@ def fields_with_bases(module: str, name: str) -> set[str]:
 
 def test_declarations_exist() -> None:
     assert {p.relative_to(DECLARATIONS).with_suffix("").as_posix() for p in PXD_FILES} >= {
-        "corral/worker/http1/connection", "corral/worker/wsgi/call", "corral/worker/wsgi/cycle",
-        "corral/worker/http1/protocol"}
+        "corral/worker/http1/connection",
+        "corral/worker/wsgi/call",
+        "corral/worker/wsgi/cycle",
+        "corral/worker/http1/protocol",
+    }
 
 
 @pytest.mark.parametrize("key", sorted(ALL), ids=lambda k: f"{k[0].rpartition('.')[2]}.{k[1]}")
@@ -73,7 +79,8 @@ def test_declared_attributes_are_the_slots(key: tuple[str, str]) -> None:
     else:
         assert fields == slots(cls), (
             f"{module}.{name}: declared {sorted(fields - slots(cls))} are not slots, "
-            f"slots {sorted(slots(cls) - fields)} are not declared")
+            f"slots {sorted(slots(cls) - fields)} are not declared"
+        )
 
 
 def test_the_typed_builds_source_edits_still_apply():

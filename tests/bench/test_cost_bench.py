@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_quick import ROOT, assert_all_gone, table_rows  # noqa: E402  (after the path: tests/ is no package)
+from test_quick import ROOT, assert_all_gone, table_rows  # after the path: tests/ is no package
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -23,8 +23,14 @@ pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not 
 def run_cost(out: Path, *args: str) -> tuple[str, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, "-m", "bench", "cost", "--out", str(out), "--no-plots", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "cost", "--out", str(out), "--no-plots", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "cost.json") as f:
         data = json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in cost.json: not strict JSON"))
@@ -34,8 +40,21 @@ def run_cost(out: Path, *args: str) -> tuple[str, dict]:
 @pytest.mark.timeout(240)
 def test_cost_tables_json_and_cleanup(tmp_path: Path) -> None:
     setting = "pinned" if len(os.sched_getaffinity(0)) > 1 else "saturated"
-    text, data = run_cost(tmp_path, "--paths", "asgi,wsgi-close,websocket", "--settings", setting,
-                          "--servers", "corral", "--rounds", "1", "--duration", "1", "--strace-duration", "1")
+    text, data = run_cost(
+        tmp_path,
+        "--paths",
+        "asgi,wsgi-close,websocket",
+        "--settings",
+        setting,
+        "--servers",
+        "corral",
+        "--rounds",
+        "1",
+        "--duration",
+        "1",
+        "--strace-duration",
+        "1",
+    )
     block = data["settings"][setting]
     assert block["workers"] == (1 if setting == "pinned" else len(os.sched_getaffinity(0)))
     for path, server in (("asgi", "corral"), ("wsgi-close", "corral-wsgi"), ("websocket", "corral")):
@@ -58,13 +77,23 @@ def test_counters_read_a_known_cpu_time() -> None:
     threads included), and its context switches are counted per thread."""
     from bench import cost
 
-    child = subprocess.Popen([sys.executable, "-c", (
-        "import threading, time, sys\n"
-        "def burn():\n"
-        "    end = time.thread_time() + 0.3\n"
-        "    while time.thread_time() < end: pass\n"
-        "t = threading.Thread(target=burn); t.start(); t.join()\n"
-        "print('done', flush=True); sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import threading, time, sys\n"
+                "def burn():\n"
+                "    end = time.thread_time() + 0.3\n"
+                "    while time.thread_time() < end: pass\n"
+                "t = threading.Thread(target=burn); t.start(); t.join()\n"
+                "print('done', flush=True); sys.stdin.read()\n"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout.readline().strip() == "done"
         got = cost.counters(child.pid)

@@ -17,15 +17,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = ROOT / "bench" / "cost_baseline.json"
 
-pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("vgdb") is None,
-                                reason="valgrind is not installed (apt-get install valgrind; .ci/run does)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("valgrind") is None or shutil.which("vgdb") is None,
+    reason="valgrind is not installed (apt-get install valgrind; .ci/run does)",
+)
 
 
 def guard(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run([sys.executable, "-m", "bench", "guard", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "guard", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +47,13 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
 
 def baseline_from(data: dict, path: Path, scale: float = 1.0, **versions: str) -> Path:
     """A baseline file whose entry for the measured environment holds the measured figures times `scale`."""
-    entry = {"versions": {**data["environment"], **versions}, "reason": "test", "recorded": "-", "corral": "-",
-             "paths": {n: {"instructions": round(r["instructions"] * scale)} for n, r in data["paths"].items()}}
+    entry = {
+        "versions": {**data["environment"], **versions},
+        "reason": "test",
+        "recorded": "-",
+        "corral": "-",
+        "paths": {n: {"instructions": round(r["instructions"] * scale)} for n, r in data["paths"].items()},
+    }
     path.write_text(json.dumps({"tolerance_pct": 3.0, "environments": {data["environment_key"]: entry}}))
     return path
 
@@ -71,10 +84,19 @@ def test_a_rise_beyond_the_tolerance_fails_and_says_what_to_do(measured, tmp_pat
     assert "tolerance 3 %" in proc.stdout
     assert "python -m bench guard --update --reason" in proc.stdout and "commit" in proc.stdout
     # 2 % above is inside the tolerance; 10 % below passes too and suggests recording the gain.
-    assert guard("--compare", str(figures), "--baseline", str(baseline_from(data, tmp_path / "near.json", 1 / 1.02)),
-                 timeout=120).returncode == 0
-    higher = guard("--compare", str(figures), "--baseline", str(baseline_from(data, tmp_path / "hi.json", 1.1)),
-                   timeout=120)
+    assert (
+        guard(
+            "--compare",
+            str(figures),
+            "--baseline",
+            str(baseline_from(data, tmp_path / "near.json", 1 / 1.02)),
+            timeout=120,
+        ).returncode
+        == 0
+    )
+    higher = guard(
+        "--compare", str(figures), "--baseline", str(baseline_from(data, tmp_path / "hi.json", 1.1)), timeout=120
+    )
     assert higher.returncode == 0 and "--update keeps the gain" in higher.stdout
 
 
@@ -98,13 +120,15 @@ def test_update_needs_a_reason_and_records_it(measured, tmp_path: Path) -> None:
     target = tmp_path / "baseline.json"
     refused = guard("--compare", str(figures), "--baseline", str(target), "--update", timeout=120)
     assert refused.returncode == 2 and "--update needs --reason" in refused.stderr and not target.exists()
-    done = guard("--compare", str(figures), "--baseline", str(target), "--update", "--reason", "new figures",
-                 timeout=120)
+    done = guard(
+        "--compare", str(figures), "--baseline", str(target), "--update", "--reason", "new figures", timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     entry = json.loads(target.read_text())["environments"][data["environment_key"]]
     assert entry["reason"] == "new figures" and entry["versions"] == data["environment"]
     assert {n: p["instructions"] for n, p in entry["paths"].items()} == {
-        n: r["instructions"] for n, r in data["paths"].items()}
+        n: r["instructions"] for n, r in data["paths"].items()
+    }
 
 
 @pytest.mark.timeout(300)

@@ -21,8 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_bench(out: Path, *args: str) -> tuple[str, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--no-plots", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--no-plots", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (out / "results.md").read_text()
     assert text == proc.stdout.rstrip("\n") + "\n" or text.strip() in proc.stdout
@@ -56,8 +62,9 @@ def table_rows(text: str, scenario: str) -> dict[str, list[str]]:
 @pytest.mark.timeout(240)
 def test_quick_tables_json_and_cleanup(tmp_path: Path) -> None:
     has_uvicorn = _importable("uvicorn")
-    text, data = run_bench(tmp_path / "a", "--servers", "corral,uvicorn", "--scenarios", "plaintext,idle",
-                           "--idle-connections", "100")
+    text, data = run_bench(
+        tmp_path / "a", "--servers", "corral,uvicorn", "--scenarios", "plaintext,idle", "--idle-connections", "100"
+    )
     servers = ["corral", "uvicorn"] if has_uvicorn else ["corral"]
     if not has_uvicorn:
         assert "uvicorn" in data["skipped"]
@@ -77,8 +84,7 @@ def test_quick_tables_json_and_cleanup(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_quick_builtin_generator(tmp_path: Path) -> None:
     """The built-in generator (what runs where wrk is not installed) against corral."""
-    text, data = run_bench(tmp_path / "b", "--servers", "corral", "--scenarios", "plaintext",
-                           "--generator", "builtin")
+    text, data = run_bench(tmp_path / "b", "--servers", "corral", "--scenarios", "plaintext", "--generator", "builtin")
     result = data["scenarios"]["plaintext"]["runs"]["corral"][0]
     assert result["tool"] == "builtin" and result["requests"] > 0 and result["errors"] == 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["p999_ms"]

@@ -45,7 +45,7 @@ def test_the_settings_reference_has_every_setting_once_with_its_four_spellings()
     for name, setting in REGISTRY.items():
         heading = f"### `{name}` {{#{name}}}"
         assert text.count(heading) == 1, name
-        block = text[text.index(heading):].split("\n### ", 1)[0]
+        block = text[text.index(heading) :].split("\n### ", 1)[0]
         assert f"`{setting.env}`" in block, name
         assert f"`{name} = " in block, name
         assert setting.help in block, name
@@ -78,9 +78,14 @@ def test_every_section_has_a_title_and_the_marker_is_on_the_settings_page():
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (the docs extra)")
 def test_the_site_builds_strict_and_its_settings_page_lists_every_setting(tmp_path):
     """`mkdocs build --strict` (what CI runs), then the built settings page: an anchor per setting."""
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     html = (tmp_path / "site" / "settings" / "index.html").read_text()
     ids = set(re.findall(r'<h3 id="([a-z0-9_]+)"', html))
@@ -98,13 +103,13 @@ def test_every_recipe_is_included_by_a_page_inside_a_fence():
     assert recipes, "docs/recipes/ is empty"
     included: dict[str, int] = {}
     for page in _pages():
-        for fence in re.finditer(r"^```[a-z]+\n--8<-- \"recipes/([^\"]+)\"\n```$", page.read_text(), re.M):
+        for fence in re.finditer(r"^```[a-z]+\n--8<-- \"recipes/([^\"]+)\"\n```$", page.read_text(), re.MULTILINE):
             included[fence.group(1)] = included.get(fence.group(1), 0) + 1
     assert {name: included.get(name, 0) for name in recipes} == dict.fromkeys(recipes, 1)
 
 
 def test_every_page_is_in_the_navigation_and_every_nav_entry_exists():
-    nav = re.findall(r"^\s*- [^:\n]+: (\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    nav = re.findall(r"^\s*- [^:\n]+: (\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.MULTILINE)
     assert len(nav) == len(set(nav))
     assert set(nav) == {str(page.relative_to(DOCS)) for page in _pages()}
 
@@ -118,7 +123,7 @@ def test_no_page_names_internal_work_items():
 def test_the_readme_is_short_and_starts_with_the_two_set_up_commands():
     text = README.read_text()
     assert 150 <= len(text.splitlines()) <= 250
-    first_block = re.search(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+    first_block = re.search(r"^```[a-z]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
     assert first_block is not None
     lines = first_block.group(1).splitlines()
     assert lines[0].startswith("python3 -m venv .venv") and "serve " in lines[0]
@@ -130,10 +135,13 @@ def test_the_readme_is_short_and_starts_with_the_two_set_up_commands():
 def test_the_readmes_production_command_is_the_serve_recipe():
     """The README is no site page (it cannot include a recipe): its copy of the command is checked instead."""
     text = README.read_text()
-    block = re.search(r"^## Production\n.*?^```sh\n(.*?)^```", text, re.M | re.S)
+    block = re.search(r"^## Production\n.*?^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
     assert block is not None
-    recipe = [line for line in (DOCS / "recipes" / "serve.sh").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    recipe = [
+        line
+        for line in (DOCS / "recipes" / "serve.sh").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(recipe) == 1
     expected = shlex.split(recipe[0])
     assert expected[0].endswith("/bin/serve")
@@ -155,7 +163,7 @@ def _uvicorn_options() -> set[str]:
 
 def _uvicorn_table() -> list[tuple[str, str]]:
     text = (DOCS / "migrating-from-uvicorn.md").read_text()
-    table = text[text.index("| uvicorn | corral | notes |"):]
+    table = text[text.index("| uvicorn | corral | notes |") :]
     rows = []
     for line in table.splitlines()[2:]:
         if not line.startswith("|"):

@@ -42,12 +42,8 @@ INVALID_COUNT = 81
 
 #: Valid cases (gunicorn serves them) that corral refuses.
 REFUSED_VALID: dict[str, str] = {
-    "025": (
-        "501: `Transfer-Encoding: gzip` then `chunked`, as rfc9112_smuggle_gzip_chunked_01"
-    ),
-    "025_line": (
-        "501: `Transfer-Encoding: gzip,chunked`, as rfc9112_smuggle_gzip_chunked_01"
-    ),
+    "025": ("501: `Transfer-Encoding: gzip` then `chunked`, as rfc9112_smuggle_gzip_chunked_01"),
+    "025_line": ("501: `Transfer-Encoding: gzip,chunked`, as rfc9112_smuggle_gzip_chunked_01"),
     "099": (
         "no answer: the file's body is 8599 bytes where its Content-Length says 17914. gunicorn's harness "
         "parses from memory and takes the short body at the end of its input; a server waits for the rest, "
@@ -76,9 +72,7 @@ REFUSED_VALID: dict[str, str] = {
         "a setting corral does not have; gunicorn's default refuses it (invalid/obs_fold_01), RFC 9112 "
         "section 5.2 allows either"
     ),
-    "compat_obs_fold_huge": (
-        "400: obs-fold, as compat_obs_fold"
-    ),
+    "compat_obs_fold_huge": ("400: obs-fold, as compat_obs_fold"),
 }
 
 #: Valid HTTP/1.1 cases without a Host field. RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad
@@ -128,10 +122,15 @@ DETAIL_DIFFERENCES: dict[str, str] = {
 }
 
 #: gunicorn settings with no corral counterpart; a case that sets one runs with corral's defaults.
-GUNICORN_ONLY = frozenset({
-    "permit_obsolete_folding", "strip_header_spaces", "casefold_http_method", "permit_unconventional_http_method",
-    "header_map",
-})
+GUNICORN_ONLY = frozenset(
+    {
+        "permit_obsolete_folding",
+        "strip_header_spaces",
+        "casefold_http_method",
+        "permit_unconventional_http_method",
+        "header_map",
+    }
+)
 
 _FLAGS = {
     "limit_request_line": "--limit-request-line",
@@ -168,9 +167,9 @@ def decode_http(raw: bytes) -> bytes:
     out = bytearray()
     i = 0
     while i < len(data):
-        if data[i:i + 2] == b"\\x" and i + 3 < len(data):
+        if data[i : i + 2] == b"\\x" and i + 3 < len(data):
             try:
-                out.append(int(data[i + 2:i + 4], 16))
+                out.append(int(data[i + 2 : i + 4], 16))
                 i += 4
                 continue
             except ValueError:
@@ -234,7 +233,7 @@ def _exec_expectation(source: str, filename: str) -> dict[str, Any]:
         raise ImportError(f"{filename} imports {name}, which the corpus loader does not provide")
 
     namespace: dict[str, Any] = {"__builtins__": {**vars(builtins), "__import__": guarded_import}, "uri": uri}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102  (gunicorn's expectation files, by design)
+    exec(compile(source, filename, "exec"), namespace)  # gunicorn's expectation files, by design
     return namespace
 
 
@@ -257,7 +256,7 @@ def load_cases(sdist: Path) -> list[Case]:
     prefix = f"gunicorn-{GUNICORN_VERSION}/tests/requests/"
     cases: list[Case] = []
     with tarfile.open(sdist) as tar:
-        files = {m.name[len(prefix):]: m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()}
+        files = {m.name[len(prefix) :]: m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()}
         for path in sorted(files):
             kind, _, filename = path.partition("/")
             if kind not in ("valid", "invalid") or not filename.endswith(".http"):
@@ -266,8 +265,8 @@ def load_cases(sdist: Path) -> list[Case]:
             expectation = files.get(f"{kind}/{name}.py")
             if expectation is None:
                 raise RuntimeError(f"{path} has no expectation file {name}.py")
-            data = decode_http(tar.extractfile(files[path]).read())  # type: ignore[union-attr]
-            source = tar.extractfile(expectation).read().decode("utf-8")  # type: ignore[union-attr]
+            data = decode_http(tar.extractfile(files[path]).read())  # type: ignore[union-attr]  # a regular file of the corpus
+            source = tar.extractfile(expectation).read().decode("utf-8")  # type: ignore[union-attr]  # a regular file of the corpus
             namespace = _exec_expectation(source, f"{kind}/{name}.py")
             cfg = namespace.get("cfg")
             case = Case(kind, name, data, dict(cfg.settings) if isinstance(cfg, _Config) else {})
@@ -309,7 +308,7 @@ def serve_args(case: Case) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------------------
 # Sending a case and reading what comes back
 
-ASGI_APP = '''
+ASGI_APP = """
 import json, os
 
 async def app(scope, receive, send):
@@ -338,9 +337,9 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
     await send({"type": "http.response.body", "body": answer})
-'''
+"""
 
-WSGI_APP = '''
+WSGI_APP = """
 import json, os
 
 def app(environ, start_response):
@@ -349,11 +348,13 @@ def app(environ, start_response):
         "pid": os.getpid(), "method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
         "query": environ["QUERY_STRING"], "version": environ["SERVER_PROTOCOL"][5:],
         "body": body.decode("latin-1"),
-        "environ": {k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")},
+        "environ": {
+            k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")
+        },
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
     return [answer]
-'''
+"""
 
 TIMEOUT = 20.0
 
@@ -392,7 +393,7 @@ def exchange(port: int, data: bytes, expected: int, half_close: bool) -> Outcome
         reader = _SharedReader(sock)
         responses: list[tuple[int, bytes]] = []
         while len(responses) < expected:
-            response = http.client.HTTPResponse(reader)  # type: ignore[arg-type]
+            response = http.client.HTTPResponse(reader)  # type: ignore[arg-type]  # a socket's file quacks as one
             try:
                 response.begin()
             except (http.client.RemoteDisconnected, ConnectionResetError):
@@ -404,7 +405,7 @@ def exchange(port: int, data: bytes, expected: int, half_close: bool) -> Outcome
             return Outcome(responses, False)
         try:
             closed = reader.file.read(1) == b""
-        except socket.timeout:
+        except TimeoutError:
             closed = False
         except ConnectionResetError:
             closed = True
@@ -439,7 +440,7 @@ def with_host(data: bytes) -> bytes:
     head = data.split(b"\r\n\r\n", 1)[0].lower()
     if b"\r\nhost:" in head:
         return data
-    return data[:line_end + 2] + b"Host: corpus.test\r\n" + data[line_end + 2:]
+    return data[: line_end + 2] + b"Host: corpus.test\r\n" + data[line_end + 2 :]
 
 
 def lacks_host(case: Case) -> bool:
@@ -546,6 +547,7 @@ def answer(status: int, body: bytes) -> dict[str, Any] | None:
         return json.loads(body)
     except ValueError:
         return None
+
 
 #: A plain request, to see which worker answers.
 PROBE = b"GET /probe HTTP/1.0\r\n\r\n"  # no field: it fits every limit a case sets

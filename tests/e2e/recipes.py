@@ -36,13 +36,14 @@ def substitute(text: str, old: str, new: str, count: int | None = None) -> str:
     """`text` with `old` replaced by `new`; fails when `old` is missing (or occurs other than `count` times)."""
     occurrences = text.count(old)
     assert occurrences and (count is None or occurrences == count), (
-        f"recipe drifted: expected {count or 'some'} {old!r}, found {occurrences}")
+        f"recipe drifted: expected {count or 'some'} {old!r}, found {occurrences}"
+    )
     return text.replace(old, new)
 
 
 def substitute_re(text: str, pattern: str, new: str) -> str:
     """`text` with the one match of regex `pattern` replaced by `new` (a template: \\1 etc. work)."""
-    result, count = re.subn(pattern, new, text, flags=re.M)
+    result, count = re.subn(pattern, new, text, flags=re.MULTILINE)
     assert count == 1, f"recipe drifted: expected one match of {pattern!r}, found {count}"
     return result
 

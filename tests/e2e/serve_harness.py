@@ -16,8 +16,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -29,7 +30,7 @@ STOP_WAIT = 30.0
 
 #: The lifespan half of the ASGI apps the e2e tests write to files: `LIFESPAN + APP_TEXT`, and in the app
 #: `if scope["type"] == "lifespan": return await lifespan(receive, send)`.
-LIFESPAN = '''
+LIFESPAN = """
 async def lifespan(receive, send):
     while True:
         message = await receive()
@@ -38,9 +39,11 @@ async def lifespan(receive, send):
         else:
             await send({"type": "lifespan.shutdown.complete"})
             return
-'''
+"""
 
-APP = LIFESPAN + '''
+APP = (
+    LIFESPAN
+    + """
 import asyncio, os, sys, time
 
 async def app(scope, receive, send):
@@ -64,7 +67,8 @@ def block_the_event_loop():
 async def refuses_to_start(scope, receive, send):
     await receive()
     await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
-'''
+"""
+)
 
 
 def write_apps(folder: Path) -> Path:
@@ -101,11 +105,13 @@ def get(port: int, path: str = "/", timeout: float = WAIT) -> tuple[int, str]:
         conn.close()
 
 
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
 def set_subreaper(on: bool) -> None:
     """Orphans of our descendants (the new master after USR2) become our children, so we can reap them."""
     libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_CHILD_SUBREAPER = 36
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -125,15 +131,29 @@ def start_master(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Ma
 class Master:
     """A running `serve` master: output, status, signals, and a bounded stop of it and its workers."""
 
-    def __init__(self, args: list[str], cwd: Path, port: int | None = None, pidfile: Path | None = None,
-                 env: dict[str, str] | None = None, argv: list[str] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        port: int | None = None,
+        pidfile: Path | None = None,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         self.port = port
         self.pidfile = pidfile
         self.cwd = cwd
         command = argv or [sys.executable, "-m", "corral.master", *args]
-        self.proc = subprocess.Popen(command, cwd=str(cwd), env=clean_env(env), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, pass_fds=pass_fds)
+        self.proc = subprocess.Popen(
+            command,
+            cwd=str(cwd),
+            env=clean_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            pass_fds=pass_fds,
+        )
         self.lines: list[str] = []
         self.seen_pids: set[int] = set()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -168,9 +188,15 @@ class Master:
         self.seen_pids.update(w["pid"] for w in document["workers"])
         return document
 
-    def wait_workers(self, count: int, condition: Callable[[list[dict[str, Any]]], bool] = lambda ws: True,
-                     pidfile: Path | None = None, timeout: float = WAIT) -> list[dict[str, Any]]:
+    def wait_workers(
+        self,
+        count: int,
+        condition: Callable[[list[dict[str, Any]]], bool] = lambda ws: True,
+        pidfile: Path | None = None,
+        timeout: float = WAIT,
+    ) -> list[dict[str, Any]]:
         """Wait until exactly `count` workers are ready (and none other) and `condition` holds."""
+
         def check() -> list[dict[str, Any]] | None:
             if self.proc.poll() is not None and pidfile is None:
                 raise AssertionError(f"master exited with {self.proc.returncode}:\n{self.output}")
@@ -187,7 +213,7 @@ class Master:
     def wait_serving(self, timeout: float = WAIT) -> None:
         def answers() -> bool:
             try:
-                return get(self.port, "/", timeout=5)[0] == 200  # type: ignore[arg-type]
+                return get(self.port, "/", timeout=5)[0] == 200  # type: ignore[arg-type]  # the status is an int
             except OSError:
                 return False
 

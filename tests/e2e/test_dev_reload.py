@@ -10,13 +10,12 @@ import textwrap
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from serve_harness import Master, free_port, get, wait_until
 
 pytest.importorskip("watchfiles")
 
-APP = '''
+APP = """
 import helper
 
 async def app(scope, receive, send):
@@ -24,7 +23,7 @@ async def app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": helper.VERSION.encode()})
-'''
+"""
 
 
 def save(path, text: str) -> None:
@@ -48,8 +47,9 @@ def test_edit_break_and_fix_under_a_running_server(tmp_path):
     (tmp_path / "notes.txt").write_text("not python\n")
     port = free_port()
     pidfile = tmp_path / "serve.pid"
-    master = Master(["--reload", "-w", "2", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "devapp:app"],
-                    tmp_path, port, pidfile)
+    master = Master(
+        ["--reload", "-w", "2", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "devapp:app"], tmp_path, port, pidfile
+    )
     try:
         first = {w["pid"] for w in master.wait_workers(2)}
         master.wait_for_line("for changes (--reload)")
@@ -83,7 +83,12 @@ def test_reload_refused_with_preload(tmp_path):
 
     (tmp_path / "devapp.py").write_text(textwrap.dedent(APP))
     (tmp_path / "helper.py").write_text("VERSION = 'one'\n")
-    result = subprocess.run([sys.executable, "-m", "corral.master", "--reload", "--preload", "devapp:app"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "corral.master", "--reload", "--preload", "devapp:app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--reload cannot work with --preload" in result.stderr

@@ -14,12 +14,11 @@ import textwrap
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from serve_harness import Master, free_port, get, wait_until, write_apps
 
 # A typical production gunicorn.conf.py: every hook leaves a file named after itself and the pid it ran in.
-HOOKS_CONF = '''
+HOOKS_CONF = """
 import os
 
 bind = "127.0.0.1:{port}"
@@ -90,16 +89,16 @@ def on_reload(server):
 
 def on_exit(server):
     mark("on_exit")
-'''
+"""
 
-WSGI_APP = '''
+WSGI_APP = """
 import os
 
 def application(environ, start_response):
     environ["app.mark"] = "native"  # post_request gets this very environ (the native WSGI path)
     start_response("200 OK", [("content-type", "text/plain")])
     return [f"{os.environ.get('GREETING')}|{environ['wsgi.multithread']}".encode()]
-'''
+"""
 
 
 def marks(folder, name):
@@ -142,7 +141,7 @@ def test_gunicorn_conf_in_the_working_folder_runs_every_hook(tmp_path):
         inits = marks(tmp_path, "post_worker_init")
         assert set(inits) == first and all(lines == [f"{pid} hello from raw_env"] for pid, lines in inits.items())
         wait_until(lambda: marks(tmp_path, "post_request"), "post_request")
-        (served_by, pre), = marks(tmp_path, "pre_request").items()
+        ((served_by, pre),) = marks(tmp_path, "pre_request").items()
         assert served_by in first and pre == ["GET /a b /a%20b?x=1 yes"]
         assert marks(tmp_path, "post_request") == {served_by: ["/a b 200 OK GET native"]}
 
@@ -154,8 +153,10 @@ def test_gunicorn_conf_in_the_working_folder_runs_every_hook(tmp_path):
         assert marks(tmp_path, "on_reload") == {master.pid: [""]}
         assert marks(tmp_path, "nworkers_changed")[master.pid] == ["3 2", "2 3"]
         wait_until(lambda: set(marks(tmp_path, "worker_exit")) >= first, "the replaced workers' worker_exit")
-        wait_until(lambda: {int(x) for x in marks(tmp_path, "child_exit").get(master.pid, [])} >= first,
-                   "child_exit for the replaced workers")
+        wait_until(
+            lambda: {int(x) for x in marks(tmp_path, "child_exit").get(master.pid, [])} >= first,
+            "child_exit for the replaced workers",
+        )
         last = {w["pid"] for w in master.wait_workers(2)}
 
         master.signal(signal.SIGINT)  # quick stop: the workers get SIGQUIT, so worker_int runs
@@ -169,7 +170,7 @@ def test_gunicorn_conf_in_the_working_folder_runs_every_hook(tmp_path):
         master.stop()
 
 
-PROMETHEUS_CONF = '''
+PROMETHEUS_CONF = """
 import os
 from prometheus_client import multiprocess
 
@@ -182,9 +183,9 @@ pidfile = "serve.pid"
 
 def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
-'''
+"""
 
-PROMETHEUS_APP = '''
+PROMETHEUS_APP = """
 import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 
@@ -211,7 +212,7 @@ async def app(scope, receive, send):
         body = os.environ["APP_ROLE"].encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 def metric(text, name):
@@ -230,8 +231,9 @@ def test_prometheus_multiprocess_with_child_exit(tmp_path):
     (tmp_path / "promapp.py").write_text(PROMETHEUS_APP)
     # As prometheus_client's docs say for gunicorn: the folder is set before the server starts (the config
     # file imports prometheus_client, which reads it at import).
-    master = Master(["promapp:app"], tmp_path, port, tmp_path / "serve.pid",
-                    env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    master = Master(
+        ["promapp:app"], tmp_path, port, tmp_path / "serve.pid", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    )
     try:
         workers = {w["pid"] for w in master.wait_workers(2)}
         for _ in range(6):
@@ -254,18 +256,35 @@ def test_gunicorn_command_line_with_serve_instead(tmp_path):
     """`gunicorn -w 2 -k uvicorn.workers.UvicornWorker -b ... --access-logfile - -e K=V --worker-tmp-dir
     /dev/shm app:app`, and GUNICORN_CMD_ARGS, with `gunicorn` replaced by `serve`."""
     apps = write_apps(tmp_path)
-    (apps / "envapp.py").write_text(textwrap.dedent('''
+    (apps / "envapp.py").write_text(
+        textwrap.dedent("""
         import os
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": os.environ.get("DEPLOY", "-").encode()})
-    '''))
+    """)
+    )
     port = free_port()
     pidfile = tmp_path / "serve.pid"
-    args = ["-w", "2", "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}", "--access-logfile", "-",
-            "-e", "DEPLOY=blue", "--worker-tmp-dir", "/dev/shm", "--pid", str(pidfile), "envapp:app"]
+    args = [
+        "-w",
+        "2",
+        "-k",
+        "uvicorn.workers.UvicornWorker",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--access-logfile",
+        "-",
+        "-e",
+        "DEPLOY=blue",
+        "--worker-tmp-dir",
+        "/dev/shm",
+        "--pid",
+        str(pidfile),
+        "envapp:app",
+    ]
     master = Master(args, apps, port, pidfile, env={"GUNICORN_CMD_ARGS": "--workers 3 --max-requests 1000"})
     try:
         master.wait_workers(2)  # the command line beats GUNICORN_CMD_ARGS
@@ -274,8 +293,13 @@ def test_gunicorn_command_line_with_serve_instead(tmp_path):
         assert master.status()["workers"][0]["state"] == "ready"
     finally:
         assert master.stop() == OK
-    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "envapp:app"], apps, port, pidfile,
-                    env={"GUNICORN_CMD_ARGS": "--workers 3 -e DEPLOY=green"})
+    master = Master(
+        ["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "envapp:app"],
+        apps,
+        port,
+        pidfile,
+        env={"GUNICORN_CMD_ARGS": "--workers 3 -e DEPLOY=green"},
+    )
     try:
         master.wait_workers(3)
         assert get(port) == (200, "green")
@@ -300,8 +324,11 @@ LOGGING_JSON = {
 @pytest.mark.parametrize("how", ["log-config-json", "log-config-json and access-logfile -", "logconfig_dict"])
 def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, how):
     apps = write_apps(tmp_path)
-    config = json.loads(json.dumps(LOGGING_JSON).replace("ACCESS", str(tmp_path / "access.log"))
-                        .replace("ERROR", str(tmp_path / "error.log")))
+    config = json.loads(
+        json.dumps(LOGGING_JSON)
+        .replace("ACCESS", str(tmp_path / "access.log"))
+        .replace("ERROR", str(tmp_path / "error.log"))
+    )
     (tmp_path / "logging.json").write_text(json.dumps(config))
     flags = ["--log-config-json", str(tmp_path / "logging.json")]
     if how == "log-config-json and access-logfile -":
@@ -309,7 +336,8 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, how):
     elif how == "logconfig_dict":
         (apps / "gunicorn.conf.py").write_text(f"logconfig_dict = {config!r}\n")
         flags = []
-    (apps / "printer.py").write_text(textwrap.dedent('''
+    (apps / "printer.py").write_text(
+        textwrap.dedent("""
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
@@ -318,7 +346,8 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, how):
                 raise RuntimeError("boom in the worker")
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
-    '''))
+    """)
+    )
     port = free_port()
     pidfile = tmp_path / "serve.pid"
     # Without --access-logfile, as in gunicorn, a log config that configures the access logger turns it on;
@@ -328,8 +357,10 @@ def test_a_gunicorn_log_config_applies_to_both_logs(tmp_path, how):
         master.wait_workers(1)
         assert get(port, "/logged") == (200, "ok")
         assert get(port, "/boom")[0] == 500
-        wait_until(lambda: (tmp_path / "access.log").exists() and "/boom" in (tmp_path / "access.log").read_text(),
-                   "the access lines")
+        wait_until(
+            lambda: (tmp_path / "access.log").exists() and "/boom" in (tmp_path / "access.log").read_text(),
+            "the access lines",
+        )
         wait_until(lambda: "boom in the worker" in (tmp_path / "error.log").read_text(), "the worker's traceback")
         name, message = (tmp_path / "access.log").read_text().splitlines()[0].split("|", 1)
         assert name == "gunicorn.access" and '"GET /logged HTTP/1.1" 200' in message
@@ -349,8 +380,21 @@ def test_capture_output_sends_prints_to_the_error_log(tmp_path):
     port = free_port()
     pidfile = tmp_path / "serve.pid"
     errorlog = tmp_path / "error.log"
-    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "--error-logfile", str(errorlog),
-                     "--capture-output", "apps:app"], apps, port, pidfile)
+    master = Master(
+        [
+            "-b",
+            f"127.0.0.1:{port}",
+            "--pid",
+            str(pidfile),
+            "--error-logfile",
+            str(errorlog),
+            "--capture-output",
+            "apps:app",
+        ],
+        apps,
+        port,
+        pidfile,
+    )
     try:
         master.wait_workers(1)
         assert get(port, "/slow?0")[0] == 200  # the app prints "slow request started in PID"
@@ -368,16 +412,23 @@ def test_raising_hooks_are_logged_and_post_fork_fails_the_boot(tmp_path):
     from corral.shared.exitcodes import HALT_CRASH_LOOP
 
     apps = write_apps(tmp_path)
-    (apps / "gunicorn.conf.py").write_text(textwrap.dedent('''
+    (apps / "gunicorn.conf.py").write_text(
+        textwrap.dedent("""
         def when_ready(server):
             raise RuntimeError("when_ready bug")
 
         def post_fork(server, worker):
             raise RuntimeError(f"no database for worker {worker.age}")
-    '''))
+    """)
+    )
     port = free_port()
-    result = subprocess.run([sys.executable, "-m", "corral.master", "-b", f"127.0.0.1:{port}", "apps:app"],
-                            cwd=apps, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "corral.master", "-b", f"127.0.0.1:{port}", "apps:app"],
+        cwd=apps,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == HALT_CRASH_LOOP, result.stderr
     assert "Server hook when_ready raised" in result.stderr and "RuntimeError: when_ready bug" in result.stderr
     assert result.stderr.count("Server hook post_fork raised") == 3  # --worker-boot-retries 3
@@ -389,7 +440,7 @@ def test_raising_hooks_are_logged_and_post_fork_fails_the_boot(tmp_path):
 # from the environment through helper variables, the computed values printed as JSON; plus what other
 # projects' configs carry: postponed annotations, a structlog-style `pre_chain` handed to a logconfig_dict
 # formatter, and one misspelt setting (gunicorn ignores it silently).
-DOCKER_IMAGE_CONF = '''
+DOCKER_IMAGE_CONF = """
 from __future__ import annotations
 
 import json
@@ -484,7 +535,7 @@ log_data = {
     "port": port,
 }
 print(json.dumps(log_data), flush=True)
-'''
+"""
 
 
 def test_a_docker_images_config_with_helpers_runs_unchanged(tmp_path):
@@ -494,20 +545,29 @@ def test_a_docker_images_config_with_helpers_runs_unchanged(tmp_path):
     apps = write_apps(tmp_path)
     port = free_port()
     (apps / "gunicorn.conf.py").write_text(DOCKER_IMAGE_CONF)
-    master = Master(["-k", "uvicorn.workers.UvicornWorker", "--pid", str(tmp_path / "serve.pid"), "apps:app"], apps,
-                    port, tmp_path / "serve.pid",
-                    env={"PORT": str(port), "WEB_CONCURRENCY": "2", "GRACEFUL_TIMEOUT": "7", "CORRAL_SRC": "/src"})
+    master = Master(
+        ["-k", "uvicorn.workers.UvicornWorker", "--pid", str(tmp_path / "serve.pid"), "apps:app"],
+        apps,
+        port,
+        tmp_path / "serve.pid",
+        env={"PORT": str(port), "WEB_CONCURRENCY": "2", "GRACEFUL_TIMEOUT": "7", "CORRAL_SRC": "/src"},
+    )
     try:
         master.wait_workers(2)
         assert get(port)[0] == 200
-        master.wait_for_line('gunicorn.access|127.0.0.1 - - ')  # the logconfig_dict's formatter, on stdout
+        master.wait_for_line("gunicorn.access|127.0.0.1 - - ")  # the logconfig_dict's formatter, on stdout
         assert master.status()["workers"][0]["state"] == "ready"
         warnings = [line for line in master.output.splitlines() if "warning" in line.lower()]
-        assert warnings == [f"serve: warning: config file {apps / 'gunicorn.conf.py'}: not a setting, ignored: "
-                            "'max_requests_jiter' (did you mean 'max_requests_jitter'?)",
-                            f"serve: warning: config file {apps / 'gunicorn.conf.py'}: gunicorn's 'worker_tmp_dir' "
-                            "is ignored: liveness is a heartbeat over a socket pair, not a temp file's mtime"], \
-            master.output
+        assert warnings == [
+            (
+                f"serve: warning: config file {apps / 'gunicorn.conf.py'}: not a setting, ignored: "
+                "'max_requests_jiter' (did you mean 'max_requests_jitter'?)"
+            ),
+            (
+                f"serve: warning: config file {apps / 'gunicorn.conf.py'}: gunicorn's 'worker_tmp_dir' "
+                "is ignored: liveness is a heartbeat over a socket pair, not a temp file's mtime"
+            ),
+        ], master.output
         assert f'"bind": "127.0.0.1:{port}"' in master.output  # the file's own print ran
     finally:
         assert master.stop() == OK
@@ -520,26 +580,39 @@ def test_the_same_config_is_checked_without_starting(tmp_path):
 
     from serve_harness import clean_env
 
-    result = subprocess.run([sys.executable, "-m", "corral.master", "--print-config", "apps:app"], cwd=apps,
-                            env=clean_env({"WEB_CONCURRENCY": "3", "LOG_LEVEL": "warning", "KEEP_ALIVE": "9"}),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "corral.master", "--print-config", "apps:app"],
+        cwd=apps,
+        env=clean_env({"WEB_CONCURRENCY": "3", "LOG_LEVEL": "warning", "KEEP_ALIVE": "9"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == OK, result.stderr
     lines = result.stdout.splitlines()
-    for expected in ("workers = 3", "loglevel = warning", "keepalive = 9.0", "graceful_timeout = 120.0",
-                     "timeout = 120.0", "bind = 127.0.0.1:80", "accesslog = -", "max_requests_jitter = 0"):
+    for expected in (
+        "workers = 3",
+        "loglevel = warning",
+        "keepalive = 9.0",
+        "graceful_timeout = 120.0",
+        "timeout = 120.0",
+        "bind = 127.0.0.1:80",
+        "accesslog = -",
+        "max_requests_jitter = 0",
+    ):
         assert expected in lines, expected
 
 
-PROJECT_WORKER = '''
+PROJECT_WORKER = """
 from uvicorn.workers import UvicornWorker
 
 
 class MyUvicornWorker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "asyncio", "http": "auto", "lifespan": "off", "root_path": "/api",
                      "proxy_headers": False}
-'''
+"""
 
-SCOPE_APP = '''
+SCOPE_APP = """
 import json
 
 async def app(scope, receive, send):
@@ -548,7 +621,7 @@ async def app(scope, receive, send):
     body = {"root_path": scope["root_path"], "client": scope["client"][0], "scheme": scope["scheme"]}
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
-'''
+"""
 
 
 @pytest.mark.parametrize("uvicorn_importable", [True, False])
@@ -570,8 +643,23 @@ def test_a_projects_uvicorn_worker_subclass(tmp_path, uvicorn_importable):
         env["PYTHONPATH"] = str(shadow)
     port = free_port()
     pidfile = tmp_path / "serve.pid"
-    master = Master(["-k", "myproject.workers.MyUvicornWorker", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile),
-                     "--forwarded-allow-ips", "*", "scopeapp:app"], tmp_path, port, pidfile, env=env)
+    master = Master(
+        [
+            "-k",
+            "myproject.workers.MyUvicornWorker",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--pid",
+            str(pidfile),
+            "--forwarded-allow-ips",
+            "*",
+            "scopeapp:app",
+        ],
+        tmp_path,
+        port,
+        pidfile,
+        env=env,
+    )
     try:
         master.wait_workers(1)
         status, text = request(port, "/x", {"X-Forwarded-For": "10.9.8.7", "X-Forwarded-Proto": "https"})
@@ -590,8 +678,22 @@ def test_limit_request_line_0_allows_long_urls(tmp_path):
     apps = write_apps(tmp_path)
     port = free_port()
     pidfile = tmp_path / "serve.pid"
-    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "--limit-request-line", "0",
-                     "--limit-request-field_size", "0", "apps:app"], apps, port, pidfile)
+    master = Master(
+        [
+            "-b",
+            f"127.0.0.1:{port}",
+            "--pid",
+            str(pidfile),
+            "--limit-request-line",
+            "0",
+            "--limit-request-field_size",
+            "0",
+            "apps:app",
+        ],
+        apps,
+        port,
+        pidfile,
+    )
     try:
         master.wait_workers(1)
         long_url = "/search?q=" + "x" * 20_000

@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gunicorn_corpus as corpus  # noqa: E402
-from serve_harness import Master, start_master, wait_until  # noqa: E402
+import gunicorn_corpus as corpus
+from serve_harness import Master, start_master, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +42,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str,
     def server(interface: str, args: tuple[str, ...]) -> Master:
         key = (interface, args)
         if key not in started:
-            master = start_master(folder, "-w", "1", "--interface", "asgi3" if interface == "asgi" else interface, *args, f"echo_{interface}:app")
+            master = start_master(
+                folder,
+                "-w",
+                "1",
+                "--interface",
+                "asgi3" if interface == "asgi" else interface,
+                *args,
+                f"echo_{interface}:app",
+            )
             started[key] = master
             probe = corpus.probe_for(args)
 
@@ -92,7 +99,8 @@ def _check_valid(case: corpus.Case, server: Master, interface: str) -> None:
     if refused:
         statuses = [status for status, _ in outcome.responses]
         assert (statuses and 400 <= statuses[0] < 600) or (not statuses and outcome.closed), (
-            f"{case.id} is listed as refused ({corpus.REFUSED_VALID[case.name]}) but got {outcome}")
+            f"{case.id} is listed as refused ({corpus.REFUSED_VALID[case.name]}) but got {outcome}"
+        )
         return
     assert len(outcome.responses) == len(expected), f"{case.id}: {outcome}"
     for number, ((status, body), request) in enumerate(zip(outcome.responses, expected)):
@@ -107,7 +115,8 @@ def _check_invalid(case: corpus.Case, server: Master) -> None:
     served = [corpus.answer(status, body) for status, body in outcome.responses]
     if case.name in corpus.SERVED_INVALID:
         assert served and served[0] is not None, (
-            f"{case.id} is listed as served ({corpus.SERVED_INVALID[case.name]}) but got {outcome}")
+            f"{case.id} is listed as served ({corpus.SERVED_INVALID[case.name]}) but got {outcome}"
+        )
         return
     statuses = [status for status, _ in outcome.responses]
     assert not any(s < 400 for s in statuses[:1]), f"{case.id} ({case.error}) was served: {outcome}"
@@ -129,24 +138,41 @@ def _run(cases: list[corpus.Case], check: Callable[[corpus.Case], None]) -> tupl
 @pytest.mark.parametrize("interface", ["asgi", "wsgi"])
 def test_valid_corpus_is_served(cases, servers, interface: str) -> None:
     valid = [c for c in cases if c.kind == "valid"]
-    pid = corpus.answer(*corpus.exchange(servers(interface, corpus.serve_args(corpus.Case('valid', 'probe', b''))).port, corpus.PROBE, 1, False).responses[0])["pid"]
-    passed, failures = _run(valid, lambda case: _check_valid(case, servers(interface, corpus.serve_args(case)),
-                                                              interface))
+    pid = corpus.answer(
+        *corpus.exchange(
+            servers(interface, corpus.serve_args(corpus.Case("valid", "probe", b""))).port, corpus.PROBE, 1, False
+        ).responses[0]
+    )["pid"]
+    passed, failures = _run(
+        valid, lambda case: _check_valid(case, servers(interface, corpus.serve_args(case)), interface)
+    )
     print(f"gunicorn {corpus.GUNICORN_VERSION} valid corpus, {interface}: {passed}/{len(valid)} as expected")
     print("\n".join(failures))
     assert not failures, f"{len(failures)} of {len(valid)} valid cases:\n" + "\n".join(failures)
-    after = corpus.answer(*corpus.exchange(servers(interface, corpus.serve_args(corpus.Case('valid', 'probe', b''))).port, corpus.PROBE, 1, False).responses[0])
+    after = corpus.answer(
+        *corpus.exchange(
+            servers(interface, corpus.serve_args(corpus.Case("valid", "probe", b""))).port, corpus.PROBE, 1, False
+        ).responses[0]
+    )
     assert after["pid"] == pid, "the default server's worker changed during the corpus"
 
 
 @pytest.mark.timeout(600)
 def test_invalid_corpus_is_refused(cases, servers) -> None:
     invalid = [c for c in cases if c.kind == "invalid"]
-    pid = corpus.answer(*corpus.exchange(servers('asgi', corpus.serve_args(corpus.Case('valid', 'probe', b''))).port, corpus.PROBE, 1, False).responses[0])["pid"]
+    pid = corpus.answer(
+        *corpus.exchange(
+            servers("asgi", corpus.serve_args(corpus.Case("valid", "probe", b""))).port, corpus.PROBE, 1, False
+        ).responses[0]
+    )["pid"]
     passed, failures = _run(invalid, lambda case: _check_invalid(case, servers("asgi", corpus.serve_args(case))))
     print(f"gunicorn {corpus.GUNICORN_VERSION} invalid corpus: {passed}/{len(invalid)} as expected")
     print("\n".join(failures))
     assert not failures, f"{len(failures)} of {len(invalid)} invalid cases:\n" + "\n".join(failures)
     # Refusing 81 malformed requests cost the worker nothing: the same process answers.
-    after = corpus.answer(*corpus.exchange(servers('asgi', corpus.serve_args(corpus.Case('valid', 'probe', b''))).port, corpus.PROBE, 1, False).responses[0])
+    after = corpus.answer(
+        *corpus.exchange(
+            servers("asgi", corpus.serve_args(corpus.Case("valid", "probe", b""))).port, corpus.PROBE, 1, False
+        ).responses[0]
+    )
     assert after["pid"] == pid, "the default server's worker changed while refusing the invalid corpus"

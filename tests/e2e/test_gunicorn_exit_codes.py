@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, clean_env, free_port  # noqa: E402
+from serve_harness import WAIT, clean_env, free_port
 
 pytest.importorskip("gunicorn")
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
@@ -30,28 +30,37 @@ FILES = {
 
 def run(argv: list[str], cwd: Path) -> int:
     """Run `argv` to its end (bounded; its whole process group is killed past WAIT) and return its code."""
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=clean_env({"HOME": str(cwd)}), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # HOME: gunicorn's control socket
+    proc = subprocess.Popen(
+        argv,
+        cwd=str(cwd),
+        env=clean_env({"HOME": str(cwd)}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # HOME: gunicorn's control socket
     try:
         return proc.wait(WAIT)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(WAIT)
-        raise AssertionError(f"{argv} did not exit within {WAIT}s")
+        raise AssertionError(f"{argv} did not exit within {WAIT}s") from None
 
 
-@pytest.mark.parametrize("args, serve_code, gunicorn_code", [
-    pytest.param(["--workers", "lots", "wsgiapp:app"], 2, 2, id="bad flag value"),
-    pytest.param(["-c", "broken.conf.py", "wsgiapp:app"], 2, 1, id="config file fails to run"),
-    pytest.param(["-c", "missing.conf.py", "wsgiapp:app"], 2, 1, id="config file missing"),
-    pytest.param(["-c", "badvalue.conf.py", "wsgiapp:app"], 2, 1, id="bad value in the config file"),
-    pytest.param(["--pid", "held.pid", "wsgiapp:app"], 2, 1, id="pid file of a running process"),
-    pytest.param(["no_such_app_module:app"], 4, 3, id="app module missing"),
-    pytest.param(["raises:app"], 4, 3, id="app import raises"),
-    pytest.param(["noapp:app"], 4, 4, id="no such app in the module"),
-    pytest.param(["--check-config", "no_such_app_module:app"], 4, 1, id="check-config, app missing"),
-    pytest.param(["BIND IN USE", "wsgiapp:app"], 6, 1, id="address in use"),
-])
+@pytest.mark.parametrize(
+    "args, serve_code, gunicorn_code",
+    [
+        pytest.param(["--workers", "lots", "wsgiapp:app"], 2, 2, id="bad flag value"),
+        pytest.param(["-c", "broken.conf.py", "wsgiapp:app"], 2, 1, id="config file fails to run"),
+        pytest.param(["-c", "missing.conf.py", "wsgiapp:app"], 2, 1, id="config file missing"),
+        pytest.param(["-c", "badvalue.conf.py", "wsgiapp:app"], 2, 1, id="bad value in the config file"),
+        pytest.param(["--pid", "held.pid", "wsgiapp:app"], 2, 1, id="pid file of a running process"),
+        pytest.param(["no_such_app_module:app"], 4, 3, id="app module missing"),
+        pytest.param(["raises:app"], 4, 3, id="app import raises"),
+        pytest.param(["noapp:app"], 4, 4, id="no such app in the module"),
+        pytest.param(["--check-config", "no_such_app_module:app"], 4, 1, id="check-config, app missing"),
+        pytest.param(["BIND IN USE", "wsgiapp:app"], 6, 1, id="address in use"),
+    ],
+)
 def test_exit_codes_against_gunicorns(tmp_path, args, serve_code, gunicorn_code):
     for name, text in FILES.items():
         (tmp_path / name).write_text(text)

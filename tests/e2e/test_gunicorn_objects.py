@@ -17,10 +17,10 @@ import textwrap
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until  # noqa: E402
+from serve_harness import Master, free_port, get, wait_until
 
 # Every hook writes what it saw as one JSON line to records/<hook>.<pid>.
-OBJECTS_CONF = '''
+OBJECTS_CONF = """
 import json, os, time
 
 bind = ["127.0.0.1:{port}", "unix:{sock}"]
@@ -89,9 +89,9 @@ def child_exit(server, worker):
     record("child_exit", pid=worker.pid, age=worker.age, booted=worker.booted, nr=worker.nr,
            nr_conns=worker.nr_conns, remaining=sorted(server.WORKERS),
            ages=sorted(w.age for w in server.WORKERS.values()))
-'''
+"""
 
-APP = '''
+APP = """
 import os
 
 async def app(scope, receive, send):
@@ -99,7 +99,7 @@ async def app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-'''
+"""
 
 
 def records(folder, hook):
@@ -125,8 +125,10 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         assert ready["names"] == [["127.0.0.1", port], str(sock)] and all(ready["fds"])
         assert (ready["workers"], ready["num_workers"], ready["cfg_workers"]) == (0, 2, 2)
         assert ready["worker_connections"] == 1000  # gunicorn's default: corral has no such setting
-        assert ready["address"] == [["127.0.0.1", port], str(sock)] and ready["bind"] == [f"127.0.0.1:{port}",
-                                                                                          f"unix:{sock}"]
+        assert ready["address"] == [["127.0.0.1", port], str(sock)] and ready["bind"] == [
+            f"127.0.0.1:{port}",
+            f"unix:{sock}",
+        ]
         assert ready["env"] == {"STAGE": "test"} and ready["uid"] == os.geteuid() and ready["is_ssl"] is False
         assert ready["keepalive"] == 5.0 and ready["proc_name"] == "objapp:app" and ready["timeout"] == 40
         assert ready["sendfile"] is False and ready["worker_tmp_dir"] is None and ready["reexec_pid"] == 0
@@ -145,23 +147,44 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
             assert post["max_requests"] == next(r["max_requests"] for r in forks if r["age"] == post["age"])
         inits = records(tmp_path, "post_worker_init")
         assert set(inits) == first
-        assert all(lines == [{"booted": True, "app": "function", "nr": 0, "notified": True, "alive": True,
-                              "asgi": True, "loop": True}]
-                   for lines in inits.values())
+        assert all(
+            lines
+            == [
+                {
+                    "booted": True,
+                    "app": "function",
+                    "nr": 0,
+                    "notified": True,
+                    "alive": True,
+                    "asgi": True,
+                    "loop": True,
+                }
+            ]
+            for lines in inits.values()
+        )
 
         # The app check's child (before the workers were forked) went through a worker's exit hooks: worker_exit
         # in the child, with the app it imported, then child_exit in the master, for the same pid, age 0.
-        (checked, (check_exit,)), = ((pid, lines) for pid, lines in records(tmp_path, "worker_exit").items())
+        ((checked, (check_exit,)),) = ((pid, lines) for pid, lines in records(tmp_path, "worker_exit").items())
         assert checked not in first | {master.pid}
-        assert check_exit == {"pid": checked, "ppid": master.pid, "age": 0, "booted": False, "alive": False,
-                              "app": "function", "nr": 0, "nr_conns": 0}
+        assert check_exit == {
+            "pid": checked,
+            "ppid": master.pid,
+            "age": 0,
+            "booted": False,
+            "alive": False,
+            "app": "function",
+            "nr": 0,
+            "nr_conns": 0,
+        }
         check_reaped = [r for r in records(tmp_path, "child_exit")[master.pid] if r["pid"] == checked]
         assert [(r["age"], r["booted"], r["nr"], r["nr_conns"], r["remaining"]) for r in check_reaped] == [
-            (0, False, 0, 0, [])]
+            (0, False, 0, 0, [])
+        ]
 
         assert get(port, "/one")[0] == 200
         wait_until(lambda: records(tmp_path, "post_request"), "post_request")
-        (served_by, seen), = records(tmp_path, "post_request").items()
+        ((_served_by, seen),) = records(tmp_path, "post_request").items()
         assert seen == [{"path": "/one", "nr": 1}]
 
         # worker.alive = False: the master starts a replacement, then stops that worker gracefully
@@ -171,8 +194,10 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         master.wait_for_line(f"(pid {retired}) asks to be replaced (a hook set worker.alive = False)")
         after = {w["pid"] for w in master.wait_workers(2, lambda ws: retired not in {w["pid"] for w in ws})}
         assert len(after & first) == 1
-        wait_until(lambda: any(r["pid"] == retired for r in records(tmp_path, "child_exit").get(master.pid, [])),
-                   "child_exit for the retired worker")
+        wait_until(
+            lambda: any(r["pid"] == retired for r in records(tmp_path, "child_exit").get(master.pid, [])),
+            "child_exit for the retired worker",
+        )
         exit_record = next(r for r in records(tmp_path, "child_exit")[master.pid] if r["pid"] == retired)
         assert exit_record["booted"] is True and exit_record["nr"] >= 1 and exit_record["age"] in (1, 2)
         assert exit_record["nr_conns"] == 0  # its last heartbeat: it stopped once its connections were done
@@ -188,8 +213,11 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
         (tmp_path / "objapp.py").write_text("this is not python\n")
         master.signal(signal.SIGHUP)
         master.wait_for_line("Reload failed, keeping the running workers")
-        (failed, (failed_exit,)), = ((pid, lines) for pid, lines in records(tmp_path, "worker_exit").items()
-                                     if lines[0]["age"] == 0 and pid != checked)
+        ((failed, (failed_exit,)),) = (
+            (pid, lines)
+            for pid, lines in records(tmp_path, "worker_exit").items()
+            if lines[0]["age"] == 0 and pid != checked
+        )
         assert failed_exit["app"] == "NoneType" and failed_exit["ppid"] == master.pid
         assert any(r["pid"] == failed and r["age"] == 0 for r in records(tmp_path, "child_exit")[master.pid])
         assert {w["pid"] for w in master.status()["workers"]} == after
@@ -199,7 +227,7 @@ def test_hooks_get_gunicorns_server_and_worker_attributes(tmp_path):
 
 # PostHog's pattern: post_fork starts a monitoring thread that reads worker.nr_conns (gunicorn's gthread worker
 # keeps it) for as long as the worker lives. This one writes each new value to a file.
-NR_CONNS_CONF = '''
+NR_CONNS_CONF = """
 import os, threading, time
 
 bind = "127.0.0.1:{port}"
@@ -223,13 +251,13 @@ def post_fork(server, worker):
             time.sleep(0.01)
 
     threading.Thread(target=watch, daemon=True).start()
-'''
+"""
 
-WSGI_APP = '''
+WSGI_APP = """
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
-'''
+"""
 
 
 def test_worker_nr_conns_counts_open_connections_for_a_monitoring_thread(tmp_path):
@@ -258,14 +286,14 @@ def test_worker_nr_conns_counts_open_connections_for_a_monitoring_thread(tmp_pat
         wait_until(lambda: last() == 1, "1 open connection")
         clients[2].close()
         wait_until(lambda: last() == 0, "no open connection")
-        assert [int(n) for n in seen.read_text().split()][0] == 0  # read from post_fork on, before any server
+        assert next(int(n) for n in seen.read_text().split()) == 0  # read from post_fork on, before any server
     finally:
         for client in clients:
             client.close()
         master.stop()
 
 
-MULTIPROC_CONF = '''
+MULTIPROC_CONF = """
 from prometheus_client import multiprocess
 
 bind = "127.0.0.1:{port}"
@@ -275,9 +303,9 @@ pidfile = "serve.pid"
 
 def {hook}(server, worker):
     multiprocess.mark_process_dead(worker.pid)
-'''
+"""
 
-MULTIPROC_APP = '''
+MULTIPROC_APP = """
 import os
 from prometheus_client import Gauge
 
@@ -291,7 +319,7 @@ async def app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-'''
+"""
 
 
 def live_workers(folder) -> float:
@@ -317,8 +345,9 @@ def test_prometheus_livesum_counts_exactly_the_live_workers(tmp_path, hook):
     metrics.mkdir()
     (tmp_path / "gunicorn.conf.py").write_text(MULTIPROC_CONF.format(port=port, hook=hook))
     (tmp_path / "liveapp.py").write_text(textwrap.dedent(MULTIPROC_APP))
-    master = Master(["liveapp:app"], tmp_path, port, tmp_path / "serve.pid",
-                    env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    master = Master(
+        ["liveapp:app"], tmp_path, port, tmp_path / "serve.pid", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    )
 
     def files() -> set[int]:
         return {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_livesum_*.db")}
@@ -337,8 +366,9 @@ def test_prometheus_livesum_counts_exactly_the_live_workers(tmp_path, hook):
 
         for _ in range(2):  # a new app check, then new workers replace the old ones
             master.signal(signal.SIGHUP)
-            current = {w["pid"] for w in master.wait_workers(2, lambda ws, old=current: not (
-                {w["pid"] for w in ws} & old))}
+            current = {
+                w["pid"] for w in master.wait_workers(2, lambda ws, old=current: not ({w["pid"] for w in ws} & old))
+            }
             wait_until(lambda: files() == current, "only the new workers' files (the old ones' and the check's gone)")
             assert live_workers(metrics) == 2.0
         assert get(port)[0] == 200

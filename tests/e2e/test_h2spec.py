@@ -16,14 +16,14 @@ import re
 import subprocess
 import sys
 import textwrap
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master  # noqa: E402
-from test_tls import make_certs  # noqa: E402
+from serve_harness import LIFESPAN, Master
+from test_tls import make_certs
 
 ROOT = Path(__file__).resolve().parents[2]
 H2SPEC = Path(os.environ.get("H2SPEC_BIN") or ROOT / ".h2spec" / "h2spec")
@@ -38,7 +38,9 @@ KNOWN_FAILURES: dict[str, str] = {}
 # GOAWAY. Checked to be the only difference.
 AUTO_DIFFERENCES = {"http2/3.5/2": "an HTTP/1.1 port too: the invalid preface is a bad HTTP/1.1 request (400)"}
 
-APP = LIFESPAN + '''
+APP = (
+    LIFESPAN
+    + """
 BODY = b"corral answers h2spec. " * 64  # the flow-control cases need a body longer than their windows
 
 async def app(scope, receive, send):
@@ -48,14 +50,17 @@ async def app(scope, receive, send):
         pass
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": BODY})
-'''
+"""
+)
 
 
 @pytest.fixture(scope="module")
 def h2spec() -> Path:
     if not (H2SPEC.is_file() and os.access(H2SPEC, os.X_OK)):
-        why = (f"h2spec is not built ({H2SPEC}): .ci/run builds it, or "
-               f"`bash <shared>/tools/h2spec/build_h2spec.sh {ROOT / '.h2spec' / 'h2spec'}`")
+        why = (
+            f"h2spec is not built ({H2SPEC}): .ci/run builds it, or "
+            f"`bash <shared>/tools/h2spec/build_h2spec.sh {ROOT / '.h2spec' / 'h2spec'}`"
+        )
         if os.environ.get("REQUIRE_H2SPEC"):
             pytest.fail(why + " (REQUIRE_H2SPEC is set: it must run)")
         pytest.skip(why)
@@ -76,8 +81,9 @@ def serve(tmp_path, masters):
 
 def run_h2spec(h2spec: Path, report: Path, target: list[str]) -> dict[str, str | None]:
     """Every case's id (`http2/6.9.1/1`, as h2spec takes it) -> None when it passed, else why not."""
-    done = subprocess.run([str(h2spec), *target, "-o", str(TIMEOUT), "-j", str(report)], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [str(h2spec), *target, "-o", str(TIMEOUT), "-j", str(report)], capture_output=True, text=True, timeout=600
+    )
     assert report.is_file(), f"h2spec wrote no report (exit {done.returncode}):\n{done.stdout[-4000:]}{done.stderr}"
     results: dict[str, str | None] = {}
     for suite in ElementTree.parse(report).getroot().iter("testsuite"):
@@ -85,8 +91,11 @@ def run_h2spec(h2spec: Path, report: Path, target: list[str]) -> dict[str, str |
         for number, case in enumerate(suite.iter("testcase"), 1):
             name = f"{suite.get('package')}/{number}"
             outcome = next(iter(case), None)  # <failure>, <error> or <skipped>; nothing when it passed
-            results[name] = None if outcome is None else (
-                f"{outcome.tag}: {case.get('classname')}: {' / '.join((outcome.text or '').splitlines())}")
+            results[name] = (
+                None
+                if outcome is None
+                else (f"{outcome.tag}: {case.get('classname')}: {' / '.join((outcome.text or '').splitlines())}")
+            )
     assert len(results) == CASES, f"h2spec ran {len(results)} cases, not {CASES}:\n{done.stdout[-4000:]}"
     return results
 
@@ -97,13 +106,15 @@ def check(h2spec: Path, report: Path, target: list[str], expected: dict[str, str
     if set(failed) != set(expected):
         details = []
         for name in sorted(set(failed) - set(expected)):  # h2spec's own log of each, run alone
-            alone = subprocess.run([str(h2spec), *target, "-o", str(TIMEOUT), "-v", name], capture_output=True,
-                                   text=True, timeout=120)
+            alone = subprocess.run(
+                [str(h2spec), *target, "-o", str(TIMEOUT), "-v", name], capture_output=True, text=True, timeout=120
+            )
             details.append(f"--- {name}: {failed[name]}\n{alone.stdout[-3000:]}")
         passing = sorted(set(expected) - set(failed))
-        pytest.fail(f"h2spec {' '.join(target)}: {CASES - len(failed)}/{CASES} passed; unexpected failures "
-                    f"{sorted(set(failed) - set(expected))}, expected failures that passed {passing}\n"
-                    + "\n".join(details))
+        pytest.fail(
+            f"h2spec {' '.join(target)}: {CASES - len(failed)}/{CASES} passed; unexpected failures "
+            f"{sorted(set(failed) - set(expected))}, expected failures that passed {passing}\n" + "\n".join(details)
+        )
 
 
 def check_log(master: Master) -> None:
@@ -128,5 +139,9 @@ def test_h2spec_tls_passes_every_case(h2spec, serve, tmp_path):
 
 def test_h2spec_h2c_on_an_http_auto_port(h2spec, serve, tmp_path):
     master = serve()
-    check(h2spec, tmp_path / "auto.xml", ["-h", "127.0.0.1", "-p", str(master.port)],
-          {**KNOWN_FAILURES, **AUTO_DIFFERENCES})
+    check(
+        h2spec,
+        tmp_path / "auto.xml",
+        ["-h", "127.0.0.1", "-p", str(master.port)],
+        {**KNOWN_FAILURES, **AUTO_DIFFERENCES},
+    )

@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master, WAIT, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, WAIT, Master, wait_until
 
-ECHO = '''
+ECHO = """
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         return await lifespan(receive, send)
@@ -38,7 +38,7 @@ def wsgi(environ, start_response):
     body = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok:%d" % len(body)]
-'''
+"""
 
 MIB = 1024 * 1024
 
@@ -175,8 +175,23 @@ SEEDS = [
     b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
 ]
-TOKENS = [b"\r\n", b"\n", b" ", b"\t", b":", b"\x00", b"\xff", b"Host: b\r\n", b"Content-Length: 99\r\n",
-          b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n", b"ffffffffffffffff\r\n", b"HTTP/2.0", b"%00", b"*"]
+TOKENS = [
+    b"\r\n",
+    b"\n",
+    b" ",
+    b"\t",
+    b":",
+    b"\x00",
+    b"\xff",
+    b"Host: b\r\n",
+    b"Content-Length: 99\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"0\r\n\r\n",
+    b"ffffffffffffffff\r\n",
+    b"HTTP/2.0",
+    b"%00",
+    b"*",
+]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -192,11 +207,11 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         elif kind == 2:  # truncate
             del data[at:]
         elif kind == 3 and data:  # delete a run
-            del data[at:at + rng.randint(1, 8)]
+            del data[at : at + rng.randint(1, 8)]
         else:  # splice a piece of another seed
             other = rng.choice(SEEDS)
             start = rng.randrange(len(other))
-            data[at:at] = other[start:start + rng.randint(1, 40)]
+            data[at:at] = other[start : start + rng.randint(1, 40)]
     if rng.random() < 0.3:  # and change header casing
         data = bytearray(bytes(data).swapcase() if rng.random() < 0.5 else bytes(data).upper())
     return bytes(data)

@@ -1,7 +1,7 @@
-"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c,
---http2-prior-knowledge), httpx with http2=True, h2load (100 streams per connection, h2c and TLS); Starlette (JSON, echo, streaming) over h2 and h2c, a TLS client certificate seen in the
-scope over h2, Django over h2c; a Rapid Reset flood against the worker process, which stays up, serves other
-connections and keeps its memory bounded."""
+"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c, --http2-prior-knowledge),
+httpx with http2=True, h2load (100 streams per connection, h2c and TLS); Starlette (JSON, echo, streaming) over h2
+and h2c, a TLS client certificate seen in the scope over h2, Django over h2c; a Rapid Reset flood against the worker
+process, which stays up, serves other connections and keeps its memory bounded."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "worker"))
-from h2_helpers import H2Client  # noqa: E402
-from serve_harness import WAIT, Master  # noqa: E402
-from test_tls import client_context, make_certs  # noqa: E402
+from h2_helpers import H2Client
+from serve_harness import WAIT, Master
+from test_tls import client_context, make_certs
 
 CURL = shutil.which("curl")
 H2LOAD = shutil.which("h2load")
@@ -67,8 +67,9 @@ def serve(tmp_path, masters):
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CURL, "-sS", "--max-time", str(WAIT), *args], capture_output=True, text=True,
-                          timeout=WAIT * 2)
+    return subprocess.run(
+        [CURL, "-sS", "--max-time", str(WAIT), *args], capture_output=True, text=True, timeout=WAIT * 2
+    )
 
 
 def check_starlette(client: httpx.Client, base: str, scheme: str) -> None:
@@ -84,16 +85,38 @@ def check_starlette(client: httpx.Client, base: str, scheme: str) -> None:
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_h2_over_tls_by_alpn_with_a_client_certificate(serve, tmp_path):
     certs = make_certs(tmp_path)
-    master = serve("--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]), "--ca-certs", str(certs["ca"]),
-                   "--cert-reqs", "1")
+    master = serve(
+        "--certfile",
+        str(certs["cert"]),
+        "--keyfile",
+        str(certs["key"]),
+        "--ca-certs",
+        str(certs["ca"]),
+        "--cert-reqs",
+        "1",
+    )
     base = f"https://127.0.0.1:{master.port}"
-    done = curl("--http2", "--cacert", str(certs["ca"]), "--cert", str(certs["client_cert"]), "--key",
-                str(certs["client_key"]), "-w", "\n%{http_version}", f"{base}/")
+    done = curl(
+        "--http2",
+        "--cacert",
+        str(certs["ca"]),
+        "--cert",
+        str(certs["client_cert"]),
+        "--key",
+        str(certs["client_key"]),
+        "-w",
+        "\n%{http_version}",
+        f"{base}/",
+    )
     body, version = done.stdout.rsplit("\n", 1)
     assert version == "2", done.stderr
     seen = json.loads(body)
-    assert seen == {"http_version": "2", "scheme": "https", "host": f"127.0.0.1:{master.port}",
-                    "client_cert_name": "CN=client.example,O=Test Org"}
+    assert seen == {
+        "http_version": "2",
+        "scheme": "https",
+        "host": f"127.0.0.1:{master.port}",
+        "client_cert_name": "CN=client.example,O=Test Org",
+    }
     with httpx.Client(http2=True, verify=client_context(certs), timeout=WAIT) as client:
         check_starlette(client, base, "https")
     # A client without h2 in its ALPN gets HTTP/1.1 on the same port.
@@ -114,8 +137,9 @@ def test_h2c_prior_knowledge_curl_httpx_h2load_and_a_rapid_reset_flood(serve):
     assert done.stdout.endswith("\n1.1"), done.stdout
     with httpx.Client(http1=False, http2=True, timeout=WAIT) as client:
         check_starlette(client, base, "http")
-    load = subprocess.run([H2LOAD, "-n", "2000", "-c", "4", "-m", "16", f"{base}/"], capture_output=True,
-                          text=True, timeout=120)
+    load = subprocess.run(
+        [H2LOAD, "-n", "2000", "-c", "4", "-m", "16", f"{base}/"], capture_output=True, text=True, timeout=120
+    )
     assert "2000 succeeded" in load.stdout and "status codes: 2000 2xx" in load.stdout, load.stdout
 
     workers = psutil.Process(master.pid).children()
@@ -147,8 +171,12 @@ def test_h2load_100_concurrent_streams_per_connection_over_h2c_and_tls(serve, tm
         # 100 streams at once per connection, with the RFC's default windows (-w 16 -W 16: 64 KiB per stream and
         # 64 KiB for the connection, which the 100 share): the streamed responses take turns on the connection's
         # window, in whatever pieces it is opened by.
-        load = subprocess.run([H2LOAD, "-n", "2000", "-c", "2", "-m", "100", "-w", "16", "-W", "16", f"{base}/",
-                               f"{base}/stream"], capture_output=True, text=True, timeout=240)
+        load = subprocess.run(
+            [H2LOAD, "-n", "2000", "-c", "2", "-m", "100", "-w", "16", "-W", "16", f"{base}/", f"{base}/stream"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert "2000 succeeded" in load.stdout and "status codes: 2000 2xx" in load.stdout, load.stdout + load.stderr
         assert f"Application protocol: {'h2' if base.startswith('https') else 'h2c'}\n" in load.stdout
 
@@ -158,8 +186,9 @@ def django_project(tmp_path_factory) -> Path:
     pytest.importorskip("django")
     folder = tmp_path_factory.mktemp("django_h2")
     subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(folder)], check=True, timeout=120)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=folder, check=True,
-                   timeout=300)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=folder, check=True, timeout=300
+    )
     return folder
 
 

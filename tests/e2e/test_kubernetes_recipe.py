@@ -13,14 +13,15 @@ import sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import local_serve, recipe  # noqa: E402
-from serve_harness import WAIT, clean_env  # noqa: E402
+from recipes import local_serve, recipe
+from serve_harness import WAIT, clean_env
 
 
 def settings_of(args: list[str]) -> dict[str, str]:
     assert args[0] == "serve"
-    result = subprocess.run([*local_serve(), "--print-config", *args[1:]], capture_output=True, text=True,
-                            timeout=WAIT, env=clean_env())
+    result = subprocess.run(
+        [*local_serve(), "--print-config", *args[1:]], capture_output=True, text=True, timeout=WAIT, env=clean_env()
+    )
     assert result.returncode == 0, result.stderr
     values = {}
     for line in result.stdout.splitlines():

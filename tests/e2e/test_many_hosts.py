@@ -25,16 +25,17 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import command_line, local_serve, recipe, substitute, substitute_re  # noqa: E402
-from serve_harness import LIFESPAN, Master, STOP_WAIT, WAIT, free_port, kill_pids, wait_until  # noqa: E402
-from test_nginx import NGINX, Nginx, nginx_frame  # noqa: E402
+from recipes import command_line, local_serve, recipe, substitute, substitute_re
+from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, kill_pids, wait_until
+from test_nginx import NGINX, Nginx, nginx_frame
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
 IP = shutil.which("ip")
@@ -52,8 +53,10 @@ def _netns_refusal() -> str | None:
     name = f"corralprobe{os.getpid()}"
     probe = subprocess.run([IP, "netns", "add", name], capture_output=True, text=True)
     if probe.returncode != 0:
-        return f"the kernel refuses network namespaces here ({probe.stderr.strip() or 'ip netns add failed'}): " \
-               "this test needs root or CAP_NET_ADMIN"
+        return (
+            f"the kernel refuses network namespaces here ({probe.stderr.strip() or 'ip netns add failed'}): "
+            "this test needs root or CAP_NET_ADMIN"
+        )
     subprocess.run([IP, "netns", "del", name], capture_output=True)
     return None
 
@@ -61,7 +64,7 @@ def _netns_refusal() -> str | None:
 REFUSAL = _netns_refusal()
 pytestmark = pytest.mark.skipif(REFUSAL is not None, reason=REFUSAL or "")
 
-APP = '''
+APP = """
 import asyncio, json, os
 
 async def app(scope, receive, send):
@@ -72,11 +75,11 @@ async def app(scope, receive, send):
                        "pid": os.getpid()}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([IP, *args], capture_output=True, text=True, timeout=WAIT)  # type: ignore[list-item]
+    result = subprocess.run([IP, *args], capture_output=True, text=True, timeout=WAIT)  # type: ignore[list-item]  # IP is found, or the module skips
     if check and result.returncode != 0:
         raise AssertionError(f"ip {' '.join(args)}: {result.stderr}")
     return result
@@ -162,8 +165,13 @@ class HAProxy:
         conf = substitute(conf, RECIPE_NET, net.net)
         self.conf = root / "haproxy.cfg"
         self.conf.write_text(conf)
-        self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.conf)], stdin=subprocess.DEVNULL,  # type: ignore[list-item]
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(self.conf)],
+            stdin=subprocess.DEVNULL,  # type: ignore[list-item]  # the binary is found, or the module skips
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def command(self, text: str) -> str:
         with socket.socket(socket.AF_UNIX) as sock:
@@ -272,9 +280,15 @@ def cluster(tmp_path) -> Iterator[dict[str, Any]]:
         (tmp_path / "nginx").mkdir()
         nginx = Nginx(tmp_path / "nginx", nginx_conf(tmp_path / "nginx", net, nginx_port))
         haproxy = HAProxy(tmp_path, net, haproxy_port)
-        wait_until(lambda: haproxy.states() == {h: "UP" for h in HOSTS}, "HAProxy to see every host UP")
-        yield {"net": net, "hosts": hosts, "nginx": nginx, "haproxy": haproxy, "nginx_port": nginx_port,
-               "haproxy_port": haproxy_port}
+        wait_until(lambda: haproxy.states() == dict.fromkeys(HOSTS, "UP"), "HAProxy to see every host UP")
+        yield {
+            "net": net,
+            "hosts": hosts,
+            "nginx": nginx,
+            "haproxy": haproxy,
+            "nginx_port": nginx_port,
+            "haproxy_port": haproxy_port,
+        }
     finally:
         if haproxy is not None:
             haproxy.stop()
@@ -315,8 +329,11 @@ def test_rolling_restart_hup_and_kill9_behind_nginx_and_haproxy(cluster):
                 assert host.master is not None
                 start = time.monotonic()
                 host.master.signal(signal.SIGTERM)
-                wait_until(lambda: haproxy.states().get(name) not in (None, "UP"), f"HAProxy to mark {name} down",
-                           interval=0.02)
+                wait_until(
+                    lambda: haproxy.states().get(name) not in (None, "UP"),
+                    f"HAProxy to mark {name} down",
+                    interval=0.02,
+                )
                 marked_down[name] = round(time.monotonic() - start, 2)
                 assert host.master.wait(STOP_WAIT + 30) == 0
                 host.start()
@@ -340,8 +357,14 @@ def test_rolling_restart_hup_and_kill9_behind_nginx_and_haproxy(cluster):
             pids = {victim.master.pid, *victim.workers()}
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                                       for pid in pids), "the killed host's processes to go")
+            wait_until(
+                lambda: (
+                    not any(
+                        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids
+                    )
+                ),
+                "the killed host's processes to go",
+            )
             wait_until(lambda: haproxy.states().get("h2") not in (None, "UP"), "HAProxy to mark h2 down")
             victim.master.wait(STOP_WAIT)
             victim.start()
@@ -352,10 +375,12 @@ def test_rolling_restart_hup_and_kill9_behind_nginx_and_haproxy(cluster):
     finally:
         for load in loads.values():
             load.stop()
-    report = {"scenarios": results,
-              "clients_seen": {name: sorted(load.clients) for name, load in loads.items()},
-              "hosts_serving": {name: load.hosts for name, load in loads.items()},
-              "failures": {name: load.failures[:10] for name, load in loads.items()}}
+    report = {
+        "scenarios": results,
+        "clients_seen": {name: sorted(load.clients) for name, load in loads.items()},
+        "hosts_serving": {name: load.hosts for name, load in loads.items()},
+        "failures": {name: load.failures[:10] for name, load in loads.items()},
+    }
     print(json.dumps(report, indent=2))
     if REPORT:
         Path(REPORT).write_text(json.dumps(report, indent=2))

@@ -24,12 +24,12 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
-from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
+import promtext  # tests/promtext.py: the strict reading of a /metrics page
+from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
-APP = '''
+APP = """
 import os
 
 async def app(scope, receive, send):
@@ -58,7 +58,7 @@ async def app(scope, receive, send):
     answer = body if scope["method"] == "POST" else str(os.getpid()).encode()
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": answer})
-'''
+"""
 
 
 class Client:
@@ -81,8 +81,11 @@ class Client:
     def _one(self, requests: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
         for i in range(requests):
-            method, path, body = ("POST", "/echo", b"x" * 100) if i % 7 == 3 else (
-                ("GET", "/missing", None) if i % 11 == 5 else ("GET", "/", None))
+            method, path, body = (
+                ("POST", "/echo", b"x" * 100)
+                if i % 7 == 3
+                else (("GET", "/missing", None) if i % 11 == 5 else ("GET", "/", None))
+            )
             try:
                 conn.request(method, path, body=body)
                 response = conn.getresponse()
@@ -182,7 +185,7 @@ class StatsdListener:
         while not self.stopped.is_set():
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -212,9 +215,26 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
     port, metrics_port = free_port(), free_port()
     statsd = StatsdListener()
     pidfile = workdir / "m.pid"
-    master = Master(["-w", "4", "-b", f"127.0.0.1:{port}", "--metrics-bind", f"127.0.0.1:{metrics_port}",
-                     "--statsd-host", f"127.0.0.1:{statsd.port}", "--dogstatsd-tags", "env:test",
-                     "--pid", str(pidfile), "mapp:app"], workdir, port=port, pidfile=pidfile)
+    master = Master(
+        [
+            "-w",
+            "4",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--metrics-bind",
+            f"127.0.0.1:{metrics_port}",
+            "--statsd-host",
+            f"127.0.0.1:{statsd.port}",
+            "--dogstatsd-tags",
+            "env:test",
+            "--pid",
+            str(pidfile),
+            "mapp:app",
+        ],
+        workdir,
+        port=port,
+        pidfile=pidfile,
+    )
     monotonic = Monotonic()
     try:
         before = {w["pid"] for w in master.wait_workers(4)}
@@ -257,8 +277,12 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
                         ws.recv(WAIT)
             client.sent[("GET", "1xx")] += 1
         samples = wait_until(settled, "the WebSocket handshakes to be counted")
-        samples = wait_until(lambda: (s := monotonic.scrape(metrics_port))[
-            ("corral_websocket_closed_total", (("code", "1000"),))] == 2 and s, "the WebSocket closes")
+        samples = wait_until(
+            lambda: (
+                (s := monotonic.scrape(metrics_port))[("corral_websocket_closed_total", (("code", "1000"),))] == 2 and s
+            ),
+            "the WebSocket closes",
+        )
         assert samples[("corral_websocket_opened_total", ())] == 3
         assert samples[("corral_websocket_closed_total", (("code", "4001"),))] == 1
         assert samples[("corral_websocket_messages_received_total", ())] == 13
@@ -266,11 +290,15 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         expected = client.total
 
         # kill -9 a worker: its totals stay (kept by the master), the replacement starts from zero.
-        victim = sorted(before)[0]
+        victim = min(before)
         os.kill(victim, signal.SIGKILL)
         master.wait_workers(4, lambda ws: victim not in {w["pid"] for w in ws})
-        samples = wait_until(lambda: (s := monotonic.scrape(metrics_port))[
-            ("corral_worker_exits_total", (("cause", "crash"),))] == 1 and s, "the crash to be counted")
+        samples = wait_until(
+            lambda: (
+                (s := monotonic.scrape(metrics_port))[("corral_worker_exits_total", (("cause", "crash"),))] == 1 and s
+            ),
+            "the crash to be counted",
+        )
         assert requests_by_class(samples) == client.sent
         assert samples[("corral_worker_starts_total", ())] == 5
 
@@ -310,7 +338,8 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         # DogStatsD tags on every line).
         wait_until(lambda: statsd.counter("gunicorn.requests") == client.total, "statsd to count every request")
         assert statsd.counter("gunicorn.request.status.404") == sum(
-            n for (m, s), n in client.sent.items() if s == "4xx")
+            n for (m, s), n in client.sent.items() if s == "4xx"
+        )
         assert statsd.counter("corral.worker.exits.crash") == 1
         assert statsd.counter("gunicorn.log.exception") == 1  # the worker's traceback of /boom
         assert statsd.counter("corral.master.log.warning") >= 1  # "Worker ... died with signal 9"
@@ -370,11 +399,15 @@ def test_request_counter_is_exact_and_never_goes_back_across_kill_9(workdir: Pat
     scraper = threading.Thread(target=keep_scraping)
     scraper.start()
     try:
-        victim = sorted(before)[0]
+        victim = min(before)
         os.kill(victim, signal.SIGKILL)
         master.wait_workers(2, lambda ws: victim not in {w["pid"] for w in ws})
-        samples = wait_until(lambda: (s := monotonic.scrape(metrics_port))[
-            ("corral_worker_exits_total", (("cause", "crash"),))] == 1 and s, "the crash to be counted")
+        samples = wait_until(
+            lambda: (
+                (s := monotonic.scrape(metrics_port))[("corral_worker_exits_total", (("cause", "crash"),))] == 1 and s
+            ),
+            "the crash to be counted",
+        )
         assert request_total(samples) == n
         # The replacement's requests add to the kept total.
         client.run(25)

@@ -19,17 +19,16 @@ import sys
 import tempfile
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import localize_serve, recipe, serve_argv, substitute, substitute_re  # noqa: E402
-from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, wait_until  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from recipes import localize_serve, recipe, serve_argv, substitute, substitute_re
+from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, wait_until
 
 
 def _find_nginx() -> str | None:
@@ -90,15 +89,35 @@ async def app(scope, receive, send):
 def make_certificate(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        [OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={HOST}"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=WAIT,
+        [
+            OPENSSL,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={HOST}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=WAIT,
     )
     return cert, key
 
 
-def nginx_conf(prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path, Path] | None,
-               user: str | None = None) -> str:
+def nginx_conf(
+    prefix: Path, socket_path: Path, port: int, tls: tuple[int, Path, Path] | None, user: str | None = None
+) -> str:
     """nginx.conf: the recipe, substituted, inside a minimal main/events/http frame."""
     site = recipe("nginx.conf")
     site = substitute(site, "/run/corral/corral.sock", str(socket_path), count=1)
@@ -122,18 +141,22 @@ def nginx_frame(prefix: Path, site: str, access_log: str = "off", user: str | No
         user = f"user {user};"
     else:
         user = "user root;" if os.geteuid() == 0 else ""
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         {user}
         worker_processes 1;
         events {{ worker_connections 512; }}
         http {{
             access_log {access_log};
-            client_body_temp_path {temp['client_body']};
-            proxy_temp_path {temp['proxy']};
-            fastcgi_temp_path {temp['fastcgi']};
-            uwsgi_temp_path {temp['uwsgi']};
-            scgi_temp_path {temp['scgi']};
-        """) + textwrap.indent(site, "    ") + "}\n"
+            client_body_temp_path {temp["client_body"]};
+            proxy_temp_path {temp["proxy"]};
+            fastcgi_temp_path {temp["fastcgi"]};
+            uwsgi_temp_path {temp["uwsgi"]};
+            scgi_temp_path {temp["scgi"]};
+        """)
+        + textwrap.indent(site, "    ")
+        + "}\n"
+    )
 
 
 class Nginx:
@@ -147,7 +170,9 @@ class Nginx:
         directives = f"daemon off; pid {prefix}/nginx.pid; error_log {self.error_log} info;"
         self.proc = subprocess.Popen(
             [NGINX, "-p", str(prefix), "-c", str(self.conf), "-e", str(self.error_log), "-g", directives],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         self.worker_pids: set[int] = set()
 
@@ -215,14 +240,14 @@ class Stack:
             if not trusted:  # the default --forwarded-allow-ips (127.0.0.1,::1)
                 index = argv.index("--forwarded-allow-ips")
                 assert argv[index + 1] == "unix"
-                del argv[index:index + 2]
+                del argv[index : index + 2]
             self.argv = argv
             self.conf = nginx_conf(root, self.socket_path, self.port, tls_config)
         except BaseException:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.master = Master([], self.root, pidfile=self.pidfile, argv=self.argv)
         self.master.wait_workers(WORKERS)
         self.nginx = Nginx(self.root, self.conf)
@@ -334,8 +359,10 @@ def test_thousand_keepalive_requests_reuse_upstream_connections(trusted):
     # Every request on a new upstream connection would show ~100 distinct sockets in the sampled ones (each
     # sample sees its own fresh connection) plus the workers' listeners and channels; kept-alive
     # connections show the same few again and again.
-    print(f"{ok} requests over {connections} client connection(s); workers {sorted(pids)}; "
-          f"{len(upstream_sockets)} distinct sockets seen in the workers")
+    print(
+        f"{ok} requests over {connections} client connection(s); workers {sorted(pids)}; "
+        f"{len(upstream_sockets)} distinct sockets seen in the workers"
+    )
     assert len(upstream_sockets) < 50, sorted(upstream_sockets)
 
 
@@ -346,8 +373,9 @@ def test_untrusted_socket_ignores_every_forwarded_header(tmp_path):
     try:
         stack.start()
         for https in (False, True):
-            status, seen = stack.get(https=https, headers={"X-Forwarded-For": "6.6.6.6",
-                                                           "Forwarded": "for=6.6.6.6;proto=https"})
+            status, seen = stack.get(
+                https=https, headers={"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6;proto=https"}
+            )
             assert status == 200, seen
             assert seen["x_forwarded_for"] == "6.6.6.6, 127.0.0.1"  # nginx sent it; corral did not use it
             assert seen["client"] is None  # a unix-socket peer has no address
@@ -398,8 +426,9 @@ def test_reload_under_load_through_nginx_fails_no_request(trusted):
             before = {w["pid"] for w in trusted.master.wait_workers(WORKERS)}
             served = len(ok)
             trusted.master.signal(signal.SIGHUP)
-            after = {w["pid"] for w in trusted.master.wait_workers(
-                WORKERS, lambda ws: not {w["pid"] for w in ws} & before)}
+            after = {
+                w["pid"] for w in trusted.master.wait_workers(WORKERS, lambda ws: not {w["pid"] for w in ws} & before)
+            }
             wait_until(lambda: set(ok[served:]) & after or failures, "the new workers to serve")
     finally:
         stop.set()

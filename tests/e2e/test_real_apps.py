@@ -20,10 +20,10 @@ def django_project(tmp_path_factory) -> Path:
     """`django-admin startproject` at test time, migrated, so the admin login page renders."""
     pytest.importorskip("django")
     folder = tmp_path_factory.mktemp("django")
-    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(folder)],
-                   check=True, timeout=120)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                   cwd=folder, check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(folder)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=folder, check=True, timeout=300
+    )
     return folder
 
 
@@ -82,8 +82,12 @@ def test_starlette_app(worker, tmp_path):
         assert client.get("/").text == "hello from lifespan"  # lifespan state reached the request
         body = os.urandom(300_000)
         echoed = client.post("/echo/caf%C3%A9?a=1&b=two", content=body).json()
-        assert echoed == {"length": len(body), "client": "127.0.0.1", "path": "/echo/café",
-                          "query": {"a": "1", "b": "two"}}
+        assert echoed == {
+            "length": len(body),
+            "client": "127.0.0.1",
+            "path": "/echo/café",
+            "query": {"a": "1", "b": "two"},
+        }
         streamed = client.get("/stream")
         assert streamed.headers.get("transfer-encoding") == "chunked"
         assert streamed.text == "".join(f"chunk {i}\n" for i in range(5))

@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench.replay import Deployment, Observation, deployments, replay  # noqa: E402
+from bench.replay import Deployment, Observation, deployments, replay  # noqa: E402 - after the root joins the path
 
 CONFIGS = Path(__file__).resolve().parent / "real_configs"
 DEPLOYMENTS = deployments(CONFIGS)
@@ -78,8 +78,9 @@ def check(expect: dict, observed: Observation) -> None:
     if "metrics" in expect:
         from prometheus_client.parser import text_string_to_metric_families
 
-        samples = {s.name: s.value for family in text_string_to_metric_families(observed.bodies[-1])
-                   for s in family.samples}
+        samples = {
+            s.name: s.value for family in text_string_to_metric_families(observed.bodies[-1]) for s in family.samples
+        }
         for name, value in expect["metrics"].items():
             assert samples.get(name) == value, (name, samples)
     warnings = observed.warnings()

@@ -10,9 +10,9 @@ import textwrap
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import get, start_master, wait_until, write_apps  # noqa: E402
+from serve_harness import get, start_master, wait_until, write_apps
 
-ASGI = '''
+ASGI = """
 import asyncio, os
 
 async def app(scope, receive, send):
@@ -27,9 +27,9 @@ async def app(scope, receive, send):
             raise
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-'''
+"""
 
-WSGI = '''
+WSGI = """
 import os, threading
 
 RELEASE = threading.Event()
@@ -42,7 +42,7 @@ def application(environ, start_response):
         return [threading.current_thread().name.encode()]
     start_response("200 OK", [("content-type", "text/plain")])
     return [str(os.getpid()).encode()]
-'''
+"""
 
 
 def test_asgi_request_past_its_deadline_gets_504_and_the_app_is_cancelled(tmp_path):
@@ -85,19 +85,23 @@ def test_stuck_wsgi_threads_recycle_the_worker_gracefully(tmp_path):
 
 def test_watchdog_runs_worker_abort(tmp_path):
     apps = write_apps(tmp_path)
-    (apps / "gunicorn.conf.py").write_text(textwrap.dedent('''
+    (apps / "gunicorn.conf.py").write_text(
+        textwrap.dedent("""
         import os
         def worker_abort(worker):
             with open(f"aborted.{worker.pid}", "w") as fh:
                 fh.write(str(worker.age))
-    '''))
+    """)
+    )
     master = start_master(apps, "-t", "2", "apps:app")
     port = master.port
     try:
         (first,) = {w["pid"] for w in master.wait_workers(1)}
         threading.Thread(target=lambda: _ignore(lambda: get(port, "/block", timeout=30)), daemon=True).start()
-        wait_until(lambda: (apps / f"aborted.{first}").exists(), "worker_abort in the blocked worker")
-        assert (apps / f"aborted.{first}").read_text() == "1"
+        aborted = apps / f"aborted.{first}"
+        # The hook opens the file, then writes: wait for what it writes, not for the file.
+        wait_until(lambda: aborted.exists() and aborted.read_text() != "", "worker_abort in the blocked worker")
+        assert aborted.read_text() == "1"
         master.wait_workers(1, lambda ws: ws[0]["pid"] != first)
     finally:
         master.stop()

@@ -10,9 +10,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, free_port, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, OK  # noqa: E402
+from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, OK
+from serve_harness import WAIT, Master, clean_env, free_port, write_apps
 
 
 @pytest.fixture
@@ -21,8 +20,14 @@ def apps(tmp_path):
 
 
 def serve(args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "corral.master", *args], cwd=str(cwd), env=clean_env(env),
-                          capture_output=True, text=True, timeout=WAIT)
+    return subprocess.run(
+        [sys.executable, "-m", "corral.master", *args],
+        cwd=str(cwd),
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
 
 
 def one_error_line(result):
@@ -33,14 +38,20 @@ def one_error_line(result):
     return lines[0]
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--wokers", "2", "apps:app"], "no such option --wokers; did you mean --workers?"),
-    (["-w", "lots", "apps:app"], "invalid value for --workers (from command line): expected an integer, got 'lots'"),
-    (["--umask", "999", "apps:app"], "invalid value for --umask (from command line)"),
-    (["--max-worker-memory", "lots", "apps:app"], "invalid value for --max-worker-memory"),
-    (["--log-level", "loud", "apps:app"], "invalid value for --log-level (from command line): expected one of"),
-    ([], "missing the application"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--wokers", "2", "apps:app"], "no such option --wokers; did you mean --workers?"),
+        (
+            ["-w", "lots", "apps:app"],
+            "invalid value for --workers (from command line): expected an integer, got 'lots'",
+        ),
+        (["--umask", "999", "apps:app"], "invalid value for --umask (from command line)"),
+        (["--max-worker-memory", "lots", "apps:app"], "invalid value for --max-worker-memory"),
+        (["--log-level", "loud", "apps:app"], "invalid value for --log-level (from command line): expected one of"),
+        ([], "missing the application"),
+    ],
+)
 def test_bad_flags_are_one_line_and_exit_2(apps, args, expected):
     result = serve(args, apps)
     assert result.returncode == CONFIG_ERROR
@@ -58,24 +69,31 @@ def test_three_bad_values_are_three_lines_and_exit_2(apps):
 
 
 def test_a_misspelt_config_key_is_a_warning_as_gunicorn_ignores_it(apps):
-    (apps / "corral.conf.py").write_text("from __future__ import annotations\nimport os\n"
-                                         "threads_str = os.getenv('THREADS', '3')\nuse_loglevel = 'info'\n"
-                                         "wokers = 2\nthreads = int(threads_str)\nloglevel = use_loglevel\n")
+    (apps / "corral.conf.py").write_text(
+        "from __future__ import annotations\nimport os\n"
+        "threads_str = os.getenv('THREADS', '3')\nuse_loglevel = 'info'\n"
+        "wokers = 2\nthreads = int(threads_str)\nloglevel = use_loglevel\n"
+    )
     result = serve(["-c", "corral.conf.py", "--print-config", "apps:app"], apps)
     assert result.returncode == OK, result.stderr
     assert "threads = 3" in result.stdout.splitlines()
     assert result.stderr.strip().splitlines() == [
-        f"serve: warning: config file {apps / 'corral.conf.py'}: not a setting, ignored: 'wokers' (did you mean "
-        "'workers'?)"]
+        (
+            f"serve: warning: config file {apps / 'corral.conf.py'}: not a setting, ignored: 'wokers' (did you mean "
+            "'workers'?)"
+        )
+    ]
 
 
 def test_environment_variables_that_are_no_setting_do_not_stop_serve(apps):
-    result = serve(["--check-config", "apps:app"], apps,
-                   env={"CORRAL_TIMEOUTT": "3", "CORRAL_SRC": "/src", "CORRAL_HOME": "/srv"})
+    result = serve(
+        ["--check-config", "apps:app"], apps, env={"CORRAL_TIMEOUTT": "3", "CORRAL_SRC": "/src", "CORRAL_HOME": "/srv"}
+    )
     assert result.returncode == OK, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
-    assert warnings == ["serve: warning: environment: not a setting, ignored: CORRAL_TIMEOUTT (did you mean "
-                        "CORRAL_TIMEOUT?)"]
+    assert warnings == [
+        "serve: warning: environment: not a setting, ignored: CORRAL_TIMEOUTT (did you mean CORRAL_TIMEOUT?)"
+    ]
 
 
 @pytest.mark.parametrize("preload", [False, True])
@@ -113,18 +131,28 @@ def test_address_in_use_is_one_line_and_exit_6(apps):
 
 def test_print_config_prints_effective_settings(apps):
     (apps / "pyproject.toml").write_text("[tool.corral]\nthreads = 3\n")
-    result = serve(["--print-config", "-w", "3", "--umask", "027", "--max-worker-memory", "1G", "apps:app"], apps,
-                   env={"CORRAL_TIMEOUT": "7"})
+    result = serve(
+        ["--print-config", "-w", "3", "--umask", "027", "--max-worker-memory", "1G", "apps:app"],
+        apps,
+        env={"CORRAL_TIMEOUT": "7"},
+    )
     assert result.returncode == OK, result.stderr
     lines = result.stdout.splitlines()
-    for expected in ("workers = 3", "threads = 3", "timeout = 7.0", "umask = 0o027", "max_worker_memory = 1073741824",
-                     "bind = 127.0.0.1:8000"):
+    for expected in (
+        "workers = 3",
+        "threads = 3",
+        "timeout = 7.0",
+        "umask = 0o027",
+        "max_worker_memory = 1073741824",
+        "bind = 127.0.0.1:8000",
+    ):
         assert expected in lines
 
 
 def test_version():
-    result = subprocess.run([sys.executable, "-m", "corral.master", "--version"], capture_output=True, text=True,
-                            timeout=WAIT)
+    result = subprocess.run(
+        [sys.executable, "-m", "corral.master", "--version"], capture_output=True, text=True, timeout=WAIT
+    )
     assert result.returncode == OK and result.stdout.startswith("corral ")
 
 
@@ -169,9 +197,25 @@ def test_check_config_imports_the_app_as_gunicorn_does(apps):
 
 def test_every_unknown_flag_and_bad_value_in_one_run(apps):
     (apps / "gunicorn.conf.py").write_text("wokers = 2\ndaemon = True\nthreads = 2\nbacklog = 'deep'\n")
-    result = serve(["--http2-cleartext", "upgrade", "--reload-engine", "inotify", "--port", "8000", "--timout", "3",
-                    "-w", "lots", "--umask", "999", "apps:app"], apps,
-                   env={"CORRAL_KEEPALIVE": "long", "CORRAL_SRC": "/src"})
+    result = serve(
+        [
+            "--http2-cleartext",
+            "upgrade",
+            "--reload-engine",
+            "inotify",
+            "--port",
+            "8000",
+            "--timout",
+            "3",
+            "-w",
+            "lots",
+            "--umask",
+            "999",
+            "apps:app",
+        ],
+        apps,
+        env={"CORRAL_KEEPALIVE": "long", "CORRAL_SRC": "/src"},
+    )
     assert result.returncode == CONFIG_ERROR
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("serve: error: ")]
@@ -213,8 +257,17 @@ def test_reload_without_watchfiles_is_one_line(apps, tmp_path):
 def test_help_lists_the_carried_over_flags(apps):
     result = serve(["--help"], apps)
     assert result.returncode == OK, result.stderr
-    for flag in ("--reload", "--reload-dir", "--request-timeout", "--capture-output", "-k, --worker-class",
-                 "-e, --env", "--pythonpath", "--check-config", "--print-config"):
+    for flag in (
+        "--reload",
+        "--reload-dir",
+        "--request-timeout",
+        "--capture-output",
+        "-k, --worker-class",
+        "-e, --env",
+        "--pythonpath",
+        "--check-config",
+        "--print-config",
+    ):
         assert flag in result.stdout, flag
     assert "--post-fork" not in result.stdout  # hooks: config file only
 
@@ -234,8 +287,11 @@ def test_pythonpath_and_wsgi_app_from_the_config_file(apps):
 def test_cmd_args_precedence(apps):
     (apps / "corral.conf.py").write_text("workers = 2\nthreads = 2\nbacklog = 10\n")
     (apps / "gunicorn.conf.py").write_text("workers = 9\n")  # corral.conf.py wins when both exist
-    result = serve(["--print-config", "--backlog", "30", "apps:app"], apps,
-                   env={"GUNICORN_CMD_ARGS": "--threads 3 --backlog 20 -w 4", "CORRAL_CMD_ARGS": "-w 5"})
+    result = serve(
+        ["--print-config", "--backlog", "30", "apps:app"],
+        apps,
+        env={"GUNICORN_CMD_ARGS": "--threads 3 --backlog 20 -w 4", "CORRAL_CMD_ARGS": "-w 5"},
+    )
     assert result.returncode == OK, result.stderr
     lines = result.stdout.splitlines()
     # command line > CORRAL_CMD_ARGS > GUNICORN_CMD_ARGS > config file
@@ -254,9 +310,11 @@ def test_config_file_named_in_gunicorn_cmd_args_or_as_a_python_module(apps):
     (apps / "deploy" / "__init__.py").write_text("")
     (apps / "deploy" / "gunicorn_conf.py").write_text("workers = 3\nuse_threads = 4\nthreads = use_threads\n")
     (apps / "gunicorn.conf.py").write_text("workers = 9\n")  # a -c anywhere wins over the default file
-    for env, args in (({"GUNICORN_CMD_ARGS": "-c deploy/gunicorn_conf.py"}, []),
-                      ({}, ["-c", "python:deploy.gunicorn_conf"]),
-                      ({"GUNICORN_CMD_ARGS": "-c python:deploy.gunicorn_conf"}, [])):
+    for env, args in (
+        ({"GUNICORN_CMD_ARGS": "-c deploy/gunicorn_conf.py"}, []),
+        ({}, ["-c", "python:deploy.gunicorn_conf"]),
+        ({"GUNICORN_CMD_ARGS": "-c python:deploy.gunicorn_conf"}, []),
+    ):
         result = serve(["--print-config", *args, "apps:app"], apps, env=env)
         assert result.returncode == OK, result.stderr
         assert {"workers = 3", "threads = 4"} <= set(result.stdout.splitlines()), (env, args)
@@ -269,14 +327,18 @@ def test_config_file_named_in_gunicorn_cmd_args_or_as_a_python_module(apps):
 def test_a_worker_class_path_is_resolved_after_pythonpath(apps):
     """gunicorn's sync worker subclassed in the project (found through --pythonpath): WSGI."""
     (apps / "lib").mkdir()
-    (apps / "lib" / "projworkers.py").write_text("from gunicorn.workers.sync import SyncWorker\n\n\n"
-                                                 "class QuietSync(SyncWorker):\n    pass\n")
-    result = serve(["--print-config", "--pythonpath", "lib", "-k", "projworkers.QuietSync", "-t", "12", "apps:app"],
-                   apps)
+    (apps / "lib" / "projworkers.py").write_text(
+        "from gunicorn.workers.sync import SyncWorker\n\n\nclass QuietSync(SyncWorker):\n    pass\n"
+    )
+    result = serve(
+        ["--print-config", "--pythonpath", "lib", "-k", "projworkers.QuietSync", "-t", "12", "apps:app"], apps
+    )
     assert result.returncode == OK, result.stderr
     lines = result.stdout.splitlines()
     assert "interface = wsgi" in lines and "request_timeout = 12.0" in lines
     unknown = serve(["--print-config", "-k", "projworkers.QuietSync", "apps:app"], apps)  # not on the path
     assert unknown.returncode == CONFIG_ERROR
-    assert "invalid value for --worker-class: worker class 'projworkers.QuietSync' cannot be imported (no module " \
-           "'projworkers')" in one_error_line(unknown)
+    assert (
+        "invalid value for --worker-class: worker class 'projworkers.QuietSync' cannot be imported (no module "
+        "'projworkers')" in one_error_line(unknown)
+    )

@@ -12,9 +12,8 @@ import threading
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, get, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import HALT_CRASH_LOOP, OK  # noqa: E402
+from corral.shared.exitcodes import HALT_CRASH_LOOP, OK
+from serve_harness import WAIT, Master, clean_env, get, wait_until, write_apps
 
 
 @pytest.fixture
@@ -127,15 +126,25 @@ def test_ttin_ttou_respread_the_instance_limit_without_restarts(start):
     three = master.wait_workers(3, lambda ws: sorted(w["limit"] for w in ws) == [3, 3, 4])
     assert original <= pids(three)  # the two running workers got new limits live, not a restart
     assert sum(w["limit"] for w in three) == 10
-    table = subprocess.run([sys.executable, "-m", "corral.master", "status", "--pid", str(master.pidfile)],
-                           capture_output=True, text=True, timeout=WAIT, env=clean_env())
+    table = subprocess.run(
+        [sys.executable, "-m", "corral.master", "status", "--pid", str(master.pidfile)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env=clean_env(),
+    )
     assert table.returncode == 0, table.stderr
     assert "INSTANCES" in table.stdout and "0/4" in table.stdout and table.stdout.count("0/3") == 2
     master.signal(signal.SIGTTOU)
     two = master.wait_workers(2, lambda ws: sorted(w["limit"] for w in ws) == [5, 5])
     assert len(pids(two) & pids(three)) == 2  # one retired, the other kept (and re-limited)
-    raw = subprocess.run([sys.executable, "-m", "corral.master", "status", "--pid", str(master.pidfile), "--json"],
-                         capture_output=True, text=True, timeout=WAIT, env=clean_env())
+    raw = subprocess.run(
+        [sys.executable, "-m", "corral.master", "status", "--pid", str(master.pidfile), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env=clean_env(),
+    )
     document = json.loads(raw.stdout)
     assert document["master"]["pid"] == master.pid and document["master"]["target"] == 2
 

@@ -15,9 +15,8 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from serve_harness import Master, free_port, get, wait_until, write_apps
 
 
 @pytest.fixture
@@ -32,8 +31,7 @@ def start(apps, tmp_path):
     def start(*args: str, cwd=None, bind=None) -> Master:
         port = free_port()
         pidfile = tmp_path / "serve.pid"
-        master = Master(["-b", bind or f"127.0.0.1:{port}", "--pid", str(pidfile), *args], cwd or apps, port,
-                        pidfile)
+        master = Master(["-b", bind or f"127.0.0.1:{port}", "--pid", str(pidfile), *args], cwd or apps, port, pidfile)
         started.append(master)
         return master
 
@@ -164,7 +162,7 @@ def test_max_worker_memory_replaces_the_worker(start):
     assert get(master.port)[0] == 200
 
 
-GC_APP = '''
+GC_APP = """
 import gc
 import os
 
@@ -181,11 +179,14 @@ async def app(scope, receive, send):
     body = f"{os.getpid()} {FROZEN_AT_IMPORT} {gc.get_freeze_count()}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
-@pytest.mark.parametrize("args, frozen", [((), True), (("--no-gc-freeze",), False), (("--preload",), True)],
-                         ids=["default", "off", "preload"])
+@pytest.mark.parametrize(
+    "args, frozen",
+    [((), True), (("--no-gc-freeze",), False), (("--preload",), True)],
+    ids=["default", "off", "preload"],
+)
 def test_gc_freeze_moves_the_loaded_application_out_of_the_collectors_way(start, tmp_path, args, frozen):
     (tmp_path / "gcapp.py").write_text(GC_APP)
     master = start(*args, "gcapp:app", cwd=tmp_path)
@@ -194,8 +195,15 @@ def test_gc_freeze_moves_the_loaded_application_out_of_the_collectors_way(start,
     assert status == 200
     pid, at_import, now = (int(x) for x in body.split())
     # What a fresh interpreter starts with (0, but CPython 3.12 starts with a few hundred objects there).
-    fresh = int(subprocess.run([sys.executable, "-c", "import gc; print(gc.get_freeze_count())"],
-                               capture_output=True, text=True, check=True, timeout=30).stdout)
+    fresh = int(
+        subprocess.run(
+            [sys.executable, "-c", "import gc; print(gc.get_freeze_count())"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    )
     assert pid != master.proc.pid and at_import == fresh  # nothing froze before the application was imported
     # Frozen: the application module, its imports and the worker's server are in the permanent generation.
     assert (now > fresh + 1000) if frozen else (now == fresh), (body, fresh)

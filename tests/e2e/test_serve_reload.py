@@ -12,11 +12,19 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import (  # noqa: E402
-    STOP_WAIT, Load, Master, free_port, get, kill_pids, read_pid, set_subreaper, wait_until, write_apps,
+from corral.shared.exitcodes import OK
+from serve_harness import (
+    STOP_WAIT,
+    Load,
+    Master,
+    free_port,
+    get,
+    kill_pids,
+    read_pid,
+    set_subreaper,
+    wait_until,
+    write_apps,
 )
-
-from corral.shared.exitcodes import OK  # noqa: E402
 
 LOAD_SECONDS = 3.0
 
@@ -52,8 +60,10 @@ def test_hup_replaces_every_worker_without_a_failed_request(apps, tmp_path):
     try:
         before = pids(master.wait_workers(2))
         load = run_load_while(
-            port, lambda: master.signal(signal.SIGHUP),
-            lambda: master.wait_workers(2, lambda ws: not (pids(ws) & before)))
+            port,
+            lambda: master.signal(signal.SIGHUP),
+            lambda: master.wait_workers(2, lambda ws: not (pids(ws) & before)),
+        )
         after = pids(master.wait_workers(2))
         assert not before & after  # every worker replaced
         print(f"load: {load.ok} ok, retried {load.retried_reused} reused / {load.retried_fresh} fresh")
@@ -88,9 +98,11 @@ def test_usr2_upgrades_to_a_new_master_without_a_failed_request(apps, tmp_path):
     set_subreaper(True)  # the new master outlives its parent: it becomes our child, so we can reap it
     # gunicorn's pre_exec hook, from the config file found in the folder: runs in the old master before the new.
     (apps / "corral.conf.py").write_text(
-        "import os\ndef pre_exec(server):\n    open(f'pre_exec.{os.getpid()}', 'w').close()\n")
-    old = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "-w", "2", "--preload", "apps:app"],
-                 apps, port, pidfile)
+        "import os\ndef pre_exec(server):\n    open(f'pre_exec.{os.getpid()}', 'w').close()\n"
+    )
+    old = Master(
+        ["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "-w", "2", "--preload", "apps:app"], apps, port, pidfile
+    )
     new_pid = 0
     try:
         before = pids(old.wait_workers(2))
@@ -103,8 +115,9 @@ def test_usr2_upgrades_to_a_new_master_without_a_failed_request(apps, tmp_path):
             new_pid = pid
             return old.proc.poll() is not None  # the old one retired once the new workers were ready
 
-        load = run_load_while(port, lambda: old.signal(signal.SIGUSR2),
-                              lambda: wait_until(new_master_serving, "the old master to retire"))
+        load = run_load_while(
+            port, lambda: old.signal(signal.SIGUSR2), lambda: wait_until(new_master_serving, "the old master to retire")
+        )
         assert old.proc.wait(STOP_WAIT) == OK  # (its stdout stays open: the new master shares it)
         assert not (tmp_path / "serve.pid.oldbin").exists()
         after = old.wait_workers(2, pidfile=pidfile)
@@ -134,11 +147,22 @@ def test_systemd_socket_activation(apps, tmp_path):
     listener.bind(("127.0.0.1", port))
     listener.listen(64)
     # What systemd does: the socket at fd 3, LISTEN_FDS=1 and LISTEN_PID = the pid after exec.
-    wrapper = ("import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.environ['LISTEN_FDS'] = '1'; "
-               "os.environ['LISTEN_PID'] = str(os.getpid()); "
-               "os.execv(sys.executable, [sys.executable, '-m', 'corral.master'] + sys.argv[2:])")
-    argv = [sys.executable, "-c", wrapper, str(listener.fileno()), "--pid", str(pidfile), "-b", "127.0.0.1:1",
-            "apps:app"]
+    wrapper = (
+        "import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.environ['LISTEN_FDS'] = '1'; "
+        "os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'corral.master'] + sys.argv[2:])"
+    )
+    argv = [
+        sys.executable,
+        "-c",
+        wrapper,
+        str(listener.fileno()),
+        "--pid",
+        str(pidfile),
+        "-b",
+        "127.0.0.1:1",
+        "apps:app",
+    ]
     master = Master([], apps, port, pidfile, argv=argv, pass_fds=(listener.fileno(),))
     listener.close()  # the master holds it now
     try:

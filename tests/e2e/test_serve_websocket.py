@@ -19,11 +19,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until  # noqa: E402
+from corral.shared.exitcodes import OK
+from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until
 
-from corral.shared.exitcodes import OK  # noqa: E402
-
-WS_APP = '''
+WS_APP = """
 import os, sys
 
 async def app(scope, receive, send):
@@ -41,7 +40,7 @@ async def app(scope, receive, send):
             print(f"disconnect {message['code']} in {os.getpid()}", flush=True)
             return
         await send({"type": "websocket.send", "text": str(os.getpid())})
-'''
+"""
 
 SOCKETS = 1000
 
@@ -63,10 +62,12 @@ def _raise_fd_limit(needed: int) -> None:
 async def _open(port: int, count: int) -> list:
     sockets = []
     for start in range(0, count, 100):  # in batches: the backlog and a shared 2-core machine
-        sockets += await asyncio.gather(*(
-            connect(f"ws://127.0.0.1:{port}/", compression=None, open_timeout=WAIT, close_timeout=WAIT)
-            for _ in range(start, min(count, start + 100))
-        ))
+        sockets += await asyncio.gather(
+            *(
+                connect(f"ws://127.0.0.1:{port}/", compression=None, open_timeout=WAIT, close_timeout=WAIT)
+                for _ in range(start, min(count, start + 100))
+            )
+        )
     pids = set()
     for ws in sockets:
         await ws.send("pid?")
@@ -90,8 +91,12 @@ def test_stop_with_1000_open_sockets_closes_them_with_1001_and_does_not_hang(ws_
     _raise_fd_limit(SOCKETS * 2 + 256)
     port = free_port()
     pidfile = tmp_path / "serve.pid"
-    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "-w", "1", "--graceful-timeout", "60",
-                     "wsapp:app"], ws_app, port, pidfile)
+    master = Master(
+        ["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "-w", "1", "--graceful-timeout", "60", "wsapp:app"],
+        ws_app,
+        port,
+        pidfile,
+    )
     try:
         master.wait_workers(1)
 
@@ -116,8 +121,7 @@ def test_stop_with_1000_open_sockets_closes_them_with_1001_and_does_not_hang(ws_
 def test_hup_reload_moves_websockets_to_the_new_worker(ws_app, tmp_path):
     port = free_port()
     pidfile = tmp_path / "serve.pid"
-    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "-w", "1", "wsapp:app"],
-                    ws_app, port, pidfile)
+    master = Master(["-b", f"127.0.0.1:{port}", "--pid", str(pidfile), "-w", "1", "wsapp:app"], ws_app, port, pidfile)
     try:
         (old,) = [w["pid"] for w in master.wait_workers(1)]
 

@@ -17,12 +17,12 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, WAIT, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, WAIT, wait_until
 
 FLOOD = 1100
 ANSWER_WITHIN = 5.0  # the bound this defence promises (README "Limits and defences"), not a speed figure
 
-APP = '''
+APP = """
 CHUNK = b"x" * 65536
 SIZE = 160 * len(CHUNK)  # 10 MiB
 
@@ -56,7 +56,7 @@ def wsgi(environ, start_response):
     body = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok:%d" % len(body)]
-'''
+"""
 
 REQUESTS = {
     "upload": b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nabc",  # 3 of 1,000 bytes
@@ -164,8 +164,9 @@ def test_an_ordinary_request_is_answered_during_a_flood_of_stalled_connections(s
         wait_until(most_ended, f"the server to end most of the {kind} flood", timeout=30, interval=0.2)
         # Reported in a line per worker per 10 s at most, not one per connection.
         wait_until(lambda: "below the minimum data rate" in master.output, "the workers' report")
-        reports = re.findall(r"\[(\d+)\] \[WARNING\] Ended (\d+) connection\(s\) below the minimum data rate",
-                             master.output)
+        reports = re.findall(
+            r"\[(\d+)\] \[WARNING\] Ended (\d+) connection\(s\) below the minimum data rate", master.output
+        )
         allowed = 1 + int((time.monotonic() - flooded) / 10)
         assert reports and all(sum(p == pid for p, _ in reports) <= allowed for pid, _ in reports), reports
     finally:

@@ -1,4 +1,4 @@
-"""The systemd socket + service unit recipes (docs/recipes/corral.socket, corral.service), run the way systemd runs them.
+"""The systemd socket + service unit recipes (docs/recipes/corral.socket, corral.service), run as systemd runs them.
 
 `systemd-socket-activate` stands in for systemd (which is not PID 1 here): it listens on the socket unit's
 `ListenStream=`, and on the first connection execs the service's `ExecStart=` in the same process with
@@ -25,15 +25,16 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import APP_DIR, SERVE, local_serve, localize_serve, recipe, serve_argv, unit  # noqa: E402
-from serve_harness import WAIT, Master, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from recipes import APP_DIR, SERVE, local_serve, localize_serve, recipe, serve_argv, unit
+from serve_harness import WAIT, Master, wait_until, write_apps
 
 ACTIVATE = shutil.which("systemd-socket-activate") or (
-    "/usr/bin/systemd-socket-activate" if os.access("/usr/bin/systemd-socket-activate", os.X_OK) else None)
+    "/usr/bin/systemd-socket-activate" if os.access("/usr/bin/systemd-socket-activate", os.X_OK) else None
+)
 pytestmark = pytest.mark.skipif(
-    ACTIVATE is None, reason="systemd-socket-activate is not installed (.ci/run installs the systemd package)")
+    ACTIVATE is None, reason="systemd-socket-activate is not installed (.ci/run installs the systemd package)"
+)
 
 
 class NotifySocket:
@@ -50,12 +51,13 @@ class NotifySocket:
         while True:
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 return self.messages
             self.messages.extend(data.decode().splitlines())
 
     def wait_for(self, line: str, after: int = 0) -> int:
         """Index of the first `line` at or after message `after`, waiting for it (bounded)."""
+
         def found() -> int | None:
             messages = self.poll()
             return next((i + 1 for i in range(after, len(messages)) if messages[i] == line), None)
@@ -130,12 +132,20 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
     if len(serve) != 1:
         pytest.skip("no `serve` script to stand in for ExecStart's binary")
     for name in ("corral.socket", "corral.service"):
-        text = recipe(name).replace(SERVE, serve[0]).replace(f"WorkingDirectory={APP_DIR}", f"WorkingDirectory={tmp_path}")
+        text = (
+            recipe(name).replace(SERVE, serve[0]).replace(f"WorkingDirectory={APP_DIR}", f"WorkingDirectory={tmp_path}")
+        )
         (tmp_path / name).write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / "corral.socket"), str(tmp_path / "corral.service")],
-        capture_output=True, text=True, timeout=WAIT, cwd=tmp_path)
-    complaints = [line for line in (result.stdout + result.stderr).splitlines() if str(tmp_path) in line or "corral." in line]
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=tmp_path,
+    )
+    complaints = [
+        line for line in (result.stdout + result.stderr).splitlines() if str(tmp_path) in line or "corral." in line
+    ]
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
@@ -150,9 +160,23 @@ def test_socket_activation_reload_and_stop(tmp_path):
     fdname = socket_unit.get("FileDescriptorName", ["corral.socket"])[0]  # systemd's default: the unit name
     notify = NotifySocket(run_dir / "notify.sock")
     watchdog_usec = int(seconds(one(service, "WatchdogSec")) * 1e6)
-    master = Master([], workdir, pidfile=pidfile,
-                    argv=[ACTIVATE, "-l", listen, f"--fdname={fdname}", "-E", f"NOTIFY_SOCKET={notify.path}",
-                          "-E", f"WATCHDOG_USEC={watchdog_usec}", "--", *argv])
+    master = Master(
+        [],
+        workdir,
+        pidfile=pidfile,
+        argv=[
+            ACTIVATE,
+            "-l",
+            listen,
+            f"--fdname={fdname}",
+            "-E",
+            f"NOTIFY_SOCKET={notify.path}",
+            "-E",
+            f"WATCHDOG_USEC={watchdog_usec}",
+            "--",
+            *argv,
+        ],
+    )
     try:
         wait_until(lambda: os.path.exists(listen) or master.proc.poll() is not None, "the activation socket")
         assert master.proc.poll() is None, master.output
@@ -183,7 +207,7 @@ def test_socket_activation_reload_and_stop(tmp_path):
         code = master.wait(timeout=seconds(one(service, "TimeoutStopSec")))
         assert code == OK, master.output
         notify.wait_for("STOPPING=1", reloading + 1)
-        gone, alive = psutil.wait_procs([p for p in _procs(after | before)], timeout=WAIT)
+        _gone, alive = psutil.wait_procs(list(_procs(after | before)), timeout=WAIT)
         assert not alive, alive
         assert os.path.exists(listen)  # corral does not remove a socket it did not bind
         assert not pidfile.exists()

@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master, WAIT, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, WAIT, Master, wait_until
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed (.ci/run installs it)")
 
-APP = '''
+APP = """
 import json
 
 async def app(scope, receive, send):
@@ -40,12 +40,13 @@ async def app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": json.dumps(seen).encode()})
-'''
+"""
 
 
 def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   timeout=WAIT)  # type: ignore[list-item]
+    subprocess.run(
+        [OPENSSL, *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=WAIT
+    )  # type: ignore[list-item]  # None: skipped above
 
 
 def make_certs(folder: Path, server_cn: str = "localhost", tag: str = "") -> dict[str, Path]:
@@ -53,21 +54,76 @@ def make_certs(folder: Path, server_cn: str = "localhost", tag: str = "") -> dic
     # The extensions RFC 5280 asks for (CA key usage, authority key identifiers): Python 3.13's default
     # context verifies with VERIFY_X509_STRICT and refuses certificates without them.
     if not (folder / "ca.pem").exists():
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=corral test CA",
-                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                cwd=folder)
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=corral test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            cwd=folder,
+        )
     leaf = "authorityKeyIdentifier=keyid,issuer\nkeyUsage=critical,digitalSignature\n"
-    (folder / "server.cnf").write_text(leaf + "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (folder / "server.cnf").write_text(
+        leaf + "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    )
     (folder / "client.cnf").write_text(leaf + "extendedKeyUsage=clientAuth\n")
-    for name, subject, ext in ((f"server{tag}", f"/CN={server_cn}", ["-extfile", "server.cnf"]),
-                               (f"client{tag}", "/O=Test Org/CN=client.example", ["-extfile", "client.cnf"])):
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-                f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=folder)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", *ext, cwd=folder)
-    return {"ca": folder / "ca.pem", "cert": folder / f"server{tag}.pem", "key": folder / f"server{tag}.key",
-            "client_cert": folder / f"client{tag}.pem", "client_key": folder / f"client{tag}.key"}
+    for name, subject, ext in (
+        (f"server{tag}", f"/CN={server_cn}", ["-extfile", "server.cnf"]),
+        (f"client{tag}", "/O=Test Org/CN=client.example", ["-extfile", "client.cnf"]),
+    ):
+        openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subject,
+            cwd=folder,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *ext,
+            cwd=folder,
+        )
+    return {
+        "ca": folder / "ca.pem",
+        "cert": folder / f"server{tag}.pem",
+        "key": folder / f"server{tag}.key",
+        "client_cert": folder / f"client{tag}.pem",
+        "client_key": folder / f"client{tag}.key",
+    }
 
 
 @pytest.fixture
@@ -106,10 +162,19 @@ def test_https_scheme_and_tls_extension(tls):
 
 def test_client_certificate_required_and_shown_in_the_scope(tls):
     serve, certs, _ = tls
-    master = serve("--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]), "--ca-certs", str(certs["ca"]),
-                   "--cert-reqs", "2")
-    seen = httpx.get(f"https://127.0.0.1:{master.port}/", verify=client_context(certs, with_cert=True),
-                     timeout=WAIT).json()
+    master = serve(
+        "--certfile",
+        str(certs["cert"]),
+        "--keyfile",
+        str(certs["key"]),
+        "--ca-certs",
+        str(certs["ca"]),
+        "--cert-reqs",
+        "2",
+    )
+    seen = httpx.get(
+        f"https://127.0.0.1:{master.port}/", verify=client_context(certs, with_cert=True), timeout=WAIT
+    ).json()
     assert seen["tls"]["client_cert_name"] == "CN=client.example,O=Test Org"
     assert seen["tls"]["client_cert_chain"][0].strip() == certs["client_cert"].read_text().strip()
     with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
@@ -126,17 +191,29 @@ def test_wss_scheme(tls):
     assert seen["scheme"] == "wss" and seen["tls"]["tls_version"] in (0x0303, 0x0304)
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda c, d: ["--certfile", str(d / "missing.pem")], "invalid value for --certfile: cannot read"),
-    (lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["client_key"])], "is not the key of --certfile"),
-    (lambda c, d: ["--certfile", str(c["ca"].with_name("server.cnf")), "--keyfile", str(c["key"])],
-     "cannot load the TLS certificate"),
-    (lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["key"]), "--cert-reqs", "2"],
-     "--cert-reqs 1 or 2 checks client certificates against --ca-certs"),
-    (lambda c, d: ["--keyfile", str(c["key"])], "need --certfile"),
-    (lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["key"]), "--ciphers", "NO-SUCH-CIPHER"],
-     "invalid value for --ciphers"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda c, d: ["--certfile", str(d / "missing.pem")], "invalid value for --certfile: cannot read"),
+        (
+            lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["client_key"])],
+            "is not the key of --certfile",
+        ),
+        (
+            lambda c, d: ["--certfile", str(c["ca"].with_name("server.cnf")), "--keyfile", str(c["key"])],
+            "cannot load the TLS certificate",
+        ),
+        (
+            lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["key"]), "--cert-reqs", "2"],
+            "--cert-reqs 1 or 2 checks client certificates against --ca-certs",
+        ),
+        (lambda c, d: ["--keyfile", str(c["key"])], "need --certfile"),
+        (
+            lambda c, d: ["--certfile", str(c["cert"]), "--keyfile", str(c["key"]), "--ciphers", "NO-SUCH-CIPHER"],
+            "invalid value for --ciphers",
+        ),
+    ],
+)
 def test_bad_tls_settings_are_one_line_and_exit_2(tls, make_args, message):
     serve, certs, folder = tls
     master = serve(*make_args(certs, folder), wait=False)
@@ -184,16 +261,26 @@ def test_a_bad_certificate_on_hup_keeps_the_running_workers(tls):
 
 def test_a_client_that_never_finishes_its_handshake_is_cut_off(tls):
     serve, certs, _ = tls
-    master = serve("--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]), "--ssl-handshake-timeout", "0.5",
-                   "--max-applications", "1")
+    master = serve(
+        "--certfile",
+        str(certs["cert"]),
+        "--keyfile",
+        str(certs["key"]),
+        "--ssl-handshake-timeout",
+        "0.5",
+        "--max-applications",
+        "1",
+    )
     with socket.create_connection(("127.0.0.1", master.port), timeout=WAIT) as silent:
         # It holds no application slot meanwhile: a real client is served at once (the pool has one slot).
-        assert httpx.get(f"https://127.0.0.1:{master.port}/", verify=client_context(certs),
-                         timeout=WAIT).status_code == 200
+        assert (
+            httpx.get(f"https://127.0.0.1:{master.port}/", verify=client_context(certs), timeout=WAIT).status_code
+            == 200
+        )
         assert silent.recv(1) == b""  # closed by the server after the handshake timeout
 
 
-SSL_CONTEXT_CONF = '''
+SSL_CONTEXT_CONF = """
 import os
 import ssl
 
@@ -206,7 +293,7 @@ def ssl_context(conf, default_ssl_context_factory):
     context = default_ssl_context_factory()
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     return context
-'''
+"""
 
 
 def test_gunicorns_ssl_context_hook_is_called_only_when_tls_is_on(tls, masters):
@@ -227,8 +314,9 @@ def test_gunicorns_ssl_context_hook_is_called_only_when_tls_is_on(tls, masters):
         httpx.get(f"https://127.0.0.1:{master.port}/", verify=tls12, timeout=WAIT)
     assert master.stop() == 0
 
-    broken = masters(folder, "--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]), "tlsapp:app",
-                     env={"BROKEN_HOOK": "1"})
+    broken = masters(
+        folder, "--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]), "tlsapp:app", env={"BROKEN_HOOK": "1"}
+    )
     assert broken.wait(WAIT) == 2
     errors = [line for line in broken.output.splitlines() if line.startswith("serve: error: ")]
     assert len(errors) == 1, broken.output

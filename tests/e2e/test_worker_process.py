@@ -61,8 +61,10 @@ def apps(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("spec, expected", [("apps:asgi3", "/x ok"), ("apps:Asgi2", "asgi2"),
-                                            ("apps:wsgi", "wsgi /x"), ("apps:factory()", "wsgi /x")])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("apps:asgi3", "/x ok"), ("apps:Asgi2", "asgi2"), ("apps:wsgi", "wsgi /x"), ("apps:factory()", "wsgi /x")],
+)
 def test_interfaces_are_detected(worker, apps, spec, expected):
     process = worker(spec, apps)
     assert httpx.get(process.url + "/x", timeout=TIMEOUT).text == expected

@@ -32,8 +32,9 @@ class Statsd:
         self.lines.extend(lines)
 
     def counter(self, name: str) -> int:
-        return sum(int(line.split(":")[1].split("|")[0]) for line in self.lines
-                   if line.split(":")[0] == name and "|c" in line)
+        return sum(
+            int(line.split(":")[1].split("|")[0]) for line in self.lines if line.split(":")[0] == name and "|c" in line
+        )
 
 
 class Master:
@@ -121,8 +122,16 @@ def master():
 
 def heartbeat(channel: Channel, served: int, metrics: bool = True) -> None:
     """What the worker's heartbeat sends after `served` GET 200s (corral.master.arbiter.workerproc)."""
-    fields: dict[str, Any] = {"requests": served, "instances": 0, "max_applications": 1000, "connections": 0,
-                              "parked": 0, "websockets": 0, "lag": 0.0, "stopping": False}
+    fields: dict[str, Any] = {
+        "requests": served,
+        "instances": 0,
+        "max_applications": 1000,
+        "connections": 0,
+        "parked": 0,
+        "websockets": 0,
+        "lag": 0.0,
+        "stopping": False,
+    }
     if metrics:
         counters = Counters()
         counters.requests[METHOD_INDEX["GET"] * 1000 + 200] = served
@@ -198,7 +207,7 @@ def test_hup_replacement_under_load_never_dips(master):
     master.loop_reads()
     assert master.check() == (30, 30)
     new = [master.spawn() for _ in range(2)]
-    for (worker, _) in old:
+    for worker, _ in old:
         worker.outdated, worker.retiring, worker.cause = True, True, "reload"
     for step, ((worker, end), (_, new_end)) in enumerate(zip(old, new)):
         heartbeat(new_end, 1 + step)

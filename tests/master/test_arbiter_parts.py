@@ -9,17 +9,25 @@ import time
 import pytest
 
 from corral.master.arbiter.channel import Channel, pair
+from corral.master.arbiter.workerinfo import split_limit
 from corral.master.cli import main
 from corral.master.status.control import ControlServer, control_paths, format_table, query
 from corral.master.status.pidfile import Pidfile, PidfileError, read_pid
-from corral.master.arbiter.workerinfo import split_limit
 from corral.shared.exitcodes import BIND_ERROR, ExitCode
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 
 
-@pytest.mark.parametrize("total, workers, expected", [
-    (10, 3, [4, 3, 3]), (10, 2, [5, 5]), (1000, 3, [334, 333, 333]), (7, 7, [1] * 7), (5, 1, [5]), (3, 0, []),
-])
+@pytest.mark.parametrize(
+    "total, workers, expected",
+    [
+        (10, 3, [4, 3, 3]),
+        (10, 2, [5, 5]),
+        (1000, 3, [334, 333, 333]),
+        (7, 7, [1] * 7),
+        (5, 1, [5]),
+        (3, 0, []),
+    ],
+)
 def test_split_limit_gives_the_remainder_to_the_first_and_sums_exactly(total, workers, expected):
     assert split_limit(total, workers) == expected
     assert sum(expected) == total or workers == 0
@@ -76,10 +84,27 @@ def test_control_socket_round_trip_and_table(tmp_path):
     server = ControlServer(str(pidfile), os.getpid())
     assert server.path == control_paths(str(pidfile), os.getpid())[0]
     document = {
-        "master": {"pid": os.getpid(), "name": "apps:app", "started": time.time() - 5, "target": 2,
-                   "max_applications": 10, "generation": 0},
-        "workers": [{"pid": 11, "number": 1, "state": "ready", "age": 3.0, "requests": 7, "instances": 2,
-                     "limit": 5, "rss": 30 << 20, "cpu": 1.5}],
+        "master": {
+            "pid": os.getpid(),
+            "name": "apps:app",
+            "started": time.time() - 5,
+            "target": 2,
+            "max_applications": 10,
+            "generation": 0,
+        },
+        "workers": [
+            {
+                "pid": 11,
+                "number": 1,
+                "state": "ready",
+                "age": 3.0,
+                "requests": 7,
+                "instances": 2,
+                "limit": 5,
+                "rss": 30 << 20,
+                "cpu": 1.5,
+            }
+        ],
     }
     import threading
 
@@ -104,8 +129,10 @@ def test_control_path_falls_back_when_too_long(tmp_path):
     assert len(path) < 108 and path.endswith("42.ctl")
 
 
-@pytest.mark.parametrize("value, expected", [("022", 0o22), ("0o27", 0o27), (18, 18), ("0", 0), ("007", 0o7),
-                                             ("18", 18), ("0x12", 0o22), (" 0022 ", 0o22)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [("022", 0o22), ("0o27", 0o27), (18, 18), ("0", 0), ("007", 0o7), ("18", 18), ("0x12", 0o22), (" 0022 ", 0o22)],
+)
 def test_umask_reads_values_as_gunicorn_does(value, expected):
     """A leading 0 (or 0o) is octal, 0x hexadecimal, anything else decimal: gunicorn's own parser agrees."""
     assert Settings(umask=value).umask == expected
@@ -114,8 +141,16 @@ def test_umask_reads_values_as_gunicorn_does(value, expected):
         assert gunicorn_config.auto_int(None, value.strip()) == expected
 
 
-@pytest.mark.parametrize("name, value", [("umask", "08"), ("umask", "0o1000"), ("max_worker_memory", "lots"),
-                                         ("user", "no-such-user-here"), ("timeout", "-1")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("umask", "08"),
+        ("umask", "0o1000"),
+        ("max_worker_memory", "lots"),
+        ("user", "no-such-user-here"),
+        ("timeout", "-1"),
+    ],
+)
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(SettingError, match="invalid value for --"):
         Settings(**{name: value})

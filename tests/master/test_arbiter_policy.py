@@ -33,8 +33,9 @@ class Harness(Arbiter):
     def spawn_worker(self, share: int) -> None:
         self.worker_number += 1
         self.next_pid += 1
-        self.workers[self.next_pid] = Worker(self.next_pid, self.worker_number, FakeChannel(), self.generation,
-                                             share, 0)
+        self.workers[self.next_pid] = Worker(
+            self.next_pid, self.worker_number, FakeChannel(), self.generation, share, 0
+        )
 
     def _signal_worker(self, worker: Worker, sig: int) -> None:
         self.signalled.append((worker.pid, sig))

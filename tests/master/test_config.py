@@ -6,8 +6,16 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from corral.master.config.sources import (ConfigProblems, collect, from_mapping, load_pyproject, load_python_config,
-                                  misspellings, settings_options, suggest)
+from corral.master.config.sources import (
+    ConfigProblems,
+    collect,
+    from_mapping,
+    load_pyproject,
+    load_python_config,
+    misspellings,
+    settings_options,
+    suggest,
+)
 from corral.shared.settings import SettingError
 
 
@@ -18,7 +26,7 @@ def show(config_path, **params):
     try:
         settings = collect(params, config_path, environ=click.get_current_context().obj or {})
     except SettingError as exc:
-        raise click.UsageError(str(exc))
+        raise click.UsageError(str(exc)) from None
     for name in ("workers", "threads", "keepalive", "bind", "reuse_port", "server_header", "backlog"):
         click.echo(f"{name}={getattr(settings, name)!r}")
 
@@ -36,8 +44,22 @@ def empty_folder(tmp_path, monkeypatch):
 
 
 def test_every_setting_is_a_flag_and_values_convert():
-    result = run(["-w", "3", "--threads", "4", "--keep-alive", "1.5", "-b", "127.0.0.1:1", "-b", "unix:/tmp/x",
-                  "--reuse-port", "--no-server-header"])
+    result = run(
+        [
+            "-w",
+            "3",
+            "--threads",
+            "4",
+            "--keep-alive",
+            "1.5",
+            "-b",
+            "127.0.0.1:1",
+            "-b",
+            "unix:/tmp/x",
+            "--reuse-port",
+            "--no-server-header",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "workers=3" in result.output
     assert "threads=4" in result.output
@@ -93,19 +115,43 @@ def test_a_config_files_other_names_are_ignored_with_one_warning_for_the_misspel
     warnings: list[str] = []
     values = load_python_config(str(conf), warn=warnings.append)
     assert values == {"loglevel": "info", "workers": 3}
-    assert warnings == [f"config file {conf}: not a setting, ignored: 'keepalvie' (did you mean 'keepalive'?), "
-                        "'wokers' (did you mean 'workers'?)"]
+    assert warnings == [
+        (
+            f"config file {conf}: not a setting, ignored: 'keepalvie' (did you mean 'keepalive'?), "
+            "'wokers' (did you mean 'workers'?)"
+        )
+    ]
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("wokers", "workers"), ("keepalvie", "keepalive"), ("timeoutt", "timeout"), ("graceful_timout", "graceful_timeout"),
-    ("worker_tmpdir", "worker_tmp_dir"), ("post_forks", "post_fork"),
-    ("use_loglevel", None), ("workers_per_core", None), ("timeout_str", None), ("bind_env", None),
-    ("host", None), ("port", None), ("cores", None), ("pre_chain", None), ("annotations", None),
-    ("accesslog_var", None), ("use_max_workers", None), ("log_data", None), ("graceful_timeout_str", None),
-    ("keepalive_str", None), ("errorlog_var", None), ("use_bind", None), ("max_requests_jiter", "max_requests_jitter"),
-    ("log_level", "loglevel"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("wokers", "workers"),
+        ("keepalvie", "keepalive"),
+        ("timeoutt", "timeout"),
+        ("graceful_timout", "graceful_timeout"),
+        ("worker_tmpdir", "worker_tmp_dir"),
+        ("post_forks", "post_fork"),
+        ("use_loglevel", None),
+        ("workers_per_core", None),
+        ("timeout_str", None),
+        ("bind_env", None),
+        ("host", None),
+        ("port", None),
+        ("cores", None),
+        ("pre_chain", None),
+        ("annotations", None),
+        ("accesslog_var", None),
+        ("use_max_workers", None),
+        ("log_data", None),
+        ("graceful_timeout_str", None),
+        ("keepalive_str", None),
+        ("errorlog_var", None),
+        ("use_bind", None),
+        ("max_requests_jiter", "max_requests_jitter"),
+        ("log_level", "loglevel"),
+    ],
+)
 def test_misspellings_are_typos_of_a_setting_not_helpers_named_after_one(name, expected):
     assert misspellings([name]) == ([(name, expected)] if expected else [])
 
@@ -119,7 +165,7 @@ def test_python_module_config_and_file_prefix(tmp_path, monkeypatch):
     assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 4}
     (package / "gunicorn_conf.py").write_text("workers = 5\n")  # read again (a HUP reloads the module)
     assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 5}
-    with pytest.raises(SettingError, match="config module 'deploy.nothing' not found on the import path"):
+    with pytest.raises(SettingError, match=r"config module 'deploy.nothing' not found on the import path"):
         load_python_config("python:deploy.nothing")
     assert load_python_config(f"file:{package / 'gunicorn_conf.py'}") == {"workers": 5}
     plain = tmp_path / "gunicorn.cfg"  # gunicorn also runs a file without a .py extension
@@ -148,15 +194,17 @@ def test_gunicorn_config_file_carries_over(tmp_path, capsys):
     assert values["forwarded_allow_ips"] == ("10.0.0.1", "127.0.0.1")
     conf.write_text("raw_env = 'ALLOWED_HOSTS=a.example,b.example'\nbind = '127.0.0.1:9000'\ncheck_config = False\n")
     assert load_python_config(str(conf), warn=pytest.fail) == {  # a lone string is one item, as in gunicorn
-        "raw_env": ("ALLOWED_HOSTS=a.example,b.example",), "bind": ("127.0.0.1:9000",)}
+        "raw_env": ("ALLOWED_HOSTS=a.example,b.example",),
+        "bind": ("127.0.0.1:9000",),
+    }
     assert callable(values["post_fork"])  # a server hook: carried over, not ignored
 
 
 def test_pyproject_table(tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[tool.corral]\nworkers = 5\nkeep-alive = 2\n')
-    with pytest.raises(SettingError, match="unknown setting 'keep-alive'.*did you mean 'keepalive'"):
+    (tmp_path / "pyproject.toml").write_text("[tool.corral]\nworkers = 5\nkeep-alive = 2\n")
+    with pytest.raises(SettingError, match=r"unknown setting 'keep-alive'.*did you mean 'keepalive'"):
         load_pyproject(str(tmp_path))
-    (tmp_path / "pyproject.toml").write_text('[tool.corral]\nworkers = 5\nkeepalive = 2\n')
+    (tmp_path / "pyproject.toml").write_text("[tool.corral]\nworkers = 5\nkeepalive = 2\n")
     assert load_pyproject(str(tmp_path)) == {"workers": 5, "keepalive": 2.0}
     assert load_pyproject(str(tmp_path / "nowhere")) == {}
 
@@ -172,9 +220,11 @@ def test_config_file_errors_are_one_line(tmp_path):
 
 def test_gunicorn_keys_all_reported_in_one_pass(tmp_path):
     conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text("wokers = 2\nprotocol = 'uwsgi'\nworker_tmp_dir = '/dev/shm'\ndaemon = False\n"
-                    "reload = True\nasgi_lifespan = 'off'\nworkers = 'lots'\nhttp_protocols = 'h2,h1'\n"
-                    "spew = False\ndirty_apps = ['x:y']\n")
+    conf.write_text(
+        "wokers = 2\nprotocol = 'uwsgi'\nworker_tmp_dir = '/dev/shm'\ndaemon = False\n"
+        "reload = True\nasgi_lifespan = 'off'\nworkers = 'lots'\nhttp_protocols = 'h2,h1'\n"
+        "spew = False\ndirty_apps = ['x:y']\n"
+    )
     warnings = []
     with pytest.raises(ConfigProblems) as raised:
         load_python_config(str(conf), warn=warnings.append)
@@ -194,20 +244,35 @@ def test_every_bad_value_of_every_source_in_one_pass(tmp_path):
     conf.write_text("threads = 'many'\n")
     (tmp_path / "pyproject.toml").write_text("[tool.corral]\nbacklog = -1\n")
     with pytest.raises(ConfigProblems) as raised:
-        collect({"workers": "lots", "umask": "999", "loglevel": "loud"}, str(conf), folder=str(tmp_path),
-                environ={"CORRAL_TIMEOUT": "soon", "CORRAL_HOME": "/srv", "CORRAL_SRC": "/src"},
-                cmd_args={"keepalive": "long"}, warn=lambda _: None)
+        collect(
+            {"workers": "lots", "umask": "999", "loglevel": "loud"},
+            str(conf),
+            folder=str(tmp_path),
+            environ={"CORRAL_TIMEOUT": "soon", "CORRAL_HOME": "/srv", "CORRAL_SRC": "/src"},
+            cmd_args={"keepalive": "long"},
+            warn=lambda _: None,
+        )
     problems = raised.value.problems
     assert [p.split(" (from")[0] for p in problems] == [
-        "invalid value for --backlog", "invalid value for --threads", "invalid value for --timeout",
-        "invalid value for --keep-alive", "invalid value for --workers", "invalid value for --umask",
-        "invalid value for --log-level"], problems
+        "invalid value for --backlog",
+        "invalid value for --threads",
+        "invalid value for --timeout",
+        "invalid value for --keep-alive",
+        "invalid value for --workers",
+        "invalid value for --umask",
+        "invalid value for --log-level",
+    ], problems
 
 
 def test_environment_variables_that_are_no_setting_are_ignored(tmp_path):
     warnings: list[str] = []
-    settings = collect({}, None, environ={"CORRAL_SRC": "/src", "CORRAL_HOME": "/srv", "CORRAL_TIMEOUTT": "3",
-                                          "CORRAL_WORKERS": "2"}, folder=str(tmp_path), warn=warnings.append)
+    settings = collect(
+        {},
+        None,
+        environ={"CORRAL_SRC": "/src", "CORRAL_HOME": "/srv", "CORRAL_TIMEOUTT": "3", "CORRAL_WORKERS": "2"},
+        folder=str(tmp_path),
+        warn=warnings.append,
+    )
     assert settings.workers == 2
     assert warnings == ["environment: not a setting, ignored: CORRAL_TIMEOUTT (did you mean CORRAL_TIMEOUT?)"]
 
@@ -218,15 +283,18 @@ def test_gunicorn_aliases_carry_the_value(tmp_path):
     assert load_python_config(str(conf)) == {"lifespan": "off", "ws_max_size": 1024, "reload": True}
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("reload", ""),  # a corral setting now: never "preload"
-    ("certfile", ""),  # a corral setting now: never "error_logfile"
-    ("http2_cleartext", "corral has no equivalent"),
-    ("--port", "-b/--bind HOST:PORT"),
-    ("--limit-max-requests", "--max-requests"),
-    ("wokers", "did you mean 'workers'?"),
-    ("worker_connections", "--max-applications"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("reload", ""),  # a corral setting now: never "preload"
+        ("certfile", ""),  # a corral setting now: never "error_logfile"
+        ("http2_cleartext", "corral has no equivalent"),
+        ("--port", "-b/--bind HOST:PORT"),
+        ("--limit-max-requests", "--max-requests"),
+        ("wokers", "did you mean 'workers'?"),
+        ("worker_connections", "--max-applications"),
+    ],
+)
 def test_suggestions_only_propose_the_same_meaning(name, expected):
     text = suggest(name)
     assert expected in text
@@ -271,22 +339,29 @@ def test_a_uvicorn_worker_subclass_applies_its_config_kwargs(tmp_path, monkeypat
         "    CONFIG_KWARGS = {'loop': 'asyncio', 'http': 'h11', 'lifespan': 'off', 'root_path': '/api',\n"
         "                     'proxy_headers': False, 'limit_concurrency': 50}\n"
         "class BadWorker(UvicornWorker):\n"
-        "    CONFIG_KWARGS = {'lifespan': 'sometimes', 'backlog': 'deep'}\n")
+        "    CONFIG_KWARGS = {'lifespan': 'sometimes', 'backlog': 'deep'}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     worker_class.clear_cache()
     warnings: list[str] = []
-    settings = effective(Settings(worker_class="proj_workers.MyWorker", workers=2, root_path="/other"),
-                         warn=warnings.append)
+    settings = effective(
+        Settings(worker_class="proj_workers.MyWorker", workers=2, root_path="/other"), warn=warnings.append
+    )
     assert (settings.interface, settings.lifespan, settings.root_path) == ("auto", "off", "/api")
     assert settings.forwarded_allow_ips == () and settings.request_timeout == 0.0
     assert (settings.max_applications, settings.pool_full) == (100, "503")  # 50 per worker, 503 past it
-    assert warnings == ["-k proj_workers.MyWorker: CONFIG_KWARGS ignored: loop='asyncio' (corral always runs "
-                        "uvloop), http='h11' (corral always parses HTTP/1.1 with httptools)"]
+    assert warnings == [
+        (
+            "-k proj_workers.MyWorker: CONFIG_KWARGS ignored: loop='asyncio' (corral always runs "
+            "uvloop), http='h11' (corral always parses HTTP/1.1 with httptools)"
+        )
+    ]
     with pytest.raises(ConfigProblems) as raised:
         effective(Settings(worker_class="proj_workers.BadWorker"))
     assert [p.split(":")[0] for p in raised.value.problems] == [
         "invalid value for --lifespan (from CONFIG_KWARGS of proj_workers.BadWorker)",
-        "invalid value for --backlog (from CONFIG_KWARGS of proj_workers.BadWorker)"]
+        "invalid value for --backlog (from CONFIG_KWARGS of proj_workers.BadWorker)",
+    ]
     worker_class.clear_cache()
 
 
@@ -303,5 +378,8 @@ def test_port_web_concurrency_and_forwarded_allow_ips_are_gunicorns_defaults(tmp
     with pytest.raises(ConfigProblems) as caught:
         collect({}, None, environ={"WEB_CONCURRENCY": "many"}, folder=str(tmp_path))
     assert caught.value.problems == [
-        "invalid value for --workers (from environment variable WEB_CONCURRENCY, gunicorn's default): "
-        "expected an integer, got 'many'"]
+        (
+            "invalid value for --workers (from environment variable WEB_CONCURRENCY, gunicorn's default): "
+            "expected an integer, got 'many'"
+        )
+    ]

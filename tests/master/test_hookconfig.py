@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from corral.master.hooks.cfg import HookConfig, Listener
 from corral.master.config.peer_names import GUNICORN
+from corral.master.hooks.cfg import HookConfig, Listener
 from corral.shared.settings import Settings
 
 gunicorn_config = pytest.importorskip("gunicorn.config")
@@ -37,14 +37,42 @@ def test_every_gunicorn_setting_is_an_attribute():
 
 
 def test_gunicorns_computed_attributes():
-    ours = HookConfig(Settings(bind=("127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"), raw_env=("A=1", "B=x=y"),
-                               user=0, workers=3, reuse_port=True), "proj.wsgi:application")
+    ours = HookConfig(
+        Settings(
+            bind=("127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"),
+            raw_env=("A=1", "B=x=y"),
+            user=0,
+            workers=3,
+            reuse_port=True,
+        ),
+        "proj.wsgi:application",
+    )
     theirs = gunicorn_config.Config()
-    for name, value in (("bind", ["127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"]), ("raw_env", ["A=1", "B=x=y"]),
-                        ("user", 0), ("workers", 3), ("reuse_port", True), ("default_proc_name", "proj.wsgi:application")):
+    for name, value in (
+        ("bind", ["127.0.0.1:8001", "[::1]:8002", "unix:/tmp/x.sock"]),
+        ("raw_env", ["A=1", "B=x=y"]),
+        ("user", 0),
+        ("workers", 3),
+        ("reuse_port", True),
+        ("default_proc_name", "proj.wsgi:application"),
+    ):
         theirs.set(name, value)
-    for attribute in ("address", "env", "uid", "gid", "user", "group", "workers", "reuse_port", "proc_name", "is_ssl",
-                      "worker_connections", "paste_global_conf", "bind", "raw_env"):
+    for attribute in (
+        "address",
+        "env",
+        "uid",
+        "gid",
+        "user",
+        "group",
+        "workers",
+        "reuse_port",
+        "proc_name",
+        "is_ssl",
+        "worker_connections",
+        "paste_global_conf",
+        "bind",
+        "raw_env",
+    ):
         assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
     assert ours.settings["workers"].value == 3 and ours.settings["workers"].get() == 3
     assert ours.worker_class_str == "asgi"
@@ -56,7 +84,7 @@ def test_gunicorns_computed_attributes():
 def test_unknown_names_and_writes_fail_as_in_gunicorn():
     cfg = HookConfig(Settings())
     with pytest.raises(AttributeError, match="No configuration setting for: no_such_thing"):
-        cfg.no_such_thing  # noqa: B018
+        cfg.no_such_thing  # noqa: B018 - reading it is the test
     with pytest.raises(AttributeError, match="Invalid access!"):
         cfg.workers = 4
 
@@ -70,7 +98,9 @@ def test_listeners_read_as_gunicorns_sockets(tmp_path):
         port = tcp.getsockname()[1]
         assert str(Listener(tcp)) == f"http://127.0.0.1:{port}" and str(Listener(tcp, tls=True)).startswith("https")
         assert Listener(tcp).cfg_addr == ("127.0.0.1", port) and Listener(tcp).fileno() == tcp.fileno()
-        assert str(Listener(unix)) == f"unix:{tmp_path / 's.sock'}" and Listener(unix).cfg_addr == str(tmp_path / "s.sock")
+        assert str(Listener(unix)) == f"unix:{tmp_path / 's.sock'}" and Listener(unix).cfg_addr == str(
+            tmp_path / "s.sock"
+        )
         assert Listener(tcp).sock is tcp and Listener(unix).FAMILY == socket.AF_UNIX
     finally:
         tcp.close()

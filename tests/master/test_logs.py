@@ -66,7 +66,7 @@ def test_by_default_the_error_log_is_gunicorns_logger(tmp_path, loggers):
     setup_logging(Settings(errorlog=str(path), loglevel="warning"))
     seen = []
     spy = logging.Handler()
-    spy.emit = seen.append  # type: ignore[method-assign]
+    spy.emit = seen.append  # type: ignore[method-assign]  # a spy
     logging.getLogger("gunicorn.error").addHandler(spy)
     logging.getLogger("corral.master").warning("Worker %d died", 3)
     logging.getLogger("corral.worker.server").info("below --log-level")
@@ -82,7 +82,7 @@ def test_naming_corral_keeps_corrals_loggers(tmp_path, loggers):
     setup_logging(Settings(errorlog=str(path), naming="corral"))
     seen = []
     spy = logging.Handler()
-    spy.emit = seen.append  # type: ignore[method-assign]
+    spy.emit = seen.append  # type: ignore[method-assign]  # a spy
     logging.getLogger("corral").addHandler(spy)
     logging.getLogger("corral.master").info("started")
     assert [r.name for r in seen] == ["corral.master"]
@@ -94,8 +94,10 @@ def test_naming_corral_keeps_corrals_loggers(tmp_path, loggers):
 
 
 def gunicorn_dict(tmp_path, *names):
-    handlers = {name: {"class": "logging.FileHandler", "filename": str(tmp_path / f"{name}.log"),
-                       "formatter": "named"} for name in names}
+    handlers = {
+        name: {"class": "logging.FileHandler", "filename": str(tmp_path / f"{name}.log"), "formatter": "named"}
+        for name in names
+    }
     return {
         "version": 1,
         "formatters": {"named": {"format": "%(name)s|%(levelname)s|%(message)s"}},
@@ -118,8 +120,22 @@ def test_a_logconfig_dict_routing_gunicorns_loggers_gets_every_record(tmp_path, 
     logging.getLogger("corral.worker.server").error("worker trouble")
     access = make_access_log(settings)
     assert access is not None  # the config gives the access logger a handler: the access log is on
-    access({"type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"",
-            "http_version": "1.1", "headers": [], "client": ("10.0.0.1", 1)}, 200, 2, 0.001, [])
+    access(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/x",
+            "raw_path": b"/x",
+            "query_string": b"",
+            "http_version": "1.1",
+            "headers": [],
+            "client": ("10.0.0.1", 1),
+        },
+        200,
+        2,
+        0.001,
+        [],
+    )
     flush_all()
     error_name = "gunicorn.error" if naming == "gunicorn" else "corral.worker.server"
     access_name = "gunicorn.access" if naming == "gunicorn" else "corral.access"

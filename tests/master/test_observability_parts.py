@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import psutil
 import pytest
@@ -27,7 +28,7 @@ from corral.master.observe.statsd import StatsdClient, prefix_of, statsd_lines
 from corral.worker.edge.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
+import promtext  # tests/promtext.py: the strict reading of a /metrics page
 
 
 class FakeWorker:
@@ -52,8 +53,9 @@ def snapshot(get200: int, post500: int, fast: int) -> dict:
 
 
 def page(counts: MasterCounts, workers: list, accept: str = "", collecting: bool = True) -> tuple[str, str]:
-    exposition = Exposition(lambda: families(counts, workers, target=len(workers), backoff=0.0, started=1.0,
-                                             collecting=collecting))
+    exposition = Exposition(
+        lambda: families(counts, workers, target=len(workers), backoff=0.0, started=1.0, collecting=collecting)
+    )
     body, content_type = exposition.render(accept)
     return body.decode(), content_type
 
@@ -65,7 +67,10 @@ def parse(text: str) -> dict:
 def test_totals_survive_a_worker_exit_and_render_as_valid_exposition_format():
     counts = MasterCounts()
     a, b = FakeWorker(1, snapshot(10, 2, 5), 12), FakeWorker(2, snapshot(4, 0, 4), 4)
-    render = lambda workers: parse(page(counts, workers)[0])
+
+    def render(workers):
+        return parse(page(counts, workers)[0])
+
     before = render([a, b])
     assert before[("corral_http_requests_total", (("method", "GET"), ("status", "2xx")))] == 14
     assert before[("corral_http_requests_total", (("method", "POST"), ("status", "5xx")))] == 2
@@ -86,18 +91,35 @@ def test_totals_survive_a_worker_exit_and_render_as_valid_exposition_format():
 #: Every family of the page, as prometheus_client names it, and its type: the names users' dashboards use
 #: (a counter's samples add `_total`, a histogram's `_bucket`, `_sum`, `_count`).
 FAMILIES = {
-    "corral_http_requests": "counter", "corral_http_request_duration_seconds": "histogram",
-    "corral_http_request_bytes": "counter", "corral_http_response_bytes": "counter",
-    "corral_pool_rejected": "counter", "corral_pool_wait_seconds": "histogram",
-    "corral_websocket_opened": "counter", "corral_websocket_closed": "counter",
-    "corral_websocket_messages_received": "counter", "corral_websocket_messages_sent": "counter",
-    "corral_log_messages": "counter", "corral_http_requests_in_flight": "gauge", "corral_pool_parked": "gauge",
-    "corral_websocket_open": "gauge", "corral_requests_served": "counter", "corral_worker_pool_size": "gauge",
-    "corral_worker_pool_in_use": "gauge", "corral_worker_resident_memory_bytes": "gauge",
-    "corral_worker_cpu_seconds": "counter", "corral_worker_event_loop_lag_seconds": "gauge",
-    "corral_worker_age_seconds": "gauge", "corral_workers": "gauge", "corral_workers_target": "gauge",
-    "corral_worker_starts": "counter", "corral_worker_exits": "counter", "corral_worker_boot_failures": "counter",
-    "corral_worker_backoff_seconds": "gauge", "corral_reloads": "counter", "corral_master_start_time_seconds": "gauge",
+    "corral_http_requests": "counter",
+    "corral_http_request_duration_seconds": "histogram",
+    "corral_http_request_bytes": "counter",
+    "corral_http_response_bytes": "counter",
+    "corral_pool_rejected": "counter",
+    "corral_pool_wait_seconds": "histogram",
+    "corral_websocket_opened": "counter",
+    "corral_websocket_closed": "counter",
+    "corral_websocket_messages_received": "counter",
+    "corral_websocket_messages_sent": "counter",
+    "corral_log_messages": "counter",
+    "corral_http_requests_in_flight": "gauge",
+    "corral_pool_parked": "gauge",
+    "corral_websocket_open": "gauge",
+    "corral_requests_served": "counter",
+    "corral_worker_pool_size": "gauge",
+    "corral_worker_pool_in_use": "gauge",
+    "corral_worker_resident_memory_bytes": "gauge",
+    "corral_worker_cpu_seconds": "counter",
+    "corral_worker_event_loop_lag_seconds": "gauge",
+    "corral_worker_age_seconds": "gauge",
+    "corral_workers": "gauge",
+    "corral_workers_target": "gauge",
+    "corral_worker_starts": "counter",
+    "corral_worker_exits": "counter",
+    "corral_worker_boot_failures": "counter",
+    "corral_worker_backoff_seconds": "gauge",
+    "corral_reloads": "counter",
+    "corral_master_start_time_seconds": "gauge",
 }
 #: Only collected when --metrics-bind or --statsd-host asks the workers to count requests.
 REQUEST_FAMILIES = set(list(FAMILIES)[:11])
@@ -135,7 +157,8 @@ def test_the_page_round_trips_through_prometheus_client_in_both_formats():
     assert om_samples.keys() == text_samples.keys()
     moving = ("corral_worker_age_seconds", "corral_worker_resident_memory_bytes", "corral_worker_cpu_seconds_total")
     assert {k: v for k, v in om_samples.items() if k[0] not in moving} == {
-        k: v for k, v in text_samples.items() if k[0] not in moving}
+        k: v for k, v in text_samples.items() if k[0] not in moving
+    }
 
     # Without request counting: the master's own families only, as strict.
     idle = promtext.families(page(counts, workers, collecting=False)[0])
@@ -188,8 +211,9 @@ def test_statsd_lines_are_deltas_and_timer_sample_rates_add_up():
     now.add(snapshot(110, 3, 60))
     counts = MasterCounts()
     counts.starts = 4
-    lines = statsd_lines("app.", "gunicorn", now, before, counts, {"worker.starts": 1}, {"workers": 4,
-                                                                                         "pool.in_use": 2})
+    lines = statsd_lines(
+        "app.", "gunicorn", now, before, counts, {"worker.starts": 1}, {"workers": 4, "pool.in_use": 2}
+    )
     assert "app.gunicorn.requests:103|c" in lines
     assert "app.gunicorn.request.status.200:100|c" in lines and "app.gunicorn.request.status.500:3|c" in lines
     assert "app.corral.worker.starts:3|c" in lines and "app.gunicorn.workers:4|g" in lines
@@ -221,8 +245,10 @@ def gunicorn_statsd(**settings):
     cfg = gunicorn_config.Config()
     for name, value in settings.items():
         cfg.set(name, value)
-    saved = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
-             for name in ("gunicorn.error", "gunicorn.access")}
+    saved = {
+        name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+        for name in ("gunicorn.error", "gunicorn.access")
+    }
     theirs = statsd.Statsd(cfg)
     try:
         yield theirs
@@ -258,9 +284,12 @@ def test_statsd_names_and_types_are_gunicorns():
     listener.settimeout(5)
     try:
         with gunicorn_statsd(statsd_host=f"127.0.0.1:{listener.getsockname()[1]}") as theirs:
-            theirs.access(SimpleNamespace(status="200 OK", sent=2, headers=[]), SimpleNamespace(headers=[]),
-                          {"REQUEST_METHOD": "GET", "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.1"},
-                          datetime.timedelta(milliseconds=3))
+            theirs.access(
+                SimpleNamespace(status="200 OK", sent=2, headers=[]),
+                SimpleNamespace(headers=[]),
+                {"REQUEST_METHOD": "GET", "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.1"},
+                datetime.timedelta(milliseconds=3),
+            )
             theirs.error("trouble")
             theirs.debug("2 workers", extra={"metric": "gunicorn.workers", "value": 2, "mtype": "gauge"})
             received = [listener.recv(65536).decode() for _ in range(5)]
@@ -275,9 +304,13 @@ def test_statsd_names_and_types_are_gunicorns():
     counts = MasterCounts()
     counts.logs["error"] = 1
     ours = statsd_lines("", "gunicorn", now, Totals(), counts, {}, {"workers": 2})
-    assert kinds(received) == {("gunicorn.request.duration", "ms"), ("gunicorn.requests", "c"),
-                               ("gunicorn.request.status.200", "c"), ("gunicorn.log.error", "c"),
-                               ("gunicorn.workers", "g")}
+    assert kinds(received) == {
+        ("gunicorn.request.duration", "ms"),
+        ("gunicorn.requests", "c"),
+        ("gunicorn.request.status.200", "c"),
+        ("gunicorn.log.error", "c"),
+        ("gunicorn.workers", "g"),
+    }
     assert kinds(received) <= kinds(ours)
 
 
@@ -377,8 +410,10 @@ def test_metrics_server_answers_in_the_selector_loop():
         assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\ncorral_x 1\n")
         assert b"\r\ncontent-type: text/plain; version=0.0.4\r\n" in ok and b"\r\nvary: accept\r\n" in ok
         # The Accept header reaches render (several lines joined); "" without one.
-        ask(b"GET /metrics HTTP/1.1\r\nACCEPT: application/openmetrics-text; version=1.0.0\r\n"
-            b"Accept: text/plain;q=0.5\r\n\r\n")
+        ask(
+            b"GET /metrics HTTP/1.1\r\nACCEPT: application/openmetrics-text; version=1.0.0\r\n"
+            b"Accept: text/plain;q=0.5\r\n\r\n"
+        )
         assert accepts == ["", "application/openmetrics-text; version=1.0.0, text/plain;q=0.5"]
         assert ask(b"HEAD /metrics HTTP/1.1\r\n\r\n").endswith(b"\r\n\r\n")
         assert ask(b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
@@ -407,7 +442,7 @@ def test_a_reload_keeps_the_metrics_settings_the_master_started_with(caplog):
     from corral.shared.settings import Settings
 
     class Arbiter:
-        workers: dict = {}
+        workers: ClassVar[dict] = {}
         num_workers = 1
         spawn_after = 0.0
         started = 0.0

@@ -241,7 +241,10 @@ def test_systemd_socket_activation_in_a_child_process():
     )
     result = subprocess.run(
         [sys.executable, "-c", child, str(listener.fileno())],
-        pass_fds=(listener.fileno(),), capture_output=True, text=True, timeout=60,
+        pass_fds=(listener.fileno(),),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     listener.close()
     assert result.returncode == 0, result.stderr

@@ -27,9 +27,7 @@ def test_asgiref_module_passes(asgiref_tree, module):
     assert not result.problem, f"{result.summary()}\n{result.output[-4000:]}"
     assert result.outcomes, f"no test ran in {module}\n{result.output[-4000:]}"
     failures = result.failures()
-    assert not failures, "\n".join(
-        [result.summary()] + [f"  {node}: {why}" for node, why in sorted(failures.items())]
-    )
+    assert not failures, "\n".join([result.summary()] + [f"  {node}: {why}" for node, why in sorted(failures.items())])
     # An exclusion that names no test of this module is stale: it would hide nothing and mislead.
     prefix = f"tests/{module}::"
     stale = [node for node in conformance.EXCLUDED if node.startswith(prefix) and node not in result.outcomes]

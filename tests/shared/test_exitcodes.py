@@ -21,6 +21,10 @@ def test_codes_are_distinct_and_documented():
 
 def test_usable_as_process_exit_status():
     code = subprocess.call(
-        [sys.executable, "-c", "import sys; from corral.shared.exitcodes import APP_IMPORT_ERROR; sys.exit(APP_IMPORT_ERROR)"]
+        [
+            sys.executable,
+            "-c",
+            "import sys; from corral.shared.exitcodes import APP_IMPORT_ERROR; sys.exit(APP_IMPORT_ERROR)",
+        ]
     )
     assert code == 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral.shared import settings as registry
-from corral.shared.settings import REGISTRY, Settings, SettingError, Sources, resolve
+from corral.shared.settings import REGISTRY, SettingError, Settings, Sources, resolve
 
 
 def test_defaults_come_from_the_declarations():
@@ -16,16 +16,35 @@ def test_defaults_come_from_the_declarations():
 
 def test_gunicorn_spellings_are_kept():
     flags = {flag for declared in REGISTRY.values() for flag in declared.flags}
-    for flag in ("-w", "--workers", "-b", "--bind", "--keep-alive", "--backlog", "--threads",
-                 "--graceful-timeout", "--limit-request-line", "--limit-request-fields",
-                 "--limit-request-field-size", "--forwarded-allow-ips", "--access-logfile",
-                 "--access-logformat", "--reuse-port"):
+    for flag in (
+        "-w",
+        "--workers",
+        "-b",
+        "--bind",
+        "--keep-alive",
+        "--backlog",
+        "--threads",
+        "--graceful-timeout",
+        "--limit-request-line",
+        "--limit-request-fields",
+        "--limit-request-field-size",
+        "--forwarded-allow-ips",
+        "--access-logfile",
+        "--access-logformat",
+        "--reuse-port",
+    ):
         assert flag in flags
 
 
 def test_values_are_converted_from_strings():
-    settings = Settings(workers="4", keepalive="2.5", limit_request_body="10M", reuse_port="yes",
-                        forwarded_allow_ips="10.0.0.1, unix", bind="127.0.0.1:1,unix:/tmp/s")
+    settings = Settings(
+        workers="4",
+        keepalive="2.5",
+        limit_request_body="10M",
+        reuse_port="yes",
+        forwarded_allow_ips="10.0.0.1, unix",
+        bind="127.0.0.1:1,unix:/tmp/s",
+    )
     assert settings.workers == 4
     assert settings.keepalive == 2.5
     assert settings.limit_request_body == 10 * 1024 * 1024
@@ -61,19 +80,26 @@ def test_unknown_names_suggest_the_closest_setting():
 
 def test_environment_variables_are_generated_from_names():
     assert REGISTRY["max_applications"].env == "CORRAL_MAX_APPLICATIONS"
-    environ = {"CORRAL_WORKERS": "3", "CORRAL_KEEPALIVE": "7", "HOME": "/root", "CORRAL_SRC": "/src",
-               "CORRAL_TREADS": "3", "CORRAL_CMD_ARGS": "-w 2"}
+    environ = {
+        "CORRAL_WORKERS": "3",
+        "CORRAL_KEEPALIVE": "7",
+        "HOME": "/root",
+        "CORRAL_SRC": "/src",
+        "CORRAL_TREADS": "3",
+        "CORRAL_CMD_ARGS": "-w 2",
+    }
     # A CORRAL_* name that is no setting belongs to someone else's script: skipped, and listed apart.
     assert registry.from_env(environ) == {"workers": 3, "keepalive": 7.0}
     assert registry.unknown_env(environ) == ["CORRAL_SRC", "CORRAL_TREADS"]
 
 
 def test_bad_environment_values_are_all_collected():
-    with pytest.raises(SettingError, match="invalid value for --workers .from environment variable CORRAL_WORKERS"):
+    with pytest.raises(SettingError, match=r"invalid value for --workers .from environment variable CORRAL_WORKERS"):
         registry.from_env({"CORRAL_WORKERS": "lots"})
     problems: list[str] = []
-    assert registry.from_env({"CORRAL_WORKERS": "lots", "CORRAL_THREADS": "0", "CORRAL_BACKLOG": "9"},
-                             problems) == {"backlog": 9}
+    assert registry.from_env({"CORRAL_WORKERS": "lots", "CORRAL_THREADS": "0", "CORRAL_BACKLOG": "9"}, problems) == {
+        "backlog": 9
+    }
     assert len(problems) == 2 and "CORRAL_WORKERS" in problems[0] and "CORRAL_THREADS" in problems[1]
 
 

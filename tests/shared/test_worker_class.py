@@ -11,10 +11,10 @@ import uuid
 import pytest
 
 from corral.shared import worker_class
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.shared.worker_class import ASGI, WSGI, WorkerClassError, kwargs_settings, resolve
 
-MY_WORKER = '''
+MY_WORKER = """
 from uvicorn.workers import UvicornWorker
 import uvicorn.workers as uw
 
@@ -30,9 +30,9 @@ class Spread(uw.UvicornWorker):
 
 class Inherits(MyUvicornWorker):
     pass
-'''
+"""
 
-SYNC_WORKER = '''
+SYNC_WORKER = """
 from gunicorn.workers.sync import SyncWorker
 
 
@@ -42,15 +42,15 @@ class MySync(SyncWorker):
 
 class NotAWorker:
     pass
-'''
+"""
 
-GEVENT_WORKER = '''
+GEVENT_WORKER = """
 from gunicorn.workers import ggevent
 
 
 class MyGevent(ggevent.GeventWorker):
     pass
-'''
+"""
 
 
 @pytest.fixture
@@ -71,17 +71,29 @@ def _write(folder, source):
 @pytest.fixture
 def without_uvicorn_and_gunicorn(monkeypatch):
     """As in an image where corral replaced gunicorn: neither can be imported."""
-    for name in ("uvicorn", "uvicorn.workers", "gunicorn", "gunicorn.workers", "gunicorn.workers.sync",
-                 "gunicorn.workers.ggevent"):
+    for name in (
+        "uvicorn",
+        "uvicorn.workers",
+        "gunicorn",
+        "gunicorn.workers",
+        "gunicorn.workers.sync",
+        "gunicorn.workers.ggevent",
+    ):
         monkeypatch.setitem(sys.modules, name, None)
 
 
-@pytest.mark.parametrize("text, interface, kwargs", [
-    ("sync", WSGI, {}), ("gthread", WSGI, {}), ("egg:gunicorn#gthread", WSGI, {}),
-    ("gunicorn.workers.gthread.ThreadWorker", WSGI, {}), ("asgi", ASGI, {}),
-    ("uvicorn.workers.UvicornWorker", ASGI, {"loop": "auto", "http": "auto"}),
-    ("uvicorn_worker.UvicornH11Worker", ASGI, {"loop": "asyncio", "http": "h11"}),
-])
+@pytest.mark.parametrize(
+    "text, interface, kwargs",
+    [
+        ("sync", WSGI, {}),
+        ("gthread", WSGI, {}),
+        ("egg:gunicorn#gthread", WSGI, {}),
+        ("gunicorn.workers.gthread.ThreadWorker", WSGI, {}),
+        ("asgi", ASGI, {}),
+        ("uvicorn.workers.UvicornWorker", ASGI, {"loop": "auto", "http": "auto"}),
+        ("uvicorn_worker.UvicornH11Worker", ASGI, {"loop": "asyncio", "http": "h11"}),
+    ],
+)
 def test_gunicorns_and_uvicorns_names(text, interface, kwargs):
     found = resolve(text)
     assert (found.interface, found.config_kwargs, found.how) == (interface, kwargs, "")
@@ -98,8 +110,14 @@ def test_a_projects_uvicorn_worker_is_imported_with_its_config_kwargs(module):
     name = module(MY_WORKER)
     found = resolve(f"{name}.MyUvicornWorker")
     assert found.interface == ASGI and found.how == ""
-    assert found.config_kwargs == {"loop": "asyncio", "http": "auto", "lifespan": "off", "proxy_headers": False,
-                                   "root_path": "/api", "use_colors": False}
+    assert found.config_kwargs == {
+        "loop": "asyncio",
+        "http": "auto",
+        "lifespan": "off",
+        "proxy_headers": False,
+        "root_path": "/api",
+        "use_colors": False,
+    }
     assert resolve(f"{name}.Spread").config_kwargs == {"loop": "auto", "http": "auto", "ws_ping_interval": None}
     assert resolve(f"{name}.Inherits").config_kwargs["root_path"] == "/api"
 
@@ -124,8 +142,10 @@ def test_gunicorn_subclasses(module, request, hidden):
     found = resolve(f"{name}.MySync")
     assert found.interface == WSGI
     assert found.how == ("read from its source (gunicorn is not installed here)" if hidden else "")
-    with pytest.raises(WorkerClassError, match="neither a uvicorn worker nor gunicorn's sync/gthread"
-                                               if not hidden else "cannot be imported"):
+    with pytest.raises(
+        WorkerClassError,
+        match="neither a uvicorn worker nor gunicorn's sync/gthread" if not hidden else "cannot be imported",
+    ):
         resolve(f"{name}.NotAWorker")
     gevent = module(GEVENT_WORKER)  # imported, or (without gevent or gunicorn) read: refused either way
     with pytest.raises(WorkerClassError, match="monkey-patched greenlets"):
@@ -135,32 +155,58 @@ def test_gunicorn_subclasses(module, request, hidden):
 def test_a_class_that_cannot_be_imported_nor_read(module):
     found = resolve("no_such_package_here.workers.UvicornWorkerPlus")
     assert found.interface == ASGI and "taken as ASGI by its name" in found.how and found.config_kwargs == {}
-    with pytest.raises(WorkerClassError, match="cannot be imported .no module 'no_such_package_here'"):
+    with pytest.raises(WorkerClassError, match=r"cannot be imported .no module 'no_such_package_here'"):
         resolve("no_such_package_here.workers.Plain")
     with pytest.raises(SettingError, match="invalid value for --worker-class: corral cannot run worker class 'gevent'"):
         Settings(worker_class="gevent")  # refused as a value; what a path names is resolved later (carryover)
 
 
 def test_config_kwargs_become_settings_or_are_named_as_ignored():
-    found, ignored = kwargs_settings({"loop": "asyncio", "http": "httptools", "lifespan": "off", "proxy_headers": False,
-                                      "ws_ping_interval": None, "limit_concurrency": 10, "use_colors": True,
-                                      "timeout_keep_alive": 7, "http2": False, "nonsense": 1}, workers=4)
-    assert found == {"lifespan": "off", "forwarded_allow_ips": (), "ws_ping_interval": 0.0, "pool_full": "503",
-                     "max_applications": 40, "keepalive": 7, "http": "1"}
-    assert ignored == ["loop='asyncio' (corral always runs uvloop)", "use_colors=True (corral's logs are plain text)",
-                       "nonsense=1 (not an argument of uvicorn's Config)"]
+    found, ignored = kwargs_settings(
+        {
+            "loop": "asyncio",
+            "http": "httptools",
+            "lifespan": "off",
+            "proxy_headers": False,
+            "ws_ping_interval": None,
+            "limit_concurrency": 10,
+            "use_colors": True,
+            "timeout_keep_alive": 7,
+            "http2": False,
+            "nonsense": 1,
+        },
+        workers=4,
+    )
+    assert found == {
+        "lifespan": "off",
+        "forwarded_allow_ips": (),
+        "ws_ping_interval": 0.0,
+        "pool_full": "503",
+        "max_applications": 40,
+        "keepalive": 7,
+        "http": "1",
+    }
+    assert ignored == [
+        "loop='asyncio' (corral always runs uvloop)",
+        "use_colors=True (corral's logs are plain text)",
+        "nonsense=1 (not an argument of uvicorn's Config)",
+    ]
 
 
 def test_relative_imports_are_followed_when_reading_the_source(tmp_path, monkeypatch, without_uvicorn_and_gunicorn):
     package = tmp_path / f"proj_{uuid.uuid4().hex[:8]}"
     (package / "workers").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "base.py").write_text("from uvicorn_worker import UvicornWorker\n\n\n"
-                                     "class Base(UvicornWorker):\n    CONFIG_KWARGS = {'lifespan': 'on'}\n")
-    (package / "workers" / "__init__.py").write_text("from ..base import Base\nfrom .extra import Extra\n\n\n"
-                                                     "class Worker(Base):\n    pass\n")
-    (package / "workers" / "extra.py").write_text("from .. import base\n\n\nclass Extra(base.Base):\n"
-                                                  "    CONFIG_KWARGS = dict(lifespan='off', root_path='/x')\n")
+    (package / "base.py").write_text(
+        "from uvicorn_worker import UvicornWorker\n\n\n"
+        "class Base(UvicornWorker):\n    CONFIG_KWARGS = {'lifespan': 'on'}\n"
+    )
+    (package / "workers" / "__init__.py").write_text(
+        "from ..base import Base\nfrom .extra import Extra\n\n\nclass Worker(Base):\n    pass\n"
+    )
+    (package / "workers" / "extra.py").write_text(
+        "from .. import base\n\n\nclass Extra(base.Base):\n    CONFIG_KWARGS = dict(lifespan='off', root_path='/x')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(sys.modules, "uvicorn_worker", None)
     worker_class.clear_cache()

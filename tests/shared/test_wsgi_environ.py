@@ -8,6 +8,7 @@ import uvloop
 from corral.shared.wsgi import WsgiToAsgi
 from wsgi_helpers import Client, body_messages, call, hello, make_scope
 
+
 @pytest.mark.parametrize("coalesce", [False, True], ids=["asgiref-shape", "coalesced"])
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_hello_world(loop, coalesce):

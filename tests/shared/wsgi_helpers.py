@@ -29,9 +29,7 @@ def make_scope(**overrides):
 
 def body_messages(*chunks):
     """http.request messages carrying `chunks`, the last one with more_body=False."""
-    return [
-        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)
-    ]
+    return [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)]
 
 
 class Client:

@@ -28,8 +28,16 @@ class Reply:
 
 
 class H2Client:
-    def __init__(self, port: int, settings: dict | None = None, host: str = "127.0.0.1",
-                 handshake: bool = True, prefix: bytes = b"", rcvbuf: int = 0, ack: bool = True) -> None:
+    def __init__(
+        self,
+        port: int,
+        settings: dict | None = None,
+        host: str = "127.0.0.1",
+        handshake: bool = True,
+        prefix: bytes = b"",
+        rcvbuf: int = 0,
+        ack: bool = True,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:  # a small receive window: what the server writes soon stays in its own buffers
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -55,11 +63,21 @@ class H2Client:
         if data:
             self.sock.sendall(data)
 
-    def request(self, path: str = "/", method: str = "GET", body: bytes | None = None,
-                headers: list | None = None, end: bool = True) -> int:
+    def request(
+        self,
+        path: str = "/",
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: list | None = None,
+        end: bool = True,
+    ) -> int:
         stream_id = self.conn.get_next_available_stream_id()
-        block = [(b":method", method.encode()), (b":path", path.encode()), (b":scheme", b"http"),
-                 (b":authority", b"test")] + (headers or [])
+        block = [
+            (b":method", method.encode()),
+            (b":path", path.encode()),
+            (b":scheme", b"http"),
+            (b":authority", b"test"),
+        ] + (headers or [])
         self.conn.send_headers(stream_id, block, end_stream=end and not body)
         self.replies[stream_id] = Reply()
         if body:
@@ -154,4 +172,3 @@ class H2Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-

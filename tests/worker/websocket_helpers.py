@@ -18,7 +18,7 @@ WAIT = 10.0
 # ---------------------------------------------------------------------------- applications
 
 
-def echo_app(events: "queue.Queue | None" = None, subprotocol: bool = True):
+def echo_app(events: queue.Queue | None = None, subprotocol: bool = True):
     async def app(scope, receive, send):
         if scope["type"] != "websocket":
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -27,11 +27,13 @@ def echo_app(events: "queue.Queue | None" = None, subprotocol: bool = True):
         message = await receive()
         assert message == {"type": "websocket.connect"}
         offered = scope["subprotocols"]
-        await send({
-            "type": "websocket.accept",
-            "subprotocol": offered[0] if offered and subprotocol else None,
-            "headers": [(b"x-app", b"yes")],
-        })
+        await send(
+            {
+                "type": "websocket.accept",
+                "subprotocol": offered[0] if offered and subprotocol else None,
+                "headers": [(b"x-app", b"yes")],
+            }
+        )
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":

@@ -35,11 +35,21 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Sequence
+from typing import Any
 
-__all__ = ["WorkerView", "WorkerTmp", "HookRequest", "HookResponse", "RequestHooks", "wrap_request_hooks", "call_pre_request",
-           "call_post_request", "hook_arity"]
+__all__ = [
+    "WorkerView",
+    "WorkerTmp",
+    "HookRequest",
+    "HookResponse",
+    "RequestHooks",
+    "wrap_request_hooks",
+    "call_pre_request",
+    "call_post_request",
+    "hook_arity",
+]
 
 logger = logging.getLogger("corral.error")
 
@@ -67,11 +77,39 @@ class WorkerTmp:
 class WorkerView:
     """The `worker` a gunicorn hook gets (see the module docstring for what is there)."""
 
-    __slots__ = ("pid", "ppid", "age", "log", "cfg", "booted", "aborted", "started", "recycle", "sockets", "wsgi",
-                 "loop", "timeout", "max_requests", "tmp", "server", "requests", "connections", "_alive")
+    __slots__ = (
+        "pid",
+        "ppid",
+        "age",
+        "log",
+        "cfg",
+        "booted",
+        "aborted",
+        "started",
+        "recycle",
+        "sockets",
+        "wsgi",
+        "loop",
+        "timeout",
+        "max_requests",
+        "tmp",
+        "server",
+        "requests",
+        "connections",
+        "_alive",
+    )
 
-    def __init__(self, age: int, cfg: Any, pid: int | str | None = None, ppid: int | None = None, *,
-                 sockets: Sequence[Any] = (), timeout: float = 0.0, max_requests: int = 0) -> None:
+    def __init__(
+        self,
+        age: int,
+        cfg: Any,
+        pid: int | str | None = None,
+        ppid: int | None = None,
+        *,
+        sockets: Sequence[Any] = (),
+        timeout: float = 0.0,
+        max_requests: int = 0,
+    ) -> None:
         self.pid = pid if pid is not None else os.getpid()
         self.ppid = ppid if ppid is not None else os.getppid()
         self.age = age
@@ -247,7 +285,7 @@ def cgi_environ(scope: dict) -> dict[str, Any]:
 def _materialized(name: str) -> Callable:
     method = getattr(dict, name)
 
-    def call(self: "LazyEnviron", *args: Any, **kwargs: Any) -> Any:
+    def call(self: LazyEnviron, *args: Any, **kwargs: Any) -> Any:
         if self._scope is not None:
             scope, self._scope = self._scope, None
             dict.update(self, cgi_environ(scope))
@@ -266,12 +304,29 @@ class LazyEnviron(dict):
         super().__init__()
         self._scope: dict | None = scope
 
-    for _name in ("__getitem__", "__contains__", "__iter__", "__len__", "__repr__", "__eq__", "__setitem__",
-                  "__delitem__", "get", "keys", "items", "values", "copy", "pop", "popitem", "setdefault",
-                  "update", "clear"):
+    for _name in (
+        "__getitem__",
+        "__contains__",
+        "__iter__",
+        "__len__",
+        "__repr__",
+        "__eq__",
+        "__setitem__",
+        "__delitem__",
+        "get",
+        "keys",
+        "items",
+        "values",
+        "copy",
+        "pop",
+        "popitem",
+        "setdefault",
+        "update",
+        "clear",
+    ):
         locals()[_name] = _materialized(_name)
     del _name
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
 
 class RequestHooks:
@@ -279,8 +334,9 @@ class RequestHooks:
 
     __slots__ = ("app", "worker", "pre", "post", "post_arity")
 
-    def __init__(self, app: Callable, worker: WorkerView, pre: Callable | None, post: Callable | None,
-                 post_arity: int = 4) -> None:
+    def __init__(
+        self, app: Callable, worker: WorkerView, pre: Callable | None, post: Callable | None, post_arity: int = 4
+    ) -> None:
         self.app = app
         self.worker = worker
         self.pre = pre
@@ -312,8 +368,9 @@ def call_pre_request(pre: Callable, worker: WorkerView, request: HookRequest) ->
         logger.exception("pre_request hook raised (the request goes on)")
 
 
-def call_post_request(post: Callable, arity: int, worker: WorkerView, request: HookRequest, environ: dict,
-                      response: HookResponse) -> None:
+def call_post_request(
+    post: Callable, arity: int, worker: WorkerView, request: HookRequest, environ: dict, response: HookResponse
+) -> None:
     """Run post_request with as many arguments as it takes (gunicorn accepts 2, 3 or 4); logged if it raises."""
     try:
         if arity >= 4:

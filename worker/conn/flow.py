@@ -20,7 +20,6 @@ from corral.worker.conn.phases import BODY, CLOSING, PARKED, PIPELINE
 __all__ = ["FlowControl", "BODY", "PIPELINE", "PARKED", "CLOSING"]
 
 
-
 class FlowControl:
     __slots__ = ("transport", "read_paused", "write_paused", "_drain")
 

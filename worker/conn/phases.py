@@ -12,9 +12,22 @@ from __future__ import annotations
 from enum import IntEnum, IntFlag
 
 __all__ = [
-    "Phase", "Pause", "ResponseState",
-    "IDLE", "HEAD", "BUSY", "CLOSED", "WEBSOCKET", "FRESH",
-    "BODY", "PIPELINE", "PARKED", "CLOSING", "HANDSHAKE_PAUSE", "QUEUE_PAUSE", "WRITE_PAUSE",
+    "Phase",
+    "Pause",
+    "ResponseState",
+    "IDLE",
+    "HEAD",
+    "BUSY",
+    "CLOSED",
+    "WEBSOCKET",
+    "FRESH",
+    "BODY",
+    "PIPELINE",
+    "PARKED",
+    "CLOSING",
+    "HANDSHAKE_PAUSE",
+    "QUEUE_PAUSE",
+    "WRITE_PAUSE",
 ]
 
 
@@ -51,6 +64,12 @@ class ResponseState(IntEnum):
 
 
 IDLE, HEAD, BUSY, CLOSED, WEBSOCKET, FRESH = (
-    Phase.IDLE, Phase.HEAD, Phase.BUSY, Phase.CLOSED, Phase.WEBSOCKET, Phase.FRESH)
+    Phase.IDLE,
+    Phase.HEAD,
+    Phase.BUSY,
+    Phase.CLOSED,
+    Phase.WEBSOCKET,
+    Phase.FRESH,
+)
 BODY, PIPELINE, PARKED, CLOSING = int(Pause.BODY), int(Pause.PIPELINE), int(Pause.PARKED), int(Pause.CLOSING)
 HANDSHAKE_PAUSE, QUEUE_PAUSE, WRITE_PAUSE = int(Pause.HANDSHAKE), int(Pause.QUEUE), int(Pause.WRITE)

@@ -11,8 +11,16 @@ import http
 from typing import Any
 
 __all__ = [
-    "STATUS_LINES", "status_line", "ERROR_RESPONSES", "ProtocolError", "CONTINUE_RESPONSE", "NO_BODY",
-    "CHUNKED", "CLOSE_DELIMITED", "encode_headers", "response_head",
+    "STATUS_LINES",
+    "status_line",
+    "ERROR_RESPONSES",
+    "ProtocolError",
+    "CONTINUE_RESPONSE",
+    "NO_BODY",
+    "CHUNKED",
+    "CLOSE_DELIMITED",
+    "encode_headers",
+    "response_head",
 ]
 
 # ---------------------------------------------------------------------------- pre-encoded bytes
@@ -35,10 +43,11 @@ def status_line(status: int) -> bytes:
 
 def _error_response(status: int) -> bytes:
     phrase = http.HTTPStatus(status).phrase.encode("ascii")
-    return (
-        STATUS_LINES[status]
-        + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (len(phrase), phrase)
+    return STATUS_LINES[
+        status
+    ] + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        len(phrase),
+        phrase,
     )
 
 
@@ -46,6 +55,7 @@ def _error_response(status: int) -> bytes:
 ERROR_RESPONSES: dict[int, bytes] = {
     status: _error_response(status) for status in (400, 408, 413, 414, 431, 500, 501, 503, 505)
 }
+
 
 class ProtocolError(Exception):
     """The client broke HTTP/1.1 or a limit: answer `status` (a pre-built response) and close.
@@ -84,7 +94,7 @@ def encode_headers(headers: Any) -> tuple[bytes, int | None, bytes | None, bool]
     content_length: int | None = None
     te: bytes | None = None
     app_close = False
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     try:
         for name, value in headers:
@@ -111,7 +121,7 @@ def encode_headers(headers: Any) -> tuple[bytes, int | None, bytes | None, bool]
 
 # Applications mostly send the same few header lists: their validated encoding is kept, keyed by the
 # headers as a tuple (bounded; cleared when full, so varying headers such as cookies only cost a miss).
-_ENCODED: dict[tuple, tuple[bytes, int | None, bytes | None, bool]] = {}
+_ENCODED: dict[tuple[Any, ...], tuple[bytes, int | None, bytes | None, bool]] = {}
 _ENCODED_MAX = 512
 _ENCODED_BLOCK_MAX = 1024
 

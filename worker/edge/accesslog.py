@@ -29,10 +29,21 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["AccessLog", "make_access_log", "ReopenableFileHandler", "reopen_file", "ACCESS_LOGGER_NAME",
-           "access_logger_name", "GUNICORN_ACCESS_FORMAT"]
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
+
+__all__ = [
+    "AccessLog",
+    "make_access_log",
+    "ReopenableFileHandler",
+    "reopen_file",
+    "ACCESS_LOGGER_NAME",
+    "access_logger_name",
+    "GUNICORN_ACCESS_FORMAT",
+]
 
 #: The access logger with --naming corral; gunicorn's name, "gunicorn.access", is the default.
 ACCESS_LOGGER_NAME = "corral.access"
@@ -45,6 +56,7 @@ GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%
 def access_logger_name(naming: str) -> str:
     """The logger access lines go to: gunicorn's "gunicorn.access", or "corral.access" (--naming corral)."""
     return ACCESS_LOGGER_NAME if naming == "corral" else GUNICORN_ACCESS_LOGGER
+
 
 Headers = list[tuple[bytes, bytes]]
 # (scope, status, response_bytes, duration_s, response_headers, websocket_session) -> the atom's value
@@ -59,6 +71,7 @@ class _Atoms(dict):
     that is no atom renders as '-' (gunicorn's SafeAtoms)."""
 
     __slots__ = ("request",)
+    request: tuple[Any, ...]  # (scope, status, bytes, duration, response headers, session): for __missing__
 
     def __missing__(self, key: str) -> Any:
         if key.startswith("{"):
@@ -71,7 +84,7 @@ class _Atoms(dict):
             return "-"
         try:
             value = _escaped(extractor(*request))
-        except Exception:  # a log line must never break a response
+        except Exception:  # noqa: BLE001 - a log line must never break a response
             return "-"
         self[key] = value
         return value
@@ -196,7 +209,7 @@ _SIMPLE: dict[str, Extractor] = {
 _NO_QUOTES = frozenset(("l", "t", "s", "B", "b", "T", "M", "D", "L", "p", "ws_close", "ws_in", "ws_out"))
 
 
-def _extractor(atom: str) -> Optional[Extractor]:
+def _extractor(atom: str) -> Extractor | None:
     if atom in _SIMPLE:
         return _SIMPLE[atom]
     if len(atom) >= 3 and atom[0] == "{" and atom[-2] == "}":
@@ -233,8 +246,15 @@ class AccessLog:
         # Fail at startup, not on the first request, if the format itself is broken (0 suits %s and %d).
         format % _Probe()
 
-    def atoms(self, scope: dict, status: int, response_bytes: int, duration_s: float, response_headers: Headers,
-              session: Any = None) -> _Atoms:
+    def atoms(
+        self,
+        scope: dict,
+        status: int,
+        response_bytes: int,
+        duration_s: float,
+        response_headers: Headers,
+        session: Any = None,
+    ) -> _Atoms:
         """The format's atoms for one response (others computed on demand)."""
         atoms = _Atoms()
         atoms.request = (scope, status, response_bytes, duration_s, response_headers, session)
@@ -243,13 +263,27 @@ class AccessLog:
             atoms[atom] = _escaped(value) if escape else value
         return atoms
 
-    def render(self, scope: dict, status: int, response_bytes: int, duration_s: float,
-               response_headers: Headers, session: Any = None) -> str:
+    def render(
+        self,
+        scope: dict,
+        status: int,
+        response_bytes: int,
+        duration_s: float,
+        response_headers: Headers,
+        session: Any = None,
+    ) -> str:
         """The log line for one response."""
         return self.format % self.atoms(scope, status, response_bytes, duration_s, response_headers, session)
 
-    def __call__(self, scope: dict, status: int, response_bytes: int, duration_s: float,
-                 response_headers: Headers, session: Any = None) -> None:
+    def __call__(
+        self,
+        scope: dict,
+        status: int,
+        response_bytes: int,
+        duration_s: float,
+        response_headers: Headers,
+        session: Any = None,
+    ) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         try:
@@ -257,7 +291,7 @@ class AccessLog:
             if atoms:
                 self.logger.info(self.format, atoms)  # gunicorn's call: the record's args are the atoms
             else:  # no atom at all: logging would take an empty mapping for no arguments
-                self.logger.info(self.format % atoms)
+                self.logger.info(self.format % atoms)  # noqa: G002 - formatted here: see the line above
         except Exception:  # a log line must never break a response
             logging.getLogger("corral.worker.accesslog").exception("failed to render the access log line")
 
@@ -290,7 +324,7 @@ class ReopenableFileHandler(logging.FileHandler):
         reopen_file(self)
 
 
-def make_access_log(settings: Any) -> Optional[AccessLog]:
+def make_access_log(settings: Settings) -> AccessLog | None:
     """The access log configured by `settings.accesslog` / `settings.access_log_format`, or None when off.
 
     The lines go to the logger "gunicorn.access" ("corral.access" with --naming corral). '-' is stdout
@@ -307,16 +341,16 @@ def make_access_log(settings: Any) -> Optional[AccessLog]:
         return None
     for name in (ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER):  # rebuilding (a reload): drop what we installed
         other = logging.getLogger(name)
-        for handler in list(other.handlers):
-            if getattr(handler, "_corral_access", False):
-                other.removeHandler(handler)
-                handler.close()
+        for old in list(other.handlers):
+            if getattr(old, "_corral_access", False):
+                other.removeHandler(old)
+                old.close()
     handler: logging.Handler
     if target == "-":
         handler = logging.StreamHandler(sys.stdout)
     else:
         handler = ReopenableFileHandler(target)
-    handler._corral_access = True  # type: ignore[attr-defined]
+    handler._corral_access = True  # type: ignore[union-attr]  # our mark, read back with getattr above
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

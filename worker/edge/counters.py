@@ -16,11 +16,26 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = [
-    "Counters", "meter", "METHODS", "METHOD_INDEX", "DURATION_BOUNDS", "WAIT_BOUNDS", "STATUS_SLOTS",
-    "histogram", "collecting", "METHOD_OFFSET", "OTHER_OFFSET", "LogCounter", "LOG_LEVELS",
+    "Counters",
+    "meter",
+    "METHODS",
+    "METHOD_INDEX",
+    "DURATION_BOUNDS",
+    "WAIT_BOUNDS",
+    "STATUS_SLOTS",
+    "histogram",
+    "collecting",
+    "METHOD_OFFSET",
+    "OTHER_OFFSET",
+    "LogCounter",
+    "LOG_LEVELS",
 ]
 
 #: Method classes (label values); any other method counts as "other".
@@ -28,7 +43,7 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 METHOD_INDEX = {name: index for index, name in enumerate(METHODS[:-1])}
 
 
-def collecting(settings: Any) -> bool:
+def collecting(settings: Settings) -> bool:
     """Whether the worker records per-request metrics: only when something consumes them."""
     return bool(settings.metrics_bind or settings.statsd_host)
 
@@ -42,7 +57,24 @@ OTHER_OFFSET = (len(METHODS) - 1) * STATUS_SLOTS
 
 #: Histogram bucket upper bounds in seconds (Prometheus' `le`), +Inf implied. Request durations: a
 #: plaintext response takes ~0.1 ms, a database page 5-50 ms; 10 s and beyond is a stuck request.
-DURATION_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BOUNDS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 #: Time a request waited for a pool slot (parked), in seconds.
 WAIT_BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 
@@ -51,9 +83,23 @@ class Counters:
     """A worker's cumulative counts (since it started); `snapshot()` is what the heartbeat carries."""
 
     __slots__ = (
-        "requests", "durations", "duration_sum", "bytes_in", "bytes_out", "rejected",
-        "parked", "waits", "wait_sum", "log", "logs",
-        "ws_opened", "ws_closed", "ws_messages_in", "ws_messages_out", "ws_bytes_in", "ws_bytes_out",
+        "requests",
+        "durations",
+        "duration_sum",
+        "bytes_in",
+        "bytes_out",
+        "rejected",
+        "parked",
+        "waits",
+        "wait_sum",
+        "log",
+        "logs",
+        "ws_opened",
+        "ws_closed",
+        "ws_messages_in",
+        "ws_messages_out",
+        "ws_bytes_in",
+        "ws_bytes_out",
     )
 
     def __init__(self) -> None:
@@ -112,12 +158,21 @@ class Counters:
         requests = self.requests
         return {
             "req": {str(i): n for i, n in enumerate(requests) if n},
-            "dur": list(self.durations), "dsum": self.duration_sum,
-            "bin": self.bytes_in, "bout": self.bytes_out, "rej": self.rejected,
-            "park": self.parked, "wait": list(self.waits), "wsum": self.wait_sum,
-            "wso": self.ws_opened, "wsc": {str(k): v for k, v in self.ws_closed.items()},
-            "wmi": self.ws_messages_in, "wmo": self.ws_messages_out,
-            "wbi": self.ws_bytes_in, "wbo": self.ws_bytes_out, "logs": dict(self.logs),
+            "dur": list(self.durations),
+            "dsum": self.duration_sum,
+            "bin": self.bytes_in,
+            "bout": self.bytes_out,
+            "rej": self.rejected,
+            "park": self.parked,
+            "wait": list(self.waits),
+            "wsum": self.wait_sum,
+            "wso": self.ws_opened,
+            "wsc": {str(k): v for k, v in self.ws_closed.items()},
+            "wmi": self.ws_messages_in,
+            "wmo": self.ws_messages_out,
+            "wbi": self.ws_bytes_in,
+            "wbo": self.ws_bytes_out,
+            "logs": dict(self.logs),
         }
 
 
@@ -161,7 +216,7 @@ def histogram(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[float,
     """Per-bucket counts -> cumulative (le, count) pairs, +Inf last (Prometheus' layout)."""
     out = []
     total = 0
-    for bound, count in zip(bounds + (float("inf"),), counts):
+    for bound, count in zip((*bounds, float("inf")), counts):
         total += count
         out.append((bound, total))
     return out

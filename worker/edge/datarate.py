@@ -33,9 +33,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import BUSY, FRESH, WEBSOCKET
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["RateSweep", "Transfer", "bytes_acked", "PRESSURE_GRACE", "REPORT_INTERVAL", "RESPONSE"]
 
@@ -86,11 +90,28 @@ class RateSweep:
     """The minimum rates of one worker, applied by its tick: `begin()` once per tick, `check()` for each
     HTTP/1.1 connection, `report()` after the sweep."""
 
-    __slots__ = ("body_rate", "response_rate", "grace", "interval", "now", "limit", "ended_body",
-                 "ended_response", "window", "last_report", "acked")
+    __slots__ = (
+        "body_rate",
+        "response_rate",
+        "grace",
+        "interval",
+        "now",
+        "limit",
+        "ended_body",
+        "ended_response",
+        "window",
+        "last_report",
+        "acked",
+    )
 
-    def __init__(self, body_rate: int, response_rate: int, grace: float, interval: float,
-                 acked: Callable[[Any], int | None] = bytes_acked) -> None:
+    def __init__(
+        self,
+        body_rate: int,
+        response_rate: int,
+        grace: float,
+        interval: float,
+        acked: Callable[[Any], int | None] = bytes_acked,
+    ) -> None:
         self.body_rate = body_rate
         self.response_rate = response_rate
         self.grace = grace
@@ -104,7 +125,7 @@ class RateSweep:
         self.last_report = float("-inf")
 
     @classmethod
-    def from_settings(cls, settings: Any, interval: float) -> RateSweep | None:
+    def from_settings(cls, settings: Settings, interval: float) -> RateSweep | None:
         """None when both rates are off."""
         if not settings.min_request_body_rate and not settings.min_response_rate:
             return None
@@ -180,6 +201,11 @@ class RateSweep:
         span = max(1.0, now - self.window + self.interval)  # (the window began with a sweep: its interval counts)
         logger.warning(
             "Ended %d connection(s) below the minimum data rate in the last %.0f s (request body %d, response "
-            "%d; --min-request-body-rate, --min-response-rate)", ended, span, self.ended_body, self.ended_response)
+            "%d; --min-request-body-rate, --min-response-rate)",
+            ended,
+            span,
+            self.ended_body,
+            self.ended_response,
+        )
         self.ended_body = self.ended_response = 0
         self.last_report = now

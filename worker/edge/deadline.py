@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["RequestDeadline", "StuckThreads", "TIMEOUT_RESPONSE"]
 
@@ -31,10 +32,16 @@ logger = logging.getLogger("corral.error")
 
 _DISCONNECT = {"type": "http.disconnect"}
 TIMEOUT_BODY = b"Gateway Timeout: the application did not answer in time\n"
-TIMEOUT_RESPONSE = (
-    {"type": "http.response.start", "status": 504,
-     "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(TIMEOUT_BODY)),
-                 (b"connection", b"close")]},
+TIMEOUT_RESPONSE: tuple[dict[str, Any], ...] = (
+    {
+        "type": "http.response.start",
+        "status": 504,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(TIMEOUT_BODY)),
+            (b"connection", b"close"),
+        ],
+    },
     {"type": "http.response.body", "body": TIMEOUT_BODY},
 )
 
@@ -85,8 +92,12 @@ class StuckThreads:
         self.stuck += 1
         if self.stuck >= self.threads and not self.recycling:
             self.recycling = True
-            logger.warning("%d WSGI thread(s) are stuck past --request-timeout (--threads %d): asking for this "
-                           "worker to be replaced", self.stuck, self.threads)
+            logger.warning(
+                "%d WSGI thread(s) are stuck past --request-timeout (--threads %d): asking for this "
+                "worker to be replaced",
+                self.stuck,
+                self.threads,
+            )
             try:
                 self.on_stuck()
             except Exception:
@@ -101,8 +112,9 @@ class RequestDeadline(StuckThreads):
 
     __slots__ = ("app", "timeout", "wsgi")
 
-    def __init__(self, app: Callable, timeout: float, *, wsgi: bool, threads: int,
-                 on_stuck: Callable[[], None]) -> None:
+    def __init__(
+        self, app: Callable, timeout: float, *, wsgi: bool, threads: int, on_stuck: Callable[[], None]
+    ) -> None:
         super().__init__(threads, on_stuck)
         self.app = app
         self.timeout = timeout
@@ -126,8 +138,13 @@ class RequestDeadline(StuckThreads):
             await asyncio.wait((task,))
             return
         guard.expired = True
-        logger.warning("Request %s %s timed out after %gs (--request-timeout)%s", scope.get("method"),
-                       scope.get("path"), self.timeout, "" if guard.started else ": answered 504")
+        logger.warning(
+            "Request %s %s timed out after %gs (--request-timeout)%s",
+            scope.get("method"),
+            scope.get("path"),
+            self.timeout,
+            "" if guard.started else ": answered 504",
+        )
         if not guard.started:
             for message in TIMEOUT_RESPONSE:
                 await send(message)
@@ -146,8 +163,9 @@ class RequestDeadline(StuckThreads):
             task.exception()  # retrieved: the response was dropped, what it raised no longer matters
 
 
-def wrap_deadline(asgi_app: Callable, raw_app: Any, timeout: float, threads: int,
-                  on_stuck: Callable[[], None]) -> Callable:
+def wrap_deadline(
+    asgi_app: Callable, raw_app: Any, timeout: float, threads: int, on_stuck: Callable[[], None]
+) -> Callable:
     """`asgi_app` itself when `timeout` is 0, else under a RequestDeadline."""
     if timeout <= 0:
         return asgi_app

@@ -22,7 +22,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from corral.worker.edge.tlsinfo import TLS_VERSIONS
 
@@ -110,7 +111,7 @@ class ProxyHeader:
         """The client's connection to the balancer was TLS."""
         return bool(self.client_flags & PP2_CLIENT_SSL)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The header for `scope["extensions"]["proxy_protocol"]`."""
         return {
             "version": self.version,
@@ -232,7 +233,7 @@ def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
     if length < size:
         raise ProxyProtocolError("v2 header shorter than its address block")
     header = ProxyHeader(2)
-    block = data[16:16 + size]
+    block = data[16 : 16 + size]
     if command == _PROXY and family in (_AF_INET, _AF_INET6) and transport != 0:
         header.local = False
         if family == _AF_INET:
@@ -256,7 +257,7 @@ def _walk_tlvs(data: bytes, position: int, end: int, what: str, within: str) -> 
         if end - position < 3:
             raise ProxyProtocolError(f"v2 {what} truncated")
         kind = data[position]
-        size = int.from_bytes(data[position + 1:position + 3], "big")
+        size = int.from_bytes(data[position + 1 : position + 3], "big")
         start = position + 3
         if start + size > end:
             raise ProxyProtocolError(f"v2 {what} 0x{kind:02x} longer than the {within}")
@@ -268,7 +269,7 @@ def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> No
     tlvs = header.tlvs
     crc_at = -1
     for kind, start, size in _walk_tlvs(data, position, end, "TLV", "header"):
-        value = data[start:start + size]
+        value = data[start : start + size]
         if kind == PP2_TYPE_CRC32C:
             if size != 4:
                 raise ProxyProtocolError("v2 CRC32C TLV is not 4 bytes")
@@ -279,8 +280,8 @@ def _parse_tlvs(data: bytes, position: int, end: int, header: ProxyHeader) -> No
             tlvs[kind] = value
     if crc_at >= 0:
         whole = bytearray(data[:end])
-        whole[crc_at:crc_at + 4] = b"\x00\x00\x00\x00"
-        if crc32c(bytes(whole)) != int.from_bytes(data[crc_at:crc_at + 4], "big"):
+        whole[crc_at : crc_at + 4] = b"\x00\x00\x00\x00"
+        if crc32c(bytes(whole)) != int.from_bytes(data[crc_at : crc_at + 4], "big"):
             raise ProxyProtocolError("v2 header CRC32C mismatch")
 
 
@@ -292,10 +293,10 @@ def _parse_ssl(value: bytes, header: ProxyHeader) -> None:
     for kind, start, size in _walk_tlvs(value, 5, len(value), "SSL sub-TLV", "SSL TLV"):
         name = _SSL_SUBTYPES.get(kind)
         if name is not None:
-            header.ssl[name] = value[start:start + size].decode("utf-8", "replace")
+            header.ssl[name] = value[start : start + size].decode("utf-8", "replace")
 
 
-def tls_extension(header: ProxyHeader) -> dict | None:
+def tls_extension(header: ProxyHeader) -> dict[str, Any] | None:
     """ASGI's TLS extension (`scope["extensions"]["tls"]`) from the balancer's SSL TLV, or None when the
     client's connection to the balancer was not TLS. The balancer terminated TLS: there is no server
     certificate or client chain to give, only what the TLV says."""

@@ -21,9 +21,12 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.edge.accesslog import make_access_log
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["make_request_log", "JsonAccessLog", "SessionLog", "WebSocketSession"]
 
@@ -111,9 +114,14 @@ class JsonAccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         record = self.record(scope, 101, session.bytes_out, duration)
-        record.update(websocket=True, close_code=session.code, bytes_in=session.bytes_in,
-                      bytes_out=session.bytes_out, messages_in=session.messages_in,
-                      messages_out=session.messages_out)
+        record.update(
+            websocket=True,
+            close_code=session.code,
+            bytes_in=session.bytes_in,
+            bytes_out=session.bytes_out,
+            messages_in=session.messages_in,
+            messages_out=session.messages_out,
+        )
         try:
             self.logger.info(json.dumps(record, separators=(",", ":")))
         except Exception:
@@ -124,7 +132,7 @@ class JsonAccessLog:
             self.reopen_target.reopen()
 
 
-def make_request_log(settings: Any) -> Any:
+def make_request_log(settings: Settings) -> Any:
     """The access-log hook for `settings` (None when there is no access log): text or JSON lines."""
     access = make_access_log(settings)  # the handler (file / stream), and the text format's renderer
     if access is None:

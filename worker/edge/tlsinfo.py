@@ -16,11 +16,25 @@ __all__ = ["tls_extension", "rfc4514", "TLS_VERSIONS"]
 
 #: ASGI's `tls_version` (the protocol number) by the name OpenSSL gives, or a balancer's SSL TLV (which may
 #: say "TLSv1.0"; see corral.worker.edge.proxy_protocol).
-TLS_VERSIONS = {"SSLv3": 0x0300, "TLSv1": 0x0301, "TLSv1.0": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303,
-                "TLSv1.3": 0x0304}
-_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
-          "stateOrProvinceName": "ST", "localityName": "L", "streetAddress": "STREET", "domainComponent": "DC",
-          "userId": "UID"}
+TLS_VERSIONS = {
+    "SSLv3": 0x0300,
+    "TLSv1": 0x0301,
+    "TLSv1.0": 0x0301,
+    "TLSv1.1": 0x0302,
+    "TLSv1.2": 0x0303,
+    "TLSv1.3": 0x0304,
+}
+_SHORT = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
 
 
 def _escape(value: str) -> str:
@@ -37,9 +51,7 @@ def rfc4514(subject: Any) -> str | None:
     """`getpeercert()["subject"]` (RDNs, most general first) as an RFC 4514 string (most specific first)."""
     if not subject:
         return None
-    rdns = []
-    for rdn in reversed(subject):
-        rdns.append("+".join(f"{_SHORT.get(key, key)}={_escape(value)}" for key, value in rdn))
+    rdns = ["+".join(f"{_SHORT.get(key, key)}={_escape(value)}" for key, value in rdn) for rdn in reversed(subject)]
     return ",".join(rdns)
 
 
@@ -48,12 +60,15 @@ def _server_cert(server: Any) -> str | None:
     if pem is None:
         # The first certificate of --certfile (the context serves it), read once per worker.
         certfile = getattr(server.settings, "certfile", None)
-        try:
-            text = open(certfile).read() if certfile else ""
-        except OSError:
-            text = ""
+        text = ""
+        if certfile:
+            try:
+                with open(certfile) as fh:
+                    text = fh.read()
+            except OSError:
+                pass
         begin, end = text.find("-----BEGIN CERTIFICATE-----"), text.find("-----END CERTIFICATE-----")
-        pem = text[begin:end + len("-----END CERTIFICATE-----")] + "\n" if 0 <= begin < end else ""
+        pem = text[begin : end + len("-----END CERTIFICATE-----")] + "\n" if 0 <= begin < end else ""
         server.server_cert_pem = pem
     return pem or None
 
@@ -61,8 +76,14 @@ def _server_cert(server: Any) -> str | None:
 def tls_extension(transport: Any, server: Any) -> dict[str, Any]:
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
-        return {"server_cert": None, "client_cert_chain": [], "client_cert_name": None,
-                "client_cert_error": None, "tls_version": None, "cipher_suite": None}
+        return {
+            "server_cert": None,
+            "client_cert_chain": [],
+            "client_cert_name": None,
+            "client_cert_error": None,
+            "tls_version": None,
+            "cipher_suite": None,
+        }
     chain: list[str] = []
     name = None
     der = ssl_object.getpeercert(binary_form=True)
@@ -71,7 +92,7 @@ def tls_extension(transport: Any, server: Any) -> dict[str, Any]:
         try:
             certs = getter() if getter is not None else []
             chain = [ssl.DER_cert_to_PEM_cert(cert.public_bytes(1)) for cert in certs]  # 1: ssl._ssl.ENCODING_DER
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: else the peer's certificate alone
             chain = []
         if not chain:
             chain = [ssl.DER_cert_to_PEM_cert(der)]

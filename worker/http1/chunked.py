@@ -20,7 +20,7 @@ credentials after the fact) and dropped: the application got its scope with the 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import httptools
 
@@ -43,8 +43,7 @@ _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*
 
 #: RFC 9110 §6.5.1: a trailer field must not be one that the message's framing, routing, authentication or
 #: its own trailer handling depend on; a request that sends one is refused (as gunicorn does).
-FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding", b"trailer", b"authorization",
-                                b"te"))
+FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding", b"trailer", b"authorization", b"te"))
 
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
@@ -79,11 +78,26 @@ class ChunkedBody:
     of `data`, or right after the body (`done`); body bytes go to `on_data`, and `on_chunk` is called once
     per chunk (the connection's CPU guard)."""
 
-    __slots__ = ("state", "left", "line", "trailer_bytes", "trailer_fields", "max_trailer_bytes",
-                 "max_trailer_fields", "on_data", "on_chunk", "skip")
+    __slots__ = (
+        "state",
+        "left",
+        "line",
+        "trailer_bytes",
+        "trailer_fields",
+        "max_trailer_bytes",
+        "max_trailer_fields",
+        "on_data",
+        "on_chunk",
+        "skip",
+    )
 
-    def __init__(self, on_data: Callable[[bytes], None], on_chunk: Callable[[], None], max_trailer_bytes: int,
-                 max_trailer_fields: int) -> None:
+    def __init__(
+        self,
+        on_data: Callable[[bytes], None],
+        on_chunk: Callable[[], None],
+        max_trailer_bytes: int,
+        max_trailer_fields: int,
+    ) -> None:
         self.state = _SIZE
         self.left = 0  # bytes of the current chunk's data still to come (_DATA); 2 or 1 of its CRLF (_DATA_END)
         self.line = b""  # the start of a line that a read cut
@@ -112,7 +126,7 @@ class ChunkedBody:
                     return n
                 self._deliver(data[pos:end])
                 pos = end
-                if data[pos:pos + 2] == b"\r\n":  # the CRLF after the data, most often in the same read
+                if data[pos : pos + 2] == b"\r\n":  # the CRLF after the data, most often in the same read
                     pos += 2
                     self.state = _SIZE
                 else:
@@ -125,14 +139,14 @@ class ChunkedBody:
                     continue
                 self._size_line(data[pos:end])
                 pos = end + 2
-                if self.state == _TRAILER and data[pos:pos + 2] == b"\r\n":
+                if self.state == _TRAILER and data[pos : pos + 2] == b"\r\n":
                     self.state = _DONE  # the last chunk, with no trailer section: the common end
                     return pos + 2
             elif state == _DATA_END:
                 # The CRLF after a chunk's data, cut between reads.
-                expected = b"\r\n"[2 - self.left:]
-                got = data[pos:pos + self.left]
-                if got != expected[:len(got)]:
+                expected = b"\r\n"[2 - self.left :]
+                got = data[pos : pos + self.left]
+                if got != expected[: len(got)]:
                     raise ChunkError(400, "chunk data not followed by CRLF")
                 pos += len(got)
                 self.left -= len(got)
@@ -165,7 +179,7 @@ class ChunkedBody:
         limit = MAX_CHUNK_LINE if self.state == _SIZE else self.max_trailer_bytes
         kept = self.line
         if kept:
-            buffer = kept + data[pos:pos + limit + 2]
+            buffer = kept + data[pos : pos + limit + 2]
             end = buffer.find(b"\r\n")
             if end < 0:
                 if len(buffer) > limit:

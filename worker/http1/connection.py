@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httptools
 
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
-from corral.worker.conn.response import (  # noqa: F401
+from corral.worker.conn.response import (
     CHUNKED,
     CLOSE_DELIMITED,
     CONTINUE_RESPONSE,
@@ -53,6 +53,9 @@ from corral.worker.http1.reads import (
     take_chunked,
 )
 
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
+
 __all__ = [
     "HTTP11Connection",
     "Limits",
@@ -70,16 +73,26 @@ __all__ = [
 
 logger = logging.getLogger("corral.error")
 
-class RequestHandler(Protocol):
-    """What `HTTP11Connection` needs from its owner (the asyncio protocol)."""
+
+_E = TypeVar("_E", bound=Exchange)
+
+
+class RequestHandler(Protocol[_E]):
+    """What `HTTP11Connection` needs from its owner (the asyncio protocol), for the request objects it makes."""
 
     def on_request(
-        self, method: bytes, http_version: str, target: bytes, headers: list[tuple[bytes, bytes]],
-        keep_alive: bool, expect_continue: bool, has_body: bool,
-    ) -> Exchange:
+        self,
+        method: bytes,
+        http_version: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool,
+        has_body: bool,
+    ) -> _E:
         """Make the request object for a complete request head (it gets on_body / on_body_complete)."""
 
-    def start_request(self, request: Exchange) -> None:
+    def start_request(self, request: _E) -> None:
         """Start the application for `request`: it is now the active one."""
 
 
@@ -90,8 +103,10 @@ _REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect"
 
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets or a
 # reg-name / IPv4 address (unreserved, pct-encoded and sub-delims characters). An empty value is allowed.
-_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
-                         rb"|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+_VALID_HOST = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
+    rb"|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?"
+)
 
 #: Bytes parsed in one go when a read may hold several requests (it begins between requests or inside a
 #: head): parsing stops at the next slice boundary once `max_pipeline` requests wait, so that a client that
@@ -114,12 +129,27 @@ UNLIMITED_FIELDS = 32768
 class Limits:
     """The HTTP/1.1 limits of a worker, built once from its settings and handed to every connection."""
 
-    __slots__ = ("request_line", "request_fields", "header_block", "request_body", "requests_per_connection",
-                 "pipelined_requests", "min_chunk_size")
+    __slots__ = (
+        "request_line",
+        "request_fields",
+        "header_block",
+        "request_body",
+        "requests_per_connection",
+        "pipelined_requests",
+        "min_chunk_size",
+    )
 
-    def __init__(self, request_line: int = 8190, request_fields: int = 100, header_block: int = 8190,
-                 request_body: int = 0, requests_per_connection: int = 1000, pipelined_requests: int = 16,
-                 min_chunk_size: int = 64, keepalive: bool = True) -> None:
+    def __init__(
+        self,
+        request_line: int = 8190,
+        request_fields: int = 100,
+        header_block: int = 8190,
+        request_body: int = 0,
+        requests_per_connection: int = 1000,
+        pipelined_requests: int = 16,
+        min_chunk_size: int = 64,
+        keepalive: bool = True,
+    ) -> None:
         self.request_line = request_line or UNLIMITED_HEAD_BYTES
         self.request_fields = request_fields or UNLIMITED_FIELDS
         self.header_block = header_block or UNLIMITED_HEAD_BYTES
@@ -131,25 +161,71 @@ class Limits:
         self.min_chunk_size = min_chunk_size
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Limits:
-        return cls(settings.limit_request_line, settings.limit_request_fields, settings.limit_request_field_size,
-                   settings.limit_request_body, settings.max_requests_per_connection,
-                   settings.max_pipelined_requests, settings.min_chunk_size, settings.keepalive > 0)
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.limit_request_line,
+            settings.limit_request_fields,
+            settings.limit_request_field_size,
+            settings.limit_request_body,
+            settings.max_requests_per_connection,
+            settings.max_pipelined_requests,
+            settings.min_chunk_size,
+            settings.keepalive > 0,
+        )
 
 
 class HTTP11Connection:
     """Per-connection request parsing, limits, keep-alive and pipelining; no I/O."""
 
     __slots__ = (
-        "handler", "parser", "limit_line", "limit_fields", "limit_head", "limit_body", "max_requests",
-        "head_cap", "url", "headers", "header_size", "content_length", "te", "expect", "in_head",
-        "head_bytes", "completed", "request", "last", "body_size", "requests", "must_close",
-        "upgraded", "active", "pipeline", "error", "client_close", "host", "last_host", "max_pipeline",
-        "backlog", "min_chunk", "chunks", "body_left",
-        "upgrade_body", "upgrade_request", "content_type", "head_parts", "chunked", "fallback", "method", "sole", "sizes", "first_size", "native_chunked",
+        "handler",
+        "parser",
+        "limit_line",
+        "limit_fields",
+        "limit_head",
+        "limit_body",
+        "max_requests",
+        "head_cap",
+        "url",
+        "headers",
+        "header_size",
+        "content_length",
+        "te",
+        "expect",
+        "in_head",
+        "head_bytes",
+        "completed",
+        "request",
+        "last",
+        "body_size",
+        "requests",
+        "must_close",
+        "upgraded",
+        "active",
+        "pipeline",
+        "error",
+        "client_close",
+        "host",
+        "last_host",
+        "max_pipeline",
+        "backlog",
+        "min_chunk",
+        "chunks",
+        "body_left",
+        "upgrade_body",
+        "upgrade_request",
+        "content_type",
+        "head_parts",
+        "chunked",
+        "fallback",
+        "method",
+        "sole",
+        "sizes",
+        "first_size",
+        "native_chunked",
     )
 
-    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
+    def __init__(self, handler: RequestHandler[Any], limits: Limits) -> None:
         self.handler = handler
         self.parser = httptools.HttpRequestParser(self)
         # Copied into the connection's slots: the checks run per header field, one attribute hop each.
@@ -206,7 +282,7 @@ class HTTP11Connection:
         self.active: Exchange | None = None  # the request whose response is in progress
         # Requests queued behind the active one: an empty tuple until a client pipelines (a deque costs
         # ~0.7 KiB, and most connections never need one).
-        self.pipeline: deque[Exchange] | tuple = ()
+        self.pipeline: deque[Exchange] | tuple[Any, ...] = ()
         self.error: ProtocolError | None = None
         # Bytes read but not parsed yet: parsing stopped because `max_pipeline` requests wait (see feed).
         self.backlog = b""
@@ -235,8 +311,7 @@ class HTTP11Connection:
             if self.upgrade_body:
                 self._upgrade_body(data)
             return  # bytes after an Upgrade request belong to a protocol this server does not speak
-        if self.backlog or (len(data) > PARSE_SLICE and self.in_head
-                            and data.count(b"HTTP/1.") >= self.max_pipeline):
+        if self.backlog or (len(data) > PARSE_SLICE and self.in_head and data.count(b"HTTP/1.") >= self.max_pipeline):
             # Every request line that llhttp accepts names its version (HTTP/0.9 and 2.0 are refused, CRLF
             # after the version is required): a read with fewer of them than the bound cannot queue past
             # it and is parsed whole, below. (A body that contains the string only costs the slicing.)
@@ -330,7 +405,7 @@ class HTTP11Connection:
     def _upgrade_body(self, data: bytes) -> None:
         """The body of a plain request that carried an Upgrade header (see `upgrade_body`)."""
         request = self.upgrade_request
-        take = data[:self.upgrade_body]
+        take = data[: self.upgrade_body]
         if request is None:
             return
         if take:
@@ -524,7 +599,7 @@ class HTTP11Connection:
             pipeline = self.pipeline
             if type(pipeline) is tuple:
                 pipeline = self.pipeline = deque()
-            pipeline.append(request)
+            pipeline.append(request)  # type: ignore[union-attr]  # the empty tuple became a deque just above
 
     def on_body(self, body: bytes) -> None:
         size = len(body)
@@ -576,7 +651,7 @@ class HTTP11Connection:
         if self.last is self.active:
             self.last = None  # an idle connection keeps no request (its scope, headers) alive
         pipeline = self.pipeline
-        self.active = request = pipeline.popleft() if pipeline else None  # type: ignore[union-attr]
+        self.active = request = pipeline.popleft() if pipeline else None  # type: ignore[union-attr]  # a non-empty pipeline is the deque
         return request
 
     def release(self) -> None:
@@ -586,8 +661,8 @@ class HTTP11Connection:
         to the cyclic garbage collector (measured: ~5 us of collections per `Connection: close` request).
         Nothing is parsed afterwards (`feed` ignores data)."""
         self.upgraded = True
-        self.parser = None
-        self.handler = None
+        self.parser = None  # type: ignore[assignment]  # released: nothing is parsed after an upgrade
+        self.handler = None  # type: ignore[assignment]  # released with it (feed returns first)
         self.request = self.last = self.active = self.upgrade_request = None
         self.pipeline = ()
         self.backlog = b""
@@ -595,6 +670,6 @@ class HTTP11Connection:
     def drop(self, request: Exchange) -> None:
         """Forget a queued request that will never run (its body broke the protocol)."""
         try:
-            self.pipeline.remove(request)  # type: ignore[union-attr]
+            self.pipeline.remove(request)  # type: ignore[union-attr]  # the request is in the pipeline: the deque
         except (ValueError, AttributeError):  # not queued (an empty tuple: nothing ever was)
             pass

@@ -14,11 +14,14 @@ import _socket
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import BODY, ResponseState
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.framing import WRITERS, content_length_writer
+
+if TYPE_CHECKING:
+    from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["RequestCycle", "BODY_HIGH_WATER"]
 
@@ -29,7 +32,11 @@ BODY_HIGH_WATER = 65536
 
 # Response states.
 _IDLE, _STARTED, _HEAD_SENT, _COMPLETE = (
-    ResponseState.IDLE, ResponseState.STARTED, ResponseState.HEAD_SENT, ResponseState.COMPLETE)
+    ResponseState.IDLE,
+    ResponseState.STARTED,
+    ResponseState.HEAD_SENT,
+    ResponseState.COMPLETE,
+)
 
 _TCP_CORK = getattr(_socket, "TCP_CORK", None)  # Linux
 
@@ -46,7 +53,7 @@ def cork(transport: Any) -> None:
     try:
         fd = transport.get_extra_info("socket").fileno()
         sock = _socket.socket(-1, _socket.SOCK_STREAM, 0, fd)  # a temporary handle on the loop's socket
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: no socket, a closed one: no cork
         return
     try:
         sock.setsockopt(_socket.IPPROTO_TCP, _TCP_CORK, 1)
@@ -58,14 +65,35 @@ def cork(transport: Any) -> None:
 
 class RequestCycle:
     __slots__ = (
-        "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body", "body_complete",
-        "delivered", "disconnected", "waiter", "state", "status", "headers", "writer", "remaining", "t0",
+        "protocol",
+        "scope",
+        "keep_alive",
+        "expect_continue",
+        "is_head",
+        "http11",
+        "body",
+        "body_complete",
+        "delivered",
+        "disconnected",
+        "waiter",
+        "state",
+        "status",
+        "headers",
+        "writer",
+        "remaining",
+        "t0",
         "nbytes",
     )
 
     def __init__(
-        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, is_head: bool,
-        http11: bool, timed: bool,
+        self,
+        protocol: HttpProtocol,
+        scope: dict,
+        keep_alive: bool,
+        expect_continue: bool,
+        is_head: bool,
+        http11: bool,
+        timed: bool,
     ) -> None:
         self.protocol = protocol
         self.scope = scope
@@ -73,13 +101,14 @@ class RequestCycle:
         self.expect_continue = expect_continue
         self.is_head = is_head
         self.http11 = http11
-        self.body = b""
+        self.body: bytes | bytearray = b""
         self.body_complete = False
         self.delivered = False  # the last http.request (more_body False) was handed over
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
         self.state = _IDLE
         # status, headers: set by http.response.start; writer, remaining: when the head is written.
+        self.t0: float | None
         if timed:  # the access log's clock and byte count run only when there is an access log
             self.t0 = time.perf_counter()
             self.status = 0
@@ -192,8 +221,12 @@ class RequestCycle:
         if state == _STARTED:
             server = protocol.server
             head, mode, self.keep_alive = response_head(
-                self.status, self.headers, server.default_header_bytes,
-                self.keep_alive and not server.stopping, self.http11, self.is_head,
+                self.status,
+                self.headers,
+                server.default_header_bytes,
+                self.keep_alive and not server.stopping,
+                self.http11,
+                self.is_head,
                 None if more_body else len(body),
             )
             if not self.keep_alive and not more_body and self.body_complete and protocol.state.client_close:

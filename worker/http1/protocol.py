@@ -26,6 +26,7 @@ from corral.worker.conn.phases import BODY, BUSY, CLOSED, CLOSING, FRESH, HEAD, 
 from corral.worker.edge.tlsinfo import tls_extension
 from corral.worker.http1.connection import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.host import Host, Logged
 from corral.worker.websocket.handshake import websocket_request
 
 __all__ = ["HttpProtocol", "decode_path", "service_unavailable"]
@@ -50,11 +51,13 @@ def decode_path(raw_path: bytes) -> str:
 
 async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
     """The tiny application that answers a request finding the pool full when pool_full is '503'."""
-    await send({
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"Service Unavailable"})
 
 
@@ -63,11 +66,23 @@ class HttpProtocol(asyncio.Protocol):
     cycle_class: Any = RequestCycle
 
     __slots__ = (
-        "server", "transport", "flow", "state", "client", "sockname", "scheme", "phase", "since",
-        "pending_error", "trusted", "extensions", "rate", "__weakref__",
+        "server",
+        "transport",
+        "flow",
+        "state",
+        "client",
+        "sockname",
+        "scheme",
+        "phase",
+        "since",
+        "pending_error",
+        "trusted",
+        "extensions",
+        "rate",
+        "__weakref__",
     )
 
-    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+    def __init__(self, server: Host, sockname: tuple[Any, ...] | None = None) -> None:
         self.server = server
         self.transport: Any = None
         self.flow: Any = None
@@ -75,7 +90,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client: tuple | None = None
         # The ASGI `server` address: given by the server when the listening socket tells it (bound to one
         # address), else asked of the transport in connection_made.
-        self.sockname = sockname
+        self.sockname: tuple[Any, ...] | None = sockname
         self.scheme = "http"
         self.phase = FRESH
         self.since = 0
@@ -90,10 +105,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
         self.transport = transport
-        self.flow = FlowControl(transport)  # type: ignore[arg-type]
+        self.flow = FlowControl(transport)  # type: ignore[arg-type]  # an asyncio transport is a write transport here
         self.state = HTTP11Connection(self, server.limits)
         if server.write_limit:
-            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]
+            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]  # an asyncio transport is a write transport here
         sockname = self.sockname
         if sockname is None:
             raw = transport.get_extra_info("sockname")
@@ -118,7 +133,7 @@ class HttpProtocol(asyncio.Protocol):
         if trusts is not None:
             # A proxy that can decide trust per peer (corral's ProxyHeaders) decides it once here;
             # untrusted peers then cost nothing per request.
-            self.trusted = bool(trusts(self.client[0] if self.client else None, self.sockname[1] is None))
+            self.trusted = bool(trusts(self.client[0] if self.client else None, sockname[1] is None))
         if server.ssl_context is not None:
             self.scheme = "https"
             self.extensions = {"tls": tls_extension(transport, server)}
@@ -178,15 +193,21 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ HTTP11Connection's handler
 
     def on_request(
-        self, method: bytes, http_version: str, target: bytes, headers: list, keep_alive: bool,
-        expect_continue: bool, has_body: bool,
+        self,
+        method: bytes,
+        http_version: str,
+        target: bytes,
+        headers: list,
+        keep_alive: bool,
+        expect_continue: bool,
+        has_body: bool,
     ) -> RequestCycle:
         server = self.server
         if target[:1] == b"/":
             if b"#" in target:
                 # A fragment is the client's own (RFC 9110 §4.2.4: not sent; RFC 3986 §3.5): llhttp lets it
                 # through in the target, and it must reach neither the path nor the query string.
-                target = target[:target.index(b"#")]
+                target = target[: target.index(b"#")]
             raw_path, _, query = target.partition(b"?")
         elif target == b"*":  # OPTIONS * (RFC 9112 §3.2.4)
             raw_path, query = target, b""
@@ -239,10 +260,15 @@ class HttpProtocol(asyncio.Protocol):
             # is queued, parked and started like a request; other upgrades stay plain HTTP.
             websocket = websocket_request(self, scope, method, http_version, headers)
             if websocket is not None:
-                return websocket  # type: ignore[return-value]
+                return websocket  # type: ignore[return-value]  # a WebSocketCycle is an Exchange too, as RequestCycle
         return self.cycle_class(
-            self, scope, keep_alive, expect_continue,
-            method == b"HEAD", http_version == "1.1", server.access_log is not None,
+            self,
+            scope,
+            keep_alive,
+            expect_continue,
+            method == b"HEAD",
+            http_version == "1.1",
+            server.access_log is not None,
         )
 
     def start_request(self, cycle: RequestCycle) -> None:
@@ -324,7 +350,7 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = HEAD if state.url else IDLE
         self.since = server.tick
 
-    def log_access(self, cycle: RequestCycle) -> None:
+    def log_access(self, cycle: Logged) -> None:
         access_log = self.server.access_log
         if access_log is None:
             return

@@ -23,8 +23,18 @@ from corral.worker.http1.chunked import ChunkedBody, ChunkError
 if TYPE_CHECKING:
     from corral.worker.http1.connection import HTTP11Connection
 
-__all__ = ["UnknownMethod", "PARSER_ERRORS", "feed_split", "head_piece", "resync", "replay_chunked",
-           "take_chunked", "cut_head", "chunked_body", "fallback_head"]
+__all__ = [
+    "UnknownMethod",
+    "PARSER_ERRORS",
+    "feed_split",
+    "head_piece",
+    "resync",
+    "replay_chunked",
+    "take_chunked",
+    "cut_head",
+    "chunked_body",
+    "fallback_head",
+]
 
 
 #: RFC 9110 §9.1: a method is a token. gunicorn's further rule, taken for methods llhttp does not know: 3 to
@@ -220,7 +230,7 @@ def feed_split(conn: HTTP11Connection, data: bytes, pos: int) -> None:
         parts = conn.head_parts
         start = pos
         tail = parts[-1][-3:] if len(parts[-1]) >= 3 else b"".join(parts)[-3:]
-        straddle = (tail + data[pos:pos + 3]).find(b"\r\n\r\n")
+        straddle = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
         if straddle >= 0:
             stop = pos + straddle + 4 - len(tail)
         else:

@@ -11,7 +11,15 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from corral.worker.http2.frames import (
-    ACK, MAX_MAX_FRAME_SIZE, MAX_WINDOW, MIN_MAX_FRAME_SIZE, PING, SETTINGS, ErrorCode, ProtocolError, Setting,
+    ACK,
+    MAX_MAX_FRAME_SIZE,
+    MAX_WINDOW,
+    MIN_MAX_FRAME_SIZE,
+    PING,
+    SETTINGS,
+    ErrorCode,
+    ProtocolError,
+    Setting,
     put_frame,
 )
 
@@ -29,7 +37,8 @@ FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR.value
 
 
 class ControlFrames:
-    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
     listener: Any
     out: bytearray
     streams: dict[int, StreamState]
@@ -105,8 +114,10 @@ class ControlFrames:
                     for stream in self.streams.values():  # §6.9.2: windows follow, negative ones included
                         stream.send_window += delta
                         if stream.send_window > MAX_WINDOW:
-                            raise ProtocolError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE that takes a "
-                                                f"stream's window over 2^31-1")
+                            raise ProtocolError(
+                                FLOW_CONTROL_ERROR,
+                                "SETTINGS_INITIAL_WINDOW_SIZE that takes a stream's window over 2^31-1",
+                            )
             elif key == Setting.MAX_FRAME_SIZE:
                 if not MIN_MAX_FRAME_SIZE <= value <= MAX_MAX_FRAME_SIZE:
                     raise ProtocolError(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}, out of range")
@@ -143,8 +154,9 @@ class ControlFrames:
                 raise ProtocolError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0 on the connection")
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
-                raise ProtocolError(FLOW_CONTROL_ERROR, "a WINDOW_UPDATE that takes the connection's window "
-                                    "over 2^31-1")
+                raise ProtocolError(
+                    FLOW_CONTROL_ERROR, "a WINDOW_UPDATE that takes the connection's window over 2^31-1"
+                )
             self.listener.on_window(0)
             return
         stream = self.streams.get(stream_id)
@@ -156,8 +168,9 @@ class ControlFrames:
             return
         stream.send_window += increment
         if stream.send_window > MAX_WINDOW:
-            self._stream_error(stream_id, FLOW_CONTROL_ERROR, "a WINDOW_UPDATE that takes a stream's window "
-                               "over 2^31-1")
+            self._stream_error(
+                stream_id, FLOW_CONTROL_ERROR, "a WINDOW_UPDATE that takes a stream's window over 2^31-1"
+            )
             return
         self.listener.on_window(stream_id)
 

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corral.worker.http1.cycle import RequestCycle
 from corral.worker.conn.phases import CLOSED, FRESH
+from corral.worker.http1.cycle import RequestCycle
 from corral.worker.http1.protocol import HttpProtocol
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
 
@@ -45,8 +48,10 @@ SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade
 _WHY = b"invalid connection preface"
 BAD_PREFACE = (
     b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS: length 0, type 4, no flags, stream 0
-    + (8 + len(_WHY)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"  # GOAWAY: type 7, no flags, stream 0
-    + b"\x00\x00\x00\x00\x00\x00\x00\x01" + _WHY  # last stream 0, PROTOCOL_ERROR (1)
+    + (8 + len(_WHY)).to_bytes(3, "big")
+    + b"\x07\x00\x00\x00\x00\x00"  # GOAWAY: type 7, no flags, stream 0
+    + b"\x00\x00\x00\x00\x00\x00\x00\x01"
+    + _WHY  # last stream 0, PROTOCOL_ERROR (1)
 )
 
 
@@ -72,12 +77,12 @@ def alpn_protocols(http: str) -> list[str]:
     return {"1": ["http/1.1"], "2": ["h2"]}.get(http, ["h2", "http/1.1"])
 
 
-def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
+def h2_protocol(base: type[HttpProtocol], settings: Settings) -> type[HttpProtocol]:
     """`base` that turns into HTTP/2 when the client speaks it (`settings.http` 'auto' or '2')."""
     only = settings.http == "2"
     made: list[Any] = []  # (H2Protocol, H2Limits): imported and built at the first HTTP/2 connection
 
-    def switch(http1: Any, data: bytes, upgrade: tuple[bytes, dict] | None = None) -> None:
+    def switch(http1: HttpProtocol, data: bytes, upgrade: tuple[bytes, dict[str, Any]] | None = None) -> None:
         if not made:
             from corral.worker.http2.protocol import H2Limits, H2Protocol
 
@@ -97,17 +102,20 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         if data:
             h2.data_received(data)
 
-    def upgrade(http1: Any, cycle: RequestCycle, settings_header: bytes) -> None:
+    def upgrade(http1: HttpProtocol, cycle: RequestCycle, settings_header: bytes) -> None:
         """After the parse that started `cycle`: answer 101 and hand its request to HTTP/2 as stream 1."""
         if http1.phase == CLOSED or cycle.disconnected:
             return
         http1.transport.write(SWITCHING)
         switch(http1, b"", (settings_header, cycle.scope))
 
-    class H2Detect(base):  # type: ignore[valid-type, misc]
+    class H2Detect(base):  # type: ignore[valid-type, misc]  # a class per base: mypy takes no variable for one
         # No slot of its own: once a connection is known to speak HTTP/1.1 it becomes a `base` (the same
-        # layout), and its later reads and requests cost nothing here.
-        __slots__ = ()
+        # layout), and its later reads and requests cost nothing here. (mypy, which sees no base, would take
+        # the empty slots for all there are.)
+        if not TYPE_CHECKING:
+            __slots__ = ()
+        pending_error: bytes | None
 
         # `base.method(self, ...)`, never `super()`: the instance may have become a `base` meanwhile, and the
         # event loop keeps the bound `data_received` it took at the start.
@@ -124,7 +132,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             elif only:
                 self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
             elif type(self) is H2Detect:
-                self.__class__ = base
+                self.__class__ = base  # type: ignore[assignment]  # a plain `base` from now on (the same slots)
 
         def data_received(self, data: bytes) -> None:
             if self.phase != FRESH:  # decided: HTTP/1.1
@@ -141,14 +149,16 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
             elif PREFACE.startswith(data):
                 self.pending_error = data  # a piece of the preface (or of "POST"...): wait for more
             elif only:
-                logger.info("Not an HTTP/2 connection preface from %s: GOAWAY PROTOCOL_ERROR",
-                            self.client[0] if self.client else "unix socket")
+                logger.info(
+                    "Not an HTTP/2 connection preface from %s: GOAWAY PROTOCOL_ERROR",
+                    self.client[0] if self.client else "unix socket",
+                )
                 self.transport.write(BAD_PREFACE)
                 self.close()
             else:
                 base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen
                 if type(self) is H2Detect:
-                    self.__class__ = base
+                    self.__class__ = base  # type: ignore[assignment]  # a plain `base` from now on (the same slots)
 
         def start_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:

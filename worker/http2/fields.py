@@ -23,8 +23,16 @@ from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 __all__ = [
-    "HpackError", "HeaderListTooLarge", "MalformedHeaders", "Decoder", "RequestHead", "request_head",
-    "check_trailers", "response_block", "fields_block", "HOP_BY_HOP",
+    "HpackError",
+    "HeaderListTooLarge",
+    "MalformedHeaders",
+    "Decoder",
+    "RequestHead",
+    "request_head",
+    "check_trailers",
+    "response_block",
+    "fields_block",
+    "HOP_BY_HOP",
 ]
 
 STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE  # RFC 7541 Appendix A, index 1 first
@@ -161,8 +169,9 @@ class Decoder:
                 if size == 0x1F:
                     size, pos = _integer(data, pos, size)
                 if size > self.allowed:
-                    raise HpackError(f"a dynamic table size update to {size}, over SETTINGS_HEADER_TABLE_SIZE "
-                                     f"({self.allowed})")
+                    raise HpackError(
+                        f"a dynamic table size update to {size}, over SETTINGS_HEADER_TABLE_SIZE ({self.allowed})"
+                    )
                 self.max_size = size
                 self._evict()
                 self.changed = True
@@ -183,8 +192,10 @@ class Decoder:
                 raise HeaderListTooLarge(f"a header list larger than {max_list} bytes (SETTINGS_MAX_HEADER_LIST_SIZE)")
             append(field)
         if self.max_size > self.allowed:
-            raise HpackError(f"a dynamic table of {self.max_size} bytes, over SETTINGS_HEADER_TABLE_SIZE "
-                             f"({self.allowed}), without a size update")
+            raise HpackError(
+                f"a dynamic table of {self.max_size} bytes, over SETTINGS_HEADER_TABLE_SIZE "
+                f"({self.allowed}), without a size update"
+            )
         return fields
 
 
@@ -206,8 +217,9 @@ class RequestHead:
 
     __slots__ = ("method", "path", "authority", "headers", "content_length", "derived")
 
-    def __init__(self, method: bytes, path: bytes, authority: bytes | None, headers: tuple,
-                 content_length: int | None) -> None:
+    def __init__(
+        self, method: bytes, path: bytes, authority: bytes | None, headers: tuple, content_length: int | None
+    ) -> None:
         self.method = method
         self.path = path
         self.authority = authority
@@ -345,9 +357,7 @@ def fields_block(headers: Any) -> bytes:
 
 
 #: `:status` for each status code: the static table's entry where there is one, else a literal.
-_STATUS: dict[int, bytes] = {
-    status: _encode_field(b":status", b"%d" % status) for status in range(100, 600)
-}
+_STATUS: dict[int, bytes] = {status: _encode_field(b":status", b"%d" % status) for status in range(100, 600)}
 
 # Applications mostly send the same few header lists: their block is kept, keyed by the list as a tuple
 # (bounded; cleared when full, so varying headers such as cookies only cost a miss), as for HTTP/1.1 heads.

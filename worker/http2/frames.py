@@ -11,9 +11,22 @@ import struct
 from enum import IntEnum
 
 __all__ = [
-    "ErrorCode", "FrameType", "Setting", "ProtocolError",
-    "PREFACE", "FRAME_HEAD", "MAX_WINDOW", "MIN_MAX_FRAME_SIZE", "MAX_MAX_FRAME_SIZE", "DEFAULT_WINDOW",
-    "put_frame", "put_settings", "put_window_update", "put_rst_stream", "put_goaway", "error_name",
+    "ErrorCode",
+    "FrameType",
+    "Setting",
+    "ProtocolError",
+    "PREFACE",
+    "FRAME_HEAD",
+    "MAX_WINDOW",
+    "MIN_MAX_FRAME_SIZE",
+    "MAX_MAX_FRAME_SIZE",
+    "DEFAULT_WINDOW",
+    "put_frame",
+    "put_settings",
+    "put_window_update",
+    "put_rst_stream",
+    "put_goaway",
+    "error_name",
 ]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

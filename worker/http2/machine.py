@@ -31,12 +31,42 @@ from typing import Protocol
 
 from corral.worker.http2.control import ControlFrames
 from corral.worker.http2.fields import (
-    Decoder, HeaderListTooLarge, HpackError, MalformedHeaders, RequestHead, check_trailers, request_head,
+    Decoder,
+    HeaderListTooLarge,
+    HpackError,
+    MalformedHeaders,
+    RequestHead,
+    check_trailers,
+    request_head,
 )
 from corral.worker.http2.frames import (
-    CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, FRAME_HEAD, GOAWAY, HEADERS, MIN_MAX_FRAME_SIZE,
-    PADDED, PING, PREFACE, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE, ErrorCode,
-    FrameType, ProtocolError, Setting, put_frame, put_goaway, put_rst_stream, put_settings, put_window_update,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEAD,
+    GOAWAY,
+    HEADERS,
+    MIN_MAX_FRAME_SIZE,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    Setting,
+    put_frame,
+    put_goaway,
+    put_rst_stream,
+    put_settings,
+    put_window_update,
 )
 
 __all__ = ["H2Machine", "StreamState", "Listener", "LocalSettings"]
@@ -86,11 +116,26 @@ class Listener(Protocol):
 class LocalSettings:
     """The server's side of the SETTINGS (values passed in once per worker)."""
 
-    __slots__ = ("max_streams", "initial_window", "max_frame_size", "max_header_list_size", "header_table_size",
-                 "connection_window", "max_continuations")
+    __slots__ = (
+        "max_streams",
+        "initial_window",
+        "max_frame_size",
+        "max_header_list_size",
+        "header_table_size",
+        "connection_window",
+        "max_continuations",
+    )
 
-    def __init__(self, max_streams: int, initial_window: int, max_frame_size: int, max_header_list_size: int,
-                 header_table_size: int, connection_window: int, max_continuations: int) -> None:
+    def __init__(
+        self,
+        max_streams: int,
+        initial_window: int,
+        max_frame_size: int,
+        max_header_list_size: int,
+        header_table_size: int,
+        connection_window: int,
+        max_continuations: int,
+    ) -> None:
         self.max_streams = max_streams
         self.initial_window = initial_window
         self.max_frame_size = max_frame_size
@@ -103,11 +148,21 @@ class LocalSettings:
 class StreamState:
     """One stream as the connection sees it: its states and windows (plain ints)."""
 
-    __slots__ = ("stream_id", "send_window", "recv_window", "recv_processed", "recv_max", "remote_open",
-                 "local_open", "expected", "received")
+    __slots__ = (
+        "stream_id",
+        "send_window",
+        "recv_window",
+        "recv_processed",
+        "recv_max",
+        "remote_open",
+        "local_open",
+        "expected",
+        "received",
+    )
 
-    def __init__(self, stream_id: int, send_window: int, recv_window: int, remote_open: bool,
-                 expected: int | None) -> None:
+    def __init__(
+        self, stream_id: int, send_window: int, recv_window: int, remote_open: bool, expected: int | None
+    ) -> None:
         self.stream_id = stream_id
         self.send_window = send_window  # what the client lets the server send on it
         self.recv_window = recv_window  # what the client may still send on it
@@ -133,10 +188,35 @@ def _window_increment(processed: int, window: int, maximum: int) -> int:
 
 class H2Machine(ControlFrames):
     __slots__ = (
-        "listener", "out", "buf", "need", "preface", "settings_first", "streams", "highest", "skipped",
-        "reset_ids", "max_streams", "recv_initial", "max_frame_in", "send_window", "send_initial",
-        "max_frame_out", "recv_window", "recv_max", "recv_processed", "decoder", "heads", "block_stream",
-        "block_flags", "block_parts", "block_frames", "max_continuations", "hpack_fresh", "refusing", "closed",
+        "listener",
+        "out",
+        "buf",
+        "need",
+        "preface",
+        "settings_first",
+        "streams",
+        "highest",
+        "skipped",
+        "reset_ids",
+        "max_streams",
+        "recv_initial",
+        "max_frame_in",
+        "send_window",
+        "send_initial",
+        "max_frame_out",
+        "recv_window",
+        "recv_max",
+        "recv_processed",
+        "decoder",
+        "heads",
+        "block_stream",
+        "block_flags",
+        "block_parts",
+        "block_frames",
+        "max_continuations",
+        "hpack_fresh",
+        "refusing",
+        "closed",
         "_settings",
     )
 
@@ -230,10 +310,10 @@ class H2Machine(ControlFrames):
             buf.clear()
         if self.preface:
             want = self.preface
-            if data[:len(want)] != want[:len(data)]:
+            if data[: len(want)] != want[: len(data)]:
                 raise ProtocolError(PROTOCOL_ERROR, "an invalid connection preface")
-            self.preface = want[len(data):]
-            data = data[len(want):]
+            self.preface = want[len(data) :]
+            data = data[len(want) :]
         end = len(data)
         pos = 0
         unpack = FRAME_HEAD.unpack_from
@@ -241,19 +321,23 @@ class H2Machine(ControlFrames):
             word, flags, stream_id = unpack(data, pos)
             length = word >> 8
             if length > self.max_frame_in:
-                raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, f"a frame of {length} bytes, over "
-                                    f"SETTINGS_MAX_FRAME_SIZE ({self.max_frame_in})")
+                raise ProtocolError(
+                    ErrorCode.FRAME_SIZE_ERROR,
+                    f"a frame of {length} bytes, over SETTINGS_MAX_FRAME_SIZE ({self.max_frame_in})",
+                )
             stop = pos + 9 + length
             if stop > end:
                 self.need = stop - pos
                 break
             ftype = word & 0xFF
             stream_id &= 0x7FFFFFFF
-            payload = data[pos + 9:stop]
+            payload = data[pos + 9 : stop]
             pos = stop
             if self.block_stream and ftype != CONTINUATION:
-                raise ProtocolError(PROTOCOL_ERROR, f"a {_frame_name(ftype)} frame inside the header block "
-                                    f"of stream {self.block_stream}")
+                raise ProtocolError(
+                    PROTOCOL_ERROR,
+                    f"a {_frame_name(ftype)} frame inside the header block of stream {self.block_stream}",
+                )
             if ftype == HEADERS:
                 self._headers(flags, stream_id, payload)
             elif ftype == DATA:
@@ -296,7 +380,7 @@ class H2Machine(ControlFrames):
     def _strip_padding(self, payload: bytes, what: str) -> bytes:
         if not payload or payload[0] >= len(payload):
             raise ProtocolError(PROTOCOL_ERROR, f"a {what} frame whose padding is as long as the frame")
-        return payload[1:len(payload) - payload[0]]
+        return payload[1 : len(payload) - payload[0]]
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -322,14 +406,18 @@ class H2Machine(ControlFrames):
     def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != self.block_stream or not stream_id:
             if self.block_stream:
-                raise ProtocolError(PROTOCOL_ERROR, f"a CONTINUATION frame on stream {stream_id} inside the "
-                                    f"header block of stream {self.block_stream}")
-            raise ProtocolError(PROTOCOL_ERROR, f"a CONTINUATION frame on stream {stream_id} with no header "
-                                "block to continue")
+                raise ProtocolError(
+                    PROTOCOL_ERROR,
+                    f"a CONTINUATION frame on stream {stream_id} inside the header block of stream {self.block_stream}",
+                )
+            raise ProtocolError(
+                PROTOCOL_ERROR, f"a CONTINUATION frame on stream {stream_id} with no header block to continue"
+            )
         self.block_frames += 1
         if self.block_frames > self.max_continuations:
-            raise ProtocolError(ENHANCE_YOUR_CALM, f"a header block in more than {self.max_continuations} "
-                                "CONTINUATION frames")
+            raise ProtocolError(
+                ENHANCE_YOUR_CALM, f"a header block in more than {self.max_continuations} CONTINUATION frames"
+            )
         self.block_parts.append(payload)
         if flags & END_HEADERS:
             block = b"".join(self.block_parts)
@@ -357,8 +445,9 @@ class H2Machine(ControlFrames):
         stream = self.streams.get(stream_id)
         if stream is None and stream_id > self.highest:
             if stream_id & 1 == 0:
-                raise ProtocolError(PROTOCOL_ERROR, f"a HEADERS frame opening stream {stream_id}, an even "
-                                    "(server-initiated) id")
+                raise ProtocolError(
+                    PROTOCOL_ERROR, f"a HEADERS frame opening stream {stream_id}, an even (server-initiated) id"
+                )
             heads = self.heads
             head = heads.get(block)
             if head is None:
@@ -382,14 +471,18 @@ class H2Machine(ControlFrames):
                 self._remember_reset(stream_id)
                 return
             if len(self.streams) >= self.max_streams:
-                self._stream_error(stream_id, REFUSED_STREAM, f"more than {self.max_streams} streams open "
-                                   "(SETTINGS_MAX_CONCURRENT_STREAMS)")
+                self._stream_error(
+                    stream_id,
+                    REFUSED_STREAM,
+                    f"more than {self.max_streams} streams open (SETTINGS_MAX_CONCURRENT_STREAMS)",
+                )
                 return
             end = flags & END_STREAM
             expected = head.content_length
             if end and expected:
-                self._stream_error(stream_id, PROTOCOL_ERROR, "a request without DATA and a content-length "
-                                   f"of {expected}")
+                self._stream_error(
+                    stream_id, PROTOCOL_ERROR, f"a request without DATA and a content-length of {expected}"
+                )
                 return
             stream = StreamState(stream_id, self.send_initial, self.recv_initial, not end, expected)
             self.streams[stream_id] = stream
@@ -401,8 +494,7 @@ class H2Machine(ControlFrames):
                 return  # the server reset it: ignored
             raise ProtocolError(STREAM_CLOSED, f"a frame on stream {stream_id}, which is closed")
         if not stream.remote_open:
-            self._stream_error(stream_id, STREAM_CLOSED, f"a HEADERS frame on stream {stream_id} after its "
-                               "END_STREAM")
+            self._stream_error(stream_id, STREAM_CLOSED, f"a HEADERS frame on stream {stream_id} after its END_STREAM")
             return
         # Trailers: they end the request (§8.1), and are dropped (ASGI has no message for them).
         if flags & 0x100:
@@ -417,8 +509,11 @@ class H2Machine(ControlFrames):
             self._stream_error(stream_id, PROTOCOL_ERROR, f"malformed trailers: {exc}")
             return
         if stream.expected is not None and stream.received != stream.expected:
-            self._stream_error(stream_id, PROTOCOL_ERROR, f"{stream.received} bytes of body, not the "
-                               f"content-length of {stream.expected}")
+            self._stream_error(
+                stream_id,
+                PROTOCOL_ERROR,
+                f"{stream.received} bytes of body, not the content-length of {stream.expected}",
+            )
             return
         self._remote_end(stream)
         self.listener.on_end(stream_id)
@@ -452,8 +547,7 @@ class H2Machine(ControlFrames):
             if size:
                 self._processed(None, size)  # nobody reads it: the connection's window comes back at once
             if stream is not None:
-                self._stream_error(stream_id, STREAM_CLOSED, f"a DATA frame on stream {stream_id} after its "
-                                   "END_STREAM")
+                self._stream_error(stream_id, STREAM_CLOSED, f"a DATA frame on stream {stream_id} after its END_STREAM")
             elif not self._closed_frame(stream_id, "DATA"):
                 self._stream_error(stream_id, STREAM_CLOSED, f"a frame on stream {stream_id}, which is closed")
             return
@@ -468,8 +562,11 @@ class H2Machine(ControlFrames):
             stream.received += len(data)
             if stream.received > expected or (end and stream.received != expected):
                 self._processed(None, size)
-                self._stream_error(stream_id, PROTOCOL_ERROR, f"{'more' if stream.received > expected else 'less'}"
-                                   f" body than the content-length of {expected}")
+                self._stream_error(
+                    stream_id,
+                    PROTOCOL_ERROR,
+                    f"{'more' if stream.received > expected else 'less'} body than the content-length of {expected}",
+                )
                 return
         if end:
             self._remote_end(stream)
@@ -520,7 +617,7 @@ class H2Machine(ControlFrames):
         else:
             put_frame(out, HEADERS, flags, stream_id, block[:size])
             for start in range(size, len(block), size):
-                piece = block[start:start + size]
+                piece = block[start : start + size]
                 put_frame(out, CONTINUATION, END_HEADERS if start + size >= len(block) else 0, stream_id, piece)
         if end_stream:
             self._local_end(stream)

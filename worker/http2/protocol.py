@@ -29,18 +29,21 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from corral.worker.app.pool import PoolFull
 from corral.worker.conn.flow import FlowControl
+from corral.worker.conn.phases import BUSY, CLOSED, IDLE
+from corral.worker.edge.health import health_app
+from corral.worker.http1.protocol import _ASGI, _METHODS, HttpProtocol, decode_path, service_unavailable
 from corral.worker.http2.fields import HOP_BY_HOP, RequestHead
 from corral.worker.http2.frames import ErrorCode, ProtocolError
 from corral.worker.http2.machine import H2Machine, LocalSettings, StreamState
 from corral.worker.http2.send import H2Sender
 from corral.worker.http2.stream import H2Stream
-from corral.worker.edge.health import health_app
-from corral.worker.conn.phases import BUSY, CLOSED, IDLE
-from corral.worker.http1.protocol import _ASGI, _METHODS, decode_path, service_unavailable
-from corral.worker.app.pool import PoolFull
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["H2Protocol", "H2Limits"]
 
@@ -52,8 +55,14 @@ _MIN_STREAMS = 100
 
 # Flood counters, per connection per second.
 _RESETS, _SETTINGS, _PINGS, _PRIORITY, _EMPTY, _TRICKLE = range(6)
-_FLOODS = ("RST_STREAM frames", "SETTINGS frames", "PING frames", "PRIORITY frames", "empty DATA frames",
-           "WINDOW_UPDATE frames that opened a shut window by under 1 KiB")
+_FLOODS = (
+    "RST_STREAM frames",
+    "SETTINGS frames",
+    "PING frames",
+    "PRIORITY frames",
+    "empty DATA frames",
+    "WINDOW_UPDATE frames that opened a shut window by under 1 KiB",
+)
 _TINY = 1024  # a WINDOW_UPDATE that lets a waiting response send less than this counts as a flood frame
 _PROTOCOL_ERROR = ErrorCode.PROTOCOL_ERROR.value
 _CANCEL = ErrorCode.CANCEL.value
@@ -77,23 +86,49 @@ class H2Limits:
     health_path: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> H2Limits:
+    def from_settings(cls, settings: Settings) -> H2Limits:
         return cls(
-            settings.http2_max_concurrent_streams, settings.http2_initial_window_size,
-            settings.http2_max_frame_size, settings.http2_max_header_list_size, settings.http2_header_table_size,
-            settings.http2_max_continuation_frames, settings.http2_max_resets, settings.http2_max_control_frames,
-            settings.http2_send_timeout, settings.http2_max_write_buffer, settings.health_path,
+            settings.http2_max_concurrent_streams,
+            settings.http2_initial_window_size,
+            settings.http2_max_frame_size,
+            settings.http2_max_header_list_size,
+            settings.http2_header_table_size,
+            settings.http2_max_continuation_frames,
+            settings.http2_max_resets,
+            settings.http2_max_control_frames,
+            settings.http2_send_timeout,
+            settings.http2_max_write_buffer,
+            settings.health_path,
         )
 
 
 class H2Protocol(H2Sender, asyncio.Protocol):
     __slots__ = (
-        "server", "limits", "http1", "transport", "machine", "flow", "streams", "client", "sockname", "scheme",
-        "trusted", "extensions", "phase", "since", "going_away", "floods", "flood_second", "state", "loop",
-        "flushing", "timed", "__weakref__",
+        "server",
+        "limits",
+        "http1",
+        "transport",
+        "machine",
+        "flow",
+        "streams",
+        "client",
+        "sockname",
+        "scheme",
+        "trusted",
+        "extensions",
+        "phase",
+        "since",
+        "going_away",
+        "floods",
+        "flood_second",
+        "state",
+        "loop",
+        "flushing",
+        "timed",
+        "__weakref__",
     )
 
-    def __init__(self, http1: Any, limits: H2Limits) -> None:
+    def __init__(self, http1: HttpProtocol, limits: H2Limits) -> None:
         # What the HTTP/1.1 protocol learnt of the connection (addresses, PROXY header, TLS) carries over.
         self.server = http1.server
         self.limits = limits
@@ -136,10 +171,18 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         streams = min(limits.max_concurrent_streams, max(room, _MIN_STREAMS))
         # The connection window covers a few streams' windows: one slow stream does not stall the others,
         # and the body buffered per connection stays bounded.
-        machine = self.machine = H2Machine(self, LocalSettings(
-            streams, limits.initial_window_size, limits.max_frame_size, limits.max_header_list_size,
-            limits.header_table_size, min(streams, 16) * limits.initial_window_size, limits.max_continuation_frames,
-        ))
+        machine = self.machine = H2Machine(
+            self,
+            LocalSettings(
+                streams,
+                limits.initial_window_size,
+                limits.max_frame_size,
+                limits.max_header_list_size,
+                limits.header_table_size,
+                min(streams, 16) * limits.initial_window_size,
+                limits.max_continuation_frames,
+            ),
+        )
         if upgrade is None:
             machine.initiate()
         else:
@@ -177,7 +220,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if self.phase == BUSY:
             self.since = server.tick  # bytes came: the body timer restarts
         try:
-            self.machine.receive(data)  # type: ignore[union-attr]
+            self.machine.receive(data)  # type: ignore[union-attr]  # set in connection_made
         except ProtocolError as exc:
             # The GOAWAY (PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR...) is queued: send it, close.
             logger.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
@@ -209,10 +252,10 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if flow is not None and flow.write_paused:
             flow.connection_lost()
         self.server.connection_closed(self)
-        self.http1 = None
-        self.state = None  # no cycle through itself: refcounting frees the connection
+        self.http1 = None  # type: ignore[assignment]  # released at close: nothing reads it after
+        self.state = None  # type: ignore[assignment]  # no cycle through itself: refcounting frees the connection
         if self.machine is not None:
-            self.machine.listener = None  # type: ignore[assignment]  # likewise
+            self.machine.listener = None  # likewise
 
     # ------------------------------------------------------------------ what the client sent (H2Machine's listener)
 
@@ -236,7 +279,8 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             "query_string": query,
             "headers": list(head.headers),
             "state": server.lifespan_state.copy(),
-            "extensions": {"http.response.trailers": {}} if self.extensions is None
+            "extensions": {"http.response.trailers": {}}
+            if self.extensions is None
             else {**self.extensions, "http.response.trailers": {}},
         }
         stream = H2Stream(self, flow, scope, method == "HEAD", self.timed)
@@ -268,7 +312,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if stream is None:
             # A stream we answered already: give the window back at once.
             if flow_controlled:
-                self.machine.acknowledge(stream_id, flow_controlled)  # type: ignore[union-attr]
+                self.machine.acknowledge(stream_id, flow_controlled)  # type: ignore[union-attr]  # set in connection_made
             return
         stream.on_data(data, flow_controlled)
         if end_stream:
@@ -308,8 +352,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             stream.window_opened()
         else:
             streams = self.streams.values()
-            if 0 < machine.send_window < _TINY and any(s.window is not None for s in streams) \
-                    and self._flood(_TRICKLE):
+            if 0 < machine.send_window < _TINY and any(s.window is not None for s in streams) and self._flood(_TRICKLE):
                 return
             for stream in streams:
                 stream.window_opened()
@@ -342,8 +385,9 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         bound = self.limits.max_resets if kind == _RESETS else self.limits.max_control_frames
         if count <= bound:
             return False
-        logger.warning("HTTP/2 client %s sent more than %d %s in a second: closing the connection",
-                       self.peer, bound, _FLOODS[kind])
+        logger.warning(
+            "HTTP/2 client %s sent more than %d %s in a second: closing the connection", self.peer, bound, _FLOODS[kind]
+        )
         self.close(_ENHANCE_YOUR_CALM)
         return True
 
@@ -434,7 +478,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         if self.going_away or self.phase == CLOSED:
             return
         self.going_away = True
-        self.machine.go_away()  # type: ignore[union-attr]
+        self.machine.go_away()  # type: ignore[union-attr]  # set in connection_made
         self.flush()
         if not self.streams:
             self.close(goaway=False)
@@ -459,7 +503,7 @@ def _scope_parts(head: RequestHead) -> tuple[str, str, bytes, bytes]:
     path = head.path
     if path[:1] == b"/":
         if b"#" in path:  # a client's own fragment (RFC 9110 §4.2.4): never the app's path or query
-            path = path[:path.index(b"#")]
+            path = path[: path.index(b"#")]
         raw_path, _, query = path.partition(b"?")
     else:  # OPTIONS *
         raw_path, query = path, b""

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from corral.worker.conn.phases import CLOSED, Phase
 from corral.worker.http2.fields import fields_block, response_block
 from corral.worker.http2.frames import ErrorCode
 from corral.worker.http2.machine import H2Machine
 from corral.worker.http2.stream import H2Stream
-from corral.worker.conn.phases import CLOSED
+
+if TYPE_CHECKING:
+    from corral.worker.http1.host import Host
+    from corral.worker.http2.protocol import H2Limits
 
 __all__ = ["H2Sender"]
 
@@ -44,16 +48,17 @@ _ERROR_HEADERS = {
 class H2Sender:
     """Mixed into `H2Protocol`, whose slots these attributes are."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
     machine: H2Machine | None
     loop: Any
     flushing: bool
     transport: Any
     flow: Any
-    phase: int
-    limits: Any
+    phase: Phase
+    limits: H2Limits
     client: tuple | None
-    server: Any
+    server: Host
 
     def close(self, code: int = ErrorCode.NO_ERROR, goaway: bool = True) -> None:
         raise NotImplementedError
@@ -82,8 +87,8 @@ class H2Sender:
         if self.phase == CLOSED:
             return
         machine = self.machine
-        machine.acknowledge(stream_id, size)  # type: ignore[union-attr]
-        if machine.out:  # type: ignore[union-attr]
+        machine.acknowledge(stream_id, size)  # type: ignore[union-attr]  # set in connection_made
+        if machine.out:  # type: ignore[union-attr]  # set in connection_made
             self.flush_soon()
 
     def send_head(self, stream: H2Stream, status: int, headers: Any, end: bool) -> bool:
@@ -91,15 +96,16 @@ class H2Sender:
         try:
             block = response_block(status, headers, self.server.default_header_bytes)
         except ValueError as exc:
-            logger.error("ASGI application sent a response head HTTP/2 cannot carry for %s: %s",
-                         stream.scope["path"], exc)
+            logger.error(
+                "ASGI application sent a response head HTTP/2 cannot carry for %s: %s", stream.scope["path"], exc
+            )
             self.reset(stream, _INTERNAL_ERROR)
             return False
         flow = stream.flow
         if not flow.local_open or self.phase == CLOSED:
             stream.disconnect()
             return False
-        self.machine.send_headers(flow, block, end)  # type: ignore[union-attr]
+        self.machine.send_headers(flow, block, end)  # type: ignore[union-attr]  # set in connection_made
         self.flush_soon()
         return True
 
@@ -108,8 +114,14 @@ class H2Sender:
         assert machine is not None
         flow = stream.flow
         total = len(data)
-        if (total <= flow.send_window and total <= machine.send_window and total <= machine.max_frame_out
-                and flow.local_open and not self.flow.write_paused and self.phase != CLOSED):
+        if (
+            total <= flow.send_window
+            and total <= machine.send_window
+            and total <= machine.max_frame_out
+            and flow.local_open
+            and not self.flow.write_paused
+            and self.phase != CLOSED
+        ):
             machine.send_data(flow, data, end)  # the common case: one frame, within every window
             if total >= _WRITE_NOW:
                 self.flush()
@@ -125,8 +137,9 @@ class H2Sender:
                 try:
                     await asyncio.wait_for(writer.drain(), timeout)
                 except asyncio.TimeoutError:
-                    logger.warning("HTTP/2 client %s read nothing for %.0f s: dropping the connection",
-                                   self.peer, timeout)
+                    logger.warning(
+                        "HTTP/2 client %s read nothing for %.0f s: dropping the connection", self.peer, timeout
+                    )
                     self.close(goaway=False)
                     self.transport.abort()
             if stream.disconnected or self.phase == CLOSED:
@@ -142,8 +155,9 @@ class H2Sender:
                 try:
                     await asyncio.wait_for(stream.window, timeout)
                 except asyncio.TimeoutError:
-                    logger.warning("HTTP/2 client %s kept a stream's window shut for %.0f s: resetting it",
-                                   self.peer, timeout)
+                    logger.warning(
+                        "HTTP/2 client %s kept a stream's window shut for %.0f s: resetting it", self.peer, timeout
+                    )
                     self.reset(stream, _FLOW_CONTROL_ERROR)
                     return
                 finally:
@@ -151,7 +165,7 @@ class H2Sender:
                 continue
             left = total - sent
             size = min(window, left, machine.max_frame_out)
-            machine.send_data(flow, view[sent:sent + size], end and size == left)
+            machine.send_data(flow, view[sent : sent + size], end and size == left)
             sent += size
             if size >= _WRITE_NOW:
                 self.flush()  # the transport's buffer, and so `write_paused`, follows the body
@@ -162,7 +176,7 @@ class H2Sender:
         if not stream.flow.local_open:
             stream.disconnect()
             return
-        self.machine.end_stream(stream.flow)  # type: ignore[union-attr]
+        self.machine.end_stream(stream.flow)  # type: ignore[union-attr]  # set in connection_made
         self.flush()
 
     def send_trailers(self, stream: H2Stream, trailers: Any) -> None:
@@ -175,7 +189,7 @@ class H2Sender:
             logger.error("ASGI application sent trailers HTTP/2 cannot carry for %s: %s", stream.scope["path"], exc)
             self.reset(stream, _INTERNAL_ERROR)
             return
-        self.machine.send_headers(stream.flow, block, True)  # type: ignore[union-attr]
+        self.machine.send_headers(stream.flow, block, True)  # type: ignore[union-attr]  # set in connection_made
         self.flush()
 
     def send_error(self, stream: H2Stream, status: int) -> None:
@@ -185,8 +199,9 @@ class H2Sender:
         machine = self.machine
         assert machine is not None
         body = _ERROR_BODIES[status]
-        machine.send_headers(flow, response_block(status, _ERROR_HEADERS[status], self.server.default_header_bytes),
-                             stream.is_head)
+        machine.send_headers(
+            flow, response_block(status, _ERROR_HEADERS[status], self.server.default_header_bytes), stream.is_head
+        )
         if not stream.is_head:
             if len(body) <= min(flow.send_window, machine.send_window):
                 machine.send_data(flow, body, True)
@@ -198,5 +213,5 @@ class H2Sender:
         stream.disconnect()
         if self.phase == CLOSED:
             return
-        self.machine.reset(stream.flow, code)  # type: ignore[union-attr]
+        self.machine.reset(stream.flow, code)  # type: ignore[union-attr]  # set in connection_made
         self.flush()

@@ -18,9 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import ResponseState
+
+if TYPE_CHECKING:
+    from corral.worker.http2.machine import StreamState
+    from corral.worker.http2.protocol import H2Protocol
 
 __all__ = ["H2Stream"]
 
@@ -28,7 +32,11 @@ error_logger = logging.getLogger("corral.error")
 
 # Response states: RequestCycle's (the server reads them alike), and one of HTTP/2's own.
 _IDLE, _STARTED, _HEAD_SENT, _COMPLETE = (
-    ResponseState.IDLE, ResponseState.STARTED, ResponseState.HEAD_SENT, ResponseState.COMPLETE)
+    ResponseState.IDLE,
+    ResponseState.STARTED,
+    ResponseState.HEAD_SENT,
+    ResponseState.COMPLETE,
+)
 _TRAILERS = 4  # the body is complete, the application's trailers are still to come
 
 _DISCONNECT = {"type": "http.disconnect"}
@@ -36,11 +44,30 @@ _DISCONNECT = {"type": "http.disconnect"}
 
 class H2Stream:
     __slots__ = (
-        "protocol", "stream_id", "flow", "scope", "is_head", "body", "unacked", "body_complete", "delivered",
-        "disconnected", "running", "waiter", "window", "state", "status", "headers", "trailers", "t0", "nbytes",
+        "protocol",
+        "stream_id",
+        "flow",
+        "scope",
+        "is_head",
+        "body",
+        "unacked",
+        "body_complete",
+        "delivered",
+        "disconnected",
+        "running",
+        "waiter",
+        "window",
+        "state",
+        "status",
+        "headers",
+        "trailers",
+        "t0",
+        "nbytes",
     )
 
-    def __init__(self, protocol: Any, flow: Any, scope: dict, is_head: bool, timed: bool) -> None:
+    def __init__(
+        self, protocol: H2Protocol, flow: StreamState, scope: dict[str, Any], is_head: bool, timed: bool
+    ) -> None:
         self.protocol = protocol
         self.stream_id = flow.stream_id
         self.flow = flow  # corral.worker.http2.machine.StreamState
@@ -54,7 +81,7 @@ class H2Stream:
         self.running = False  # an application instance (or the 503/health answer) runs for it
         self.waiter: asyncio.Future[None] | None = None  # receive() waiting for body bytes
         self.window: asyncio.Future[None] | None = None  # send() waiting for the client's window
-        self.state = _IDLE
+        self.state: int = _IDLE  # a ResponseState, or _TRAILERS
         self.status = 0
         self.headers: Any = ()
         self.trailers = False
@@ -198,8 +225,9 @@ class H2Stream:
                 failed = task.cancelled() or task.exception() is not None  # exceptions are logged by the pool
                 if state < _HEAD_SENT:
                     if not failed:
-                        error_logger.error("ASGI callable returned without %s response",
-                                           "starting" if state == _IDLE else "completing")
+                        error_logger.error(
+                            "ASGI callable returned without %s response", "starting" if state == _IDLE else "completing"
+                        )
                     self.status = 500
                     self.headers = ()
                     self.nbytes = 0

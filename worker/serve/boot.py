@@ -14,7 +14,8 @@ import os
 import signal
 import socket
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
@@ -77,8 +78,9 @@ async def serve_application(
 
     layers = None
     if wsgi:
-        layers = wsgi_layers(worker, settings.pre_request, settings.post_request, settings.request_timeout,
-                             settings.threads, on_stuck)
+        layers = wsgi_layers(
+            worker, settings.pre_request, settings.post_request, settings.request_timeout, settings.threads, on_stuck
+        )
     else:
         asgi_app = wrap_deadline(asgi_app, app, settings.request_timeout, settings.threads, on_stuck)
         asgi_app = wrap_request_hooks(asgi_app, worker, settings.pre_request, settings.post_request)
@@ -163,9 +165,18 @@ def run_worker(
             on_ready(server)
 
     try:
-        return loop.run_until_complete(serve_application(app, settings, sockets, notify=notify, on_ready=ready,
-                                                         worker=worker, ssl_context=ssl_context,
-                                                         max_applications=max_applications))
+        return loop.run_until_complete(
+            serve_application(
+                app,
+                settings,
+                sockets,
+                notify=notify,
+                on_ready=ready,
+                worker=worker,
+                ssl_context=ssl_context,
+                max_applications=max_applications,
+            )
+        )
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())

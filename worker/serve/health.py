@@ -20,17 +20,25 @@ __all__ = ["health_protocol"]
 def health_protocol(path: str, base: type[HttpProtocol] = HttpProtocol) -> type[HttpProtocol]:
     """An HttpProtocol subclass that answers `path` itself (any method; HEAD gets no body)."""
 
-    class HealthProtocol(base):  # type: ignore[valid-type, misc]
+    class HealthProtocol(base):  # type: ignore[valid-type, misc]  # a class per base: mypy takes no variable for one
         __slots__ = ()
 
-        def on_request(self, method: bytes, http_version: str, target: bytes, headers: list, keep_alive: bool,
-                       expect_continue: bool, has_body: bool) -> Any:
-            cycle = base.on_request(self, method, http_version, target, headers, keep_alive, expect_continue,
-                                    has_body)
+        def on_request(
+            self,
+            method: bytes,
+            http_version: str,
+            target: bytes,
+            headers: list,
+            keep_alive: bool,
+            expect_continue: bool,
+            has_body: bool,
+        ) -> Any:
+            cycle = base.on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body)
             if type(cycle) is not RequestCycle and cycle.scope["type"] == "http" and cycle.scope["path"] == path:
                 # A native WSGI server makes WsgiCycles: the probe gets an ASGI request object of its own.
-                cycle = RequestCycle(self, cycle.scope, cycle.keep_alive, False, cycle.is_head, cycle.http11,
-                                     cycle.t0 is not None)
+                cycle = RequestCycle(
+                    self, cycle.scope, cycle.keep_alive, False, cycle.is_head, cycle.http11, cycle.t0 is not None
+                )
             return cycle
 
         def start_request(self, cycle: RequestCycle) -> None:

@@ -35,20 +35,21 @@ import struct
 import sys
 import termios
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 from corral.shared.settings import Settings
 from corral.worker.app.pool import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.conn.dates import DefaultHeaders
-from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE
-from corral.worker.conn.phases import ResponseState
+from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE, ResponseState
 from corral.worker.edge.counters import Counters, collecting
 from corral.worker.edge.datarate import RateSweep
 from corral.worker.edge.proxy_headers import ProxyHeaders
 from corral.worker.http1.connection import Limits
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.host import Connection, Parked
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol
@@ -82,6 +83,7 @@ def unread_bytes(transport: Any) -> int:
         return _INT.unpack(fcntl.ioctl(fd, termios.FIONREAD, _ZERO))[0]
     except (AttributeError, OSError, ValueError):
         return 0
+
 
 AccessLog = Callable[[dict, int, int, float, Any], None]
 
@@ -138,9 +140,9 @@ class WorkerServer(StatelessServer):
         self.write_limit: int = settings.write_buffer_limit if settings.write_buffer_limit != 65536 else 0
         self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Connection] = set()
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
-        self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
+        self.parked: deque[tuple[Connection, Parked, float]] = deque()  # (.., when parked)
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
         # Metrics count in the protocol, --health-path is answered by it: chosen once, here.
@@ -240,8 +242,11 @@ class WorkerServer(StatelessServer):
             self.wsgi.drain_lazy()
         self._set_accepting(False)
         if self._graceful and self.connections:
-            logger.info("Stopping: no longer accepting; finishing what %d open connection(s) have in flight, "
-                        "keep-alive ones closed with their next response", len(self.connections))
+            logger.info(
+                "Stopping: no longer accepting; finishing what %d open connection(s) have in flight, "
+                "keep-alive ones closed with their next response",
+                len(self.connections),
+            )
         connections = self.connections
         for protocol in list(connections):
             phase = protocol.phase
@@ -273,7 +278,7 @@ class WorkerServer(StatelessServer):
         deadline = loop.time() + timeout
         grace = max(0.0, min(self.stop_grace, timeout))
         step = max(grace / 4, 0.01)
-        idle_since: dict[HttpProtocol, float] = {}  # when each idle connection was first seen idle
+        idle_since: dict[Connection, float] = {}  # when each idle connection was first seen idle
         drained = self._drained = loop.create_future()
         waiting = [drained, self._force]
         while connections and not self._force.done():
@@ -345,10 +350,12 @@ class WorkerServer(StatelessServer):
                 tls: dict[str, Any] = {}
                 if self.ssl_context is not None:
                     tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.ssl_handshake_timeout}
+                server: asyncio.AbstractServer
                 try:
                     if sock.family == socket.AF_UNIX:
-                        server = await loop.create_unix_server(factory, sock=dup, backlog=self.settings.backlog,
-                                                               **_KEEP_SOCKET_FILE, **tls)
+                        server = await loop.create_unix_server(
+                            factory, sock=dup, backlog=self.settings.backlog, **_KEEP_SOCKET_FILE, **tls
+                        )
                     else:
                         server = await loop.create_server(factory, sock=dup, backlog=self.settings.backlog, **tls)
                 except BaseException:
@@ -371,7 +378,7 @@ class WorkerServer(StatelessServer):
 
     # ------------------------------------------------------------------ the pool and backpressure
 
-    def park(self, protocol: HttpProtocol, cycle: RequestCycle) -> None:
+    def park(self, protocol: Connection, cycle: Parked) -> None:
         self.parked.append((protocol, cycle, perf_counter()))  # (the loop's clock is ms-coarse in uvloop)
         self._set_accepting(False)
 
@@ -405,7 +412,7 @@ class WorkerServer(StatelessServer):
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def connection_closed(self, protocol: HttpProtocol) -> None:
+    def connection_closed(self, protocol: Connection) -> None:
         self.connections.discard(protocol)
         drained = self._drained
         if drained is not None and not self.connections and not drained.done():
@@ -452,8 +459,11 @@ class WorkerServer(StatelessServer):
                 rates.begin(loop.time(), self.pool_full or bool(self.parked))
             for protocol in tuple(self.connections):
                 phase = protocol.phase
-                if rates is not None and isinstance(protocol, HttpProtocol) and (
-                        phase == BUSY or phase == CLOSED or protocol.flow.write_paused or protocol.rate is not None):
+                if (
+                    rates is not None
+                    and isinstance(protocol, HttpProtocol)
+                    and (phase == BUSY or phase == CLOSED or protocol.flow.write_paused or protocol.rate is not None)
+                ):
                     rates.check(protocol)  # (HTTP/2 connections are not timed)
                     phase = protocol.phase  # CLOSED if it ended a transfer
                 if phase == HEAD or phase == FRESH:

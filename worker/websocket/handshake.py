@@ -23,15 +23,17 @@ class _HandshakeError(ProtocolError):
         self._response = response
 
     @property
-    def response(self) -> bytes:  # type: ignore[override]
+    def response(self) -> bytes:
         return self._response
 
 
 def _refusal(status: int, detail: str, extra_headers: bytes = b"") -> bytes:
     body = detail.encode("utf-8", "replace") + b"\n"
-    return (
-        b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s"
-        b"connection: close\r\n\r\n%s" % (status_line(status), len(body), extra_headers, body)
+    return b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s" % (
+        status_line(status),
+        len(body),
+        extra_headers,
+        body,
     )
 
 

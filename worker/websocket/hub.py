@@ -19,8 +19,7 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 class WebSocketHub:
     """A server's open WebSockets and the one timer that sweeps their deadlines (pings, close replies)."""
 
-    __slots__ = ("server", "sockets", "interval", "ping_interval", "ping_timeout", "close_timeout",
-                 "timer", "pings")
+    __slots__ = ("server", "sockets", "interval", "ping_interval", "ping_timeout", "close_timeout", "timer", "pings")
 
     def __init__(self, server: Any) -> None:
         settings = server.settings

@@ -26,7 +26,9 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Callable, ContextManager, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.shared.wsgi_environ import TooManyHeaders, build_environ
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
@@ -54,7 +56,7 @@ class Outbox(Protocol):
 
     def complete_later(self, call: Any) -> None: ...
 
-    def client_wait(self) -> ContextManager[None]:
+    def client_wait(self) -> AbstractContextManager[None]:
         """Around a wait of the request's thread on its client (the pool lets another thread run meanwhile)."""
 
 
@@ -113,7 +115,9 @@ def _encode_headers(headers: Any) -> tuple:
         try:
             encoded = tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
         except (AttributeError, TypeError, ValueError, UnicodeEncodeError):
-            raise RuntimeError(f"WSGI response headers must be a list of (str, str) latin-1 pairs: {headers!r}") from None
+            raise RuntimeError(
+                f"WSGI response headers must be a list of (str, str) latin-1 pairs: {headers!r}"
+            ) from None
         if key is not None:
             if len(_STR_HEADERS) >= _STR_HEADERS_MAX:
                 _STR_HEADERS.clear()
@@ -130,7 +134,8 @@ def _status_code(status: Any) -> int:
 class WsgiCall:
     """The thread half of a request (the slots are `WsgiCycle`'s)."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
 
     # attributes (declared in WsgiCycle)
     app: WSGIApp
@@ -196,13 +201,13 @@ class WsgiCall:
             result = self.app(environ, self.start_response)
             rtype = type(result)
             if rtype is list or rtype is tuple:
-                self._finish_list(result)
+                self._finish_list(result)  # type: ignore[arg-type]  # a list or tuple: `rtype is` above
             elif getattr(result, "streaming", None) is False:
                 # Django's HttpResponse says its body is in memory (`streaming = False`): collected and sent
                 # with its head in one write, like a list. (Other iterables stream: PEP 3333 forbids holding
                 # a block back until the next one comes.)
                 self._finish_list(list(result))
-            elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:
+            elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:  # type: ignore[arg-type]  # `rtype is FileWrapper`
                 if self._finish_file(span):
                     outcome = SENDFILE  # the loop sends the file, then closes it
             else:
@@ -216,7 +221,9 @@ class WsgiCall:
             outcome = FAILED
             if not (self.aborted and isinstance(exc, OSError)):  # a write to a gone client is not a bug
                 error_logger.error(
-                    "Exception in WSGI application (%s %s)", self.scope["method"], self.scope["path"],
+                    "Exception in WSGI application (%s %s)",
+                    self.scope["method"],
+                    self.scope["path"],
                     exc_info=(type(exc), exc, exc.__traceback__),
                 )
         finally:
@@ -228,8 +235,10 @@ class WsgiCall:
                     except BaseException as exc:
                         outcome = FAILED
                         error_logger.error(
-                            "Exception in close() of a WSGI response (%s %s)", self.scope["method"],
-                            self.scope["path"], exc_info=(type(exc), exc, exc.__traceback__),
+                            "Exception in close() of a WSGI response (%s %s)",
+                            self.scope["method"],
+                            self.scope["path"],
+                            exc_info=(type(exc), exc, exc.__traceback__),
                         )
         if outcome == SENDFILE:
             self.result = result
@@ -260,8 +269,13 @@ class WsgiCall:
             raise RuntimeError("WSGI application produced a body before calling start_response")
         server = self.protocol.server
         head, mode, self.keep_alive = response_head(
-            self.status, self.headers, server.default_header_bytes, self.keep_alive and not server.stopping,
-            self.http11, self.is_head, body_length,
+            self.status,
+            self.headers,
+            server.default_header_bytes,
+            self.keep_alive and not server.stopping,
+            self.http11,
+            self.is_head,
+            body_length,
         )
         self.head_sent = True
         self.mode = mode
@@ -392,8 +406,9 @@ class WsgiCall:
     def _check_length(self, sent: int) -> None:
         if self.mode >= 0 and sent < self.mode:
             self.keep_alive = False  # the client can only tell the body is short by the close
-            error_logger.error("WSGI response shorter than its Content-Length (%s %s)",
-                               self.scope["method"], self.scope["path"])
+            error_logger.error(
+                "WSGI response shorter than its Content-Length (%s %s)", self.scope["method"], self.scope["path"]
+            )
 
     def _write_direct(self) -> bool:
         """Write a finished response from this thread, straight to the connection's socket, and leave its

@@ -34,6 +34,7 @@ from corral.worker.conn.phases import BODY, CLOSED
 from corral.worker.edge.deadline import TIMEOUT_BODY
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.cycle import cork
+from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FAILED, RUNNING, SENDFILE, WsgiCall
 from corral.worker.wsgi.input import StreamInput
 from corral.worker.wsgi.threads import WorkerThreads
@@ -61,8 +62,20 @@ class WsgiDispatcher:
     only when the batch was empty), then `drain()` writes every posted request's output.
     """
 
-    __slots__ = ("app", "loop", "threads", "lock", "items", "scheduled", "body_buffer", "per_connection", "lazy",
-                 "body_input", "deadline", "hooks")
+    __slots__ = (
+        "app",
+        "loop",
+        "threads",
+        "lock",
+        "items",
+        "scheduled",
+        "body_buffer",
+        "per_connection",
+        "lazy",
+        "body_input",
+        "deadline",
+        "hooks",
+    )
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
         self.app = app
@@ -99,18 +112,18 @@ class WsgiDispatcher:
 
     def post(self, cycle: WsgiCall) -> None:  # any thread
         with self.lock:
-            self.items.append(cycle)  # type: ignore[arg-type]
+            self.items.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
             wake = not self.scheduled
             self.scheduled = True
         if wake:
             try:
-                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
             except RuntimeError:
                 pass  # the loop is closed: the worker is gone
 
     def complete_later(self, cycle: WsgiCall) -> None:  # a pool thread, after writing the response itself
         with self.lock:
-            self.lazy.append(cycle)  # type: ignore[arg-type]
+            self.lazy.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
         # The loop completes it at its next wake-up (the next request's bytes, at the latest the tick).
         # Wake it now when something waits for this completion: a pipelined request (the protocol looks
         # at `lazy` after queueing one: one of the two sides sees the other), a parked one, a closed
@@ -118,14 +131,19 @@ class WsgiDispatcher:
         protocol = cycle.protocol
         state = protocol.state
         server = protocol.server
-        if ((state is not None and state.pipeline) or server.parked or server.stopping or protocol.phase == _CLOSED
-                or protocol.pending_error is not None):
+        if (
+            (state is not None and state.pipeline)
+            or server.parked
+            or server.stopping
+            or protocol.phase == _CLOSED
+            or protocol.pending_error is not None
+        ):
             with self.lock:
                 wake = not self.scheduled
                 self.scheduled = True
             if wake:
                 try:
-                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
                 except RuntimeError:
                     pass
 
@@ -154,6 +172,7 @@ class WsgiDispatcher:
 
 
 class WsgiCycle(WsgiCall):
+    outbox: WsgiDispatcher  # the thread side sees it as an Outbox; the loop side uses all of it
     __slots__ = (
         # shared with the parser and the protocol (RequestCycle's names)
         "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body_complete",
@@ -168,8 +187,14 @@ class WsgiCycle(WsgiCall):
     )  # fmt: skip
 
     def __init__(
-        self, protocol: Any, scope: dict, keep_alive: bool, expect_continue: bool, is_head: bool,
-        http11: bool, timed: bool,
+        self,
+        protocol: HttpProtocol,
+        scope: dict,
+        keep_alive: bool,
+        expect_continue: bool,
+        is_head: bool,
+        http11: bool,
+        timed: bool,
     ) -> None:
         self.protocol = protocol
         self.scope = scope
@@ -256,14 +281,19 @@ class WsgiCycle(WsgiCall):
                     pass
         if self.input is None:
             body = self.body
-            self.input = self.outbox.body_input(body[0] if body is not None and len(body) == 1 else b"".join(body or ()))
+            self.input = self.outbox.body_input(
+                body[0] if body is not None and len(body) == 1 else b"".join(body or ())
+            )
             self.body = None
         self.outbox.submit(self)
 
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
         stream = self.input = StreamInput(
-            asyncio.get_running_loop(), self.outbox.body_buffer, self._resume_body, first_read,
+            asyncio.get_running_loop(),
+            self.outbox.body_buffer,
+            self._resume_body,
+            first_read,
             self.outbox.client_wait,
         )
         if self.body:
@@ -368,8 +398,13 @@ class WsgiCycle(WsgiCall):
             return
         if chunks:
             self.state = 2
-            if outcome != RUNNING and outcome != SENDFILE and not self.keep_alive and self.body_complete \
-                    and protocol.state.client_close:
+            if (
+                outcome != RUNNING
+                and outcome != SENDFILE
+                and not self.keep_alive
+                and self.body_complete
+                and protocol.state.client_close
+            ):
                 cork(transport)  # the last bytes of a closing connection go out with the FIN
             if len(chunks) == 1:
                 transport.write(chunks[0])
@@ -474,12 +509,18 @@ class WsgiCycle(WsgiCall):
         protocol = self.protocol
         scope = self.scope
         answered = self.timed_out = not self.disconnected and self.state == 0
-        error_logger.warning("Request %s %s timed out after %gs (--request-timeout)%s", scope["method"],
-                             scope["path"], timeout, ": answered 504" if answered else "")
+        error_logger.warning(
+            "Request %s %s timed out after %gs (--request-timeout)%s",
+            scope["method"],
+            scope["path"],
+            timeout,
+            ": answered 504" if answered else "",
+        )
         if answered:
             server = protocol.server
-            head, _, _ = response_head(504, _TIMEOUT_HEADERS, server.default_header_bytes, False, self.http11,
-                                       self.is_head, len(TIMEOUT_BODY))
+            head, _, _ = response_head(
+                504, _TIMEOUT_HEADERS, server.default_header_bytes, False, self.http11, self.is_head, len(TIMEOUT_BODY)
+            )
             protocol.transport.write(head if self.is_head else head + TIMEOUT_BODY)
             server.requests_served += 1
             if self.t0 is not None and server.access_log is not None:
@@ -510,7 +551,7 @@ class WsgiCycle(WsgiCall):
     # ------------------------------------------------------------------ sendfile (wsgi.file_wrapper)
 
     def _start_sendfile(self) -> None:
-        fd, offset, count, tail = self.sendfile  # type: ignore[misc]
+        fd, offset, count, tail = self.sendfile  # type: ignore[misc]  # set (a 4-tuple) before the loop is asked to send
         transport = self.protocol.transport
         sock = transport.get_extra_info("socket")
         if self.is_head or sock is None or transport.get_write_buffer_size():
@@ -533,7 +574,7 @@ class WsgiCycle(WsgiCall):
             return  # ended already
         out, fd, offset, count, tail, watching = self.sendfile
         loop = asyncio.get_running_loop()
-        error = None
+        error: OSError | EOFError | None = None
         while count and not self.disconnected:
             try:
                 sent = os.sendfile(out, fd, offset, min(count, _SENDFILE_STEP))
@@ -575,7 +616,7 @@ class WsgiCycle(WsgiCall):
         while count and not self.disconnected:
             if flow.write_paused:
                 self.sendfile = (fd, offset, count, tail)
-                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))  # type: ignore[misc]
+                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))
                 return
             data = os.pread(fd, min(count, 256 * 1024), offset)
             if not data:

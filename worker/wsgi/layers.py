@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from corral.worker.app.hooks import (HookRequest, HookResponse, WorkerView, call_post_request, call_pre_request,
-                                   hook_arity)
+from corral.worker.app.hooks import (
+    HookRequest,
+    HookResponse,
+    WorkerView,
+    call_post_request,
+    call_pre_request,
+    hook_arity,
+)
 from corral.worker.edge.deadline import TIMEOUT_BODY, TIMEOUT_RESPONSE, StuckThreads
 from corral.worker.wsgi.call import FAILED
 from corral.worker.wsgi.cycle import WsgiCycle
@@ -51,8 +58,11 @@ class WsgiDeadline(StuckThreads):
         """Expire the requests of `instances` (the server's pool: cycle -> ApplicationInstance, whose
         `last_used` is the request's start for a WSGI request) that started `timeout` seconds ago or more."""
         limit = time.monotonic() - self.timeout
-        late: list[Expirable] = [cycle for cycle, instance in instances.items()
-                                 if instance.last_used <= limit and isinstance(cycle, WsgiCycle)]
+        late: list[Expirable] = [
+            cycle
+            for cycle, instance in instances.items()
+            if instance.last_used <= limit and isinstance(cycle, WsgiCycle)
+        ]
         for cycle in late:
             if cycle.expire(self.timeout):
                 self.thread_stuck()
@@ -87,7 +97,7 @@ class HookedWsgiCycle(WsgiCycle):
     __slots__ = ()
 
     def _respond(self, environ: dict) -> None:
-        hooks: WsgiHooks = self.outbox.hooks  # type: ignore[attr-defined]
+        hooks: WsgiHooks = self.outbox.hooks
         request = HookRequest(self.scope)
         if hooks.pre is not None:
             call_pre_request(hooks.pre, hooks.worker, request)
@@ -122,8 +132,14 @@ class WsgiLayers:
         self.hooks = hooks
 
 
-def wsgi_layers(worker: WorkerView, pre: Callable | None, post: Callable | None, timeout: float, threads: int,
-                on_stuck: Callable[[], None]) -> WsgiLayers | None:
+def wsgi_layers(
+    worker: WorkerView,
+    pre: Callable | None,
+    post: Callable | None,
+    timeout: float,
+    threads: int,
+    on_stuck: Callable[[], None],
+) -> WsgiLayers | None:
     """The layers that are set (a deadline when `timeout` > 0, the hooks when either is set), or None when
     none is: then nothing is installed and a request costs what it costs without them."""
     deadline = WsgiDeadline(timeout, threads, on_stuck) if timeout > 0 else None

@@ -63,9 +63,20 @@ class SyncAsgi3Middleware:
 
 def call(app, path="/"):
     """Drive an ASGI 3 app through one HTTP request; returns (status, body)."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     sent = []
 
     async def receive():
@@ -83,16 +94,19 @@ def call(app, path="/"):
 # ---------------------------------------------------------------------------- detection
 
 
-@pytest.mark.parametrize("app,expected", [
-    (asgi3_function, "asgi3"),
-    (Asgi3Object(), "asgi3"),
-    (SyncAsgi3Middleware(), "asgi3"),
-    (functools.partial(asgi3_function), "asgi3"),
-    (Asgi2Class, "asgi2"),
-    (asgi2_function, "asgi2"),
-    (wsgi_function, "wsgi"),
-    (WsgiClass, "wsgi"),
-])
+@pytest.mark.parametrize(
+    "app,expected",
+    [
+        (asgi3_function, "asgi3"),
+        (Asgi3Object(), "asgi3"),
+        (SyncAsgi3Middleware(), "asgi3"),
+        (functools.partial(asgi3_function), "asgi3"),
+        (Asgi2Class, "asgi2"),
+        (asgi2_function, "asgi2"),
+        (wsgi_function, "wsgi"),
+        (WsgiClass, "wsgi"),
+    ],
+)
 def test_detect_interface(app, expected):
     assert detect_interface(app) == expected
 
@@ -147,12 +161,15 @@ def test_wrap_asgi3_is_identity():
     assert wrap_application(asgi3_function) is asgi3_function
 
 
-@pytest.mark.parametrize("app,body", [
-    (asgi3_function, b"asgi3"),
-    (Asgi3Object(), b"asgi3"),
-    (Asgi2Class, b"asgi2-class"),
-    (asgi2_function, b"asgi2-function"),
-])
+@pytest.mark.parametrize(
+    "app,body",
+    [
+        (asgi3_function, b"asgi3"),
+        (Asgi3Object(), b"asgi3"),
+        (Asgi2Class, b"asgi2-class"),
+        (asgi2_function, b"asgi2-function"),
+    ],
+)
 def test_wrapped_asgi_apps_serve(app, body):
     assert call(wrap_application(app)) == (200, body)
 
@@ -196,7 +213,7 @@ def make_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def make(source):
-        name = f"corral_app_{next(_counter)}_{id(tmp_path) & 0xffff}"
+        name = f"corral_app_{next(_counter)}_{id(tmp_path) & 0xFFFF}"
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
         return name
 
@@ -253,8 +270,9 @@ def test_import_factory_flag(make_module):
     assert import_app(f"{name}:create_app", factory=True).config == ("default", False)
 
 
-@pytest.mark.parametrize("spec", [":app", "mod:", "mod:app.", "mod:app[0]", "1mod:app", "mod:f(x)", "mod:f(**k)",
-                                  "mod:a b"])
+@pytest.mark.parametrize(
+    "spec", [":app", "mod:", "mod:app.", "mod:app[0]", "1mod:app", "mod:f(x)", "mod:f(**k)", "mod:a b"]
+)
 def test_bad_format(spec):
     with pytest.raises(AppImportError, match="invalid application spec"):
         import_app(spec)
@@ -294,7 +312,7 @@ def test_attribute_not_found_lists_names(make_module):
         import_app(f"{name}:ap")
     message = str(info.value)
     assert "attribute 'ap' not found" in message and "did you mean 'app'" in message and "create_app" in message
-    with pytest.raises(AppImportError, match="attribute 'missing' not found in .*Holder"):
+    with pytest.raises(AppImportError, match=r"attribute 'missing' not found in .*Holder"):
         import_app(f"{name}:Holder.missing")
 
 

@@ -53,9 +53,11 @@ def run(server: StatelessServer) -> None:
 
 async def until(predicate, timeout: float = WAIT) -> None:
     """Wait for a condition on the event loop, yielding between checks; fails after `timeout`."""
+
     async def poll():
         while not predicate():
             await asyncio.sleep(0)
+
     await asyncio.wait_for(poll(), timeout)
 
 
@@ -105,7 +107,7 @@ def test_lru_eviction_happens_exactly_at_the_limit_and_never_exceeds_it():
         server.get_or_create_application_instance("d", {"type": "test", "name": "d"})
         assert list(server.application_instances) == ["c", "a", "d"]
         assert len(server.application_instances) == 3
-        await until(lambda: b_future.done())
+        await until(b_future.done)
         assert b_future.cancelled()
         await until(lambda: "d" in started)
         for name in ("c", "a", "d"):
@@ -217,7 +219,7 @@ def test_asgi2_application_is_wrapped():
 
     server = RecordingServer(Asgi2App, scenario)
     run(server)
-    [(scope, message)] = server.sent
+    [(_scope, message)] = server.sent
     assert message == {"type": "hello", "path": "/two"}
 
 

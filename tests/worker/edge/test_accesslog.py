@@ -39,33 +39,36 @@ def render(fmt, scope=None, status=200, sent=5, duration=1.234567, headers=RESPO
     return log.render(scope or make_scope(), status, sent, duration, headers)
 
 
-@pytest.mark.parametrize("atom,expected", [
-    ("h", "203.0.113.9"),
-    ("l", "-"),
-    ("u", "-"),
-    ("r", "POST /a%20b/c?x=1&y=2 HTTP/1.1"),
-    ("m", "POST"),
-    ("U", "/a b/c"),
-    ("q", "x=1&y=2"),
-    ("H", "HTTP/1.1"),
-    ("s", "200"),
-    ("B", "5"),
-    ("b", "5"),
-    ("f", "http://ref.example/"),
-    ("a", "curl/8.0"),
-    ("T", "1"),
-    ("M", "1234"),
-    ("D", "1234567"),
-    ("L", "1.234567"),
-    ("p", f"<{os.getpid()}>"),
-    ("{x-request-id}i", "abc"),
-    ("{X-Request-ID}i", "abc"),
-    ("{content-type}o", "text/plain"),
-    ("{CONTENT-LENGTH}o", "5"),
-    ("{missing}i", "-"),
-    ("{missing}o", "-"),
-    ("nonsense", "-"),
-])
+@pytest.mark.parametrize(
+    "atom,expected",
+    [
+        ("h", "203.0.113.9"),
+        ("l", "-"),
+        ("u", "-"),
+        ("r", "POST /a%20b/c?x=1&y=2 HTTP/1.1"),
+        ("m", "POST"),
+        ("U", "/a b/c"),
+        ("q", "x=1&y=2"),
+        ("H", "HTTP/1.1"),
+        ("s", "200"),
+        ("B", "5"),
+        ("b", "5"),
+        ("f", "http://ref.example/"),
+        ("a", "curl/8.0"),
+        ("T", "1"),
+        ("M", "1234"),
+        ("D", "1234567"),
+        ("L", "1.234567"),
+        ("p", f"<{os.getpid()}>"),
+        ("{x-request-id}i", "abc"),
+        ("{X-Request-ID}i", "abc"),
+        ("{content-type}o", "text/plain"),
+        ("{CONTENT-LENGTH}o", "5"),
+        ("{missing}i", "-"),
+        ("{missing}o", "-"),
+        ("nonsense", "-"),
+    ],
+)
 def test_each_atom(atom, expected):
     assert render(f"%({atom})s") == expected
 
@@ -116,17 +119,20 @@ def gunicorn_line(fmt, scope, status, sent, duration, response_headers):
 
     glogging = pytest.importorskip("gunicorn.glogging")
     environ = {
-        "REQUEST_METHOD": scope["method"], "PATH_INFO": scope["path"],
+        "REQUEST_METHOD": scope["method"],
+        "PATH_INFO": scope["path"],
         "QUERY_STRING": scope["query_string"].decode("latin-1"),
-        "RAW_URI": scope["raw_path"].decode("latin-1") + ("?" + scope["query_string"].decode("latin-1")
-                                                          if scope["query_string"] else ""),
-        "SERVER_PROTOCOL": "HTTP/" + scope["http_version"], "REMOTE_ADDR": scope["client"][0],
+        "RAW_URI": scope["raw_path"].decode("latin-1")
+        + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""),
+        "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
+        "REMOTE_ADDR": scope["client"][0],
     }
     for key, value in scope["headers"]:
         environ["HTTP_" + key.decode().upper().replace("-", "_")] = value.decode("latin-1")
     request = SimpleNamespace(headers=[(k.decode().upper(), v.decode("latin-1")) for k, v in scope["headers"]])
-    response = SimpleNamespace(status=f"{status} Whatever", sent=sent,
-                               headers=[(k.decode(), v.decode("latin-1")) for k, v in response_headers])
+    response = SimpleNamespace(
+        status=f"{status} Whatever", sent=sent, headers=[(k.decode(), v.decode("latin-1")) for k, v in response_headers]
+    )
     logger = glogging.Logger.__new__(glogging.Logger)  # its atoms() only; no handlers set up
     atoms = logger.atoms(response, request, environ, datetime.timedelta(seconds=duration))
     return fmt % glogging.SafeAtoms(atoms)
@@ -221,8 +227,8 @@ def test_websocket_close_line_is_the_format_with_corrals_atoms(caplog):
     del scope["method"]
     with caplog.at_level(logging.INFO, logger="test.access.ws"):
         SessionLog(AccessLog(GUNICORN_ACCESS_FORMAT, logger)).websocket_closed(scope, 2.5, session)
-        SessionLog(AccessLog('%(s)s %(ws_close)s %(ws_in)s %(ws_out)s', logger)).websocket_closed(scope, 2.5, session)
-        AccessLog('%(s)s %(ws_close)s', logger)(make_scope(), 200, 0, 0.0, [])
+        SessionLog(AccessLog("%(s)s %(ws_close)s %(ws_in)s %(ws_out)s", logger)).websocket_closed(scope, 2.5, session)
+        AccessLog("%(s)s %(ws_close)s", logger)(make_scope(), 200, 0, 0.0, [])
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].endswith('"GET /a%20b/c HTTP/1.1" 101 15 "http://ref.example/" "curl/8.0"'), lines[0]
     assert lines[1:] == ["101 4001 23 15", "200 -"]
@@ -285,8 +291,10 @@ def test_default_line_and_logger_are_gunicorns(capsys):
         assert log.logger.name == "gunicorn.access"
         log(make_scope(), 200, 13, 0.0421, [])
         line = capsys.readouterr().out.rstrip("\n")
-        assert TIME.sub("[T]", line) == '203.0.113.9 - - [T] "POST /a%20b/c?x=1&y=2 HTTP/1.1" 200 13 ' \
+        assert (
+            TIME.sub("[T]", line) == '203.0.113.9 - - [T] "POST /a%20b/c?x=1&y=2 HTTP/1.1" 200 13 '
             '"http://ref.example/" "curl/8.0"'
+        )
     finally:
         _cleanup_access_logger()
 

@@ -12,10 +12,17 @@ import socket
 import threading
 
 import pytest
-from worker_http_helpers import WAIT, Client, assert_error_and_close, assert_still_serving, run_server, settings
-from worker_http_helpers import wait_until
 
 from corral.worker.wsgi.call import FileWrapper
+from worker_http_helpers import (
+    WAIT,
+    Client,
+    assert_error_and_close,
+    assert_still_serving,
+    run_server,
+    settings,
+    wait_until,
+)
 
 CHUNK = b"x" * 65536
 STALL = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nabc"
@@ -80,7 +87,7 @@ def reset_or_closed(sock: socket.socket) -> bool:
             pass
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     return True
 
@@ -104,8 +111,10 @@ def test_a_stalled_upload_gets_408_after_the_grace_and_frees_its_slot():
 
 
 def test_an_upload_at_the_rate_is_not_cut_off():
-    with run_server(Echo(), quiet(min_rate_grace=0.3, min_request_body_rate=100)) as (host, port, _), \
-            Client(host, port) as client:
+    with (
+        run_server(Echo(), quiet(min_rate_grace=0.3, min_request_body_rate=100)) as (host, port, _),
+        Client(host, port) as client,
+    ):
         client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3000\r\n\r\n")
         for _ in range(15):  # 200 bytes every 0.1 s: 2,000 bytes/s, twenty times the minimum, for 1.5 s
             threading.Event().wait(0.1)
@@ -125,8 +134,14 @@ def test_time_the_application_does_not_read_does_not_count():
 
 def test_off_when_the_rate_is_zero():
     app = Echo()
-    with run_server(app, settings(min_request_body_rate=0, min_rate_grace=0.2, body_timeout=1.5)) as (
-            host, port, server), Client(host, port) as client:
+    with (
+        run_server(app, settings(min_request_body_rate=0, min_rate_grace=0.2, body_timeout=1.5)) as (
+            host,
+            port,
+            server,
+        ),
+        Client(host, port) as client,
+    ):
         client.send(STALL)
         wait_until(app.reading.is_set, what="the application to read")
         assert server.rates is not None  # the response rate is still on
@@ -174,7 +189,7 @@ def test_without_pressure_the_grace_holds():
 def test_one_log_line_per_worker_per_interval(caplog):
     app = Echo()
     with caplog.at_level(logging.WARNING, logger="corral.error"):
-        with run_server(app, quiet(min_rate_grace=0.3)) as (host, port, server):
+        with run_server(app, quiet(min_rate_grace=0.3)) as (host, port, _server):
             stalled = [Client(host, port) for _ in range(5)]
             for client in stalled:
                 client.send(STALL)
@@ -240,8 +255,10 @@ def test_a_slow_but_steady_reader_keeps_its_download():
 
 
 def test_wsgi_stalled_upload_gets_408():
-    with run_server(wsgi_app, quiet(min_rate_grace=0.5), wsgi=True) as (host, port, server), \
-            Client(host, port) as client:
+    with (
+        run_server(wsgi_app, quiet(min_rate_grace=0.5), wsgi=True) as (host, port, server),
+        Client(host, port) as client,
+    ):
         client.send(STALL)  # pre-read on the loop: no thread is taken while it stalls
         assert_error_and_close(client, 408)
         wait_until(lambda: not server.application_instances, what="the slot freed")

@@ -154,7 +154,10 @@ def test_health_path_is_answered_without_the_app_even_with_the_pool_full_and_503
     gate = Gate()
     calls: list[str] = []
     with run_server(counting_app(calls, gate), Settings(max_applications=1, health_path="/healthz")) as (
-            host, port, server):
+        host,
+        port,
+        server,
+    ):
         with Client(host, port) as probe, Client(host, port) as busy:
             response = probe.get("/healthz")
             assert (response.status, response.body) == (200, b"OK\n")
@@ -179,7 +182,7 @@ def test_health_path_is_answered_without_the_app_even_with_the_pool_full_and_503
 def test_websocket_counted_and_logged_once_at_close_with_code_duration_and_bytes():
     logger, records = access_logger("test.corral.access.ws")
     with run_server(echo_app()) as (host, port, server):
-        log = SessionLog(AccessLog('%(r)s %(s)s %(b)s %(ws_close)s %(ws_in)s %(ws_out)s', logger))
+        log = SessionLog(AccessLog("%(r)s %(s)s %(b)s %(ws_close)s %(ws_in)s %(ws_out)s", logger))
         counters = call_in_loop(server, lambda: server.counters)
         server.access_log = meter(counters, log)
         with connect(url(host, port)) as ws:

@@ -59,7 +59,9 @@ def test_trusts_scope_detects_unix_peer():
 
 def test_x_forwarded_for_proto_host():
     proxy = ProxyHeaders(["127.0.0.1"])
-    scope = make_scope([("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "example.com")])
+    scope = make_scope(
+        [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "example.com")]
+    )
     proxy.apply(scope)
     assert scope["client"] == ("203.0.113.7", 0)
     assert scope["scheme"] == "https"
@@ -120,7 +122,9 @@ def test_x_forwarded_for_non_ip_leaves_client():
 def test_x_forwarded_proto_aligned_with_chain():
     proxy = ProxyHeaders(["127.0.0.1", "10.0.0.0/8"])
     # the client forged "https, ..." but the hop it really reached says http
-    scope = make_scope([("x-forwarded-for", "6.6.6.6, 198.51.100.1, 10.0.0.2"), ("x-forwarded-proto", "https, http, http")])
+    scope = make_scope(
+        [("x-forwarded-for", "6.6.6.6, 198.51.100.1, 10.0.0.2"), ("x-forwarded-proto", "https, http, http")]
+    )
     proxy.apply(scope)
     assert scope["client"] == ("198.51.100.1", 0)
     assert scope["scheme"] == "http"
@@ -130,8 +134,10 @@ def test_x_forwarded_proto_aligned_with_chain():
     assert scope["scheme"] == "https"
 
 
-@pytest.mark.parametrize("proto,http_scheme,ws_scheme", [("https", "https", "wss"), ("http", "http", "ws"),
-                                                          ("wss", "https", "wss"), ("ws", "http", "ws")])
+@pytest.mark.parametrize(
+    "proto,http_scheme,ws_scheme",
+    [("https", "https", "wss"), ("http", "http", "ws"), ("wss", "https", "wss"), ("ws", "http", "ws")],
+)
 def test_proto_for_websocket_scopes(proto, http_scheme, ws_scheme):
     proxy = ProxyHeaders(["127.0.0.1"])
     scope = make_scope([("x-forwarded-proto", proto)])
@@ -160,8 +166,13 @@ def test_host_with_port_and_ipv6_host():
 
 
 def test_host_header_added_when_missing():
-    scope = {"type": "http", "scheme": "http", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-             "headers": [(b"x-forwarded-host", b"example.com")]}
+    scope = {
+        "type": "http",
+        "scheme": "http",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [(b"x-forwarded-host", b"example.com")],
+    }
     ProxyHeaders(["127.0.0.1"]).apply(scope)
     assert (b"host", b"example.com") in scope["headers"]
 
@@ -171,8 +182,12 @@ def test_host_header_added_when_missing():
 
 def test_untrusted_peer_spoofing_ignored():
     proxy = ProxyHeaders(["10.0.0.1"])
-    headers = [("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "bank.com"),
-               ("forwarded", "for=1.2.3.4;proto=https;host=bank.com")]
+    headers = [
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "bank.com"),
+        ("forwarded", "for=1.2.3.4;proto=https;host=bank.com"),
+    ]
     scope = make_scope(headers, client=("203.0.113.50", 4000))
     before = {k: (list(v) if isinstance(v, list) else v) for k, v in scope.items()}
     proxy.apply(scope)
@@ -205,18 +220,19 @@ def test_unix_socket_peer_trust_on_and_off():
 
 
 def test_parse_forwarded():
-    assert parse_forwarded('for=192.0.2.60;proto=http;by=203.0.113.43') == [
-        {"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"}]
+    assert parse_forwarded("for=192.0.2.60;proto=http;by=203.0.113.43") == [
+        {"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"}
+    ]
     assert parse_forwarded('For="[2001:db8:cafe::17]:4711"') == [{"for": "[2001:db8:cafe::17]:4711"}]
-    assert parse_forwarded('for=192.0.2.43, for=198.51.100.17') == [{"for": "192.0.2.43"}, {"for": "198.51.100.17"}]
+    assert parse_forwarded("for=192.0.2.43, for=198.51.100.17") == [{"for": "192.0.2.43"}, {"for": "198.51.100.17"}]
     assert parse_forwarded('for="a\\"b;c, d";host=x') == [{"for": 'a"b;c, d', "host": "x"}]
-    assert parse_forwarded('for = 1.2.3.4 ; proto = https') == [{"for": "1.2.3.4", "proto": "https"}]
-    assert parse_forwarded('garbage') == []
-    assert parse_forwarded('for=1.2.3.4, garbage') == [{"for": "1.2.3.4"}]
+    assert parse_forwarded("for = 1.2.3.4 ; proto = https") == [{"for": "1.2.3.4", "proto": "https"}]
+    assert parse_forwarded("garbage") == []
+    assert parse_forwarded("for=1.2.3.4, garbage") == [{"for": "1.2.3.4"}]
 
 
 def test_forwarded_basic():
-    scope = make_scope([("forwarded", 'for=203.0.113.7;proto=https;host=example.com')])
+    scope = make_scope([("forwarded", "for=203.0.113.7;proto=https;host=example.com")])
     ProxyHeaders(["127.0.0.1"]).apply(scope)
     assert scope["client"] == ("203.0.113.7", 0)
     assert scope["scheme"] == "https"
@@ -231,8 +247,10 @@ def test_forwarded_ipv6_quoted_with_port():
 
 def test_forwarded_chain_rightmost_untrusted_uses_that_elements_proto_and_host():
     proxy = ProxyHeaders(["127.0.0.1", "10.0.0.0/8"])
-    value = ('for=6.6.6.6;proto=http;host=forged.com, for=198.51.100.1;proto=https;host=shop.example, '
-             'for=10.0.0.2;proto=http;host=internal')
+    value = (
+        "for=6.6.6.6;proto=http;host=forged.com, for=198.51.100.1;proto=https;host=shop.example, "
+        "for=10.0.0.2;proto=http;host=internal"
+    )
     scope = make_scope([("forwarded", value)])
     proxy.apply(scope)
     assert scope["client"] == ("198.51.100.1", 0)
@@ -257,8 +275,14 @@ def test_forwarded_obfuscated_for_leaves_client_but_uses_proto(node):
 
 def test_x_forwarded_takes_precedence_over_a_forwarded_header_the_proxy_passed_through():
     # nginx sets X-Forwarded-* and passes a client's Forwarded header on: that one must not win.
-    scope = make_scope([("x-forwarded-for", "1.1.1.1"), ("x-forwarded-proto", "http"), ("x-forwarded-host", "x.com"),
-                        ("forwarded", "for=2.2.2.2;proto=https;host=f.com")])
+    scope = make_scope(
+        [
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "x.com"),
+            ("forwarded", "for=2.2.2.2;proto=https;host=f.com"),
+        ]
+    )
     ProxyHeaders(["127.0.0.1"]).apply(scope)
     assert scope["client"] == ("1.1.1.1", 0)
     assert scope["scheme"] == "http"

@@ -29,17 +29,32 @@ def tlv(kind: int, value: bytes) -> bytes:
     return bytes([kind]) + struct.pack("!H", len(value)) + value
 
 
-def v2(command: int = 1, family: int = 0x11, addresses: bytes | None = None, tlvs: bytes = b"",
-       version: int = 2, length: int | None = None) -> bytes:
+def v2(
+    command: int = 1,
+    family: int = 0x11,
+    addresses: bytes | None = None,
+    tlvs: bytes = b"",
+    version: int = 2,
+    length: int | None = None,
+) -> bytes:
     if addresses is None:
         addresses = socket.inet_aton("203.0.113.7") + socket.inet_aton("198.51.100.1") + struct.pack("!HH", 51234, 443)
     body = addresses + tlvs
-    return V2_SIGNATURE + bytes([(version << 4) | command, family]) + struct.pack(
-        "!H", len(body) if length is None else length) + body
+    return (
+        V2_SIGNATURE
+        + bytes([(version << 4) | command, family])
+        + struct.pack("!H", len(body) if length is None else length)
+        + body
+    )
 
 
-def ssl_tlv(flags: int = 0x01, verify: int = 0, version: str = "TLSv1.3", cn: str | None = None,
-            cipher: str = "TLS_AES_128_GCM_SHA256") -> bytes:
+def ssl_tlv(
+    flags: int = 0x01,
+    verify: int = 0,
+    version: str = "TLSv1.3",
+    cn: str | None = None,
+    cipher: str = "TLS_AES_128_GCM_SHA256",
+) -> bytes:
     subs = tlv(0x21, version.encode()) + tlv(0x23, cipher.encode())
     if cn is not None:
         subs += tlv(0x22, cn.encode())
@@ -72,19 +87,22 @@ def test_v1_longest_header_is_accepted():
     assert parse_header(line)[1] == V1_MAX
 
 
-@pytest.mark.parametrize("line", [
-    b"PROXY TCP4 192.0.2.1 198.51.100.2 56324\r\n",  # a field missing
-    b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443 x\r\n",  # one too many
-    b"PROXY UDP4 192.0.2.1 198.51.100.2 1 2\r\n",
-    b"PROXY TCP4 2001:db8::1 198.51.100.2 1 2\r\n",  # not IPv4
-    b"PROXY TCP6 192.0.2.1 2001:db8::2 1 2\r\n",  # not IPv6
-    b"PROXY TCP4 192.0.2.300 198.51.100.2 1 2\r\n",
-    b"PROXY TCP4 192.0.2.1 198.51.100.2 65536 2\r\n",
-    b"PROXY TCP4 192.0.2.1 198.51.100.2 0443 2\r\n",  # a leading zero
-    b"PROXY TCP4 192.0.2.1 198.51.100.2 -1 2\r\n",
-    b"PROXY  TCP4 192.0.2.1 198.51.100.2 1 2\r\n",  # two spaces
-    b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\xff\r\n",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 56324\r\n",  # a field missing
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443 x\r\n",  # one too many
+        b"PROXY UDP4 192.0.2.1 198.51.100.2 1 2\r\n",
+        b"PROXY TCP4 2001:db8::1 198.51.100.2 1 2\r\n",  # not IPv4
+        b"PROXY TCP6 192.0.2.1 2001:db8::2 1 2\r\n",  # not IPv6
+        b"PROXY TCP4 192.0.2.300 198.51.100.2 1 2\r\n",
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 65536 2\r\n",
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 0443 2\r\n",  # a leading zero
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 -1 2\r\n",
+        b"PROXY  TCP4 192.0.2.1 198.51.100.2 1 2\r\n",  # two spaces
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\xff\r\n",
+    ],
+)
 def test_v1_malformed(line):
     with pytest.raises(ProxyProtocolError):
         parse_header(line)
@@ -111,8 +129,11 @@ def test_v2_tcp4_and_tcp6_every_address_field():
     header, used = parse_header(v2() + b"GET /")
     assert used == 16 + 12 and (header.version, header.local) == (2, False)
     assert header.source == ("203.0.113.7", 51234) and header.destination == ("198.51.100.1", 443)
-    addresses = socket.inet_pton(socket.AF_INET6, "2001:db8::7") + socket.inet_pton(socket.AF_INET6, "::1") \
+    addresses = (
+        socket.inet_pton(socket.AF_INET6, "2001:db8::7")
+        + socket.inet_pton(socket.AF_INET6, "::1")
         + struct.pack("!HH", 1, 65535)
+    )
     header, used = parse_header(v2(family=0x21, addresses=addresses))
     assert used == 16 + 36
     assert header.source == ("2001:db8::7", 1) and header.destination == ("::1", 65535)
@@ -128,16 +149,29 @@ def test_v2_local_and_unspec_use_the_connection_addresses():
 
 
 def test_v2_tlvs_alpn_authority_unique_id_noop_and_ssl():
-    tlvs = (tlv(0x01, b"h2") + tlv(0x02, b"example.com") + tlv(0x04, b"\0\0\0") + tlv(0x05, b"id-123")
-            + ssl_tlv(flags=0x07, verify=0, cn="client.example", version="TLSv1.2") + tlv(0xEA, b"\x01vpce-1"))
+    tlvs = (
+        tlv(0x01, b"h2")
+        + tlv(0x02, b"example.com")
+        + tlv(0x04, b"\0\0\0")
+        + tlv(0x05, b"id-123")
+        + ssl_tlv(flags=0x07, verify=0, cn="client.example", version="TLSv1.2")
+        + tlv(0xEA, b"\x01vpce-1")
+    )
     header, _ = parse_header(v2(tlvs=tlvs))
     assert header.alpn == b"h2" and header.authority == "example.com"
     assert header.tlvs[0x05] == b"id-123" and header.tlvs[0xEA] == b"\x01vpce-1" and 0x04 not in header.tlvs
-    assert header.tls and header.ssl == {"version": "TLSv1.2", "cipher": "TLS_AES_128_GCM_SHA256",
-                                         "cn": "client.example"}
+    assert header.tls and header.ssl == {
+        "version": "TLSv1.2",
+        "cipher": "TLS_AES_128_GCM_SHA256",
+        "cn": "client.example",
+    }
     assert tls_extension(header) == {
-        "server_cert": None, "client_cert_chain": [], "client_cert_name": "client.example",
-        "client_cert_error": None, "tls_version": 0x0303, "cipher_suite": None,
+        "server_cert": None,
+        "client_cert_chain": [],
+        "client_cert_name": "client.example",
+        "client_cert_error": None,
+        "tls_version": 0x0303,
+        "cipher_suite": None,
     }
     described = header.describe()
     assert described["alpn"] == b"h2" and described["unique_id"] == b"id-123" and described["version"] == 2
@@ -161,20 +195,23 @@ def test_v2_crc32c_is_checked():
         parse_header(bad)
 
 
-@pytest.mark.parametrize("data, message", [
-    (v2(version=1), "version"),
-    (v2(command=2), "command"),
-    (v2(family=0x41), "family"),
-    (v2(family=0x13), "family"),
-    (v2(length=MAX_V2_LENGTH + 1), "more than"),
-    (v2(addresses=b"\x01" * 8), "address block"),  # shorter than a TCP4 block
-    (v2(tlvs=b"\x01\x00"), "truncated"),
-    (v2(tlvs=b"\x01\x00\x09ab"), "longer than the header"),
-    (v2(tlvs=tlv(0x20, b"\x01\0\0")), "SSL TLV truncated"),
-    (v2(tlvs=tlv(0x20, b"\x01\0\0\0\0" + b"\x21\x00\x09ab")), "sub-TLV"),
-    (v2(tlvs=tlv(0x03, b"\0\0")), "CRC32C"),
-    (V2_SIGNATURE[:-1] + b"X" + b"\x21\x11\x00\x0c" + b"\0" * 12, "not a PROXY"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (v2(version=1), "version"),
+        (v2(command=2), "command"),
+        (v2(family=0x41), "family"),
+        (v2(family=0x13), "family"),
+        (v2(length=MAX_V2_LENGTH + 1), "more than"),
+        (v2(addresses=b"\x01" * 8), "address block"),  # shorter than a TCP4 block
+        (v2(tlvs=b"\x01\x00"), "truncated"),
+        (v2(tlvs=b"\x01\x00\x09ab"), "longer than the header"),
+        (v2(tlvs=tlv(0x20, b"\x01\0\0")), "SSL TLV truncated"),
+        (v2(tlvs=tlv(0x20, b"\x01\0\0\0\0" + b"\x21\x00\x09ab")), "sub-TLV"),
+        (v2(tlvs=tlv(0x03, b"\0\0")), "CRC32C"),
+        (V2_SIGNATURE[:-1] + b"X" + b"\x21\x11\x00\x0c" + b"\0" * 12, "not a PROXY"),
+    ],
+)
 def test_v2_malformed(data, message):
     with pytest.raises(ProxyProtocolError, match=message):
         parse_header(data)
@@ -203,8 +240,9 @@ class Scopes:
         with self.lock:
             self.seen.append(scope)
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"%s|%s" % (
-            str(scope["client"]).encode(), scope["scheme"].encode())})
+        await send(
+            {"type": "http.response.body", "body": b"%s|%s" % (str(scope["client"]).encode(), scope["scheme"].encode())}
+        )
 
 
 def proxied(**values) -> Settings:

@@ -34,8 +34,17 @@ def test_pre_and_post_request_see_gunicorn_style_objects():
         seen.append(("pre", worker.age, req.method, req.path, req.uri, req.version, dict(req.headers)["X-PROBE"]))
 
     def post_request(worker, req, environ, resp):
-        seen.append(("post", environ["PATH_INFO"], environ["HTTP_X_PROBE"], resp.status, resp.status_code,
-                     resp.headers, resp.sent))
+        seen.append(
+            (
+                "post",
+                environ["PATH_INFO"],
+                environ["HTTP_X_PROBE"],
+                resp.status,
+                resp.status_code,
+                resp.headers,
+                resp.sent,
+            )
+        )
 
     app = wrap_request_hooks(ok_app, WorkerView(7, Settings()), pre_request, post_request)
     with run_server(app) as (host, port, _), Client(host, port) as client:
@@ -87,7 +96,7 @@ def test_deadline_recycles_once_stuck_wsgi_threads_fill_the_pool():
     bridge = WsgiToAsgi(stuck)
     app = wrap_deadline(bridge, stuck, 0.2, 2, lambda: recycled.append(True))
     try:
-        with run_server(app) as (host, port, server), Client(host, port) as one, Client(host, port) as two:
+        with run_server(app) as (host, port, _server), Client(host, port) as one, Client(host, port) as two:
             assert one.get().status == 504
             assert not recycled
             assert two.get().status == 504

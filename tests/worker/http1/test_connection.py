@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 
 from corral.shared.settings import Settings
-from corral.worker.http1.connection import Limits
-from corral.worker.http1.connection import (CHUNKED, CLOSE_DELIMITED, NO_BODY, HTTP11Connection, ProtocolError,
-                                            response_head)
+from corral.worker.http1.connection import (
+    CHUNKED,
+    CLOSE_DELIMITED,
+    NO_BODY,
+    HTTP11Connection,
+    Limits,
+    ProtocolError,
+    response_head,
+)
 
 
 class Request:
@@ -29,8 +35,15 @@ class Handler:
         self.started = []
 
     def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body):
-        request = Request(method=method, version=http_version, target=target, headers=headers,
-                          keep_alive=keep_alive, expect=expect_continue, has_body=has_body)
+        request = Request(
+            method=method,
+            version=http_version,
+            target=target,
+            headers=headers,
+            keep_alive=keep_alive,
+            expect=expect_continue,
+            has_body=has_body,
+        )
         self.made.append(request)
         return request
 
@@ -69,7 +82,9 @@ def test_keep_alive_decisions():
 
 def test_max_requests_marks_the_last_one():
     state, handler = connection(max_requests_per_connection=2)
-    state.feed(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+    state.feed(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     assert [(r.target, r.keep_alive) for r in handler.made] == [(b"/1", True), (b"/2", False)]
 
 
@@ -146,13 +161,16 @@ def test_response_head_framing_modes():
     assert not keep_alive and head.count(b"close") == 1
 
 
-@pytest.mark.parametrize("headers", [
-    [(b"x", b"a\r\nb: c")],
-    [(b"x\n", b"a")],
-    [(b"content-length", b"abc")],
-    [(b"content-length", b"1"), (b"content-length", b"1")],
-    [("str", "headers")],
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x", b"a\r\nb: c")],
+        [(b"x\n", b"a")],
+        [(b"content-length", b"abc")],
+        [(b"content-length", b"1"), (b"content-length", b"1")],
+        [("str", "headers")],
+    ],
+)
 def test_response_head_rejects_bad_headers(headers):
     with pytest.raises(RuntimeError):
         response_head(200, headers, b"", True, True, False, 1)

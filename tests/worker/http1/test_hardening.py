@@ -11,7 +11,14 @@ import pytest
 
 from corral.worker.http1.connection import PARSE_SLICE
 from worker_http_helpers import (
-    WAIT, Client, assert_error_and_close, assert_still_serving, call_in_loop, run_server, settings, wait_until,
+    WAIT,
+    Client,
+    assert_error_and_close,
+    assert_still_serving,
+    call_in_loop,
+    run_server,
+    settings,
+    wait_until,
 )
 
 
@@ -58,15 +65,26 @@ def test_trailer_fields_never_reach_the_next_request():
     assert get == [(b"host", b"a")]  # not x-injected, not x-forwarded-for
 
 
-@pytest.mark.parametrize("field", [b"Host: evil.example", b"Content-Length: 99", b"Transfer-Encoding: chunked",
-                                   b"Authorization: Basic eDp5", b"Trailer: X", b"TE: trailers"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"Host: evil.example",
+        b"Content-Length: 99",
+        b"Transfer-Encoding: chunked",
+        b"Authorization: Basic eDp5",
+        b"Trailer: X",
+        b"TE: trailers",
+    ],
+)
 def test_a_framing_or_routing_field_in_a_trailer_is_400(field):
     """RFC 9110 §6.5.1: those fields must not come after the body (gunicorn refuses them too)."""
     app = Recorder()
     with run_server(app, settings()) as (host, port, _):
         with Client(host, port) as client:
-            client.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
-                        b"0\r\n" + field + b"\r\n\r\n")
+            client.send(
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+                b"0\r\n" + field + b"\r\n\r\n"
+            )
             response = client.response()
             assert response.status == 400 and ("connection", "close") in response.headers
         with Client(host, port) as client:
@@ -92,8 +110,10 @@ def test_an_expect_trailer_does_not_make_the_next_request_get_100_continue():
 
 
 def test_an_oversized_trailer_section_is_431():
-    with run_server(Recorder(), settings(limit_request_field_size=200)) as (host, port, _), \
-            Client(host, port) as client:
+    with (
+        run_server(Recorder(), settings(limit_request_field_size=200)) as (host, port, _),
+        Client(host, port) as client,
+    ):
         trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 40) for i in range(10))
         client.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n" + trailers)
         assert_error_and_close(client, 431)
@@ -103,17 +123,20 @@ def test_an_oversized_trailer_section_is_431():
 # ---------------------------------------------------------------------------- RFC 9112 MUSTs
 
 
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
-    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two Host fields
-    (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),  # two, even when equal
-    (b"GET / HTTP/1.1\r\nHost: a b/c@d\r\n\r\n", 400),  # not a valid authority
-    (b"GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n", 400),
-    (b"GET / HTTP/1.0\r\nHost: a/b\r\n\r\n", 400),  # invalid in HTTP/1.0 too
-    (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # asterisk-form is for OPTIONS only
-    (b"GET /\r\n\r\n", 400),  # HTTP/0.9
-    (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two Host fields
+        (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),  # two, even when equal
+        (b"GET / HTTP/1.1\r\nHost: a b/c@d\r\n\r\n", 400),  # not a valid authority
+        (b"GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\nHost: a/b\r\n\r\n", 400),  # invalid in HTTP/1.0 too
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # asterisk-form is for OPTIONS only
+        (b"GET /\r\n\r\n", 400),  # HTTP/0.9
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    ],
+)
 def test_rfc9112_violations_are_refused_and_closed(request_bytes, status):
     app = Recorder()
     with run_server(app, settings()) as (host, port, _), Client(host, port) as client:
@@ -123,14 +146,17 @@ def test_rfc9112_violations_are_refused_and_closed(request_bytes, status):
     assert len(app.headers) == 1  # only the check afterwards reached the application
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"GET / HTTP/1.0\r\n\r\n",  # HTTP/1.0 needs no Host
-    b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost:\r\n\r\n",  # an empty Host is allowed (no authority in the target URI)
-    b"GET / HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.0\r\n\r\n",  # HTTP/1.0 needs no Host
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",  # an empty Host is allowed (no authority in the target URI)
+        b"GET / HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n\r\n",
+    ],
+)
 def test_valid_requests_are_served(request_bytes):
     with run_server(Recorder(), settings()) as (host, port, _), Client(host, port) as client:
         client.send(request_bytes)
@@ -173,8 +199,9 @@ def test_small_chunks_that_average_enough_are_served():
 
 def test_min_chunk_size_zero_turns_the_guard_off():
     with run_server(Recorder(), settings(min_chunk_size=0)) as (host, port, _), Client(host, port) as client:
-        client.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 3000
-                    + b"0\r\n\r\n")
+        client.send(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 3000 + b"0\r\n\r\n"
+        )
         assert client.response().body == b"ok:3000"
 
 
@@ -235,8 +262,11 @@ def test_pipelining_without_reading_holds_a_bounded_number_of_parsed_requests():
     request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     count = 3000
     limit = settings().max_pipelined_requests + PARSE_SLICE // len(request) + 1
-    with run_server(Recorder(), settings(write_buffer_limit=4096, max_requests_per_connection=0)) as \
-            (host, port, server):
+    with run_server(Recorder(), settings(write_buffer_limit=4096, max_requests_per_connection=0)) as (
+        host,
+        port,
+        server,
+    ):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and read nothing for now
         sock.connect((host, port))
@@ -249,9 +279,11 @@ def test_pipelining_without_reading_holds_a_bounded_number_of_parsed_requests():
             return 0, 0
 
         # The server stalls on the unread answers with requests still unparsed in its backlog.
-        wait_until(lambda: call_in_loop(server, parsed_waiting)[1] > 0 and server.requests_served > 0,
-                   what="the server stalled on unread answers")
-        queued, backlog = call_in_loop(server, parsed_waiting)
+        wait_until(
+            lambda: call_in_loop(server, parsed_waiting)[1] > 0 and server.requests_served > 0,
+            what="the server stalled on unread answers",
+        )
+        queued, _backlog = call_in_loop(server, parsed_waiting)
         assert queued <= limit, (queued, limit)
         # Then every answer comes, in order, once the client reads.
         received = b""
@@ -275,8 +307,11 @@ def test_an_absolute_form_target_replaces_the_host_field():
 def test_a_plain_request_with_an_upgrade_header_gets_its_body(upgrade):
     app = Recorder()
     with run_server(app, settings(http="1")) as (host, port, _), Client(host, port) as client:
-        client.send(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: " + upgrade
-                    + b"\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 11\r\n\r\nhello")
+        client.send(
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: "
+            + upgrade
+            + b"\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 11\r\n\r\nhello"
+        )
         client.send(b" world")
         response = client.response()
         assert (response.status, response.body) == (200, b"ok:11")  # served as HTTP/1.1, not upgraded
@@ -285,6 +320,8 @@ def test_a_plain_request_with_an_upgrade_header_gets_its_body(upgrade):
 
 def test_a_chunked_body_on_an_upgrade_request_is_400():
     with run_server(Recorder(), settings()) as (host, port, _), Client(host, port) as client:
-        client.send(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
-                    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        client.send(
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
         assert_error_and_close(client, 400)

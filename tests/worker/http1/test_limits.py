@@ -106,23 +106,40 @@ def test_chunked_body_over_limit_is_413():
 @pytest.mark.parametrize(
     "request_bytes, status",
     [
-        pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"0\r\n\r\n", 400, id="cl-and-te"),
-        pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
-                     b"0\r\n\r\n", 400, id="te-and-cl"),
-        pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
-                     400, id="two-content-lengths"),
-        pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-                     400, id="differing-content-lengths"),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            id="cl-and-te",
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            400,
+            id="te-and-cl",
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            400,
+            id="two-content-lengths",
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+            id="differing-content-lengths",
+        ),
         pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc", 400, id="cl-list"),
         pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400, id="negative-cl"),
-        pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-                     400, id="bad-chunk-size"),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            400,
+            id="bad-chunk-size",
+        ),
         pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 400, id="te-not-chunked"),
-        pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400,
-                     id="chunked-not-last"),
-        pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501,
-                     id="unknown-coding"),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400, id="chunked-not-last"
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, id="unknown-coding"
+        ),
         pytest.param(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, id="te-in-http10"),
         pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400, id="tls-hello"),
         pytest.param(b"GARBAGE\r\n\r\n", 400, id="no-version"),
@@ -161,8 +178,11 @@ def test_header_timeout_not_extended_by_trickled_bytes():
         try:
             while time.monotonic() < deadline:
                 client.send(b"X-A: b\r\n")  # a slowloris: a header line every 50 ms
-                ready = socket.socket.recv(client.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) \
-                    if _readable(client.sock) else b""
+                ready = (
+                    socket.socket.recv(client.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                    if _readable(client.sock)
+                    else b""
+                )
                 if ready:
                     break
                 time.sleep(0.05)

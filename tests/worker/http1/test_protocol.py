@@ -21,15 +21,17 @@ async def read_body(receive) -> bytes:
 async def echo_app(scope, receive, send):
     """Answers with a JSON description of the request (and its body)."""
     body = await read_body(receive)
-    payload = json.dumps({
-        "method": scope["method"],
-        "path": scope["path"],
-        "raw_path": scope["raw_path"].decode("latin-1"),
-        "query": scope["query_string"].decode("latin-1"),
-        "body": body.decode("latin-1"),
-        "client_port": scope["client"][1] if scope["client"] else None,
-        "http_version": scope["http_version"],
-    }).encode()
+    payload = json.dumps(
+        {
+            "method": scope["method"],
+            "path": scope["path"],
+            "raw_path": scope["raw_path"].decode("latin-1"),
+            "query": scope["query_string"].decode("latin-1"),
+            "body": body.decode("latin-1"),
+            "client_port": scope["client"][1] if scope["client"] else None,
+            "http_version": scope["http_version"],
+        }
+    ).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": payload})
 
@@ -125,8 +127,13 @@ def test_expect_100_continue_not_sent_when_the_app_does_not_read():
 
 
 async def fixed_app(scope, receive, send):
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"x-custom", b"yes")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"x-custom", b"yes")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"hello"})
 
 
@@ -294,4 +301,3 @@ def test_httpx_client_round_trip():
                 assert response.json()["body"] == f"payload-{i}"
             response = http.post("/gen", content=iter([b"a", b"b", b"c"]))  # chunked upload
             assert response.json()["body"] == "abc"
-

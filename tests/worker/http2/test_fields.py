@@ -9,22 +9,44 @@ from hpack import Decoder as HpackDecoder
 from hpack import Encoder as HpackEncoder
 
 from corral.worker.http2.fields import (
-    Decoder, HeaderListTooLarge, HpackError, MalformedHeaders, check_trailers, fields_block, request_head,
+    Decoder,
+    HeaderListTooLarge,
+    HpackError,
+    MalformedHeaders,
+    check_trailers,
+    fields_block,
+    request_head,
     response_block,
 )
 
 REQUESTS = [
     [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"www.example.com")],
-    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"www.example.com"),
-     (b"cache-control", b"no-cache")],
-    [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/index.html"), (b":authority", b"www.example.com"),
-     (b"custom-key", b"custom-value")],
+    [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":path", b"/"),
+        (b":authority", b"www.example.com"),
+        (b"cache-control", b"no-cache"),
+    ],
+    [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":path", b"/index.html"),
+        (b":authority", b"www.example.com"),
+        (b"custom-key", b"custom-value"),
+    ],
 ]
 # RFC 7541 C.3 (literals) and C.4 (Huffman): three requests on one connection, and the table after each.
-C3 = ["828684410f7777772e6578616d706c652e636f6d", "828684be58086e6f2d6361636865",
-      "828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565"]
-C4 = ["828684418cf1e3c2e5f23a6ba0ab90f4ff", "828684be5886a8eb10649cbf",
-      "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf"]
+C3 = [
+    "828684410f7777772e6578616d706c652e636f6d",
+    "828684be58086e6f2d6361636865",
+    "828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565",
+]
+C4 = [
+    "828684418cf1e3c2e5f23a6ba0ab90f4ff",
+    "828684be5886a8eb10649cbf",
+    "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf",
+]
 TABLES = [
     [(b":authority", b"www.example.com")],
     [(b"cache-control", b"no-cache"), (b":authority", b"www.example.com")],
@@ -60,23 +82,30 @@ def test_agrees_with_hpack_on_never_indexed_huffman_and_eviction():
     encoder.header_table_size = 256  # small: entries are evicted as the blocks go by
     decoder = Decoder(4096, 65536)
     for i in range(40):
-        fields = [(b":method", b"POST"), (b":path", b"/item/%d" % i), (b"x-n", b"v" * (i % 7)),
-                  (b"authorization", b"secret %d" % i)]
+        fields = [
+            (b":method", b"POST"),
+            (b":path", b"/item/%d" % i),
+            (b"x-n", b"v" * (i % 7)),
+            (b"authorization", b"secret %d" % i),
+        ]
         block = encoder.encode(fields, huffman=bool(i % 2))
         assert decoder.decode(block) == fields
     assert decoder.size <= 256 and decoder.max_size == 256
 
 
-@pytest.mark.parametrize("block, why", [
-    (b"\x80", "index 0"),
-    (b"\xbe", "past the dynamic table"),  # 62: the table is empty
-    (b"\x82\x20", "after a header field"),
-    (b"\x3f\xe2\x1f", "over SETTINGS_HEADER_TABLE_SIZE"),  # 4097
-    (b"\x04", "cut before a string"),  # :path, no value
-    (b"\x04\x05/ab", "cut inside a string"),
-    (b"\x84\xff", "cut inside an integer"),
-    (b"\x04\x81\xff", "Huffman"),  # EOS in a Huffman string
-])
+@pytest.mark.parametrize(
+    "block, why",
+    [
+        (b"\x80", "index 0"),
+        (b"\xbe", "past the dynamic table"),  # 62: the table is empty
+        (b"\x82\x20", "after a header field"),
+        (b"\x3f\xe2\x1f", "over SETTINGS_HEADER_TABLE_SIZE"),  # 4097
+        (b"\x04", "cut before a string"),  # :path, no value
+        (b"\x04\x05/ab", "cut inside a string"),
+        (b"\x84\xff", "cut inside an integer"),
+        (b"\x04\x81\xff", "Huffman"),  # EOS in a Huffman string
+    ],
+)
 def test_bad_blocks_are_compression_errors(block, why):
     with pytest.raises(HpackError, match=why):
         Decoder(4096, 65536).decode(block)
@@ -98,8 +127,16 @@ def test_a_table_larger_than_our_setting_needs_a_size_update():
 
 
 def test_request_head():
-    head = request_head([(b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/a?b"), (b":authority", b"h"),
-                         (b"content-length", b"12"), (b"x-y", b"z")])
+    head = request_head(
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":path", b"/a?b"),
+            (b":authority", b"h"),
+            (b"content-length", b"12"),
+            (b"x-y", b"z"),
+        ]
+    )
     assert (head.method, head.path, head.authority, head.content_length) == (b"POST", b"/a?b", b"h", 12)
     assert head.headers == ((b"host", b"h"), (b"content-length", b"12"), (b"x-y", b"z"))
     with_host = request_head([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")])
@@ -109,25 +146,28 @@ def test_request_head():
 GOOD = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"h")]
 
 
-@pytest.mark.parametrize("fields, why", [
-    (GOOD + [(b"X-Upper", b"v")], "uppercase"),
-    (GOOD + [(b"x:y", b"v")], "forbidden character"),
-    (GOOD + [(b"x-y", b"a\r\nb")], "forbidden character"),
-    (GOOD + [(b"x-y", b" padded")], "forbidden character"),
-    (GOOD + [(b"connection", b"keep-alive")], "connection-specific"),
-    (GOOD + [(b"te", b"gzip")], "te field"),
-    (GOOD + [(b"host", b"other")], "differs from :authority"),
-    (GOOD + [(b"content-length", b"x")], "content-length"),
-    ([(b"x-y", b"v")] + GOOD, "after a regular field"),
-    (GOOD + [(b":status", b"200")], "not one of a request's"),
-    (GOOD + [(b":path", b"/again")], "twice"),
-    (GOOD[1:], "without :method"),
-    (GOOD[:2] + GOOD[3:], "without :path"),
-    ([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"h")], "without :scheme"),
-    ([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b""), (b":authority", b"h")], "empty :path"),
-    ([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")], "neither :authority nor host"),
-    ([(b":method", b"CONNECT"), (b":authority", b"h:443")], "CONNECT"),
-])
+@pytest.mark.parametrize(
+    "fields, why",
+    [
+        ([*GOOD, (b"X-Upper", b"v")], "uppercase"),
+        ([*GOOD, (b"x:y", b"v")], "forbidden character"),
+        ([*GOOD, (b"x-y", b"a\r\nb")], "forbidden character"),
+        ([*GOOD, (b"x-y", b" padded")], "forbidden character"),
+        ([*GOOD, (b"connection", b"keep-alive")], "connection-specific"),
+        ([*GOOD, (b"te", b"gzip")], "te field"),
+        ([*GOOD, (b"host", b"other")], "differs from :authority"),
+        ([*GOOD, (b"content-length", b"x")], "content-length"),
+        ([(b"x-y", b"v"), *GOOD], "after a regular field"),
+        ([*GOOD, (b":status", b"200")], "not one of a request's"),
+        ([*GOOD, (b":path", b"/again")], "twice"),
+        (GOOD[1:], "without :method"),
+        (GOOD[:2] + GOOD[3:], "without :path"),
+        ([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"h")], "without :scheme"),
+        ([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b""), (b":authority", b"h")], "empty :path"),
+        ([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")], "neither :authority nor host"),
+        ([(b":method", b"CONNECT"), (b":authority", b"h:443")], "CONNECT"),
+    ],
+)
 def test_malformed_requests(fields, why):
     with pytest.raises(MalformedHeaders, match=why):
         request_head(fields)
@@ -141,12 +181,23 @@ def test_trailers_carry_no_pseudo_header():
 
 def test_response_blocks_decode_with_hpack_and_leave_its_table_empty():
     decoder = HpackDecoder()
-    headers = [(b"Content-Type", b"text/plain"), (b"Connection", b"keep-alive"), (b"x-long", b"v" * 300),
-               (b"set-cookie", b"a=b"), (b"content-length", b"13 ")]
+    headers = [
+        (b"Content-Type", b"text/plain"),
+        (b"Connection", b"keep-alive"),
+        (b"x-long", b"v" * 300),
+        (b"set-cookie", b"a=b"),
+        (b"content-length", b"13 "),
+    ]
     block = response_block(200, headers, b"server: corral\r\ndate: Sun, 06 Dec 2026 21:53:57 GMT\r\n")
-    expected = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"x-long", b"v" * 300),
-                (b"set-cookie", b"a=b"), (b"content-length", b"13"), (b"server", b"corral"),
-                (b"date", b"Sun, 06 Dec 2026 21:53:57 GMT")]
+    expected = [
+        (b":status", b"200"),
+        (b"content-type", b"text/plain"),
+        (b"x-long", b"v" * 300),
+        (b"set-cookie", b"a=b"),
+        (b"content-length", b"13"),
+        (b"server", b"corral"),
+        (b"date", b"Sun, 06 Dec 2026 21:53:57 GMT"),
+    ]
     for _ in range(2):  # state-independent bytes: the same block decodes the same on any connection, any time
         assert decoder.decode(block, raw=True) == expected
         assert len(decoder.header_table.dynamic_entries) == 0
@@ -154,8 +205,10 @@ def test_response_blocks_decode_with_hpack_and_leave_its_table_empty():
     assert decoder.decode(response_block(299, [], b""), raw=True) == [(b":status", b"299")]
 
 
-@pytest.mark.parametrize("status, headers", [(99, []), ("200", []), (200, [(b"x y", b"v")]),
-                                             (200, [(b"x", b"a\nb")]), (200, [("x", "v")]), (200, None)])
+@pytest.mark.parametrize(
+    "status, headers",
+    [(99, []), ("200", []), (200, [(b"x y", b"v")]), (200, [(b"x", b"a\nb")]), (200, [("x", "v")]), (200, None)],
+)
 def test_invalid_response_heads_are_refused(status, headers):
     with pytest.raises(ValueError):
         response_block(status, headers, b"")

@@ -12,14 +12,23 @@ import struct
 
 from hpack import Encoder
 from hyperframe.frame import Frame, GoAwayFrame
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corral.worker.http2.fields import Decoder, HeaderListTooLarge, HpackError
 from corral.worker.http2.frames import PREFACE, ProtocolError
 from corral.worker.http2.machine import H2Machine, LocalSettings
 
-_ENCODER_FIELDS = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a"),
-                   (b"x-k", b"v"), (b"content-length", b"3"), (b"te", b"trailers"), (b"Upper", b"x")]
+_ENCODER_FIELDS = [
+    (b":method", b"GET"),
+    (b":path", b"/"),
+    (b":scheme", b"http"),
+    (b":authority", b"a"),
+    (b"x-k", b"v"),
+    (b"content-length", b"3"),
+    (b"te", b"trailers"),
+    (b"Upper", b"x"),
+]
 
 
 class Recorder:
@@ -69,8 +78,10 @@ def frames(draw) -> bytes:
     if ftype in (1, 9) and draw(st.booleans()):
         payload = draw(header_blocks())
     elif ftype == 4 and draw(st.booleans()):
-        payload = b"".join(struct.pack(">HL", draw(st.integers(0, 9)), draw(st.sampled_from([0, 1, 2, 16384,
-                           65535, 2**31, 2**24]))) for _ in range(draw(st.integers(0, 3))))
+        payload = b"".join(
+            struct.pack(">HL", draw(st.integers(0, 9)), draw(st.sampled_from([0, 1, 2, 16384, 65535, 2**31, 2**24])))
+            for _ in range(draw(st.integers(0, 3)))
+        )
     else:
         payload = draw(st.binary(max_size=24))
     return frame(ftype, flags, stream_id, payload)
@@ -87,7 +98,7 @@ def test_the_machine_raises_only_protocol_errors(body, cuts):
     for cut in cuts * (len(data) // sum(cuts) + 1):
         if start >= len(data):
             break
-        pieces.append(data[start:start + cut])
+        pieces.append(data[start : start + cut])
         start += cut
     error = None
     for piece in pieces:
@@ -100,9 +111,9 @@ def test_the_machine_raises_only_protocol_errors(body, cuts):
     parsed = []
     while out:
         parsed_frame, length = Frame.parse_frame_header(memoryview(out[:9]))
-        parsed_frame.parse_body(memoryview(out[9:9 + length]))
+        parsed_frame.parse_body(memoryview(out[9 : 9 + length]))
         parsed.append(parsed_frame)
-        out = out[9 + length:]
+        out = out[9 + length :]
     if error is not None:
         assert machine.closed and isinstance(parsed[-1], GoAwayFrame) and parsed[-1].error_code == error.code
         before = len(listener.requests)

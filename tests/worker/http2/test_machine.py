@@ -14,7 +14,13 @@ import h2.events
 import h2.settings
 import pytest
 from hyperframe.frame import (
-    ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame,
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
     WindowUpdateFrame,
 )
 
@@ -62,19 +68,30 @@ class Recorder:
         return [call[0] for call in self.calls]
 
 
-def make(max_streams: int = 100, window: int = 65535, connection_window: int = 65535, continuations: int = 16,
-         header_list: int = 65536) -> tuple[H2Machine, Recorder]:
+def make(
+    max_streams: int = 100,
+    window: int = 65535,
+    connection_window: int = 65535,
+    continuations: int = 16,
+    header_list: int = 65536,
+) -> tuple[H2Machine, Recorder]:
     listener = Recorder()
-    machine = H2Machine(listener, LocalSettings(max_streams, window, 16384, header_list, 4096, connection_window,
-                                                continuations))
+    machine = H2Machine(
+        listener, LocalSettings(max_streams, window, 16384, header_list, 4096, connection_window, continuations)
+    )
     machine.initiate()
     return machine, listener
 
 
 def client(settings: dict | None = None, validate: bool = True) -> h2.connection.H2Connection:
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, header_encoding=None, validate_outbound_headers=validate,
-        normalize_outbound_headers=validate))
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=validate,
+            normalize_outbound_headers=validate,
+        )
+    )
     if settings:
         conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
     conn.initiate_connection()
@@ -91,9 +108,9 @@ def frames(data: bytes) -> list:
     found = []
     while data:
         frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        frame.parse_body(memoryview(data[9:9 + length]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
         found.append(frame)
-        data = data[9 + length:]
+        data = data[9 + length :]
     return found
 
 
@@ -119,8 +136,7 @@ def test_a_request_and_its_response_round_trip():
     assert head.method == b"GET" and head.path == b"/x?y=1" and head.headers == ((b"host", b"example"),)
     stream = machine.streams[1]
     assert not stream.remote_open and stream.local_open
-    machine.send_headers(stream, response_block(200, [(b"content-type", b"text/plain")], b"server: corral\r\n"),
-                         False)
+    machine.send_headers(stream, response_block(200, [(b"content-type", b"text/plain")], b"server: corral\r\n"), False)
     machine.send_data(stream, b"hello", True)
     events = conn.receive_data(bytes(machine.take()))
     assert [type(e) for e in events] == [h2.events.ResponseReceived, h2.events.DataReceived, h2.events.StreamEnded]
@@ -149,7 +165,7 @@ def test_a_repeated_block_keeps_its_head_until_the_table_changes():
         heads.append(listener.calls[-1][2])
     assert heads[0] is not heads[1]  # the first block filled the client's table: its block differs
     assert heads[1] is heads[2]  # the same bytes, the same table: validated once
-    conn.send_headers(7, REQUEST + [(b"x-new", b"1")], end_stream=True)  # an insertion
+    conn.send_headers(7, [*REQUEST, (b"x-new", b"1")], end_stream=True)  # an insertion
     exchange(machine, conn)
     assert not machine.heads
     conn.send_headers(9, REQUEST, end_stream=True)
@@ -158,7 +174,7 @@ def test_a_repeated_block_keeps_its_head_until_the_table_changes():
 
 
 def test_request_body_windows_come_back_as_the_application_reads():
-    machine, listener, conn = opened()
+    machine, _listener, conn = opened()
     conn.send_headers(1, REQUEST, end_stream=False)
     conn.send_data(1, b"a" * 16384)
     conn.send_data(1, b"b" * 16384)
@@ -189,7 +205,7 @@ def test_malformed_requests_are_stream_errors_and_the_connection_goes_on():
     conn = client(validate=False)
     machine, listener = make()
     exchange(machine, conn)
-    conn.send_headers(1, REQUEST + [(b"X-Upper", b"v")], end_stream=True)
+    conn.send_headers(1, [*REQUEST, (b"X-Upper", b"v")], end_stream=True)
     machine.receive(conn.data_to_send())
     (reset,) = [f for f in frames(bytes(machine.take())) if isinstance(f, RstStreamFrame)]
     assert reset.stream_id == 1 and reset.error_code == ErrorCode.PROTOCOL_ERROR
@@ -235,44 +251,60 @@ def headers_frame(stream_id: int, conn: h2.connection.H2Connection, **kwargs) ->
     return frame
 
 
-@pytest.mark.parametrize("make_frames, code, why", [
-    (lambda c: [headers_frame(2, c, flags=["END_HEADERS"])], ErrorCode.PROTOCOL_ERROR, "even"),
-    (lambda c: [raw(0, 0, 0, b"x")], ErrorCode.PROTOCOL_ERROR, "DATA frame on stream 0"),
-    (lambda c: [DataFrame(5, b"x")], ErrorCode.PROTOCOL_ERROR, "never opened"),
-    (lambda c: [WindowUpdateFrame(0, 0)], ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0"),
-    (lambda c: [WindowUpdateFrame(0, 2**31 - 1)], ErrorCode.FLOW_CONTROL_ERROR, "over 2^31-1"),
-    (lambda c: [raw(6, 0, 1, b"12345678")], ErrorCode.PROTOCOL_ERROR, "PING frame on stream 1"),
-    (lambda c: [raw(6, 0, 0, b"1234")], ErrorCode.FRAME_SIZE_ERROR, "PING frame of 4 bytes"),
-    (lambda c: [raw(5, 4, 1, b"\0\0\0\2")], ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE"),
-    (lambda c: [SettingsFrame(0, {h2.settings.SettingCodes.MAX_FRAME_SIZE: 100})], ErrorCode.PROTOCOL_ERROR,
-     "SETTINGS_MAX_FRAME_SIZE"),
-    (lambda c: [SettingsFrame(0, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31})],
-     ErrorCode.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE"),
-    (lambda c: [headers_frame(1, c), raw(6, 0, 0, b"12345678")], ErrorCode.PROTOCOL_ERROR, "inside the header block"),
-    (lambda c: [ContinuationFrame(1)], ErrorCode.PROTOCOL_ERROR, "no header block"),
-    (lambda c: [headers_frame(1, c)] + [ContinuationFrame(1) for _ in range(17)], ErrorCode.ENHANCE_YOUR_CALM,
-     "more than 16 CONTINUATION"),
-    (lambda c: [RstStreamFrame(7)], ErrorCode.PROTOCOL_ERROR, "never opened"),
-])
+@pytest.mark.parametrize(
+    "make_frames, code, why",
+    [
+        (lambda c: [headers_frame(2, c, flags=["END_HEADERS"])], ErrorCode.PROTOCOL_ERROR, "even"),
+        (lambda c: [raw(0, 0, 0, b"x")], ErrorCode.PROTOCOL_ERROR, "DATA frame on stream 0"),
+        (lambda c: [DataFrame(5, b"x")], ErrorCode.PROTOCOL_ERROR, "never opened"),
+        (lambda c: [WindowUpdateFrame(0, 0)], ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0"),
+        (lambda c: [WindowUpdateFrame(0, 2**31 - 1)], ErrorCode.FLOW_CONTROL_ERROR, "over 2^31-1"),
+        (lambda c: [raw(6, 0, 1, b"12345678")], ErrorCode.PROTOCOL_ERROR, "PING frame on stream 1"),
+        (lambda c: [raw(6, 0, 0, b"1234")], ErrorCode.FRAME_SIZE_ERROR, "PING frame of 4 bytes"),
+        (lambda c: [raw(5, 4, 1, b"\0\0\0\2")], ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE"),
+        (
+            lambda c: [SettingsFrame(0, {h2.settings.SettingCodes.MAX_FRAME_SIZE: 100})],
+            ErrorCode.PROTOCOL_ERROR,
+            "SETTINGS_MAX_FRAME_SIZE",
+        ),
+        (
+            lambda c: [SettingsFrame(0, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31})],
+            ErrorCode.FLOW_CONTROL_ERROR,
+            "INITIAL_WINDOW_SIZE",
+        ),
+        (
+            lambda c: [headers_frame(1, c), raw(6, 0, 0, b"12345678")],
+            ErrorCode.PROTOCOL_ERROR,
+            "inside the header block",
+        ),
+        (lambda c: [ContinuationFrame(1)], ErrorCode.PROTOCOL_ERROR, "no header block"),
+        (
+            lambda c: [headers_frame(1, c)] + [ContinuationFrame(1) for _ in range(17)],
+            ErrorCode.ENHANCE_YOUR_CALM,
+            "more than 16 CONTINUATION",
+        ),
+        (lambda c: [RstStreamFrame(7)], ErrorCode.PROTOCOL_ERROR, "never opened"),
+    ],
+)
 def test_connection_errors_end_with_goaway(make_frames, code, why):
-    machine, listener, conn = opened()
-    error, goaway = goaway_of(machine, b"".join(f if type(f) is bytes else f.serialize() for f in make_frames(conn)))
+    machine, _listener, conn = opened()
+    error, _goaway = goaway_of(machine, b"".join(f if type(f) is bytes else f.serialize() for f in make_frames(conn)))
     assert error.code == code and why in str(error), str(error)
     assert str(error).endswith(f"({code.name})")
 
 
 def test_a_frame_over_our_max_frame_size_and_a_bad_preface():
-    machine, listener, conn = opened()
+    machine, _listener, _conn = opened()
     error, _ = goaway_of(machine, DataFrame(1, b"x" * 16385).serialize())
     assert error.code == ErrorCode.FRAME_SIZE_ERROR
-    machine, listener = make()
+    machine, _listener = make()
     machine.take()
     error, goaway = goaway_of(machine, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
     assert error.code == ErrorCode.PROTOCOL_ERROR and goaway.last_stream_id == 0
 
 
 def test_a_headers_frame_on_a_closed_stream_is_a_connection_error():
-    machine, listener, conn = opened()
+    machine, _listener, conn = opened()
     conn.send_headers(1, REQUEST, end_stream=True)
     exchange(machine, conn)
     machine.send_data(machine.streams[1], b"", True)  # the response: stream 1 closed
@@ -311,12 +343,12 @@ def test_pings_are_answered_and_the_client_goaway_is_told():
 
 def test_trailers_end_the_request_and_content_length_is_checked():
     machine, listener, conn = opened()
-    conn.send_headers(1, REQUEST + [(b"content-length", b"4")], end_stream=False)
+    conn.send_headers(1, [*REQUEST, (b"content-length", b"4")], end_stream=False)
     conn.send_data(1, b"body")
     conn.send_headers(1, [(b"x-checksum", b"1")], end_stream=True)
     exchange(machine, conn)
     assert listener.kinds() == ["request", "data", "end"]
-    conn.send_headers(3, REQUEST + [(b"content-length", b"4")], end_stream=False)
+    conn.send_headers(3, [*REQUEST, (b"content-length", b"4")], end_stream=False)
     conn.send_data(3, b"bodybody", end_stream=True)
     machine.receive(conn.data_to_send())
     reset = frames(bytes(machine.take()))[-1]
@@ -324,7 +356,7 @@ def test_trailers_end_the_request_and_content_length_is_checked():
 
 
 def test_a_head_past_the_client_frame_size_goes_in_continuations():
-    machine, listener, conn = opened()
+    machine, _listener, conn = opened()
     conn.send_headers(1, REQUEST, end_stream=True)
     exchange(machine, conn)
     machine.send_headers(machine.streams[1], response_block(200, [(b"x-big", b"v" * 40000)], b""), True)
@@ -335,7 +367,7 @@ def test_a_head_past_the_client_frame_size_goes_in_continuations():
 
 
 def test_upgrade_opens_stream_1_with_the_client_settings():
-    machine, listener = make()
+    machine, _listener = make()
     payload = SettingsFrame(0, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000}).serialize_body()
     stream = machine.initiate_upgrade(base64.urlsafe_b64encode(payload).rstrip(b"="))
     assert stream.stream_id == 1 and not stream.remote_open and stream.send_window == 1000
@@ -366,7 +398,7 @@ def test_only_short_blocks_are_kept():
 
     machine, listener, conn = opened()
     warm = conn.encoder.encode(REQUEST)  # fills the client's table
-    big = conn.encoder.encode(REQUEST + [NeverIndexedHeaderTuple(b"x-big", b"v" * 2000)])  # changes nothing
+    big = conn.encoder.encode([*REQUEST, NeverIndexedHeaderTuple(b"x-big", b"v" * 2000)])  # changes nothing
     small = conn.encoder.encode(REQUEST)
     for stream_id, block in ((1, warm), (3, big), (5, big), (7, small)):
         frame = HeadersFrame(stream_id, flags=["END_HEADERS", "END_STREAM"])

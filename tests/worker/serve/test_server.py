@@ -29,9 +29,14 @@ def test_exception_before_response_start_is_500_and_logged(caplog):
         response = client.get()
         assert response.status == 500
         assert client.closed()
-        wait_until(lambda: any("boom before start" in (r.exc_text or "") or
-                               (r.exc_info and "boom before start" in str(r.exc_info[1]))
-                               for r in caplog.records if r.name == "corral.error"), what="error log")
+        wait_until(
+            lambda: any(
+                "boom before start" in (r.exc_text or "") or (r.exc_info and "boom before start" in str(r.exc_info[1]))
+                for r in caplog.records
+                if r.name == "corral.error"
+            ),
+            what="error log",
+        )
 
 
 def test_exception_after_response_start_closes_the_connection(caplog):
@@ -114,8 +119,7 @@ def test_body_longer_than_content_length_is_an_error(events):
 
 def test_header_injection_is_refused(events):
     async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"x-evil", b"a\r\nset-cookie: b")]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-evil", b"a\r\nset-cookie: b")]})
         try:
             await send({"type": "http.response.body", "body": b""})
         except RuntimeError as exc:
@@ -263,7 +267,7 @@ class StopHold:
 
         server._set_accepting = hold
 
-    def __enter__(self) -> "StopHold":
+    def __enter__(self) -> StopHold:
         self.server.loop.call_soon_threadsafe(self.server.request_stop, True)
         assert self.held.wait(WAIT)
         return self
@@ -306,8 +310,9 @@ def test_graceful_stop_serves_a_just_accepted_connection():
 def test_graceful_stop_serves_a_request_head_in_progress():
     with run_server(ok_app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
         client.send(b"POST /post HTTP/1.1\r\nHost: t\r\n")
-        wait_until(lambda: call_in_loop(server, lambda: any(p.state.url for p in server.connections)),
-                   what="the head to begin")
+        wait_until(
+            lambda: call_in_loop(server, lambda: any(p.state.url for p in server.connections)), what="the head to begin"
+        )
         call_in_loop(server, server.request_stop)
         wait_until(lambda: stopping(server), what="the stop")
         client.send(b"Content-Length: 5\r\n\r\nhello")
@@ -339,7 +344,7 @@ def test_idle_connections_are_closed_after_the_stop_grace():
             server.stop_grace = 0.05
             call_in_loop(server, server.request_stop)
             assert idle.closed() and fresh.closed()  # long before the graceful timeout (60 s)
-            wait_until(lambda: server.loop.is_closed(), what="the server to stop")
+            wait_until(server.loop.is_closed, what="the server to stop")
 
 
 def test_response_begun_with_keepalive_before_the_stop_keeps_the_connection_for_the_grace():
@@ -412,8 +417,7 @@ def test_large_response_to_a_slow_reader():
     chunk = b"y" * (1024 * 1024)
 
     async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"%d" % size)]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % size)]})
         for i in range(10):
             await send({"type": "http.response.body", "body": chunk, "more_body": i < 9})
 
@@ -442,7 +446,7 @@ def test_access_log_receives_each_response(events):
 
 def test_heartbeat_calls_notify():
     beats = threading.Event()
-    with run_server(ok_app, notify=beats.set) as (host, port, server):
+    with run_server(ok_app, notify=beats.set) as (_host, _port, server):
         assert beats.wait(WAIT)
         stats = server.stats()
         assert stats["max_applications"] == 1000
@@ -524,7 +528,7 @@ def test_ipv6_scope(events):
         events.put((scope["client"], scope["server"]))
         await ok_app(scope, receive, send)
 
-    with run_server(app, sock=sock) as (host, _, _server):
+    with run_server(app, sock=sock) as (_host, _, _server):
         with socket.create_connection(("::1", port), timeout=WAIT) as raw:
             raw.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert raw.recv(100).startswith(b"HTTP/1.1 200")

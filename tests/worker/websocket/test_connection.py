@@ -20,15 +20,25 @@ from corral.worker.websocket.connection import (
 )
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
-HEADERS = [(b"host", b"x"), (b"upgrade", b"websocket"), (b"connection", b"keep-alive, Upgrade"),
-           (b"sec-websocket-key", KEY), (b"sec-websocket-version", b"13")]
+HEADERS = [
+    (b"host", b"x"),
+    (b"upgrade", b"websocket"),
+    (b"connection", b"keep-alive, Upgrade"),
+    (b"sec-websocket-key", KEY),
+    (b"sec-websocket-version", b"13"),
+]
 
 
 def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     n = len(payload)
     head = bytes([(0x80 if fin else 0) | opcode])
-    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n) if n < 65536 \
+    head += (
+        bytes([0x80 | n])
+        if n < 126
+        else bytes([0x80 | 126]) + struct.pack("!H", n)
+        if n < 65536
         else bytes([0x80 | 127]) + struct.pack("!Q", n)
+    )
     key = os.urandom(4)
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
@@ -38,8 +48,11 @@ def test_accept_key_is_the_rfc_example():
 
 
 def test_handshake_ok_with_subprotocols_and_deflate():
-    headers = HEADERS + [(b"sec-websocket-protocol", b"chat, superchat"),
-                         (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")]
+    headers = [
+        *HEADERS,
+        (b"sec-websocket-protocol", b"chat, superchat"),
+        (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
+    ]
     accept, protocols, extension, extensions = handshake(b"GET", "1.1", headers, True)
     assert accept == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     assert protocols == ["chat", "superchat"]
@@ -50,13 +63,16 @@ def test_handshake_ok_with_subprotocols_and_deflate():
     assert b"sec-websocket-protocol: chat\r\n" in response and response.endswith(b"x-a: b\r\n\r\n")
 
 
-@pytest.mark.parametrize("change, status", [
-    (lambda h: [(n, b"8" if n == b"sec-websocket-version" else v) for n, v in h], 426),
-    (lambda h: [(n, v) for n, v in h if n != b"sec-websocket-version"], 426),
-    (lambda h: [(n, v) for n, v in h if n != b"sec-websocket-key"], 400),
-    (lambda h: [(n, b"AAAA" if n == b"sec-websocket-key" else v) for n, v in h], 400),
-    (lambda h: [(n, b"keep-alive" if n == b"connection" else v) for n, v in h], 400),
-])
+@pytest.mark.parametrize(
+    "change, status",
+    [
+        (lambda h: [(n, b"8" if n == b"sec-websocket-version" else v) for n, v in h], 426),
+        (lambda h: [(n, v) for n, v in h if n != b"sec-websocket-version"], 426),
+        (lambda h: [(n, v) for n, v in h if n != b"sec-websocket-key"], 400),
+        (lambda h: [(n, b"AAAA" if n == b"sec-websocket-key" else v) for n, v in h], 400),
+        (lambda h: [(n, b"keep-alive" if n == b"connection" else v) for n, v in h], 400),
+    ],
+)
 def test_handshake_refusals(change, status):
     with pytest.raises(HandshakeFailure) as info:
         handshake(b"GET", "1.1", change(HEADERS), True)
@@ -82,8 +98,9 @@ def test_fast_path_messages_and_split_frames():
 
 def test_control_frames_and_fragments_go_through_websockets():
     conn = WebSocketConnection(1 << 20)
-    events = conn.receive_data(masked(0x2, b"ab", fin=False) + masked(0x9, b"hi") + masked(0x0, b"cd")
-                               + masked(0xA, b"pong"))
+    events = conn.receive_data(
+        masked(0x2, b"ab", fin=False) + masked(0x9, b"hi") + masked(0x0, b"cd") + masked(0xA, b"pong")
+    )
     assert events == [(MESSAGE, b"abcd"), (PONG_EVENT, b"pong")]
     assert conn.data_to_send() == b"\x8a\x02hi"
     events = conn.receive_data(masked(0x8, struct.pack("!H", 4000) + b"bye"))

@@ -11,7 +11,7 @@ from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
 from corral.worker.websocket.connection import FREE_FRAGMENTS
 from corral.worker.websocket.protocol import CONTROL_BURST, WRITE_PAUSE
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked
 from worker_http_helpers import wait_until
 
 
@@ -19,8 +19,11 @@ def test_a_close_between_fragments_gets_the_normal_closing_handshake():
     events: queue.Queue = queue.Queue()
     with run_server(echo_app(events)) as (host, port, _):
         client = RawClient(host, port)
-        client.send(masked(0x1, b"hel", fin=False) + masked(0x8, struct.pack("!H", 1000) + b"bye")
-                    + masked(0x0, b"lo", fin=True))  # the stray fragment after the close is ignored
+        client.send(
+            masked(0x1, b"hel", fin=False)
+            + masked(0x8, struct.pack("!H", 1000) + b"bye")
+            + masked(0x0, b"lo", fin=True)
+        )  # the stray fragment after the close is ignored
         assert client.close_code() == (1000, "bye")  # RFC 6455 §5.5.1: the peer's code echoed
         assert client.at_eof()
         assert events.get(timeout=WAIT) == {"type": "websocket.disconnect", "code": 1000, "reason": "bye"}
@@ -43,9 +46,11 @@ def test_a_message_in_many_reasonable_fragments_is_assembled():
     with run_server(echo_app()) as (host, port, _):
         client = RawClient(host, port)
         fragments = 3 * FREE_FRAGMENTS
-        client.send(masked(0x2, b"a" * 100, fin=False)
-                    + b"".join(masked(0x0, b"a" * 100, fin=False) for _ in range(fragments - 2))
-                    + masked(0x0, b"a" * 100, fin=True))
+        client.send(
+            masked(0x2, b"a" * 100, fin=False)
+            + b"".join(masked(0x0, b"a" * 100, fin=False) for _ in range(fragments - 2))
+            + masked(0x0, b"a" * 100, fin=True)
+        )
         opcode, fin, payload = client.frame()
         assert (opcode, fin, len(payload)) == (0x2, True, 100 * fragments)
 
@@ -89,8 +94,9 @@ def test_a_peer_that_does_not_read_stops_being_read():
             return 0, 0
 
         # Reading stops (write or queue backpressure), so memory stays bounded.
-        paused, buffered = wait_until(lambda: (state := call_in_loop(server, socket_state))[0] and state,
-                                      what="the server to stop reading")
+        _paused, buffered = wait_until(
+            lambda: (state := call_in_loop(server, socket_state))[0] and state, what="the server to stop reading"
+        )
         assert buffered < 4096 + 2 * len(big)
         client.close()
         assert_still_serving(host, port)

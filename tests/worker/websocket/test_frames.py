@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
 from corral.worker.websocket.protocol import QUEUE_PAUSE
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- echo
 
@@ -51,8 +51,11 @@ def test_fragmented_messages_are_assembled():
     with run_server(echo_app()) as (host, port, _):
         client = RawClient(host, port)
         assert client.status == 101
-        client.send(masked(0x1, "hé".encode()[:2], fin=False) + masked(0x9, b"ping!")  # a ping in between
-                    + masked(0x0, "hé".encode()[2:] + b"llo", fin=True))
+        client.send(
+            masked(0x1, "hé".encode()[:2], fin=False)
+            + masked(0x9, b"ping!")  # a ping in between
+            + masked(0x0, "hé".encode()[2:] + b"llo", fin=True)
+        )
         opcode, _, payload = client.frame()
         assert (opcode, payload) == (0xA, b"ping!")  # the pong
         opcode, fin, payload = client.frame()
@@ -72,7 +75,7 @@ def test_frames_split_across_reads():
         client = RawClient(host, port)
         frame = masked(0x2, b"z" * 300)
         for i in range(len(frame)):
-            client.send(frame[i:i + 1])
+            client.send(frame[i : i + 1])
             time.sleep(0.0005 if i < 12 else 0)
         assert client.frame() == (0x2, True, b"z" * 300)
         client.close()
@@ -101,14 +104,17 @@ def test_server_pings_and_keeps_an_answering_client():
 
 def test_server_closes_a_client_that_stops_answering_pings(events):
     settings = Settings(ws_ping_interval=0.1, ws_ping_timeout=0.2)
-    with run_server(echo_app(events), settings) as (host, port, server):
+    with run_server(echo_app(events), settings) as (host, port, _server):
         client = RawClient(host, port)
-        opcode, _, payload = client.frame()
+        opcode, _, _payload = client.frame()
         assert opcode == 0x9  # a ping, never answered
         assert client.close_code() == (1011, "keepalive ping timeout")
         assert client.at_eof()
-        assert events.get(timeout=WAIT) == {"type": "websocket.disconnect", "code": 1011,
-                                            "reason": "keepalive ping timeout"}
+        assert events.get(timeout=WAIT) == {
+            "type": "websocket.disconnect",
+            "code": 1011,
+            "reason": "keepalive ping timeout",
+        }
         client.close()
         assert_still_serving(host, port)
 
@@ -159,7 +165,7 @@ def test_client_vanishing_gives_1006(events):
 
 
 def test_send_after_close_raises_an_oserror():
-    seen: "queue.Queue[Any]" = queue.Queue()
+    seen: queue.Queue[Any] = queue.Queue()
 
     async def app(scope, receive, send):
         await receive()
@@ -217,8 +223,17 @@ def test_oversized_message_closes_with_1009_and_the_worker_keeps_serving(events)
         (masked(0x8, b"\x03\xe8\xff"), 1007),  # close reason not UTF-8
         (masked(0x8, struct.pack("!H", 999)), 1002),  # invalid close code
     ],
-    ids=["bad-opcode", "unmasked", "bad-utf8", "bad-utf8-fragmented", "rsv-bit", "stray-continuation",
-         "long-ping", "bad-close-reason", "bad-close-code"],
+    ids=[
+        "bad-opcode",
+        "unmasked",
+        "bad-utf8",
+        "bad-utf8-fragmented",
+        "rsv-bit",
+        "stray-continuation",
+        "long-ping",
+        "bad-close-reason",
+        "bad-close-code",
+    ],
 )
 def test_invalid_frames_close_with_the_right_code(frame, code, events):
     with run_server(echo_app(events)) as (host, port, _):
@@ -235,7 +250,7 @@ def test_invalid_frames_close_with_the_right_code(frame, code, events):
 
 def test_backpressure_stops_reading_while_the_app_lags():
     release = threading.Event()
-    got: "queue.Queue[Any]" = queue.Queue()
+    got: queue.Queue[Any] = queue.Queue()
     holder: dict = {}
 
     async def app(scope, receive, send):
@@ -258,8 +273,7 @@ def test_backpressure_stops_reading_while_the_app_lags():
         deadline = time.monotonic() + WAIT
         while True:
             ws = holder.get("ws")
-            if ws is not None and call_in_loop(server, lambda: (ws.flow.read_paused & QUEUE_PAUSE, len(ws.queue))) \
-                    [0]:
+            if ws is not None and call_in_loop(server, lambda: (ws.flow.read_paused & QUEUE_PAUSE, len(ws.queue)))[0]:
                 break
             assert time.monotonic() < deadline, "reading was never paused"
             time.sleep(0.01)

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from corral.worker.serve.testing import run_server
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- handshake outcomes
 
@@ -30,7 +30,7 @@ def test_subprotocol_negotiation():
 
 
 def test_scope():
-    scopes: "queue.Queue[dict]" = queue.Queue()
+    scopes: queue.Queue[dict] = queue.Queue()
 
     async def app(scope, receive, send):
         scopes.put(scope)
@@ -72,8 +72,13 @@ def assert_still_serving_http(host: str, port: int, app: Any) -> None:
 def test_denial_response():
     async def app(scope, receive, send):
         await receive()
-        await send({"type": "websocket.http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")]})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 401,
+                "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
+            }
+        )
         await send({"type": "websocket.http.response.body", "body": b"who ", "more_body": True})
         await send({"type": "websocket.http.response.body", "body": b"are you?"})
 
@@ -109,21 +114,26 @@ def http_exchange(host: str, port: int, request: bytes) -> bytes:
             data += chunk
 
 
-HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
 
 
 def test_bad_handshakes_get_400_or_426():
     with run_server(echo_app()) as (host, port, _):
         response = http_exchange(host, port, HANDSHAKE + b"Sec-WebSocket-Version: 8\r\n\r\n")
         assert response.startswith(b"HTTP/1.1 426 ") and b"sec-websocket-version: 13\r\n" in response
-        response = http_exchange(host, port, HANDSHAKE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short")
-                                 + b"Sec-WebSocket-Version: 13\r\n\r\n")
+        response = http_exchange(
+            host, port, HANDSHAKE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short") + b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
         assert response.startswith(b"HTTP/1.1 400 ")
         response = http_exchange(host, port, HANDSHAKE.replace(b"GET", b"POST") + b"Sec-WebSocket-Version: 13\r\n\r\n")
         assert response.startswith(b"HTTP/1.1 400 ")
         # Another upgrade (h2c) is served as plain HTTP, as before.
-        response = http_exchange(host, port, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        response = http_exchange(
+            host, port, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+        )
         assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(b"http")
         assert_still_serving(host, port)
 
@@ -169,7 +179,7 @@ def test_starlette_websocket_route():
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
-    disconnects: "queue.Queue[int]" = queue.Queue()
+    disconnects: queue.Queue[int] = queue.Queue()
 
     async def echo(websocket: WebSocket) -> None:
         await websocket.accept(subprotocol="json")
@@ -224,7 +234,7 @@ def test_upgrade_pipelined_behind_a_request_waits_its_turn():
 
 
 def test_access_log_gets_the_handshake():
-    entries: "queue.Queue[tuple]" = queue.Queue()
+    entries: queue.Queue[tuple] = queue.Queue()
 
     def access_log(scope, status, nbytes, duration, headers):
         entries.put((scope["type"], scope["path"], status))

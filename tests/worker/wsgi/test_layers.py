@@ -7,14 +7,13 @@ import logging
 import queue
 import threading
 
-from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
-
 from corral.shared.settings import Settings
 from corral.worker.app.hooks import WorkerView
 from corral.worker.wsgi.cycle import WsgiCycle
 from corral.worker.wsgi.input import ClientDisconnected
 from corral.worker.wsgi.layers import HookedWsgiCycle, wsgi_layers
 from corral.worker.wsgi.protocol import WsgiHttpProtocol
+from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
 
 
 def serve(app, layers, **values):
@@ -57,13 +56,37 @@ def test_hooks_run_on_the_request_thread_with_the_apps_environ():
         return hello(environ, start_response)
 
     def pre_request(worker, req):
-        seen.put(("pre", threading.current_thread().name, worker.age, req.method, req.path, req.uri, req.query,
-                  req.version, req.scheme, dict(req.headers)["X-PROBE"], req.remote_addr))
+        seen.put(
+            (
+                "pre",
+                threading.current_thread().name,
+                worker.age,
+                req.method,
+                req.path,
+                req.uri,
+                req.query,
+                req.version,
+                req.scheme,
+                dict(req.headers)["X-PROBE"],
+                req.remote_addr,
+            )
+        )
 
     def post_request(worker, req, environ, resp):
-        seen.put(("post", threading.current_thread().name, environ is app_environs[0], environ["myapp.user"],
-                  environ["PATH_INFO"], environ["HTTP_X_PROBE"], resp.status, resp.status_code, resp.headers,
-                  resp.sent))
+        seen.put(
+            (
+                "post",
+                threading.current_thread().name,
+                environ is app_environs[0],
+                environ["myapp.user"],
+                environ["PATH_INFO"],
+                environ["HTTP_X_PROBE"],
+                resp.status,
+                resp.status_code,
+                resp.headers,
+                resp.sent,
+            )
+        )
 
     layers = wsgi_layers(WorkerView(7, Settings()), pre_request, post_request, 0.0, 10, _never)
     with serve(app, layers) as (host, port, server), Client(host, port) as client:
@@ -75,8 +98,16 @@ def test_hooks_run_on_the_request_thread_with_the_apps_environ():
     assert pre[0] == "pre" and pre[1].startswith("corral-wsgi")  # the pool's thread, as gunicorn's worker thread
     assert pre[2:] == (7, "GET", "/a b", "/a%20b?q=1", "q=1", (1, 1), "http", "42", "127.0.0.1")
     assert post[0] == "post" and post[1] == pre[1]
-    assert post[2:] == (True, "alice", "/a b", "42", "201 Created", 201,
-                        [("X-App", "yes"), ("Content-Type", "text/plain")], 5)
+    assert post[2:] == (
+        True,
+        "alice",
+        "/a b",
+        "42",
+        "201 Created",
+        201,
+        [("X-App", "yes"), ("Content-Type", "text/plain")],
+        5,
+    )
 
 
 def test_post_request_with_two_or_three_arguments_and_a_failing_app(caplog):
@@ -101,8 +132,9 @@ def test_post_request_with_two_or_three_arguments_and_a_failing_app(caplog):
         assert statuses.get(timeout=WAIT) == "/two"
 
     failed: queue.Queue = queue.Queue()
-    layers = wsgi_layers(WorkerView(1, Settings()), None, lambda w, r, e, resp: failed.put(resp.status), 0.0, 10,
-                         _never)
+    layers = wsgi_layers(
+        WorkerView(1, Settings()), None, lambda w, r, e, resp: failed.put(resp.status), 0.0, 10, _never
+    )
     with serve(boom, layers) as (host, port, _), Client(host, port) as client:
         assert client.get().status == 500
         assert failed.get(timeout=WAIT) == "500 Internal Server Error"  # what the client got
@@ -121,8 +153,10 @@ def test_a_raising_hook_is_logged_and_the_request_goes_on(caplog):
     with serve(hello, layers) as (host, port, _), Client(host, port) as client:
         assert client.get().status == 201
         assert client.get().status == 201  # the connection and the thread serve on
-        wait_until(lambda: sum("post_request hook raised" in r.getMessage() for r in caplog.records) == 2,
-                   what="both post_request failures logged")
+        wait_until(
+            lambda: sum("post_request hook raised" in r.getMessage() for r in caplog.records) == 2,
+            what="both post_request failures logged",
+        )
     pre = [r for r in caplog.records if "pre_request hook raised (the request goes on)" in r.getMessage()]
     assert len(pre) == 2 and all(r.exc_info and "pre bug" in str(r.exc_info[1]) for r in pre)
 
@@ -228,8 +262,7 @@ def test_stuck_threads_filling_the_pool_ask_once_for_a_replacement():
 
     layers = wsgi_layers(WorkerView(1, Settings()), None, None, 0.2, 2, lambda: recycled.append(True))
     try:
-        with serve(stuck, layers, threads=2) as (host, port, _), Client(host, port) as one, \
-                Client(host, port) as two:
+        with serve(stuck, layers, threads=2) as (host, port, _), Client(host, port) as one, Client(host, port) as two:
             assert one.get().status == 504
             assert not recycled
             assert two.get().status == 504
@@ -254,8 +287,9 @@ def test_hooks_see_the_504_of_an_expired_request():
     def post_request(worker, req, environ, resp):
         seen.put((req.path, resp.status_code, resp.sent))
 
-    layers = wsgi_layers(WorkerView(1, Settings()), lambda w, r: seen.put(("pre", r.path)), post_request, 0.2, 4,
-                         _never)
+    layers = wsgi_layers(
+        WorkerView(1, Settings()), lambda w, r: seen.put(("pre", r.path)), post_request, 0.2, 4, _never
+    )
     try:
         with serve(slow, layers) as (host, port, _), Client(host, port) as client:
             assert client.get("/slow").status == 504

@@ -12,11 +12,11 @@ import threading
 
 import httpx
 import pytest
-from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 from corral.shared.wsgi import WsgiToAsgi
 from corral.worker.edge.proxy_headers import make_proxy_headers
 from corral.worker.wsgi.call import OUTPUT_WINDOW
+from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 
 def serve(app, **values):
@@ -43,7 +43,7 @@ def _environ_of(run, request: bytes, **values) -> dict:
         start_response("204 No Content", [])
         return []
 
-    with run(app, **values) as (host, port, server):
+    with run(app, **values) as (host, port, _server):
         with Client(host, port) as client:
             client.send(request)
             assert client.response().status == 204
@@ -58,13 +58,26 @@ def _adapter(app, **values):
     return run_server(WsgiToAsgi(app), settings(**values), proxy=make_proxy_headers(settings(**values)))
 
 
-@pytest.mark.parametrize("request_bytes, values", [
-    (b"GET /app/caf%C3%A9/x?q=1&r=%20 HTTP/1.1\r\nHost: example.com:8080\r\nCookie: a=1\r\nCookie: b=2\r\n"
-     b"X_Smuggled: 1\r\nAccept: a\r\nAccept: b\r\n\r\n", {"root_path": "/app"}),
-    (b"POST /form HTTP/1.0\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
-     b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\nhello", {}),
-    (b"GET /appx HTTP/1.1\r\nHost: h\r\n\r\n", {"root_path": "/app"}),
-])
+@pytest.mark.parametrize(
+    "request_bytes, values",
+    [
+        (
+            (
+                b"GET /app/caf%C3%A9/x?q=1&r=%20 HTTP/1.1\r\nHost: example.com:8080\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                b"X_Smuggled: 1\r\nAccept: a\r\nAccept: b\r\n\r\n"
+            ),
+            {"root_path": "/app"},
+        ),
+        (
+            (
+                b"POST /form HTTP/1.0\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\nhello"
+            ),
+            {},
+        ),
+        (b"GET /appx HTTP/1.1\r\nHost: h\r\n\r\n", {"root_path": "/app"}),
+    ],
+)
 def test_environ_matches_the_adapter(request_bytes, values):
     """The native path's environ is the one WsgiToAsgi builds for the same request on the same server:
     SCRIPT_NAME/PATH_INFO, proxy results (REMOTE_ADDR, wsgi.url_scheme), joined headers, dropped `_`."""
@@ -111,7 +124,7 @@ def test_list_body_gets_content_length_and_keep_alive():
 
 
 def test_head_has_the_length_and_no_body():
-    with serve(hello) as (host, port, server):
+    with serve(hello) as (host, port, _server):
         with Client(host, port) as client:
             client.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
             response = client.response(head_request=True)
@@ -126,7 +139,7 @@ def test_write_callable_then_iterable():
         write(b"second ")
         return [b"third"]
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             response = client.get("/")
             assert response.header("transfer-encoding") == "chunked"
@@ -147,9 +160,10 @@ def test_generator_with_content_length_is_cut_there():
                 yield b"never"
             finally:
                 closed.set()
+
         return body()
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             assert client.get("/").body == b"abcdef"
             assert client.get("/").body == b"abcdef"
@@ -181,7 +195,7 @@ def test_close_called_on_success_and_on_error(caplog):
         bodies.append(body)
         return body
 
-    with caplog.at_level(logging.ERROR, logger="corral.error"), serve(app) as (host, port, server):
+    with caplog.at_level(logging.ERROR, logger="corral.error"), serve(app) as (host, port, _server):
         with Client(host, port) as client:
             assert client.get("/").body == b"abc"
         with Client(host, port) as client:
@@ -204,6 +218,7 @@ def test_close_called_when_the_client_disconnects():
             started.set()
             while True:
                 yield b"x" * 65536
+
         body = Closing(forever())
         return body
 
@@ -222,7 +237,7 @@ def test_raising_app_gets_500_and_a_logged_traceback(caplog):
     def app(environ, start_response):
         raise ValueError("app broke")
 
-    with caplog.at_level(logging.ERROR, logger="corral.error"), serve(app) as (host, port, server):
+    with caplog.at_level(logging.ERROR, logger="corral.error"), serve(app) as (host, port, _server):
         with Client(host, port) as client:
             response = client.get("/")
             assert response.status == 500
@@ -252,11 +267,11 @@ def test_start_response_exc_info_before_and_after_the_head():
             start_response("500 Internal Server Error", [], sys.exc_info())  # re-raises: the head is out
         return [b"unreachable"]
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             response = client.get("/")
             assert (response.status, response.body) == (503, b"sorry")
-    with serve(late) as (host, port, server):
+    with serve(late) as (host, port, _server):
         with Client(host, port) as client:
             client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             data = client.read_to_eof()
@@ -270,7 +285,7 @@ def test_second_start_response_without_exc_info_is_an_error(caplog):
         start_response("200 OK", [])
         return [b""]
 
-    with caplog.at_level(logging.ERROR, logger="corral.error"), serve(app) as (host, port, server):
+    with caplog.at_level(logging.ERROR, logger="corral.error"), serve(app) as (host, port, _server):
         with Client(host, port) as client:
             assert client.get("/").status == 500
 
@@ -289,6 +304,7 @@ def test_slow_reader_stalls_a_streaming_app():
             for i in range(total_chunks):
                 produced[0] += chunk
                 yield bytes([i % 251]) * chunk
+
         return body()
 
     def app_waits():  # the app's thread is blocked: more than the window is waiting for the transport
@@ -323,7 +339,7 @@ def test_chunked_and_large_bodies_reach_the_app_whole():
         start_response("200 OK", [])
         return [b"%d:%s" % (len(data), type(environ["wsgi.input"]).__name__.encode())]
 
-    with serve(app, wsgi_body_buffer=1024) as (host, port, server):
+    with serve(app, wsgi_body_buffer=1024) as (host, port, _server):
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=WAIT) as http:
             assert http.post("/", content=b"x" * 1000).text == "1000:BytesIO"
             assert http.post("/", content=b"x" * 300_000).text == "300000:StreamInput"
@@ -340,14 +356,15 @@ def test_readline_and_iteration_of_a_streamed_body():
         return [b"%s|%d|%s" % (first.strip(), len(rest), rest[-1].strip())]
 
     lines = b"".join(b"line %d\n" % i for i in range(20000))
-    with serve(app, wsgi_body_buffer=1024) as (host, port, server):
+    with serve(app, wsgi_body_buffer=1024) as (host, port, _server):
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=WAIT) as http:
             assert http.post("/", content=lines).text == "line 0|19999|line 19999"
 
 
 def _expect(client: Client, length: int, path: str = "/") -> None:
-    client.send(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
-                % (path.encode(), length))
+    client.send(
+        b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (path.encode(), length)
+    )
 
 
 def test_100_continue_small_body_answered_when_the_pre_read_begins():
@@ -355,7 +372,7 @@ def test_100_continue_small_body_answered_when_the_pre_read_begins():
         start_response("200 OK", [])
         return [environ["wsgi.input"].read()]
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             _expect(client, 5)
             assert client.response().status == 100  # before any body byte was sent
@@ -371,7 +388,7 @@ def test_100_continue_large_body_answered_on_first_read_only():
         start_response("200 OK", [])
         return [b"%d" % len(environ["wsgi.input"].read())]
 
-    with serve(app, wsgi_body_buffer=1024) as (host, port, server):
+    with serve(app, wsgi_body_buffer=1024) as (host, port, _server):
         with Client(host, port) as client:
             _expect(client, 100_000, "/refuse")
             response = client.response()
@@ -448,10 +465,12 @@ def test_pool_full_503():
 
 
 def test_websocket_handshake_refused():
-    with serve(hello) as (host, port, server):
+    with serve(hello) as (host, port, _server):
         with Client(host, port) as client:
-            client.send(b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            client.send(
+                b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
             assert client.response().status == 404
 
 
@@ -460,21 +479,21 @@ def test_iterable_file_wrapper_over_a_non_file():
         start_response("200 OK", [])
         return environ["wsgi.file_wrapper"](io.BytesIO(b"z" * 200_000), 8192)
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             assert client.get("/").body == b"z" * 200_000
             assert client.get("/").body == b"z" * 200_000
 
 
-
 def test_pipelined_requests_answered_in_order():
     """Responses written by the pool's threads themselves, with the next requests already queued behind
     them: every one is answered, in order, on the same connection."""
+
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [environ["PATH_INFO"].encode()]
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             for _ in range(20):
                 client.send(b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(10)))
@@ -482,7 +501,7 @@ def test_pipelined_requests_answered_in_order():
 
 
 def test_pipelined_garbage_after_a_request_waits_for_its_response():
-    with serve(hello) as (host, port, server):
+    with serve(hello) as (host, port, _server):
         with Client(host, port) as client:
             client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
             assert client.response().body == b"hello"
@@ -500,7 +519,7 @@ def test_access_log_gets_status_bytes_and_headers():
         start_response("201 Created", [("X-App", "yes")])
         return [b"made"]
 
-    with run_server(app, settings(), wsgi=True, access_log=access_log) as (host, port, server):
+    with run_server(app, settings(), wsgi=True, access_log=access_log) as (host, port, _server):
         with Client(host, port) as client:
             assert client.get("/thing").status == 201
             wait_until(lambda: lines, what="the access log line")
@@ -518,9 +537,10 @@ def test_generator_blocks_are_not_held_back():
             yield b"data: one\n\n"
             assert first_seen.wait(WAIT)  # only once the client has the first block
             yield b"data: two\n\n"
+
         return events()
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             client._read_until(b"\r\n\r\n")
@@ -555,7 +575,7 @@ def test_in_memory_response_gets_a_content_length():
         bodies.append(InMemory([b"ab", b"cd"]))
         return bodies[-1]
 
-    with serve(app) as (host, port, server):
+    with serve(app) as (host, port, _server):
         with Client(host, port) as client:
             response = client.get("/")
             assert response.header("content-length") == "4" and response.body == b"abcd"
@@ -589,7 +609,7 @@ def test_a_request_queued_behind_a_slow_one_gets_a_thread_of_its_own():
         return hello(environ, start_response)
 
     try:
-        with serve(app, threads=4) as (host, port, server), Client(host, port) as slow, Client(host, port) as fast:
+        with serve(app, threads=4) as (host, port, _server), Client(host, port) as slow, Client(host, port) as fast:
             slow.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
             assert entered.wait(WAIT)
             assert fast.get("/fast").body == b"hello"  # while /slow still holds its thread
