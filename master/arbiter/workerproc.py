@@ -56,7 +56,7 @@ def reset_signals() -> None:
     signal.set_wakeup_fd(-1)
     for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    # The master blocks its signals around fork (see Arbiter.spawn_worker); what arrived meanwhile is
+    # The master blocks its signals around fork (see Fleet.spawn_worker); what arrived meanwhile is
     # delivered now, to the default dispositions.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 

@@ -95,10 +95,10 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = WAIT, i
         time.sleep(interval)
 
 
-def get(port: int, path: str = "/", timeout: float = WAIT) -> tuple[int, str]:
+def get(port: int, path: str = "/", timeout: float = WAIT, headers: dict[str, str] | None = None) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         return response.status, response.read().decode()
     finally:

@@ -24,7 +24,7 @@ from corral.worker.http2.frames import (
 )
 
 if TYPE_CHECKING:
-    from corral.worker.http2.machine import StreamState
+    from corral.worker.http2.state import StreamState
 
 __all__ = ["ControlFrames"]
 

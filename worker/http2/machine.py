@@ -1,8 +1,8 @@
 """The server side of one HTTP/2 connection as a state machine, apart from I/O (RFC 9113): fed the bytes the
 client sent (`receive`), it calls its listener for what they mean (a request, body bytes, a reset...) and
 queues what the server must answer in `out` (SETTINGS and PING acknowledgements, WINDOW_UPDATEs, RST_STREAM,
-GOAWAY); the send methods frame responses into the same buffer. The asyncio side (corral.worker.http2.protocol)
-writes `out` once per read and once per loop iteration of responses.
+GOAWAY); the send methods (corral.worker.http2.output) frame responses into the same buffer. The asyncio side
+(corral.worker.http2.protocol) writes `out` once per read and once per loop iteration of responses.
 
 Why not the `h2` library, which this replaced: measured on the hello-world over h2c (16 streams per read),
 `h2` and `hpack` were about three quarters of the worker's CPU per request - 718k instructions against 87k
@@ -15,12 +15,13 @@ called directly, a request block's validated head kept while the dynamic table d
 buffer. The strictness `h2` had and h2spec checks is kept: every frame's size, stream and state rules,
 padding, flow-control overflow, CONTINUATION sequencing and the RFC 9113 §8 field checks (stream errors
 answered with RST_STREAM, connection errors with GOAWAY and `ProtocolError`). The control frames' rules are
-in corral.worker.http2.control (`ControlFrames`, this class's base); the request frames' are here.
+in corral.worker.http2.control (`ControlFrames`, this class's base); the request frames' are here; what the
+server sends is framed by its other base, `OutputFrames` (corral.worker.http2.output).
 
-Stream states (§5.1) are two booleans on `StreamState`, `remote_open` and `local_open`; a stream leaves
-`streams` when both are false or it is reset. A stream id at most `highest` that is not in `streams` is
-closed, unless it was skipped (§5.1.1: never opened; a frame on it is a PROTOCOL_ERROR) or the server reset it
-(frames still in flight are then ignored, §5.4.2).
+Stream states (§5.1) are two booleans on `StreamState` (corral.worker.http2.state), `remote_open` and
+`local_open`; a stream leaves `streams` when both are false or it is reset. A stream id at most `highest` that
+is not in `streams` is closed, unless it was skipped (§5.1.1: never opened; a frame on it is a PROTOCOL_ERROR)
+or the server reset it (frames still in flight are then ignored, §5.4.2).
 """
 
 from __future__ import annotations
@@ -62,19 +63,18 @@ from corral.worker.http2.frames import (
     FrameType,
     ProtocolError,
     Setting,
-    put_frame,
     put_goaway,
     put_rst_stream,
     put_settings,
     put_window_update,
 )
+from corral.worker.http2.output import OutputFrames
+from corral.worker.http2.state import LocalSettings, StreamState
 
-__all__ = ["H2Machine", "StreamState", "Listener", "LocalSettings"]
+__all__ = ["H2Machine", "Listener"]
 
 _U32 = struct.Struct(">L")
-_pack_head = FRAME_HEAD.pack
 
-NO_ERROR = ErrorCode.NO_ERROR.value
 PROTOCOL_ERROR = ErrorCode.PROTOCOL_ERROR.value
 FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR.value
 STREAM_CLOSED = ErrorCode.STREAM_CLOSED.value
@@ -83,11 +83,9 @@ REFUSED_STREAM = ErrorCode.REFUSED_STREAM.value
 COMPRESSION_ERROR = ErrorCode.COMPRESSION_ERROR.value
 ENHANCE_YOUR_CALM = ErrorCode.ENHANCE_YOUR_CALM.value
 
-_MAX_RESET_IDS = 256  # streams the server reset lately, whose in-flight frames are ignored
 _MAX_SKIPPED = 64  # ranges of stream ids a client skipped, remembered to tell "never opened" from "closed"
 _MAX_HEADS = 64  # request heads kept per connection (cleared when full)
 _HEAD_BLOCK_MAX = 1024  # a longer block is not kept: a warm client's repeated blocks are a few dozen bytes
-_SIZE_UPDATE_0 = b"\x20"  # HPACK: dynamic table size 0 (the server's blocks never use the table)
 
 
 class Listener(Protocol):
@@ -113,71 +111,6 @@ class Listener(Protocol):
     def on_goaway(self, code: int) -> None: ...
 
 
-class LocalSettings:
-    """The server's side of the SETTINGS (values passed in once per worker)."""
-
-    __slots__ = (
-        "max_streams",
-        "initial_window",
-        "max_frame_size",
-        "max_header_list_size",
-        "header_table_size",
-        "connection_window",
-        "max_continuations",
-    )
-
-    def __init__(
-        self,
-        max_streams: int,
-        initial_window: int,
-        max_frame_size: int,
-        max_header_list_size: int,
-        header_table_size: int,
-        connection_window: int,
-        max_continuations: int,
-    ) -> None:
-        self.max_streams = max_streams
-        self.initial_window = initial_window
-        self.max_frame_size = max_frame_size
-        self.max_header_list_size = max_header_list_size
-        self.header_table_size = header_table_size
-        self.connection_window = connection_window  # the connection's receive window, >= 65535
-        self.max_continuations = max_continuations
-
-
-class StreamState:
-    """One stream as the connection sees it: its states and windows (plain ints)."""
-
-    __slots__ = (
-        "stream_id",
-        "send_window",
-        "recv_window",
-        "recv_processed",
-        "recv_max",
-        "remote_open",
-        "local_open",
-        "expected",
-        "received",
-    )
-
-    def __init__(
-        self, stream_id: int, send_window: int, recv_window: int, remote_open: bool, expected: int | None
-    ) -> None:
-        self.stream_id = stream_id
-        self.send_window = send_window  # what the client lets the server send on it
-        self.recv_window = recv_window  # what the client may still send on it
-        self.recv_processed = 0  # body bytes handed to the application, not yet given back by WINDOW_UPDATE
-        self.recv_max = recv_window
-        self.remote_open = remote_open
-        self.local_open = True
-        self.expected = expected  # the request's content-length, checked against its DATA (§8.1.1)
-        self.received = 0
-
-    @property
-    def closed(self) -> bool:
-        return not (self.remote_open or self.local_open)
-
-
 def _window_increment(processed: int, window: int, maximum: int) -> int:
     """How much of a window to give back once `processed` bytes were consumed: nothing until half the window
     is consumed (or the window is shut and over 1 KiB waits), so WINDOW_UPDATEs stay few."""
@@ -186,7 +119,7 @@ def _window_increment(processed: int, window: int, maximum: int) -> int:
     return 0
 
 
-class H2Machine(ControlFrames):
+class H2Machine(ControlFrames, OutputFrames):
     __slots__ = (
         "listener",
         "out",
@@ -363,12 +296,6 @@ class H2Machine(ControlFrames):
             stream.remote_open = stream.local_open = False
         self._remember_reset(stream_id)
         self.listener.on_reset(stream_id, code, why)
-
-    def _remember_reset(self, stream_id: int) -> None:
-        reset_ids = self.reset_ids
-        reset_ids[stream_id] = None
-        if len(reset_ids) > _MAX_RESET_IDS:
-            del reset_ids[next(iter(reset_ids))]
 
     def _closed_frame(self, stream_id: int, what: str) -> int:
         """A frame for a stream not in `streams`: raises for an idle (never opened) stream; returns 1 when the
@@ -596,79 +523,6 @@ class H2Machine(ControlFrames):
                 stream.recv_processed = 0
                 stream.recv_window += increment
                 put_window_update(self.out, stream.stream_id, increment)
-
-    # ------------------------------------------------------------------ sending
-
-    def send_headers(self, stream: StreamState, block: bytes, end_stream: bool) -> None:
-        """A response head or trailers (an HPACK block, corral.worker.http2.fields), in CONTINUATIONs past the
-        client's frame size."""
-        if not stream.local_open:
-            return
-        if self.hpack_fresh:  # the client's table for our blocks: size 0 once, whatever its settings say
-            self.hpack_fresh = False
-            block = _SIZE_UPDATE_0 + block
-        out = self.out
-        stream_id = stream.stream_id
-        flags = END_STREAM if end_stream else 0
-        size = self.max_frame_out
-        if len(block) <= size:
-            out += _pack_head(len(block) << 8 | HEADERS, flags | END_HEADERS, stream_id)
-            out += block
-        else:
-            put_frame(out, HEADERS, flags, stream_id, block[:size])
-            for start in range(size, len(block), size):
-                piece = block[start : start + size]
-                put_frame(out, CONTINUATION, END_HEADERS if start + size >= len(block) else 0, stream_id, piece)
-        if end_stream:
-            self._local_end(stream)
-
-    def send_data(self, stream: StreamState, data: bytes | memoryview, end_stream: bool) -> None:
-        """One DATA frame: the caller keeps it within the windows and the client's frame size."""
-        size = len(data)
-        stream.send_window -= size
-        self.send_window -= size
-        out = self.out
-        out += _pack_head(size << 8 | DATA, END_STREAM if end_stream else 0, stream.stream_id)
-        out += data
-        if end_stream:
-            self._local_end(stream)
-
-    def end_stream(self, stream: StreamState) -> None:
-        if stream.local_open:
-            self.out += _pack_head(DATA, END_STREAM, stream.stream_id)
-            self._local_end(stream)
-
-    def _local_end(self, stream: StreamState) -> None:
-        stream.local_open = False
-        if not stream.remote_open:
-            self.streams.pop(stream.stream_id, None)
-
-    def reset(self, stream: StreamState, code: int) -> None:
-        """RST_STREAM from the server (the application failed, a window stayed shut...)."""
-        if stream.closed:
-            return
-        put_rst_stream(self.out, stream.stream_id, code)
-        stream.remote_open = stream.local_open = False
-        self.streams.pop(stream.stream_id, None)
-        self._remember_reset(stream.stream_id)
-
-    def go_away(self) -> None:
-        """Graceful GOAWAY (NO_ERROR): the streams opened so far go on, new ones are refused."""
-        if not self.refusing and not self.closed:
-            self.refusing = True
-            put_goaway(self.out, self.highest, NO_ERROR)
-
-    def close(self, code: int) -> None:
-        """GOAWAY with `code`: nothing more is read."""
-        if not self.closed:
-            self.closed = True
-            put_goaway(self.out, self.highest, code)
-
-    def take(self) -> bytearray:
-        """What is queued to be written; the buffer starts afresh (the transport may keep the old one)."""
-        out = self.out
-        self.out = bytearray()
-        return out
 
 
 def _frame_name(ftype: int) -> str:

@@ -38,8 +38,9 @@ from corral.worker.edge.health import health_app
 from corral.worker.http1.protocol import _ASGI, _METHODS, HttpProtocol, decode_path, service_unavailable
 from corral.worker.http2.fields import HOP_BY_HOP, RequestHead
 from corral.worker.http2.frames import ErrorCode, ProtocolError
-from corral.worker.http2.machine import H2Machine, LocalSettings, StreamState
+from corral.worker.http2.machine import H2Machine
 from corral.worker.http2.send import H2Sender
+from corral.worker.http2.state import LocalSettings, StreamState
 from corral.worker.http2.stream import H2Stream
 
 if TYPE_CHECKING:

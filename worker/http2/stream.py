@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from corral.worker.conn.phases import ResponseState
 
 if TYPE_CHECKING:
-    from corral.worker.http2.machine import StreamState
     from corral.worker.http2.protocol import H2Protocol
+    from corral.worker.http2.state import StreamState
 
 __all__ = ["H2Stream"]
 
@@ -70,7 +70,7 @@ class H2Stream:
     ) -> None:
         self.protocol = protocol
         self.stream_id = flow.stream_id
-        self.flow = flow  # corral.worker.http2.machine.StreamState
+        self.flow = flow  # corral.worker.http2.state.StreamState
         self.scope = scope
         self.is_head = is_head
         self.body: bytes | bytearray = b""

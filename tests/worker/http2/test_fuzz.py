@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from corral.worker.http2.fields import Decoder, HeaderListTooLarge, HpackError
 from corral.worker.http2.frames import PREFACE, ProtocolError
-from corral.worker.http2.machine import H2Machine, LocalSettings
+from corral.worker.http2.machine import H2Machine
+from corral.worker.http2.state import LocalSettings
 
 _ENCODER_FIELDS = [
     (b":method", b"GET"),

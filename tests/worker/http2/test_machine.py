@@ -26,7 +26,8 @@ from hyperframe.frame import (
 
 from corral.worker.http2.fields import response_block
 from corral.worker.http2.frames import ErrorCode, ProtocolError
-from corral.worker.http2.machine import H2Machine, LocalSettings
+from corral.worker.http2.machine import H2Machine
+from corral.worker.http2.state import LocalSettings
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/x?y=1"), (b":scheme", b"http"), (b":authority", b"example")]
 
