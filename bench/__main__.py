@@ -41,11 +41,11 @@ from bench import latency, load, memory, process, procs, report, servers, throug
 from bench.context import Ctx, Progress, med
 
 FAMILIES = {
-    **{n: throughput for n in throughput.SCENARIOS},
+    **dict.fromkeys(throughput.SCENARIOS, throughput),
     "loadgen": throughput,
     "idle": memory,
     "latency": latency,
-    **{n: process for n in ("coldstart", "fairness", "crash", "hup")},
+    **dict.fromkeys(("coldstart", "fairness", "crash", "hup"), process),
 }
 DEFAULT = [
     "plaintext",
@@ -79,7 +79,7 @@ def versions() -> dict[str, str]:
             from importlib.metadata import version
 
             found[module] = version(module)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a version that cannot be read is left out of the report
             pass
     try:
         found["corral"] = (
@@ -88,7 +88,7 @@ def versions() -> dict[str, str]:
             ).stdout.strip()
             or "?"
         )
-    except Exception:
+    except Exception:  # noqa: BLE001 - no git, no checkout: the version shows as ?
         found["corral"] = "?"
     found["wrk"] = "installed" if load.has_wrk() else "not installed"
     return found
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 scenarios[name] = FAMILIES[name].run(ctx, name)
-            except Exception as exc:  # one scenario's failure must not lose the others' results
+            except Exception as exc:  # noqa: BLE001 - one scenario's failure must not lose the others' results
                 import traceback
 
                 ctx.note(f"{name} failed", traceback.format_exc()[-2000:])
@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     written = [] if args.no_plots else report.plots(results, args.out)
     print(text)
     print(
-        f"written: {', '.join([os.path.join(args.out, 'results.md'), os.path.join(args.out, 'results.json')] + written)}",
+        "written: "
+        + ", ".join([os.path.join(args.out, "results.md"), os.path.join(args.out, "results.json"), *written]),
         file=sys.stderr,
     )
     return code

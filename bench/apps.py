@@ -6,7 +6,8 @@ serve bench.apps:hello_wsgi     # WSGI
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 BODY = b"Hello, world!"  # 13 bytes, text/plain: the same body the peers' figures were taken with
 HEADERS = [(b"content-type", b"text/plain"), (b"content-length", b"13")]

@@ -69,9 +69,9 @@ BUILD_DIR_VARIABLE = "BENCH_COMPILED_DIR"  # where main() built: bench.wsgi_disp
 def build(dest: Path, typed: bool) -> None:
     """Compile MODULES into `dest` (in a corral/<package>/ layout, as cimports need); the extension modules
     go to `dest`/lib."""
-    from Cython.Build import cythonize  # noqa: PLC0415  # only this tool needs Cython
-    from setuptools import Extension  # noqa: PLC0415
-    from setuptools.dist import Distribution  # noqa: PLC0415
+    from Cython.Build import cythonize  # only this tool needs Cython
+    from setuptools import Extension
+    from setuptools.dist import Distribution
 
     dest.mkdir(parents=True, exist_ok=True)
     # Every package a module lies in (corral, corral/worker, corral/worker/http1, ...), as cimports need.
@@ -144,7 +144,7 @@ class _Compiled:
 
 def serve(lib: Path, argv: list[str]) -> int:
     sys.meta_path.insert(0, _Compiled(lib))
-    from corral.master.cli import main as serve_main  # noqa: PLC0415  # after the finder: workers inherit it
+    from corral.master.cli import main as serve_main  # after the finder: workers inherit it
 
     sys.argv = ["serve", *argv]
     return serve_main()
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apps", default="wsgi,asgi")
     parser.add_argument("--keep", metavar="DIR", help="build into DIR and keep it (default: a temporary folder)")
     args = parser.parse_args(argv)
-    from bench import wsgi_dispatch  # noqa: PLC0415
+    from bench import wsgi_dispatch
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="corral-compiled-"))
     try:

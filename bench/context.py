@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from bench import procs, servers
 
@@ -78,7 +80,7 @@ class Ctx:
 
 
 def med(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # no NaN
+    values = [v for v in values if not math.isnan(v)]
     return statistics.median(values) if values else float("nan")
 
 
@@ -90,7 +92,7 @@ def start_each(ctx: Ctx, made: list[servers.Server], wait_workers: bool = False)
         try:
             server.start(wait_workers)
             running.append(server)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a server that fails to start is noted, and the others measured
             server.stop()
             ctx.note(f"{server.name} did not start", str(exc)[-1500:])
     return running
@@ -142,7 +144,7 @@ def interleave(
         for server in list(running):
             try:
                 result = one_round(server)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a server that fails a round is noted, and the others measured
                 ctx.note(f"{label}: {server.name} failed in round {rnd}", f"{type(exc).__name__}: {exc}"[-1500:])
                 running.remove(server)
                 server.stop()

@@ -166,7 +166,7 @@ def run_load(
 
 # ---------------------------------------------------------------------------- system calls, under strace
 
-_TOTAL = re.compile(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+total\s*$", re.M)
+_TOTAL = re.compile(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+total\s*$", re.MULTILINE)
 
 
 def _traced(pids: list[int]) -> bool:
@@ -267,7 +267,7 @@ def run_path(
         for server in list(running):  # warm-up: imports, caches, connection pools; not measured
             try:
                 run_load(path, server.url, 1.0, args, ctx.load_cpus)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a server that fails its warm-up is noted, and the others measured
                 ctx.note(f"{label}: {server.name} failed its warm-up", f"{type(exc).__name__}: {exc}"[-1500:])
                 running.remove(server)
                 server.stop()
@@ -286,7 +286,7 @@ def run_path(
                     ctx.progress.step(
                         f"{label} strace {server.name}: {calls[server.name]['per_request']:.1f} syscalls/request"
                     )
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a failed strace is noted, and the others measured
                     ctx.note(f"{label}: strace of {server.name} failed", f"{type(exc).__name__}: {exc}"[-1500:])
     finally:
         stop_each(ctx, running)
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                     done["paths"][name] = run_path(setting, PATHS[name], ctx, args, plan[name])
                 except procs.Interrupted:
                     raise
-                except Exception as exc:  # one path's failure must not lose the others' results
+                except Exception as exc:  # noqa: BLE001 - one path's failure must not lose the others' results
                     import traceback
 
                     ctx.note(f"{setting} {name} failed", traceback.format_exc()[-2000:])
@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["skipped"], results["notes"] = skipped, notes
     written = cost_report.write(results, args.out, plots=not args.no_plots)
-    print(open(written[0]).read())
+    with open(written[0]) as fh:
+        print(fh.read())
     print(f"written: {', '.join(written)}", file=sys.stderr)
     return code
 

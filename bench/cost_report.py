@@ -34,7 +34,7 @@ def path_table(setting: str, name: str, sc: dict[str, Any]) -> str:
     lines = [f"#### {setting} · {name}: {sc['title']}", ""]
     runs, ref = sc["runs"], sc.get("reference")
     if not runs:
-        return "\n".join(lines + ["(no results: see the notes)"])
+        return "\n".join([*lines, "(no results: see the notes)"])
     unit = "msg" if name == "websocket" else "req"
     head = [
         "server",
@@ -114,16 +114,20 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
     parts = [
         "# Benchmarks: what a request costs",
         "",
-        "CPU time, system calls and context switches per request for corral and its peers, on the same apps "
-        "(`bench/apps.py`), for each way a request can reach a worker, in two settings:",
+        (
+            "CPU time, system calls and context switches per request for corral and its peers, on the same apps "
+            "(`bench/apps.py`), for each way a request can reach a worker, in two settings:"
+        ),
         "",
         *(f"- **{s}**: {t}" for s, t in SETTING_TEXT.items() if s in results["settings"]),
         "",
-        "CPU per request is the figure to compare: requests/s depends on what else runs on the machine (it swings "
-        "2x between rounds on a shared one), the CPU a request takes much less. CPU is user + system time from "
-        "`/proc/PID/stat` of every process of the server (master and workers, all threads); context switches "
-        "come from `/proc/PID/task/*/status`; system calls from `strace -c -f` in a separate, shorter round "
-        f"({meta['syscalls']}).",
+        (
+            "CPU per request is the figure to compare: requests/s depends on what else runs on the machine (it swings "
+            "2x between rounds on a shared one), the CPU a request takes much less. CPU is user + system time from "
+            "`/proc/PID/stat` of every process of the server (master and workers, all threads); context switches "
+            "come from `/proc/PID/task/*/status`; system calls from `strace -c -f` in a separate, shorter round "
+            f"({meta['syscalls']})."
+        ),
         "",
         "## How to re-run",
         "",
@@ -134,25 +138,31 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
         "python -m bench cost --settings pinned --paths asgi,wsgi --rounds 5 --duration 5",
         "```",
         "",
-        "Results go to `bench-results/cost/` (`--out`): this page as `cost.md`, every run in `cost.json`, and "
-        "the plots. The deterministic counterpart, instructions per request under valgrind, is the CI guard: "
-        "`python -m bench guard` (`bench/cost_baseline.json`).",
+        (
+            "Results go to `bench-results/cost/` (`--out`): this page as `cost.md`, every run in `cost.json`, and "
+            "the plots. The deterministic counterpart, instructions per request under valgrind, is the CI guard: "
+            "`python -m bench guard` (`bench/cost_baseline.json`)."
+        ),
         "",
         "## This run",
         "",
-        f"`{meta['command']}`  \n{meta['started']}, {meta['seconds'] / 60:.0f} min; {meta['rounds']} interleaved "
-        f"round(s) of {meta['duration']:g} s per server; {meta['cores']} cores; wrk with {meta['connections']} "
-        f"connections (WebSocket: as many, one message in flight each), h2load with {meta['h2_connections']} "
-        f"connections x {meta['streams']} streams; load average {meta['loadavg_start']:.2f} -> "
-        f"{meta['loadavg_end']:.2f}.  \n{versions}",
+        (
+            f"`{meta['command']}`  \n{meta['started']}, {meta['seconds'] / 60:.0f} min; {meta['rounds']} interleaved "
+            f"round(s) of {meta['duration']:g} s per server; {meta['cores']} cores; wrk with {meta['connections']} "
+            f"connections (WebSocket: as many, one message in flight each), h2load with {meta['h2_connections']} "
+            f"connections x {meta['streams']} streams; load average {meta['loadavg_start']:.2f} -> "
+            f"{meta['loadavg_end']:.2f}.  \n{versions}"
+        ),
     ]
     for setting, block in results["settings"].items():
         parts += [
             "",
             f"## {setting.capitalize()}: {SETTING_TEXT[setting]}",
             "",
-            f"Workers per server: {block['workers']}; server cores: {block['server_cpus']}; load generator "
-            f"cores: {block['load_cpus']}.",
+            (
+                f"Workers per server: {block['workers']}; server cores: {block['server_cpus']}; load generator "
+                f"cores: {block['load_cpus']}."
+            ),
             "",
             summary(setting, block),
         ]
@@ -235,4 +245,4 @@ def write(results: dict[str, Any], folder: str, plots: bool = True) -> list[str]
     with open(md, "w") as f:
         f.write(markdown(results, [os.path.basename(i) for i in images]))
     write_json(results, os.path.join(folder, "cost.json"))
-    return [md, os.path.join(folder, "cost.json")] + images
+    return [md, os.path.join(folder, "cost.json"), *images]

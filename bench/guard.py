@@ -4,16 +4,16 @@
     python -m bench guard --paths asgi-keepalive,websocket
     python -m bench guard --update --reason "why the figures moved"     # record them (a reviewed edit)
 
-Request rates swing 2x between rounds on a shared machine, CPU time per request by several per cent, and
-this VM has no hardware counters; an instruction count under valgrind holds still. Each server is a real `serve` (one worker, default settings, PYTHONHASHSEED=0)
-under `valgrind --tool=callgrind --instr-atstart=no`: start-up runs uncounted. For each path a sequential
-client (bench/sequential.py: one unit in flight, so the server sees the same reads in the same order every
-time) opens a connection and warms it up; then counting is switched on through valgrind's gdbserver (`vgdb`),
-a fixed number of units is sent, the worker is let go quiet, and its instructions (every thread) are read and
-counting switched off again. An empty window as long as the units took (on, nothing sent, quiet, read, off)
+Request rates swing 2x between rounds on a shared machine, CPU time per request by several per cent, and this VM has
+no hardware counters; an instruction count under valgrind holds still. Each server is a real `serve` (one worker,
+default settings, PYTHONHASHSEED=0) under `valgrind --tool=callgrind --instr-atstart=no`: start-up runs uncounted.
+For each path a sequential client (bench/sequential.py: one unit in flight, so the server sees the same reads in the
+same order every time) opens a connection and warms it up; then counting is switched on through valgrind's gdbserver
+(`vgdb`), a fixed number of units is sent, the worker is let go quiet, and its instructions (every thread) are read
+and counting switched off again. An empty window as long as the units took (on, nothing sent, quiet, read, off)
 follows each: what switching costs and the work that follows the clock (the worker's once-a-second tick and
-heartbeat) are subtracted with it. Each path is measured in --windows such windows; their mean is the figure,
-and the spread between windows is reported (a path whose spread exceeds the tolerance is flagged).
+heartbeat) are subtracted with it. Each path is measured in --windows such windows; their mean is the figure, and
+the spread between windows is reported (a path whose spread exceeds the tolerance is flagged).
 
 The master is not counted: it does no per-request work.
 
@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import procs, servers, sequential
+from bench import procs, sequential, servers
 
 BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_baseline.json")
 TOLERANCE_PCT = 3.0

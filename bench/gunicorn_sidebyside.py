@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---" * (len(results[0]["aspects"]) + 1) + "|")
     for result in results:
         cells = []
-        for name, (a, b) in result["aspects"].items():
+        for a, b in result["aspects"].values():
             cells.append(f"= {a}" if a == b else f"**gunicorn {a} / serve {b}**")
         print(f"| {result['deployment']} | " + " | ".join(cells) + " |")
     if args.json:

@@ -108,7 +108,7 @@ def slowbody(port: int, pid: int, count: int) -> str:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         try:
             answer = sock.recv(100).split(b"\r\n")[0].decode()
-        except socket.timeout:
+        except TimeoutError:
             answer = "no answer in 60 s"
     waited = time.monotonic() - start
     grown = rss(pid) - before
@@ -148,7 +148,7 @@ def main() -> None:
             time.sleep(0.05)
         print(run(port, proc.pid, args.count or default_count))
     finally:
-        procs = [proc] + [p for p in psutil.Process(proc.pid).children(recursive=True)]
+        procs = [proc, *psutil.Process(proc.pid).children(recursive=True)]
         for p in procs:
             try:
                 p.kill()

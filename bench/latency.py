@@ -26,8 +26,8 @@ REQUESTS = 5000
 WARMUP = 200
 QUICK_REQUESTS = 1000
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: corral-bench\r\n\r\n"
-_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
-_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.I)
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
 
 
 def steps(ctx: Ctx, name: str) -> int:

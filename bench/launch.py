@@ -23,12 +23,12 @@ _ROOT = os.path.dirname(_HERE)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import socket  # noqa: E402
+import argparse  # noqa: E402 - after the path is set (above)
+import logging  # noqa: E402 - after the path is set (above)
+import socket  # noqa: E402 - after the path is set (above)
 
-from corral.shared.settings import Settings, from_env  # noqa: E402
-from corral.worker.serve.boot import run_worker  # noqa: E402
+from corral.shared.settings import Settings, from_env  # noqa: E402 - after the path is set (above)
+from corral.worker.serve.boot import run_worker  # noqa: E402 - after the path is set (above)
 
 
 def main(argv: list[str] | None = None) -> int:

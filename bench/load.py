@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):  # `python bench/load.py`: serve the package from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import procs  # noqa: E402
+from bench import procs
 
 HOST = "127.0.0.1"
 
@@ -91,13 +91,13 @@ def parse_wrk(output: str) -> dict[str, Any]:
     if not match:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{output}")
     result["rps"] = float(match.group(1))
-    m = re.search(r"^BENCH-LATENCY (\d+) (\d+) (\d+) (\d+) (\d+)", output, re.M)
+    m = re.search(r"^BENCH-LATENCY (\d+) (\d+) (\d+) (\d+) (\d+)", output, re.MULTILINE)
     if m:
         for key, us in zip(("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"), m.groups()):
             result[key] = int(us) / 1000
     else:  # no script output: wrk's own --latency table
         for q in ("50", "90", "99"):
-            m = re.search(rf"^\s*{q}(?:\.000)?%\s+(\S+)", output, re.M)
+            m = re.search(rf"^\s*{q}(?:\.000)?%\s+(\S+)", output, re.MULTILINE)
             if m:
                 result[f"p{q}_ms"] = _ms(m.group(1))
     m = re.search(r"(\d+) requests in ([\d.]+\w+)", output)
@@ -327,7 +327,7 @@ async def _generate(
         while loop.time() < deadline:
             done = loop.create_future()
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: protocol(done), host, port), 5)
+                await asyncio.wait_for(loop.create_connection(lambda done=done: protocol(done), host, port), 5)
             except (OSError, asyncio.TimeoutError):
                 error("connect")
                 await asyncio.sleep(0.01)

@@ -36,7 +36,7 @@ async def _hold(port: int, count: int, measure: Any, concurrency: int = 200, aft
         async with gate:
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(load.HOST, port), 10)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every failure of a held connection is counted, by its type
                 errors.append(f"connect: {type(exc).__name__}")
                 return
             held.append(writer)
@@ -47,7 +47,7 @@ async def _hold(port: int, count: int, measure: Any, concurrency: int = 200, aft
                 await asyncio.wait_for(reader.readexactly(int(match.group(1)) if match else 0), 10)
                 if head[9:12] != b"200":
                     errors.append(f"status {head[9:12].decode()}")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every failure of a held connection is counted, by its type
                 errors.append(f"request: {type(exc).__name__}")
 
     try:
@@ -112,18 +112,18 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
                 time.sleep(0.3)
                 idle, nworkers = _settled(server.pid)
 
-                def measure() -> dict[str, Any]:
-                    rss, _ = _settled(server.pid)
-                    return {"rss_with": rss, "held": _established(server.pid, server.port)}
+                def measure(pid: int = server.pid, port: int = server.port) -> dict[str, Any]:
+                    rss, _ = _settled(pid)
+                    return {"rss_with": rss, "held": _established(pid, port)}
 
-                def after() -> dict[str, Any]:
+                def after(pid: int = server.pid, port: int = server.port) -> dict[str, Any]:
                     # The connections closed: what the workers gave back once they are gone (waited for,
                     # then settled: a few seconds, as servers free and trim on their own clock).
                     deadline = time.monotonic() + 10
-                    while _established(server.pid, server.port) and time.monotonic() < deadline:
+                    while _established(pid, port) and time.monotonic() < deadline:
                         time.sleep(0.2)
                     time.sleep(2.0)
-                    return {"rss_after": _settled(server.pid, 4.0)[0]}
+                    return {"rss_after": _settled(pid, 4.0)[0]}
 
                 result = asyncio.run(_hold(server.port, count, measure, after=after))
                 held = max(result["held"] or count, 1)

@@ -18,6 +18,7 @@ pid (and the time of its first request), so no server needs an API for this.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import struct
@@ -97,7 +98,7 @@ def _under_load(ctx: Ctx, server: Any, duration: float, close: bool = False) -> 
     def work() -> None:
         try:
             box["result"] = load.run_load(ctx.tool, server.url, duration, ctx.connections, ctx.load_cpus, close=close)
-        except Exception as exc:  # reported by the caller
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
             box["error"] = exc
 
     thread = threading.Thread(target=work, daemon=True)
@@ -171,9 +172,9 @@ def _disrupt(ctx: Ctx, name: str) -> dict[str, Any]:
                 spawned = old_gone = float("nan")
                 while thread.is_alive():
                     now = set(server.worker_pids())
-                    if spawned != spawned and now - before:
+                    if math.isnan(spawned) and now - before:
                         spawned = time.time() - t0
-                    if old_gone != old_gone and not (now & gone):
+                    if math.isnan(old_gone) and not (now & gone):
                         old_gone = time.time() - t0
                     thread.join(0.01)
                 if "error" in box or "result" not in box:

@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -82,7 +83,7 @@ def spawn(
             argv,
             cwd=ROOT,
             env=env,
-            preexec_fn=_preexec(cpus),
+            preexec_fn=_preexec(cpus),  # noqa: PLW1509 - pins the server's cores; the children it runs start no thread
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=log if log is not None else subprocess.DEVNULL,
@@ -136,7 +137,7 @@ def stop(proc: subprocess.Popen, graceful: bool = True, timeout: float = STOP_TI
         except (ProcessLookupError, PermissionError):
             pass
         _kill_seen(proc.pid)
-    except Exception as exc:  # cleanup must go on with the others
+    except Exception as exc:  # noqa: BLE001 - cleanup must go on with the others
         print(f"\nwarning: could not stop pid {proc.pid}: {exc}", file=sys.stderr)
     finally:
         if proc in _live:
@@ -144,7 +145,7 @@ def stop(proc: subprocess.Popen, graceful: bool = True, timeout: float = STOP_TI
 
 
 def stop_all() -> None:
-    for proc in list(_live):
+    for proc in list(_live):  # noqa: PERF101 - a copy: stop() removes from _live
         stop(proc, graceful=True, timeout=5.0)
 
 
@@ -211,7 +212,7 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of `pid` and its descendants still alive."""
     total = 0.0
     try:
-        procs = [psutil.Process(pid)] + descendants(pid)
+        procs = [psutil.Process(pid), *descendants(pid)]
     except psutil.Error:
         return 0.0
     for proc in procs:
@@ -260,7 +261,7 @@ def _own_cpu() -> float:
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
-    for proc in list(_live):
+    for proc in list(_live):  # noqa: PERF101 - a copy: another thread may start or stop a server meanwhile
         total += tree_cpu(proc.pid)
     return total
 

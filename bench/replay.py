@@ -34,12 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import tomllib
 
 START_WAIT = 60.0  # importing on a busy 2-core machine
 SETTLE_WAIT = 30.0
@@ -118,7 +118,7 @@ class Deployment:
         folders the deployment expects to exist."""
         for block in self.extract:
             text = (root / block["from"]).read_text()
-            code = next(c for c in re.findall(r"```python\n(.*?)```", text, re.S) if block["contains"] in c)
+            code = next(c for c in re.findall(r"```python\n(.*?)```", text, re.DOTALL) if block["contains"] in c)
             (root / block["to"]).write_text(code)
         for name, content in self.files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ class Observation:
         return [
             line
             for line in self.output.splitlines()
-            if re.search(r"\bwarning\b", line, re.I) and "/replay/probe" not in line
+            if re.search(r"\bwarning\b", line, re.IGNORECASE) and "/replay/probe" not in line
         ]
 
 
@@ -207,7 +207,7 @@ class StatsdListener:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -16,7 +16,7 @@ def _vals(rs: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def spread(values: list[float], fmt: str, scale: float = 1.0) -> str:
-    values = [v * scale for v in values if v == v and not math.isinf(v)]
+    values = [v * scale for v in values if math.isfinite(v)]
     if not values:
         return "-"
     if len(values) == 1 or min(values) == max(values):
@@ -56,7 +56,7 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
     kind = sc["kind"]
     lines = [f"### {name}: {sc['title']}", ""]
     if not runs:
-        return "\n".join(lines + ["(no results: see the notes)"])
+        return "\n".join([*lines, "(no results: see the notes)"])
     if baseline not in runs:
         baseline = None
     if kind == "throughput":

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 Before = Callable[[], None] | None  # called before each unit (bench/guard.py: wait until the worker is quiet)
 
@@ -134,7 +135,7 @@ class H2:
         self.requests_per_unit = streams
         self.sock = _connect(port, tls, alpn=["h2"])
         if tls and self.sock.selected_alpn_protocol() != "h2":  # type: ignore[attr-defined]  # an SSLSocket
-            raise RuntimeError(f"the server chose {self.sock.selected_alpn_protocol()!r} over h2")  # type: ignore[attr-defined]
+            raise RuntimeError(f"the server chose {self.sock.selected_alpn_protocol()!r} over h2")  # type: ignore[attr-defined]  # an SSLSocket here
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.headers = [
             (b":method", b"GET"),

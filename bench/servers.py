@@ -12,8 +12,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from bench import load, procs
 
@@ -60,7 +61,7 @@ def _corral_threads1(app: str, port: int, workers: int, opt: dict[str, Any]) -> 
 
 def _corral_hooks(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
     """corral with gunicorn's pre_request/post_request hooks set (no-ops): what the hooks cost per request."""
-    return _corral(app, port, workers, opt) + ["-c", HOOKS_CONF]
+    return [*_corral(app, port, workers, opt), "-c", HOOKS_CONF]
 
 
 BEFORE_ENV = "CORRAL_BENCH_BEFORE"  # the python of another checkout's venv: corral before a change
@@ -123,7 +124,7 @@ def _gunicorn(worker_class: str) -> Callable[[str, int, int, dict[str, Any]], li
             out += ["--keep-alive", str(opt["keepalive"])]
         if opt.get("tls"):
             out += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
-        return out + [app]
+        return [*out, app]
 
     return argv
 
@@ -148,7 +149,7 @@ def _hypercorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[s
         argv += ["--keep-alive", str(opt["keepalive"])]
     if opt.get("tls"):
         argv += ["--certfile", opt["tls"][0], "--keyfile", opt["tls"][1]]
-    return argv + [app]
+    return [*argv, app]
 
 
 def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[str]]:
@@ -175,7 +176,7 @@ def _granian(interface: str) -> Callable[[str, int, int, dict[str, Any]], list[s
             out += ["--blocking-threads", str(opt.get("threads") or 4)]
         if opt.get("tls"):  # the key must be PKCS#8: throughput.self_signed's is
             out += ["--ssl-certificate", opt["tls"][0], "--ssl-keyfile", opt["tls"][1]]
-        return out + [app]
+        return [*out, app]
 
     return argv
 

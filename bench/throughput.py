@@ -209,7 +209,7 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
             ctx.progress.show(f"{name}: warming up {server.name}")
             try:
                 once(server, 0.5 if ctx.quick else max(1.0, ctx.duration / 3))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a server that fails its warm-up is noted, and the others measured
                 ctx.note(f"{name}: {server.name} failed its warm-up", f"{type(exc).__name__}: {exc}"[-1500:])
         runs = interleave(
             ctx,

@@ -134,7 +134,7 @@ async def open_clients(port: int, count: int, payload: bytes, state: dict) -> li
         for _ in range(start, min(count, start + 200)):
             opened = loop.create_future()
             await loop.create_connection(
-                lambda: EchoClient(port, frame, echo_size(payload), opened, state), "127.0.0.1", port
+                lambda opened=opened: EchoClient(port, frame, echo_size(payload), opened, state), "127.0.0.1", port
             )
             batch.append(opened)
         clients += await asyncio.wait_for(asyncio.gather(*batch), 60)
@@ -147,10 +147,9 @@ _C_CLIENT: list[str | None] = []
 def c_client() -> str | None:
     """bench/ws_client.c compiled (once, into a temporary folder), or None without a C compiler."""
     if not _C_CLIENT:
+        import atexit
         import shutil
         import tempfile
-
-        import atexit
 
         path = None
         compiler = shutil.which("cc") or shutil.which("gcc")
@@ -258,9 +257,9 @@ class Server:
             text=True,
         )
         if port is None:  # bench/launch.py prints the port it bound
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]  # stdout=PIPE
             if not line.startswith("listening on "):
-                raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore
+                raise RuntimeError(f"{name} did not start: {line}{self.proc.stdout.read()}")  # type: ignore[union-attr]  # stdout=PIPE
             port = int(line.split()[-1])
         self.port = port
         if not wait_port(port, self.proc):

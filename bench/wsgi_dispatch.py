@@ -107,13 +107,13 @@ def _usage(pids: list[int]) -> tuple[float, float, int]:
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
             user += int(fields[11]) / tick
             system += int(fields[12]) / tick
             for task in os.listdir(f"/proc/{pid}/task"):
-                for line in open(f"/proc/{pid}/task/{task}/status"):
-                    if "ctxt_switches" in line:
-                        switches += int(line.split()[1])
+                with open(f"/proc/{pid}/task/{task}/status") as fh:
+                    switches += sum(int(line.split()[1]) for line in fh if "ctxt_switches" in line)
         except (OSError, IndexError):
             pass
     return user, system, switches
@@ -128,7 +128,7 @@ def _wrk(seconds: float) -> str:
 
 
 def _ms(text: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]  # wrk's format
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
@@ -153,15 +153,15 @@ def measure(variant: str, app: str, threads: int, seconds: float) -> dict[str, f
         user0, sys0, sw0 = _usage(pids)
         out = _wrk(seconds)
         user1, sys1, sw1 = _usage(pids)
-        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]  # wrk's format
         return {
-            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]  # wrk's format
             "us_cpu": 1e6 * (user1 - user0 + sys1 - sys0) / requests,
             "us_user": 1e6 * (user1 - user0) / requests,
             "us_sys": 1e6 * (sys1 - sys0) / requests,
             "switches": (sw1 - sw0) / requests,
-            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
-        }  # type: ignore[union-attr]
+            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),
+        }  # type: ignore[union-attr]  # wrk's format
     finally:
         procs.stop(server, timeout=15)
 
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"`python -m bench.wsgi_dispatch {' '.join(argv if argv is not None else sys.argv[1:])}` "
-        f"({args.app}, {args.threads} threads, {args.rounds} interleaved rounds of {args.duration:g} s; medians, min-max)\n"
+        f"({args.app}, {args.threads} threads, {args.rounds} interleaved rounds of {args.duration:g} s; "
+        "medians, min-max)\n"
     )
     print("| variant | req/s | CPU us/request | of which user | of which system | context switches/request | p99 ms |")
     print("|---|---|---|---|---|---|---|")

@@ -109,8 +109,10 @@ def setting_block(setting: Setting) -> str:
         "",
         "| command line | environment | config file | default |",
         "|---|---|---|---|",
-        f"| {_cell(cli_flags(setting))} | `{setting.env}` | `{_cell(config_line(setting))}` | "
-        f"{default_cell(setting)} |",
+        (
+            f"| {_cell(cli_flags(setting))} | `{setting.env}` | `{_cell(config_line(setting))}` | "
+            f"{default_cell(setting)} |"
+        ),
         "",
         setting.help,
         "",

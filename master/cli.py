@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 
 from corral.master.config.carryover import apply_environment, effective, scan_flags
 from corral.master.config.sources import ConfigProblems, collect, find_config, settings_options
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
-from corral.shared.settings import REGISTRY, Settings, SettingError
+from corral.shared.settings import REGISTRY, SettingError, Settings
 
 __all__ = ["main", "serve", "status"]
 
@@ -30,7 +31,7 @@ PROG = "serve"
 def _fail(message: str, code: int) -> int:
     """One `serve: error:` line per problem (a config file may have several, all reported in one run)."""
     lines = message.split("\n") if isinstance(message, str) else [str(message)]
-    if not lines[0].startswith("Traceback") and len(lines) > 1 and not any(l.startswith("  ") for l in lines):
+    if not lines[0].startswith("Traceback") and len(lines) > 1 and not any(line.startswith("  ") for line in lines):
         for line in lines:
             click.echo(f"{PROG}: error: {line}", err=True)
     else:
@@ -199,9 +200,9 @@ def _check(app: str, settings: Settings) -> int:
 def run(app: str, settings: Settings, load: Any, config_path: str | None = None) -> int:
     # Imported here: `serve --help` and `--print-config` need none of this.
     from corral.master.arbiter.loop import AppCheckError, Arbiter, CrashLoop
+    from corral.master.listen.sockets import BindError
     from corral.master.observe.logs import setup_logging
     from corral.master.status.pidfile import PidfileError
-    from corral.master.listen.sockets import BindError
     from corral.worker.app.load import AppImportError
 
     try:

@@ -8,7 +8,8 @@ in `_consumed(left)` (told after each take how many bytes are left unread).
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["BlockingReader", "ClientDisconnected"]
 
@@ -19,9 +20,11 @@ class ClientDisconnected(OSError):
 
 
 class BlockingReader:
-    """read/readline/readlines/iteration, each blocking until enough of the body has arrived."""
+    """read/readline/readlines/iteration, each blocking until enough of the body has arrived (the slots are
+    the subclass's)."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
     _cond: Any
     _buf: bytearray
     _eof: bool

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from corral.shared.coroutines import iscoroutinefunction
 
 __all__ = ["is_double_callable", "double_to_single_callable", "guarantee_single_callable"]
 
-Scope = dict
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGI3Application = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -27,7 +28,7 @@ def is_double_callable(application: Any) -> bool:
         return True
     # An instance whose __call__ is a coroutine function is ASGI 3. A sync __call__ proves nothing yet:
     # the object itself may be marked as a coroutine function (checked below).
-    call = getattr(application, "__call__", None)
+    call = getattr(application, "__call__", None)  # noqa: B004 - the bound __call__ itself is inspected
     if call is not None and iscoroutinefunction(call):
         return False
     return not iscoroutinefunction(application)
@@ -36,9 +37,9 @@ def is_double_callable(application: Any) -> bool:
 def double_to_single_callable(application: Callable[[Scope], Any]) -> ASGI3Application:
     """Wrap an ASGI 2 application so that it is called the ASGI 3 way."""
 
-    async def new_application(scope: Scope, receive: Receive, send: Send) -> None:
+    async def new_application(scope: Scope, receive: Receive, send: Send) -> Any:
         instance = application(scope)
-        return await instance(receive, send)
+        return await instance(receive, send)  # its return value passes through, as asgiref's
 
     return new_application
 
@@ -46,5 +47,5 @@ def double_to_single_callable(application: Callable[[Scope], Any]) -> ASGI3Appli
 def guarantee_single_callable(application: Any) -> ASGI3Application:
     """Return `application` in ASGI 3 form, wrapping it only if it is an ASGI 2 application."""
     if is_double_callable(application):
-        application = double_to_single_callable(application)
-    return application
+        return double_to_single_callable(application)
+    return cast(ASGI3Application, application)

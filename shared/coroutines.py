@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = ["iscoroutinefunction", "markcoroutinefunction"]
 
@@ -34,5 +35,5 @@ else:
         """Mark a sync callable that returns an awaitable so that it is treated as a coroutine function."""
         if hasattr(func, "__func__"):
             func = func.__func__
-        func._is_coroutine = _MARKER  # type: ignore[attr-defined]
+        func._is_coroutine = _MARKER  # type: ignore[attr-defined]  # asyncio's marker, as asgiref sets it
         return func

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from queue import SimpleQueue
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["CurrentThreadExecutor"]
 
@@ -39,7 +40,9 @@ class _WorkItem:
 
     __slots__ = ("future", "fn", "args", "kwargs")
 
-    def __init__(self, future: Future[Any], fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def __init__(
+        self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self.future = future
         self.fn = fn
         self.args = args
@@ -51,7 +54,7 @@ class _WorkItem:
             return
         try:
             result = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - as concurrent.futures: every outcome of the call goes to its future
             future.set_exception(exc)
             del exc  # the exception references this frame: break the cycle now
         else:
@@ -99,7 +102,7 @@ class CurrentThreadExecutor(Executor):
             self._broken = True
             self._queue.put(_STOP)
 
-    def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Future[_R]:  # type: ignore[override]
+    def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Future[_R]:
         """Queue `fn(*args, **kwargs)` for the executor's thread (or the closest outer one still running)."""
         if threading.get_ident() == self._work_thread:
             raise RuntimeError("You cannot submit onto CurrentThreadExecutor from its own thread")

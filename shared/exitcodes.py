@@ -1,8 +1,9 @@
 """The exit-code contract between a worker process and the master.
 
 A worker exits with one of these codes; the master reads it to decide whether to respawn the worker,
-stop, or give up. The values match gunicorn's where gunicorn has one (3 = worker boot error,
-4 = app load error), so supervisors that already know gunicorn's codes keep working.
+stop, or give up. 3 and 4 are gunicorn's worker codes (WORKER_BOOT_ERROR, APP_LOAD_ERROR); the others are
+corral's, one per fix (gunicorn exits 1 for a config file, bind or pid-file problem, 2 only for a bad flag).
+docs/signals.md compares each with gunicorn's.
 """
 
 from __future__ import annotations

@@ -118,11 +118,12 @@ class _ThreadCriticalLocal(Local):
 
     def _thread_var(self) -> ContextVar[dict[str, Any]]:
         holder = self._corral_var
+        var: ContextVar[dict[str, Any]]
         try:
-            return holder.var
+            var = holder.var
         except AttributeError:
             holder.var = var = ContextVar(CRITICAL_VAR_NAME)
-            return var
+        return var
 
     def __getattr__(self, key: str) -> Any:
         if _get_running_loop() is None:

@@ -15,8 +15,9 @@ import asyncio
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 __all__ = ["BridgeRuntime", "Closeable", "LoopThread", "get_runtime", "configure", "shutdown", "DEFAULT_THREADS"]
 

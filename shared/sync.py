@@ -41,14 +41,15 @@ import threading
 import types
 import warnings
 from asyncio.events import _get_running_loop
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, Future
-from typing import Any, Awaitable, Callable, Coroutine, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .coroutines import iscoroutinefunction, markcoroutinefunction
 from .current_thread_executor import CurrentThreadExecutor
 from .local import _HOME, CRITICAL_VAR_NAME, _Storage
 from .runtime import LoopThread, get_runtime
-from .sync_contexts import (  # noqa: F401  (the context managers are this module's API, as asgiref's)
+from .sync_contexts import (  # the context managers are this module's API, as asgiref's
     AsyncSingleThreadContext,
     ThreadSensitiveContext,
     _current_executor,
@@ -138,9 +139,10 @@ class _S2ACall:
         "loop", "future", "func", "args", "kwargs", "exc", "pid", "thread", "deadlock",
         "task", "box", "cancelled", "inner_cancelled",
     )  # fmt: skip
+    future: asyncio.Future[Any]  # set by the awaiting side before the thread can read it
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, func: Callable[..., Any], args: tuple, kwargs: dict,
+        self, loop: asyncio.AbstractEventLoop, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         exc: BaseException | None,
     ) -> None:  # fmt: skip
         self.loop = loop
@@ -177,7 +179,7 @@ def _s2a_run_in_given_context(call: _S2ACall) -> Any:
         return _s2a_invoke(call)
     finally:
         for var, token in zip((_HOME, _frame, _deadlock), tokens):
-            var.reset(token)  # type: ignore[attr-defined]
+            var.reset(token)  # type: ignore[attr-defined]  # each is a ContextVar; zip over the tuple loses that
 
 
 def _s2a_invoke(call: _S2ACall) -> Any:
@@ -189,7 +191,7 @@ def _s2a_invoke(call: _S2ACall) -> Any:
             # The caller was handling an exception: so is the function (sys.exc_info() shows it).
             try:
                 raise exc
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - only the one raised above: the function runs while it is handled
                 result = call.func(*call.args, **call.kwargs)
     except BaseException as error:
         try:
@@ -227,7 +229,7 @@ async def _wait_after_cancel(call: _S2ACall, done: Future[Any]) -> bool:
             await asyncio.shield(waiter)
         except _CancelledError:
             pass  # cancelled again: the coroutine chose to finish, so its function's outcome is awaited
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any other outcome ends the wait (the result is read from `done`)
             break
     if not waiter.cancelled():
         waiter.exception()  # retrieved (the outcome is read from `done`): no "never retrieved" log
@@ -247,7 +249,7 @@ class SyncToAsync(Generic[_P, _R]):
         if type(func) is types.FunctionType:  # the common case; its __call__ needs no look
             refused = iscoroutinefunction(func)
         else:
-            refused = not callable(func) or iscoroutinefunction(func) or iscoroutinefunction(func.__call__)
+            refused = not callable(func) or iscoroutinefunction(func) or iscoroutinefunction(func.__call__)  # type: ignore[operator]  # a callable's __call__
         if refused:
             raise TypeError("sync_to_async can only be applied to sync functions.")
         if thread_sensitive and executor is not None:
@@ -281,7 +283,8 @@ class SyncToAsync(Generic[_P, _R]):
             run = _s2a_run
         else:
             run = _s2a_run_in_given_context
-        future = call.future = loop.create_future()
+        future: asyncio.Future[_R] = loop.create_future()
+        call.future = future
         done = executor.submit(ctx.run, run, call)
         try:
             return await future
@@ -291,7 +294,7 @@ class SyncToAsync(Generic[_P, _R]):
             if not future.cancelled() or done.cancel():
                 raise
             if await _wait_after_cancel(call, done):
-                return done.result()
+                return done.result()  # type: ignore[no-any-return]  # the result of the call itself
             raise
         finally:
             if self.context is None:
@@ -312,7 +315,7 @@ def _sensitive_executor(loop: asyncio.AbstractEventLoop, call: _S2ACall) -> Exec
     runtime = get_runtime()
     loop_executors = runtime.loop_executors
     if loop_executors:
-        executor = loop_executors.get(loop)
+        executor: Executor | None = loop_executors.get(loop)
         if executor is not None:
             return executor
     if _deadlock.get(0) == _pid:
@@ -362,9 +365,9 @@ async def _a2s_main(box: _A2SCall, exc: BaseException | None) -> None:
         else:
             try:
                 raise exc
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - only the one raised above: the awaitable runs while it is handled
                 box.result = await box.awaitable
-    except BaseException as error:
+    except BaseException as error:  # noqa: BLE001 - every outcome of the awaitable goes back to the calling thread
         box.exc = error
     finally:
         _current_executor.reset(token)
@@ -378,7 +381,7 @@ def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
     try:
         # The task runs in `ctx` itself (not a copy), so the caller can read back what the coroutine set.
         if _TASK_TAKES_CONTEXT:
-            task = box.task = loop.create_task(coro, context=ctx)
+            task = box.task = loop.create_task(coro, context=ctx)  # type: ignore[call-arg]  # 3.11+: the flag above
         else:
             # 3.10: the task copies the context current here; what it sets comes back in box.ctx.
             task = box.task = ctx.run(loop.create_task, coro)
@@ -429,7 +432,7 @@ class AsyncToSync(Generic[_P, _R]):
         if not iscoroutinefunction(awaitable) and (
             type(awaitable) is types.FunctionType
             or not callable(awaitable)
-            or not iscoroutinefunction(awaitable.__call__)
+            or not iscoroutinefunction(awaitable.__call__)  # type: ignore[operator]  # a callable's __call__
         ):
             # Detection has false negatives (callables returning awaitables), hence a warning as asgiref;
             # something not callable at all fails when called (TypeError), as in asgiref.
@@ -472,7 +475,7 @@ class AsyncToSync(Generic[_P, _R]):
                 except RuntimeError:
                     pass  # that loop has closed meanwhile
             if scheduled:
-                _serve_until_done(executor, call.loop, box)  # type: ignore[union-attr]
+                _serve_until_done(executor, call.loop, box)  # type: ignore[union-attr]  # a thread-sensitive call has its loop
             else:
                 self._run_on_own_loop(coro, ctx, box, executor)
         except BaseException:
@@ -488,8 +491,8 @@ class AsyncToSync(Generic[_P, _R]):
             try:
                 raise exc
             finally:
-                box.exc = exc = None  # type: ignore[assignment]
-        return box.result  # type: ignore[no-any-return]
+                box.exc = exc = None
+        return box.result  # type: ignore[no-any-return]  # the awaitable's result, of type _R
 
     def _run_on_own_loop(
         self, coro: Any, ctx: contextvars.Context, box: _A2SCall, executor: CurrentThreadExecutor

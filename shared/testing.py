@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from corral.shared.compatibility import guarantee_single_callable
-from corral.shared.timeout import timeout as _Timeout
+from corral.shared.timeout import timeout as _timeout
 
 __all__ = ["ApplicationCommunicator"]
 
@@ -20,28 +20,28 @@ class ApplicationCommunicator:
     re-raised from the next `send_input`, `receive_output`, `receive_nothing`, `wait` or `stop` call.
     """
 
-    def __init__(self, application: Any, scope: dict) -> None:
+    def __init__(self, application: Any, scope: dict[str, Any]) -> None:
         self.application = guarantee_single_callable(application)
         self.scope = scope
-        self._future: asyncio.Task | None = None
-        self._input_queue: asyncio.Queue | None = None
-        self._output_queue: asyncio.Queue | None = None
+        self._future: asyncio.Task[Any] | None = None
+        self._input_queue: asyncio.Queue[Any] | None = None
+        self._output_queue: asyncio.Queue[dict[str, Any]] | None = None
 
     # The queues and the task are made lazily so that they belong to the loop the test runs in.
     @property
-    def input_queue(self) -> asyncio.Queue:
+    def input_queue(self) -> asyncio.Queue[Any]:
         if self._input_queue is None:
             self._input_queue = asyncio.Queue()
         return self._input_queue
 
     @property
-    def output_queue(self) -> asyncio.Queue:
+    def output_queue(self) -> asyncio.Queue[dict[str, Any]]:
         if self._output_queue is None:
             self._output_queue = asyncio.Queue()
         return self._output_queue
 
     @property
-    def future(self) -> asyncio.Task:
+    def future(self) -> asyncio.Task[Any]:
         """The task running the application (started on first access)."""
         if self._future is None:
             coro = self.application(self.scope, self.input_queue.get, self.output_queue.put)
@@ -70,7 +70,7 @@ class ApplicationCommunicator:
         None (the expiry cancels the awaited task, and an application ending cancelled is not an error).
         """
         try:
-            async with _Timeout._quiet(timeout):
+            async with _timeout._quiet(timeout):
                 try:
                     await self.future
                 except asyncio.CancelledError:
@@ -96,16 +96,16 @@ class ApplicationCommunicator:
             # The event loop is already closed.
             pass
 
-    async def send_input(self, message: dict) -> None:
+    async def send_input(self, message: dict[str, Any]) -> None:
         """Queue one message for the application's `receive()`."""
         self._raise_if_finished()
         await self.input_queue.put(message)
 
-    async def receive_output(self, timeout: float = 1) -> dict:
+    async def receive_output(self, timeout: float = 1) -> dict[str, Any]:
         """Return the next message the application sent; TimeoutError (application cancelled) if none comes."""
         self._raise_if_finished()
         try:
-            async with _Timeout._quiet(timeout):
+            async with _timeout._quiet(timeout):
                 return await self._next_output()
         except asyncio.TimeoutError:
             # An application that died while we waited explains the silence better than the timeout.
@@ -115,7 +115,7 @@ class ApplicationCommunicator:
                 await self._cancel_and_reap()
             raise
 
-    async def _next_output(self) -> dict:
+    async def _next_output(self) -> dict[str, Any]:
         # Wait for output or for the application to fail, whichever comes first: a crashed application
         # is reported at once instead of after the whole timeout (asgiref waits it out).
         getter = asyncio.ensure_future(self.output_queue.get())

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import warnings
 from types import TracebackType
+from typing import Any
 
 __all__ = ["timeout"]
 
 
-class timeout:
+class timeout:  # noqa: N801 - asgiref's name (asgiref.timeout.timeout)
     """Cancel the block after `delay` seconds and raise `asyncio.TimeoutError`; `delay=None` disables it.
 
     Usable as `async with timeout(1.0): ...`, or as a plain `with` inside a coroutine running in a task.
@@ -47,7 +48,7 @@ class timeout:
     def _setup(self, delay: float | None, loop: asyncio.AbstractEventLoop | None) -> None:
         self._delay = delay
         self._loop = loop if loop is not None else asyncio.get_running_loop()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._handle: asyncio.Handle | None = None
         self._deadline: float | None = None
         self._expired = False

@@ -25,8 +25,9 @@ import functools
 import importlib
 import importlib.machinery
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
     "WorkerClass",
@@ -161,7 +162,7 @@ def _from_class(text: str, cls: type) -> WorkerClass:
 
 
 def _is_uvicorn(module: str, name: str) -> bool:
-    return module.split(".")[0] in ("uvicorn", "uvicorn_worker") and name in ("UvicornWorker", "UvicornH11Worker")
+    return module.partition(".")[0] in ("uvicorn", "uvicorn_worker") and name in ("UvicornWorker", "UvicornH11Worker")
 
 
 def _from_source(text: str, module_name: str, class_name: str, error: Exception) -> WorkerClass:
@@ -222,8 +223,9 @@ class _SourceReader:
             if isinstance(node, ast.ClassDef) and node.name == class_name:
                 return self._class(node, module_name, names, depth)
         target = names.get(class_name)  # re-exported: `from ._workers import UvicornWorker`
-        if target is not None:
-            return self.read(*target.rsplit(".", 1), depth=depth + 1)
+        if target is not None and "." in target:
+            module, _, name = target.rpartition(".")
+            return self.read(module, name, depth=depth + 1)
         return None
 
     def _tree(self, module_name: str) -> tuple[ast.Module, bool] | None:
@@ -249,7 +251,8 @@ class _SourceReader:
                 continue
             head, _, rest = dotted.partition(".")
             full = names.get(head, f"{module_name}.{head}") + (f".{rest}" if rest else "")
-            found = self.read(*full.rsplit(".", 1), depth=depth + 1)
+            module, _, name = full.rpartition(".")
+            found = self.read(module, name, depth=depth + 1) if module else None
             if found is None:
                 continue
             interface, inherited = found
@@ -294,6 +297,7 @@ def _imported_names(tree: ast.Module, module_name: str, is_package: bool = False
 def _config_kwargs(node: ast.ClassDef, inherited: dict[str, Any]) -> dict[str, Any] | None:
     """The class's own CONFIG_KWARGS: a literal dict, `{**Base.CONFIG_KWARGS, ...}` or `dict(...)`."""
     for statement in node.body:
+        value: ast.expr | None
         if isinstance(statement, ast.Assign):
             targets = [t.id for t in statement.targets if isinstance(t, ast.Name)]
             value = statement.value
@@ -439,10 +443,9 @@ KWARGS: dict[str, tuple[str, Callable[[Any], Any]] | str] = {
     "callback_notify": "the master's watchdog is -t/--timeout",
     "timeout_worker_healthcheck": "the master's watchdog is -t/--timeout",
     "env_file": "use -e/--env KEY=VALUE or the service manager's environment",
-    **{name: "set by the server (-b/--bind, -w/--workers)" for name in ("app", "host", "port", "uds", "fd", "workers")},
-    **{
-        name: "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)"
-        for name in (
+    **dict.fromkeys(("app", "host", "port", "uds", "fd", "workers"), "set by the server (-b/--bind, -w/--workers)"),
+    **dict.fromkeys(
+        (
             "ssl_keyfile",
             "ssl_certfile",
             "ssl_keyfile_password",
@@ -450,12 +453,12 @@ KWARGS: dict[str, tuple[str, Callable[[Any], Any]] | str] = {
             "ssl_cert_reqs",
             "ssl_ca_certs",
             "ssl_ciphers",
-        )
-    },
-    **{
-        name: "use serve --reload"
-        for name in ("reload", "reload_dirs", "reload_delay", "reload_includes", "reload_excludes")
-    },
+        ),
+        "TLS comes from --certfile, --keyfile, --ca-certs, --cert-reqs, --ciphers (or an ssl_context hook)",
+    ),
+    **dict.fromkeys(
+        ("reload", "reload_dirs", "reload_delay", "reload_includes", "reload_excludes"), "use serve --reload"
+    ),
 }
 
 

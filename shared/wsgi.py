@@ -34,11 +34,12 @@ import contextvars
 import io
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _cf_thread
-from typing import Any, Callable, Iterable
+from typing import Any, TypeGuard
 
-from corral.shared.bodystream import BlockingReader, ClientDisconnected  # noqa: F401 (ClientDisconnected: API)
+from corral.shared.bodystream import BlockingReader, ClientDisconnected  # ClientDisconnected: API
 from corral.shared.runtime import get_runtime
 from corral.shared.wsgi_environ import build_environ
 
@@ -51,15 +52,15 @@ INPUT_BUFFER = 256 * 1024
 #: Response bytes a streaming application may produce ahead of `send()` before its thread blocks.
 OUTPUT_WINDOW = 256 * 1024
 
-WSGIApplication = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def _wake(waiter: asyncio.Future) -> None:
+def _wake(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
 
-def _notify(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future) -> None:
+def _notify(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any]) -> None:
     """Wake an event-loop waiter from another thread."""
     try:
         loop.call_soon_threadsafe(_wake, waiter)
@@ -79,7 +80,7 @@ class _Job:
 
     __slots__ = ("instance", "context", "environ")
 
-    def __init__(self, instance: WsgiToAsgiInstance, environ: dict) -> None:
+    def __init__(self, instance: WsgiToAsgiInstance, environ: dict[str, Any]) -> None:
         self.instance = instance
         self.context = contextvars.copy_context()
         self.environ = environ
@@ -104,21 +105,21 @@ class _Job:
 
 def _queue_job(executor: ThreadPoolExecutor, job: _Job) -> bool:
     """`executor.submit` for a `_Job` (see there); False when the pool takes no more work (submit raises)."""
-    with executor._shutdown_lock, _cf_thread._global_shutdown_lock:  # type: ignore[attr-defined]
-        if executor._broken or executor._shutdown or _cf_thread._shutdown:  # type: ignore[attr-defined]
+    with executor._shutdown_lock, _cf_thread._global_shutdown_lock:
+        if executor._broken or executor._shutdown or _cf_thread._shutdown:
             return False
-        executor._work_queue.put(job)  # type: ignore[attr-defined]
-        if len(executor._threads) < executor._max_workers:  # type: ignore[attr-defined]
+        executor._work_queue.put(job)  # type: ignore[arg-type]  # a _Job does what a _WorkItem does: run()
+        if len(executor._threads) < executor._max_workers:
             # Starts a thread unless one is idle. With every thread started it would only take a count
             # off the idle semaphore (the threads add one per job; its sole reader is this method).
-            executor._adjust_thread_count()  # type: ignore[attr-defined]
+            executor._adjust_thread_count()
     return True
 
 
 _fast_pools: list[bool] = []  # [whether ThreadPoolExecutor has what `_queue_job` needs], checked once
 
 
-def _fast_pool(executor: Any) -> bool:
+def _fast_pool(executor: Any) -> TypeGuard[ThreadPoolExecutor]:
     """Whether `executor` is a plain ThreadPoolExecutor with the internals `_queue_job` relies on."""
     if type(executor) is not ThreadPoolExecutor:
         return False  # a subclass may change submit(): only the plain pool takes the shortcut
@@ -159,7 +160,7 @@ class _InputStream(BlockingReader):
         self._buf = bytearray()
         self._eof = False
         self._disconnected = False
-        self._resume: asyncio.Future | None = None
+        self._resume: asyncio.Future[Any] | None = None
 
     # -- event-loop side --------------------------------------------------------------------------------
     def feed(self, data: bytes, more: bool) -> None:
@@ -203,7 +204,7 @@ class WsgiToAsgi:
         #: corral's message shape (see the module docstring) instead of asgiref's.
         self.coalesce = coalesce
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         await WsgiToAsgiInstance(
             self.wsgi_application, self.duplicate_header_limit, executor=self.executor, coalesce=self.coalesce
         )(scope, receive, send)
@@ -235,9 +236,9 @@ class WsgiToAsgiInstance:
         self.duplicate_header_limit = duplicate_header_limit
         self.executor = executor
         self.coalesce = coalesce
-        self.scope: dict | None = None
+        self.scope: dict[str, Any] | None = None
         self.response_started = False
-        self.response_start: dict | None = None
+        self.response_start: dict[str, Any] | None = None
         self.response_content_length: int | None = None
         self._remaining: int | None = None
         self._lock = threading.Lock()
@@ -247,11 +248,11 @@ class WsgiToAsgiInstance:
         self._done = False
         self._error: BaseException | None = None
         self._aborted = False
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[Any] | None = None
         self._stream: _InputStream | None = None
-        self._receiver: asyncio.Task | None = None
+        self._receiver: asyncio.Task[Any] | None = None
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             raise ValueError("WSGI wrapper received a non-HTTP scope")
         self.scope = scope
@@ -294,11 +295,11 @@ class WsgiToAsgiInstance:
             if self._receiver is not None and not self._receiver.done():
                 self._receiver.cancel()
 
-    def build_environ(self, scope: dict, body: Any) -> dict:
+    def build_environ(self, scope: dict[str, Any], body: Any) -> dict[str, Any]:
         """Build the PEP 3333 environ of a request from its scope and a file-like body."""
         return build_environ(scope, body, self.duplicate_header_limit)
 
-    def start_response(self, status: str, response_headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(self, status: str, response_headers: list[Any], exc_info: Any = None) -> Callable[[bytes], None]:
         """The PEP 3333 start_response callable; returns `write`."""
         if exc_info is not None:
             try:
@@ -325,7 +326,7 @@ class WsgiToAsgiInstance:
         self._put(data)
 
     # -- the application's thread -------------------------------------------------------------------------
-    def _run_wsgi_app(self, environ: dict) -> None:
+    def _run_wsgi_app(self, environ: dict[str, Any]) -> None:
         result = None
         error = None
         tail = None
@@ -343,7 +344,7 @@ class WsgiToAsgiInstance:
                         break  # Content-Length reached: stop iterating (PEP 3333)
             if self.response_start is None:
                 raise RuntimeError("WSGI application returned without calling start_response")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever the app raises goes to the response side
             error = exc
             tail = None
         finally:
@@ -359,7 +360,7 @@ class WsgiToAsgiInstance:
                             logger.exception("close() of a WSGI response failed after another error")
             self._finish(error, tail)
 
-    def _collect(self, chunks: list | tuple) -> list[bytes]:
+    def _collect(self, chunks: list[Any] | tuple[Any, ...]) -> list[bytes]:
         out = []
         keep_empty = not self.coalesce
         for chunk in chunks:
@@ -421,7 +422,7 @@ class WsgiToAsgiInstance:
         if waiter is not None:
             _notify(self._loop, waiter)
 
-    def _job_done(self, job: Future) -> None:
+    def _job_done(self, job: Future[Any]) -> None:
         # An executor shut down with cancel_futures=True drops queued jobs without running them.
         if job.cancelled():
             self._finish(RuntimeError("the executor was shut down before the WSGI application ran"))
@@ -443,7 +444,7 @@ class WsgiToAsgiInstance:
     async def _wait_done(self) -> None:
         await self._take(until_done=True)
 
-    async def _respond(self, receive: Callable, send: Callable) -> None:
+    async def _respond(self, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         started = False
         while True:
             chunks, done = await self._take()
@@ -485,7 +486,7 @@ class WsgiToAsgiInstance:
                     await send({"type": "http.response.body"})
                     return
 
-    async def _receive_loop(self, receive: Callable) -> None:
+    async def _receive_loop(self, receive: Callable[..., Any]) -> None:
         """Pump the rest of the request body into wsgi.input, then watch for http.disconnect."""
         stream = self._stream
         try:

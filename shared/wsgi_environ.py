@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["build_environ", "environ_template", "native_string", "TooManyHeaders", "ERRORS_STREAM"]
 
@@ -28,15 +28,15 @@ class TooManyHeaders(ValueError):
 
 
 # Header name -> environ key, cached (bounded: names come from clients). None means "drop the header".
-_MISSING = object()
-_HEADER_KEYS: dict[bytes, Optional[str]] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
+_MISSING: Any = object()  # a sentinel (Any: past it, a key is a str or None to mypy)
+_HEADER_KEYS: dict[bytes, str | None] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
 _HEADER_KEYS_MAX = 1024
 
 
-def _header_key(name: bytes) -> Optional[str]:
+def _header_key(name: bytes) -> str | None:
     text = name.decode("latin-1").lower()
     if text == "content-length" or text == "content-type":
-        key: Optional[str] = text.upper().replace("-", "_")
+        key: str | None = text.upper().replace("-", "_")
     elif "_" in text:
         key = None
     else:
@@ -70,7 +70,7 @@ _LOG_STREAM = _LogStream()
 ERRORS_STREAM: Any = sys.stderr if sys.stderr is not None else _LOG_STREAM
 
 
-def environ_template(root_path: str = "", extra: Optional[dict] = None) -> dict:
+def environ_template(root_path: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every environ of requests with this `root_path` starts from (`build_environ` copies it): every key
     in the order an environ has them, with the values no request changes (`extra`: server-specific keys such
     as wsgi.file_wrapper); the request's own keys hold None until it sets them."""
@@ -112,12 +112,12 @@ def _port(port: int) -> str:
 
 
 def build_environ(
-    scope: dict,
+    scope: dict[str, Any],
     body: Any,
     duplicate_header_limit: int = 100,
-    extra: Optional[dict] = None,
-    template: Optional[dict] = None,
-) -> dict:
+    extra: dict[str, Any] | None = None,
+    template: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The environ of an http `scope` with `body` as wsgi.input; `extra` entries are added (server-specific
     keys such as wsgi.file_wrapper). Raises TooManyHeaders past `duplicate_header_limit` repeats (0: no limit).
 
@@ -170,7 +170,7 @@ def build_environ(
             count = repeats[key] = repeats.get(key, 1) + 1
             if duplicate_header_limit and count > duplicate_header_limit:
                 raise TooManyHeaders(f"Too many duplicate headers: {key} exceeds limit of {duplicate_header_limit}")
-            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value  # type: ignore[operator]
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
         else:
             environ[key] = value
     return environ

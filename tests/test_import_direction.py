@@ -170,9 +170,9 @@ def loops(edges: dict[str, list[str]]) -> list[list[str]]:
         state[node] = "open"
         for other in edges.get(node, ()):
             if state.get(other) == "open":  # on the current path: a loop back to it
-                found.append(path[path.index(other) :] + [other])
+                found.append([*path[path.index(other) :], other])
             elif other not in state:
-                visit(other, path + [other])
+                visit(other, [*path, other])
         state[node] = "done"
 
     for node in edges:
@@ -293,7 +293,7 @@ def test_every_package_is_a_room_and_every_room_a_package():
 @pytest.mark.parametrize("room", DOCUMENTED)
 def test_each_room_says_what_it_may_import(room):
     docstring = ast.get_docstring(ast.parse((package_dir(room) / "__init__.py").read_text())) or ""
-    paragraph = re.search(r"^May import:(.*?)(?:\n\n|\Z)", docstring, re.S | re.M)
+    paragraph = re.search(r"^May import:(.*?)(?:\n\n|\Z)", docstring, re.DOTALL | re.MULTILINE)
     assert paragraph, f"{room}'s __init__ has no 'May import:' paragraph"
     named = set(re.findall(r"`(corral(?:\.\w+)*)`", paragraph.group(1)))
     assert named == MAY_IMPORT[room]
@@ -381,15 +381,19 @@ def test_the_checker_catches(module, source, importing):
         ("corral.worker.http1.protocol", "from corral.worker.websocket.handshake import websocket_request\n"),
         (
             "corral.worker.wsgi.cycle",
-            "from corral.worker.app.pool import ApplicationInstance\n"
-            "from corral.worker.edge.deadline import TIMEOUT_BODY\nfrom corral.worker.conn.phases import BODY\n",
+            (
+                "from corral.worker.app.pool import ApplicationInstance\n"
+                "from corral.worker.edge.deadline import TIMEOUT_BODY\nfrom corral.worker.conn.phases import BODY\n"
+            ),
         ),
         ("corral.worker.serve.server", "def f():\n    from corral.worker.wsgi.protocol import wsgi_setup\n"),
         ("corral.worker.edge.datarate", "from corral.worker.conn.phases import BUSY\n"),
         (
             "corral.shared.settings.compat",
-            "from corral.shared.settings.registry import declare\n"
-            "from corral.shared.worker_class import check_refused\n",
+            (
+                "from corral.shared.settings.registry import declare\n"
+                "from corral.shared.worker_class import check_refused\n"
+            ),
         ),
     ],
 )

@@ -8,12 +8,12 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.django_site.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
-from django.conf import settings  # noqa: E402
-from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.conf import settings  # noqa: E402 - after django.setup()
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402 - after django.setup()
 
 
 def _prepare() -> None:

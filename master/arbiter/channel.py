@@ -17,7 +17,11 @@ from typing import Any
 
 __all__ = ["Channel", "pair", "MAX_MESSAGE"]
 
-MAX_MESSAGE = 64 * 1024
+#: What one `recv` takes. A SEQPACKET message longer than the buffer is cut short without a word (and then
+#: fails to parse), so this is above the largest message the socket accepts at all (the default send buffer,
+#: about 208 KiB on Linux): a heartbeat the worker managed to send is read whole. A worker with thousands of
+#: distinct (method, status) counts sends heartbeats past 64 KiB.
+MAX_MESSAGE = 256 * 1024
 
 
 class Channel:

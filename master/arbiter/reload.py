@@ -18,9 +18,9 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 
 __all__ = ["Reloader", "path_filter", "READY"]
 

@@ -32,7 +32,7 @@ def start_new_master(listeners: list[socket.socket], cwd: str) -> int:
     environ[INHERIT_FDS_ENV] = ",".join(str(fd) for fd in fds)
     environ[OLD_MASTER_ENV] = str(os.getpid())
     # sys.orig_argv keeps `-m corral.master` or the `serve` script path, and interpreter flags.
-    argv = [sys.executable] + sys.orig_argv[1:]
+    argv = [sys.executable, *sys.orig_argv[1:]]
     pid = os.fork()
     if pid == 0:
         try:
@@ -41,7 +41,7 @@ def start_new_master(listeners: list[socket.socket], cwd: str) -> int:
                 os.set_inheritable(fd, True)
             os.chdir(cwd)
             os.execve(sys.executable, argv, environ)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - nothing may unwind from the forked child into the old master's stack
             traceback.print_exc()
         finally:
             os._exit(1)  # never back into the old master's stack

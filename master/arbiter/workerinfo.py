@@ -45,6 +45,15 @@ class Worker:
     cause: str = ""  # why it is being replaced or stopped (metrics: exits by cause); "" until decided
     process: psutil.Process | None = None
 
+    def heartbeat(self, message: dict[str, Any]) -> None:
+        """Take a heartbeat's figures. One without the metrics counts (`m`: the worker leaves them out of a
+        heartbeat too big for one message, liveness first) says nothing about them, so the last ones stand:
+        the master's sum would otherwise dip by this worker's counts (and statsd send them again when they
+        came back), and a worker exiting then would take them out of the sum for good."""
+        if "m" not in message and "m" in self.stats:
+            message["m"] = self.stats["m"]
+        self.stats = message
+
     @property
     def state(self) -> str:
         if self.retiring:

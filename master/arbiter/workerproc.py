@@ -14,18 +14,19 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from corral.master.arbiter.channel import Channel
-from corral.master.observe.logs import error_stream, reopen_logs
 from corral.master.arbiter.proctitle import set_title
-from corral.master.listen.sockets import bind_all
 from corral.master.hooks.run import HookConfig, Listener, run_hook
+from corral.master.listen.sockets import bind_all
+from corral.master.observe.logs import error_stream, reopen_logs
 from corral.shared.exitcodes import WORKER_BOOT_ERROR
 from corral.shared.settings import Settings
-from corral.worker.serve.boot import run_worker
 from corral.worker.app.hooks import WorkerView
 from corral.worker.edge.counters import collecting
+from corral.worker.serve.boot import run_worker
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 
@@ -55,7 +56,7 @@ def reset_signals() -> None:
     signal.set_wakeup_fd(-1)
     for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    # The master blocks its signals around fork (see Arbiter.spawn_worker); what arrived meanwhile is
+    # The master blocks its signals around fork (see Fleet.spawn_worker); what arrived meanwhile is
     # delivered now, to the default dispositions.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
@@ -247,7 +248,7 @@ def run_child(
         link.final()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the worker's last frame: whatever escaped is printed and becomes exit code 1
         traceback.print_exc()
         code = 1
     finally:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from corral.master.config.sources import ConfigProblems, suggest
 from corral.master.config.peer_names import PEER_FLAGS, gunicorn_flags
+from corral.master.config.sources import ConfigProblems, suggest
 from corral.shared.settings import REGISTRY, SettingError, Settings
 from corral.shared.worker_class import WSGI, WorkerClassError, describe, kwargs_settings, resolve
 
@@ -108,7 +108,7 @@ def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[s
                 kept.append(target.cli_name + equals + arg[len(flag) + len(equals) :])
                 continue
         if found is not None and found[1].kind == "noop":
-            name, entry = found
+            _name, entry = found
             if entry.takes_value and not equals and index < len(args) and not args[index].startswith("-"):
                 index += 1  # its value goes too (a flag next is not its value: argparse would not take it)
             warnings.append(f"gunicorn's {flag} is ignored: {entry.note}")

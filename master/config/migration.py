@@ -67,7 +67,9 @@ and compares what they do.
   (`CORRAL_TIMEOUTT`: did you mean `CORRAL_TIMEOUT`?).
 - **Bad values stop the start, all at once.** An unknown flag on the command line, or a bad value from any
   source, is an error; every one of a run is reported in that run, one line each with what to write
-  instead, and `serve` exits 2.
+  instead, and `serve` exits 2. A config file that is missing or fails to run exits 2 as well, where
+  gunicorn exits 1; an address that cannot be bound exits 6 (gunicorn: 1). See [exit
+  codes](signals.md#exit-codes) for each code next to gunicorn's.
 - A gunicorn setting corral names differently is carried over to corral's; one whose job corral does
   another way is accepted, with one warning line naming what differs; one corral cannot honour is refused
   with why and what to use. A refused or ignored setting left at gunicorn's default asks for nothing and

@@ -337,7 +337,9 @@ GUNICORN: dict[str, Entry] = {
     # Server socket
     "backlog": _same("", ("--backlog",), "--backlog"),
     "bind": _same(
-        "`[::]:PORT` is dual-stack, as gunicorn's; also fd://N; systemd socket activation is automatic",
+        "`[::]:PORT` is dual-stack, as gunicorn's, except next to an IPv4 address on the same port "
+        "(`-b 0.0.0.0:8000 -b [::]:8000`): then it takes IPv6 only, so both bind, where gunicorn fails "
+        'with "Address already in use"; also fd://N; systemd socket activation is automatic',
         ("-b", "--bind"),
         "-b/--bind",
     ),

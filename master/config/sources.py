@@ -23,7 +23,8 @@ import importlib.util
 import os
 import sys
 import types
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import click
 
@@ -152,7 +153,7 @@ def read_config(location: str) -> tuple[dict[str, Any], str]:
     HUP reads it afresh). A file is run as gunicorn runs it: as the module `__config__`."""
     if location.startswith("python:"):
         return _read_module(location[len("python:") :].strip()), f"config module {location}"
-    path = location[len("file:") :] if location.startswith("file:") else location
+    path = location.removeprefix("file:")
     if not os.path.isfile(path):
         raise SettingError(f"config file {path!r} not found")
     try:
@@ -164,7 +165,7 @@ def read_config(location: str) -> tuple[dict[str, Any], str]:
         spec.loader.exec_module(module)
     except SettingError:
         raise
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a config file is user code: all it raises is one line
         raise SettingError(f"config file {path!r} failed to run: {type(exc).__name__}: {exc}") from None
     return vars(module), f"config file {path}"
 
@@ -182,7 +183,7 @@ def _read_module(name: str) -> dict[str, Any]:
                 f"{os.getcwd()}): give -c python:package.module, or a file's path"
             ) from None
         raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a config module is user code: all it raises is one line
         raise SettingError(f"config module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
     return vars(module)
 

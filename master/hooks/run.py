@@ -12,8 +12,9 @@ Where each hook runs (gunicorn's call points):
     worker_int(worker)               worker, on SIGINT/SIGQUIT
     worker_abort(worker)             worker, when the --timeout watchdog aborts it (then it is killed)
     worker_exit(server, worker)      worker, just before the process exits
-    child_exit(server, worker)       master, after a worker exited (it has been reaped), and after the
-                                     short-lived app-check child exited (worker.age 0; see arbiter/appcheck.py)
+    child_exit(server, worker)       master, after a worker exited (it has been reaped)
+                                     (the short-lived app-check child runs worker_exit and child_exit too,
+                                     with worker.age 0; see arbiter/appcheck.py)
     on_reload(server)                master, on HUP or a --reload change, once the new settings are good
     nworkers_changed(server, new, old)   master, TTIN/TTOU/reload changed the number of workers
     pre_exec(server)                 master, before the new master of an upgrade (USR2) is started
@@ -109,13 +110,15 @@ class ServerView:
 
 
 def worker_view(worker: Any, cfg: HookConfig | Settings) -> WorkerView:
-    """A master-side worker record as hooks see it: pid, age (its number), booted, nr and tmp.last_update()
-    from its last heartbeat, max_requests with its jitter."""
+    """A master-side worker record as hooks see it: pid, age (its number), booted, nr, nr_conns and
+    tmp.last_update() from its last heartbeat, max_requests with its jitter."""
     view = WorkerView(
         worker.number, cfg, pid=worker.pid, ppid=os.getpid(), max_requests=worker.max_requests, timeout=_timeout(cfg)
     )
     view.booted = bool(worker.ready)
-    view.requests = int(worker.stats.get("requests", 0))
+    stats = worker.stats
+    view.requests = int(stats.get("requests", 0))
+    view.connections = int(stats.get("connections", 0))
     view.tmp.last = worker.last_beat
     view.started = worker.started
     return view
@@ -126,11 +129,13 @@ def unborn_worker(number: int, cfg: HookConfig | Settings, max_requests: int = 0
     return WorkerView(number, cfg, pid="[booting]", ppid=os.getpid(), max_requests=max_requests, timeout=_timeout(cfg))
 
 
-def child_view(pid: int, cfg: HookConfig | Settings) -> WorkerView:
-    """A short-lived child the master forked that is no worker (the app check, corral.master.arbiter.appcheck), for
-    child_exit: age 0, never booted, not alive."""
-    view = WorkerView(0, cfg, pid=pid, ppid=os.getpid(), timeout=_timeout(cfg))
+def child_view(pid: int, ppid: int, cfg: HookConfig | Settings, app: Any = None) -> WorkerView:
+    """A short-lived child the master forked that is no worker (the app check, corral.master.arbiter.appcheck),
+    for worker_exit (in the child, `app` the application it imported, None if the import failed) and
+    child_exit (in the master): age 0, never booted, not alive, nothing served, no sockets."""
+    view = WorkerView(0, cfg, pid=pid, ppid=ppid, timeout=_timeout(cfg))
     view._alive = False
+    view.wsgi = app
     return view
 
 

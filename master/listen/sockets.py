@@ -167,6 +167,7 @@ def bind(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((address.host, address.port))
         else:
+            assert address.path is not None  # parse_address: an address without a port is a path
             _remove_stale_unix_socket(address.path)
             old_umask = os.umask(umask) if umask is not None else None
             try:
@@ -184,7 +185,10 @@ def bind(
 
 def _bind_message(address: Address, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return f"cannot bind {address}: address already in use (another server is listening there; pick another port with -b)"
+        return (
+            f"cannot bind {address}: address already in use "
+            "(another server is listening there; pick another port with -b)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
         hint = (
             "ports below 1024 need root or CAP_NET_BIND_SERVICE"
@@ -244,7 +248,7 @@ def bind_all(
     sockets: list[socket.socket] = []
     try:
         for address in parsed:
-            sockets.append(bind(address, backlog, reuse_port, umask, v6only(address, parsed)))
+            sockets.append(bind(address, backlog, reuse_port, umask, v6only(address, parsed)))  # noqa: PERF401 - kept as bound, for the cleanup below
     except BaseException:
         close_all(sockets)
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.shared.settings.compat import describe_callable
 from corral.worker.http2.detect import alpn_protocols
 
@@ -45,7 +45,7 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
         context = hook(settings, lambda: _default_context(settings))
     except SettingError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the ssl_context hook is user code: all it raises is one line
         raise SettingError(
             f"the ssl_context hook {describe_callable(hook)} raised {type(exc).__name__}: {exc}"
         ) from None

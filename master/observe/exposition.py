@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import psutil
 from prometheus_client.exposition import choose_encoder

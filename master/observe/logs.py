@@ -25,7 +25,7 @@ import runpy
 import sys
 from typing import Any
 
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.worker.edge.accesslog import ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER, ReopenableFileHandler, reopen_file
 
 __all__ = ["setup_logging", "reopen_logs", "error_stream", "flush_error_log"]
@@ -45,7 +45,7 @@ class ToGunicorn(logging.Handler):
         super().__init__()
         self.target = logging.getLogger(GUNICORN_ERROR)
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]  # no lock: nothing emitted here
+    def handle(self, record: logging.LogRecord) -> bool:  # no lock: nothing emitted here
         target = self.target
         if not target.isEnabledFor(record.levelno):
             return False
@@ -66,14 +66,14 @@ def setup_logging(settings: Settings) -> None:
     # names neither logger would otherwise hand the closed handler back), with the level and propagation it set.
     ours = []
     for logger in (corral, gunicorn):
-        for handler in [h for h in logger.handlers if getattr(h, _OURS, False)]:
-            logger.removeHandler(handler)
+        for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
+            logger.removeHandler(old)
             logger.setLevel(logging.NOTSET)
             logger.propagate = True
-            if handler not in ours:
-                ours.append(handler)
-    for handler in ours:
-        handler.close()
+            if old not in ours:
+                ours.append(old)
+    for old in ours:
+        old.close()
     naming = settings.naming
     level = settings.loglevel.upper()
     if settings.logconfig_dict or settings.logconfig:
@@ -135,6 +135,7 @@ def _adopt_other_names(naming: str) -> None:
     """A dictConfig written for the other naming (gunicorn's loggers with --naming corral, corral's access
     logger with --naming gunicorn): the logger records go to takes the named one's handlers and level (a
     config that names the logger itself is left as it is)."""
+    pairs: tuple[tuple[str, str], ...]
     if naming == "gunicorn":
         pairs = ((ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER),)
     else:
@@ -182,7 +183,7 @@ def _load_dict_config(path: str) -> dict[str, Any]:
                 config = json.load(fh)
         else:
             config = runpy.run_path(path).get("LOGGING")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a --log-config file is user code or JSON: all it raises is one line
         raise SettingError(f"invalid value for --log-config: {path!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(config, dict):
         raise SettingError(

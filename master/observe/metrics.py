@@ -20,7 +20,8 @@ imported only with --metrics-bind).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import psutil
 

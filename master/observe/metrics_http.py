@@ -16,7 +16,8 @@ import logging
 import selectors
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.master.listen.sockets import bind, parse_address
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from corral.master.observe.metrics import MasterCounts, Totals, live_totals, quantile, ready_sum, served
 from corral.master.observe.metrics_http import MetricsServer

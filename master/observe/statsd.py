@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from corral.master.observe.metrics import MasterCounts, Totals
@@ -74,7 +75,7 @@ def statsd_lines(
     before: Totals,
     counts: MasterCounts,
     counts_before: dict[str, int],
-    gauges: dict[str, float],
+    gauges: Mapping[str, float],
 ) -> list[str]:
     """The lines for what changed between two sums (`before` -> `now`), and the current gauges."""
     p = prefix_of(prefix)
@@ -85,6 +86,7 @@ def statsd_lines(
     if requests > 0:
         lines.append(f"{theirs}requests:{requests}|c")
     old_status = before.by_status()
+    delta: float
     for status, n in sorted(now.by_status().items()):
         delta = n - old_status.get(status, 0)
         if delta > 0:
@@ -112,8 +114,8 @@ def statsd_lines(
         delta = value - counts_before.get(name, 0)
         if delta > 0:
             lines.append(f"{ours}{name}:{delta}|c")
-    for name, value in gauges.items():
-        lines.append(f"{theirs if name in GUNICORN_GAUGES else ours}{name}:{value:g}|g")
+    for name, gauge in gauges.items():
+        lines.append(f"{theirs if name in GUNICORN_GAUGES else ours}{name}:{gauge:g}|g")
     return lines
 
 
@@ -130,7 +132,7 @@ class StatsdClient:
     def __init__(self, address: str, tags: str = "") -> None:
         if address.startswith("unix:"):
             path = address[len("unix:") :]
-            path = path[2:] if path.startswith("//") else path
+            path = path.removeprefix("//")
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.target: Any = path
         else:

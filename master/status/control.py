@@ -130,16 +130,18 @@ def _age(seconds: float) -> str:
 def format_table(status: dict[str, Any]) -> str:
     master = status["master"]
     lines = [
-        f"master {master['pid']} [{master['name']}]  up {_age(time.time() - master['started'])}  "
-        f"workers {len(status['workers'])} (target {master['target']})  "
-        f"max_applications {master['max_applications']}",
+        (
+            f"master {master['pid']} [{master['name']}]  up {_age(time.time() - master['started'])}  "
+            f"workers {len(status['workers'])} (target {master['target']})  "
+            f"max_applications {master['max_applications']}"
+        ),
         f"{'PID':>8} {'N':>4} {'STATE':<9} {'AGE':>7} {'REQUESTS':>9} {'INSTANCES':>11} {'RSS':>8} {'CPU%':>6}",
     ]
-    for w in status["workers"]:
-        lines.append(
-            f"{w['pid']:>8} {w['number']:>4} {w['state']:<9} {_age(w['age']):>7} {w['requests']:>9} "
-            f"{str(w['instances']) + '/' + str(w['limit']):>11} {_size(w['rss']):>8} {w['cpu']:>6.1f}"
-        )
+    lines.extend(
+        f"{w['pid']:>8} {w['number']:>4} {w['state']:<9} {_age(w['age']):>7} {w['requests']:>9} "
+        f"{str(w['instances']) + '/' + str(w['limit']):>11} {_size(w['rss']):>8} {w['cpu']:>6.1f}"
+        for w in status["workers"]
+    )
     figures = status.get("metrics")
     if figures:
         lines[1:1] = format_figures(figures)

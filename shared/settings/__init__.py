@@ -12,10 +12,10 @@ name and flag are gunicorn's, so a gunicorn command line or config file carries 
     compat.py     what gunicorn users bring: server hooks, carried-over options, request deadlines, --reload
     transport.py  TLS and HTTP/2
 
-Declaring goes one way: `registry` imports no other module of this package, each declaration module
-(`core`, `compat`, `transport`) imports `registry`, and this `__init__` imports them all, in the order the settings page and `serve --help`
-list them. So `from corral.shared.settings import Settings, REGISTRY` (what callers write) always finds the
-whole registry, and no module runs with another half made.
+Declaring goes one way: `registry` imports no other module of this package, each declaration module (`core`,
+`compat`, `transport`) imports `registry`, and this `__init__` imports them all, in the order the settings page and
+`serve --help` list them. So `from corral.shared.settings import Settings, REGISTRY` (what callers write) always
+finds the whole registry, and no module runs with another half made.
 
 May import: `corral.shared` (compat.py checks a worker class with its worker_class module).
 """
@@ -46,8 +46,9 @@ from corral.shared.settings.registry import (  # noqa: F401  (the registry's API
     user_id,
 )
 
-# The declarations, in this order: the order of REGISTRY, of the settings page and of `serve --help`.
-from corral.shared.settings import core, compat, transport  # noqa: F401  (imported to declare their settings)
+# The declarations, in this order: the order of REGISTRY, of the settings page and of `serve --help`
+# (import sorting would put compat first: hence isort: skip).
+from corral.shared.settings import core, compat, transport  # isort: skip  # noqa: F401  (they declare by import)
 from corral.shared.settings.core import statsd_address, url_path  # noqa: F401  (converters, re-exported)
 
 __all__ = [

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.shared.settings.registry import (
     _declare,
@@ -61,7 +62,8 @@ _HOOK_HELP = {
     "worker_int": "Called in the worker when it gets SIGINT or SIGQUIT (quick stop).",
     "worker_abort": "Called in the worker when the master's --timeout watchdog aborts it (it is killed right "
     "after: keep it short).",
-    "worker_exit": "Called in the worker just before its process exits.",
+    "worker_exit": "Called in the worker just before its process exits, and in the short-lived child that "
+    "checks the app imports, once it has (prometheus_client's mark_process_dead may go here).",
     "child_exit": "Called in the master after a worker exited, and after the short-lived child that checks "
     "the app imports (prometheus_client's mark_process_dead goes here).",
     "on_reload": "Called in the master on a reload (HUP, or a --reload change).",
@@ -112,7 +114,7 @@ def hook(name: str, accepted: tuple[int, ...] | None = None) -> Callable[[Any], 
     def convert(value: Any) -> Callable[..., Any] | None:
         if value is None or value == "":
             return None
-        func = _import_dotted(value.strip()) if isinstance(value, str) else value
+        func: Callable[..., Any] = _import_dotted(value.strip()) if isinstance(value, str) else value
         if not callable(func):
             raise ValueError(f"expected a callable, got {type(func).__name__}")
         arity = _arity(func)
@@ -229,7 +231,7 @@ _declare(
 
 
 # ---------------------------------------------------------------------------- logging (gunicorn's)
-def dict_config(value: Any) -> dict | None:
+def dict_config(value: Any) -> dict[str, Any] | None:
     if value is None or value == {}:
         return None
     if not isinstance(value, dict):

@@ -37,7 +37,8 @@ _declare(
     to_str,
     ("127.0.0.1:8000",),
     "Address to listen on: HOST:PORT, [::1]:PORT, unix:PATH or fd://N; repeat for several. [::]:PORT is "
-    "dual-stack (IPv4 clients too), as gunicorn's, unless an IPv4 address on the same port is also bound.",
+    "dual-stack (IPv4 clients too), as gunicorn's; listed with an IPv4 address on the same port "
+    "(-b 0.0.0.0:8000 -b [::]:8000) it takes IPv6 only, so both bind (gunicorn fails there: address in use).",
     ("-b", "--bind"),
     metavar="ADDRESS",
     multiple=True,

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "Setting",
@@ -66,10 +67,10 @@ def _number(kind: type, minimum: float | None) -> Callable[[Any], Any]:
     return convert
 
 
-positive_int = _number(int, 1)
-non_negative_int = _number(int, 0)
-non_negative_float = _number(float, 0)
-positive_float = _number(float, 1e-9)
+positive_int: Callable[[Any], int] = _number(int, 1)
+non_negative_int: Callable[[Any], int] = _number(int, 0)
+non_negative_float: Callable[[Any], float] = _number(float, 0)
+positive_float: Callable[[Any], float] = _number(float, 1e-9)
 
 
 def to_str(value: Any) -> str:
@@ -152,7 +153,7 @@ def user_id(value: Any) -> int | None:
         return None
     import pwd
 
-    if isinstance(value, int) and not isinstance(value, bool) or str(value).isdigit():
+    if (isinstance(value, int) and not isinstance(value, bool)) or str(value).isdigit():
         return int(value)
     try:
         return pwd.getpwnam(str(value)).pw_uid
@@ -166,7 +167,7 @@ def group_id(value: Any) -> int | None:
         return None
     import grp
 
-    if isinstance(value, int) and not isinstance(value, bool) or str(value).isdigit():
+    if (isinstance(value, int) and not isinstance(value, bool)) or str(value).isdigit():
         return int(value)
     try:
         return grp.getgrnam(str(value)).gr_gid
@@ -253,7 +254,7 @@ class Settings:
     """The effective value of every setting; attribute access by setting name."""
 
     def __init__(self, **values: Any) -> None:
-        for name, value in values.items():
+        for name in values:
             if name not in REGISTRY:
                 raise SettingError(unknown_setting_message(name))
         for name, declared in REGISTRY.items():
@@ -261,6 +262,12 @@ class Settings:
             if name in values:
                 value = declared.parse(value)
             object.__setattr__(self, name, value)
+
+    if TYPE_CHECKING:
+        # Each setting is an attribute set from REGISTRY at run time, a name mypy cannot see: reading one is
+        # typed Any here rather than declared a second time. (No __getattr__ at run time: a name that is no
+        # setting still raises AttributeError.)
+        def __getattr__(self, name: str) -> Any: ...
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in REGISTRY:

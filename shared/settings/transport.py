@@ -151,7 +151,7 @@ _declare(
 )
 
 
-# -- HTTP/2 (RFC 9113, the `h2` library): ALPN h2 over TLS, h2c with prior knowledge on cleartext. Every
+# -- HTTP/2 (RFC 9113, corral.worker.http2.machine): ALPN h2 over TLS, h2c with prior knowledge on cleartext. Every
 #    defence is on by default; a client past a bound gets GOAWAY (ENHANCE_YOUR_CALM) and the connection closes.
 _declare(
     "http",
@@ -216,8 +216,9 @@ _declare(
     "http2",
     positive_int,
     100,
-    "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset): "
-    "beyond it, GOAWAY ENHANCE_YOUR_CALM.",
+    "Streams a client may cancel (RST_STREAM) per second on one connection (CVE-2023-44487 Rapid Reset), "
+    "counting the streams the server resets for a client's frames that are stream errors: beyond it, "
+    "GOAWAY ENHANCE_YOUR_CALM.",
 )
 _declare(
     "http2_max_control_frames",

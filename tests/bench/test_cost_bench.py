@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_quick import ROOT, assert_all_gone, table_rows  # noqa: E402  (after the path: tests/ is no package)
+from test_quick import ROOT, assert_all_gone, table_rows  # after the path: tests/ is no package
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 

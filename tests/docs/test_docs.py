@@ -103,13 +103,13 @@ def test_every_recipe_is_included_by_a_page_inside_a_fence():
     assert recipes, "docs/recipes/ is empty"
     included: dict[str, int] = {}
     for page in _pages():
-        for fence in re.finditer(r"^```[a-z]+\n--8<-- \"recipes/([^\"]+)\"\n```$", page.read_text(), re.M):
+        for fence in re.finditer(r"^```[a-z]+\n--8<-- \"recipes/([^\"]+)\"\n```$", page.read_text(), re.MULTILINE):
             included[fence.group(1)] = included.get(fence.group(1), 0) + 1
     assert {name: included.get(name, 0) for name in recipes} == dict.fromkeys(recipes, 1)
 
 
 def test_every_page_is_in_the_navigation_and_every_nav_entry_exists():
-    nav = re.findall(r"^\s*- [^:\n]+: (\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    nav = re.findall(r"^\s*- [^:\n]+: (\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.MULTILINE)
     assert len(nav) == len(set(nav))
     assert set(nav) == {str(page.relative_to(DOCS)) for page in _pages()}
 
@@ -123,7 +123,7 @@ def test_no_page_names_internal_work_items():
 def test_the_readme_is_short_and_starts_with_the_two_set_up_commands():
     text = README.read_text()
     assert 150 <= len(text.splitlines()) <= 250
-    first_block = re.search(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+    first_block = re.search(r"^```[a-z]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
     assert first_block is not None
     lines = first_block.group(1).splitlines()
     assert lines[0].startswith("python3 -m venv .venv") and "serve " in lines[0]
@@ -135,7 +135,7 @@ def test_the_readme_is_short_and_starts_with_the_two_set_up_commands():
 def test_the_readmes_production_command_is_the_serve_recipe():
     """The README is no site page (it cannot include a recipe): its copy of the command is checked instead."""
     text = README.read_text()
-    block = re.search(r"^## Production\n.*?^```sh\n(.*?)^```", text, re.M | re.S)
+    block = re.search(r"^## Production\n.*?^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
     assert block is not None
     recipe = [
         line

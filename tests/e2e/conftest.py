@@ -8,13 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, start_master  # noqa: E402
+from serve_harness import Master, start_master
 
 RUN_WORKER = Path(__file__).with_name("run_worker.py")
 START_TIMEOUT = 60.0  # importing Django on a busy 2-core machine can take a while
@@ -44,7 +44,7 @@ class WorkerProcess:
         self._reader.join(0)
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
-            if time.monotonic() > deadline or self.proc.poll() is not None and not self._reader.is_alive():
+            if time.monotonic() > deadline or (self.proc.poll() is not None and not self._reader.is_alive()):
                 raise AssertionError(f"{text!r} never appeared in the output:\n{self.output}")
             self._new_line.wait(0.05)
             self._new_line.clear()

@@ -233,7 +233,7 @@ def _exec_expectation(source: str, filename: str) -> dict[str, Any]:
         raise ImportError(f"{filename} imports {name}, which the corpus loader does not provide")
 
     namespace: dict[str, Any] = {"__builtins__": {**vars(builtins), "__import__": guarded_import}, "uri": uri}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102  (gunicorn's expectation files, by design)
+    exec(compile(source, filename, "exec"), namespace)  # gunicorn's expectation files, by design
     return namespace
 
 
@@ -265,8 +265,8 @@ def load_cases(sdist: Path) -> list[Case]:
             expectation = files.get(f"{kind}/{name}.py")
             if expectation is None:
                 raise RuntimeError(f"{path} has no expectation file {name}.py")
-            data = decode_http(tar.extractfile(files[path]).read())  # type: ignore[union-attr]
-            source = tar.extractfile(expectation).read().decode("utf-8")  # type: ignore[union-attr]
+            data = decode_http(tar.extractfile(files[path]).read())  # type: ignore[union-attr]  # a regular file of the corpus
+            source = tar.extractfile(expectation).read().decode("utf-8")  # type: ignore[union-attr]  # a regular file of the corpus
             namespace = _exec_expectation(source, f"{kind}/{name}.py")
             cfg = namespace.get("cfg")
             case = Case(kind, name, data, dict(cfg.settings) if isinstance(cfg, _Config) else {})
@@ -348,7 +348,9 @@ def app(environ, start_response):
         "pid": os.getpid(), "method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
         "query": environ["QUERY_STRING"], "version": environ["SERVER_PROTOCOL"][5:],
         "body": body.decode("latin-1"),
-        "environ": {k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")},
+        "environ": {
+            k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")
+        },
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
     return [answer]
@@ -391,7 +393,7 @@ def exchange(port: int, data: bytes, expected: int, half_close: bool) -> Outcome
         reader = _SharedReader(sock)
         responses: list[tuple[int, bytes]] = []
         while len(responses) < expected:
-            response = http.client.HTTPResponse(reader)  # type: ignore[arg-type]
+            response = http.client.HTTPResponse(reader)  # type: ignore[arg-type]  # a socket's file quacks as one
             try:
                 response.begin()
             except (http.client.RemoteDisconnected, ConnectionResetError):
@@ -403,7 +405,7 @@ def exchange(port: int, data: bytes, expected: int, half_close: bool) -> Outcome
             return Outcome(responses, False)
         try:
             closed = reader.file.read(1) == b""
-        except socket.timeout:
+        except TimeoutError:
             closed = False
         except ConnectionResetError:
             closed = True

@@ -43,7 +43,7 @@ def substitute(text: str, old: str, new: str, count: int | None = None) -> str:
 
 def substitute_re(text: str, pattern: str, new: str) -> str:
     """`text` with the one match of regex `pattern` replaced by `new` (a template: \\1 etc. work)."""
-    result, count = re.subn(pattern, new, text, flags=re.M)
+    result, count = re.subn(pattern, new, text, flags=re.MULTILINE)
     assert count == 1, f"recipe drifted: expected one match of {pattern!r}, found {count}"
     return result
 

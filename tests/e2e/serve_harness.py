@@ -16,8 +16,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -94,21 +95,23 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = WAIT, i
         time.sleep(interval)
 
 
-def get(port: int, path: str = "/", timeout: float = WAIT) -> tuple[int, str]:
+def get(port: int, path: str = "/", timeout: float = WAIT, headers: dict[str, str] | None = None) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         return response.status, response.read().decode()
     finally:
         conn.close()
 
 
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
 def set_subreaper(on: bool) -> None:
     """Orphans of our descendants (the new master after USR2) become our children, so we can reap them."""
     libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_CHILD_SUBREAPER = 36
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -210,7 +213,7 @@ class Master:
     def wait_serving(self, timeout: float = WAIT) -> None:
         def answers() -> bool:
             try:
-                return get(self.port, "/", timeout=5)[0] == 200  # type: ignore[arg-type]
+                return get(self.port, "/", timeout=5)[0] == 200  # type: ignore[arg-type]  # the status is an int
             except OSError:
                 return False
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, get, write_apps  # noqa: E402
+from serve_harness import Master, get, write_apps
 
 
 @pytest.fixture

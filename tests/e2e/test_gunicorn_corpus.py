@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gunicorn_corpus as corpus  # noqa: E402
-from serve_harness import Master, start_master, wait_until  # noqa: E402
+import gunicorn_corpus as corpus
+from serve_harness import Master, start_master, wait_until
 
 
 @pytest.fixture(scope="session")

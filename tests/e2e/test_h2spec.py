@@ -16,14 +16,14 @@ import re
 import subprocess
 import sys
 import textwrap
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master  # noqa: E402
-from test_tls import make_certs  # noqa: E402
+from serve_harness import LIFESPAN, Master
+from test_tls import make_certs
 
 ROOT = Path(__file__).resolve().parents[2]
 H2SPEC = Path(os.environ.get("H2SPEC_BIN") or ROOT / ".h2spec" / "h2spec")

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, Master, WAIT, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, WAIT, Master, wait_until
 
 ECHO = """
 async def app(scope, receive, send):

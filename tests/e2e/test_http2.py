@@ -1,7 +1,7 @@
-"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c,
---http2-prior-knowledge), httpx with http2=True, h2load (100 streams per connection, h2c and TLS); Starlette (JSON, echo, streaming) over h2 and h2c, a TLS client certificate seen in the
-scope over h2, Django over h2c; a Rapid Reset flood against the worker process, which stays up, serves other
-connections and keeps its memory bounded."""
+"""HTTP/2 on a real `serve` with real clients: curl (--http2 over TLS and by Upgrade: h2c, --http2-prior-knowledge),
+httpx with http2=True, h2load (100 streams per connection, h2c and TLS); Starlette (JSON, echo, streaming) over h2
+and h2c, a TLS client certificate seen in the scope over h2, Django over h2c; a Rapid Reset flood against the worker
+process, which stays up, serves other connections and keeps its memory bounded."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "worker"))
-from h2_helpers import H2Client  # noqa: E402
-from serve_harness import WAIT, Master  # noqa: E402
-from test_tls import client_context, make_certs  # noqa: E402
+from h2_helpers import H2Client
+from serve_harness import WAIT, Master
+from test_tls import client_context, make_certs
 
 CURL = shutil.which("curl")
 H2LOAD = shutil.which("h2load")

@@ -13,8 +13,8 @@ import sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import local_serve, recipe  # noqa: E402
-from serve_harness import WAIT, clean_env  # noqa: E402
+from recipes import local_serve, recipe
+from serve_harness import WAIT, clean_env
 
 
 def settings_of(args: list[str]) -> dict[str, str]:

@@ -25,16 +25,17 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import command_line, local_serve, recipe, substitute, substitute_re  # noqa: E402
-from serve_harness import LIFESPAN, Master, STOP_WAIT, WAIT, free_port, kill_pids, wait_until  # noqa: E402
-from test_nginx import NGINX, Nginx, nginx_frame  # noqa: E402
+from recipes import command_line, local_serve, recipe, substitute, substitute_re
+from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, kill_pids, wait_until
+from test_nginx import NGINX, Nginx, nginx_frame
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
 IP = shutil.which("ip")
@@ -78,7 +79,7 @@ async def app(scope, receive, send):
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([IP, *args], capture_output=True, text=True, timeout=WAIT)  # type: ignore[list-item]
+    result = subprocess.run([IP, *args], capture_output=True, text=True, timeout=WAIT)  # type: ignore[list-item]  # IP is found, or the module skips
     if check and result.returncode != 0:
         raise AssertionError(f"ip {' '.join(args)}: {result.stderr}")
     return result
@@ -166,7 +167,7 @@ class HAProxy:
         self.conf.write_text(conf)
         self.proc = subprocess.Popen(
             [HAPROXY, "-db", "-f", str(self.conf)],
-            stdin=subprocess.DEVNULL,  # type: ignore[list-item]
+            stdin=subprocess.DEVNULL,  # type: ignore[list-item]  # the binary is found, or the module skips
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -279,7 +280,7 @@ def cluster(tmp_path) -> Iterator[dict[str, Any]]:
         (tmp_path / "nginx").mkdir()
         nginx = Nginx(tmp_path / "nginx", nginx_conf(tmp_path / "nginx", net, nginx_port))
         haproxy = HAProxy(tmp_path, net, haproxy_port)
-        wait_until(lambda: haproxy.states() == {h: "UP" for h in HOSTS}, "HAProxy to see every host UP")
+        wait_until(lambda: haproxy.states() == dict.fromkeys(HOSTS, "UP"), "HAProxy to see every host UP")
         yield {
             "net": net,
             "hosts": hosts,

@@ -24,8 +24,8 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
-from serve_harness import LIFESPAN, Master, WAIT, free_port, wait_until  # noqa: E402
+import promtext  # tests/promtext.py: the strict reading of a /metrics page
+from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
@@ -143,10 +143,20 @@ def requests_by_class(samples: dict) -> Counter[tuple[str, str]]:
 
 
 class Monotonic:
-    """Every scrape's counters (and histogram buckets) must be >= the previous scrape's."""
+    """Every scrape's counters (and histogram buckets) must be >= the previous scrape's.
+
+    Threads may share one (the HUP test's scraper and its main thread): `scrape` reads the page and checks it
+    under one lock, so pages are checked in the order the master answered them. Without the lock a page
+    answered first could be checked after a later one and read as a counter going backwards.
+    """
 
     def __init__(self) -> None:
         self.last: dict = {}
+        self.lock = threading.Lock()
+
+    def scrape(self, port: int) -> dict:
+        with self.lock:
+            return self.check(scrape(port))
 
     def check(self, samples: dict) -> dict:
         types = samples[("__types__", ())]
@@ -175,7 +185,7 @@ class StatsdListener:
         while not self.stopped.is_set():
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -240,7 +250,7 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         expected = client.total
 
         def settled() -> dict | None:
-            samples = monotonic.check(scrape(metrics_port))
+            samples = monotonic.scrape(metrics_port)
             return samples if requests_by_class(samples) == client.sent else None
 
         samples = wait_until(settled, "the metrics to count every request")
@@ -269,9 +279,7 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         samples = wait_until(settled, "the WebSocket handshakes to be counted")
         samples = wait_until(
             lambda: (
-                (s := monotonic.check(scrape(metrics_port)))[("corral_websocket_closed_total", (("code", "1000"),))]
-                == 2
-                and s
+                (s := monotonic.scrape(metrics_port))[("corral_websocket_closed_total", (("code", "1000"),))] == 2 and s
             ),
             "the WebSocket closes",
         )
@@ -282,13 +290,12 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         expected = client.total
 
         # kill -9 a worker: its totals stay (kept by the master), the replacement starts from zero.
-        victim = sorted(before)[0]
+        victim = min(before)
         os.kill(victim, signal.SIGKILL)
         master.wait_workers(4, lambda ws: victim not in {w["pid"] for w in ws})
         samples = wait_until(
             lambda: (
-                (s := monotonic.check(scrape(metrics_port)))[("corral_worker_exits_total", (("cause", "crash"),))] == 1
-                and s
+                (s := monotonic.scrape(metrics_port))[("corral_worker_exits_total", (("cause", "crash"),))] == 1 and s
             ),
             "the crash to be counted",
         )
@@ -302,7 +309,7 @@ def test_metrics_exact_across_kill_and_hup(workdir: Path):
         def keep_scraping() -> None:
             while not scraping.is_set():
                 try:
-                    monotonic.check(scrape(metrics_port))
+                    monotonic.scrape(metrics_port)
                 except AssertionError as exc:
                     scrape_errors.append(str(exc))
                     return
@@ -366,7 +373,7 @@ def test_request_counter_is_exact_and_never_goes_back_across_kill_9(workdir: Pat
     monotonic = Monotonic()
 
     def counted(total: int) -> dict | None:
-        samples = monotonic.check(scrape(metrics_port))
+        samples = monotonic.scrape(metrics_port)
         return samples if request_total(samples) == total else None
 
     samples = wait_until(lambda: counted(n), "the metrics to count every request")
@@ -384,7 +391,7 @@ def test_request_counter_is_exact_and_never_goes_back_across_kill_9(workdir: Pat
         mine = Monotonic()
         while not done.is_set():
             try:
-                seen.append(request_total(mine.check(scrape(metrics_port))))
+                seen.append(request_total(mine.scrape(metrics_port)))
             except AssertionError as exc:
                 errors.append(str(exc))
                 return
@@ -392,13 +399,12 @@ def test_request_counter_is_exact_and_never_goes_back_across_kill_9(workdir: Pat
     scraper = threading.Thread(target=keep_scraping)
     scraper.start()
     try:
-        victim = sorted(before)[0]
+        victim = min(before)
         os.kill(victim, signal.SIGKILL)
         master.wait_workers(2, lambda ws: victim not in {w["pid"] for w in ws})
         samples = wait_until(
             lambda: (
-                (s := monotonic.check(scrape(metrics_port)))[("corral_worker_exits_total", (("cause", "crash"),))] == 1
-                and s
+                (s := monotonic.scrape(metrics_port))[("corral_worker_exits_total", (("cause", "crash"),))] == 1 and s
             ),
             "the crash to be counted",
         )

@@ -19,17 +19,16 @@ import sys
 import tempfile
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import localize_serve, recipe, serve_argv, substitute, substitute_re  # noqa: E402
-from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, wait_until  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from recipes import localize_serve, recipe, serve_argv, substitute, substitute_re
+from serve_harness import LIFESPAN, STOP_WAIT, WAIT, Master, free_port, wait_until
 
 
 def _find_nginx() -> str | None:
@@ -248,7 +247,7 @@ class Stack:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.master = Master([], self.root, pidfile=self.pidfile, argv=self.argv)
         self.master.wait_workers(WORKERS)
         self.nginx = Nginx(self.root, self.conf)

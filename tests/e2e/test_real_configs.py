@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench.replay import Deployment, Observation, deployments, replay  # noqa: E402
+from bench.replay import Deployment, Observation, deployments, replay  # noqa: E402 - after the root joins the path
 
 CONFIGS = Path(__file__).resolve().parent / "real_configs"
 DEPLOYMENTS = deployments(CONFIGS)

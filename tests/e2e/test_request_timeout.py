@@ -10,7 +10,7 @@ import textwrap
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import get, start_master, wait_until, write_apps  # noqa: E402
+from serve_harness import get, start_master, wait_until, write_apps
 
 ASGI = """
 import asyncio, os
@@ -98,8 +98,10 @@ def test_watchdog_runs_worker_abort(tmp_path):
     try:
         (first,) = {w["pid"] for w in master.wait_workers(1)}
         threading.Thread(target=lambda: _ignore(lambda: get(port, "/block", timeout=30)), daemon=True).start()
-        wait_until(lambda: (apps / f"aborted.{first}").exists(), "worker_abort in the blocked worker")
-        assert (apps / f"aborted.{first}").read_text() == "1"
+        aborted = apps / f"aborted.{first}"
+        # The hook opens the file, then writes: wait for what it writes, not for the file.
+        wait_until(lambda: aborted.exists() and aborted.read_text() != "", "worker_abort in the blocked worker")
+        assert aborted.read_text() == "1"
         master.wait_workers(1, lambda ws: ws[0]["pid"] != first)
     finally:
         master.stop()

@@ -10,9 +10,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, free_port, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, OK  # noqa: E402
+from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, OK
+from serve_harness import WAIT, Master, clean_env, free_port, write_apps
 
 
 @pytest.fixture
@@ -79,8 +78,10 @@ def test_a_misspelt_config_key_is_a_warning_as_gunicorn_ignores_it(apps):
     assert result.returncode == OK, result.stderr
     assert "threads = 3" in result.stdout.splitlines()
     assert result.stderr.strip().splitlines() == [
-        f"serve: warning: config file {apps / 'corral.conf.py'}: not a setting, ignored: 'wokers' (did you mean "
-        "'workers'?)"
+        (
+            f"serve: warning: config file {apps / 'corral.conf.py'}: not a setting, ignored: 'wokers' (did you mean "
+            "'workers'?)"
+        )
     ]
 
 

@@ -12,9 +12,8 @@ import threading
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, get, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import HALT_CRASH_LOOP, OK  # noqa: E402
+from corral.shared.exitcodes import HALT_CRASH_LOOP, OK
+from serve_harness import WAIT, Master, clean_env, get, wait_until, write_apps
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from serve_harness import Master, free_port, get, wait_until, write_apps
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import (  # noqa: E402
+from corral.shared.exitcodes import OK
+from serve_harness import (
     STOP_WAIT,
     Load,
     Master,
@@ -24,8 +25,6 @@ from serve_harness import (  # noqa: E402
     wait_until,
     write_apps,
 )
-
-from corral.shared.exitcodes import OK  # noqa: E402
 
 LOAD_SECONDS = 3.0
 

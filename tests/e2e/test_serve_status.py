@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import WAIT, Master, clean_env, free_port, get, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import CONFIG_ERROR  # noqa: E402
+from corral.shared.exitcodes import CONFIG_ERROR
+from serve_harness import WAIT, Master, clean_env, free_port, get, wait_until, write_apps
 
 
 def status_cmd(args: list[str], runtime: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -41,8 +40,10 @@ def test_status_finds_the_one_master_started_without_pid(tmp_path, runtime):
     nothing = status_cmd([], runtime, tmp_path)
     assert nothing.returncode == 1
     assert nothing.stderr.strip().splitlines() == [
-        f"serve: error: no running corral master found in {runtime / 'corral'}; for one started with --pid FILE, "
-        "run: serve status --pid FILE"
+        (
+            f"serve: error: no running corral master found in {runtime / 'corral'}; for one started with --pid FILE, "
+            "run: serve status --pid FILE"
+        )
     ]
 
     port = free_port()
@@ -83,7 +84,7 @@ def test_status_finds_the_one_master_started_without_pid(tmp_path, runtime):
             text=True,
         )
         try:
-            lines = [watch.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+            lines = [watch.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]  # stdout=PIPE
         finally:
             watch.kill()
             watch.wait(WAIT)

@@ -19,9 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until
 
 WS_APP = """
 import os, sys

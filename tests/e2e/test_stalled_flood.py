@@ -17,7 +17,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import LIFESPAN, WAIT, wait_until  # noqa: E402
+from serve_harness import LIFESPAN, WAIT, wait_until
 
 FLOOD = 1100
 ANSWER_WITHIN = 5.0  # the bound this defence promises (README "Limits and defences"), not a speed figure

@@ -1,4 +1,4 @@
-"""The systemd socket + service unit recipes (docs/recipes/corral.socket, corral.service), run the way systemd runs them.
+"""The systemd socket + service unit recipes (docs/recipes/corral.socket, corral.service), run as systemd runs them.
 
 `systemd-socket-activate` stands in for systemd (which is not PID 1 here): it listens on the socket unit's
 `ListenStream=`, and on the first connection execs the service's `ExecStart=` in the same process with
@@ -25,10 +25,9 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipes import APP_DIR, SERVE, local_serve, localize_serve, recipe, serve_argv, unit  # noqa: E402
-from serve_harness import WAIT, Master, wait_until, write_apps  # noqa: E402
-
-from corral.shared.exitcodes import OK  # noqa: E402
+from corral.shared.exitcodes import OK
+from recipes import APP_DIR, SERVE, local_serve, localize_serve, recipe, serve_argv, unit
+from serve_harness import WAIT, Master, wait_until, write_apps
 
 ACTIVATE = shutil.which("systemd-socket-activate") or (
     "/usr/bin/systemd-socket-activate" if os.access("/usr/bin/systemd-socket-activate", os.X_OK) else None
@@ -52,7 +51,7 @@ class NotifySocket:
         while True:
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 return self.messages
             self.messages.extend(data.decode().splitlines())
 
@@ -208,7 +207,7 @@ def test_socket_activation_reload_and_stop(tmp_path):
         code = master.wait(timeout=seconds(one(service, "TimeoutStopSec")))
         assert code == OK, master.output
         notify.wait_for("STOPPING=1", reloading + 1)
-        gone, alive = psutil.wait_procs([p for p in _procs(after | before)], timeout=WAIT)
+        _gone, alive = psutil.wait_procs(list(_procs(after | before)), timeout=WAIT)
         assert not alive, alive
         assert os.path.exists(listen)  # corral does not remove a socket it did not bind
         assert not pidfile.exists()

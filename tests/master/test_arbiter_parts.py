@@ -9,12 +9,12 @@ import time
 import pytest
 
 from corral.master.arbiter.channel import Channel, pair
+from corral.master.arbiter.workerinfo import split_limit
 from corral.master.cli import main
 from corral.master.status.control import ControlServer, control_paths, format_table, query
 from corral.master.status.pidfile import Pidfile, PidfileError, read_pid
-from corral.master.arbiter.workerinfo import split_limit
 from corral.shared.exitcodes import BIND_ERROR, ExitCode
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ def show(config_path, **params):
     try:
         settings = collect(params, config_path, environ=click.get_current_context().obj or {})
     except SettingError as exc:
-        raise click.UsageError(str(exc))
+        raise click.UsageError(str(exc)) from None
     for name in ("workers", "threads", "keepalive", "bind", "reuse_port", "server_header", "backlog"):
         click.echo(f"{name}={getattr(settings, name)!r}")
 
@@ -116,8 +116,10 @@ def test_a_config_files_other_names_are_ignored_with_one_warning_for_the_misspel
     values = load_python_config(str(conf), warn=warnings.append)
     assert values == {"loglevel": "info", "workers": 3}
     assert warnings == [
-        f"config file {conf}: not a setting, ignored: 'keepalvie' (did you mean 'keepalive'?), "
-        "'wokers' (did you mean 'workers'?)"
+        (
+            f"config file {conf}: not a setting, ignored: 'keepalvie' (did you mean 'keepalive'?), "
+            "'wokers' (did you mean 'workers'?)"
+        )
     ]
 
 
@@ -163,7 +165,7 @@ def test_python_module_config_and_file_prefix(tmp_path, monkeypatch):
     assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 4}
     (package / "gunicorn_conf.py").write_text("workers = 5\n")  # read again (a HUP reloads the module)
     assert load_python_config("python:deploy.gunicorn_conf") == {"workers": 5}
-    with pytest.raises(SettingError, match="config module 'deploy.nothing' not found on the import path"):
+    with pytest.raises(SettingError, match=r"config module 'deploy.nothing' not found on the import path"):
         load_python_config("python:deploy.nothing")
     assert load_python_config(f"file:{package / 'gunicorn_conf.py'}") == {"workers": 5}
     plain = tmp_path / "gunicorn.cfg"  # gunicorn also runs a file without a .py extension
@@ -200,7 +202,7 @@ def test_gunicorn_config_file_carries_over(tmp_path, capsys):
 
 def test_pyproject_table(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.corral]\nworkers = 5\nkeep-alive = 2\n")
-    with pytest.raises(SettingError, match="unknown setting 'keep-alive'.*did you mean 'keepalive'"):
+    with pytest.raises(SettingError, match=r"unknown setting 'keep-alive'.*did you mean 'keepalive'"):
         load_pyproject(str(tmp_path))
     (tmp_path / "pyproject.toml").write_text("[tool.corral]\nworkers = 5\nkeepalive = 2\n")
     assert load_pyproject(str(tmp_path)) == {"workers": 5, "keepalive": 2.0}
@@ -349,8 +351,10 @@ def test_a_uvicorn_worker_subclass_applies_its_config_kwargs(tmp_path, monkeypat
     assert settings.forwarded_allow_ips == () and settings.request_timeout == 0.0
     assert (settings.max_applications, settings.pool_full) == (100, "503")  # 50 per worker, 503 past it
     assert warnings == [
-        "-k proj_workers.MyWorker: CONFIG_KWARGS ignored: loop='asyncio' (corral always runs "
-        "uvloop), http='h11' (corral always parses HTTP/1.1 with httptools)"
+        (
+            "-k proj_workers.MyWorker: CONFIG_KWARGS ignored: loop='asyncio' (corral always runs "
+            "uvloop), http='h11' (corral always parses HTTP/1.1 with httptools)"
+        )
     ]
     with pytest.raises(ConfigProblems) as raised:
         effective(Settings(worker_class="proj_workers.BadWorker"))
@@ -374,6 +378,8 @@ def test_port_web_concurrency_and_forwarded_allow_ips_are_gunicorns_defaults(tmp
     with pytest.raises(ConfigProblems) as caught:
         collect({}, None, environ={"WEB_CONCURRENCY": "many"}, folder=str(tmp_path))
     assert caught.value.problems == [
-        "invalid value for --workers (from environment variable WEB_CONCURRENCY, gunicorn's default): "
-        "expected an integer, got 'many'"
+        (
+            "invalid value for --workers (from environment variable WEB_CONCURRENCY, gunicorn's default): "
+            "expected an integer, got 'many'"
+        )
     ]

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from corral.master.hooks.cfg import HookConfig, Listener
 from corral.master.config.peer_names import GUNICORN
+from corral.master.hooks.cfg import HookConfig, Listener
 from corral.shared.settings import Settings
 
 gunicorn_config = pytest.importorskip("gunicorn.config")
@@ -84,7 +84,7 @@ def test_gunicorns_computed_attributes():
 def test_unknown_names_and_writes_fail_as_in_gunicorn():
     cfg = HookConfig(Settings())
     with pytest.raises(AttributeError, match="No configuration setting for: no_such_thing"):
-        cfg.no_such_thing  # noqa: B018
+        cfg.no_such_thing  # noqa: B018 - reading it is the test
     with pytest.raises(AttributeError, match="Invalid access!"):
         cfg.workers = 4
 

@@ -66,7 +66,7 @@ def test_by_default_the_error_log_is_gunicorns_logger(tmp_path, loggers):
     setup_logging(Settings(errorlog=str(path), loglevel="warning"))
     seen = []
     spy = logging.Handler()
-    spy.emit = seen.append  # type: ignore[method-assign]
+    spy.emit = seen.append  # type: ignore[method-assign]  # a spy
     logging.getLogger("gunicorn.error").addHandler(spy)
     logging.getLogger("corral.master").warning("Worker %d died", 3)
     logging.getLogger("corral.worker.server").info("below --log-level")
@@ -82,7 +82,7 @@ def test_naming_corral_keeps_corrals_loggers(tmp_path, loggers):
     setup_logging(Settings(errorlog=str(path), naming="corral"))
     seen = []
     spy = logging.Handler()
-    spy.emit = seen.append  # type: ignore[method-assign]
+    spy.emit = seen.append  # type: ignore[method-assign]  # a spy
     logging.getLogger("corral").addHandler(spy)
     logging.getLogger("corral.master").info("started")
     assert [r.name for r in seen] == ["corral.master"]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import psutil
 import pytest
@@ -27,7 +28,7 @@ from corral.master.observe.statsd import StatsdClient, prefix_of, statsd_lines
 from corral.worker.edge.counters import DURATION_BOUNDS, METHOD_INDEX, STATUS_SLOTS, Counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import promtext  # noqa: E402  (tests/promtext.py: the strict reading of a /metrics page)
+import promtext  # tests/promtext.py: the strict reading of a /metrics page
 
 
 class FakeWorker:
@@ -66,7 +67,10 @@ def parse(text: str) -> dict:
 def test_totals_survive_a_worker_exit_and_render_as_valid_exposition_format():
     counts = MasterCounts()
     a, b = FakeWorker(1, snapshot(10, 2, 5), 12), FakeWorker(2, snapshot(4, 0, 4), 4)
-    render = lambda workers: parse(page(counts, workers)[0])
+
+    def render(workers):
+        return parse(page(counts, workers)[0])
+
     before = render([a, b])
     assert before[("corral_http_requests_total", (("method", "GET"), ("status", "2xx")))] == 14
     assert before[("corral_http_requests_total", (("method", "POST"), ("status", "5xx")))] == 2
@@ -438,7 +442,7 @@ def test_a_reload_keeps_the_metrics_settings_the_master_started_with(caplog):
     from corral.shared.settings import Settings
 
     class Arbiter:
-        workers: dict = {}
+        workers: ClassVar[dict] = {}
         num_workers = 1
         spawn_after = 0.0
         started = 0.0

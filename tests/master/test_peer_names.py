@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.master.config.carryover import scan_flags
 from corral.master.cli import _known_options
 from corral.master.config import migration
+from corral.master.config.carryover import scan_flags
 from corral.master.config.migration import PATH, page
 from corral.master.config.peer_names import GUNICORN, PEER_FLAGS
 from corral.shared.settings import REGISTRY
@@ -37,19 +37,19 @@ def test_the_migration_page_lists_every_gunicorn_setting_once():
     """Checked against gunicorn's own list: each setting is one row, in the section of what corral does."""
     config = pytest.importorskip("gunicorn.config")
     text = page()
-    sections = re.split(r"^### ", text, flags=re.M)
+    sections = re.split(r"^### ", text, flags=re.MULTILINE)
     kinds = {"Same meaning": ("same", "alias"), "Accepted and ignored": ("noop",), "Refused": ("refuse",)}
     seen: dict[str, str] = {}
     for section in sections[1:]:
         title = next(key for key in kinds if section.startswith(key))
-        for name in re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M):
+        for name in re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.MULTILINE):
             assert name not in seen, name
             seen[name] = title
             assert GUNICORN[name].kind in kinds[title], name
     assert set(seen) == {setting.name for setting in config.KNOWN_SETTINGS}
     assert f"each of gunicorn's {len(config.KNOWN_SETTINGS)} settings" in text
     for name in KWARGS:  # and every uvicorn Config argument a UvicornWorker's CONFIG_KWARGS may hold
-        assert re.search(rf"^\|[^|\n]*`{name}`", text, flags=re.M), name
+        assert re.search(rf"^\|[^|\n]*`{name}`", text, flags=re.MULTILINE), name
 
 
 def test_every_config_kwarg_is_an_argument_of_uvicorns_config():
@@ -86,7 +86,7 @@ def test_the_table_agrees_with_the_registry():
 def test_every_gunicorn_flag_is_understood_or_explained():
     """A gunicorn flag is corral's, carried over, dropped with a warning, or refused saying why."""
     known = _known_options()
-    for name, entry in GUNICORN.items():
+    for entry in GUNICORN.values():
         for flag in entry.flags:
             kept, problems, warnings = scan_flags([flag, "x"] if entry.takes_value else [flag], known)
             if entry.kind == "noop":

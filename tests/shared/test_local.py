@@ -36,12 +36,12 @@ def _run_thread(fn) -> dict:
 def test_set_get_delete():
     local = Local()
     with pytest.raises(AttributeError):
-        local.foo
+        local.foo  # noqa: B018 - reading it is the test
     local.foo = 1
     assert local.foo == 1
     del local.foo
     with pytest.raises(AttributeError):
-        local.foo
+        local.foo  # noqa: B018 - reading it is the test
     with pytest.raises(AttributeError):
         del local.foo
 

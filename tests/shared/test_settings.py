@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral.shared import settings as registry
-from corral.shared.settings import REGISTRY, Settings, SettingError, Sources, resolve
+from corral.shared.settings import REGISTRY, SettingError, Settings, Sources, resolve
 
 
 def test_defaults_come_from_the_declarations():
@@ -94,7 +94,7 @@ def test_environment_variables_are_generated_from_names():
 
 
 def test_bad_environment_values_are_all_collected():
-    with pytest.raises(SettingError, match="invalid value for --workers .from environment variable CORRAL_WORKERS"):
+    with pytest.raises(SettingError, match=r"invalid value for --workers .from environment variable CORRAL_WORKERS"):
         registry.from_env({"CORRAL_WORKERS": "lots"})
     problems: list[str] = []
     assert registry.from_env({"CORRAL_WORKERS": "lots", "CORRAL_THREADS": "0", "CORRAL_BACKLOG": "9"}, problems) == {

@@ -124,7 +124,7 @@ def test_cancel_stops_waiting_while_the_sync_function_runs_on(sensitive):
         running_on = not finished.is_set()  # the task ended while the function was still blocked
         release.set()
         # Queued behind the function on the thread-sensitive thread: runs once it has finished.
-        after = await sync_to_async(lambda: finished.is_set(), thread_sensitive=sensitive)()
+        after = await sync_to_async(finished.is_set, thread_sensitive=sensitive)()
         assert await loop.run_in_executor(None, finished.wait, WAIT)
         return running_on, after or not sensitive
 

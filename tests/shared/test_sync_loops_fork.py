@@ -41,7 +41,7 @@ def test_async_to_sync_reuses_a_loop_per_calling_thread():
 
     with ThreadPoolExecutor(2) as pool:
         (loop1, thread1), (loop2, thread2) = pool.submit(in_new_thread).result(WAIT)
-        (loop3, _), _ = pool.submit(in_new_thread).result(WAIT)
+        (_loop3, _), _ = pool.submit(in_new_thread).result(WAIT)
     assert loop1 is loop2 and thread1 is thread2
     assert thread1 is not threading.current_thread()
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from corral.shared import worker_class
-from corral.shared.settings import Settings, SettingError
+from corral.shared.settings import SettingError, Settings
 from corral.shared.worker_class import ASGI, WSGI, WorkerClassError, kwargs_settings, resolve
 
 MY_WORKER = """
@@ -155,7 +155,7 @@ def test_gunicorn_subclasses(module, request, hidden):
 def test_a_class_that_cannot_be_imported_nor_read(module):
     found = resolve("no_such_package_here.workers.UvicornWorkerPlus")
     assert found.interface == ASGI and "taken as ASGI by its name" in found.how and found.config_kwargs == {}
-    with pytest.raises(WorkerClassError, match="cannot be imported .no module 'no_such_package_here'"):
+    with pytest.raises(WorkerClassError, match=r"cannot be imported .no module 'no_such_package_here'"):
         resolve("no_such_package_here.workers.Plain")
     with pytest.raises(SettingError, match="invalid value for --worker-class: corral cannot run worker class 'gevent'"):
         Settings(worker_class="gevent")  # refused as a value; what a path names is resolved later (carryover)

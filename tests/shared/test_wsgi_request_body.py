@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from corral.shared.wsgi import INPUT_BUFFER, ClientDisconnected, WsgiToAsgi
-from wsgi_helpers import Client, WAIT, body_messages, call, hello, make_scope, request_id
+from wsgi_helpers import WAIT, Client, body_messages, call, hello, make_scope, request_id
 
 
 def test_streamed_request_body_read_readline_and_iteration():

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from corral.shared.wsgi import WsgiToAsgi
-from wsgi_helpers import Client, WAIT, call
+from wsgi_helpers import WAIT, Client, call
 
 
 @pytest.fixture(autouse=True, params=[False, True], ids=["asgiref-shape", "coalesced"])
@@ -230,7 +230,7 @@ def test_second_start_response_without_exc_info_raises():
         start_response("200 OK", [])
         try:
             start_response("500 Internal Server Error", [])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever start_response raises is recorded for the test to assert
             errors.append(exc)
         return [b"ok"]
 

@@ -18,7 +18,7 @@ WAIT = 10.0
 # ---------------------------------------------------------------------------- applications
 
 
-def echo_app(events: "queue.Queue | None" = None, subprotocol: bool = True):
+def echo_app(events: queue.Queue | None = None, subprotocol: bool = True):
     async def app(scope, receive, send):
         if scope["type"] != "websocket":
             await send({"type": "http.response.start", "status": 200, "headers": []})

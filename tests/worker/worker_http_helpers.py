@@ -10,8 +10,9 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
@@ -78,7 +79,7 @@ class Client:
     def response(self, head_request: bool = False) -> Response:
         raw = self._read_until(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
-        _, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        _, status, reason = [*lines[0].split(" ", 2), ""][:3]
         headers = []
         for line in lines[1:]:
             name, _, value = line.partition(":")
@@ -120,7 +121,7 @@ class Client:
         """Wait (bounded) for the server to close; True when it does and nothing more was sent."""
         try:
             return self.read_to_eof() == b""
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     def close(self) -> None:

@@ -30,8 +30,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+
+# asyncio's own bookkeeping of the running task (private, present since 3.7; used only on 3.11, see the end)
+from asyncio.tasks import _current_tasks, _enter_task, _leave_task  # type: ignore[attr-defined]  # private: not in typeshed
+from collections.abc import Coroutine, Generator
 from contextvars import copy_context
-from typing import Any, Coroutine, Generator
+from typing import Any
 
 __all__ = ["start"]
 
@@ -54,6 +58,11 @@ def _start_native(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any
 
 
 # ---------------------------------------------------------------------------- Python 3.11, by hand
+
+_Future = asyncio.Future
+_new = Task.__new__
+_init: Any = Task.__init__  # (Any: called with the stand-in loop, which is no AbstractEventLoop)
+_set_result = _Future.set_result  # Task.set_result refuses; the future's own method marks it done
 
 
 class _NotYet:
@@ -90,7 +99,7 @@ class _Continuation:
             except GeneratorExit:
                 coro.close()
                 raise
-            except BaseException as exc:  # thrown in by the task (a cancellation): the coroutine's to handle
+            except BaseException as exc:  # noqa: BLE001 - thrown in by the task (a cancellation): the coroutine's to handle
                 try:
                     value = coro.throw(exc)
                 except StopIteration as stop:
@@ -119,9 +128,9 @@ def _reschedule(
 ) -> asyncio.Task[Any]:
     """Initialise `task` again, for `loop`, to run `coro`: registered and scheduled like any task, with the
     done callbacks and the cancellation the first step gave it."""
-    callbacks = task._callbacks  # type: ignore[attr-defined]
+    callbacks = task._callbacks
     must_cancel = task._must_cancel  # type: ignore[attr-defined]
-    cancelling = task.cancelling() if must_cancel else 0
+    cancelling = task.cancelling() if must_cancel else 0  # type: ignore[attr-defined]  # 3.11+, where this runs
     message = task._cancel_message if must_cancel else None  # type: ignore[attr-defined]
     _init(task, coro, loop=loop, context=context, name=task.get_name())
     if callbacks:
@@ -129,7 +138,7 @@ def _reschedule(
             task.add_done_callback(callback, context=callback_context)
     if must_cancel:
         task.cancel(message)
-        while task.cancelling() < cancelling:
+        while task.cancelling() < cancelling:  # type: ignore[attr-defined]  # (as above)
             task.cancel(message)
     return task
 
@@ -145,11 +154,11 @@ def _start_by_hand(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, An
         yielded = context.run(coro.send, None)
     except StopIteration as stop:
         _leave_task(loop, task)
-        if task._callbacks is None and not task._must_cancel:  # type: ignore[attr-defined]
+        if task._callbacks is None and not task._must_cancel:
             _set_result(task, stop.value)
             return task
         return _reschedule(task, _return(stop.value), loop, context)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - any outcome of the first step is the task's, re-raised there
         _leave_task(loop, task)
         return _reschedule(task, _raise(exc), loop, context)
     _leave_task(loop, task)
@@ -165,14 +174,8 @@ def _start_by_hand(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, An
 
 
 if sys.version_info >= (3, 12):
-    start = _start_native  # noqa: F811 (the interpreter's own eager start)
+    start = _start_native
 elif sys.version_info >= (3, 11) and getattr(Task, "__module__", "") == "_asyncio":
     # The C Task: initialised again in place (its __init__ clears what it set before), `_callbacks`,
     # `_must_cancel` and `cancelling()` readable, `_enter_task`/`_leave_task` on the C module's table.
-    from asyncio.tasks import _current_tasks, _enter_task, _leave_task  # type: ignore[attr-defined]
-
-    _Future = asyncio.Future
-    _new = Task.__new__
-    _init = Task.__init__
-    _set_result = _Future.set_result  # Task.set_result refuses; the future's own method marks it done
-    start = _start_by_hand  # noqa: F811
+    start = _start_by_hand

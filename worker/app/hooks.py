@@ -5,12 +5,17 @@ gunicorn hooks are written against gunicorn's objects; these give them the attri
 - `WorkerView` (the `worker` argument), gunicorn's Worker attributes: `pid` ("[booting]" in pre_fork, as
   gunicorn's), `ppid`, `age` (the worker's number: 1, 2, ... in spawn order), `log` (a `logging.Logger`),
   `cfg` (gunicorn's Config view of the settings, corral.master.hooks.cfg: `worker.cfg.workers`,
-  `worker.cfg.worker_connections`, ...), `booted`, `alive`, `aborted`, `nr` (requests served), `max_requests`
-  (with its jitter; sys.maxsize when off), `timeout` (gunicorn's: half of --timeout), `sockets` (the
-  listening sockets), `wsgi` (the loaded application), `tmp` and `notify()` (a heartbeat to the master's
-  watchdog: `tmp.notify()`, `tmp.last_update()`). Setting `worker.alive = False` (gunicorn's way for a hook
-  to end its worker) asks the master to replace the worker: the new one starts, then this one stops
-  gracefully. Not there: `app` (gunicorn's Application object) and the worker's methods.
+  `worker.cfg.worker_connections`, ...), `booted`, `alive`, `aborted`, `nr` (requests served), `nr_conns`
+  (open connections: HTTP/1.1, HTTP/2 and WebSocket; read from any thread, it is len() of the server's
+  connection set, so it costs nothing per request), `max_requests` (with its jitter; sys.maxsize when off),
+  `timeout` (gunicorn's: half of --timeout), `sockets` (the listening sockets), `wsgi` and `asgi` (the loaded
+  application; gunicorn's thread workers name it the one way, its ASGI worker the other), `loop` (the
+  worker's event loop once it runs, as gunicorn's ASGI worker's), `worker_connections` (the setting, as
+  gunicorn's workers copy it: corral enforces no connection limit), `tmp` and `notify()` (a heartbeat to the
+  master's watchdog: `tmp.notify()`, `tmp.last_update()`). Setting `worker.alive = False` (gunicorn's way
+  for a hook to end its worker) asks the master to replace the worker: the new one starts, then this one
+  stops gracefully. Not there: `app` (gunicorn's Application object), the worker's methods, and the
+  internals of gunicorn's own loops (`tpool`, `poller`, `keepalived_conns`, `servers`, `reloader`, ...).
 - `HookRequest` (`req` of pre_request/post_request): `method`, `path`, `uri`, `query`, `version` (a tuple),
   `scheme`, `headers` (gunicorn's form: a list of (NAME, value) str pairs, names upper-case),
   `remote_addr`, and `scope` (the ASGI scope). Not there: `body` (the app reads the body).
@@ -30,8 +35,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = [
     "WorkerView",
@@ -83,11 +89,13 @@ class WorkerView:
         "recycle",
         "sockets",
         "wsgi",
+        "loop",
         "timeout",
         "max_requests",
         "tmp",
         "server",
         "requests",
+        "connections",
         "_alive",
     )
 
@@ -114,11 +122,14 @@ class WorkerView:
         self.recycle: Callable[..., None] | None = None  # recycle(why)
         self.sockets = list(sockets)
         self.wsgi: Any = None  # the application, once loaded
+        self.loop: Any = None  # the worker's event loop, once it runs (gunicorn's ASGI worker's worker.loop)
         self.timeout = timeout
         self.max_requests = max_requests or sys.maxsize  # gunicorn's "no limit"
         self.tmp = WorkerTmp()
         self.server: Any = None  # the serving WorkerServer, once it serves (nr and alive read it)
-        self.requests = 0  # nr where there is no server (a master-side view: the last heartbeat's count)
+        # nr and nr_conns where there is no server (a master-side view: the last heartbeat's counts)
+        self.requests = 0
+        self.connections = 0
         self._alive = True
 
     @property
@@ -126,6 +137,25 @@ class WorkerView:
         """Requests served (gunicorn's counter)."""
         server = self.server
         return server.requests_served if server is not None else self.requests
+
+    @property
+    def nr_conns(self) -> int:
+        """Open connections (gunicorn's thread and ASGI workers' counter): HTTP/1.1, HTTP/2 and WebSocket.
+        Safe to read from another thread (a monitoring thread started in post_fork): len() of a set is
+        atomic, and the set is the one the server keeps anyway, so counting costs nothing per connection."""
+        server = self.server
+        return len(server.connections) if server is not None else self.connections
+
+    @property
+    def asgi(self) -> Any:
+        """The loaded application, under the name gunicorn's ASGI worker gives it (its thread workers say wsgi)."""
+        return self.wsgi
+
+    @property
+    def worker_connections(self) -> int:
+        """gunicorn's workers copy the setting here; so does this (corral enforces no connection limit: its
+        limit is --max-applications, requests and WebSockets)."""
+        return self.cfg.worker_connections
 
     @property
     def alive(self) -> bool:
@@ -255,7 +285,7 @@ def cgi_environ(scope: dict) -> dict[str, Any]:
 def _materialized(name: str) -> Callable:
     method = getattr(dict, name)
 
-    def call(self: "LazyEnviron", *args: Any, **kwargs: Any) -> Any:
+    def call(self: LazyEnviron, *args: Any, **kwargs: Any) -> Any:
         if self._scope is not None:
             scope, self._scope = self._scope, None
             dict.update(self, cgi_environ(scope))
@@ -296,7 +326,7 @@ class LazyEnviron(dict):
     ):
         locals()[_name] = _materialized(_name)
     del _name
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
 
 class RequestHooks:

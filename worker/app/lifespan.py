@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, NoReturn, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 __all__ = ["Lifespan", "LifespanFailure"]
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 _MODES = ("auto", "on", "off")
+_ERROR_LOG = logging.getLogger("corral.error")  # the default logger: lifespan failures are errors
 
 
 class LifespanFailure(Exception):
@@ -44,9 +46,9 @@ class Lifespan:
         self,
         app: ASGIApp,
         mode: str = "auto",
-        logger: logging.Logger = logging.getLogger("corral.error"),
+        logger: logging.Logger = _ERROR_LOG,
         *,
-        startup_timeout: Optional[float] = None,
+        startup_timeout: float | None = None,
         shutdown_timeout: float = 30.0,
     ) -> None:
         if mode not in _MODES:
@@ -60,10 +62,10 @@ class Lifespan:
         self.state: dict[str, Any] = {}
         #: Whether the app completed startup (so shutdown will be sent).
         self.running = False
-        self._task: Optional[asyncio.Task] = None
-        self._receive_queue: Optional[asyncio.Queue] = None
-        self._startup_answer: Optional[asyncio.Future] = None
-        self._shutdown_answer: Optional[asyncio.Future] = None
+        self._task: asyncio.Task | None = None
+        self._receive_queue: asyncio.Queue | None = None
+        self._startup_answer: asyncio.Future | None = None
+        self._shutdown_answer: asyncio.Future | None = None
         self._received_startup = False
         self._answered_failed = False
 
@@ -179,7 +181,7 @@ class Lifespan:
 
     # ------------------------------------------------------------------------ helpers
 
-    def _fail(self, message: str, error: Optional[BaseException]) -> NoReturn:
+    def _fail(self, message: str, error: BaseException | None) -> NoReturn:
         self.logger.error("Application startup failed: %s", message, exc_info=error)
         raise LifespanFailure(message) from error
 
@@ -203,7 +205,7 @@ class Lifespan:
         if task.done() and not task.cancelled():
             task.exception()  # mark it retrieved: no "exception was never retrieved" noise at exit
 
-    def _task_exception(self) -> Optional[BaseException]:
+    def _task_exception(self) -> BaseException | None:
         task = self._task
         if task is None or not task.done() or task.cancelled():
             return None

@@ -20,8 +20,9 @@ import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Callable, Optional
+from typing import Any
 
 from corral.shared.compatibility import double_to_single_callable, is_double_callable
 from corral.shared.coroutines import iscoroutinefunction
@@ -46,7 +47,7 @@ class AppImportError(Exception):
 # ---------------------------------------------------------------------------- importing
 
 
-def _parse_spec(spec: str) -> tuple[str, list[str], Optional[tuple[list[Any], dict[str, Any]]]]:
+def _parse_spec(spec: str) -> tuple[str, list[str], tuple[list[Any], dict[str, Any]] | None]:
     """Split a spec into (module, attribute path, call arguments or None)."""
     bad = AppImportError(
         f"invalid application spec {spec!r}: expected 'module:attribute', 'module:attr.sub' or 'module:factory()'"
@@ -62,7 +63,7 @@ def _parse_spec(spec: str) -> tuple[str, list[str], Optional[tuple[list[Any], di
     except SyntaxError:
         raise bad from None
 
-    call: Optional[tuple[list[Any], dict[str, Any]]] = None
+    call: tuple[list[Any], dict[str, Any]] | None = None
     if isinstance(node, ast.Call):
         try:
             args = [ast.literal_eval(arg) for arg in node.args]
@@ -145,7 +146,7 @@ def import_app(spec: str, factory: bool = False) -> Any:
 # ---------------------------------------------------------------------------- interface detection
 
 
-def _positional_arity(func: Callable[..., Any]) -> Optional[int]:
+def _positional_arity(func: Callable[..., Any]) -> int | None:
     """Required positional parameters (or all positional ones if that is 0), None with *args or no signature."""
     try:
         signature = inspect.signature(func)
@@ -173,7 +174,7 @@ def detect_interface(app: Any) -> str:
         # The class is instantiated per request: `Cls(scope)` is ASGI 2; `Cls(environ, start_response)` with
         # an iterable instance is PEP 3333's class-as-application form.
         return "wsgi" if _positional_arity(app) == 2 else "asgi2"
-    if iscoroutinefunction(app) or iscoroutinefunction(getattr(app, "__call__", None)):
+    if iscoroutinefunction(app) or iscoroutinefunction(getattr(app, "__call__", None)):  # noqa: B004 - the bound __call__ is inspected
         return "asgi3"
     arity = _positional_arity(app)
     if arity == 2:
@@ -186,7 +187,7 @@ def detect_interface(app: Any) -> str:
     return "asgi2" if is_double_callable(app) else "asgi3"
 
 
-def wrap_application(app: Any, interface: str = "auto", *, executor: Optional[Executor] = None) -> Callable:
+def wrap_application(app: Any, interface: str = "auto", *, executor: Executor | None = None) -> Callable:
     """The application as an ASGI 3 callable; `executor` runs WSGI requests (None: the worker's pool)."""
     if interface == "auto":
         interface = detect_interface(app)

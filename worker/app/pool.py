@@ -26,7 +26,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import Any, Awaitable, Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from typing import Any
 
 from corral.worker.app import eager
 
@@ -236,7 +237,9 @@ class StatelessServer:
         # The serving loop when a subclass keeps it (WorkerServer.loop): asyncio.get_running_loop() makes a
         # getpid() system call per call (its fork check), once per request here.
         loop = self.loop
-        task = (loop if loop is not None else asyncio.get_running_loop()).create_task(app(scope, receive, send))
+        task: asyncio.Task[None] = (loop if loop is not None else asyncio.get_running_loop()).create_task(
+            app(scope, receive, send)  # type: ignore[arg-type]  # an ASGI 3 call returns a coroutine
+        )
         instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
         instances[scope_id] = instance
         if len(instances) >= self._max_applications:
@@ -255,7 +258,10 @@ class StatelessServer:
             self._make_room()
         app = self._single_callable or self._application_callable()
         loop = self.loop
-        task = eager.start(loop if loop is not None else asyncio.get_running_loop(), app(scope, receive, send))
+        task = eager.start(
+            loop if loop is not None else asyncio.get_running_loop(),
+            app(scope, receive, send),  # type: ignore[arg-type]  # an ASGI 3 call returns a coroutine
+        )
         if task.done():
             return task
         instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
@@ -366,7 +372,7 @@ class StatelessServer:
         futures = [instance.future for instance in self.application_instances.values()]
         for future in futures:
             future.cancel()
-        done, pending = await asyncio.wait(futures, timeout=timeout)
+        _done, pending = await asyncio.wait(futures, timeout=timeout)
         for instance in list(self.application_instances.values()):
             if instance.future in pending:
                 logger.warning("Application instance %r ignored cancellation; abandoning it", instance)

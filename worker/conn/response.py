@@ -94,7 +94,7 @@ def encode_headers(headers: Any) -> tuple[bytes, int | None, bytes | None, bool]
     content_length: int | None = None
     te: bytes | None = None
     app_close = False
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     try:
         for name, value in headers:
@@ -121,7 +121,7 @@ def encode_headers(headers: Any) -> tuple[bytes, int | None, bytes | None, bool]
 
 # Applications mostly send the same few header lists: their validated encoding is kept, keyed by the
 # headers as a tuple (bounded; cleared when full, so varying headers such as cookies only cost a miss).
-_ENCODED: dict[tuple, tuple[bytes, int | None, bytes | None, bool]] = {}
+_ENCODED: dict[tuple[Any, ...], tuple[bytes, int | None, bytes | None, bool]] = {}
 _ENCODED_MAX = 512
 _ENCODED_BLOCK_MAX = 1024
 

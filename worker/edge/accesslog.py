@@ -29,7 +29,11 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = [
     "AccessLog",
@@ -67,6 +71,7 @@ class _Atoms(dict):
     that is no atom renders as '-' (gunicorn's SafeAtoms)."""
 
     __slots__ = ("request",)
+    request: tuple[Any, ...]  # (scope, status, bytes, duration, response headers, session): for __missing__
 
     def __missing__(self, key: str) -> Any:
         if key.startswith("{"):
@@ -79,7 +84,7 @@ class _Atoms(dict):
             return "-"
         try:
             value = _escaped(extractor(*request))
-        except Exception:  # a log line must never break a response
+        except Exception:  # noqa: BLE001 - a log line must never break a response
             return "-"
         self[key] = value
         return value
@@ -204,7 +209,7 @@ _SIMPLE: dict[str, Extractor] = {
 _NO_QUOTES = frozenset(("l", "t", "s", "B", "b", "T", "M", "D", "L", "p", "ws_close", "ws_in", "ws_out"))
 
 
-def _extractor(atom: str) -> Optional[Extractor]:
+def _extractor(atom: str) -> Extractor | None:
     if atom in _SIMPLE:
         return _SIMPLE[atom]
     if len(atom) >= 3 and atom[0] == "{" and atom[-2] == "}":
@@ -286,7 +291,7 @@ class AccessLog:
             if atoms:
                 self.logger.info(self.format, atoms)  # gunicorn's call: the record's args are the atoms
             else:  # no atom at all: logging would take an empty mapping for no arguments
-                self.logger.info(self.format % atoms)
+                self.logger.info(self.format % atoms)  # noqa: G002 - formatted here: see the line above
         except Exception:  # a log line must never break a response
             logging.getLogger("corral.worker.accesslog").exception("failed to render the access log line")
 
@@ -319,7 +324,7 @@ class ReopenableFileHandler(logging.FileHandler):
         reopen_file(self)
 
 
-def make_access_log(settings: Any) -> Optional[AccessLog]:
+def make_access_log(settings: Settings) -> AccessLog | None:
     """The access log configured by `settings.accesslog` / `settings.access_log_format`, or None when off.
 
     The lines go to the logger "gunicorn.access" ("corral.access" with --naming corral). '-' is stdout
@@ -336,16 +341,16 @@ def make_access_log(settings: Any) -> Optional[AccessLog]:
         return None
     for name in (ACCESS_LOGGER_NAME, GUNICORN_ACCESS_LOGGER):  # rebuilding (a reload): drop what we installed
         other = logging.getLogger(name)
-        for handler in list(other.handlers):
-            if getattr(handler, "_corral_access", False):
-                other.removeHandler(handler)
-                handler.close()
+        for old in list(other.handlers):
+            if getattr(old, "_corral_access", False):
+                other.removeHandler(old)
+                old.close()
     handler: logging.Handler
     if target == "-":
         handler = logging.StreamHandler(sys.stdout)
     else:
         handler = ReopenableFileHandler(target)
-    handler._corral_access = True  # type: ignore[attr-defined]
+    handler._corral_access = True  # type: ignore[union-attr]  # our mark, read back with getattr above
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

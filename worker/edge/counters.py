@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = [
     "Counters",
@@ -39,7 +43,7 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 METHOD_INDEX = {name: index for index, name in enumerate(METHODS[:-1])}
 
 
-def collecting(settings: Any) -> bool:
+def collecting(settings: Settings) -> bool:
     """Whether the worker records per-request metrics: only when something consumes them."""
     return bool(settings.metrics_bind or settings.statsd_host)
 
@@ -212,7 +216,7 @@ def histogram(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[float,
     """Per-bucket counts -> cumulative (le, count) pairs, +Inf last (Prometheus' layout)."""
     out = []
     total = 0
-    for bound, count in zip(bounds + (float("inf"),), counts):
+    for bound, count in zip((*bounds, float("inf")), counts):
         total += count
         out.append((bound, total))
     return out

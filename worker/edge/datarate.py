@@ -33,9 +33,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import BUSY, FRESH, WEBSOCKET
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["RateSweep", "Transfer", "bytes_acked", "PRESSURE_GRACE", "REPORT_INTERVAL", "RESPONSE"]
 
@@ -121,7 +125,7 @@ class RateSweep:
         self.last_report = float("-inf")
 
     @classmethod
-    def from_settings(cls, settings: Any, interval: float) -> RateSweep | None:
+    def from_settings(cls, settings: Settings, interval: float) -> RateSweep | None:
         """None when both rates are off."""
         if not settings.min_request_body_rate and not settings.min_response_rate:
             return None

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["RequestDeadline", "StuckThreads", "TIMEOUT_RESPONSE"]
 
@@ -31,7 +32,7 @@ logger = logging.getLogger("corral.error")
 
 _DISCONNECT = {"type": "http.disconnect"}
 TIMEOUT_BODY = b"Gateway Timeout: the application did not answer in time\n"
-TIMEOUT_RESPONSE = (
+TIMEOUT_RESPONSE: tuple[dict[str, Any], ...] = (
     {
         "type": "http.response.start",
         "status": 504,

@@ -18,7 +18,7 @@ from typing import Any
 __all__ = ["health_app"]
 
 _HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")]
-_DRAINING_HEADERS = _HEADERS + [(b"retry-after", b"1")]
+_DRAINING_HEADERS = [*_HEADERS, (b"retry-after", b"1")]
 
 
 def health_app(server: Any) -> Any:

@@ -31,7 +31,8 @@ import functools
 import ipaddress
 import logging
 import re
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["ProxyHeaders", "make_proxy_headers", "parse_forwarded"]
 
@@ -180,7 +181,7 @@ class ProxyHeaders:
             return False
         return self._trusts_host(host)
 
-    def trusts(self, client_host: Optional[str], is_unix: bool) -> bool:
+    def trusts(self, client_host: str | None, is_unix: bool) -> bool:
         """Whether this connection's peer is trusted; decide once per connection."""
         if is_unix:
             return self.trust_unix
@@ -188,7 +189,7 @@ class ProxyHeaders:
             return self.trust_all
         return self.trusts_host(client_host)
 
-    def trusts_scope(self, scope: dict) -> bool:
+    def trusts_scope(self, scope: dict[str, Any]) -> bool:
         """Trust decision from a scope: a unix-socket peer has no client and no server port."""
         client = scope.get("client")
         if client is None:
@@ -199,7 +200,7 @@ class ProxyHeaders:
 
     # ------------------------------------------------------------------------ rewriting
 
-    def apply(self, scope: dict, trusted: Optional[bool] = None) -> None:
+    def apply(self, scope: dict[str, Any], trusted: bool | None = None) -> None:
         """Rewrite client/scheme/host in `scope` from proxy headers if the peer is trusted.
 
         Pass `trusted` when the connection already decided (see `trusts`); otherwise it is decided here.
@@ -246,7 +247,7 @@ class ProxyHeaders:
                 return index
         return 0
 
-    def _apply_forwarded(self, scope: dict, elements: list[dict[str, str]]) -> None:
+    def _apply_forwarded(self, scope: dict[str, Any], elements: list[dict[str, str]]) -> None:
         nodes = [_split_node(element.get("for", "")) for element in elements]
         index = self._pick([host for host, _ in nodes])
         element = elements[index]
@@ -258,7 +259,9 @@ class ProxyHeaders:
         if "host" in element:
             _set_host(scope, element["host"])
 
-    def _apply_x_forwarded(self, scope: dict, x_for: list[bytes], x_proto: list[bytes], x_host: list[bytes]) -> None:
+    def _apply_x_forwarded(
+        self, scope: dict[str, Any], x_for: list[bytes], x_proto: list[bytes], x_host: list[bytes]
+    ) -> None:
         index, count = 0, 0
         if x_for:
             nodes = [_split_node(item) for item in b",".join(x_for).decode("latin-1").split(",")]
@@ -281,14 +284,14 @@ def _hop_value(values: list[bytes], index: int, count: int) -> str:
     return items[-1]
 
 
-def _set_scheme(scope: dict, proto: str) -> None:
+def _set_scheme(scope: dict[str, Any], proto: str) -> None:
     proto = proto.strip().lower()
     if proto not in _SCHEMES:
         return
     scope["scheme"] = _WS_SCHEME[proto] if scope.get("type") == "websocket" else _HTTP_SCHEME[proto]
 
 
-def _set_host(scope: dict, host: str) -> None:
+def _set_host(scope: dict[str, Any], host: str) -> None:
     host = host.strip()
     if not host or len(host) > 255 or not _HOST.match(host):
         return  # refuse anything that could smuggle a path, credentials or header syntax into URLs
@@ -298,10 +301,10 @@ def _set_host(scope: dict, host: str) -> None:
     scope["headers"] = headers
 
 
-def make_proxy_headers(settings: object) -> Optional[ProxyHeaders]:
+def make_proxy_headers(settings: object) -> ProxyHeaders | None:
     """ProxyHeaders from `settings.forwarded_allow_ips` / `forwarded_headers`, or None when nobody is trusted."""
     proxy = ProxyHeaders(
-        settings.forwarded_allow_ips,  # type: ignore[attr-defined]
+        settings.forwarded_allow_ips,  # type: ignore[attr-defined]  # a Settings (typed object here, as the proxy needs only these two)
         getattr(settings, "forwarded_headers", "auto"),
     )
     return proxy if proxy.enabled else None

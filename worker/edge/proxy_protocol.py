@@ -22,7 +22,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from corral.worker.edge.tlsinfo import TLS_VERSIONS
 
@@ -110,7 +111,7 @@ class ProxyHeader:
         """The client's connection to the balancer was TLS."""
         return bool(self.client_flags & PP2_CLIENT_SSL)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The header for `scope["extensions"]["proxy_protocol"]`."""
         return {
             "version": self.version,
@@ -295,7 +296,7 @@ def _parse_ssl(value: bytes, header: ProxyHeader) -> None:
             header.ssl[name] = value[start : start + size].decode("utf-8", "replace")
 
 
-def tls_extension(header: ProxyHeader) -> dict | None:
+def tls_extension(header: ProxyHeader) -> dict[str, Any] | None:
     """ASGI's TLS extension (`scope["extensions"]["tls"]`) from the balancer's SSL TLV, or None when the
     client's connection to the balancer was not TLS. The balancer terminated TLS: there is no server
     certificate or client chain to give, only what the TLV says."""

@@ -21,9 +21,12 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.edge.accesslog import make_access_log
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["make_request_log", "JsonAccessLog", "SessionLog", "WebSocketSession"]
 
@@ -129,7 +132,7 @@ class JsonAccessLog:
             self.reopen_target.reopen()
 
 
-def make_request_log(settings: Any) -> Any:
+def make_request_log(settings: Settings) -> Any:
     """The access-log hook for `settings` (None when there is no access log): text or JSON lines."""
     access = make_access_log(settings)  # the handler (file / stream), and the text format's renderer
     if access is None:

@@ -51,9 +51,7 @@ def rfc4514(subject: Any) -> str | None:
     """`getpeercert()["subject"]` (RDNs, most general first) as an RFC 4514 string (most specific first)."""
     if not subject:
         return None
-    rdns = []
-    for rdn in reversed(subject):
-        rdns.append("+".join(f"{_SHORT.get(key, key)}={_escape(value)}" for key, value in rdn))
+    rdns = ["+".join(f"{_SHORT.get(key, key)}={_escape(value)}" for key, value in rdn) for rdn in reversed(subject)]
     return ",".join(rdns)
 
 
@@ -62,10 +60,13 @@ def _server_cert(server: Any) -> str | None:
     if pem is None:
         # The first certificate of --certfile (the context serves it), read once per worker.
         certfile = getattr(server.settings, "certfile", None)
-        try:
-            text = open(certfile).read() if certfile else ""
-        except OSError:
-            text = ""
+        text = ""
+        if certfile:
+            try:
+                with open(certfile) as fh:
+                    text = fh.read()
+            except OSError:
+                pass
         begin, end = text.find("-----BEGIN CERTIFICATE-----"), text.find("-----END CERTIFICATE-----")
         pem = text[begin : end + len("-----END CERTIFICATE-----")] + "\n" if 0 <= begin < end else ""
         server.server_cert_pem = pem
@@ -91,7 +92,7 @@ def tls_extension(transport: Any, server: Any) -> dict[str, Any]:
         try:
             certs = getter() if getter is not None else []
             chain = [ssl.DER_cert_to_PEM_cert(cert.public_bytes(1)) for cert in certs]  # 1: ssl._ssl.ENCODING_DER
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: else the peer's certificate alone
             chain = []
         if not chain:
             chain = [ssl.DER_cert_to_PEM_cert(der)]

@@ -20,7 +20,7 @@ credentials after the fact) and dropped: the application got its scope with the 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import httptools
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httptools
 
 # The response side (status lines, error responses, the head's framing decision), re-exported here.
-from corral.worker.conn.response import (  # noqa: F401
+from corral.worker.conn.response import (
     CHUNKED,
     CLOSE_DELIMITED,
     CONTINUE_RESPONSE,
@@ -53,6 +53,9 @@ from corral.worker.http1.reads import (
     take_chunked,
 )
 
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
+
 __all__ = [
     "HTTP11Connection",
     "Limits",
@@ -71,8 +74,11 @@ __all__ = [
 logger = logging.getLogger("corral.error")
 
 
-class RequestHandler(Protocol):
-    """What `HTTP11Connection` needs from its owner (the asyncio protocol)."""
+_E = TypeVar("_E", bound=Exchange)
+
+
+class RequestHandler(Protocol[_E]):
+    """What `HTTP11Connection` needs from its owner (the asyncio protocol), for the request objects it makes."""
 
     def on_request(
         self,
@@ -84,11 +90,11 @@ class RequestHandler(Protocol):
         expect_continue: bool,
         has_body: bool,
         forwarded: bool,
-    ) -> Exchange:
+    ) -> _E:
         """Make the request object for a complete request head (it gets on_body / on_body_complete).
         `forwarded`: the head has a proxy header (Forwarded, X-Forwarded-For/-Proto/-Host)."""
 
-    def start_request(self, request: Exchange) -> None:
+    def start_request(self, request: _E) -> None:
         """Start the application for `request`: it is now the active one (called while a read is parsed:
         the handler may wait until `feed` has returned)."""
 
@@ -97,7 +103,7 @@ class RequestHandler(Protocol):
 # Content-Type is among them because a second one makes the body's meaning ambiguous (RFC 9110 §5.3: a field
 # whose grammar is a single value cannot be repeated).
 _REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host", b"content-type"))
-# The proxy headers (corral.worker.proxy) are noted in the same lookup: a request without any skips the proxy's
+# The proxy headers (corral.worker.edge.proxy_headers) are noted in the same lookup: a request without any skips the proxy's
 # scan of its headers.
 _PROXY_HEADERS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
 _LOOKED_AT = _REQUEST_FRAMING | _PROXY_HEADERS
@@ -165,7 +171,7 @@ class Limits:
         self.min_chunk_size = min_chunk_size
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Limits:
+    def from_settings(cls, settings: Settings) -> Limits:
         return cls(
             settings.limit_request_line,
             settings.limit_request_fields,
@@ -231,7 +237,7 @@ class HTTP11Connection:
         "whole",
     )
 
-    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
+    def __init__(self, handler: RequestHandler[Any], limits: Limits) -> None:
         self.handler = handler
         self.parser = httptools.HttpRequestParser(self)
         # Copied into the connection's slots: the checks run per header field, one attribute hop each.
@@ -290,7 +296,7 @@ class HTTP11Connection:
         self.active: Exchange | None = None  # the request whose response is in progress
         # Requests queued behind the active one: an empty tuple until a client pipelines (a deque costs
         # ~0.7 KiB, and most connections never need one).
-        self.pipeline: deque[Exchange] | tuple = ()
+        self.pipeline: deque[Exchange] | tuple[Any, ...] = ()
         self.error: ProtocolError | None = None
         # Bytes read but not parsed yet: parsing stopped because `max_pipeline` requests wait (see feed).
         self.backlog = b""
@@ -620,7 +626,7 @@ class HTTP11Connection:
             pipeline = self.pipeline
             if type(pipeline) is tuple:
                 pipeline = self.pipeline = deque()
-            pipeline.append(request)
+            pipeline.append(request)  # type: ignore[union-attr]  # the empty tuple became a deque just above
 
     def on_body(self, body: bytes) -> None:
         size = len(body)
@@ -673,7 +679,7 @@ class HTTP11Connection:
         if self.last is self.active:
             self.last = None  # an idle connection keeps no request (its scope, headers) alive
         pipeline = self.pipeline
-        self.active = request = pipeline.popleft() if pipeline else None  # type: ignore[union-attr]
+        self.active = request = pipeline.popleft() if pipeline else None  # type: ignore[union-attr]  # a non-empty pipeline is the deque
         return request
 
     def release(self) -> None:
@@ -683,8 +689,8 @@ class HTTP11Connection:
         to the cyclic garbage collector (measured: ~5 us of collections per `Connection: close` request).
         Nothing is parsed afterwards (`feed` ignores data)."""
         self.upgraded = True
-        self.parser = None
-        self.handler = None
+        self.parser = None  # type: ignore[assignment]  # released: nothing is parsed after an upgrade
+        self.handler = None  # type: ignore[assignment]  # released with it (feed returns first)
         self.request = self.last = self.active = self.upgrade_request = None
         self.pipeline = ()
         self.backlog = b""
@@ -692,6 +698,6 @@ class HTTP11Connection:
     def drop(self, request: Exchange) -> None:
         """Forget a queued request that will never run (its body broke the protocol)."""
         try:
-            self.pipeline.remove(request)  # type: ignore[union-attr]
+            self.pipeline.remove(request)  # type: ignore[union-attr]  # the request is in the pipeline: the deque
         except (ValueError, AttributeError):  # not queued (an empty tuple: nothing ever was)
             pass

@@ -14,11 +14,14 @@ import _socket
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import BODY, ResponseState
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.framing import WRITERS, content_length_writer
+
+if TYPE_CHECKING:
+    from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["RequestCycle", "BODY_HIGH_WATER"]
 
@@ -50,7 +53,7 @@ def cork(transport: Any) -> None:
     try:
         fd = transport.get_extra_info("socket").fileno()
         sock = _socket.socket(-1, _socket.SOCK_STREAM, 0, fd)  # a temporary handle on the loop's socket
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: no socket, a closed one: no cork
         return
     try:
         sock.setsockopt(_socket.IPPROTO_TCP, _TCP_CORK, 1)
@@ -84,7 +87,7 @@ class RequestCycle:
 
     def __init__(
         self,
-        protocol: Any,
+        protocol: HttpProtocol,
         scope: dict,
         keep_alive: bool,
         expect_continue: bool,
@@ -98,13 +101,14 @@ class RequestCycle:
         self.expect_continue = expect_continue
         self.is_head = is_head
         self.http11 = http11
-        self.body = b""
+        self.body: bytes | bytearray = b""
         self.body_complete = False
         self.delivered = False  # the last http.request (more_body False) was handed over
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
         self.state = _IDLE
         # status, headers: set by http.response.start; writer, remaining: when the head is written.
+        self.t0: float | None
         if timed:  # the access log's clock and byte count run only when there is an access log
             self.t0 = time.perf_counter()
             self.status = 0

@@ -15,7 +15,7 @@ __all__ = ["Exchange"]
 
 
 class Exchange(Protocol):
-    scope: dict
+    scope: dict[str, Any]
     state: int
     keep_alive: bool
 

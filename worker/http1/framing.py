@@ -14,7 +14,8 @@ are written separately so they are not copied.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY
 

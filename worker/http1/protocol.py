@@ -26,6 +26,7 @@ from corral.worker.conn.phases import BODY, BUSY, CLOSED, CLOSING, FRESH, HEAD, 
 from corral.worker.edge.tlsinfo import tls_extension
 from corral.worker.http1.connection import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.host import Host, Logged
 from corral.worker.websocket.handshake import websocket_request
 
 __all__ = ["HttpProtocol", "decode_path", "scope_template", "service_unavailable"]
@@ -111,7 +112,7 @@ class HttpProtocol(asyncio.Protocol):
         "__weakref__",
     )
 
-    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+    def __init__(self, server: Host, sockname: tuple[Any, ...] | None = None) -> None:
         self.server = server
         self.transport: Any = None
         self.flow: Any = None
@@ -119,7 +120,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client: tuple | None = None
         # The ASGI `server` address: given by the server when the listening socket tells it (bound to one
         # address), else asked of the transport in connection_made.
-        self.sockname = sockname
+        self.sockname: tuple[Any, ...] | None = sockname
         self.scheme = "http"
         self.phase = FRESH
         self.since = 0
@@ -136,10 +137,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
         self.transport = transport
-        self.flow = FlowControl(transport)  # type: ignore[arg-type]
+        self.flow = FlowControl(transport)  # type: ignore[arg-type]  # an asyncio transport is a write transport here
         # No parser state yet: the first bytes take one (data_received), as every idle connection's next request.
         if server.write_limit:
-            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]
+            transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]  # an asyncio transport is a write transport here
         sockname = self.sockname
         if sockname is None:
             raw = transport.get_extra_info("sockname")
@@ -170,7 +171,7 @@ class HttpProtocol(asyncio.Protocol):
         if trusts is not None:
             # A proxy that can decide trust per peer (corral's ProxyHeaders) decides it once here;
             # untrusted peers then cost nothing per request.
-            self.trusted = bool(trusts(self.client[0] if self.client else None, self.sockname[1] is None))
+            self.trusted = bool(trusts(self.client[0] if self.client else None, sockname[1] is None))
         if server.ssl_context is not None:
             self.scheme = "https"
             self.extensions = {"tls": tls_extension(transport, server)}
@@ -312,7 +313,7 @@ class HttpProtocol(asyncio.Protocol):
             # is queued, parked and started like a request; other upgrades stay plain HTTP.
             websocket = websocket_request(self, scope, method, http_version, headers)
             if websocket is not None:
-                return websocket  # type: ignore[return-value]
+                return websocket  # type: ignore[return-value]  # a WebSocketCycle is an Exchange too, as RequestCycle
         return self.cycle_class(
             self,
             scope,
@@ -453,7 +454,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             state.release()
 
-    def log_access(self, cycle: RequestCycle) -> None:
+    def log_access(self, cycle: Logged) -> None:
         access_log = self.server.access_log
         if access_log is None:
             return

@@ -4,7 +4,7 @@ HTTP/2 is chosen once per connection, before any HTTP/1.1 parsing: by ALPN on TL
 or on cleartext by the client preface `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n` (h2c with prior knowledge,
 §3.3) - the HTTP/1.1 parser would answer it 505. The connection then hands its transport to an
 `H2Protocol` (`transport.set_protocol`, as WebSocket does), which is imported only then: a worker that
-never sees an HTTP/2 client never imports `h2`.
+never sees an HTTP/2 client never imports the HTTP/2 modules.
 
 A subclass in the server's protocol-class chain (chosen once per server, like worker/serve/health.py's):
 under the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at
@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import CLOSED, FRESH
 from corral.worker.http1.cycle import RequestCycle
 from corral.worker.http1.protocol import HttpProtocol
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["h2_protocol", "PREFACE", "alpn_protocols"]
 
@@ -40,8 +43,9 @@ logger = logging.getLogger("corral.error")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
-# The answer of an HTTP/2-only connection to an invalid preface, framed here (h2 is not imported for it): the
-# server preface (an empty SETTINGS frame), then GOAWAY (last stream 0, PROTOCOL_ERROR, debug data saying why).
+# The answer of an HTTP/2-only connection to an invalid preface, framed here (the HTTP/2 connection's modules are
+# not imported for it): the server preface (an empty SETTINGS frame), then GOAWAY (last stream 0, PROTOCOL_ERROR,
+# debug data saying why).
 _WHY = b"invalid connection preface"
 BAD_PREFACE = (
     b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS: length 0, type 4, no flags, stream 0
@@ -74,18 +78,16 @@ def alpn_protocols(http: str) -> list[str]:
     return {"1": ["http/1.1"], "2": ["h2"]}.get(http, ["h2", "http/1.1"])
 
 
-def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
+def h2_protocol(base: type[HttpProtocol], settings: Settings) -> type[HttpProtocol]:
     """`base` that turns into HTTP/2 when the client speaks it (`settings.http` 'auto' or '2')."""
     only = settings.http == "2"
     made: list[Any] = []  # (H2Protocol, H2Limits): imported and built at the first HTTP/2 connection
 
-    def switch(http1: Any, data: bytes, upgrade: tuple[bytes, dict] | None = None) -> None:
+    def switch(http1: HttpProtocol, data: bytes, upgrade: tuple[bytes, dict[str, Any]] | None = None) -> None:
         if not made:
-            from corral.worker.http2.protocol import H2Limits, H2Protocol, limit_continuations
+            from corral.worker.http2.protocol import H2Limits, H2Protocol
 
-            limits = H2Limits.from_settings(settings)
-            limit_continuations(limits.max_continuation_frames)
-            made[:] = (H2Protocol, limits)
+            made[:] = (H2Protocol, H2Limits.from_settings(settings))
         protocol_class, limits = made
         transport = http1.transport
         server = http1.server
@@ -101,7 +103,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         if data:
             h2.data_received(data)
 
-    def upgrade(http1: Any, cycle: RequestCycle, settings_header: bytes) -> None:
+    def upgrade(http1: HttpProtocol, cycle: RequestCycle, settings_header: bytes) -> None:
         """After the parse that started `cycle`: answer 101 and hand its request to HTTP/2 as stream 1."""
         if http1.phase == CLOSED or cycle.disconnected:
             return
@@ -115,10 +117,13 @@ def h2_protocol(base: type[HttpProtocol], settings: Any) -> type[HttpProtocol]:
         http1.__class__ = base
         http1.transport.set_protocol(http1)
 
-    class H2Detect(base):  # type: ignore[valid-type, misc]
+    class H2Detect(base):  # type: ignore[valid-type, misc]  # a class per base: mypy takes no variable for one
         # No slot of its own: once a connection is known to speak HTTP/1.1 it becomes a `base` (the same
-        # layout), and its later reads and requests cost nothing here.
-        __slots__ = ()
+        # layout), and its later reads and requests cost nothing here. (mypy, which sees no base, would take
+        # the empty slots for all there are.)
+        if not TYPE_CHECKING:
+            __slots__ = ()
+        pending_error: bytes | None
 
         # `base.method(self, ...)`, never `super()`: the instance may have become a `base` meanwhile, and the
         # event loop keeps the bound `data_received` it took at the start.

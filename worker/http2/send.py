@@ -1,54 +1,66 @@
 """The sending half of an HTTP/2 connection (`H2Protocol`'s base): response heads, bodies as the client's
-flow-control windows and the socket allow, trailers, resets - each followed by one write of what `h2` framed.
+flow-control windows and the socket allow, trailers, resets - framed by the connection's state machine
+(corral.worker.http2.machine) into one buffer, written once per loop iteration (or at once for large DATA).
 
-A body goes out as soon as any window and any bytes are there: DATA is cut to whatever window the client
-granted, one byte included (RFC 9113 §6.9: a sender never waits for more window than the peer gave). Small
-frames still leave together, one write per loop iteration (`flush_soon`).
+A response head is an HPACK block encoded once per distinct header list (corral.worker.http2.fields). A body that
+fits the windows and one frame - the common case - is one DATA frame, no loop; otherwise DATA is cut to
+whatever window the client granted, one byte included (RFC 9113 §6.9: a sender never waits for more window
+than the peer gave). Small frames still leave together, one write per loop iteration (`flush_soon`): the
+heads and bodies of the responses finished in one iteration - many streams of a connection, often - leave
+in one write.
 
 Window abuse is bounded without refusing small frames: a body waits at most `send_timeout` for a shut window
 or for the client to read (then RST_STREAM, or the connection dropped when it reads nothing at all); a client
 that reopens a shut window a few bytes at a time gets its bytes, and each such WINDOW_UPDATE counts as a flood
-frame (`H2Protocol.on_window_updated`).
+frame (`H2Protocol.on_window`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h2.connection
-import h2.exceptions
-from h2.errors import ErrorCodes
-
-from corral.worker.conn.phases import CLOSED
+from corral.worker.conn.phases import CLOSED, Phase
+from corral.worker.http2.fields import fields_block, response_block
+from corral.worker.http2.frames import ErrorCode
+from corral.worker.http2.machine import H2Machine
 from corral.worker.http2.stream import H2Stream
 
-__all__ = ["H2Sender", "default_headers"]
+if TYPE_CHECKING:
+    from corral.worker.http1.host import Host
+    from corral.worker.http2.protocol import H2Limits
+
+__all__ = ["H2Sender"]
 
 logger = logging.getLogger("corral.error")
 
-# Headers that are connection-specific in HTTP/1.1 and forbidden in HTTP/2 (RFC 9113 §8.2.2).
-_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
-_STATUS = {status: str(status).encode("ascii") for status in range(100, 600)}
 _WRITE_NOW = 16384  # DATA frames this large are written at once, smaller ones with the iteration's others
+_INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR.value
+_FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR.value
+_ERROR_BODIES = {500: b"Internal Server Error", 400: b"Bad Request"}
+_ERROR_HEADERS = {
+    status: [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
+    for status, body in _ERROR_BODIES.items()
+}
 
 
 class H2Sender:
     """Mixed into `H2Protocol`, whose slots these attributes are."""
 
-    __slots__ = ()
-    conn: h2.connection.H2Connection | None
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
+    machine: H2Machine | None
     loop: Any
     flushing: bool
     transport: Any
     flow: Any
-    phase: int
-    limits: Any
+    phase: Phase
+    limits: H2Limits
     client: tuple | None
-    server: Any
+    server: Host
 
-    def close(self, code: int = ErrorCodes.NO_ERROR, goaway: bool = True) -> None:
+    def close(self, code: int = ErrorCode.NO_ERROR, goaway: bool = True) -> None:
         raise NotImplementedError
 
     @property
@@ -56,16 +68,13 @@ class H2Sender:
         return self.client[0] if self.client else "unix socket"
 
     def flush(self) -> None:
-        conn = self.conn
-        if conn is not None:
-            data = conn.data_to_send()
-            if data and self.phase != CLOSED:
-                self.transport.write(data)
+        machine = self.machine
+        if machine is not None and machine.out and self.phase != CLOSED:
+            self.transport.write(machine.take())
 
     def flush_soon(self) -> None:
-        """Write what h2 framed once this loop iteration is done: the heads and bodies of the responses
-        finished in one iteration (many streams of a connection, often) leave in one write - a system call
-        per response less. Large bodies are written at once instead (`send_body`), for backpressure."""
+        """Write what was framed once this loop iteration is done. Large bodies are written at once instead
+        (`send_body`), for backpressure."""
         if not self.flushing:
             self.flushing = True
             self.loop.call_soon(self._flush_now)
@@ -77,44 +86,56 @@ class H2Sender:
     def acknowledge(self, stream_id: int, size: int) -> None:
         if self.phase == CLOSED:
             return
-        self.conn.acknowledge_received_data(size, stream_id)  # type: ignore[union-attr]
-        self.flush_soon()
+        machine = self.machine
+        machine.acknowledge(stream_id, size)  # type: ignore[union-attr]  # set in connection_made
+        if machine.out:  # type: ignore[union-attr]  # set in connection_made
+            self.flush_soon()
 
     def send_head(self, stream: H2Stream, status: int, headers: Any, end: bool) -> bool:
         """Send the response head; False (and the stream reset, logged) when it is not valid HTTP."""
         try:
-            block = [(b":status", _STATUS[status])]
-        except (KeyError, TypeError):
-            logger.error("ASGI application sent an invalid status %r", status)
-            self.reset(stream, ErrorCodes.INTERNAL_ERROR)
+            block = response_block(status, headers, self.server.default_header_bytes)
+        except ValueError as exc:
+            logger.error(
+                "ASGI application sent a response head HTTP/2 cannot carry for %s: %s", stream.scope["path"], exc
+            )
+            self.reset(stream, _INTERNAL_ERROR)
             return False
-        for name, value in headers:
-            name = name.lower()
-            if name not in _HOP:
-                block.append((name, value))
-        block.extend(default_headers(self.server.default_header_bytes))
-        try:
-            self.conn.send_headers(stream.stream_id, block, end_stream=end)  # type: ignore[union-attr]
-        except (h2.exceptions.ProtocolError, ValueError, TypeError) as exc:
-            if not stream.disconnected:
-                logger.error("Could not send the response head of %s: %s", stream.scope["path"], exc)
-                self.reset(stream, ErrorCodes.INTERNAL_ERROR)
+        flow = stream.flow
+        if not flow.local_open or self.phase == CLOSED:
+            stream.disconnect()
             return False
+        self.machine.send_headers(flow, block, end)  # type: ignore[union-attr]  # set in connection_made
         self.flush_soon()
         return True
 
     async def send_body(self, stream: H2Stream, data: bytes, end: bool) -> None:
-        conn = self.conn
-        assert conn is not None
-        flow = self.flow
+        machine = self.machine
+        assert machine is not None
+        flow = stream.flow
+        total = len(data)
+        if (
+            total <= flow.send_window
+            and total <= machine.send_window
+            and total <= machine.max_frame_out
+            and flow.local_open
+            and not self.flow.write_paused
+            and self.phase != CLOSED
+        ):
+            machine.send_data(flow, data, end)  # the common case: one frame, within every window
+            if total >= _WRITE_NOW:
+                self.flush()
+            else:
+                self.flush_soon()
+            return
+        writer = self.flow
         timeout = self.limits.send_timeout
-        stream_id = stream.stream_id
         view = memoryview(data)
-        sent, total = 0, len(data)
+        sent = 0
         while sent < total:
-            if flow.write_paused:
+            if writer.write_paused:
                 try:
-                    await asyncio.wait_for(flow.drain(), timeout)
+                    await asyncio.wait_for(writer.drain(), timeout)
                 except asyncio.TimeoutError:
                     logger.warning(
                         "HTTP/2 client %s read nothing for %.0f s: dropping the connection", self.peer, timeout
@@ -123,11 +144,10 @@ class H2Sender:
                     self.transport.abort()
             if stream.disconnected or self.phase == CLOSED:
                 return
-            try:
-                window = conn.local_flow_control_window(stream_id)
-            except h2.exceptions.StreamClosedError:
+            if not flow.local_open:
                 stream.disconnect()
                 return
+            window = min(flow.send_window, machine.send_window)
             if window <= 0:
                 # The window is shut (or negative, after a smaller SETTINGS_INITIAL_WINDOW_SIZE): wait, bounded,
                 # for the client to open it - any amount will do.
@@ -138,18 +158,14 @@ class H2Sender:
                     logger.warning(
                         "HTTP/2 client %s kept a stream's window shut for %.0f s: resetting it", self.peer, timeout
                     )
-                    self.reset(stream, ErrorCodes.FLOW_CONTROL_ERROR)
+                    self.reset(stream, _FLOW_CONTROL_ERROR)
                     return
                 finally:
                     stream.window = None
                 continue
             left = total - sent
-            size = min(window, left, conn.max_outbound_frame_size)
-            try:
-                conn.send_data(stream_id, view[sent : sent + size], end_stream=end and size == left)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                stream.disconnect()
-                return
+            size = min(window, left, machine.max_frame_out)
+            machine.send_data(flow, view[sent : sent + size], end and size == left)
             sent += size
             if size >= _WRITE_NOW:
                 self.flush()  # the transport's buffer, and so `write_paused`, follows the body
@@ -157,61 +173,45 @@ class H2Sender:
                 self.flush_soon()
 
     def end_stream(self, stream: H2Stream) -> None:
-        try:
-            self.conn.end_stream(stream.stream_id)  # type: ignore[union-attr]
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        if not stream.flow.local_open:
             stream.disconnect()
             return
+        self.machine.end_stream(stream.flow)  # type: ignore[union-attr]  # set in connection_made
         self.flush()
 
     def send_trailers(self, stream: H2Stream, trailers: Any) -> None:
-        block = [(name.lower(), value) for name, value in trailers]
-        try:
-            self.conn.send_headers(stream.stream_id, block, end_stream=True)  # type: ignore[union-attr]
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        if not stream.flow.local_open:
             stream.disconnect()
             return
+        try:
+            block = fields_block(trailers)
+        except ValueError as exc:
+            logger.error("ASGI application sent trailers HTTP/2 cannot carry for %s: %s", stream.scope["path"], exc)
+            self.reset(stream, _INTERNAL_ERROR)
+            return
+        self.machine.send_headers(stream.flow, block, True)  # type: ignore[union-attr]  # set in connection_made
         self.flush()
 
     def send_error(self, stream: H2Stream, status: int) -> None:
-        body = b"Internal Server Error" if status == 500 else b"Bad Request"
-        try:
-            self.conn.send_headers(
-                stream.stream_id,
-                [  # type: ignore[union-attr]
-                    (b":status", _STATUS[status]),
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-                end_stream=stream.is_head,
-            )
-            if not stream.is_head:
-                self.conn.send_data(stream.stream_id, body, end_stream=True)  # type: ignore[union-attr]
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, h2.exceptions.FlowControlError):
-            pass
+        flow = stream.flow
+        if not flow.local_open or self.phase == CLOSED:
+            return
+        machine = self.machine
+        assert machine is not None
+        body = _ERROR_BODIES[status]
+        machine.send_headers(
+            flow, response_block(status, _ERROR_HEADERS[status], self.server.default_header_bytes), stream.is_head
+        )
+        if not stream.is_head:
+            if len(body) <= min(flow.send_window, machine.send_window):
+                machine.send_data(flow, body, True)
+            else:  # a shut window: the head says what happened, the stream ends without the text
+                machine.reset(flow, _INTERNAL_ERROR)
         self.flush()
 
     def reset(self, stream: H2Stream, code: int) -> None:
         stream.disconnect()
         if self.phase == CLOSED:
             return
-        try:
-            self.conn.reset_stream(stream.stream_id, code)  # type: ignore[union-attr]
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
+        self.machine.reset(stream.flow, code)  # type: ignore[union-attr]  # set in connection_made
         self.flush()
-
-
-_defaults: list[Any] = [None, []]  # the server's default header bytes -> their HTTP/2 header list
-
-
-def default_headers(block: bytes) -> list:
-    """`server` / `date` (HTTP/1.1 lines, refreshed by the server's tick) as header pairs, parsed once per change."""
-    if block is not _defaults[0]:
-        pairs = []
-        for line in block.split(b"\r\n"):
-            if line:
-                name, _, value = line.partition(b":")
-                pairs.append((name.strip().lower(), value.strip()))
-        _defaults[0], _defaults[1] = block, pairs
-    return _defaults[1]

@@ -1,9 +1,10 @@
 """One HTTP/2 stream: the application's `receive` and `send` for a request of an `H2Protocol` connection.
 
 The stream is what the pool runs an application instance for (its scope_id), as `RequestCycle` is for an
-HTTP/1.1 request; the connection (corral.worker.http2.protocol) owns the `h2` state machine and does the framing.
+HTTP/1.1 request; the connection (corral.worker.http2.protocol) owns the state machine (corral.worker.http2.machine) and
+does the framing. `flow` is the machine's view of the stream: its states and windows.
 
-Flow control, inbound: body bytes are handed back to the client's window (`acknowledge_received_data`) only
+Flow control, inbound: body bytes are handed back to the client's window (`acknowledge`) only
 when `receive` gives them to the application, so a stream buffers at most its window (the
 `--http2-initial-window-size`) whatever the client does. Outbound: `send` writes DATA as the client's
 windows allow and waits for WINDOW_UPDATE (and for the transport to drain), at most `--http2-send-timeout`.
@@ -17,9 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import ResponseState
+
+if TYPE_CHECKING:
+    from corral.worker.http2.protocol import H2Protocol
+    from corral.worker.http2.state import StreamState
 
 __all__ = ["H2Stream"]
 
@@ -41,6 +46,7 @@ class H2Stream:
     __slots__ = (
         "protocol",
         "stream_id",
+        "flow",
         "scope",
         "is_head",
         "body",
@@ -59,9 +65,12 @@ class H2Stream:
         "nbytes",
     )
 
-    def __init__(self, protocol: Any, stream_id: int, scope: dict, is_head: bool, timed: bool) -> None:
+    def __init__(
+        self, protocol: H2Protocol, flow: StreamState, scope: dict[str, Any], is_head: bool, timed: bool
+    ) -> None:
         self.protocol = protocol
-        self.stream_id = stream_id
+        self.stream_id = flow.stream_id
+        self.flow = flow  # corral.worker.http2.state.StreamState
         self.scope = scope
         self.is_head = is_head
         self.body: bytes | bytearray = b""
@@ -72,7 +81,7 @@ class H2Stream:
         self.running = False  # an application instance (or the 503/health answer) runs for it
         self.waiter: asyncio.Future[None] | None = None  # receive() waiting for body bytes
         self.window: asyncio.Future[None] | None = None  # send() waiting for the client's window
-        self.state = _IDLE
+        self.state: int = _IDLE  # a ResponseState, or _TRAILERS
         self.status = 0
         self.headers: Any = ()
         self.trailers = False

@@ -14,7 +14,8 @@ import os
 import signal
 import socket
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.shared import runtime
 from corral.shared.exitcodes import APP_IMPORT_ERROR, OK, WORKER_BOOT_ERROR
@@ -66,6 +67,7 @@ async def serve_application(
     # --request-timeout and the pre_request/post_request hooks: each a layer only when set.
     worker = worker if worker is not None else WorkerView(0, settings)
     worker.wsgi = app  # gunicorn's worker.wsgi: the loaded application
+    worker.loop = asyncio.get_running_loop()  # gunicorn's ASGI worker's worker.loop
     servers: list[WorkerServer] = []
 
     def on_stuck() -> None:  # stuck WSGI threads fill --threads: a graceful replacement (new worker first)

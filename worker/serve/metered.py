@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from time import perf_counter
-from typing import Any
 
 from corral.worker.edge.counters import DURATION_BOUNDS, METHOD_OFFSET, OTHER_OFFSET, Counters
+from corral.worker.http1.host import Logged
 from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["metered_protocol"]
@@ -31,10 +31,10 @@ def metered_protocol(counters: Counters, base: type[HttpProtocol] = HttpProtocol
     bounds = DURATION_BOUNDS
     first = bounds[0]
 
-    class MeteredProtocol(base):  # type: ignore[valid-type, misc]
+    class MeteredProtocol(base):  # type: ignore[valid-type, misc]  # a class per base: mypy takes no variable for one
         __slots__ = ()
 
-        def log_access(self, cycle: Any) -> None:
+        def log_access(self, cycle: Logged) -> None:
             t0 = cycle.t0
             if t0 is None:
                 return

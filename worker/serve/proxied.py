@@ -18,7 +18,7 @@ address is in `--forwarded-allow-ips`: the balancer's own address no longer stan
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.conn.phases import CLOSED
 from corral.worker.edge.proxy_protocol import (
@@ -44,14 +44,23 @@ def proxied_protocol(base: type[HttpProtocol] = HttpProtocol) -> type[HttpProtoc
     return type("ProxiedHttpProtocol", (_Proxied, base), {"__slots__": ("preamble", "header_trusted")})
 
 
-class _Proxied:
+if TYPE_CHECKING:
+    from corral.worker.http1.host import Host
+
+    _Mixin = HttpProtocol  # what the mixin is put in front of, for mypy
+else:
+    _Mixin = object
+
+
+class _Proxied(_Mixin):
     """The PROXY protocol part, mixed in front of a protocol class (plain, metered, with a health path)."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # the slots are the class's it is mixed into (mypy would refuse assignments)
+        __slots__ = ()
     preamble: bytes | None
     header_trusted: bool
 
-    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+    def __init__(self, server: Host, sockname: tuple[Any, ...] | None = None) -> None:
         super().__init__(server, sockname)
         self.preamble: bytes | None = b""  # bytes read before the header is decided; None once it is
         self.header_trusted = False
@@ -60,7 +69,7 @@ class _Proxied:
         super().connection_made(transport)
         client = self.client
         self.header_trusted = bool(
-            self.server.proxy_trust.trusts(client[0] if client else None, self.sockname[1] is None)
+            self.server.proxy_trust.trusts(client[0] if client else None, self.sockname[1] is None)  # type: ignore[index]  # set by now
         )
 
     def data_received(self, data: bytes) -> None:
@@ -72,7 +81,7 @@ class _Proxied:
             return
         if preamble:
             data = preamble + data
-        if not (data.startswith(V1_PREFIX) or data.startswith(V2_SIGNATURE)):
+        if not data.startswith((V1_PREFIX, V2_SIGNATURE)):
             if looks_like_header(data):
                 self.preamble = data  # the start of a PROXY signature, or of "PUT", "POST", ...: wait
                 return
@@ -113,7 +122,7 @@ class _Proxied:
         self.extensions = extensions  # every request of the connection gets them
         trusts = getattr(server.proxy, "trusts", None) if server.proxy is not None else None
         if trusts is not None:  # X-Forwarded-* trust follows the client the header named
-            local_unix = self.sockname[1] is None and header.local
+            local_unix = self.sockname[1] is None and header.local  # type: ignore[index]  # set by connection_made
             self.trusted = bool(trusts(self.client[0] if self.client else None, local_unix))
 
 

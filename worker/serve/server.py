@@ -35,20 +35,21 @@ import struct
 import sys
 import termios
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 from corral.shared.settings import Settings
 from corral.worker.app.pool import ApplicationInstance, StatelessServer, describe_scope
 from corral.worker.conn.dates import DefaultHeaders
-from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE
-from corral.worker.conn.phases import ResponseState
+from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE, ResponseState
 from corral.worker.edge.counters import Counters, collecting
 from corral.worker.edge.datarate import RateSweep
 from corral.worker.edge.proxy_headers import ProxyHeaders
 from corral.worker.http1.connection import Limits
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.host import Connection, Parked
 from corral.worker.http1.protocol import HttpProtocol, scope_template
 from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol
@@ -142,14 +143,14 @@ class WorkerServer(StatelessServer):
         self.write_limit: int = settings.write_buffer_limit if settings.write_buffer_limit != 65536 else 0
         self.default_headers = DefaultHeaders(settings.server_header, settings.date_header)
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Connection] = set()
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
         self.client_hosts: dict[str, str] = {}  # clients' address strings, shared by their connections
         # HTTP/1.1 parser states of no connection (HttpProtocol.response_complete); a deque: a list reallocates
         # its storage when it empties and fills again, a pair of calls per request at its size.
         self.spare_states: deque[Any] = deque()
         self.beginning: list[HttpProtocol] = []  # connections with a request to begin this turn (begin_soon)
-        self.parked: deque[tuple[HttpProtocol, RequestCycle, float]] = deque()  # (.., when parked)
+        self.parked: deque[tuple[Connection, Parked, float]] = deque()  # (.., when parked)
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
         # Metrics count in the protocol, --health-path is answered by it: chosen once, here.
@@ -287,7 +288,7 @@ class WorkerServer(StatelessServer):
         deadline = loop.time() + timeout
         grace = max(0.0, min(self.stop_grace, timeout))
         step = max(grace / 4, 0.01)
-        idle_since: dict[HttpProtocol, float] = {}  # when each idle connection was first seen idle
+        idle_since: dict[Connection, float] = {}  # when each idle connection was first seen idle
         drained = self._drained = loop.create_future()
         waiting = [drained, self._force]
         while connections and not self._force.done():
@@ -359,6 +360,7 @@ class WorkerServer(StatelessServer):
                 tls: dict[str, Any] = {}
                 if self.ssl_context is not None:
                     tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.ssl_handshake_timeout}
+                server: asyncio.AbstractServer
                 try:
                     if sock.family == socket.AF_UNIX:
                         server = await loop.create_unix_server(
@@ -386,7 +388,7 @@ class WorkerServer(StatelessServer):
 
     # ------------------------------------------------------------------ the pool and backpressure
 
-    def park(self, protocol: HttpProtocol, cycle: RequestCycle) -> None:
+    def park(self, protocol: Connection, cycle: Parked) -> None:
         self.parked.append((protocol, cycle, perf_counter()))  # (the loop's clock is ms-coarse in uvloop)
         self._set_accepting(False)
 
@@ -464,7 +466,7 @@ class WorkerServer(StatelessServer):
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def connection_closed(self, protocol: HttpProtocol) -> None:
+    def connection_closed(self, protocol: Connection) -> None:
         self.connections.discard(protocol)
         drained = self._drained
         if drained is not None and not self.connections and not drained.done():

@@ -7,7 +7,8 @@ import concurrent.futures
 import contextlib
 import socket
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from corral.shared.settings import Settings
 from corral.worker.app.pool import new_event_loop
@@ -53,7 +54,7 @@ def run_server(
         try:
             loop.call_soon(started.set)
             loop.run_until_complete(server.serve([sock]))
-        except BaseException as exc:  # reported to the test on exit
+        except BaseException as exc:  # noqa: BLE001 - reported to the test on exit
             errors.append(exc)
         finally:
             try:

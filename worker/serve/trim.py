@@ -16,7 +16,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Trimmer", "MIN_DROP"]
 

@@ -32,9 +32,10 @@ import hashlib
 import logging
 from typing import Any
 
-from websockets.exceptions import InvalidState, NegotiationError, ProtocolError as WSProtocolError
+from websockets.exceptions import InvalidHeader, InvalidState, NegotiationError
+from websockets.exceptions import ProtocolError as WSProtocolError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Close, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.headers import build_extension, parse_extension
 from websockets.protocol import CLOSED, CLOSING, OPEN, Protocol, Side
 from websockets.speedups import apply_mask
@@ -97,7 +98,7 @@ def accept_key(key: bytes) -> bytes:
 
 def is_websocket_upgrade(headers: list[tuple[bytes, bytes]]) -> bool:
     """The request asks for `Upgrade: websocket` (whatever else may be wrong with it)."""
-    for name, value in headers:
+    for name, value in headers:  # noqa: SIM110 - a loop, not any(): no generator per request
         if name == b"upgrade" and b"websocket" in _tokens(value):
             return True
     return False
@@ -162,7 +163,7 @@ def negotiate_deflate(offers: list[bytes]) -> tuple[bytes, list[Any]]:
     for offer in offers:
         try:
             parsed = parse_extension(offer.decode("latin-1"))
-        except Exception:
+        except InvalidHeader:
             continue  # a malformed offer: ignore it rather than fail the handshake
         for name, params in parsed:
             if name != factory.name:
@@ -201,7 +202,7 @@ class _QuietLogger:
     def __init__(self, target: logging.Logger) -> None:
         self._logger = target
 
-    def isEnabledFor(self, level: int) -> bool:
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging.Logger's name, which websockets calls
         return self._logger.isEnabledFor(level)
 
     def debug(self, *args: Any, **kwargs: Any) -> None:
@@ -217,7 +218,7 @@ class _QuietLogger:
         self._logger.error(*args, **kwargs)
 
     def exception(self, *args: Any, **kwargs: Any) -> None:
-        self._logger.exception(*args, **kwargs)
+        self._logger.exception(*args, **kwargs)  # noqa: LOG004 - websockets calls this within its handlers
 
 
 _PROTOCOL_LOGGER = _QuietLogger(logging.getLogger("corral.websocket"))
@@ -253,15 +254,18 @@ class WebSocketConnection:
             # is checked again once decompressed. websockets' decoder never inflates past the wire limit.
             limit = limit + limit // 64 + 1024
         proto = self.proto = Protocol(
-            Side.SERVER, state=OPEN, max_size=limit if max_size else None, logger=_PROTOCOL_LOGGER
-        )  # type: ignore[arg-type]
+            Side.SERVER,
+            state=OPEN,
+            max_size=limit if max_size else None,
+            logger=_PROTOCOL_LOGGER,  # type: ignore[arg-type]  # duck-typed: the methods websockets calls
+        )
         if extensions:
             proto.extensions = list(extensions)
         self.max_size = limit  # the wire limit of a frame (of a message, when fragmented)
         self.buffer = bytearray()  # an incomplete frame
         self.need = 0  # bytes the incomplete frame needs at least before it is worth parsing again
         self.fast = not extensions  # the fast paths run only without extensions
-        self.fragments: list[bytes] | None = None  # a fragmented message being assembled
+        self.fragments: list[bytes | bytearray | memoryview] | None = None  # a fragmented message being assembled
         self.fragment_text = False
         self.fragment_bytes = 0
         self.eof = False
@@ -283,11 +287,11 @@ class WebSocketConnection:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes) -> list[tuple]:
+    def receive_data(self, data: bytes | bytearray) -> list[tuple[Any, ...]]:
         """Bytes read from the peer -> events (see MESSAGE, PONG_EVENT, CLOSE_EVENT); then call
         `data_to_send()` (pongs, close replies)."""
         proto = self.proto
-        events: list[tuple] = []
+        events: list[tuple[Any, ...]] = []
         if self.eof or proto.state is CLOSED:
             return events  # after the closing handshake (or a failure) nothing more is read
         buffer = self.buffer
@@ -338,7 +342,7 @@ class WebSocketConnection:
             ):
                 if view is None:
                     view = memoryview(data)
-                payload = apply_mask(view[head:end], view[head - 4 : head])
+                payload = apply_mask(view[head:end], view[head - 4 : head])  # type: ignore[arg-type]  # C: any buffer
                 if b0 == _TEXT_FIN_MASKED:
                     try:
                         events.append((MESSAGE, payload.decode()))
@@ -359,7 +363,7 @@ class WebSocketConnection:
             self.need = need
         return events
 
-    def _slow(self, frame_bytes: bytes, events: list[tuple]) -> None:
+    def _slow(self, frame_bytes: bytes | bytearray, events: list[tuple[Any, ...]]) -> None:
         """Whole frames (or a head websockets will refuse) through websockets' parser."""
         proto = self.proto
         if self.fragments is not None and frame_bytes and frame_bytes[0] & 0x0F == 0x8:
@@ -370,7 +374,8 @@ class WebSocketConnection:
             proto.current_size = None
             self.fragments = None
         proto.receive_data(frame_bytes)
-        for frame in proto.events_received():
+        frames: list[Frame] = proto.events_received()  # type: ignore[assignment]  # past the handshake: frames only
+        for frame in frames:
             opcode = frame.opcode
             if opcode is TEXT or opcode is BINARY:
                 if frame.fin:
@@ -416,10 +421,10 @@ class WebSocketConnection:
             self.eof = True
 
     @staticmethod
-    def _closed_reported(events: list[tuple]) -> bool:
+    def _closed_reported(events: list[tuple[Any, ...]]) -> bool:
         return bool(events) and events[-1][0] == CLOSE_EVENT
 
-    def _message(self, text: bool, data: bytes, events: list[tuple]) -> None:
+    def _message(self, text: bool, data: bytes | bytearray | memoryview, events: list[tuple[Any, ...]]) -> None:
         if len(data) > self.limit:  # decompressed past the limit (the wire limit has a margin)
             reason = f"message exceeds limit of {self.limit} bytes"
             self._fail(1009, reason)
@@ -433,7 +438,7 @@ class WebSocketConnection:
         else:
             events.append((MESSAGE, data if isinstance(data, bytes) else bytes(data)))
 
-    def _invalid_utf8(self, exc: UnicodeDecodeError, events: list[tuple]) -> None:
+    def _invalid_utf8(self, exc: UnicodeDecodeError, events: list[tuple[Any, ...]]) -> None:
         reason = f"{exc.reason} at position {exc.start}"
         self._fail(1007, reason)
         events.append((CLOSE_EVENT, 1007, reason))

@@ -23,7 +23,7 @@ class _HandshakeError(ProtocolError):
         self._response = response
 
     @property
-    def response(self) -> bytes:  # type: ignore[override]
+    def response(self) -> bytes:
         return self._response
 
 

@@ -136,7 +136,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.nbytes = 0
         self.accept = accept
         self.extension_header = extension_header
-        self.extensions = extensions
+        self.extensions: list[Any] | None = extensions
         self.tail = b""
         self.response: list | None = None  # a denial response: [status, headers, body parts]
         self.transport: Any = None
@@ -221,18 +221,19 @@ class WebSocketCycle(asyncio.Protocol):
         if state == CONNECTED:
             if mtype == "websocket.send":
                 conn = self.conn
-                if self.ended is not None or not conn.open:  # type: ignore[union-attr]
+                if self.ended is not None or not conn.open:  # type: ignore[union-attr]  # set at the handshake, before any send
                     raise ClientDisconnected("the WebSocket is closed")
                 text = message.get("text")
                 if text is not None:
-                    frame = conn.send_message(text.encode(), True)  # type: ignore[union-attr]
+                    frame = conn.send_message(text.encode(), True)  # type: ignore[union-attr]  # set at the handshake, before any send
+                    size = len(text)
                 else:
                     data = message.get("bytes")
                     if data is None:
                         raise RuntimeError("websocket.send needs 'bytes' or 'text'")
-                    frame = conn.send_message(bytes(data) if type(data) is not bytes else data, False)  # type: ignore[union-attr]
+                    frame = conn.send_message(bytes(data) if type(data) is not bytes else data, False)  # type: ignore[union-attr]  # set at the handshake, before any send
+                    size = len(data)
                 transport = self.transport
-                size = len(text) if text is not None else len(data)
                 self.messages_out += 1
                 self.nbytes += size
                 counters = self.server.counters
@@ -278,9 +279,9 @@ class WebSocketCycle(asyncio.Protocol):
             response = self.response
             body = message.get("body", b"")
             if body:
-                response[2].append(body)  # type: ignore[index]
+                response[2].append(body)  # type: ignore[index]  # a denial response is being built: a list
             if not message.get("more_body", False):
-                self._respond(response[0], response[1], b"".join(response[2]))  # type: ignore[index]
+                self._respond(response[0], response[1], b"".join(response[2]))  # type: ignore[index]  # a denial response is being built: a list
             return
         # DONE
         if self.conn is not None and mtype in ("websocket.send", "websocket.close"):
@@ -405,11 +406,11 @@ class WebSocketCycle(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        events = conn.receive_data(data)  # type: ignore[union-attr]
-        if conn.controls > CONTROL_BURST:  # type: ignore[union-attr]
-            self._count_controls(conn, events)
-        if conn.proto.writes:  # type: ignore[union-attr]
-            self.transport.write(conn.data_to_send())  # type: ignore[union-attr]
+        events = conn.receive_data(data)  # type: ignore[union-attr]  # set at the handshake
+        if conn.controls > CONTROL_BURST:  # type: ignore[union-attr]  # set at the handshake
+            self._count_controls(conn, events)  # type: ignore[arg-type]  # set at the handshake
+        if conn.proto.writes:  # type: ignore[union-attr]  # set at the handshake
+            self.transport.write(conn.data_to_send())  # type: ignore[union-attr]  # set at the handshake
         if events:
             queue = self.queue
             accepting = self.state == CONNECTED and self.ended is None
@@ -432,18 +433,18 @@ class WebSocketCycle(asyncio.Protocol):
                     if self.ping is not None and event[1] == self.ping:
                         self.ping = None
                         hub = self.hub
-                        if hub is not None and hub.ping_interval > 0 and conn.open:  # type: ignore[union-attr]
+                        if hub is not None and hub.ping_interval > 0 and conn.open:  # type: ignore[union-attr]  # set at the handshake
                             self.deadline = asyncio.get_running_loop().time() + hub.ping_interval
             waiter = self.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             if (len(queue) >= self.max_queue or self.queued >= self.max_bytes) and self.ended is None:
                 self.flow.pause_reading(QUEUE_PAUSE)
-        if conn.eof:  # type: ignore[union-attr]
+        if conn.eof:  # type: ignore[union-attr]  # set at the handshake
             # The closing handshake is over (or the peer broke the protocol): the server closes TCP first;
             # a peer that does not read what is left to write is cut off at the close timeout.
             self.transport.close()
-            self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout  # type: ignore[union-attr]
+            self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout
 
     def eof_received(self) -> bool | None:
         if self.conn is not None:
@@ -461,7 +462,7 @@ class WebSocketCycle(asyncio.Protocol):
                 self.controls_since = now
         elif not conn.eof:
             reason = "too many control frames"
-            self.transport.write(conn.fail(1008, reason))  # type: ignore[union-attr]
+            self.transport.write(conn.fail(1008, reason))
             events.append((CLOSE_EVENT, 1008, reason))
 
     def pause_writing(self) -> None:
@@ -491,7 +492,7 @@ class WebSocketCycle(asyncio.Protocol):
     def _session_ended(self) -> None:
         """An accepted WebSocket's TCP connection is gone: count its close code, log the session."""
         server = self.server
-        code = self.ended["code"] if self.ended is not None else 1006  # type: ignore[index]
+        code = self.ended["code"] if self.ended is not None else 1006
         server.counters.count_close(code)
         closed = getattr(server.access_log, "websocket_closed", None)  # the access log's line at close
         if closed is not None and self.t0 is not None:
@@ -528,9 +529,9 @@ class WebSocketCycle(asyncio.Protocol):
         if data:
             transport.write(data)
         self.flow.resume_reading(QUEUE_PAUSE)
-        if self.conn.eof:  # type: ignore[union-attr]
+        if self.conn.eof:  # type: ignore[union-attr]  # set at the handshake
             transport.close()
-        self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout  # type: ignore[union-attr]
+        self.deadline = asyncio.get_running_loop().time() + self.hub.close_timeout
 
     def close(self) -> None:
         """Going away (the server stops): disconnect 1001 to the application, a 1001 close frame to the
@@ -560,21 +561,21 @@ class WebSocketCycle(asyncio.Protocol):
         hub = self.hub
         if conn.open:
             if self.ping is None:
-                hub.pings += 1  # type: ignore[union-attr]
-                self.ping = payload = hub.pings.to_bytes(4, "big")  # type: ignore[union-attr]
+                hub.pings += 1
+                self.ping = payload = hub.pings.to_bytes(4, "big")
                 self.transport.write(conn.send_ping(payload))
-                timeout = hub.ping_timeout  # type: ignore[union-attr]
+                timeout = hub.ping_timeout
                 if timeout > 0:
                     self.deadline = now + timeout
                 else:  # no timeout: ping again next interval, whatever the peer does
                     self.ping = None
-                    self.deadline = now + hub.ping_interval  # type: ignore[union-attr]
+                    self.deadline = now + hub.ping_interval
                 return
             # The peer did not answer the ping in time.
             self.state = DONE
             data = conn.fail(1011, "keepalive ping timeout")
             self._ended(1011, "keepalive ping timeout")
-            self.deadline = now + hub.close_timeout  # type: ignore[union-attr]
+            self.deadline = now + hub.close_timeout
             if data:
                 self.transport.write(data)
             self.transport.close()

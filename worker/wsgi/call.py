@@ -26,7 +26,9 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Callable, ContextManager, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.shared.wsgi_environ import TooManyHeaders, build_environ
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
@@ -59,7 +61,7 @@ class Outbox(Protocol):
 
     def complete_later(self, call: Any) -> None: ...
 
-    def client_wait(self) -> ContextManager[None]:
+    def client_wait(self) -> AbstractContextManager[None]:
         """Around a wait of the request's thread on its client (the pool lets another thread run meanwhile)."""
 
 
@@ -145,7 +147,8 @@ def _status_code(status: Any) -> int:
 class WsgiCall:
     """The thread half of a request (the slots are `WsgiCycle`'s)."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy would take () for every slot and refuse the assignments below
+        __slots__ = ()
 
     # attributes (declared in WsgiCycle)
     app: WSGIApp
@@ -212,13 +215,13 @@ class WsgiCall:
             result = self.app(environ, self.start_response)
             rtype = type(result)
             if rtype is list or rtype is tuple:
-                self._finish_list(result)
+                self._finish_list(result)  # type: ignore[arg-type]  # a list or tuple: `rtype is` above
             elif getattr(result, "streaming", None) is False:
                 # Django's HttpResponse says its body is in memory (`streaming = False`): collected and sent
                 # with its head in one write, like a list. (Other iterables stream: PEP 3333 forbids holding
                 # a block back until the next one comes.)
                 self._finish_list(list(result))
-            elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:
+            elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:  # type: ignore[arg-type]  # `rtype is FileWrapper`
                 if self._finish_file(span):
                     outcome = SENDFILE  # the loop sends the file, then closes it
             elif self.phase == ON_LOOP:
@@ -229,16 +232,16 @@ class WsgiCall:
                 self._iterate(result)
         except ClientDisconnected:
             outcome = DONE
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the application's error, of any kind: logged (_failed), a 500
             outcome = FAILED
             self._failed(exc)
         finally:
-            rtype = type(result)
+            kind = type(result)
             if (
                 outcome != SENDFILE
                 and outcome != STREAM
-                and rtype is not list
-                and rtype is not tuple
+                and kind is not list
+                and kind is not tuple
                 and not self._closed(result)
             ):
                 outcome = FAILED
@@ -254,7 +257,7 @@ class WsgiCall:
             self._iterate(result)
         except ClientDisconnected:
             pass
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the application's error, of any kind: logged (_failed), a 500
             outcome = FAILED
             self._failed(exc)
         finally:

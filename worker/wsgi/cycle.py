@@ -35,6 +35,7 @@ from corral.worker.conn.phases import BODY, CLOSED
 from corral.worker.edge.deadline import TIMEOUT_BODY
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.cycle import cork
+from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import DONE, FAILED, ON_LOOP, RUNNING, SENDFILE, STREAM, WsgiCall
 from corral.worker.wsgi.inline import InlineRunner, StreamRest
 from corral.worker.wsgi.input import StreamInput
@@ -119,18 +120,18 @@ class WsgiDispatcher:
 
     def post(self, cycle: WsgiCall) -> None:  # any thread
         with self.lock:
-            self.items.append(cycle)  # type: ignore[arg-type]
+            self.items.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
             wake = not self.scheduled
             self.scheduled = True
         if wake:
             try:
-                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
             except RuntimeError:
                 pass  # the loop is closed: the worker is gone
 
     def complete_later(self, cycle: WsgiCall) -> None:  # a pool thread, after writing the response itself
         with self.lock:
-            self.lazy.append(cycle)  # type: ignore[arg-type]
+            self.lazy.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
         # The loop completes it at its next wake-up (the next request's bytes, at the latest the tick).
         # Wake it now when something waits for this completion: a pipelined request (the protocol looks
         # at `lazy` after queueing one: one of the two sides sees the other), a parked one, a closed
@@ -150,7 +151,7 @@ class WsgiDispatcher:
                 self.scheduled = True
             if wake:
                 try:
-                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]
+                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
                 except RuntimeError:
                     pass
 
@@ -179,6 +180,7 @@ class WsgiDispatcher:
 
 
 class WsgiCycle(WsgiCall):
+    outbox: WsgiDispatcher  # the thread side sees it as an Outbox; the loop side uses all of it
     __slots__ = (
         # shared with the parser and the protocol (RequestCycle's names)
         "protocol", "scope", "keep_alive", "expect_continue", "is_head", "http11", "body_complete",
@@ -194,7 +196,7 @@ class WsgiCycle(WsgiCall):
 
     def __init__(
         self,
-        protocol: Any,
+        protocol: HttpProtocol,
         scope: dict,
         keep_alive: bool,
         expect_continue: bool,
@@ -617,7 +619,7 @@ class WsgiCycle(WsgiCall):
     # ------------------------------------------------------------------ sendfile (wsgi.file_wrapper)
 
     def _start_sendfile(self) -> None:
-        fd, offset, count, tail = self.sendfile  # type: ignore[misc]
+        fd, offset, count, tail = self.sendfile  # type: ignore[misc]  # set (a 4-tuple) before the loop is asked to send
         transport = self.protocol.transport
         sock = transport.get_extra_info("socket")
         if self.is_head or sock is None or transport.get_write_buffer_size():
@@ -640,7 +642,7 @@ class WsgiCycle(WsgiCall):
             return  # ended already
         out, fd, offset, count, tail, watching = self.sendfile
         loop = asyncio.get_running_loop()
-        error = None
+        error: OSError | EOFError | None = None
         while count and not self.disconnected:
             try:
                 sent = os.sendfile(out, fd, offset, min(count, _SENDFILE_STEP))
@@ -682,7 +684,7 @@ class WsgiCycle(WsgiCall):
         while count and not self.disconnected:
             if flow.write_paused:
                 self.sendfile = (fd, offset, count, tail)
-                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))  # type: ignore[misc]
+                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))
                 return
             data = os.pread(fd, min(count, 256 * 1024), offset)
             if not data:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from corral.shared.bodystream import BlockingReader, ClientDisconnected
 
@@ -31,7 +33,7 @@ class StreamInput(BlockingReader):
         high_water: int,
         resume: Callable[[], None],
         first_read: Callable[[], None] | None = None,
-        client_wait: Callable[[], ContextManager[None]] | None = None,
+        client_wait: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
         self._loop = loop
         self._cond = threading.Condition(threading.Lock())

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from corral.worker.app.hooks import (
     HookRequest,
@@ -96,7 +97,7 @@ class HookedWsgiCycle(WsgiCycle):
     __slots__ = ()
 
     def _respond(self, environ: dict) -> None:
-        hooks: WsgiHooks = self.outbox.hooks  # type: ignore[attr-defined]
+        hooks: WsgiHooks = self.outbox.hooks
         request = HookRequest(self.scope)
         if hooks.pre is not None:
             call_pre_request(hooks.pre, hooks.worker, request)
@@ -115,10 +116,11 @@ class HookedWsgiCycle(WsgiCycle):
             return
         self.result = streamed.result
         WsgiCycle.stream_rest(self)
-        hooks: WsgiHooks = self.outbox.hooks  # type: ignore[attr-defined]
-        call_post_request(
-            hooks.post, hooks.post_arity, hooks.worker, streamed.request, streamed.environ, self._hook_response()
-        )
+        hooks: WsgiHooks = self.outbox.hooks
+        if hooks.post is not None:
+            call_post_request(
+                hooks.post, hooks.post_arity, hooks.worker, streamed.request, streamed.environ, self._hook_response()
+            )
 
     def _hook_response(self) -> HookResponse:
         """What the client got: the app's response, the server's 500 for an app that failed before its head,

@@ -8,10 +8,11 @@ instead of as an ASGI task.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.shared.wsgi_environ import environ_template
 from corral.worker.app.pool import PoolFull
+from corral.worker.http1.host import Host
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
 from corral.worker.wsgi.cycle import WsgiCycle, WsgiDispatcher
@@ -19,6 +20,9 @@ from corral.worker.wsgi.inline import InlineRunner
 from corral.worker.wsgi.input import ExpiringInput
 from corral.worker.wsgi.layers import HookedWsgiCycle, WsgiLayers
 from corral.worker.wsgi.threads import WorkerThreads
+
+if TYPE_CHECKING:
+    from corral.shared.settings import Settings
 
 __all__ = ["WsgiHttpProtocol", "HookedWsgiHttpProtocol", "wsgi_setup"]
 
@@ -35,7 +39,7 @@ class WsgiHttpProtocol(HttpProtocol):
 
     cycle_class = WsgiCycle
 
-    def __init__(self, server: Any, sockname: tuple | None = None) -> None:
+    def __init__(self, server: Host, sockname: tuple[Any, ...] | None = None) -> None:
         super().__init__(server, sockname)
         self.out_fd = -1
         self.out_busy = False
@@ -80,23 +84,23 @@ class WsgiHttpProtocol(HttpProtocol):
         if wsgi.lazy:
             wsgi.drain_lazy()  # a response written meanwhile frees a slot: the parked request starts
 
-    def begin_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+    def begin_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
         server = self.server
         if server.parked and not server.reject_when_full:
-            self.park(cycle)  # type: ignore[arg-type]  # requests parked earlier go first
+            self.park(cycle)  # requests parked earlier go first
             return
         try:
             cycle.start()
         except PoolFull:
-            self.pool_full(cycle)  # type: ignore[arg-type]
+            self.pool_full(cycle)
 
-    def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+    def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
         try:
             cycle.start()
         except PoolFull:
-            self.pool_full(cycle)  # type: ignore[arg-type]
+            self.pool_full(cycle)
 
-    def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]
+    def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
         server = self.server
         if server.reject_when_full:
             # pool_full = '503': answered at once, outside the pool (the ASGI path's 503 keeps the
@@ -105,7 +109,7 @@ class WsgiHttpProtocol(HttpProtocol):
             self.transport.write(_BUSY_RESPONSE)
             self.close()
         else:
-            self.park(cycle)  # type: ignore[arg-type]
+            self.park(cycle)
 
 
 class HookedWsgiHttpProtocol(WsgiHttpProtocol):
@@ -116,7 +120,7 @@ class HookedWsgiHttpProtocol(WsgiHttpProtocol):
     cycle_class = HookedWsgiCycle
 
 
-def wsgi_setup(server: Any, app: Any, settings: Any, layers: WsgiLayers | None = None) -> None:
+def wsgi_setup(server: Host, app: Any, settings: Settings, layers: WsgiLayers | None = None) -> None:
     """Make `server` (a WorkerServer) serve `app` as a native WSGI application on `settings.threads`
     threads of its own; `layers`: --request-timeout and the request hooks, when set."""
     wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Protocol
 
 __all__ = ["WorkerThreads", "Job"]
 
@@ -115,7 +116,7 @@ class WorkerThreads:
                 with self.lock:
                     if jobs:
                         continue  # queued after our look: take it
-                    if self.closed or self.surplus and len(self.threads) - self.aside > self.size:
+                    if self.closed or (self.surplus and len(self.threads) - self.aside > self.size):
                         self._retire()  # (the latter: an extra thread, started while others stood aside)
                         return
                     self.idle.append(wakeup)

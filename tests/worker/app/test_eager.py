@@ -132,7 +132,7 @@ def test_an_exception_in_the_first_step_ends_the_task_with_it():
         await asyncio.wait([task])
         return task.exception()
 
-    task, raised = run_in_callback(app, then=then)
+    _task, raised = run_in_callback(app, then=then)
     assert raised is error
 
 
@@ -153,7 +153,6 @@ def test_done_callbacks_added_in_the_first_step_run():
         async def then(task):
             await asyncio.wait([task])
             await asyncio.sleep(0)  # done callbacks run one iteration after the task ends
-            return None
 
         run_in_callback(app, then=then)
     assert called == [("at once", 1), ("suspended", 2)]

@@ -233,7 +233,7 @@ def test_cancelled_startup_takes_the_app_down():
 
 
 def test_starlette_lifespan():
-    starlette = pytest.importorskip("starlette")
+    pytest.importorskip("starlette")
     from starlette.applications import Starlette
 
     events = []

@@ -312,7 +312,7 @@ def test_attribute_not_found_lists_names(make_module):
         import_app(f"{name}:ap")
     message = str(info.value)
     assert "attribute 'ap' not found" in message and "did you mean 'app'" in message and "create_app" in message
-    with pytest.raises(AppImportError, match="attribute 'missing' not found in .*Holder"):
+    with pytest.raises(AppImportError, match=r"attribute 'missing' not found in .*Holder"):
         import_app(f"{name}:Holder.missing")
 
 

@@ -107,7 +107,7 @@ def test_lru_eviction_happens_exactly_at_the_limit_and_never_exceeds_it():
         server.get_or_create_application_instance("d", {"type": "test", "name": "d"})
         assert list(server.application_instances) == ["c", "a", "d"]
         assert len(server.application_instances) == 3
-        await until(lambda: b_future.done())
+        await until(b_future.done)
         assert b_future.cancelled()
         await until(lambda: "d" in started)
         for name in ("c", "a", "d"):
@@ -219,7 +219,7 @@ def test_asgi2_application_is_wrapped():
 
     server = RecordingServer(Asgi2App, scenario)
     run(server)
-    [(scope, message)] = server.sent
+    [(_scope, message)] = server.sent
     assert message == {"type": "hello", "path": "/two"}
 
 

@@ -12,10 +12,17 @@ import socket
 import threading
 
 import pytest
-from worker_http_helpers import WAIT, Client, assert_error_and_close, assert_still_serving, run_server, settings
-from worker_http_helpers import wait_until
 
 from corral.worker.wsgi.call import FileWrapper
+from worker_http_helpers import (
+    WAIT,
+    Client,
+    assert_error_and_close,
+    assert_still_serving,
+    run_server,
+    settings,
+    wait_until,
+)
 
 CHUNK = b"x" * 65536
 STALL = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nabc"
@@ -80,7 +87,7 @@ def reset_or_closed(sock: socket.socket) -> bool:
             pass
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     return True
 
@@ -182,7 +189,7 @@ def test_without_pressure_the_grace_holds():
 def test_one_log_line_per_worker_per_interval(caplog):
     app = Echo()
     with caplog.at_level(logging.WARNING, logger="corral.error"):
-        with run_server(app, quiet(min_rate_grace=0.3)) as (host, port, server):
+        with run_server(app, quiet(min_rate_grace=0.3)) as (host, port, _server):
             stalled = [Client(host, port) for _ in range(5)]
             for client in stalled:
                 client.send(STALL)

@@ -96,7 +96,7 @@ def test_deadline_recycles_once_stuck_wsgi_threads_fill_the_pool():
     bridge = WsgiToAsgi(stuck)
     app = wrap_deadline(bridge, stuck, 0.2, 2, lambda: recycled.append(True))
     try:
-        with run_server(app) as (host, port, server), Client(host, port) as one, Client(host, port) as two:
+        with run_server(app) as (host, port, _server), Client(host, port) as one, Client(host, port) as two:
             assert one.get().status == 504
             assert not recycled
             assert two.get().status == 504

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from corral.shared.settings import Settings
-from corral.worker.http1.connection import Limits
 from corral.worker.http1.connection import (
     CHUNKED,
     CLOSE_DELIMITED,
     NO_BODY,
     HTTP11Connection,
+    Limits,
     ProtocolError,
     response_head,
 )

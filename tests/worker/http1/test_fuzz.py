@@ -14,7 +14,8 @@ import asyncio
 import logging
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corral.shared.settings import Settings
 from corral.worker.http1.protocol import HttpProtocol
@@ -122,8 +123,10 @@ def request(draw: Any, i: int) -> tuple[bytes, int]:
     # The last ones are tokens llhttp does not know: corral parses their heads with GET in their place.
     method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "PURGE", "-BLARGH", "FOO_BAR"]))
     lines = [f"{method} /p{i}?q={i} HTTP/1.1", f"{draw(case('Host'))}: example.com", f"{draw(case('X-Req'))}: {i}"]
-    for k in range(draw(st.integers(0, 3))):
-        lines.append(f"{draw(case(f'X-H{i}-{k}'))}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}v{k}")
+    lines.extend(
+        f"{draw(case(f'X-H{i}-{k}'))}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}v{k}"
+        for k in range(draw(st.integers(0, 3)))
+    )
     framing = draw(st.sampled_from(["none", "length", "chunked"]))
     sizes: list[int] = []
     body = b""
@@ -197,7 +200,7 @@ async def exchange(data: bytes, cuts: list[int]) -> tuple[FakeTransport, Recorde
     transport.protocol = protocol
     protocol.connection_made(transport)
     start = 0
-    for end in cuts + [len(data)]:
+    for end in [*cuts, len(data)]:
         if end > start:
             transport.feed(data[start:end])
             start = end
@@ -227,7 +230,7 @@ def test_http11_protocol_properties(example):
     logger = logging.getLogger("corral")
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign]  # a spy
     logger.addHandler(handler)
     try:
         transport, app = asyncio.run(exchange(data, cuts))
@@ -242,7 +245,7 @@ def test_http11_protocol_properties(example):
     assert len(oks) == len(app.seen)
     assert len(errors) <= 1
     if errors:
-        assert responses[-1] is errors[0] and 400 <= errors[0][0] < 500 or errors[0][0] == 505
+        assert (responses[-1] is errors[0] and 400 <= errors[0][0] < 500) or errors[0][0] == 505
         assert errors[0][1].get(b"connection") == b"close" and transport.closed
     # No trailer field in anybody's scope, one Host at most; and, where the bytes say which request is
     # which (an intact stream), no header of one request in another's scope.

@@ -283,7 +283,7 @@ def test_pipelining_without_reading_holds_a_bounded_number_of_parsed_requests():
             lambda: call_in_loop(server, parsed_waiting)[1] > 0 and server.requests_served > 0,
             what="the server stalled on unread answers",
         )
-        queued, backlog = call_in_loop(server, parsed_waiting)
+        queued, _backlog = call_in_loop(server, parsed_waiting)
         assert queued <= limit, (queued, limit)
         # Then every answer comes, in order, once the client reads.
         received = b""

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import socket
 
-from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
-
 from corral.worker.http1 import protocol as http1_protocol
 from corral.worker.serve import trim
+from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 

@@ -9,9 +9,9 @@ import gc
 import socket
 
 import pytest
-from worker_http_helpers import WAIT, run_server, settings
 
 from bench.apps import hello, hello_wsgi
+from worker_http_helpers import WAIT, run_server, settings
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 CLOSE = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"

@@ -267,7 +267,7 @@ class StopHold:
 
         server._set_accepting = hold
 
-    def __enter__(self) -> "StopHold":
+    def __enter__(self) -> StopHold:
         self.server.loop.call_soon_threadsafe(self.server.request_stop, True)
         assert self.held.wait(WAIT)
         return self
@@ -344,7 +344,7 @@ def test_idle_connections_are_closed_after_the_stop_grace():
             server.stop_grace = 0.05
             call_in_loop(server, server.request_stop)
             assert idle.closed() and fresh.closed()  # long before the graceful timeout (60 s)
-            wait_until(lambda: server.loop.is_closed(), what="the server to stop")
+            wait_until(server.loop.is_closed, what="the server to stop")
 
 
 def test_response_begun_with_keepalive_before_the_stop_keeps_the_connection_for_the_grace():
@@ -446,7 +446,7 @@ def test_access_log_receives_each_response(events):
 
 def test_heartbeat_calls_notify():
     beats = threading.Event()
-    with run_server(ok_app, notify=beats.set) as (host, port, server):
+    with run_server(ok_app, notify=beats.set) as (_host, _port, server):
         assert beats.wait(WAIT)
         stats = server.stats()
         assert stats["max_applications"] == 1000
@@ -528,7 +528,7 @@ def test_ipv6_scope(events):
         events.put((scope["client"], scope["server"]))
         await ok_app(scope, receive, send)
 
-    with run_server(app, sock=sock) as (host, _, _server):
+    with run_server(app, sock=sock) as (_host, _, _server):
         with socket.create_connection(("::1", port), timeout=WAIT) as raw:
             raw.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert raw.recv(100).startswith(b"HTTP/1.1 200")

@@ -48,7 +48,8 @@ def test_accept_key_is_the_rfc_example():
 
 
 def test_handshake_ok_with_subprotocols_and_deflate():
-    headers = HEADERS + [
+    headers = [
+        *HEADERS,
         (b"sec-websocket-protocol", b"chat, superchat"),
         (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
     ]

@@ -11,7 +11,7 @@ from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
 from corral.worker.websocket.connection import FREE_FRAGMENTS
 from corral.worker.websocket.protocol import CONTROL_BURST, WRITE_PAUSE
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked
 from worker_http_helpers import wait_until
 
 
@@ -94,7 +94,7 @@ def test_a_peer_that_does_not_read_stops_being_read():
             return 0, 0
 
         # Reading stops (write or queue backpressure), so memory stays bounded.
-        paused, buffered = wait_until(
+        _paused, buffered = wait_until(
             lambda: (state := call_in_loop(server, socket_state))[0] and state, what="the server to stop reading"
         )
         assert buffered < 4096 + 2 * len(big)

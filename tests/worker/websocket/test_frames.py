@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
 from corral.worker.websocket.protocol import QUEUE_PAUSE
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- echo
 
@@ -104,9 +104,9 @@ def test_server_pings_and_keeps_an_answering_client():
 
 def test_server_closes_a_client_that_stops_answering_pings(events):
     settings = Settings(ws_ping_interval=0.1, ws_ping_timeout=0.2)
-    with run_server(echo_app(events), settings) as (host, port, server):
+    with run_server(echo_app(events), settings) as (host, port, _server):
         client = RawClient(host, port)
-        opcode, _, payload = client.frame()
+        opcode, _, _payload = client.frame()
         assert opcode == 0x9  # a ping, never answered
         assert client.close_code() == (1011, "keepalive ping timeout")
         assert client.at_eof()
@@ -165,7 +165,7 @@ def test_client_vanishing_gives_1006(events):
 
 
 def test_send_after_close_raises_an_oserror():
-    seen: "queue.Queue[Any]" = queue.Queue()
+    seen: queue.Queue[Any] = queue.Queue()
 
     async def app(scope, receive, send):
         await receive()
@@ -250,7 +250,7 @@ def test_invalid_frames_close_with_the_right_code(frame, code, events):
 
 def test_backpressure_stops_reading_while_the_app_lags():
     release = threading.Event()
-    got: "queue.Queue[Any]" = queue.Queue()
+    got: queue.Queue[Any] = queue.Queue()
     holder: dict = {}
 
     async def app(scope, receive, send):

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from corral.worker.serve.testing import run_server
-from websocket_helpers import RawClient, WAIT, assert_still_serving, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, assert_still_serving, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- handshake outcomes
 
@@ -30,7 +30,7 @@ def test_subprotocol_negotiation():
 
 
 def test_scope():
-    scopes: "queue.Queue[dict]" = queue.Queue()
+    scopes: queue.Queue[dict] = queue.Queue()
 
     async def app(scope, receive, send):
         scopes.put(scope)
@@ -179,7 +179,7 @@ def test_starlette_websocket_route():
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
-    disconnects: "queue.Queue[int]" = queue.Queue()
+    disconnects: queue.Queue[int] = queue.Queue()
 
     async def echo(websocket: WebSocket) -> None:
         await websocket.accept(subprotocol="json")
@@ -234,7 +234,7 @@ def test_upgrade_pipelined_behind_a_request_waits_its_turn():
 
 
 def test_access_log_gets_the_handshake():
-    entries: "queue.Queue[tuple]" = queue.Queue()
+    entries: queue.Queue[tuple] = queue.Queue()
 
     def access_log(scope, status, nbytes, duration, headers):
         entries.put((scope["type"], scope["path"], status))

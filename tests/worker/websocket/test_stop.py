@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 
 from corral.shared.settings import Settings
 from corral.worker.serve.testing import call_in_loop, run_server
-from websocket_helpers import RawClient, WAIT, echo_app, masked, url
+from websocket_helpers import WAIT, RawClient, echo_app, masked, url
 
 # ---------------------------------------------------------------------------- the pool
 
@@ -30,7 +30,7 @@ def test_each_websocket_is_an_instance_in_the_pool_and_waits_for_a_slot():
             first.send("one")
             assert first.recv(WAIT) == "one"
             assert server.stats()["instances"] == 1
-            result: "queue.Queue[Any]" = queue.Queue()
+            result: queue.Queue[Any] = queue.Queue()
 
             def second() -> None:
                 with connect(url(host, port), open_timeout=WAIT) as ws:
@@ -86,7 +86,7 @@ def test_graceful_stop_closes_open_sockets_with_1001_after_the_disconnect(events
         with run_server(echo_app(events), Settings(graceful_timeout=10), graceful_exit=True, stop_timeout=WAIT) as (
             host,
             port,
-            server,
+            _server,
         ):
             for _ in range(50):
                 ws = clients.enter_context(connect(url(host, port)))
@@ -127,7 +127,7 @@ def test_app_that_ignores_the_disconnect_is_cancelled_at_the_graceful_timeout():
 
 
 def test_graceful_stop_lets_the_app_finish_handling_its_disconnect():
-    done: "queue.Queue[str]" = queue.Queue()
+    done: queue.Queue[str] = queue.Queue()
 
     async def app(scope, receive, send):
         await receive()
@@ -147,7 +147,7 @@ def test_graceful_stop_lets_the_app_finish_handling_its_disconnect():
 
 
 def test_app_slower_than_the_graceful_timeout_after_its_disconnect_is_cancelled():
-    cancelled: "queue.Queue[str]" = queue.Queue()
+    cancelled: queue.Queue[str] = queue.Queue()
 
     async def app(scope, receive, send):
         await receive()

@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
-from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
 
 from corral.worker.app.hooks import WorkerView
 from corral.worker.wsgi.layers import WsgiDeadline, WsgiHooks, WsgiLayers
+from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
 

@@ -7,14 +7,13 @@ import logging
 import queue
 import threading
 
-from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
-
 from corral.shared.settings import Settings
 from corral.worker.app.hooks import WorkerView
 from corral.worker.wsgi.cycle import WsgiCycle
 from corral.worker.wsgi.input import ClientDisconnected
 from corral.worker.wsgi.layers import HookedWsgiCycle, wsgi_layers
 from corral.worker.wsgi.protocol import WsgiHttpProtocol
+from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
 
 
 def serve(app, layers, **values):

@@ -10,11 +10,11 @@ import threading
 
 import httpx
 import pytest
-from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 import corral.worker.wsgi.cycle as wsgi_cycle
 from corral.worker.conn.flow import BODY
 from corral.worker.wsgi.input import StreamInput
+from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
 
 
 def serve(app, **values):
@@ -65,7 +65,7 @@ def test_a_thread_waiting_on_its_client_steps_aside(stall):
     """One thread: its request waits on a client that does not read its response (or does not send the rest
     of a streamed body); an ordinary request still gets a thread at once (the minimum rates are off here:
     nothing ends the stalled one), and the extra thread ends afterwards."""
-    values = dict(threads=1, wsgi_body_buffer=1024, min_request_body_rate=0, min_response_rate=0)
+    values = {"threads": 1, "wsgi_body_buffer": 1024, "min_request_body_rate": 0, "min_response_rate": 0}
     with serve(streams_or_echoes, **values) as (host, port, server):
         threads = server.wsgi.threads
         stalled = socket.socket()
@@ -164,7 +164,7 @@ def sendfile_calls(monkeypatch):
 
 def file_app(path, opened):
     def app(environ, start_response):
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - the server closes it (the test checks that it does)
         opened.append(f)
         query = environ["QUERY_STRING"]
         headers = [("Content-Type", "application/octet-stream")]
@@ -194,7 +194,7 @@ def transfers(server):
 def test_file_wrapper_sendfile_byte_exact(big_file, sendfile_calls):
     path, data = big_file
     opened: list = []
-    with serve(file_app(path, opened)) as (host, port, server):
+    with serve(file_app(path, opened)) as (host, port, _server):
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=WAIT) as http:
             response = http.get("/")
             assert response.headers["content-length"] == str(len(data))
@@ -228,7 +228,7 @@ def test_file_wrapper_sendfile_to_a_slow_reader(big_file, sendfile_calls):
 
 
 def test_file_wrapper_client_gone_mid_transfer(big_file, sendfile_calls):
-    path, data = big_file
+    path, _data = big_file
     opened: list = []
     with serve(file_app(path, opened)) as (host, port, server):
         slow = slow_reader(host, port)
