@@ -103,8 +103,8 @@ class RequestHandler(Protocol[_E]):
 # Content-Type is among them because a second one makes the body's meaning ambiguous (RFC 9110 §5.3: a field
 # whose grammar is a single value cannot be repeated).
 _REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host", b"content-type"))
-# The proxy headers (corral.worker.edge.proxy_headers) are noted in the same lookup: a request without any skips the proxy's
-# scan of its headers.
+# The proxy headers (corral.worker.edge.proxy_headers) are noted in the same lookup: a request without any
+# skips the proxy's scan of its headers.
 _PROXY_HEADERS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
 _LOOKED_AT = _REQUEST_FRAMING | _PROXY_HEADERS
 
