@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from corral.worker.conn.phases import Phase
     from corral.worker.edge.accesslog import AccessLog
     from corral.worker.edge.counters import Counters
-    from corral.worker.http1.connection import Limits
+    from corral.worker.http1.limits import Limits
     from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["Connection", "Host", "Logged", "Parked"]
@@ -90,7 +90,7 @@ class Host(Protocol):
     parked: deque[tuple[Connection, Parked, float]]
     stopping: bool
     draining: bool
-    # The rooms above HTTP/1.1 (made on first use): websocket.protocol.WebSocketHub, wsgi.cycle.WsgiDispatcher
+    # The rooms above HTTP/1.1 (made on first use): websocket.protocol.WebSocketHub, wsgi.dispatch.WsgiDispatcher
     # and its environ's server keys.
     websockets: Any
     wsgi: Any

@@ -47,9 +47,9 @@ from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE, ResponseS
 from corral.worker.edge.counters import Counters, collecting
 from corral.worker.edge.datarate import RateSweep
 from corral.worker.edge.proxy_headers import ProxyHeaders
-from corral.worker.http1.connection import Limits
 from corral.worker.http1.cycle import RequestCycle
 from corral.worker.http1.host import Connection, Parked
+from corral.worker.http1.limits import Limits
 from corral.worker.http1.protocol import HttpProtocol, scope_template
 from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol

@@ -15,7 +15,8 @@ from corral.worker.app.pool import PoolFull
 from corral.worker.http1.host import Host
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
-from corral.worker.wsgi.cycle import WsgiCycle, WsgiDispatcher
+from corral.worker.wsgi.cycle import WsgiCycle
+from corral.worker.wsgi.dispatch import WsgiDispatcher
 from corral.worker.wsgi.inline import InlineRunner
 from corral.worker.wsgi.input import ExpiringInput
 from corral.worker.wsgi.layers import HookedWsgiCycle, WsgiLayers

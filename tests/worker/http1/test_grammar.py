@@ -13,7 +13,8 @@ import json
 import pytest
 
 from corral.shared.settings import Settings
-from corral.worker.http1.connection import HTTP11Connection, Limits, ProtocolError
+from corral.worker.http1.connection import HTTP11Connection, ProtocolError
+from corral.worker.http1.limits import Limits
 from worker_http_helpers import Client, run_server, settings
 
 
