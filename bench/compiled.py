@@ -43,6 +43,7 @@ MODULES = (
     "corral.worker.conn.response",
     "corral.worker.http1.framing",
     "corral.worker.wsgi.cycle",
+    "corral.worker.wsgi.dispatch",
     "corral.worker.wsgi.call",
     "corral.worker.wsgi.threads",
     "corral.worker.wsgi.protocol",
