@@ -111,7 +111,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         help=f"comma-separated (default: every installed one of {','.join(servers.SPECS)}; "
-        "'corral' also selects corral-wsgi)",
+        "'corral' also selects corral-wsgi and corral-wsgi1)",
     )
     p.add_argument(
         "--process-servers",
@@ -188,7 +188,7 @@ def select_servers(args: argparse.Namespace) -> tuple[list[str], list[str], dict
     if args.servers:
         wanted = []
         for name in (s.strip() for s in args.servers.split(",")):
-            wanted += [name, "corral-wsgi"] if name == "corral" else [name]
+            wanted += [name, "corral-wsgi", "corral-wsgi1"] if name == "corral" else [name]
     skipped = {}
     asgi, wsgi = [], []
     for name in wanted:

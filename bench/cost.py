@@ -5,7 +5,7 @@
 
 Paths (each against the peers that serve it; a peer that is not installed is skipped, with the reason):
   asgi, asgi-close     ASGI hello-world over HTTP/1.1, keep-alive / `Connection: close` (wrk)
-  wsgi, wsgi-close     WSGI hello-world, the same two ways (wrk; thread pools of 4)
+  wsgi, wsgi-close     WSGI hello-world, the same two ways (wrk; thread pools of 4, and corral with --threads 1)
   tls                  ASGI hello-world over TLS, HTTP/1.1 keep-alive (wrk)
   h2c, h2-tls          ASGI hello-world over HTTP/2, cleartext prior knowledge / TLS with ALPN, --streams
                        concurrent streams per connection (h2load)
@@ -48,8 +48,15 @@ from bench.context import Ctx, Progress, interleave, least_disturbed, start_each
 
 ASGI_PEERS = ("corral", "uvicorn", "gunicorn-uvicorn", "hypercorn", "granian")
 H2_PEERS = ("corral", "hypercorn", "granian")  # the peers that speak HTTP/2
-WSGI_PEERS = ("corral-wsgi", "gunicorn-gthread", "granian-wsgi")
-WSGI_CLOSE_PEERS = ("corral-wsgi", "gunicorn-sync", "gunicorn-gthread", "granian-wsgi")  # sync: no keep-alive
+# corral-wsgi1: corral with --threads 1 (the app on the worker's own thread, as gunicorn's sync worker runs it).
+WSGI_PEERS = ("corral-wsgi", "corral-wsgi1", "gunicorn-gthread", "granian-wsgi")
+WSGI_CLOSE_PEERS = (
+    "corral-wsgi",
+    "corral-wsgi1",
+    "gunicorn-sync",
+    "gunicorn-gthread",
+    "granian-wsgi",
+)  # sync: no keep-alive
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         help="comma-separated: only these (default: every installed peer of each path; "
-        "'corral' also selects corral-wsgi)",
+        "'corral' also selects corral-wsgi and corral-wsgi1)",
     )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per server per round (default 5)")
@@ -377,7 +384,7 @@ def select(args: argparse.Namespace, path: CostPath, skipped: dict[str, str]) ->
     if args.servers:
         wanted = set()
         for name in (s.strip() for s in args.servers.split(",")):
-            wanted.update((name, "corral-wsgi") if name == "corral" else (name,))
+            wanted.update((name, "corral-wsgi", "corral-wsgi1") if name == "corral" else (name,))
     names = []
     for name in path.peers:
         if wanted is not None and name not in wanted:

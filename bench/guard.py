@@ -83,6 +83,14 @@ PATHS: dict[str, GuardPath] = {
             quiet_each=True,
         ),
         GuardPath("wsgi-close", "wsgi", "h1-close", 80, 100, "WSGI hello-world, Connection: close", quiet_each=True),
+        GuardPath(
+            "wsgi-threads1",
+            "wsgi1",
+            "h1",
+            200,
+            10,
+            "WSGI hello-world, HTTP/1.1 keep-alive, --threads 1 (the app on the worker's own thread)",
+        ),
     )
 }
 
@@ -92,7 +100,10 @@ SERVER_KINDS: dict[str, tuple[str, bool]] = {
     "asgi": ("bench.apps:ws_echo", False),
     "tls": ("bench.apps:ws_echo", True),
     "wsgi": ("bench.apps:hello_wsgi", False),
+    "wsgi1": ("bench.apps:hello_wsgi", False),  # --threads 1 (KIND_OPTIONS)
 }
+# What a kind's `serve` gets beyond the defaults (bench/servers.py's options).
+KIND_OPTIONS: dict[str, dict[str, Any]] = {"wsgi1": {"threads": 1}}
 
 
 # ---------------------------------------------------------------------------- the environment
@@ -242,7 +253,7 @@ def fixed_env() -> dict[str, str | None]:
 def start(kind: str, folder: str, serve_args: list[str]) -> tuple[servers.Server, Callgrind]:
     """A `serve` of this kind under callgrind (one worker), answering; and its worker, to count."""
     app, tls = SERVER_KINDS[kind]
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(KIND_OPTIONS.get(kind, {}))
     if tls:
         from bench.throughput import self_signed
 

@@ -2,8 +2,9 @@
 
 Fresh servers every round (A B C, then A B C again), each warmed up, measured idle, then holding
 `--idle-connections` connections (one request each, then silent; keep-alive timeouts raised to 60 s
-everywhere), measured again. KiB per idle connection = (total worker RSS with - without) / connections the
-server's workers hold (counted from their sockets; it is all of them unless a server caps its connections).
+everywhere), measured again, and once more after the client has closed them all. KiB per idle connection =
+(total worker RSS with - without) / connections the server's workers hold (counted from their sockets; it is
+all of them unless a server caps its connections); KiB returned = (RSS with - RSS after the close) / the same.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def steps(ctx: Ctx, name: str) -> int:
     return len(ctx.asgi) * ctx.rounds
 
 
-async def _hold(port: int, count: int, measure: Any, concurrency: int = 200) -> dict[str, Any]:
+async def _hold(port: int, count: int, measure: Any, concurrency: int = 200, after: Any = None) -> dict[str, Any]:
     held: list[asyncio.StreamWriter] = []
     errors: list[str] = []
     gate = asyncio.Semaphore(concurrency)
@@ -54,11 +55,13 @@ async def _hold(port: int, count: int, measure: Any, concurrency: int = 200) -> 
         await asyncio.sleep(0.5)
         result = measure()
         result.update(client_errors=len(errors), error_samples=sorted(set(errors))[:5])
-        return result
     finally:
         for writer in held:
             writer.transport.abort()
         await asyncio.sleep(0)
+    if after is not None:
+        result.update(await asyncio.get_running_loop().run_in_executor(None, after))
+    return result
 
 
 def _total_rss(pid: int) -> tuple[int, int]:
@@ -113,7 +116,18 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
                     rss, _ = _settled(pid)
                     return {"rss_with": rss, "held": _established(pid, port)}
 
-                result = asyncio.run(_hold(server.port, count, measure))
+                def after(pid: int = server.pid, port: int = server.port) -> dict[str, Any]:
+                    # The connections closed: what the workers gave back once they are gone (waited for,
+                    # then settled: a few seconds, as servers free and trim on their own clock).
+                    deadline = time.monotonic() + 10
+                    while _established(pid, port) and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    time.sleep(2.0)
+                    return {"rss_after": _settled(pid, 4.0)[0]}
+
+                result = asyncio.run(_hold(server.port, count, measure, after=after))
+                held = max(result["held"] or count, 1)
+                result.update(kib_returned=(result["rss_with"] - result["rss_after"]) / held / 1024)
                 result.update(
                     rss_idle=idle,
                     workers=nworkers,
@@ -127,7 +141,8 @@ def run(ctx: Ctx, name: str) -> dict[str, Any]:
                 runs.setdefault(server.name, []).append(result)
                 ctx.progress.step(
                     f"idle round {rnd}/{ctx.rounds} {server.name}: {result['kib_per_conn']:.2f} "
-                    f"KiB/conn, {result['held']} held, {result['client_errors']} errors"
+                    f"KiB/conn, {result['held']} held, {result['kib_returned']:.2f} KiB/conn "
+                    f"returned after the close, {result['client_errors']} errors"
                 )
             finally:
                 stop_each(ctx, [server])

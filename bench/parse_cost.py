@@ -21,7 +21,7 @@ from corral.shared.settings import Settings
 from corral.worker.http1.connection import HTTP11Connection
 
 try:
-    from corral.worker.http1.connection import Limits
+    from corral.worker.http1.limits import Limits
 except ImportError:  # a checkout from before the Limits object
     pass
 

@@ -148,6 +148,7 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
                 spread(_vals(rs, "rss_with_mib"), ".1f"),
                 spread(_vals(rs, "kib_per_conn"), ".2f"),
                 _ratio(runs, server, baseline, "kib_per_conn"),
+                spread(_vals(rs, "kib_returned"), ".2f") if all("kib_returned" in r for r in rs) else "-",
                 spread(_vals(rs, "held"), ",.0f"),
                 str(sum(r["errors"] for r in rs)),
             ]
@@ -160,6 +161,7 @@ def table(name: str, sc: dict[str, Any], baseline: str | None) -> str:
                 f"RSS/worker with {sc['connections']:,} conns MiB",
                 "KiB per idle conn",
                 f"vs {baseline or '-'}",
+                "KiB per conn returned after the close",
                 "conns held",
                 "client errors",
             ],

@@ -54,6 +54,11 @@ def _corral(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]
 HOOKS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks_conf.py")
 
 
+def _corral_threads1(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
+    """corral with --threads 1: a WSGI app on the worker's own thread (gunicorn sync's model)."""
+    return _corral(app, port, workers, dict(opt, threads=1))
+
+
 def _corral_hooks(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
     """corral with gunicorn's pre_request/post_request hooks set (no-ops): what the hooks cost per request."""
     return [*_corral(app, port, workers, opt), "-c", HOOKS_CONF]
@@ -191,6 +196,14 @@ SPECS: dict[str, Spec] = {
         Spec("hypercorn", "asgi", "hypercorn", _hypercorn, note="-k uvloop"),
         Spec("granian", "asgi", "granian", _granian("asgi"), note="--interface asgi --loop uvloop"),
         Spec("corral-wsgi", "wsgi", "corral.master", _corral, websocket=False),
+        Spec(
+            "corral-wsgi1",
+            "wsgi",
+            "corral.master",
+            _corral_threads1,
+            websocket=False,
+            note="--threads 1: the app on the worker's own thread",
+        ),
         Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
         Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
         Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),

@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["build_environ", "native_string", "TooManyHeaders", "ERRORS_STREAM"]
+__all__ = ["build_environ", "environ_template", "native_string", "TooManyHeaders", "ERRORS_STREAM"]
 
 logger = logging.getLogger("corral.shared.wsgi")
 
@@ -70,46 +70,91 @@ _LOG_STREAM = _LogStream()
 ERRORS_STREAM: Any = sys.stderr if sys.stderr is not None else _LOG_STREAM
 
 
-def build_environ(
-    scope: dict[str, Any], body: Any, duplicate_header_limit: int = 100, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The environ of an http `scope` with `body` as wsgi.input; `extra` entries are added (server-specific
-    keys such as wsgi.file_wrapper). Raises TooManyHeaders past `duplicate_header_limit` repeats (0: no limit)."""
-    root_path = scope.get("root_path", "")
-    path = scope["path"]
-    if root_path:
-        root_path = root_path.rstrip("/")
-        if path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("", "/"):
-            path = path[len(root_path) :]
-    environ = {
-        "REQUEST_METHOD": scope["method"],
+def environ_template(root_path: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every environ of requests with this `root_path` starts from (`build_environ` copies it): every key
+    in the order an environ has them, with the values no request changes (`extra`: server-specific keys such
+    as wsgi.file_wrapper); the request's own keys hold None until it sets them."""
+    root_path = root_path.rstrip("/") if root_path else ""
+    template: dict[str, Any] = {
+        "REQUEST_METHOD": None,
         "SCRIPT_NAME": native_string(root_path) if root_path else "",
-        "PATH_INFO": path if path.isascii() else native_string(path),
-        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-        "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
+        "PATH_INFO": None,
+        "QUERY_STRING": None,
+        "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": body,
+        "wsgi.url_scheme": "http",
+        "wsgi.input": None,
         "wsgi.input_terminated": True,
-        "wsgi.errors": sys.stderr if sys.stderr is not None else _LOG_STREAM,
+        "wsgi.errors": ERRORS_STREAM,
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
     if extra is not None:
-        environ.update(extra)
+        template.update(extra)
+    template["SERVER_NAME"] = "localhost"
+    template["SERVER_PORT"] = "80"
+    return template
+
+
+_PLAIN = environ_template()
+_PORTS: dict[int, str] = {}  # port numbers as environ strings (bounded: client ports vary)
+_PORTS_MAX = 4096
+
+
+def _port(port: int) -> str:
+    text = _PORTS.get(port)
+    if text is None:
+        text = str(port)
+        if len(_PORTS) < _PORTS_MAX:
+            _PORTS[port] = text
+    return text
+
+
+def build_environ(
+    scope: dict[str, Any],
+    body: Any,
+    duplicate_header_limit: int = 100,
+    extra: dict[str, Any] | None = None,
+    template: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The environ of an http `scope` with `body` as wsgi.input; `extra` entries are added (server-specific
+    keys such as wsgi.file_wrapper). Raises TooManyHeaders past `duplicate_header_limit` repeats (0: no limit).
+
+    `template`: `environ_template(scope's root_path, extra)`, made once by a server that builds many environs
+    (the copy of a prepared dict is cheaper than building its entries one by one); without it one is made."""
+    root_path = scope.get("root_path", "")
+    if template is None:
+        template = environ_template(root_path, extra) if root_path or extra is not None else _PLAIN
+    path = scope["path"]
+    if root_path:
+        root_path = root_path.rstrip("/")
+        if path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("", "/"):
+            path = path[len(root_path) :]
+    environ = template.copy()
+    environ["REQUEST_METHOD"] = scope["method"]
+    environ["PATH_INFO"] = path if path.isascii() else native_string(path)
+    environ["QUERY_STRING"] = scope.get("query_string", b"").decode("latin-1")
+    version = scope.get("http_version", "1.1")
+    if version != "1.1":
+        environ["SERVER_PROTOCOL"] = "HTTP/" + version
+    scheme = scope.get("scheme", "http")
+    if scheme != "http":
+        environ["wsgi.url_scheme"] = scheme
+    environ["wsgi.input"] = body
+    if ERRORS_STREAM is not sys.stderr:  # stderr replaced since the template was made (a test, a daemon)
+        environ["wsgi.errors"] = sys.stderr if sys.stderr is not None else _LOG_STREAM
     server = scope.get("server")
     if server is not None:
         environ["SERVER_NAME"] = server[0]
-        environ["SERVER_PORT"] = str(server[1] if server[1] is not None else 0)
-    else:
-        environ["SERVER_NAME"] = "localhost"
-        environ["SERVER_PORT"] = "80"
+        port = server[1]
+        environ["SERVER_PORT"] = (_PORTS.get(port) or _port(port)) if port is not None else "0"
     client = scope.get("client")
     if client is not None:
         environ["REMOTE_ADDR"] = client[0]
-        if client[1] is not None:
-            environ["REMOTE_PORT"] = str(client[1])
+        port = client[1]
+        if port is not None:
+            environ["REMOTE_PORT"] = _PORTS.get(port) or _port(port)
     repeats: dict[str, int] | None = None
     header_keys = _HEADER_KEYS
     for name, value in scope.get("headers", ()):

@@ -60,7 +60,9 @@ _declare(
     "worker",
     positive_int,
     10,
-    "Threads in each worker's pool (WSGI requests and sync_to_async(thread_sensitive=False)).",
+    "Threads in each worker's pool (WSGI requests and sync_to_async(thread_sensitive=False)). With 1, "
+    "a WSGI application runs on the worker's own thread, as gunicorn's sync worker runs it: a request "
+    "that blocks blocks its whole worker (unless --request-timeout is set).",
 )
 _declare(
     "max_applications",

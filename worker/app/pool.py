@@ -16,7 +16,8 @@ Where it differs from asgiref, on purpose:
   `get_or_create_application_instance` raise `PoolFull`, `wait_for_slot()` waits for room, and
   `slot_freed()` is called whenever an instance leaves a pool that was full.
 - `start_instance(scope_id, scope, receive, send)` is the cheap path a protocol server uses for every HTTP
-  request or WebSocket: no input queue, just a task in the pool.
+  request or WebSocket: no input queue, just a task in the pool. `run_instance` runs the application's first
+  step at once and makes a task (in the pool) only when the instance does not finish in it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
+
+from corral.worker.app import eager
 
 __all__ = ["StatelessServer", "ApplicationInstance", "PoolFull"]
 
@@ -237,6 +240,30 @@ class StatelessServer:
         task: asyncio.Task[None] = (loop if loop is not None else asyncio.get_running_loop()).create_task(
             app(scope, receive, send)  # type: ignore[arg-type]  # an ASGI 3 call returns a coroutine
         )
+        instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
+        instances[scope_id] = instance
+        if len(instances) >= self._max_applications:
+            self._full = True
+        task.add_done_callback(instance._done)
+        return task
+
+    def run_instance(self, scope_id: Hashable, scope: Scope, receive: Receive, send: Send) -> asyncio.Future[Any]:
+        """`start_instance`, with the application's first step run now (corral.worker.app.eager). Returns its task:
+        done when the instance finished in that step (it never took a slot: nothing is registered, no
+        done-callback runs), else in the pool like any other."""
+        instances = self.application_instances
+        if scope_id in instances:
+            raise KeyError(f"an application instance with scope_id {scope_id!r} is already running")
+        if len(instances) >= self._max_applications:
+            self._make_room()
+        app = self._single_callable or self._application_callable()
+        loop = self.loop
+        task = eager.start(
+            loop if loop is not None else asyncio.get_running_loop(),
+            app(scope, receive, send),  # type: ignore[arg-type]  # an ASGI 3 call returns a coroutine
+        )
+        if task.done():
+            return task
         instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
         instances[scope_id] = instance
         if len(instances) >= self._max_applications:

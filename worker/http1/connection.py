@@ -22,9 +22,8 @@ close-delimited framing, a stopping server). The protocol only acts on the resul
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any
 
 import httptools
 
@@ -41,7 +40,9 @@ from corral.worker.conn.response import (
     response_head,
 )
 from corral.worker.http1.chunked import FORBIDDEN_TRAILERS, ChunkedBody
-from corral.worker.http1.exchange import Exchange
+from corral.worker.http1.exchange import Exchange, RequestHandler
+from corral.worker.http1.fields import LOOKED_AT, VALID_HOST, transfer_coding_problem
+from corral.worker.http1.limits import FREE_CHUNKS, Limits
 from corral.worker.http1.reads import (
     PARSER_ERRORS,
     UnknownMethod,
@@ -53,14 +54,9 @@ from corral.worker.http1.reads import (
     take_chunked,
 )
 
-if TYPE_CHECKING:
-    from corral.shared.settings import Settings
-
 __all__ = [
     "HTTP11Connection",
-    "Limits",
     "ProtocolError",
-    "RequestHandler",
     "ERROR_RESPONSES",
     "CONTINUE_RESPONSE",
     "STATUS_LINES",
@@ -74,40 +70,6 @@ __all__ = [
 logger = logging.getLogger("corral.error")
 
 
-_E = TypeVar("_E", bound=Exchange)
-
-
-class RequestHandler(Protocol[_E]):
-    """What `HTTP11Connection` needs from its owner (the asyncio protocol), for the request objects it makes."""
-
-    def on_request(
-        self,
-        method: bytes,
-        http_version: str,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        expect_continue: bool,
-        has_body: bool,
-    ) -> _E:
-        """Make the request object for a complete request head (it gets on_body / on_body_complete)."""
-
-    def start_request(self, request: _E) -> None:
-        """Start the application for `request`: it is now the active one."""
-
-
-# Header names whose value decides framing or routing: looked at one by one (a set lookup per field).
-# Content-Type is among them because a second one makes the body's meaning ambiguous (RFC 9110 §5.3: a field
-# whose grammar is a single value cannot be repeated).
-_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"host", b"content-type"))
-
-# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets or a
-# reg-name / IPv4 address (unreserved, pct-encoded and sub-delims characters). An empty value is allowed.
-_VALID_HOST = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
-    rb"|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?"
-)
-
 #: Bytes parsed in one go when a read may hold several requests (it begins between requests or inside a
 #: head): parsing stops at the next slice boundary once `max_pipeline` requests wait, so that a client that
 #: pipelines thousands of requests without reading the answers costs at most this many parsed requests
@@ -117,61 +79,8 @@ PARSE_SLICE = 1024
 #: What llhttp says about a method it knows only in RTSP (DESCRIBE, SETUP, PLAY...): a token like any other.
 _RTSP_METHOD = "Invalid method for HTTP/x.x request"
 
-#: Chunks a chunked body may use before the size of its chunks is checked (`min_chunk_size`).
-FREE_CHUNKS = 1024
-
-#: What a limit of 0 (gunicorn's "unlimited") stands for: the request line and the header block each up to
-#: 1 MiB (gunicorn's own C parser bounds an "unlimited" line there), header fields up to gunicorn's 32768.
-UNLIMITED_HEAD_BYTES = 1024 * 1024
-UNLIMITED_FIELDS = 32768
-
-
-class Limits:
-    """The HTTP/1.1 limits of a worker, built once from its settings and handed to every connection."""
-
-    __slots__ = (
-        "request_line",
-        "request_fields",
-        "header_block",
-        "request_body",
-        "requests_per_connection",
-        "pipelined_requests",
-        "min_chunk_size",
-    )
-
-    def __init__(
-        self,
-        request_line: int = 8190,
-        request_fields: int = 100,
-        header_block: int = 8190,
-        request_body: int = 0,
-        requests_per_connection: int = 1000,
-        pipelined_requests: int = 16,
-        min_chunk_size: int = 64,
-        keepalive: bool = True,
-    ) -> None:
-        self.request_line = request_line or UNLIMITED_HEAD_BYTES
-        self.request_fields = request_fields or UNLIMITED_FIELDS
-        self.header_block = header_block or UNLIMITED_HEAD_BYTES
-        self.request_body = request_body
-        # --keep-alive 0 (`keepalive` False): every connection closes after its first response, decided here
-        # once as a limit of one request rather than checked per request.
-        self.requests_per_connection = requests_per_connection if keepalive else 1
-        self.pipelined_requests = pipelined_requests
-        self.min_chunk_size = min_chunk_size
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        return cls(
-            settings.limit_request_line,
-            settings.limit_request_fields,
-            settings.limit_request_field_size,
-            settings.limit_request_body,
-            settings.max_requests_per_connection,
-            settings.max_pipelined_requests,
-            settings.min_chunk_size,
-            settings.keepalive > 0,
-        )
+#: How the request line of an HTTP/1.1 request ends (see on_headers_complete).
+_HTTP11_LINE_END = b"HTTP/1.1\r\n"
 
 
 class HTTP11Connection:
@@ -223,6 +132,8 @@ class HTTP11Connection:
         "sizes",
         "first_size",
         "native_chunked",
+        "forwarded",
+        "whole",
     )
 
     def __init__(self, handler: RequestHandler[Any], limits: Limits) -> None:
@@ -247,6 +158,7 @@ class HTTP11Connection:
         self.expect = False
         self.host: bytes | None = None  # the Host field of the head being parsed
         self.content_type = False  # the head being parsed has a Content-Type field
+        self.forwarded = False  # the head being parsed has a proxy header (fields.PROXY_HEADERS)
         self.last_host = b""  # the last Host value found valid: clients repeat theirs, checked once
         self.chunks = 0  # chunks of the body being parsed
         self.body_left = 0  # bytes of a Content-Length body still to come
@@ -269,6 +181,7 @@ class HTTP11Connection:
         self.sizes: list[tuple[int, int]] = []
         self.first_size = 0
         self.native_chunked = False  # llhttp is decoding a chunked body, in a read fed whole
+        self.whole = b""  # that read, while llhttp parses it (see on_headers_complete)
         self.completed = 0  # messages complete
         self.request: Exchange | None = None  # the request whose body is being parsed
         self.last: Exchange | None = None  # the request made last
@@ -325,10 +238,12 @@ class HTTP11Connection:
             before = self.completed
             self.sole = before + 1  # the number the read's first request will have when complete
             self.first_size = 0
+            self.whole = data
             try:
                 self.parser.feed_data(data)
             except PARSER_ERRORS as exc:
                 self.sole = -1
+                self.whole = b""
                 if self.native_chunked and self.error is None and not isinstance(exc, httptools.HttpParserUpgrade):
                     replay_chunked(self, data, before)  # llhttp refused something in a chunked body
                     return
@@ -341,6 +256,7 @@ class HTTP11Connection:
                     self.after_upgrade(data, offset)
                 return
             self.sole = -1
+            self.whole = b""
             if self.native_chunked:
                 take_chunked(self, data, before)  # the read ended inside a chunked body
             elif self.in_head and data[-4:] != b"\r\n\r\n" and not self.upgraded:
@@ -468,7 +384,7 @@ class HTTP11Connection:
             # values too (h11 strips them all). Measured at ~50 ns a field.
             value = value.rstrip(b" \t")
         name = name.lower()
-        if name in _REQUEST_FRAMING:
+        if name in LOOKED_AT:
             if name == b"content-length":
                 # RFC 9112 §6.3 item 5: differing or repeated lengths make the framing unreliable.
                 if self.content_length >= 0 or not value.isdigit():
@@ -481,7 +397,7 @@ class HTTP11Connection:
                 if self.host is not None:
                     raise self.fail(400, "more than one Host header field")
                 if value != self.last_host:
-                    if _VALID_HOST.fullmatch(value) is None:
+                    if VALID_HOST.fullmatch(value) is None:
                         raise self.fail(400, "invalid Host header field")
                     self.last_host = value
                 self.host = value
@@ -489,8 +405,10 @@ class HTTP11Connection:
                 if self.content_type:
                     raise self.fail(400, "more than one Content-Type header field")
                 self.content_type = True
-            else:
+            elif name == b"expect":
                 self.expect = value.lower() == b"100-continue"
+            else:
+                self.forwarded = True
         self.headers.append((name, value))
 
     def on_chunk_header(self) -> None:
@@ -509,6 +427,7 @@ class HTTP11Connection:
         content_length = self.content_length
         expect = self.expect
         host = self.host
+        forwarded = self.forwarded
         # Reset for the next head here rather than in an on_message_begin callback (one call less per
         # request): parse state of one head is only read until this point.
         self.url = b""
@@ -519,6 +438,7 @@ class HTTP11Connection:
         self.expect = False
         self.host = None
         self.content_type = False
+        self.forwarded = False
         parser = self.parser
         method = self.method
         if method is None:
@@ -527,7 +447,13 @@ class HTTP11Connection:
             self.method = None  # a method llhttp does not know (reads.fallback_head)
         if len(method) + len(url) + 10 > self.limit_line:  # "METHOD SP target SP HTTP/1.1"
             raise self.fail(414, "request line too long")
-        http_version = parser.get_http_version()
+        if self.sole == self.completed + 1 and self.whole.startswith(_HTTP11_LINE_END, len(method) + len(url) + 2):
+            # The first request of a read fed whole: its request line opens the read (where empty lines come
+            # first, the bytes looked at hold the space before the version and do not match). httptools'
+            # get_http_version() formats the string (about 2,000 instructions).
+            http_version = "1.1"
+        else:
+            http_version = parser.get_http_version()
         if http_version != "1.1":
             if http_version != "1.0":
                 # An HTTP/0.9 line (no version) is not HTTP/1.x; a 2.x or later major version is one this
@@ -540,23 +466,9 @@ class HTTP11Connection:
         if url == b"*" and method != b"OPTIONS":
             raise self.fail(400, "asterisk-form is only for OPTIONS")  # RFC 9112 §3.2.4
         if te is not None:
-            # RFC 9112 §6.1: a request with both is an attack or an error (llhttp refuses it too).
-            if content_length >= 0:
-                raise self.fail(400, "both Content-Length and Transfer-Encoding")
-            codings = [coding.strip().lower() for coding in te.split(b",")]
-            # RFC 9112 §6.3 item 4: chunked must be the final coding, else the length is unknowable.
-            if codings[-1] != b"chunked":
-                raise self.fail(400, "chunked is not the final transfer coding")
-            if len(codings) > 1:
-                if b"chunked" in codings[:-1]:
-                    raise self.fail(400, "chunked applied more than once")  # RFC 9112 §6.1
-                # `identity` (RFC 2616's no-op coding) changes nothing; any other is one this server does not
-                # decode (RFC 9112 §6.1: 501).
-                for coding in codings[:-1]:
-                    if coding != b"identity":
-                        raise self.fail(501, "unsupported transfer coding")
-            if http_version == "1.0":
-                raise self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 §6.1
+            problem = transfer_coding_problem(te, content_length, http_version)
+            if problem is not None:
+                raise self.fail(*problem)
             has_body = True
             self.chunks = 0
             if self.sole >= 0:
@@ -585,7 +497,7 @@ class HTTP11Connection:
         # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
         expect_continue = expect and has_body and http_version != "1.0"
         self.request = self.last = request = self.handler.on_request(
-            method, http_version, url, headers, keep_alive, expect_continue, has_body
+            method, http_version, url, headers, keep_alive, expect_continue, has_body, forwarded
         )
         if has_body and parser.should_upgrade() and getattr(request, "upgrade_tail", None) is None:
             if te is not None:
@@ -638,6 +550,7 @@ class HTTP11Connection:
             self.expect = False
             self.host = None
             self.content_type = False
+            self.forwarded = False
         request = self.request
         self.request = None
         self.in_head = True

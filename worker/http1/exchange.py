@@ -9,9 +9,9 @@ what its application got.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["Exchange"]
+__all__ = ["Exchange", "RequestHandler"]
 
 
 class Exchange(Protocol):
@@ -33,3 +33,28 @@ class Exchange(Protocol):
 
     def app_finished(self, task: Any) -> None:
         """Its application instance ended (the pool's done-callback): answer or close for it if needed."""
+
+
+_E = TypeVar("_E", bound=Exchange)
+
+
+class RequestHandler(Protocol[_E]):
+    """What `HTTP11Connection` needs from its owner (the asyncio protocol), for the request objects it makes."""
+
+    def on_request(
+        self,
+        method: bytes,
+        http_version: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool,
+        has_body: bool,
+        forwarded: bool,
+    ) -> _E:
+        """Make the request object for a complete request head (it gets on_body / on_body_complete).
+        `forwarded`: the head has a proxy header (Forwarded, X-Forwarded-For/-Proto/-Host)."""
+
+    def start_request(self, request: _E) -> None:
+        """Start the application for `request`: it is now the active one (called while a read is parsed:
+        the handler may wait until `feed` has returned)."""

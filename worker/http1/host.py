@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from corral.worker.conn.phases import Phase
     from corral.worker.edge.accesslog import AccessLog
     from corral.worker.edge.counters import Counters
-    from corral.worker.http1.connection import Limits
+    from corral.worker.http1.limits import Limits
     from corral.worker.http1.protocol import HttpProtocol
 
 __all__ = ["Connection", "Host", "Logged", "Parked"]
@@ -90,12 +90,23 @@ class Host(Protocol):
     parked: deque[tuple[Connection, Parked, float]]
     stopping: bool
     draining: bool
-    # The rooms above HTTP/1.1 (made on first use): websocket.protocol.WebSocketHub, wsgi.cycle.WsgiDispatcher
+    # The rooms above HTTP/1.1 (made on first use): websocket.protocol.WebSocketHub, wsgi.dispatch.WsgiDispatcher
     # and its environ's server keys.
     websockets: Any
     wsgi: Any
     wsgi_extra: dict[str, Any] | None
+    wsgi_environ: dict[str, Any] | None  # the environ every native WSGI request starts from (a copy)
     protocol_class: type[HttpProtocol]
+    # What requests are made from and with, kept between them.
+    scope_template: dict[str, Any]  # copied by every HTTP/1.1 request's scope
+    client_hosts: dict[str, str]  # clients' address strings, shared by their connections
+    spare_states: deque[Any]  # HTTP/1.1 parser states of no connection (idle connections hold none)
+
+    def begin_soon(self, protocol: HttpProtocol) -> None:
+        """Begin `protocol`'s ready request at the end of this turn of the event loop."""
+
+    def run_request(self, cycle: Any) -> None:
+        """Start the application of `cycle`, its first step at once (raises PoolFull)."""
 
     def start_instance(self, scope_id: Hashable, scope: Scope, receive: Receive, send: Send) -> asyncio.Task[Any]:
         """A new application instance for the request (the pool's limit is the caller's to check)."""

@@ -29,18 +29,46 @@ from corral.worker.http1.cycle import RequestCycle
 from corral.worker.http1.host import Host, Logged
 from corral.worker.websocket.handshake import websocket_request
 
-__all__ = ["HttpProtocol", "decode_path", "service_unavailable"]
+__all__ = ["HttpProtocol", "decode_path", "scope_template", "service_unavailable"]
 
 logger = logging.getLogger("corral.error")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection and drops its queues
+# Byte values for `in` tests on bytes: `b"#" in target` first tries the needle as an integer and formats a
+# TypeError for it (CPython 3.11: about 2,000 instructions, a tenth of them the search), `35 in target` is a memchr.
+_HASH, _PERCENT = ord("#"), ord("%")
+
+#: Parser states a server keeps for the connections that read next (see `HttpProtocol.response_complete`): as
+#: many as it has had requests in progress at once, up to this (about 1.4 KiB each).
+SPARE_STATES = 256
+
+
+def scope_template(root_path: str) -> dict:
+    """The start of every HTTP/1.1 scope of a server (`HttpProtocol.on_request` copies it): every key, in the
+    order the scope always had, with the values most requests keep (None: set for each request)."""
+    return {
+        "type": "http",
+        "asgi": _ASGI,
+        "http_version": "1.1",
+        "server": None,
+        "client": None,
+        "scheme": "http",
+        "method": None,
+        "root_path": root_path,
+        "path": None,
+        "raw_path": None,
+        "query_string": None,
+        "headers": None,
+        "state": None,
+        "extensions": None,
+    }
 
 
 def decode_path(raw_path: bytes) -> str:
     """ASGI `path`: percent-decoded, as UTF-8 (latin-1 when the bytes are not UTF-8)."""
-    if b"%" not in raw_path and raw_path.isascii():
+    if _PERCENT not in raw_path and raw_path.isascii():
         return raw_path.decode("ascii")
     raw = unquote_to_bytes(raw_path)
     try:
@@ -79,6 +107,8 @@ class HttpProtocol(asyncio.Protocol):
         "trusted",
         "extensions",
         "rate",
+        "ready",
+        "served",
         "__weakref__",
     )
 
@@ -99,6 +129,8 @@ class HttpProtocol(asyncio.Protocol):
         # What every request of this connection gets in scope["extensions"] (TLS, PROXY protocol); None: nothing.
         self.extensions: dict | None = None
         self.rate: Any = None  # the clock of a transfer waiting on the client (corral.worker.edge.datarate)
+        self.ready: Any = None  # the request to begin once the read being parsed is (see start_request)
+        self.served = 0  # requests served before the parser state was shelved (see shelve)
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -106,7 +138,7 @@ class HttpProtocol(asyncio.Protocol):
         server = self.server
         self.transport = transport
         self.flow = FlowControl(transport)  # type: ignore[arg-type]  # an asyncio transport is a write transport here
-        self.state = HTTP11Connection(self, server.limits)
+        # No parser state yet: the first bytes take one (data_received), as every idle connection's next request.
         if server.write_limit:
             transport.set_write_buffer_limits(high=server.write_limit)  # type: ignore[attr-defined]  # an asyncio transport is a write transport here
         sockname = self.sockname
@@ -124,10 +156,16 @@ class HttpProtocol(asyncio.Protocol):
             self.sockname = sockname
         if sockname[1] is not None:
             peername = transport.get_extra_info("peername")
-            if type(peername) is tuple:
-                self.client = peername if len(peername) == 2 else peername[:2]
-            elif isinstance(peername, list):
-                self.client = (peername[0], peername[1])
+            if type(peername) is tuple or isinstance(peername, list):
+                # The address string shared by the connections from one host (a proxy's few addresses): one
+                # string less per connection held (bounded: clients vary).
+                hosts = server.client_hosts
+                host = hosts.get(peername[0])
+                if host is None:
+                    host = peername[0]
+                    if len(hosts) < 1024:
+                        hosts[host] = host
+                self.client = (host, peername[1])
         proxy = server.proxy
         trusts = getattr(proxy, "trusts", None) if proxy is not None else None
         if trusts is not None:
@@ -156,18 +194,28 @@ class HttpProtocol(asyncio.Protocol):
             self.since = self.server.tick  # body bytes (or a pipelined head): the body timer restarts
         self.server.counters.bytes_in += len(data)  # metrics: one integer add per read, no more
         state = self.state
+        if state is None:  # idle: a spare parser state, or a new one (see response_complete)
+            spares = self.server.spare_states
+            if spares:
+                state = spares.pop()
+                state.handler = self
+            else:
+                state = HTTP11Connection(self, self.server.limits)
+            state.requests = self.served
+            self.state = state
         try:
             state.feed(data)
         except ProtocolError as error:
             self.protocol_error(error)
-            return
         except Exception:  # nothing a client sends may raise out of the protocol
             logger.exception("Error while handling request bytes")
             self.protocol_error(ProtocolError(400, "internal error"))
-            return
-        if state.pipeline or state.backlog:
-            # A request waits behind the active one: read no further until its turn comes.
-            self.flow.pause_reading(PIPELINE)
+        else:
+            if state.pipeline or state.backlog:
+                # A request waits behind the active one: read no further until its turn comes.
+                self.flow.pause_reading(PIPELINE)
+        if self.ready is not None:
+            self.server.begin_soon(self)
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -201,10 +249,11 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive: bool,
         expect_continue: bool,
         has_body: bool,
+        forwarded: bool = True,
     ) -> RequestCycle:
         server = self.server
         if target[:1] == b"/":
-            if b"#" in target:
+            if _HASH in target:
                 # A fragment is the client's own (RFC 9110 §4.2.4: not sent; RFC 3986 §3.5): llhttp lets it
                 # through in the target, and it must reach neither the path nor the query string.
                 target = target[: target.index(b"#")]
@@ -225,31 +274,35 @@ class HttpProtocol(asyncio.Protocol):
                 authority = host if url.port is None else b"%s:%d" % (host, url.port)
                 headers = [(name, value) for name, value in headers if name != b"host"]
                 headers.append((b"host", authority))
-        scope = {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": http_version,
-            "server": self.sockname,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": _METHODS.get(method) or method.decode("ascii"),
-            "root_path": server.root_path,
-            "path": (
-                raw_path.decode("ascii") if b"%" not in raw_path and raw_path.isascii() else decode_path(raw_path)
-            ),
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": headers,
-            "state": server.lifespan_state.copy(),
-            "extensions": {} if self.extensions is None else self.extensions.copy(),
-        }
+        # The scope: a copy of the server's template (its keys in the ASGI order, what no request changes set),
+        # then this request's values. Copying a dict is a block copy of its table: cheaper than building the
+        # 14 entries one by one (a dict literal hashes and inserts each key).
+        scope = server.scope_template.copy()
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        scope["server"] = self.sockname
+        scope["client"] = self.client
+        if self.scheme != "http":
+            scope["scheme"] = self.scheme
+        scope["method"] = _METHODS.get(method) or method.decode("ascii")
+        scope["path"] = (
+            raw_path.decode("ascii") if _PERCENT not in raw_path and raw_path.isascii() else decode_path(raw_path)
+        )
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = headers
+        state = server.lifespan_state
+        scope["state"] = state.copy() if state else {}
+        scope["extensions"] = {} if self.extensions is None else self.extensions.copy()
         proxy = server.proxy
         if proxy is not None and self.trusted is not False:
             try:
                 if self.trusted is None:
                     proxy.apply(scope)  # a proxy without `trusts` (any object with apply(scope)) decides itself
-                else:
-                    proxy.apply(scope, True)  # trust decided once for the connection
+                elif forwarded:
+                    # Trust decided once for the connection; corral's ProxyHeaders reads only the headers the
+                    # parser noted (`forwarded`): without one there is nothing to apply.
+                    proxy.apply(scope, True)
             except Exception:
                 logger.exception("Could not apply proxy headers")
                 raise self.state.fail(400, "bad proxy headers") from None
@@ -272,19 +325,27 @@ class HttpProtocol(asyncio.Protocol):
         )
 
     def start_request(self, cycle: RequestCycle) -> None:
+        """HTTP11Connection's call for the request that became the active one while it parses a read: begun
+        with the other requests of this turn of the event loop once every read of the turn is parsed
+        (`WorkerServer.begin_soon`), so that what the read holds of its body is there first. An application
+        whose first step finishes it (corral.worker.app.eager: no task is made) then sees a complete request,
+        its response can keep the connection, and the responses of the turn go out together."""
+        self.ready = cycle
+
+    def begin_request(self, cycle: RequestCycle) -> None:
         """Run the application for `cycle`, or park it (FIFO) when the pool is full."""
         server = self.server
         if server.parked and not server.reject_when_full:
             self.park(cycle)  # requests parked earlier go first
             return
         try:
-            server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+            server.run_request(cycle)
         except PoolFull:
             self.pool_full(cycle)
 
     def launch(self, cycle: RequestCycle) -> None:
         try:
-            self.server.start_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+            self.server.run_request(cycle)
         except PoolFull:
             self.pool_full(cycle)
 
@@ -328,7 +389,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         following = state.response_done()
         if following is not None:
-            self.start_request(following)
+            self.begin_request(following)
         if state.backlog and len(state.pipeline) < state.max_pipeline and self.phase != CLOSED:
             # Parsing stopped at the pipelining bound: go on with the bytes already read (this may start
             # the next request, or queue more behind the one just started).
@@ -347,8 +408,51 @@ class HttpProtocol(asyncio.Protocol):
         if self.flow.read_paused:
             self.flow.resume_reading(PIPELINE | BODY)
         # Part of the next head may be here already: then its timer runs, else the keep-alive one.
-        self.phase = HEAD if state.url else IDLE
         self.since = server.tick
+        if state.url:
+            self.phase = HEAD
+            return
+        self.phase = IDLE
+        if len(server.connections) > SPARE_STATES and state.head_parts is None:
+            # Between requests with nothing read ahead, the parser and its state hold nothing of this connection
+            # but the count of requests served: they go to the server's spares, to parse whichever connection
+            # reads next (data_received takes one). Idle keep-alive connections then hold no parser (about
+            # 1.4 KiB each: llhttp's, its bound callbacks, the state machine): a worker holds about as many
+            # as it has requests in progress, not as many as connections. Only past SPARE_STATES connections:
+            # below, the spares could save no more than they hold themselves, and handing the state over
+            # costs a keep-alive request about 1,900 instructions (2.5 %, callgrind). The tick's `shelve`
+            # alone would come too late: a wave of connections allocates a parser each before any has idled.
+            spares = server.spare_states
+            if len(spares) < SPARE_STATES:
+                self.served = state.requests
+                state.handler = None
+                spares.append(state)
+                self.state = None
+
+    def shelve(self) -> None:
+        """Idle a whole tick with a parser of its own (the server's spares were full when its response
+        completed, see response_complete): the parser goes to the spares if there is room now, else it is
+        freed. The next request's first bytes take one again (`data_received`)."""
+        state = self.state
+        if (
+            state is None
+            or self.phase != IDLE
+            or state.active is not None
+            or state.pipeline
+            or state.backlog
+            or state.url
+            or state.head_parts is not None
+            or state.upgraded
+        ):
+            return
+        self.served = state.requests
+        self.state = None
+        spares = self.server.spare_states
+        if len(spares) < SPARE_STATES:
+            state.handler = None
+            spares.append(state)
+        else:
+            state.release()
 
     def log_access(self, cycle: Logged) -> None:
         access_log = self.server.access_log

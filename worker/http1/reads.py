@@ -128,6 +128,7 @@ def replay_chunked(conn: HTTP11Connection, data: bytes, before: int) -> None:
     conn.expect = False
     conn.host = None
     conn.content_type = False
+    conn.forwarded = False
     start = head_end(conn, data, before)
     body = conn.chunked = chunked_body(conn)
     body.skip = conn.body_size

@@ -6,11 +6,12 @@ or on cleartext by the client preface `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n`
 `H2Protocol` (`transport.set_protocol`, as WebSocket does), which is imported only then: a worker that
 never sees an HTTP/2 client never imports the HTTP/2 modules.
 
-A subclass in the server's protocol-class chain (chosen once per server, like worker/health.py's): under
-the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at the
-first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
-(`__class__` assignment; same slots), so that its requests pay nothing here; its reads pay one phase test
-(the event loop keeps the bound `data_received` it took when the connection opened).
+A subclass in the server's protocol-class chain (chosen once per server, like worker/serve/health.py's):
+under the PROXY protocol one (the PROXY header comes first), over the metrics and health ones. It looks at
+the first read only: a connection found to speak HTTP/1.1 then becomes an instance of the class below it
+(`__class__` assignment; same slots), so that its requests pay nothing here, and is handed to its transport
+again (`set_protocol`), so that its reads pay nothing either (the event loop keeps the bound `data_received`
+it took when the connection opened).
 
 HTTP/1.1's `Upgrade: h2c` (RFC 7540 §3.2; `curl --http2 http://...`) is served on cleartext for a request
 without a body: `101 Switching Protocols`, and the request is answered as stream 1 of the HTTP/2 connection.
@@ -109,6 +110,13 @@ def h2_protocol(base: type[HttpProtocol], settings: Settings) -> type[HttpProtoc
         http1.transport.write(SWITCHING)
         switch(http1, b"", (settings_header, cycle.scope))
 
+    def become_http1(http1: Any) -> None:
+        """The connection speaks HTTP/1.1: it becomes a `base`, and its transport is handed it again so that
+        the event loop drops the `data_received` bound at the start (uvloop keeps the bound method): its
+        later reads no longer pass through `H2Detect.data_received`."""
+        http1.__class__ = base
+        http1.transport.set_protocol(http1)
+
     class H2Detect(base):  # type: ignore[valid-type, misc]  # a class per base: mypy takes no variable for one
         # No slot of its own: once a connection is known to speak HTTP/1.1 it becomes a `base` (the same
         # layout), and its later reads and requests cost nothing here. (mypy, which sees no base, would take
@@ -132,7 +140,7 @@ def h2_protocol(base: type[HttpProtocol], settings: Settings) -> type[HttpProtoc
             elif only:
                 self.close()  # a client without h2 (ALPN offers only h2: it normally fails the handshake)
             elif type(self) is H2Detect:
-                self.__class__ = base  # type: ignore[assignment]  # a plain `base` from now on (the same slots)
+                become_http1(self)
 
         def data_received(self, data: bytes) -> None:
             if self.phase != FRESH:  # decided: HTTP/1.1
@@ -157,17 +165,19 @@ def h2_protocol(base: type[HttpProtocol], settings: Settings) -> type[HttpProtoc
                 self.close()
             else:
                 base.data_received(self, data)  # the first requests: an `Upgrade: h2c` among them is seen
-                if type(self) is H2Detect:
-                    self.__class__ = base  # type: ignore[assignment]  # a plain `base` from now on (the same slots)
+                if type(self) is H2Detect and self.phase != CLOSED and self.ready is None:
+                    become_http1(self)  # (a request to begin: begin_request decides, at the end of the turn)
 
-        def start_request(self, cycle: Any) -> None:
+        def begin_request(self, cycle: Any) -> None:
             if type(cycle) is RequestCycle and self.server.ssl_context is None and cycle.scope["headers"]:
                 settings_header = h2c_upgrade(cycle.scope)
                 if settings_header is not None:
-                    # The parser is inside this request's head: switch once it is done with these bytes.
+                    # (begun at the end of the loop's turn, WorkerServer.begin_soon): switch in a callback of its own.
                     asyncio.get_running_loop().call_soon(upgrade, self, cycle, settings_header)
                     return
-            base.start_request(self, cycle)
+            if type(self) is H2Detect:
+                become_http1(self)  # its first request is plain HTTP/1.1
+            base.begin_request(self, cycle)
 
     H2Detect.__name__ = H2Detect.__qualname__ = "H2" + base.__name__
     return H2Detect

@@ -32,8 +32,11 @@ def health_protocol(path: str, base: type[HttpProtocol] = HttpProtocol) -> type[
             keep_alive: bool,
             expect_continue: bool,
             has_body: bool,
+            forwarded: bool = True,
         ) -> Any:
-            cycle = base.on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body)
+            cycle = base.on_request(
+                self, method, http_version, target, headers, keep_alive, expect_continue, has_body, forwarded
+            )
             if type(cycle) is not RequestCycle and cycle.scope["type"] == "http" and cycle.scope["path"] == path:
                 # A native WSGI server makes WsgiCycles: the probe gets an ASGI request object of its own.
                 cycle = RequestCycle(
@@ -41,11 +44,11 @@ def health_protocol(path: str, base: type[HttpProtocol] = HttpProtocol) -> type[
                 )
             return cycle
 
-        def start_request(self, cycle: RequestCycle) -> None:
+        def begin_request(self, cycle: RequestCycle) -> None:
             if type(cycle) is RequestCycle and cycle.scope["path"] == path:
                 self.run_beside(cycle, health_app(self.server))  # a probe every few seconds: no need to keep one
                 return
-            base.start_request(self, cycle)
+            base.begin_request(self, cycle)
 
     HealthProtocol.__name__ = HealthProtocol.__qualname__ = "HealthProtocol"
     return HealthProtocol

@@ -47,14 +47,15 @@ from corral.worker.conn.phases import BUSY, CLOSED, FRESH, HEAD, IDLE, ResponseS
 from corral.worker.edge.counters import Counters, collecting
 from corral.worker.edge.datarate import RateSweep
 from corral.worker.edge.proxy_headers import ProxyHeaders
-from corral.worker.http1.connection import Limits
 from corral.worker.http1.cycle import RequestCycle
 from corral.worker.http1.host import Connection, Parked
-from corral.worker.http1.protocol import HttpProtocol
+from corral.worker.http1.limits import Limits
+from corral.worker.http1.protocol import HttpProtocol, scope_template
 from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol
 from corral.worker.serve.metered import metered_protocol
 from corral.worker.serve.proxied import proxied_protocol
+from corral.worker.serve.trim import Trimmer
 from corral.worker.websocket.protocol import WebSocketCycle
 
 __all__ = ["WorkerServer"]
@@ -119,6 +120,7 @@ class WorkerServer(StatelessServer):
         # --request-timeout and request hooks, None when neither is set.
         self.wsgi: Any = None
         self.wsgi_extra: dict | None = None
+        self.wsgi_environ: dict | None = None  # the environ every native WSGI request starts from (a copy)
         if wsgi:
             from corral.worker.wsgi.protocol import wsgi_setup
 
@@ -134,6 +136,7 @@ class WorkerServer(StatelessServer):
         self.ssl_context = ssl_context
         self.server_cert_pem: str | None = None  # for ASGI's TLS extension, made on first use
         self.root_path: str = settings.root_path
+        self.scope_template: dict = scope_template(self.root_path)  # copied by every HTTP/1.1 request
         self.reject_when_full = settings.pool_full == "503"
         self.limits = Limits.from_settings(settings)  # every connection's HTTP/1.1 limits, built once
         # Set on each connection only when it differs from the event loop's default high-water mark.
@@ -142,6 +145,11 @@ class WorkerServer(StatelessServer):
         self.default_header_bytes: bytes = self.default_headers.headers  # refreshed by the tick
         self.connections: set[Connection] = set()
         self.socknames: dict[Any, tuple] = {}  # a transport's sockname -> its ASGI `server` tuple (shared)
+        self.client_hosts: dict[str, str] = {}  # clients' address strings, shared by their connections
+        # HTTP/1.1 parser states of no connection (HttpProtocol.response_complete); a deque: a list reallocates
+        # its storage when it empties and fills again, a pair of calls per request at its size.
+        self.spare_states: deque[Any] = deque()
+        self.beginning: list[HttpProtocol] = []  # connections with a request to begin this turn (begin_soon)
         self.parked: deque[tuple[Connection, Parked, float]] = deque()  # (.., when parked)
         self.counters = Counters()
         self.loop_lag = 0.0  # how late the last heartbeat woke up: the event loop's lag
@@ -193,6 +201,8 @@ class WorkerServer(StatelessServer):
         loop = self.loop = asyncio.get_running_loop()
         if self.wsgi is not None:
             self.wsgi.loop = loop
+            if self.wsgi.inline is not None:
+                self.wsgi.inline.loop = loop
         self._sockets = list(sockets)
         self._stop = loop.create_future()
         self._force = loop.create_future()
@@ -392,9 +402,53 @@ class WorkerServer(StatelessServer):
         if not parked and not self.pool_full:
             self._set_accepting(True)
 
+    def begin_soon(self, protocol: HttpProtocol) -> None:
+        """Begin `protocol`'s ready request (HttpProtocol.start_request) once this turn of the event loop has
+        read every connection it reads: at its end, with the other requests of the turn.
+
+        Applications that finish at once (corral.worker.app.eager, and WSGI on the loop's thread) then write
+        their responses one after the other, not each between two reads: a response written while the client
+        sleeps wakes it (an interrupt to its core, dear in a virtual machine), responses written together wake
+        it about once. Measured (ASGI hello-world, wrk with 64 connections, one pinned core, 7 interleaved
+        rounds): answered read by read, 22.9 µs of CPU a request and 28,500 requests/s; in turns, 15.9 µs and
+        56,000 (a task per request, as before, gave the same batching: 15.5 µs). WSGI with --threads 1 in
+        turns: 15.6 µs, against 17.1 on the pool's threads. The cost: a loop callback per turn."""
+        beginning = self.beginning
+        beginning.append(protocol)
+        if len(beginning) == 1:
+            (self.loop or asyncio.get_running_loop()).call_soon(self._begin_turn)
+
+    def _begin_turn(self) -> None:
+        beginning, self.beginning = self.beginning, []
+        inline = self.wsgi.inline if self.wsgi is not None else None
+        if inline is not None:
+            inline.batching = True  # WSGI on the loop's thread: the calls after the turn's begins (below)
+        try:
+            for protocol in beginning:
+                cycle = protocol.ready
+                if cycle is not None:
+                    protocol.ready = None
+                    protocol.begin_request(cycle)
+        finally:
+            if inline is not None:
+                inline.batching = False
+        if inline is not None and inline.ready:
+            inline.run()
+
+    def run_request(self, cycle: Any) -> None:
+        """Start the application of `cycle` (an HTTP/1.1 request or a WebSocket; raises PoolFull), its first
+        step at once (corral.worker.app.eager): an application that finished in it is done with here, as
+        `_instance_done` does for one that ran as a task."""
+        task = self.run_instance(cycle, cycle.scope, cycle.receive, cycle.send)
+        if task.done() and (type(cycle) is not RequestCycle or cycle.state != COMPLETE):
+            self._cycle_done(cycle, task)  # (the check inlined: a call less for a complete response)
+
     def _instance_done(self, instance: ApplicationInstance, future: asyncio.Future[Any]) -> None:
         super()._instance_done(instance, future)  # frees the slot, reports a failure
-        cycle = instance.scope_id
+        self._cycle_done(instance.scope_id, future)
+
+    @staticmethod
+    def _cycle_done(cycle: Any, future: asyncio.Future[Any]) -> None:
         if type(cycle) is RequestCycle:
             if cycle.state != COMPLETE:  # the common case: the response is complete, nothing left to do
                 cycle.app_finished(future)
@@ -443,6 +497,7 @@ class WorkerServer(StatelessServer):
         refresh = self.default_headers.refresh
         deadline = self.wsgi.deadline if self.wsgi is not None else None
         rates = self.rates
+        trimmer = Trimmer()
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
@@ -472,6 +527,11 @@ class WorkerServer(StatelessServer):
                 elif phase == IDLE:
                     if tick - protocol.since >= idle_ticks:
                         protocol.close()
+                    elif tick - protocol.since >= 2 and protocol.state is not None:
+                        # Idle a whole tick with a parser of its own (HttpProtocol.shelve).
+                        shelve = getattr(protocol, "shelve", None)
+                        if shelve is not None:
+                            shelve()
                 elif phase == BUSY:
                     request = protocol.state.request
                     if request is None:
@@ -484,6 +544,16 @@ class WorkerServer(StatelessServer):
                         protocol.body_timeout()
             if rates is not None:
                 rates.report()
+            if trimmer.due(len(self.connections)) and not self.stopping:
+                # Many connections are gone (corral.worker.serve.trim): the spare parser states made for them
+                # go (made in the same wave, they would keep its pages in use), a set never shrinks its table,
+                # so it is made again at its size (the stop's drain holds the set: not while stopping), then
+                # the free memory goes back to the system.
+                spares = self.spare_states
+                while spares:
+                    spares.pop().release()
+                self.connections = set(self.connections)
+                trimmer.give_back()
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()

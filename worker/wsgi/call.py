@@ -34,7 +34,7 @@ from corral.shared.wsgi_environ import TooManyHeaders, build_environ
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
 from corral.worker.wsgi.input import ClientDisconnected
 
-__all__ = ["WsgiCall", "FileWrapper", "OUTPUT_WINDOW", "Outbox", "WSGIApp"]
+__all__ = ["WsgiCall", "FileWrapper", "OUTPUT_WINDOW", "ON_LOOP", "Outbox", "WSGIApp"]
 
 error_logger = logging.getLogger("corral.error")
 
@@ -45,8 +45,13 @@ OUTPUT_WINDOW = 256 * 1024
 #: Bodies up to this size are joined with the head into one write; bigger ones follow it.
 _JOIN_LIMIT = 64 * 1024
 
-# What the thread leaves for the loop (`WsgiCall.outcome`).
-RUNNING, DONE, FAILED, SENDFILE = 0, 1, 2, 3
+# What the thread leaves for the loop (`WsgiCall.outcome`). STREAM: an application called on the event loop's
+# thread returned an iterable to stream; a pool thread iterates it (`stream_rest`).
+RUNNING, DONE, FAILED, SENDFILE, STREAM = 0, 1, 2, 3, 4
+
+#: `WsgiCycle.phase` of a request whose application runs on the event loop's thread (--threads 1: see
+#: corral.worker.wsgi.inline): nothing is posted to the loop, and nothing waits for it.
+ON_LOOP = 4
 
 
 class Outbox(Protocol):
@@ -125,10 +130,18 @@ def _encode_headers(headers: Any) -> tuple:
     return encoded
 
 
+_STATUS_CODES: dict[str, int] = {}  # WSGI status lines -> their codes, validated (bounded: reason phrases vary)
+
+
 def _status_code(status: Any) -> int:
-    if type(status) is not str or len(status) < 3 or not status[:3].isdigit() or status[3:4] not in ("", " "):
-        raise RuntimeError(f"WSGI status must be a string like '200 OK', got {status!r}")
-    return int(status[:3])
+    code = _STATUS_CODES.get(status) if type(status) is str else None
+    if code is None:
+        if type(status) is not str or len(status) < 3 or not status[:3].isdigit() or status[3:4] not in ("", " "):
+            raise RuntimeError(f"WSGI status must be a string like '200 OK', got {status!r}")
+        code = int(status[:3])
+        if len(_STATUS_CODES) < 512:
+            _STATUS_CODES[status] = code
+    return code
 
 
 class WsgiCall:
@@ -161,6 +174,7 @@ class WsgiCall:
     nbytes: int
     protocol: Any
     state: int
+    phase: int
 
     # -- the job (what the pool's threads call; see corral.worker.wsgi.threads) -----------------------------------
     def cancel(self) -> bool:  # the pool was closed with this request queued
@@ -183,7 +197,7 @@ class WsgiCall:
             return
         server = self.protocol.server
         try:
-            environ = build_environ(self.scope, self.input, 100, server.wsgi_extra)
+            environ = build_environ(self.scope, self.input, 100, server.wsgi_extra, server.wsgi_environ)
         except TooManyHeaders:
             self.status = 400
             self.chunks.append(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
@@ -210,39 +224,79 @@ class WsgiCall:
             elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:  # type: ignore[arg-type]  # `rtype is FileWrapper`
                 if self._finish_file(span):
                     outcome = SENDFILE  # the loop sends the file, then closes it
+            elif self.phase == ON_LOOP:
+                # The event loop's thread does not iterate: a body produced piece by piece must wait for the
+                # client (backpressure), which would stop the loop. A pool thread iterates it (`stream_rest`).
+                outcome = STREAM
             else:
-                for chunk in result:
-                    if chunk and self._emit(chunk):
-                        break  # Content-Length reached (PEP 3333: stop iterating)
-                self._finish_stream()
+                self._iterate(result)
         except ClientDisconnected:
             outcome = DONE
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the application's error, of any kind: logged (_failed), a 500
             outcome = FAILED
-            if not (self.aborted and isinstance(exc, OSError)):  # a write to a gone client is not a bug
+            self._failed(exc)
+        finally:
+            kind = type(result)
+            if (
+                outcome != SENDFILE
+                and outcome != STREAM
+                and kind is not list
+                and kind is not tuple
+                and not self._closed(result)
+            ):
+                outcome = FAILED
+        if outcome == SENDFILE or outcome == STREAM:
+            self.result = result
+        self._post(outcome)
+
+    def stream_rest(self) -> None:
+        """Iterate the body of an application called on the loop's thread (outcome STREAM), on a pool thread."""
+        result, self.result = self.result, None
+        outcome = DONE
+        try:
+            self._iterate(result)
+        except ClientDisconnected:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - the application's error, of any kind: logged (_failed), a 500
+            outcome = FAILED
+            self._failed(exc)
+        finally:
+            if not self._closed(result):
+                outcome = FAILED
+        self._post(outcome)
+
+    def _iterate(self, result: Iterable[bytes]) -> None:
+        for chunk in result:
+            if chunk and self._emit(chunk):
+                break  # Content-Length reached (PEP 3333: stop iterating)
+        self._finish_stream()
+
+    def _failed(self, exc: BaseException) -> None:
+        if not (self.aborted and isinstance(exc, OSError)):  # a write to a gone client is not a bug
+            error_logger.error(
+                "Exception in WSGI application (%s %s)",
+                self.scope["method"],
+                self.scope["path"],
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    def _closed(self, result: Any) -> bool:
+        """Call the response iterable's close(), if it has one (not a list's); False when close() raised."""
+        if result is None or type(result) is list or type(result) is tuple:
+            return True
+        close = getattr(result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BaseException as exc:
                 error_logger.error(
-                    "Exception in WSGI application (%s %s)",
+                    "Exception in close() of a WSGI response (%s %s)",
                     self.scope["method"],
                     self.scope["path"],
                     exc_info=(type(exc), exc, exc.__traceback__),
                 )
-        finally:
-            if outcome != SENDFILE and result is not None and type(result) is not list and type(result) is not tuple:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except BaseException as exc:
-                        outcome = FAILED
-                        error_logger.error(
-                            "Exception in close() of a WSGI response (%s %s)",
-                            self.scope["method"],
-                            self.scope["path"],
-                            exc_info=(type(exc), exc, exc.__traceback__),
-                        )
-        if outcome == SENDFILE:
-            self.result = result
-        self._post(outcome)
+                return False
+        return True
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
         """PEP 3333 start_response; returns `write`."""
@@ -369,7 +423,7 @@ class WsgiCall:
             self.posted = True
         if post:
             outbox.post(self)
-        if self.pending > OUTPUT_WINDOW:
+        if self.pending > OUTPUT_WINDOW and self.phase != ON_LOOP:  # (on the loop's thread: see ON_LOOP)
             if self.protocol.flow.write_paused:
                 # The client is behind (the transport is full): the wait is on it, and another request may
                 # have this thread's place meanwhile (a flood of clients that do not read cannot hold them all).
@@ -444,6 +498,9 @@ class WsgiCall:
         return True
 
     def _post(self, outcome: int) -> None:
+        if self.phase == ON_LOOP:  # the loop writes the output once the call has returned (inline.py)
+            self.outcome = outcome
+            return
         if outcome == DONE and self._write_direct():
             return
         outbox = self.outbox

@@ -4,7 +4,7 @@
 protocol starts, parks and completes it) but calls the WSGI application directly, on a thread of the
 worker's pool, without the ASGI adapter: no scope -> messages -> environ round trip, one hand-off each way.
 
-Request bodies (issue 14): a body up to `wsgi_body_buffer` bytes is read whole on the event loop before
+Request bodies: a body up to `wsgi_body_buffer` bytes is read whole on the event loop before
 the application is given a thread, as a buffering proxy would (nginx does the same in front of gunicorn):
 a client that stalls mid-upload holds an instance slot, never a thread. A larger body is streamed
 (`corral.worker.wsgi.input.StreamInput`) once that many bytes have come. `Expect: 100-continue` is answered
@@ -20,14 +20,13 @@ response is complete.
 from __future__ import annotations
 
 import asyncio
-import io
+import contextvars
 import logging
 import os
 import socket
 import threading
 import time
-import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.app.pool import ApplicationInstance
 from corral.worker.conn.phases import BODY, CLOSED
@@ -35,140 +34,25 @@ from corral.worker.edge.deadline import TIMEOUT_BODY
 from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, response_head
 from corral.worker.http1.cycle import cork
 from corral.worker.http1.protocol import HttpProtocol
-from corral.worker.wsgi.call import FAILED, RUNNING, SENDFILE, WsgiCall
+from corral.worker.wsgi.call import DONE, FAILED, ON_LOOP, RUNNING, SENDFILE, STREAM, WsgiCall
+from corral.worker.wsgi.inline import StreamRest
 from corral.worker.wsgi.input import StreamInput
-from corral.worker.wsgi.threads import WorkerThreads
 
-__all__ = ["WsgiCycle", "WsgiDispatcher"]
+if TYPE_CHECKING:
+    from corral.worker.wsgi.dispatch import WsgiDispatcher
+
+__all__ = ["WsgiCycle"]
 
 error_logger = logging.getLogger("corral.error")
 
 _CLOSED = CLOSED
+_set_running_loop = asyncio.events._set_running_loop
 
-# Loop-side phases. _EXPIRED: past --request-timeout, answered (or cut) while the thread still runs.
+# Loop-side phases. _EXPIRED: past --request-timeout, answered (or cut) while the thread still runs. ON_LOOP:
+# queued for, or running on, the event loop's thread (--threads 1, corral.worker.wsgi.inline).
 _WAITING, _QUEUED, _DONE, _EXPIRED = 0, 1, 2, 3
 _TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
 _SENDFILE_STEP = 1 << 20
-# The alternatives bench/wsgi_dispatch.py measures against the pool (not a setting: see docs/benchmarks.md,
-# "How a request reaches its thread", for the figures): "inline" runs the application on the event loop,
-# "connection" gives each connection a thread of its own (gunicorn gthread's model).
-_DISPATCH = os.environ.get("BENCH_WSGI_DISPATCH", "pool")
-
-
-class WsgiDispatcher:
-    """The worker's WSGI hand-offs: requests to the threads, finished output back to the loop.
-
-    Threads `post()` requests that have output; the loop is woken once per batch (`call_soon_threadsafe`
-    only when the batch was empty), then `drain()` writes every posted request's output.
-    """
-
-    __slots__ = (
-        "app",
-        "loop",
-        "threads",
-        "lock",
-        "items",
-        "scheduled",
-        "body_buffer",
-        "per_connection",
-        "lazy",
-        "body_input",
-        "deadline",
-        "hooks",
-    )
-
-    def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
-        self.app = app
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.threads = threads
-        self.lock = threading.Lock()
-        self.items: list[WsgiCycle] = []
-        self.scheduled = False
-        self.body_buffer = body_buffer
-        self.per_connection: Any = None
-        self.lazy: list[WsgiCycle] = []  # responses written by their thread, to complete on the loop
-        # --request-timeout and the pre_request/post_request hooks (corral.worker.wsgi.layers): None when off.
-        self.deadline: Any = None
-        self.hooks: Any = None
-        self.body_input: Any = io.BytesIO  # wsgi.input of a pre-read body (one that can expire under a deadline)
-
-    def submit(self, cycle: WsgiCycle) -> None:
-        if _DISPATCH != "pool":
-            self._submit_alternative(cycle)
-            return
-        self.threads.submit(cycle)
-
-    def _submit_alternative(self, cycle: WsgiCycle) -> None:
-        if _DISPATCH == "inline":
-            cycle.run()
-            return
-        if self.per_connection is None:
-            self.per_connection = weakref.WeakKeyDictionary()
-        threads = self.per_connection.get(cycle.protocol)
-        if threads is None:
-            threads = self.per_connection[cycle.protocol] = WorkerThreads(1)
-            weakref.finalize(cycle.protocol, threads.close)
-        threads.submit(cycle)
-
-    def post(self, cycle: WsgiCall) -> None:  # any thread
-        with self.lock:
-            self.items.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
-            wake = not self.scheduled
-            self.scheduled = True
-        if wake:
-            try:
-                self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
-            except RuntimeError:
-                pass  # the loop is closed: the worker is gone
-
-    def complete_later(self, cycle: WsgiCall) -> None:  # a pool thread, after writing the response itself
-        with self.lock:
-            self.lazy.append(cycle)  # type: ignore[arg-type]  # a WsgiCall here is always this module's WsgiCycle
-        # The loop completes it at its next wake-up (the next request's bytes, at the latest the tick).
-        # Wake it now when something waits for this completion: a pipelined request (the protocol looks
-        # at `lazy` after queueing one: one of the two sides sees the other), a parked one, a closed
-        # connection, a stopping server, an error response waiting behind this one.
-        protocol = cycle.protocol
-        state = protocol.state
-        server = protocol.server
-        if (
-            (state is not None and state.pipeline)
-            or server.parked
-            or server.stopping
-            or protocol.phase == _CLOSED
-            or protocol.pending_error is not None
-        ):
-            with self.lock:
-                wake = not self.scheduled
-                self.scheduled = True
-            if wake:
-                try:
-                    self.loop.call_soon_threadsafe(self.drain)  # type: ignore[union-attr]  # set when the server starts, before any request
-                except RuntimeError:
-                    pass
-
-    def client_wait(self) -> Any:
-        """A context around a pool thread's wait on its client (WorkerThreads.client_wait)."""
-        return self.threads.client_wait()
-
-    def drain_lazy(self) -> None:
-        with self.lock:
-            lazy, self.lazy = self.lazy, []
-        for cycle in lazy:
-            cycle.complete_written()
-
-    def drain(self) -> None:
-        if self.lazy:
-            self.drain_lazy()
-        with self.lock:
-            items, self.items = self.items, []
-            self.scheduled = False
-        for cycle in items:
-            try:
-                cycle.flush()
-            except Exception:
-                error_logger.exception("Error while writing a WSGI response")
-                cycle.abandon()
 
 
 class WsgiCycle(WsgiCall):
@@ -238,14 +122,9 @@ class WsgiCycle(WsgiCall):
         instances = server.application_instances
         if len(instances) >= server.max_applications:
             server._make_room()  # raises PoolFull (the server backpressures)
-        loop = server.loop or asyncio.get_running_loop()  # (the latter costs a getpid() system call)
-        future = self.instance_future = loop.create_future()
-        # No done-callback on the future: `_resolve` releases the slot at once (a callback would cost a
-        # loop iteration per request). A future cancelled by the server's shutdown is released there too.
-        instance = self.instance = ApplicationInstance(server, self, self.scope, None, future, time.monotonic())
-        instances[self] = instance
-        if len(instances) >= server.max_applications:
-            server._full = True
+        if self.body_complete and self.outbox.inline is not None and self._on_loop():
+            return  # runs on the loop's thread once the read is parsed: done before anything else, no slot taken
+        self._take_slot(server)
         if self.body_complete:
             self._queue()
             return
@@ -258,6 +137,17 @@ class WsgiCycle(WsgiCall):
         if self.body_size > self.outbox.body_buffer:
             self._stream()
 
+    def _take_slot(self, server: Any) -> None:
+        instances = server.application_instances
+        loop = server.loop or asyncio.get_running_loop()  # (the latter costs a getpid() system call)
+        future = self.instance_future = loop.create_future()
+        # No done-callback on the future: `_resolve` releases the slot at once (a callback would cost a
+        # loop iteration per request). A future cancelled by the server's shutdown is released there too.
+        instance = self.instance = ApplicationInstance(server, self, self.scope, None, future, time.monotonic())
+        instances[self] = instance
+        if len(instances) >= server.max_applications:
+            server._full = True
+
     def _declared_length(self) -> int:
         for name, value in self.scope["headers"]:
             if name == b"content-length":
@@ -269,6 +159,8 @@ class WsgiCycle(WsgiCall):
             self.protocol.transport.write(CONTINUE_RESPONSE)
 
     def _queue(self) -> None:
+        if self.outbox.inline is not None and self._on_loop():
+            return
         self.phase = _QUEUED
         protocol = self.protocol
         protocol.out_busy = True
@@ -286,6 +178,57 @@ class WsgiCycle(WsgiCall):
             )
             self.body = None
         self.outbox.submit(self)
+
+    def _on_loop(self) -> bool:
+        """--threads 1: queue this request to run on the loop's thread, unless it streams its body or the pool's
+        thread is busy (corral.worker.wsgi.inline); False when it goes to the pool."""
+        dispatcher = self.outbox
+        if self.input is not None or not dispatcher.threads.all_idle():
+            return False
+        self.phase = ON_LOOP
+        body = self.body
+        if body is None:
+            self.input = dispatcher.body_input(b"")
+        else:
+            self.input = dispatcher.body_input(body[0] if len(body) == 1 else b"".join(body))
+            self.body = None
+        self.posted = True  # a write() of the application posts nothing: the loop writes once the call returns
+        dispatcher.inline.queue(self)  # type: ignore[union-attr]
+        return True
+
+    def run_here(self) -> None:
+        """Call the application of a request queued by `_on_loop`, on the loop's thread with the loop hidden
+        from it (corral.worker.wsgi.inline), then write its response or hand the body it streams to the pool's
+        thread."""
+        loop = self.outbox.loop
+        context = contextvars.Context()  # a fresh context per request, as on a pool thread
+        _set_running_loop(None)
+        try:
+            context.run(self._run)
+        except BaseException:  # _run reports the application's errors: this would be a bug of ours
+            error_logger.exception("WSGI request failed in the server")
+            self._post(FAILED)
+        finally:
+            _set_running_loop(loop)
+        self.posted = False
+        self.phase = _QUEUED
+        outcome = self.outcome
+        chunks = self.chunks
+        if outcome == DONE and self.keep_alive and len(chunks) == 1 and not self.disconnected:
+            # The common case, as `WsgiCall._write_direct` on a pool thread: one buffer, the connection kept.
+            self.state = 2
+            self.protocol.transport.write(chunks[0])
+            chunks.clear()
+            self._respond_done()
+        elif outcome == STREAM:
+            # The body goes on on the pool's thread, for as long as the client takes: it holds a slot meanwhile
+            # (one over the limit at worst: the call has already run).
+            self.outcome = RUNNING
+            if self.instance is None:
+                self._take_slot(self.protocol.server)
+            self.outbox.threads.submit(StreamRest(self, context))
+        else:
+            self.flush()
 
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
@@ -459,7 +402,8 @@ class WsgiCycle(WsgiCall):
         protocol.out_busy = False
         if protocol.phase == _CLOSED:
             protocol.close_out_fd()
-        self._release_slot()
+        if self.instance is not None:
+            self._release_slot()
         self.input = None
 
     def _release_slot(self) -> None:

@@ -30,7 +30,7 @@ from corral.worker.app.hooks import (
     hook_arity,
 )
 from corral.worker.edge.deadline import TIMEOUT_BODY, TIMEOUT_RESPONSE, StuckThreads
-from corral.worker.wsgi.call import FAILED
+from corral.worker.wsgi.call import FAILED, STREAM
 from corral.worker.wsgi.cycle import WsgiCycle
 
 __all__ = ["WsgiDeadline", "WsgiHooks", "HookedWsgiCycle", "WsgiLayers", "wsgi_layers"]
@@ -103,7 +103,24 @@ class HookedWsgiCycle(WsgiCycle):
             call_pre_request(hooks.pre, hooks.worker, request)
         WsgiCycle._respond(self, environ)  # returns once the response is posted (or written)
         if hooks.post is not None:
+            if self.outcome == STREAM:
+                # Called on the loop's thread (--threads 1), the body to stream: post_request once it is sent.
+                self.result = _Streamed(self.result, request, environ)
+                return
             call_post_request(hooks.post, hooks.post_arity, hooks.worker, request, environ, self._hook_response())
+
+    def stream_rest(self) -> None:
+        streamed = self.result
+        if type(streamed) is not _Streamed:
+            WsgiCycle.stream_rest(self)
+            return
+        self.result = streamed.result
+        WsgiCycle.stream_rest(self)
+        hooks: WsgiHooks = self.outbox.hooks
+        if hooks.post is not None:
+            call_post_request(
+                hooks.post, hooks.post_arity, hooks.worker, streamed.request, streamed.environ, self._hook_response()
+            )
 
     def _hook_response(self) -> HookResponse:
         """What the client got: the app's response, the server's 500 for an app that failed before its head,
@@ -120,6 +137,17 @@ class HookedWsgiCycle(WsgiCycle):
             response.raw_headers = self.headers
             response.sent = self.nbytes
         return response
+
+
+class _Streamed:
+    """A response body to stream after its application call, with what post_request is then called with."""
+
+    __slots__ = ("result", "request", "environ")
+
+    def __init__(self, result: Any, request: HookRequest, environ: dict) -> None:
+        self.result = result
+        self.request = request
+        self.environ = environ
 
 
 class WsgiLayers:

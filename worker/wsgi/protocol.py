@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from corral.shared.wsgi_environ import environ_template
 from corral.worker.app.pool import PoolFull
 from corral.worker.http1.host import Host
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
-from corral.worker.wsgi.cycle import WsgiCycle, WsgiDispatcher
+from corral.worker.wsgi.cycle import WsgiCycle
+from corral.worker.wsgi.dispatch import WsgiDispatcher
+from corral.worker.wsgi.inline import InlineRunner
 from corral.worker.wsgi.input import ExpiringInput
 from corral.worker.wsgi.layers import HookedWsgiCycle, WsgiLayers
 from corral.worker.wsgi.threads import WorkerThreads
@@ -56,6 +59,13 @@ class WsgiHttpProtocol(HttpProtocol):
         if not self.out_busy:
             self.close_out_fd()
 
+    def shelve(self) -> None:
+        """HttpProtocol's, and the socket's dup goes too (a descriptor per idle connection): the next request
+        that runs on a pool thread makes another."""
+        super().shelve()
+        if self.state is None and not self.out_busy:
+            self.close_out_fd()
+
     def close_out_fd(self) -> None:
         fd, self.out_fd = self.out_fd, -1
         if fd >= 0:
@@ -75,7 +85,7 @@ class WsgiHttpProtocol(HttpProtocol):
         if wsgi.lazy:
             wsgi.drain_lazy()  # a response written meanwhile frees a slot: the parked request starts
 
-    def start_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
+    def begin_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
         server = self.server
         if server.parked and not server.reject_when_full:
             self.park(cycle)  # requests parked earlier go first
@@ -115,7 +125,10 @@ def wsgi_setup(server: Host, app: Any, settings: Settings, layers: WsgiLayers | 
     """Make `server` (a WorkerServer) serve `app` as a native WSGI application on `settings.threads`
     threads of its own; `layers`: --request-timeout and the request hooks, when set."""
     wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
+    if settings.threads == 1 and (layers is None or layers.deadline is None):
+        wsgi.inline = InlineRunner()  # the application on the loop's thread, as gunicorn's sync worker runs it
     server.wsgi_extra = {"wsgi.file_wrapper": FileWrapper}
+    server.wsgi_environ = environ_template(settings.root_path, server.wsgi_extra)  # copied by every request
     server.protocol_class = WsgiHttpProtocol
     if layers is not None:
         if layers.deadline is not None:

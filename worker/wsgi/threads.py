@@ -70,6 +70,10 @@ class WorkerThreads:
         if len(self.idle) + self.stuck + self.aside >= len(self.threads):
             self.wake()  # nobody is awake (an awake thread looks at the deque again before it sleeps)
 
+    def all_idle(self) -> bool:
+        """Nothing queued, and every thread started (none yet, maybe) asleep: no request is running here."""
+        return not self.jobs and len(self.idle) == len(self.threads)
+
     def nudge(self) -> None:
         """Called every tick: when the request first in the queue was already first at the last tick (the
         awake threads are all in slow requests), wake a sleeping thread for it. Only then: under load the

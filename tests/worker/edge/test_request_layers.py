@@ -107,3 +107,38 @@ def test_deadline_recycles_once_stuck_wsgi_threads_fill_the_pool():
             assert recycled == [True]  # asked once
     finally:
         release.set()
+
+
+def test_deadline_answers_even_an_app_that_ignores_its_cancellation():
+    """The 504 goes out at the deadline, before the app is cancelled: one that swallows the cancellation
+    and goes on does not hold it back (its later sends go nowhere)."""
+    finished = threading.Event()
+
+    async def stubborn(scope, receive, send):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # ignores it for a while, then tries to answer
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"too late"})
+            finished.set()
+
+    app = wrap_deadline(stubborn, stubborn, 0.2, 10, lambda: None)
+    with run_server(app) as (host, port, _), Client(host, port) as client:
+        response = client.get()
+        assert response.status == 504
+        assert not finished.is_set()  # answered while the app still ran
+        assert finished.wait(WAIT)
+
+
+def test_deadline_leaves_requests_in_time_alone():
+    async def waits_a_little(scope, receive, send):
+        await asyncio.sleep(0.01)
+        await ok_app(scope, receive, send)
+
+    for inner in (ok_app, waits_a_little):  # finished in its first step, and as a task
+        app = wrap_deadline(inner, inner, 5.0, 10, lambda: None)
+        with run_server(app) as (host, port, _), Client(host, port) as client:
+            for _ in range(3):
+                response = client.get()
+                assert response.status == 201 and response.body == b"hello"

@@ -34,7 +34,7 @@ class Handler:
         self.made = []
         self.started = []
 
-    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body):
+    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body, forwarded):
         request = Request(
             method=method,
             version=http_version,

@@ -13,7 +13,8 @@ import json
 import pytest
 
 from corral.shared.settings import Settings
-from corral.worker.http1.connection import HTTP11Connection, Limits, ProtocolError
+from corral.worker.http1.connection import HTTP11Connection, ProtocolError
+from corral.worker.http1.limits import Limits
 from worker_http_helpers import Client, run_server, settings
 
 
@@ -35,7 +36,7 @@ class Handler:
     def __init__(self) -> None:
         self.made: list[Request] = []
 
-    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body):
+    def on_request(self, method, http_version, target, headers, keep_alive, expect_continue, has_body, forwarded):
         request = Request(method, target)
         self.made.append(request)
         return request

@@ -54,7 +54,7 @@ def test_header_block_too_large_is_431():
 def test_zero_limits_are_gunicorns_unlimited_up_to_a_bound():
     """--limit-request-line 0 / --limit-request-field_size 0 (gunicorn's "unlimited", used to allow long
     URLs): a 20 KB URL and a 20 KB header are served; the head stays bounded (1 MiB each)."""
-    from corral.worker.http1.connection import UNLIMITED_HEAD_BYTES
+    from corral.worker.http1.limits import UNLIMITED_HEAD_BYTES
 
     zero = settings(limit_request_line=0, limit_request_field_size=0)
     with run_server(app, zero) as (host, port, _), Client(host, port) as client:

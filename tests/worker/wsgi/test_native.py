@@ -14,10 +14,14 @@ import pytest
 from corral.shared.wsgi import WsgiToAsgi
 from corral.worker.edge.proxy_headers import make_proxy_headers
 from worker_http_helpers import WAIT, Client, call_in_loop, run_server, settings, wait_until
+from wsgi_modes import with_mode
+
+# Every test here runs twice: on the pool's threads and with --threads 1 (tests/worker/wsgi_modes.py).
+pytestmark = pytest.mark.usefixtures("thread_mode")
 
 
 def serve(app, **values):
-    return run_server(app, settings(**values), wsgi=True)
+    return run_server(app, settings(**with_mode(values)), wsgi=True)
 
 
 def hello(environ, start_response):
@@ -48,6 +52,7 @@ def _environ_of(run, request: bytes, **values) -> dict:
 
 
 def _native(app, **values):
+    values = with_mode(values)
     return run_server(app, settings(**values), wsgi=True, proxy=make_proxy_headers(settings(**values)))
 
 
@@ -209,7 +214,9 @@ def test_pool_full_parks_wsgi_requests():
         start_response("200 OK", [])
         return [environ["PATH_INFO"].encode()]
 
-    with serve(app, max_applications=1) as (host, port, server):
+    # Threads of the pool: with --threads 1 the blocked application holds up the event loop, which then reads
+    # (and parks) nothing more until it returns (test_inline.py).
+    with serve(app, max_applications=1, threads=2) as (host, port, server):
         first, second = Client(host, port), Client(host, port)
         first.send(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert entered.acquire(timeout=WAIT)
@@ -229,7 +236,7 @@ def test_pool_full_503():
         start_response("200 OK", [])
         return [b"ok"]
 
-    with serve(app, max_applications=1, pool_full="503") as (host, port, server):
+    with serve(app, max_applications=1, pool_full="503", threads=2) as (host, port, server):  # (as above)
         first = Client(host, port)
         first.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         wait_until(lambda: server.application_instances, what="the first request to run")

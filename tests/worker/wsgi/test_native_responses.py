@@ -10,12 +10,18 @@ import socket
 import sys
 import threading
 
+import pytest
+
 from corral.worker.wsgi.call import OUTPUT_WINDOW
 from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
+from wsgi_modes import with_mode
+
+# Every test here runs twice: on the pool's threads and with --threads 1 (tests/worker/wsgi_modes.py).
+pytestmark = pytest.mark.usefixtures("thread_mode")
 
 
 def serve(app, **values):
-    return run_server(app, settings(**values), wsgi=True)
+    return run_server(app, settings(**with_mode(values)), wsgi=True)
 
 
 def hello(environ, start_response):

@@ -4,5 +4,5 @@
 
 cdef class HttpProtocol:
     cdef public object server, transport, flow, state, client, sockname, scheme, phase, since
-    cdef public object pending_error, trusted, extensions, rate
+    cdef public object pending_error, trusted, extensions, rate, ready, served
     cdef object __weakref__

@@ -3,7 +3,3 @@ from corral.worker.wsgi.call cimport WsgiCall
 
 cdef class WsgiCycle(WsgiCall):
     pass
-
-cdef class WsgiDispatcher:
-    cdef public object app, loop, threads, lock, items, scheduled, body_buffer, per_connection, lazy
-    cdef public object body_input, deadline, hooks

@@ -1,0 +1,84 @@
+"""`--threads 1`: the WSGI application called on the worker's own thread, as gunicorn's sync worker calls it.
+
+With one pool thread there is no concurrency to gain from a hand-off, only its cost: waking the thread, the
+GIL passing to it and back, the loop woken to complete the response (bench/wsgi_dispatch.py). So a request
+whose body is read whole (`--wsgi-body-buffer`, nearly every request) is run on the event loop's thread once
+the read that completed it is parsed: the environ, the call, the framing and the write, one after the other.
+
+What that means, as on gunicorn's sync worker: while the application runs, the worker does nothing else - no
+other connection is read or answered, no timer fires. A slow application holds up the worker's other
+clients, and one that runs past the worker's watchdog (`--timeout`) has its worker replaced. `--request-timeout`
+needs the loop to keep running, so with it the pool thread runs requests as before.
+
+The event loop is hidden from the application while it runs (`asyncio.get_running_loop()` raises, as on a
+pool thread): Django's ORM refuses to run where a loop runs (`SynchronousOnlyOperation`), and asgiref's
+`async_to_sync` starts a loop of its own. Requests the loop's thread does not take go to the pool's one thread,
+and while that thread is busy every request goes there, in order, so that one application call runs at a
+time: a request with a body above `--wsgi-body-buffer` (the application reads it as it comes), and the body
+of a response the application streams (any iterable but a list, a tuple or Django's in-memory response: the
+loop cannot wait for a slow client), which the thread iterates once the call has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from typing import Any
+
+from corral.worker.wsgi.call import FAILED
+
+__all__ = ["InlineRunner", "StreamRest"]
+
+error_logger = logging.getLogger("corral.error")
+
+
+class InlineRunner:
+    """The requests a native WSGI worker with one thread runs on its event loop's thread, in order.
+
+    A request is queued (`queue`) when its body is complete. The queue is run (`run`) at the end of the turn
+    of the event loop that began its requests (`WorkerServer.begin_soon`: every read of the turn parsed
+    first, the responses written together), or from a loop callback for a request that became ready
+    elsewhere (its body's last bytes, parsed in a later read; a parked request given a slot)."""
+
+    __slots__ = ("loop", "ready", "batching", "scheduled")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready: deque[Any] = deque()
+        self.batching = False  # the server is beginning a turn's requests: it runs the queue after them
+        self.scheduled = False
+
+    def queue(self, cycle: Any) -> None:
+        self.ready.append(cycle)
+        if not self.batching and not self.scheduled and self.loop is not None:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        ready = self.ready
+        while ready:  # (a response completed here may queue the next request: it runs in this loop)
+            ready.popleft().run_here()
+
+
+class StreamRest:
+    """The pool job that iterates a streamed body after an application call on the loop's thread
+    (`WsgiCycle.run_here`), in the context that call ran in."""
+
+    __slots__ = ("cycle", "context")
+
+    def __init__(self, cycle: Any, context: contextvars.Context) -> None:
+        self.cycle = cycle
+        self.context = context
+
+    def run(self) -> None:
+        try:
+            self.context.run(self.cycle.stream_rest)
+        except BaseException:
+            error_logger.exception("WSGI request failed in the server")
+            self.cycle._post(FAILED)
+
+    def cancel(self) -> bool:
+        return self.cycle.cancel()
