@@ -163,6 +163,13 @@ class RequestDeadline(StuckThreads):
         if guard.complete:  # finished as the deadline passed
             return
         guard.expired = True
+        self._log_expired(scope, guard)
+        if not guard.started:
+            asyncio.get_running_loop().create_task(_answer(send))
+        if task is not None:
+            task.cancel()
+
+    def _log_expired(self, scope: dict, guard: _Guard) -> None:
         logger.warning(
             "Request %s %s timed out after %gs (--request-timeout)%s",
             scope.get("method"),
@@ -170,10 +177,6 @@ class RequestDeadline(StuckThreads):
             self.timeout,
             "" if guard.started else ": answered 504",
         )
-        if not guard.started:
-            asyncio.get_running_loop().create_task(_answer(send))
-        if task is not None:
-            task.cancel()
 
     async def _bridged(self, scope: dict, receive: Callable, send: Callable) -> None:
         """A WSGI app through the ASGI adapter: its thread cannot be stopped, so it runs in a task of its own,
@@ -192,13 +195,7 @@ class RequestDeadline(StuckThreads):
             await asyncio.wait((task,))
             return
         guard.expired = True
-        logger.warning(
-            "Request %s %s timed out after %gs (--request-timeout)%s",
-            scope.get("method"),
-            scope.get("path"),
-            self.timeout,
-            "" if guard.started else ": answered 504",
-        )
+        self._log_expired(scope, guard)
         if not guard.started:
             for message in TIMEOUT_RESPONSE:
                 await send(message)
