@@ -52,7 +52,9 @@ def start(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> as
 
 
 def _start_native(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
-    if loop.get_task_factory() is not None:
+    # As by hand below: from inside a running task (the next pipelined request, begun by the response before
+    # it) a plain task, so that requests never nest one inside another's first step.
+    if asyncio.current_task(loop) is not None or loop.get_task_factory() is not None:
         return loop.create_task(coro)
     return Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
 
@@ -173,7 +175,11 @@ def _start_by_hand(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, An
     return _reschedule(task, coro, loop, context)
 
 
-if sys.version_info >= (3, 12):
+#: The interpreter's own eager start: a first step that raises (or is cancelled) leaves its task done at once,
+#: where the start by hand hands it to a scheduled task (the caller reports it: StatelessServer.run_instance).
+NATIVE = sys.version_info >= (3, 12)
+
+if NATIVE:
     start = _start_native
 elif sys.version_info >= (3, 11) and getattr(Task, "__module__", "") == "_asyncio":
     # The C Task: initialised again in place (its __init__ clears what it set before), `_callbacks`,

@@ -263,6 +263,10 @@ class StatelessServer:
             app(scope, receive, send),  # type: ignore[arg-type]  # an ASGI 3 call returns a coroutine
         )
         if task.done():
+            if eager.NATIVE and not task.cancelled() and (exception := task.exception()) is not None:
+                # Python 3.12+: the first step raised and its task is done already (3.11's start by hand gives
+                # it a scheduled task, which the pool reports as any failed instance): reported here.
+                self._log_failure(exception, ApplicationInstance(self, scope_id, scope, None, task, time.monotonic()))
             return task
         instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
         instances[scope_id] = instance
