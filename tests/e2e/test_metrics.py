@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import sys
 import textwrap
 import threading
@@ -24,7 +23,9 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # bench
 import promtext  # tests/promtext.py: the strict reading of a /metrics page
+from bench.replay import StatsdListener as _BenchStatsdListener
 from serve_harness import LIFESPAN, WAIT, Master, free_port, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -170,39 +171,23 @@ class Monotonic:
         return samples
 
 
-class StatsdListener:
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.lines: list[str] = []
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+class StatsdListener(_BenchStatsdListener):
+    """bench.replay's UDP listener, read as statsd lines."""
 
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.lines.extend(data.decode().splitlines())
+    @property
+    def lines(self) -> list[str]:
+        return [line for datagram in list(self.datagrams) for line in datagram.splitlines()]
 
     def counter(self, name: str) -> int:
         total = 0
-        for line in list(self.lines):
+        for line in self.lines:
             metric, _, rest = line.partition(":")
             if metric == name and "|c" in rest:
                 total += int(rest.split("|")[0])
         return total
 
     def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(WAIT)
-        self.sock.close()
+        self.close()
 
 
 @pytest.fixture
