@@ -283,16 +283,21 @@ def stopping(server) -> bool:
     return call_in_loop(server, lambda: server.stopping)
 
 
+def assert_last_post_served(client) -> None:
+    """The POST in flight is answered, as the connection's last response: `connection: close`, then closed."""
+    response = client.response()
+    assert (response.status, response.body) == (200, b"/post")
+    assert response.header("connection") == "close"
+    assert client.closed()
+
+
 def test_graceful_stop_serves_a_request_already_in_an_idle_connections_buffer():
     """An idle keep-alive connection whose next request is in the socket buffer when the stop begins."""
     with run_server(ok_app, graceful_exit=True) as (host, port, server), Client(host, port) as client:
         assert client.get("/first").header("connection") is None  # keep-alive: now idle
         with StopHold(server):
             client.send(POST)
-        response = client.response()
-        assert (response.status, response.body) == (200, b"/post")
-        assert response.header("connection") == "close"
-        assert client.closed()
+        assert_last_post_served(client)
 
 
 def test_graceful_stop_serves_a_just_accepted_connection():
@@ -301,10 +306,7 @@ def test_graceful_stop_serves_a_just_accepted_connection():
         wait_until(lambda: call_in_loop(server, lambda: len(server.connections)) == 1, what="the accept")
         with StopHold(server):
             client.send(POST)
-        response = client.response()
-        assert (response.status, response.body) == (200, b"/post")
-        assert response.header("connection") == "close"
-        assert client.closed()
+        assert_last_post_served(client)
 
 
 def test_graceful_stop_serves_a_request_head_in_progress():
@@ -316,10 +318,7 @@ def test_graceful_stop_serves_a_request_head_in_progress():
         call_in_loop(server, server.request_stop)
         wait_until(lambda: stopping(server), what="the stop")
         client.send(b"Content-Length: 5\r\n\r\nhello")
-        response = client.response()
-        assert (response.status, response.body) == (200, b"/post")
-        assert response.header("connection") == "close"
-        assert client.closed()
+        assert_last_post_served(client)
 
 
 def test_keepalive_request_during_the_stop_grace_is_served_with_connection_close():
@@ -330,10 +329,7 @@ def test_keepalive_request_during_the_stop_grace_is_served_with_connection_close
         call_in_loop(server, server.request_stop)
         wait_until(lambda: stopping(server), what="the stop")
         client.send(POST)  # the second POST on the idle connection, during the grace
-        response = client.response()
-        assert (response.status, response.body) == (200, b"/post")
-        assert response.header("connection") == "close"
-        assert client.closed()
+        assert_last_post_served(client)
 
 
 def test_idle_connections_are_closed_after_the_stop_grace():
