@@ -66,7 +66,6 @@ class MetricsServer:
     """A tiny HTTP/1.1 server for /metrics inside the master's selector loop."""
 
     def __init__(self, address: str, render: Render, backlog: int = 64) -> None:
-        self.address = address
         self.render = render
         # SO_REUSEPORT on TCP: after USR2 the new master binds the same address while the old one still
         # serves it (either answers a scrape during the overlap). BindError: the CLI's exit 6.
@@ -78,9 +77,6 @@ class MetricsServer:
     def register(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
         selector.register(self.sock.fileno(), selectors.EVENT_READ, self._accept)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def _accept(self, key: Any) -> None:
         while len(self.conns) < MAX_CONNECTIONS:

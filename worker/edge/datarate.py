@@ -164,8 +164,7 @@ class RateSweep:
             protocol.rate = Transfer(key, self.now, 0)
         elif self._slow(transfer, received, self.body_rate):
             protocol.rate = None
-            if not self.ended_body and not self.ended_response:
-                self.window = self.now
+            self._opening()
             self.ended_body += 1
             protocol.body_timeout()  # 408 and close; the application gets http.disconnect
 
@@ -178,10 +177,14 @@ class RateSweep:
             protocol.rate = Transfer(RESPONSE, self.now, acked)
         elif self._slow(transfer, acked - transfer.start, self.response_rate):
             protocol.rate = None
-            if not self.ended_body and not self.ended_response:
-                self.window = self.now
+            self._opening()
             self.ended_response += 1
             protocol.abort()
+
+    def _opening(self) -> None:
+        """A transfer is about to be ended: the first of an interval opens its log window."""
+        if not self.ended_body and not self.ended_response:
+            self.window = self.now
 
     def _slow(self, transfer: Transfer, moved: int, rate: int) -> bool:
         now = self.now

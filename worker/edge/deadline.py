@@ -197,16 +197,9 @@ class RequestDeadline(StuckThreads):
         guard.expired = True
         self._log_expired(scope, guard)
         if not guard.started:
-            for message in TIMEOUT_RESPONSE:
-                await send(message)
-        if self.wsgi:
-            self.thread_stuck()
-            task.add_done_callback(self._unstuck)
-            return
-        task.cancel()
-        await asyncio.wait((task,))
-        if not task.cancelled() and task.exception() is not None:
-            logger.debug("application raised after its deadline", exc_info=task.exception())
+            await _answer(send)
+        self.thread_stuck()  # (only WSGI apps come here: their thread runs on, counted until it returns)
+        task.add_done_callback(self._unstuck)
 
     def _unstuck(self, task: asyncio.Task[Any]) -> None:
         self.thread_returned()

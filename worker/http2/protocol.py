@@ -37,7 +37,7 @@ from corral.worker.conn.phases import BUSY, CLOSED, IDLE
 from corral.worker.edge.health import health_app
 from corral.worker.http1.protocol import _ASGI, _METHODS, HttpProtocol, decode_path, service_unavailable
 from corral.worker.http2.fields import HOP_BY_HOP, RequestHead
-from corral.worker.http2.frames import ErrorCode, ProtocolError
+from corral.worker.http2.frames import ErrorCode, ProtocolError, error_name
 from corral.worker.http2.machine import H2Machine
 from corral.worker.http2.send import H2Sender
 from corral.worker.http2.state import LocalSettings, StreamState
@@ -326,7 +326,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
 
     def on_reset(self, stream_id: int, code: int, why: str | None) -> None:
         if why is not None:
-            logger.info("HTTP/2 protocol error from %s: %s (%s)", self.peer, why, ErrorCode(code).name)
+            logger.info("HTTP/2 protocol error from %s: %s (%s)", self.peer, why, error_name(code))
         # The client's resets count, and so do those it provokes with frames that are stream errors.
         if self._flood(_RESETS):
             return

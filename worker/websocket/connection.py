@@ -153,13 +153,17 @@ def handshake(
     return accept_key(key), protocols, extension_header, extensions
 
 
+# websockets' memory-conscious server settings (the ones uvicorn uses too): a 4 KiB window each way, memLevel 5 -
+# about 64 KiB of zlib state per socket instead of about 320 KiB. The factory keeps no state of a negotiation
+# (each accepted offer gets an extension object of its own): one serves every handshake.
+_DEFLATE = ServerPerMessageDeflateFactory(
+    server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
+)
+
+
 def negotiate_deflate(offers: list[bytes]) -> tuple[bytes, list[Any]]:
     """Accept the first acceptable permessage-deflate offer (RFC 7692); others are ignored."""
-    # websockets' memory-conscious server settings (the ones uvicorn uses too): a 4 KiB window each way,
-    # memLevel 5 - about 64 KiB of zlib state per socket instead of about 320 KiB.
-    factory = ServerPerMessageDeflateFactory(
-        server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
-    )
+    factory = _DEFLATE
     for offer in offers:
         try:
             parsed = parse_extension(offer.decode("latin-1"))

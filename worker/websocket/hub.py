@@ -19,11 +19,10 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 class WebSocketHub:
     """A server's open WebSockets and the one timer that sweeps their deadlines (pings, close replies)."""
 
-    __slots__ = ("server", "sockets", "interval", "ping_interval", "ping_timeout", "close_timeout", "timer", "pings")
+    __slots__ = ("sockets", "interval", "ping_interval", "ping_timeout", "close_timeout", "timer", "pings")
 
     def __init__(self, server: Any) -> None:
         settings = server.settings
-        self.server = server
         self.sockets: set[Any] = set()
         self.ping_interval: float = settings.ws_ping_interval
         self.ping_timeout: float = settings.ws_ping_timeout
