@@ -15,9 +15,9 @@ Where it differs from asgiref, on purpose:
   the least recently used instance down; `False` makes the pool backpressure: `start_instance` and
   `get_or_create_application_instance` raise `PoolFull`, `wait_for_slot()` waits for room, and
   `slot_freed()` is called whenever an instance leaves a pool that was full.
-- `start_instance(scope_id, scope, receive, send)` is the cheap path a protocol server uses for every HTTP
-  request or WebSocket: no input queue, just a task in the pool. `run_instance` runs the application's first
-  step at once and makes a task (in the pool) only when the instance does not finish in it.
+- `start_instance(scope_id, scope, receive, send)` is the cheap path of a protocol server (HTTP/2 streams):
+  no input queue, just a task in the pool. `run_instance` (HTTP/1.1 requests and WebSockets) runs the
+  application's first step at once and makes a task in the pool only when the instance does not finish in it.
 """
 
 from __future__ import annotations
@@ -265,8 +265,10 @@ class StatelessServer:
         if task.done():
             if eager.NATIVE and not task.cancelled() and (exception := task.exception()) is not None:
                 # Python 3.12+: the first step raised and its task is done already (3.11's start by hand gives
-                # it a scheduled task, which the pool reports as any failed instance): reported here.
-                self._log_failure(exception, ApplicationInstance(self, scope_id, scope, None, task, time.monotonic()))
+                # it a scheduled task, which the pool reports as any failed instance): reported the same way.
+                self._report_failure(
+                    exception, ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
+                )
             return task
         instance = ApplicationInstance(self, scope_id, scope, None, task, time.monotonic())
         instances[scope_id] = instance
@@ -319,6 +321,10 @@ class StatelessServer:
         exception = future.exception()
         if exception is None:
             return
+        self._report_failure(exception, instance)
+
+    def _report_failure(self, exception: BaseException, instance: ApplicationInstance) -> None:
+        """A failed instance, reported by the application checker (`application_exception`)."""
         self._failures.append((exception, instance))
         if self._checker_wakeup is not None and self._checker_task is not None:
             self._checker_wakeup.set()

@@ -1,8 +1,8 @@
 """HTTP/1.1 response framing as writers, one per framing mode (h11's `_writers`), apart from the ASGI `send`
 bookkeeping in `corral.worker.http1.cycle`.
 
-`http11.response_head` decides the mode from the status, the headers and the request (RFC 9112 §6.3): a
-declared or computed Content-Length (mode >= 0), `NO_BODY` (HEAD, 1xx, 204, 304), `CHUNKED`, or
+`corral.worker.conn.response.response_head` decides the mode from the status, the headers and the request
+(RFC 9112 §6.3): a declared or computed Content-Length (mode >= 0), `NO_BODY` (HEAD, 1xx, 204, 304), `CHUNKED`, or
 `CLOSE_DELIMITED` (HTTP/1.0 without a length). The function that frames each body message for that mode is
 `content_length_writer` (mode >= 0) or `WRITERS[mode]`; the cycle keeps it for the rest of the response. A
 writer gets the cycle (for the Content-Length count and keep-alive), the transport's `write`, the head (b""

@@ -2,10 +2,10 @@
 
 The HTTP/1.1 protocol, and the HTTP/2, WebSocket and WSGI ones built on it, reach the server as
 `protocol.server`: for the values it decided once (limits, the default headers, whether a full pool answers
-503), for the pool (`start_instance`), the per-worker counters and the access log, and for the bookkeeping of
-connections (parked requests, connections closed, the stop). `Host` is that contract, so the protocols are
-typed against it rather than against the server class (which is above them) or `Any`. Typing only: nothing
-here runs per request.
+503), for the pool (`run_request`, `start_instance`), the per-worker counters and the access log, and for the
+bookkeeping of connections (parked requests, connections closed, the stop). `Host` is that contract, so the
+protocols are typed against it rather than against the server class (which is above them) or `Any`. Typing
+only: nothing here runs per request.
 """
 
 from __future__ import annotations
@@ -91,10 +91,9 @@ class Host(Protocol):
     stopping: bool
     draining: bool
     # The rooms above HTTP/1.1 (made on first use): websocket.protocol.WebSocketHub, wsgi.dispatch.WsgiDispatcher
-    # and its environ's server keys.
+    # and the template of its environs.
     websockets: Any
     wsgi: Any
-    wsgi_extra: dict[str, Any] | None
     wsgi_environ: dict[str, Any] | None  # the environ every native WSGI request starts from (a copy)
     protocol_class: type[HttpProtocol]
     # What requests are made from and with, kept between them.
@@ -109,7 +108,7 @@ class Host(Protocol):
         """Start the application of `cycle`, its first step at once (raises PoolFull)."""
 
     def start_instance(self, scope_id: Hashable, scope: Scope, receive: Receive, send: Send) -> asyncio.Task[Any]:
-        """A new application instance for the request (the pool's limit is the caller's to check)."""
+        """A new application instance for the request, as a task in the pool (raises PoolFull when it is full)."""
 
     def park(self, protocol: Connection, request: Parked) -> None:
         """Hold a request the full pool cannot take until an instance ends."""

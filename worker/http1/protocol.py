@@ -2,7 +2,7 @@
 
 Timers: there are none per connection or per request. Each connection records which phase it is in and
 the server tick at which that phase began; the server's tick sweeps the connections (see
-`WorkerServer._tick`). The keep-alive phase starts when a response completes with nothing pending and
+`WorkerServer._ticker`). The keep-alive phase starts when a response completes with nothing pending and
 ends at the first byte of the next request (not reset per byte: a client trickling bytes does not keep an
 idle connection alive - uvicorn's slowloris hole); the head phase runs from that first byte (or the
 connection's opening) until the head is complete, then 408.
@@ -350,7 +350,7 @@ class HttpProtocol(asyncio.Protocol):
             self.pool_full(cycle)
 
     def pool_full(self, cycle: RequestCycle) -> None:
-        """`start_instance` raised PoolFull: answer 503 (pool_full = '503') or park the request."""
+        """Starting `cycle` raised PoolFull (the pool is full): answer 503 (pool_full = '503') or park the request."""
         if self.server.reject_when_full:
             self.server.counters.rejected += 1
             self.run_beside(cycle, service_unavailable)

@@ -119,7 +119,6 @@ class WorkerServer(StatelessServer):
         # `settings.threads` threads, without the ASGI adapter; `wsgi_layers` (corral.worker.wsgi.layers): its
         # --request-timeout and request hooks, None when neither is set.
         self.wsgi: Any = None
-        self.wsgi_extra: dict | None = None
         self.wsgi_environ: dict | None = None  # the environ every native WSGI request starts from (a copy)
         if wsgi:
             from corral.worker.wsgi.protocol import wsgi_setup

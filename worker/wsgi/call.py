@@ -197,7 +197,7 @@ class WsgiCall:
             return
         server = self.protocol.server
         try:
-            environ = build_environ(self.scope, self.input, 100, server.wsgi_extra, server.wsgi_environ)
+            environ = build_environ(self.scope, self.input, 100, template=server.wsgi_environ)
         except TooManyHeaders:
             self.status = 400
             self.chunks.append(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")

@@ -85,7 +85,9 @@ class WsgiHttpProtocol(HttpProtocol):
         if wsgi.lazy:
             wsgi.drain_lazy()  # a response written meanwhile frees a slot: the parked request starts
 
-    def begin_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
+    def begin_request(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (its cycle_class)
+        # HttpProtocol.begin_request with cycle.start() for run_request: written out, not through launch(),
+        # for a call less per request.
         server = self.server
         if server.parked and not server.reject_when_full:
             self.park(cycle)  # requests parked earlier go first
@@ -95,13 +97,13 @@ class WsgiHttpProtocol(HttpProtocol):
         except PoolFull:
             self.pool_full(cycle)
 
-    def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
+    def launch(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (its cycle_class)
         try:
             cycle.start()
         except PoolFull:
             self.pool_full(cycle)
 
-    def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (WsgiProtocol makes them)
+    def pool_full(self, cycle: WsgiCycle) -> None:  # type: ignore[override]  # its requests are WsgiCycles (its cycle_class)
         server = self.server
         if server.reject_when_full:
             # pool_full = '503': answered at once, outside the pool (the ASGI path's 503 keeps the
@@ -127,8 +129,8 @@ def wsgi_setup(server: Host, app: Any, settings: Settings, layers: WsgiLayers | 
     wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
     if settings.threads == 1 and (layers is None or layers.deadline is None):
         wsgi.inline = InlineRunner()  # the application on the loop's thread, as gunicorn's sync worker runs it
-    server.wsgi_extra = {"wsgi.file_wrapper": FileWrapper}
-    server.wsgi_environ = environ_template(settings.root_path, server.wsgi_extra)  # copied by every request
+    # Every request's environ is a copy of this template (its server-wide keys, wsgi.file_wrapper among them).
+    server.wsgi_environ = environ_template(settings.root_path, {"wsgi.file_wrapper": FileWrapper})
     server.protocol_class = WsgiHttpProtocol
     if layers is not None:
         if layers.deadline is not None:
