@@ -75,12 +75,8 @@ def serve(app: str | None, config_path: str | None, check_config: bool, print_co
     except SettingError as exc:
         return _fail(str(exc), CONFIG_ERROR)
 
-    def load() -> Settings:
-        settings = collect(
-            params, config_path, environ=os.environ, folder=start_cwd, cmd_args=_cmd_args(dict(os.environ))[0]
-        )
-        apply_environment(settings)
-        return effective(settings)
+    def load() -> Settings:  # a HUP: every source read again, as at the start
+        return _settings(params, config_path, dict(os.environ), start_cwd)[1]
 
     app = app or settings.wsgi_app
     if print_config:

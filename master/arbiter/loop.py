@@ -31,7 +31,7 @@ from corral.master.arbiter.appcheck import AppCheckError, check_app
 from corral.master.arbiter.fleet import CrashLoop, Fleet
 from corral.master.arbiter.proctitle import set_title
 from corral.master.arbiter.upgrade import INHERIT_FDS_ENV, OLD_MASTER_ENV, start_new_master
-from corral.master.arbiter.workerinfo import Worker, split_limit, status_document
+from corral.master.arbiter.workerinfo import Worker, status_document
 from corral.master.hooks.run import HookConfig, ServerView, child_view, run_hook
 from corral.master.listen.sockets import bind_all, close_all, describe_listener, parse_address, systemd_sockets
 from corral.master.listen.tls import server_context
@@ -43,7 +43,7 @@ from corral.master.status.pidfile import Pidfile, pid_alive
 from corral.shared.settings import SettingError, Settings
 from corral.worker.app.load import AppImportError, import_app
 
-__all__ = ["Arbiter", "CrashLoop", "AppCheckError", "split_limit"]
+__all__ = ["Arbiter", "CrashLoop", "AppCheckError"]
 
 logger = logging.getLogger("corral.master")
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 from corral.master.config.peer_names import PEER_FLAGS, gunicorn_flags
-from corral.master.config.sources import ConfigProblems, suggest
+from corral.master.config.sources import ConfigProblems, stderr_warning, suggest
 from corral.shared.settings import REGISTRY, SettingError, Settings
 from corral.shared.worker_class import WSGI, WorkerClassError, describe, kwargs_settings, resolve
 
@@ -68,12 +68,8 @@ def effective(settings: Settings, warn: Callable[[str], None] | None = None) -> 
             raise ConfigProblems(problems)
         line = describe(worker, ignored)
         if line:
-            (warn or _stderr)(line)
+            (warn or stderr_warning)(line)
     return settings.replace(**changes) if changes else settings
-
-
-def _stderr(message: str) -> None:
-    print(f"serve: warning: {message}", file=sys.stderr)
 
 
 def scan_flags(args: list[str], known: Iterable[str]) -> tuple[list[str], list[str], list[str]]:

@@ -1,8 +1,7 @@
 """Settings from every source: generated click options, CORRAL_* variables, config files.
 
 The click options are generated from `corral.shared.settings.REGISTRY`, so a setting declared there is a
-flag, a config-file key and an environment variable at once. Precedence is the registry's `resolve`:
-command line > environment > config file > default.
+flag, a config-file key and an environment variable at once. Precedence: see `collect`.
 
 Config files: a Python file, read as gunicorn reads it (`-c FILE`, `-c file:FILE`, `-c python:pkg.module`;
 without `-c`, `./corral.conf.py` or else `./gunicorn.conf.py`): the module-level names that are settings,
@@ -197,7 +196,7 @@ def load_python_config(location: str, warn: Callable[[str], None] | None = None)
     means something else here is accepted with a warning saying what differs; every bad value is raised at
     once as ConfigProblems."""
     namespace, source = read_config(location)
-    warn = warn or _warn
+    warn = warn or stderr_warning
     values = {}
     ignored = []
     for key, value in namespace.items():
@@ -214,19 +213,16 @@ def load_python_config(location: str, warn: Callable[[str], None] | None = None)
     if misspelt:
         listed = ", ".join(f"{name!r} (did you mean {right!r}?)" for name, right in misspelt)
         warn(f"{source}: not a setting, ignored: {listed}")
-    return from_mapping(values, source, warn, strict=False)
+    return from_mapping(values, source, warn)
 
 
-def from_mapping(
-    values: Mapping[str, Any], source: str, warn: Callable[[str], None] | None = None, strict: bool = True
-) -> dict[str, Any]:
-    """Settings from a config file's keys, validated, naming the file; every problem reported at once.
-
-    `strict`: a key that is no setting is a problem (pyproject's [tool.corral], a table of settings only);
-    otherwise only settings are passed in (a Python config file: see `load_python_config`)."""
+def from_mapping(values: Mapping[str, Any], source: str, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Settings from a config file's keys, validated, naming the file; every problem reported at once. A key
+    that is no setting is a problem: pyproject's [tool.corral] is a table of settings only, and a Python
+    config file passes only its settings (see `load_python_config`)."""
     found: dict[str, Any] = {}
     problems: list[str] = []
-    warn = warn or _warn
+    warn = warn or stderr_warning
     for key, raw in values.items():
         name = key.replace("-", "_") if "-" in key and key.replace("-", "_") in REGISTRY else key
         declared = REGISTRY.get(name)
@@ -259,10 +255,13 @@ def from_mapping(
 
 
 def _at_default(value: Any, default: Any) -> bool:
-    """The value asks for nothing: gunicorn's default, or an empty value where the default is none."""
+    """The value asks for nothing: gunicorn's default (a comma list written as a list too, as gunicorn parses
+    it: `http_protocols = ["h1"]`), or an empty value where the default is none."""
     try:
         if value == default:
             return True
+        if isinstance(default, str) and type(value) in (list, tuple):
+            return list(value) == [item.strip() for item in default.split(",")]
     except Exception:  # noqa: BLE001 - an object whose == raises is not a default
         return False
     return default in (None, []) and (value is None or value in ("", [], (), {}))
@@ -311,7 +310,8 @@ def _distance(a: str, b: str, cap: int) -> int:
     return min(previous[-1], cap)
 
 
-def _warn(message: str) -> None:
+def stderr_warning(message: str) -> None:
+    """The warning line of a configuration problem that does not stop the start."""
     print(f"serve: warning: {message}", file=sys.stderr)
 
 
@@ -381,7 +381,7 @@ def collect(
     Precedence: command line > *_CMD_ARGS > CORRAL_* > config file > pyproject.toml > gunicorn's defaults
     from PORT, WEB_CONCURRENCY, FORWARDED_ALLOW_IPS > default.
     Every problem of every source (and those already in `problems`) is raised at once as ConfigProblems."""
-    warn = warn or _warn
+    warn = warn or stderr_warning
     problems = list(problems or [])
     file_values = gunicorn_env_defaults(environ, problems)
     file_values.update(_gathered(problems, load_pyproject, folder))

@@ -111,7 +111,6 @@ _PARSED_DEFAULTS = {
         "X-FORWARDED-SSL": "on",
     },
     "control_socket_mode": lambda: 0o600,
-    "logger_class": lambda: "gunicorn.glogging.Logger",
 }
 
 

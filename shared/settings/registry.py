@@ -291,9 +291,8 @@ class Settings:
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
 
-def unknown_setting_message(name: str, source: str = "") -> str:
-    where = f" in {source}" if source else ""
-    message = f"unknown setting {name!r}{where}"
+def unknown_setting_message(name: str) -> str:
+    message = f"unknown setting {name!r}"
     close = difflib.get_close_matches(name.replace("-", "_"), list(REGISTRY), n=1, cutoff=0.6)
     if close:
         message += f"; did you mean {close[0]!r}?"

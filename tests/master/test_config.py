@@ -239,6 +239,17 @@ def test_gunicorn_keys_all_reported_in_one_pass(tmp_path):
     assert "gunicorn's 'http_protocols' is ignored: corral's --http chooses the versions" in warnings[2]
 
 
+def test_gunicorn_defaults_written_as_lists_ask_for_nothing(tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "forwarder_headers = ['SCRIPT_NAME', 'PATH_INFO']\nhttp_protocols = ['h1']\n"
+        "uwsgi_allow_ips = ['127.0.0.1', '::1']\n"
+    )
+    warnings: list[str] = []
+    load_python_config(str(conf), warn=warnings.append)
+    assert warnings == []
+
+
 def test_every_bad_value_of_every_source_in_one_pass(tmp_path):
     conf = tmp_path / "gunicorn.conf.py"
     conf.write_text("threads = 'many'\n")
