@@ -35,6 +35,7 @@ from corral.worker.app.pool import PoolFull
 from corral.worker.conn.flow import FlowControl
 from corral.worker.conn.phases import BUSY, CLOSED, IDLE
 from corral.worker.edge.health import health_app
+from corral.worker.http1.fields import PROXY_HEADERS
 from corral.worker.http1.protocol import _ASGI, _METHODS, HttpProtocol, decode_path, service_unavailable
 from corral.worker.http2.fields import HOP_BY_HOP, RequestHead
 from corral.worker.http2.frames import ErrorCode, ProtocolError, error_name
@@ -265,7 +266,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         derived = head.derived
         if derived is None:
             derived = head.derived = _scope_parts(head)
-        method, path, raw_path, query = derived
+        method, path, raw_path, query, forwarded = derived
         scope = {
             "type": "http",
             "asgi": _ASGI,
@@ -295,8 +296,10 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             try:
                 if self.trusted is None:
                     proxy.apply(scope)  # a proxy without `trusts` (any object with apply(scope)) decides itself
-                else:
-                    proxy.apply(scope, True)  # trust decided once for the connection
+                elif forwarded:
+                    # Trust decided once for the connection; without a proxy header (noted once per header
+                    # block, with its other derived parts) there is nothing to apply, as on HTTP/1.1.
+                    proxy.apply(scope, True)
             except Exception:
                 logger.exception("Could not apply proxy headers")
                 stream.status = 400
@@ -499,8 +502,9 @@ class H2Protocol(H2Sender, asyncio.Protocol):
             stream.disconnect()
 
 
-def _scope_parts(head: RequestHead) -> tuple[str, str, bytes, bytes]:
-    """The scope's method, path, raw_path and query_string of a request head (kept with the head)."""
+def _scope_parts(head: RequestHead) -> tuple[str, str, bytes, bytes, bool]:
+    """The scope's method, path, raw_path and query_string of a request head, and whether it has a proxy
+    header (kept with the head)."""
     path = head.path
     if path[:1] == b"/":
         if b"#" in path:  # a client's own fragment (RFC 9110 §4.2.4): never the app's path or query
@@ -509,4 +513,5 @@ def _scope_parts(head: RequestHead) -> tuple[str, str, bytes, bytes]:
     else:  # OPTIONS *
         raw_path, query = path, b""
     method = head.method
-    return _METHODS.get(method) or method.decode("ascii", "replace"), decode_path(raw_path), raw_path, query
+    forwarded = any(name in PROXY_HEADERS for name, _ in head.headers)
+    return _METHODS.get(method) or method.decode("ascii", "replace"), decode_path(raw_path), raw_path, query, forwarded

@@ -456,3 +456,20 @@ def test_a_client_that_does_not_read_is_dropped_at_the_write_buffer_bound(caplog
             client.until_closed()
         assert served(port)
     assert "does not read what it asks for: dropping the connection" in caplog.text
+
+
+def test_proxy_headers_apply_to_a_stream_that_has_them_and_only_to_it():
+    """A trusted peer's X-Forwarded-For / -Proto reach the scope of the stream that carries them; a stream
+    without a proxy header keeps the connection's own client and scheme."""
+    from corral.worker.edge.proxy_headers import make_proxy_headers
+
+    seen: list = []
+    settings = Settings(forwarded_allow_ips="127.0.0.1")
+    with run_server(make_app(seen=seen), settings, proxy=make_proxy_headers(settings)) as (_host, port, _server):
+        with H2Client(port) as client:
+            forwarded = [(b"x-forwarded-for", b"203.0.113.9"), (b"x-forwarded-proto", b"https")]
+            assert client.get("/a", headers=forwarded).status == 200
+            assert client.get("/b").status == 200
+    by_path = {scope["path"]: scope for scope in seen}
+    assert by_path["/a"]["client"][0] == "203.0.113.9" and by_path["/a"]["scheme"] == "https"
+    assert by_path["/b"]["client"][0] == "127.0.0.1" and by_path["/b"]["scheme"] == "http"
