@@ -103,10 +103,14 @@ async def app(scope, receive, send):
 
 
 def records(folder, hook):
-    """{pid: [dict, ...]} of what the hook `hook` recorded."""
+    """{pid: [dict, ...]} of what the hook `hook` recorded, complete lines only: a hook's open(..., "a") creates
+    its file before the line is written, so a reader can see the file empty (or half-written) for a moment."""
     found = {}
     for entry in (folder / "records").glob(f"{hook}.*"):
-        found[int(entry.suffix[1:])] = [json.loads(line) for line in entry.read_text().splitlines()]
+        text = entry.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        if complete:
+            found[int(entry.suffix[1:])] = [json.loads(line) for line in complete.splitlines()]
     return found
 
 
