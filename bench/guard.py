@@ -130,6 +130,11 @@ def environment() -> dict[str, Any]:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = "not installed"
+    # The served corral parses request heads in C where its module was built and CORRAL_NO_EXTENSIONS is
+    # unset (the guarded `serve` inherits this environment): two sets of figures, each guarded.
+    from corral.worker.http1 import native
+
+    found["request_parser"] = "compiled" if native.parse_head is not None else "pure Python"
     return found
 
 
@@ -137,7 +142,8 @@ def env_key(env: dict[str, Any]) -> str:
     """What a baseline entry is kept per: figures from another key are not comparable at all."""
     minor = ".".join(env["python"].split(".")[:2])
     vg = ".".join(env["valgrind"].split(".")[:2])
-    return f"{env['machine']} python {minor} valgrind {vg}"
+    key = f"{env['machine']} python {minor} valgrind {vg}"
+    return key + " pure-python" if env.get("request_parser") == "pure Python" else key
 
 
 def describe_commit() -> str:

@@ -315,6 +315,7 @@ def replay(deployment: Deployment, server: str, workdir: Path | None = None) -> 
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CORRAL_", "GUNICORN_", "PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"))
+        or k == "CORRAL_NO_EXTENSIONS"  # corral's pure-Python request parser: kept, as something to run
     }
     env.update({k: v.format(**values) for k, v in deployment.env.items()})
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"

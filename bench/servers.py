@@ -253,7 +253,12 @@ def wait_port(port: int, proc: Any, timeout: float = 30.0) -> bool:
 def base_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
     """The caller's environment without corral's and systemd's variables, the checkout first on PYTHONPATH, then
     `extra` (a None value removes the variable)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "_CORRAL_", "LISTEN_"))}
+    # CORRAL_NO_EXTENSIONS stays: it chooses corral's pure-Python request parser, a thing to measure.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CORRAL_", "_CORRAL_", "LISTEN_")) or k == "CORRAL_NO_EXTENSIONS"
+    }
     env["PYTHONPATH"] = procs.ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for key, value in (extra or {}).items():
         if value is None:

@@ -22,6 +22,7 @@ from corral.master.config.carryover import apply_environment, effective, scan_fl
 from corral.master.config.sources import ConfigProblems, collect, find_config, settings_options
 from corral.shared.exitcodes import APP_IMPORT_ERROR, BIND_ERROR, CONFIG_ERROR, HALT_CRASH_LOOP, OK
 from corral.shared.settings import REGISTRY, SettingError, Settings
+from corral.worker.http1.native import describe as describe_parser
 
 __all__ = ["main", "serve", "status"]
 
@@ -59,7 +60,9 @@ def _fail(message: str, code: int) -> int:
 )
 @click.option("--print-config", is_flag=True, help="Print the effective settings (name = value) and exit.")
 # The version is looked up only when asked: importlib.metadata costs ~20 ms of every start.
-@click.version_option(None, "--version", package_name="corral", prog_name="corral", message="%(prog)s %(version)s")
+@click.version_option(
+    None, "--version", package_name="corral", prog_name="corral", message=f"%(prog)s %(version)s ({describe_parser()})"
+)
 @settings_options
 def serve(app: str | None, config_path: str | None, check_config: bool, print_config: bool, **params: Any) -> int:
     """Serve APP (module:attribute, or module:factory() with --factory) with a master and forked workers.

@@ -322,7 +322,8 @@ def from_env(environ: Mapping[str, str] = os.environ, problems: list[str] | None
 
 def unknown_env(environ: Mapping[str, str] = os.environ) -> list[str]:
     """The CORRAL_* variables that are no setting (CORRAL_CMD_ARGS, a command line, is one of ours)."""
-    known = {declared.env for declared in REGISTRY.values()} | {"CORRAL_CMD_ARGS"}
+    # CORRAL_CMD_ARGS is a command line; CORRAL_NO_EXTENSIONS turns the compiled request parser off.
+    known = {declared.env for declared in REGISTRY.values()} | {"CORRAL_CMD_ARGS", "CORRAL_NO_EXTENSIONS"}
     return sorted(key for key in environ if key.startswith("CORRAL_") and key not in known)
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not 
 
 
 def run_cost(out: Path, *args: str) -> tuple[str, dict]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_") or k == "CORRAL_NO_EXTENSIONS"}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "cost", "--out", str(out), "--no-plots", *args],

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def guard(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_") or k == "CORRAL_NO_EXTENSIONS"}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return subprocess.run(
         [sys.executable, "-m", "bench", "guard", *args],

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_bench(out: Path, *args: str) -> tuple[str, dict]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_") or k == "CORRAL_NO_EXTENSIONS"}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--no-plots", *args],

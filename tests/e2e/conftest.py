@@ -68,7 +68,7 @@ class WorkerProcess:
 
 def start_worker(app: str, cwd: Path | str, env: dict[str, str] | None = None) -> WorkerProcess:
     """Start a worker serving `app` from `cwd`; waits (bounded) for its port."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_") or k == "CORRAL_NO_EXTENSIONS"}
     full_env.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, str(RUN_WORKER), app],

@@ -115,7 +115,12 @@ def set_subreaper(on: bool) -> None:
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "_CORRAL_", "LISTEN_"))}
+    # CORRAL_NO_EXTENSIONS stays: CI runs the whole suite once with it (the pure-Python request parser).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CORRAL_", "_CORRAL_", "LISTEN_")) or k == "CORRAL_NO_EXTENSIONS"
+    }
     env.update(extra or {})
     return env
 

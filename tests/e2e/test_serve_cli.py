@@ -149,11 +149,21 @@ def test_print_config_prints_effective_settings(apps):
         assert expected in lines
 
 
-def test_version():
-    result = subprocess.run(
-        [sys.executable, "-m", "corral.master", "--version"], capture_output=True, text=True, timeout=WAIT
-    )
-    assert result.returncode == OK and result.stdout.startswith("corral ")
+def test_version_names_the_request_parser():
+    def version(**env: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "corral.master", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env={**os.environ, **env},
+        )
+        assert result.returncode == OK and result.stdout.startswith("corral ")
+        return result.stdout.strip()
+
+    assert version(CORRAL_NO_EXTENSIONS="1").endswith("(request parser: pure Python (CORRAL_NO_EXTENSIONS is set))")
+    if os.environ.get("REQUIRE_NATIVE"):  # CI: installed from a wheel built with a compiler
+        assert version(CORRAL_NO_EXTENSIONS="").endswith("(request parser: compiled)")
 
 
 def test_pid_file_of_a_live_process_is_refused(apps, tmp_path):

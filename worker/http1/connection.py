@@ -43,6 +43,7 @@ from corral.worker.http1.chunked import FORBIDDEN_TRAILERS, ChunkedBody
 from corral.worker.http1.exchange import Exchange, RequestHandler
 from corral.worker.http1.fields import LOOKED_AT, VALID_HOST, transfer_coding_problem
 from corral.worker.http1.limits import FREE_CHUNKS, Limits
+from corral.worker.http1.native import Parsed, parse_head
 from corral.worker.http1.reads import (
     PARSER_ERRORS,
     UnknownMethod,
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("corral.error")
+
+_parse_head = parse_head  # None where the compiled parser is not there or is turned off (see native)
 
 
 #: Bytes parsed in one go when a read may hold several requests (it begins between requests or inside a
@@ -231,6 +234,12 @@ class HTTP11Connection:
             self._feed_sliced(data)
             return
         if self.in_head and self.head_parts is None:
+            if _parse_head is not None and not self.must_close:
+                # The compiled parser takes a read that is exactly one request of the common shape (and
+                # returns None for anything else, errors included, which the general way below answers).
+                parsed = _parse_head(data, self.limit_line, self.limit_fields, self.limit_head)
+                if parsed is not None and self.feed_parsed(parsed, data):
+                    return
             # A read that begins between requests (almost every read) is fed whole. Where llhttp refuses what
             # RFC 9112 allows (a method it does not know, whitespace in a chunk extension), the connection
             # finds the place in the read and goes on without it (`resync`, `replay_chunked`); where the
@@ -269,6 +278,54 @@ class HTTP11Connection:
                 self.sizes = []
             return
         feed_split(self, data, 0)
+
+    def feed_parsed(self, parsed: Parsed, data: bytes) -> bool:
+        """The request the compiled parser found in `data` (one whole request, see `native`): made and started
+        as `on_headers_complete`, `on_body` and `on_message_complete` would. False (nothing done) where the
+        general way must decide: a Host value not seen valid before that is invalid, a body over the limit."""
+        method, url, http11, headers, content_length, host, expect, forwarded, keep_alive = parsed
+        if host is not None and host != self.last_host:
+            if VALID_HOST.fullmatch(host) is None:
+                return False
+            self.last_host = host
+        has_body = content_length > 0
+        if has_body and self.limit_body and content_length > self.limit_body:
+            return False
+        if not keep_alive:
+            self.client_close = True
+            # llhttp, had it parsed this request, would refuse whatever the client sends after it, and
+            # parse_failure would then ignore those bytes: ignored from now on, as that would.
+            self.upgraded = True
+        self.requests = requests = self.requests + 1
+        if self.max_requests and requests >= self.max_requests:
+            keep_alive = False
+        if not keep_alive:
+            self.must_close = True
+        # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
+        self.last = request = self.handler.on_request(
+            method,
+            "1.1" if http11 else "1.0",
+            url,
+            headers,
+            keep_alive,
+            expect and has_body and http11,
+            has_body,
+            forwarded,
+        )
+        if self.active is None:
+            self.active = request
+            self.handler.start_request(request)
+        else:
+            pipeline = self.pipeline
+            if type(pipeline) is tuple:
+                pipeline = self.pipeline = deque()
+            pipeline.append(request)  # type: ignore[union-attr]  # the empty tuple became a deque just above
+        self.body_size = content_length if has_body else 0
+        if has_body:
+            request.on_body(data[len(data) - content_length :])
+        self.completed += 1
+        request.on_body_complete()
+        return True
 
     def execute(self, data: bytes) -> int:
         """llhttp parses `data`; returns -1, or where the bytes after an Upgrade request begin in `data`.

@@ -1,0 +1,427 @@
+/* corral.worker.http1._head: the HTTP/1.1 request head of the common case, parsed in one call.
+
+   `parse(data, limit_line, limit_fields, limit_head)` looks at one read that begins between requests. When the
+   read is exactly one request of the common, canonical shape (below), it returns what the request's head
+   says, as `HTTP11Connection` would have gathered it through llhttp's callbacks:
+
+       (method, target, http11, headers, content_length, host, expect_continue, forwarded, keep_alive)
+
+   Anything else returns None, and the read goes the general way (llhttp and corral's own checks), which
+   also gives every error its status. So this function never answers a client: it only recognises requests
+   that the general way would accept with the same result, and it must not accept more than that. What it
+   takes:
+
+   - a request line `METHOD SP origin-form SP HTTP/1.1|HTTP/1.0 CRLF`, METHOD one of GET HEAD POST PUT DELETE
+     OPTIONS PATCH, the target starting with `/` and made of RFC 3986 characters only (no fragment `#`, no
+     byte llhttp might refuse);
+   - header fields `token ":" OWS value OWS CRLF`, values of visible ASCII, SP and HTAB (no obs-text, no
+     obs-fold, no bare CR or LF), then CRLF;
+   - no Transfer-Encoding, Upgrade or Proxy-Connection, at most one Host (required on HTTP/1.1), Content-Type and
+     Content-Length (digits only), at most one Connection field;
+   - the limits of the connection (request line, field count, header block) not exceeded;
+   - the read ends exactly where the request ends: at the head, or after a Content-Length body in full.
+
+   Field names come back lowercased, values without the whitespace around them (RFC 9112 §5), in the order
+   sent; the names corral looks at, and the methods, are shared objects made once.
+
+   Why C: the general way costs five Python callbacks and a dozen attribute updates per request through
+   httptools; this is one call. The pure-Python way stays, for every other read and for an interpreter
+   without this module (CORRAL_NO_EXTENSIONS=1 turns it off; the test suite runs both ways in CI). */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* RFC 9110 §5.6.2 tchar, and the characters of a request target (RFC 3986 unreserved, reserved but '#',
+   and '%'). Built once at import. */
+static unsigned char TCHAR[256];
+static unsigned char TARGET[256];
+static unsigned char LOWER[256];
+
+static void build_tables(void) {
+    const char *tspecials = "!#$%&'*+-.^_`|~";
+    const char *target = "-._~:/?[]@!$&'()*+,;=%";
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        TCHAR[c] = alnum || (c && strchr(tspecials, c) != NULL);
+        TARGET[c] = alnum || (c && strchr(target, c) != NULL);
+        LOWER[c] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : (unsigned char)c;
+    }
+}
+
+/* The methods taken here, as shared bytes objects. */
+static const char *METHOD_NAMES[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
+#define N_METHODS 7
+static PyObject *METHODS[N_METHODS];
+
+/* Field names corral looks at, and common ones, as shared bytes objects: what they are for. */
+enum field_kind {
+    F_OTHER = 0,
+    F_HOST,
+    F_CONTENT_LENGTH,
+    F_CONTENT_TYPE,
+    F_EXPECT,
+    F_CONNECTION,
+    F_REFUSE, /* transfer-encoding, upgrade: the general way decides */
+    F_PROXY,  /* forwarded, x-forwarded-*: the request is noted as forwarded */
+};
+
+typedef struct {
+    const char *name;
+    enum field_kind kind;
+    PyObject *object;
+} known_field;
+
+static known_field KNOWN[] = {
+    {"host", F_HOST, NULL},
+    {"content-length", F_CONTENT_LENGTH, NULL},
+    {"content-type", F_CONTENT_TYPE, NULL},
+    {"expect", F_EXPECT, NULL},
+    {"connection", F_CONNECTION, NULL},
+    {"transfer-encoding", F_REFUSE, NULL},
+    {"upgrade", F_REFUSE, NULL},
+    {"proxy-connection", F_REFUSE, NULL}, /* llhttp reads it as Connection */
+    {"forwarded", F_PROXY, NULL},
+    {"x-forwarded-for", F_PROXY, NULL},
+    {"x-forwarded-proto", F_PROXY, NULL},
+    {"x-forwarded-host", F_PROXY, NULL},
+    {"user-agent", F_OTHER, NULL},
+    {"accept", F_OTHER, NULL},
+    {"accept-encoding", F_OTHER, NULL},
+    {"accept-language", F_OTHER, NULL},
+    {"cookie", F_OTHER, NULL},
+    {"referer", F_OTHER, NULL},
+    {"cache-control", F_OTHER, NULL},
+    {"authorization", F_OTHER, NULL},
+    {"origin", F_OTHER, NULL},
+    {"x-request-id", F_OTHER, NULL},
+    {"x-real-ip", F_OTHER, NULL},
+};
+#define N_KNOWN ((int)(sizeof(KNOWN) / sizeof(KNOWN[0])))
+
+/* The known field whose lowercase name is `lower[0:n]`, or -1. */
+static int find_known(const char *lower, Py_ssize_t n) {
+    for (int i = 0; i < N_KNOWN; i++) {
+        const char *name = KNOWN[i].name;
+        if ((Py_ssize_t)strlen(name) == n && memcmp(name, lower, (size_t)n) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Whether `value[0:n]`, a Connection field's value, names the token `token` (case-insensitive). */
+static int has_token(const char *value, Py_ssize_t n, const char *token) {
+    Py_ssize_t tn = (Py_ssize_t)strlen(token);
+    Py_ssize_t i = 0;
+    while (i < n) {
+        while (i < n && (value[i] == ' ' || value[i] == '\t' || value[i] == ',')) {
+            i++;
+        }
+        Py_ssize_t start = i;
+        while (i < n && value[i] != ',') {
+            i++;
+        }
+        Py_ssize_t end = i;
+        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t')) {
+            end--;
+        }
+        if (end - start == tn) {
+            Py_ssize_t k = 0;
+            while (k < tn && LOWER[(unsigned char)value[start + k]] == (unsigned char)token[k]) {
+                k++;
+            }
+            if (k == tn) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+#define GIVE_UP goto give_up
+
+static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "parse(data, limit_line, limit_fields, limit_head)");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    if (!PyBytes_CheckExact(data)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t limit_line = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t limit_fields = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t limit_head = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    const unsigned char *p = buf;
+    const unsigned char *end = buf + size;
+
+    PyObject *headers = NULL, *target = NULL, *host = NULL, *name = NULL, *value = NULL;
+
+    /* The method. */
+    const unsigned char *sp = memchr(p, ' ', (size_t)(size < 8 ? size : 8));
+    if (sp == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *method = NULL;
+    for (int i = 0; i < N_METHODS; i++) {
+        size_t n = strlen(METHOD_NAMES[i]);
+        if ((size_t)(sp - p) == n && memcmp(p, METHOD_NAMES[i], n) == 0) {
+            method = METHODS[i];
+            break;
+        }
+    }
+    if (method == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t method_len = sp - p;
+
+    /* The target: origin-form. */
+    p = sp + 1;
+    const unsigned char *t = p;
+    if (p >= end || *p != '/') {
+        Py_RETURN_NONE;
+    }
+    while (p < end && TARGET[*p]) {
+        p++;
+    }
+    Py_ssize_t target_len = p - t;
+    if (target_len > limit_line || method_len + target_len + 10 > limit_line) {
+        Py_RETURN_NONE; /* 414: the general way says so */
+    }
+    /* SP HTTP/1.x CRLF */
+    if (end - p < 11 || memcmp(p, " HTTP/1.", 8) != 0 || (p[8] != '1' && p[8] != '0') || p[9] != '\r' ||
+        p[10] != '\n') {
+        Py_RETURN_NONE;
+    }
+    int http11 = p[8] == '1';
+    p += 11;
+
+    /* The header fields. */
+    headers = PyList_New(0);
+    if (headers == NULL) {
+        return NULL;
+    }
+    Py_ssize_t content_length = -1, fields = 0, block = 0;
+    int expect = 0, forwarded = 0, content_type = 0, connection_close = 0, connection_keep = 0,
+        connections = 0;
+    char lower[64];
+    for (;;) {
+        if (end - p < 2) {
+            GIVE_UP; /* the head does not end in this read */
+        }
+        if (p[0] == '\r') {
+            if (p[1] != '\n') {
+                GIVE_UP;
+            }
+            p += 2;
+            break;
+        }
+        const unsigned char *n0 = p;
+        while (p < end && TCHAR[*p]) {
+            p++;
+        }
+        Py_ssize_t name_len = p - n0;
+        if (name_len == 0 || p >= end || *p != ':') {
+            GIVE_UP;
+        }
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t')) {
+            p++;
+        }
+        const unsigned char *v0 = p;
+        while (p < end && ((*p >= 0x21 && *p <= 0x7e) || *p == ' ' || *p == '\t')) {
+            p++;
+        }
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n') {
+            GIVE_UP; /* a control byte, obs-text, a bare CR or LF, or the read ends here */
+        }
+        const unsigned char *v1 = p;
+        while (v1 > v0 && (v1[-1] == ' ' || v1[-1] == '\t')) {
+            v1--;
+        }
+        p += 2;
+        Py_ssize_t value_len = v1 - v0;
+        fields++;
+        block += name_len + value_len + 4;
+        if (fields > limit_fields || block > limit_head) {
+            GIVE_UP; /* 431: the general way says so */
+        }
+
+        int known = -1;
+        if (name_len <= (Py_ssize_t)sizeof(lower)) {
+            for (Py_ssize_t i = 0; i < name_len; i++) {
+                lower[i] = (char)LOWER[n0[i]];
+            }
+            known = find_known(lower, name_len);
+        }
+        enum field_kind kind = known >= 0 ? KNOWN[known].kind : F_OTHER;
+        switch (kind) {
+        case F_REFUSE:
+            GIVE_UP;
+        case F_HOST:
+            if (host != NULL) {
+                GIVE_UP;
+            }
+            break;
+        case F_CONTENT_LENGTH: {
+            if (content_length >= 0 || value_len == 0 || value_len > 15) {
+                GIVE_UP;
+            }
+            Py_ssize_t length = 0;
+            for (const unsigned char *d = v0; d < v1; d++) {
+                if (*d < '0' || *d > '9') {
+                    GIVE_UP;
+                }
+                length = length * 10 + (*d - '0');
+            }
+            content_length = length;
+            break;
+        }
+        case F_CONTENT_TYPE:
+            if (content_type) {
+                GIVE_UP;
+            }
+            content_type = 1;
+            break;
+        case F_EXPECT:
+            expect = value_len == 12 && has_token((const char *)v0, value_len, "100-continue");
+            break;
+        case F_CONNECTION:
+            if (connections++) {
+                GIVE_UP;
+            }
+            if (has_token((const char *)v0, value_len, "upgrade")) {
+                GIVE_UP;
+            }
+            connection_close = has_token((const char *)v0, value_len, "close");
+            connection_keep = has_token((const char *)v0, value_len, "keep-alive");
+            break;
+        case F_PROXY:
+            forwarded = 1;
+            break;
+        default:
+            break;
+        }
+
+        if (known >= 0) {
+            name = KNOWN[known].object;
+            Py_INCREF(name);
+        } else {
+            name = PyBytes_FromStringAndSize(NULL, name_len);
+            if (name == NULL) {
+                goto error;
+            }
+            char *out = PyBytes_AS_STRING(name);
+            for (Py_ssize_t i = 0; i < name_len; i++) {
+                out[i] = (char)LOWER[n0[i]];
+            }
+        }
+        value = PyBytes_FromStringAndSize((const char *)v0, value_len);
+        if (value == NULL) {
+            goto error;
+        }
+        if (kind == F_HOST) {
+            Py_INCREF(value);
+            host = value;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            goto error;
+        }
+        PyTuple_SET_ITEM(pair, 0, name); /* steals */
+        PyTuple_SET_ITEM(pair, 1, value);
+        name = value = NULL;
+        int failed = PyList_Append(headers, pair);
+        Py_DECREF(pair);
+        if (failed) {
+            goto error;
+        }
+    }
+    if (http11 && host == NULL) {
+        GIVE_UP; /* 400: the general way says so */
+    }
+    /* The read ends where the request does. */
+    if (end - p != (content_length > 0 ? content_length : 0)) {
+        GIVE_UP;
+    }
+    /* llhttp's should_keep_alive: HTTP/1.1 persists unless `close`, HTTP/1.0 only with `keep-alive`. */
+    int keep_alive = http11 ? !connection_close : (connection_keep && !connection_close);
+
+    target = PyBytes_FromStringAndSize((const char *)t, target_len);
+    if (target == NULL) {
+        goto error;
+    }
+    PyObject *result = PyTuple_New(9);
+    if (result == NULL) {
+        goto error;
+    }
+    Py_INCREF(method);
+    PyTuple_SET_ITEM(result, 0, method);
+    PyTuple_SET_ITEM(result, 1, target);
+    PyTuple_SET_ITEM(result, 2, PyBool_FromLong(http11));
+    PyTuple_SET_ITEM(result, 3, headers);
+    PyObject *length = PyLong_FromSsize_t(content_length);
+    if (length == NULL) {
+        Py_DECREF(result);
+        Py_XDECREF(host);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 4, length);
+    if (host == NULL) {
+        Py_INCREF(Py_None);
+        host = Py_None;
+    }
+    PyTuple_SET_ITEM(result, 5, host);
+    PyTuple_SET_ITEM(result, 6, PyBool_FromLong(expect));
+    PyTuple_SET_ITEM(result, 7, PyBool_FromLong(forwarded));
+    PyTuple_SET_ITEM(result, 8, PyBool_FromLong(keep_alive));
+    return result;
+
+give_up:
+    Py_XDECREF(headers);
+    Py_XDECREF(host);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(headers);
+    Py_XDECREF(host);
+    Py_XDECREF(name);
+    Py_XDECREF(value);
+    Py_XDECREF(target);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
+     "parse(data, limit_line, limit_fields, limit_head) -> tuple | None: one whole request of the common shape "
+     "in `data` (see the module's source), or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_head", "The HTTP/1.1 request head of the common case, parsed in one call.", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__head(void) {
+    build_tables();
+    for (int i = 0; i < N_METHODS; i++) {
+        METHODS[i] = PyBytes_FromString(METHOD_NAMES[i]);
+        if (METHODS[i] == NULL) {
+            return NULL;
+        }
+    }
+    for (int i = 0; i < N_KNOWN; i++) {
+        KNOWN[i].object = PyBytes_FromString(KNOWN[i].name);
+        if (KNOWN[i].object == NULL) {
+            return NULL;
+        }
+    }
+    return PyModule_Create(&module_def);
+}
