@@ -46,10 +46,11 @@ from typing import Any
 from bench import load, procs, servers
 from bench.context import Ctx, Progress, interleave, least_disturbed, start_each, stop_each
 
-ASGI_PEERS = ("corral", "uvicorn", "gunicorn-uvicorn", "hypercorn", "granian")
+# corral-pure and corral-wsgi1-pure (opt-in: only when named in --servers): corral without its C parser.
+ASGI_PEERS = ("corral", "corral-pure", "uvicorn", "gunicorn-uvicorn", "hypercorn", "granian")
 H2_PEERS = ("corral", "hypercorn", "granian")  # the peers that speak HTTP/2
 # corral-wsgi1: corral with --threads 1 (the app on the worker's own thread, as gunicorn's sync worker runs it).
-WSGI_PEERS = ("corral-wsgi", "corral-wsgi1", "gunicorn-gthread", "granian-wsgi")
+WSGI_PEERS = ("corral-wsgi", "corral-wsgi1", "corral-wsgi1-pure", "gunicorn-gthread", "granian-wsgi")
 WSGI_CLOSE_PEERS = (
     "corral-wsgi",
     "corral-wsgi1",
@@ -387,7 +388,7 @@ def select(args: argparse.Namespace, path: CostPath, skipped: dict[str, str]) ->
             wanted.update((name, "corral-wsgi", "corral-wsgi1") if name == "corral" else (name,))
     names = []
     for name in path.peers:
-        if wanted is not None and name not in wanted:
+        if (wanted is None and name in servers.OPT_IN) or (wanted is not None and name not in wanted):
             continue
         reason = servers.available(name)
         if reason:

@@ -64,6 +64,16 @@ def _corral_hooks(app: str, port: int, workers: int, opt: dict[str, Any]) -> lis
     return [*_corral(app, port, workers, opt), "-c", HOOKS_CONF]
 
 
+def _corral_pure(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
+    """corral parsing every request the pure-Python way (CORRAL_NO_EXTENSIONS=1): what its C parser buys."""
+    return ["env", "CORRAL_NO_EXTENSIONS=1", *_corral(app, port, workers, opt)]
+
+
+def _corral_threads1_pure(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
+    """corral-wsgi1 parsing every request the pure-Python way."""
+    return _corral_pure(app, port, workers, dict(opt, threads=1))
+
+
 BEFORE_ENV = "CORRAL_BENCH_BEFORE"  # the python of another checkout's venv: corral before a change
 
 
@@ -205,6 +215,15 @@ SPECS: dict[str, Spec] = {
             note="--threads 1: the app on the worker's own thread",
         ),
         Spec("corral-hooks", "asgi", "corral.master", _corral_hooks, note="pre_request + post_request set (no-ops)"),
+        Spec("corral-pure", "asgi", "corral.master", _corral_pure, note="CORRAL_NO_EXTENSIONS=1: no C parser"),
+        Spec(
+            "corral-wsgi1-pure",
+            "wsgi",
+            "corral.master",
+            _corral_threads1_pure,
+            websocket=False,
+            note="--threads 1, CORRAL_NO_EXTENSIONS=1",
+        ),
         Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
         Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
         Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
@@ -213,7 +232,8 @@ SPECS: dict[str, Spec] = {
 }
 # `corral-wsgi` is corral on the WSGI app: its row keeps the WSGI table apart from the ASGI ones.
 # `corral-hooks` runs only when named (--servers corral,corral-hooks): it measures the hooks' cost.
-OPT_IN = ("corral-hooks", "corral-before")
+# `corral-pure` and `corral-wsgi1-pure` too: what the compiled request parser buys.
+OPT_IN = ("corral-hooks", "corral-before", "corral-pure", "corral-wsgi1-pure")
 
 
 def available(name: str) -> str | None:
