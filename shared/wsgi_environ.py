@@ -16,9 +16,12 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["build_environ", "environ_template", "native_string", "TooManyHeaders", "ERRORS_STREAM"]
+from corral.shared import native
+
+__all__ = ["build_environ", "fill_headers", "environ_template", "native_string", "TooManyHeaders", "ERRORS_STREAM"]
 
 logger = logging.getLogger("corral.shared.wsgi")
 
@@ -31,6 +34,16 @@ class TooManyHeaders(ValueError):
 _MISSING: Any = object()  # a sentinel (Any: past it, a key is a str or None to mypy)
 _HEADER_KEYS: dict[bytes, str | None] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
 _HEADER_KEYS_MAX = 1024
+
+# The compiled loop over the header fields (shared/_environ.c), where it was built and is not turned off.
+_fill_headers: (
+    Callable[[dict[str, Any], Any, dict[bytes, str | None], Callable[[bytes], str | None], int, type], bool] | None
+) = None
+if native.enabled():
+    try:
+        from corral.shared._environ import fill_headers as _fill_headers
+    except ImportError:  # not built (no compiler at install): the loop in Python
+        _fill_headers = None
 
 
 def _header_key(name: bytes) -> str | None:
@@ -155,9 +168,25 @@ def build_environ(
         port = client[1]
         if port is not None:
             environ["REMOTE_PORT"] = _PORTS.get(port) or _port(port)
+    headers = scope.get("headers", ())
+    if _fill_headers is None or not _fill_headers(
+        environ,
+        headers,
+        _HEADER_KEYS,
+        _header_key,
+        duplicate_header_limit or 0,
+        TooManyHeaders,  # None: no limit
+    ):
+        fill_headers(environ, headers, duplicate_header_limit)
+    return environ
+
+
+def fill_headers(environ: dict[str, Any], headers: Any, duplicate_header_limit: int) -> None:
+    """The request's header fields into `environ` (see the module's docstring); the compiled
+    `corral.shared._environ.fill_headers` does the same for a list or tuple of (bytes, bytes) tuples."""
     repeats: dict[str, int] | None = None
     header_keys = _HEADER_KEYS
-    for name, value in scope.get("headers", ()):
+    for name, value in headers:
         key = header_keys.get(name, _MISSING)
         if key is _MISSING:
             key = _header_key(name)
@@ -173,4 +202,3 @@ def build_environ(
             environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
         else:
             environ[key] = value
-    return environ

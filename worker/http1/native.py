@@ -1,24 +1,22 @@
 """The compiled request-head parser, when there is one: `parse_head` is `_head.parse` (worker/http1/_head.c,
 built at install when a C compiler is present), or None, and then every read is parsed the pure-Python way.
 
-`CORRAL_NO_EXTENSIONS=1` in the environment turns it off (CI runs the whole suite both ways). What it takes
-and what it returns: the C source's opening comment, and `HTTP11Connection.feed_parsed`.
+`CORRAL_NO_EXTENSIONS=1` in the environment turns it off (`corral.shared.native`; CI runs the whole suite both
+ways). What it takes and what it returns: the C source's opening comment, and `HTTP11Connection.feed_parsed`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-__all__ = ["parse_head", "Parsed", "DISABLED_BY", "describe"]
+from corral.shared.native import DISABLED_BY, enabled
 
-#: The environment variable that turns the compiled parser off (any value but "" and "0").
-DISABLED_BY = "CORRAL_NO_EXTENSIONS"
+__all__ = ["parse_head", "Parsed", "DISABLED_BY", "describe"]
 
 Parsed = tuple[bytes, bytes, bool, list[tuple[bytes, bytes]], int, "bytes | None", bool, bool, bool]
 
 parse_head: Callable[[bytes, int, int, int], Parsed | None] | None = None
-if os.environ.get(DISABLED_BY, "") in ("", "0"):
+if enabled():
     try:
         from corral.worker.http1._head import parse as parse_head
     except ImportError:  # not built (no compiler at install): the pure-Python way
@@ -29,6 +27,6 @@ def describe() -> str:
     """Which request parser this process uses, for `serve --version`."""
     if parse_head is not None:
         return "request parser: compiled"
-    if os.environ.get(DISABLED_BY, "") not in ("", "0"):
+    if not enabled():
         return f"request parser: pure Python ({DISABLED_BY} is set)"
     return "request parser: pure Python (its C module was not built at install)"
