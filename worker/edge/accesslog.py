@@ -22,6 +22,7 @@ Differences from gunicorn, on purpose:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccessLog",
+    "DirectLines",
     "make_access_log",
     "ReopenableFileHandler",
     "reopen_file",
@@ -174,6 +176,10 @@ def _now(*_: Any) -> str:
     return text
 
 
+def _dash(*_: Any) -> str:
+    return "-"
+
+
 def _micros(duration: float) -> int:
     return int(duration * 1_000_000)
 
@@ -225,14 +231,75 @@ def _extractor(atom: str) -> Extractor | None:
     return None
 
 
+class DirectLines:
+    """Access lines written straight to the stream of the handler corral installed, skipping `logging`'s
+    record, caller lookup and per-line lock and flush (measured: 12.1 µs a line through `logger.info`, 3.3
+    of them rendering). A loop turn's lines go out together at its end, one write and one flush, as
+    `logging` would have written them one by one (the formatter is "%(message)s"): lines are never held past
+    the turn that made them (`flush`, also at a reopen and when the worker stops); a worker killed mid-turn
+    loses that turn's lines. `usable` says whether the logger is still as corral set it up; when a hook or a
+    dictConfig gave it other handlers, filters or a formatter, lines go through `logging` again."""
+
+    __slots__ = ("handler", "formatter", "only", "lines")
+
+    #: Lines held at most before they are written, whatever the turn (a bound on memory, not a delay).
+    MAX_LINES = 256
+
+    def __init__(self, handler: logging.StreamHandler) -> None:
+        self.handler = handler
+        self.formatter = handler.formatter
+        self.only = [handler]
+        self.lines: list[str] = []
+
+    def usable(self, logger: logging.Logger) -> bool:
+        handler = self.handler
+        return (
+            logger.handlers == self.only
+            and not logger.filters
+            and not handler.filters
+            and handler.formatter is self.formatter
+            and handler.level <= logging.INFO
+            and logger.isEnabledFor(logging.INFO)
+        )
+
+    def write(self, line: str) -> None:
+        lines = self.lines
+        lines.append(line)
+        if len(lines) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop in this thread: written now
+                self.flush()
+        elif len(lines) >= self.MAX_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        lines = self.lines
+        if not lines:
+            return
+        self.lines = []
+        handler = self.handler
+        handler.acquire()
+        try:
+            stream = handler.stream
+            if stream is not None:
+                stream.write("\n".join(lines) + "\n")
+                stream.flush()
+        except Exception:  # as logging.Handler.handleError: a log line must never break serving
+            logging.getLogger("corral.worker.accesslog").exception("could not write %d access line(s)", len(lines))
+        finally:
+            handler.release()
+
+
 class AccessLog:
     """One access-log line per response, rendered from a gunicorn format string."""
 
-    __slots__ = ("format", "logger", "_extractors")
+    __slots__ = ("format", "logger", "_extractors", "direct", "_line_format", "_line_parts")
 
-    def __init__(self, format: str, logger: logging.Logger) -> None:
+    def __init__(self, format: str, logger: logging.Logger, direct: DirectLines | None = None) -> None:
         self.format = format
         self.logger = logger
+        self.direct = direct  # corral's own handler: lines written without logging's records (see DirectLines)
         extractors: dict[str, Extractor] = {}
         for match in _ATOM.finditer(format):
             atom = match.group(1)
@@ -243,8 +310,22 @@ class AccessLog:
                 extractors[atom] = extractor
         # (atom, extractor, whether its value may hold a '"' to escape: request data may, numbers and dates not)
         self._extractors = tuple((atom, extract, atom not in _NO_QUOTES) for atom, extract in extractors.items())
+        # The line itself is rendered from a positional copy of the format (`%(h)s` -> `%s`) and a tuple of
+        # values in the format's order: no mapping per line (the atoms mapping is made only for `logging`'s
+        # record, whose formatters may read it). An unknown atom is '-', as in the mapping.
+        order: list[str] = []
+
+        def positional(match: re.Match[str]) -> str:
+            if match.group(1) is None:
+                return "%%"
+            order.append(match.group(1))
+            return "%"
+
+        self._line_format = _ATOM.sub(positional, format)
+        self._line_parts = tuple((extractors.get(atom, _dash), atom not in _NO_QUOTES) for atom in order)
         # Fail at startup, not on the first request, if the format itself is broken (0 suits %s and %d).
         format % _Probe()
+        self._line_format % ((0,) * len(order))
 
     def atoms(
         self,
@@ -273,7 +354,13 @@ class AccessLog:
         session: Any = None,
     ) -> str:
         """The log line for one response."""
-        return self.format % self.atoms(scope, status, response_bytes, duration_s, response_headers, session)
+        return self._line_format % tuple(
+            [
+                _escaped(value) if escape else value
+                for extract, escape in self._line_parts
+                for value in (extract(scope, status, response_bytes, duration_s, response_headers, session),)
+            ]
+        )
 
     def __call__(
         self,
@@ -284,6 +371,13 @@ class AccessLog:
         response_headers: Headers,
         session: Any = None,
     ) -> None:
+        direct = self.direct
+        if direct is not None and direct.usable(self.logger):
+            try:
+                direct.write(self.render(scope, status, response_bytes, duration_s, response_headers, session))
+            except Exception:  # a log line must never break a response
+                logging.getLogger("corral.worker.accesslog").exception("failed to render the access log line")
+            return
         if not self.logger.isEnabledFor(logging.INFO):
             return
         try:
@@ -295,8 +389,22 @@ class AccessLog:
         except Exception:  # a log line must never break a response
             logging.getLogger("corral.worker.accesslog").exception("failed to render the access log line")
 
+    def emit(self, line: str) -> None:
+        """A line rendered elsewhere (the JSON access log's), written the same way as this log's own."""
+        direct = self.direct
+        if direct is not None and direct.usable(self.logger):
+            direct.write(line)
+        else:
+            self.logger.info(line)
+
+    def flush(self) -> None:
+        """Write the lines held for the end of this loop turn now (the worker stops, or a reopen)."""
+        if self.direct is not None:
+            self.direct.flush()
+
     def reopen(self) -> None:
         """Reopen log files (after logrotate moved them; the worker calls this on SIGUSR1)."""
+        self.flush()
         for handler in self.logger.handlers:
             reopen = getattr(handler, "reopen", None)
             if reopen is not None:
@@ -355,4 +463,4 @@ def make_access_log(settings: Settings) -> AccessLog | None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # access lines go only where --access-logfile says
-    return AccessLog(settings.access_log_format, logger)
+    return AccessLog(settings.access_log_format, logger, DirectLines(handler))

@@ -118,6 +118,8 @@ async def serve_application(
     try:
         await server.serve(sockets)
     finally:
+        if access_log is not None:
+            access_log.flush()  # access lines held for the end of the loop's turn (accesslog.DirectLines)
         await lifespan.shutdown()
     return OK
 

@@ -307,3 +307,100 @@ def test_naming_corral_keeps_corrals_logger(capsys):
         assert capsys.readouterr().out == "200 42ms\n"
     finally:
         _cleanup_access_logger()
+
+
+def _fresh_access_logger():
+    """No handler left on the access loggers by an earlier test (caplog's among them)."""
+    for name in (ACCESS_LOGGER_NAME, "gunicorn.access"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            if getattr(handler, "_corral_access", False):
+                handler.close()
+
+
+def test_lines_of_a_loop_turn_are_written_together_at_its_end_as_logging_writes_them(tmp_path):
+    """With corral's own handler, lines skip logging's records and go out at the end of the loop's turn: the
+    file holds what logging would have written, line for line, in order."""
+    import asyncio
+
+    _fresh_access_logger()
+    direct_path, logged_path = tmp_path / "direct.log", tmp_path / "logged.log"
+    scopes = [make_scope(path=f"/p{i}", raw_path=f"/p{i}".encode()) for i in range(300)]
+    try:
+        log = make_access_log(Settings(accesslog=str(direct_path)))
+        assert log is not None and log.direct is not None
+
+        async def serve_a_turn():
+            for scope in scopes:  # more than DirectLines.MAX_LINES: some written before the turn ends
+                log(scope, 200, 5, 0.001, [])
+            held = direct_path.read_text().count("\n")
+            await asyncio.sleep(0)  # the turn ends: the rest is written
+            return held
+
+        held = asyncio.run(serve_a_turn())
+        assert held == 256  # the first MAX_LINES, at the bound; the rest waited for the turn's end
+        _cleanup_access_logger()
+        logged = make_access_log(Settings(accesslog=str(logged_path)))
+        logged.direct = None  # through logging, as before
+        for scope in scopes:
+            logged(scope, 200, 5, 0.001, [])
+        for handler in logged.logger.handlers:
+            handler.flush()
+        assert TIME.sub("[T]", direct_path.read_text()) == TIME.sub("[T]", logged_path.read_text())
+        assert len(direct_path.read_text().splitlines()) == 300
+    finally:
+        _cleanup_access_logger()
+
+
+def test_a_handler_filter_or_formatter_added_later_sends_lines_through_logging(tmp_path, caplog):
+    """A hook (post_fork, when_ready) may add a handler or a filter to the access logger: they then see every
+    line, as under gunicorn, and corral's own file still gets it through its handler."""
+    _fresh_access_logger()
+    path = tmp_path / "access.log"
+    try:
+        log = make_access_log(Settings(accesslog=str(path), access_log_format="%(s)s %(U)s"))
+        seen: list[logging.LogRecord] = []
+        extra = logging.Handler()
+        extra.emit = seen.append  # type: ignore[method-assign]  # a spy
+        log.logger.addHandler(extra)
+        log(make_scope(), 201, 0, 0.0, [])
+        log.logger.removeHandler(extra)
+        dropping = logging.Filter("nothing-by-this-name")  # a filter that drops every record
+        log.logger.addFilter(dropping)
+        log(make_scope(), 202, 0, 0.0, [])
+        log.logger.removeFilter(dropping)
+        ours = log.logger.handlers[0]
+        ours.setFormatter(logging.Formatter("access: %(message)s"))
+        log(make_scope(), 203, 0, 0.0, [])
+        log.flush()
+        ours.flush()
+        assert [record.getMessage() for record in seen] == ["201 /a b/c"]
+        assert seen[0].args["s"] == 201  # the atoms as the record's args, as gunicorn's
+        assert path.read_text() == "201 /a b/c\naccess: 203 /a b/c\n"
+    finally:
+        _cleanup_access_logger()
+
+
+def test_held_lines_are_written_at_a_reopen_and_when_flushed(tmp_path):
+    import asyncio
+
+    _fresh_access_logger()
+    path = tmp_path / "access.log"
+    try:
+        log = make_access_log(Settings(accesslog=str(path), access_log_format="%(s)s"))
+
+        async def turn():
+            log(make_scope(), 200, 0, 0.0, [])
+            assert path.read_text() == ""  # held for the turn's end
+            rotated = tmp_path / "access.log.1"
+            path.rename(rotated)
+            log.reopen()  # logrotate's USR1: the old file gets what was held before it
+            assert rotated.read_text() == "200\n"
+            log(make_scope(), 204, 0, 0.0, [])
+            log.flush()  # the worker stopping
+            assert path.read_text() == "204\n"
+
+        asyncio.run(turn())
+    finally:
+        _cleanup_access_logger()
