@@ -263,30 +263,34 @@ class DirectLines:
         )
 
     def write(self, line: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not the worker's loop thread: written now, alone (the held lines are the loop's)
+            self._write(line + "\n", 1)
+            return
         lines = self.lines
         lines.append(line)
         if len(lines) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop in this thread: written now
-                self.flush()
+            loop.call_soon(self.flush)
         elif len(lines) >= self.MAX_LINES:
             self.flush()
 
     def flush(self) -> None:
         lines = self.lines
-        if not lines:
-            return
-        self.lines = []
+        if lines:
+            self.lines = []
+            self._write("\n".join(lines) + "\n", len(lines))
+
+    def _write(self, text: str, count: int) -> None:
         handler = self.handler
         handler.acquire()
         try:
             stream = handler.stream
             if stream is not None:
-                stream.write("\n".join(lines) + "\n")
+                stream.write(text)
                 stream.flush()
         except Exception:  # as logging.Handler.handleError: a log line must never break serving
-            logging.getLogger("corral.worker.accesslog").exception("could not write %d access line(s)", len(lines))
+            logging.getLogger("corral.worker.accesslog").exception("could not write %d access line(s)", count)
         finally:
             handler.release()
 

@@ -11,8 +11,9 @@
   `websocket: true`, `close_code`, `bytes_in`, `bytes_out`, `messages_in`, `messages_out`).
 
 The access log stays off by default: at tens of thousands of requests per second per core a log line costs
-about two thirds of a hello-world response (rendering and writing, see accesslog.DirectLines), and the metrics (`--metrics-bind`, `--statsd-host`)
-answer "how many, how slow, which statuses" without it. Turn it on with `--access-logfile -`.
+about two thirds of a hello-world response (rendering and writing, see accesslog.DirectLines), and the
+metrics (`--metrics-bind`, `--statsd-host`) answer "how many, how slow, which statuses" without it. Turn it
+on with `--access-logfile -`.
 """
 
 from __future__ import annotations
