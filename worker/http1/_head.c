@@ -302,6 +302,9 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
             }
             connection_close = has_token((const char *)v0, value_len, "close");
             connection_keep = has_token((const char *)v0, value_len, "keep-alive");
+            if (connection_close && connection_keep) {
+                GIVE_UP; /* both: llhttp's rule (HTTP/1.0 keeps the connection) is the general way's */
+            }
             break;
         case F_PROXY:
             forwarded = 1;
@@ -352,7 +355,7 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         GIVE_UP;
     }
     /* llhttp's should_keep_alive: HTTP/1.1 persists unless `close`, HTTP/1.0 only with `keep-alive`. */
-    int keep_alive = http11 ? !connection_close : (connection_keep && !connection_close);
+    int keep_alive = http11 ? !connection_close : connection_keep;
 
     target = PyBytes_FromStringAndSize((const char *)t, target_len);
     if (target == NULL) {
