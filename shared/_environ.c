@@ -46,35 +46,44 @@ static PyObject *fill_headers(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     }
     PyObject *environ = args[0], *headers = args[1], *keys = args[2], *key_of = args[3], *too_many = args[5];
+    if (!PyLong_CheckExact(args[4]) || !PyDict_CheckExact(environ) || !PyDict_CheckExact(keys) ||
+        !well_formed(headers)) {
+        Py_RETURN_FALSE; /* a limit that is no plain int (a float, True): the Python loop's to compare */
+    }
     Py_ssize_t limit = PyLong_AsSsize_t(args[4]);
     if (limit == -1 && PyErr_Occurred()) {
-        return NULL;
+        PyErr_Clear();
+        Py_RETURN_FALSE; /* beyond Py_ssize_t: as good as none, which the Python loop says the same way */
     }
-    if (!PyDict_CheckExact(environ) || !PyDict_CheckExact(keys) || !well_formed(headers)) {
-        Py_RETURN_FALSE;
-    }
-    /* The pairs are held by `headers` while it is held here (the list cannot shrink under us: no Python code
-       runs but key_of, which does not touch it). */
+    /* `headers` is held here, and each pair while its field is filled (below). */
     Py_INCREF(headers);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
     PyObject *repeats = NULL; /* key -> count, made at the first repeat */
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < n && i < PySequence_Fast_GET_SIZE(headers); i++) {
+        /* The pair is held for the field: key_of runs Python code, which must not be able to free it. */
         PyObject *pair = PySequence_Fast_ITEMS(headers)[i];
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_RuntimeError, "the header list changed while the environ was filled");
+            goto error; /* only a key_of that edits the list gets here */
+        }
+        Py_INCREF(pair);
         PyObject *name = PyTuple_GET_ITEM(pair, 0);
         PyObject *raw = PyTuple_GET_ITEM(pair, 1);
         PyObject *owned = NULL; /* the key, when key_of made it (a new name) */
         PyObject *key = PyDict_GetItemWithError(keys, name); /* borrowed: `keys` only ever grows */
         if (key == NULL) {
             if (PyErr_Occurred()) {
-                goto error;
+                goto field_error;
             }
             key = owned = PyObject_CallOneArg(key_of, name);
             if (key == NULL) {
-                goto error;
+                goto field_error;
             }
         }
         if (key == Py_None) {
             Py_XDECREF(owned);
+            Py_DECREF(pair);
             continue; /* a name with "_": dropped */
         }
         PyObject *value = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), NULL);
@@ -89,6 +98,7 @@ static PyObject *fill_headers(PyObject *module, PyObject *const *args, Py_ssize_
                 goto field_error;
             }
             Py_XDECREF(owned);
+            Py_DECREF(pair);
             continue;
         }
         /* A repeat: counted per key, joined to what is there. */
@@ -134,9 +144,11 @@ static PyObject *fill_headers(PyObject *module, PyObject *const *args, Py_ssize_
             goto field_error;
         }
         Py_XDECREF(owned);
+        Py_DECREF(pair);
         continue;
     field_error:
         Py_XDECREF(owned);
+        Py_DECREF(pair);
         goto error;
     }
     Py_XDECREF(repeats);

@@ -152,9 +152,15 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_NONE;
     }
     Py_ssize_t limit_line = PyLong_AsSsize_t(args[1]);
+    if (limit_line == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
     Py_ssize_t limit_fields = PyLong_AsSsize_t(args[2]);
+    if (limit_fields == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
     Py_ssize_t limit_head = PyLong_AsSsize_t(args[3]);
-    if (PyErr_Occurred()) {
+    if (limit_head == -1 && PyErr_Occurred()) {
         return NULL;
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
@@ -246,10 +252,11 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         while (v1 > v0 && (v1[-1] == ' ' || v1[-1] == '\t')) {
             v1--;
         }
+        /* The header block's size counts the value as llhttp reports it: trailing whitespace included. */
+        block += name_len + (p - v0) + 4;
         p += 2;
         Py_ssize_t value_len = v1 - v0;
         fields++;
-        block += name_len + value_len + 4;
         if (fields > limit_fields || block > limit_head) {
             GIVE_UP; /* 431: the general way says so */
         }
@@ -271,7 +278,8 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
             }
             break;
         case F_CONTENT_LENGTH: {
-            if (content_length >= 0 || value_len == 0 || value_len > 15) {
+            /* At most 15 digits (9 where Py_ssize_t has 32 bits): no overflow, and a length no read holds. */
+            if (content_length >= 0 || value_len == 0 || value_len > (sizeof(Py_ssize_t) >= 8 ? 15 : 9)) {
                 GIVE_UP;
             }
             Py_ssize_t length = 0;

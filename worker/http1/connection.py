@@ -137,6 +137,7 @@ class HTTP11Connection:
         "native_chunked",
         "forwarded",
         "whole",
+        "after_close",
     )
 
     def __init__(self, handler: RequestHandler[Any], limits: Limits) -> None:
@@ -185,6 +186,7 @@ class HTTP11Connection:
         self.first_size = 0
         self.native_chunked = False  # llhttp is decoding a chunked body, in a read fed whole
         self.whole = b""  # that read, while llhttp parses it (see on_headers_complete)
+        self.after_close = False  # the compiled parser made a request that closes the connection (see feed)
         self.completed = 0  # messages complete
         self.request: Exchange | None = None  # the request whose body is being parsed
         self.last: Exchange | None = None  # the request made last
@@ -227,6 +229,12 @@ class HTTP11Connection:
             if self.upgrade_body:
                 self._upgrade_body(data)
             return  # bytes after an Upgrade request belong to a protocol this server does not speak
+        if self.after_close:
+            # After a request that closes the connection, parsed by the compiled parser: what llhttp does after
+            # one it parsed (CR and LF skipped, anything else refused and then ignored by parse_failure).
+            if data.strip(b"\r\n"):
+                self.upgraded = True
+            return
         if self.backlog or (len(data) > PARSE_SLICE and self.in_head and data.count(b"HTTP/1.") >= self.max_pipeline):
             # Every request line that llhttp accepts names its version (HTTP/0.9 and 2.0 are refused, CRLF
             # after the version is required): a read with fewer of them than the bound cannot queue past
@@ -293,9 +301,9 @@ class HTTP11Connection:
             return False
         if not keep_alive:
             self.client_close = True
-            # llhttp, had it parsed this request, would refuse whatever the client sends after it, and
-            # parse_failure would then ignore those bytes: ignored from now on, as that would.
-            self.upgraded = True
+            # llhttp, had it parsed this request, would skip CR and LF sent after it and refuse anything else,
+            # which parse_failure then ignores: `feed` does the same (see after_close).
+            self.after_close = True
         self.requests = requests = self.requests + 1
         if self.max_requests and requests >= self.max_requests:
             keep_alive = False

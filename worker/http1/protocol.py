@@ -443,6 +443,7 @@ class HttpProtocol(asyncio.Protocol):
             or state.url
             or state.head_parts is not None
             or state.upgraded
+            or state.after_close
         ):
             return
         self.served = state.requests
