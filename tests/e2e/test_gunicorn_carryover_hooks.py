@@ -100,10 +100,14 @@ def application(environ, start_response):
 
 
 def marks(folder, name):
-    """{pid: [lines]} of the files the hook `name` wrote."""
+    """{pid: [lines]} of the files the hook `name` wrote, complete lines only: a hook's open(..., "a") creates
+    its file before the line is written, so a reader can see the file empty (or half-written) for a moment."""
     found = {}
     for entry in (folder / "marks").glob(f"{name}.*"):
-        found[int(entry.suffix[1:])] = entry.read_text().splitlines()
+        text = entry.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        if complete:
+            found[int(entry.suffix[1:])] = complete.splitlines()
     return found
 
 
