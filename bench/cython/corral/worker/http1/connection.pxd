@@ -11,6 +11,6 @@ cdef class HTTP11Connection:
     cdef public bint expect, in_head, must_close, client_close, upgraded
     cdef public Py_ssize_t head_bytes, completed, body_size, requests
     cdef public object head_parts, chunked, method, sizes
-    cdef public bint content_type, fallback, native_chunked, forwarded
+    cdef public bint content_type, fallback, native_chunked, forwarded, after_close
     cdef public bytes whole
     cdef public Py_ssize_t sole, first_size
