@@ -49,10 +49,11 @@ static void build_tables(void) {
     }
 }
 
-/* The methods taken here, as shared bytes objects. */
+/* The methods taken here, as shared bytes objects (their lengths measured once, at import). */
 static const char *METHOD_NAMES[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
 #define N_METHODS 7
 static PyObject *METHODS[N_METHODS];
+static size_t METHOD_LENGTHS[N_METHODS];
 
 /* Field names corral looks at, and common ones, as shared bytes objects: what they are for. */
 enum field_kind {
@@ -70,40 +71,40 @@ typedef struct {
     const char *name;
     enum field_kind kind;
     PyObject *object;
+    Py_ssize_t length; /* strlen(name), measured once at import */
 } known_field;
 
 static known_field KNOWN[] = {
-    {"host", F_HOST, NULL},
-    {"content-length", F_CONTENT_LENGTH, NULL},
-    {"content-type", F_CONTENT_TYPE, NULL},
-    {"expect", F_EXPECT, NULL},
-    {"connection", F_CONNECTION, NULL},
-    {"transfer-encoding", F_REFUSE, NULL},
-    {"upgrade", F_REFUSE, NULL},
-    {"proxy-connection", F_REFUSE, NULL}, /* llhttp reads it as Connection */
-    {"forwarded", F_PROXY, NULL},
-    {"x-forwarded-for", F_PROXY, NULL},
-    {"x-forwarded-proto", F_PROXY, NULL},
-    {"x-forwarded-host", F_PROXY, NULL},
-    {"user-agent", F_OTHER, NULL},
-    {"accept", F_OTHER, NULL},
-    {"accept-encoding", F_OTHER, NULL},
-    {"accept-language", F_OTHER, NULL},
-    {"cookie", F_OTHER, NULL},
-    {"referer", F_OTHER, NULL},
-    {"cache-control", F_OTHER, NULL},
-    {"authorization", F_OTHER, NULL},
-    {"origin", F_OTHER, NULL},
-    {"x-request-id", F_OTHER, NULL},
-    {"x-real-ip", F_OTHER, NULL},
+    {"host", F_HOST, NULL, 0},
+    {"content-length", F_CONTENT_LENGTH, NULL, 0},
+    {"content-type", F_CONTENT_TYPE, NULL, 0},
+    {"expect", F_EXPECT, NULL, 0},
+    {"connection", F_CONNECTION, NULL, 0},
+    {"transfer-encoding", F_REFUSE, NULL, 0},
+    {"upgrade", F_REFUSE, NULL, 0},
+    {"proxy-connection", F_REFUSE, NULL, 0}, /* llhttp reads it as Connection */
+    {"forwarded", F_PROXY, NULL, 0},
+    {"x-forwarded-for", F_PROXY, NULL, 0},
+    {"x-forwarded-proto", F_PROXY, NULL, 0},
+    {"x-forwarded-host", F_PROXY, NULL, 0},
+    {"user-agent", F_OTHER, NULL, 0},
+    {"accept", F_OTHER, NULL, 0},
+    {"accept-encoding", F_OTHER, NULL, 0},
+    {"accept-language", F_OTHER, NULL, 0},
+    {"cookie", F_OTHER, NULL, 0},
+    {"referer", F_OTHER, NULL, 0},
+    {"cache-control", F_OTHER, NULL, 0},
+    {"authorization", F_OTHER, NULL, 0},
+    {"origin", F_OTHER, NULL, 0},
+    {"x-request-id", F_OTHER, NULL, 0},
+    {"x-real-ip", F_OTHER, NULL, 0},
 };
 #define N_KNOWN ((int)(sizeof(KNOWN) / sizeof(KNOWN[0])))
 
 /* The known field whose lowercase name is `lower[0:n]`, or -1. */
 static int find_known(const char *lower, Py_ssize_t n) {
     for (int i = 0; i < N_KNOWN; i++) {
-        const char *name = KNOWN[i].name;
-        if ((Py_ssize_t)strlen(name) == n && memcmp(name, lower, (size_t)n) == 0) {
+        if (KNOWN[i].length == n && memcmp(KNOWN[i].name, lower, (size_t)n) == 0) {
             return i;
         }
     }
@@ -177,7 +178,7 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     }
     PyObject *method = NULL;
     for (int i = 0; i < N_METHODS; i++) {
-        size_t n = strlen(METHOD_NAMES[i]);
+        size_t n = METHOD_LENGTHS[i];
         if ((size_t)(sp - p) == n && memcmp(p, METHOD_NAMES[i], n) == 0) {
             method = METHODS[i];
             break;
@@ -423,12 +424,14 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__head(void) {
     build_tables();
     for (int i = 0; i < N_METHODS; i++) {
+        METHOD_LENGTHS[i] = strlen(METHOD_NAMES[i]);
         METHODS[i] = PyBytes_FromString(METHOD_NAMES[i]);
         if (METHODS[i] == NULL) {
             return NULL;
         }
     }
     for (int i = 0; i < N_KNOWN; i++) {
+        KNOWN[i].length = (Py_ssize_t)strlen(KNOWN[i].name);
         KNOWN[i].object = PyBytes_FromString(KNOWN[i].name);
         if (KNOWN[i].object == NULL) {
             return NULL;
