@@ -43,12 +43,14 @@ from corral.worker.http1.chunked import FORBIDDEN_TRAILERS, ChunkedBody
 from corral.worker.http1.exchange import Exchange, RequestHandler
 from corral.worker.http1.fields import LOOKED_AT, VALID_HOST, transfer_coding_problem
 from corral.worker.http1.limits import FREE_CHUNKS, Limits
-from corral.worker.http1.native import Parsed, parse_head
+from corral.worker.http1.native import parse_head, take_parsed
 from corral.worker.http1.reads import (
+    PARSE_SLICE,
     PARSER_ERRORS,
     UnknownMethod,
     chunked_body,
     cut_head,
+    feed_sliced,
     feed_split,
     replay_chunked,
     resync,
@@ -72,12 +74,6 @@ logger = logging.getLogger("corral.error")
 
 _parse_head = parse_head  # None where the compiled parser is not there or is turned off (see native)
 
-
-#: Bytes parsed in one go when a read may hold several requests (it begins between requests or inside a
-#: head): parsing stops at the next slice boundary once `max_pipeline` requests wait, so that a client that
-#: pipelines thousands of requests without reading the answers costs at most this many parsed requests
-#: plus one read of raw bytes (see `feed`). A real request head is a few hundred bytes: one or two a slice.
-PARSE_SLICE = 1024
 
 #: What llhttp says about a method it knows only in RTSP (DESCRIBE, SETUP, PLAY...): a token like any other.
 _RTSP_METHOD = "Invalid method for HTTP/x.x request"
@@ -218,7 +214,7 @@ class HTTP11Connection:
         requests go to `reads.feed_split`, which hands llhttp one head at a time and decodes chunked bodies with
         `ChunkedBody`.
 
-        A read that may hold more requests than `max_pipeline` is parsed a slice at a time (`_feed_sliced`),
+        A read that may hold more requests than `max_pipeline` is parsed a slice at a time (`reads.feed_sliced`),
         and parsing stops at a slice boundary once `max_pipeline` requests wait behind the active one: the
         rest is kept unparsed in `backlog` (the protocol stops reading meanwhile) and parsed by `feed(b"")`
         when the queue shrinks. Parsed requests cost ~1 KiB each (scope, headers, cycle), raw bytes ~30: so a
@@ -239,14 +235,14 @@ class HTTP11Connection:
             # Every request line that llhttp accepts names its version (HTTP/0.9 and 2.0 are refused, CRLF
             # after the version is required): a read with fewer of them than the bound cannot queue past
             # it and is parsed whole, below. (A body that contains the string only costs the slicing.)
-            self._feed_sliced(data)
+            feed_sliced(self, data)
             return
         if self.in_head and self.head_parts is None:
             if _parse_head is not None and not self.must_close:
                 # The compiled parser takes a read that is exactly one request of the common shape (and
                 # returns None for anything else, errors included, which the general way below answers).
                 parsed = _parse_head(data, self.limit_line, self.limit_fields, self.limit_head)
-                if parsed is not None and self.feed_parsed(parsed, data):
+                if parsed is not None and take_parsed(self, parsed, data):
                     return
             # A read that begins between requests (almost every read) is fed whole. Where llhttp refuses what
             # RFC 9112 allows (a method it does not know, whitespace in a chunk extension), the connection
@@ -286,54 +282,6 @@ class HTTP11Connection:
                 self.sizes = []
             return
         feed_split(self, data, 0)
-
-    def feed_parsed(self, parsed: Parsed, data: bytes) -> bool:
-        """The request the compiled parser found in `data` (one whole request, see `native`): made and started
-        as `on_headers_complete`, `on_body` and `on_message_complete` would. False (nothing done) where the
-        general way must decide: a Host value not seen valid before that is invalid, a body over the limit."""
-        method, url, http11, headers, content_length, host, expect, forwarded, keep_alive = parsed
-        if host is not None and host != self.last_host:
-            if VALID_HOST.fullmatch(host) is None:
-                return False
-            self.last_host = host
-        has_body = content_length > 0
-        if has_body and self.limit_body and content_length > self.limit_body:
-            return False
-        if not keep_alive:
-            self.client_close = True
-            # llhttp, had it parsed this request, would skip CR and LF sent after it and refuse anything else,
-            # which parse_failure then ignores: `feed` does the same (see after_close).
-            self.after_close = True
-        self.requests = requests = self.requests + 1
-        if self.max_requests and requests >= self.max_requests:
-            keep_alive = False
-        if not keep_alive:
-            self.must_close = True
-        # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
-        self.last = request = self.handler.on_request(
-            method,
-            "1.1" if http11 else "1.0",
-            url,
-            headers,
-            keep_alive,
-            expect and has_body and http11,
-            has_body,
-            forwarded,
-        )
-        if self.active is None:
-            self.active = request
-            self.handler.start_request(request)
-        else:
-            pipeline = self.pipeline
-            if type(pipeline) is tuple:
-                pipeline = self.pipeline = deque()
-            pipeline.append(request)  # type: ignore[union-attr]  # the empty tuple became a deque just above
-        self.body_size = content_length if has_body else 0
-        if has_body:
-            request.on_body(data[len(data) - content_length :])
-        self.completed += 1
-        request.on_body_complete()
-        return True
 
     def execute(self, data: bytes) -> int:
         """llhttp parses `data`; returns -1, or where the bytes after an Upgrade request begin in `data`.
@@ -396,34 +344,41 @@ class HTTP11Connection:
             self.upgrade_request = None
             request.on_body_complete()
 
-    def _feed_sliced(self, data: bytes) -> None:
-        """`feed` for a read that may hold many requests (or when a backlog waits): see `feed`."""
-        backlog = self.backlog
-        if backlog:
+    def new_head(self) -> None:
+        """Forget what the head parsed last said (its fields, framing and flags): the next head starts clean."""
+        self.url = b""
+        self.headers = []
+        self.header_size = 0
+        self.content_length = -1
+        self.te = None
+        self.expect = False
+        self.host = None
+        self.content_type = False
+        self.forwarded = False
+
+    def admit(self, keep_alive: bool) -> bool:
+        """Count a request whose head is complete; `keep_alive` is what the client's head says (its version and
+        Connection field). Returns whether the connection is kept after it: the request side of keep-alive,
+        decided here for both parsers (--max-requests-per-connection, --keep-alive 0)."""
+        if not keep_alive:
+            self.client_close = True
+        self.requests = requests = self.requests + 1
+        if self.max_requests and requests >= self.max_requests:
+            keep_alive = False
+        if not keep_alive:
+            self.must_close = True
+        return keep_alive
+
+    def enqueue(self, request: Exchange) -> None:
+        """A request made from a complete head: the active one when none is, else queued behind it."""
+        if self.active is None:
+            self.active = request
+            self.handler.start_request(request)
+        else:
             pipeline = self.pipeline
-            if pipeline and len(pipeline) >= self.max_pipeline:
-                self.backlog = backlog + data  # still at the bound (bytes under way when reading paused)
-                return
-            data = backlog + data
-            self.backlog = b""
-        n = len(data)
-        start = 0
-        while start < n:
-            if not self.in_head and self.body_left > 0:
-                end = start + self.body_left  # the rest of a body of known length: in one piece
-            else:
-                end = start + PARSE_SLICE
-            self.feed(data[start:end])  # at most a slice, or body bytes: parsed at once
-            if self.upgraded:
-                upgrade_tail = getattr(self.last, "upgrade_tail", None) if self.last is not None else None
-                if upgrade_tail is not None and end < n:
-                    upgrade_tail(data[end:])  # after what the slice's own upgrade handling gave it
-                return
-            pipeline = self.pipeline
-            if end < n and pipeline and len(pipeline) >= self.max_pipeline:
-                self.backlog = data[end:]
-                return
-            start = end
+            if type(pipeline) is tuple:
+                pipeline = self.pipeline = deque()
+            pipeline.append(request)  # type: ignore[union-attr]  # the empty tuple became a deque just above
 
     def fail(self, status: int, detail: str) -> ProtocolError:
         # Raised inside a parser callback: httptools wraps it, so feed() re-raises the one kept here.
@@ -495,15 +450,7 @@ class HTTP11Connection:
         forwarded = self.forwarded
         # Reset for the next head here rather than in an on_message_begin callback (one call less per
         # request): parse state of one head is only read until this point.
-        self.url = b""
-        self.headers = []
-        self.header_size = 0
-        self.content_length = -1
-        self.te = None
-        self.expect = False
-        self.host = None
-        self.content_type = False
-        self.forwarded = False
+        self.new_head()
         parser = self.parser
         method = self.method
         if method is None:
@@ -551,14 +498,7 @@ class HTTP11Connection:
         if self.must_close:
             self.request = None  # the connection closes after what is queued: ignore this one
             return
-        keep_alive = parser.should_keep_alive()  # RFC 9112 §9.3: version default + Connection header
-        if not keep_alive:
-            self.client_close = True
-        self.requests = requests = self.requests + 1
-        if self.max_requests and requests >= self.max_requests:
-            keep_alive = False
-        if not keep_alive:
-            self.must_close = True
+        keep_alive = self.admit(parser.should_keep_alive())  # RFC 9112 §9.3: version default + Connection
         # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
         expect_continue = expect and has_body and http_version != "1.0"
         self.request = self.last = request = self.handler.on_request(
@@ -569,14 +509,7 @@ class HTTP11Connection:
                 raise self.fail(400, "a chunked body on an Upgrade request")  # llhttp would not parse it
             self.upgrade_body = content_length
             self.upgrade_request = request
-        if self.active is None:
-            self.active = request
-            self.handler.start_request(request)
-        else:
-            pipeline = self.pipeline
-            if type(pipeline) is tuple:
-                pipeline = self.pipeline = deque()
-            pipeline.append(request)  # type: ignore[union-attr]  # the empty tuple became a deque just above
+        self.enqueue(request)
 
     def on_body(self, body: bytes) -> None:
         size = len(body)
@@ -608,14 +541,7 @@ class HTTP11Connection:
             for name, _ in self.headers:
                 if name in FORBIDDEN_TRAILERS:
                     raise self.fail(400, "a trailer field that must not be one")
-            self.headers = []
-            self.header_size = 0
-            self.content_length = -1
-            self.te = None
-            self.expect = False
-            self.host = None
-            self.content_type = False
-            self.forwarded = False
+            self.new_head()
         request = self.request
         self.request = None
         self.in_head = True

@@ -46,6 +46,13 @@ _METHOD = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]{3,20}")
 PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
+#: Bytes parsed in one go when a read may hold several requests (it begins between requests or inside a
+#: head): parsing stops at the next slice boundary once `max_pipeline` requests wait, so that a client that
+#: pipelines thousands of requests without reading the answers costs at most this many parsed requests
+#: plus one read of raw bytes (see `feed_sliced`). A real request head is a few hundred bytes: one or two a slice.
+PARSE_SLICE = 1024
+
+
 def _ignore(*args: object) -> None:
     pass
 
@@ -306,3 +313,34 @@ def fallback_head(conn: HTTP11Connection, head: bytes) -> bool:
 
 def chunked_body(conn: HTTP11Connection) -> ChunkedBody:
     return ChunkedBody(conn.on_body, conn.on_chunk_header, conn.limit_head, conn.limit_fields)
+
+
+def feed_sliced(conn: HTTP11Connection, data: bytes) -> None:
+    """`HTTP11Connection.feed` for a read that may hold many requests (or when a backlog waits): parsed a
+    `PARSE_SLICE` at a time, stopping at a slice boundary once `max_pipeline` requests wait (see `feed`)."""
+    backlog = conn.backlog
+    if backlog:
+        pipeline = conn.pipeline
+        if pipeline and len(pipeline) >= conn.max_pipeline:
+            conn.backlog = backlog + data  # still at the bound (bytes under way when reading paused)
+            return
+        data = backlog + data
+        conn.backlog = b""
+    n = len(data)
+    start = 0
+    while start < n:
+        if not conn.in_head and conn.body_left > 0:
+            end = start + conn.body_left  # the rest of a body of known length: in one piece
+        else:
+            end = start + PARSE_SLICE
+        conn.feed(data[start:end])  # at most a slice, or body bytes: parsed at once
+        if conn.upgraded:
+            upgrade_tail = getattr(conn.last, "upgrade_tail", None) if conn.last is not None else None
+            if upgrade_tail is not None and end < n:
+                upgrade_tail(data[end:])  # after what the slice's own upgrade handling gave it
+            return
+        pipeline = conn.pipeline
+        if end < n and pipeline and len(pipeline) >= conn.max_pipeline:
+            conn.backlog = data[end:]
+            return
+        start = end
