@@ -114,6 +114,14 @@ def set_subreaper(on: bool) -> None:
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
 
 
+def complete_lines(path: Path) -> list[str] | None:
+    """The complete lines of a file a server hook appends to, or None while it has none: a hook's
+    open(..., "a") creates the file before its line is written, so a reader can see it empty or half-written."""
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return complete.splitlines() if complete else None
+
+
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # CORRAL_NO_EXTENSIONS stays: CI runs the whole suite once with it (the pure-Python request parser).
     env = {

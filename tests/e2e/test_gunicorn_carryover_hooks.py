@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corral.shared.exitcodes import OK
-from serve_harness import Master, free_port, get, wait_until, write_apps
+from serve_harness import Master, complete_lines, free_port, get, wait_until, write_apps
 
 # A typical production gunicorn.conf.py: every hook leaves a file named after itself and the pid it ran in.
 HOOKS_CONF = """
@@ -104,10 +104,9 @@ def marks(folder, name):
     its file before the line is written, so a reader can see the file empty (or half-written) for a moment."""
     found = {}
     for entry in (folder / "marks").glob(f"{name}.*"):
-        text = entry.read_text()
-        complete = text[: text.rfind("\n") + 1]
-        if complete:
-            found[int(entry.suffix[1:])] = complete.splitlines()
+        lines = complete_lines(entry)
+        if lines is not None:
+            found[int(entry.suffix[1:])] = lines
     return found
 
 

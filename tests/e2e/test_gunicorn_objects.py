@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Master, free_port, get, wait_until
+from serve_harness import Master, complete_lines, free_port, get, wait_until
 
 # Every hook writes what it saw as one JSON line to records/<hook>.<pid>.
 OBJECTS_CONF = """
@@ -107,10 +107,9 @@ def records(folder, hook):
     its file before the line is written, so a reader can see the file empty (or half-written) for a moment."""
     found = {}
     for entry in (folder / "records").glob(f"{hook}.*"):
-        text = entry.read_text()
-        complete = text[: text.rfind("\n") + 1]
-        if complete:
-            found[int(entry.suffix[1:])] = [json.loads(line) for line in complete.splitlines()]
+        lines = complete_lines(entry)
+        if lines is not None:
+            found[int(entry.suffix[1:])] = [json.loads(line) for line in lines]
     return found
 
 
