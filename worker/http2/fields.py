@@ -116,6 +116,20 @@ class Decoder:
         except IndexError:
             raise HpackError(f"header field index {index}, past the dynamic table") from None
 
+    def _literal(self, data: bytes, pos: int, mask: int) -> tuple[tuple[bytes, bytes], int]:
+        """A literal field at `pos` (§6.2): its name indexed under `mask`'s prefix or given as a string, then its
+        value; returns the field and the position after it."""
+        index = data[pos] & mask
+        pos += 1
+        if index == mask:
+            index, pos = _integer(data, pos, index)
+        if index:
+            name = self._field(index)[0]
+        else:
+            name, pos = _string(data, pos)
+        value, pos = _string(data, pos)
+        return (name, value), pos
+
     def _add(self, field: tuple[bytes, bytes]) -> None:
         size = len(field[0]) + len(field[1]) + 32
         entries = self.entries
@@ -150,16 +164,7 @@ class Decoder:
                     index, pos = _integer(data, pos, index)
                 field = self._field(index)
             elif byte & 0x40:  # literal with incremental indexing (§6.2.1)
-                index = byte & 0x3F
-                pos += 1
-                if index == 0x3F:
-                    index, pos = _integer(data, pos, index)
-                if index:
-                    name = self._field(index)[0]
-                else:
-                    name, pos = _string(data, pos)
-                value, pos = _string(data, pos)
-                field = (name, value)
+                field, pos = self._literal(data, pos, 0x3F)
                 self._add(field)
             elif byte & 0x20:  # dynamic table size update (§6.3): only before the first field
                 if fields:
@@ -177,16 +182,7 @@ class Decoder:
                 self.changed = True
                 continue
             else:  # literal without indexing (§6.2.2) or never indexed (§6.2.3)
-                index = byte & 0x0F
-                pos += 1
-                if index == 0x0F:
-                    index, pos = _integer(data, pos, index)
-                if index:
-                    name = self._field(index)[0]
-                else:
-                    name, pos = _string(data, pos)
-                value, pos = _string(data, pos)
-                field = (name, value)
+                field, pos = self._literal(data, pos, 0x0F)
             total += len(field[0]) + len(field[1]) + 32
             if total > max_list:
                 raise HeaderListTooLarge(f"a header list larger than {max_list} bytes (SETTINGS_MAX_HEADER_LIST_SIZE)")
