@@ -169,14 +169,9 @@ def build_environ(
         if port is not None:
             environ["REMOTE_PORT"] = _PORTS.get(port) or _port(port)
     headers = scope.get("headers", ())
-    if _fill_headers is None or not _fill_headers(
-        environ,
-        headers,
-        _HEADER_KEYS,
-        _header_key,
-        duplicate_header_limit or 0,
-        TooManyHeaders,  # None: no limit
-    ):
+    # The compiled loop takes a limit that is an int (0 for none: asgiref's callers pass None).
+    limit = duplicate_header_limit or 0
+    if _fill_headers is None or not _fill_headers(environ, headers, _HEADER_KEYS, _header_key, limit, TooManyHeaders):
         fill_headers(environ, headers, duplicate_header_limit)
     return environ
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AccessLog",
     "DirectLines",
+    "PerSecond",
     "make_access_log",
     "ReopenableFileHandler",
     "reopen_file",
@@ -160,20 +161,29 @@ def _request_line(scope: dict, *_: Any) -> str:
     return f"{_method(scope)} {_target(scope)} {_protocol(scope)}"
 
 
-# (second, formatted) swapped as one tuple, so a thread never pairs one second with another's text.
-_stamp: tuple[int, str] = (-1, "")
+class PerSecond:
+    """The local time as `time.strftime(format)` gives it, formatted at most once a second: a call (any
+    arguments, as an extractor's) returns the text of the current second."""
+
+    __slots__ = ("format", "stamp")
+
+    def __init__(self, format: str) -> None:
+        self.format = format
+        # (second, formatted) swapped as one tuple, so a thread never pairs one second with another's text.
+        self.stamp: tuple[int, str] = (-1, "")
+
+    def __call__(self, *_: Any) -> str:
+        second = int(time.time())
+        cached = self.stamp
+        if cached[0] == second:
+            return cached[1]
+        text = time.strftime(self.format, time.localtime(second))
+        self.stamp = (second, text)
+        return text
 
 
-def _now(*_: Any) -> str:
-    """`[10/Oct/2000:13:55:36 -0700]` in local time, formatted at most once a second."""
-    global _stamp
-    second = int(time.time())
-    cached = _stamp
-    if cached[0] == second:
-        return cached[1]
-    text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(second))
-    _stamp = (second, text)
-    return text
+#: `[10/Oct/2000:13:55:36 -0700]`, gunicorn's %(t)s.
+_now = PerSecond("[%d/%b/%Y:%H:%M:%S %z]")
 
 
 def _dash(*_: Any) -> str:

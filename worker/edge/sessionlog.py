@@ -21,10 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from corral.worker.edge.accesslog import make_access_log
+from corral.worker.edge.accesslog import AccessLog, PerSecond, make_access_log
 
 if TYPE_CHECKING:
     from corral.shared.settings import Settings
@@ -45,19 +44,8 @@ class WebSocketSession:
         self.messages_out = messages_out
 
 
-# (second, formatted) swapped as one tuple, as accesslog's %(t)s: the time formatted at most once a second.
-_stamp: tuple[int, str] = (-1, "")
-
-
-def _iso_now() -> str:
-    global _stamp
-    second = int(time.time())
-    cached = _stamp
-    if cached[0] == second:
-        return cached[1]
-    text = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
-    _stamp = (second, text)
-    return text
+#: The JSON line's `ts`, formatted at most once a second.
+_iso_now = PerSecond("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _header(headers: Any, name: bytes) -> str | None:
@@ -94,22 +82,15 @@ class SessionLog:
 class JsonAccessLog:
     """One JSON object per response (and per WebSocket session, at its close)."""
 
-    __slots__ = ("logger", "reopen_target")
+    __slots__ = ("logger", "access")
 
-    def __init__(self, logger: logging.Logger, reopen_target: Any = None) -> None:
-        self.logger = logger
-        # The text log's object: its handler, and the direct writing of lines (accesslog.DirectLines).
-        self.reopen_target = reopen_target
-
-    def _emit(self, line: str) -> None:
-        if self.reopen_target is not None:
-            self.reopen_target.emit(line)
-        else:
-            self.logger.info(line)
+    def __init__(self, access: AccessLog) -> None:
+        # The text log's object holds the handler and writes the lines (AccessLog.emit, accesslog.DirectLines).
+        self.access = access
+        self.logger = access.logger
 
     def flush(self) -> None:
-        if self.reopen_target is not None:
-            self.reopen_target.flush()
+        self.access.flush()
 
     @staticmethod
     def record(scope: dict, status: int, nbytes: int, duration: float) -> dict[str, Any]:
@@ -136,7 +117,7 @@ class JsonAccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         try:
-            self._emit(json.dumps(self.record(scope, status, nbytes, duration), separators=(",", ":")))
+            self.access.emit(json.dumps(self.record(scope, status, nbytes, duration), separators=(",", ":")))
         except Exception:
             logging.getLogger("corral.worker.sessionlog").exception("failed to render the access log line")
 
@@ -153,13 +134,12 @@ class JsonAccessLog:
             messages_out=session.messages_out,
         )
         try:
-            self._emit(json.dumps(record, separators=(",", ":")))
+            self.access.emit(json.dumps(record, separators=(",", ":")))
         except Exception:
             logging.getLogger("corral.worker.sessionlog").exception("failed to render the access log line")
 
     def reopen(self) -> None:
-        if self.reopen_target is not None:
-            self.reopen_target.reopen()
+        self.access.reopen()
 
 
 def make_request_log(settings: Settings) -> Any:
@@ -168,5 +148,5 @@ def make_request_log(settings: Settings) -> Any:
     if access is None:
         return None
     if settings.access_log_format.strip().lower() == "json":
-        return JsonAccessLog(access.logger, access)
+        return JsonAccessLog(access)
     return SessionLog(access)

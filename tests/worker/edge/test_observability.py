@@ -205,7 +205,7 @@ def test_json_access_log_lines():
     logger, records = access_logger("test.corral.access.json")
     calls: list[str] = []
     with run_server(counting_app(calls)) as (host, port, server):
-        server.access_log = JsonAccessLog(logger)
+        server.access_log = JsonAccessLog(AccessLog("json", logger))  # the text log object writes its lines
         with Client(host, port) as client:
             assert client.get("/missing?q=1", headers="User-Agent: probe/1\r\n").status == 404
         wait_until(lambda: records.lines, what="the line")
