@@ -84,6 +84,11 @@ def _corral_before(app: str, port: int, workers: int, opt: dict[str, Any]) -> li
     return argv
 
 
+def _corral_threads1_before(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
+    """corral-wsgi1 from another install (see _corral_before)."""
+    return _corral_before(app, port, workers, dict(opt, threads=1))
+
+
 def _uvicorn(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
     argv = [
         PY,
@@ -225,6 +230,14 @@ SPECS: dict[str, Spec] = {
             note="--threads 1, CORRAL_NO_EXTENSIONS=1",
         ),
         Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
+        Spec(
+            "corral-wsgi1-before",
+            "wsgi",
+            "corral.master",
+            _corral_threads1_before,
+            websocket=False,
+            note=f"--threads 1, corral from ${BEFORE_ENV}'s python",
+        ),
         Spec("gunicorn-sync", "wsgi", "gunicorn", _gunicorn("sync"), websocket=False),
         Spec("gunicorn-gthread", "wsgi", "gunicorn", _gunicorn("gthread"), websocket=False),
         Spec("granian-wsgi", "wsgi", "granian", _granian("wsgi"), websocket=False, note="--interface wsgi"),
@@ -233,7 +246,7 @@ SPECS: dict[str, Spec] = {
 # `corral-wsgi` is corral on the WSGI app: its row keeps the WSGI table apart from the ASGI ones.
 # `corral-hooks` runs only when named (--servers corral,corral-hooks): it measures the hooks' cost.
 # `corral-pure` and `corral-wsgi1-pure` too: what the compiled request parser buys.
-OPT_IN = ("corral-hooks", "corral-before", "corral-pure", "corral-wsgi1-pure")
+OPT_IN = ("corral-hooks", "corral-before", "corral-wsgi1-before", "corral-pure", "corral-wsgi1-pure")
 
 
 def available(name: str) -> str | None:
@@ -241,7 +254,7 @@ def available(name: str) -> str | None:
     spec = SPECS.get(name)
     if spec is None:
         return f"unknown server (known: {', '.join(SPECS)})"
-    if name == "corral-before" and not os.access(os.environ.get(BEFORE_ENV, ""), os.X_OK):
+    if name in ("corral-before", "corral-wsgi1-before") and not os.access(os.environ.get(BEFORE_ENV, ""), os.X_OK):
         return f"set {BEFORE_ENV} to the python of the checkout to compare with (its venv's bin/python)"
     try:
         if importlib.util.find_spec(spec.module) is None:

@@ -21,6 +21,12 @@
 static PyObject *COOKIE_KEY;
 static PyObject *COOKIE_SEP;
 static PyObject *COMMA_SEP;
+/* scope keys, environ keys and values `build` uses */
+static PyObject *S_ROOT_PATH, *S_PATH, *S_METHOD, *S_QUERY_STRING, *S_HTTP_VERSION, *S_SCHEME, *S_SERVER, *S_CLIENT,
+    *S_HEADERS;
+static PyObject *K_REQUEST_METHOD, *K_PATH_INFO, *K_QUERY_STRING, *K_SERVER_PROTOCOL, *K_URL_SCHEME, *K_INPUT,
+    *K_ERRORS, *K_SERVER_NAME, *K_SERVER_PORT, *K_REMOTE_ADDR, *K_REMOTE_PORT;
+static PyObject *V_11, *V_HTTP, *V_HTTP_SLASH, *V_ZERO, *EMPTY;
 
 /* Whether `headers` is a list or tuple of 2-tuples of exact bytes. */
 static int well_formed(PyObject *headers) {
@@ -39,22 +45,9 @@ static int well_formed(PyObject *headers) {
     return 1;
 }
 
-static PyObject *fill_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "fill_headers(environ, headers, keys, key_of, limit, too_many)");
-        return NULL;
-    }
-    PyObject *environ = args[0], *headers = args[1], *keys = args[2], *key_of = args[3], *too_many = args[5];
-    if (!PyLong_CheckExact(args[4]) || !PyDict_CheckExact(environ) || !PyDict_CheckExact(keys) ||
-        !well_formed(headers)) {
-        Py_RETURN_FALSE; /* a limit that is no plain int (a float, True): the Python loop's to compare */
-    }
-    Py_ssize_t limit = PyLong_AsSsize_t(args[4]);
-    if (limit == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        Py_RETURN_FALSE; /* beyond Py_ssize_t: as good as none, which the Python loop says the same way */
-    }
+/* The header loop proper (`headers` well formed, `limit` >= 0): 0, or -1 with an exception set. */
+static int fill(PyObject *environ, PyObject *headers, PyObject *keys, PyObject *key_of, Py_ssize_t limit,
+                PyObject *too_many) {
     /* `headers` is held here, and each pair while its field is filled (below). */
     Py_INCREF(headers);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
@@ -153,10 +146,182 @@ static PyObject *fill_headers(PyObject *module, PyObject *const *args, Py_ssize_
     }
     Py_XDECREF(repeats);
     Py_DECREF(headers);
-    Py_RETURN_TRUE;
+    return 0;
 error:
     Py_XDECREF(repeats);
     Py_DECREF(headers);
+    return -1;
+}
+
+static PyObject *fill_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "fill_headers(environ, headers, keys, key_of, limit, too_many)");
+        return NULL;
+    }
+    PyObject *environ = args[0], *headers = args[1], *keys = args[2], *key_of = args[3], *too_many = args[5];
+    if (!PyLong_CheckExact(args[4]) || !PyDict_CheckExact(environ) || !PyDict_CheckExact(keys) ||
+        !well_formed(headers)) {
+        Py_RETURN_FALSE; /* a limit that is no plain int (a float, True): the Python loop's to compare */
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[4]);
+    if (limit == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_FALSE; /* beyond Py_ssize_t: as good as none, which the Python loop says the same way */
+    }
+    if (fill(environ, headers, keys, key_of, limit, too_many) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+
+/* The text of a port number, from `ports` (int -> str, filled here up to PORTS_MAX entries); a new reference. */
+#define PORTS_MAX 4096
+static PyObject *port_text(PyObject *ports, PyObject *port) {
+    PyObject *text = PyDict_GetItemWithError(ports, port);
+    if (text != NULL) {
+        Py_INCREF(text);
+        return text;
+    }
+    if (PyErr_Occurred() || (text = PyObject_Str(port)) == NULL) {
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(ports) < PORTS_MAX && PyDict_SetItem(ports, port, text) < 0) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* An address pair of the scope (`server`, `client`) into the environ: 1 done, 0 not of the common shape (a
+   tuple of two whose port is an int or None), -1 error. `none_port`: the port's text when it is None (NULL:
+   no key then). */
+static int address(PyObject *environ, PyObject *pair, PyObject *host_key, PyObject *port_key, PyObject *none_port,
+                   PyObject *ports) {
+    if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        return 0;
+    }
+    PyObject *port = PyTuple_GET_ITEM(pair, 1);
+    if (port != Py_None && !PyLong_CheckExact(port)) {
+        return 0;
+    }
+    if (PyDict_SetItem(environ, host_key, PyTuple_GET_ITEM(pair, 0)) < 0) {
+        return -1;
+    }
+    if (port == Py_None) {
+        return none_port == NULL || PyDict_SetItem(environ, port_key, none_port) == 0 ? 1 : -1;
+    }
+    PyObject *text = port_text(ports, port);
+    int failed = text == NULL ? -1 : PyDict_SetItem(environ, port_key, text);
+    Py_XDECREF(text);
+    return failed < 0 ? -1 : 1;
+}
+
+/* A scope's key: borrowed, NULL when missing (-1 in *error when the lookup failed). */
+static PyObject *get(PyObject *scope, PyObject *key, int *error) {
+    PyObject *value = PyDict_GetItemWithError(scope, key);
+    if (value == NULL && PyErr_Occurred()) {
+        *error = 1;
+    }
+    return value;
+}
+
+static int is_text(PyObject *value, PyObject *text) {
+    return PyUnicode_CheckExact(value) && PyUnicode_Compare(value, text) == 0;
+}
+
+/* build(template, scope, body, limit, keys, key_of, too_many, ports): see the module's comment. */
+static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "build(template, scope, body, limit, keys, key_of, too_many, ports)");
+        return NULL;
+    }
+    PyObject *template = args[0], *scope = args[1], *body = args[2], *keys = args[4], *key_of = args[5];
+    PyObject *too_many = args[6], *ports = args[7];
+    if (!PyDict_CheckExact(template) || !PyDict_CheckExact(scope) || !PyLong_CheckExact(args[3]) ||
+        !PyDict_CheckExact(keys) || !PyDict_CheckExact(ports)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[3]);
+    if (limit < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int error = 0;
+    PyObject *root = get(scope, S_ROOT_PATH, &error);
+    PyObject *path = get(scope, S_PATH, &error);
+    PyObject *method = get(scope, S_METHOD, &error);
+    PyObject *query = get(scope, S_QUERY_STRING, &error);
+    PyObject *version = get(scope, S_HTTP_VERSION, &error);
+    PyObject *scheme = get(scope, S_SCHEME, &error);
+    PyObject *server = get(scope, S_SERVER, &error);
+    PyObject *client = get(scope, S_CLIENT, &error);
+    PyObject *headers = get(scope, S_HEADERS, &error);
+    if (error) {
+        return NULL;
+    }
+    PyObject *stderr_now = PySys_GetObject("stderr"); /* borrowed */
+    PyObject *errors = PyDict_GetItemWithError(template, K_ERRORS);
+    if ((root != NULL && root != Py_None && !(PyUnicode_CheckExact(root) && PyUnicode_GET_LENGTH(root) == 0)) ||
+        path == NULL || !PyUnicode_CheckExact(path) || !PyUnicode_IS_ASCII(path) || method == NULL ||
+        (query != NULL && !PyBytes_CheckExact(query)) || (version != NULL && !PyUnicode_CheckExact(version)) ||
+        (headers != NULL && !well_formed(headers)) || errors == NULL || errors != stderr_now) {
+        PyErr_Clear();
+        Py_RETURN_NONE; /* a root path to strip, a path to re-encode, stderr replaced, ...: the Python way */
+    }
+    PyObject *environ = PyDict_Copy(template);
+    if (environ == NULL) {
+        return NULL;
+    }
+    if (PyDict_SetItem(environ, K_REQUEST_METHOD, method) < 0 || PyDict_SetItem(environ, K_PATH_INFO, path) < 0) {
+        goto error;
+    }
+    PyObject *text = query == NULL ? (Py_INCREF(EMPTY), EMPTY)
+                                   : PyUnicode_DecodeLatin1(PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query), NULL);
+    if (text == NULL || PyDict_SetItem(environ, K_QUERY_STRING, text) < 0) {
+        Py_XDECREF(text);
+        goto error;
+    }
+    Py_DECREF(text);
+    if (version != NULL && !is_text(version, V_11)) {
+        PyObject *protocol = PyUnicode_Concat(V_HTTP_SLASH, version);
+        if (protocol == NULL || PyDict_SetItem(environ, K_SERVER_PROTOCOL, protocol) < 0) {
+            Py_XDECREF(protocol);
+            goto error;
+        }
+        Py_DECREF(protocol);
+    }
+    if (scheme != NULL && !is_text(scheme, V_HTTP) && PyDict_SetItem(environ, K_URL_SCHEME, scheme) < 0) {
+        goto error;
+    }
+    if (PyDict_SetItem(environ, K_INPUT, body) < 0) {
+        goto error;
+    }
+    int done;
+    if (server != NULL && server != Py_None) {
+        if ((done = address(environ, server, K_SERVER_NAME, K_SERVER_PORT, V_ZERO, ports)) <= 0) {
+            goto done_or_error;
+        }
+    }
+    if (client != NULL && client != Py_None) {
+        if ((done = address(environ, client, K_REMOTE_ADDR, K_REMOTE_PORT, NULL, ports)) <= 0) {
+            goto done_or_error;
+        }
+    }
+    if (headers != NULL && fill(environ, headers, keys, key_of, limit, too_many) < 0) {
+        goto error;
+    }
+    return environ;
+done_or_error:
+    Py_DECREF(environ);
+    if (done == 0) {
+        Py_RETURN_NONE; /* an address of another shape: the Python way */
+    }
+    return NULL;
+error:
+    Py_DECREF(environ);
     return NULL;
 }
 
@@ -164,6 +329,9 @@ static PyMethodDef methods[] = {
     {"fill_headers", (PyCFunction)(void (*)(void))fill_headers, METH_FASTCALL,
      "fill_headers(environ, headers, keys, key_of, limit, too_many) -> bool: the header fields into the environ "
      "(see the module's source); False, nothing done, for headers of another shape."},
+    {"build", (PyCFunction)(void (*)(void))build, METH_FASTCALL,
+     "build(template, scope, body, limit, keys, key_of, too_many, ports) -> dict | None: the environ of an http "
+     "scope (see the module's source); None, nothing done, for a scope that is not of the common shape."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -178,6 +346,23 @@ PyMODINIT_FUNC PyInit__environ(void) {
     COMMA_SEP = PyUnicode_InternFromString(",");
     if (COOKIE_KEY == NULL || COOKIE_SEP == NULL || COMMA_SEP == NULL) {
         return NULL;
+    }
+    struct {
+        PyObject **slot;
+        const char *text;
+    } strings[] = {
+        {&S_ROOT_PATH, "root_path"}, {&S_PATH, "path"}, {&S_METHOD, "method"}, {&S_QUERY_STRING, "query_string"},
+        {&S_HTTP_VERSION, "http_version"}, {&S_SCHEME, "scheme"}, {&S_SERVER, "server"}, {&S_CLIENT, "client"},
+        {&S_HEADERS, "headers"}, {&K_REQUEST_METHOD, "REQUEST_METHOD"}, {&K_PATH_INFO, "PATH_INFO"},
+        {&K_QUERY_STRING, "QUERY_STRING"}, {&K_SERVER_PROTOCOL, "SERVER_PROTOCOL"}, {&K_URL_SCHEME, "wsgi.url_scheme"},
+        {&K_INPUT, "wsgi.input"}, {&K_ERRORS, "wsgi.errors"}, {&K_SERVER_NAME, "SERVER_NAME"},
+        {&K_SERVER_PORT, "SERVER_PORT"}, {&K_REMOTE_ADDR, "REMOTE_ADDR"}, {&K_REMOTE_PORT, "REMOTE_PORT"},
+        {&V_11, "1.1"}, {&V_HTTP, "http"}, {&V_HTTP_SLASH, "HTTP/"}, {&V_ZERO, "0"}, {&EMPTY, ""},
+    };
+    for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
+        if ((*strings[i].slot = PyUnicode_InternFromString(strings[i].text)) == NULL) {
+            return NULL;
+        }
     }
     return PyModule_Create(&module_def);
 }

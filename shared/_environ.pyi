@@ -11,3 +11,14 @@ def fill_headers(
     too_many: type[Exception],
     /,
 ) -> bool: ...
+def build(
+    template: dict[str, Any],
+    scope: dict[str, Any],
+    body: Any,
+    limit: int,
+    keys: dict[bytes, str | None],
+    key_of: Callable[[bytes], str | None],
+    too_many: type[Exception],
+    ports: dict[int, str],
+    /,
+) -> dict[str, Any] | None: ...

@@ -39,11 +39,14 @@ _HEADER_KEYS_MAX = 1024
 _fill_headers: (
     Callable[[dict[str, Any], Any, dict[bytes, str | None], Callable[[bytes], str | None], int, type], bool] | None
 ) = None
+# The whole of `build_environ` for a scope of the common shape, compiled (None: not of that shape).
+_build: Callable[..., dict[str, Any] | None] | None = None
 if native.enabled():
     try:
+        from corral.shared._environ import build as _build
         from corral.shared._environ import fill_headers as _fill_headers
     except ImportError:  # not built (no compiler at install): the loop in Python
-        _fill_headers = None
+        _fill_headers = _build = None
 
 
 def _header_key(name: bytes) -> str | None:
@@ -136,6 +139,14 @@ def build_environ(
 
     `template`: `environ_template(scope's root_path, extra)`, made once by a server that builds many environs
     (the copy of a prepared dict is cheaper than building its entries one by one); without it one is made."""
+    if _build is not None and template is not None:
+        # Compiled: the same environ in one call, or None for a scope of another shape (a root path, a path
+        # that is not ASCII, a replaced stderr, odd types: the lines below then say what is wrong).
+        environ = _build(
+            template, scope, body, duplicate_header_limit or 0, _HEADER_KEYS, _header_key, TooManyHeaders, _PORTS
+        )
+        if environ is not None:
+            return environ
     root_path = scope.get("root_path", "")
     if template is None:
         template = environ_template(root_path, extra) if root_path or extra is not None else _PLAIN

@@ -30,7 +30,9 @@ import os
 import re
 import sys
 import time
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -250,7 +252,7 @@ class DirectLines:
     loses that turn's lines. `usable` says whether the logger is still as corral set it up; when a hook or a
     dictConfig gave it other handlers, filters or a formatter, lines go through `logging` again."""
 
-    __slots__ = ("handler", "formatter", "only", "lines")
+    __slots__ = ("handler", "formatter", "only", "lines", "loop", "owner")
 
     #: Lines held at most before they are written, whatever the turn (a bound on memory, not a delay).
     MAX_LINES = 256
@@ -260,6 +262,8 @@ class DirectLines:
         self.formatter = handler.formatter
         self.only = [handler]
         self.lines: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None  # the worker's loop, and its thread's ident (write)
+        self.owner = -1
 
     def usable(self, logger: logging.Logger) -> bool:
         handler = self.handler
@@ -273,15 +277,18 @@ class DirectLines:
         )
 
     def write(self, line: str) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not the worker's loop thread: written now, alone (the held lines are the loop's)
-            self._write(line + "\n", 1)
-            return
+        # The loop's thread is recognised by its ident, not by asking asyncio for the running loop: that costs a
+        # getpid() system call on Python 3.11, and a WSGI application run on the loop's thread has it hidden.
+        if get_ident() != self.owner:
+            loop = _get_running_loop()
+            if loop is None:  # not the worker's loop thread: written now, alone (the held lines are the loop's)
+                self._write(line + "\n", 1)
+                return
+            self.loop, self.owner = loop, get_ident()  # the first line written on the loop's thread
         lines = self.lines
         lines.append(line)
         if len(lines) == 1:
-            loop.call_soon(self.flush)
+            self.loop.call_soon(self.flush)  # type: ignore[union-attr]  # set with owner
         elif len(lines) >= self.MAX_LINES:
             self.flush()
 

@@ -46,7 +46,6 @@ __all__ = ["WsgiCycle"]
 error_logger = logging.getLogger("corral.error")
 
 _CLOSED = CLOSED
-_set_running_loop = asyncio.events._set_running_loop
 
 # Loop-side phases. _EXPIRED: past --request-timeout, answered (or cut) while the thread still runs. ON_LOOP:
 # queued for, or running on, the event loop's thread (--threads 1, corral.worker.wsgi.inline).
@@ -197,19 +196,15 @@ class WsgiCycle(WsgiCall):
         return True
 
     def run_here(self) -> None:
-        """Call the application of a request queued by `_on_loop`, on the loop's thread with the loop hidden
-        from it (corral.worker.wsgi.inline), then write its response or hand the body it streams to the pool's
-        thread."""
-        loop = self.outbox.loop
+        """Call the application of a request queued by `_on_loop`, on the loop's thread, then write its response
+        or hand the body it streams to the pool's thread. The caller (`InlineRunner.run`) has hidden the loop
+        (corral.worker.wsgi.inline): nothing here may ask asyncio for the running loop."""
         context = contextvars.Context()  # a fresh context per request, as on a pool thread
-        _set_running_loop(None)
         try:
             context.run(self._run)
         except BaseException:  # _run reports the application's errors: this would be a bug of ours
             error_logger.exception("WSGI request failed in the server")
             self._post(FAILED)
-        finally:
-            _set_running_loop(loop)
         self.posted = False
         self.phase = _QUEUED
         outcome = self.outcome
@@ -233,7 +228,7 @@ class WsgiCycle(WsgiCall):
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""
         stream = self.input = StreamInput(
-            asyncio.get_running_loop(),
+            self.outbox.loop or asyncio.get_running_loop(),
             self.outbox.body_buffer,
             self._resume_body,
             first_read,
@@ -298,7 +293,7 @@ class WsgiCycle(WsgiCall):
         sendfile = self.sendfile
         if sendfile is not None and len(sendfile) == 6 and sendfile[5]:
             # A transfer waits for the socket to drain: end it now (its dup would keep the socket open).
-            asyncio.get_running_loop().call_soon(self._sendfile_step)
+            (self.outbox.loop or asyncio.get_running_loop()).call_soon(self._sendfile_step)
         if self.phase == _WAITING and self.instance_future is not None:
             self._complete()  # the application never ran: nothing to wait for
 
@@ -517,7 +512,7 @@ class WsgiCycle(WsgiCall):
         if self.sendfile is None or len(self.sendfile) != 6:
             return  # ended already
         out, fd, offset, count, tail, watching = self.sendfile
-        loop = asyncio.get_running_loop()
+        loop = self.outbox.loop or asyncio.get_running_loop()
         error: OSError | EOFError | None = None
         while count and not self.disconnected:
             try:

@@ -51,6 +51,7 @@ class WsgiDispatcher:
         "deadline",
         "hooks",
         "inline",
+        "direct",
     )
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
@@ -70,6 +71,8 @@ class WsgiDispatcher:
         # --threads 1 (without --request-timeout): requests run on the loop's thread when they can (see
         # corral.worker.wsgi.inline); None otherwise.
         self.inline: InlineRunner | None = None
+        # With `inline`: reads that are one ordinary request are served from the read (corral.worker.wsgi.direct).
+        self.direct = False
 
     def submit(self, cycle: WsgiCycle) -> None:
         if _DISPATCH != "pool":

@@ -33,6 +33,8 @@ __all__ = ["InlineRunner", "StreamRest"]
 
 error_logger = logging.getLogger("corral.error")
 
+_set_running_loop = asyncio.events._set_running_loop
+
 
 class InlineRunner:
     """The requests a native WSGI worker with one thread runs on its event loop's thread, in order.
@@ -59,8 +61,17 @@ class InlineRunner:
     def run(self) -> None:
         self.scheduled = False
         ready = self.ready
-        while ready:  # (a response completed here may queue the next request: it runs in this loop)
-            ready.popleft().run_here()
+        # The loop is hidden once for the whole batch, not around each call: on Python 3.11 each change of the
+        # running loop costs a getpid() system call (2 a request: about 0.5 µs of a 14 µs request, bench cost
+        # pinned). What runs between the calls (writing, completing, a pipelined request's start) is corral's
+        # own code, which names its loop instead of asking asyncio for it.
+        loop = self.loop or asyncio.events._get_running_loop()
+        _set_running_loop(None)
+        try:
+            while ready:  # (a response completed here may queue the next request: it runs in this loop)
+                ready.popleft().run_here()
+        finally:
+            _set_running_loop(loop)
 
 
 class StreamRest:

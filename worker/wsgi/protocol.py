@@ -16,6 +16,7 @@ from corral.worker.http1.host import Host
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
 from corral.worker.wsgi.cycle import WsgiCycle
+from corral.worker.wsgi.direct import available, serve_read
 from corral.worker.wsgi.dispatch import WsgiDispatcher
 from corral.worker.wsgi.inline import InlineRunner
 from corral.worker.wsgi.input import ExpiringInput
@@ -47,6 +48,8 @@ class WsgiHttpProtocol(HttpProtocol):
 
     def data_received(self, data: bytes) -> None:
         wsgi = self.server.wsgi
+        if wsgi.direct and serve_read(self, data):
+            return  # one ordinary request, served from the read (corral.worker.wsgi.direct)
         if wsgi.lazy:
             wsgi.drain_lazy()  # responses written by threads since: the next request is not pipelined
         super().data_received(data)
@@ -129,6 +132,9 @@ def wsgi_setup(server: Host, app: Any, settings: Settings, layers: WsgiLayers | 
     wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
     if settings.threads == 1 and (layers is None or layers.deadline is None):
         wsgi.inline = InlineRunner()  # the application on the loop's thread, as gunicorn's sync worker runs it
+        # Reads that are one ordinary request served from the read, where no request object of another kind is
+        # wanted: the health path's (its protocol's on_request) and the hooks' (HookedWsgiCycle).
+        wsgi.direct = available() and not settings.health_path and (layers is None or layers.hooks is None)
     # Every request's environ is a copy of this template (its server-wide keys, wsgi.file_wrapper among them).
     server.wsgi_environ = environ_template(settings.root_path, {"wsgi.file_wrapper": FileWrapper})
     server.protocol_class = WsgiHttpProtocol
