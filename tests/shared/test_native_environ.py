@@ -98,3 +98,79 @@ def test_a_browser_request_takes_the_compiled_loop_and_build_environ_agrees(monk
     assert build_environ(scope, None) == compiled
     assert compiled["HTTP_COOKIE"] == "a=1; b=2" and compiled["CONTENT_TYPE"] == "text/plain"
     assert "HTTP_X_SMUGGLED" not in compiled and "HTTP_X-SMUGGLED" not in compiled
+
+
+# ---------------------------------------------------------------------------- the whole environ (_environ.build)
+
+TEMPLATE = wsgi_environ.environ_template("", {"wsgi.file_wrapper": object})
+# Each key: values of the ordinary shape, which the compiled builder takes, and others, which send the scope
+# the Python way (or make both raise); an ordinary value 11 times in 12, so that about two scopes in three are taken.
+SCOPE_VALUES = {
+    "method": (st.sampled_from(["GET", "POST", "PURGE"]), st.sampled_from([None, b"GET"])),
+    "path": (st.sampled_from(["/", "/a/b", "", "/a%20b"]), st.sampled_from(["/caf\xe9", "/\u2603", b"/"])),
+    "query_string": (st.sampled_from([b"", b"a=1&b=2", b"x=caf\xe9"]), st.sampled_from(["str", None])),
+    "http_version": (st.sampled_from(["1.1", "1.0", "2"]), st.sampled_from([2, None])),
+    "scheme": (st.sampled_from(["http", "https"]), st.sampled_from(["ws", None])),
+    "root_path": (st.sampled_from(["", None]), st.sampled_from(["/app", "/app/"])),
+    "server": (
+        st.sampled_from([("127.0.0.1", 8000), ("/run/s.sock", None), None]),
+        st.sampled_from([["h", 1], ("h", "80"), ("h", 1, 2), ("h", True)]),
+    ),
+    "client": (
+        st.sampled_from([("10.0.0.1", 50000), ("10.0.0.1", None), None]),
+        st.sampled_from([("h",), ("::1", 2**70), ["h", 1]]),
+    ),
+    "headers": (PAIRS, ODD),
+}
+
+
+@st.composite
+def scopes(draw):
+    scope = {"type": "http"}
+    for key, (ordinary, odd) in SCOPE_VALUES.items():
+        if key in ("path", "method") or draw(st.integers(0, 9)):  # most keys there, some missing
+            scope[key] = draw(ordinary if draw(st.integers(0, 11)) else odd)
+    return scope
+
+
+def built(scope: dict, limit, compiled: bool):
+    saved = wsgi_environ._build
+    if not compiled:
+        wsgi_environ._build = None
+    try:
+        return ("done", build_environ(scope, "BODY", limit, template=TEMPLATE))
+    except Exception as error:  # noqa: BLE001 - the error itself is what both ways must agree on
+        return ("raised", type(error).__name__, str(error))
+    finally:
+        wsgi_environ._build = saved
+
+
+@settings(max_examples=1000)
+@example(scope={"type": "http", "method": "GET", "path": "/", "headers": [(b"x-a", b"1")] * 3}, limit=2)
+@given(scope=scopes(), limit=st.sampled_from([0, None, 2, 100]))
+def test_the_compiled_builder_makes_the_environ_the_python_one_makes(scope, limit):
+    assert wsgi_environ._build is not None
+    assert built(scope, limit, True) == built(scope, limit, False)
+
+
+def test_an_ordinary_scope_takes_the_compiled_builder():
+    """Guards the differential test above: the compiled builder answers (not None) for an ordinary scope."""
+    assert wsgi_environ._build is not None
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("10.0.0.1", 50000),
+        "scheme": "http",
+        "method": "GET",
+        "root_path": "",
+        "path": "/a",
+        "query_string": b"q=1",
+        "headers": [(b"host", b"example.com"), (b"cookie", b"a=1"), (b"cookie", b"b=2")],
+    }
+    args = (wsgi_environ._HEADER_KEYS, wsgi_environ._header_key, TooManyHeaders, wsgi_environ._PORTS)
+    environ = wsgi_environ._build(TEMPLATE, scope, "BODY", 100, *args)
+    assert environ is not None
+    assert environ == built(scope, 100, False)[1]
+    assert (environ["PATH_INFO"], environ["QUERY_STRING"], environ["REMOTE_PORT"]) == ("/a", "q=1", "50000")
+    assert environ["HTTP_COOKIE"] == "a=1; b=2" and environ["wsgi.input"] == "BODY"

@@ -360,6 +360,12 @@ class WsgiCall:
         elif mode == CHUNKED:
             body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
         self.nbytes = len(body)
+        if self.phase == ON_LOOP:  # on the loop's thread, which alone reads the chunks: no lock to take
+            if len(body) <= _JOIN_LIMIT:
+                self.chunks.append(head + body)
+            else:
+                self.chunks += (head, body)
+            return
         with self.outbox.lock:
             if len(body) <= _JOIN_LIMIT:
                 self.chunks.append(head + body)
