@@ -2,8 +2,9 @@
 present (setup.py), and `CORRAL_NO_EXTENSIONS=1` (any value but "" and "0") turns them all off, leaving
 the pure-Python code they stand in for (CI runs the whole suite both ways).
 
-The modules: `corral.worker.http1._head` (an ordinary HTTP/1.1 request parsed in one call) and
-`corral.shared._environ` (a request's header fields into its WSGI environ).
+The modules: `corral.worker.http1._head` (an ordinary HTTP/1.1 request parsed in one call),
+`corral.shared._environ` (a request's WSGI environ) and `corral.worker.conn._response` (an HTTP/1.1 response
+head).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 import http
 from typing import Any
 
+from corral.shared import native
+
 __all__ = [
     "STATUS_LINES",
     "status_line",
@@ -21,6 +23,7 @@ __all__ = [
     "CLOSE_DELIMITED",
     "encode_headers",
     "response_head",
+    "encode_response_head",
 ]
 
 # ---------------------------------------------------------------------------- pre-encoded bytes
@@ -105,7 +108,7 @@ def encode_headers(headers: Any) -> tuple[bytes, int | None, bytes | None, bool]
                         raise RuntimeError(f"invalid or repeated content-length header {value!r}")
                     content_length = int(value)
                 elif lname == b"connection":
-                    app_close = b"close" in value.lower()
+                    app_close = app_close or b"close" in value.lower()  # repeated fields form one list
                 else:
                     te = value.lower()
             append(b"%s: %s\r\n" % (name, value))
@@ -186,3 +189,18 @@ def response_head(
     elif not http11:
         extra += b"connection: keep-alive\r\n"  # RFC 9112 §9.3: HTTP/1.0 persistence is opt-in
     return b"%s%s%s%s\r\n" % (line, default_headers, block, extra), mode, keep_alive
+
+
+# The compiled head (worker/conn/_response.c), where it was built and is not turned off: `response_head` is then
+# the C function, which encodes the responses most applications send and hands any other to the function above
+# (kept as `encode_response_head`, the reference the C code is tested against).
+encode_response_head = response_head
+if native.enabled():
+    try:
+        from corral.worker.conn._response import head as _compiled_head
+        from corral.worker.conn._response import setup as _setup_compiled_head
+    except ImportError:  # not built (no compiler at install): the Python function
+        pass
+    else:
+        _setup_compiled_head(STATUS_LINES, encode_response_head)
+        response_head = _compiled_head  # type: ignore[assignment]  # the same signature (worker/conn/_response.pyi)

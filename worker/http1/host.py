@@ -100,6 +100,7 @@ class Host(Protocol):
     scope_template: dict[str, Any]  # copied by every HTTP/1.1 request's scope
     client_hosts: dict[str, str]  # clients' address strings, shared by their connections
     spare_states: deque[Any]  # HTTP/1.1 parser states of no connection (idle connections hold none)
+    direct_reads: bool  # reads of one ordinary request are made into requests in one step (http1.direct)
 
     def begin_soon(self, protocol: HttpProtocol) -> None:
         """Begin `protocol`'s ready request at the end of this turn of the event loop."""

@@ -14,9 +14,9 @@ import asyncio
 import logging
 import socket
 import struct
+import sys
 import time
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import httptools
 
@@ -26,55 +26,25 @@ from corral.worker.conn.phases import BODY, BUSY, CLOSED, CLOSING, FRESH, HEAD, 
 from corral.worker.edge.tlsinfo import tls_extension
 from corral.worker.http1.connection import ERROR_RESPONSES, HTTP11Connection, ProtocolError
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.direct import read_request
 from corral.worker.http1.host import Host, Logged
+from corral.worker.http1.scope import METHODS, decode_path
 from corral.worker.websocket.handshake import websocket_request
 
-__all__ = ["HttpProtocol", "decode_path", "scope_template", "service_unavailable"]
+__all__ = ["HttpProtocol", "service_unavailable"]
 
 logger = logging.getLogger("corral.error")
 
-_ASGI = {"version": "3.0", "spec_version": "2.4"}  # shared by every scope: read-only by convention
-_METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection and drops its queues
 # Byte values for `in` tests on bytes: `b"#" in target` first tries the needle as an integer and formats a
 # TypeError for it (CPython 3.11: about 2,000 instructions, a tenth of them the search), `35 in target` is a memchr.
 _HASH, _PERCENT = ord("#"), ord("%")
 
+_ANY_BODY = sys.maxsize  # read_request's bound on the body: none (an ASGI application reads it as it likes)
+
 #: Parser states a server keeps for the connections that read next (see `HttpProtocol.response_complete`): as
 #: many as it has had requests in progress at once, up to this (about 1.4 KiB each).
 SPARE_STATES = 256
-
-
-def scope_template(root_path: str) -> dict:
-    """The start of every HTTP/1.1 scope of a server (`HttpProtocol.on_request` copies it): every key, in the
-    order the scope always had, with the values most requests keep (None: set for each request)."""
-    return {
-        "type": "http",
-        "asgi": _ASGI,
-        "http_version": "1.1",
-        "server": None,
-        "client": None,
-        "scheme": "http",
-        "method": None,
-        "root_path": root_path,
-        "path": None,
-        "raw_path": None,
-        "query_string": None,
-        "headers": None,
-        "state": None,
-        "extensions": None,
-    }
-
-
-def decode_path(raw_path: bytes) -> str:
-    """ASGI `path`: percent-decoded, as UTF-8 (latin-1 when the bytes are not UTF-8)."""
-    if _PERCENT not in raw_path and raw_path.isascii():
-        return raw_path.decode("ascii")
-    raw = unquote_to_bytes(raw_path)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
 
 
 async def service_unavailable(scope: dict, receive: Any, send: Any) -> None:
@@ -181,6 +151,18 @@ class HttpProtocol(asyncio.Protocol):
             server.connection_while_stopping(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.server.direct_reads:
+            # One ordinary request on an idle connection: made straight from the compiled parser's result
+            # (corral.worker.http1.direct) and begun with the turn's other requests.
+            cycle = read_request(self, data, _ANY_BODY)
+            if cycle is not None:
+                size = self.state.body_size  # (read_request gave the connection a state)
+                if size:
+                    cycle.on_body(data[len(data) - size :])
+                cycle.on_body_complete()
+                self.ready = cycle
+                self.server.begin_soon(self)
+                return
         phase = self.phase
         if phase != BUSY:
             if phase == IDLE:
@@ -284,7 +266,7 @@ class HttpProtocol(asyncio.Protocol):
         scope["client"] = self.client
         if self.scheme != "http":
             scope["scheme"] = self.scheme
-        scope["method"] = _METHODS.get(method) or method.decode("ascii")
+        scope["method"] = METHODS.get(method) or method.decode("ascii")
         scope["path"] = (
             raw_path.decode("ascii") if _PERCENT not in raw_path and raw_path.isascii() else decode_path(raw_path)
         )

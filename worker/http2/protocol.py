@@ -36,7 +36,8 @@ from corral.worker.conn.flow import FlowControl
 from corral.worker.conn.phases import BUSY, CLOSED, IDLE
 from corral.worker.edge.health import health_app
 from corral.worker.http1.fields import PROXY_HEADERS
-from corral.worker.http1.protocol import _ASGI, _METHODS, HttpProtocol, decode_path, service_unavailable
+from corral.worker.http1.protocol import HttpProtocol, service_unavailable
+from corral.worker.http1.scope import ASGI, METHODS, decode_path
 from corral.worker.http2.fields import HOP_BY_HOP, RequestHead
 from corral.worker.http2.frames import ErrorCode, ProtocolError, error_name
 from corral.worker.http2.machine import H2Machine
@@ -269,7 +270,7 @@ class H2Protocol(H2Sender, asyncio.Protocol):
         method, path, raw_path, query, forwarded = derived
         scope = {
             "type": "http",
-            "asgi": _ASGI,
+            "asgi": ASGI,
             "http_version": "2",
             "server": self.sockname,
             "client": self.client,
@@ -514,4 +515,4 @@ def _scope_parts(head: RequestHead) -> tuple[str, str, bytes, bytes, bool]:
         raw_path, query = path, b""
     method = head.method
     forwarded = any(name in PROXY_HEADERS for name, _ in head.headers)
-    return _METHODS.get(method) or method.decode("ascii", "replace"), decode_path(raw_path), raw_path, query, forwarded
+    return METHODS.get(method) or method.decode("ascii", "replace"), decode_path(raw_path), raw_path, query, forwarded

@@ -48,9 +48,11 @@ from corral.worker.edge.counters import Counters, collecting
 from corral.worker.edge.datarate import RateSweep
 from corral.worker.edge.proxy_headers import ProxyHeaders
 from corral.worker.http1.cycle import RequestCycle
+from corral.worker.http1.direct import available as direct_available
 from corral.worker.http1.host import Connection, Parked
 from corral.worker.http1.limits import Limits
-from corral.worker.http1.protocol import HttpProtocol, scope_template
+from corral.worker.http1.protocol import HttpProtocol
+from corral.worker.http1.scope import scope_template
 from corral.worker.http2.detect import h2_protocol
 from corral.worker.serve.health import health_protocol
 from corral.worker.serve.metered import metered_protocol
@@ -162,6 +164,10 @@ class WorkerServer(StatelessServer):
         if settings.proxy_protocol:
             protocol_class = proxied_protocol(protocol_class)
         self.protocol_class: type[HttpProtocol] = protocol_class
+        # Reads that are one ordinary request are made into their request in one step (corral.worker.http1.direct)
+        # where no other request object is wanted: the health path's protocol makes its own, and a native WSGI
+        # server decides for itself (corral.worker.wsgi.direct).
+        self.direct_reads = direct_available() and not settings.health_path and self.wsgi is None
         self.stopping = False
         # Draining (the first part of a host's stop, --drain-delay): everything is served as usual, only the
         # health path answers 503 so that load balancers stop sending.

@@ -1,0 +1,122 @@
+"""A read that is one ordinary request, made into its request straight from the compiled parser's result.
+
+The general way a read travels (`HTTP11Connection.feed` -> `take_parsed` -> `admit` -> `on_request` ->
+`enqueue`) is built for every case: pipelining, bodies that come in pieces, proxy headers, upgrades, the
+connection's last request. When a read is exactly one ordinary request (the compiled parser says so: see
+worker/http1/_head.c) on an idle connection, none of those can happen, and `read_request` makes the request
+from the parser's result in one step: the connection's bookkeeping as `feed` would leave it (the request
+counted, made the active one, the parser state taken from the spares), the scope `on_request` would make for
+it. The protocol then begins it as it begins any request (`begin_soon`), or runs it on the loop's thread
+(WSGI with `--threads 1`, corral.worker.wsgi.direct).
+
+Anything else returns None before touching the connection, and the read goes the general way: a request the
+compiled parser does not take, a connection with a request in progress or bytes of one, a `Connection: close`
+request or the connection's last (`--max-requests-per-connection`), `Expect`, a body over the caller's bound
+or `--limit-request-body`, a target with a fragment or not in origin form, proxy headers to apply, a Host value
+not seen valid yet, a stopping server. Nothing is answered here that the general way would answer
+differently; tests send the same requests both ways and compare what the application and the client see.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from corral.worker.conn.phases import BUSY, CLOSED
+from corral.worker.http1.connection import HTTP11Connection
+from corral.worker.http1.fields import VALID_HOST
+from corral.worker.http1.native import parse_head
+from corral.worker.http1.scope import METHODS, decode_path
+
+if TYPE_CHECKING:
+    from corral.worker.http1.protocol import HttpProtocol
+
+__all__ = ["read_request", "available"]
+
+_CLOSED, _BUSY = CLOSED, BUSY
+_HASH, _PERCENT = ord("#"), ord("%")  # (int needles: see corral.worker.http1.protocol)
+_parse = parse_head
+
+
+def available() -> bool:
+    """Whether reads can be taken this way at all (the compiled parser is there)."""
+    return _parse is not None
+
+
+def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
+    """The request of `data`, made active on `protocol`'s connection with its body (at most `max_body` bytes),
+    when `data` is one ordinary request on an idle connection; else None, with nothing done. The caller begins
+    it (HttpProtocol.start_request's part)."""
+    if protocol.phase == _CLOSED or protocol.ready is not None:
+        return None
+    server = protocol.server
+    state = protocol.state
+    if state is not None and (
+        state.active is not None
+        or not state.in_head
+        or state.head_parts is not None
+        or state.must_close
+        or state.after_close
+        or state.upgraded
+        or state.backlog
+    ):
+        return None
+    limits = server.limits
+    parsed = _parse(data, limits.request_line, limits.request_fields, limits.header_block)  # type: ignore[misc]  # available() checked by the caller
+    if parsed is None:
+        return None
+    method, url, http11, headers, content_length, host, expect, forwarded, keep_alive = parsed
+    if not keep_alive or expect or content_length > max_body or server.stopping:
+        return None
+    if url[0] != 47 or _HASH in url:  # not "/..." (on_request's other forms), or a fragment to cut
+        return None
+    if server.proxy is not None and (protocol.trusted is None or (forwarded and protocol.trusted)):
+        return None  # proxy headers to apply, or a proxy object that decides per request: on_request's
+    requests = (state.requests if state is not None else protocol.served) + 1
+    max_requests = limits.requests_per_connection
+    if max_requests and requests >= max_requests:
+        return None  # the connection's last request: it closes after it (the general way says so)
+    if content_length and limits.request_body and content_length > limits.request_body:
+        return None  # the general way answers 413
+    if host is not None and (state is None or host != state.last_host) and VALID_HOST.fullmatch(host) is None:
+        return None  # the general way answers 400 (or takes a valid Host it had not seen)
+    # From here on the request is made this way: the connection's bookkeeping, as data_received and feed do it.
+    server.counters.bytes_in += len(data)
+    if state is None:
+        spares = server.spare_states
+        if spares:
+            state = spares.pop()
+            state.handler = protocol
+        else:
+            state = HTTP11Connection(protocol, limits)
+        protocol.state = state
+    state.requests = requests
+    if host is not None:
+        state.last_host = host
+    # The scope `HttpProtocol.on_request` makes for an origin-form target and no proxy headers to apply,
+    # without its other cases (a call less per request than sharing one function with it, and the same keys:
+    # the tests compare the two).
+    scope = server.scope_template.copy()
+    if not http11:
+        scope["http_version"] = "1.0"
+    scope["server"] = protocol.sockname
+    scope["client"] = protocol.client
+    scheme = protocol.scheme
+    if scheme != "http":
+        scope["scheme"] = scheme
+    scope["method"] = METHODS.get(method) or method.decode("ascii")
+    raw_path, _, query = url.partition(b"?")
+    scope["path"] = raw_path.decode("ascii") if _PERCENT not in raw_path else decode_path(raw_path)
+    scope["raw_path"] = raw_path
+    scope["query_string"] = query
+    scope["headers"] = headers
+    lifespan_state = server.lifespan_state
+    scope["state"] = lifespan_state.copy() if lifespan_state else {}
+    extensions = protocol.extensions
+    scope["extensions"] = {} if extensions is None else extensions.copy()
+    protocol.phase = _BUSY
+    protocol.since = server.tick  # (on_request's: the body timer's start)
+    cycle = protocol.cycle_class(protocol, scope, True, False, method == b"HEAD", http11, server.access_log is not None)
+    state.last = state.active = cycle
+    state.completed += 1
+    state.body_size = content_length if content_length > 0 else 0  # (-1: no Content-Length field)
+    return cycle
