@@ -118,5 +118,5 @@ def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
     cycle = protocol.cycle_class(protocol, scope, True, False, method == b"HEAD", http11, server.access_log is not None)
     state.last = state.active = cycle
     state.completed += 1
-    state.body_size = content_length if content_length > 0 else 0  # (-1: no Content-Length field)
+    state.body_size = max(0, content_length)  # (-1: no Content-Length field)
     return cycle

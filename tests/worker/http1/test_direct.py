@@ -15,8 +15,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from corral.worker.http1 import direct, protocol
 from corral.worker.edge.proxy_headers import make_proxy_headers
+from corral.worker.http1 import direct, protocol
 from worker_http_helpers import Client, run_server, settings
 
 pytestmark = pytest.mark.skipif(
