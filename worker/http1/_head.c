@@ -21,6 +21,8 @@
    - the limits of the connection (request line, field count, header block) not exceeded;
    - the read ends exactly where the request ends: at the head, or after a Content-Length body in full.
 
+   `make_scope(...)` makes the ASGI scope of such a request (see its comment below).
+
    Field names come back lowercased, values without the whitespace around them (RFC 9112 §5), in the order
    sent; the names corral looks at, and the methods, are shared objects made once.
 
@@ -409,10 +411,126 @@ error:
     return NULL;
 }
 
+
+/* make_scope(template, method, target, http11, headers, server, client, scheme, lifespan_state, extensions,
+   decode_path): the ASGI scope of a request `parse` returned (method, target, http11 and headers as it gave
+   them), as corral.worker.http1.direct makes it: a copy of the server's `template`, then the request's
+   values. The path is the target's part before '?', decoded as ASCII, or by `decode_path(raw_path)` when it
+   holds a '%'. `lifespan_state` is copied when not empty (each request gets its own dict), `extensions` when
+   not None. */
+static PyObject *S_HTTP_VERSION, *S_SERVER, *S_CLIENT, *S_SCHEME, *S_METHOD, *S_PATH, *S_RAW_PATH, *S_QUERY_STRING,
+    *S_HEADERS, *S_STATE, *S_EXTENSIONS, *V_10, *V_HTTP, *EMPTY_BYTES;
+static PyObject *METHOD_STRINGS[N_METHODS];
+
+static int set_new(PyObject *dict, PyObject *key, PyObject *value) {
+    if (value == NULL) {
+        return -1;
+    }
+    int failed = PyDict_SetItem(dict, key, value);
+    Py_DECREF(value);
+    return failed;
+}
+
+static PyObject *make_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "make_scope(template, method, target, http11, headers, server, client, "
+                                         "scheme, lifespan_state, extensions, decode_path)");
+        return NULL;
+    }
+    PyObject *template = args[0], *method = args[1], *target = args[2], *headers = args[4];
+    PyObject *server = args[5], *client = args[6], *scheme = args[7], *lifespan = args[8], *extensions = args[9];
+    PyObject *decode = args[10];
+    if (!PyDict_CheckExact(template) || !PyBytes_CheckExact(target)) {
+        PyErr_SetString(PyExc_TypeError, "make_scope: a dict template and a bytes target");
+        return NULL;
+    }
+    PyObject *method_string = NULL;
+    for (int i = 0; i < N_METHODS; i++) {
+        if (method == METHODS[i]) {
+            method_string = METHOD_STRINGS[i];
+            break;
+        }
+    }
+    if (method_string == NULL) {
+        PyErr_SetString(PyExc_ValueError, "make_scope: a method parse() returned");
+        return NULL;
+    }
+    PyObject *scope = PyDict_Copy(template);
+    if (scope == NULL) {
+        return NULL;
+    }
+    int http11 = PyObject_IsTrue(args[3]);
+    if (http11 < 0 || (!http11 && PyDict_SetItem(scope, S_HTTP_VERSION, V_10) < 0)) {
+        goto error;
+    }
+    if (PyDict_SetItem(scope, S_SERVER, server) < 0 || PyDict_SetItem(scope, S_CLIENT, client) < 0) {
+        goto error;
+    }
+    if (!(PyUnicode_CheckExact(scheme) && PyUnicode_Compare(scheme, V_HTTP) == 0) &&
+        PyDict_SetItem(scope, S_SCHEME, scheme) < 0) {
+        goto error;
+    }
+    if (PyDict_SetItem(scope, S_METHOD, method_string) < 0) {
+        goto error;
+    }
+    const char *t = PyBytes_AS_STRING(target);
+    Py_ssize_t n = PyBytes_GET_SIZE(target);
+    const char *q = memchr(t, '?', (size_t)n);
+    Py_ssize_t path_len = q != NULL ? q - t : n;
+    PyObject *raw_path, *query;
+    if (q == NULL) {
+        Py_INCREF(target);
+        raw_path = target;
+        Py_INCREF(EMPTY_BYTES);
+        query = EMPTY_BYTES;
+    } else {
+        raw_path = PyBytes_FromStringAndSize(t, path_len);
+        query = PyBytes_FromStringAndSize(q + 1, n - path_len - 1);
+        if (raw_path == NULL || query == NULL) {
+            Py_XDECREF(raw_path);
+            Py_XDECREF(query);
+            goto error;
+        }
+    }
+    PyObject *path = memchr(t, '%', (size_t)path_len) == NULL ? PyUnicode_DecodeASCII(t, path_len, NULL)
+                                                             : PyObject_CallOneArg(decode, raw_path);
+    if (set_new(scope, S_PATH, path) < 0 || PyDict_SetItem(scope, S_RAW_PATH, raw_path) < 0 ||
+        PyDict_SetItem(scope, S_QUERY_STRING, query) < 0) {
+        Py_DECREF(raw_path);
+        Py_DECREF(query);
+        goto error;
+    }
+    Py_DECREF(raw_path);
+    Py_DECREF(query);
+    if (PyDict_SetItem(scope, S_HEADERS, headers) < 0) {
+        goto error;
+    }
+    int has_state = PyDict_Check(lifespan) ? PyDict_GET_SIZE(lifespan) > 0 : PyObject_IsTrue(lifespan);
+    if (has_state < 0) {
+        goto error;
+    }
+    PyObject *state = has_state ? PyObject_CallMethod(lifespan, "copy", NULL) : PyDict_New();
+    if (set_new(scope, S_STATE, state) < 0) {
+        goto error;
+    }
+    PyObject *own = extensions == Py_None ? PyDict_New() : PyObject_CallMethod(extensions, "copy", NULL);
+    if (set_new(scope, S_EXTENSIONS, own) < 0) {
+        goto error;
+    }
+    return scope;
+error:
+    Py_DECREF(scope);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(data, limit_line, limit_fields, limit_head) -> tuple | None: one whole request of the common shape "
      "in `data` (see the module's source), or None."},
+    {"make_scope", (PyCFunction)(void (*)(void))make_scope, METH_FASTCALL,
+     "make_scope(template, method, target, http11, headers, server, client, scheme, lifespan_state, extensions, "
+     "decode_path) -> dict: the ASGI scope of a request parse() returned (see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -426,9 +544,27 @@ PyMODINIT_FUNC PyInit__head(void) {
     for (int i = 0; i < N_METHODS; i++) {
         METHOD_LENGTHS[i] = strlen(METHOD_NAMES[i]);
         METHODS[i] = PyBytes_FromString(METHOD_NAMES[i]);
-        if (METHODS[i] == NULL) {
+        METHOD_STRINGS[i] = PyUnicode_InternFromString(METHOD_NAMES[i]);
+        if (METHODS[i] == NULL || METHOD_STRINGS[i] == NULL) {
             return NULL;
         }
+    }
+    struct {
+        PyObject **slot;
+        const char *text;
+    } strings[] = {
+        {&S_HTTP_VERSION, "http_version"}, {&S_SERVER, "server"}, {&S_CLIENT, "client"}, {&S_SCHEME, "scheme"},
+        {&S_METHOD, "method"}, {&S_PATH, "path"}, {&S_RAW_PATH, "raw_path"}, {&S_QUERY_STRING, "query_string"},
+        {&S_HEADERS, "headers"}, {&S_STATE, "state"}, {&S_EXTENSIONS, "extensions"}, {&V_10, "1.0"},
+        {&V_HTTP, "http"},
+    };
+    for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
+        if ((*strings[i].slot = PyUnicode_InternFromString(strings[i].text)) == NULL) {
+            return NULL;
+        }
+    }
+    if ((EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
+        return NULL;
     }
     for (int i = 0; i < N_KNOWN; i++) {
         KNOWN[i].length = (Py_ssize_t)strlen(KNOWN[i].name);

@@ -9,7 +9,7 @@ comment. `take_parsed` makes the request from what it returns, as `HTTP11Connect
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corral.shared.native import DISABLED_BY, enabled
 from corral.worker.http1.fields import VALID_HOST
@@ -17,16 +17,18 @@ from corral.worker.http1.fields import VALID_HOST
 if TYPE_CHECKING:
     from corral.worker.http1.connection import HTTP11Connection
 
-__all__ = ["parse_head", "take_parsed", "Parsed", "DISABLED_BY", "describe"]
+__all__ = ["parse_head", "make_scope", "take_parsed", "Parsed", "DISABLED_BY", "describe"]
 
 Parsed = tuple[bytes, bytes, bool, list[tuple[bytes, bytes]], int, "bytes | None", bool, bool, bool]
 
 parse_head: Callable[[bytes, int, int, int], Parsed | None] | None = None
+make_scope: Callable[..., dict[str, Any]] | None = None  # the scope of a parsed request (corral.worker.http1.direct)
 if enabled():
     try:
+        from corral.worker.http1._head import make_scope
         from corral.worker.http1._head import parse as parse_head
     except ImportError:  # not built (no compiler at install): the pure-Python way
-        parse_head = None
+        parse_head = make_scope = None
 
 
 def describe() -> str:

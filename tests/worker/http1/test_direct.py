@@ -38,7 +38,8 @@ async def scope_app(scope, receive, send):
     seen = {k: v for k, v in scope.items() if k not in ("server", "client", "state")}
     seen["client_host"] = scope["client"][0]
     seen["server_host"] = scope["server"][0]
-    seen["state"] = sorted(scope["state"])
+    seen["state"] = scope["state"]
+    scope["state"]["mutated"] = True  # the request's own copy: the next request must not see it
     seen["body"] = body
     answer = json.dumps(seen, sort_keys=True, default=repr).encode()
     headers = [(b"content-type", b"application/json"), (b"x-path", scope["path"].encode())]
@@ -62,9 +63,14 @@ def taken(monkeypatch):
 
 
 def pair(stack, app, proxy=None, **values):
-    host, direct_port, server = stack.enter_context(run_server(app, settings(**values), proxy=proxy))
+    # Each server with a lifespan state of its own (copied into every scope): {"db": ...}.
+    host, direct_port, server = stack.enter_context(
+        run_server(app, settings(**values), proxy=proxy, lifespan_state={"db": 1})
+    )
     assert server.direct_reads is True
-    _, general_port, general = stack.enter_context(run_server(app, settings(**values), proxy=proxy))
+    _, general_port, general = stack.enter_context(
+        run_server(app, settings(**values), proxy=proxy, lifespan_state={"db": 1})
+    )
     general.direct_reads = False
     return (host, direct_port), (host, general_port)
 
