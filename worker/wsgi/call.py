@@ -130,6 +130,8 @@ def _encode_headers(headers: Any) -> tuple:
     return encoded
 
 
+_STARTED: dict[tuple, tuple[tuple, int]] = {}  # (status, *headers) -> (encoded headers, code) (bounded)
+_STARTED_MAX = 512
 _STATUS_CODES: dict[str, int] = {}  # WSGI status lines -> their codes, validated (bounded: reason phrases vary)
 
 
@@ -308,8 +310,20 @@ class WsgiCall:
                 exc_info = None  # break the frame <-> traceback cycle
         elif self.status:
             raise RuntimeError("start_response called a second time without exc_info")
-        self.headers = _encode_headers(headers)
-        self.status = _status_code(status)
+        # The status and headers an application sends again and again, looked up at once (one dict lookup for
+        # both; checked and encoded the first time by the two functions below).
+        try:
+            key = (status, *headers)
+            started = _STARTED.get(key)
+        except TypeError:  # unhashable items (lists as pairs), or headers that are not iterable: no caching
+            key = started = None
+        if started is None:
+            started = (_encode_headers(headers), _status_code(status))
+            if key is not None:
+                if len(_STARTED) >= _STARTED_MAX:
+                    _STARTED.clear()
+                _STARTED[key] = started
+        self.headers, self.status = started
         return self.write
 
     def write(self, data: bytes) -> None:
