@@ -11,11 +11,12 @@ it. The protocol then begins it as it begins any request (`begin_soon`), or runs
 
 Anything else returns None before touching the connection, and the read goes the general way: a request the
 compiled parser does not take (a target not in origin form or with a fragment, a method it does not know,
-chunked bodies, upgrades, any error), a connection with a request in progress or bytes of one, a
-`Connection: close` request or the connection's last (`--max-requests-per-connection`), `Expect`, a body over
-the caller's bound or `--limit-request-body`, proxy headers to apply, a Host value not seen valid yet, a
-stopping server. Nothing is answered here that the general way would answer differently; tests send the same
-requests both ways and compare what the application and the client see.
+chunked bodies, upgrades, any error), a connection with a request in progress or bytes of one, `Expect`, a
+body over the caller's bound or `--limit-request-body`, proxy headers to apply, a Host value not seen valid
+yet, a stopping server. A request that closes the connection (`Connection: close`, HTTP/1.0 without
+keep-alive, the connection's last under `--max-requests-per-connection`) is taken, the connection marked as
+`admit` marks it. Nothing is answered here that the general way would answer differently; tests send the
+same requests both ways and compare what the application and the client see.
 """
 
 from __future__ import annotations
@@ -66,14 +67,11 @@ def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
     if parsed is None:
         return None
     method, url, http11, headers, content_length, host, expect, forwarded, keep_alive = parsed
-    if not keep_alive or expect or content_length > max_body or server.stopping:
+    if expect or content_length > max_body or server.stopping:
         return None
     if server.proxy is not None and (protocol.trusted is None or (forwarded and protocol.trusted)):
         return None  # proxy headers to apply, or a proxy object that decides per request: on_request's
     requests = (state.requests if state is not None else protocol.served) + 1
-    max_requests = limits.requests_per_connection
-    if max_requests and requests >= max_requests:
-        return None  # the connection's last request: it closes after it (the general way says so)
     if content_length and limits.request_body and content_length > limits.request_body:
         return None  # the general way answers 413
     if host is not None and (state is None or host != state.last_host) and VALID_HOST.fullmatch(host) is None:
@@ -88,7 +86,16 @@ def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
         else:
             state = HTTP11Connection(protocol, limits)
         protocol.state = state
+    # The request side of keep-alive, as HTTP11Connection.admit decides it (and take_parsed's after_close: what
+    # follows a request that closes is skipped as llhttp would skip it).
     state.requests = requests
+    if not keep_alive:
+        state.client_close = state.after_close = True
+    max_requests = limits.requests_per_connection
+    if max_requests and requests >= max_requests:
+        keep_alive = False  # the connection's last request (--max-requests-per-connection, --keep-alive 0)
+    if not keep_alive:
+        state.must_close = True
     if host is not None:
         state.last_host = host
     # The scope `HttpProtocol.on_request` makes for an origin-form target and no proxy headers to apply, made
@@ -108,8 +115,11 @@ def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
     )
     protocol.phase = _BUSY
     protocol.since = server.tick  # (on_request's: the body timer's start)
-    cycle = protocol.cycle_class(protocol, scope, True, False, method == b"HEAD", http11, server.access_log is not None)
+    cycle = protocol.cycle_class(
+        protocol, scope, keep_alive, False, method == b"HEAD", http11, server.access_log is not None
+    )
     state.last = state.active = cycle
     state.completed += 1
-    state.body_size = max(0, content_length)  # (-1: no Content-Length field)
+    # -1: no Content-Length field. (A test, not max(): a call costs more per request.)
+    state.body_size = content_length if content_length > 0 else 0  # noqa: FURB136 - see the line above
     return cycle

@@ -165,9 +165,11 @@ class WorkerServer(StatelessServer):
             protocol_class = proxied_protocol(protocol_class)
         self.protocol_class: type[HttpProtocol] = protocol_class
         # Reads that are one ordinary request are made into their request in one step (corral.worker.http1.direct)
-        # where no other request object is wanted: the health path's protocol makes its own, and a native WSGI
-        # server decides for itself (corral.worker.wsgi.direct).
-        self.direct_reads = direct_available() and not settings.health_path and self.wsgi is None
+        # where no other request object is wanted (the health path's protocol makes its own), and where a native
+        # WSGI server with --threads 1 does not run them from the read itself (corral.worker.wsgi.direct).
+        self.direct_reads = (
+            direct_available() and not settings.health_path and not (self.wsgi is not None and self.wsgi.direct)
+        )
         self.stopping = False
         # Draining (the first part of a host's stop, --drain-delay): everything is served as usual, only the
         # health path answers 503 so that load balancers stop sending.

@@ -106,8 +106,9 @@ REQUESTS = [
     (b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab", False),
     (b"POST /ch HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", False),
     (b"GET /bad HTTP/1.1\r\nHost: a b\r\n\r\n", False),
-    (b"GET /v10 HTTP/1.0\r\nHost: h\r\n\r\n", False),  # HTTP/1.0 without keep-alive: closes
-    (b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False),
+    (b"GET /v10 HTTP/1.0\r\nHost: h\r\n\r\n", True),  # HTTP/1.0 without keep-alive: closes
+    (b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", True),
+    (b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n\r\n", False),  # bytes after it: not one request
 ]
 
 
@@ -136,14 +137,14 @@ def test_the_connection_counts_its_requests_across_both_ways(taken):
     with ExitStack() as stack:
         one_at, other_at = pair(stack, scope_app, max_requests_per_connection=3)
         with Client(*one_at) as one, Client(*other_at) as other:
-            for target in ("/a", "/frag#x", "/c"):  # direct, general, then the last (general: it closes)
+            for target in ("/a", "/frag#x", "/c"):  # direct, general, then the last (direct: it closes)
                 for client in (one, other):
                     client.send(f"GET {target} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
                 a, b = one.response(), other.response()
                 assert same(a, b)
             assert a.header("connection") == "close"
             assert one.closed() and other.closed()
-    assert taken[0] == 1
+    assert taken[0] == 2
 
 
 def test_many_connections_each_get_their_own_answer(taken):

@@ -1,10 +1,11 @@
-"""--threads 1: a read that is one ordinary request served from the read (corral.worker.wsgi.direct), against
-the general way it stands in for, over real sockets.
+"""A read that is one ordinary request taken the direct way on a native WSGI server, against the general way it
+stands in for, over real sockets: with --threads 1 the request is run from the read (corral.worker.wsgi.direct),
+with the pool it is made in one step (corral.worker.http1.direct) and begun as any.
 
 Two servers run the same application, one with the direct way on and one with it off; the same requests go to
 both and must get the same responses (the Date header aside), the application the same environ, the
-connection the same fate. A counter on `serve_read` shows which requests took the direct way, so that the
-comparison is known to compare something.
+connection the same fate. A counter shows which requests took the direct way, so that the comparison is known
+to compare something.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextlib import ExitStack
 import pytest
 
 from corral.worker.edge.accesslog import make_access_log
+from corral.worker.http1 import protocol as http1_protocol
 from corral.worker.wsgi import direct, protocol
 from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
 
@@ -39,31 +41,52 @@ def environ_app(environ, start_response):
     return [json.dumps(seen, sort_keys=True, default=repr).encode()]
 
 
+@pytest.fixture(params=["threads1", "pool"])
+def mode(request):
+    """--threads 1 (the read run on the loop's thread, corral.worker.wsgi.direct) or the pool of 4 threads (the
+    request made in one step by corral.worker.http1.direct, then begun as any)."""
+    return request.param
+
+
 @pytest.fixture
-def taken(monkeypatch):
-    """How many reads the direct way served."""
+def taken(monkeypatch, mode):
+    """How many reads the direct way took."""
     count = [0]
-    real = protocol.serve_read
+    if mode == "threads1":
+        real_serve = protocol.serve_read
 
-    def counting(conn, data):
-        done = real(conn, data)
-        count[0] += done
-        return done
+        def counting_serve(conn, data):
+            done = real_serve(conn, data)
+            count[0] += done
+            return done
 
-    monkeypatch.setattr(protocol, "serve_read", counting)
+        monkeypatch.setattr(protocol, "serve_read", counting_serve)
+    else:
+        real_read = http1_protocol.read_request
+
+        def counting_read(conn, data, max_body):
+            cycle = real_read(conn, data, max_body)
+            count[0] += cycle is not None
+            return cycle
+
+        monkeypatch.setattr(http1_protocol, "read_request", counting_read)
     return count
 
 
 class Pair:
     """The same application on two servers: `direct` with the direct way, `general` without it."""
 
-    def __init__(self, stack, app, **values):
+    def __init__(self, stack, app, mode, **values):
         self.stack = stack
-        options = dict({"threads": 1}, **values)
+        options = dict({"threads": 1 if mode == "threads1" else 4}, **values)
         host, self.direct_port, server = stack.enter_context(run_server(app, settings(**options), wsgi=True))
-        assert server.wsgi.direct is True
         _, self.general_port, general = stack.enter_context(run_server(app, settings(**options), wsgi=True))
-        general.wsgi.direct = False
+        if mode == "threads1":
+            assert server.wsgi.direct is True and general.direct_reads is False
+            general.wsgi.direct = False
+        else:
+            assert server.wsgi.direct is False and server.direct_reads is True
+            general.direct_reads = False
         self.host = host
 
     def clients(self):
@@ -97,13 +120,14 @@ REQUESTS = [
     (b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab", False),
     (b"POST /ch HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", False),
     (b"GET /bad HTTP/1.1\r\nHost: a b\r\n\r\n", False),  # an invalid Host: 400 both ways
-    (b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False),  # closes: the general way
+    (b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", True),  # the connection closes after it
+    (b"GET /v10 HTTP/1.0\r\nHost: h\r\n\r\n", True),  # HTTP/1.0 without keep-alive: closes too
 ]
 
 
-def test_the_direct_way_answers_as_the_general_way(taken):
+def test_the_direct_way_answers_as_the_general_way(taken, mode):
     with ExitStack() as stack:
-        pair = Pair(stack, environ_app)
+        pair = Pair(stack, environ_app, mode)
         for raw, direct_way in REQUESTS:
             before = taken[0]
             one, other = pair.clients()
@@ -121,7 +145,7 @@ def test_the_direct_way_answers_as_the_general_way(taken):
                     one.send(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
                     other.send(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
                     assert same(one.response(), other.response()), raw
-        assert taken[0] >= 9 * 2  # each ordinary request and each /next after a kept one
+        assert taken[0] >= 9 * 2 + 2  # each ordinary request and each /next after a kept one
 
 
 def outcome_app(environ, start_response):
@@ -156,10 +180,10 @@ def outcome_app(environ, start_response):
 
 
 @pytest.mark.parametrize("path", ["/raise", "/write", "/stream", "/file", "/twice", "/short", "/empty", "/"])
-def test_every_kind_of_answer_is_the_same_both_ways(taken, path, caplog):
+def test_every_kind_of_answer_is_the_same_both_ways(taken, mode, path, caplog):
     caplog.set_level(logging.ERROR, logger="corral.error")
     with ExitStack() as stack:
-        pair = Pair(stack, outcome_app)
+        pair = Pair(stack, outcome_app, mode)
         one, other = pair.clients()
         with one, other:
             for client in (one, other):
@@ -185,27 +209,27 @@ def test_every_kind_of_answer_is_the_same_both_ways(taken, path, caplog):
         assert len(messages) == 2 and messages[0] == messages[1], messages
 
 
-def test_the_connection_counts_its_requests_across_both_ways(taken):
+def test_the_connection_counts_its_requests_across_both_ways(taken, mode):
     """--max-requests-per-connection 3: the third response closes, whichever way the first two went."""
     with ExitStack() as stack:
-        pair = Pair(stack, environ_app, max_requests_per_connection=3)
+        pair = Pair(stack, environ_app, mode, max_requests_per_connection=3)
         one, other = pair.clients()
         with one, other:
-            for target in ("/a", "/frag#x", "/c"):  # direct, general, then the last (general: it closes)
+            for target in ("/a", "/frag#x", "/c"):  # direct, general, then the last (direct: it closes)
                 for client in (one, other):
                     client.send(f"GET {target} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
                 a, b = one.response(), other.response()
                 assert same(a, b)
             assert a.header("connection") == "close"
             assert one.closed() and other.closed()
-        assert taken[0] == 1
+        assert taken[0] == 2
 
 
-def test_requests_read_together_are_answered_in_order(taken):
+def test_requests_read_together_are_answered_in_order(taken, mode):
     """Two requests in one read are not the direct way's (one read, one request); one read per request on many
     connections is, and each connection gets its own answer."""
     with ExitStack() as stack:
-        pair = Pair(stack, environ_app)
+        pair = Pair(stack, environ_app, mode)
         with Client(pair.host, pair.direct_port) as client:
             client.send(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
             assert [client.response().header("x-path") for _ in range(2)] == ["/1", "/2"]
@@ -221,7 +245,7 @@ def test_requests_read_together_are_answered_in_order(taken):
         assert taken[0] == 20
 
 
-def test_the_access_log_and_the_pool_see_each_direct_request(taken, tmp_path):
+def test_the_access_log_and_the_pool_see_each_direct_request(taken, mode, tmp_path):
     log = tmp_path / "access.log"
     access_log = make_access_log(settings(accesslog=str(log)))  # corral's own: lines batched per loop turn
     assert access_log is not None
@@ -231,7 +255,7 @@ def test_the_access_log_and_the_pool_see_each_direct_request(taken, tmp_path):
     stack_.callback(setattr, logger, "propagate", True)  # as make_access_log found it (it turns it off)
     with stack_, ExitStack() as stack:
         host, port, server = stack.enter_context(
-            run_server(environ_app, settings(threads=1), wsgi=True, access_log=access_log)
+            run_server(environ_app, settings(threads=1 if mode == "threads1" else 4), wsgi=True, access_log=access_log)
         )
         with Client(host, port) as client:
             for n in range(5):
