@@ -312,6 +312,8 @@ class WsgiCall:
             raise RuntimeError("start_response called a second time without exc_info")
         # The status and headers an application sends again and again, looked up at once (one dict lookup for
         # both; checked and encoded the first time by the two functions below).
+        key: tuple | None
+        started: tuple[tuple, int] | None
         try:
             key = (status, *headers)
             started = _STARTED.get(key)
