@@ -28,7 +28,6 @@ plain task, as does one on a loop with a task factory (the factory decides how t
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
 
 # asyncio's own bookkeeping of the running task (private, present since 3.7; used only on 3.11, see the end)
@@ -67,16 +66,21 @@ _init: Any = Task.__init__  # (Any: called with the stand-in loop, which is no A
 _set_result = _Future.set_result  # Task.set_result refuses; the future's own method marks it done
 
 
+def _schedule_nothing(callback: Any, *args: Any, context: Any = None) -> None:
+    """`_NotYet.call_soon`: the task's step is not scheduled (a keyword-only `context`: the C Task passes it by
+    name, and a function taking it so binds it without making a dict)."""
+
+
 class _NotYet:
     """The loop a first step's Task is initialised for: asked whether it debugs (no) and to schedule the task's
-    step (it makes a `functools.partial` of it, which is dropped: nothing runs). `start()` initialises the
-    Task again for the real loop when it is to go on. (Refusing by raising costs more: the exception, its
-    traceback and the unwinding took about 3,800 instructions; the partial and the WeakSet registration that
-    follows, about half that.)"""
+    step (nothing is scheduled). `start()` initialises the Task again for the real loop when it is to go on.
+    (Refusing by raising costs more: the exception, its traceback and the unwinding took about 3,800
+    instructions. A `functools.partial` of the step, as this used to make, cost about 1,400: the partial and
+    the dict of its keyword.)"""
 
     __slots__ = ()
     get_debug = bool  # bool() is False: no source traceback is taken
-    call_soon = functools.partial  # a class, not a function: called without self
+    call_soon = staticmethod(_schedule_nothing)
 
 
 _NOT_YET = _NotYet()
@@ -175,6 +179,26 @@ def _start_by_hand(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, An
     return _reschedule(task, coro, loop, context)
 
 
+def _skip_first_step_registration() -> None:
+    """A Task initialised for `_NOT_YET` is not put in asyncio's set of all tasks (3.11's C Task registers
+    itself from its `__init__` by calling the set's `add`): `asyncio.all_tasks()` lists only the running loop's
+    pending tasks, which a first step's Task never is one of, and most first steps finish their task. Each
+    registration cost about 2,500 instructions: the set's `add` and a weak reference, whose callback removes it
+    again when the Task is freed. A Task that goes on is initialised again for the real loop and registered
+    then, as any. Done by giving the set an `add` of its own (an attribute of the instance, which a method
+    call looks up before the class's): every other Task is added as before."""
+    tasks = getattr(asyncio.tasks, "_all_tasks", None)
+    if tasks is None or getattr(type(tasks), "add", None) is None or "add" in getattr(tasks, "__dict__", {"add": 0}):
+        return  # not the WeakSet this was written for (or done already): every Task registers as before
+    add = tasks.add
+
+    def add_unless_first_step(task: Any) -> None:
+        if task._loop is not _NOT_YET:
+            add(task)
+
+    tasks.add = add_unless_first_step
+
+
 #: The interpreter's own eager start: a first step that raises (or is cancelled) leaves its task done at once,
 #: where the start by hand hands it to a scheduled task (the caller reports it: StatelessServer.run_instance).
 NATIVE = sys.version_info >= (3, 12)
@@ -185,3 +209,4 @@ elif sys.version_info >= (3, 11) and getattr(Task, "__module__", "") == "_asynci
     # The C Task: initialised again in place (its __init__ clears what it set before), `_callbacks`,
     # `_must_cancel` and `cancelling()` readable, `_enter_task`/`_leave_task` on the C module's table.
     start = _start_by_hand
+    _skip_first_step_registration()

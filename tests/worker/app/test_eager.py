@@ -90,6 +90,39 @@ def test_a_suspended_app_goes_on_in_the_same_task():
     assert seen == [task, task]
 
 
+@needs_eager
+def test_all_tasks_lists_a_suspended_app_and_no_task_that_finished_in_its_first_step():
+    """asyncio.all_tasks() is as with plain tasks: a task that went on is listed while it waits; one that finished
+    in its first step never is (on 3.11 it is not even registered: eager._skip_first_step_registration)."""
+    finished = []
+
+    async def quick():
+        finished.append(asyncio.current_task())
+
+    async def app(gate):
+        await gate
+        return asyncio.current_task() in asyncio.all_tasks()
+
+    async def then(task):
+        listed_while_waiting = task in asyncio.all_tasks()
+        first = eager.start(asyncio.get_running_loop(), quick())  # (from a task: a plain task, which runs soon)
+        await first
+        gate_holder["gate"].set_result(None)
+        return listed_while_waiting, await task, first in asyncio.all_tasks()
+
+    gate_holder = {}
+
+    def make():
+        gate_holder["gate"] = asyncio.get_event_loop().create_future()
+        return app(gate_holder["gate"])
+
+    _, (listed_while_waiting, listed_after_resuming, done_listed) = run_in_callback(make, then=then)
+    assert listed_while_waiting and listed_after_resuming and not done_listed
+    # One that finished in its first step, started from a loop callback as a request is: never in the set.
+    quick_task, _ = run_in_callback(quick)
+    assert quick_task.done() and quick_task not in asyncio.tasks._all_tasks
+
+
 def test_bare_yield_and_a_python_future_both_resume():
     async def app():
         await asyncio.sleep(0)  # a bare yield
