@@ -26,7 +26,7 @@ static PyObject *S_ROOT_PATH, *S_PATH, *S_METHOD, *S_QUERY_STRING, *S_HTTP_VERSI
     *S_HEADERS;
 static PyObject *K_REQUEST_METHOD, *K_PATH_INFO, *K_QUERY_STRING, *K_SERVER_PROTOCOL, *K_URL_SCHEME, *K_INPUT,
     *K_ERRORS, *K_SERVER_NAME, *K_SERVER_PORT, *K_REMOTE_ADDR, *K_REMOTE_PORT;
-static PyObject *V_11, *V_HTTP, *V_HTTP_SLASH, *V_ZERO, *EMPTY;
+static PyObject *V_11, *V_HTTP, *V_HTTP_SLASH, *V_ZERO, *EMPTY, *K_STDERR, *SYS;
 
 /* Whether `headers` is a list or tuple of 2-tuples of exact bytes. */
 static int well_formed(PyObject *headers) {
@@ -262,7 +262,13 @@ static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     if (error) {
         return NULL;
     }
-    PyObject *stderr_now = PySys_GetObject("stderr"); /* borrowed */
+    /* sys.stderr, by attribute: PySys_GetObject makes a str of its C name each call (about 700 instructions). */
+    PyObject *stderr_now = PyObject_GetAttr(SYS, K_STDERR);
+    if (stderr_now == NULL) {
+        PyErr_Clear();
+    } else {
+        Py_DECREF(stderr_now); /* compared by identity only; the sys module keeps it */
+    }
     PyObject *errors = PyDict_GetItemWithError(template, K_ERRORS);
     if ((root != NULL && root != Py_None && !(PyUnicode_CheckExact(root) && PyUnicode_GET_LENGTH(root) == 0)) ||
         path == NULL || !PyUnicode_CheckExact(path) || !PyUnicode_IS_ASCII(path) || method == NULL ||
@@ -358,11 +364,15 @@ PyMODINIT_FUNC PyInit__environ(void) {
         {&K_INPUT, "wsgi.input"}, {&K_ERRORS, "wsgi.errors"}, {&K_SERVER_NAME, "SERVER_NAME"},
         {&K_SERVER_PORT, "SERVER_PORT"}, {&K_REMOTE_ADDR, "REMOTE_ADDR"}, {&K_REMOTE_PORT, "REMOTE_PORT"},
         {&V_11, "1.1"}, {&V_HTTP, "http"}, {&V_HTTP_SLASH, "HTTP/"}, {&V_ZERO, "0"}, {&EMPTY, ""},
+        {&K_STDERR, "stderr"},
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         if ((*strings[i].slot = PyUnicode_InternFromString(strings[i].text)) == NULL) {
             return NULL;
         }
+    }
+    if ((SYS = PyImport_ImportModule("sys")) == NULL) {
+        return NULL;
     }
     return PyModule_Create(&module_def);
 }
