@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import weakref
 
 # asyncio's own bookkeeping of the running task (private, present since 3.7; used only on 3.11, see the end)
 from asyncio.tasks import _current_tasks, _enter_task, _leave_task  # type: ignore[attr-defined]  # private: not in typeshed
@@ -154,7 +155,7 @@ def _start_by_hand(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, An
         return loop.create_task(coro)
     context = copy_context()
     task = _new(Task)
-    _init(task, coro, loop=_NOT_YET, context=context)
+    _init(task, coro, loop=_NOT_YET, context=context)  # (not added to all tasks: _skip_first_step_registration)
     _enter_task(loop, task)
     try:
         yielded = context.run(coro.send, None)
@@ -180,23 +181,30 @@ def _start_by_hand(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, An
 
 
 def _skip_first_step_registration() -> None:
-    """A Task initialised for `_NOT_YET` is not put in asyncio's set of all tasks (3.11's C Task registers
-    itself from its `__init__` by calling the set's `add`): `asyncio.all_tasks()` lists only the running loop's
-    pending tasks, which a first step's Task never is one of, and most first steps finish their task. Each
-    registration cost about 2,500 instructions: the set's `add` and a weak reference, whose callback removes it
-    again when the Task is freed. A Task that goes on is initialised again for the real loop and registered
-    then, as any. Done by giving the set an `add` of its own (an attribute of the instance, which a method
-    call looks up before the class's): every other Task is added as before."""
+    """asyncio's set of all tasks without the Tasks initialised for `_NOT_YET`. 3.11's C Task adds itself to
+    the set (`asyncio.tasks._all_tasks`, a WeakSet) from its `__init__`; `asyncio.all_tasks()` lists only the
+    running loop's pending tasks, which a first step's Task never is one of, and most first steps finish their
+    task. Each registration cost about 2,500 instructions: the `add` and a weak reference whose callback
+    removes the Task again when it is freed. A Task that goes on is initialised again for the real loop and
+    added then, as any. The set becomes a subclass whose `add` leaves those Tasks out and adds every other as
+    WeakSet.add does, the set's storage and callback bound once (changing an object's class makes the
+    interpreter read its attributes the slow way from then on: WeakSet's own `add` then cost an HTTP/2 stream
+    2 % more)."""
     tasks = getattr(asyncio.tasks, "_all_tasks", None)
-    if tasks is None or getattr(type(tasks), "add", None) is None or "add" in getattr(tasks, "__dict__", {"add": 0}):
-        return  # not the WeakSet this was written for (or done already): every Task registers as before
-    add = tasks.add
+    if type(tasks) is not weakref.WeakSet:
+        return  # not the set this was written for: every Task registers as before
+    fields: Any = tasks  # (WeakSet's private fields, which typeshed does not list)
+    data, remove, pending, commit = fields.data, fields._remove, fields._pending_removals, fields._commit_removals
+    ref = weakref.ref
 
-    def add_unless_first_step(task: Any) -> None:
-        if task._loop is not _NOT_YET:
-            add(task)
+    class AllTasks(weakref.WeakSet[Any]):  # (a WeakSet of Tasks, as asyncio's own)
+        def add(self, item: Any) -> None:
+            if item._loop is not _NOT_YET:
+                if pending:  # WeakSet.add's steps
+                    commit()
+                data.add(ref(item, remove))
 
-    tasks.add = add_unless_first_step
+    tasks.__class__ = AllTasks
 
 
 #: The interpreter's own eager start: a first step that raises (or is cancelled) leaves its task done at once,
