@@ -117,14 +117,21 @@ static PyObject *head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* The head of a response of the common shape (a new tuple), or None (a new reference) for any other. */
 static PyObject *encode(PyObject *const *args) {
-    PyObject *status_object = args[0], *headers = args[1], *defaults = args[2], *lines = STATUS_LINES;
+    PyObject *status_object = args[0], *headers = args[1], *defaults = args[2];
     PyObject *length_object = args[6];
-    if (!PyLong_CheckExact(status_object) || !PyDict_CheckExact(lines) || !PyBytes_CheckExact(defaults) ||
+    if (!PyLong_CheckExact(status_object) || !PyBytes_CheckExact(defaults) ||
         (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) ||
         (length_object != Py_None && !PyLong_CheckExact(length_object))) {
         Py_RETURN_NONE;
     }
-    PyObject *line = PyDict_GetItemWithError(lines, status_object); /* borrowed */
+    /* The flags first: their truth may run Python code (a __bool__), which could replace the status lines
+       (setup()); nothing below runs any, so the borrowed dict and line stay valid. */
+    int keep_alive = PyObject_IsTrue(args[3]), http11 = PyObject_IsTrue(args[4]), head_request = PyObject_IsTrue(args[5]);
+    if (keep_alive < 0 || http11 < 0 || head_request < 0) {
+        return NULL;
+    }
+    PyObject *lines = STATUS_LINES; /* (read after the flags: see above) */
+    PyObject *line = PyDict_CheckExact(lines) ? PyDict_GetItemWithError(lines, status_object) : NULL; /* borrowed */
     if (line == NULL || !PyBytes_CheckExact(line)) {
         PyErr_Clear();
         Py_RETURN_NONE; /* a status without a prepared line: the Python way (which checks it) */
@@ -137,10 +144,6 @@ static PyObject *encode(PyObject *const *args) {
             PyErr_Clear();
             Py_RETURN_NONE;
         }
-    }
-    int keep_alive = PyObject_IsTrue(args[3]), http11 = PyObject_IsTrue(args[4]), head_request = PyObject_IsTrue(args[5]);
-    if (keep_alive < 0 || http11 < 0 || head_request < 0) {
-        return NULL;
     }
     /* The fields: checked, measured. */
     Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);

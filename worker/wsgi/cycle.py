@@ -195,16 +195,20 @@ class WsgiCycle(WsgiCall):
         dispatcher.inline.queue(self)  # type: ignore[union-attr]
         return True
 
-    def run_here(self) -> None:
-        """Call the application of a request queued by `_on_loop`, on the loop's thread, then write its response
-        or hand the body it streams to the pool's thread. The caller (`InlineRunner.run`) has hidden the loop
-        (corral.worker.wsgi.inline): nothing here may ask asyncio for the running loop."""
-        context = contextvars.Context()  # a fresh context per request, as on a pool thread
+    def call_here(self) -> contextvars.Context:
+        """Call the application of a request queued by `_on_loop`, on the loop's thread, in a fresh context (as on
+        a pool thread), which it returns. The caller (`InlineRunner.run`) has hidden the loop from it; the
+        response is written by `complete_here`, once the loop is shown again."""
+        context = contextvars.Context()
         try:
             context.run(self._run)
         except BaseException:  # _run reports the application's errors: this would be a bug of ours
             error_logger.exception("WSGI request failed in the server")
             self._post(FAILED)
+        return context
+
+    def complete_here(self, context: contextvars.Context) -> None:
+        """After `call_here`: write the response, or hand the body it streams to the pool's thread."""
         self.posted = False
         self.phase = _QUEUED
         outcome = self.outcome
@@ -224,6 +228,15 @@ class WsgiCycle(WsgiCall):
             self.outbox.threads.submit(StreamRest(self, context))
         else:
             self.flush()
+
+    def to_pool(self) -> None:
+        """A request queued for the loop's thread whose turn comes while the pool's thread runs another: it goes
+        to that thread, after what is there (one application call at a time, corral.worker.wsgi.inline). It
+        holds a slot there (one over the limit at worst: it was admitted without one)."""
+        self.posted = False
+        if self.instance is None:
+            self._take_slot(self.protocol.server)
+        self._queue()
 
     def _stream(self, first_read: Any = None) -> None:
         """Hand the application a streaming wsgi.input now (the body exceeds the pre-read bound)."""

@@ -4,7 +4,8 @@ When the application runs on the loop's thread (`--threads 1`, corral.worker.wsg
 ordinary request on an idle connection, its `WsgiCycle` is made straight from the compiled parser's result
 (`corral.worker.http1.direct.read_request`) and queued to run at the end of the turn with the turn's other
 requests (`InlineRunner.queue`), skipping the way a request is otherwise begun (the server's turn, the pool's
-checks, `WsgiCycle.start`). From the application's call on it is the same `WsgiCycle.run_here` either way.
+checks, `WsgiCycle.start`). From the application's call on it is the same either way (`WsgiCycle.call_here`,
+`complete_here`).
 
 What stays the general way, besides what `read_request` leaves to it: a body larger than
 `--wsgi-body-buffer` (the application reads it as it comes, on the pool's thread), a request that finds the

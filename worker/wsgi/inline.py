@@ -34,6 +34,7 @@ __all__ = ["InlineRunner", "StreamRest"]
 error_logger = logging.getLogger("corral.error")
 
 _set_running_loop = asyncio.events._set_running_loop
+_get_running_loop = asyncio.events._get_running_loop
 
 
 class InlineRunner:
@@ -44,10 +45,11 @@ class InlineRunner:
     first, the responses written together), or from a loop callback for a request that became ready
     elsewhere (its body's last bytes, parsed in a later read; a parked request given a slot)."""
 
-    __slots__ = ("loop", "ready", "batching", "scheduled")
+    __slots__ = ("loop", "threads", "ready", "batching", "scheduled")
 
-    def __init__(self) -> None:
+    def __init__(self, threads: Any) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.threads = threads  # the pool's WorkerThreads (one thread): requests go there while it is busy
         self.ready: deque[Any] = deque()
         self.batching = False  # the server is beginning a turn's requests: it runs the queue after them
         self.scheduled = False
@@ -59,24 +61,40 @@ class InlineRunner:
             self.loop.call_soon(self.run)
 
     def run(self) -> None:
+        """Call the queued requests' applications one after the other with the loop hidden, then write their
+        responses with it shown. The loop is hidden once for the batch of calls, not around each: on Python
+        3.11 each change of the running loop costs a getpid() system call (2 a request: about 0.5 µs of a 14 µs
+        request, bench cost pinned). What follows the calls (writing, completing, beginning a pipelined
+        request, a health probe, a file's transfer) runs with the loop shown, as anywhere else. While the pool's
+        thread runs a request (a large upload, a streamed body), the batch goes to that thread instead, in
+        order: one application call at a time."""
         self.scheduled = False
         ready = self.ready
-        # The loop is hidden once for the whole batch, not around each call: on Python 3.11 each change of the
-        # running loop costs a getpid() system call (2 a request: about 0.5 µs of a 14 µs request, bench cost
-        # pinned). What runs between the calls (writing, completing, a pipelined request's start) is corral's
-        # own code, which names its loop instead of asking asyncio for it.
-        loop = self.loop or asyncio.events._get_running_loop()
-        _set_running_loop(None)
-        try:
-            while ready:  # (a response completed here may queue the next request: it runs in this loop)
-                ready.popleft().run_here()
-        finally:
-            _set_running_loop(loop)
+        loop = self.loop or _get_running_loop()
+        threads = self.threads
+        while ready:  # (a response completed below may queue the next request: it runs in the next batch)
+            batch = list(ready)
+            ready.clear()
+            if threads.jobs or len(threads.idle) != len(threads.threads):  # (WorkerThreads.all_idle, inlined)
+                for cycle in batch:
+                    cycle.to_pool()
+                continue
+            _set_running_loop(None)
+            try:
+                contexts = [cycle.call_here() for cycle in batch]
+            finally:
+                _set_running_loop(loop)
+            for cycle, context in zip(batch, contexts):
+                try:
+                    cycle.complete_here(context)
+                except Exception:  # a bug of ours: this request's connection closes, the others are answered
+                    error_logger.exception("WSGI request failed in the server")
+                    cycle.abandon()
 
 
 class StreamRest:
     """The pool job that iterates a streamed body after an application call on the loop's thread
-    (`WsgiCycle.run_here`), in the context that call ran in."""
+    (`WsgiCycle.complete_here`), in the context that call ran in."""
 
     __slots__ = ("cycle", "context")
 

@@ -131,7 +131,7 @@ def wsgi_setup(server: Host, app: Any, settings: Settings, layers: WsgiLayers | 
     threads of its own; `layers`: --request-timeout and the request hooks, when set."""
     wsgi = server.wsgi = WsgiDispatcher(app, WorkerThreads(settings.threads), settings.wsgi_body_buffer)
     if settings.threads == 1 and (layers is None or layers.deadline is None):
-        wsgi.inline = InlineRunner()  # the application on the loop's thread, as gunicorn's sync worker runs it
+        wsgi.inline = InlineRunner(wsgi.threads)  # the application on the loop's thread, as gunicorn's sync worker
         # Reads that are one ordinary request served from the read, where no request object of another kind is
         # wanted: the health path's (its protocol's on_request) and the hooks' (HookedWsgiCycle).
         wsgi.direct = available() and not settings.health_path and (layers is None or layers.hooks is None)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import queue
+import socket
 import threading
 import time
 
 import pytest
 
 from corral.worker.app.hooks import WorkerView
+from corral.worker.serve.testing import call_in_loop
 from corral.worker.wsgi.layers import WsgiDeadline, WsgiHooks, WsgiLayers
 from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
 
@@ -185,3 +187,152 @@ def test_post_request_hook_sees_the_whole_response(path):
                 assert thread == "corral-test-server" and sent == 7
             else:
                 assert thread == "corral-wsgi-0" and sent > 7  # the chunked framing counts
+
+
+# ---------------------------------------------------------------------------- what runs between the calls
+#
+# The loop is hidden from the applications once per batch of calls (InlineRunner.run); what follows the calls
+# (writing, completing, the next pipelined request, a file's transfer) runs with it shown again.
+
+
+class LoopHeld:
+    """Holds the worker's event loop busy (a callback waiting on an event), so that what the test sends meanwhile
+    is read in one turn of the loop once it is let go."""
+
+    def __init__(self, server):
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+        def hold():
+            self.entered.set()
+            self.release.wait(WAIT)
+
+        self.thread = threading.Thread(target=call_in_loop, args=(server, hold, WAIT * 2))
+        self.thread.start()
+        assert self.entered.wait(WAIT)
+
+    def let_go(self):
+        self.release.set()
+        self.thread.join(WAIT * 2)
+
+
+def test_a_file_response_behind_an_unread_one_is_sent_whole(tmp_path):
+    """The file's transfer waits for the transport to drain (a drain callback, which needs the running loop)."""
+    big, size = 8 << 20, 1 << 20
+    path = tmp_path / "file"
+    path.write_bytes(b"f" * size)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        if environ["PATH_INFO"] == "/big":
+            return [b"b" * big]
+        return environ["wsgi.file_wrapper"](open(path, "rb"))
+
+    with serve(app) as (host, port, server):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT)
+        with sock:
+            sock.connect((host, port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
+            # The big response is written and most of it waits in the transport: the client reads nothing yet.
+            wait_until(
+                lambda: any(c.transport.get_write_buffer_size() for c in list(server.connections)), WAIT, "backlog"
+            )
+            sock.sendall(b"GET /file HTTP/1.1\r\nHost: h\r\n\r\n")
+            data = b""
+            while not data.endswith(b"f" * size):
+                chunk = sock.recv(1 << 20)
+                assert chunk, f"closed after {len(data)} bytes"
+                data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 2 and len(data) > big + size
+
+
+def test_a_health_probe_pipelined_behind_a_request_is_answered():
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with serve(app, health_path="/healthz") as (host, port, _), Client(host, port) as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = client.response()
+        assert (first.status, first.body) == (200, b"ok")
+        assert client.response().status == 200  # the probe: answered beside the pool, with the loop shown
+
+
+def test_one_application_call_at_a_time_when_an_upload_takes_the_pools_thread():
+    """An upload over --wsgi-body-buffer goes to the pool's thread; an ordinary request read in the same turn then
+    waits for that thread instead of running on the loop's thread beside it."""
+    active: list[str] = []
+    overlaps: list[tuple[str, list[str]]] = []
+    uploading, release = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if active:
+            overlaps.append((path, list(active)))
+        active.append(path)
+        try:
+            if path == "/upload":
+                environ["wsgi.input"].read(10)
+                uploading.set()
+                release.wait(WAIT)
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+        finally:
+            active.remove(path)
+
+    with serve(app, wsgi_body_buffer=65536) as (host, port, server):
+        with Client(host, port) as upload, Client(host, port) as get:
+            held = LoopHeld(server)
+            upload.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 70000)
+            get.send(b"GET /get HTTP/1.1\r\nHost: h\r\n\r\n")
+            held.let_go()
+            assert uploading.wait(WAIT)
+            # The ordinary request either ran beside the upload (the defect) or waits for the pool's thread.
+            wait_until(lambda: overlaps or server.wsgi.threads.jobs, WAIT, "the request queued to the pool's thread")
+            release.set()
+            upload.send(b"x" * (1000000 - 70000))
+            assert upload.response().status == 200 and get.response().status == 200
+    assert overlaps == []
+
+
+def test_the_access_lines_of_a_turn_are_written_together(monkeypatch, tmp_path):
+    from corral.worker.edge import accesslog
+    from corral.worker.edge.sessionlog import make_request_log
+
+    writes: list[int] = []
+    real = accesslog.DirectLines._write
+    monkeypatch.setattr(
+        accesslog.DirectLines, "_write", lambda self, text, count: (writes.append(count), real(self, text, count))[1]
+    )
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    values = settings(threads=1, accesslog=str(tmp_path / "access.log"))
+    log = make_request_log(values)
+    logger = log.logger if hasattr(log, "logger") else None
+    try:
+        with run_server(app, values, wsgi=True, access_log=log) as (host, port, server):
+            clients = [Client(host, port) for _ in range(30)]
+            try:
+                assert clients[0].get("/warm").status == 200  # every connection accepted, a first line written
+                wait_until(lambda: len(server.connections) == 30, WAIT, "30 connections")
+                writes.clear()
+                held = LoopHeld(server)
+                for client in clients:
+                    client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                held.let_go()
+                assert all(client.response().status == 200 for client in clients)
+            finally:
+                for client in clients:
+                    client.close()
+    finally:
+        if logger is not None:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                handler.close()
+            logger.propagate = True
+    assert sum(writes) == 30 and len(writes) <= 2, writes  # one turn's lines in one write (two at most)
