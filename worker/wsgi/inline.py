@@ -73,23 +73,42 @@ class InlineRunner:
         loop = self.loop or _get_running_loop()
         threads = self.threads
         while ready:  # (a response completed below may queue the next request: it runs in the next batch)
+            if threads.jobs or len(threads.idle) != len(threads.threads):  # (WorkerThreads.all_idle, inlined)
+                while ready:
+                    ready.popleft().to_pool()
+                return
+            if len(ready) == 1:
+                # Alone in its turn (a worker not under load): no batch to make (its lists cost a lone request
+                # about 5,000 instructions, the guard says).
+                cycle = ready.popleft()
+                _set_running_loop(None)
+                try:
+                    context = cycle.call_here()
+                finally:
+                    _set_running_loop(loop)
+                try:
+                    cycle.complete_here(context)
+                except Exception:  # (as _complete)
+                    error_logger.exception("WSGI request failed in the server")
+                    cycle.abandon()
+                continue
             batch = list(ready)
             ready.clear()
-            if threads.jobs or len(threads.idle) != len(threads.threads):  # (WorkerThreads.all_idle, inlined)
-                for cycle in batch:
-                    cycle.to_pool()
-                continue
             _set_running_loop(None)
             try:
                 contexts = [cycle.call_here() for cycle in batch]
             finally:
                 _set_running_loop(loop)
             for cycle, context in zip(batch, contexts):
-                try:
-                    cycle.complete_here(context)
-                except Exception:  # a bug of ours: this request's connection closes, the others are answered
-                    error_logger.exception("WSGI request failed in the server")
-                    cycle.abandon()
+                _complete(cycle, context)
+
+
+def _complete(cycle: Any, context: contextvars.Context) -> None:
+    try:
+        cycle.complete_here(context)
+    except Exception:  # a bug of ours: this request's connection closes, the batch's others are answered
+        error_logger.exception("WSGI request failed in the server")
+        cycle.abandon()
 
 
 class StreamRest:
