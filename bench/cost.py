@@ -47,12 +47,23 @@ from bench import load, procs, servers
 from bench.context import Ctx, Progress, interleave, least_disturbed, start_each, stop_each
 
 # corral-pure and corral-wsgi1-pure (opt-in: only when named in --servers): corral without its C parser;
-# corral-before and corral-wsgi1-before (opt-in too): corral from another checkout's venv ($CORRAL_BENCH_BEFORE).
-ASGI_PEERS = ("corral", "corral-pure", "corral-before", "uvicorn", "gunicorn-uvicorn", "hypercorn", "granian")
+# corral-before and corral-wsgi1-before (opt-in too): corral from another checkout's venv ($CORRAL_BENCH_BEFORE);
+# corral-inherit and corral-wsgi-inherit (opt-in): the workers under SCHED_OTHER, not SCHED_BATCH.
+ASGI_PEERS = (
+    "corral",
+    "corral-pure",
+    "corral-before",
+    "corral-inherit",
+    "uvicorn",
+    "gunicorn-uvicorn",
+    "hypercorn",
+    "granian",
+)
 H2_PEERS = ("corral", "hypercorn", "granian")  # the peers that speak HTTP/2
 # corral-wsgi1: corral with --threads 1 (the app on the worker's own thread, as gunicorn's sync worker runs it).
 WSGI_PEERS = (
     "corral-wsgi",
+    "corral-wsgi-inherit",
     "corral-wsgi1",
     "corral-wsgi1-pure",
     "corral-wsgi1-before",

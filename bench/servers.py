@@ -74,6 +74,12 @@ def _corral_threads1_pure(app: str, port: int, workers: int, opt: dict[str, Any]
     return _corral_pure(app, port, workers, dict(opt, threads=1))
 
 
+def _corral_inherit(app: str, port: int, workers: int, opt: dict[str, Any]) -> list[str]:
+    """corral with its workers under the master's CPU scheduling policy (SCHED_OTHER), not SCHED_BATCH: what
+    the policy buys (corral.worker.serve.scheduling)."""
+    return [*_corral(app, port, workers, opt), "--scheduling-policy", "inherit"]
+
+
 BEFORE_ENV = "CORRAL_BENCH_BEFORE"  # the python of another checkout's venv: corral before a change
 
 
@@ -229,6 +235,15 @@ SPECS: dict[str, Spec] = {
             websocket=False,
             note="--threads 1, CORRAL_NO_EXTENSIONS=1",
         ),
+        Spec("corral-inherit", "asgi", "corral.master", _corral_inherit, note="--scheduling-policy inherit"),
+        Spec(
+            "corral-wsgi-inherit",
+            "wsgi",
+            "corral.master",
+            _corral_inherit,
+            websocket=False,
+            note="--scheduling-policy inherit",
+        ),
         Spec("corral-before", "asgi", "corral.master", _corral_before, note=f"corral from ${BEFORE_ENV}'s python"),
         Spec(
             "corral-wsgi1-before",
@@ -246,7 +261,16 @@ SPECS: dict[str, Spec] = {
 # `corral-wsgi` is corral on the WSGI app: its row keeps the WSGI table apart from the ASGI ones.
 # `corral-hooks` runs only when named (--servers corral,corral-hooks): it measures the hooks' cost.
 # `corral-pure` and `corral-wsgi1-pure` too: what the compiled request parser buys.
-OPT_IN = ("corral-hooks", "corral-before", "corral-wsgi1-before", "corral-pure", "corral-wsgi1-pure")
+# `corral-inherit` and `corral-wsgi-inherit` too: what running the workers under SCHED_BATCH buys.
+OPT_IN = (
+    "corral-hooks",
+    "corral-before",
+    "corral-wsgi1-before",
+    "corral-pure",
+    "corral-wsgi1-pure",
+    "corral-inherit",
+    "corral-wsgi-inherit",
+)
 
 
 def available(name: str) -> str | None:

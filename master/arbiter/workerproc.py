@@ -27,6 +27,7 @@ from corral.shared.settings import Settings
 from corral.worker.app.hooks import WorkerView
 from corral.worker.edge.counters import collecting
 from corral.worker.serve.boot import run_worker
+from corral.worker.serve.scheduling import apply_policy
 
 __all__ = ["run_child", "reset_signals", "DUMP_SIGNAL"]
 
@@ -212,6 +213,8 @@ def run_child(
     )
     try:
         reset_signals()
+        # First, so that every thread and process the worker starts inherits it (corral.worker.serve.scheduling).
+        apply_policy(settings.scheduling_policy)
         # Job-control and reload signals are the master's business; a worker that got them (a signal to the
         # whole process group) must neither stop (TTIN/TTOU default) nor die (HUP default).
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGUSR1):
