@@ -21,7 +21,16 @@ from typing import Any
 
 from corral.shared import native
 
-__all__ = ["build_environ", "fill_headers", "environ_template", "native_string", "TooManyHeaders", "ERRORS_STREAM"]
+__all__ = [
+    "build_environ",
+    "fill_headers",
+    "environ_template",
+    "native_string",
+    "TooManyHeaders",
+    "ERRORS_STREAM",
+    "NATIVE_BUILD",
+    "NATIVE_BUILD_ARGS",
+]
 
 logger = logging.getLogger("corral.shared.wsgi")
 
@@ -116,6 +125,13 @@ def environ_template(root_path: str = "", extra: dict[str, Any] | None = None) -
 _PLAIN = environ_template()
 _PORTS: dict[int, str] = {}  # port numbers as environ strings (bounded: client ports vary)
 _PORTS_MAX = 4096
+
+
+#: The compiled builder and the arguments it takes after (template, scope, body, duplicate_header_limit), for a
+#: server's hot path to call it without `build_environ` in between (None: not compiled or turned off). Same
+#: contract as in `build_environ`: an environ, or None for a scope of another shape; raises TooManyHeaders.
+NATIVE_BUILD = _build
+NATIVE_BUILD_ARGS: tuple[Any, ...] = (_HEADER_KEYS, _header_key, TooManyHeaders, _PORTS)
 
 
 def _port(port: int) -> str:
