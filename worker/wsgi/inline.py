@@ -55,6 +55,7 @@ class InlineRunner:
         self.scheduled = False
 
     def queue(self, cycle: Any) -> None:
+        # (corral.worker.wsgi.direct.serve_read has these lines inlined: keep the two alike)
         self.ready.append(cycle)
         if not self.batching and not self.scheduled and self.loop is not None:
             self.scheduled = True
@@ -100,15 +101,11 @@ class InlineRunner:
             finally:
                 _set_running_loop(loop)
             for cycle, context in zip(batch, contexts):
-                _complete(cycle, context)
-
-
-def _complete(cycle: Any, context: contextvars.Context) -> None:
-    try:
-        cycle.complete_here(context)
-    except Exception:  # a bug of ours: this request's connection closes, the batch's others are answered
-        error_logger.exception("WSGI request failed in the server")
-        cycle.abandon()
+                try:
+                    cycle.complete_here(context)
+                except Exception:  # a bug of ours: this request's connection closes, the batch's others are answered
+                    error_logger.exception("WSGI request failed in the server")
+                    cycle.abandon()
 
 
 class StreamRest:
