@@ -23,6 +23,7 @@ from corral.shared import native
 
 __all__ = [
     "build_environ",
+    "build_environ_python",
     "fill_headers",
     "environ_template",
     "native_string",
@@ -163,6 +164,18 @@ def build_environ(
         )
         if environ is not None:
             return environ
+    return build_environ_python(scope, body, duplicate_header_limit, extra, template)
+
+
+def build_environ_python(
+    scope: dict[str, Any],
+    body: Any,
+    duplicate_header_limit: int = 100,
+    extra: dict[str, Any] | None = None,
+    template: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`build_environ` without the compiled builder: for a caller whose own call of it (NATIVE_BUILD) declined
+    the scope, and the reference the differential tests compare the compiled builder with."""
     root_path = scope.get("root_path", "")
     if template is None:
         template = environ_template(root_path, extra) if root_path or extra is not None else _PLAIN

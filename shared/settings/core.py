@@ -72,7 +72,8 @@ _declare(
     "CPU scheduling policy of each worker and its threads (Linux): 'batch' (SCHED_BATCH) lets a woken "
     "thread wait for the running one instead of preempting it, so a pool thread and the event loop do "
     "not hand the GIL back and forth on every read (a Django view with --threads 4: 15-20 % more "
-    "requests/s); 'inherit' keeps the master's policy. A worker under another policy (chrt) keeps it.",
+    "requests/s); 'inherit' keeps the master's policy. A worker under another policy (chrt) keeps it; "
+    "processes the application starts inherit the worker's.",
 )
 _declare(
     "max_applications",

@@ -18,15 +18,16 @@ thread that needs the GIL waited for it anyway (up to the 5 ms switch interval).
 docs/benchmarks.md ("The worker's threads and the kernel's scheduler").
 
 Set in the forked worker before anything else runs there, so every thread it starts (the pool, executors,
-the application's own) inherits it (pthread_create's default); processes the application starts inherit it
-too. Not applied where the policy is not the default one (a worker run under `chrt` or a real-time policy
-keeps it), nor where the platform has no SCHED_BATCH.
+the application's own) inherits it (pthread_create's default), and on the threads a fork hook started before
+that; processes the application starts inherit it too. Not applied where the policy is not the default
+one (a worker run under `chrt` or a real-time policy keeps it), nor where the platform has no SCHED_BATCH.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
 __all__ = ["apply_policy", "POLICIES"]
 
@@ -37,11 +38,14 @@ POLICIES = ("batch", "inherit")
 
 
 def apply_policy(policy: str) -> str:
-    """Give this thread (and the threads and processes it starts) `policy`; returns what it has after.
+    """Give this process's threads (and the threads and processes they start) `policy`; returns what the
+    calling thread has after.
 
-    "inherit" leaves the policy the master had. "batch" sets SCHED_BATCH when the thread has the default
-    policy (SCHED_OTHER); where that is refused (a seccomp profile, say) the worker keeps its policy and says
-    so once, at warning level: serving is unaffected."""
+    "inherit" leaves the policy the master had. "batch" sets SCHED_BATCH on every thread of the process that
+    has the default policy (SCHED_OTHER): the calling one, and any a fork hook has started already
+    (`os.register_at_fork`, a preloaded library restarting its exporter thread, say), since the policy is a
+    thread's own. Where the kernel refuses it (a seccomp profile, say) the worker keeps its policy and says so
+    at warning level, once per worker: serving is unaffected."""
     setter = getattr(os, "sched_setscheduler", None)
     batch = getattr(os, "SCHED_BATCH", None)
     if policy != "batch" or setter is None or batch is None:
@@ -65,4 +69,20 @@ def apply_policy(policy: str) -> str:
             exc.strerror or exc,
         )
         return "inherit"
+    for thread in _other_threads():
+        try:
+            if os.sched_getscheduler(thread) == os.SCHED_OTHER:
+                setter(thread, batch, os.sched_param(0))
+        except OSError:  # gone meanwhile, or refused: that thread keeps its policy
+            pass
     return "batch"
+
+
+def _other_threads() -> list[int]:
+    """The ids of this process's threads but the calling one (Linux's /proc; none elsewhere)."""
+    try:
+        ids = [int(name) for name in os.listdir(f"/proc/{os.getpid()}/task")]
+    except (OSError, ValueError):
+        return []
+    me = threading.get_native_id()
+    return [tid for tid in ids if tid != me]

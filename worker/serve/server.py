@@ -210,6 +210,7 @@ class WorkerServer(StatelessServer):
             self.wsgi.loop = loop
             if self.wsgi.inline is not None:
                 self.wsgi.inline.loop = loop
+                self.wsgi.inline.watch(sockets)
         self._sockets = list(sockets)
         self._stop = loop.create_future()
         self._force = loop.create_future()

@@ -30,7 +30,13 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from corral.shared.wsgi_environ import NATIVE_BUILD, NATIVE_BUILD_ARGS, TooManyHeaders, build_environ
+from corral.shared.wsgi_environ import (
+    NATIVE_BUILD,
+    NATIVE_BUILD_ARGS,
+    TooManyHeaders,
+    build_environ,
+    build_environ_python,
+)
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
 from corral.worker.wsgi.input import ClientDisconnected
 
@@ -203,13 +209,15 @@ class WsgiCall:
             return
         template = self.protocol.server.wsgi_environ
         try:
-            environ = None
-            if _native_build is not None and template is not None:
+            environ: dict | None
+            if _native_build is None or template is None:
+                environ = build_environ(self.scope, self.input, 100, template=template)
+            else:
                 environ = _native_build(
                     template, self.scope, self.input, 100, _HEADER_KEYS, _HEADER_KEY, _TOO_MANY, _PORTS
                 )
-            if environ is None:
-                environ = build_environ(self.scope, self.input, 100, template=template)
+                if environ is None:  # a scope of another shape (a root path, ...): the Python way, once
+                    environ = build_environ_python(self.scope, self.input, 100, template=template)
         except TooManyHeaders:
             self.status = 400
             self.chunks.append(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
@@ -562,6 +570,7 @@ class WsgiCall:
         return True
 
     def _post(self, outcome: int) -> None:
+        # (`_respond` has the first case inlined: keep the two alike)
         if self.phase == ON_LOOP:  # the loop writes the output once the call has returned (inline.py)
             self.outcome = outcome
             return

@@ -347,3 +347,46 @@ def test_the_access_lines_of_a_turn_are_written_together(monkeypatch, tmp_path):
             logger.addFilter(log_filter)
         logger.propagate, logger.level = saved[2], saved[3]
     assert sum(writes) == 30 and len(writes) <= 2, writes  # one turn's lines in one write (two at most)
+
+
+def test_a_burst_of_new_connections_is_accepted_while_slow_requests_run():
+    """The loop accepts one connection per turn (libuv accepts one per wake-up of the listening socket), so a
+    turn must not run every queued request at once: with 8 clients keeping a slow app busy, 20 new connections
+    opened at once are each answered after a few dozen calls, not after a turn of all 8 busy ones (and the new
+    ones read so far) per connection accepted."""
+    calls = [0]
+
+    def slow(environ, start_response):
+        time.sleep(0.01)  # a slow view (it blocks the worker, as on gunicorn's sync worker)
+        calls[0] += 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"%d" % calls[0]]
+
+    stop = threading.Event()
+
+    def keep_busy(client: Client) -> None:
+        while not stop.is_set():
+            client.get("/busy")
+
+    with serve(slow) as (host, port, _server):
+        busy = [Client(host, port) for _ in range(8)]
+        threads = [threading.Thread(target=keep_busy, args=(c,), daemon=True) for c in busy]
+        try:
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: calls[0] >= 16, what="the busy clients served")
+            start = calls[0]
+            fresh = [Client(host, port) for _ in range(20)]  # (connected by the kernel: accepted later)
+            for client in fresh:
+                client.send(b"GET /new HTTP/1.1\r\nHost: t\r\n\r\n")
+            answered_at = []
+            for client in fresh:
+                with client:
+                    answered_at.append(int(client.response().body) - start)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(WAIT)
+            for client in busy:
+                client.close()
+    assert max(answered_at) < 80, answered_at  # (43 measured; 123 when a turn ran every queued request)
