@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+from corral.worker.edge import datarate
 from corral.worker.wsgi.call import FileWrapper
 from worker_http_helpers import (
     WAIT,
@@ -186,8 +187,15 @@ def test_without_pressure_the_grace_holds():
             client.close()
 
 
-def test_one_log_line_per_worker_per_interval(caplog):
+def test_one_log_line_per_worker_per_interval(caplog, monkeypatch):
+    # The interval shortened from 10 s: the five are usually ended by one sweep, but on a busy machine one of
+    # them can start its grace a tick later, and its count then waits for the next line (the interval's end).
+    monkeypatch.setattr(datarate, "REPORT_INTERVAL", 1.0)
     app = Echo()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "minimum data rate" in r.getMessage()]
+
     with caplog.at_level(logging.WARNING, logger="corral.error"):
         with run_server(app, quiet(min_rate_grace=0.3)) as (host, port, _server):
             stalled = [Client(host, port) for _ in range(5)]
@@ -196,12 +204,11 @@ def test_one_log_line_per_worker_per_interval(caplog):
             for client in stalled:
                 assert_error_and_close(client, 408)
                 client.close()
-            wait_until(lambda: any("minimum data rate" in r.getMessage() for r in caplog.records), what="the line")
-    lines = [r.getMessage() for r in caplog.records if "minimum data rate" in r.getMessage()]
-    # Five connections, at most two lines (the first report is at once, the rest within 10 s wait).
-    assert 1 <= len(lines) <= 2, lines
-    assert sum(int(line.split()[1]) for line in lines) == 5, lines
-    assert "request body" in lines[0] and "response 0" in lines[0]
+            wait_until(lambda: sum(int(line.split()[1]) for line in lines()) >= 5, what="the five reported")
+    # Five connections ended by one or two sweeps: one line per interval, so at most two.
+    assert 1 <= len(lines()) <= 2, lines()
+    assert sum(int(line.split()[1]) for line in lines()) == 5, lines()
+    assert "request body" in lines()[0] and "response 0" in lines()[0]
 
 
 # ---------------------------------------------------------------------------- responses
