@@ -51,5 +51,5 @@ def serve_read(protocol: WsgiHttpProtocol, data: bytes) -> bool:
     inline.ready.append(cycle)
     if not inline.batching and not inline.scheduled and inline.loop is not None:
         inline.scheduled = True
-        inline.loop.call_soon(inline.run)
+        inline.loop.call_soon(inline.run_scheduled)
     return True

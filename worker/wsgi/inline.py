@@ -95,7 +95,12 @@ class InlineRunner:
         self.ready.append(cycle)
         if not self.batching and not self.scheduled and self.loop is not None:
             self.scheduled = True
-            self.loop.call_soon(self.run)
+            self.loop.call_soon(self.run_scheduled)
+
+    def run_scheduled(self) -> None:
+        """`run`, from the loop callback `queue` (or a turn that spent its budget) scheduled."""
+        self.scheduled = False
+        self.run()
 
     def run(self) -> None:
         """Call the queued requests' applications one after the other with the loop hidden, then write their
@@ -106,7 +111,10 @@ class InlineRunner:
         thread runs a request (a large upload, a streamed body), the batch goes to that thread instead, in
         order: one application call at a time. Once the turn's calls have run TURN_BUDGET, a connection waiting
         to be accepted ends the turn (the budget is looked at between calls); the rest run in the next one."""
-        self.scheduled = False
+        if self.scheduled:
+            # A run is scheduled (a turn that spent its budget left the rest to it): the queue waits for it, so
+            # that a turn's calls stay within one budget however many times it is asked to run.
+            return
         ready = self.ready
         loop = self.loop or _get_running_loop()
         threads = self.threads
@@ -160,8 +168,9 @@ class InlineRunner:
                 elif _clock() > deadline:
                     if self.turn_over():
                         # The rest in the loop's next turn, after it has polled (and accepted), first in line.
-                        self.scheduled = True
-                        loop.call_soon(self.run)
+                        if not self.scheduled:  # (a completion above may have queued a request: scheduled)
+                            self.scheduled = True
+                            loop.call_soon(self.run_scheduled)
                         return
                     deadline = _clock() + TURN_BUDGET
 
