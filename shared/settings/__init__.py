@@ -8,14 +8,15 @@ name and flag are gunicorn's, so a gunicorn command line or config file carries 
                   effect (`Settings`) and the one precedence rule (`resolve`: command line > environment >
                   config file > default)
     core.py       the server's own settings: sockets, workers and the pool, the master, HTTP/1.1 and
-                  proxies, WebSocket, logging, metrics and health checks
+                  proxies, WebSocket
+    observability.py  what the server reports: logging, metrics, statsd, health checks
     compat.py     what gunicorn users bring: server hooks, carried-over options, request deadlines, --reload
     transport.py  TLS and HTTP/2
 
-Declaring goes one way: `registry` imports no other module of this package, each declaration module (`core`,
-`compat`, `transport`) imports `registry`, and this `__init__` imports them all, in the order the settings page and
-`serve --help` list them. So `from corral.shared.settings import Settings, REGISTRY` (what callers write) always
-finds the whole registry, and no module runs with another half made.
+Declaring goes one way: `registry` imports no other module of this package, each declaration module
+(`core`, `observability`, `compat`, `transport`) imports `registry`, and this `__init__` imports them all, in
+the order the settings page and `serve --help` list them. So `from corral.shared.settings import Settings,
+REGISTRY` (what callers write) always finds the whole registry, and no module runs with another half made.
 
 May import: `corral.shared` (compat.py checks a worker class with its worker_class module).
 """
@@ -48,8 +49,8 @@ from corral.shared.settings.registry import (  # noqa: F401  (the registry's API
 
 # The declarations, in this order: the order of REGISTRY, of the settings page and of `serve --help`
 # (import sorting would put compat first: hence isort: skip).
-from corral.shared.settings import core, compat, transport  # isort: skip  # noqa: F401  (they declare by import)
-from corral.shared.settings.core import statsd_address, url_path  # noqa: F401  (converters, re-exported)
+from corral.shared.settings import core, observability, compat, transport  # isort: skip  # noqa: F401  (they declare by import)
+from corral.shared.settings.observability import statsd_address, url_path  # noqa: F401  (converters, re-exported)
 
 __all__ = [
     "Setting",

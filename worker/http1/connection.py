@@ -551,8 +551,7 @@ class HTTP11Connection:
     # ------------------------------------------------------------------ responses
 
     def response_done(self) -> Exchange | None:
-        """The active response finished: return the next queued request (now active) or None.
-        (`HttpProtocol.response_complete` does the same inline, on every response: keep the two alike.)"""
+        """The active response finished: return the next queued request (now active) or None."""
         if self.last is self.active:
             self.last = None  # an idle connection keeps no request (its scope, headers) alive
         pipeline = self.pipeline

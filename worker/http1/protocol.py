@@ -369,12 +369,7 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
             return
         state = self.state
-        # HTTP11Connection.response_done, inlined (every HTTP/1.1 response comes here: a call is ~1 % of a
-        # keep-alive request's instructions): the next queued request becomes the active one.
-        if state.last is state.active:
-            state.last = None  # an idle connection keeps no request (its scope, headers) alive
-        pipeline = state.pipeline
-        state.active = following = pipeline.popleft() if pipeline else None
+        following = state.response_done()
         if following is not None:
             self.begin_request(following)
         if state.backlog and len(state.pipeline) < state.max_pipeline and self.phase != CLOSED:

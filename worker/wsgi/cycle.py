@@ -35,6 +35,7 @@ from corral.worker.http1.connection import CONTINUE_RESPONSE, ERROR_RESPONSES, r
 from corral.worker.http1.cycle import cork
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import DONE, FAILED, ON_LOOP, RUNNING, SENDFILE, STREAM, WsgiCall
+from corral.worker.wsgi.filesend import FileSending
 from corral.worker.wsgi.inline import StreamRest
 from corral.worker.wsgi.input import StreamInput
 
@@ -51,10 +52,9 @@ _CLOSED = CLOSED
 # queued for, or running on, the event loop's thread (--threads 1, corral.worker.wsgi.inline).
 _WAITING, _QUEUED, _DONE, _EXPIRED = 0, 1, 2, 3
 _TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
-_SENDFILE_STEP = 1 << 20
 
 
-class WsgiCycle(WsgiCall):
+class WsgiCycle(FileSending, WsgiCall):
     outbox: WsgiDispatcher  # the thread side sees it as an Outbox; the loop side uses all of it
     __slots__ = (
         # shared with the parser and the protocol (RequestCycle's names)
@@ -515,89 +515,3 @@ class WsgiCycle(WsgiCall):
             self._release_slot()  # the slot, not the connection's socket: the thread may still hold it
         protocol.close()  # disconnects the request: _complete at once if the app never ran, else when it returns
         return running
-
-    # ------------------------------------------------------------------ sendfile (wsgi.file_wrapper)
-
-    def _start_sendfile(self) -> None:
-        fd, offset, count, tail = self.sendfile  # type: ignore[misc]  # set (a 4-tuple) before the loop is asked to send
-        transport = self.protocol.transport
-        sock = transport.get_extra_info("socket")
-        if self.is_head or sock is None or transport.get_write_buffer_size():
-            # Bytes are still queued in the transport ahead of the file (or there is no socket): copy
-            # through the transport instead, in steps that respect its high-water mark.
-            self._copy_file(fd, offset, count, tail)
-            return
-        try:
-            # The transport's own fd is registered with the loop for reading; a dup of it can be watched
-            # for writing separately. Nothing else writes to this connection while its response is ours.
-            out = os.dup(sock.fileno())
-        except OSError:
-            self._copy_file(fd, offset, count, tail)
-            return
-        self.sendfile = (out, fd, offset, count, tail, False)
-        self._sendfile_step()
-
-    def _sendfile_step(self) -> None:
-        if self.sendfile is None or len(self.sendfile) != 6:
-            return  # ended already
-        out, fd, offset, count, tail, watching = self.sendfile
-        loop = self.outbox.loop or asyncio.get_running_loop()
-        error: OSError | EOFError | None = None
-        while count and not self.disconnected:
-            try:
-                sent = os.sendfile(out, fd, offset, min(count, _SENDFILE_STEP))
-            except (BlockingIOError, InterruptedError):
-                if not watching:
-                    loop.add_writer(out, self._sendfile_step)
-                self.sendfile = (out, fd, offset, count, tail, True)
-                return
-            except OSError as exc:
-                error = exc
-                break
-            if sent == 0:  # the file shrank under us
-                error = EOFError("file ended before its announced length")
-                break
-            offset += sent
-            count -= sent
-        if watching:
-            loop.remove_writer(out)
-        os.close(out)
-        self.sendfile = None
-        self._close_result()
-        if self.disconnected:
-            self._complete()
-            return
-        if error is not None:
-            if not isinstance(error, ConnectionError):
-                error_logger.error("sendfile of a WSGI file response failed: %s", error)
-            self.keep_alive = False
-            self._complete()
-            return
-        if tail:
-            self.protocol.transport.write(tail)
-        self._respond_done()
-
-    def _copy_file(self, fd: int, offset: int, count: int, tail: bytes) -> None:
-        """The fallback for sendfile: read and write through the transport, waiting for it to drain."""
-        transport = self.protocol.transport
-        flow = self.protocol.flow
-        while count and not self.disconnected:
-            if flow.write_paused:
-                self.sendfile = (fd, offset, count, tail)
-                flow.add_drain_callback(lambda _=None: self._copy_file(*self.sendfile))
-                return
-            data = os.pread(fd, min(count, 256 * 1024), offset)
-            if not data:
-                self.keep_alive = False
-                break
-            transport.write(data)
-            offset += len(data)
-            count -= len(data)
-        self.sendfile = None
-        self._close_result()
-        if self.disconnected:
-            self._complete()
-            return
-        if tail and not count:
-            transport.write(tail)
-        self._respond_done()
