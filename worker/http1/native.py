@@ -17,18 +17,22 @@ from corral.worker.http1.fields import VALID_HOST
 if TYPE_CHECKING:
     from corral.worker.http1.connection import HTTP11Connection
 
-__all__ = ["parse_head", "make_scope", "take_parsed", "Parsed", "DISABLED_BY", "describe"]
+__all__ = ["parse_head", "make_scope", "clone_request", "take_parsed", "Parsed", "DISABLED_BY", "describe"]
 
 Parsed = tuple[bytes, bytes, bool, list[tuple[bytes, bytes]], int, "bytes | None", bool, bool, bool]
 
 parse_head: Callable[[bytes, int, int, int], Parsed | None] | None = None
 make_scope: Callable[..., dict[str, Any]] | None = None  # the scope of a parsed request (corral.worker.http1.direct)
+# A new object with a prototype's slot values (corral.worker.wsgi.cycle.new_wsgi_cycle), None for a class of
+# another layout.
+clone_request: Callable[[Any], Any] | None = None
 if enabled():
     try:
+        from corral.worker.http1._head import clone as clone_request
         from corral.worker.http1._head import make_scope
         from corral.worker.http1._head import parse as parse_head
     except ImportError:  # not built (no compiler at install): the pure-Python way
-        parse_head = make_scope = None
+        parse_head = make_scope = clone_request = None
 
 
 def describe() -> str:

@@ -52,6 +52,7 @@ class WsgiDispatcher:
         "hooks",
         "inline",
         "direct",
+        "prototype",
     )
 
     def __init__(self, app: Any, threads: WorkerThreads, body_buffer: int) -> None:
@@ -73,6 +74,8 @@ class WsgiDispatcher:
         self.inline: InlineRunner | None = None
         # With `inline`: reads that are one ordinary request are served from the read (corral.worker.wsgi.direct).
         self.direct = False
+        # The request new ones are copied from (corral.worker.wsgi.cycle.new_wsgi_cycle); set by wsgi_setup.
+        self.prototype: WsgiCycle | None = None
 
     def submit(self, cycle: WsgiCycle) -> None:
         if _DISPATCH != "pool":

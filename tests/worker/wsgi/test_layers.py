@@ -9,7 +9,8 @@ import threading
 
 from corral.shared.settings import Settings
 from corral.worker.app.hooks import WorkerView
-from corral.worker.wsgi.cycle import WsgiCycle
+from corral.worker.http1.native import clone_request
+from corral.worker.wsgi.cycle import WsgiCycle, new_wsgi_cycle
 from corral.worker.wsgi.input import ClientDisconnected
 from corral.worker.wsgi.layers import HookedWsgiCycle, wsgi_layers
 from corral.worker.wsgi.protocol import WsgiHttpProtocol
@@ -25,6 +26,10 @@ def hello(environ, start_response):
     return [b"hello"]
 
 
+# Plain requests: WsgiCycles, copies of the server's prototype where the compiled module is there.
+PLAIN = new_wsgi_cycle if clone_request is not None else WsgiCycle
+
+
 def _never():
     raise AssertionError("on_stuck called")
 
@@ -35,12 +40,13 @@ def test_nothing_is_installed_when_the_layers_are_off():
         assert client.get().status == 201
         assert server.wsgi.deadline is None and server.wsgi.hooks is None
         assert issubclass(server.protocol_class, WsgiHttpProtocol)
-        assert server.protocol_class.cycle_class is WsgiCycle
+        assert server.protocol_class.cycle_class is PLAIN
+        assert type(server.wsgi.prototype) is WsgiCycle
     only_deadline = wsgi_layers(WorkerView(1, Settings()), None, None, 1.0, 10, _never)
     assert only_deadline.hooks is None and only_deadline.deadline.timeout == 1.0
     with serve(hello, only_deadline) as (host, port, server), Client(host, port) as client:
         assert client.get().status == 201
-        assert server.protocol_class.cycle_class is WsgiCycle  # no hooks: the plain request class
+        assert server.protocol_class.cycle_class is PLAIN  # no hooks: the plain request class
 
 
 # ---------------------------------------------------------------------------- hooks
