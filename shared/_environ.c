@@ -12,11 +12,16 @@
    - a key that is there already is joined: "; " for HTTP_COOKIE, "," for any other; past `limit` repeats of
      one key (0: no limit) `too_many(message)` is raised, with the loop's message.
 
+   build(template, scope, ...) makes the whole environ of an http scope of the common shape, and
+   build_parsed(template, parsed, ...) the same environ from what the compiled request parser returned, for a
+   request whose scope is not made (see their comments below).
+
    Why C: a browser's request has ten or so fields, and the loop costs about 0.2 µs a field in Python.
    CORRAL_NO_EXTENSIONS=1 leaves the Python loop (CI runs the whole suite both ways). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 
 static PyObject *COOKIE_KEY;
 static PyObject *COOKIE_SEP;
@@ -25,8 +30,8 @@ static PyObject *COMMA_SEP;
 static PyObject *S_ROOT_PATH, *S_PATH, *S_METHOD, *S_QUERY_STRING, *S_HTTP_VERSION, *S_SCHEME, *S_SERVER, *S_CLIENT,
     *S_HEADERS;
 static PyObject *K_REQUEST_METHOD, *K_PATH_INFO, *K_QUERY_STRING, *K_SERVER_PROTOCOL, *K_URL_SCHEME, *K_INPUT,
-    *K_ERRORS, *K_SERVER_NAME, *K_SERVER_PORT, *K_REMOTE_ADDR, *K_REMOTE_PORT;
-static PyObject *V_11, *V_HTTP, *V_HTTP_SLASH, *V_ZERO, *EMPTY, *K_STDERR, *SYS;
+    *K_ERRORS, *K_SERVER_NAME, *K_SERVER_PORT, *K_REMOTE_ADDR, *K_REMOTE_PORT, *K_SCRIPT_NAME;
+static PyObject *V_11, *V_HTTP, *V_HTTP_SLASH, *V_HTTP10, *V_ZERO, *EMPTY, *K_STDERR, *SYS;
 
 /* Whether `headers` is a list or tuple of 2-tuples of exact bytes. */
 static int well_formed(PyObject *headers) {
@@ -231,37 +236,9 @@ static int is_text(PyObject *value, PyObject *text) {
     return PyUnicode_CheckExact(value) && PyUnicode_Compare(value, text) == 0;
 }
 
-/* build(template, scope, body, limit, keys, key_of, too_many, ports): see the module's comment. */
-static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "build(template, scope, body, limit, keys, key_of, too_many, ports)");
-        return NULL;
-    }
-    PyObject *template = args[0], *scope = args[1], *body = args[2], *keys = args[4], *key_of = args[5];
-    PyObject *too_many = args[6], *ports = args[7];
-    if (!PyDict_CheckExact(template) || !PyDict_CheckExact(scope) || !PyLong_CheckExact(args[3]) ||
-        !PyDict_CheckExact(keys) || !PyDict_CheckExact(ports)) {
-        Py_RETURN_NONE;
-    }
-    Py_ssize_t limit = PyLong_AsSsize_t(args[3]);
-    if (limit < 0) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    int error = 0;
-    PyObject *root = get(scope, S_ROOT_PATH, &error);
-    PyObject *path = get(scope, S_PATH, &error);
-    PyObject *method = get(scope, S_METHOD, &error);
-    PyObject *query = get(scope, S_QUERY_STRING, &error);
-    PyObject *version = get(scope, S_HTTP_VERSION, &error);
-    PyObject *scheme = get(scope, S_SCHEME, &error);
-    PyObject *server = get(scope, S_SERVER, &error);
-    PyObject *client = get(scope, S_CLIENT, &error);
-    PyObject *headers = get(scope, S_HEADERS, &error);
-    if (error) {
-        return NULL;
-    }
+/* Whether the template's wsgi.errors is still sys.stderr (it is replaced in a test, a daemon: the Python way then
+   gives the new one). */
+static int errors_current(PyObject *template) {
     /* sys.stderr, by attribute: PySys_GetObject makes a str of its C name each call (about 700 instructions). */
     PyObject *stderr_now = PyObject_GetAttr(SYS, K_STDERR);
     if (stderr_now == NULL) {
@@ -270,13 +247,21 @@ static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         Py_DECREF(stderr_now); /* compared by identity only; the sys module keeps it */
     }
     PyObject *errors = PyDict_GetItemWithError(template, K_ERRORS);
-    if ((root != NULL && root != Py_None && !(PyUnicode_CheckExact(root) && PyUnicode_GET_LENGTH(root) == 0)) ||
-        path == NULL || !PyUnicode_CheckExact(path) || !PyUnicode_IS_ASCII(path) || method == NULL ||
-        (query != NULL && !PyBytes_CheckExact(query)) || (version != NULL && !PyUnicode_CheckExact(version)) ||
-        (headers != NULL && !well_formed(headers)) || errors == NULL || errors != stderr_now) {
+    if (errors == NULL) {
         PyErr_Clear();
-        Py_RETURN_NONE; /* a root path to strip, a path to re-encode, stderr replaced, ...: the Python way */
     }
+    return errors != NULL && errors == stderr_now;
+}
+
+/* The environ of a request from its values, which `build` takes from a scope and `build_parsed` from the
+   parser's tuple: a copy of `template`, then each value. `query`: the query's bytes, decoded as latin-1;
+   `protocol`: SERVER_PROTOCOL where it is not the template's, `scheme` (NULL: none) wsgi.url_scheme where it is
+   not "http", `server` and `client` (NULL or None: none) the address pairs, `headers` (NULL: none) well formed.
+   A new environ; None (a new reference) for an address not of the common shape; NULL with an exception set. */
+static PyObject *assemble(PyObject *template, PyObject *method, PyObject *path, const char *query,
+                          Py_ssize_t query_len, PyObject *protocol, PyObject *scheme, PyObject *server,
+                          PyObject *client, PyObject *headers, PyObject *body, Py_ssize_t limit, PyObject *keys,
+                          PyObject *key_of, PyObject *too_many, PyObject *ports) {
     PyObject *environ = PyDict_Copy(template);
     if (environ == NULL) {
         return NULL;
@@ -284,20 +269,14 @@ static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     if (PyDict_SetItem(environ, K_REQUEST_METHOD, method) < 0 || PyDict_SetItem(environ, K_PATH_INFO, path) < 0) {
         goto error;
     }
-    PyObject *text = query == NULL ? (Py_INCREF(EMPTY), EMPTY)
-                                   : PyUnicode_DecodeLatin1(PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query), NULL);
+    PyObject *text = query_len == 0 ? (Py_INCREF(EMPTY), EMPTY) : PyUnicode_DecodeLatin1(query, query_len, NULL);
     if (text == NULL || PyDict_SetItem(environ, K_QUERY_STRING, text) < 0) {
         Py_XDECREF(text);
         goto error;
     }
     Py_DECREF(text);
-    if (version != NULL && !is_text(version, V_11)) {
-        PyObject *protocol = PyUnicode_Concat(V_HTTP_SLASH, version);
-        if (protocol == NULL || PyDict_SetItem(environ, K_SERVER_PROTOCOL, protocol) < 0) {
-            Py_XDECREF(protocol);
-            goto error;
-        }
-        Py_DECREF(protocol);
+    if (protocol != NULL && PyDict_SetItem(environ, K_SERVER_PROTOCOL, protocol) < 0) {
+        goto error;
     }
     if (scheme != NULL && !is_text(scheme, V_HTTP) && PyDict_SetItem(environ, K_URL_SCHEME, scheme) < 0) {
         goto error;
@@ -331,6 +310,115 @@ error:
     return NULL;
 }
 
+/* The duplicate-header limit: -1 (no exception set) for one that is no plain non-negative int. */
+static Py_ssize_t limit_of(PyObject *value) {
+    if (!PyLong_CheckExact(value)) {
+        return -1;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(value);
+    if (limit < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    return limit;
+}
+
+/* build(template, scope, body, limit, keys, key_of, too_many, ports): see the module's comment. */
+static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "build(template, scope, body, limit, keys, key_of, too_many, ports)");
+        return NULL;
+    }
+    PyObject *template = args[0], *scope = args[1], *body = args[2], *keys = args[4], *key_of = args[5];
+    PyObject *too_many = args[6], *ports = args[7];
+    Py_ssize_t limit = limit_of(args[3]);
+    if (!PyDict_CheckExact(template) || !PyDict_CheckExact(scope) || limit < 0 || !PyDict_CheckExact(keys) ||
+        !PyDict_CheckExact(ports)) {
+        Py_RETURN_NONE;
+    }
+    int error = 0;
+    PyObject *root = get(scope, S_ROOT_PATH, &error);
+    PyObject *path = get(scope, S_PATH, &error);
+    PyObject *method = get(scope, S_METHOD, &error);
+    PyObject *query = get(scope, S_QUERY_STRING, &error);
+    PyObject *version = get(scope, S_HTTP_VERSION, &error);
+    PyObject *scheme = get(scope, S_SCHEME, &error);
+    PyObject *server = get(scope, S_SERVER, &error);
+    PyObject *client = get(scope, S_CLIENT, &error);
+    PyObject *headers = get(scope, S_HEADERS, &error);
+    if (error) {
+        return NULL;
+    }
+    if ((root != NULL && root != Py_None && !(PyUnicode_CheckExact(root) && PyUnicode_GET_LENGTH(root) == 0)) ||
+        path == NULL || !PyUnicode_CheckExact(path) || !PyUnicode_IS_ASCII(path) || method == NULL ||
+        (query != NULL && !PyBytes_CheckExact(query)) || (version != NULL && !PyUnicode_CheckExact(version)) ||
+        (headers != NULL && !well_formed(headers)) || !errors_current(template)) {
+        Py_RETURN_NONE; /* a root path to strip, a path to re-encode, stderr replaced, ...: the Python way */
+    }
+    PyObject *protocol = NULL;
+    if (version != NULL && !is_text(version, V_11) && (protocol = PyUnicode_Concat(V_HTTP_SLASH, version)) == NULL) {
+        return NULL;
+    }
+    PyObject *environ = assemble(template, method, path, query == NULL ? "" : PyBytes_AS_STRING(query),
+                                 query == NULL ? 0 : PyBytes_GET_SIZE(query), protocol, scheme, server, client,
+                                 headers, body, limit, keys, key_of, too_many, ports);
+    Py_XDECREF(protocol);
+    return environ;
+}
+
+/* build_parsed(template, parsed, server, client, scheme, body, limit, keys, key_of, too_many, ports, methods):
+   the environ `build` makes from the scope of a request the compiled parser took, made from the parser's tuple
+   itself (corral.worker.http1._head.parse: method, target, http11, headers, ...) and the connection's
+   addresses and scheme, without the scope (a --threads 1 worker calls the application from the read and makes
+   its scope only when something asks for it: corral.worker.wsgi.direct). `methods`: the method's bytes -> its
+   text. None, nothing done, where `build` would go the Python way (a root path, stderr replaced, an address of
+   another shape) and for a path holding a '%' (decoded from the scope), or a method not in `methods`. */
+static PyObject *build_parsed(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "build_parsed(template, parsed, server, client, scheme, body, limit, keys, "
+                                         "key_of, too_many, ports, methods)");
+        return NULL;
+    }
+    PyObject *template = args[0], *parsed = args[1], *server = args[2], *client = args[3], *scheme = args[4];
+    PyObject *body = args[5], *keys = args[7], *key_of = args[8], *too_many = args[9], *ports = args[10];
+    PyObject *methods = args[11];
+    Py_ssize_t limit = limit_of(args[6]);
+    if (!PyDict_CheckExact(template) || !PyTuple_CheckExact(parsed) || PyTuple_GET_SIZE(parsed) < 4 || limit < 0 ||
+        !PyDict_CheckExact(keys) || !PyDict_CheckExact(ports) || !PyDict_CheckExact(methods)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *target = PyTuple_GET_ITEM(parsed, 1), *headers = PyTuple_GET_ITEM(parsed, 3);
+    int http11 = PyTuple_GET_ITEM(parsed, 2) == Py_True;
+    PyObject *method = PyDict_GetItemWithError(methods, PyTuple_GET_ITEM(parsed, 0));
+    PyObject *script = PyDict_GetItemWithError(template, K_SCRIPT_NAME);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (method == NULL || !PyBytes_CheckExact(target) || !well_formed(headers) || script == NULL ||
+        !PyUnicode_CheckExact(script) || PyUnicode_GET_LENGTH(script) != 0 || !errors_current(template)) {
+        Py_RETURN_NONE; /* a root path, stderr replaced, ...: from the scope, the Python way */
+    }
+    const char *start = PyBytes_AS_STRING(target);
+    Py_ssize_t size = PyBytes_GET_SIZE(target);
+    const char *mark = memchr(start, '?', (size_t)size);
+    Py_ssize_t path_len = mark == NULL ? size : mark - start;
+    if (memchr(start, '%', (size_t)path_len) != NULL) {
+        Py_RETURN_NONE; /* the scope's path is percent-decoded (as UTF-8): from the scope */
+    }
+    PyObject *path = PyUnicode_DecodeASCII(start, path_len, NULL);
+    if (path == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE; /* (the parser takes ASCII targets only) */
+    }
+    PyObject *environ = assemble(template, method, path, mark == NULL ? "" : mark + 1,
+                                 mark == NULL ? 0 : size - path_len - 1, http11 ? NULL : V_HTTP10, scheme, server,
+                                 client, headers, body, limit, keys, key_of, too_many, ports);
+    Py_DECREF(path);
+    return environ;
+}
+
 static PyMethodDef methods[] = {
     {"fill_headers", (PyCFunction)(void (*)(void))fill_headers, METH_FASTCALL,
      "fill_headers(environ, headers, keys, key_of, limit, too_many) -> bool: the header fields into the environ "
@@ -338,6 +426,10 @@ static PyMethodDef methods[] = {
     {"build", (PyCFunction)(void (*)(void))build, METH_FASTCALL,
      "build(template, scope, body, limit, keys, key_of, too_many, ports) -> dict | None: the environ of an http "
      "scope (see the module's source); None, nothing done, for a scope that is not of the common shape."},
+    {"build_parsed", (PyCFunction)(void (*)(void))build_parsed, METH_FASTCALL,
+     "build_parsed(template, parsed, server, client, scheme, body, limit, keys, key_of, too_many, ports, methods) "
+     "-> dict | None: the environ of a request the compiled parser took (see the module's source); None, nothing "
+     "done, for one it makes from the scope."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -364,7 +456,7 @@ PyMODINIT_FUNC PyInit__environ(void) {
         {&K_INPUT, "wsgi.input"}, {&K_ERRORS, "wsgi.errors"}, {&K_SERVER_NAME, "SERVER_NAME"},
         {&K_SERVER_PORT, "SERVER_PORT"}, {&K_REMOTE_ADDR, "REMOTE_ADDR"}, {&K_REMOTE_PORT, "REMOTE_PORT"},
         {&V_11, "1.1"}, {&V_HTTP, "http"}, {&V_HTTP_SLASH, "HTTP/"}, {&V_ZERO, "0"}, {&EMPTY, ""},
-        {&K_STDERR, "stderr"},
+        {&K_STDERR, "stderr"}, {&K_SCRIPT_NAME, "SCRIPT_NAME"}, {&V_HTTP10, "HTTP/1.0"},
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         if ((*strings[i].slot = PyUnicode_InternFromString(strings[i].text)) == NULL) {

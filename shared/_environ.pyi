@@ -22,3 +22,18 @@ def build(
     ports: dict[int, str],
     /,
 ) -> dict[str, Any] | None: ...
+def build_parsed(
+    template: dict[str, Any],
+    parsed: tuple[Any, ...],
+    server: Any,
+    client: Any,
+    scheme: str,
+    body: Any,
+    limit: int,
+    keys: dict[bytes, str | None],
+    key_of: Callable[[bytes], str | None],
+    too_many: type[Exception],
+    ports: dict[int, str],
+    methods: dict[bytes, str],
+    /,
+) -> dict[str, Any] | None: ...

@@ -30,6 +30,7 @@ __all__ = [
     "TooManyHeaders",
     "ERRORS_STREAM",
     "NATIVE_BUILD",
+    "NATIVE_BUILD_PARSED",
     "NATIVE_BUILD_ARGS",
 ]
 
@@ -51,12 +52,15 @@ _fill_headers: (
 ) = None
 # The whole of `build_environ` for a scope of the common shape, compiled (None: not of that shape).
 _build: Callable[..., dict[str, Any] | None] | None = None
+# The same from the compiled request parser's tuple, for a request whose scope is not made (None: from the scope).
+_build_parsed: Callable[..., dict[str, Any] | None] | None = None
 if native.enabled():
     try:
         from corral.shared._environ import build as _build
+        from corral.shared._environ import build_parsed as _build_parsed
         from corral.shared._environ import fill_headers as _fill_headers
     except ImportError:  # not built (no compiler at install): the loop in Python
-        _fill_headers = _build = None
+        _fill_headers = _build = _build_parsed = None
 
 
 def _header_key(name: bytes) -> str | None:
@@ -132,6 +136,11 @@ _PORTS_MAX = 4096
 #: server's hot path to call it without `build_environ` in between (None: not compiled or turned off). Same
 #: contract as in `build_environ`: an environ, or None for a scope of another shape; raises TooManyHeaders.
 NATIVE_BUILD = _build
+#: The compiled builder of the environ of a request the compiled parser took, from the parser's tuple and the
+#: connection's addresses and scheme (see shared/_environ.c's build_parsed; its arguments after the body and
+#: the limit: NATIVE_BUILD_ARGS, then the methods' texts). None where it is not there; it returns None where the
+#: environ is made from the scope.
+NATIVE_BUILD_PARSED = _build_parsed
 NATIVE_BUILD_ARGS: tuple[Any, ...] = (_HEADER_KEYS, _header_key, TooManyHeaders, _PORTS)
 
 

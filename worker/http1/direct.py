@@ -32,7 +32,7 @@ from corral.worker.http1.scope import decode_path
 if TYPE_CHECKING:
     from corral.worker.http1.protocol import HttpProtocol
 
-__all__ = ["read_request", "available"]
+__all__ = ["read_request", "scope_of", "available"]
 
 _CLOSED, _BUSY = CLOSED, BUSY
 _parse = parse_head
@@ -44,10 +44,12 @@ def available() -> bool:
     return _parse is not None
 
 
-def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
+def read_request(protocol: HttpProtocol, data: bytes, max_body: int, scope_later: bool = False) -> Any:
     """The request of `data`, made active on `protocol`'s connection with its body (at most `max_body` bytes),
     when `data` is one ordinary request on an idle connection; else None, with nothing done. The caller begins
-    it (HttpProtocol.start_request's part)."""
+    it (HttpProtocol.start_request's part). `scope_later`: the request is made with no scope and the parser's
+    tuple as its `parsed`, for a request object that makes its scope only when asked (`scope_of`: a WSGI
+    request's environ is made from the tuple, corral.worker.wsgi.direct)."""
     if protocol.phase == _CLOSED or protocol.ready is not None:
         return None
     server = protocol.server
@@ -100,12 +102,47 @@ def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
         state.last_host = host
     # The scope `HttpProtocol.on_request` makes for an origin-form target and no proxy headers to apply, made
     # in C (worker/http1/_head.c: about 90 Python steps fewer; the tests compare it with on_request's).
-    scope = _make_scope(
+    scope = (
+        None
+        if scope_later
+        else _make_scope(
+            server.scope_template,
+            method,
+            url,
+            http11,
+            headers,
+            protocol.sockname,
+            protocol.client,
+            protocol.scheme,
+            server.lifespan_state,
+            protocol.extensions,
+            decode_path,
+        )
+    )
+    protocol.phase = _BUSY
+    protocol.since = server.tick  # (on_request's: the body timer's start)
+    cycle = protocol.cycle_class(
+        protocol, scope, keep_alive, False, method == b"HEAD", http11, server.access_log is not None
+    )
+    if scope_later:
+        cycle.parsed = parsed
+    state.last = state.active = cycle
+    state.completed += 1
+    # -1: no Content-Length field. (A test, not max(): a call costs more per request.)
+    state.body_size = content_length if content_length > 0 else 0  # noqa: FURB136 - see the line above
+    return cycle
+
+
+def scope_of(protocol: HttpProtocol, parsed: tuple) -> dict[str, Any]:
+    """The scope `read_request` would have made for the request of `parsed` (the compiled parser's tuple) on
+    `protocol`'s connection, for a request made with `scope_later`."""
+    server = protocol.server
+    return _make_scope(
         server.scope_template,
-        method,
-        url,
-        http11,
-        headers,
+        parsed[0],
+        parsed[1],
+        parsed[2],
+        parsed[3],
         protocol.sockname,
         protocol.client,
         protocol.scheme,
@@ -113,13 +150,3 @@ def read_request(protocol: HttpProtocol, data: bytes, max_body: int) -> Any:
         protocol.extensions,
         decode_path,
     )
-    protocol.phase = _BUSY
-    protocol.since = server.tick  # (on_request's: the body timer's start)
-    cycle = protocol.cycle_class(
-        protocol, scope, keep_alive, False, method == b"HEAD", http11, server.access_log is not None
-    )
-    state.last = state.active = cycle
-    state.completed += 1
-    # -1: no Content-Length field. (A test, not max(): a call costs more per request.)
-    state.body_size = content_length if content_length > 0 else 0  # noqa: FURB136 - see the line above
-    return cycle

@@ -33,11 +33,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from corral.shared.wsgi_environ import (
     NATIVE_BUILD,
     NATIVE_BUILD_ARGS,
+    NATIVE_BUILD_PARSED,
     TooManyHeaders,
     build_environ,
     build_environ_python,
 )
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
+from corral.worker.http1.scope import METHODS
 from corral.worker.wsgi.input import ClientDisconnected
 
 __all__ = ["WsgiCall", "FileWrapper", "OUTPUT_WINDOW", "ON_LOOP", "Outbox", "WSGIApp"]
@@ -53,6 +55,7 @@ _JOIN_LIMIT = 64 * 1024
 # The compiled environ builder, called from `_run` without build_environ's frame (about 1 % of a --threads 1
 # request's instructions, the guard); build_environ when it is off or declines the scope.
 _native_build = NATIVE_BUILD
+_native_build_parsed = NATIVE_BUILD_PARSED
 _HEADER_KEYS, _HEADER_KEY, _TOO_MANY, _PORTS = NATIVE_BUILD_ARGS
 
 # What the thread leaves for the loop (`WsgiCall.outcome`). STREAM: an application called on the event loop's
@@ -165,6 +168,8 @@ class WsgiCall:
     # attributes (declared in WsgiCycle)
     app: WSGIApp
     scope: dict
+    _scope: dict | None  # the scope once made (WsgiCycle.scope)
+    parsed: tuple | None
     input: Any
     status: int
     headers: Any
@@ -207,17 +212,40 @@ class WsgiCall:
         if self.aborted:
             self._post(DONE)  # the client left while the request was queued: don't run it for nobody
             return
-        template = self.protocol.server.wsgi_environ
+        protocol = self.protocol
+        template = protocol.server.wsgi_environ
         try:
-            environ: dict | None
-            if _native_build is None or template is None:
-                environ = build_environ(self.scope, self.input, 100, template=template)
-            else:
-                environ = _native_build(
-                    template, self.scope, self.input, 100, _HEADER_KEYS, _HEADER_KEY, _TOO_MANY, _PORTS
+            environ: dict | None = None
+            # (the slot, not the `scope` property: a property costs 3.11 a Python call, ~600 instructions)
+            scope = self._scope
+            if scope is None and _native_build_parsed is not None and template is not None:
+                # A request made from the read without its scope (corral.worker.wsgi.direct): its environ from
+                # what the parser returned (None: from the scope, made now).
+                environ = _native_build_parsed(
+                    template,
+                    self.parsed,
+                    protocol.sockname,
+                    protocol.client,
+                    protocol.scheme,
+                    self.input,
+                    100,
+                    _HEADER_KEYS,
+                    _HEADER_KEY,
+                    _TOO_MANY,
+                    _PORTS,
+                    METHODS,
                 )
-                if environ is None:  # a scope of another shape (a root path, ...): the Python way, once
-                    environ = build_environ_python(self.scope, self.input, 100, template=template)
+            if environ is None:
+                if scope is None:
+                    scope = self.scope
+                if _native_build is None or template is None:
+                    environ = build_environ(scope, self.input, 100, template=template)
+                else:
+                    environ = _native_build(
+                        template, scope, self.input, 100, _HEADER_KEYS, _HEADER_KEY, _TOO_MANY, _PORTS
+                    )
+                    if environ is None:  # a scope of another shape (a root path, ...): the Python way, once
+                        environ = build_environ_python(scope, self.input, 100, template=template)
         except TooManyHeaders:
             self.status = 400
             self.chunks.append(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")

@@ -35,7 +35,9 @@ def serve_read(protocol: WsgiHttpProtocol, data: bytes) -> bool:
         return False  # the pool's thread runs a request: this one goes after it, in order
     if server.parked or len(server.application_instances) >= server.max_applications:
         return False
-    cycle = read_request(protocol, data, wsgi.body_buffer)
+    # Made without its scope: the environ comes from the parser's tuple (WsgiCall._run), the scope only if asked
+    # for (WsgiCycle.scope).
+    cycle = read_request(protocol, data, wsgi.body_buffer, True)
     if cycle is None:
         return False
     size = protocol.state.body_size  # (read_request gave the connection a state)

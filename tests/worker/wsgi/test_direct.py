@@ -110,7 +110,9 @@ def same(a, b):
 REQUESTS = [
     (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", True),
     (b"GET /a/b?x=1&y=caf%C3%A9 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n", True),
-    (b"GET /caf%C3%A9/%20 HTTP/1.1\r\nHost: h\r\n\r\n", True),  # decoded path: the environ the Python way
+    (b"GET /caf%C3%A9/%20 HTTP/1.1\r\nHost: h\r\n\r\n", True),  # decoded path: the environ from the scope
+    (b"GET /q?%41=%C3%A9 HTTP/1.1\r\nHost: h\r\n\r\n", True),  # '%' in the query alone: from the parser's tuple
+    (b"GET /e? HTTP/1.1\r\nHost: h\r\n\r\n", True),  # an empty query
     (b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n", True),
     (b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello", True),
     (b"PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", True),
