@@ -139,7 +139,7 @@ class WsgiCycle(FileSending, WsgiCall):
         """Take a pool slot (raises PoolFull) and run the application once the body allows."""
         server = self.protocol.server
         instances = server.application_instances
-        if len(instances) >= server.max_applications:
+        if len(instances) >= server._max_applications:  # (the property's value: a property is a Python call)
             server._make_room()  # raises PoolFull (the server backpressures)
         if self.body_complete and self.outbox.inline is not None and self._on_loop():
             return  # runs on the loop's thread once the read is parsed: done before anything else, no slot taken
@@ -167,7 +167,7 @@ class WsgiCycle(FileSending, WsgiCall):
             scope = self.scope
         instance = self.instance = ApplicationInstance(server, self, scope, None, future, time.monotonic())
         instances[self] = instance
-        if len(instances) >= server.max_applications:
+        if len(instances) >= server._max_applications:
             server._full = True
 
     def _declared_length(self) -> int:

@@ -33,7 +33,7 @@ def serve_read(protocol: WsgiHttpProtocol, data: bytes) -> bool:
     threads = wsgi.threads
     if threads.jobs or len(threads.idle) != len(threads.threads):  # (WorkerThreads.all_idle, inlined)
         return False  # the pool's thread runs a request: this one goes after it, in order
-    if server.parked or len(server.application_instances) >= server.max_applications:
+    if server.parked or len(server.application_instances) >= server._max_applications:  # (the property's value)
         return False
     # Made without its scope: the environ comes from the parser's tuple (WsgiCall._run), the scope only if asked
     # for (WsgiCycle.scope).
