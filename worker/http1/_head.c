@@ -533,24 +533,21 @@ error:
 
    What "slots alone" means here: every class from the prototype's up to `object` is a heap type (a class
    statement) and none gives its instances a `__dict__`. The instance is then `object`'s header followed by
-   PyObject pointers only (CPython lays out `__slots__` as object members, `__weakref__` among them), so the
-   copy is the pointers between the header and the end of the instance, each a new reference. */
+   PyObject pointers only (CPython lays out `__slots__` as object members, `__weakref__` among them up to 3.11),
+   so the copy is the pointers between the header and the end of the instance, each a new reference. From 3.12
+   the weak-reference list sits before the header (Py_TPFLAGS_MANAGED_WEAKREF, a negative offset), where
+   tp_alloc leaves it empty. */
 #ifdef Py_TPFLAGS_MANAGED_DICT /* 3.11+: a __dict__ before the object (a class without __slots__) */
 #define MANAGED_DICT Py_TPFLAGS_MANAGED_DICT
 #else
 #define MANAGED_DICT 0
-#endif
-#ifdef Py_TPFLAGS_MANAGED_WEAKREF /* 3.12+: the weak references before the object */
-#define MANAGED_WEAKREF Py_TPFLAGS_MANAGED_WEAKREF
-#else
-#define MANAGED_WEAKREF 0
 #endif
 static PyObject *clone_slots(PyObject *module, PyObject *prototype) {
     (void)module;
     PyTypeObject *type = Py_TYPE(prototype);
     for (PyTypeObject *t = type; t != &PyBaseObject_Type; t = t->tp_base) {
         if (t == NULL || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE) || t->tp_dictoffset != 0 || t->tp_itemsize != 0 ||
-            (t->tp_flags & (MANAGED_DICT | MANAGED_WEAKREF))) {
+            (t->tp_flags & MANAGED_DICT)) {
             Py_RETURN_NONE;
         }
     }

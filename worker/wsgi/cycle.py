@@ -45,7 +45,7 @@ from corral.worker.wsgi.input import StreamInput
 if TYPE_CHECKING:
     from corral.worker.wsgi.dispatch import WsgiDispatcher
 
-__all__ = ["WsgiCycle", "cycle_prototype", "new_wsgi_cycle"]
+__all__ = ["WsgiCycle", "copies_requests", "cycle_prototype", "new_wsgi_cycle"]
 
 error_logger = logging.getLogger("corral.error")
 
@@ -543,6 +543,12 @@ class WsgiCycle(FileSending, WsgiCall):
 # ---------------------------------------------------------------------------- requests made from a prototype
 
 _clone: Any = clone_request  # (Any: new_wsgi_cycle is the protocol's only where it is not None)
+
+
+def copies_requests() -> bool:
+    """Whether requests can be made by `new_wsgi_cycle`: the compiled module is there and copies a `WsgiCycle` (an
+    interpreter that lays out slots another way gets None from it, and requests made by their class)."""
+    return _clone is not None and _clone(WsgiCycle.__new__(WsgiCycle)) is not None
 
 
 def cycle_prototype(dispatcher: WsgiDispatcher) -> WsgiCycle:

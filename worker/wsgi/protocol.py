@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 from corral.shared.wsgi_environ import environ_template
 from corral.worker.app.pool import PoolFull
 from corral.worker.http1.host import Host
-from corral.worker.http1.native import clone_request
 from corral.worker.http1.protocol import HttpProtocol
 from corral.worker.wsgi.call import FileWrapper
-from corral.worker.wsgi.cycle import WsgiCycle, cycle_prototype, new_wsgi_cycle
+from corral.worker.wsgi.cycle import WsgiCycle, copies_requests, cycle_prototype, new_wsgi_cycle
 from corral.worker.wsgi.direct import available, serve_read
 from corral.worker.wsgi.dispatch import WsgiDispatcher
 from corral.worker.wsgi.inline import InlineRunner
@@ -40,9 +39,9 @@ class WsgiHttpProtocol(HttpProtocol):
     # it is closed once the connection is lost and no request of it is on a thread (out_busy).
     __slots__ = ("out_fd", "out_busy")
 
-    # Requests are copies of the server's prototype where the compiled module is there (new_wsgi_cycle: what
-    # differs set on a copy, not every slot by __init__), else made by their class.
-    cycle_class: Any = staticmethod(new_wsgi_cycle) if clone_request is not None else WsgiCycle
+    # Requests are copies of the server's prototype where the compiled module is there and can copy the class
+    # (new_wsgi_cycle: what differs set on a copy, not every slot by __init__), else made by their class.
+    cycle_class: Any = staticmethod(new_wsgi_cycle) if copies_requests() else WsgiCycle
 
     def __init__(self, server: Host, sockname: tuple[Any, ...] | None = None) -> None:
         super().__init__(server, sockname)

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from corral.worker.http1.native import clone_request
-from corral.worker.wsgi.cycle import WsgiCycle, cycle_prototype, new_wsgi_cycle
+from corral.worker.wsgi.cycle import WsgiCycle, copies_requests, cycle_prototype, new_wsgi_cycle
 from corral.worker.wsgi.dispatch import WsgiDispatcher
+from corral.worker.wsgi.protocol import WsgiHttpProtocol
 from corral.worker.wsgi.threads import WorkerThreads
 
 try:
@@ -104,6 +105,13 @@ def test_a_class_not_made_of_slots_alone_is_refused(kind):
     assert clone(kind()) is None
 
 
+def test_this_interpreter_copies_requests():
+    """Where the module is built, requests are made by copying (a layout it refuses would fall back silently)."""
+    assert clone(WsgiCycle.__new__(WsgiCycle)) is not None
+    if clone_request is not None:
+        assert copies_requests() and WsgiHttpProtocol.cycle_class is new_wsgi_cycle
+
+
 def _dispatcher() -> WsgiDispatcher:
     return WsgiDispatcher(lambda environ, start_response: [], WorkerThreads(1), 65536)
 
@@ -112,7 +120,7 @@ def _slots(cycle: WsgiCycle) -> dict:
     return {name: getattr(cycle, name, "(unset)") for name in WsgiCycle.__slots__ if name != "__weakref__"}
 
 
-@pytest.mark.skipif(clone_request is None, reason="the compiled module is off (CORRAL_NO_EXTENSIONS) or not built")
+@pytest.mark.skipif(not copies_requests(), reason="the compiled module is off (CORRAL_NO_EXTENSIONS) or not built")
 @pytest.mark.parametrize("timed", [False, True])
 def test_a_request_made_from_the_prototype_is_the_one_its_class_makes(timed):
     dispatcher = _dispatcher()

@@ -9,8 +9,7 @@ import threading
 
 from corral.shared.settings import Settings
 from corral.worker.app.hooks import WorkerView
-from corral.worker.http1.native import clone_request
-from corral.worker.wsgi.cycle import WsgiCycle, new_wsgi_cycle
+from corral.worker.wsgi.cycle import WsgiCycle, copies_requests, new_wsgi_cycle
 from corral.worker.wsgi.input import ClientDisconnected
 from corral.worker.wsgi.layers import HookedWsgiCycle, wsgi_layers
 from corral.worker.wsgi.protocol import WsgiHttpProtocol
@@ -27,7 +26,7 @@ def hello(environ, start_response):
 
 
 # Plain requests: WsgiCycles, copies of the server's prototype where the compiled module is there.
-PLAIN = new_wsgi_cycle if clone_request is not None else WsgiCycle
+PLAIN = new_wsgi_cycle if copies_requests() else WsgiCycle
 
 
 def _never():
