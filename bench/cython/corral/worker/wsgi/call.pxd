@@ -3,7 +3,7 @@
 # Python), so that both halves of a request read them as C struct fields.
 
 cdef class WsgiCall:
-    cdef public object protocol, scope, app, outbox, input, body, t0, headers, chunks
+    cdef public object protocol, _scope, parsed, app, outbox, input, body, t0, headers, chunks
     cdef public object cond, sendfile, result, instance_future, instance, timed_out
     cdef public object keep_alive, expect_continue, is_head, http11, body_complete, disconnected
     cdef public object head_sent, aborted, posted
