@@ -392,8 +392,11 @@ static PyObject *build_parsed(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *target = PyTuple_GET_ITEM(parsed, 1), *headers = PyTuple_GET_ITEM(parsed, 3);
     int http11 = PyTuple_GET_ITEM(parsed, 2) == Py_True;
     PyObject *method = PyDict_GetItemWithError(methods, PyTuple_GET_ITEM(parsed, 0));
+    if (method == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
     PyObject *script = PyDict_GetItemWithError(template, K_SCRIPT_NAME);
-    if (PyErr_Occurred()) {
+    if (script == NULL && PyErr_Occurred()) {
         return NULL;
     }
     if (method == NULL || !PyBytes_CheckExact(target) || !well_formed(headers) || script == NULL ||

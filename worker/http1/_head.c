@@ -531,8 +531,8 @@ error:
    store per slot (about 2,800 instructions a request, callgrind under load), copying them about 300. The
    caller then sets the slots that differ (corral.worker.wsgi.cycle.new_wsgi_cycle).
 
-   What "slots alone" means here: every class from the prototype's up to `object` is a heap type (a class
-   statement) and none gives its instances a `__dict__`. The instance is then `object`'s header followed by
+   What "slots alone" means here: every class from the prototype's up to `object` is made by a class statement
+   with `__slots__` (a heap type whose ht_slots is set) and none gives its instances a `__dict__`. The instance is then `object`'s header followed by
    PyObject pointers only (CPython lays out `__slots__` as object members, `__weakref__` among them up to 3.11),
    so the copy is the pointers between the header and the end of the instance, each a new reference. From 3.12
    the weak-reference list sits before the header (Py_TPFLAGS_MANAGED_WEAKREF, a negative offset), where
@@ -546,8 +546,10 @@ static PyObject *clone_slots(PyObject *module, PyObject *prototype) {
     (void)module;
     PyTypeObject *type = Py_TYPE(prototype);
     for (PyTypeObject *t = type; t != &PyBaseObject_Type; t = t->tp_base) {
-        if (t == NULL || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE) || t->tp_dictoffset != 0 || t->tp_itemsize != 0 ||
-            (t->tp_flags & MANAGED_DICT)) {
+        /* ht_slots: the __slots__ of a class statement; NULL for a heap type made from a C spec (struct.Struct,
+           3.13's deque...), whose instances hold C fields that are no object pointers. */
+        if (t == NULL || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE) || ((PyHeapTypeObject *)t)->ht_slots == NULL ||
+            t->tp_dictoffset != 0 || t->tp_itemsize != 0 || (t->tp_flags & MANAGED_DICT)) {
             Py_RETURN_NONE;
         }
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import struct
 import sys
 import weakref
 from types import SimpleNamespace
@@ -51,6 +52,10 @@ class OverC(tuple):  # laid out by a C type
 
 class OverDict(dict):
     __slots__ = ("x",)
+
+
+class OverSpec(struct.Struct):  # a heap type made from a C spec: C fields, no object pointers
+    __slots__ = ()
 
 
 def _slotted() -> Slotted:
@@ -100,9 +105,9 @@ def test_a_clone_in_a_reference_cycle_is_collected():
     assert ref() is None
 
 
-@pytest.mark.parametrize("kind", [Plain, WithDict, OverC, OverDict, int])
-def test_a_class_not_made_of_slots_alone_is_refused(kind):
-    assert clone(kind()) is None
+@pytest.mark.parametrize("make", [Plain, WithDict, OverC, OverDict, int, lambda: OverSpec("i")])
+def test_a_class_not_made_of_slots_alone_is_refused(make):
+    assert clone(make()) is None
 
 
 def test_this_interpreter_copies_requests():

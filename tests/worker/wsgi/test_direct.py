@@ -21,7 +21,7 @@ import pytest
 from corral.shared import native
 from corral.worker.edge.accesslog import make_access_log
 from corral.worker.http1 import protocol as http1_protocol
-from corral.worker.wsgi import direct, protocol
+from corral.worker.wsgi import call, direct, protocol
 from worker_http_helpers import WAIT, Client, run_server, settings, wait_until
 
 # The direct way exists only with the compiled modules: skipped without them (not built, or turned off with
@@ -270,3 +270,44 @@ def test_the_access_log_and_the_pool_see_each_direct_request(taken, mode, tmp_pa
         assert not server.application_instances  # nothing left in the pool
         lines = wait_until(lambda: len(log.read_text().splitlines()) == 5 and log.read_text(), WAIT, "5 lines")
         assert [line.split('"')[1] for line in lines.splitlines()] == [f"GET /n{n} HTTP/1.1" for n in range(5)]
+
+
+def addresses_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    keys = ("SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT", "SERVER_PROTOCOL", "QUERY_STRING")
+    return [json.dumps({key: environ.get(key) for key in keys}).encode()]
+
+
+def test_with_threads_1_the_environ_comes_from_the_parsed_request(monkeypatch):
+    """A --threads 1 request served from the read has its environ made from the parser's tuple, not from a scope
+    (the comparisons above would pass either way), with each address where it belongs (the comparisons drop the
+    ports, which differ between the two servers)."""
+    made = [0]
+    real = call._native_build_parsed
+    if real is None:
+        pytest.skip("the compiled environ builder was not built")
+
+    def counting(*args):
+        environ = real(*args)
+        made[0] += environ is not None
+        return environ
+
+    monkeypatch.setattr(call, "_native_build_parsed", counting)
+    with (
+        run_server(addresses_app, settings(threads=1), wsgi=True) as (host, port, server),
+        Client(host, port) as client,
+    ):
+        assert server.wsgi.direct is True
+        answers = [client.get("/a?x=1"), client.get("/b", version="1.0", headers="Connection: keep-alive\r\n")]
+        client_port = client.sock.getsockname()[1]
+    assert made[0] == 2
+    seen = [json.loads(answer.body) for answer in answers]
+    assert seen[0] == {
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "REMOTE_ADDR": host,
+        "REMOTE_PORT": str(client_port),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "QUERY_STRING": "x=1",
+    }
+    assert seen[1]["SERVER_PROTOCOL"] == "HTTP/1.0" and seen[1]["QUERY_STRING"] == ""
