@@ -49,7 +49,12 @@ def start(tmp_path):
         port = free_port()
         pidfile = tmp_path / f"serve-{port}.pid"
         argv = [*prefix, sys.executable, "-m", "corral.master", "-b", f"127.0.0.1:{port}", "--pid", str(pidfile)]
-        master = Master([], tmp_path, port, pidfile, argv=[*argv, "-w", "2", "--threads", "4", *args])
+        # --reuse-port: each worker its own socket, which the kernel gives connections by their address's hash.
+        # On the master's shared socket, the worker that has just answered is still running when the next
+        # connection comes (a SCHED_BATCH thread does not preempt on wake-up): one worker took all of 200
+        # sequential connections in one CI run, and the other was never seen.
+        extra = ["-w", "2", "--threads", "4", "--reuse-port"]
+        master = Master([], tmp_path, port, pidfile, argv=[*argv, *extra, *args])
         started.append(master)
         return master
 
@@ -62,7 +67,7 @@ def policies(master: Master) -> tuple[int, list[tuple[int, int, int]]]:
     """The master's policy, and (policy, thread id, worker pid) as the application saw them on each worker."""
     workers = master.wait_workers(2)
     seen: dict[int, tuple[int, int, int]] = {}
-    for _ in range(200):  # (until both workers have answered: the kernel spreads connections)
+    for _ in range(200):  # (until both workers have answered: SO_REUSEPORT spreads connections by hash)
         status, body = get(master.port, "/")
         assert status == 200, body
         policy, thread, pid = (int(n) for n in body.split())
