@@ -101,7 +101,9 @@ def read_request(protocol: HttpProtocol, data: bytes, max_body: int, scope_later
     if host is not None:
         state.last_host = host
     # The scope `HttpProtocol.on_request` makes for an origin-form target and no proxy headers to apply, made
-    # in C (worker/http1/_head.c: about 90 Python steps fewer; the tests compare it with on_request's).
+    # in C (worker/http1/_head.c: about 90 Python steps fewer; the tests compare it with on_request's). The
+    # call is `scope_of`'s, written out: calling it cost an ASGI keep-alive request 1.1 % (the guard, 650
+    # instructions).
     scope = (
         None
         if scope_later

@@ -21,10 +21,8 @@ which wakes the loop once per batch, not once per request.
 from __future__ import annotations
 
 import contextvars
-import io
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -40,9 +38,10 @@ from corral.shared.wsgi_environ import (
 )
 from corral.worker.http1.connection import CHUNKED, CLOSE_DELIMITED, NO_BODY, response_head
 from corral.worker.http1.scope import METHODS
+from corral.worker.wsgi.filesend import FileWrapper, file_span
 from corral.worker.wsgi.input import ClientDisconnected
 
-__all__ = ["WsgiCall", "FileWrapper", "OUTPUT_WINDOW", "ON_LOOP", "Outbox", "WSGIApp"]
+__all__ = ["WsgiCall", "OUTPUT_WINDOW", "ON_LOOP", "Outbox", "WSGIApp"]
 
 error_logger = logging.getLogger("corral.error")
 
@@ -76,46 +75,6 @@ class Outbox(Protocol):
 
     def client_wait(self) -> AbstractContextManager[None]:
         """Around a wait of the request's thread on its client (the pool lets another thread run meanwhile)."""
-
-
-class FileWrapper:
-    """`wsgi.file_wrapper`: a file-like object as a response iterable (PEP 3333). A regular file with a
-    `fileno()` is sent with `os.sendfile` instead of being iterated."""
-
-    __slots__ = ("filelike", "blksize")
-
-    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
-        self.filelike = filelike
-        self.blksize = blksize
-
-    def __iter__(self) -> Any:
-        read = self.filelike.read
-        blksize = self.blksize
-        while True:
-            data = read(blksize)
-            if not data:
-                return
-            yield data
-
-    def close(self) -> None:
-        close = getattr(self.filelike, "close", None)
-        if close is not None:
-            close()
-
-
-def _file_span(wrapper: FileWrapper) -> tuple[int, int, int] | None:
-    """(fd, offset, bytes to the end) when `wrapper` holds a regular file sendfile can read; else None."""
-    filelike = wrapper.filelike
-    try:
-        fd = filelike.fileno()
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        offset = filelike.tell() if hasattr(filelike, "tell") else 0
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return None
-    # tell(), not the fd's offset: a buffered file has read ahead of what it handed out.
-    return fd, offset, max(0, st.st_size - offset)
 
 
 _STR_HEADERS: dict[tuple, tuple] = {}  # WSGI (str, str) header tuples -> their latin-1 bytes (bounded)
@@ -295,7 +254,7 @@ class WsgiCall:
                 # with its head in one write, like a list. (Other iterables stream: PEP 3333 forbids holding
                 # a block back until the next one comes.)
                 self._finish_list(list(result))
-            elif rtype is FileWrapper and not self.head_sent and (span := _file_span(result)) is not None:  # type: ignore[arg-type]  # `rtype is FileWrapper`
+            elif rtype is FileWrapper and not self.head_sent and (span := file_span(result)) is not None:  # type: ignore[arg-type]  # `rtype is FileWrapper`
                 if self._finish_file(span):
                     outcome = SENDFILE  # the loop sends the file, then closes it
             elif self.phase == ON_LOOP:

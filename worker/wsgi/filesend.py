@@ -1,21 +1,63 @@
-"""A WSGI file response (`wsgi.file_wrapper` on a regular file) sent by the event loop: `os.sendfile` from the
-file to a dup of the connection's socket, watched for writing while the client lags, or, when bytes are still
-queued in the transport ahead of it (or for HEAD, or without a socket), read and written through the transport
-in steps that respect its high-water mark. Part of `WsgiCycle` (corral.worker.wsgi.cycle), kept apart as the
-one piece of it that deals with files and descriptors."""
+"""`wsgi.file_wrapper` (PEP 3333), and a WSGI file response (the wrapper on a regular file) sent by the event
+loop: `os.sendfile` from the file to a dup of the connection's socket, watched for writing while the client lags,
+or, when bytes are still queued in the transport ahead of it (or for HEAD, or without a socket), read and written
+through the transport in steps that respect its high-water mark. `FileSending` is part of `WsgiCycle`
+(corral.worker.wsgi.cycle), kept apart as the one piece of it that deals with files and descriptors."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
+import stat
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["FileSending"]
+__all__ = ["FileSending", "FileWrapper", "file_span"]
 
 error_logger = logging.getLogger("corral.error")
 
 _SENDFILE_STEP = 1 << 20
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: a file-like object as a response iterable (PEP 3333). A regular file with a
+    `fileno()` is sent with `os.sendfile` instead of being iterated."""
+
+    __slots__ = ("filelike", "blksize")
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Any:
+        read = self.filelike.read
+        blksize = self.blksize
+        while True:
+            data = read(blksize)
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+def file_span(wrapper: FileWrapper) -> tuple[int, int, int] | None:
+    """(fd, offset, bytes to the end) when `wrapper` holds a regular file sendfile can read; else None."""
+    filelike = wrapper.filelike
+    try:
+        fd = filelike.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        offset = filelike.tell() if hasattr(filelike, "tell") else 0
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    # tell(), not the fd's offset: a buffered file has read ahead of what it handed out.
+    return fd, offset, max(0, st.st_size - offset)
 
 
 class FileSending:

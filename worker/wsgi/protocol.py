@@ -14,10 +14,10 @@ from corral.shared.wsgi_environ import environ_template
 from corral.worker.app.pool import PoolFull
 from corral.worker.http1.host import Host
 from corral.worker.http1.protocol import HttpProtocol
-from corral.worker.wsgi.call import FileWrapper
 from corral.worker.wsgi.cycle import WsgiCycle, copies_requests, cycle_prototype, new_wsgi_cycle
 from corral.worker.wsgi.direct import available, serve_read
 from corral.worker.wsgi.dispatch import WsgiDispatcher
+from corral.worker.wsgi.filesend import FileWrapper
 from corral.worker.wsgi.inline import InlineRunner
 from corral.worker.wsgi.input import ExpiringInput
 from corral.worker.wsgi.layers import HookedWsgiCycle, WsgiLayers

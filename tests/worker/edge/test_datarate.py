@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from corral.worker.edge import datarate
-from corral.worker.wsgi.call import FileWrapper
+from corral.worker.wsgi.filesend import FileWrapper
 from worker_http_helpers import (
     WAIT,
     Client,
