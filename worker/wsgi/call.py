@@ -126,7 +126,11 @@ class WsgiCall:
 
     # attributes (declared in WsgiCycle)
     app: WSGIApp
-    scope: dict
+    if TYPE_CHECKING:
+
+        @property
+        def scope(self) -> dict: ...  # WsgiCycle's: made from `parsed` when first read
+
     _scope: dict | None  # the scope once made (WsgiCycle.scope)
     parsed: tuple | None
     input: Any

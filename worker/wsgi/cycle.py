@@ -129,10 +129,6 @@ class WsgiCycle(FileSending, WsgiCall):
             scope = self._scope = scope_of(self.protocol, self.parsed)  # type: ignore[arg-type]  # parsed: set when _scope is not
         return scope
 
-    @scope.setter
-    def scope(self, scope: dict) -> None:
-        self._scope = scope
-
     # ------------------------------------------------------------------ the pool
 
     def start(self) -> None:
